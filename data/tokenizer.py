@@ -1,0 +1,95 @@
+"""Byte-level BPE tokenizers: trained with ``tokenizers`` on the training split, or loaded from a file."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from training.errors import ConfigError
+
+EOT = "<|endoftext|>"
+BYTE_ALPHABET = 256
+
+
+def check_vocab_size(vocab_size: object, special_tokens: list[str]) -> None:
+    need = BYTE_ALPHABET + len(special_tokens)
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < need:
+        raise ConfigError(
+            "data.vocab_size",
+            f"an integer ≥ {need} (the 256 byte symbols + {len(special_tokens)} special tokens)",
+            vocab_size,
+        )
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, special_tokens: list[str]) -> Tokenizer:
+    """A byte-level BPE with ``vocab_size`` entries, special tokens first (so ``<|endoftext|>`` is id 0)."""
+    check_vocab_size(vocab_size, special_tokens)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    return tok
+
+
+def capped(texts: Iterable[str], max_bytes: int | None) -> Iterator[str]:
+    """The texts until about ``max_bytes`` UTF-8 bytes have gone by (all of them when None)."""
+    seen = 0
+    for text in texts:
+        if max_bytes is not None and seen >= max_bytes:
+            return
+        seen += len(text.encode("utf-8", "surrogateescape"))
+        yield text
+
+
+def load_tokenizer(path: str | Path, key: str = "data.tokenizer") -> Tokenizer:
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # missing file, not JSON, not a tokenizer
+        reason = "does not exist" if not Path(path).exists() else f"is not a tokenizers JSON file ({e})"
+        raise ConfigError(f"{key}: {str(path)!r} {reason}") from None
+
+
+def tokenizer_hash(tok: Tokenizer) -> str:
+    return hashlib.sha256(tok.to_str().encode()).hexdigest()
+
+
+def eot_id(tok: Tokenizer, special_tokens: list[str]) -> int:
+    """The id that separates documents: the first special token (``<|endoftext|>`` by default)."""
+    name = special_tokens[0] if special_tokens else EOT
+    ident = tok.token_to_id(name)
+    if ident is None:
+        raise ConfigError(f"data.special_tokens: the tokenizer has no {name!r} token to separate documents")
+    return ident
+
+
+BYTE_LEVEL_CHARS = frozenset(pre_tokenizers.ByteLevel.alphabet())  # each stands for one byte
+
+
+def token_byte_lengths(tok: Tokenizer, size: int | None = None) -> np.ndarray:
+    """How many bytes of text each token id stands for (0 for special tokens and padding ids), as int64.
+
+    Byte-level tokens map one character to one byte; for other tokenizers the UTF-8 length of the decoded
+    token is used.
+    """
+    size = size or tok.get_vocab_size()
+    special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
+    lengths = np.zeros(size, dtype=np.int64)
+    byte_level = isinstance(tok.decoder, decoders.ByteLevel)
+    for token, ident in tok.get_vocab().items():
+        if ident >= size or token in special:
+            continue
+        if byte_level and all(c in BYTE_LEVEL_CHARS for c in token):
+            lengths[ident] = len(token)
+        else:
+            lengths[ident] = len(tok.decode([ident]).encode("utf-8"))
+    return lengths

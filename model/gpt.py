@@ -1,0 +1,242 @@
+"""The GPT: a pre-LN decoder-only transformer, GPT-2 style or llama style, in one file.
+
+Shapes: B batch, T time (tokens), C = n_embd, H heads, Hkv key/value heads, D = C / H head size, V vocab.
+- ``arch="gpt2"``: learned position embeddings, LayerNorm, GELU MLP (4C), biases optional, tied embeddings.
+- ``arch="llama"``: rotary position embeddings, RMSNorm, SwiGLU MLP, no biases, optional grouped-query
+  attention (``n_kv_head``) and an optional untied output head.
+Attention is ``scaled_dot_product_attention`` with a causal mask (flash kernels on GPU), Q, K and V come from
+one fused projection, and generation can keep a KV cache (model/generate.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+ARCHS = ("gpt2", "llama")
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50304
+    block_size: int = 1024
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+    arch: str = "gpt2"
+    n_kv_head: int | None = None  # llama: grouped-query attention; None = n_head
+    mlp_hidden: int | None = None  # None: 4C (gpt2), or SwiGLU's 8C/3 rounded up to 64 (llama)
+    tie_embeddings: bool = True
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    activation_checkpointing: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def hidden(self) -> int:
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        if self.arch == "llama":
+            return 64 * math.ceil(8 * self.n_embd / 3 / 64)
+        return 4 * self.n_embd
+
+    @classmethod
+    def from_dict(cls, values: dict) -> GPTConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def norm(config: GPTConfig) -> nn.Module:
+    if config.arch == "llama":
+        return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+
+
+def rotary_tables(config: GPTConfig, length: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles for positions 0..length-1: each (length, D/2), fp32."""
+    d = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, device=device, dtype=torch.float32) / d))
+    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (first half, second half) of x (B, H, T, D) by the angles of its positions (T, D/2)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    cos, sin = cos[None, None], sin[None, None]
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head, self.n_kv, self.d = config.n_head, config.kv_heads, config.head_dim
+        bias = config.bias and config.arch == "gpt2"
+        self.c_attn = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv) * self.d, bias=bias)  # fused QKV
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=bias)
+        self.c_proj.residual_projection = True
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.rotary = config.arch == "llama"
+
+    def forward(self, x: torch.Tensor, rope=None, cache=None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split([self.n_head * self.d, self.n_kv * self.d, self.n_kv * self.d], dim=2)
+        q = q.view(B, T, self.n_head, self.d).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, self.n_kv, self.d).transpose(1, 2)  # (B, Hkv, T, D)
+        v = v.view(B, T, self.n_kv, self.d).transpose(1, 2)
+        if self.rotary:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, Hkv, past + T, D)
+        # One query attends to every cached key; a block of queries (training, prefill) is causal.
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=T > 1,
+            enable_gqa=self.n_kv != self.n_head,
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """GELU MLP (gpt2) or SwiGLU (llama): down(silu(gate(x)) · up(x))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.swiglu = config.arch == "llama"
+        bias = config.bias and not self.swiglu
+        self.c_fc = nn.Linear(config.n_embd, (2 if self.swiglu else 1) * config.hidden, bias=bias)  # fused gate+up
+        self.c_proj = nn.Linear(config.hidden, config.n_embd, bias=bias)
+        self.c_proj.residual_projection = True
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c_fc(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h, approximate="tanh")
+        return self.dropout(self.c_proj(h))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1, self.attn = norm(config), CausalSelfAttention(config)
+        self.ln_2, self.mlp = norm(config), MLP(config)
+
+    def forward(self, x: torch.Tensor, rope=None, cache=None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        if config.arch not in ARCHS:
+            raise ValueError(f"model.arch must be one of {', '.join(ARCHS)}, got {config.arch!r}")
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.arch == "gpt2" else None
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = norm(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        if config.arch == "llama":
+            cos, sin = rotary_tables(config, config.block_size)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """GPT-2 init: N(0, 0.02) weights, zero biases, residual projections scaled by 1/√(2·n_layer)."""
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "residual_projection", False):
+                std /= math.sqrt(2 * self.config.n_layer)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def reset_buffers(self) -> None:
+        """Recompute the non-persistent rotary tables (after building on the meta device and ``to_empty``)."""
+        if self.config.arch == "llama":
+            cos, sin = rotary_tables(self.config, self.config.block_size, device=self.wte.weight.device)
+            self.rope_cos.copy_(cos)
+            self.rope_sin.copy_(sin)
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Unique parameters (a tied embedding counts once). ``exclude_embeddings`` drops the lookup tables
+        that do no matmul: the position embedding, and the token embedding when the head is untied."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            if self.wpe is not None:
+                n -= self.wpe.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.wte.weight.numel()
+        return n
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache=None,
+        reduction: str = "mean",
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids → logits (B, T, V), and the cross-entropy against targets (B, T) if given.
+
+        With a KV cache the positions continue after the cached ones and the cache grows by T.
+        """
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start and T > 1:
+            raise ValueError("a KV cache takes a block of tokens only as its first input, then one at a time")
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds model.block_size={self.config.block_size}")
+        x = self.wte(idx)  # (B, T, C)
+        rope = None
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
+        else:
+            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            layer_cache = cache.layer(i) if cache is not None else None
+            if self.config.activation_checkpointing and self.training and layer_cache is None:
+                x = checkpoint(block, x, rope, use_reentrant=False)
+            else:
+                x = block(x, rope, layer_cache)
+        if cache is not None:
+            cache.advance(T)
+        x = self.ln_f(x)
+        if targets is None:
+            return self.lm_head(x[:, -1:, :]), None  # (B, 1, V): only the last position is needed
+        logits = self.lm_head(x)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
+        return logits, loss

@@ -1,0 +1,46 @@
+"""Learning-rate schedules: pure functions of the update index (``scheduling.schedules``), a validated
+picklable ``Schedule`` (``scheduling.spec``), and torch's LambdaLR around it with a drop-in ``get_scheduler``
+(``scheduling.lr_scheduler``, the only part that imports torch; loaded on first use)."""
+
+from scheduling.schedules import (
+    DECAY_SHAPES,
+    SCHEDULES,
+    WARMUP_SHAPES,
+    constant,
+    cosine,
+    cosine_restarts,
+    inverse_sqrt,
+    linear,
+    polynomial,
+    warmup,
+    wsd,
+)
+from scheduling.spec import Schedule, resolve_steps, schedule_from_config
+
+_TORCH_NAMES = ("build_scheduler", "get_scheduler", "restore_scheduler", "TRANSFORMERS_NAMES")
+
+__all__ = [
+    "DECAY_SHAPES",
+    "SCHEDULES",
+    "WARMUP_SHAPES",
+    "Schedule",
+    "constant",
+    "cosine",
+    "cosine_restarts",
+    "inverse_sqrt",
+    "linear",
+    "polynomial",
+    "resolve_steps",
+    "schedule_from_config",
+    "warmup",
+    "wsd",
+    *_TORCH_NAMES,
+]
+
+
+def __getattr__(name: str):
+    if name in _TORCH_NAMES:
+        from scheduling import lr_scheduler
+
+        return getattr(lr_scheduler, name)
+    raise AttributeError(f"module 'scheduling' has no attribute {name!r}")

@@ -1,0 +1,73 @@
+"""Shared helpers: compose configs with Hydra's API, and run train.py as a user would, on tiny settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# A model and corpus small enough for a CPU test: a 2-layer GPT on ~200 KB of the built-in corpus.
+TINY = [
+    "model=nano",
+    "model.n_layer=2",
+    "model.n_head=2",
+    "model.n_embd=32",
+    "model.block_size=32",
+    "trainer.batch_size=4",
+    "trainer.eval_batches=2",
+    "trainer.sample_tokens=8",
+    "data.max_bytes=200000",
+    "data.vocab_size=384",
+    "logger=none",
+]
+
+
+def compose_config(overrides: list[str] | None = None, return_hydra_config: bool = False):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides or [], return_hydra_config=return_hydra_config)
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory) -> Path:
+    """One token cache directory for the whole session, so the tiny corpus is tokenized once."""
+    return tmp_path_factory.mktemp("data-cache")
+
+
+def run_train(
+    args: list[str],
+    run_dir: Path,
+    cache: Path,
+    *,
+    script: str = "train.py",
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess:
+    """``python train.py <args>`` in a subprocess, as a user runs it, writing into ``run_dir``."""
+    full_env = {**os.environ, "GPT_DATA_CACHE": str(cache), "WANDB_MODE": "offline", "PYTHONHASHSEED": "0"}
+    full_env.update(env or {})
+    cmd = [sys.executable, script, *args, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def train_records(run_dir: Path) -> dict[int, dict]:
+    return {r["step"]: r for r in read_metrics(run_dir) if "train/loss" in r}

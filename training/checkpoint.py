@@ -1,0 +1,181 @@
+"""Checkpoints: one folder per saved step, written atomically, plus a pointer to the latest complete one.
+
+``checkpoints/step-00000100/`` holds ``state.pt`` (model, optimizer, scheduler, counters, RNG states, config,
+W&B run id — tensors and plain Python values only, loaded with ``torch.load(weights_only=True)``) and
+``tokenizer.json``. A folder is assembled under ``checkpoints/.tmp-*``, every file fsynced, then renamed into
+place; ``checkpoints/latest`` (the folder's name) is replaced last. A process killed at any moment leaves the
+previous checkpoint and pointer intact; leftover ``.tmp-*`` folders are ignored and cleaned up later.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.errors import ConfigError
+
+STATE_FILE = "state.pt"
+LATEST = "latest"
+STEP_DIR = re.compile(r"^step-(\d{8,})$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write(path: Path, data: bytes | str) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def replace_file(path: Path, data: bytes | str) -> None:
+    """Write ``path`` atomically: a temporary file in the same folder, fsynced, renamed over it."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    _write(tmp, data)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def save(root: Path, step: int, state: dict[str, Any], files: dict[str, str | bytes], keep: int = 0) -> Path:
+    """Write checkpoint ``step`` under ``root`` atomically, point ``latest`` at it, keep the newest ``keep``."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dir_name(step)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-{os.getpid()}-", dir=root))
+    try:
+        with open(tmp / STATE_FILE, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        for name, data in files.items():
+            _write(tmp / name, data)
+        fsync_dir(tmp)
+        if final.exists():  # saved again at the same step (e.g. after a resume): swap it out
+            old = root / f".old-{final.name}-{os.getpid()}"
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+        fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_file(root / LATEST, final.name + "\n")
+    if keep > 0:
+        prune(root, keep)
+    return final
+
+
+def saved_steps(root: Path) -> list[int]:
+    """Steps of the complete checkpoint folders under ``root``, ascending."""
+    if not root.is_dir():
+        return []
+    steps = []
+    for entry in root.iterdir():
+        m = STEP_DIR.match(entry.name)
+        if m and (entry / STATE_FILE).is_file():
+            steps.append(int(m.group(1)))
+    return sorted(steps)
+
+
+def prune(root: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints, and temporary folders left by killed saves."""
+    for step in saved_steps(root)[:-keep]:
+        shutil.rmtree(root / step_dir_name(step), ignore_errors=True)
+    for entry in root.iterdir():
+        if entry.name.startswith((".tmp-", ".old-")) and entry.is_dir():
+            parts = entry.name.split("-")  # .tmp-step-00000100-<pid>-<random>, .old-step-00000100-<pid>
+            if len(parts) < 4 or parts[3] != str(os.getpid()):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def latest(root: Path) -> Path | None:
+    """The latest complete checkpoint under ``root``: the one ``latest`` names, else the highest step."""
+    pointer = root / LATEST
+    if pointer.is_file():
+        target = root / pointer.read_text().strip()
+        if (target / STATE_FILE).is_file():
+            return target
+    steps = saved_steps(root)
+    return root / step_dir_name(steps[-1]) if steps else None
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A checkpoint folder from ``trainer.resume=<path>``: a checkpoint folder, its state file, a
+    ``checkpoints`` folder or a run directory."""
+    p = Path(os.path.expanduser(str(path)))
+    if not p.exists():
+        raise ConfigError(f"trainer.resume: {str(path)!r} does not exist")
+    if p.is_file():
+        p = p.parent
+    if (p / STATE_FILE).is_file():
+        return p
+    for root in (p / "checkpoints", p):
+        found = latest(root)
+        if found is not None:
+            return found
+    raise ConfigError(f"trainer.resume: {str(path)!r} holds no checkpoint (no {STATE_FILE} under it)")
+
+
+def load(path: Path) -> dict[str, Any]:
+    """The state of checkpoint folder ``path``, on the CPU; a corrupt or foreign file is a one-line error."""
+    file = path / STATE_FILE
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"checkpoint {file}: cannot be read, it is truncated or corrupt ({reason})") from None
+    if not isinstance(state, dict) or "model" not in state or "step" not in state:
+        raise ConfigError(f"checkpoint {file}: not a checkpoint of this template (no model state and step)")
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU and CUDA generator states, as tensors and plain values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss)},
+        "numpy_cached_gaussian": float(cached),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], state["numpy_cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _as_tuple(value: Any) -> Any:
+    """random.setstate wants tuples where a round trip may have produced lists."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_as_tuple(v) for v in value)
+    return value

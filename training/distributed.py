@@ -1,0 +1,146 @@
+"""Devices, precision and torch.distributed: one process per device, set up from torchrun's environment.
+
+A single process (no ``WORLD_SIZE`` in the environment, or 1) needs no process group. Under torchrun each
+rank joins the group torchrun describes (NCCL on CUDA, gloo on CPU), takes the GPU of its local rank, and
+only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from training.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the job."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def env_world() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from torchrun's environment; (0, 0, 1) outside it."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+
+
+def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
+    """``trainer.device``: auto picks cuda, then mps, then cpu; an explicit choice must exist here."""
+    if choice not in DEVICES:
+        raise ConfigError("trainer.device", f"one of {', '.join(DEVICES)}", choice)
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
+    if choice == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("trainer.device", "auto or cpu on this machine (torch sees no CUDA GPU)", "cuda")
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"trainer.device: local rank {local_rank} has no GPU (this node has {torch.cuda.device_count()})"
+            )
+        return torch.device("cuda", local_rank)
+    if choice == "mps" and not mps_available():
+        raise ConfigError("trainer.device", "auto or cpu on this machine (torch sees no MPS device)", "mps")
+    return torch.device(choice)
+
+
+def resolve_precision(choice: str, device: torch.device) -> str:
+    """``trainer.precision``: auto is bf16 on CUDA GPUs that support it, fp16 on older ones, else fp32."""
+    if choice not in PRECISIONS:
+        raise ConfigError("trainer.precision", f"one of {', '.join(PRECISIONS)}", choice)
+    cuda = device.type == "cuda"
+    if choice == "auto":
+        if cuda:
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if choice == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        name = torch.cuda.get_device_name(device)
+        raise ConfigError("trainer.precision", f"fp16 or fp32 on {name} (it has no bf16 support)", "bf16")
+    if choice == "fp16" and device.type == "cpu":
+        raise ConfigError("trainer.precision", "fp32 or bf16 on the CPU (fp16 with a GradScaler needs a GPU)", "fp16")
+    return choice
+
+
+def autocast(device: torch.device, precision: str):
+    """The mixed-precision context of the forward pass (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def init(device_choice: str) -> Dist:
+    """Join torchrun's process group when there is one, and pick this rank's device."""
+    rank, local_rank, world_size = env_world()
+    device = resolve_device(device_choice, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30), **kwargs)
+    return Dist(rank, local_rank, world_size, device)
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj, src: int = 0):
+    """``obj`` as rank ``src`` has it, on every rank (itself when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t /= dist.get_world_size()
+    return t
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gather_object(obj) -> list:
+    """``obj`` of every rank, in rank order, on every rank (``[obj]`` when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -1,0 +1,162 @@
+"""The metric sink: one ``log(step, metrics)`` that fans out to metrics.jsonl (always), the console, and the
+chosen logger (W&B, CSV or none). Metric names are DESIGN.md's: identical in every sink.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("train")
+
+TRAIN_METRICS = (
+    "train/loss",
+    "train/lr",
+    "train/grad_norm",
+    "train/tokens_per_sec",
+    "train/mfu",
+    "train/step_time",
+    "tokens",
+)
+VAL_METRICS = ("val/loss", "val/bpb")
+METRIC_NAMES = TRAIN_METRICS + VAL_METRICS
+
+SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def secret_values() -> list[str]:
+    """Values of environment variables whose names look secret (``*_KEY``, ``*TOKEN*``, …)."""
+    return [v for k, v in os.environ.items() if SECRET_NAME.search(k) and len(v) >= 8]
+
+
+def redact(obj: Any, secrets: list[str] | None = None) -> Any:
+    """A copy of a config container with secret-looking keys and any secret environment value masked."""
+    secrets = secret_values() if secrets is None else secrets
+    if isinstance(obj, Mapping):
+        return {
+            k: (REDACTED if SECRET_NAME.search(str(k)) and obj[k] not in (None, "") else redact(v, secrets))
+            for k, v in obj.items()
+        }
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(redact(v, secrets) for v in obj)
+    if isinstance(obj, str):
+        for s in secrets:
+            if s in obj:
+                obj = obj.replace(s, REDACTED)
+    return obj
+
+
+class JsonlSink:
+    """metrics.jsonl: one JSON object per logged step. On resume from update k, records of steps ≥ k (written
+    by the interrupted run after its last checkpoint) are dropped first, so the file reads as one run."""
+
+    def __init__(self, path: Path, resume_step: int | None = None):
+        self.path = path
+        if resume_step is not None and path.exists():
+            keep = [line for line in path.read_text().splitlines() if line.strip() and _step(line) < resume_step]
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            os.replace(tmp, path)
+        self.fh = open(path, "a", buffering=1)
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        self.fh.write(json.dumps({"step": step, **metrics}) + "\n")
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def _step(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return -1
+
+
+class CsvSink:
+    """metrics.csv: a column per metric name of DESIGN.md, one row per logged step."""
+
+    def __init__(self, path: Path, resume_step: int | None = None):
+        rows = []
+        if resume_step is not None and path.exists():
+            with open(path, newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["step"]) < resume_step]
+        self.fh = open(path, "w", newline="", buffering=1)
+        self.writer = csv.DictWriter(self.fh, fieldnames=("step", *METRIC_NAMES), extrasaction="ignore")
+        self.writer.writeheader()
+        self.writer.writerows(rows)
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        self.writer.writerow({"step": step, **metrics})
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def format_line(step: int, total: int, m: Mapping[str, Any]) -> str:
+    """One console line for a train or eval record."""
+    parts = [f"step {step:>{len(str(total))}}/{total}"]
+    if "val/loss" in m:
+        parts.append(f"val loss {m['val/loss']:.4f}")
+        if "val/bpb" in m:
+            parts.append(f"bpb {m['val/bpb']:.4f}")
+        return " | ".join(parts)
+    if "train/loss" in m:
+        parts.append(f"loss {m['train/loss']:.4f}")
+    if "train/lr" in m:
+        parts.append(f"lr {m['train/lr']:.3e}")
+    if "train/grad_norm" in m:
+        parts.append(f"gnorm {m['train/grad_norm']:.3f}")
+    if "train/tokens_per_sec" in m:
+        parts.append(f"{m['train/tokens_per_sec'] / 1e3:.1f}k tok/s")
+    if m.get("train/mfu") is not None and math.isfinite(m["train/mfu"]):
+        parts.append(f"mfu {100 * m['train/mfu']:.1f}%")
+    if "train/step_time" in m:
+        parts.append(f"{1e3 * m['train/step_time']:.0f} ms")
+    return " | ".join(parts)
+
+
+class ConsoleSink:
+    """Log lines through the ``train`` logger (Hydra sends them to the console and train.log)."""
+
+    def __init__(self, total_steps: int, every: int = 1):
+        self.total, self.every = total_steps, max(1, every)
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        if "val/loss" in metrics or step % self.every == 0 or step == self.total - 1:
+            log.info(format_line(step, self.total, metrics))
+
+    def close(self) -> None:
+        pass
+
+
+class Metrics:
+    """Fan-out to every sink; ``summary`` keeps the values the end-of-run report and W&B summary show."""
+
+    def __init__(self, sinks: list[Any]):
+        self.sinks = sinks
+        self.summary: dict[str, Any] = {}
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        metrics = {k: v for k, v in metrics.items() if v is not None}
+        for sink in self.sinks:
+            sink.log(step, metrics)
+        if "val/loss" in metrics and metrics["val/loss"] < self.summary.get("best/val_loss", math.inf):
+            self.summary["best/val_loss"] = metrics["val/loss"]
+            self.summary["best/val_bpb"] = metrics.get("val/bpb")
+            self.summary["best/step"] = step
+
+    def close(self, ok: bool = True) -> None:
+        for sink in self.sinks:
+            if hasattr(sink, "finish"):
+                sink.finish(ok, self.summary)
+            else:
+                sink.close()

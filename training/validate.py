@@ -1,0 +1,159 @@
+"""The single place that checks a composed config, before any work is done or any file written.
+
+Each check raises ``ConfigError`` naming the key, what is allowed and what was given. Hydra's own
+composition errors (an unknown group option, a mistyped key) are reported by Hydra before this runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from model.gpt import ARCHS
+from training.errors import ConfigError
+
+COMPILE = ("auto", True, False)
+NONFINITE = ("stop", "skip")
+LOGGERS = ("wandb", "csv", "none")
+SOURCES = ("builtin", "text_files", "hub")
+DECODE_POLICIES = ("skip", "replace", "error")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def positive_int(section: Mapping[str, Any], key: str, prefix: str, minimum: int = 1) -> int:
+    v = section.get(key)
+    if not _is_int(v) or v < minimum:
+        raise ConfigError(f"{prefix}.{key}", f"an integer ≥ {minimum}" if minimum != 1 else "an integer > 0", v)
+    return v
+
+
+def one_of(section: Mapping[str, Any], key: str, prefix: str, allowed: tuple) -> Any:
+    v = section.get(key)
+    if v not in allowed or isinstance(v, bool) != any(isinstance(a, bool) and a == v for a in allowed):
+        raise ConfigError(f"{prefix}.{key}", f"one of {', '.join(str(a).lower() for a in allowed)}", v)
+    return v
+
+
+def check_model(m: Mapping[str, Any]) -> None:
+    one_of(m, "arch", "model", ARCHS)
+    for key in ("n_layer", "n_head", "n_embd", "block_size"):
+        positive_int(m, key, "model")
+    if m["n_embd"] % m["n_head"]:
+        raise ConfigError("model.n_embd", f"divisible by model.n_head ({m['n_head']})", m["n_embd"])
+    dropout = m.get("dropout", 0.0)
+    if not _is_number(dropout) or not 0.0 <= dropout < 1.0:
+        raise ConfigError("model.dropout", "in [0, 1)", dropout)
+    if not isinstance(m.get("bias", True), bool):
+        raise ConfigError("model.bias", "true or false", m.get("bias"))
+    kv = m.get("n_kv_head")
+    if kv is not None:
+        if not _is_int(kv) or kv < 1 or m["n_head"] % kv:
+            raise ConfigError("model.n_kv_head", f"null or a divisor of model.n_head ({m['n_head']})", kv)
+        if m["arch"] != "llama" and kv != m["n_head"]:
+            raise ConfigError("model.n_kv_head", "null for arch=gpt2 (grouped-query attention is llama-style)", kv)
+    if m.get("mlp_hidden") is not None:
+        positive_int(m, "mlp_hidden", "model")
+    if m["arch"] == "llama" and (m["n_embd"] // m["n_head"]) % 2:
+        raise ConfigError(
+            "model.n_embd", "such that n_embd / n_head is even (rotary embeddings rotate pairs)", m["n_embd"]
+        )
+    if m["arch"] == "gpt2" and not m.get("tie_embeddings", True):
+        raise ConfigError("model.tie_embeddings", "true for arch=gpt2 (an untied head is llama-style)", False)
+    for key in ("rope_theta", "norm_eps"):
+        v = m.get(key)
+        if v is not None and (not _is_number(v) or v <= 0):
+            raise ConfigError(f"model.{key}", "> 0", v)
+
+
+def check_optim(o: Mapping[str, Any]) -> None:
+    if o.get("name", "adamw") != "adamw":
+        raise ConfigError("optim.name", "adamw", o.get("name"))
+    lr = o.get("lr")
+    if not _is_number(lr) or lr <= 0:
+        raise ConfigError("optim.lr", "> 0", lr)
+    betas = o.get("betas")
+    if (
+        not isinstance(betas, (list, tuple))
+        or len(betas) != 2
+        or not all(_is_number(b) and 0.0 <= b < 1.0 for b in betas)
+    ):
+        raise ConfigError("optim.betas", "two numbers in [0, 1), e.g. [0.9, 0.98]", list(betas or []))
+    eps = o.get("eps")
+    if not _is_number(eps) or eps <= 0:
+        raise ConfigError("optim.eps", "> 0", eps)
+    wd = o.get("weight_decay")
+    if not _is_number(wd) or wd < 0:
+        raise ConfigError("optim.weight_decay", "≥ 0", wd)
+    one_of(o, "fused", "optim", ("auto", True, False))
+
+
+def check_trainer(t: Mapping[str, Any]) -> None:
+    positive_int(t, "max_steps", "trainer")
+    for key in ("batch_size", "grad_accum_steps", "eval_batches", "log_every"):
+        positive_int(t, key, "trainer")
+    for key in ("eval_every", "ckpt_every", "sample_tokens"):
+        positive_int(t, key, "trainer", minimum=0)
+    positive_int(t, "keep_checkpoints", "trainer", minimum=2 if t.get("ckpt_every") else 1)
+    if not _is_int(t.get("seed")):
+        raise ConfigError("trainer.seed", "an integer", t.get("seed"))
+    clip = t.get("grad_clip")
+    if not _is_number(clip) or clip < 0:
+        raise ConfigError("trainer.grad_clip", "≥ 0 (0 = no clipping)", clip)
+    one_of(t, "compile", "trainer", COMPILE)
+    one_of(t, "nonfinite", "trainer", NONFINITE)
+    resume = t.get("resume")
+    if resume is not False and resume != "auto" and not (isinstance(resume, str) and resume):
+        raise ConfigError("trainer.resume", "auto, false or a checkpoint or run directory", resume)
+    if not isinstance(t.get("allow_schedule_change"), bool):
+        raise ConfigError("trainer.allow_schedule_change", "true or false", t.get("allow_schedule_change"))
+
+
+def check_data(d: Mapping[str, Any]) -> None:
+    one_of(d, "source", "data", SOURCES)
+    vf = d.get("val_fraction", 0.05)
+    if d.get("val_split") is None and (not _is_number(vf) or not 0.0 < vf < 1.0):
+        raise ConfigError("data.val_fraction", "a fraction in (0, 1)", vf)
+    if not d.get("tokenizer"):
+        from data.tokenizer import check_vocab_size
+
+        check_vocab_size(d.get("vocab_size"), list(d.get("special_tokens") or ["<|endoftext|>"]))
+    for key in ("max_documents", "max_bytes", "tokenizer_train_bytes"):
+        if d.get(key) is not None:
+            positive_int(d, key, "data")
+    one_of(d, "on_decode_error", "data", DECODE_POLICIES)
+    if d.get("source") == "text_files" and d.get("path") in (None, "", "???"):
+        raise ConfigError("data.path", "a file, a directory or a glob for data=text_files", d.get("path"))
+    if d.get("source") == "hub" and not d.get("name"):
+        raise ConfigError("data.name", "a Hugging Face dataset name for a hub corpus", d.get("name"))
+
+
+def check_logger(lg: Mapping[str, Any]) -> None:
+    one_of(lg, "name", "logger", LOGGERS)
+    if lg["name"] == "wandb":
+        from training.wandb_logger import MODES
+
+        one_of(lg, "mode", "logger", MODES)
+
+
+def check_config(cfg: Mapping[str, Any]) -> None:
+    """Every check that needs nothing but the config: model, optim, trainer, data, logger and schedule."""
+    if not isinstance(cfg, dict):  # an OmegaConf DictConfig: check the plain, resolved values
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    check_model(cfg["model"])
+    check_optim(cfg["optim"])
+    check_trainer(cfg["trainer"])
+    check_data(cfg["data"])
+    check_logger(cfg["logger"])
+    from scheduling import schedule_from_config
+
+    schedule_from_config(cfg["schedule"], cfg["trainer"]["max_steps"], cfg["optim"]["lr"])

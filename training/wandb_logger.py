@@ -1,0 +1,99 @@
+"""The W&B sink: one W&B run per training run, resumed with the run, finished cleanly (or marked failed)."""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("train")
+
+MODES = ("auto", "online", "offline", "disabled")
+
+
+def credentials_present() -> bool:
+    """Whether W&B could log in: an API key in the environment or in ~/.netrc (what ``wandb login`` writes)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_mode(mode: str) -> str:
+    """``logger.mode``: an explicit mode wins; ``auto`` follows ``WANDB_MODE`` when set, else online when
+    credentials are present and offline otherwise."""
+    if mode != "auto":
+        return mode
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env in ("online", "offline", "disabled"):
+        return env
+    if env == "dryrun":
+        return "offline"
+    return "online" if credentials_present() else "offline"
+
+
+class WandbSink:
+    def __init__(
+        self,
+        cfg: Mapping[str, Any],
+        run_dir: Path,
+        config: dict[str, Any],
+        run_id: str | None = None,
+        name: str | None = None,
+        group: str | None = None,
+    ):
+        import wandb
+
+        self.mode = resolve_mode(cfg.get("mode", "auto"))
+        self.run = wandb.init(
+            project=cfg.get("project"),
+            entity=cfg.get("entity"),
+            group=cfg.get("group") or group,
+            name=cfg.get("run_name") or name,
+            tags=list(cfg.get("tags") or []) or None,
+            job_type=cfg.get("job_type"),
+            notes=cfg.get("notes"),
+            config=config,
+            dir=str(run_dir),
+            mode=self.mode,
+            id=run_id,
+            resume="allow" if run_id else None,
+            reinit="finish_previous",
+        )
+        self.run.define_metric("step")
+        for pattern in ("train/*", "val/*", "tokens"):
+            self.run.define_metric(pattern, step_metric="step")
+        self.run.define_metric("val/loss", step_metric="step", summary="min")
+        self.run.define_metric("val/bpb", step_metric="step", summary="min")
+        # On resume W&B already holds the steps the interrupted run logged; they are identical, skip them.
+        self.first_new_step = int(self.run.step or 0) if run_id else 0
+        self.run_dir = run_dir
+
+    @property
+    def run_id(self) -> str | None:
+        return getattr(self.run, "id", None)
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        if step < self.first_new_step:
+            return
+        self.run.log({"step": step, **metrics}, step=step)
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        import wandb
+
+        self.run.log({key: wandb.Table(columns=columns, data=rows)}, commit=False)
+
+    def finish(self, ok: bool, summary: Mapping[str, Any]) -> None:
+        for k, v in summary.items():
+            self.run.summary[k] = v
+        self.run.finish(exit_code=0 if ok else 1)
+        if self.mode == "offline":
+            offline = sorted(Path(self.run_dir, "wandb").glob("offline-run-*"))
+            if offline:
+                log.info("W&B ran offline; upload the run with: wandb sync %s", offline[-1])
