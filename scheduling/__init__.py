@@ -1,6 +1,7 @@
 """Learning-rate schedules: pure functions of the update index (``scheduling.schedules``), a validated
-picklable ``Schedule`` (``scheduling.spec``), and torch's LambdaLR around it with a drop-in ``get_scheduler``
-(``scheduling.lr_scheduler``, the only part that imports torch; loaded on first use)."""
+picklable ``Schedule`` (``scheduling.spec``), torch's LambdaLR around it with a drop-in ``get_scheduler``
+(``scheduling.lr_scheduler``, the only part that imports torch; loaded on first use), and a plot CLI
+(``python -m scheduling.plot``)."""
 
 from scheduling.schedules import (
     DECAY_SHAPES,

@@ -1,11 +1,13 @@
 """torch's LambdaLR around a Schedule, a drop-in ``get_scheduler`` for transformers' names, and the resume check.
 
 Stepping contract: build the scheduler before the first update (LambdaLR's constructor sets lr = peak·λ(0));
-update t runs with peak·λ(t); call ``scheduler.step()`` once after each optimizer update, never per micro-batch.
+update t runs with peak·λ(t); call ``scheduler.step()`` once after each optimizer update that was taken — never
+per micro-batch, and not after an fp16 step the GradScaler skipped (the same update index is then retried).
 """
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -13,12 +15,21 @@ from typing import Any
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
-from scheduling.spec import Schedule
+from scheduling.schedules import SCHEDULES
+from scheduling.spec import CONFIG_KEYS, Schedule, _key
 from training.errors import ConfigError
 
-HF_KEYS = {"total_steps": "num_training_steps", "warmup_steps": "num_warmup_steps"}
+# Messages from get_scheduler name transformers' arguments, not config keys.
+_RENAMED = {
+    "total_steps": "num_training_steps",
+    "warmup_steps": "num_warmup_steps",
+    "decay_steps": "num_decay_steps",
+    "decay_shape": "decay_type",
+    "warmup_shape": "warmup_type",
+}
+HF_KEYS = {p: _RENAMED.get(p, p) for fn in SCHEDULES.values() for p in inspect.signature(fn).parameters}
 
-# transformers' SchedulerType values that are LambdaLR schedules, and ours under their own names.
+# transformers' SchedulerType values this module provides (the same lr for steps 0 … T), and our own names.
 TRANSFORMERS_NAMES = (
     "linear",
     "cosine",
@@ -32,23 +43,37 @@ TRANSFORMERS_NAMES = (
     "warmup_stable_decay",
 )
 OWN_NAMES = ("wsd", "cosine_restarts")
+_FLOOR_ARGS = ("min_lr", "min_lr_ratio", "min_lr_rate")
 
 
-def build_scheduler(optimizer: Optimizer, schedule: Schedule) -> LambdaLR:
-    """LambdaLR whose multiplier is ``schedule``; every param group follows it (each from its own base lr)."""
-    return LambdaLR(optimizer, schedule)
+def build_scheduler(optimizer: Optimizer, schedule: Schedule, last_epoch: int = -1) -> LambdaLR:
+    """LambdaLR whose multiplier is ``schedule``: every param group gets ``its base lr · λ(t)``.
+
+    ``schedule`` is a plain object, so ``scheduler.state_dict()`` carries its name and parameters.
+    """
+    return LambdaLR(optimizer, schedule, last_epoch=last_epoch)
 
 
-def _floor_ratio(optimizer: Optimizer, kwargs: dict[str, Any], default: float = 0.0) -> float:
-    """Our floor arguments, accepted by every schedule: ``min_lr`` (absolute) or ``min_lr_ratio``/``min_lr_rate``."""
-    given = {k: kwargs.pop(k) for k in ("min_lr", "min_lr_ratio", "min_lr_rate") if kwargs.get(k) is not None}
-    for k in ("min_lr", "min_lr_ratio", "min_lr_rate"):
-        kwargs.pop(k, None)
+def _floor_ratio(optimizer: Optimizer, kwargs: dict[str, Any], default: float | None = 0.0) -> float | None:
+    """Pop our floor arguments, accepted by every decaying schedule: ``min_lr`` (absolute, divided by the
+    optimizer's default lr as transformers does) or ``min_lr_ratio`` (alias ``min_lr_rate``) of the peak."""
+    given = {k: kwargs.pop(k) for k in _FLOOR_ARGS if k in kwargs}
+    given = {k: v for k, v in given.items() if v is not None}
     if len(given) > 1:
         raise ValueError(f"Only one of min_lr, min_lr_ratio or min_lr_rate should be set, got {sorted(given)}")
     if "min_lr" in given:
         return given["min_lr"] / optimizer.defaults["lr"]
     return next(iter(given.values()), default)
+
+
+def _schedule(own: str, kwargs: dict[str, Any], name: str, **params: Any) -> Schedule:
+    """Schedule ``own`` from ``params`` plus the caller's extra ``kwargs``; an argument the schedule does not take
+    is a TypeError, as in transformers."""
+    accepted = inspect.signature(SCHEDULES[own]).parameters
+    for k in kwargs:
+        if k not in accepted or k == "t":
+            raise TypeError(f"get_scheduler({name!r}) got an unexpected keyword argument {k!r}")
+    return Schedule(own, keys=HF_KEYS, **{**params, **kwargs})
 
 
 def get_scheduler(
@@ -59,115 +84,111 @@ def get_scheduler(
     scheduler_specific_kwargs: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> LambdaLR | ReduceLROnPlateau:
-    """A drop-in for ``transformers.get_scheduler``: same names, arguments and defaults, the same lr at every
-    step 0 … T. Differences: past T every schedule holds its floor (transformers' cosine climbs back up), and
-    every schedule takes a floor (``min_lr`` absolute, or ``min_lr_ratio``). Extra arguments may be given as
-    keywords or, as in transformers, in ``scheduler_specific_kwargs``.
+    """A drop-in for ``transformers.get_scheduler``: the same names, arguments and defaults, and the same lr at
+    every step 0 … T. Extra arguments go in ``scheduler_specific_kwargs`` (as in transformers) or as keywords.
 
-    Also accepts this template's own names ``wsd`` and ``cosine_restarts`` with the Schedule parameters.
+    Differences: past T every decay holds its floor (transformers' ``cosine`` and ``cosine_with_min_lr`` climb
+    back up); every decay takes a floor (``min_lr`` absolute, or ``min_lr_ratio``/``min_lr_rate`` of the peak);
+    ``inverse_sqrt`` also takes ``num_training_steps`` and ``cooldown_steps`` (a linear cooldown to the floor);
+    ``cosine_with_restarts`` also takes ``cycle_decay``. The template's own names ``wsd`` and
+    ``cosine_restarts`` take the Schedule parameters. ``cosine_warmup_with_min_lr`` and ``greedy`` are not
+    provided. ``last_epoch`` is passed on to LambdaLR.
     """
     name = getattr(name, "value", name)  # a transformers SchedulerType works too
-    kw = dict(scheduler_specific_kwargs or {}, **kwargs)
+    kw = {**(scheduler_specific_kwargs or {}), **kwargs}
     known = TRANSFORMERS_NAMES + OWN_NAMES
     if name not in known:
         raise ValueError(f"{name!r} is not a known schedule; known: {', '.join(known)}")
     if name == "reduce_lr_on_plateau":
         return ReduceLROnPlateau(optimizer, **kw)
-    if name == "constant":  # transformers ignores warmup and every other argument here
+    last_epoch = kw.pop("last_epoch", -1)
+    W, T = num_warmup_steps, num_training_steps
+    if name == "constant":  # transformers ignores the warmup and every other argument here
         return build_scheduler(optimizer, Schedule("constant", keys=HF_KEYS))
-    if num_warmup_steps is None:
+    if W is None:
         raise ValueError(f"{name} requires `num_warmup_steps`, please provide that argument.")
-    W = num_warmup_steps
-    if name == "constant_with_warmup":
-        return build_scheduler(optimizer, Schedule("constant", keys=HF_KEYS, warmup_steps=W))
-    if name == "inverse_sqrt":
+    if name == "constant_with_warmup":  # likewise: only the warmup counts
+        return build_scheduler(optimizer, Schedule("constant", keys=HF_KEYS, warmup_steps=W), last_epoch)
+
+    if name == "inverse_sqrt":  # T is optional: without it (or a cooldown) the decay goes on for ever
         floor = _floor_ratio(optimizer, kw)
-        params = dict(warmup_steps=W, min_lr_ratio=floor, **kw)
-        if num_training_steps is not None:
-            params["total_steps"] = num_training_steps
-        return build_scheduler(optimizer, Schedule("inverse_sqrt", keys=HF_KEYS, **params))
+        extra = {"total_steps": T} if T is not None else {}
+        schedule = _schedule("inverse_sqrt", kw, name, warmup_steps=W, min_lr_ratio=floor, **extra)
+        return build_scheduler(optimizer, schedule, last_epoch)
     if name == "warmup_stable_decay":
         floor = _floor_ratio(optimizer, kw)
-        decay = kw.pop("num_decay_steps")
-        stable = kw.pop("num_stable_steps", None)
-        if num_training_steps is None and stable is None:
+        if "num_decay_steps" not in kw:
+            raise TypeError("get_scheduler('warmup_stable_decay') requires the argument 'num_decay_steps'")
+        decay, stable = kw.pop("num_decay_steps"), kw.pop("num_stable_steps", None)
+        if T is None and stable is None:
             raise ValueError("Either num_training_steps or num_stable_steps must be specified.")
-        if num_training_steps is not None and stable is not None:
+        if T is not None and stable is not None:
             warnings.warn(
                 "Both num_training_steps and num_stable_steps are specified. num_stable_steps will be used.",
                 stacklevel=2,
             )
-        total = W + stable + decay if stable is not None else num_training_steps
-        warmup_shape = kw.pop("warmup_type", "linear")
         params = dict(
-            total_steps=total,
+            total_steps=W + stable + decay if stable is not None else T,
             warmup_steps=W,
             decay_steps=decay,
             min_lr_ratio=floor,
+            warmup_start_ratio=floor,  # transformers' WSD warmup starts at the floor, not at 0
+            warmup_shape=kw.pop("warmup_type", "linear"),
             decay_shape=kw.pop("decay_type", "cosine"),
-            warmup_shape=warmup_shape,
-            warmup_start_ratio=floor,  # transformers' WSD warmup starts at the floor
-            **kw,
         )
-        return build_scheduler(optimizer, Schedule("wsd", keys=HF_KEYS, **params))
-    if num_training_steps is None:
+        return build_scheduler(optimizer, _schedule("wsd", kw, name, **params), last_epoch)
+
+    if T is None:
         raise ValueError(f"{name} requires `num_training_steps`, please provide that argument.")
-    T = num_training_steps
     if name == "polynomial":
         lr_init = optimizer.defaults["lr"]
         lr_end = kw.pop("lr_end", None)
+        floor = _floor_ratio(optimizer, kw, default=None)
+        if lr_end is not None and floor is not None:
+            raise ValueError("Only one of lr_end or a floor argument (min_lr, min_lr_ratio) should be set")
         if lr_end is None:
-            lr_end = _floor_ratio(optimizer, kw, default=1e-7 / lr_init) * lr_init
+            lr_end = 1e-7 if floor is None else floor * lr_init
         if not lr_init > lr_end:
             raise ValueError(f"lr_end ({lr_end}) must be smaller than initial lr ({lr_init})")
-        params = dict(total_steps=T, warmup_steps=W, min_lr_ratio=lr_end / lr_init, power=kw.pop("power", 1.0), **kw)
-        return build_scheduler(optimizer, Schedule("polynomial", keys=HF_KEYS, **params))
-    if name == "cosine_with_min_lr":
-        given = [k for k in ("min_lr", "min_lr_rate", "min_lr_ratio") if kw.get(k) is not None]
-        if not given:
-            raise ValueError("One of min_lr or min_lr_rate should be set through the `lr_scheduler_kwargs`")
-        floor = _floor_ratio(optimizer, kw)
-        return build_scheduler(
-            optimizer, Schedule("cosine", keys=HF_KEYS, total_steps=T, warmup_steps=W, min_lr_ratio=floor, **kw)
-        )
+        schedule = _schedule("polynomial", kw, name, total_steps=T, warmup_steps=W, min_lr_ratio=lr_end / lr_init)
+        return build_scheduler(optimizer, schedule, last_epoch)
+    if name == "cosine_with_min_lr" and not any(kw.get(k) is not None for k in _FLOOR_ARGS):
+        raise ValueError("One of min_lr or min_lr_rate should be set through the `lr_scheduler_kwargs`")
     floor = _floor_ratio(optimizer, kw)
-    own = {"cosine_with_restarts": "cosine_restarts"}.get(name, name)
-    return build_scheduler(
-        optimizer, Schedule(own, keys=HF_KEYS, total_steps=T, warmup_steps=W, min_lr_ratio=floor, **kw)
-    )
+    own = {"cosine_with_restarts": "cosine_restarts", "cosine_with_min_lr": "cosine"}.get(name, name)
+    schedule = _schedule(own, kw, name, total_steps=T, warmup_steps=W, min_lr_ratio=floor)
+    return build_scheduler(optimizer, schedule, last_epoch)
 
 
 def restore_scheduler(scheduler: LambdaLR, saved_state: Mapping[str, Any], allow_change: bool = False) -> None:
     """Continue ``scheduler`` (built from the current config) at the saved update index.
 
-    Refuses, with one line, a checkpoint whose schedule or peak lr differs from the config's unless
-    ``allow_change``; then the config's schedule and peak apply from the saved update index on. The lr of every
-    param group is recomputed from the schedule, so it never depends on what the optimizer state carried.
+    Refuses, with one line, a checkpoint whose schedule (name or any parameter, T included) or peak lr differs
+    from the config's, unless ``allow_change``; then the config's schedule and peak apply from the saved update
+    index on. The lr of every param group is recomputed from the schedule, so it never depends on what the
+    optimizer's saved state carried.
     """
     schedule = scheduler.lr_lambdas[0]
     saved = (saved_state.get("lr_lambdas") or [None])[0] or {}
     if not allow_change:
-        if saved and (saved.get("name") != schedule.name or saved.get("params") != schedule.params):
-            old = saved.get("params", {})
-            if saved.get("name") != schedule.name:
-                what = f"schedule {saved.get('name')!r} → {schedule.name!r}"
-            else:
-                diff = sorted(k for k in set(old) | set(schedule.params) if old.get(k) != schedule.params.get(k))
-                what = ", ".join(f"{k} {old.get(k)!r} → {schedule.params.get(k)!r}" for k in diff)
-            raise ConfigError(
-                f"schedule: the checkpoint was trained with another schedule ({what}); resume with the same "
-                "settings, or set trainer.allow_schedule_change=true to continue with the new schedule"
-            )
+        old_name, old = saved.get("name", schedule.name), saved.get("params", schedule.params)
+        if old_name != schedule.name:
+            what = f"schedule.name {old_name!r} → {schedule.name!r}"
+        else:
+            diff = sorted(k for k in set(old) | set(schedule.params) if old.get(k) != schedule.params.get(k))
+            what = ", ".join(f"{_key(k, CONFIG_KEYS)} {old.get(k)!r} → {schedule.params.get(k)!r}" for k in diff)
         old_peaks = [float(x) for x in saved_state.get("base_lrs", [])]
         if old_peaks and old_peaks != [float(x) for x in scheduler.base_lrs]:
+            what = ", ".join(filter(None, [what, f"optim.lr {old_peaks[0]:g} → {float(scheduler.base_lrs[0]):g}"]))
+        if what:
             raise ConfigError(
-                f"optim.lr: the checkpoint was trained with peak lr {old_peaks[0]:g}, the config asks for "
-                f"{float(scheduler.base_lrs[0]):g}; resume with the same value, or set "
-                "trainer.allow_schedule_change=true to continue with the new one"
+                f"the checkpoint was trained with another schedule ({what}); resume with the same settings, "
+                "or set trainer.allow_schedule_change=true to continue with the new one from the saved update"
             )
-    state = {k: v for k, v in saved_state.items() if k not in ("lr_lambdas", "base_lrs", "_last_lr")}
+    state = {k: v for k, v in saved_state.items() if k not in ("base_lrs", "_last_lr")}
+    state["lr_lambdas"] = [None] * len(scheduler.lr_lambdas)  # keep the config's schedule, not the saved one
     scheduler.load_state_dict(state)
     lrs = [base * schedule(scheduler.last_epoch) for base in scheduler.base_lrs]
-    for group, lr in zip(scheduler.optimizer.param_groups, lrs, strict=True):
-        group["lr"] = lr
+    for group, base, lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, lrs, strict=True):
+        group["initial_lr"], group["lr"] = base, lr  # the optimizer's saved state may carry the old peak
     scheduler._last_lr = lrs

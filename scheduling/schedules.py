@@ -6,7 +6,10 @@ Notation: ``W`` warmup updates, ``T`` total updates, ``r`` the floor as a fracti
 
 Conventions shared by every schedule:
 - warmup rises from ``s`` (0 by default) at ``t = 0`` to 1 at ``t = W``; ``warmup()`` gives the shapes;
-- the decay reaches the floor ``r`` at ``t = T`` and holds it for every ``t > T`` (no rebound, never negative);
+- the decay reaches the floor ``r`` at ``t = T`` and holds it for every ``t > T`` (no rebound, never negative).
+  Exceptions, by design: ``constant`` has no decay (λ = 1 after warmup); ``inverse_sqrt`` reaches ``r`` only with
+  a cooldown (else it holds its value at ``T``); ``cosine`` with transformers' ``num_cycles`` ≠ ½ holds its
+  value at ``T``;
 - phase fractions divide by ``max(1, ·)`` as transformers does, so ``W = T`` cannot divide by zero.
 """
 
@@ -212,7 +215,7 @@ def cosine_restarts(
     *,
     total_steps: int,
     warmup_steps: int = 0,
-    num_cycles: int = 1,
+    num_cycles: int = 1,  # a whole number ≥ 1
     cycle_decay: float = 1.0,
     min_lr_ratio: float = 0.0,
     warmup_start_ratio: float = 0.0,

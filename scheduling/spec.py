@@ -15,7 +15,7 @@ from typing import Any
 from scheduling.schedules import DECAY_SHAPES, SCHEDULES, WARMUP_SHAPES
 from training.errors import ConfigError
 
-# How the parameters are named in messages by default: as Hydra config keys.
+# How parameters are named in messages by default: as Hydra config keys (``schedule.<param>`` unless listed).
 CONFIG_KEYS = {"total_steps": "trainer.max_steps"}
 
 
@@ -42,11 +42,11 @@ class Schedule:
     def __init__(self, name: str, keys: Mapping[str, str] = CONFIG_KEYS, **params: Any):
         if name not in SCHEDULES:
             raise ConfigError(_key("name", keys), f"one of {', '.join(sorted(SCHEDULES))}", name)
-        accepted = inspect.signature(SCHEDULES[name]).parameters
+        accepted = [p for p in inspect.signature(SCHEDULES[name]).parameters if p != "t"]
         unknown = sorted(set(params) - set(accepted))
         if unknown:
-            allowed = ", ".join(p for p in accepted if p != "t")
-            raise ConfigError(_key(unknown[0], keys), f"a parameter that schedule {name!r} takes ({allowed})", "?")
+            allowed = ", ".join(_key(p, keys) for p in accepted)
+            raise ConfigError(f"{_key(unknown[0], keys)} is not a parameter of schedule {name!r}; it takes {allowed}")
         validate(name, params, keys)
         self.name = name
         self.params = dict(params)
@@ -69,10 +69,6 @@ class Schedule:
     def warmup_steps(self) -> int:
         return self.params.get("warmup_steps", 0)
 
-    def state(self) -> dict[str, Any]:
-        """What LambdaLR saves of this schedule (its ``__dict__``)."""
-        return {"name": self.name, "params": dict(self.params)}
-
 
 def validate(name: str, p: Mapping[str, Any], keys: Mapping[str, str] = CONFIG_KEYS) -> None:
     """Raise ConfigError, naming the key, for the first parameter that makes ``name`` ill-defined."""
@@ -93,12 +89,8 @@ def validate(name: str, p: Mapping[str, Any], keys: Mapping[str, str] = CONFIG_K
     if not _is_number(start) or not 0.0 <= start <= 1.0:
         raise ConfigError(k("warmup_start_ratio"), "a number in [0, 1]", start)
     if shape == "exponential" and start <= 0.0:
-        raise ConfigError(k("warmup_start_ratio"), "> 0 for an exponential warmup", start)
-    floor = p.get("min_lr_ratio", 0.0)
-    if not _is_number(floor) or floor < 0.0:
-        raise ConfigError(k("min_lr_ratio"), "a floor ≥ 0", floor)
-    if floor > 1.0:
-        raise ConfigError(k("min_lr_ratio"), "≤ 1 (the floor cannot exceed the peak)", floor)
+        raise ConfigError(k("warmup_start_ratio"), "> 0 for an exponential warmup (it grows geometrically)", start)
+    check_floor_ratio(p.get("min_lr_ratio", 0.0), k("min_lr_ratio"))
     if name == "polynomial":
         power = p.get("power", 1.0)
         if not _is_number(power) or power <= 0:
@@ -113,7 +105,7 @@ def validate(name: str, p: Mapping[str, Any], keys: Mapping[str, str] = CONFIG_K
         if cool and total is None:
             raise ConfigError(k("cooldown_steps"), "0 when there is no total number of updates", cool)
         if cool and warm + cool > total:
-            raise ConfigError(k("cooldown_steps"), f"≤ total − warmup updates ({total - warm})", cool)
+            raise ConfigError(k("cooldown_steps"), f"≤ total − warmup updates ({total} − {warm})", cool)
     if name == "wsd":
         decay = p.get("decay_steps")
         if not _is_int(decay) or decay < 0:
@@ -128,15 +120,24 @@ def validate(name: str, p: Mapping[str, Any], keys: Mapping[str, str] = CONFIG_K
             raise ConfigError(k("num_cycles"), "> 0", cycles)
     if name == "cosine_restarts":
         cycles = p.get("num_cycles", 1)
-        if not _is_int(cycles) or cycles < 1:
-            raise ConfigError(k("num_cycles"), "an integer ≥ 1", cycles)
+        if not _is_number(cycles) or cycles < 1 or cycles != int(cycles):
+            raise ConfigError(k("num_cycles"), "a whole number of cycles ≥ 1", cycles)
         decay = p.get("cycle_decay", 1.0)
         if not _is_number(decay) or not 0.0 < decay <= 1.0:
-            raise ConfigError(k("cycle_decay"), "in (0, 1]", decay)
+            raise ConfigError(k("cycle_decay"), "in (0, 1] (1 = every cycle starts at the peak)", decay)
+
+
+def check_floor_ratio(ratio: Any, key: str) -> None:
+    """A floor as a fraction of the peak: in [0, 1] (the floor can be neither negative nor above the peak)."""
+    if not _is_number(ratio) or ratio < 0.0:
+        raise ConfigError(key, "a floor ≥ 0", ratio)
+    if ratio > 1.0:
+        raise ConfigError(key, "≤ 1 (the floor cannot exceed the peak)", ratio)
 
 
 def resolve_steps(value: Any, total_steps: int, key: str) -> int:
-    """``warmup_steps``-style values: an int is a number of updates; a float in (0, 1) a fraction of T."""
+    """``warmup_steps``-style values: an int is a number of updates; a float in (0, 1) a fraction of T, rounded
+    to the nearest update (``0.1`` of ``T = 100000`` is 10 000 updates); ``0``/``0.0`` is none."""
     if _is_int(value):
         if value < 0:
             raise ConfigError(key, "≥ 0 (an integer number of updates or a fraction in (0, 1))", value)
@@ -148,7 +149,7 @@ def resolve_steps(value: Any, total_steps: int, key: str) -> int:
     raise ConfigError(key, "an integer number of updates ≥ 0 or a fraction in (0, 1)", value)
 
 
-# Config keys that are not schedule parameters: resolved into ones here, or read elsewhere.
+# Config keys that are not schedule parameters as such: resolved into parameters here.
 _CONFIG_ONLY = ("name", "min_lr", "min_lr_ratio", "warmup_steps", "decay_fraction", "decay_steps", "cooldown_steps")
 
 
@@ -156,7 +157,9 @@ def schedule_from_config(cfg: Mapping[str, Any], total_steps: int, peak_lr: floa
     """Build the Schedule that the Hydra ``schedule`` group describes, for T = ``total_steps`` updates.
 
     Resolves ``warmup_steps``/``cooldown_steps`` fractions against T, the floor from ``min_lr`` (absolute, wins
-    when set) or ``min_lr_ratio``, and WSD's decay from ``decay_steps`` (wins when set) or ``decay_fraction``.
+    when set) or ``min_lr_ratio`` (null = 0), and WSD's decay length from ``decay_steps`` (wins when set) or
+    ``decay_fraction`` (of T). ``constant`` has no decay: its floor keys are checked but have no effect.
+    Raises ConfigError naming the config key (``schedule.…``, ``trainer.max_steps``, ``optim.lr``).
     """
     cfg = dict(cfg)
     name = cfg.get("name")
@@ -168,26 +171,39 @@ def schedule_from_config(cfg: Mapping[str, Any], total_steps: int, peak_lr: floa
         raise ConfigError("optim.lr", "> 0", peak_lr)
 
     params: dict[str, Any] = {k: v for k, v in cfg.items() if k not in _CONFIG_ONLY}
-    params["warmup_steps"] = resolve_steps(cfg.get("warmup_steps", 0), total_steps, "schedule.warmup_steps")
+    warm = resolve_steps(cfg.get("warmup_steps", 0), total_steps, "schedule.warmup_steps")
+    if warm > total_steps:
+        raise ConfigError("schedule.warmup_steps", f"≤ trainer.max_steps ({total_steps})", warm)
+    params["warmup_steps"] = warm
+    min_lr = cfg.get("min_lr")
+    if min_lr is not None:
+        if not _is_number(min_lr) or min_lr < 0:
+            raise ConfigError("schedule.min_lr", "a floor ≥ 0", min_lr)
+        if min_lr > peak_lr:
+            raise ConfigError("schedule.min_lr", f"≤ the peak optim.lr ({peak_lr:g})", min_lr)
+        ratio = min_lr / peak_lr
+    else:
+        ratio = cfg.get("min_lr_ratio")
+        ratio = 0.0 if ratio is None else ratio
+        check_floor_ratio(ratio, "schedule.min_lr_ratio")
     if name != "constant":
         params["total_steps"] = total_steps
-        min_lr = cfg.get("min_lr")
-        if min_lr is not None:
-            if not _is_number(min_lr) or min_lr < 0:
-                raise ConfigError("schedule.min_lr", "a floor ≥ 0", min_lr)
-            if min_lr > peak_lr:
-                raise ConfigError("schedule.min_lr", f"≤ the peak optim.lr ({peak_lr:g})", min_lr)
-            params["min_lr_ratio"] = min_lr / peak_lr
-        elif "min_lr_ratio" in cfg:
-            params["min_lr_ratio"] = cfg["min_lr_ratio"]
+        params["min_lr_ratio"] = ratio
     if name == "wsd":
         if cfg.get("decay_steps") is not None:
-            params["decay_steps"] = cfg["decay_steps"]
+            key, given = "schedule.decay_steps", cfg["decay_steps"]
+            if not _is_int(given) or given < 0:
+                raise ConfigError(key, "an integer number of updates ≥ 0 (or null to use decay_fraction)", given)
+            decay = given
         else:
-            fraction = cfg.get("decay_fraction", 0.2)
-            if not _is_number(fraction) or not 0.0 <= fraction <= 1.0:
-                raise ConfigError("schedule.decay_fraction", "a fraction in [0, 1]", fraction)
-            params["decay_steps"] = int(round(fraction * total_steps))
+            key, given = "schedule.decay_fraction", cfg.get("decay_fraction", 0.2)
+            if not _is_number(given) or not 0.0 <= given <= 1.0:
+                raise ConfigError(key, "a fraction of trainer.max_steps in [0, 1]", given)
+            decay = int(round(given * total_steps))
+        if warm + decay > total_steps:
+            room = f"warmup + decay ≤ trainer.max_steps ({warm} + {decay} > {total_steps})"
+            raise ConfigError(key, f"such that {room}", given)
+        params["decay_steps"] = decay
     if name == "inverse_sqrt":
         params["cooldown_steps"] = resolve_steps(cfg.get("cooldown_steps", 0), total_steps, "schedule.cooldown_steps")
     return Schedule(name, **params)

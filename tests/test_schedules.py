@@ -1,0 +1,336 @@
+"""The schedules as pure functions: their formulas, floors, the brief's exact cosine, validation, properties."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from omegaconf import OmegaConf
+
+from scheduling import SCHEDULES, WARMUP_SHAPES, Schedule, resolve_steps, schedule_from_config, warmup
+from scheduling.schedules import DECAY_SHAPES
+from tests.conftest import CONF, ROOT, compose_config, group_options
+from training.errors import ConfigError
+
+# The brief's example.
+T, W, PEAK, FLOOR = 100_000, 10_000, 3e-4, 3e-5
+
+
+def brief_lr_lambda(t: int) -> float:
+    if t < W:
+        return t / W
+    c = 0.5 * (1 + math.cos(math.pi * (t - W) / (T - W)))
+    return c * (1 - FLOOR / PEAK) + FLOOR / PEAK
+
+
+def config_schedule(name: str = "cosine", total_steps: int = 500, peak_lr: float = 3e-3, **changes) -> Schedule:
+    """The schedule of conf/schedule/<name>.yaml with ``changes``, as train.py builds it (without Hydra: fast)."""
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF / "schedule" / f"{name}.yaml"))
+    return schedule_from_config({**cfg, **changes}, total_steps, peak_lr)
+
+
+def test_schedules_and_spec_import_no_torch():
+    code = "import sys, scheduling, scheduling.schedules, scheduling.spec; assert 'torch' not in sys.modules"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_every_schedule_and_warmup_shape_states_its_formula():
+    for name, fn in SCHEDULES.items():
+        assert "λ(t)" in fn.__doc__ and "=" in fn.__doc__, name
+    for shape in WARMUP_SHAPES:
+        assert f"``{shape}``" in warmup.__doc__, shape
+
+
+def test_every_schedule_has_a_config_file_that_builds():
+    assert group_options("schedule") == sorted(SCHEDULES)
+    for name in SCHEDULES:
+        assert config_schedule(name).name == name
+
+
+def test_default_cosine_is_the_brief_lr_lambda_at_every_step():
+    cfg = compose_config([f"trainer.max_steps={T}", f"schedule.warmup_steps={W}", f"optim.lr={PEAK}",
+                          f"schedule.min_lr={FLOOR}"])  # fmt: skip
+    schedule = schedule_from_config(cfg.schedule, cfg.trainer.max_steps, cfg.optim.lr)
+    assert schedule.name == "cosine"
+    for t in range(T + 1):
+        assert math.isclose(schedule(t), brief_lr_lambda(t), rel_tol=1e-12, abs_tol=1e-15), t
+
+
+def test_warmup_fraction_of_total_steps_is_rounded_to_updates():
+    assert config_schedule(total_steps=1000, warmup_steps=0.05).warmup_steps == 50
+    assert resolve_steps(0.0, 1000, "k") == 0 and resolve_steps(7, 1000, "k") == 7
+
+
+# ---- each schedule's formula, written out independently ------------------------------------------------------
+
+
+def test_warmup_shapes_rise_from_their_start_to_the_peak():
+    s, n = 0.1, 8
+    for t in range(n):
+        x = t / n
+        assert math.isclose(warmup(t, n), x)
+        assert math.isclose(warmup(t, n, s), s + x * (1 - s))
+        assert math.isclose(warmup(t, n, s, "cosine"), s + (1 - s) * (1 - math.cos(math.pi * x)) / 2)
+        assert math.isclose(warmup(t, n, s, "exponential"), s ** (1 - x))
+        assert math.isclose(warmup(t, n, s, "1-sqrt"), s + (1 - s) * (1 - math.sqrt(1 - x)))
+    for shape in WARMUP_SHAPES:
+        assert math.isclose(Schedule("linear", total_steps=20, warmup_steps=n, warmup_shape=shape,
+                                     warmup_start_ratio=s)(0), s)  # fmt: skip
+
+
+def test_linear_polynomial_and_wsd_follow_their_formulas():
+    n, w, r = 100, 10, 0.2
+    lin = Schedule("linear", total_steps=n, warmup_steps=w, min_lr_ratio=r)
+    poly = Schedule("polynomial", total_steps=n, warmup_steps=w, min_lr_ratio=r, power=2.5)
+    for t in range(w, n + 1):
+        p = (t - w) / (n - w)
+        assert math.isclose(lin(t), (1 - p) * (1 - r) + r)
+        assert math.isclose(poly(t), (1 - p) ** 2.5 * (1 - r) + r)
+    d = 30
+    shapes = {
+        "linear": lambda q: 1 - q,
+        "cosine": lambda q: (1 + math.cos(math.pi * q)) / 2,
+        "1-sqrt": lambda q: 1 - q**0.5,
+    }
+    for shape, f in shapes.items():
+        wsd = Schedule("wsd", total_steps=n, warmup_steps=w, decay_steps=d, decay_shape=shape, min_lr_ratio=r)
+        assert all(wsd(t) == 1.0 for t in range(w, n - d))
+        for t in range(n - d, n + 1):
+            assert math.isclose(wsd(t), f((t - n + d) / d) * (1 - r) + r), (shape, t)
+
+
+def test_inverse_sqrt_decays_with_its_timescale_then_cools_down_to_the_floor():
+    n, w, tau, c, r = 200, 10, 25.0, 40, 0.1
+    s = Schedule("inverse_sqrt", total_steps=n, warmup_steps=w, timescale=tau, cooldown_steps=c, min_lr_ratio=r)
+    g = lambda t: 1 / math.sqrt((t - w + tau) / tau) * (1 - r) + r  # noqa: E731
+    for t in range(w, n - c):
+        assert math.isclose(s(t), g(t))
+    for t in range(n - c, n + 1):
+        assert math.isclose(s(t), r + (g(n - c) - r) * (n - t) / c)
+    assert Schedule("inverse_sqrt", warmup_steps=0)(10_000) == 1 / math.sqrt(2)  # τ = 10 000 when W = 0
+
+
+def test_cosine_restarts_cycles_and_lowers_each_restart_by_cycle_decay():
+    n, w, cycles, gamma, r = 130, 10, 3, 0.5, 0.1
+    s = Schedule("cosine_restarts", total_steps=n, warmup_steps=w, num_cycles=cycles, cycle_decay=gamma, min_lr_ratio=r)
+    length = (n - w) // cycles  # 40 updates per cycle
+    for k in range(cycles):
+        start = w + k * length
+        assert math.isclose(s(start), gamma**k * (1 - r) + r)
+        mid = start + length // 2
+        assert math.isclose(s(mid), 0.5 * gamma**k * (1 - r) + r)
+    assert s(n) == r
+
+
+@pytest.mark.parametrize("name", [n for n in SCHEDULES if n != "constant"])
+def test_every_decay_holds_its_floor_after_total_steps(name):
+    extra = {"wsd": {"decay_steps": 20}, "inverse_sqrt": {"cooldown_steps": 20}}.get(name, {})
+    s = Schedule(name, total_steps=100, warmup_steps=10, min_lr_ratio=0.25, **extra)
+    assert [s(t) for t in range(100, 400)] == [0.25] * 300
+
+
+def test_a_floor_given_absolute_or_as_a_ratio_is_the_same():
+    absolute = config_schedule(peak_lr=2e-3, min_lr=5e-4, min_lr_ratio=0.9)
+    ratio = config_schedule(peak_lr=2e-3, min_lr_ratio=0.25)
+    assert absolute == ratio
+
+
+def test_constant_ignores_the_floor_and_keeps_the_peak():
+    s = config_schedule("constant", min_lr=1e-5, warmup_steps=10)
+    assert s(0) == 0 and s(5) == 0.5 and all(s(t) == 1.0 for t in range(10, 2000))
+
+
+def test_wsd_decay_steps_win_over_the_fraction():
+    assert config_schedule("wsd", decay_steps=7, decay_fraction=0.3).params["decay_steps"] == 7
+    assert config_schedule("wsd", decay_fraction=0.3).params["decay_steps"] == 150  # of T = 500
+
+
+# ---- validation: one line naming the key ---------------------------------------------------------------------
+
+# (schedule, changes to its config file, T, peak lr, the key the message must name); T = 500, peak 3e-3 by default
+BAD = [
+    ("cosine", {"warmup_steps": -1}, "schedule.warmup_steps"),
+    ("cosine", {"warmup_steps": 600}, "schedule.warmup_steps"),  # > T
+    ("cosine", {"warmup_steps": 1.5}, "schedule.warmup_steps"),
+    ("constant", {"warmup_steps": 600}, "schedule.warmup_steps"),
+    ("cosine", {"total_steps": 0}, "trainer.max_steps"),
+    ("cosine", {"total_steps": -5}, "trainer.max_steps"),
+    ("cosine", {"min_lr": -1e-5}, "schedule.min_lr"),
+    ("cosine", {"min_lr_ratio": -0.1}, "schedule.min_lr_ratio"),
+    ("cosine", {"min_lr": 4e-3}, "schedule.min_lr"),  # above the peak
+    ("linear", {"min_lr_ratio": 1.5}, "schedule.min_lr_ratio"),
+    ("wsd", {"decay_fraction": -0.1}, "schedule.decay_fraction"),
+    ("wsd", {"decay_fraction": 1.5}, "schedule.decay_fraction"),
+    ("wsd", {"decay_fraction": 0.95}, "schedule.decay_fraction"),  # warmup 50 + decay 475 > 500
+    ("wsd", {"decay_steps": 480}, "schedule.decay_steps"),
+    ("wsd", {"decay_shape": "exp"}, "schedule.decay_shape"),
+    ("polynomial", {"power": 0}, "schedule.power"),
+    ("polynomial", {"power": -2.0}, "schedule.power"),
+    ("inverse_sqrt", {"timescale": 0}, "schedule.timescale"),
+    ("inverse_sqrt", {"cooldown_steps": 480}, "schedule.cooldown_steps"),
+    ("cosine_restarts", {"num_cycles": 0}, "schedule.num_cycles"),
+    ("cosine_restarts", {"num_cycles": 1.5}, "schedule.num_cycles"),
+    ("cosine_restarts", {"cycle_decay": 0.0}, "schedule.cycle_decay"),
+    ("cosine", {"warmup_shape": "exponential"}, "schedule.warmup_start_ratio"),  # from 0 it never grows
+    ("cosine", {"warmup_shape": "step"}, "schedule.warmup_shape"),
+    ("cosine", {"power": 2.0}, "schedule.power"),  # cosine has no power
+]
+
+
+@pytest.mark.parametrize("name,changes,key", BAD, ids=[f"{n}-{c}" for n, c, _ in BAD])
+def test_invalid_settings_raise_one_line_naming_the_key(name, changes, key):
+    changes = dict(changes)
+    total = changes.pop("total_steps", 500)
+    with pytest.raises(ConfigError) as err:
+        config_schedule(name, total, **changes)
+    message = str(err.value)
+    assert message.startswith(key + " ") and "\n" not in message, message
+
+
+def test_unknown_schedule_name_lists_the_known_ones():
+    with pytest.raises(ConfigError) as err:
+        schedule_from_config({"name": "cosine_annealing"}, 100, 1e-3)
+    message = str(err.value)
+    assert message.startswith("schedule.name ") and "'cosine_annealing'" in message
+    assert all(name in message for name in SCHEDULES)
+
+
+# ---- properties over random valid parameters ------------------------------------------------------------------
+#
+# Exemptions, by design: `constant` has no decay and no floor (λ = 1 after warmup, so lr(T) is the peak);
+# `inverse_sqrt` reaches the floor at T only with a cooldown (without one λ(T) ≥ floor, and it holds λ(T) after T);
+# `cosine_restarts` rises at each restart, so it is non-increasing only within a cycle, and its restarts are
+# jumps by design. WSD gets D ≥ 1 decay steps (D = 0 means no decay: the peak until T, then the floor).
+
+
+@st.composite
+def schedule_params(draw, name: str) -> dict:
+    total = draw(st.integers(2, 240))
+    shape = draw(st.sampled_from(WARMUP_SHAPES))
+    p = {
+        "warmup_steps": draw(st.integers(0, total - 1)),
+        "warmup_shape": shape,
+        "warmup_start_ratio": draw(st.floats(0.01 if shape == "exponential" else 0.0, 0.9)),
+    }
+    if name == "constant":
+        return p | {"_T": total}
+    p |= {"total_steps": total, "min_lr_ratio": draw(st.floats(0.0, 0.9))}
+    room = total - p["warmup_steps"]
+    if name == "polynomial":
+        p["power"] = draw(st.floats(0.1, 5.0))
+    elif name == "inverse_sqrt":
+        p["timescale"] = draw(st.none() | st.floats(1.0, 1000.0))
+        p["cooldown_steps"] = draw(st.integers(0, room))
+    elif name == "wsd":
+        p["decay_steps"] = draw(st.integers(1, room))
+        p["decay_shape"] = draw(st.sampled_from(DECAY_SHAPES))
+    elif name == "cosine_restarts":
+        p["num_cycles"] = draw(st.integers(1, 5))
+        p["cycle_decay"] = draw(st.floats(0.1, 1.0))
+    return p
+
+
+def curve(name: str, params: dict) -> tuple[Schedule, int, list[float]]:
+    """The schedule, T, and λ(t) for t = 0 … T + T/2 (+ 5)."""
+    params = dict(params)
+    total = params.pop("_T", None) or params["total_steps"]
+    s = Schedule(name, **params)
+    return s, total, [s(t) for t in range(total + total // 2 + 6)]
+
+
+def floor_of(s: Schedule) -> float:
+    return s.params.get("min_lr_ratio", 0.0)
+
+
+PROPERTY = settings(deadline=None, max_examples=30)  # 7 schedules × 6 properties: a few seconds in all
+NAMES = sorted(SCHEDULES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@PROPERTY
+@given(data=st.data())
+def test_lr_stays_between_zero_and_the_peak(name, data):
+    _, _, lam = curve(name, data.draw(schedule_params(name)))
+    assert all(0.0 <= x <= 1.0 + 1e-12 for x in lam)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@PROPERTY
+@given(data=st.data())
+def test_lr_reaches_the_peak_at_the_end_of_warmup(name, data):
+    s, _, lam = curve(name, data.draw(schedule_params(name)))
+    assert math.isclose(lam[s.warmup_steps], 1.0, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@PROPERTY
+@given(data=st.data())
+def test_lr_never_decreases_during_warmup(name, data):
+    s, _, lam = curve(name, data.draw(schedule_params(name)))
+    assert all(lam[t] <= lam[t + 1] for t in range(s.warmup_steps))
+
+
+@pytest.mark.parametrize("name", NAMES)
+@PROPERTY
+@given(data=st.data())
+def test_lr_never_increases_after_warmup_within_a_cycle(name, data):
+    s, total, lam = curve(name, data.draw(schedule_params(name)))
+    w = s.warmup_steps
+
+    def cycle(t: int) -> int:  # restarts: which cycle t is in (the last one runs on into the floor)
+        if name != "cosine_restarts":
+            return 0
+        n = s.params["num_cycles"]
+        return min(n - 1, math.floor(n * ((t - w) / max(1, total - w))))  # rounded as the schedule rounds
+
+    for t in range(w, len(lam) - 1):
+        if cycle(t) == cycle(t + 1):
+            assert lam[t + 1] <= lam[t] + 1e-15, t
+
+
+@pytest.mark.parametrize("name", NAMES)
+@PROPERTY
+@given(data=st.data())
+def test_lr_is_the_floor_at_total_steps_and_holds_it_after(name, data):
+    s, total, lam = curve(name, data.draw(schedule_params(name)))
+    after = lam[total:]
+    assert after == [after[0]] * len(after)  # constant from T on, for every schedule
+    if name == "constant":
+        assert after[0] == 1.0  # no decay, no floor
+    elif name == "inverse_sqrt" and not s.params["cooldown_steps"]:
+        assert after[0] >= floor_of(s)  # no cooldown: the rsqrt decay stops above the floor
+    else:
+        assert math.isclose(after[0], floor_of(s), rel_tol=1e-12, abs_tol=1e-15)
+
+
+def phase_starts(name: str, s: Schedule, total: int) -> list[int]:
+    """The updates at which a new phase begins: end of warmup, WSD's decay, the cooldown, T."""
+    p, starts = s.params, {s.warmup_steps, total}
+    if name == "wsd":
+        starts.add(total - p["decay_steps"])
+    if name == "inverse_sqrt" and p["cooldown_steps"]:
+        starts.add(total - p["cooldown_steps"])
+    return sorted(b for b in starts if b > 0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@PROPERTY
+@given(data=st.data())
+def test_no_jump_at_phase_boundaries(name, data):
+    """ "One step's change" is the largest change of λ between neighbouring updates anywhere on the curve. The
+    schedules are functions of a real t, so the jump at a phase boundary b is what is left of the change when the
+    step shrinks to nothing: |λ(b) − λ(b − ε)| with ε = 1e-12 of an update. It must stay below a tenth of one
+    step's change. A continuous shape leaves at most ε^α of a step (α = the power of its steepest end: 1/2 for
+    1-sqrt, ≥ 0.1 for the generated polynomial powers; 1e-12^0.1 ≈ 0.06), so the boundary step (b − 1 → b) is an
+    ordinary step of the phases it joins, even where a phase's last step is its steepest (exponential or 1-sqrt
+    warmup, polynomial power < 1). Restart boundaries are exempt."""
+    s, total, lam = curve(name, data.draw(schedule_params(name)))
+    one_step = max(abs(b - a) for a, b in zip(lam, lam[1:], strict=False))
+    for b in phase_starts(name, s, total):
+        jump = abs(s(b) - s(b - 1e-12))
+        assert jump <= 0.1 * one_step + 1e-15, (b, jump, one_step)
