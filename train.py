@@ -28,13 +28,17 @@ from omegaconf import DictConfig, OmegaConf
 from data import TrainBatches, ValBatches, prepare, token_byte_lengths
 from model import GPT, GPTConfig, generate
 from model.flops import model_flops_per_token, peak_flops
-from scheduling import build_scheduler, restore_scheduler, schedule_from_config
-from training import checkpoint, distributed
+from scheduling import build_scheduler, schedule_from_config
+from training import checkpoint, distributed, parallel
 from training.engine import NONFINITE, OVERFLOW, evaluate, train_update
 from training.errors import ConfigError
-from training.metrics import ConsoleSink, CsvSink, JsonlSink, Metrics, redact
+from training.metrics import CsvSink, JsonlSink, Metrics
 from training.optim import build_optimizer
-from training.validate import check_config
+from training.plots import write_run_plots
+from training.progress import ProgressSink, duration, human, start_summary
+from training.secrets import redact, register_overrides, scrub_hydra_files
+from training.signals import EXIT_RESUMABLE, StopSignals
+from training.validate import check_config, grad_accum_steps
 
 log = logging.getLogger("train")
 
@@ -45,199 +49,186 @@ def padded_vocab(vocab_size: int) -> int:
     return VOCAB_MULTIPLE * math.ceil(vocab_size / VOCAB_MULTIPLE)
 
 
-def find_resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
-    """``trainer.resume``: auto = the run dir's latest checkpoint if any; false = refuse a run dir that has
-    checkpoints; a path = that checkpoint (or that run directory's latest)."""
-    resume, own = cfg.trainer.resume, checkpoint.latest(run_dir / "checkpoints")
-    if resume == "auto":
-        return own
-    if resume is False:
-        if own is not None:
-            raise ConfigError(
-                f"trainer.resume=false, but the run directory {run_dir} already holds checkpoints; "
-                "use a new hydra.run.dir, or trainer.resume=auto to continue it"
-            )
-        return None
-    return checkpoint.resolve(resume)
-
-
-def check_checkpoint_fits(state: dict, model_config: GPTConfig, tokenizer_hash: str, path: Path) -> None:
-    saved = state.get("model_config", {})
-    diff = [f"{k} {saved.get(k)!r} → {v!r}" for k, v in model_config.to_dict().items() if saved.get(k) != v]
-    if diff:
-        raise ConfigError(
-            f"checkpoint {path}: it holds a model of another shape or vocab than the config asks for "
-            f"({', '.join(diff[:4])}); resume with the same model and data settings"
-        )
-    if state.get("tokenizer_hash") not in (None, tokenizer_hash):
-        raise ConfigError(f"checkpoint {path}: it was trained with another tokenizer than data builds now")
-
-
 def train(cfg: DictConfig) -> float:
     # ---- config: every check before any work or file --------------------------------------------------
     check_config(cfg)
+    register_overrides(list(HydraConfig.get().overrides.task))  # their secret-looking values never get written
     dist = distributed.init(cfg.trainer.device)
     run_dir = Path(distributed.broadcast_object(HydraConfig.get().runtime.output_dir)).resolve()
-    device, seed = dist.device, cfg.trainer.seed
+    device, seed, T = dist.device, cfg.trainer.seed, cfg.trainer.max_steps
     precision = distributed.resolve_precision(cfg.trainer.precision, device)
+    strategy = parallel.resolve_strategy(cfg.trainer.strategy, dist.world_size)
     use_compile = device.type == "cuda" if cfg.trainer.compile == "auto" else cfg.trainer.compile
-    T = cfg.trainer.max_steps
+    block, batch = cfg.model.block_size, cfg.trainer.batch_size
+    accum = grad_accum_steps(cfg.trainer, block, dist.world_size)
     schedule = schedule_from_config(cfg.schedule, T, cfg.optim.lr)
-    resume_from = find_resume_checkpoint(cfg, run_dir)
+    resume_from = distributed.broadcast_object(
+        checkpoint.find_resume(cfg.trainer.resume, run_dir) if dist.is_main else None
+    )
     state = checkpoint.load(resume_from) if resume_from else None
     if not dist.is_main:
         logging.getLogger().setLevel(logging.WARNING)
 
     # ---- data: corpus → tokenizer → token cache → batches (rank 0 prepares, the others reuse) ----------
-    if not dist.is_main:
-        distributed.barrier()
-    cache = prepare(cfg.data)
-    if dist.is_main:
-        distributed.barrier()
+    cache = distributed.in_turn(lambda: prepare(cfg.data), dist)
     tokenizer = cache.tokenizer()
-    block, batch, accum = cfg.model.block_size, cfg.trainer.batch_size, cfg.trainer.grad_accum_steps
     train_batches = TrainBatches(cache.tokens("train"), block, batch, accum, dist.world_size, dist.rank, seed)
     val_batches = ValBatches(cache.tokens("val"), block, batch, cfg.trainer.eval_batches, dist.world_size, dist.rank)
     token_bytes = torch.from_numpy(token_byte_lengths(tokenizer, padded_vocab(cache.vocab_size))).to(device)
 
-    # ---- model, optimizer, schedule ------------------------------------------------------------------
-    torch.manual_seed(seed)  # the same initial weights on every rank
-    model_config = GPTConfig.from_dict(
-        {**OmegaConf.to_container(cfg.model), "vocab_size": padded_vocab(cache.vocab_size)}
-    )
+    # ---- model, optimizer, schedule (and the checkpoint's state, if resuming) ---------------------------
+    vocab = padded_vocab(cache.vocab_size)
+    model_config = GPTConfig.from_dict({**OmegaConf.to_container(cfg.model), "vocab_size": vocab})
     if state is not None:
-        check_checkpoint_fits(state, model_config, cache.meta["tokenizer_hash"], resume_from)
+        checkpoint.check_fits(state, model_config.to_dict(), cache.meta["tokenizer_hash"], resume_from)
+    torch.manual_seed(seed)  # the same initial weights on every rank
     raw_model = GPT(model_config).to(device)
+    n_params, flops_per_token = raw_model.num_params(), model_flops_per_token(raw_model)
+    model = parallel.parallelize(raw_model, strategy, dist, precision, use_compile)
     optimizer = build_optimizer(raw_model, cfg.optim, device)
     scheduler = build_scheduler(optimizer, schedule)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    ckpt = checkpoint.Checkpointer(run_dir, raw_model, optimizer, scheduler, scaler, dist, strategy,
+                                   cfg.trainer.keep_checkpoints)  # fmt: skip
     start, tokens_seen, wandb_id = 0, 0, None
     if state is not None:
-        raw_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        restore_scheduler(scheduler, state["scheduler"], cfg.trainer.allow_schedule_change)
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
+        ckpt.restore(state, resume_from, cfg.trainer.allow_schedule_change)
         start, tokens_seen, wandb_id = state["step"], state["tokens"], state.get("wandb_run_id")
-        rng = state["rng"]
-        checkpoint.set_rng_state(rng[dist.rank] if dist.rank < len(rng) else rng[0])
     else:
         torch.manual_seed(seed + dist.rank)  # dropout differs across ranks
-    model = torch.compile(raw_model) if use_compile else raw_model
-    if dist.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    autocast = distributed.autocast(device, precision)
+    use_autocast = parallel.autocast_needed(strategy, device)
+    autocast = distributed.autocast(device, precision if use_autocast else "fp32")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
     # ---- outputs: metric sinks and the start-of-run summary (from here on the run directory is written) --
-    n_params = raw_model.num_params()
-    flops_per_token = model_flops_per_token(raw_model)
     peak = peak_flops(device, precision)
     tokens_per_update = train_batches.tokens_per_update
-    config_yaml = OmegaConf.to_yaml(redact(OmegaConf.to_container(cfg, resolve=True)))
-    metrics = Metrics([])
-    wandb_sink = None
+    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
+    config_yaml = OmegaConf.to_yaml(resolved)
+    metrics, wandb_sink, hydra_cfg = Metrics([]), None, HydraConfig.get()
     if dist.is_main:
+        scrub_hydra_files(run_dir)
         resume_step = start if state is not None else None
-        sinks = [JsonlSink(run_dir / "metrics.jsonl", resume_step), ConsoleSink(T, cfg.trainer.log_every)]
+        sinks = [JsonlSink(run_dir / "metrics.jsonl", resume_step), ProgressSink(T, start, cfg.trainer.log_every)]
         if cfg.logger.name == "csv":
             sinks.append(CsvSink(run_dir / "metrics.csv", resume_step))
         if cfg.logger.name == "wandb":
-            from training.wandb_logger import WandbSink
+            from training.wandb_logger import WandbSink, swept_overrides
 
-            wandb_sink = WandbSink(cfg.logger, run_dir, redact(OmegaConf.to_container(cfg, resolve=True)), wandb_id)
+            # A sweep's jobs share one W&B group (the sweep directory); each is named after its swept values.
+            sweep = hydra_cfg.mode == RunMode.MULTIRUN
+            group = str(hydra_cfg.sweep.dir) if sweep else None
+            swept = swept_overrides(list(hydra_cfg.overrides.task), sys.argv[1:], hydra_cfg.sweeper.get("params"))
+            name = (",".join(swept) or f"job{hydra_cfg.job.num}") if sweep else None
+            wandb_sink = WandbSink(cfg.logger, run_dir, resolved, wandb_id, name=name, group=group)
             wandb_sink.run.summary["params"] = n_params
             sinks.append(wandb_sink)
         metrics = Metrics(sinks)
-    log.info(
-        "model %s: %.2fM parameters | %d tokens per update | T = %d updates (%s) | device %s, %s%s | run dir %s",
-        model_config.arch, n_params / 1e6, tokens_per_update, T, schedule.name, device, precision,
-        ", compiled" if use_compile else "", run_dir,
-    )  # fmt: skip
-    if state is not None:
-        log.info("resuming from %s at update %d", resume_from, start)
+    p = schedule.params
+    floor = f" → floor {cfg.optim.lr * p['min_lr_ratio']:.3g}" if "min_lr_ratio" in p else ""
+    log.info("\n%s", start_summary(
+        model=f"{model_config.arch}, {human(n_params)} parameters (n_layer {model_config.n_layer}, n_head "
+              f"{model_config.n_head}, n_embd {model_config.n_embd}, block {block}, vocab {vocab})",
+        data=f"{cache.meta['corpus']}: {human(cache.meta['tokens']['train'])} train / "
+             f"{human(cache.meta['tokens']['val'])} val tokens",
+        batch=f"{tokens_per_update:,} tokens per update = {dist.world_size} rank(s) × {accum} micro-batch(es) "
+              f"× {batch} × {block}",
+        schedule=f"{schedule.name}: warmup {p.get('warmup_steps', 0)}, peak {cfg.optim.lr:g}{floor}, "
+                 f"T = {T:,} updates" + (f", resuming at {start}" if state is not None else ""),
+        device=f"{device}, {precision}, {strategy}{', compiled' if use_compile else ''}",
+        run_dir=str(run_dir),
+    ))  # fmt: skip
 
     def save_checkpoint(step: int) -> None:
-        rngs = distributed.gather_object(checkpoint.rng_state())
-        if not dist.is_main:
-            return
-        ckpt_state = {
-            "model": raw_model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "step": step,
-            "tokens": tokens_seen,
-            "rng": rngs,
+        extra = {
             "model_config": model_config.to_dict(),
             "tokenizer_hash": cache.meta["tokenizer_hash"],
             "config": config_yaml,
             "wandb_run_id": wandb_sink.run_id if wandb_sink else wandb_id,
         }
         files = {"tokenizer.json": tokenizer.to_str(), "config.yaml": config_yaml}
-        path = checkpoint.save(run_dir / "checkpoints", step, ckpt_state, files, cfg.trainer.keep_checkpoints)
-        log.info("checkpoint %s", path)
+        path = ckpt.save(step, tokens_seen, extra, files)
+        if path is not None:
+            log.info("checkpoint %s", path)
 
     def run_eval(step: int) -> float:
+        distributed.check_same_everywhere(step=step, lr=optimizer.param_groups[0]["lr"], index=scheduler.last_epoch)
         val_loss, val_bpb = evaluate(model, val_batches, token_bytes, device=device, autocast=autocast)
         metrics.log(step, {"val/loss": val_loss, "val/bpb": val_bpb})
         return val_loss
 
     # ---- the loop: update t uses lr = peak · λ(t); one scheduler.step() after each optimizer step ----------
-    t, started, ok = start, time.perf_counter(), False
+    t, started, status = start, time.perf_counter(), "failed"
+    stop_at = cfg.trainer.stop_at
     try:
-        while t < T:
-            if cfg.trainer.eval_every and t % cfg.trainer.eval_every == 0:
-                run_eval(t)
-            t0 = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]  # what update t uses
-            update = train_update(
-                model, optimizer, scheduler, train_batches.micro_batches(t),
-                device=device, autocast=autocast, scaler=scaler, grad_clip=cfg.trainer.grad_clip,
-            )  # fmt: skip
-            if update.status == OVERFLOW:
-                continue  # fp16 overflow: the scaler lowered its scale; retry update t with the same batch
-            if update.status == NONFINITE:
-                if cfg.trainer.nonfinite == "stop":
-                    raise ConfigError(
-                        f"update {t}: the loss ({update.loss}) or gradient norm ({update.grad_norm}) is not "
-                        "finite; no optimizer step was taken with it and the last good checkpoint is kept "
-                        "(lower optim.lr, or set trainer.nonfinite=skip to skip such batches)"
-                    )
-                scheduler.step()  # skip the batch: the update index and the schedule move on without a step
-                metrics.summary["skipped_nonfinite"] = metrics.summary.get("skipped_nonfinite", 0) + 1
-            step_time = time.perf_counter() - t0
-            tokens_seen += tokens_per_update
-            tokens_per_sec = tokens_per_update / step_time
-            mfu = flops_per_token * tokens_per_sec / (peak * dist.world_size) if peak else None
-            metrics.log(t, {
-                "train/loss": update.loss, "train/lr": lr, "train/grad_norm": update.grad_norm,
-                "train/tokens_per_sec": tokens_per_sec, "train/mfu": mfu, "train/step_time": step_time,
-                "tokens": tokens_seen,
-            })  # fmt: skip
-            t += 1
-            if cfg.trainer.ckpt_every and t % cfg.trainer.ckpt_every == 0 and t < T:
-                save_checkpoint(t)
+        with StopSignals() as signals:
+            while t < T:
+                if cfg.trainer.eval_every and t % cfg.trainer.eval_every == 0:
+                    run_eval(t)
+                t0 = time.perf_counter()
+                lr = optimizer.param_groups[0]["lr"]  # what update t uses
+                update = train_update(
+                    model, optimizer, scheduler, train_batches.micro_batches(t),
+                    device=device, autocast=autocast, scaler=scaler, grad_clip=cfg.trainer.grad_clip,
+                )  # fmt: skip
+                if update.status == OVERFLOW:
+                    continue  # fp16 overflow: the scaler lowered its scale; retry update t with the same batch
+                if update.status == NONFINITE:
+                    if cfg.trainer.nonfinite == "stop":
+                        raise ConfigError(
+                            f"update {t}: the loss ({update.loss}) or gradient norm ({update.grad_norm}) is not "
+                            "finite; no optimizer step was taken with it and the last good checkpoint is kept "
+                            "(lower optim.lr, or set trainer.nonfinite=skip to skip such batches)"
+                        )
+                    scheduler.step()  # skip the batch: the update index and the schedule move on without a step
+                    metrics.summary["skipped_nonfinite"] = metrics.summary.get("skipped_nonfinite", 0) + 1
+                step_time = time.perf_counter() - t0
+                tokens_seen += tokens_per_update
+                tokens_per_sec = tokens_per_update / step_time
+                mfu = flops_per_token * tokens_per_sec / (peak * dist.world_size) if peak else None
+                metrics.log(t, {
+                    "train/loss": update.loss, "train/lr": lr, "train/grad_norm": update.grad_norm,
+                    "train/tokens_per_sec": tokens_per_sec, "train/mfu": mfu, "train/step_time": step_time,
+                    "tokens": tokens_seen,
+                })  # fmt: skip
+                t += 1
+                stop = signals.requested or ("stop_at" if stop_at and t >= stop_at and t < T else None)
+                if distributed.any_rank(stop is not None):  # every rank stops at the same update
+                    save_checkpoint(t)
+                    log.info("stopped after update %d (%s); re-run the same command to resume", t, stop or "a rank")
+                    status = "preempted"
+                    raise SystemExit(EXIT_RESUMABLE)
+                if cfg.trainer.ckpt_every and t % cfg.trainer.ckpt_every == 0 and t < T:
+                    save_checkpoint(t)
         final_val = run_eval(T)
         save_checkpoint(T)
-        if dist.is_main and cfg.trainer.sample_tokens:
+        if cfg.trainer.sample_tokens and (dist.is_main or strategy == "fsdp"):  # FSDP: every rank takes part
             prompt = torch.tensor([tokenizer.encode(cfg.trainer.sample_prompt).ids], device=device)
+            same_on_every_rank = torch.Generator(device=device).manual_seed(seed)
             with autocast:
                 out = generate(raw_model, prompt, cfg.trainer.sample_tokens, temperature=0.8, top_k=50,
-                               vocab_size=cache.vocab_size)  # fmt: skip
+                               vocab_size=cache.vocab_size, generator=same_on_every_rank)  # fmt: skip
             sample = tokenizer.decode(out[0].tolist())
             log.info("sample:\n%s", sample)
             if wandb_sink is not None:
                 wandb_sink.log_table("sample", ["step", "prompt", "text"], [[T, cfg.trainer.sample_prompt, sample]])
-        ok = True
-        log.info("done in %.1f s: val loss %.4f | outputs in %s", time.perf_counter() - started, final_val, run_dir)
+        status = "ok"
         return final_val
     finally:
-        metrics.close(ok)
+        if status == "ok" and dist.is_main:
+            plots = write_run_plots(run_dir)
+            best = metrics.summary
+            log.info("\n%s", start_summary(
+                done=f"in {duration(time.perf_counter() - started)}: best val loss {best['best/val_loss']:.4f} "
+                     f"({best['best/val_bpb']:.4f} bits per byte) at update {best['best/step']}",
+                run_dir=str(run_dir),
+                metrics="metrics.jsonl" + (", metrics.csv" if cfg.logger.name == "csv" else ""),
+                checkpoint=str(checkpoint.latest(run_dir / "checkpoints").relative_to(run_dir)),
+                plots=", ".join(str(q.relative_to(run_dir)) for q in plots),
+            ))  # fmt: skip
+        metrics.close(status)
         distributed.shutdown()
 
 

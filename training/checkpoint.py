@@ -54,11 +54,18 @@ def replace_file(path: Path, data: bytes | str) -> None:
     fsync_dir(path.parent)
 
 
-def save(root: Path, step: int, state: dict[str, Any], files: dict[str, str | bytes], keep: int = 0) -> Path:
-    """Write checkpoint ``step`` under ``root`` atomically, point ``latest`` at it, keep the newest ``keep``."""
+def begin(root: Path, step: int) -> Path:
+    """A new temporary folder under ``root`` to assemble checkpoint ``step`` in."""
     root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".tmp-{step_dir_name(step)}-{os.getpid()}-", dir=root))
+
+
+def commit(
+    root: Path, tmp: Path, step: int, state: dict[str, Any], files: dict[str, str | bytes], keep: int = 0
+) -> Path:
+    """Write ``state`` and ``files`` into ``tmp``, fsync everything, rename it to ``step-N`` and point ``latest``
+    at it; then keep only the newest ``keep`` checkpoints. A folder already in ``tmp`` (sharded state) goes along."""
     final = root / step_dir_name(step)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-{os.getpid()}-", dir=root))
     try:
         with open(tmp / STATE_FILE, "wb") as fh:
             torch.save(state, fh)
@@ -66,7 +73,8 @@ def save(root: Path, step: int, state: dict[str, Any], files: dict[str, str | by
             os.fsync(fh.fileno())
         for name, data in files.items():
             _write(tmp / name, data)
-        fsync_dir(tmp)
+        for sub in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
+            fsync_dir(sub)
         if final.exists():  # saved again at the same step (e.g. after a resume): swap it out
             old = root / f".old-{final.name}-{os.getpid()}"
             os.rename(final, old)
@@ -82,6 +90,11 @@ def save(root: Path, step: int, state: dict[str, Any], files: dict[str, str | by
     if keep > 0:
         prune(root, keep)
     return final
+
+
+def save(root: Path, step: int, state: dict[str, Any], files: dict[str, str | bytes], keep: int = 0) -> Path:
+    """Write checkpoint ``step`` under ``root`` atomically, point ``latest`` at it, keep the newest ``keep``."""
+    return commit(root, begin(root, step), step, state, files, keep)
 
 
 def saved_steps(root: Path) -> list[int]:
@@ -179,3 +192,78 @@ def _as_tuple(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return tuple(_as_tuple(v) for v in value)
     return value
+
+
+def find_resume(resume: Any, run_dir: Path) -> Path | None:
+    """``trainer.resume``: auto = the run directory's latest checkpoint if any; false = refuse a run directory
+    that has checkpoints; a path = that checkpoint (or that run directory's latest)."""
+    own = latest(run_dir / "checkpoints")
+    if resume == "auto":
+        return own
+    if resume is False:
+        if own is not None:
+            raise ConfigError(
+                f"trainer.resume=false, but the run directory {run_dir} already holds checkpoints; "
+                "use a new hydra.run.dir, or trainer.resume=auto to continue it"
+            )
+        return None
+    return resolve(resume)
+
+
+def check_fits(state: dict[str, Any], model_config: dict[str, Any], tokenizer_hash: str, path: Path) -> None:
+    """Refuse a checkpoint whose model shape, vocabulary or tokenizer differ from what the config builds."""
+    saved = state.get("model_config", {})
+    diff = [f"{k} {saved.get(k)!r} → {v!r}" for k, v in model_config.items() if saved.get(k) != v]
+    if diff:
+        raise ConfigError(
+            f"checkpoint {path}: it holds a model of another shape or vocab than the config asks for "
+            f"({', '.join(diff[:4])}); resume with the same model and data settings"
+        )
+    if state.get("tokenizer_hash") not in (None, tokenizer_hash):
+        raise ConfigError(f"checkpoint {path}: it was trained with another tokenizer than data builds now")
+
+
+class Checkpointer:
+    """Saves and restores everything a run needs to continue exactly: model and optimizer (full, or sharded
+    under FSDP), scheduler with its schedule, GradScaler, update index, tokens seen, every rank's RNG states,
+    the resolved config, the tokenizer and the W&B run id. Call ``save`` on every rank."""
+
+    def __init__(self, run_dir: Path, model, optimizer, scheduler, scaler, dist, strategy: str, keep: int):
+        self.root = run_dir / "checkpoints"
+        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.dist, self.strategy, self.keep = dist, strategy, keep
+
+    def save(self, step: int, tokens: int, extra: dict[str, Any], files: dict[str, str | bytes]) -> Path | None:
+        from training import distributed, parallel
+
+        rngs = distributed.gather_object(rng_state())
+        tmp = distributed.broadcast_object(begin(self.root, step) if self.dist.is_main else None)
+        state: dict[str, Any] = {"step": step, "tokens": tokens, "rng": rngs, **extra}
+        if self.strategy == "fsdp":
+            parallel.save_sharded(self.model, self.optimizer, tmp / "dcp")
+            state["model"], state["optimizer"], state["sharded"] = {}, {}, "dcp"
+        else:
+            state["model"], state["optimizer"] = parallel.full_state(self.model, self.optimizer)
+        state["scheduler"] = self.scheduler.state_dict()
+        state["scaler"] = self.scaler.state_dict() if self.scaler is not None else None
+        distributed.barrier()  # every shard is on disk before the folder is committed
+        path = commit(self.root, tmp, step, state, files, self.keep) if self.dist.is_main else None
+        distributed.barrier()
+        return path
+
+    def restore(self, state: dict[str, Any], path: Path, allow_schedule_change: bool) -> None:
+        from scheduling import restore_scheduler
+        from training import parallel
+
+        if state.get("sharded") == "dcp":
+            parallel.load_sharded(self.model, self.optimizer, path / "dcp")
+        else:
+            parallel.load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
+        restore_scheduler(self.scheduler, state["scheduler"], allow_schedule_change)
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        rngs = state["rng"]
+        if len(rngs) == self.dist.world_size:
+            set_rng_state(rngs[self.dist.rank])
+        else:  # another world size: the generators can't continue per rank; start them afresh per rank
+            torch.manual_seed(state["step"] * 1000 + self.dist.rank)

@@ -144,3 +144,36 @@ def gather_object(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any rank (one tiny all-reduce when distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def check_same_everywhere(**values) -> None:
+    """Raise if any rank disagrees on ``values`` (the update index, the lr, the schedule's index): a cheap guard,
+    run at each evaluation, that every rank steps its scheduler exactly once per update."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    everywhere = gather_object(values)
+    if any(v != everywhere[0] for v in everywhere):
+        raise RuntimeError(f"ranks disagree on {sorted(values)}: {everywhere}")
+
+
+def in_turn(work, d: Dist):
+    """Run ``work()`` on every rank, rank 0 first, then the first rank of each other node, then the rest: a
+    cache that rank 0 builds is found by the others (on a shared filesystem), or built once per node."""
+    result = work() if d.is_main else None
+    barrier()
+    if not d.is_main and d.local_rank == 0:
+        result = work()
+    barrier()
+    if d.local_rank != 0:
+        result = work()
+    return result

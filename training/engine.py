@@ -49,7 +49,10 @@ def train_update(
     for m, (x, y) in enumerate(micro_batches):
         x, y = to_device(x, device), to_device(y, device)
         last = m == n - 1
+        # Gradients are reduced across ranks only on the last micro-batch: DDP's no_sync, FSDP2's switch.
         no_sync = model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext()
+        if hasattr(model, "set_requires_gradient_sync"):
+            model.set_requires_gradient_sync(last)
         with no_sync:
             with autocast:
                 _, loss = model(x, y)
@@ -69,6 +72,8 @@ def train_update(
 
     if not math.isfinite(loss_value) or (scaler is None and not math.isfinite(norm_value)):
         optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:  # close this update's unscale_(), or the next update's unscale_() raises
+            scaler.update()
         return Update(loss_value, norm_value, NONFINITE)
     if scaler is not None:
         scale = scaler.get_scale()

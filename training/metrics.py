@@ -9,7 +9,6 @@ import json
 import logging
 import math
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,31 +26,6 @@ TRAIN_METRICS = (
 )
 VAL_METRICS = ("val/loss", "val/bpb")
 METRIC_NAMES = TRAIN_METRICS + VAL_METRICS
-
-SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
-REDACTED = "<redacted>"
-
-
-def secret_values() -> list[str]:
-    """Values of environment variables whose names look secret (``*_KEY``, ``*TOKEN*``, …)."""
-    return [v for k, v in os.environ.items() if SECRET_NAME.search(k) and len(v) >= 8]
-
-
-def redact(obj: Any, secrets: list[str] | None = None) -> Any:
-    """A copy of a config container with secret-looking keys and any secret environment value masked."""
-    secrets = secret_values() if secrets is None else secrets
-    if isinstance(obj, Mapping):
-        return {
-            k: (REDACTED if SECRET_NAME.search(str(k)) and obj[k] not in (None, "") else redact(v, secrets))
-            for k, v in obj.items()
-        }
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(redact(v, secrets) for v in obj)
-    if isinstance(obj, str):
-        for s in secrets:
-            if s in obj:
-                obj = obj.replace(s, REDACTED)
-    return obj
 
 
 class JsonlSink:
@@ -124,20 +98,6 @@ def format_line(step: int, total: int, m: Mapping[str, Any]) -> str:
     return " | ".join(parts)
 
 
-class ConsoleSink:
-    """Log lines through the ``train`` logger (Hydra sends them to the console and train.log)."""
-
-    def __init__(self, total_steps: int, every: int = 1):
-        self.total, self.every = total_steps, max(1, every)
-
-    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
-        if "val/loss" in metrics or step % self.every == 0 or step == self.total - 1:
-            log.info(format_line(step, self.total, metrics))
-
-    def close(self) -> None:
-        pass
-
-
 class Metrics:
     """Fan-out to every sink; ``summary`` keeps the values the end-of-run report and W&B summary show."""
 
@@ -154,9 +114,10 @@ class Metrics:
             self.summary["best/val_bpb"] = metrics.get("val/bpb")
             self.summary["best/step"] = step
 
-    def close(self, ok: bool = True) -> None:
+    def close(self, status: str = "ok") -> None:
+        """``status``: ok | failed | preempted (stopped early with a checkpoint to resume from)."""
         for sink in self.sinks:
             if hasattr(sink, "finish"):
-                sink.finish(ok, self.summary)
+                sink.finish(status, self.summary)
             else:
                 sink.close()

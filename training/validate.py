@@ -11,7 +11,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from model.gpt import ARCHS
+from training.distributed import DEVICES, PRECISIONS
 from training.errors import ConfigError
+from training.parallel import STRATEGIES
 
 COMPILE = ("auto", True, False)
 NONFINITE = ("stop", "skip")
@@ -43,34 +45,40 @@ def one_of(section: Mapping[str, Any], key: str, prefix: str, allowed: tuple) ->
 
 
 def check_model(m: Mapping[str, Any]) -> None:
+    """``cfg.model``: a known arch, positive sizes, n_embd divisible by n_head (and an even head size for
+    rotary embeddings), dropout in [0, 1), n_kv_head dividing n_head, switches that are booleans, and no key
+    GPTConfig does not know (the vocabulary size comes from the tokenizer, not from here)."""
+    from dataclasses import fields
+
+    from model.gpt import GPTConfig
+
+    known = {f.name for f in fields(GPTConfig)} - {"vocab_size"}
+    for key in m:
+        if key not in known:
+            raise ConfigError(f"model.{key}", f"absent: model settings are {', '.join(sorted(known))}", m[key])
     one_of(m, "arch", "model", ARCHS)
     for key in ("n_layer", "n_head", "n_embd", "block_size"):
         positive_int(m, key, "model")
     if m["n_embd"] % m["n_head"]:
         raise ConfigError("model.n_embd", f"divisible by model.n_head ({m['n_head']})", m["n_embd"])
-    dropout = m.get("dropout", 0.0)
-    if not _is_number(dropout) or not 0.0 <= dropout < 1.0:
-        raise ConfigError("model.dropout", "in [0, 1)", dropout)
-    if not isinstance(m.get("bias", True), bool):
-        raise ConfigError("model.bias", "true or false", m.get("bias"))
-    kv = m.get("n_kv_head")
-    if kv is not None:
-        if not _is_int(kv) or kv < 1 or m["n_head"] % kv:
-            raise ConfigError("model.n_kv_head", f"null or a divisor of model.n_head ({m['n_head']})", kv)
-        if m["arch"] != "llama" and kv != m["n_head"]:
-            raise ConfigError("model.n_kv_head", "null for arch=gpt2 (grouped-query attention is llama-style)", kv)
-    if m.get("mlp_hidden") is not None:
-        positive_int(m, "mlp_hidden", "model")
     if m["arch"] == "llama" and (m["n_embd"] // m["n_head"]) % 2:
         raise ConfigError(
             "model.n_embd", "such that n_embd / n_head is even (rotary embeddings rotate pairs)", m["n_embd"]
         )
-    if m["arch"] == "gpt2" and not m.get("tie_embeddings", True):
-        raise ConfigError("model.tie_embeddings", "true for arch=gpt2 (an untied head is llama-style)", False)
+    dropout = m.get("dropout", 0.0)
+    if not _is_number(dropout) or not 0.0 <= dropout < 1.0:
+        raise ConfigError("model.dropout", "in [0, 1)", dropout)
+    for key in ("bias", "tie_embeddings", "activation_checkpointing"):
+        if key in m and not isinstance(m[key], bool):
+            raise ConfigError(f"model.{key}", "true or false", m[key])
+    kv = m.get("n_kv_head")
+    if kv is not None and (not _is_int(kv) or kv < 1 or m["n_head"] % kv):
+        raise ConfigError("model.n_kv_head", f"null or a divisor of model.n_head ({m['n_head']})", kv)
+    if m.get("mlp_hidden") is not None:
+        positive_int(m, "mlp_hidden", "model")
     for key in ("rope_theta", "norm_eps"):
-        v = m.get(key)
-        if v is not None and (not _is_number(v) or v <= 0):
-            raise ConfigError(f"model.{key}", "> 0", v)
+        if key in m and (not _is_number(m[key]) or m[key] <= 0):
+            raise ConfigError(f"model.{key}", "a number > 0", m[key])
 
 
 def check_optim(o: Mapping[str, Any]) -> None:
@@ -107,13 +115,39 @@ def check_trainer(t: Mapping[str, Any]) -> None:
     clip = t.get("grad_clip")
     if not _is_number(clip) or clip < 0:
         raise ConfigError("trainer.grad_clip", "≥ 0 (0 = no clipping)", clip)
+    stop_at = t.get("stop_at")
+    if stop_at is not None and (not _is_int(stop_at) or not 0 < stop_at < t["max_steps"]):
+        allowed = f"null or an integer in [1, trainer.max_steps = {t['max_steps']})"
+        raise ConfigError("trainer.stop_at", allowed, stop_at)
+    one_of(t, "device", "trainer", DEVICES)
+    one_of(t, "precision", "trainer", PRECISIONS)
     one_of(t, "compile", "trainer", COMPILE)
+    one_of(t, "strategy", "trainer", STRATEGIES)
+    if t.get("global_batch_tokens") is not None:
+        positive_int(t, "global_batch_tokens", "trainer")
     one_of(t, "nonfinite", "trainer", NONFINITE)
     resume = t.get("resume")
     if resume is not False and resume != "auto" and not (isinstance(resume, str) and resume):
         raise ConfigError("trainer.resume", "auto, false or a checkpoint or run directory", resume)
     if not isinstance(t.get("allow_schedule_change"), bool):
         raise ConfigError("trainer.allow_schedule_change", "true or false", t.get("allow_schedule_change"))
+
+
+def grad_accum_steps(t: Mapping[str, Any], block_size: int, world_size: int) -> int:
+    """Micro-batches per update: ``trainer.grad_accum_steps``, or derived from ``trainer.global_batch_tokens`` so
+    the global batch stays the same whatever the number of ranks."""
+    target = t.get("global_batch_tokens")
+    if target is None:
+        return int(t["grad_accum_steps"])
+    per_micro_step = t["batch_size"] * block_size * world_size
+    if target % per_micro_step:
+        raise ConfigError(
+            "trainer.global_batch_tokens",
+            f"a multiple of batch_size × block_size × ranks = {t['batch_size']} × {block_size} × {world_size} "
+            f"= {per_micro_step}",
+            target,
+        )
+    return target // per_micro_step
 
 
 def check_data(d: Mapping[str, Any]) -> None:
@@ -152,6 +186,7 @@ def check_config(cfg: Mapping[str, Any]) -> None:
     check_model(cfg["model"])
     check_optim(cfg["optim"])
     check_trainer(cfg["trainer"])
+    grad_accum_steps(cfg["trainer"], cfg["model"]["block_size"], 1)
     check_data(cfg["data"])
     check_logger(cfg["logger"])
     from scheduling import schedule_from_config

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,21 @@ def resolve_mode(mode: str) -> str:
     return "online" if credentials_present() else "offline"
 
 
+def swept_overrides(job_overrides: list[str], argv: list[str], sweeper_params: dict | None) -> list[str]:
+    """The overrides of a sweep job that vary across the sweep (``optim.lr=0.001``), not the fixed ones: the keys
+    given several values on the command line (``optim.lr=1e-3,3e-3``) or in ``hydra.sweeper.params``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = [a for a in argv if "=" in a and not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except Exception:  # not Hydra overrides after all: fall back to all of the job's
+        return list(job_overrides)
+    swept = {o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()}
+    swept |= set(sweeper_params or {})
+    return [o for o in job_overrides if o.split("=", 1)[0].lstrip("+~") in swept]
+
+
 class WandbSink:
     def __init__(
         self,
@@ -50,22 +66,28 @@ class WandbSink:
     ):
         import wandb
 
+        from training.secrets import redact
+
         self.mode = resolve_mode(cfg.get("mode", "auto"))
-        self.run = wandb.init(
-            project=cfg.get("project"),
-            entity=cfg.get("entity"),
-            group=cfg.get("group") or group,
-            name=cfg.get("run_name") or name,
-            tags=list(cfg.get("tags") or []) or None,
-            job_type=cfg.get("job_type"),
-            notes=cfg.get("notes"),
-            config=config,
-            dir=str(run_dir),
-            mode=self.mode,
-            id=run_id,
-            resume="allow" if run_id else None,
-            reinit="finish_previous",
-        )
+        argv, sys.argv = sys.argv, redact(list(sys.argv))  # W&B records the command line in its metadata
+        try:
+            self.run = wandb.init(
+                project=cfg.get("project"),
+                entity=cfg.get("entity"),
+                group=cfg.get("group") or group,
+                name=cfg.get("run_name") or name,
+                tags=list(cfg.get("tags") or []) or None,
+                job_type=cfg.get("job_type"),
+                notes=cfg.get("notes"),
+                config=config,
+                dir=str(run_dir),
+                mode=self.mode,
+                id=run_id,
+                resume="allow" if run_id else None,
+                reinit="finish_previous",
+            )
+        finally:
+            sys.argv = argv
         self.run.define_metric("step")
         for pattern in ("train/*", "val/*", "tokens"):
             self.run.define_metric(pattern, step_metric="step")
@@ -89,10 +111,13 @@ class WandbSink:
 
         self.run.log({key: wandb.Table(columns=columns, data=rows)}, commit=False)
 
-    def finish(self, ok: bool, summary: Mapping[str, Any]) -> None:
+    def finish(self, status: str, summary: Mapping[str, Any]) -> None:
+        """Close the run: finished (ok), failed, or preempted (W&B shows it as such; the resume continues it)."""
         for k, v in summary.items():
             self.run.summary[k] = v
-        self.run.finish(exit_code=0 if ok else 1)
+        if status == "preempted":
+            self.run.mark_preempting()
+        self.run.finish(exit_code=0 if status == "ok" else 1)
         if self.mode == "offline":
             offline = sorted(Path(self.run_dir, "wandb").glob("offline-run-*"))
             if offline:

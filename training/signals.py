@@ -1,0 +1,36 @@
+"""Graceful stops: SIGTERM (SLURM preemption, ``kill``) and SIGINT (Ctrl-C) finish the current update, then
+train.py writes a checkpoint and exits with ``EXIT_RESUMABLE``. A second SIGINT interrupts at once."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+# sysexits.h EX_TEMPFAIL: "temporary failure, the user is invited to retry" — the run stopped early with a
+# checkpoint to resume from. A SLURM script can requeue on it (see slurm/).
+EXIT_RESUMABLE = 75
+
+
+class StopSignals:
+    """While active, SIGTERM and SIGINT set ``requested`` instead of killing the process."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and self.requested is not None:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
