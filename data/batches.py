@@ -1,42 +1,63 @@
 """Batches: (batch, block_size) input/target windows drawn from a split's flat token array.
 
-The windows of optimizer update t are a pure function of (seed, t): ``grad_accum × world × batch`` random
-offsets drawn from a generator seeded with (seed, t). Micro-batch m of rank r takes row (m, r) of them. So a
-resumed run sees exactly the batches it would have seen, N ranks together see the windows one process sees
-with the same global batch, and no sampler state needs saving. Validation uses fixed, evenly spaced windows.
+The rule for training. Let G = grad_accum_steps × world_size × batch_size be the global batch (sequences per
+optimizer update). The windows of update t are G start offsets drawn uniformly from [0, n − block_size − 1]
+by a PCG64 generator seeded with SeedSequence([seed, t]); window i is tokens[o_i : o_i + block_size + 1],
+x its first block_size tokens and y its last. Micro-step m of rank r takes the windows
+i ∈ [(m·world_size + r)·batch_size, (m·world_size + r + 1)·batch_size).
+
+So the set of windows of update t depends only on (seed, t, G), never on how G is split into ranks and
+micro-steps: a resumed run sees exactly the batches it would have seen (no sampler state to save), N ranks
+together see the windows that one process with batch_size × N sees, and changing (world_size,
+grad_accum_steps) at the same G keeps every update's windows — and so its mean gradient — the same.
+
+Validation: ``eval_batches × world_size × batch_size`` windows whose starts are evenly spaced over the val
+split (the first at 0, the last ending at its final token), the same at every evaluation; batch i of rank r
+is the slice [(i·world_size + r)·batch_size, …+batch_size) of them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
+from numpy.lib.stride_tricks import sliding_window_view
 
 from training.errors import ConfigError
 
 
 def check_length(tokens: np.ndarray, block_size: int, split: str) -> None:
+    """A split must hold one window: block_size + 1 tokens (inputs plus the shifted targets)."""
     if len(tokens) < block_size + 1:
         raise ConfigError(
             f"data: the {split} split has {len(tokens)} tokens, fewer than one window of model.block_size + 1 "
-            f"= {block_size + 1}; use more text or a smaller model.block_size"
+            f"= {block_size + 1}; use more text (data.max_bytes, data.val_fraction) or a smaller model.block_size"
         )
 
 
+def check_layout(batch_size: int, world_size: int, rank: int, *counts: int) -> None:
+    if min(batch_size, world_size, *counts) < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need batch_size, world_size, counts ≥ 1 and 0 ≤ rank < world_size, got "
+                         f"{batch_size}, {world_size}, {counts}, rank {rank}")  # fmt: skip
+
+
 def window_offsets(seed: int, t: int, count: int, n_tokens: int, block_size: int) -> np.ndarray:
-    """``count`` window starts in [0, n_tokens − block_size − 1], a function of (seed, t) alone."""
+    """``count`` window starts in [0, n_tokens − block_size − 1], a function of (seed, t, count) alone."""
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, t])))
     return rng.integers(0, n_tokens - block_size, size=count, dtype=np.int64)
 
 
 def gather(tokens: np.ndarray, offsets: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs x and targets y (len(offsets), block_size), int64; y is x shifted by one token."""
-    windows = tokens[offsets[:, None] + np.arange(block_size + 1)].astype(np.int64)
+    # Rows of a strided view are copied as runs (7× faster than element-wise indexing for 512 × 1025).
+    windows = sliding_window_view(tokens, block_size + 1)[offsets].astype(np.int64)
     w = torch.from_numpy(windows)
     return w[:, :-1], w[:, 1:]
 
 
 class TrainBatches:
-    """The micro-batches of each update for one rank."""
+    """The micro-batches of each optimizer update for one rank (the rule is in the module docstring)."""
 
     def __init__(
         self,
@@ -49,18 +70,23 @@ class TrainBatches:
         seed: int = 0,
     ):
         check_length(tokens, block_size, "train")
+        check_layout(batch_size, world_size, rank, grad_accum_steps, block_size)
         self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
         self.accum, self.world, self.rank, self.seed = grad_accum_steps, world_size, rank, seed
 
     @property
+    def global_batch(self) -> int:
+        """G: sequences per optimizer update over all ranks and micro-steps."""
+        return self.accum * self.world * self.batch_size
+
+    @property
     def tokens_per_update(self) -> int:
         """Tokens of one optimizer update over all ranks."""
-        return self.accum * self.world * self.batch_size * self.block_size
+        return self.global_batch * self.block_size
 
     def offsets(self, t: int) -> np.ndarray:
-        """All window starts of update t, shaped (grad_accum, world, batch)."""
-        count = self.accum * self.world * self.batch_size
-        starts = window_offsets(self.seed, t, count, len(self.tokens), self.block_size)
+        """All window starts of update t, shaped (grad_accum, world, batch): [m, r] is micro-step m of rank r."""
+        starts = window_offsets(self.seed, t, self.global_batch, len(self.tokens), self.block_size)
         return starts.reshape(self.accum, self.world, self.batch_size)
 
     def micro_batches(self, t: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -70,22 +96,32 @@ class TrainBatches:
 
 
 def val_offsets(n_tokens: int, block_size: int, count: int) -> np.ndarray:
-    """``count`` evenly spaced window starts covering the split: the same at every evaluation."""
+    """``count`` evenly spaced window starts over [0, n_tokens − block_size − 1]: the same at every evaluation."""
     last = n_tokens - block_size - 1
     return np.linspace(0, last, num=count).round().astype(np.int64)
 
 
 class ValBatches:
-    """The fixed validation windows of one rank: ``eval_batches`` batches, split across ranks."""
+    """The fixed validation windows of one rank: ``eval_batches`` batches of ``batch_size``, gathered on use."""
 
-    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, eval_batches: int, world_size=1, rank=0):
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        block_size: int,
+        batch_size: int,
+        eval_batches: int,
+        world_size: int = 1,
+        rank: int = 0,
+    ):
         check_length(tokens, block_size, "val")
-        count = eval_batches * batch_size * world_size
+        check_layout(batch_size, world_size, rank, eval_batches, block_size)
+        count = eval_batches * world_size * batch_size
         offsets = val_offsets(len(tokens), block_size, count).reshape(eval_batches, world_size, batch_size)
-        self.batches = [gather(tokens, offsets[i, rank], block_size) for i in range(eval_batches)]
+        self.tokens, self.block_size, self.offsets = tokens, block_size, offsets[:, rank]
 
-    def __iter__(self):
-        return iter(self.batches)
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch_offsets in self.offsets:
+            yield gather(self.tokens, batch_offsets, self.block_size)
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.offsets)

@@ -1,15 +1,23 @@
 """The token cache: a corpus tokenized once, as one flat token file per split plus its metadata.
 
 ``<cache_dir>/<corpus>-<key>/`` holds ``tokenizer.json``, ``train.bin``, ``val.bin`` (uint16 when the vocab
-fits, else uint32; documents joined with the end-of-text token after each) and ``meta.json`` (token and byte
-counts, dtype, tokenizer hash, source fingerprint). The key hashes the corpus fingerprint and the tokenizer
-settings, so a changed source or tokenizer gets a new directory and an unchanged one is reused. The directory
-is built under a temporary name and renamed into place only when complete, so a killed preparation never
-leaves a cache that a later run trusts.
+fits, else uint32; every document followed by the end-of-text token) and ``meta.json`` (token, byte and
+document counts, dtype, tokenizer hash, source fingerprint, tokenizer settings). ``<key>`` hashes the source
+fingerprint (file names and content digests, caps, split settings) and the tokenizer settings (vocab size and
+special tokens, or the given tokenizer file's digest): a changed source or tokenizer gets a new directory, an
+unchanged one is reused. ``cache_dir`` is ``data.cache_dir`` (by default ``$GPT_DATA_CACHE`` or ``.cache/data``).
+
+Atomicity: a cache is assembled in ``<cache_dir>/.tmp-<corpus>-<key>-*/``, every file fsynced, and renamed
+into place only when complete. A cache is trusted only if its meta.json matches the config, its token files
+have the sizes and its tokenizer the hash that meta.json records; so a preparation killed at any moment leaves
+nothing that a later run uses. The next ``prepare()`` removes the abandoned temporary directory (its builder's
+file lock is gone) and builds afresh. Processes preparing the same cache at once wait for each other (a lock
+file) instead of all building.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -18,7 +26,9 @@ import re
 import shutil
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,17 +36,26 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from data.corpus import SPLITS, Corpus, build_corpus, file_digest
-from data.tokenizer import EOT, capped, eot_id, load_tokenizer, tokenizer_hash, train_tokenizer
+from data.corpus import SPLITS, Corpus, build_corpus, file_digest, utf8_len
+from data.tokenizer import EOT, capped, check_vocab_size, eot_id, load_tokenizer, tokenizer_hash, train_tokenizer
 from training.errors import ConfigError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent builds still end correct, just duplicated
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-ENCODE_BATCH_BYTES = 4 << 20  # text handed to one encode_batch call
+FORMAT_VERSION = 2
+ENCODE_BATCH_CHARS = 4 << 20  # text per encode_batch call: enough documents to keep every core busy
+DEFAULT_CACHE_DIR = ".cache/data"
+BUILDING = ".building"  # the lock file a builder holds inside its temporary directory
+STALE_UNLOCKED_SECONDS = 600  # a temporary directory without a lock file this old is abandoned (no fcntl)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id < 2¹⁶, else uint32."""
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
@@ -48,21 +67,30 @@ class TokenCache:
     meta: dict[str, Any]
 
     @classmethod
-    def open(cls, path: Path) -> TokenCache | None:
-        """The cache at ``path`` if it is complete and consistent, else None."""
+    def open(cls, path: Path, fingerprint: str | None = None, settings: dict | None = None) -> TokenCache | None:
+        """The cache at ``path`` if it is complete and consistent (and built from ``fingerprint`` with
+        tokenizer ``settings`` when given), else None."""
         try:
             meta = json.loads((path / "meta.json").read_text())
+            if meta.get("format") != FORMAT_VERSION:
+                return None
+            if fingerprint is not None and meta["source_fingerprint"] != fingerprint:
+                return None
+            if settings is not None and meta["tokenizer_settings"] != json.loads(json.dumps(settings)):
+                return None
             itemsize = np.dtype(meta["dtype"]).itemsize
             for split in SPLITS:
                 if (path / f"{split}.bin").stat().st_size != meta["tokens"][split] * itemsize:
                     return None
-            if not (path / "tokenizer.json").is_file() or meta.get("format") != FORMAT_VERSION:
+            tok_json = (path / "tokenizer.json").read_text()
+            if hashlib.sha256(tok_json.encode()).hexdigest() != meta["tokenizer_hash"]:
                 return None
         except (OSError, ValueError, KeyError, TypeError):
             return None
         return cls(path, meta)
 
     def tokens(self, split: str) -> np.ndarray:
+        """The split's token ids, memory-mapped read-only (uint16 or uint32)."""
         return np.memmap(self.path / f"{split}.bin", dtype=self.meta["dtype"], mode="r")
 
     def tokenizer(self) -> Tokenizer:
@@ -77,57 +105,75 @@ class TokenCache:
         return int(self.meta["eot_id"])
 
 
-def _batches(texts: Iterable[str], max_bytes: int) -> Iterator[list[str]]:
-    batch: list[str] = []
+def encode_corpus(
+    tok: Tokenizer, documents: Iterable[tuple[str, str]], eot: int, dtype: np.dtype, out_dir: Path
+) -> dict[str, dict[str, int]]:
+    """Tokenize (split, text) documents into ``out_dir/<split>.bin``, each document followed by ``eot``.
+
+    Documents go to ``encode_batch_fast`` (parallel over documents, no offsets computed) about
+    ``ENCODE_BATCH_CHARS`` at a time, in order. The encoding runs in worker threads (it releases the GIL)
+    so that reading the next documents and writing the last ids overlap it, and two batches may be in
+    flight so the cores do not idle on one batch's longest document. Returns per split: tokens, UTF-8 bytes,
+    documents.
+    """
+    counts = {key: dict.fromkeys(SPLITS, 0) for key in ("tokens", "bytes", "documents")}
+
+    def encode(batch: list[tuple[str, str]]) -> list:
+        return tok.encode_batch_fast([text for _, text in batch], add_special_tokens=False)
+
+    def write(batch: list[tuple[str, str]], encodings: list) -> None:
+        ids: dict[str, list[int]] = {s: [] for s in SPLITS}
+        for (split, text), enc in zip(batch, encodings, strict=True):
+            out = ids[split]
+            out += enc.ids
+            out.append(eot)
+            counts["bytes"][split] += utf8_len(text)
+            counts["documents"][split] += 1
+        for split, split_ids in ids.items():
+            if split_ids:
+                np.asarray(split_ids, dtype=dtype).tofile(files[split])
+                counts["tokens"][split] += len(split_ids)
+
+    with contextlib.ExitStack() as stack:
+        files = {s: stack.enter_context(open(out_dir / f"{s}.bin", "wb")) for s in SPLITS}
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode"))
+        pending: deque = deque()
+        for batch in document_batches(documents, ENCODE_BATCH_CHARS):
+            pending.append((batch, pool.submit(encode, batch)))
+            if len(pending) > 2:
+                done, future = pending.popleft()
+                write(done, future.result())
+        while pending:
+            done, future = pending.popleft()
+            write(done, future.result())
+        for fh in files.values():
+            fh.flush()
+            os.fsync(fh.fileno())
+    return counts
+
+
+def document_batches(documents: Iterable[tuple[str, str]], max_chars: int) -> Iterator[list[tuple[str, str]]]:
+    """Consecutive (split, text) documents grouped into lists of about ``max_chars`` characters of text."""
+    batch: list[tuple[str, str]] = []
     size = 0
-    for text in texts:
-        batch.append(text)
-        size += len(text)
-        if size >= max_bytes:
+    for doc in documents:
+        batch.append(doc)
+        size += len(doc[1])
+        if size >= max_chars:
             yield batch
             batch, size = [], 0
     if batch:
         yield batch
 
 
-def encode_to_file(tok: Tokenizer, texts: Iterable[str], eot: int, dtype: np.dtype, path: Path) -> tuple[int, int]:
-    """Tokenize ``texts`` in parallel batches (``encode_batch_fast``), each followed by ``eot``, into ``path``.
-
-    Returns (tokens written, UTF-8 bytes of text encoded).
-    """
-    n_tokens = n_bytes = 0
-    with open(path, "wb") as fh:
-        for batch in _batches(texts, ENCODE_BATCH_BYTES):
-            encodings = tok.encode_batch_fast(batch, add_special_tokens=False)
-            ids: list[int] = []
-            for enc in encodings:
-                ids.extend(enc.ids)
-                ids.append(eot)
-            arr = np.asarray(ids, dtype=dtype)
-            arr.tofile(fh)
-            n_tokens += arr.size
-            n_bytes += sum(len(t.encode("utf-8", "surrogateescape")) for t in batch)
-        fh.flush()
-        os.fsync(fh.fileno())
-    return n_tokens, n_bytes
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def tokenizer_settings(cfg: Any) -> dict[str, Any]:
-    """What determines the tokenizer: a given file's hash, or the training settings."""
-    special = list(cfg.get("special_tokens") or [EOT])
+    """What determines the tokenizer: a given file's digest, or the training settings."""
+    special = [str(s) for s in (cfg.get("special_tokens") or [EOT])]
     given = cfg.get("tokenizer")
     if given:
-        if not Path(given).is_file():
-            raise ConfigError(f"data.tokenizer: {str(given)!r} does not exist")
-        return {"file": file_digest(given), "special_tokens": special}
+        if not Path(str(given)).is_file():
+            raise ConfigError(f"data.tokenizer: {str(given)!r} does not exist (give a tokenizer.json, or null)")
+        return {"file": file_digest(str(given)), "special_tokens": special}
     return {
         "vocab_size": cfg.get("vocab_size"),
         "special_tokens": special,
@@ -135,65 +181,124 @@ def tokenizer_settings(cfg: Any) -> dict[str, Any]:
     }
 
 
-def cache_path(cfg: Any, corpus: Corpus) -> Path:
-    settings = tokenizer_settings(cfg)
-    key = hashlib.sha256(
-        json.dumps([FORMAT_VERSION, corpus.fingerprint, settings], sort_keys=True).encode()
-    ).hexdigest()[:16]
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", corpus.name).strip("_") or "corpus"
-    return Path(os.path.expanduser(str(cfg.get("cache_dir") or ".cache/data"))) / f"{name}-{key}"
+def cache_root(cfg: Any) -> Path:
+    """``data.cache_dir``, else ``$GPT_DATA_CACHE``, else ``.cache/data`` (relative to the working directory)."""
+    root = cfg.get("cache_dir") or os.environ.get("GPT_DATA_CACHE") or DEFAULT_CACHE_DIR
+    return Path(os.path.expanduser(str(root)))
+
+
+def cache_path(cfg: Any, corpus: Corpus, settings: dict[str, Any] | None = None) -> Path:
+    """``<cache_dir>/<corpus>-<key>``, key = sha256(format, source fingerprint, tokenizer settings)[:16]."""
+    settings = settings if settings is not None else tokenizer_settings(cfg)
+    blob = json.dumps([FORMAT_VERSION, corpus.fingerprint, settings], sort_keys=True)
+    key = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", corpus.name).strip("_.")[-48:] or "corpus"
+    return cache_root(cfg) / f"{name}-{key}"
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every platform lets a directory be opened
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _lock(fh, blocking: bool = True) -> bool:
+    """An exclusive advisory lock on ``fh``; False when another process holds it. Where the filesystem has no
+    locks, a blocking call goes on without one and a non-blocking one answers False (nothing is taken for
+    abandoned that might be live)."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return blocking
+
+
+def remove_abandoned(root: Path) -> None:
+    """Delete ``.tmp-*`` directories of builds that died: nobody holds their lock any more."""
+    for tmp in root.glob(".tmp-*"):
+        lock_file = tmp / BUILDING
+        try:
+            if lock_file.exists() and fcntl is not None:
+                with open(lock_file, "rb") as fh:
+                    if not _lock(fh, blocking=False):
+                        continue  # a live build
+            elif time.time() - tmp.stat().st_mtime < STALE_UNLOCKED_SECONDS:
+                continue  # just created, or no locks to tell: leave young ones alone
+        except OSError:
+            continue
+        log.info("data: removing the abandoned partial cache %s", tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def make_dirs(path: Path) -> list[Path]:
+    """mkdir -p; returns the directories it created, outermost first (to undo on failure)."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    path.mkdir(parents=True, exist_ok=True)
+    return missing[::-1]
+
+
+@contextlib.contextmanager
+def building(tmp: Path) -> Iterator[None]:
+    """Hold a lock file in ``tmp`` while it is being filled, so no one takes it for abandoned; on success the
+    lock file is removed (the young directory's mtime then protects it until it is renamed)."""
+    if fcntl is None:
+        yield
+        return
+    with open(tmp / BUILDING, "wb") as fh:
+        _lock(fh)
+        yield
+        (tmp / BUILDING).unlink()
 
 
 def build(cfg: Any, corpus: Corpus, final: Path) -> TokenCache:
-    """Tokenize ``corpus`` into a new cache directory, atomically renamed to ``final``."""
+    """Train or load the tokenizer, tokenize ``corpus`` into a temporary directory, rename it to ``final``."""
     started = time.perf_counter()
-    special = list(cfg.get("special_tokens") or [EOT])
-    final.parent.mkdir(parents=True, exist_ok=True)
+    special = [str(s) for s in (cfg.get("special_tokens") or [EOT])]
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     try:
-        if cfg.get("tokenizer"):
-            tok = load_tokenizer(cfg.get("tokenizer"))
-        else:
-            tok = train_tokenizer(
-                capped(corpus.documents("train"), cfg.get("tokenizer_train_bytes")),
-                cfg.get("vocab_size"),
-                special,
-            )
-        eot = eot_id(tok, special)
-        vocab = tok.get_vocab_size()
-        dtype = token_dtype(vocab)
-        tok.save(str(tmp / "tokenizer.json"))
-        tokens, nbytes = {}, {}
-        for split in SPLITS:
-            tokens[split], nbytes[split] = encode_to_file(
-                tok, corpus.documents(split), eot, dtype, tmp / f"{split}.bin"
-            )
-        if tokens["train"] == 0:
-            raise ConfigError(f"data: the corpus {corpus.name!r} has no training text (empty files, or a cap of 0?)")
-        if tokens["val"] == 0:
-            raise ConfigError(
-                f"data: the corpus {corpus.name!r} gives no validation text; raise data.val_fraction "
-                f"(now {corpus.val_fraction}) or add documents"
-            )
-        stats = corpus.decode_stats
-        meta = {
-            "format": FORMAT_VERSION,
-            "corpus": corpus.name,
-            "source_fingerprint": corpus.fingerprint,
-            "tokenizer_hash": tokenizer_hash(tok),
-            "tokenizer_settings": tokenizer_settings(cfg),
-            "vocab_size": vocab,
-            "eot_id": eot,
-            "dtype": dtype.name,
-            "tokens": tokens,
-            "bytes": nbytes,
-            "skipped_undecodable": stats.skipped,
-            "replaced_undecodable": stats.replaced,
-            "build_seconds": round(time.perf_counter() - started, 2),
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        with open(tmp / "meta.json", "rb+") as fh:
-            os.fsync(fh.fileno())
+        with building(tmp):
+            if cfg.get("tokenizer"):
+                tok = load_tokenizer(cfg.get("tokenizer"))
+            else:
+                train_texts = capped(corpus.documents("train"), cfg.get("tokenizer_train_bytes"))
+                tok = train_tokenizer(train_texts, cfg.get("vocab_size"), special)
+            eot = eot_id(tok, special)
+            vocab = tok.get_vocab_size()
+            dtype = token_dtype(vocab)
+            (tmp / "tokenizer.json").write_text(tok.to_str())  # its sha256 is tokenizer_hash(tok)
+            counts = encode_corpus(tok, corpus.split_documents(), eot, dtype, tmp)
+            check_splits(corpus, counts)
+            meta = {
+                "format": FORMAT_VERSION,
+                "corpus": corpus.name,
+                "source_fingerprint": corpus.fingerprint,
+                "tokenizer_hash": tokenizer_hash(tok),
+                "tokenizer_settings": tokenizer_settings(cfg),
+                "vocab_size": vocab,
+                "eot_id": eot,
+                "dtype": dtype.name,
+                **counts,
+                "skipped_undecodable": corpus.decode_stats.skipped,
+                "replaced_undecodable": corpus.decode_stats.replaced,
+                "build_seconds": round(time.perf_counter() - started, 2),
+            }
+            with open(tmp / "meta.json", "w") as fh:
+                json.dump(meta, fh, indent=1)
+                fh.flush()
+                os.fsync(fh.fileno())
         _fsync_dir(tmp)
         try:
             os.rename(tmp, final)
@@ -205,29 +310,95 @@ def build(cfg: Any, corpus: Corpus, final: Path) -> TokenCache:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    stats = corpus.decode_stats
     if stats.skipped or stats.replaced:
-        what = "skipped" if stats.skipped else "decoded with U+FFFD"
         log.warning(
-            "data: %d file(s) were not valid UTF-8 and were %s (e.g. %s)",
+            "data: %d file(s) were not valid UTF-8 and were %s (e.g. %s); data.on_decode_error sets this",
             stats.skipped + stats.replaced,
-            what,
+            "skipped" if stats.skipped else "decoded with U+FFFD",
             ", ".join(stats.examples),
         )
+    log.info(
+        "data: %d train + %d val tokens (%s, vocab %d) in %.1f s",
+        meta["tokens"]["train"], meta["tokens"]["val"], dtype.name, vocab, meta["build_seconds"],
+    )  # fmt: skip
     return TokenCache(final, meta)
 
 
+def check_splits(corpus: Corpus, counts: dict[str, dict[str, int]]) -> None:
+    if counts["documents"]["train"] == 0:
+        raise ConfigError(
+            f"data: the corpus {corpus.name!r} gives no training text; lower data.val_fraction "
+            f"(now {corpus.val_fraction}) or add documents"
+        )
+    if counts["documents"]["val"] == 0:
+        raise ConfigError(
+            f"data: the corpus {corpus.name!r} gives no validation text; raise data.val_fraction "
+            f"(now {corpus.val_fraction}) or add documents (or lines)"
+        )
+
+
+def check_not_empty(corpus: Corpus) -> None:
+    """An empty corpus (no file, or only empty or undecodable ones) is refused before anything is written."""
+    if next(corpus.capped(corpus.keyed_documents()), None) is not None:
+        return
+    stats = corpus.decode_stats
+    why = ""
+    if stats.skipped:
+        why = (
+            f" ({stats.skipped} file(s) skipped as not UTF-8, e.g. {stats.examples[0]}; "
+            "data.on_decode_error=replace keeps them)"
+        )
+    raise ConfigError(f"data: the corpus {corpus.name!r} has no text{why}; check data.path / data.name and the caps")
+
+
+@contextlib.contextmanager
+def build_lock(final: Path) -> Iterator[None]:
+    """Exclusive while one process prepares ``final``; others wait here, then find the cache complete."""
+    lock_path = final.parent / f".{final.name}.lock"
+    with open(lock_path, "wb") as fh:
+        if not _lock(fh, blocking=False):
+            log.info("data: another process is preparing %s; waiting for it", final)
+            _lock(fh)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                lock_path.unlink()
+
+
 def prepare(cfg: Any, build_if_missing: bool = True) -> TokenCache:
-    """The token cache for the ``data`` config: reused when its fingerprint matches, else built."""
+    """The token cache for the ``data`` config: reused when its fingerprint matches, else built atomically.
+
+    Any ConfigError (bad path, empty corpus, missing column, …) leaves no cache or temporary directory behind.
+    """
+    if not cfg.get("tokenizer"):
+        check_vocab_size(cfg.get("vocab_size"), [str(s) for s in (cfg.get("special_tokens") or [EOT])])
     corpus = build_corpus(cfg)
-    path = cache_path(cfg, corpus)
-    cache = TokenCache.open(path)
+    settings = tokenizer_settings(cfg)
+    path = cache_path(cfg, corpus, settings)
+    fingerprint = corpus.fingerprint
+    cache = TokenCache.open(path, fingerprint, settings)
     if cache is not None:
         log.info("data: reusing token cache %s", path)
         return cache
     if not build_if_missing:
         raise ConfigError(f"data: the token cache {path} is missing or incomplete")
-    if path.exists():  # only ever created complete, so something else damaged it: rebuild
-        log.warning("data: the token cache %s is damaged; rebuilding it", path)
-        shutil.rmtree(path)
-    log.info("data: tokenizing %s into %s", corpus.name, path)
-    return build(cfg, corpus, path)
+    check_not_empty(corpus)
+    created = make_dirs(path.parent)
+    try:
+        with build_lock(path):
+            cache = TokenCache.open(path, fingerprint, settings)
+            if cache is not None:  # built by the process we waited for
+                return cache
+            remove_abandoned(path.parent)
+            if path.exists():  # only ever renamed into place complete, so something damaged it: rebuild
+                log.warning("data: the token cache %s is damaged; rebuilding it", path)
+                shutil.rmtree(path)
+            log.info("data: tokenizing %s into %s", corpus.name, path)
+            return build(cfg, corpus, path)
+    except BaseException:
+        for d in reversed(created):  # leave no empty cache directory that this call made
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise

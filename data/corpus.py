@@ -1,25 +1,32 @@
 """Corpora: where the text documents come from, split into train and val deterministically.
 
-Three sources, one interface (``Corpus.documents(split)`` yields strings):
+Three sources, one interface (``Corpus.split_documents()`` yields ``(split, text)`` in a fixed order):
 - ``builtin``: the running interpreter's own standard library ``.py`` sources (on every machine, offline);
 - ``text_files``: local files — plain text (``.txt``, ``.md``, ``.py``, …: one document per file) or tables
-  (``.jsonl``/``.json``, ``.parquet``, ``.csv``: one document per row's ``text_column``), read with
-  ``datasets.load_dataset`` on local data files;
-- ``hub``: a Hugging Face dataset by name, split and text column, optionally streamed, optionally capped.
+  (``.jsonl``/``.json``, ``.parquet``, ``.csv``: one document per row's ``text_column``), the tables read
+  with ``datasets.load_dataset`` on local data files, file by file;
+- ``hub``: a Hugging Face dataset by name (or a local dataset folder, or a builder such as ``json`` with
+  ``data_files``), split and text column, optionally streamed.
 
-The split is by document: a document belongs to val when a hash of its key (relative path, or file and row)
-falls below ``val_fraction``, so adding documents never moves others. When that leaves val empty (a corpus
-of one or two files), the last ``val_fraction`` of every document's lines becomes val instead.
+Caps: ``max_documents`` and ``max_bytes`` (UTF-8) bound the stream of non-empty documents before the split;
+the document that crosses ``max_bytes`` is cut at the cap.
+
+The split is by document: a document belongs to val when a hash of its key (relative path, file and row, or
+row) falls below ``val_fraction``, so adding documents never moves others. When that leaves either split
+without a document (a corpus of one or two files), the last ``val_fraction`` of every document's lines
+becomes val instead. A dataset with its own validation split (``val_split``) uses it whole for val.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import os
 import sysconfig
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +38,7 @@ SPLITS = ("train", "val")
 
 
 def in_val(key: str, val_fraction: float) -> bool:
-    """Whether the document with this key belongs to val: a stable hash of the key, not its position."""
+    """Whether the document with this key belongs to val: blake2b(key) / 2⁶⁴ < val_fraction."""
     h = int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "big")
     return h / 2**64 < val_fraction
 
@@ -43,6 +50,10 @@ def file_digest(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", "surrogateescape"))
 
 
 def split_lines(text: str, val_fraction: float) -> tuple[str, str]:
@@ -63,7 +74,7 @@ class DecodeStats:
 
 
 def decode(raw: bytes, name: str, policy: str, stats: DecodeStats) -> str | None:
-    """UTF-8 text of a file, or None when it is skipped. ``policy``: skip | replace | error."""
+    """UTF-8 text of a file, or None when it is skipped. ``policy`` (data.on_decode_error): skip | replace | error."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -101,8 +112,9 @@ class Corpus:
     def identity(self) -> Iterable[str]:
         raise NotImplementedError
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
+        """sha256 over the source's identity (names, content digests), the caps and the split settings; once."""
         h = hashlib.sha256()
         for part in self.identity():
             h.update(part.encode("utf-8", "surrogateescape"))
@@ -110,59 +122,85 @@ class Corpus:
         h.update(f"val={self.val_fraction}|max_docs={self.max_documents}|max_bytes={self.max_bytes}".encode())
         return h.hexdigest()
 
-    def _capped(self) -> Iterator[tuple[str, str]]:
-        n_bytes = 0
-        for i, (key, text) in enumerate(self.keyed_documents()):
-            if self.max_documents is not None and i >= self.max_documents:
+    def capped(self, documents: Iterable[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+        """Non-empty documents until ``max_documents`` or ``max_bytes`` (the last one cut at the cap)."""
+        n_docs = n_bytes = 0
+        for key, text in documents:
+            if not text:
+                continue
+            if self.max_documents is not None and n_docs >= self.max_documents:
                 return
-            n_bytes += len(text.encode("utf-8", "surrogateescape"))
-            if self.max_bytes is not None and n_bytes > self.max_bytes:
-                return
+            if self.max_bytes is not None:
+                room = self.max_bytes - n_bytes
+                if room <= 0:
+                    return
+                size = utf8_len(text)
+                if size > room:  # cut on a character boundary
+                    text = text.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
+                    size = room
+                n_bytes += size
+            n_docs += 1
             yield key, text
 
     def uses_line_split(self) -> bool:
-        """True when hashing keys gives val no document, so each document is split by lines instead."""
+        """True when hashing keys leaves train or val without a document, so documents are split by lines."""
         if self._line_split is None:
-            self._line_split = not any(in_val(key, self.val_fraction) for key, _ in self._capped())
+            seen = set()
+            for key, _ in self.capped(self.keyed_documents()):
+                seen.add(in_val(key, self.val_fraction))
+                if len(seen) == 2:  # stops at the first document of each split: cheap on a large corpus
+                    break
+            self._line_split = len(seen) < 2
         return self._line_split
+
+    def split_documents(self) -> Iterator[tuple[str, str]]:
+        """Every document once, as (split, text), in a fixed order: one pass over the source."""
+        line_split = self.uses_line_split()
+        for key, text in self.capped(self.keyed_documents()):
+            if line_split:
+                for split, part in zip(SPLITS, split_lines(text, self.val_fraction), strict=True):
+                    if part:
+                        yield split, part
+            else:
+                yield ("val" if in_val(key, self.val_fraction) else "train"), text
 
     def documents(self, split: str) -> Iterator[str]:
         """The texts of ``split`` (train | val), in a fixed order."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        line_split = self.val_fraction > 0 and self.uses_line_split()
-        for key, text in self._capped():
-            if line_split:
-                part = split_lines(text, self.val_fraction)[split == "val"]
-                if part:
-                    yield part
-            elif in_val(key, self.val_fraction) == (split == "val"):
-                yield text
+        return (text for s, text in self.split_documents() if s == split)
 
 
 class FileCorpus(Corpus):
     """Plain-text files, one document each, ordered by path; their bytes are part of the fingerprint."""
 
-    def __init__(self, cfg: Any, files: list[Path], root: Path):
+    def __init__(self, cfg: Any, files: list[Path], root: Path, name: str = "files"):
         super().__init__(cfg)
-        self.files, self.root = files, root
+        self.files, self.root, self.name = files, root, name
         self.policy = cfg.get("on_decode_error", "skip")
 
-    def _key(self, f: Path) -> str:
-        return f.relative_to(self.root).as_posix() if f.is_relative_to(self.root) else str(f)
+    @cached_property
+    def keys(self) -> list[str]:
+        """Each file's path relative to the root, with forward slashes: what the split hashes."""
+        return [f.relative_to(self.root).as_posix() if f.is_relative_to(self.root) else str(f) for f in self.files]
 
     def keyed_documents(self) -> Iterator[tuple[str, str]]:
         stats = DecodeStats()  # counted afresh on every pass over the files
-        for f in self.files:
-            text = decode(f.read_bytes(), str(f), self.policy, stats)
-            if text is not None:
-                yield self._key(f), text
         self.decode_stats = stats
+        for f, key in zip(self.files, self.keys, strict=True):
+            try:
+                with open(f, "rb") as fh:
+                    raw = fh.read()
+            except OSError as e:
+                raise ConfigError(f"{f}: cannot be read ({e.strerror or e})") from None
+            text = decode(raw, str(f), self.policy, stats)
+            if text is not None:
+                yield key, text
 
     def identity(self) -> Iterable[str]:
         yield f"files|policy={self.policy}"
-        for f in self.files:
-            yield self._key(f)
+        for f, key in zip(self.files, self.keys, strict=True):
+            yield key
             yield file_digest(f)
 
 
@@ -170,124 +208,215 @@ def builtin_files(exclude: Iterable[str]) -> tuple[list[Path], Path]:
     """The standard library's ``.py`` files of the running interpreter, sorted, minus excluded directories."""
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = set(exclude)
-    files = sorted(
-        (f for f in root.rglob("*.py") if not skip.intersection(f.relative_to(root).parts[:-1])),
-        key=lambda f: f.relative_to(root).as_posix(),
-    )
-    return files, root
-
-
-class BuiltinCorpus(FileCorpus):
-    name = "stdlib"
-
-    def __init__(self, cfg: Any):
-        files, root = builtin_files(cfg.get("exclude") or ())
-        super().__init__(cfg, files, root)
+    files = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in skip]  # pruned, not walked: site-packages can be huge
+        files += [Path(folder, n) for n in names if n.endswith(".py")]
+    return sorted(files, key=lambda f: f.relative_to(root).as_posix()), root
 
 
 def expand_paths(path: Any) -> list[Path]:
-    """``data.path``: a file, a directory (searched recursively) or a glob; several as a list."""
+    """``data.path``: a file, a directory (searched recursively, hidden entries skipped) or a glob; or a list."""
     if path in (None, "", "???"):
         raise ConfigError("data.path", "a file, a directory or a glob of text files (data=text_files)", path)
+    known = TEXT_SUFFIXES + tuple(TABLE_FORMATS)
     found: list[Path] = []
     for p in [path] if isinstance(path, (str, os.PathLike)) else list(path):
         p = os.path.expanduser(str(p))
         if glob.has_magic(p):
             matches = sorted(Path(m) for m in glob.glob(p, recursive=True) if Path(m).is_file())
             if not matches:
-                raise ConfigError(f"data.path: no file matches {p!r}")
+                raise ConfigError(f"data.path: no file matches the glob {p!r}")
             found += matches
         elif Path(p).is_dir():
+            root = Path(p)
             matches = sorted(
                 f
-                for f in Path(p).rglob("*")
-                if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES + tuple(TABLE_FORMATS)
+                for f in root.rglob("*")
+                if f.suffix.lower() in known
+                and not any(part.startswith(".") for part in f.relative_to(root).parts)
+                and f.is_file()
             )
             if not matches:
-                known = ", ".join(TEXT_SUFFIXES + tuple(TABLE_FORMATS))
-                raise ConfigError(f"data.path: directory {p!r} holds no file ending in {known}")
+                raise ConfigError(f"data.path: the directory {p!r} holds no file ending in {', '.join(known)}")
             found += matches
         elif Path(p).is_file():
             found.append(Path(p))
         else:
-            raise ConfigError(f"data.path: {p!r} does not exist")
-    return found
+            raise ConfigError(f"data.path: {p!r} does not exist (give a file, a directory or a glob)")
+    return list(dict.fromkeys(found))  # a file named twice is read once
+
+
+def short_error(e: BaseException) -> str:
+    """The first line of an exception's message, and of its root cause when that says more."""
+
+    def first_line(x: BaseException) -> str:
+        lines = str(x).strip().splitlines()
+        return lines[0] if lines else type(x).__name__
+
+    root = e
+    while (root.__cause__ or root.__context__) is not None and root is not (root.__cause__ or root.__context__):
+        root = root.__cause__ or root.__context__
+    return first_line(e) if root is e else f"{first_line(e)} ({first_line(root)})"
+
+
+@contextlib.contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """Silence ``datasets``' own log lines and progress bars: its errors come back to us as one ConfigError."""
+    import datasets
+
+    level = datasets.logging.get_verbosity()
+    bars_were_off = datasets.utils.are_progress_bars_disabled()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(level)
+        if not bars_were_off:
+            datasets.enable_progress_bars()
 
 
 class TableCorpus(Corpus):
-    """Rows of local tables or of a hub dataset, read with ``datasets.load_dataset``; one document per row."""
+    """Rows read with ``datasets.load_dataset``; one document per row's ``text_column``.
 
-    def __init__(self, cfg: Any, builder: str, data_files: list[str] | None, name: str):
+    ``files`` given: local tables of one ``builder`` (json | parquet | csv), loaded one file at a time so a
+    row's key is (file, row). Otherwise ``builder`` is a hub dataset name, a local dataset folder, or a
+    builder with ``cfg.data_files``, and a row's key is its index.
+    """
+
+    def __init__(self, cfg: Any, builder: str, name: str, files: list[Path] | None = None):
         super().__init__(cfg)
-        self.builder, self.data_files, self.name = builder, data_files, name
-        self.text_column = cfg.get("text_column", "text")
+        self.builder, self.name, self.files = builder, name, files
+        self.text_column = cfg.get("text_column") or "text"
         self.streaming = bool(cfg.get("streaming", False))
+        self.root = Path(os.path.commonpath([str(f.parent) for f in files])) if files else None
 
-    def _dataset(self, split: str | None = None):
+    def load(self, split: str, data_files: Any = None) -> Any:
+        """The dataset split (a ``Dataset``, or an ``IterableDataset`` when streaming); errors as ConfigError."""
         import datasets
 
-        kwargs: dict[str, Any] = {"streaming": self.streaming}
-        if self.data_files:
-            kwargs["data_files"] = self.data_files
-        if self.cfg.get("config_name"):
-            kwargs["name"] = self.cfg.get("config_name")
-        if self.cfg.get("revision"):
-            kwargs["revision"] = self.cfg.get("revision")
-        split = split or self.cfg.get("split") or "train"
+        kwargs: dict[str, Any] = {"split": split, "streaming": self.streaming}
+        data_files = data_files if data_files is not None else self.cfg.get("data_files")
+        if data_files:
+            kwargs["data_files"] = _plain(data_files)
+        for key, arg in (("config_name", "name"), ("revision", "revision")):
+            if self.cfg.get(key):
+                kwargs[arg] = self.cfg.get(key)
+        where = str(data_files[0]) if self.files else self.builder
         try:
-            ds = datasets.load_dataset(self.builder, split=split, **kwargs)
-        except ConfigError:
-            raise
+            with quiet_datasets():
+                ds = datasets.load_dataset(self.builder, **kwargs)
         except Exception as e:  # the hub, the network or the files: say which, in one line
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            where = self.data_files or self.builder
             hint = ""
-            if not self.data_files:
-                hint = " (no network, or HF_HUB_OFFLINE=1? hub datasets need the Hugging Face Hub)"
-            raise ConfigError(f"data: cannot load {where!r} split {split!r}{hint}: {first}") from None
+            if not self.files and not Path(self.builder).exists() and not data_files:
+                hint = " (check data.name and the network; with HF_HUB_OFFLINE=1 only cached datasets load)"
+            raise ConfigError(f"data: cannot load {where!r} split {split!r}{hint}: {short_error(e)}") from None
         columns = ds.column_names
         if columns is not None and self.text_column not in columns:
-            raise ConfigError("data.text_column", f"a column of {self.name!r} ({', '.join(columns)})", self.text_column)
+            raise ConfigError("data.text_column", f"a column of {where!r} ({', '.join(columns)})", self.text_column)
         return ds
 
+    def rows(self, ds: Any, where: str) -> Iterator[str]:
+        """The text of each row; a missing column or a file that fails to parse mid-stream is a ConfigError."""
+        with quiet_datasets():  # for the whole pass: toggling log levels per row would be slow
+            it = iter(ds)
+            while True:
+                try:
+                    row = next(it)
+                except StopIteration:
+                    return
+                except Exception as e:
+                    raise ConfigError(f"data: cannot read {where!r}: {short_error(e)}") from None
+                if self.text_column not in row:
+                    raise ConfigError("data.text_column", f"a column of {where!r} ({', '.join(row)})", self.text_column)
+                text = row[self.text_column]
+                yield "" if text is None else str(text)
+
     def keyed_documents(self) -> Iterator[tuple[str, str]]:
-        for i, row in enumerate(self._dataset()):
-            text = row.get(self.text_column)
-            if text is None:
-                raise ConfigError("data.text_column", f"a column of {self.name!r}", self.text_column)
-            if text:
-                yield f"{i}", str(text)
+        if self.files:
+            for f in self.files:
+                key = f.relative_to(self.root).as_posix()
+                for i, text in enumerate(self.rows(self.load("train", [str(f)]), str(f))):
+                    yield f"{key}:{i}", text
+            return
+        split = self.cfg.get("split") or "train"
+        for i, text in enumerate(self.rows(self.load(split), self.builder)):
+            yield f"{i}", text
+
+    def split_documents(self) -> Iterator[tuple[str, str]]:
+        val_split = self.cfg.get("val_split")
+        if not val_split:
+            yield from super().split_documents()
+            return
+        # The dataset has its own validation split: its train split whole for train, that one whole for val.
+        for split in SPLITS:
+            for text in self.documents(split):
+                yield split, text
 
     def documents(self, split: str) -> Iterator[str]:
         val_split = self.cfg.get("val_split")
-        if not val_split:
-            yield from super().documents(split)
-            return
-        # The dataset has its own validation split: use it whole for val, the train split whole for train.
-        if split == "train":
-            yield from (text for _, text in self._capped())
-            return
-        ds = self._dataset(val_split)
-        for i, row in enumerate(ds):
-            if self.max_documents is not None and i >= self.max_documents:
-                return
-            if row.get(self.text_column):
-                yield str(row[self.text_column])
+        if not val_split or split not in SPLITS:
+            return super().documents(split)
+        if split == "train":  # without touching the validation split (tokenizer training reads only this)
+            return (text for _, text in self.capped(self.keyed_documents()))
+        val_rows = enumerate(self.rows(self.load(val_split), f"{self.builder}:{val_split}"))
+        return (text for _, text in self.capped((str(i), text) for i, text in val_rows))
 
     def identity(self) -> Iterable[str]:
-        yield f"{self.builder}|{self.cfg.get('config_name')}|{self.cfg.get('split')}|{self.cfg.get('val_split')}"
-        yield f"{self.cfg.get('revision')}|{self.text_column}"
-        for f in self.data_files or ():
-            yield f + ":" + file_digest(f)
+        cfg = self.cfg
+        yield f"table|{self.builder}|{cfg.get('config_name')}|{cfg.get('split')}|{cfg.get('val_split')}"
+        yield f"{cfg.get('revision')}|{self.text_column}"
+        local = list(self.files or ())
+        if not self.files:
+            if cfg.get("data_files"):
+                yield str(_plain(cfg.get("data_files")))
+                local = local_data_files(cfg.get("data_files"))
+            elif Path(self.builder).is_dir():  # a dataset folder on disk: its files are the content
+                local = sorted(f for f in Path(self.builder).rglob("*") if f.is_file() and ".git" not in f.parts)
+        for f in local:
+            yield f"{f}:{file_digest(f)}"
+
+
+def _plain(value: Any) -> Any:
+    """An OmegaConf list or dict as plain Python (``datasets`` checks the types)."""
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(value):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf comes with hydra
+        pass
+    return value
+
+
+def local_data_files(data_files: Any) -> list[Path]:
+    """The local files that ``data_files`` (a path, glob, list, or dict of split → those) names, sorted."""
+    data_files = _plain(data_files)
+    if isinstance(data_files, dict):
+        items = [v for value in data_files.values() for v in ([value] if isinstance(value, str) else value)]
+    else:
+        items = [data_files] if isinstance(data_files, str) else list(data_files)
+    found = set()
+    for item in items:
+        found.update(Path(m) for m in glob.glob(os.path.expanduser(str(item)), recursive=True) if Path(m).is_file())
+    return sorted(found)
 
 
 def build_corpus(cfg: Any) -> Corpus:
-    """The corpus that the ``data`` config group describes."""
+    """The corpus that the ``data`` config group describes (``data.source``: builtin | text_files | hub)."""
     source = cfg.get("source")
+    if not isinstance(cfg.get("streaming", False), bool):
+        raise ConfigError("data.streaming", "true or false", cfg.get("streaming"))
+    column = cfg.get("text_column", "text")
+    if not isinstance(column, str) or not column:
+        raise ConfigError("data.text_column", "the name of the column that holds the text", column)
     if source == "builtin":
-        return BuiltinCorpus(cfg)
+        files, root = builtin_files(cfg.get("exclude") or ())
+        return FileCorpus(cfg, files, root, name="stdlib")
     if source == "text_files":
         files = expand_paths(cfg.get("path"))
+        name = "files-" + (Path(os.path.commonpath([str(f) for f in files])).stem or "root")
         tables = [f for f in files if f.suffix.lower() in TABLE_FORMATS]
         if tables and len(tables) != len(files):
             raise ConfigError("data.path: mixes text files and tables (.jsonl/.parquet/.csv); give one kind")
@@ -295,14 +424,11 @@ def build_corpus(cfg: Any) -> Corpus:
             builders = {TABLE_FORMATS[f.suffix.lower()] for f in tables}
             if len(builders) > 1:
                 raise ConfigError(f"data.path: mixes table formats ({', '.join(sorted(builders))}); give one")
-            return TableCorpus(cfg, builders.pop(), [str(f) for f in tables], name=str(cfg.get("path")))
-        common = Path(os.path.commonpath([str(f.parent) for f in files]))
-        corpus = FileCorpus(cfg, files, common)
-        corpus.name = "files"
-        return corpus
+            return TableCorpus(cfg, builders.pop(), name, files=tables)
+        return FileCorpus(cfg, files, Path(os.path.commonpath([str(f.parent) for f in files])), name=name)
     if source == "hub":
         name = cfg.get("name")
         if not name:
             raise ConfigError("data.name", "a Hugging Face dataset name such as roneneldan/TinyStories", name)
-        return TableCorpus(cfg, str(name), cfg.get("data_files"), name=str(name))
+        return TableCorpus(cfg, str(name), name=str(name))
     raise ConfigError("data.source", "one of builtin, text_files, hub", source)

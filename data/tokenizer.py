@@ -1,4 +1,9 @@
-"""Byte-level BPE tokenizers: trained with ``tokenizers`` on the training split, or loaded from a file."""
+"""Byte-level BPE tokenizers: trained with ``tokenizers`` on the training split, or loaded from a file.
+
+A trained tokenizer splits text with GPT-2's pre-tokenizer regex over the 256 byte symbols, learns merges up
+to ``vocab_size`` entries, and puts the special tokens first (so ``<|endoftext|>`` is id 0). The model's
+embedding is padded past ``vocab_size`` to a multiple of 64 by train.py; padding ids never occur in data.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +18,11 @@ from training.errors import ConfigError
 
 EOT = "<|endoftext|>"
 BYTE_ALPHABET = 256
+TRAIN_BATCH_CHARS = 1 << 20  # text handed to the trainer per Python → Rust call
 
 
 def check_vocab_size(vocab_size: object, special_tokens: list[str]) -> None:
+    """``data.vocab_size`` must hold the 256 byte symbols and every special token."""
     need = BYTE_ALPHABET + len(special_tokens)
     if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < need:
         raise ConfigError(
@@ -23,6 +30,20 @@ def check_vocab_size(vocab_size: object, special_tokens: list[str]) -> None:
             f"an integer ≥ {need} (the 256 byte symbols + {len(special_tokens)} special tokens)",
             vocab_size,
         )
+
+
+def text_batches(texts: Iterable[str], max_chars: int) -> Iterator[list[str]]:
+    """Consecutive texts grouped into lists of about ``max_chars`` characters (at least one text each)."""
+    batch: list[str] = []
+    size = 0
+    for text in texts:
+        batch.append(text)
+        size += len(text)
+        if size >= max_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, special_tokens: list[str]) -> Tokenizer:
@@ -37,7 +58,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, special_tokens: list[
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(texts, trainer)
+    # Lists of texts rather than single texts: the trainer then counts words of a whole list in parallel.
+    tok.train_from_iterator(text_batches(texts, TRAIN_BATCH_CHARS), trainer)
     return tok
 
 
@@ -52,6 +74,7 @@ def capped(texts: Iterable[str], max_bytes: int | None) -> Iterator[str]:
 
 
 def load_tokenizer(path: str | Path, key: str = "data.tokenizer") -> Tokenizer:
+    """A ``tokenizer.json`` written by ``tokenizers`` (or transformers' fast tokenizers)."""
     try:
         return Tokenizer.from_file(str(path))
     except Exception as e:  # missing file, not JSON, not a tokenizer
@@ -60,6 +83,7 @@ def load_tokenizer(path: str | Path, key: str = "data.tokenizer") -> Tokenizer:
 
 
 def tokenizer_hash(tok: Tokenizer) -> str:
+    """sha256 of the tokenizer's JSON: what checkpoints record to refuse resuming with another tokenizer."""
     return hashlib.sha256(tok.to_str().encode()).hexdigest()
 
 
@@ -68,7 +92,10 @@ def eot_id(tok: Tokenizer, special_tokens: list[str]) -> int:
     name = special_tokens[0] if special_tokens else EOT
     ident = tok.token_to_id(name)
     if ident is None:
-        raise ConfigError(f"data.special_tokens: the tokenizer has no {name!r} token to separate documents")
+        raise ConfigError(
+            f"data.special_tokens: the tokenizer has no {name!r} token to separate documents; "
+            "put one of its special tokens first in data.special_tokens"
+        )
     return ident
 
 
@@ -76,10 +103,11 @@ BYTE_LEVEL_CHARS = frozenset(pre_tokenizers.ByteLevel.alphabet())  # each stands
 
 
 def token_byte_lengths(tok: Tokenizer, size: int | None = None) -> np.ndarray:
-    """How many bytes of text each token id stands for (0 for special tokens and padding ids), as int64.
+    """How many bytes of text each token id stands for (0 for special tokens and padding ids), int64 of ``size``.
 
-    Byte-level tokens map one character to one byte; for other tokenizers the UTF-8 length of the decoded
-    token is used.
+    Byte-level tokens map one character to one byte, so a token's length in characters is its length in
+    bytes; for other tokenizers the UTF-8 length of the decoded token is used. Summed over the tokens of a
+    text, this gives the text's UTF-8 length — the denominator of bits per byte.
     """
     size = size or tok.get_vocab_size()
     special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
