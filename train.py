@@ -11,12 +11,14 @@ checkpoint, then the loop — one optimizer update per iteration, ``scheduler.st
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import shutil
 import sys
 import time
+from itertools import islice
 from pathlib import Path
 
 import hydra
@@ -30,6 +32,15 @@ from model import GPT, GPTConfig, generate
 from model.flops import model_flops_per_token, peak_flops
 from scheduling import build_scheduler, schedule_from_config
 from training import checkpoint, distributed, parallel
+from training.budget import (
+    budget_key,
+    measure_time_plan,
+    measure_update_seconds,
+    sample_seconds,
+    seconds_since_process_start,
+    steps_from_tokens,
+    timed,
+)
 from training.engine import NONFINITE, OVERFLOW, evaluate, train_update
 from training.errors import ConfigError
 from training.metrics import CsvSink, JsonlSink, Metrics
@@ -38,7 +49,7 @@ from training.plots import write_run_plots
 from training.progress import ProgressSink, duration, human, start_summary
 from training.secrets import redact, register_overrides, scrub_hydra_files
 from training.signals import EXIT_RESUMABLE, StopSignals
-from training.validate import check_config, grad_accum_steps
+from training.validate import check_config, check_stop_at, grad_accum_steps
 
 log = logging.getLogger("train")
 
@@ -49,19 +60,29 @@ def padded_vocab(vocab_size: int) -> int:
     return VOCAB_MULTIPLE * math.ceil(vocab_size / VOCAB_MULTIPLE)
 
 
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak memory so far: allocated on the GPU, or the process's resident set on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kilobytes on Linux
+
+
 def train(cfg: DictConfig) -> float:
     # ---- config: every check before any work or file --------------------------------------------------
+    first_job = HydraConfig.get().job.get("num") in (None, 0)  # a later sweep job's clock starts with the job
+    job_started = time.perf_counter() - (seconds_since_process_start() if first_job else 0.0)
     check_config(cfg)
     register_overrides(list(HydraConfig.get().overrides.task))  # their secret-looking values never get written
     dist = distributed.init(cfg.trainer.device)
     run_dir = Path(distributed.broadcast_object(HydraConfig.get().runtime.output_dir)).resolve()
-    device, seed, T = dist.device, cfg.trainer.seed, cfg.trainer.max_steps
+    device, seed = dist.device, cfg.trainer.seed
     precision = distributed.resolve_precision(cfg.trainer.precision, device)
     strategy = parallel.resolve_strategy(cfg.trainer.strategy, dist.world_size)
     use_compile = device.type == "cuda" if cfg.trainer.compile == "auto" else cfg.trainer.compile
     block, batch = cfg.model.block_size, cfg.trainer.batch_size
     accum = grad_accum_steps(cfg.trainer, block, dist.world_size)
-    schedule = schedule_from_config(cfg.schedule, T, cfg.optim.lr)
     resume_from = distributed.broadcast_object(
         checkpoint.find_resume(cfg.trainer.resume, run_dir) if dist.is_main else None
     )
@@ -85,6 +106,55 @@ def train(cfg: DictConfig) -> float:
     raw_model = GPT(model_config).to(device)
     n_params, flops_per_token = raw_model.num_params(), model_flops_per_token(raw_model)
     model = parallel.parallelize(raw_model, strategy, dist, precision, use_compile)
+    use_autocast = parallel.autocast_needed(strategy, device)
+    autocast = distributed.autocast(device, precision if use_autocast else "fp32")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    def sample(n_tokens: int) -> str:
+        """The end-of-run sample (under FSDP every rank takes part, with the same generator)."""
+        prompt = torch.tensor([tokenizer.encode(cfg.trainer.sample_prompt).ids], device=device)
+        same_on_every_rank = torch.Generator(device=device).manual_seed(seed)
+        with autocast:
+            out = generate(raw_model, prompt, n_tokens, temperature=0.8, top_k=50, vocab_size=cache.vocab_size,
+                           generator=same_on_every_rank)  # fmt: skip
+        return tokenizer.decode(out[0].tolist())
+
+    samples_here = bool(cfg.trainer.sample_tokens) and (dist.is_main or strategy == "fsdp")
+
+    # ---- T: trainer.max_steps, or a token budget, or a wall-clock budget measured on the real step --------
+    tokens_per_update = train_batches.tokens_per_update
+    budget, plan = budget_key(cfg.trainer), None
+    if state is not None and budget != "max_steps":
+        T = state["total_steps"]  # a resumed run keeps the T its budget gave
+    elif budget == "max_steps":
+        T = cfg.trainer.max_steps
+    elif budget == "max_tokens":
+        T = steps_from_tokens(cfg.trainer.max_tokens, tokens_per_update)
+    else:
+        measure = dict(device=device, autocast=autocast)
+        plan = distributed.broadcast_object(measure_time_plan(
+            cfg.trainer.max_time,
+            elapsed=lambda: time.perf_counter() - job_started,
+            measure_update=lambda: measure_update_seconds(
+                model, raw_model, cfg.optim, train_batches.micro_batches, precision=precision,
+                grad_clip=cfg.trainer.grad_clip, **measure),
+            measure_eval=lambda: timed(lambda: evaluate(model, list(islice(val_batches, 2)), token_bytes, **measure),
+                                       device) * len(val_batches) / min(2, len(val_batches)),
+            measure_sample=lambda: sample_seconds(sample, cfg.trainer.sample_tokens, device) if samples_here else 0.0,
+            n_params=raw_model.num_params(), eval_every=cfg.trainer.eval_every, ckpt_every=cfg.trainer.ckpt_every,
+            wandb=cfg.logger.name == "wandb",
+        ))  # fmt: skip
+        T = plan.total_steps
+    if plan is not None:
+        budget_record = plan.as_dict()
+    elif state is not None and state.get("budget"):
+        budget_record = state["budget"]  # what the original run planned
+    else:
+        budget_record = {budget: cfg.trainer[budget], "total_steps": T}
+    check_stop_at(cfg.trainer.stop_at, T)
+    schedule = schedule_from_config(cfg.schedule, T, cfg.optim.lr)
     optimizer = build_optimizer(raw_model, cfg.optim, device)
     scheduler = build_scheduler(optimizer, schedule)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
@@ -96,15 +166,9 @@ def train(cfg: DictConfig) -> float:
         start, tokens_seen, wandb_id = state["step"], state["tokens"], state.get("wandb_run_id")
     else:
         torch.manual_seed(seed + dist.rank)  # dropout differs across ranks
-    use_autocast = parallel.autocast_needed(strategy, device)
-    autocast = distributed.autocast(device, precision if use_autocast else "fp32")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
 
     # ---- outputs: metric sinks and the start-of-run summary (from here on the run directory is written) --
     peak = peak_flops(device, precision)
-    tokens_per_update = train_batches.tokens_per_update
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))
     config_yaml = OmegaConf.to_yaml(resolved)
     metrics, wandb_sink, hydra_cfg = Metrics([]), None, HydraConfig.get()
@@ -126,6 +190,14 @@ def train(cfg: DictConfig) -> float:
             wandb_sink.run.summary["params"] = n_params
             sinks.append(wandb_sink)
         metrics = Metrics(sinks)
+        if plan is not None:
+            (run_dir / "budget.json").write_text(json.dumps(plan.as_dict(), indent=1) + "\n")
+            metrics.summary.update({f"budget/{k}": v for k, v in plan.as_dict().items()})
+            log.info(
+                "budget: %gs → T = %d updates (%.3f s each; evaluation %.2f s, checkpoint %.2f s, sample %.2f s, "
+                "start-up and measurement %.1f s)", plan.max_time, T, plan.step_seconds, plan.eval_seconds,
+                plan.checkpoint_seconds, plan.sample_seconds, plan.elapsed_at_plan,
+            )  # fmt: skip
     p = schedule.params
     floor = f" → floor {cfg.optim.lr * p['min_lr_ratio']:.3g}" if "min_lr_ratio" in p else ""
     log.info("\n%s", start_summary(
@@ -140,9 +212,13 @@ def train(cfg: DictConfig) -> float:
         device=f"{device}, {precision}, {strategy}{', compiled' if use_compile else ''}",
         run_dir=str(run_dir),
     ))  # fmt: skip
+    if state is not None:
+        log.info("resuming from %s at update %d", resume_from, start)
 
     def save_checkpoint(step: int) -> None:
         extra = {
+            "total_steps": T,
+            "budget": budget_record,
             "model_config": model_config.to_dict(),
             "tokenizer_hash": cache.meta["tokenizer_hash"],
             "config": config_yaml,
@@ -169,8 +245,10 @@ def train(cfg: DictConfig) -> float:
                     run_eval(t)
                 t0 = time.perf_counter()
                 lr = optimizer.param_groups[0]["lr"]  # what update t uses
+                micro_batches = train_batches.micro_batches(t)
+                data_wait = time.perf_counter() - t0
                 update = train_update(
-                    model, optimizer, scheduler, train_batches.micro_batches(t),
+                    model, optimizer, scheduler, micro_batches,
                     device=device, autocast=autocast, scaler=scaler, grad_clip=cfg.trainer.grad_clip,
                 )  # fmt: skip
                 if update.status == OVERFLOW:
@@ -191,7 +269,7 @@ def train(cfg: DictConfig) -> float:
                 metrics.log(t, {
                     "train/loss": update.loss, "train/lr": lr, "train/grad_norm": update.grad_norm,
                     "train/tokens_per_sec": tokens_per_sec, "train/mfu": mfu, "train/step_time": step_time,
-                    "tokens": tokens_seen,
+                    "tokens": tokens_seen, "train/data_wait": data_wait, "train/peak_memory_gb": peak_memory_gb(device),
                 })  # fmt: skip
                 t += 1
                 stop = signals.requested or ("stop_at" if stop_at and t >= stop_at and t < T else None)
@@ -204,24 +282,22 @@ def train(cfg: DictConfig) -> float:
                     save_checkpoint(t)
         final_val = run_eval(T)
         save_checkpoint(T)
-        if cfg.trainer.sample_tokens and (dist.is_main or strategy == "fsdp"):  # FSDP: every rank takes part
-            prompt = torch.tensor([tokenizer.encode(cfg.trainer.sample_prompt).ids], device=device)
-            same_on_every_rank = torch.Generator(device=device).manual_seed(seed)
-            with autocast:
-                out = generate(raw_model, prompt, cfg.trainer.sample_tokens, temperature=0.8, top_k=50,
-                               vocab_size=cache.vocab_size, generator=same_on_every_rank)  # fmt: skip
-            sample = tokenizer.decode(out[0].tolist())
-            log.info("sample:\n%s", sample)
+        if samples_here:
+            text = sample(cfg.trainer.sample_tokens)
+            log.info("sample:\n%s", text)
             if wandb_sink is not None:
-                wandb_sink.log_table("sample", ["step", "prompt", "text"], [[T, cfg.trainer.sample_prompt, sample]])
+                wandb_sink.log_table("sample", ["step", "prompt", "text"], [[T, cfg.trainer.sample_prompt, text]])
         status = "ok"
         return final_val
     finally:
         if status == "ok" and dist.is_main:
             plots = write_run_plots(run_dir)
             best = metrics.summary
+            took = duration(time.perf_counter() - started)
+            if plan is not None:
+                took += f" of training; {time.perf_counter() - job_started:.1f} s of the {plan.max_time:g} s budget"
             log.info("\n%s", start_summary(
-                done=f"in {duration(time.perf_counter() - started)}: best val loss {best['best/val_loss']:.4f} "
+                done=f"{took}: best val loss {best['best/val_loss']:.4f} "
                      f"({best['best/val_bpb']:.4f} bits per byte) at update {best['best/step']}",
                 run_dir=str(run_dir),
                 metrics="metrics.jsonl" + (", metrics.csv" if cfg.logger.name == "csv" else ""),

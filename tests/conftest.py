@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+import training  # noqa: F401 — registers the config resolvers conf/ uses
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 

@@ -88,3 +88,11 @@ def test_two_process_fsdp_trains_and_its_sharded_checkpoint_resumes_on_one_proce
     run_train(ARGS + [f"trainer.max_steps={T + 4}", "trainer.allow_schedule_change=true"], run, data_cache)
     assert sorted(train_records(run)) == list(range(T + 4))
     assert [r for r in read_metrics(run) if "val/loss" in r][-1]["val/loss"] < evals[0]["val/loss"]
+
+
+def test_a_data_error_on_rank_zero_stops_every_rank_with_one_line(tmp_path, data_cache):
+    proc = torchrun(TINY + ["data=text_files", f"data.path={tmp_path}/missing/*.txt"], tmp_path, data_cache,
+                    tmp_path / "run", check=False)  # fmt: skip
+    assert proc.returncode != 0
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error: ")]
+    assert errors and all("no file matches" in line for line in errors), proc.stderr[-2000:]

@@ -168,12 +168,28 @@ def check_same_everywhere(**values) -> None:
 
 def in_turn(work, d: Dist):
     """Run ``work()`` on every rank, rank 0 first, then the first rank of each other node, then the rest: a
-    cache that rank 0 builds is found by the others (on a shared filesystem), or built once per node."""
-    result = work() if d.is_main else None
-    barrier()
-    if not d.is_main and d.local_rank == 0:
-        result = work()
-    barrier()
-    if d.local_rank != 0:
-        result = work()
-    return result
+    cache that rank 0 builds is found by the others (on a shared filesystem), or built once per node.
+
+    An error on any rank stops every rank with the same one line, instead of leaving them at a barrier."""
+
+    def phase(here: bool):
+        result, error = None, None
+        if here:
+            try:
+                result = work()
+            except ConfigError as e:
+                error = str(e)
+            except Exception as e:
+                if not d.distributed:
+                    raise
+                error = f"rank {d.rank}: {type(e).__name__}: {e}"
+        errors = gather_object(error)
+        first = next((e for e in errors if e), None)
+        if first is not None:
+            raise ConfigError(first)
+        return result
+
+    result = phase(d.is_main)
+    local = phase(not d.is_main and d.local_rank == 0)
+    rest = phase(d.local_rank != 0)
+    return result if d.is_main else local if d.local_rank == 0 else rest

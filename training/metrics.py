@@ -26,6 +26,8 @@ TRAIN_METRICS = (
 )
 VAL_METRICS = ("val/loss", "val/bpb")
 METRIC_NAMES = TRAIN_METRICS + VAL_METRICS
+# Also logged every update: seconds spent fetching the batches, and peak memory (GPU allocated or CPU resident).
+EXTRA_METRICS = ("train/data_wait", "train/peak_memory_gb")
 
 
 class JsonlSink:
@@ -64,7 +66,7 @@ class CsvSink:
             with open(path, newline="") as fh:
                 rows = [r for r in csv.DictReader(fh) if int(r["step"]) < resume_step]
         self.fh = open(path, "w", newline="", buffering=1)
-        self.writer = csv.DictWriter(self.fh, fieldnames=("step", *METRIC_NAMES), extrasaction="ignore")
+        self.writer = csv.DictWriter(self.fh, fieldnames=("step", *METRIC_NAMES, *EXTRA_METRICS), extrasaction="ignore")
         self.writer.writeheader()
         self.writer.writerows(rows)
 

@@ -20,6 +20,7 @@ NONFINITE = ("stop", "skip")
 LOGGERS = ("wandb", "csv", "none")
 SOURCES = ("builtin", "text_files", "hub")
 DECODE_POLICIES = ("skip", "replace", "error")
+PROVISIONAL_STEPS = 10**9  # stands for T in checks made before a budget fixes it
 
 
 def _is_int(v: Any) -> bool:
@@ -103,8 +104,19 @@ def check_optim(o: Mapping[str, Any]) -> None:
     one_of(o, "fused", "optim", ("auto", True, False))
 
 
+def check_stop_at(stop_at: Any, total_steps: int | None) -> None:
+    """``trainer.stop_at`` must stop before T (checked again once a budget has fixed T)."""
+    if stop_at is None:
+        return
+    if not _is_int(stop_at) or stop_at < 1 or (total_steps is not None and stop_at >= total_steps):
+        bound = f"trainer.max_steps = {total_steps}" if total_steps is not None else "T"
+        raise ConfigError("trainer.stop_at", f"null or an integer in [1, {bound})", stop_at)
+
+
 def check_trainer(t: Mapping[str, Any]) -> None:
-    positive_int(t, "max_steps", "trainer")
+    from training.budget import budget_key
+
+    budget_key(t)
     for key in ("batch_size", "grad_accum_steps", "eval_batches", "log_every"):
         positive_int(t, key, "trainer")
     for key in ("eval_every", "ckpt_every", "sample_tokens"):
@@ -115,10 +127,7 @@ def check_trainer(t: Mapping[str, Any]) -> None:
     clip = t.get("grad_clip")
     if not _is_number(clip) or clip < 0:
         raise ConfigError("trainer.grad_clip", "≥ 0 (0 = no clipping)", clip)
-    stop_at = t.get("stop_at")
-    if stop_at is not None and (not _is_int(stop_at) or not 0 < stop_at < t["max_steps"]):
-        allowed = f"null or an integer in [1, trainer.max_steps = {t['max_steps']})"
-        raise ConfigError("trainer.stop_at", allowed, stop_at)
+    check_stop_at(t.get("stop_at"), t.get("max_steps"))
     one_of(t, "device", "trainer", DEVICES)
     one_of(t, "precision", "trainer", PRECISIONS)
     one_of(t, "compile", "trainer", COMPILE)
@@ -191,4 +200,6 @@ def check_config(cfg: Mapping[str, Any]) -> None:
     check_logger(cfg["logger"])
     from scheduling import schedule_from_config
 
-    schedule_from_config(cfg["schedule"], cfg["trainer"]["max_steps"], cfg["optim"]["lr"])
+    # With a token or time budget T is known only later: check here what does not depend on it.
+    total = cfg["trainer"]["max_steps"] or PROVISIONAL_STEPS
+    schedule_from_config(cfg["schedule"], total, cfg["optim"]["lr"])

@@ -1,0 +1,110 @@
+"""Budgets: T from a token budget exactly, from a wall-clock budget once (measured, saved, kept on resume)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tests.conftest import TINY, compose_config, run_train, train_records
+from training import checkpoint
+from training.budget import plan_time, steps_from_tokens
+from training.errors import ConfigError
+from training.validate import check_config
+
+TOKENS_PER_UPDATE = 4 * 32  # TINY: batch 4 × block 32, one micro-batch
+PEAK, RATIO = 3e-3, 0.1  # the defaults of optim.lr and schedule.min_lr_ratio
+
+
+def cosine_lr(t: int, W: int, T: int) -> float:
+    if t < W:
+        return PEAK * t / W
+    c = 0.5 * (1 + math.cos(math.pi * (t - W) / max(1, T - W)))
+    return PEAK * (c * (1 - RATIO) + RATIO)
+
+
+def test_max_tokens_gives_t_exactly_rounded_down(tmp_path, data_cache):
+    run = tmp_path / "run"
+    max_tokens = 10 * TOKENS_PER_UPDATE + TOKENS_PER_UPDATE - 1  # 10.99 updates' worth → T = 10
+    run_train(TINY + [f"trainer.max_tokens={max_tokens}", "trainer.eval_every=0"], run, data_cache)
+    records = train_records(run)
+    assert sorted(records) == list(range(10))
+    assert records[9]["tokens"] == 10 * TOKENS_PER_UPDATE
+    state = checkpoint.load(checkpoint.latest(run / "checkpoints"))
+    assert state["total_steps"] == 10 and state["scheduler"]["lr_lambdas"][0]["params"]["total_steps"] == 10
+    for t, r in records.items():  # warmup 0.1 of T = 1 update
+        assert r["train/lr"] == pytest.approx(cosine_lr(t, 1, 10), rel=1e-12)
+    assert steps_from_tokens(10 * TOKENS_PER_UPDATE, TOKENS_PER_UPDATE) == 10
+
+
+@pytest.fixture(scope="module")
+def timed_run(tmp_path_factory, data_cache):
+    """A run given 20 s of wall clock; it stops once with stop_at and resumes."""
+    run = tmp_path_factory.mktemp("timed") / "run"
+    args = TINY + ["trainer.max_time=20", "trainer.eval_every=100", "trainer.stop_at=3"]
+    first = run_train(args, run, data_cache, check=False)
+    assert first.returncode == 75, first.stdout[-2000:] + first.stderr[-2000:]
+    planned = json.loads((run / "budget.json").read_text())
+    second = run_train(args[:-1], run, data_cache)
+    return run, planned, first.stdout + first.stderr, second.stdout + second.stderr
+
+
+def test_max_time_fixes_t_once_saves_it_and_the_schedule_ends_with_the_run(timed_run):
+    run, planned, first_out, _ = timed_run
+    T = planned["total_steps"]
+    assert T > 3
+    assert f"T = {T} updates" in first_out and "budget: 20s" in first_out
+    for key in ("step_seconds", "eval_seconds", "checkpoint_seconds", "elapsed_at_plan"):
+        assert planned[key] > 0
+    records = train_records(run)
+    assert sorted(records) == list(range(T))
+    W = round(0.1 * T)
+    for t, r in records.items():
+        assert r["train/lr"] == pytest.approx(cosine_lr(t, W, T), rel=1e-12)
+    state = checkpoint.load(checkpoint.latest(run / "checkpoints"))
+    assert state["step"] == T and state["total_steps"] == T and state["budget"]["total_steps"] == T
+    schedule = state["scheduler"]["lr_lambdas"][0]
+    assert schedule["params"]["total_steps"] == T  # λ(T) is the floor: the decay ends as the run does
+
+
+def test_a_resumed_timed_run_keeps_its_t_without_measuring_again(timed_run):
+    run, planned, _, second_out = timed_run
+    assert "resuming from" in second_out and "budget: " not in second_out
+    assert json.loads((run / "budget.json").read_text()) == planned
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["trainer.max_time=0"], "trainer.max_time must be a number of seconds > 0, got 0"),
+        (["trainer.max_time=-5"], "trainer.max_time must be a number of seconds > 0, got -5"),
+        (["trainer.max_tokens=0"], "trainer.max_tokens must be an integer > 0, got 0"),
+        (["trainer.max_tokens=-100"], "trainer.max_tokens must be an integer > 0, got -100"),
+        (["trainer.max_tokens=1000", "trainer.max_time=60"], "set exactly one, got trainer.max_tokens=1000, "),
+        (["trainer.max_steps=100", "trainer.max_time=60"], "set exactly one, got trainer.max_steps=100, "),
+        (["trainer.max_steps=null"], "set exactly one, got none"),
+    ],
+)
+def test_invalid_budgets_are_refused_in_one_line(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        check_config(compose_config(overrides))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_budget_too_small_for_one_update_is_refused(tmp_path, data_cache):
+    proc = run_train(TINY + ["trainer.max_tokens=100"], tmp_path / "run", data_cache, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: trainer.max_tokens must be ≥ the tokens of one update (128), got 100"
+    proc = run_train(TINY + ["trainer.max_time=0.5"], tmp_path / "run", data_cache, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: trainer.max_time=0.5: too short for one update")
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_time_plan_fits_updates_evaluations_and_checkpoints_in_the_budget():
+    plan = plan_time(100, elapsed=10, step_seconds=0.5, eval_seconds=2, checkpoint_seconds=1, sample_seconds=1,
+                     teardown_seconds=2, eval_every=20, ckpt_every=50)  # fmt: skip
+    T = plan.total_steps
+    spent = 10 + T * 0.5 * 1.03 + (T / 20 + 2) * 2 + (T / 50 + 1) * 1 + 1 + 2
+    assert spent <= 100 < spent + 0.5 * 1.03 + 2 / 20 + 1 / 50

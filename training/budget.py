@@ -1,0 +1,205 @@
+"""Budgets: the number of updates T from ``trainer.max_steps``, ``trainer.max_tokens`` or ``trainer.max_time``.
+
+T is fixed once, before update 0, and is saved with the run (``budget.json`` and every checkpoint), so the
+schedule stays an exact function of the update index and a resumed run keeps the same T.
+
+For a wall-clock budget T comes from a short measurement of the real training step (the code the loop runs,
+on the real model and batches, with a throwaway zero-lr optimizer so no weight changes and no generator state
+is consumed), of an evaluation, of serialising a checkpoint and of sampling. Then
+
+    T = ⌊(budget − elapsed − 2·eval − checkpoint − sample − teardown) / (step + eval / eval_every + ckpt / ckpt_every)⌋
+
+where ``elapsed`` is everything since the process started (imports, data, model, this measurement).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from training.errors import ConfigError
+
+BUDGET_KEYS = ("max_steps", "max_tokens", "max_time")
+STEP_SAFETY = 1.03  # logging, the data sampler and scheduling noise on top of the measured update
+TEARDOWN_SECONDS = 2.5  # plots and closing the loggers after the final checkpoint
+WANDB_SECONDS = 6.0  # W&B's start (after the plan) and finish
+
+
+def budget_key(t: Mapping[str, Any]) -> str:
+    """Which of ``trainer.max_steps | max_tokens | max_time`` sets T; exactly one may be set."""
+    given = [k for k in BUDGET_KEYS if t.get(k) is not None]
+    if len(given) != 1:
+        got = ", ".join(f"trainer.{k}={t.get(k)}" for k in given) or "none"
+        raise ConfigError(f"trainer.max_steps, trainer.max_tokens, trainer.max_time: set exactly one, got {got}")
+    key = given[0]
+    value = t[key]
+    if key == "max_time":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ConfigError("trainer.max_time", "a number of seconds > 0", value)
+    elif isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"trainer.{key}", "an integer > 0", value)
+    return key
+
+
+def steps_from_tokens(max_tokens: int, tokens_per_update: int) -> int:
+    """T = ⌊max_tokens / tokens per update⌋; at least one update must fit."""
+    if max_tokens < tokens_per_update:
+        raise ConfigError("trainer.max_tokens", f"≥ the tokens of one update ({tokens_per_update:,})", max_tokens)
+    return max_tokens // tokens_per_update
+
+
+@dataclass
+class TimePlan:
+    """What a wall-clock budget was spent on, as measured before update 0."""
+
+    max_time: float
+    total_steps: int
+    elapsed_at_plan: float  # seconds since the process started, measurement included
+    step_seconds: float
+    eval_seconds: float
+    checkpoint_seconds: float
+    sample_seconds: float
+    teardown_seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+def plan_time(
+    max_time: float,
+    elapsed: float,
+    step_seconds: float,
+    eval_seconds: float,
+    checkpoint_seconds: float,
+    sample_seconds: float,
+    teardown_seconds: float,
+    eval_every: int,
+    ckpt_every: int,
+) -> TimePlan:
+    """The largest T whose updates, evaluations (at 0, every ``eval_every`` and at T) and checkpoints (every
+    ``ckpt_every`` and at T) fit in what is left of ``max_time``."""
+    fixed = elapsed + 2 * eval_seconds + checkpoint_seconds + sample_seconds + teardown_seconds
+    per_update = step_seconds * STEP_SAFETY
+    if eval_every:
+        per_update += eval_seconds / eval_every
+    if ckpt_every:
+        per_update += checkpoint_seconds / ckpt_every
+    steps = math.floor((max_time - fixed) / per_update)
+    if steps < 1:
+        raise ConfigError(
+            f"trainer.max_time={max_time:g}: too short for one update — start-up took {elapsed:.1f} s, an update "
+            f"takes {step_seconds:.2f} s, the final evaluation, checkpoint and sample {fixed - elapsed:.1f} s"
+        )
+    return TimePlan(
+        max_time, steps, elapsed, step_seconds, eval_seconds, checkpoint_seconds, sample_seconds, teardown_seconds
+    )
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def measure_update_seconds(
+    model: torch.nn.Module,
+    raw_model: torch.nn.Module,
+    optim_cfg: Mapping[str, Any],
+    micro_batches: Callable[[int], list],
+    *,
+    device: torch.device,
+    autocast,
+    precision: str,
+    grad_clip: float,
+    warmup: int = 1,
+    repeats: int = 3,
+) -> float:
+    """Seconds of one real training update (forward, backward, clip, the one host sync and an AdamW step),
+    measured with a throwaway optimizer at lr 0: the weights, the real optimizer and the generators are left
+    exactly as they were. The first ``warmup`` updates (compilation, allocator warm-up) are not counted."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    from training.engine import train_update
+    from training.optim import build_optimizer
+
+    throwaway = build_optimizer(raw_model, {**optim_cfg, "lr": 0.0}, device)
+    schedule = LambdaLR(throwaway, lambda t: 0.0)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    times = []
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        for i in range(warmup + repeats):
+            batches = micro_batches(i)
+
+            def update(batches=batches):
+                train_update(
+                    model, throwaway, schedule, batches,
+                    device=device, autocast=autocast, scaler=scaler, grad_clip=grad_clip,
+                )  # fmt: skip
+
+            seconds = timed(update, device)
+            if i >= warmup:
+                times.append(seconds)
+    return statistics.median(times)
+
+
+def sample_seconds(sample: Callable[[int], Any], n_tokens: int, device: torch.device) -> float:
+    """Seconds to sample ``n_tokens``: the per-token cost from two short runs (4 and 12 tokens), plus the fixed
+    cost, so the measurement doesn't itself take as long as the sample."""
+    short, longer = timed(lambda: sample(4), device), timed(lambda: sample(12), device)
+    per_token = max(0.0, (longer - short) / 8)
+    return max(0.0, short - 4 * per_token) + per_token * n_tokens
+
+
+def checkpoint_seconds(n_params: int) -> float:
+    """Seconds to write a checkpoint (weights and AdamW's two moments in fp32) at a conservative 200 MB/s."""
+    return n_params * 4 * 3 / 200e6
+
+
+def measure_time_plan(
+    max_time: float,
+    elapsed: Callable[[], float],
+    measure_update: Callable[[], float],
+    measure_eval: Callable[[], float],
+    measure_sample: Callable[[], float],
+    *,
+    n_params: int,
+    eval_every: int,
+    ckpt_every: int,
+    wandb: bool,
+) -> TimePlan:
+    """Measure the pieces of a run (each callable returns seconds) and fit T into ``max_time``."""
+    step = measure_update()
+    evaluation = measure_eval()
+    sample = measure_sample()
+    teardown = TEARDOWN_SECONDS + (WANDB_SECONDS if wandb else 0.0)
+    return plan_time(
+        max_time, elapsed(), step, evaluation, checkpoint_seconds(n_params), sample, teardown, eval_every, ckpt_every
+    )
+
+
+_IMPORTED = time.perf_counter()
+
+
+def seconds_since_process_start() -> float:
+    """Wall-clock seconds since this process started (from /proc on Linux; else since this module loaded)."""
+    import os
+    from pathlib import Path
+
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start_ticks = int(fields[19])  # field 22 of stat(5), counted after the command name
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _IMPORTED
