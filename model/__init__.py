@@ -1,7 +1,7 @@
 """The GPT model: its definition and config (``model.gpt``), FLOP accounting (``model.flops``) and sampling
 with a KV cache (``model.generate``)."""
 
-from model.generate import KVCache, generate, sample_next
+from model.generate import KVCache, generate, sample_next, sample_text
 from model.gpt import ARCHS, GPT, GPTConfig
 
-__all__ = ["ARCHS", "GPT", "GPTConfig", "KVCache", "generate", "sample_next"]
+__all__ = ["ARCHS", "GPT", "GPTConfig", "KVCache", "generate", "sample_next", "sample_text"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -28,52 +29,85 @@ def model_flops_per_token(model: GPT) -> float:
     return flops_per_token(model.config, model.num_params(exclude_embeddings=True))
 
 
-# Dense (no sparsity) peak FLOP/s by device-name pattern and matmul precision, from the vendors' data sheets.
-# Patterns are tried in order against torch.cuda.get_device_name(); the first match wins.
-GPU_PEAKS: list[tuple[tuple[str, ...], dict[str, float]]] = [
-    (("H100", "NVL"), {"bf16": 835e12, "fp16": 835e12, "tf32": 418e12, "fp32": 60e12}),
-    (("H100", "PCIe"), {"bf16": 756e12, "fp16": 756e12, "tf32": 378e12, "fp32": 51e12}),
-    (("H100",), {"bf16": 989e12, "fp16": 989e12, "tf32": 495e12, "fp32": 67e12}),
-    (("H200",), {"bf16": 989e12, "fp16": 989e12, "tf32": 495e12, "fp32": 67e12}),
-    (("GH200",), {"bf16": 989e12, "fp16": 989e12, "tf32": 495e12, "fp32": 67e12}),
-    (("B200",), {"bf16": 2250e12, "fp16": 2250e12, "tf32": 1100e12, "fp32": 75e12}),
-    (("A100",), {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12}),
-    (("A10G",), {"bf16": 125e12, "fp16": 125e12, "tf32": 62.5e12, "fp32": 31.2e12}),
-    (("A10",), {"bf16": 125e12, "fp16": 125e12, "tf32": 62.5e12, "fp32": 31.2e12}),
-    (("L40S",), {"bf16": 362e12, "fp16": 362e12, "tf32": 183e12, "fp32": 91.6e12}),
-    (("L4",), {"bf16": 121e12, "fp16": 121e12, "tf32": 60e12, "fp32": 30.3e12}),
-    (("RTX 4090",), {"bf16": 165e12, "fp16": 165e12, "tf32": 82.6e12, "fp32": 82.6e12}),
-    (("RTX 3090",), {"bf16": 71e12, "fp16": 71e12, "tf32": 35.6e12, "fp32": 35.6e12}),
-    (("V100",), {"fp16": 125e12, "fp32": 15.7e12}),
-    (("T4",), {"fp16": 65e12, "fp32": 8.1e12}),
-    (("MI300X",), {"bf16": 1307e12, "fp16": 1307e12, "tf32": 654e12, "fp32": 163e12}),
+# Dense (no sparsity) peak FLOP/s per GPU by matmul precision, from the vendors' data sheets. "tf32" is the
+# tensor-core rate fp32 matmuls get with TF32 allowed, "fp32" the plain rate. The sheets print the tensor
+# rates with sparsity (twice the dense rate) next to the dense ones; these are the dense ones. Sources:
+#   NVIDIA data sheets: A100 (SXM4 and PCIe alike), H100 (SXM5, PCIe, NVL), H200 (SXM, NVL), GH200, L40S,
+#   L4, A10, A40, V100 (SXM2, PCIe, V100S), T4; the Blackwell data sheet for B200 (bf16/fp16 only);
+#   NVIDIA's Ampere GA102 and Ada Lovelace whitepapers for the GeForce RTX 3090 and 4090 (tensor rates with
+#   fp32 accumulation, which is what PyTorch uses); AMD's Instinct MI300X data sheet.
+# Unlisted devices (and the A10G, whose figures NVIDIA does not publish) get no MFU rather than a guess.
+# Patterns are regular expressions tried in order against torch.cuda.get_device_name(); the first match wins.
+GPU_PEAKS: list[tuple[str, dict[str, float]]] = [
+    (r"\bH100\b.*\bNVL\b", {"bf16": 835.5e12, "fp16": 835.5e12, "tf32": 417.5e12, "fp32": 60e12}),
+    (r"\bH100\b.*\bPCIe\b", {"bf16": 756.5e12, "fp16": 756.5e12, "tf32": 378e12, "fp32": 51e12}),
+    (r"\bH100\b", {"bf16": 989.5e12, "fp16": 989.5e12, "tf32": 494.5e12, "fp32": 67e12}),
+    (r"\bGH200\b", {"bf16": 989.5e12, "fp16": 989.5e12, "tf32": 494.5e12, "fp32": 67e12}),
+    (r"\bH200\b.*\bNVL\b", {"bf16": 835.5e12, "fp16": 835.5e12, "tf32": 417.5e12, "fp32": 60e12}),
+    (r"\bH200\b", {"bf16": 989.5e12, "fp16": 989.5e12, "tf32": 494.5e12, "fp32": 67e12}),
+    (r"\bB200\b", {"bf16": 2250e12, "fp16": 2250e12}),
+    (r"\bA100\b", {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12}),
+    (r"\bA40\b", {"bf16": 149.7e12, "fp16": 149.7e12, "tf32": 74.8e12, "fp32": 37.4e12}),
+    (r"\bA10\b", {"bf16": 125e12, "fp16": 125e12, "tf32": 62.5e12, "fp32": 31.2e12}),
+    (r"\bL40S\b", {"bf16": 362.05e12, "fp16": 362.05e12, "tf32": 183e12, "fp32": 91.6e12}),
+    (r"\bL4\b", {"bf16": 121e12, "fp16": 121e12, "tf32": 60e12, "fp32": 30.3e12}),
+    (r"\bRTX 4090\b(?! D)", {"bf16": 165.2e12, "fp16": 165.2e12, "tf32": 82.6e12, "fp32": 82.6e12}),
+    (r"\bRTX 3090\b(?! Ti)", {"bf16": 71e12, "fp16": 71e12, "tf32": 35.6e12, "fp32": 35.6e12}),
+    (r"\bV100S\b", {"fp16": 130e12, "fp32": 16.4e12}),
+    (r"\bV100\b.*\bPCIE\b", {"fp16": 112e12, "fp32": 14e12}),
+    (r"\bV100\b", {"fp16": 125e12, "fp32": 15.7e12}),
+    (r"\bT4\b", {"fp16": 65e12, "fp32": 8.1e12}),
+    (r"\bMI300X\b", {"bf16": 1307.4e12, "fp16": 1307.4e12, "tf32": 653.7e12, "fp32": 163.4e12}),
 ]
 
 
 def gpu_peak_flops(device_name: str, precision: str, tf32: bool = True) -> float | None:
-    """Peak FLOP/s of a known GPU for matmuls at ``precision`` (bf16|fp16|fp32); None when unknown."""
-    key = "tf32" if precision == "fp32" and tf32 else precision
-    for patterns, peaks in GPU_PEAKS:
-        if all(p in device_name for p in patterns):
-            return peaks.get(key)
+    """Peak FLOP/s of a known GPU for matmuls at ``precision`` (bf16|fp16|fp32); None when unknown.
+
+    fp32 with ``tf32`` allowed counts at the TF32 tensor-core rate where the GPU has one.
+    """
+    for pattern, peaks in GPU_PEAKS:
+        if re.search(pattern, device_name, flags=re.IGNORECASE):
+            if precision == "fp32" and tf32 and "tf32" in peaks:
+                return peaks["tf32"]
+            return peaks.get(precision)
     return None
 
 
-def measure_matmul_flops(device: torch.device | str = "cpu", size: int = 1024, seconds: float = 1.0) -> float:
-    """Best observed fp32 matmul FLOP/s over ``seconds`` of back-to-back (size × size) products."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    a @ b  # warm up the kernels and thread pool
-    best, deadline = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        t0 = time.perf_counter()
-        for _ in range(4):
-            a @ b
-        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - t0))
+def measure_matmul_flops(
+    device: torch.device | str = "cpu", sizes: tuple[int, ...] = (512, 1024, 1536, 2048), seconds: float = 0.5
+) -> float:
+    """The best sustained fp32 matmul rate torch reaches here, in FLOP/s, with torch's current thread count.
+
+    For each size n, square products (n × n)·(n × n) = 2n³ FLOPs run back to back into a preallocated output
+    (so allocation and page faults are not timed) for ``seconds``, timed in windows of at least 50 ms; the
+    rate is the best window over all sizes. The best rather than the mean, because on a shared machine other
+    work only ever slows a window down: the fastest one is the closest to what the hardware does.
+    """
+    device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    best = 0.0
+    for n in sizes:
+        a = torch.randn(n, n, device=device)
+        b = torch.randn(n, n, device=device)
+        out = torch.empty(n, n, device=device)
+        torch.mm(a, b, out=out)  # warm up the kernels and the thread pool
+        sync()
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            calls, t0 = 0, time.perf_counter()
+            while True:
+                torch.mm(a, b, out=out)
+                calls += 1
+                sync()
+                elapsed = time.perf_counter() - t0
+                if elapsed >= 0.05:
+                    break
+            best = max(best, calls * 2 * n**3 / elapsed)
     return best
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -83,17 +117,22 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_peak_flops(cache_dir: str | os.PathLike | None = None) -> float:
-    """The fp32 matmul peak of this CPU with torch's thread count, measured once and cached on disk."""
+def cpu_peak_flops(cache_dir: str | os.PathLike | None = None, refresh: bool = False) -> float:
+    """The fp32 matmul peak of this CPU with torch's thread count (``measure_matmul_flops``), measured once
+    and cached on disk under ``$XDG_CACHE_HOME/hydra-gpt-template`` (``refresh`` measures again).
+
+    Keyed by CPU model, thread count and torch version. Delete the file, or refresh, after a measurement on
+    a busy machine: a low peak inflates every MFU that uses it.
+    """
     cache_dir = Path(cache_dir or os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hydra-gpt-template"
-    key = f"{_cpu_name()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+    key = f"{cpu_name()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
     path = cache_dir / "cpu_peak_flops.json"
     try:
         table = json.loads(path.read_text())
     except (OSError, ValueError):
         table = {}
-    if key not in table:
-        table[key] = max(measure_matmul_flops("cpu", size) for size in (512, 1024, 2048))
+    if refresh or not isinstance(table.get(key), (int, float)):
+        table[key] = measure_matmul_flops("cpu")
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -107,7 +146,8 @@ def cpu_peak_flops(cache_dir: str | os.PathLike | None = None) -> float:
 def peak_flops(device: torch.device, precision: str) -> float | None:
     """Peak FLOP/s of ``device`` at ``precision``: the GPU table on CUDA, a cached measurement on CPU."""
     if device.type == "cuda":
-        tf32 = torch.backends.cuda.matmul.allow_tf32
+        # ROCm builds run fp32 matmuls at the fp32 rate whatever allow_tf32 says.
+        tf32 = torch.backends.cuda.matmul.allow_tf32 and torch.version.hip is None
         return gpu_peak_flops(torch.cuda.get_device_name(device), precision, tf32)
     if device.type == "cpu":
         return cpu_peak_flops()

@@ -1,6 +1,8 @@
-"""Sampling from a GPT: temperature, top-k and top-p (nucleus), with a KV cache."""
+"""Sampling from a GPT: temperature, top-k and top-p (nucleus), with a KV cache; prompt text → text."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -8,13 +10,22 @@ from model.gpt import GPT, GPTConfig
 
 
 class KVCache:
-    """Keys and values of every layer for positions 0..length-1, preallocated to ``max_length``."""
+    """Keys and values of every layer for positions 0..length-1, preallocated to ``max_length``.
 
-    def __init__(self, config: GPTConfig, batch_size: int, max_length: int, device, dtype):
-        shape = (config.n_layer, batch_size, config.kv_heads, max_length, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+    The buffers are allocated on the first update, with the device and dtype of the keys the model computes
+    (so under bf16 autocast the cache holds bf16 and attention sees one dtype), unless given here.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, max_length: int, device=None, dtype=None):
+        self.shape = (config.n_layer, batch_size, config.kv_heads, max_length, config.head_dim)
+        self.k = self.v = None
+        if device is not None and dtype is not None:
+            self._allocate(torch.device(device), dtype)
         self.length = 0
+
+    def _allocate(self, device: torch.device, dtype: torch.dtype) -> None:
+        self.k = torch.zeros(self.shape, device=device, dtype=dtype)
+        self.v = torch.zeros(self.shape, device=device, dtype=dtype)
 
     def layer(self, i: int) -> _LayerCache:
         return _LayerCache(self, i)
@@ -30,6 +41,8 @@ class _LayerCache:
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, Hkv, T, D) after the cached positions; return all keys and values so far."""
         c, start, end = self.cache, self.cache.length, self.cache.length + k.size(2)
+        if c.k is None:
+            c._allocate(k.device, k.dtype)
         c.k[self.i, :, :, start:end] = k
         c.v[self.i, :, :, start:end] = v
         return c.k[self.i, :, :, :end], c.v[self.i, :, :, :end]
@@ -42,7 +55,12 @@ def sample_next(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Next token ids (B, 1) from last-position logits (B, V). Temperature 0 is greedy (argmax)."""
+    """Next token ids (B, 1) from last-position logits (B, V).
+
+    p = softmax(logits / temperature) restricted to the ``top_k`` most likely ids (ties with the k-th kept),
+    then to the smallest set of most likely ids whose mass reaches ``top_p``; the most likely id always stays.
+    Temperature 0 is greedy (argmax).
+    """
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / temperature
@@ -51,9 +69,9 @@ def sample_next(
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and 0.0 < top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        drop = cumulative - sorted_logits.softmax(dim=-1) > top_p  # keep the smallest set reaching top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # mass of the more likely ids
+        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator)
@@ -82,21 +100,66 @@ def generate(
     block = model.config.block_size
     cache = None
     if use_cache and idx.size(1) < block:
-        weight = model.wte.weight
-        cache = KVCache(model.config, idx.size(0), block, weight.device, weight.dtype)
+        cache = KVCache(model.config, idx.size(0), block)
     step_input = idx
-    for _ in range(max_new_tokens):
-        if cache is not None and cache.length + step_input.size(1) > block:
-            cache = None  # the context is full: fall back to a sliding window without the cache
-        if cache is not None:
-            logits, _ = model(step_input, cache=cache)
-        else:
-            logits, _ = model(idx[:, -block:])
-        logits = logits[:, -1, :]
-        if vocab_size is not None and vocab_size < logits.size(-1):
-            logits[:, vocab_size:] = float("-inf")
-        next_id = sample_next(logits, temperature, top_k, top_p, generator)
-        idx = torch.cat((idx, next_id), dim=1)
-        step_input = next_id
+    with _eager():
+        for _ in range(max_new_tokens):
+            if cache is not None and cache.length + step_input.size(1) > block:
+                cache = None  # the context is full: fall back to a sliding window without the cache
+            if cache is not None:
+                logits, _ = model(step_input, cache=cache)
+            else:
+                logits, _ = model(idx[:, -block:])
+            logits = logits[:, -1, :]
+            if vocab_size is not None and vocab_size < logits.size(-1):
+                logits[:, vocab_size:] = float("-inf")
+            next_id = sample_next(logits, temperature, top_k, top_p, generator)
+            idx = torch.cat((idx, next_id), dim=1)
+            step_input = next_id
     model.train(was_training)
     return idx
+
+
+def _eager():
+    """Run a compiled model eagerly: each step's new length and cache position would otherwise recompile it."""
+    set_stance = getattr(torch.compiler, "set_stance", None)  # torch ≥ 2.6
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
+
+
+def _start_token(tokenizer) -> int:
+    """The id an empty prompt starts from: the first special token (the document separator, id 0 as trained)."""
+    special = [i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special]
+    return min(special) if special else 0
+
+
+@torch.no_grad()
+def sample_text(
+    model: GPT,
+    tokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.8,
+    top_k: int | None = 200,
+    top_p: float | None = None,
+    num_samples: int = 1,
+    generator: torch.Generator | None = None,
+    autocast=None,
+) -> list[str]:
+    """``num_samples`` continuations of ``prompt``, each returned as prompt + generated text.
+
+    ``tokenizer`` is a ``tokenizers.Tokenizer`` (the run's tokenizer.json). The samples run as one batch with
+    the KV cache; ids past the tokenizer's vocabulary (the model's padding) are never sampled. An empty prompt
+    starts from the document separator. ``autocast`` is the mixed-precision context to generate under.
+    """
+    device = next(model.parameters()).device
+    prompt_ids = tokenizer.encode(prompt).ids if prompt else []
+    start = prompt_ids or [_start_token(tokenizer)]
+    idx = torch.tensor([start] * num_samples, dtype=torch.long, device=device)
+    with autocast if autocast is not None else contextlib.nullcontext():
+        out = generate(
+            model, idx, max_new_tokens, temperature, top_k, top_p,
+            vocab_size=tokenizer.get_vocab_size(), generator=generator,
+        )  # fmt: skip
+    # Special tokens stay in the text: a generated document separator shows where one file ends.
+    return [tokenizer.decode(prompt_ids + row[len(start) :], skip_special_tokens=False) for row in out.tolist()]

@@ -1,11 +1,11 @@
 """The GPT: a pre-LN decoder-only transformer, GPT-2 style or llama style, in one file.
 
 Shapes: B batch, T time (tokens), C = n_embd, H heads, Hkv key/value heads, D = C / H head size, V vocab.
-- ``arch="gpt2"``: learned position embeddings, LayerNorm, GELU MLP (4C), biases optional, tied embeddings.
-- ``arch="llama"``: rotary position embeddings, RMSNorm, SwiGLU MLP, no biases, optional grouped-query
-  attention (``n_kv_head``) and an optional untied output head.
-Attention is ``scaled_dot_product_attention`` with a causal mask (flash kernels on GPU), Q, K and V come from
-one fused projection, and generation can keep a KV cache (model/generate.py).
+- ``arch="gpt2"``: learned position embeddings, LayerNorm, GELU MLP (4C), biases unless ``bias=False``.
+- ``arch="llama"``: rotary position embeddings, RMSNorm, SwiGLU MLP, no biases (``bias`` is ignored).
+Either may use grouped-query attention (``n_kv_head`` < ``n_head``) and an untied output head
+(``tie_embeddings=False``). Attention is ``scaled_dot_product_attention`` with a causal mask (flash kernels on
+GPU), Q, K and V come from one fused projection, and generation can keep a KV cache (model/generate.py).
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     arch: str = "gpt2"
-    n_kv_head: int | None = None  # llama: grouped-query attention; None = n_head
+    n_kv_head: int | None = None  # key/value heads (grouped-query attention); None = n_head
     mlp_hidden: int | None = None  # None: 4C (gpt2), or SwiGLU's 8C/3 rounded up to 64 (llama)
     tie_embeddings: bool = True
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = False  # recompute each block in the backward pass: less memory, ~1/3 more time
 
     @property
     def head_dim(self) -> int:
@@ -183,6 +183,15 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def materialize(self, device: torch.device | str) -> GPT:
+        """Give a model built on the meta device real (uninitialised) storage on ``device``, ready for
+        ``load_state_dict``: the output head stays tied to the embedding and the rotary tables are computed."""
+        self.to_empty(device=device)
+        if self.config.tie_embeddings:  # to_empty gives each module its own new tensor
+            self.lm_head.weight = self.wte.weight
+        self.reset_buffers()
+        return self
 
     def reset_buffers(self) -> None:
         """Recompute the non-persistent rotary tables (after building on the meta device and ``to_empty``)."""

@@ -1,0 +1,150 @@
+"""Generate text from a trained run: ``python sample.py checkpoint=<run dir> [key=value ...]``.
+
+    python sample.py checkpoint=outputs/2025-06-01/12-00-00                 # 200 tokens from a new document
+    python sample.py checkpoint=outputs/2025-06-01/12-00-00 "prompt='def '" num_samples=3 temperature=0.7
+    python sample.py checkpoint=outputs/.../checkpoints/step-00000500 temperature=0   # greedy, one checkpoint
+
+Loads the checkpoint (a run directory means its latest one), rebuilds the model from the checkpoint's own
+``model_config`` and its tokenizer from the ``tokenizer.json`` beside it, and prints ``num_samples``
+continuations of the prompt (temperature, top-k, top-p, with a KV cache). Keys and defaults: conf/sample.yaml.
+A missing, empty or corrupt checkpoint ends with one ``error:`` line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from data.tokenizer import load_tokenizer
+from model import GPT, GPTConfig, sample_text
+from training import checkpoint, distributed
+from training.errors import ConfigError
+
+SEPARATOR = "-" * 40
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_sample_config(cfg: Mapping[str, Any]) -> None:
+    """Every sample.yaml value, before anything is loaded."""
+    if cfg.get("checkpoint") in (None, "", "???"):
+        raise ConfigError("checkpoint", "a run directory or checkpoint folder (python sample.py checkpoint=<run dir>)")
+    for key in ("max_new_tokens", "num_samples"):
+        if not _is_int(cfg.get(key)) or cfg[key] < 1:
+            raise ConfigError(key, "an integer > 0", cfg.get(key))
+    temperature = cfg.get("temperature")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+        raise ConfigError("temperature", "a number ≥ 0 (0 = greedy)", temperature)
+    top_k = cfg.get("top_k")
+    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+        raise ConfigError("top_k", "null or an integer > 0", top_k)
+    top_p = cfg.get("top_p")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise ConfigError("top_p", "null or a number in (0, 1]", top_p)
+    if not _is_int(cfg.get("seed")):
+        raise ConfigError("seed", "an integer", cfg.get("seed"))
+
+
+def find_checkpoint(path: str) -> Path:
+    """The checkpoint folder that ``path`` names (``checkpoint.resolve``), with errors that name our key."""
+    try:
+        return checkpoint.resolve(path)
+    except ConfigError as e:  # resolve words its errors for train.py's trainer.resume
+        raise ConfigError(str(e).replace("trainer.resume", "checkpoint", 1)) from None
+
+
+def load_model(folder: Path, device: torch.device) -> tuple[GPT, dict[str, Any]]:
+    """The model of checkpoint ``folder`` in eval mode on ``device``, and the checkpoint's state."""
+    state = checkpoint.load(folder)
+    saved = state.get("model_config")
+    if not isinstance(saved, dict):
+        raise ConfigError(f"checkpoint {folder / checkpoint.STATE_FILE}: it has no model_config to rebuild the model")
+    config = GPTConfig.from_dict(saved)
+    with torch.device("meta"):  # no time spent on a random init that the weights replace anyway
+        model = GPT(config)
+    model.materialize(device)
+    try:
+        if state.get("sharded") == "dcp":  # an FSDP run's checkpoint: the weights are in its dcp/ shards
+            load_sharded_weights(model, folder / "dcp")
+        else:
+            model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        reason = str(e).strip().splitlines()[0][:200]
+        raise ConfigError(f"checkpoint {folder}: its weights do not fit its model_config ({reason})") from None
+    return model.eval(), state
+
+
+def load_sharded_weights(model: GPT, folder: Path) -> None:
+    """Read the model's part of a torch.distributed.checkpoint folder into ``model``, in this one process."""
+    import torch.distributed.checkpoint as dcp
+
+    if not (folder / ".metadata").is_file():
+        raise ConfigError(f"checkpoint {folder}: its sharded state is incomplete (no .metadata)")
+    weights = {"model": model.state_dict()}
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(weights, checkpoint_id=str(folder))  # fills the tensors in place
+    except Exception as e:
+        raise ConfigError(f"checkpoint {folder}: its sharded state cannot be read ({str(e).splitlines()[0]})") from None
+
+
+def sample(cfg: DictConfig) -> list[str]:
+    """Load the checkpoint that ``cfg.checkpoint`` names and return the generated texts."""
+    values = OmegaConf.to_container(cfg, resolve=True)
+    check_sample_config(values)
+    device = distributed.resolve_device(values["device"])
+    precision = distributed.resolve_precision(values["precision"], device)
+    folder = find_checkpoint(str(values["checkpoint"]))
+    tokenizer = load_tokenizer(folder / "tokenizer.json", key=f"checkpoint {folder}")
+    model, state = load_model(folder, device)
+    if tokenizer.get_vocab_size() > model.config.vocab_size:
+        raise ConfigError(f"checkpoint {folder}: its tokenizer.json has more tokens than its model's vocabulary")
+    print(
+        f"checkpoint {folder} (update {state['step']}): {model.config.arch}, "
+        f"{model.num_params() / 1e6:.2f}M parameters, on {device} in {precision}",
+        file=sys.stderr,
+    )
+    torch.manual_seed(values["seed"])
+    generator = torch.Generator(device=device).manual_seed(values["seed"])
+    top_p = values["top_p"]
+    return sample_text(
+        model,
+        tokenizer,
+        str(values["prompt"]),
+        values["max_new_tokens"],
+        temperature=float(values["temperature"]),
+        top_k=values["top_k"],
+        top_p=None if top_p is None or math.isclose(top_p, 1.0) else float(top_p),
+        num_samples=values["num_samples"],
+        generator=generator,
+        autocast=distributed.autocast(device, precision),
+    )
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="sample")
+def main(cfg: DictConfig) -> None:
+    """Print the samples, separated by a line of dashes; a bad input is one ``error:`` line and exit code 2."""
+    try:
+        texts = sample(cfg)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    for i, text in enumerate(texts):
+        if i:
+            print(SEPARATOR)
+        print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""sample.py end to end: a tiny run's checkpoint → text, reproducibly, writing nothing; bad input → one line."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from data.tokenizer import load_tokenizer
+from model import GPT, GPTConfig, generate, sample_text
+from sample import check_sample_config, find_checkpoint, load_model
+from tests.conftest import ROOT, TINY, run_train
+from training.errors import ConfigError
+
+SAMPLE = str(ROOT / "sample.py")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, data_cache) -> Path:
+    run = tmp_path_factory.mktemp("sample") / "run"
+    run_train(TINY + ["trainer.max_steps=10", "trainer.eval_every=0"], run, data_cache)
+    return run
+
+
+def sample_py(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``python sample.py <args>`` as a user runs it, from ``cwd``."""
+    return subprocess.run([sys.executable, SAMPLE, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_sample_py_prints_what_sample_text_gives_and_writes_nothing(tiny_run, tmp_path):
+    """From the command line as from the Python API: the same checkpoint, settings and seed give the same
+    samples, each the prompt followed by its continuation; the working directory stays empty."""
+    args = [f"checkpoint={tiny_run}", "prompt='import os'", "max_new_tokens=16", "num_samples=2", "temperature=1.0",
+            "top_k=20", "top_p=0.9", "seed=7"]  # fmt: skip
+    proc = sample_py(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "step-00000010" in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # no outputs/, .hydra/ or log file
+
+    folder = find_checkpoint(str(tiny_run))
+    model, _ = load_model(folder, torch.device("cpu"))
+    tokenizer = load_tokenizer(folder / "tokenizer.json")
+    torch.manual_seed(7)
+    generator = torch.Generator().manual_seed(7)
+    texts = sample_text(model, tokenizer, "import os", 16, temperature=1.0, top_k=20, top_p=0.9, num_samples=2,
+                        generator=generator)  # fmt: skip
+    assert all(t.startswith("import os") and len(t) > len("import os") for t in texts)
+    assert proc.stdout == "\n".join([texts[0], "-" * 40, texts[1]]) + "\n"
+
+
+def test_greedy_samples_are_the_most_likely_continuation(tiny_run):
+    folder = find_checkpoint(str(tiny_run / "checkpoints"))
+    model, state = load_model(folder, torch.device("cpu"))
+    assert state["step"] == 10 and not model.training
+    tokenizer = load_tokenizer(folder / "tokenizer.json")
+    first, second = sample_text(model, tokenizer, "def ", 12, temperature=0.0, num_samples=2)
+    assert first == second
+    prompt = torch.tensor([tokenizer.encode("def ").ids])
+    with torch.no_grad():
+        logits, _ = model(prompt)
+    ids = generate(model, prompt, 12, temperature=0.0, vocab_size=tokenizer.get_vocab_size())[0].tolist()
+    assert ids[prompt.size(1)] == int(logits[0, -1, : tokenizer.get_vocab_size()].argmax())
+    assert first == tokenizer.decode(ids, skip_special_tokens=False)
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("sharded", [False, True])
+def test_load_model_rebuilds_the_saved_model_from_its_checkpoint(tmp_path, arch, sharded):
+    """A full checkpoint (single process, DDP) and an FSDP run's sharded one give back the same logits."""
+    import torch.distributed.checkpoint as dcp
+
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32, arch=arch,
+                       n_kv_head=2 if arch == "llama" else None)  # fmt: skip
+    trained = GPT(config).eval()
+    folder = tmp_path / "step-00000007"
+    folder.mkdir()
+    state = {"model": trained.state_dict(), "step": 7, "model_config": config.to_dict()}
+    if sharded:
+        dcp.save({"model": trained.state_dict()}, checkpoint_id=str(folder / "dcp"))
+        state.update(model={}, sharded="dcp")
+    torch.save(state, folder / "state.pt")
+    loaded, _ = load_model(folder, torch.device("cpu"))
+    assert loaded.config == config and not loaded.training
+    if config.tie_embeddings:
+        assert loaded.lm_head.weight is loaded.wte.weight
+    idx = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(idx, idx)[0], trained(idx, idx)[0], rtol=0, atol=0)
+
+
+def test_a_corrupt_checkpoint_ends_with_one_error_line_and_exit_code_2(tiny_run, tmp_path):
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_run / "checkpoints" / "step-00000010", corrupt)
+    state = corrupt / "state.pt"
+    state.write_bytes(state.read_bytes()[:1000])  # a truncated write
+    proc = sample_py([f"checkpoint={corrupt}"], tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: checkpoint {state}"), lines
+    assert proc.stdout == "" and "Traceback" not in proc.stderr
+
+
+def test_a_missing_or_empty_run_directory_is_a_one_line_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for path, reason in [(tmp_path / "no-such-run", "does not exist"), (tmp_path / "empty", "holds no checkpoint")]:
+        with pytest.raises(ConfigError, match=f"^checkpoint: .*{reason}") as info:
+            find_checkpoint(str(path))
+        assert "\n" not in str(info.value)
+
+
+def test_bad_sample_settings_name_the_key():
+    good = {"checkpoint": "run", "max_new_tokens": 5, "num_samples": 1, "temperature": 0.8, "top_k": None,
+            "top_p": None, "seed": 0}  # fmt: skip
+    check_sample_config(good)
+    for key, value in [("checkpoint", "???"), ("max_new_tokens", 0), ("num_samples", 1.5), ("temperature", -1),
+                       ("top_k", 0), ("top_p", 0.0), ("top_p", 1.5), ("seed", "x")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=f"^{key}"):
+            check_sample_config({**good, key: value})
