@@ -57,10 +57,7 @@ def check_sample_config(cfg: Mapping[str, Any]) -> None:
 
 def find_checkpoint(path: str) -> Path:
     """The checkpoint folder that ``path`` names (``checkpoint.resolve``), with errors that name our key."""
-    try:
-        return checkpoint.resolve(path)
-    except ConfigError as e:  # resolve words its errors for train.py's trainer.resume
-        raise ConfigError(str(e).replace("trainer.resume", "checkpoint", 1)) from None
+    return checkpoint.resolve(path, key="checkpoint")
 
 
 def load_model(folder: Path, device: torch.device) -> tuple[GPT, dict[str, Any]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -28,14 +27,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from data import TrainBatches, ValBatches, prepare, token_byte_lengths
-from model import GPT, GPTConfig, generate
+from model import GPT, GPTConfig, padded_vocab, sample_text
 from model.flops import model_flops_per_token, peak_flops
 from scheduling import build_scheduler, schedule_from_config
 from training import checkpoint, distributed, parallel
 from training.budget import (
+    TimePlan,
     budget_key,
     measure_time_plan,
     measure_update_seconds,
+    measurement_seconds,
     sample_seconds,
     seconds_since_process_start,
     steps_from_tokens,
@@ -52,12 +53,6 @@ from training.signals import EXIT_RESUMABLE, StopSignals
 from training.validate import check_config, check_stop_at, grad_accum_steps
 
 log = logging.getLogger("train")
-
-VOCAB_MULTIPLE = 64  # the model's vocab is padded to a multiple of this (faster matmuls)
-
-
-def padded_vocab(vocab_size: int) -> int:
-    return VOCAB_MULTIPLE * math.ceil(vocab_size / VOCAB_MULTIPLE)
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -114,44 +109,44 @@ def train(cfg: DictConfig) -> float:
 
     def sample(n_tokens: int) -> str:
         """The end-of-run sample (under FSDP every rank takes part, with the same generator)."""
-        prompt = torch.tensor([tokenizer.encode(cfg.trainer.sample_prompt).ids], device=device)
         same_on_every_rank = torch.Generator(device=device).manual_seed(seed)
-        with autocast:
-            out = generate(raw_model, prompt, n_tokens, temperature=0.8, top_k=50, vocab_size=cache.vocab_size,
-                           generator=same_on_every_rank)  # fmt: skip
-        return tokenizer.decode(out[0].tolist())
+        [text] = sample_text(raw_model, tokenizer, cfg.trainer.sample_prompt, n_tokens, temperature=0.8, top_k=50,
+                             generator=same_on_every_rank, autocast=autocast)  # fmt: skip
+        return text
 
     samples_here = bool(cfg.trainer.sample_tokens) and (dist.is_main or strategy == "fsdp")
 
-    # ---- T: trainer.max_steps, or a token budget, or a wall-clock budget measured on the real step --------
-    tokens_per_update = train_batches.tokens_per_update
-    budget, plan = budget_key(cfg.trainer), None
-    if state is not None and budget != "max_steps":
-        T = state["total_steps"]  # a resumed run keeps the T its budget gave
-    elif budget == "max_steps":
-        T = cfg.trainer.max_steps
-    elif budget == "max_tokens":
-        T = steps_from_tokens(cfg.trainer.max_tokens, tokens_per_update)
-    else:
-        measure = dict(device=device, autocast=autocast)
-        plan = distributed.broadcast_object(measure_time_plan(
+    def measured_plan() -> TimePlan:
+        """Measure the real update, an evaluation and sampling, and fit T into the wall-clock budget."""
+        on = dict(device=device, autocast=autocast)
+        first_two = list(islice(val_batches, 2))
+        return measure_time_plan(
             cfg.trainer.max_time,
             elapsed=lambda: time.perf_counter() - job_started,
             measure_update=lambda: measure_update_seconds(
                 model, raw_model, cfg.optim, train_batches.micro_batches, precision=precision,
-                grad_clip=cfg.trainer.grad_clip, **measure),
-            measure_eval=lambda: timed(lambda: evaluate(model, list(islice(val_batches, 2)), token_bytes, **measure),
-                                       device) * len(val_batches) / min(2, len(val_batches)),
+                grad_clip=cfg.trainer.grad_clip, seconds=measurement_seconds(cfg.trainer.max_time), **on),
+            measure_eval=lambda: timed(lambda: evaluate(model, first_two, token_bytes, **on), device)
+            * len(val_batches) / len(first_two),
             measure_sample=lambda: sample_seconds(sample, cfg.trainer.sample_tokens, device) if samples_here else 0.0,
             n_params=raw_model.num_params(), eval_every=cfg.trainer.eval_every, ckpt_every=cfg.trainer.ckpt_every,
             wandb=cfg.logger.name == "wandb",
-        ))  # fmt: skip
-        T = plan.total_steps
+        )  # fmt: skip
+
+    # ---- T: trainer.max_steps, a token budget, or a wall-clock budget measured on the real update --------
+    tokens_per_update = train_batches.tokens_per_update
+    budget = budget_key(cfg.trainer)
+    plan = distributed.broadcast_object(measured_plan()) if budget == "max_time" and state is None else None
     if plan is not None:
-        budget_record = plan.as_dict()
-    elif state is not None and state.get("budget"):
-        budget_record = state["budget"]  # what the original run planned
+        T, budget_record = plan.total_steps, plan.as_dict()
+    elif state is not None and budget != "max_steps":
+        T, budget_record = state["total_steps"], state["budget"]  # a resumed run keeps what its budget gave
     else:
+        T = (
+            cfg.trainer.max_steps
+            if budget == "max_steps"
+            else steps_from_tokens(cfg.trainer.max_tokens, tokens_per_update)
+        )
         budget_record = {budget: cfg.trainer[budget], "total_steps": T}
     check_stop_at(cfg.trainer.stop_at, T)
     schedule = schedule_from_config(cfg.schedule, T, cfg.optim.lr)

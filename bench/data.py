@@ -38,9 +38,8 @@ from throughput import cpu_times, others_share  # noqa: E402  (bench/throughput.
 from tokenizers import Tokenizer  # noqa: E402
 
 from data import TrainBatches, build_corpus, prepare  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
+from model import GPT, GPTConfig, padded_vocab  # noqa: E402
 from scheduling import build_scheduler, schedule_from_config  # noqa: E402
-from train import padded_vocab  # noqa: E402
 from training import distributed  # noqa: E402
 from training.engine import train_update  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402

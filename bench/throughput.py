@@ -38,10 +38,9 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from data import TrainBatches, prepare  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
+from model import GPT, GPTConfig, padded_vocab  # noqa: E402
 from model.flops import cpu_name, cpu_peak_flops, model_flops_per_token, peak_flops  # noqa: E402
 from scheduling import build_scheduler, schedule_from_config  # noqa: E402
-from train import padded_vocab  # noqa: E402
 from training import distributed, parallel  # noqa: E402
 from training.engine import train_update  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402

@@ -2,6 +2,6 @@
 with a KV cache (``model.generate``)."""
 
 from model.generate import KVCache, generate, sample_next, sample_text
-from model.gpt import ARCHS, GPT, GPTConfig
+from model.gpt import ARCHS, GPT, GPTConfig, padded_vocab
 
-__all__ = ["ARCHS", "GPT", "GPTConfig", "KVCache", "generate", "sample_next", "sample_text"]
+__all__ = ["ARCHS", "GPT", "GPTConfig", "KVCache", "generate", "padded_vocab", "sample_next", "sample_text"]

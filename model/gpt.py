@@ -19,6 +19,12 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 ARCHS = ("gpt2", "llama")
+VOCAB_MULTIPLE = 64  # the model's vocabulary is padded to a multiple of this: faster embedding and head matmuls
+
+
+def padded_vocab(vocab_size: int) -> int:
+    """The model's vocabulary size for a tokenizer of ``vocab_size`` entries (the extra ids are never sampled)."""
+    return VOCAB_MULTIPLE * math.ceil(vocab_size / VOCAB_MULTIPLE)
 
 
 @dataclass

@@ -131,12 +131,12 @@ def latest(root: Path) -> Path | None:
     return root / step_dir_name(steps[-1]) if steps else None
 
 
-def resolve(path: str | os.PathLike) -> Path:
-    """A checkpoint folder from ``trainer.resume=<path>``: a checkpoint folder, its state file, a
-    ``checkpoints`` folder or a run directory."""
+def resolve(path: str | os.PathLike, key: str = "trainer.resume") -> Path:
+    """A checkpoint folder from ``<key>=<path>``: a checkpoint folder, its state file, a ``checkpoints``
+    folder or a run directory."""
     p = Path(os.path.expanduser(str(path)))
     if not p.exists():
-        raise ConfigError(f"trainer.resume: {str(path)!r} does not exist")
+        raise ConfigError(f"{key}: {str(path)!r} does not exist")
     if p.is_file():
         p = p.parent
     if (p / STATE_FILE).is_file():
@@ -145,7 +145,7 @@ def resolve(path: str | os.PathLike) -> Path:
         found = latest(root)
         if found is not None:
             return found
-    raise ConfigError(f"trainer.resume: {str(path)!r} holds no checkpoint (no {STATE_FILE} under it)")
+    raise ConfigError(f"{key}: {str(path)!r} holds no checkpoint (no {STATE_FILE} under it)")
 
 
 def load(path: Path) -> dict[str, Any]:
