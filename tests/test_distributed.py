@@ -56,7 +56,7 @@ def test_two_process_ddp_equals_one_process_and_writes_one_run_directory(tmp_pat
     two = train_records(run_dirs[0])
     assert sorted(two) == list(range(T))
     assert_same_losses(one_process, two, range(T))
-    assert "2 ranks × 1 micro-batches" in proc.stdout + proc.stderr
+    assert "2 rank(s) × 1 micro-batch(es)" in proc.stdout + proc.stderr
 
 
 def test_a_two_process_checkpoint_resumes_on_one_process(tmp_path, data_cache, one_process):
