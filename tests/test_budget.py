@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import TINY, compose_config, run_train, train_records
 from training import checkpoint
-from training.budget import plan_time, steps_from_tokens
+from training.budget import LOG_SECONDS, STEP_MARGIN, plan_time, steps_from_tokens
 from training.errors import ConfigError
 from training.validate import check_config
 
@@ -106,5 +106,6 @@ def test_the_time_plan_fits_updates_evaluations_and_checkpoints_in_the_budget():
     plan = plan_time(100, elapsed=10, step_seconds=0.5, eval_seconds=2, checkpoint_seconds=1, sample_seconds=1,
                      teardown_seconds=2, eval_every=20, ckpt_every=50)  # fmt: skip
     T = plan.total_steps
-    spent = 10 + T * 0.5 * 1.03 + (T / 20 + 2) * 2 + (T / 50 + 1) * 1 + 1 + 2
-    assert spent <= 100 < spent + 0.5 * 1.03 + 2 / 20 + 1 / 50
+    per_update = 0.5 * STEP_MARGIN + LOG_SECONDS + 2 / 20 + 1 / 50
+    spent = 10 + T * per_update + 2 * 2 + 1 + 1 + 2
+    assert spent <= 100 < spent + per_update

@@ -5,9 +5,10 @@ schedule stays an exact function of the update index and a resumed run keeps the
 
 For a wall-clock budget T comes from a short measurement of the real training step (the code the loop runs,
 on the real model and batches, with a throwaway zero-lr optimizer so no weight changes and no generator state
-is consumed), of an evaluation, of serialising a checkpoint and of sampling. Then
+is consumed), of an evaluation and of sampling, with the checkpoint's size; then
 
-    T = ⌊(budget − elapsed − 2·eval − checkpoint − sample − teardown) / (step + eval / eval_every + ckpt / ckpt_every)⌋
+    T = ⌊(budget − elapsed − 2·eval − ckpt − sample − teardown)
+          / (1.05·step + log + eval/eval_every + ckpt/ckpt_every)⌋
 
 where ``elapsed`` is everything since the process started (imports, data, model, this measurement).
 """
@@ -26,9 +27,10 @@ import torch
 from training.errors import ConfigError
 
 BUDGET_KEYS = ("max_steps", "max_tokens", "max_time")
-STEP_SAFETY = 1.03  # logging, the data sampler and scheduling noise on top of the measured update
+STEP_MARGIN = 1.05  # the measured update × this: the W&B writer competing for the CPU, the host's drift
+LOG_SECONDS = 0.003  # per update: metrics.jsonl, the progress line, the W&B call — outside the measured update
 TEARDOWN_SECONDS = 2.5  # plots and closing the loggers after the final checkpoint
-WANDB_SECONDS = 6.0  # W&B's start (after the plan) and finish
+WANDB_SECONDS = 4.0  # W&B's start (after the plan) and finish
 
 
 def budget_key(t: Mapping[str, Any]) -> str:
@@ -85,7 +87,7 @@ def plan_time(
     """The largest T whose updates, evaluations (at 0, every ``eval_every`` and at T) and checkpoints (every
     ``ckpt_every`` and at T) fit in what is left of ``max_time``."""
     fixed = elapsed + 2 * eval_seconds + checkpoint_seconds + sample_seconds + teardown_seconds
-    per_update = step_seconds * STEP_SAFETY
+    per_update = step_seconds * STEP_MARGIN + LOG_SECONDS  # the update includes the sync and the optimizer
     if eval_every:
         per_update += eval_seconds / eval_every
     if ckpt_every:
@@ -121,12 +123,19 @@ def measure_update_seconds(
     autocast,
     precision: str,
     grad_clip: float,
-    warmup: int = 1,
-    repeats: int = 3,
+    seconds: float = 2.0,
+    warmup: int = 2,
+    repeats: int = 5,
+    max_repeats: int = 500,
 ) -> float:
     """Seconds of one real training update (forward, backward, clip, the one host sync and an AdamW step),
     measured with a throwaway optimizer at lr 0: the weights, the real optimizer and the generators are left
-    exactly as they were. The first ``warmup`` updates (compilation, allocator warm-up) are not counted."""
+    exactly as they were.
+
+    Warm-up updates (compilation, the allocator, the first optimizer state) run for ``warmup`` updates and a
+    quarter of ``seconds``, uncounted; then updates are timed until ``repeats`` of them and ``seconds`` have
+    passed (at most ``max_repeats``), and the median is returned. A fixed handful of updates is not enough: on
+    a CPU the first seconds of a process run measurably slower than the minutes after them."""
     from torch.optim.lr_scheduler import LambdaLR
 
     from training.engine import train_update
@@ -135,22 +144,30 @@ def measure_update_seconds(
     throwaway = build_optimizer(raw_model, {**optim_cfg, "lr": 0.0}, device)
     schedule = LambdaLR(throwaway, lambda t: 0.0)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    times = []
+
+    def update(i: int) -> float:
+        batches = micro_batches(i)
+        return timed(lambda: train_update(
+            model, throwaway, schedule, batches,
+            device=device, autocast=autocast, scaler=scaler, grad_clip=grad_clip,
+        ), device)  # fmt: skip
+
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        for i in range(warmup + repeats):
-            batches = micro_batches(i)
-
-            def update(batches=batches):
-                train_update(
-                    model, throwaway, schedule, batches,
-                    device=device, autocast=autocast, scaler=scaler, grad_clip=grad_clip,
-                )  # fmt: skip
-
-            seconds = timed(update, device)
-            if i >= warmup:
-                times.append(seconds)
+        i, spent = 0, 0.0
+        while i < warmup or spent < seconds / 4:
+            spent += update(i)
+            i += 1
+        times: list[float] = []
+        while len(times) < max_repeats and (len(times) < repeats or sum(times) < seconds):
+            times.append(update(i))
+            i += 1
     return statistics.median(times)
+
+
+def measurement_seconds(max_time: float) -> float:
+    """How long to time updates for a budget of ``max_time`` seconds: 2 % of it, between 1 and 20 seconds."""
+    return min(max(0.02 * max_time, 1.0), 20.0)
 
 
 def sample_seconds(sample: Callable[[int], Any], n_tokens: int, device: torch.device) -> float:
