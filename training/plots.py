@@ -37,16 +37,37 @@ def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def run_label(run_dir: Path) -> str:
-    """The run's command-line overrides (what distinguishes sweep jobs), else its directory name."""
-    overrides = run_dir / ".hydra" / "overrides.yaml"
-    if overrides.is_file():
-        items = [line[2:].strip() for line in overrides.read_text().splitlines() if line.startswith("- ")]
-        noise = ("hydra.", "logger", "trainer.log_every", "trainer.sample", "trainer.device", "data.cache_dir")
-        items = [i for i in items if not i.startswith(noise)]
-        if items:
-            return " ".join(items)
-    return run_dir.name
+def smooth(values: list[float], window: int) -> list[float]:
+    """A trailing moving average over ``window`` points (the first points average what there is)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def window_for(n: int) -> int:
+    return max(1, n // 50)
+
+
+def overrides(run_dir: Path) -> list[str]:
+    """The run's command-line overrides, without the ones that only change how it reports."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    items = [line[2:].strip() for line in path.read_text().splitlines() if line.startswith("- ")]
+    noise = ("hydra.", "logger", "trainer.log_every", "trainer.sample", "trainer.device", "data.cache_dir")
+    return [i for i in items if not i.startswith(noise)]
+
+
+def run_labels(run_dirs: list[Path]) -> list[str]:
+    """What tells the runs apart: their overrides minus those they all share, else their directory names."""
+    items = [overrides(r) for r in run_dirs]
+    shared = set.intersection(*map(set, items)) if len(items) > 1 else set()
+    labels = [" ".join(i for i in its if i not in shared) for its in items]
+    return [label or run.name for label, run in zip(labels, run_dirs, strict=True)]
 
 
 def write_run_plots(run_dir: Path) -> list[Path]:
@@ -55,7 +76,9 @@ def write_run_plots(run_dir: Path) -> list[Path]:
     out = run_dir / "plots"
     out.mkdir(exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    ax.plot(*series(rows, "train/loss"), lw=1, alpha=0.8, label="train/loss")
+    steps, loss = series(rows, "train/loss")
+    ax.plot(steps, loss, lw=0.6, alpha=0.3, color="tab:blue")
+    ax.plot(steps, smooth(loss, window_for(len(loss))), lw=1.5, color="tab:blue", label="train/loss (moving average)")
     steps, val = series(rows, "val/loss")
     if steps:
         ax.plot(steps, val, "o-", ms=4, label="val/loss")
@@ -88,16 +111,16 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
 def overlay(run_dirs: list[Path], out: Path) -> Path:
     """One PNG comparing runs: train loss (val loss as markers) and lr against the update index."""
     fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(13, 4.8))
-    for i, run in enumerate(run_dirs):
+    for i, (run, label) in enumerate(zip(run_dirs, run_labels(run_dirs), strict=True)):
         rows = read_metrics(run)
         color = f"C{i % 10}"
-        label = run_label(run)
-        ax_loss.plot(*series(rows, "train/loss"), lw=1, alpha=0.6, color=color, label=label)
+        steps, loss = series(rows, "train/loss")
+        ax_loss.plot(steps, smooth(loss, window_for(len(loss))), lw=1.3, color=color, label=label)
         steps, val = series(rows, "val/loss")
         if steps:
             ax_loss.plot(steps, val, "o-", ms=4, color=color)
         ax_lr.plot(*series(rows, "train/lr"), lw=1.5, color=color, label=label)
-    ax_loss.set(xlabel="optimizer update", ylabel="loss (lines: train, dots: val)", title="loss")
+    ax_loss.set(xlabel="optimizer update", ylabel="loss (lines: train, moving average; dots: val)", title="loss")
     ax_lr.set(xlabel="optimizer update", ylabel="learning rate", title="train/lr")
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     for ax in (ax_loss, ax_lr):
