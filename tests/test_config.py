@@ -20,7 +20,10 @@ def test_every_group_has_options():
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in group_options(g)])
 def test_every_group_option_composes(group, option):
     cfg = compose_config([f"{group}={option}"])
-    assert cfg.trainer.max_steps > 0
+    budget = cfg.trainer.max_tokens or cfg.trainer.max_time
+    # T is either given in updates or derived at start from a token or time budget — never neither.
+    assert (cfg.trainer.max_steps is None) == bool(budget)
+    assert budget or cfg.trainer.max_steps > 0
     if group != "experiment":
         assert cfg[group] is not None
 
