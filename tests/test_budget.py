@@ -109,3 +109,35 @@ def test_the_time_plan_fits_updates_evaluations_and_checkpoints_in_the_budget():
     per_update = 0.5 * STEP_MARGIN + LOG_SECONDS + 2 / 20 + 1 / 50
     spent = 10 + T * per_update + 2 * 2 + 1 + 1 + 2
     assert spent <= 100 < spent + per_update
+
+
+def test_the_update_measurement_leaves_the_run_untouched_and_times_long_enough():
+    import contextlib
+
+    import torch
+
+    from model import GPT, GPTConfig
+    from training.budget import measure_update_seconds
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32))
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    fetched: list[int] = []
+
+    def micro_batches(i: int):
+        fetched.append(i)
+        x = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(i))
+        return [(x, x.roll(-1, dims=1))]
+
+    optim = {"lr": 1e-2, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.1, "fused": False}
+    seconds = 0.3
+    update = measure_update_seconds(model, model, optim, micro_batches, device=torch.device("cpu"),
+                                    autocast=contextlib.nullcontext(), precision="fp32", grad_clip=1.0,
+                                    seconds=seconds, warmup=2, repeats=5)  # fmt: skip
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())  # lr 0: no weight moved
+    assert torch.equal(torch.get_rng_state(), rng)  # dropout's draws and the like are forked away
+    assert fetched == list(range(len(fetched)))  # batch after batch, as the run will take them
+    # 2+ warm-up updates, then at least 5 timed ones and at least `seconds` of them; their median comes back.
+    assert len(fetched) >= 7 and 0 < update < seconds
+    assert update * (len(fetched) - 2) >= seconds / 2
