@@ -103,9 +103,7 @@ def train(cfg: DictConfig) -> float:
     model = parallel.parallelize(raw_model, strategy, dist, precision, use_compile)
     use_autocast = parallel.autocast_needed(strategy, device)
     autocast = distributed.autocast(device, precision if use_autocast else "fp32")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    distributed.allow_tf32(device)  # here, not inline: train() must pickle for Hydra's submitit launcher
 
     def sample(n_tokens: int) -> str:
         """The end-of-run sample (under FSDP every rank takes part, with the same generator)."""

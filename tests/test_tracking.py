@@ -147,3 +147,19 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, data_cache):
     assert run_info(files[0]).run_id == run_info(files[1]).run_id
     steps = [row["_step"] for row in history(files[1]) if "train/loss" in row]
     assert steps == [4, 5, 6, 7]
+
+
+@pytest.mark.slow
+def test_the_submitit_launcher_runs_each_sweep_job_in_its_own_process(tmp_path, data_cache):
+    """hydra/launcher=submitit_local: the job function is pickled and run elsewhere, as on SLURM."""
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache), "WANDB_MODE": "offline"}
+    cmd = [sys.executable, "train.py", "-m", "hydra/launcher=submitit_local", "trainer.max_steps=4,6", *TINY,
+           "trainer.eval_every=0", "trainer.sample_tokens=0", f"hydra.sweep.dir={sweep}",
+           "hydra.launcher.timeout_min=10"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(train_records(sweep / "0")) == list(range(4))
+    assert sorted(train_records(sweep / "1")) == list(range(6))
+    # Each job ran in a process of its own: submitit's per-job logs say so.
+    assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2

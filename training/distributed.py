@@ -84,6 +84,13 @@ def resolve_precision(choice: str, device: torch.device) -> str:
     return choice
 
 
+def allow_tf32(device: torch.device) -> None:
+    """TF32 matmuls and convolutions on CUDA (Ampere and newer): fp32 work at tensor-core speed."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def autocast(device: torch.device, precision: str):
     """The mixed-precision context of the forward pass (a no-op for fp32)."""
     if precision == "fp32":
