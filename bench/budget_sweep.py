@@ -32,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from training.plots import overrides as run_overrides  # noqa: E402
+
 GRIDS = {
     # stage 1: how big a model, at which peak lr
     "shapes": ["model.n_layer=2,4", "model.n_embd=128,192", "optim.lr=3e-3,6e-3"],
@@ -84,7 +86,7 @@ def full_val_bpb(run_dir: Path) -> tuple[float, float]:
     from data import prepare, token_byte_lengths
     from data.batches import gather
     from model import GPT, GPTConfig
-    from training import checkpoint
+    from training import checkpoint, distributed
     from training.engine import evaluate
 
     path = checkpoint.latest(run_dir / "checkpoints")
@@ -100,20 +102,15 @@ def full_val_bpb(run_dir: Path) -> tuple[float, float]:
     token_bytes = torch.from_numpy(
         token_byte_lengths(Tokenizer.from_file(str(path / "tokenizer.json")), config.vocab_size)
     )
-    return evaluate(
-        model, batches, token_bytes, device=torch.device("cpu"), autocast=torch.autocast("cpu", enabled=False)
-    )
+    cpu = torch.device("cpu")
+    return evaluate(model, batches, token_bytes, device=cpu, autocast=distributed.autocast(cpu, "fp32"))
 
 
 def report(sweep_dir: Path) -> list[dict]:
     rows = []
     for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
-        overrides = [
-            line[2:].strip()
-            for line in (job / ".hydra" / "overrides.yaml").read_text().splitlines()
-            if line.startswith("- ") and "max_time" not in line and "log_every" not in line and "logger" not in line
-        ]
-        row = {"job": job.name, "overrides": " ".join(overrides)}
+        swept = [o for o in run_overrides(job) if not o.startswith("trainer.max_time")]
+        row = {"job": job.name, "overrides": " ".join(swept)}
         metrics = job / "metrics.jsonl"
         if not (job / "checkpoints" / "latest").exists() or not metrics.exists():
             row["error"] = "failed"

@@ -161,5 +161,5 @@ def test_the_submitit_launcher_runs_each_sweep_job_in_its_own_process(tmp_path, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(train_records(sweep / "0")) == list(range(4))
     assert sorted(train_records(sweep / "1")) == list(range(6))
-    # Each job ran in a process of its own: submitit's per-job logs say so.
+    # Each job ran in a process of its own, which left submitit its pickled result.
     assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2
