@@ -34,13 +34,13 @@ from training import checkpoint, distributed, parallel
 from training.budget import (
     TimePlan,
     budget_key,
+    eval_seconds,
     measure_time_plan,
     measure_update_seconds,
     measurement_seconds,
     sample_seconds,
     seconds_since_process_start,
     steps_from_tokens,
-    timed,
 )
 from training.engine import NONFINITE, OVERFLOW, evaluate, train_update
 from training.errors import ConfigError
@@ -124,8 +124,8 @@ def train(cfg: DictConfig) -> float:
             measure_update=lambda: measure_update_seconds(
                 model, raw_model, cfg.optim, train_batches.micro_batches, precision=precision,
                 grad_clip=cfg.trainer.grad_clip, seconds=measurement_seconds(cfg.trainer.max_time), **on),
-            measure_eval=lambda: timed(lambda: evaluate(model, first_two, token_bytes, **on), device)
-            * len(val_batches) / len(first_two),
+            measure_eval=lambda: eval_seconds(
+                lambda b: evaluate(model, b, token_bytes, **on), first_two, len(val_batches), device),
             measure_sample=lambda: sample_seconds(sample, cfg.trainer.sample_tokens, device) if samples_here else 0.0,
             n_params=raw_model.num_params(), eval_every=cfg.trainer.eval_every, ckpt_every=cfg.trainer.ckpt_every,
             wandb=cfg.logger.name == "wandb",

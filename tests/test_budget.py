@@ -111,6 +111,24 @@ def test_the_time_plan_fits_updates_evaluations_and_checkpoints_in_the_budget():
     assert spent <= 100 < spent + per_update
 
 
+def test_the_evaluation_is_timed_after_a_first_call_that_compiles():
+    import time
+
+    import torch
+
+    from training.budget import eval_seconds
+
+    calls: list[int] = []
+
+    def evaluate(batches):  # the first call pays a compilation, as torch.compile's first evaluation does
+        time.sleep(0.4 if not calls else 0.005 * len(batches))
+        calls.append(len(batches))
+
+    seconds = eval_seconds(evaluate, ["a", "b"], 8, torch.device("cpu"))
+    assert calls == [1, 2]  # one batch untimed, then the two timed
+    assert 0.04 <= seconds < 0.4  # 4 × the timed call; counting the compilation would give over 1.6 s
+
+
 def test_the_update_measurement_leaves_the_run_untouched_and_times_long_enough():
     import contextlib
 

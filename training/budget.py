@@ -173,6 +173,16 @@ def measurement_seconds(max_time: float) -> float:
     return min(max(0.04 * max_time, 1.0), 30.0)
 
 
+def eval_seconds(evaluate: Callable[[list], Any], batches: list, n_batches: int, device: torch.device) -> float:
+    """Seconds of an evaluation over ``n_batches``, timed on ``batches`` (a few of them) and scaled.
+
+    One batch goes through first, untimed: a compiled model compiles its evaluation graph on the first call,
+    which the run's own evaluations then reuse, so timing that call would count the compilation once per
+    evaluation (on an H100-class GPU it put 60 of a 120 s budget aside for nothing)."""
+    evaluate(batches[:1])
+    return timed(lambda: evaluate(batches), device) * n_batches / len(batches)
+
+
 def sample_seconds(sample: Callable[[int], Any], n_tokens: int, device: torch.device) -> float:
     """Seconds to sample ``n_tokens``: the per-token cost from two short runs (4 and 12 tokens), plus the fixed
     cost, so the measurement doesn't itself take as long as the sample."""
