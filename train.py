@@ -27,11 +27,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from data import TrainBatches, ValBatches, prepare, token_byte_lengths
-from model import GPT, GPTConfig, padded_vocab, sample_text
+from model import GPT, GPTConfig, full_context_forward, padded_vocab, sample_text
 from model.flops import model_flops_per_token, peak_flops
 from scheduling import build_scheduler, schedule_from_config
 from training import checkpoint, distributed, parallel
 from training.budget import (
+    PhaseClock,
     TimePlan,
     budget_key,
     eval_seconds,
@@ -40,6 +41,8 @@ from training.budget import (
     measurement_seconds,
     sample_seconds,
     seconds_since_process_start,
+    spent_record,
+    spent_report,
     steps_from_tokens,
 )
 from training.engine import NONFINITE, OVERFLOW, evaluate, train_update
@@ -113,6 +116,7 @@ def train(cfg: DictConfig) -> float:
         return text
 
     samples_here = bool(cfg.trainer.sample_tokens) and (dist.is_main or strategy == "fsdp")
+    prompt_tokens = max(1, len(tokenizer.encode(cfg.trainer.sample_prompt).ids))
 
     def measured_plan() -> TimePlan:
         """Measure the real update, an evaluation and sampling, and fit T into the wall-clock budget."""
@@ -126,15 +130,18 @@ def train(cfg: DictConfig) -> float:
                 grad_clip=cfg.trainer.grad_clip, seconds=measurement_seconds(cfg.trainer.max_time), **on),
             measure_eval=lambda: eval_seconds(
                 lambda b: evaluate(model, b, token_bytes, **on), first_two, len(val_batches), device),
-            measure_sample=lambda: sample_seconds(sample, cfg.trainer.sample_tokens, device) if samples_here else 0.0,
+            measure_sample=lambda: sample_seconds(
+                sample, cfg.trainer.sample_tokens, device, cached=model_config.block_size - prompt_tokens,
+                window=lambda: full_context_forward(raw_model, autocast)) if samples_here else 0.0,
             n_params=raw_model.num_params(), eval_every=cfg.trainer.eval_every, ckpt_every=cfg.trainer.ckpt_every,
-            wandb=cfg.logger.name == "wandb",
+            wandb=cfg.logger.name == "wandb", cuda=device.type == "cuda",
         )  # fmt: skip
 
     # ---- T: trainer.max_steps, a token budget, or a wall-clock budget measured on the real update --------
     tokens_per_update = train_batches.tokens_per_update
     budget = budget_key(cfg.trainer)
     plan = distributed.broadcast_object(measured_plan()) if budget == "max_time" and state is None else None
+    clock, planned_at = PhaseClock(), time.perf_counter()  # where a timed run's budget goes, phase by phase
     if plan is not None:
         T, budget_record = plan.total_steps, plan.as_dict()
     elif state is not None and budget != "max_steps":
@@ -218,18 +225,21 @@ def train(cfg: DictConfig) -> float:
             "wandb_run_id": wandb_sink.run_id if wandb_sink else wandb_id,
         }
         files = {"tokenizer.json": tokenizer.to_str(), "config.yaml": config_yaml}
-        path = ckpt.save(step, tokens_seen, extra, files)
+        with clock("checkpoint"):
+            path = ckpt.save(step, tokens_seen, extra, files)
         if path is not None:
             log.info("checkpoint %s", path)
 
     def run_eval(step: int) -> float:
         distributed.check_same_everywhere(step=step, lr=optimizer.param_groups[0]["lr"], index=scheduler.last_epoch)
-        val_loss, val_bpb = evaluate(model, val_batches, token_bytes, device=device, autocast=autocast)
-        metrics.log(step, {"val/loss": val_loss, "val/bpb": val_bpb})
+        with clock("evaluation"):
+            val_loss, val_bpb = evaluate(model, val_batches, token_bytes, device=device, autocast=autocast)
+            metrics.log(step, {"val/loss": val_loss, "val/bpb": val_bpb})
         return val_loss
 
     # ---- the loop: update t uses lr = peak · λ(t); one scheduler.step() after each optimizer step ----------
     t, started, status = start, time.perf_counter(), "failed"
+    clock.seconds["loggers"] = started - planned_at  # the metric sinks (W&B's start) and the summary
     stop_at = cfg.trainer.stop_at
     try:
         with StopSignals() as signals:
@@ -245,6 +255,7 @@ def train(cfg: DictConfig) -> float:
                     device=device, autocast=autocast, scaler=scaler, grad_clip=cfg.trainer.grad_clip,
                 )  # fmt: skip
                 if update.status == OVERFLOW:
+                    clock.seconds["updates"] += time.perf_counter() - t0
                     continue  # fp16 overflow: the scaler lowered its scale; retry update t with the same batch
                 if update.status == NONFINITE:
                     if cfg.trainer.nonfinite == "stop":
@@ -266,7 +277,9 @@ def train(cfg: DictConfig) -> float:
                 })  # fmt: skip
                 t += 1
                 stop = signals.requested or ("stop_at" if stop_at and t >= stop_at and t < T else None)
-                if distributed.any_rank(stop is not None):  # every rank stops at the same update
+                stopping = distributed.any_rank(stop is not None)  # every rank stops at the same update
+                clock.seconds["updates"] += time.perf_counter() - t0
+                if stopping:
                     save_checkpoint(t)
                     log.info("stopped after update %d (%s); re-run the same command to resume", t, stop or "a rank")
                     status = "preempted"
@@ -276,19 +289,25 @@ def train(cfg: DictConfig) -> float:
         final_val = run_eval(T)
         save_checkpoint(T)
         if samples_here:
-            text = sample(cfg.trainer.sample_tokens)
-            log.info("sample:\n%s", text)
-            if wandb_sink is not None:
-                wandb_sink.log_table("sample", ["step", "prompt", "text"], [[T, cfg.trainer.sample_prompt, text]])
+            with clock("sample"):
+                text = sample(cfg.trainer.sample_tokens)
+                log.info("sample:\n%s", text)
+                if wandb_sink is not None:
+                    wandb_sink.log_table("sample", ["step", "prompt", "text"], [[T, cfg.trainer.sample_prompt, text]])
         status = "ok"
         return final_val
     finally:
         if status == "ok" and dist.is_main:
-            plots = write_run_plots(run_dir)
+            with clock("plots"):
+                plots = write_run_plots(run_dir)
             best = metrics.summary
-            took = duration(time.perf_counter() - started)
+            took, at_end = duration(time.perf_counter() - started), time.perf_counter() - job_started
             if plan is not None:
-                took += f" of training; {time.perf_counter() - job_started:.1f} s of the {plan.max_time:g} s budget"
+                took += f" of training; {at_end:.1f} s of the {plan.max_time:g} s budget"
+                record = spent_record(plan, clock.seconds, at_end, cfg.trainer.eval_every, cfg.trainer.ckpt_every)
+                (run_dir / "budget.json").write_text(json.dumps(record, indent=1) + "\n")
+                metrics.summary.update({f"budget/spent/{k}": v for k, v in record["spent"].items()})
+                log.info(spent_report(record))
             log.info("\n%s", start_summary(
                 done=f"{took}: best val loss {best['best/val_loss']:.4f} "
                      f"({best['best/val_bpb']:.4f} bits per byte) at update {best['best/step']}",

@@ -6,7 +6,9 @@ compares the plan (``budget.json``) with what the run then did (``metrics.jsonl`
     python bench/budget_spread.py --runs 5 --budget 300 --config "model=micro" --config "experiment=cpu_budget"
 
 Per run it prints the wall clock, T, the measured update against the mean of the real updates (their ratio is
-the plan's error), and the start-up; then the spread per configuration. Run nothing else meanwhile: on a small
+the plan's error), the start-up, and for each phase how much longer (+) or shorter (−) it took than the plan gave
+it (from ``budget.json``'s ``spent``; teardown also counts the exit, seen from outside); then the spread per
+configuration. ``--keep DIR`` keeps the run directories. Run nothing else meanwhile: on a small
 CPU any other process slows the updates the plan was measured on. W&B is left as configured (offline without
 credentials), as a user would run it.
 """
@@ -14,6 +16,7 @@ credentials), as a user would run it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import statistics
@@ -26,6 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+PHASES = ("updates", "evaluation", "checkpoint", "sample", "teardown")
+
+
 def one_run(overrides: list[str], budget: float, run_dir: Path) -> dict:
     cmd = [sys.executable, "train.py", *overrides, f"trainer.max_time={budget:g}", f"hydra.run.dir={run_dir}"]
     started = time.perf_counter()
@@ -33,17 +39,21 @@ def one_run(overrides: list[str], budget: float, run_dir: Path) -> dict:
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"budget_spread: {shlex.join(cmd)} exited {done.returncode}: {done.stderr.strip()[-300:]}")
-    plan = json.loads((run_dir / "budget.json").read_text())
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [r["train/step_time"] for r in records if "train/step_time" in r]
-    real = statistics.mean(steps)
+    record = json.loads((run_dir / "budget.json").read_text())
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    real = statistics.mean(r["train/step_time"] for r in metrics if "train/step_time" in r)
+    spent = record["spent"]
+    # teardown: what the run spent outside its loop and phases — the loggers' start, the plots, then closing
+    # the loggers and the process's exit, which only the wall clock seen from outside includes
+    spent["teardown"] = spent["loggers"] + spent["plots"] + (wall - spent["at_end"])
     return {
         "wall": wall,
-        "T": plan["total_steps"],
-        "planned_update": plan["step_seconds"],
+        "T": record["total_steps"],
+        "planned_update": record["step_seconds"],
         "real_update": real,
-        "ratio": real / plan["step_seconds"],
-        "startup": plan["elapsed_at_plan"],
+        "ratio": real / record["step_seconds"],
+        "startup": record["elapsed_at_plan"],
+        "miss": {k: spent[k] - record["phases"][k] for k in PHASES},  # > 0: the phase took longer than planned
     }
 
 
@@ -52,18 +62,23 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=120.0, help="trainer.max_time, in seconds")
     parser.add_argument("--runs", type=int, default=3, help="runs per configuration")
     parser.add_argument("--config", action="append", help='overrides of one configuration, e.g. "model=micro"')
+    parser.add_argument("--keep", type=Path, help="keep the run directories in this folder (default: deleted)")
     args = parser.parse_args()
     configs = args.config or ["", "experiment=cpu_budget"]
     results: dict[str, list[dict]] = {c: [] for c in configs}
     print(f"{'configuration':<24} {'wall s':>7} {'T':>6} {'planned update':>15} {'real mean':>10} {'ratio':>6} "
-          f"{'start-up s':>10}")  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="budget-spread-") as tmp:
+          f"{'start-up s':>10}  spent − planned, s: " + " ".join(f"{k:>10}" for k in PHASES))  # fmt: skip
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    where = contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory(prefix="budget-spread-")
+    with where as tmp:
         for i in range(args.runs):
             for c, config in enumerate(configs):
                 r = one_run(config.split(), args.budget, Path(tmp) / f"run{i}-{c}")
                 results[config].append(r)
                 print(f"{config or 'defaults':<24} {r['wall']:7.1f} {r['T']:6d} {r['planned_update'] * 1e3:12.1f} ms"
-                      f" {r['real_update'] * 1e3:7.1f} ms {r['ratio']:6.2f} {r['startup']:10.1f}",
+                      f" {r['real_update'] * 1e3:7.1f} ms {r['ratio']:6.2f} {r['startup']:10.1f}"
+                      f"{'':21}" + " ".join(f"{r['miss'][k]:+10.1f}" for k in PHASES),
                       flush=True)  # fmt: skip
     print(f"\nbudget {args.budget:g} s, {args.runs} run(s) each:")
     for config, runs in results.items():

@@ -1,7 +1,17 @@
 """The GPT model: its definition and config (``model.gpt``), FLOP accounting (``model.flops``) and sampling
 with a KV cache (``model.generate``)."""
 
-from model.generate import KVCache, generate, sample_next, sample_text
+from model.generate import KVCache, full_context_forward, generate, sample_next, sample_text
 from model.gpt import ARCHS, GPT, GPTConfig, padded_vocab
 
-__all__ = ["ARCHS", "GPT", "GPTConfig", "KVCache", "generate", "padded_vocab", "sample_next", "sample_text"]
+__all__ = [
+    "ARCHS",
+    "GPT",
+    "GPTConfig",
+    "KVCache",
+    "full_context_forward",
+    "generate",
+    "padded_vocab",
+    "sample_next",
+    "sample_text",
+]

@@ -120,6 +120,18 @@ def generate(
     return idx
 
 
+@torch.no_grad()
+def full_context_forward(model: GPT, autocast=None) -> None:
+    """One forward over a whole context, run as :func:`generate` runs the model: what each sampled token costs
+    once the context has outgrown the KV cache (the time budget's estimate of sampling uses it)."""
+    was_training = model.training
+    model.eval()
+    idx = torch.zeros((1, model.config.block_size), dtype=torch.long, device=next(model.parameters()).device)
+    with _eager(), autocast if autocast is not None else contextlib.nullcontext():
+        model(idx)
+    model.train(was_training)
+
+
 def _eager():
     """Run a compiled model eagerly: each step's new length and cache position would otherwise recompile it."""
     set_stance = getattr(torch.compiler, "set_stance", None)  # torch ≥ 2.6

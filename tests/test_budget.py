@@ -111,6 +111,57 @@ def test_the_time_plan_fits_updates_evaluations_and_checkpoints_in_the_budget():
     assert spent <= 100 < spent + per_update
 
 
+@pytest.mark.parametrize("eval_every,ckpt_every", [(20, 50), (0, 0), (7, 3), (1, 1)])
+def test_the_phases_of_a_plan_fit_in_its_budget_and_count_every_evaluation_and_checkpoint(eval_every, ckpt_every):
+    plan = plan_time(100, elapsed=10, step_seconds=0.5, eval_seconds=2, checkpoint_seconds=1, sample_seconds=1,
+                     teardown_seconds=2, eval_every=eval_every, ckpt_every=ckpt_every)  # fmt: skip
+    T, phases = plan.total_steps, plan.phases(eval_every, ckpt_every)
+    evals = [0, *range(eval_every, T, eval_every), T] if eval_every else [T]  # as the loop runs them
+    ckpts = [*range(ckpt_every, T, ckpt_every), T] if ckpt_every else [T]
+    assert phases["evaluation"] == pytest.approx(2 * len(evals))
+    assert phases["checkpoint"] == pytest.approx(1 * len(ckpts))
+    assert phases["updates"] == pytest.approx(T * (0.5 * STEP_MARGIN + LOG_SECONDS))
+    assert 10 + sum(phases.values()) <= 100
+
+
+def test_a_timed_run_reports_where_its_budget_went(tmp_path, data_cache):
+    run = tmp_path / "run"
+    proc = run_train(TINY + ["trainer.max_time=12", "trainer.eval_every=5", "trainer.ckpt_every=5"], run, data_cache)
+    record = json.loads((run / "budget.json").read_text())
+    spent = record["spent"]
+    assert set(spent) == {"loggers", "updates", "evaluation", "checkpoint", "sample", "plots", "at_end"}
+    assert all(v > 0 for v in spent.values())
+    assert record["elapsed_at_plan"] + sum(v for k, v in spent.items() if k != "at_end") <= spent["at_end"]
+    out = proc.stdout + proc.stderr
+    assert f"budget: {spent['at_end']:.1f} of 12 s before closing the loggers" in out
+    assert f"updates {spent['updates']:.1f} s (planned " in out
+    state = checkpoint.load(checkpoint.latest(run / "checkpoints"))
+    assert "spent" not in state["budget"]  # the checkpoint keeps the plan; the run's record adds what it spent
+
+
+def test_the_sample_estimate_counts_a_full_context_forward_per_token_past_the_cache():
+    import time
+
+    import torch
+
+    from model import GPT, GPTConfig, full_context_forward
+    from training.budget import sample_seconds
+
+    windows: list[int] = []
+    cpu = torch.device("cpu")
+    sample = lambda n: time.sleep(0.002 * n)  # noqa: E731 — 2 ms a token while the KV cache holds the context
+    window = lambda: windows.append(1) or time.sleep(0.02)  # noqa: E731 — a forward over the whole context
+
+    within = sample_seconds(sample, 50, cpu, cached=60, window=window)
+    assert windows == [] and 0.09 <= within < 0.3
+    past = sample_seconds(sample, 50, cpu, cached=20, window=window)
+    assert len(windows) == 2 and 0.09 + 30 * 0.02 <= past < 1.5  # 30 tokens past the cache, one untimed call
+
+    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32))
+    full_context_forward(model)
+    assert model.training and all(p.grad is None for p in model.parameters())
+
+
 def test_the_evaluation_is_timed_after_a_first_call_that_compiles():
     import time
 

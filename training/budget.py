@@ -18,7 +18,9 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,9 +30,16 @@ from training.errors import ConfigError
 
 BUDGET_KEYS = ("max_steps", "max_tokens", "max_time")
 STEP_MARGIN = 1.05  # the measured update × this: the W&B writer competing for the CPU, the host's drift
-LOG_SECONDS = 0.003  # per update: metrics.jsonl, the progress line, the W&B call — outside the measured update
-TEARDOWN_SECONDS = 2.5  # plots and closing the loggers after the final checkpoint
-WANDB_SECONDS = 4.0  # W&B's start (after the plan) and finish
+# What the plan sets aside beyond what it measures, from what timed runs spent (budget.json's "spent", timed
+# from outside by bench/budget_spread.py) on a 2-core CPU: per update, outside the measured update, metrics.jsonl
+# and the progress line took 0.3 ms, with W&B's log call 1.5-1.7 ms; after the final checkpoint, the plots
+# and the process's exit took about 1.5 s, and with W&B — its start after the plan, its finish — 3.5-4.4 s.
+# On an H200 the exit took about 1 s longer than on the CPU (the CUDA context, the compiler's workers).
+LOG_SECONDS = 0.0005
+WANDB_LOG_SECONDS = 0.0015
+TEARDOWN_SECONDS = 1.5
+WANDB_SECONDS = 3.5
+CUDA_TEARDOWN_SECONDS = 1.0
 
 
 def budget_key(t: Mapping[str, Any]) -> str:
@@ -68,9 +77,65 @@ class TimePlan:
     checkpoint_seconds: float
     sample_seconds: float
     teardown_seconds: float
+    log_seconds: float = LOG_SECONDS  # per update, outside the measured update: the metric sinks
 
     def as_dict(self) -> dict[str, Any]:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+    def phases(self, eval_every: int, ckpt_every: int) -> dict[str, float]:
+        """The seconds this plan gives each phase of the run (``teardown``: the loggers' start and close, the
+        plots and the process's exit)."""
+        T = self.total_steps
+        evaluations = (math.ceil(T / eval_every) if eval_every else 0) + 1  # at 0, every eval_every, and at T
+        checkpoints = ((T - 1) // ckpt_every if ckpt_every else 0) + 1  # every ckpt_every before T, and at T
+        return {
+            "updates": T * (self.step_seconds * STEP_MARGIN + self.log_seconds),
+            "evaluation": evaluations * self.eval_seconds,
+            "checkpoint": checkpoints * self.checkpoint_seconds,
+            "sample": self.sample_seconds,
+            "teardown": self.teardown_seconds,
+        }
+
+
+class PhaseClock:
+    """Wall-clock seconds a run spends in each phase, summed over its calls: what a budget went on, to set
+    against the plan's :meth:`TimePlan.phases` at the end."""
+
+    def __init__(self) -> None:
+        self.seconds: defaultdict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - t0
+
+
+def spent_record(
+    plan: TimePlan, spent: Mapping[str, float], at_end: float, eval_every: int, ckpt_every: int
+) -> dict[str, Any]:
+    """A timed run's ``budget.json`` at its end: the plan, the seconds it gave each phase, and those spent."""
+    phases = plan.phases(eval_every, ckpt_every)
+    return {
+        **plan.as_dict(),
+        "phases": {k: round(v, 4) for k, v in phases.items()},
+        "spent": {**{k: round(v, 4) for k, v in spent.items()}, "at_end": round(at_end, 4)},
+    }
+
+
+def spent_report(record: Mapping[str, Any]) -> str:
+    """One line from :func:`spent_record`: where the budget went, each phase against what the plan gave it."""
+    spent, planned = record["spent"], record["phases"]
+    parts = [f"{name} {spent.get(name, 0.0):.1f} s (planned {planned[name]:.1f})"
+             for name in ("updates", "evaluation", "checkpoint", "sample")]  # fmt: skip
+    own = spent.get("loggers", 0.0) + spent.get("plots", 0.0)
+    return (
+        f"budget: {spent['at_end']:.1f} of {record['max_time']:g} s before closing the loggers — start-up "
+        f"{record['elapsed_at_plan']:.1f} s, {', '.join(parts)}, loggers and plots {own:.1f} s (teardown planned "
+        f"{planned['teardown']:.1f}, closing and exit included)"
+    )
 
 
 def plan_time(
@@ -83,11 +148,12 @@ def plan_time(
     teardown_seconds: float,
     eval_every: int,
     ckpt_every: int,
+    log_seconds: float = LOG_SECONDS,
 ) -> TimePlan:
     """The largest T whose updates, evaluations (at 0, every ``eval_every`` and at T) and checkpoints (every
     ``ckpt_every`` and at T) fit in what is left of ``max_time``."""
     fixed = elapsed + 2 * eval_seconds + checkpoint_seconds + sample_seconds + teardown_seconds
-    per_update = step_seconds * STEP_MARGIN + LOG_SECONDS  # the update includes the sync and the optimizer
+    per_update = step_seconds * STEP_MARGIN + log_seconds  # the update includes the sync and the optimizer
     if eval_every:
         per_update += eval_seconds / eval_every
     if ckpt_every:
@@ -99,8 +165,9 @@ def plan_time(
             f"takes {step_seconds:.2f} s, the final evaluation, checkpoint and sample {fixed - elapsed:.1f} s"
         )
     return TimePlan(
-        max_time, steps, elapsed, step_seconds, eval_seconds, checkpoint_seconds, sample_seconds, teardown_seconds
-    )
+        max_time, steps, elapsed, step_seconds, eval_seconds, checkpoint_seconds, sample_seconds, teardown_seconds,
+        log_seconds,
+    )  # fmt: skip
 
 
 def timed(fn: Callable[[], Any], device: torch.device) -> float:
@@ -183,12 +250,27 @@ def eval_seconds(evaluate: Callable[[list], Any], batches: list, n_batches: int,
     return timed(lambda: evaluate(batches), device) * n_batches / len(batches)
 
 
-def sample_seconds(sample: Callable[[int], Any], n_tokens: int, device: torch.device) -> float:
+def sample_seconds(
+    sample: Callable[[int], Any],
+    n_tokens: int,
+    device: torch.device,
+    *,
+    cached: int | None = None,
+    window: Callable[[], Any] | None = None,
+) -> float:
     """Seconds to sample ``n_tokens``: the per-token cost from two short runs (4 and 12 tokens), plus the fixed
-    cost, so the measurement doesn't itself take as long as the sample."""
+    cost, so the measurement doesn't itself take as long as the sample.
+
+    Past the first ``cached`` tokens (those the KV cache holds: the context less the prompt) every token
+    recomputes the whole context; each of those costs one ``window`` call more (a forward of one full context,
+    timed after one untimed call)."""
     short, longer = timed(lambda: sample(4), device), timed(lambda: sample(12), device)
     per_token = max(0.0, (longer - short) / 8)
-    return max(0.0, short - 4 * per_token) + per_token * n_tokens
+    seconds = max(0.0, short - 4 * per_token) + per_token * n_tokens
+    if cached is not None and window is not None and n_tokens > cached:
+        window()
+        seconds += (n_tokens - cached) * timed(window, device)
+    return seconds
 
 
 def checkpoint_seconds(n_params: int) -> float:
@@ -207,15 +289,18 @@ def measure_time_plan(
     eval_every: int,
     ckpt_every: int,
     wandb: bool,
+    cuda: bool = False,
 ) -> TimePlan:
     """Measure the pieces of a run (each callable returns seconds) and fit T into ``max_time``."""
     step = measure_update()
     evaluation = measure_eval()
     sample = measure_sample()
-    teardown = TEARDOWN_SECONDS + (WANDB_SECONDS if wandb else 0.0)
+    teardown = TEARDOWN_SECONDS + (WANDB_SECONDS if wandb else 0.0) + (CUDA_TEARDOWN_SECONDS if cuda else 0.0)
+    log_seconds = LOG_SECONDS + (WANDB_LOG_SECONDS if wandb else 0.0)
     return plan_time(
-        max_time, elapsed(), step, evaluation, checkpoint_seconds(n_params), sample, teardown, eval_every, ckpt_every
-    )
+        max_time, elapsed(), step, evaluation, checkpoint_seconds(n_params), sample, teardown, eval_every, ckpt_every,
+        log_seconds,
+    )  # fmt: skip
 
 
 _IMPORTED = time.perf_counter()
