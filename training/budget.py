@@ -32,9 +32,10 @@ BUDGET_KEYS = ("max_steps", "max_tokens", "max_time")
 STEP_MARGIN = 1.05  # the measured update × this: the W&B writer competing for the CPU, the host's drift
 # What the plan sets aside beyond what it measures, from what timed runs spent (budget.json's "spent", timed
 # from outside by bench/budget_spread.py) on a 2-core CPU: per update, outside the measured update, metrics.jsonl
-# and the progress line took 0.3 ms, with W&B's log call 1.5-1.7 ms; after the final checkpoint, the plots
-# and the process's exit took about 1.5 s, and with W&B — its start after the plan, its finish — 3.5-4.4 s.
-# On an H200 the exit took about 1 s longer than on the CPU (the CUDA context, the compiler's workers).
+# and the progress line took 0.3 ms, 1.5-1.7 ms with W&B's log call. The teardown — the loggers' start after
+# the plan, the plots, closing the loggers and the process's exit — took 3.5-4.4 s with W&B (its start alone
+# 1.3-2.6 s); without W&B the plots took 0.3 s, and 1.5 s is kept for them and the exit. On an H200 the exit
+# took about 1 s longer than on the CPU (the CUDA context, the compiler's workers).
 LOG_SECONDS = 0.0005
 WANDB_LOG_SECONDS = 0.0015
 TEARDOWN_SECONDS = 1.5
