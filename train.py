@@ -116,12 +116,12 @@ def train(cfg: DictConfig) -> float:
         return text
 
     samples_here = bool(cfg.trainer.sample_tokens) and (dist.is_main or strategy == "fsdp")
-    prompt_tokens = max(1, len(tokenizer.encode(cfg.trainer.sample_prompt).ids))
 
     def measured_plan() -> TimePlan:
         """Measure the real update, an evaluation and sampling, and fit T into the wall-clock budget."""
         on = dict(device=device, autocast=autocast)
         first_two = list(islice(val_batches, 2))
+        prompt_tokens = max(1, len(tokenizer.encode(cfg.trainer.sample_prompt).ids))  # "" starts from one token
         return measure_time_plan(
             cfg.trainer.max_time,
             elapsed=lambda: time.perf_counter() - job_started,

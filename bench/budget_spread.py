@@ -53,7 +53,8 @@ def one_run(overrides: list[str], budget: float, run_dir: Path) -> dict:
         "real_update": real,
         "ratio": real / record["step_seconds"],
         "startup": record["elapsed_at_plan"],
-        "miss": {k: spent[k] - record["phases"][k] for k in PHASES},  # > 0: the phase took longer than planned
+        # > 0: the phase took longer than planned (no "sample" is spent with trainer.sample_tokens=0)
+        "miss": {k: spent.get(k, 0.0) - record["phases"][k] for k in PHASES},
     }
 
 

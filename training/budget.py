@@ -246,7 +246,7 @@ def eval_seconds(evaluate: Callable[[list], Any], batches: list, n_batches: int,
 
     One batch goes through first, untimed: a compiled model compiles its evaluation graph on the first call,
     which the run's own evaluations then reuse, so timing that call would count the compilation once per
-    evaluation (on an H100-class GPU it put 60 of a 120 s budget aside for nothing)."""
+    evaluation (on an H200 it put 60 of a 120 s budget aside for nothing)."""
     evaluate(batches[:1])
     return timed(lambda: evaluate(batches), device) * n_batches / len(batches)
 
