@@ -337,6 +337,28 @@ def test_kv_cache_logits_match_the_full_forward_pass(arch):
     torch.testing.assert_close(torch.stack(step_logits, dim=1), full[:, 5:], atol=1e-5, rtol=1e-5)
 
 
+def test_generation_runs_attention_without_cudnn_and_restores_it(monkeypatch):
+    # cuDNN's attention builds a plan per new key length; a growing KV cache met a new one every token
+    import torch.nn.functional as F
+
+    seen: list[bool] = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    torch.manual_seed(0)
+    model = GPT(tiny_config("gpt2")).eval()
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    generate(model, torch.zeros(1, 1, dtype=torch.long), 20)  # 16 cached positions, then full-context windows
+    assert seen and not any(seen)
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    model(torch.zeros(1, 4, dtype=torch.long))  # training and evaluation keep every kernel
+    assert seen[-1] == before
+
+
 def test_generation_never_samples_the_padding_ids():
     torch.manual_seed(0)
     model = GPT(tiny_config("gpt2")).eval()
