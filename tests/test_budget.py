@@ -162,6 +162,25 @@ def test_the_sample_estimate_counts_a_full_context_forward_per_token_past_the_ca
     assert model.training and all(p.grad is None for p in model.parameters())
 
 
+def test_the_sample_is_timed_after_a_first_call_that_loads_kernels():
+    import time
+
+    import torch
+
+    from training.budget import sample_seconds
+
+    calls: list[int] = []
+
+    def sample(n):  # the first call loads kernels and allocates, as a GPU's first sample does
+        time.sleep(0.5 if not calls else 0.01 * n)
+        calls.append(n)
+
+    seconds = sample_seconds(sample, 100, torch.device("cpu"))
+    assert calls == [1, 4, 12]  # one token untimed, then the two timed runs
+    # 100 × 10 ms; timing the first call would hide the per-token cost behind it (0.5 s + 0 per token)
+    assert 0.9 <= seconds < 1.4
+
+
 def test_the_evaluation_is_timed_after_a_first_call_that_compiles():
     import time
 

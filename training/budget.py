@@ -196,9 +196,9 @@ def measure_update_seconds(
     repeats: int = 5,
     max_repeats: int = 500,
 ) -> float:
-    """Seconds of one real training update (forward, backward, clip, the one host sync and an AdamW step),
-    measured with a throwaway optimizer at lr 0: the weights, the real optimizer and the generators are left
-    exactly as they were.
+    """Seconds of one real training update (fetching its batches, forward, backward, clip, the one host sync
+    and an AdamW step), measured with a throwaway optimizer at lr 0: the weights, the real optimizer and the
+    generators are left exactly as they were.
 
     Warm-up updates (compilation, the allocator, the first optimizer state) run for ``warmup`` updates and a
     quarter of ``seconds``, uncounted; then updates are timed until ``repeats`` of them and ``seconds`` have
@@ -213,10 +213,9 @@ def measure_update_seconds(
     schedule = LambdaLR(throwaway, lambda t: 0.0)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
-    def update(i: int) -> float:
-        batches = micro_batches(i)
+    def update(i: int) -> float:  # as the loop times it: fetching the batches, then the update
         return timed(lambda: train_update(
-            model, throwaway, schedule, batches,
+            model, throwaway, schedule, micro_batches(i),
             device=device, autocast=autocast, scaler=scaler, grad_clip=grad_clip,
         ), device)  # fmt: skip
 
@@ -262,9 +261,14 @@ def sample_seconds(
     """Seconds to sample ``n_tokens``: the per-token cost from two short runs (4 and 12 tokens), plus the fixed
     cost, so the measurement doesn't itself take as long as the sample.
 
+    A one-token sample goes first, untimed: the first call loads kernels and allocates (on an H100 it took
+    0.25 s, 60 tokens' worth), which timed in the 4-token run hid the per-token cost (200 tokens were planned
+    at 0.2 s and took 1.8 s).
+
     Past the first ``cached`` tokens (those the KV cache holds: the context less the prompt) every token
     recomputes the whole context; each of those costs one ``window`` call more (a forward of one full context,
     timed after one untimed call)."""
+    sample(1)
     short, longer = timed(lambda: sample(4), device), timed(lambda: sample(12), device)
     per_token = max(0.0, (longer - short) / 8)
     seconds = max(0.0, short - 4 * per_token) + per_token * n_tokens
