@@ -124,6 +124,24 @@ def test_the_phases_of_a_plan_fit_in_its_budget_and_count_every_evaluation_and_c
     assert 10 + sum(phases.values()) <= 100
 
 
+@pytest.mark.parametrize("wandb", [False, True])
+@pytest.mark.parametrize("sample", [0.0, 0.5])
+def test_the_plan_sets_aside_what_wandb_and_cuda_cost_beyond_the_measurement(wandb, sample):
+    from training import budget
+
+    plan = budget.measure_time_plan(
+        100, lambda: 10.0, lambda: 0.5, lambda: 2.0, lambda: sample,
+        n_params=1000, eval_every=0, ckpt_every=0, wandb=wandb, cuda=True,
+    )  # fmt: skip
+    table = budget.WANDB_TABLE_SECONDS if wandb and sample else 0.0  # the sample's W&B table, only with a sample
+    assert plan.sample_seconds == pytest.approx(sample + table)
+    teardown = budget.TEARDOWN_SECONDS + budget.CUDA_TEARDOWN_SECONDS + (budget.WANDB_SECONDS if wandb else 0.0)
+    assert plan.teardown_seconds == pytest.approx(teardown)
+    assert plan.log_seconds == pytest.approx(budget.LOG_SECONDS + (budget.WANDB_LOG_SECONDS if wandb else 0.0))
+    fixed = 10 + 2 * 2.0 + budget.checkpoint_seconds(1000) + sample + table + teardown
+    assert plan.total_steps == math.floor((100 - fixed) / (0.5 * STEP_MARGIN + plan.log_seconds))
+
+
 def test_a_timed_run_reports_where_its_budget_went(tmp_path, data_cache):
     run = tmp_path / "run"
     proc = run_train(TINY + ["trainer.max_time=12", "trainer.eval_every=5", "trainer.ckpt_every=5"], run, data_cache)
