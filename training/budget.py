@@ -265,8 +265,8 @@ def sample_seconds(
     cost, so the measurement doesn't itself take as long as the sample.
 
     A one-token sample goes first, untimed: the first call loads kernels and allocates (on an H100 it took
-    0.25 s, 60 tokens' worth), which timed in the 4-token run hid the per-token cost (200 tokens were planned
-    at 0.2 s and took 1.8 s).
+    0.25 s, 60 tokens' worth), which timed in the 4-token run hid the per-token cost (200 tokens and their W&B
+    table were planned at 0.2 s and took 1.8 s).
 
     Past the first ``cached`` tokens (those the KV cache holds: the context less the prompt) every token
     recomputes the whole context; each of those costs one ``window`` call more (a forward of one full context,
