@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from model.gpt import GPT, GPTConfig
 
@@ -141,13 +142,11 @@ def _decoding():
     the KV cache grows by one key per token, so every new position paid for a plan (on an H100, 30–45 ms
     against the 4 ms of the token itself: 200 tokens took 7 s, then 0.8 s once the plans existed). Flash,
     memory-efficient and math attention have no such plans."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     set_stance = getattr(torch.compiler, "set_stance", None)  # torch ≥ 2.6
-    with contextlib.ExitStack() as stack:
-        if set_stance is not None:
-            stack.enter_context(set_stance("force_eager"))
-        stack.enter_context(sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]))
+    with (
+        set_stance("force_eager") if set_stance is not None else contextlib.nullcontext(),
+        sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]),
+    ):
         yield
 
 
