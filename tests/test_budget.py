@@ -247,3 +247,23 @@ def test_the_update_measurement_leaves_the_run_untouched_and_times_long_enough()
     # 2+ warm-up updates, then at least 5 timed ones and at least `seconds` of them; their median comes back.
     assert len(fetched) >= 7 and 0 < update < seconds
     assert update * (len(fetched) - 2) >= seconds / 2
+
+
+def test_the_steadiness_check_sets_each_measurement_window_against_the_updates_after_it():
+    """bench/steadiness.py's verdict: a plan measured in one window, against the mean update that follows it."""
+    import importlib.util
+    from itertools import accumulate
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "steadiness.py"
+    spec = importlib.util.spec_from_file_location("steadiness", path)
+    steadiness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(steadiness)
+
+    times = [0.010] * 1000 + [0.012] * 1750  # 10 s of 10 ms updates, then 21 s of 12 ms ones
+    stamps = list(accumulate(times))
+    ratios = dict(steadiness.plan_ratios(stamps, times, window=5.0, horizon=10.0))
+    assert list(ratios) == [0.0, 5.0, 10.0, 15.0]  # every window with 10 s of updates after it
+    assert 1.0 < ratios[0.0] < 1.2  # measured at 10 ms; after it, 5 s of 10 ms and 5 s of 12 ms updates
+    assert ratios[5.0] == pytest.approx(1.2)  # measured at 10 ms, all 12 ms after it: the plan ran 20 % short
+    assert ratios[10.0] == pytest.approx(1.0) and ratios[15.0] == pytest.approx(1.0)  # a steady stretch
