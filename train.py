@@ -107,6 +107,7 @@ def train(cfg: DictConfig) -> float:
     use_autocast = parallel.autocast_needed(strategy, device)
     autocast = distributed.autocast(device, precision if use_autocast else "fp32")
     distributed.allow_tf32(device)  # here, not inline: train() must pickle for Hydra's submitit launcher
+    distributed.keep_freed_memory(device)  # on a CPU: no page faults for each update's fresh activations
 
     def sample(n_tokens: int) -> str:
         """The end-of-run sample (under FSDP every rank takes part, with the same generator)."""

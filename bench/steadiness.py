@@ -78,9 +78,6 @@ def main(argv: list[str] | None = None) -> int:
     precision = distributed.resolve_precision(cfg.trainer.precision, device)
     use_compile = device.type == "cuda" if cfg.trainer.compile == "auto" else cfg.trainer.compile
     step, raw_model, batches, _ = build_template(cfg, d, precision, use_compile)
-    if device.type == "cuda":  # as train.py
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     c = raw_model.config
     print(f"{' '.join(args.overrides) or 'defaults'}: {c.n_layer} layers × {c.n_embd}, block {c.block_size}, "
           f"{batches.tokens_per_update} tokens per update, {device}"

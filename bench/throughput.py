@@ -8,9 +8,11 @@
 of ``data.TrainBatches`` (built-in corpus), with the optimizer of ``training.optim.build_optimizer``, the
 scheduler of ``scheduling.build_scheduler``, train.py's precision, autocast, compile and TF32 choices, all
 from the same Hydra config train.py composes (extra ``key=value`` arguments override it as on train.py's
-command line).
+command line), and on a CPU glibc's malloc keeping freed memory as train.py has it (``--return-freed-memory``
+leaves glibc's default, to compare in a second run).
 **bare**: the least a PyTorch user writes for the same work — the same model, random tokens already on the
-device, ``forward → backward → AdamW.step → zero_grad`` per update (same micro-batches, autocast, compile).
+device, ``forward → backward → AdamW.step → zero_grad`` per update (same micro-batches, autocast, compile; in
+the same process, so with the same malloc).
 
 The loops alternate (template, bare, bare, template, ...: every update on a CPU, blocks of ``--steps`` on a
 GPU), so drift and other load on the machine hit both alike; a repetition is ``--steps`` updates of each,
@@ -23,7 +25,6 @@ Other processes' share of the CPUs is printed per repetition: above 5% the figur
 from __future__ import annotations
 
 import argparse
-import ctypes
 import statistics
 import sys
 import time
@@ -59,9 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--refresh-peak", action="store_true", help="measure the CPU matmul peak again (and cache it)")
     p.add_argument("--profile", action="store_true", help="then profile the template's updates with torch.profiler")
     p.add_argument(
-        "--keep-freed-memory",
+        "--return-freed-memory",
         action="store_true",
-        help="glibc malloc keeps freed memory (not what train.py does: shows what it would gain)",
+        help="leave glibc's malloc returning freed memory to the kernel (train.py keeps it on a CPU)",
     )
     p.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py (e.g. trainer.compile=true)")
     return p.parse_args(argv)
@@ -98,18 +99,6 @@ def others_share(before: tuple[int, int, int] | None, after: tuple[int, int, int
     return max(busy - mine, 0) / total
 
 
-def keep_freed_memory() -> bool:
-    """glibc: keep freed memory in the heap instead of returning it to the kernel, so that each update's
-    activations reuse pages already mapped rather than page-faulting fresh zeroed ones (allocations over
-    32 MiB are still mapped and unmapped each time). False where this is not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from malloc.h
-    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -117,8 +106,9 @@ def sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def build_template(cfg, d: distributed.Dist, precision: str, use_compile: bool):
-    """train.py's data, model, optimizer, scheduler and update step, built as train.py builds them.
+def build_template(cfg, d: distributed.Dist, precision: str, use_compile: bool, keep_freed_memory: bool = True):
+    """train.py's data, model, optimizer, scheduler and update step, built as train.py builds them (with
+    ``keep_freed_memory=False``, except that glibc's malloc returns freed memory to the kernel as by default).
 
     Returns (step(t), the uncompiled model, the batches, the tokenizer's vocabulary size).
     """
@@ -139,6 +129,9 @@ def build_template(cfg, d: distributed.Dist, precision: str, use_compile: bool):
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     use_autocast = parallel.autocast_needed(strategy, device)
     autocast = distributed.autocast(device, precision if use_autocast else "fp32")
+    distributed.allow_tf32(device)  # as train.py: TF32 on CUDA,
+    if keep_freed_memory:
+        distributed.keep_freed_memory(device)  # and glibc's malloc keeping freed memory on a CPU
 
     def step(t: int) -> None:
         train_update(
@@ -221,8 +214,6 @@ def profile(step: Callable[[int], None], first: int, steps: int, peak: float | N
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.keep_freed_memory and not keep_freed_memory():
-        print("--keep-freed-memory: not glibc here, ignored")
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = compose_config(args)
@@ -230,11 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     device = d.device
     precision = distributed.resolve_precision(cfg.trainer.precision, device)
     use_compile = device.type == "cuda" if cfg.trainer.compile == "auto" else cfg.trainer.compile
-    template, raw_model, batches, vocab = build_template(cfg, d, precision, use_compile)
+    template, raw_model, batches, vocab = build_template(cfg, d, precision, use_compile, not args.return_freed_memory)
     bare = build_bare(raw_model.config, batches, vocab, cfg.optim.lr, cfg.trainer.seed, device, precision, use_compile)
-    if device.type == "cuda":  # as train.py
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     if device.type == "cpu" and args.refresh_peak:
         cpu_peak_flops(refresh=True)
     peak = peak_flops(device, precision)
