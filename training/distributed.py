@@ -97,10 +97,10 @@ def keep_freed_memory(device: torch.device) -> bool:
     An update allocates its activations and gradients and frees them at its end. By default glibc hands the
     freed top of the heap back to the kernel once it exceeds twice the largest block freed so far, so every
     update faults in fresh zeroed pages again (1 s of every 8 s of CPU time was the kernel's, for the
-    cpu_budget model on 2 cores). Keeping them — blocks under 32 MiB from the heap, which is never trimmed —
-    made that model's update 25 % faster and the default model's 2 % (bench/throughput.py
-    ``--return-freed-memory`` shows the difference); the process then holds on to its peak memory. Where the
-    allocator is not glibc's (macOS, musl, a preloaded jemalloc or tcmalloc) nothing changes."""
+    cpu_budget model on 2 cores). Keeping them — blocks under 32 MiB come from the heap, and the heap is trimmed
+    only past 2 GiB free — cut that model's update to 0.75 of its time and the default model's to 0.98 (compare
+    two runs of bench/throughput.py, one with ``--return-freed-memory``); the process then keeps its peak memory.
+    Where the allocator is not glibc's (macOS, musl, a preloaded jemalloc or tcmalloc) nothing changes."""
     if device.type != "cpu":
         return False
     import ctypes
