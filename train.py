@@ -78,7 +78,7 @@ def train(cfg: DictConfig) -> float:
     device, seed = dist.device, cfg.trainer.seed
     precision = distributed.resolve_precision(cfg.trainer.precision, device)
     strategy = parallel.resolve_strategy(cfg.trainer.strategy, dist.world_size)
-    use_compile = device.type == "cuda" if cfg.trainer.compile == "auto" else cfg.trainer.compile
+    use_compile = distributed.resolve_compile(cfg.trainer.compile, device)
     block, batch = cfg.model.block_size, cfg.trainer.batch_size
     accum = grad_accum_steps(cfg.trainer, block, dist.world_size)
     resume_from = distributed.broadcast_object(

@@ -32,12 +32,10 @@ sys.path.insert(0, str(ROOT))  # the template runs from its root
 sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from throughput import build_template, cpu_times, others_share, sync  # noqa: E402
+from throughput import build_template, compose_checked, cpu_times, others_share, sync  # noqa: E402
 
 from training import distributed  # noqa: E402
 from training.budget import measurement_seconds  # noqa: E402
-from training.validate import check_config  # noqa: E402
 
 WARMUP_SECONDS = 2.0  # untimed, as the plan's own warm-up
 
@@ -68,15 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.seconds < window + horizon:
         parser.error(f"--seconds must be ≥ {window + horizon:g}: one measurement window and the updates after it")
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        # T only shapes the schedule, not an update's cost: the budget keys give way to max_steps' default
-        budget_off = ["trainer.max_time=null", "trainer.max_tokens=null"]
-        cfg = compose(config_name="config", overrides=["logger=none", *args.overrides, *budget_off])
-    check_config(cfg)
+    # T only shapes the schedule, not an update's cost: the budget keys give way to max_steps' default
+    cfg = compose_checked(["logger=none", *args.overrides, "trainer.max_time=null", "trainer.max_tokens=null"])
     d = distributed.init(cfg.trainer.device)
     device = d.device
     precision = distributed.resolve_precision(cfg.trainer.precision, device)
-    use_compile = device.type == "cuda" if cfg.trainer.compile == "auto" else cfg.trainer.compile
+    use_compile = distributed.resolve_compile(cfg.trainer.compile, device)
     step, raw_model, batches, _ = build_template(cfg, d, precision, use_compile)
     c = raw_model.config
     print(f"{' '.join(args.overrides) or 'defaults'}: {c.n_layer} layers × {c.n_embd}, block {c.block_size}, "

@@ -72,8 +72,13 @@ def compose_config(args: argparse.Namespace):
     overrides = [f"model={args.model}", f"trainer.device={args.device}", "logger=none"]
     if args.batch_size is not None:
         overrides.append(f"trainer.batch_size={args.batch_size}")
+    return compose_checked(overrides + list(args.overrides))
+
+
+def compose_checked(overrides: list[str]):
+    """train.py's config with ``overrides``, through train.py's checks."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides + list(args.overrides))
+        cfg = compose(config_name="config", overrides=overrides)
     check_config(cfg)
     return cfg
 
@@ -220,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     d = distributed.init(cfg.trainer.device)  # one process: no process group, just the device
     device = d.device
     precision = distributed.resolve_precision(cfg.trainer.precision, device)
-    use_compile = device.type == "cuda" if cfg.trainer.compile == "auto" else cfg.trainer.compile
+    use_compile = distributed.resolve_compile(cfg.trainer.compile, device)
     template, raw_model, batches, vocab = build_template(cfg, d, precision, use_compile, not args.return_freed_memory)
     bare = build_bare(raw_model.config, batches, vocab, cfg.optim.lr, cfg.trainer.seed, device, precision, use_compile)
     if device.type == "cpu" and args.refresh_peak:

@@ -84,6 +84,11 @@ def resolve_precision(choice: str, device: torch.device) -> str:
     return choice
 
 
+def resolve_compile(choice, device: torch.device) -> bool:
+    """``trainer.compile``: auto compiles on CUDA only; true and false force it."""
+    return device.type == "cuda" if choice == "auto" else bool(choice)
+
+
 def allow_tf32(device: torch.device) -> None:
     """TF32 matmuls and convolutions on CUDA (Ampere and newer): fp32 work at tensor-core speed."""
     if device.type == "cuda":
