@@ -3,6 +3,7 @@ far a plan measured in one moment would miss the updates that follow it.
 
     python bench/steadiness.py                                   # the default model, 180 s
     python bench/steadiness.py experiment=cpu_budget --seconds 240
+    python bench/steadiness.py --reference                       # a fixed matmul: the machine alone
 
 A ``trainer.max_time`` run fixes T from the median update of one short window (``measurement_seconds``: 4.8 s
 of a 120 s budget) and then spends most of its budget on updates. Here the template's update
@@ -17,6 +18,12 @@ On a steady machine those ratios sit near 1.00 and a 120 s run ends near 115 s; 
 ratio of about 0.96–1.06 still ends it within 110–120 s. Wider ratios, with other processes near 0 %, mean the
 machine's speed moves under the run from outside it (a shared VM's host), and no plan made before update 0 can
 follow it.
+
+With ``--reference`` the same windows time a fixed matmul instead (preallocated operands and output, so no
+allocation and none of the template's code): if its windows move as much as the update's, the machine moved, not
+the template. On a shared 2-core VM, with other processes under 1 % of the CPUs, its windows went from 14.3 to
+17.6 ms (sd 7 %; plan ratios 0.94–1.13) on two threads, and from 25.0 to 32.2 ms pinned to one vCPU
+(``taskset -c 0``, one thread).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +46,21 @@ from training import distributed  # noqa: E402
 from training.budget import measurement_seconds  # noqa: E402
 
 WARMUP_SECONDS = 2.0  # untimed, as the plan's own warm-up
+
+
+def reference_step(device: torch.device) -> Callable[[int], None]:
+    """A fixed amount of matmul work with no allocation: 20 products of preallocated square fp32 matrices (384
+    on a CPU, 4096 on a GPU), written into one preallocated output."""
+    n = 384 if device.type == "cpu" else 4096
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a, b = (torch.randn(n, n, generator=g).to(device) for _ in range(2))
+    out = torch.empty(n, n, device=device)
+
+    def step(t: int) -> None:
+        for _ in range(20):
+            torch.mm(a, b, out=out)
+
+    return step
 
 
 def plan_ratios(stamps: list[float], times: list[float], window: float, horizon: float) -> list[tuple[float, float]]:
@@ -60,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=180.0, help="how long to run updates (default 180)")
     parser.add_argument("--budget", type=float, default=120.0, help="the trainer.max_time to judge (default 120)")
     parser.add_argument("--updates-share", type=float, default=0.8, help="share of the budget spent on updates")
+    parser.add_argument("--reference", action="store_true", help="time a fixed matmul instead: the machine alone")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py (e.g. experiment=cpu_budget)")
     args = parser.parse_args(argv)
     window, horizon = measurement_seconds(args.budget), args.updates_share * args.budget
@@ -72,11 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     device = d.device
     precision = distributed.resolve_precision(cfg.trainer.precision, device)
     use_compile = distributed.resolve_compile(cfg.trainer.compile, device)
-    step, raw_model, batches, _ = build_template(cfg, d, precision, use_compile)
-    c = raw_model.config
-    print(f"{' '.join(args.overrides) or 'defaults'}: {c.n_layer} layers × {c.n_embd}, block {c.block_size}, "
-          f"{batches.tokens_per_update} tokens per update, {device}"
-          f"{f' ({torch.get_num_threads()} threads)' if device.type == 'cpu' else ''}, {precision}")  # fmt: skip
+    n = torch.get_num_threads()
+    threads = f" ({n} thread{'s' if n > 1 else ''})" if device.type == "cpu" else ""
+    if args.reference:
+        step = reference_step(device)
+        print(f"reference: 20 fixed fp32 matmuls per timing, {device}{threads}")
+    else:
+        step, raw_model, batches, _ = build_template(cfg, d, precision, use_compile)
+        c = raw_model.config
+        print(f"{' '.join(args.overrides) or 'defaults'}: {c.n_layer} layers × {c.n_embd}, block {c.block_size}, "
+              f"{batches.tokens_per_update} tokens per update, {device}{threads}, {precision}")  # fmt: skip
 
     t, begun = 0, time.perf_counter()
     while t < 2 or time.perf_counter() - begun < WARMUP_SECONDS:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -249,16 +250,22 @@ def test_the_update_measurement_leaves_the_run_untouched_and_times_long_enough()
     assert update * (len(fetched) - 2) >= seconds / 2
 
 
-def test_the_steadiness_check_sets_each_measurement_window_against_the_updates_after_it():
-    """bench/steadiness.py's verdict: a plan measured in one window, against the mean update that follows it."""
+def load_steadiness():
     import importlib.util
-    from itertools import accumulate
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "bench" / "steadiness.py"
     spec = importlib.util.spec_from_file_location("steadiness", path)
     steadiness = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(steadiness)
+    return steadiness
+
+
+def test_the_steadiness_check_sets_each_measurement_window_against_the_updates_after_it():
+    """bench/steadiness.py's verdict: a plan measured in one window, against the mean update that follows it."""
+    from itertools import accumulate
+
+    steadiness = load_steadiness()
 
     times = [0.010] * 1000 + [0.012] * 1750  # 10 s of 10 ms updates, then 21 s of 12 ms ones
     stamps = list(accumulate(times))
@@ -267,3 +274,16 @@ def test_the_steadiness_check_sets_each_measurement_window_against_the_updates_a
     assert 1.0 < ratios[0.0] < 1.2  # measured at 10 ms; after it, 5 s of 10 ms and 5 s of 12 ms updates
     assert ratios[5.0] == pytest.approx(1.2)  # measured at 10 ms, all 12 ms after it: the plan ran 20 % short
     assert ratios[10.0] == pytest.approx(1.0) and ratios[15.0] == pytest.approx(1.0)  # a steady stretch
+
+
+def test_the_steadiness_reference_times_the_machine_in_the_same_windows(capsys):
+    """``--reference`` runs the same windows and verdict over a fixed matmul instead of the template's update."""
+    steadiness = load_steadiness()
+    # a 10 s budget: 1 s windows, each against the 8 s after it
+    assert steadiness.main(["--reference", "--budget", "10", "--seconds", "10"]) == 0
+    printed = capsys.readouterr().out
+    assert "reference: 20 fixed fp32 matmuls per timing, cpu" in printed
+    assert "layers" not in printed  # no model was built
+    windows = [line for line in printed.splitlines() if line.strip().endswith("%") or line.strip().endswith("ms")]
+    assert len(windows) >= 9
+    assert re.search(r"[12] windows\); [012] of [12] within 0\.96–1\.06", printed)  # those with 8 s after them

@@ -14,6 +14,7 @@ import random
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +153,11 @@ def load(path: Path) -> dict[str, Any]:
     """The state of checkpoint folder ``path``, on the CPU; a corrupt or foreign file is a one-line error."""
     file = path / STATE_FILE
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # a file pickled with a newer protocol than torch.save's: the weights-only loader warns that it may
+            # not follow, then either reads it or fails — and a failure is reported below in one line
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ConfigError(f"checkpoint {file}: cannot be read, it is truncated or corrupt ({reason})") from None
