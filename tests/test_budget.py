@@ -154,8 +154,31 @@ def test_a_timed_run_reports_where_its_budget_went(tmp_path, data_cache):
     out = proc.stdout + proc.stderr
     assert f"budget: {spent['at_end']:.1f} of 12 s before closing the loggers" in out
     assert f"updates {spent['updates']:.1f} s (planned " in out
+    projections = re.findall(r"budget: [\d.]+ s at update (\d+) of (\d+); at this pace the run ends near", out)
+    T = record["total_steps"]
+    assert [int(t) for t, _ in projections] == [t for t in range(5, T, 5) if 10 * t // T > 10 * (t - 5) // T]
+    assert 1 <= len(projections) <= 9  # at the first evaluation in each tenth of the run after the first
     state = checkpoint.load(checkpoint.latest(run / "checkpoints"))
     assert "spent" not in state["budget"]  # the checkpoint keeps the plan; the run's record adds what it spent
+
+
+def test_a_timed_run_projects_its_end_from_the_pace_its_updates_have_kept():
+    from training.budget import projected_end, projection_report
+
+    plan = plan_time(120, 10.0, 0.04, 0.5, 0.2, 1.0, 5.0, eval_every=100, ckpt_every=500)
+    per_update = 0.04 * STEP_MARGIN + LOG_SECONDS
+    loggers, t = 2.0, 1000
+    # at the plan's own pace: start-up, the loggers' start, t updates, the evaluations at 0, 100, …, 1000 and the
+    # checkpoints at 500 and 1000 are behind the run
+    now = 10.0 + loggers + t * per_update + 11 * 0.5 + 2 * 0.2
+    end = projected_end(plan, now, t, t * per_update, loggers, eval_every=100, ckpt_every=500)
+    assert end == pytest.approx(10.0 + sum(plan.phases(100, 500).values()))  # where the plan itself ends
+    assert 115 < end <= 120
+    slower = projected_end(plan, now, t, 1.1 * t * per_update, loggers, eval_every=100, ckpt_every=500)
+    assert slower - end == pytest.approx(0.1 * (plan.total_steps - t) * per_update)  # only the updates left
+    line = projection_report(plan, t, now, slower, 1.1 * t * per_update)
+    assert line == (f"budget: {now:.1f} s at update 1000 of {plan.total_steps}; at this pace the run ends near "
+                    f"{slower:.1f} of 120 s (updates at 1.10× the plan's)")  # fmt: skip
 
 
 def test_the_sample_estimate_counts_a_full_context_forward_per_token_past_the_cache():

@@ -142,6 +142,37 @@ def spent_report(record: Mapping[str, Any]) -> str:
     )
 
 
+def projected_end(
+    plan: TimePlan, now: float, t: int, updates_seconds: float, spent_loggers: float, eval_every: int, ckpt_every: int
+) -> float:
+    """Where a timed run will end (seconds since its job started) if its updates keep the pace they have had.
+
+    ``now`` is the moment just after the evaluation before update ``t``, ``updates_seconds`` what updates 0 to
+    t − 1 took. Left: updates t to T − 1 at their mean so far, the evaluations after now (every ``eval_every``,
+    and at T), the checkpoints after now (every ``ckpt_every``, and at T) and the sample at the plan's seconds,
+    and the teardown less the loggers' start (``spent_loggers``), which is behind the run already."""
+    T = plan.total_steps
+    evaluations = (len(range((t // eval_every + 1) * eval_every, T, eval_every)) if eval_every else 0) + 1
+    checkpoints = (len(range((t // ckpt_every + 1) * ckpt_every, T, ckpt_every)) if ckpt_every else 0) + 1
+    return (
+        now
+        + (T - t) * updates_seconds / t
+        + evaluations * plan.eval_seconds
+        + checkpoints * plan.checkpoint_seconds
+        + plan.sample_seconds
+        + max(plan.teardown_seconds - spent_loggers, 0.0)
+    )
+
+
+def projection_report(plan: TimePlan, t: int, now: float, end: float, updates_seconds: float) -> str:
+    """One line from :func:`projected_end`, for the log at each evaluation of a timed run."""
+    pace = updates_seconds / t / (plan.step_seconds * STEP_MARGIN + plan.log_seconds)
+    return (
+        f"budget: {now:.1f} s at update {t} of {plan.total_steps}; at this pace the run ends near {end:.1f} of "
+        f"{plan.max_time:g} s (updates at {pace:.2f}× the plan's)"
+    )
+
+
 def plan_time(
     max_time: float,
     elapsed: float,
