@@ -249,12 +249,12 @@ def train(cfg: DictConfig) -> float:
             while t < T:
                 if cfg.trainer.eval_every and t % cfg.trainer.eval_every == 0:
                     run_eval(t)
-                    # where a timed run is heading at its updates' pace so far: at the first evaluation in each tenth
-                    if plan is not None and t > 0 and 10 * t // T > 10 * (t - cfg.trainer.eval_every) // T:
-                        now, spent = time.perf_counter() - job_started, clock.seconds["updates"]
-                        end = projected_end(plan, now, t, spent, clock.seconds["loggers"], cfg.trainer.eval_every,
-                                            cfg.trainer.ckpt_every)  # fmt: skip
-                        log.info(projection_report(plan, t, now, end, spent))
+                if plan is not None and t > 0 and 10 * t // T > 10 * (t - 1) // T:  # each tenth's first update
+                    # where the timed run is heading at its updates' pace so far
+                    now, spent = time.perf_counter() - job_started, clock.seconds["updates"]
+                    end = projected_end(plan, now, t, spent, clock.seconds["loggers"], cfg.trainer.eval_every,
+                                        cfg.trainer.ckpt_every)  # fmt: skip
+                    log.info(projection_report(plan, t, now, end, spent))
                 t0 = time.perf_counter()
                 lr = optimizer.param_groups[0]["lr"]  # what update t uses
                 micro_batches = train_batches.micro_batches(t)

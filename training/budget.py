@@ -147,10 +147,10 @@ def projected_end(
 ) -> float:
     """Where a timed run will end (seconds since its job started) if its updates keep the pace they have had.
 
-    ``now`` is the moment just after the evaluation before update ``t``, ``updates_seconds`` what updates 0 to
-    t − 1 took. Left: updates t to T − 1 at their mean so far, the evaluations after now (every ``eval_every``,
-    and at T), the checkpoints after now (every ``ckpt_every``, and at T) and the sample at the plan's seconds,
-    and the teardown less the loggers' start (``spent_loggers``), which is behind the run already."""
+    ``now`` is the moment before update ``t`` (after its evaluation, where one falls at t), ``updates_seconds``
+    what updates 0 to t − 1 took. Left: updates t to T − 1 at their mean so far; at the plan's seconds, the
+    evaluations after now (every ``eval_every``, and at T), the checkpoints after now (every ``ckpt_every``, and
+    at T), the sample, and the teardown less the loggers' start (``spent_loggers``, behind the run already)."""
     T = plan.total_steps
     evaluations = (len(range((t // eval_every + 1) * eval_every, T, eval_every)) if eval_every else 0) + 1
     checkpoints = (len(range((t // ckpt_every + 1) * ckpt_every, T, ckpt_every)) if ckpt_every else 0) + 1
@@ -165,7 +165,7 @@ def projected_end(
 
 
 def projection_report(plan: TimePlan, t: int, now: float, end: float, updates_seconds: float) -> str:
-    """One line from :func:`projected_end`, for the log at each evaluation of a timed run."""
+    """One line from :func:`projected_end`, for the log at the first update of each tenth of a timed run."""
     pace = updates_seconds / t / (plan.step_seconds * STEP_MARGIN + plan.log_seconds)
     return (
         f"budget: {now:.1f} s at update {t} of {plan.total_steps}; at this pace the run ends near {end:.1f} of "
