@@ -47,7 +47,7 @@ from training.budget import (
     spent_report,
     steps_from_tokens,
 )
-from training.engine import NONFINITE, OVERFLOW, evaluate, train_update
+from training.engine import NONFINITE, evaluate, train_update_retrying
 from training.errors import ConfigError
 from training.metrics import CsvSink, JsonlSink, Metrics
 from training.optim import build_optimizer
@@ -259,13 +259,12 @@ def train(cfg: DictConfig) -> float:
                 lr = optimizer.param_groups[0]["lr"]  # what update t uses
                 micro_batches = train_batches.micro_batches(t)
                 data_wait = time.perf_counter() - t0
-                update = train_update(
+                update, overflows = train_update_retrying(  # fp16: retried at a lower scale while it overflows
                     model, optimizer, scheduler, micro_batches,
                     device=device, autocast=autocast, scaler=scaler, grad_clip=cfg.trainer.grad_clip,
                 )  # fmt: skip
-                if update.status == OVERFLOW:
-                    clock.seconds["updates"] += time.perf_counter() - t0
-                    continue  # fp16 overflow: the scaler lowered its scale; retry update t with the same batch
+                if overflows:
+                    metrics.summary["fp16_overflows"] = metrics.summary.get("fp16_overflows", 0) + overflows
                 if update.status == NONFINITE:
                     if cfg.trainer.nonfinite == "stop":
                         raise ConfigError(

@@ -14,7 +14,7 @@ import transformers
 
 from model import GPT, GPTConfig
 from scheduling import Schedule, build_scheduler, get_scheduler, restore_scheduler
-from training.engine import NONFINITE, OK, OVERFLOW, train_update
+from training.engine import NONFINITE, OK, OVERFLOW, train_update, train_update_retrying
 from training.errors import ConfigError
 from training.optim import param_groups
 
@@ -259,11 +259,24 @@ def test_a_step_the_grad_scaler_skips_does_not_advance_the_schedule():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert scaler.get_scale() < 2.0**127
 
-    retries = 0
-    while update.status == OVERFLOW and retries < 200:  # as train.py does: retry update 0 at a lower scale
-        update, retries = train_update(model, optimizer, scheduler, micro_batches(2), **kwargs), retries + 1
-    assert update.status == OK and scheduler.last_epoch == 1
+    # as train.py runs it: update 0 again on the same batches at the lowered scale, until the step is taken
+    update, retries = train_update_retrying(model, optimizer, scheduler, micro_batches(2), **kwargs)
+    assert update.status == OK and retries >= 1 and scheduler.last_epoch == 1  # one schedule step, after the retries
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_an_update_that_overflows_at_every_scale_tried_counts_as_non_finite():
+    model = tiny_gpt()
+    optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3)
+    scheduler = build_scheduler(optimizer, Schedule("constant"))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)  # overflows at 2^127 and at the next halving
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kwargs = dict(device=torch.device("cpu"), autocast=contextlib.nullcontext(), scaler=scaler)
+    update, retries = train_update_retrying(model, optimizer, scheduler, micro_batches(2), max_retries=1, **kwargs)
+    assert update.status == NONFINITE and retries == 1  # for trainer.nonfinite: stop, or skip the batch
+    assert scheduler.last_epoch == 0 and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    update, retries = train_update_retrying(model, optimizer, scheduler, micro_batches(2), **kwargs)
+    assert update.status == OK and scheduler.last_epoch == 1  # the scaler is left ready for the next update
 
 
 def test_a_non_finite_update_takes_no_step_and_leaves_the_grad_scaler_ready_for_the_next():

@@ -4,7 +4,8 @@ An update runs forward and backward over its micro-batches (DDP synchronises gra
 clips the gradient norm, then makes the one host sync of the update — the loss (averaged over ranks) and the
 norm, which the log and the non-finite guard need. Only then does the optimizer step, followed by exactly one
 ``scheduler.step()``. With fp16 a GradScaler may skip the optimizer step on overflow; the schedule then does
-not advance either, and the caller retries the update.
+not advance either, and :func:`train_update_retrying` (what train.py calls) retries the update on the same
+micro-batches at the lowered scale.
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 OK, OVERFLOW, NONFINITE = "ok", "overflow", "nonfinite"
+# GradScaler halves its scale at each overflow: 64 halvings take fp16's usual 2^16 to 2^-48, and gradients that
+# still overflow there are not finite at any scale
+MAX_OVERFLOW_RETRIES = 64
 
 
 @dataclass
@@ -87,6 +92,17 @@ def train_update(
     if stepped:
         scheduler.step()
     return Update(loss_value, norm_value, OK if stepped else OVERFLOW)
+
+
+def train_update_retrying(*args: Any, max_retries: int = MAX_OVERFLOW_RETRIES, **kwargs: Any) -> tuple[Update, int]:
+    """:func:`train_update` on the same micro-batches until fp16's GradScaler takes the step; returns the update
+    and how many overflows it retried. Each overflow skipped the optimizer step and the schedule and halved the
+    scale. After ``max_retries`` in a row the update counts as non-finite, for ``trainer.nonfinite`` to decide."""
+    for retries in range(max_retries + 1):
+        update = train_update(*args, **kwargs)
+        if update.status != OVERFLOW:
+            return update, retries
+    return Update(update.loss, update.grad_norm, NONFINITE), max_retries
 
 
 @torch.no_grad()
