@@ -260,8 +260,8 @@ def test_a_step_the_grad_scaler_skips_does_not_advance_the_schedule():
     assert scaler.get_scale() < 2.0**127
 
     # as train.py runs it: update 0 again on the same batches at the lowered scale, until the step is taken
-    update, retries = train_update_retrying(model, optimizer, scheduler, micro_batches(2), **kwargs)
-    assert update.status == OK and retries >= 1 and scheduler.last_epoch == 1  # one schedule step, after the retries
+    update, overflows = train_update_retrying(model, optimizer, scheduler, micro_batches(2), **kwargs)
+    assert update.status == OK and overflows >= 1 and scheduler.last_epoch == 1  # one schedule step, after them
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -272,10 +272,10 @@ def test_an_update_that_overflows_at_every_scale_tried_counts_as_non_finite():
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)  # overflows at 2^127 and at the next halving
     before = {k: v.clone() for k, v in model.state_dict().items()}
     kwargs = dict(device=torch.device("cpu"), autocast=contextlib.nullcontext(), scaler=scaler)
-    update, retries = train_update_retrying(model, optimizer, scheduler, micro_batches(2), max_retries=1, **kwargs)
-    assert update.status == NONFINITE and retries == 1  # for trainer.nonfinite: stop, or skip the batch
+    update, overflows = train_update_retrying(model, optimizer, scheduler, micro_batches(2), max_overflows=2, **kwargs)
+    assert update.status == NONFINITE and overflows == 2  # for trainer.nonfinite: stop, or skip the batch
     assert scheduler.last_epoch == 0 and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    update, retries = train_update_retrying(model, optimizer, scheduler, micro_batches(2), **kwargs)
+    update, overflows = train_update_retrying(model, optimizer, scheduler, micro_batches(2), **kwargs)
     assert update.status == OK and scheduler.last_epoch == 1  # the scaler is left ready for the next update
 
 

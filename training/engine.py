@@ -19,9 +19,9 @@ import torch
 import torch.distributed as dist
 
 OK, OVERFLOW, NONFINITE = "ok", "overflow", "nonfinite"
-# GradScaler halves its scale at each overflow: 64 halvings take fp16's usual 2^16 to 2^-48, and gradients that
+# GradScaler halves its scale at each overflow: 64 of them take fp16's usual 2^16 to 2^-48, and gradients that
 # still overflow there are not finite at any scale
-MAX_OVERFLOW_RETRIES = 64
+MAX_OVERFLOWS = 64
 
 
 @dataclass
@@ -94,15 +94,15 @@ def train_update(
     return Update(loss_value, norm_value, OK if stepped else OVERFLOW)
 
 
-def train_update_retrying(*args: Any, max_retries: int = MAX_OVERFLOW_RETRIES, **kwargs: Any) -> tuple[Update, int]:
+def train_update_retrying(*args: Any, max_overflows: int = MAX_OVERFLOWS, **kwargs: Any) -> tuple[Update, int]:
     """:func:`train_update` on the same micro-batches until fp16's GradScaler takes the step; returns the update
-    and how many overflows it retried. Each overflow skipped the optimizer step and the schedule and halved the
-    scale. After ``max_retries`` in a row the update counts as non-finite, for ``trainer.nonfinite`` to decide."""
-    for retries in range(max_retries + 1):
+    and how many overflows went before it. Each overflow skipped the optimizer step and the schedule and halved
+    the scale. After ``max_overflows`` in a row the update counts as non-finite, for ``trainer.nonfinite``."""
+    for overflows in range(max_overflows):
         update = train_update(*args, **kwargs)
         if update.status != OVERFLOW:
-            return update, retries
-    return Update(update.loss, update.grad_norm, NONFINITE), max_retries
+            return update, overflows
+    return Update(update.loss, update.grad_norm, NONFINITE), max_overflows
 
 
 @torch.no_grad()
