@@ -317,8 +317,7 @@ def train(cfg: DictConfig) -> float:
                 metrics.summary.update({f"budget/spent/{k}": v for k, v in record["spent"].items()})
                 log.info(spent_report(record))
             log.info("\n%s", start_summary(
-                done=f"{took}: best val loss {best['best/val_loss']:.4f} "
-                     f"({best['best/val_bpb']:.4f} bits per byte) at update {best['best/step']}",
+                done=f"{took}: {best_validation(best)}",
                 run_dir=str(run_dir),
                 metrics="metrics.jsonl" + (", metrics.csv" if cfg.logger.name == "csv" else ""),
                 checkpoint=str(checkpoint.latest(run_dir / "checkpoints").relative_to(run_dir)),
@@ -326,6 +325,17 @@ def train(cfg: DictConfig) -> float:
             ))  # fmt: skip
         metrics.close(status)
         distributed.shutdown()
+
+
+def best_validation(summary: dict) -> str:
+    """The end-of-run line's verdict: the best validation, and the batches skipped as non-finite, if any."""
+    if "best/val_loss" in summary:
+        best = (f"best val loss {summary['best/val_loss']:.4f} ({summary['best/val_bpb']:.4f} bits per byte) at "
+                f"update {summary['best/step']}")  # fmt: skip
+    else:
+        best = "no validation loss was finite"
+    skipped = summary.get("skipped_nonfinite")
+    return best + (f"; {skipped} update(s) skipped as non-finite (trainer.nonfinite=skip)" if skipped else "")
 
 
 def fresh_run_dir(run_dir: Path) -> bool:

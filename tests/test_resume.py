@@ -122,6 +122,27 @@ def test_a_nonfinite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint
     assert max(train_records(run)) == bad_update - 1
 
 
+def test_a_run_that_skips_nonfinite_batches_writes_strict_json_and_plots_what_is_finite(tmp_path, data_cache):
+    import json
+
+    run = tmp_path / "run"
+    args = TINY + ["trainer.max_steps=40", "schedule.warmup_steps=0", "optim.lr=1e6", "trainer.grad_clip=0",
+                   "trainer.nonfinite=skip", "trainer.eval_every=0", "trainer.sample_tokens=0"]  # fmt: skip
+    proc = run_train(args, run, data_cache)
+    assert "no validation loss was finite; " in proc.stdout + proc.stderr  # the end-of-run line, no traceback
+    assert " update(s) skipped as non-finite (trainer.nonfinite=skip)" in proc.stdout + proc.stderr
+
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line, parse_constant=refuse) for line in lines]  # as strict as any JSON reader
+    losses = [r["train/loss"] for r in records if "train/loss" in r]
+    assert len(losses) == 40 and None in losses  # every update logged; the skipped ones' loss is null
+    assert isinstance(losses[0], float)  # the first update's loss was finite
+    assert (run / "plots" / "loss.png").stat().st_size > 0
+
+
 def test_skip_nonfinite_counts_and_continues(tmp_path, data_cache):
     from model import GPT, GPTConfig
     from scheduling import Schedule, build_scheduler

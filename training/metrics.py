@@ -44,7 +44,9 @@ class JsonlSink:
         self.fh = open(path, "a", buffering=1)
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
-        self.fh.write(json.dumps({"step": step, **metrics}) + "\n")
+        # strict JSON: a non-finite value (the NaN loss of a batch trainer.nonfinite=skip skipped) is null
+        record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
+        self.fh.write(json.dumps({"step": step, **record}, allow_nan=False) + "\n")
 
     def close(self) -> None:
         self.fh.close()
