@@ -16,7 +16,7 @@ from scheduling.schedules import (
     warmup,
     wsd,
 )
-from scheduling.spec import Schedule, resolve_steps, schedule_from_config
+from scheduling.spec import Schedule, ScheduleError, resolve_steps, schedule_from_config, unless_budget
 
 _TORCH_NAMES = ("build_scheduler", "get_scheduler", "restore_scheduler", "TRANSFORMERS_NAMES")
 
@@ -25,6 +25,7 @@ __all__ = [
     "SCHEDULES",
     "WARMUP_SHAPES",
     "Schedule",
+    "ScheduleError",
     "constant",
     "cosine",
     "cosine_restarts",
@@ -33,6 +34,7 @@ __all__ = [
     "polynomial",
     "resolve_steps",
     "schedule_from_config",
+    "unless_budget",
     "warmup",
     "wsd",
     *_TORCH_NAMES,

@@ -16,8 +16,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from scheduling.schedules import SCHEDULES
-from scheduling.spec import CONFIG_KEYS, Schedule, _key
-from training.errors import ConfigError
+from scheduling.spec import CONFIG_KEYS, Schedule, ScheduleError, _key
 
 # Messages from get_scheduler name transformers' arguments, not config keys.
 _RENAMED = {
@@ -181,7 +180,7 @@ def restore_scheduler(scheduler: LambdaLR, saved_state: Mapping[str, Any], allow
         if old_peaks and old_peaks != [float(x) for x in scheduler.base_lrs]:
             what = ", ".join(filter(None, [what, f"optim.lr {old_peaks[0]:g} → {float(scheduler.base_lrs[0]):g}"]))
         if what:
-            raise ConfigError(
+            raise ScheduleError(
                 f"the checkpoint was trained with another schedule ({what}); resume with the same settings, "
                 "or set trainer.allow_schedule_change=true to continue with the new one from the saved update"
             )

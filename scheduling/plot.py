@@ -21,8 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from scheduling.spec import Schedule, schedule_from_config
-from training.errors import ConfigError
+from scheduling.spec import Schedule, ScheduleError, schedule_from_config, unless_budget
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PAST_T = 0.1  # the plot and the table go this fraction of T past T
@@ -88,7 +87,7 @@ def expand_sweeps(overrides: list[str]) -> list[list[str]]:
         else:
             values = list(o.sweep_string_iterator())
         if not values:
-            raise ConfigError(f"override {o.input_line!r} selects nothing")
+            raise ScheduleError(f"override {o.input_line!r} selects nothing")
         choices.append([f"{o.get_key_element()}={v}" for v in values])
     return [list(job) for job in itertools.product(*choices)]
 
@@ -98,6 +97,9 @@ def build_curves(overrides: list[str]) -> list[Curve]:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    appended = [o for o in overrides if o.startswith("+")]
+    if appended:  # every key the template reads is already in conf/: an appended one would be ignored
+        raise ScheduleError(f"{appended[0].split('=')[0]}: the config has no such key to plot with (drop the +)")
     jobs = expand_sweeps(overrides)
     varying = [i for i in range(len(jobs[0])) if len({job[i] for job in jobs}) > 1]
     curves = []
@@ -194,11 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     from hydra.errors import HydraException
+    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
+
+    if not OmegaConf.has_resolver("unless_budget"):  # conf/ sets trainer.max_steps with it
+        OmegaConf.register_new_resolver("unless_budget", unless_budget)
 
     try:
         curves = build_curves(args.overrides)
-    except (ConfigError, HydraException, OmegaConfBaseException) as e:
+    except (ScheduleError, HydraException, OmegaConfBaseException) as e:
         message = " ".join(str(e).split()).split(" Config search path:")[0]  # Hydra's own details: one line
         if e.__cause__ is not None and str(e.__cause__).split()[:1] != str(e).split()[:1]:
             message += " (" + " ".join(str(e.__cause__).split()) + ")"

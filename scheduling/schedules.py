@@ -4,17 +4,22 @@ Each function returns the multiplier λ(t) that optimizer update ``t`` uses: ``l
 Notation: ``W`` warmup updates, ``T`` total updates, ``r`` the floor as a fraction of the peak
 (``min_lr / peak``), ``s`` the warmup's start as a fraction of the peak.
 
-Conventions shared by every schedule:
-- warmup rises from ``s`` (0 by default) at ``t = 0`` to 1 at ``t = W``; ``warmup()`` gives the shapes;
-- the decay reaches the floor ``r`` at ``t = T`` and holds it for every ``t > T`` (no rebound, never negative).
-  Exceptions, by design: ``constant`` has no decay (λ = 1 after warmup); ``inverse_sqrt`` reaches ``r`` only with
-  a cooldown (else it holds its value at ``T``); ``cosine`` with transformers' ``num_cycles`` ≠ ½ holds its
-  value at ``T``;
+Every schedule is a warmup followed by a decay: ``λ(t) = warmup(t)`` for ``t < W`` (from ``s`` at ``t = 0``, 1 at
+``t = W``; ``warmup()`` gives the shapes), then the decay's own formula for ``t ≥ W``. The warmup is written once,
+in ``after_warmup``, which adds its two parameters (``warmup_start_ratio``, ``warmup_shape``) to each decay.
+
+Conventions shared by every decay:
+- it starts at the peak (λ(W) = 1), reaches the floor ``r`` at ``t = T`` and holds it for every ``t > T``
+  (no rebound, never negative). Exceptions: ``constant`` has no decay (λ = 1 after warmup); ``inverse_sqrt``
+  reaches ``r`` only with a cooldown (else it holds its value at ``T``); ``cosine`` with transformers'
+  ``num_cycles`` ≠ ½ holds its value at ``T``;
 - phase fractions divide by ``max(1, ·)`` as transformers does, so ``W = T`` cannot divide by zero.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Callable
 
@@ -25,7 +30,7 @@ DECAY_SHAPES = ("linear", "cosine", "1-sqrt")
 def warmup(t: float, warmup_steps: int, start: float = 0.0, shape: str = "linear") -> float:
     """λ during warmup (``0 ≤ t < W``), with ``x = t / max(1, W)``:
 
-    - ``linear``:      ``x·(1 − s) + s``                 (the brief's ``t / W`` when ``s = 0``)
+    - ``linear``:      ``x·(1 − s) + s``                 (``t / W`` when ``s = 0``)
     - ``cosine``:      ``½(1 − cos πx)·(1 − s) + s``
     - ``1-sqrt``:      ``(1 − √(1 − x))·(1 − s) + s``
     - ``exponential``: ``s · (1/s)^x``                   (geometric from ``s > 0`` to 1)
@@ -61,39 +66,57 @@ def _progress(t: float, start: int, end: int) -> float:
     return min(1.0, max(0.0, (t - start) / max(1, end - start)))
 
 
-def constant(
-    t: float,
-    *,
-    warmup_steps: int = 0,
-    warmup_start_ratio: float = 0.0,
-    warmup_shape: str = "linear",
-) -> float:
-    """Warmup, then the peak for ever: ``λ(t) = warmup(t)`` for ``t < W``, else ``1``. There is no decay, so no
-    floor and no ``T``."""
-    if t < warmup_steps:
-        return warmup(t, warmup_steps, warmup_start_ratio, warmup_shape)
+_WARMUP_PARAMS = (
+    inspect.Parameter("warmup_start_ratio", inspect.Parameter.KEYWORD_ONLY, default=0.0, annotation="float"),
+    inspect.Parameter("warmup_shape", inspect.Parameter.KEYWORD_ONLY, default="linear", annotation="str"),
+)
+
+
+def after_warmup(decay: Callable[..., float]) -> Callable[..., float]:
+    """The schedule that runs ``warmup`` for ``t < W`` and ``decay`` from ``W`` on.
+
+    ``decay(t, *, warmup_steps=0, …)`` gives λ for ``t ≥ W`` only. The schedule takes the decay's parameters
+    plus ``warmup_start_ratio`` (``s``, default 0) and ``warmup_shape`` (default ``linear``), and its signature
+    says so, since ``Schedule`` and ``get_scheduler`` read a schedule's parameters from its signature.
+    """
+    own = inspect.signature(decay)
+    signature = own.replace(parameters=[*own.parameters.values(), *_WARMUP_PARAMS])
+
+    @functools.wraps(decay)
+    def schedule(t: float, *, warmup_start_ratio: float = 0.0, warmup_shape: str = "linear", **params) -> float:
+        warmup_steps = params.get("warmup_steps", 0)
+        if t < warmup_steps:
+            own.bind(t, **params)  # a missing or unknown argument is a TypeError during warmup too
+            return warmup(t, warmup_steps, warmup_start_ratio, warmup_shape)
+        return decay(t, **params)
+
+    schedule.__signature__ = signature
+    return schedule
+
+
+@after_warmup
+def constant(t: float, *, warmup_steps: int = 0) -> float:
+    """Warmup, then the peak for ever: ``λ(t) = 1`` for ``t ≥ W``. There is no decay, so no floor and no ``T``."""
     return 1.0
 
 
+@after_warmup
 def linear(
     t: float,
     *,
     total_steps: int,
     warmup_steps: int = 0,
     min_lr_ratio: float = 0.0,
-    warmup_start_ratio: float = 0.0,
-    warmup_shape: str = "linear",
 ) -> float:
     """Warmup, then a straight line from the peak at ``W`` to the floor at ``T``, then the floor:
 
     ``λ(t) = f·(1 − r) + r`` with ``f = max(0, T − t) / max(1, T − W)`` for ``t ≥ W``.
     """
-    if t < warmup_steps:
-        return warmup(t, warmup_steps, warmup_start_ratio, warmup_shape)
     f = max(0.0, total_steps - t) / max(1, total_steps - warmup_steps)
     return f * (1.0 - min_lr_ratio) + min_lr_ratio
 
 
+@after_warmup
 def cosine(
     t: float,
     *,
@@ -101,18 +124,15 @@ def cosine(
     warmup_steps: int = 0,
     min_lr_ratio: float = 0.0,
     num_cycles: float = 0.5,
-    warmup_start_ratio: float = 0.0,
-    warmup_shape: str = "linear",
 ) -> float:
     """Warmup, then half a cosine from the peak at ``W`` to the floor at ``T``, then the floor:
 
     ``λ(t) = c·(1 − r) + r`` with ``c = ½(1 + cos(π·(t − W)/(T − W)))`` for ``W ≤ t ≤ T``, and ``λ(T) = r`` after.
 
-    This is the brief's ``lr_lambda`` exactly (``t / W`` during warmup). ``num_cycles`` is transformers' argument:
-    other values than ½ give ``c = max(0, ½(1 + cos(2π·n·p)))`` over ``p ∈ [0, 1]``, held at its value at ``T``.
+    With the default linear warmup from 0 (``λ(t) = t / W`` for ``t < W``) this is the standard warmup-cosine
+    ``lr_lambda``. ``num_cycles`` is transformers' argument: other values than ½ give
+    ``c = max(0, ½(1 + cos(2π·n·p)))`` over ``p ∈ [0, 1]``, held at its value at ``T``.
     """
-    if t < warmup_steps:
-        return warmup(t, warmup_steps, warmup_start_ratio, warmup_shape)
     p = _progress(t, warmup_steps, total_steps)
     if num_cycles == 0.5:
         c = 0.5 * (1.0 + math.cos(math.pi * p))
@@ -121,6 +141,7 @@ def cosine(
     return c * (1.0 - min_lr_ratio) + min_lr_ratio
 
 
+@after_warmup
 def polynomial(
     t: float,
     *,
@@ -128,19 +149,16 @@ def polynomial(
     warmup_steps: int = 0,
     min_lr_ratio: float = 0.0,
     power: float = 1.0,
-    warmup_start_ratio: float = 0.0,
-    warmup_shape: str = "linear",
 ) -> float:
     """Warmup, then a polynomial decay to the end lr (the floor) at ``T``, then the floor:
 
     ``λ(t) = (1 − p)^power·(1 − r) + r`` with ``p = (t − W)/(T − W)``; ``power = 1`` is linear.
     """
-    if t < warmup_steps:
-        return warmup(t, warmup_steps, warmup_start_ratio, warmup_shape)
     p = _progress(t, warmup_steps, total_steps)
     return (1.0 - p) ** power * (1.0 - min_lr_ratio) + min_lr_ratio
 
 
+@after_warmup
 def inverse_sqrt(
     t: float,
     *,
@@ -149,8 +167,6 @@ def inverse_sqrt(
     total_steps: int | None = None,
     cooldown_steps: int = 0,
     min_lr_ratio: float = 0.0,
-    warmup_start_ratio: float = 0.0,
-    warmup_shape: str = "linear",
 ) -> float:
     """Warmup, then an inverse square root decay with timescale ``τ``, then an optional linear cooldown:
 
@@ -159,8 +175,6 @@ def inverse_sqrt(
     ``τ`` defaults to ``W`` (or 10 000 when ``W = 0``) as in transformers. Without a cooldown the rsqrt decay
     never reaches the floor; with ``total_steps`` it is held at its value at ``T``.
     """
-    if t < warmup_steps:
-        return warmup(t, warmup_steps, warmup_start_ratio, warmup_shape)
     tau = timescale if timescale is not None else (warmup_steps or 10_000)
 
     def rsqrt(step: float) -> float:
@@ -177,6 +191,7 @@ def inverse_sqrt(
     return min_lr_ratio + (top - min_lr_ratio) * max(0.0, total_steps - t) / cooldown_steps
 
 
+@after_warmup
 def wsd(
     t: float,
     *,
@@ -186,8 +201,6 @@ def wsd(
     min_lr_ratio: float = 0.0,
     decay_shape: str = "1-sqrt",
     num_cycles: float = 0.5,
-    warmup_start_ratio: float = 0.0,
-    warmup_shape: str = "linear",
 ) -> float:
     """Warmup–stable–decay: warmup, the peak until the decay starts at ``T − D``, a decay to the floor at ``T``:
 
@@ -195,8 +208,6 @@ def wsd(
     ``T − D ≤ t < T`` and ``f`` = ``decay_factor(q, decay_shape)``; ``λ(t) = r`` for ``t ≥ T``.
     ``num_cycles`` is transformers' argument for its cosine decay: ``½(1 + cos(2π·n·q))``.
     """
-    if t < warmup_steps:
-        return warmup(t, warmup_steps, warmup_start_ratio, warmup_shape)
     decay_start = total_steps - decay_steps
     if t < decay_start:
         return 1.0
@@ -210,6 +221,7 @@ def wsd(
     return max(0.0, f * (1.0 - min_lr_ratio) + min_lr_ratio)
 
 
+@after_warmup
 def cosine_restarts(
     t: float,
     *,
@@ -218,8 +230,6 @@ def cosine_restarts(
     num_cycles: int = 1,  # a whole number ≥ 1
     cycle_decay: float = 1.0,
     min_lr_ratio: float = 0.0,
-    warmup_start_ratio: float = 0.0,
-    warmup_shape: str = "linear",
 ) -> float:
     """Warmup, then ``n`` cosine cycles from a peak down to the floor over ``[W, T]``, then the floor:
 
@@ -227,8 +237,6 @@ def cosine_restarts(
     ``λ(t) = ½(1 + cos πq)·γ^k·(1 − r) + r`` for ``p < 1``, ``λ(t) = r`` for ``p ≥ 1``; ``γ = cycle_decay`` lowers
     each restart's peak (1 keeps every cycle at the peak, as transformers' ``cosine_with_restarts``).
     """
-    if t < warmup_steps:
-        return warmup(t, warmup_steps, warmup_start_ratio, warmup_shape)
     p = _progress(t, warmup_steps, total_steps)
     if p >= 1.0:
         return min_lr_ratio

@@ -13,22 +13,56 @@ from collections.abc import Mapping
 from typing import Any
 
 from scheduling.schedules import DECAY_SHAPES, SCHEDULES, WARMUP_SHAPES
-from training.errors import ConfigError
+
+_UNSET = object()
+
+
+class SettingError(ValueError):
+    """A bad setting, in one line that names the key, what is allowed and what was given: ``(key, expected, got)``
+    reads "{key} must be {expected}, got {got!r}"; ``(message)`` is the message as it is. The base of each
+    layer's own error type (``ScheduleError`` here, ``ModelConfigError``, ``training.config.ConfigError``)."""
+
+    def __init__(self, key: str, expected: str | None = None, got: Any = _UNSET):
+        if expected is None:
+            message = key
+        elif got is _UNSET:
+            message = f"{key} must be {expected}"
+        else:
+            message = f"{key} must be {expected}, got {got!r}"
+        super().__init__(" ".join(message.split()))  # always one line
+
+
+class ScheduleError(SettingError):
+    """A schedule setting that makes the schedule ill-defined."""
+
 
 # How parameters are named in messages by default: as Hydra config keys (``schedule.<param>`` unless listed).
 CONFIG_KEYS = {"total_steps": "trainer.max_steps"}
 
 
-def _key(param: str, keys: Mapping[str, str]) -> str:
-    return keys.get(param, f"schedule.{param}")
+def unless_budget(default: Any, *, _parent_: Any) -> Any:
+    """The OmegaConf resolver for T: ``trainer.max_steps: ${unless_budget:500}`` is 500 unless
+    ``trainer.max_tokens`` or ``trainer.max_time`` is set, then null, so a budget alone fixes T.
+
+    Pure: whoever composes ``conf/`` registers it (``OmegaConf.register_new_resolver("unless_budget", …)``).
+    """
+    if _parent_.get("max_tokens") is None and _parent_.get("max_time") is None:
+        return default
+    return None
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An int, not a bool (YAML's ``true`` is not a number of updates)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A finite int or float, not a bool."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _key(param: str, keys: Mapping[str, str]) -> str:
+    return keys.get(param, f"schedule.{param}")
 
 
 class Schedule:
@@ -41,12 +75,12 @@ class Schedule:
 
     def __init__(self, name: str, keys: Mapping[str, str] = CONFIG_KEYS, **params: Any):
         if name not in SCHEDULES:
-            raise ConfigError(_key("name", keys), f"one of {', '.join(sorted(SCHEDULES))}", name)
+            raise ScheduleError(_key("name", keys), f"one of {', '.join(sorted(SCHEDULES))}", name)
         accepted = [p for p in inspect.signature(SCHEDULES[name]).parameters if p != "t"]
         unknown = sorted(set(params) - set(accepted))
         if unknown:
             allowed = ", ".join(_key(p, keys) for p in accepted)
-            raise ConfigError(f"{_key(unknown[0], keys)} is not a parameter of schedule {name!r}; it takes {allowed}")
+            raise ScheduleError(f"{_key(unknown[0], keys)} is not a parameter of schedule {name!r}; it takes {allowed}")
         validate(name, params, keys)
         self.name = name
         self.params = dict(params)
@@ -71,86 +105,90 @@ class Schedule:
 
 
 def validate(name: str, p: Mapping[str, Any], keys: Mapping[str, str] = CONFIG_KEYS) -> None:
-    """Raise ConfigError, naming the key, for the first parameter that makes ``name`` ill-defined."""
+    """Raise ScheduleError, naming the key, for the first parameter that makes ``name`` ill-defined."""
     k = lambda param: _key(param, keys)  # noqa: E731
     total = p.get("total_steps")
     needs_total = "total_steps" in p or name not in ("constant", "inverse_sqrt")
-    if needs_total and (not _is_int(total) or total <= 0):
-        raise ConfigError(k("total_steps"), "an integer > 0", total)
+    if needs_total and (not is_int(total) or total <= 0):
+        raise ScheduleError(k("total_steps"), "an integer > 0", total)
     warm = p.get("warmup_steps", 0)
-    if not _is_int(warm) or warm < 0:
-        raise ConfigError(k("warmup_steps"), "an integer number of updates ≥ 0 (or a fraction in (0, 1))", warm)
+    if not is_int(warm) or warm < 0:
+        raise ScheduleError(k("warmup_steps"), "an integer number of updates ≥ 0 (or a fraction in (0, 1))", warm)
     if total is not None and warm > total:
-        raise ConfigError(k("warmup_steps"), f"≤ the total number of updates ({total})", warm)
+        raise ScheduleError(k("warmup_steps"), f"≤ the total number of updates ({total})", warm)
     shape = p.get("warmup_shape", "linear")
     if shape not in WARMUP_SHAPES:
-        raise ConfigError(k("warmup_shape"), f"one of {', '.join(WARMUP_SHAPES)}", shape)
+        raise ScheduleError(k("warmup_shape"), f"one of {', '.join(WARMUP_SHAPES)}", shape)
     start = p.get("warmup_start_ratio", 0.0)
-    if not _is_number(start) or not 0.0 <= start <= 1.0:
-        raise ConfigError(k("warmup_start_ratio"), "a number in [0, 1]", start)
+    if not is_number(start) or not 0.0 <= start <= 1.0:
+        raise ScheduleError(k("warmup_start_ratio"), "a number in [0, 1]", start)
     if shape == "exponential" and start <= 0.0:
-        raise ConfigError(k("warmup_start_ratio"), "> 0 for an exponential warmup (it grows geometrically)", start)
+        raise ScheduleError(k("warmup_start_ratio"), "> 0 for an exponential warmup (it grows geometrically)", start)
     check_floor_ratio(p.get("min_lr_ratio", 0.0), k("min_lr_ratio"))
     if name == "polynomial":
         power = p.get("power", 1.0)
-        if not _is_number(power) or power <= 0:
-            raise ConfigError(k("power"), "> 0", power)
+        if not is_number(power) or power <= 0:
+            raise ScheduleError(k("power"), "a number > 0", power)
     if name == "inverse_sqrt":
         tau = p.get("timescale")
-        if tau is not None and (not _is_number(tau) or tau <= 0):
-            raise ConfigError(k("timescale"), "> 0 (or null for the warmup length)", tau)
+        if tau is not None and (not is_number(tau) or tau <= 0):
+            raise ScheduleError(k("timescale"), "> 0 (or null for the warmup length)", tau)
         cool = p.get("cooldown_steps", 0)
-        if not _is_int(cool) or cool < 0:
-            raise ConfigError(k("cooldown_steps"), "an integer ≥ 0 (or a fraction in (0, 1))", cool)
+        if not is_int(cool) or cool < 0:
+            raise ScheduleError(k("cooldown_steps"), "an integer ≥ 0 (or a fraction in (0, 1))", cool)
         if cool and total is None:
-            raise ConfigError(k("cooldown_steps"), "0 when there is no total number of updates", cool)
+            raise ScheduleError(k("cooldown_steps"), "0 when there is no total number of updates", cool)
         if cool and warm + cool > total:
-            raise ConfigError(k("cooldown_steps"), f"≤ total − warmup updates ({total} − {warm})", cool)
+            raise ScheduleError(k("cooldown_steps"), f"≤ total − warmup updates ({total} − {warm})", cool)
     if name == "wsd":
         decay = p.get("decay_steps")
-        if not _is_int(decay) or decay < 0:
-            raise ConfigError(k("decay_steps"), "an integer ≥ 0", decay)
+        if not is_int(decay) or decay < 0:
+            raise ScheduleError(k("decay_steps"), "an integer ≥ 0", decay)
         if warm + decay > total:
-            raise ConfigError(k("decay_steps"), f"≤ total − warmup updates ({total} − {warm} = {total - warm})", decay)
+            raise ScheduleError(
+                k("decay_steps"), f"≤ total − warmup updates ({total} − {warm} = {total - warm})", decay
+            )
         if p.get("decay_shape", "1-sqrt") not in DECAY_SHAPES:
-            raise ConfigError(k("decay_shape"), f"one of {', '.join(DECAY_SHAPES)}", p.get("decay_shape"))
+            raise ScheduleError(k("decay_shape"), f"one of {', '.join(DECAY_SHAPES)}", p.get("decay_shape"))
     if name in ("cosine", "wsd"):
         cycles = p.get("num_cycles", 0.5)
-        if not _is_number(cycles) or cycles <= 0:
-            raise ConfigError(k("num_cycles"), "> 0", cycles)
+        if not is_number(cycles) or cycles <= 0:
+            raise ScheduleError(k("num_cycles"), "a number > 0", cycles)
     if name == "cosine_restarts":
         cycles = p.get("num_cycles", 1)
-        if not _is_number(cycles) or cycles < 1 or cycles != int(cycles):
-            raise ConfigError(k("num_cycles"), "a whole number of cycles ≥ 1", cycles)
+        if not is_number(cycles) or cycles < 1 or cycles != int(cycles):
+            raise ScheduleError(k("num_cycles"), "a whole number of cycles ≥ 1", cycles)
         decay = p.get("cycle_decay", 1.0)
-        if not _is_number(decay) or not 0.0 < decay <= 1.0:
-            raise ConfigError(k("cycle_decay"), "in (0, 1] (1 = every cycle starts at the peak)", decay)
+        if not is_number(decay) or not 0.0 < decay <= 1.0:
+            raise ScheduleError(k("cycle_decay"), "in (0, 1] (1 = every cycle starts at the peak)", decay)
 
 
 def check_floor_ratio(ratio: Any, key: str) -> None:
     """A floor as a fraction of the peak: in [0, 1] (the floor can be neither negative nor above the peak)."""
-    if not _is_number(ratio) or ratio < 0.0:
-        raise ConfigError(key, "a floor ≥ 0", ratio)
+    if not is_number(ratio) or ratio < 0.0:
+        raise ScheduleError(key, "a floor ≥ 0", ratio)
     if ratio > 1.0:
-        raise ConfigError(key, "≤ 1 (the floor cannot exceed the peak)", ratio)
+        raise ScheduleError(key, "≤ 1 (the floor cannot exceed the peak)", ratio)
 
 
 def resolve_steps(value: Any, total_steps: int, key: str) -> int:
     """``warmup_steps``-style values: an int is a number of updates; a float in (0, 1) a fraction of T, rounded
     to the nearest update (``0.1`` of ``T = 100000`` is 10 000 updates); ``0``/``0.0`` is none."""
-    if _is_int(value):
+    if is_int(value):
         if value < 0:
-            raise ConfigError(key, "≥ 0 (an integer number of updates or a fraction in (0, 1))", value)
+            raise ScheduleError(key, "≥ 0 (an integer number of updates or a fraction in (0, 1))", value)
         return value
     if isinstance(value, float) and value == 0.0:
         return 0
     if isinstance(value, float) and 0.0 < value < 1.0:
         return int(round(value * total_steps))
-    raise ConfigError(key, "an integer number of updates ≥ 0 or a fraction in (0, 1)", value)
+    raise ScheduleError(key, "an integer number of updates ≥ 0 or a fraction in (0, 1)", value)
 
 
-# Config keys that are not schedule parameters as such: resolved into parameters here.
-_CONFIG_ONLY = ("name", "min_lr", "min_lr_ratio", "warmup_steps", "decay_fraction", "decay_steps", "cooldown_steps")
+# Config keys that are not schedule parameters as such, resolved into parameters here; a schedule's own ones
+# (WSD's decay_fraction) belong to that schedule alone, and any other key is refused as not its parameter.
+_CONFIG_ONLY = ("name", "min_lr", "min_lr_ratio", "warmup_steps")
+_OWN_CONFIG_ONLY = {"wsd": ("decay_fraction", "decay_steps"), "inverse_sqrt": ("cooldown_steps",)}
 
 
 def schedule_from_config(cfg: Mapping[str, Any], total_steps: int, peak_lr: float) -> Schedule:
@@ -159,28 +197,29 @@ def schedule_from_config(cfg: Mapping[str, Any], total_steps: int, peak_lr: floa
     Resolves ``warmup_steps``/``cooldown_steps`` fractions against T, the floor from ``min_lr`` (absolute, wins
     when set) or ``min_lr_ratio`` (null = 0), and WSD's decay length from ``decay_steps`` (wins when set) or
     ``decay_fraction`` (of T). ``constant`` has no decay: its floor keys are checked but have no effect.
-    Raises ConfigError naming the config key (``schedule.…``, ``trainer.max_steps``, ``optim.lr``).
+    Raises ScheduleError naming the config key (``schedule.…``, ``trainer.max_steps``, ``optim.lr``).
     """
     cfg = dict(cfg)
     name = cfg.get("name")
     if name not in SCHEDULES:
-        raise ConfigError("schedule.name", f"one of {', '.join(sorted(SCHEDULES))}", name)
-    if not _is_int(total_steps) or total_steps <= 0:
-        raise ConfigError("trainer.max_steps", "an integer > 0", total_steps)
-    if not _is_number(peak_lr) or peak_lr <= 0:
-        raise ConfigError("optim.lr", "> 0", peak_lr)
+        raise ScheduleError("schedule.name", f"one of {', '.join(sorted(SCHEDULES))}", name)
+    if not is_int(total_steps) or total_steps <= 0:
+        raise ScheduleError("trainer.max_steps", "an integer > 0", total_steps)
+    if not is_number(peak_lr) or peak_lr <= 0:
+        raise ScheduleError("optim.lr", "a number > 0", peak_lr)
 
-    params: dict[str, Any] = {k: v for k, v in cfg.items() if k not in _CONFIG_ONLY}
+    resolved_here = _CONFIG_ONLY + _OWN_CONFIG_ONLY.get(name, ())
+    params: dict[str, Any] = {k: v for k, v in cfg.items() if k not in resolved_here}
     warm = resolve_steps(cfg.get("warmup_steps", 0), total_steps, "schedule.warmup_steps")
     if warm > total_steps:
-        raise ConfigError("schedule.warmup_steps", f"≤ trainer.max_steps ({total_steps})", warm)
+        raise ScheduleError("schedule.warmup_steps", f"≤ trainer.max_steps ({total_steps})", warm)
     params["warmup_steps"] = warm
     min_lr = cfg.get("min_lr")
     if min_lr is not None:
-        if not _is_number(min_lr) or min_lr < 0:
-            raise ConfigError("schedule.min_lr", "a floor ≥ 0", min_lr)
+        if not is_number(min_lr) or min_lr < 0:
+            raise ScheduleError("schedule.min_lr", "a floor ≥ 0", min_lr)
         if min_lr > peak_lr:
-            raise ConfigError("schedule.min_lr", f"≤ the peak optim.lr ({peak_lr:g})", min_lr)
+            raise ScheduleError("schedule.min_lr", f"≤ the peak optim.lr ({peak_lr:g})", min_lr)
         ratio = min_lr / peak_lr
     else:
         ratio = cfg.get("min_lr_ratio")
@@ -192,17 +231,19 @@ def schedule_from_config(cfg: Mapping[str, Any], total_steps: int, peak_lr: floa
     if name == "wsd":
         if cfg.get("decay_steps") is not None:
             key, given = "schedule.decay_steps", cfg["decay_steps"]
-            if not _is_int(given) or given < 0:
-                raise ConfigError(key, "an integer number of updates ≥ 0 (or null to use decay_fraction)", given)
+            if not is_int(given) or given < 0:
+                raise ScheduleError(key, "an integer number of updates ≥ 0 (or null to use decay_fraction)", given)
             decay = given
         else:
             key, given = "schedule.decay_fraction", cfg.get("decay_fraction", 0.2)
-            if not _is_number(given) or not 0.0 <= given <= 1.0:
-                raise ConfigError(key, "a fraction of trainer.max_steps in [0, 1]", given)
+            if not is_number(given) or not 0.0 <= given <= 1.0:
+                raise ScheduleError(key, "a fraction of trainer.max_steps in [0, 1]", given)
             decay = int(round(given * total_steps))
-        if warm + decay > total_steps:
-            room = f"warmup + decay ≤ trainer.max_steps ({warm} + {decay} > {total_steps})"
-            raise ConfigError(key, f"such that {room}", given)
+        if warm + decay > total_steps:  # name both: either may be the one to change
+            raise ScheduleError(
+                f"schedule.warmup_steps ({cfg.get('warmup_steps')!r}) and {key} ({given!r}) do not fit together: "
+                f"warmup + decay = {warm} + {decay} > trainer.max_steps ({total_steps})"
+            )
         params["decay_steps"] = decay
     if name == "inverse_sqrt":
         params["cooldown_steps"] = resolve_steps(cfg.get("cooldown_steps", 0), total_steps, "schedule.cooldown_steps")

@@ -1,8 +1,7 @@
-"""The torch side: LambdaLR around a Schedule, get_scheduler against transformers', resume, and the update step."""
+"""The torch side: LambdaLR around a Schedule, get_scheduler against transformers', and resuming a schedule."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 import pickle
@@ -12,18 +11,16 @@ import pytest
 import torch
 import transformers
 
-from model import GPT, GPTConfig
-from scheduling import Schedule, build_scheduler, get_scheduler, restore_scheduler
-from training.engine import NONFINITE, OK, OVERFLOW, train_update, train_update_retrying
-from training.errors import ConfigError
-from training.optim import param_groups
+from scheduling import Schedule, ScheduleError, build_scheduler, get_scheduler, restore_scheduler
 
 PEAK = 3e-4
 
 
 def two_group_optimizer(lr: float = PEAK) -> torch.optim.AdamW:
-    """AdamW as train.py builds it — a decay and a no-decay group — over a tiny linear layer."""
-    return torch.optim.AdamW(param_groups(torch.nn.Linear(4, 4), 0.1), lr=lr)
+    """AdamW with a decay and a no-decay group, as train.py builds it, over a tiny linear layer."""
+    layer = torch.nn.Linear(4, 4)
+    groups = [{"params": [layer.weight], "weight_decay": 0.1}, {"params": [layer.bias], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 def lr_history(scheduler, optimizer, steps: int) -> list[list[float]]:
@@ -204,7 +201,7 @@ def test_resume_with_the_same_schedule_continues_at_the_saved_update():
 )
 def test_resume_with_another_schedule_is_refused_in_one_line(changed, lr, named):
     saved = trained_state(SCHEDULE)
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ScheduleError) as err:
         resume(changed, saved, lr)
     message = str(err.value)
     assert named in message and "trainer.allow_schedule_change=true" in message and "\n" not in message
@@ -217,79 +214,3 @@ def test_resume_with_another_schedule_when_allowed_follows_it_from_the_saved_upd
     for t, lrs in enumerate(history, start=7):
         assert lrs == pytest.approx([2 * PEAK * new(t)] * 2, rel=1e-12), t
     assert scheduler.state_dict()["lr_lambdas"][0] == {"name": "wsd", "params": new.params}
-
-
-# ---- the update step: one schedule step per optimizer update ----------------------------------------------------
-
-
-def tiny_gpt() -> GPT:
-    torch.manual_seed(0)
-    return GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16))
-
-
-def micro_batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(1)
-    return [(torch.randint(0, 64, (2, 8), generator=g), torch.randint(0, 64, (2, 8), generator=g)) for _ in range(n)]
-
-
-def test_one_schedule_step_per_optimizer_update_not_per_micro_batch():
-    model = tiny_gpt()
-    optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3)
-    schedule = Schedule("linear", total_steps=10, warmup_steps=4)
-    scheduler = build_scheduler(optimizer, schedule)
-    for t in range(3):
-        assert optimizer.param_groups[0]["lr"] == 1e-3 * schedule(t)  # what update t uses
-        update = train_update(model, optimizer, scheduler, micro_batches(4), device=torch.device("cpu"),
-                              autocast=contextlib.nullcontext())  # fmt: skip
-        assert update.status == OK and scheduler.last_epoch == t + 1
-
-
-def test_a_step_the_grad_scaler_skips_does_not_advance_the_schedule():
-    model = tiny_gpt()
-    optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3)
-    schedule = Schedule("linear", total_steps=10, warmup_steps=2, warmup_start_ratio=0.5)
-    scheduler = build_scheduler(optimizer, schedule)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)  # the scaled loss overflows float32
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    kwargs = dict(device=torch.device("cpu"), autocast=contextlib.nullcontext(), scaler=scaler)
-
-    update = train_update(model, optimizer, scheduler, micro_batches(2), **kwargs)
-    assert update.status == OVERFLOW
-    assert scheduler.last_epoch == 0 and optimizer.param_groups[0]["lr"] == 1e-3 * schedule(0)  # update 0's lr
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert scaler.get_scale() < 2.0**127
-
-    # as train.py runs it: update 0 again on the same batches at the lowered scale, until the step is taken
-    update, overflows = train_update_retrying(model, optimizer, scheduler, micro_batches(2), **kwargs)
-    assert update.status == OK and overflows >= 1 and scheduler.last_epoch == 1  # one schedule step, after them
-    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
-
-
-def test_an_update_that_overflows_at_every_scale_tried_counts_as_non_finite():
-    model = tiny_gpt()
-    optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3)
-    scheduler = build_scheduler(optimizer, Schedule("constant"))
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)  # overflows at 2^127 and at the next halving
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    kwargs = dict(device=torch.device("cpu"), autocast=contextlib.nullcontext(), scaler=scaler)
-    update, overflows = train_update_retrying(model, optimizer, scheduler, micro_batches(2), max_overflows=2, **kwargs)
-    assert update.status == NONFINITE and overflows == 2  # for trainer.nonfinite: stop, or skip the batch
-    assert scheduler.last_epoch == 0 and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    update, overflows = train_update_retrying(model, optimizer, scheduler, micro_batches(2), **kwargs)
-    assert update.status == OK and scheduler.last_epoch == 1  # the scaler is left ready for the next update
-
-
-def test_a_non_finite_update_takes_no_step_and_leaves_the_grad_scaler_ready_for_the_next():
-    model = tiny_gpt()
-    optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3)
-    scheduler = build_scheduler(optimizer, Schedule("constant"))
-    scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
-    kwargs = dict(device=torch.device("cpu"), autocast=contextlib.nullcontext(), scaler=scaler)
-    with torch.no_grad():
-        model.lm_head.weight[0, 0] = float("nan")  # a NaN loss
-    update = train_update(model, optimizer, scheduler, micro_batches(1), **kwargs)
-    assert update.status == NONFINITE and scheduler.last_epoch == 0  # train.py decides: stop, or skip the update
-    with torch.no_grad():
-        model.lm_head.weight[0, 0] = 0.0
-    update = train_update(model, optimizer, scheduler, micro_batches(1), **kwargs)
-    assert update.status == OK and scheduler.last_epoch == 1

@@ -1,26 +1,39 @@
-"""The schedules as pure functions: their formulas, floors, the brief's exact cosine, validation, properties."""
+"""The schedules as pure functions: warmup then decay, their formulas and floors, validation, and properties."""
 
 from __future__ import annotations
 
+import inspect
 import math
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from scheduling import SCHEDULES, WARMUP_SHAPES, Schedule, resolve_steps, schedule_from_config, warmup
+from scheduling import (
+    SCHEDULES,
+    WARMUP_SHAPES,
+    Schedule,
+    ScheduleError,
+    resolve_steps,
+    schedule_from_config,
+    unless_budget,
+    warmup,
+)
 from scheduling.schedules import DECAY_SHAPES
-from tests.conftest import CONF, ROOT, compose_config, group_options
-from training.errors import ConfigError
 
-# The brief's example.
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "conf"
+
+# The standard warmup-cosine example: a linear warmup over W, then half a cosine down to the floor at T.
 T, W, PEAK, FLOOR = 100_000, 10_000, 3e-4, 3e-5
 
 
-def brief_lr_lambda(t: int) -> float:
+def warmup_cosine_lr_lambda(t: int) -> float:
     if t < W:
         return t / W
     c = 0.5 * (1 + math.cos(math.pi * (t - W) / (T - W)))
@@ -33,32 +46,106 @@ def config_schedule(name: str = "cosine", total_steps: int = 500, peak_lr: float
     return schedule_from_config({**cfg, **changes}, total_steps, peak_lr)
 
 
-def test_schedules_and_spec_import_no_torch():
-    code = "import sys, scheduling, scheduling.schedules, scheduling.spec; assert 'torch' not in sys.modules"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -c code`` in a fresh process, with no PYTHONPATH: its imports are what the install provides."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+# ---- importing --------------------------------------------------------------------------------------------------
+
+
+def test_importing_scheduling_loads_no_torch_and_nothing_of_training_and_registers_nothing():
+    code = """
+import sys
+import scheduling, scheduling.schedules, scheduling.spec
+assert "torch" not in sys.modules, "the pure schedules imported torch"
+import scheduling.lr_scheduler, scheduling.plot
+from omegaconf import OmegaConf
+assert not [m for m in sys.modules if m == "training" or m.startswith("training.")], "scheduling imported training"
+assert not OmegaConf.has_resolver("unless_budget"), "importing scheduling registered a resolver"
+"""
+    proc = run_python(code, ROOT)
     assert proc.returncode == 0, proc.stderr
 
 
-def test_every_schedule_and_warmup_shape_states_its_formula():
-    for name, fn in SCHEDULES.items():
-        assert "λ(t)" in fn.__doc__ and "=" in fn.__doc__, name
-    for shape in WARMUP_SHAPES:
-        assert f"``{shape}``" in warmup.__doc__, shape
+def test_the_installed_drop_in_imports_from_any_directory_without_the_template_s_other_packages(tmp_path):
+    code = """
+import importlib.util, pathlib, sys
+from scheduling import get_scheduler
+import scheduling
+print(pathlib.Path(scheduling.__file__).resolve())
+print([m for m in ("model", "data", "training") if importlib.util.find_spec(m) is not None])
+"""
+    proc = run_python(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr  # `pip install -e .` installs the scheduling package
+    where, exposed = proc.stdout.splitlines()
+    assert Path(where) == ROOT / "scheduling" / "__init__.py"
+    assert exposed == "[]"  # generic top-level names stay out of site-packages
+
+
+# ---- warmup, written once and composed with every decay -------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+@pytest.mark.parametrize("shape,start", [("linear", 0.0), ("cosine", 0.2), ("exponential", 0.05), ("1-sqrt", 0.1)])
+def test_every_schedule_runs_the_warmup_before_W_and_its_decay_from_W(name, shape, start):
+    n, w = 60, 12
+    extra = {"wsd": {"decay_steps": 20}}.get(name, {})
+    params = {} if name == "constant" else {"total_steps": n, "min_lr_ratio": 0.1}
+    s = Schedule(name, warmup_steps=w, warmup_shape=shape, warmup_start_ratio=start, **params, **extra)
+    cold = Schedule(name, warmup_steps=w, **params, **extra)  # the default warmup: linear from 0
+    assert [s(t) for t in range(w)] == [warmup(t, w, start, shape) for t in range(w)]
+    assert [s(t) for t in range(w, n + 10)] == [cold(t) for t in range(w, n + 10)]  # the warmup leaves no trace
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_every_schedule_takes_the_warmup_parameters_by_keyword(name):
+    parameters = inspect.signature(SCHEDULES[name]).parameters
+    for param in ("warmup_steps", "warmup_start_ratio", "warmup_shape"):
+        assert parameters[param].kind is inspect.Parameter.KEYWORD_ONLY, param
+
+
+def test_a_missing_or_unknown_argument_is_a_type_error_during_warmup_too():
+    fn = SCHEDULES["cosine"]
+    with pytest.raises(TypeError, match="total_steps"):
+        fn(3, warmup_steps=10)
+    with pytest.raises(TypeError, match="power"):
+        fn(3, total_steps=100, warmup_steps=10, power=2.0)
+    assert fn(3, total_steps=100, warmup_steps=10) == warmup(3, 10)
+
+
+# ---- the config: T and the schedule group ----------------------------------------------------------------------
 
 
 def test_every_schedule_has_a_config_file_that_builds():
-    assert group_options("schedule") == sorted(SCHEDULES)
+    assert sorted(p.stem for p in (CONF / "schedule").glob("*.yaml")) == sorted(SCHEDULES)
     for name in SCHEDULES:
         assert config_schedule(name).name == name
 
 
-def test_default_cosine_is_the_brief_lr_lambda_at_every_step():
+def test_max_steps_is_its_default_unless_a_token_or_time_budget_is_set():
+    assert unless_budget(123, _parent_={"max_tokens": None, "max_time": None}) == 123
+    assert unless_budget(123, _parent_={}) == 123
+    assert unless_budget(123, _parent_={"max_tokens": 10_000}) is None
+    assert unless_budget(123, _parent_={"max_time": 60}) is None
+
+
+def test_a_token_or_time_budget_alone_replaces_the_default_max_steps(compose_config):
+    default = compose_config([]).trainer.max_steps
+    assert isinstance(default, int) and default > 0
+    assert compose_config(["trainer.max_time=60"]).trainer.max_steps is None
+    assert compose_config(["trainer.max_tokens=100000"]).trainer.max_steps is None
+    assert compose_config(["trainer.max_time=60", "trainer.max_steps=40"]).trainer.max_steps == 40
+
+
+def test_default_cosine_is_the_warmup_cosine_lr_lambda_at_every_step(compose_config):
     cfg = compose_config([f"trainer.max_steps={T}", f"schedule.warmup_steps={W}", f"optim.lr={PEAK}",
                           f"schedule.min_lr={FLOOR}"])  # fmt: skip
     schedule = schedule_from_config(cfg.schedule, cfg.trainer.max_steps, cfg.optim.lr)
     assert schedule.name == "cosine"
     for t in range(T + 1):
-        assert math.isclose(schedule(t), brief_lr_lambda(t), rel_tol=1e-12, abs_tol=1e-15), t
+        assert math.isclose(schedule(t), warmup_cosine_lr_lambda(t), rel_tol=1e-12, abs_tol=1e-15), t
 
 
 def test_warmup_fraction_of_total_steps_is_rounded_to_updates():
@@ -147,7 +234,7 @@ def test_constant_ignores_the_floor_and_keeps_the_peak():
 
 def test_wsd_decay_steps_win_over_the_fraction():
     assert config_schedule("wsd", decay_steps=7, decay_fraction=0.3).params["decay_steps"] == 7
-    assert config_schedule("wsd", decay_fraction=0.3).params["decay_steps"] == 150  # of T = 500
+    assert config_schedule("wsd", decay_fraction=0.3).params["decay_steps"] == round(0.3 * 500)
 
 
 # ---- validation: one line naming the key ---------------------------------------------------------------------
@@ -166,8 +253,8 @@ BAD = [
     ("linear", {"min_lr_ratio": 1.5}, "schedule.min_lr_ratio"),
     ("wsd", {"decay_fraction": -0.1}, "schedule.decay_fraction"),
     ("wsd", {"decay_fraction": 1.5}, "schedule.decay_fraction"),
-    ("wsd", {"decay_fraction": 0.95}, "schedule.decay_fraction"),  # warmup 50 + decay 475 > 500
-    ("wsd", {"decay_steps": 480}, "schedule.decay_steps"),
+    ("wsd", {"decay_fraction": 0.95}, "schedule.warmup_steps"),  # warmup 50 + decay 475 > 500: both named
+    ("wsd", {"decay_steps": 480}, "schedule.warmup_steps"),
     ("wsd", {"decay_shape": "exp"}, "schedule.decay_shape"),
     ("polynomial", {"power": 0}, "schedule.power"),
     ("polynomial", {"power": -2.0}, "schedule.power"),
@@ -186,14 +273,15 @@ BAD = [
 def test_invalid_settings_raise_one_line_naming_the_key(name, changes, key):
     changes = dict(changes)
     total = changes.pop("total_steps", 500)
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ScheduleError) as err:
         config_schedule(name, total, **changes)
     message = str(err.value)
     assert message.startswith(key + " ") and "\n" not in message, message
+    assert all(f"schedule.{k}" in message for k in changes if k not in ("warmup_shape", "total_steps")), message
 
 
 def test_unknown_schedule_name_lists_the_known_ones():
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ScheduleError) as err:
         schedule_from_config({"name": "cosine_annealing"}, 100, 1e-3)
     message = str(err.value)
     assert message.startswith("schedule.name ") and "'cosine_annealing'" in message
