@@ -1,14 +1,16 @@
-"""The GPT model: its definition and config (``model.gpt``), FLOP accounting (``model.flops``) and sampling
-with a KV cache (``model.generate``)."""
+"""The GPT model: its definition, config and config check (``model.gpt``), FLOP accounting (``model.flops``)
+and sampling with a KV cache (``model.generate``)."""
 
 from model.generate import KVCache, full_context_forward, generate, sample_next, sample_text
-from model.gpt import ARCHS, GPT, GPTConfig, padded_vocab
+from model.gpt import ARCHS, GPT, GPTConfig, ModelConfigError, check_model_config, padded_vocab
 
 __all__ = [
     "ARCHS",
     "GPT",
     "GPTConfig",
     "KVCache",
+    "ModelConfigError",
+    "check_model_config",
     "full_context_forward",
     "generate",
     "padded_vocab",

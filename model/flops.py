@@ -118,11 +118,12 @@ def cpu_name() -> str:
 
 
 def cpu_peak_flops(cache_dir: str | os.PathLike | None = None, refresh: bool = False) -> float:
-    """The fp32 matmul peak of this CPU with torch's thread count (``measure_matmul_flops``), measured once
-    and cached on disk under ``$XDG_CACHE_HOME/hydra-gpt-template`` (``refresh`` measures again).
+    """The fp32 matmul peak of this CPU with torch's thread count (``measure_matmul_flops``), cached on disk under
+    ``$XDG_CACHE_HOME/hydra-gpt-template`` and keyed by CPU model, thread count and torch version.
 
-    Keyed by CPU model, thread count and torch version. Delete the file, or refresh, after a measurement on
-    a busy machine: a low peak inflates every MFU that uses it.
+    The cache keeps the highest measurement seen for its key: other work on the machine only ever slows a
+    measurement down, and a low peak would inflate every MFU that uses it. ``refresh`` measures again and keeps
+    the higher of the two; the stored value is returned.
     """
     cache_dir = Path(cache_dir or os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hydra-gpt-template"
     key = f"{cpu_name()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
@@ -131,16 +132,24 @@ def cpu_peak_flops(cache_dir: str | os.PathLike | None = None, refresh: bool = F
         table = json.loads(path.read_text())
     except (OSError, ValueError):
         table = {}
-    if refresh or not isinstance(table.get(key), (int, float)):
-        table[key] = measure_matmul_flops("cpu")
-        try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(table, indent=1))
-            os.replace(tmp, path)
-        except OSError:
-            pass  # a read-only home only costs a re-measurement next time
-    return float(table[key])
+    if not isinstance(table, dict):
+        table = {}
+    stored = table.get(key)
+    if not isinstance(stored, (int, float)) or isinstance(stored, bool) or not stored > 0:
+        stored = None
+    if refresh or stored is None:
+        measured = measure_matmul_flops("cpu")
+        if stored is None or measured > stored:
+            table[key] = measured
+            try:
+                cache_dir.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".tmp{os.getpid()}")
+                tmp.write_text(json.dumps(table, indent=1))
+                os.replace(tmp, path)
+            except OSError:
+                pass  # a read-only cache only costs a measurement next time
+        stored = max(measured, stored or 0.0)
+    return float(stored)
 
 
 def peak_flops(device: torch.device, precision: str) -> float | None:

@@ -123,8 +123,9 @@ def generate(
 
 @torch.no_grad()
 def full_context_forward(model: GPT, autocast=None) -> None:
-    """One forward over a whole context, run as :func:`generate` runs the model: what each sampled token costs
-    once the context has outgrown the KV cache (the time budget's estimate of sampling uses it)."""
+    """One forward over a full ``block_size`` context, run the way :func:`generate` runs the model (eval mode,
+    :func:`_decoding`, the given autocast): the cost of one sampled token once the context has outgrown the KV
+    cache. For timing sampling; it computes nothing that is kept."""
     was_training = model.training
     model.eval()
     idx = torch.zeros((1, model.config.block_size), dtype=torch.long, device=next(model.parameters()).device)
@@ -135,13 +136,10 @@ def full_context_forward(model: GPT, autocast=None) -> None:
 
 @contextlib.contextmanager
 def _decoding():
-    """How the model runs while sampling.
-
-    Eagerly, even when compiled: each step's new length and cache position would otherwise recompile it.
-    And without cuDNN's attention kernel, which builds an execution plan the first time it sees a key length:
-    the KV cache grows by one key per token, so every new position paid for a plan (on an H100, 30–45 ms
-    against the 4 ms of the token itself: 200 tokens took 7 s, then 0.8 s once the plans existed). Flash,
-    memory-efficient and math attention have no such plans."""
+    """How the model runs while sampling: eagerly, even when compiled, since each step's new length and cache
+    position would otherwise recompile it; and without cuDNN's attention kernel, which builds an execution plan
+    for every new key length, while a KV cache meets a new key length at every token. Flash, memory-efficient
+    and math attention need no such plans."""
     set_stance = getattr(torch.compiler, "set_stance", None)  # torch ≥ 2.6
     with (
         set_stance("force_eager") if set_stance is not None else contextlib.nullcontext(),

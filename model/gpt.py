@@ -11,12 +11,16 @@ GPU), Q, K and V come from one fused projection, and generation can keep a KV ca
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from scheduling.spec import SettingError, is_int, is_number
 
 ARCHS = ("gpt2", "llama")
 VOCAB_MULTIPLE = 64  # the model's vocabulary is padded to a multiple of this: faster embedding and head matmuls
@@ -42,7 +46,7 @@ class GPTConfig:
     tie_embeddings: bool = True
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
-    activation_checkpointing: bool = False  # recompute each block in the backward pass: less memory, ~1/3 more time
+    activation_checkpointing: bool = False  # recompute each block in the backward pass: less memory, one more forward
 
     @property
     def head_dim(self) -> int:
@@ -67,6 +71,50 @@ class GPTConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class ModelConfigError(SettingError):
+    """A bad model setting: ``ModelConfigError(key, expected, got)`` or a whole one-line message."""
+
+
+def _positive_int(m: Mapping[str, Any], key: str) -> None:
+    if not is_int(m.get(key)) or m[key] < 1:
+        raise ModelConfigError(f"model.{key}", "an integer > 0", m.get(key))
+
+
+def check_model_config(m: Mapping[str, Any]) -> None:
+    """``cfg.model`` as plain values: a known arch, positive sizes, n_embd divisible by n_head (and an even head
+    size for rotary embeddings), dropout in [0, 1), n_kv_head dividing n_head, switches that are booleans, and no
+    key GPTConfig does not know (the vocabulary size comes from the tokenizer, not from here)."""
+    known = {f.name for f in fields(GPTConfig)} - {"vocab_size"}
+    for key in m:
+        if key not in known:
+            raise ModelConfigError(f"model.{key}", f"absent: model settings are {', '.join(sorted(known))}", m[key])
+    arch = m.get("arch")
+    if arch not in ARCHS:
+        raise ModelConfigError("model.arch", f"one of {', '.join(ARCHS)}", arch)
+    for key in ("n_layer", "n_head", "n_embd", "block_size"):
+        _positive_int(m, key)
+    if m["n_embd"] % m["n_head"]:
+        raise ModelConfigError("model.n_embd", f"divisible by model.n_head ({m['n_head']})", m["n_embd"])
+    if arch == "llama" and (m["n_embd"] // m["n_head"]) % 2:
+        raise ModelConfigError(
+            "model.n_embd", "such that n_embd / n_head is even (rotary embeddings rotate pairs)", m["n_embd"]
+        )
+    dropout = m.get("dropout", 0.0)
+    if not is_number(dropout) or not 0.0 <= dropout < 1.0:
+        raise ModelConfigError("model.dropout", "in [0, 1)", dropout)
+    for key in ("bias", "tie_embeddings", "activation_checkpointing"):
+        if key in m and not isinstance(m[key], bool):
+            raise ModelConfigError(f"model.{key}", "true or false", m[key])
+    kv = m.get("n_kv_head")
+    if kv is not None and (not is_int(kv) or kv < 1 or m["n_head"] % kv):
+        raise ModelConfigError("model.n_kv_head", f"null or a divisor of model.n_head ({m['n_head']})", kv)
+    if m.get("mlp_hidden") is not None:
+        _positive_int(m, "mlp_hidden")
+    for key in ("rope_theta", "norm_eps"):
+        if key in m and (not is_number(m[key]) or m[key] <= 0):
+            raise ModelConfigError(f"model.{key}", "a number > 0", m[key])
 
 
 def norm(config: GPTConfig) -> nn.Module:
@@ -162,7 +210,7 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         if config.arch not in ARCHS:
-            raise ValueError(f"model.arch must be one of {', '.join(ARCHS)}, got {config.arch!r}")
+            raise ModelConfigError("model.arch", f"one of {', '.join(ARCHS)}", config.arch)
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.arch == "gpt2" else None

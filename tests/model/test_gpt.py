@@ -1,0 +1,202 @@
+"""The GPT itself: its config check, building on the meta device, activation checkpointing, and that it learns."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model import GPT, GPTConfig, ModelConfigError, check_model_config, padded_vocab
+
+PRESET_NAMES = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "model").glob("*.yaml"))
+
+VALID = {"arch": "gpt2", "n_layer": 2, "n_head": 4, "n_embd": 128, "block_size": 64, "dropout": 0.0, "bias": True}
+
+
+# ---- config check ---------------------------------------------------------------------------------------------
+
+
+def test_a_valid_model_config_passes():
+    check_model_config(VALID)
+    check_model_config({**VALID, "arch": "llama", "n_kv_head": 2, "mlp_hidden": 96, "tie_embeddings": False})
+
+
+def test_every_gptconfig_field_but_the_vocabulary_is_a_model_setting():
+    defaults = {f.name: getattr(GPTConfig(), f.name) for f in fields(GPTConfig) if f.name != "vocab_size"}
+    check_model_config(defaults)
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_every_preset_passes_the_check_and_builds(name, preset_values, on_meta):
+    values = preset_values(name)
+    check_model_config(values)
+    model = on_meta(GPTConfig.from_dict({**values, "vocab_size": padded_vocab(1000)}))
+    assert model.num_params() > 0
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"n_embd": 130}, "model.n_embd must be divisible by model.n_head (4), got 130"),
+        ({"arch": "bert"}, "model.arch must be one of gpt2, llama, got 'bert'"),
+        ({"n_layer": 0}, "model.n_layer must be an integer > 0, got 0"),
+        ({"n_head": -2}, "model.n_head must be an integer > 0, got -2"),
+        ({"n_embd": 0}, "model.n_embd must be an integer > 0, got 0"),
+        ({"block_size": 0}, "model.block_size must be an integer > 0, got 0"),
+        ({"n_layer": True}, "model.n_layer must be an integer > 0, got True"),
+        ({"n_layer": 2.0}, "model.n_layer must be an integer > 0, got 2.0"),
+        ({"dropout": 1.0}, "model.dropout must be in [0, 1), got 1.0"),
+        ({"dropout": -0.1}, "model.dropout must be in [0, 1), got -0.1"),
+        ({"dropout": math.nan}, "model.dropout must be in [0, 1), got nan"),
+        ({"n_kv_head": 3}, "model.n_kv_head must be null or a divisor of model.n_head (4), got 3"),
+        ({"n_kv_head": 0}, "model.n_kv_head must be null or a divisor of model.n_head (4), got 0"),
+        ({"mlp_hidden": 0}, "model.mlp_hidden must be an integer > 0, got 0"),
+        ({"bias": "maybe"}, "model.bias must be true or false, got 'maybe'"),
+        ({"tie_embeddings": 1}, "model.tie_embeddings must be true or false, got 1"),
+        ({"norm_eps": 0}, "model.norm_eps must be a number > 0, got 0"),
+        ({"rope_theta": -1.0}, "model.rope_theta must be a number > 0, got -1.0"),
+    ],
+)
+def test_a_bad_model_value_raises_one_line_naming_the_key_the_rule_and_the_value(changes, message):
+    with pytest.raises(ModelConfigError) as info:
+        check_model_config({**VALID, **changes})
+    assert str(info.value) == message
+
+
+def test_the_vocabulary_size_is_not_a_model_setting():
+    """It comes from the tokenizer; a key GPTConfig does not know at all is refused the same way."""
+    for key in ("vocab_size", "n_layers"):
+        with pytest.raises(ModelConfigError, match=rf"^model\.{key} must be absent: model settings are "):
+            check_model_config({**VALID, key: 12})
+
+
+def test_rotary_embeddings_need_an_even_head_size():
+    with pytest.raises(ModelConfigError, match=r"model\.n_embd .*even"):
+        check_model_config({**VALID, "arch": "llama", "n_head": 8, "n_embd": 72})
+    check_model_config({**VALID, "arch": "gpt2", "n_head": 8, "n_embd": 72})  # learned positions: any head size
+
+
+def test_the_model_config_error_is_a_value_error():
+    assert issubclass(ModelConfigError, ValueError)
+
+
+def test_building_an_unknown_arch_raises_the_same_error_as_the_check(tiny_config):
+    with pytest.raises(ModelConfigError) as built:
+        GPT(tiny_config("bert"))
+    with pytest.raises(ModelConfigError) as checked:
+        check_model_config({**VALID, "arch": "bert"})
+    assert str(built.value) == str(checked.value)
+
+
+# ---- shapes and storage ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vocab", [1, 63, 64, 65, 50257])
+def test_the_vocabulary_pads_to_the_next_multiple_of_64(vocab):
+    padded = padded_vocab(vocab)
+    assert padded % 64 == 0 and vocab <= padded < vocab + 64
+
+
+def test_a_longer_sequence_than_the_context_is_refused(tiny_config):
+    model = GPT(tiny_config("gpt2"))
+    with pytest.raises(ValueError, match="block_size=16"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_model_built_on_meta_and_materialized_computes_what_the_original_does(arch, tiny_config, on_meta):
+    """The rotary tables are recomputed, not loaded (they are not in the state dict), and a tied head stays tied."""
+    torch.manual_seed(0)
+    config = tiny_config(arch, tie_embeddings=True)
+    original = GPT(config).eval()
+    state = original.state_dict()
+    assert not any(k.startswith("rope") for k in state)
+    restored = on_meta(config).materialize("cpu")
+    restored.load_state_dict(state)
+    restored.eval()
+    assert restored.lm_head.weight is restored.wte.weight
+    idx = torch.randint(0, 64, (2, 16))
+    torch.testing.assert_close(restored(idx, idx)[0], original(idx, idx)[0], rtol=0, atol=0)
+
+
+# ---- training ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(arch, tiny_config):
+    torch.manual_seed(0)
+    plain = GPT(tiny_config(arch))
+    recomputed = GPT(tiny_config(arch, activation_checkpointing=True))
+    recomputed.load_state_dict(plain.state_dict())
+    idx = torch.randint(0, 64, (4, 16))
+    targets = torch.randint(0, 64, (4, 16))
+    losses = []
+    for model in (plain, recomputed):
+        _, loss = model(idx, targets)
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
+    for (name, a), b in zip(plain.named_parameters(), recomputed.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_the_loss_is_summed_or_averaged_over_tokens_as_asked(tiny_config):
+    torch.manual_seed(0)
+    model = GPT(tiny_config("gpt2")).eval()
+    idx = torch.randint(0, 64, (2, 16))
+    _, mean = model(idx, idx)
+    _, per_token = model(idx, idx, reduction="none")
+    assert per_token.shape == (32,)
+    torch.testing.assert_close(per_token.mean(), mean)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_the_loss_falls_on_a_learnable_token_stream(arch, tiny_config):
+    """Text made of 8 recurring 12-token phrases: 30 AdamW steps on random windows cut the loss well down."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    phrases = rng.integers(0, 64, size=(8, 12))
+    stream = torch.from_numpy(phrases[rng.integers(0, 8, size=400)].reshape(-1))
+    model = GPT(tiny_config(arch))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        starts = torch.from_numpy(rng.integers(0, len(stream) - 17, size=8))
+        windows = torch.stack([stream[s : s + 17] for s in starts])
+        _, loss = model(windows[:, :-1], windows[:, 1:])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(x) for x in losses)
+    assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3]), losses
+
+
+# ---- CUDA --------------------------------------------------------------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@needs_cuda
+def test_cuda_bf16_autocast_runs_the_matmuls_in_bf16_with_an_fp32_loss(tiny_config):
+    if not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    model = GPT(tiny_config("gpt2")).cuda()
+    idx = torch.randint(0, 64, (2, 16), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits, loss = model(idx, idx)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+
+
+@needs_cuda
+def test_cuda_compiled_model_matches_eager(tiny_config):
+    torch.manual_seed(0)
+    model = GPT(tiny_config("llama")).cuda()
+    idx = torch.randint(0, 64, (2, 16), device="cuda")
+    _, eager = model(idx, idx)
+    _, compiled = torch.compile(model)(idx, idx)
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
