@@ -7,12 +7,12 @@ fingerprint (file names and content digests, caps, split settings) and the token
 special tokens, or the given tokenizer file's digest): a changed source or tokenizer gets a new directory, an
 unchanged one is reused. ``cache_dir`` is ``data.cache_dir`` (by default ``$GPT_DATA_CACHE`` or ``.cache/data``).
 
-Atomicity: a cache is assembled in ``<cache_dir>/.tmp-<corpus>-<key>-*/``, every file fsynced, and renamed
-into place only when complete. A cache is trusted only if its meta.json matches the config, its token files
-have the sizes and its tokenizer the hash that meta.json records; so a preparation killed at any moment leaves
-nothing that a later run uses. The next ``prepare()`` removes the abandoned temporary directory (its builder's
-file lock is gone) and builds afresh. Processes preparing the same cache at once wait for each other (a lock
-file) instead of all building.
+Atomicity: a cache is assembled in ``<cache_dir>/.tmp-<corpus>-<key>-*/`` and committed with ``data.atomic``
+(every file fsynced, then renamed into place) only when complete. A cache is trusted only if its meta.json
+matches the config, its token files have the sizes and its tokenizer the hash that meta.json records; so a
+preparation killed at any moment leaves nothing that a later run uses. The next ``prepare()`` removes the
+abandoned temporary directory (its builder's file lock is gone) and builds afresh. Processes preparing the same
+cache at once wait for each other (a lock file) instead of all building.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -36,9 +35,19 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
+from data import atomic
 from data.corpus import SPLITS, Corpus, build_corpus, file_digest, utf8_len
-from data.tokenizer import EOT, capped, check_vocab_size, eot_id, load_tokenizer, tokenizer_hash, train_tokenizer
-from training.errors import ConfigError
+from data.errors import DataError
+from data.tokenizer import (
+    EOT,
+    batched,
+    capped,
+    check_vocab_size,
+    eot_id,
+    load_tokenizer,
+    tokenizer_hash,
+    train_tokenizer,
+)
 
 try:
     import fcntl
@@ -82,8 +91,7 @@ class TokenCache:
             for split in SPLITS:
                 if (path / f"{split}.bin").stat().st_size != meta["tokens"][split] * itemsize:
                     return None
-            tok_json = (path / "tokenizer.json").read_text()
-            if hashlib.sha256(tok_json.encode()).hexdigest() != meta["tokenizer_hash"]:
+            if tokenizer_hash((path / "tokenizer.json").read_text()) != meta["tokenizer_hash"]:
                 return None
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -108,7 +116,8 @@ class TokenCache:
 def encode_corpus(
     tok: Tokenizer, documents: Iterable[tuple[str, str]], eot: int, dtype: np.dtype, out_dir: Path
 ) -> dict[str, dict[str, int]]:
-    """Tokenize (split, text) documents into ``out_dir/<split>.bin``, each document followed by ``eot``.
+    """Tokenize (split, text) documents into ``out_dir/<split>.bin``, each document followed by ``eot``; the
+    files are left unsynced (committing the directory fsyncs them).
 
     Documents go to ``encode_batch_fast`` (parallel over documents, no offsets computed) about
     ``ENCODE_BATCH_CHARS`` at a time, in order. The encoding runs in worker threads (it releases the GIL)
@@ -138,7 +147,7 @@ def encode_corpus(
         files = {s: stack.enter_context(open(out_dir / f"{s}.bin", "wb")) for s in SPLITS}
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode"))
         pending: deque = deque()
-        for batch in document_batches(documents, ENCODE_BATCH_CHARS):
+        for batch in batched(documents, ENCODE_BATCH_CHARS, chars=lambda doc: len(doc[1])):
             pending.append((batch, pool.submit(encode, batch)))
             if len(pending) > 2:
                 done, future = pending.popleft()
@@ -146,33 +155,21 @@ def encode_corpus(
         while pending:
             done, future = pending.popleft()
             write(done, future.result())
-        for fh in files.values():
-            fh.flush()
-            os.fsync(fh.fileno())
     return counts
 
 
-def document_batches(documents: Iterable[tuple[str, str]], max_chars: int) -> Iterator[list[tuple[str, str]]]:
-    """Consecutive (split, text) documents grouped into lists of about ``max_chars`` characters of text."""
-    batch: list[tuple[str, str]] = []
-    size = 0
-    for doc in documents:
-        batch.append(doc)
-        size += len(doc[1])
-        if size >= max_chars:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
+def special_tokens(cfg: Any) -> list[str]:
+    """``data.special_tokens`` as strings; ``<|endoftext|>`` alone when unset."""
+    return [str(s) for s in (cfg.get("special_tokens") or [EOT])]
 
 
 def tokenizer_settings(cfg: Any) -> dict[str, Any]:
     """What determines the tokenizer: a given file's digest, or the training settings."""
-    special = [str(s) for s in (cfg.get("special_tokens") or [EOT])]
+    special = special_tokens(cfg)
     given = cfg.get("tokenizer")
     if given:
         if not Path(str(given)).is_file():
-            raise ConfigError(f"data.tokenizer: {str(given)!r} does not exist (give a tokenizer.json, or null)")
+            raise DataError(f"data.tokenizer: {str(given)!r} does not exist (give a tokenizer.json, or null)")
         return {"file": file_digest(str(given)), "special_tokens": special}
     return {
         "vocab_size": cfg.get("vocab_size"),
@@ -194,15 +191,6 @@ def cache_path(cfg: Any, corpus: Corpus, settings: dict[str, Any] | None = None)
     key = hashlib.sha256(blob.encode()).hexdigest()[:16]
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", corpus.name).strip("_.")[-48:] or "corpus"
     return cache_root(cfg) / f"{name}-{key}"
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform lets a directory be opened
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _lock(fh, blocking: bool = True) -> bool:
@@ -264,10 +252,10 @@ def building(tmp: Path) -> Iterator[None]:
 
 
 def build(cfg: Any, corpus: Corpus, final: Path) -> TokenCache:
-    """Train or load the tokenizer, tokenize ``corpus`` into a temporary directory, rename it to ``final``."""
+    """Train or load the tokenizer, tokenize ``corpus`` into a temporary directory, commit it as ``final``."""
     started = time.perf_counter()
-    special = [str(s) for s in (cfg.get("special_tokens") or [EOT])]
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    special = special_tokens(cfg)
+    tmp = atomic.begin(final.parent, final.name)
     try:
         with building(tmp):
             if cfg.get("tokenizer"):
@@ -278,14 +266,15 @@ def build(cfg: Any, corpus: Corpus, final: Path) -> TokenCache:
             eot = eot_id(tok, special)
             vocab = tok.get_vocab_size()
             dtype = token_dtype(vocab)
-            (tmp / "tokenizer.json").write_text(tok.to_str())  # its sha256 is tokenizer_hash(tok)
+            tok_json = tok.to_str()
+            atomic.write_file(tmp / "tokenizer.json", tok_json)
             counts = encode_corpus(tok, corpus.split_documents(), eot, dtype, tmp)
             check_splits(corpus, counts)
             meta = {
                 "format": FORMAT_VERSION,
                 "corpus": corpus.name,
                 "source_fingerprint": corpus.fingerprint,
-                "tokenizer_hash": tokenizer_hash(tok),
+                "tokenizer_hash": tokenizer_hash(tok_json),
                 "tokenizer_settings": tokenizer_settings(cfg),
                 "vocab_size": vocab,
                 "eot_id": eot,
@@ -295,21 +284,18 @@ def build(cfg: Any, corpus: Corpus, final: Path) -> TokenCache:
                 "replaced_undecodable": corpus.decode_stats.replaced,
                 "build_seconds": round(time.perf_counter() - started, 2),
             }
-            with open(tmp / "meta.json", "w") as fh:
-                json.dump(meta, fh, indent=1)
-                fh.flush()
-                os.fsync(fh.fileno())
-        _fsync_dir(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished the same cache first: keep theirs
-            if TokenCache.open(final) is None:
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-        _fsync_dir(final.parent)
+            atomic.write_file(tmp / "meta.json", json.dumps(meta, indent=1))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    cache = TokenCache(final, meta)
+    try:
+        atomic.commit(tmp, final, replace=False)
+    except OSError:  # FileExistsError too: another process finished the same cache first, so keep theirs
+        theirs = TokenCache.open(final)
+        if theirs is None:
+            raise
+        cache = theirs
     stats = corpus.decode_stats
     if stats.skipped or stats.replaced:
         log.warning(
@@ -322,17 +308,17 @@ def build(cfg: Any, corpus: Corpus, final: Path) -> TokenCache:
         "data: %d train + %d val tokens (%s, vocab %d) in %.1f s",
         meta["tokens"]["train"], meta["tokens"]["val"], dtype.name, vocab, meta["build_seconds"],
     )  # fmt: skip
-    return TokenCache(final, meta)
+    return cache
 
 
 def check_splits(corpus: Corpus, counts: dict[str, dict[str, int]]) -> None:
     if counts["documents"]["train"] == 0:
-        raise ConfigError(
+        raise DataError(
             f"data: the corpus {corpus.name!r} gives no training text; lower data.val_fraction "
             f"(now {corpus.val_fraction}) or add documents"
         )
     if counts["documents"]["val"] == 0:
-        raise ConfigError(
+        raise DataError(
             f"data: the corpus {corpus.name!r} gives no validation text; raise data.val_fraction "
             f"(now {corpus.val_fraction}) or add documents (or lines)"
         )
@@ -349,7 +335,7 @@ def check_not_empty(corpus: Corpus) -> None:
             f" ({stats.skipped} file(s) skipped as not UTF-8, e.g. {stats.examples[0]}; "
             "data.on_decode_error=replace keeps them)"
         )
-    raise ConfigError(f"data: the corpus {corpus.name!r} has no text{why}; check data.path / data.name and the caps")
+    raise DataError(f"data: the corpus {corpus.name!r} has no text{why}; check data.path / data.name and the caps")
 
 
 @contextlib.contextmanager
@@ -370,10 +356,10 @@ def build_lock(final: Path) -> Iterator[None]:
 def prepare(cfg: Any, build_if_missing: bool = True) -> TokenCache:
     """The token cache for the ``data`` config: reused when its fingerprint matches, else built atomically.
 
-    Any ConfigError (bad path, empty corpus, missing column, …) leaves no cache or temporary directory behind.
+    Any DataError (bad path, empty corpus, missing column, …) leaves no cache or temporary directory behind.
     """
     if not cfg.get("tokenizer"):
-        check_vocab_size(cfg.get("vocab_size"), [str(s) for s in (cfg.get("special_tokens") or [EOT])])
+        check_vocab_size(cfg.get("vocab_size"), special_tokens(cfg))
     corpus = build_corpus(cfg)
     settings = tokenizer_settings(cfg)
     path = cache_path(cfg, corpus, settings)
@@ -383,7 +369,7 @@ def prepare(cfg: Any, build_if_missing: bool = True) -> TokenCache:
         log.info("data: reusing token cache %s", path)
         return cache
     if not build_if_missing:
-        raise ConfigError(f"data: the token cache {path} is missing or incomplete")
+        raise DataError(f"data: the token cache {path} is missing or incomplete")
     check_not_empty(corpus)
     created = make_dirs(path.parent)
     try:

@@ -14,7 +14,7 @@ the document that crosses ``max_bytes`` is cut at the cap.
 The split is by document: a document belongs to val when a hash of its key (relative path, file and row, or
 row) falls below ``val_fraction``, so adding documents never moves others. When that leaves either split
 without a document (a corpus of one or two files), the last ``val_fraction`` of every document's lines
-becomes val instead. A dataset with its own validation split (``val_split``) uses it whole for val.
+becomes val instead, and the log says so. A dataset with its own validation split (``val_split``) uses it whole for val.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import logging
 import os
 import sysconfig
 from collections.abc import Iterable, Iterator
@@ -30,11 +31,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from training.errors import ConfigError
+from data.errors import DataError
 
 TEXT_SUFFIXES = (".txt", ".md", ".py", ".rst", ".text")
 TABLE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 SPLITS = ("train", "val")
+
+log = logging.getLogger(__name__)
 
 
 def in_val(key: str, val_fraction: float) -> bool:
@@ -79,7 +82,7 @@ def decode(raw: bytes, name: str, policy: str, stats: DecodeStats) -> str | None
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         if policy == "error":
-            raise ConfigError(
+            raise DataError(
                 f"{name}: not valid UTF-8 at byte {e.start}; set data.on_decode_error=skip (drop such files) "
                 "or =replace (keep them with U+FFFD)"
             ) from None
@@ -151,6 +154,12 @@ class Corpus:
                 if len(seen) == 2:  # stops at the first document of each split: cheap on a large corpus
                     break
             self._line_split = len(seen) < 2
+            if len(seen) == 1:
+                log.info(
+                    "data: every document of %r hashed into %s; using the last %g%% of each document's lines "
+                    "as val (data.val_fraction)",
+                    self.name, "val" if seen.pop() else "train", 100 * self.val_fraction,
+                )  # fmt: skip
         return self._line_split
 
     def split_documents(self) -> Iterator[tuple[str, str]]:
@@ -192,7 +201,7 @@ class FileCorpus(Corpus):
                 with open(f, "rb") as fh:
                     raw = fh.read()
             except OSError as e:
-                raise ConfigError(f"{f}: cannot be read ({e.strerror or e})") from None
+                raise DataError(f"{f}: cannot be read ({e.strerror or e})") from None
             text = decode(raw, str(f), self.policy, stats)
             if text is not None:
                 yield key, text
@@ -218,7 +227,9 @@ def builtin_files(exclude: Iterable[str]) -> tuple[list[Path], Path]:
 def expand_paths(path: Any) -> list[Path]:
     """``data.path``: a file, a directory (searched recursively, hidden entries skipped) or a glob; or a list."""
     if path in (None, "", "???"):
-        raise ConfigError("data.path", "a file, a directory or a glob of text files (data=text_files)", path)
+        raise DataError(
+            f"data.path must be a file, a directory or a glob of text files (data=text_files), got {path!r}"
+        )
     known = TEXT_SUFFIXES + tuple(TABLE_FORMATS)
     found: list[Path] = []
     for p in [path] if isinstance(path, (str, os.PathLike)) else list(path):
@@ -226,7 +237,7 @@ def expand_paths(path: Any) -> list[Path]:
         if glob.has_magic(p):
             matches = sorted(Path(m) for m in glob.glob(p, recursive=True) if Path(m).is_file())
             if not matches:
-                raise ConfigError(f"data.path: no file matches the glob {p!r}")
+                raise DataError(f"data.path: no file matches the glob {p!r}")
             found += matches
         elif Path(p).is_dir():
             root = Path(p)
@@ -238,13 +249,18 @@ def expand_paths(path: Any) -> list[Path]:
                 and f.is_file()
             )
             if not matches:
-                raise ConfigError(f"data.path: the directory {p!r} holds no file ending in {', '.join(known)}")
+                raise DataError(f"data.path: the directory {p!r} holds no file ending in {', '.join(known)}")
             found += matches
         elif Path(p).is_file():
             found.append(Path(p))
         else:
-            raise ConfigError(f"data.path: {p!r} does not exist (give a file, a directory or a glob)")
+            raise DataError(f"data.path: {p!r} does not exist (give a file, a directory or a glob)")
     return list(dict.fromkeys(found))  # a file named twice is read once
+
+
+def common_parent(files: list[Path]) -> Path:
+    """The deepest directory that holds every file: what document keys are relative to."""
+    return Path(os.path.commonpath([str(f.parent) for f in files]))
 
 
 def short_error(e: BaseException) -> str:
@@ -262,7 +278,7 @@ def short_error(e: BaseException) -> str:
 
 @contextlib.contextmanager
 def quiet_datasets() -> Iterator[None]:
-    """Silence ``datasets``' own log lines and progress bars: its errors come back to us as one ConfigError."""
+    """Silence ``datasets``' own log lines and progress bars: its errors come back to us as one DataError."""
     import datasets
 
     level = datasets.logging.get_verbosity()
@@ -290,10 +306,10 @@ class TableCorpus(Corpus):
         self.builder, self.name, self.files = builder, name, files
         self.text_column = cfg.get("text_column") or "text"
         self.streaming = bool(cfg.get("streaming", False))
-        self.root = Path(os.path.commonpath([str(f.parent) for f in files])) if files else None
+        self.root = common_parent(files) if files else None
 
     def load(self, split: str, data_files: Any = None) -> Any:
-        """The dataset split (a ``Dataset``, or an ``IterableDataset`` when streaming); errors as ConfigError."""
+        """The dataset split (a ``Dataset``, or an ``IterableDataset`` when streaming); errors as DataError."""
         import datasets
 
         kwargs: dict[str, Any] = {"split": split, "streaming": self.streaming}
@@ -311,14 +327,19 @@ class TableCorpus(Corpus):
             hint = ""
             if not self.files and not Path(self.builder).exists() and not data_files:
                 hint = " (check data.name and the network; with HF_HUB_OFFLINE=1 only cached datasets load)"
-            raise ConfigError(f"data: cannot load {where!r} split {split!r}{hint}: {short_error(e)}") from None
+            raise DataError(f"data: cannot load {where!r} split {split!r}{hint}: {short_error(e)}") from None
         columns = ds.column_names
         if columns is not None and self.text_column not in columns:
-            raise ConfigError("data.text_column", f"a column of {where!r} ({', '.join(columns)})", self.text_column)
+            raise self.missing_column(where, columns)
         return ds
 
+    def missing_column(self, where: str, columns: Iterable[str]) -> DataError:
+        return DataError(
+            f"data.text_column must be a column of {where!r} ({', '.join(columns)}), got {self.text_column!r}"
+        )
+
     def rows(self, ds: Any, where: str) -> Iterator[str]:
-        """The text of each row; a missing column or a file that fails to parse mid-stream is a ConfigError."""
+        """The text of each row; a missing column or a file that fails to parse mid-stream is a DataError."""
         with quiet_datasets():  # for the whole pass: toggling log levels per row would be slow
             it = iter(ds)
             while True:
@@ -327,9 +348,9 @@ class TableCorpus(Corpus):
                 except StopIteration:
                     return
                 except Exception as e:
-                    raise ConfigError(f"data: cannot read {where!r}: {short_error(e)}") from None
+                    raise DataError(f"data: cannot read {where!r}: {short_error(e)}") from None
                 if self.text_column not in row:
-                    raise ConfigError("data.text_column", f"a column of {where!r} ({', '.join(row)})", self.text_column)
+                    raise self.missing_column(where, row)
                 text = row[self.text_column]
                 yield "" if text is None else str(text)
 
@@ -407,10 +428,10 @@ def build_corpus(cfg: Any) -> Corpus:
     """The corpus that the ``data`` config group describes (``data.source``: builtin | text_files | hub)."""
     source = cfg.get("source")
     if not isinstance(cfg.get("streaming", False), bool):
-        raise ConfigError("data.streaming", "true or false", cfg.get("streaming"))
+        raise DataError(f"data.streaming must be true or false, got {cfg.get('streaming')!r}")
     column = cfg.get("text_column", "text")
     if not isinstance(column, str) or not column:
-        raise ConfigError("data.text_column", "the name of the column that holds the text", column)
+        raise DataError(f"data.text_column must be the name of the column that holds the text, got {column!r}")
     if source == "builtin":
         files, root = builtin_files(cfg.get("exclude") or ())
         return FileCorpus(cfg, files, root, name="stdlib")
@@ -419,16 +440,18 @@ def build_corpus(cfg: Any) -> Corpus:
         name = "files-" + (Path(os.path.commonpath([str(f) for f in files])).stem or "root")
         tables = [f for f in files if f.suffix.lower() in TABLE_FORMATS]
         if tables and len(tables) != len(files):
-            raise ConfigError("data.path: mixes text files and tables (.jsonl/.parquet/.csv); give one kind")
+            raise DataError("data.path: mixes text files and tables (.jsonl/.parquet/.csv); give one kind")
         if tables:
             builders = {TABLE_FORMATS[f.suffix.lower()] for f in tables}
             if len(builders) > 1:
-                raise ConfigError(f"data.path: mixes table formats ({', '.join(sorted(builders))}); give one")
+                raise DataError(f"data.path: mixes table formats ({', '.join(sorted(builders))}); give one")
             return TableCorpus(cfg, builders.pop(), name, files=tables)
-        return FileCorpus(cfg, files, Path(os.path.commonpath([str(f.parent) for f in files])), name=name)
+        return FileCorpus(cfg, files, common_parent(files), name=name)
     if source == "hub":
         name = cfg.get("name")
         if not name:
-            raise ConfigError("data.name", "a Hugging Face dataset name such as roneneldan/TinyStories", name)
+            raise DataError(
+                f"data.name must be a Hugging Face dataset name such as roneneldan/TinyStories, got {name!r}"
+            )
         return TableCorpus(cfg, str(name), name=str(name))
-    raise ConfigError("data.source", "one of builtin, text_files, hub", source)
+    raise DataError(f"data.source must be one of builtin, text_files, hub, got {source!r}")

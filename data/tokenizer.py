@@ -2,43 +2,46 @@
 
 A trained tokenizer splits text with GPT-2's pre-tokenizer regex over the 256 byte symbols, learns merges up
 to ``vocab_size`` entries, and puts the special tokens first (so ``<|endoftext|>`` is id 0). The model's
-embedding is padded past ``vocab_size`` to a multiple of 64 by train.py; padding ids never occur in data.
+embedding may be padded past ``vocab_size`` (to a multiple of 64); padding ids never occur in data.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from training.errors import ConfigError
+from data.corpus import utf8_len
+from data.errors import DataError
 
 EOT = "<|endoftext|>"
 BYTE_ALPHABET = 256
 TRAIN_BATCH_CHARS = 1 << 20  # text handed to the trainer per Python → Rust call
+T = TypeVar("T")
 
 
 def check_vocab_size(vocab_size: object, special_tokens: list[str]) -> None:
     """``data.vocab_size`` must hold the 256 byte symbols and every special token."""
     need = BYTE_ALPHABET + len(special_tokens)
     if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < need:
-        raise ConfigError(
-            "data.vocab_size",
-            f"an integer ≥ {need} (the 256 byte symbols + {len(special_tokens)} special tokens)",
-            vocab_size,
+        raise DataError(
+            f"data.vocab_size must be an integer ≥ {need} (the 256 byte symbols + {len(special_tokens)} special "
+            f"tokens), got {vocab_size!r}"
         )
 
 
-def text_batches(texts: Iterable[str], max_chars: int) -> Iterator[list[str]]:
-    """Consecutive texts grouped into lists of about ``max_chars`` characters (at least one text each)."""
-    batch: list[str] = []
+def batched(items: Iterable[T], max_chars: int, chars: Callable[[T], int] = len) -> Iterator[list[T]]:
+    """Consecutive items grouped into lists of about ``max_chars`` characters of text (at least one item each):
+    enough text per call into ``tokenizers`` that its threads stay busy, little enough to stream."""
+    batch: list[T] = []
     size = 0
-    for text in texts:
-        batch.append(text)
-        size += len(text)
+    for item in items:
+        batch.append(item)
+        size += chars(item)
         if size >= max_chars:
             yield batch
             batch, size = [], 0
@@ -59,7 +62,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, special_tokens: list[
         show_progress=False,
     )
     # Lists of texts rather than single texts: the trainer then counts words of a whole list in parallel.
-    tok.train_from_iterator(text_batches(texts, TRAIN_BATCH_CHARS), trainer)
+    tok.train_from_iterator(batched(texts, TRAIN_BATCH_CHARS), trainer)
     return tok
 
 
@@ -69,7 +72,7 @@ def capped(texts: Iterable[str], max_bytes: int | None) -> Iterator[str]:
     for text in texts:
         if max_bytes is not None and seen >= max_bytes:
             return
-        seen += len(text.encode("utf-8", "surrogateescape"))
+        seen += utf8_len(text)
         yield text
 
 
@@ -79,12 +82,14 @@ def load_tokenizer(path: str | Path, key: str = "data.tokenizer") -> Tokenizer:
         return Tokenizer.from_file(str(path))
     except Exception as e:  # missing file, not JSON, not a tokenizer
         reason = "does not exist" if not Path(path).exists() else f"is not a tokenizers JSON file ({e})"
-        raise ConfigError(f"{key}: {str(path)!r} {reason}") from None
+        raise DataError(f"{key}: {str(path)!r} {reason}") from None
 
 
-def tokenizer_hash(tok: Tokenizer) -> str:
-    """sha256 of the tokenizer's JSON: what checkpoints record to refuse resuming with another tokenizer."""
-    return hashlib.sha256(tok.to_str().encode()).hexdigest()
+def tokenizer_hash(tok: Tokenizer | str) -> str:
+    """sha256 of the tokenizer's JSON (a tokenizer, or its JSON text): what the token cache and checkpoints record
+    to tell tokenizers apart."""
+    text = tok if isinstance(tok, str) else tok.to_str()
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def eot_id(tok: Tokenizer, special_tokens: list[str]) -> int:
@@ -92,7 +97,7 @@ def eot_id(tok: Tokenizer, special_tokens: list[str]) -> int:
     name = special_tokens[0] if special_tokens else EOT
     ident = tok.token_to_id(name)
     if ident is None:
-        raise ConfigError(
+        raise DataError(
             f"data.special_tokens: the tokenizer has no {name!r} token to separate documents; "
             "put one of its special tokens first in data.special_tokens"
         )

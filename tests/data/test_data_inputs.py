@@ -1,0 +1,159 @@
+"""Bad data input: a DataError with one actionable line, and nothing written (no cache, temporary directory or
+lock file); undecodable files are skipped, replaced or refused as configured."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data import DataError, build_corpus, prepare
+from tests.data.corpora import DOCS, data_cfg, write_tables, write_texts
+
+
+def assert_refused(cfg, match: str, cache_dir: Path | None = None) -> str:
+    """prepare() raises a one-line DataError matching ``match`` and leaves the cache directory as it was (absent
+    unless the test made it)."""
+    cache_dir = Path(cache_dir or os.environ["GPT_DATA_CACHE"])
+    before = sorted(os.listdir(cache_dir)) if cache_dir.exists() else None
+    with pytest.raises(DataError, match=match) as info:
+        prepare(cfg)
+    assert "\n" not in str(info.value)
+    after = sorted(os.listdir(cache_dir)) if cache_dir.exists() else None
+    assert after == before, after
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    "values, match",
+    [
+        ({"source": "nope"}, r"^data\.source must be one of builtin, text_files, hub, got 'nope'$"),
+        ({"source": "hub", "name": None}, r"^data\.name must be a Hugging Face dataset name .*, got None$"),
+        ({"source": "text_files", "path": None}, r"^data\.path must be a file, a directory or a glob .*, got None$"),
+        ({"streaming": "yes"}, r"^data\.streaming must be true or false, got 'yes'$"),
+        ({"text_column": ""}, r"^data\.text_column must be the name of the column that holds the text, got ''$"),
+    ],
+)
+def test_a_bad_data_setting_is_refused_before_any_file_is_read(values, match):
+    with pytest.raises(DataError, match=match):
+        build_corpus({"source": "text_files", "path": "/nowhere", **values})
+
+
+def test_a_missing_path_is_refused(tmp_path):
+    cfg = data_cfg("text_files", path=str(tmp_path / "nowhere"))
+    assert_refused(
+        cfg, rf"^data\.path: '{tmp_path / 'nowhere'}' does not exist \(give a file, a directory or a glob\)$"
+    )
+
+
+def test_a_glob_matching_no_file_is_refused(tmp_path):
+    write_texts(tmp_path / "c", DOCS[:3])
+    assert_refused(data_cfg("text_files", path=str(tmp_path / "c" / "*.md")), r"^data\.path: no file matches the glob")
+
+
+def test_a_directory_without_text_files_is_refused(tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "image.png").write_bytes(b"\x89PNG")
+    assert_refused(data_cfg("text_files", path=str(tmp_path / "c")), r"holds no file ending in \.txt, \.md")
+
+
+def test_text_files_mixed_with_tables_are_refused(tmp_path):
+    write_texts(tmp_path / "c", DOCS[:2])
+    write_tables(tmp_path / "c", [{"text": d} for d in DOCS[:2]], "jsonl", n_files=1)
+    assert_refused(data_cfg("text_files", path=str(tmp_path / "c")), r"mixes text files and tables")
+
+
+def test_an_empty_corpus_is_refused(tmp_path):
+    write_texts(tmp_path / "c", ["", "", ""])
+    assert_refused(data_cfg("text_files", path=str(tmp_path / "c")), r"^data: the corpus 'files-c' has no text;")
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_a_missing_text_column_is_refused(tmp_path, streaming):
+    write_tables(tmp_path / "t", [{"body": d} for d in DOCS], "jsonl")
+    cfg = data_cfg("text_files", path=str(tmp_path / "t"), streaming=streaming)
+    assert_refused(cfg, r"^data\.text_column must be a column of .*part0\.jsonl' \(body\), got 'text'$")
+    hub = data_cfg("hub", name=str(tmp_path / "t"), text_column="content", streaming=streaming)
+    assert_refused(hub, r"^data\.text_column must be a column of .* \(body\), got 'content'$")
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_a_table_that_does_not_parse_is_refused(tmp_path, streaming):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "rows.jsonl").write_text('{"text": "a fine row"}\n{"text": oops}\n')
+    cfg = data_cfg("text_files", path=str(tmp_path / "t"), streaming=streaming)
+    assert_refused(cfg, r"^data: cannot (load|read) '.*rows\.jsonl'")
+
+
+def test_an_unreachable_hub_dataset_is_refused_with_a_hint(monkeypatch):
+    import datasets
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 does: no network
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    cfg = data_cfg("hub", name="no-such-owner/no-such-dataset")
+    assert_refused(cfg, r"^data: cannot load 'no-such-owner/no-such-dataset' split 'train' \(check data\.name and "
+                        r"the network; with HF_HUB_OFFLINE=1 only cached datasets load\): ")  # fmt: skip
+
+
+def test_undecodable_files_are_skipped_and_counted(tmp_path, caplog):
+    write_texts(tmp_path / "c", DOCS[:10])
+    (tmp_path / "c" / "latin1.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1") * 3)
+    cache = prepare(data_cfg("text_files", path=str(tmp_path / "c"), on_decode_error="skip"))
+    assert cache.meta["skipped_undecodable"] == 1 and cache.meta["replaced_undecodable"] == 0
+    assert cache.meta["documents"]["train"] + cache.meta["documents"]["val"] >= 10
+    assert "latin1.txt" in caplog.text and "not valid UTF-8" in caplog.text
+
+
+def test_undecodable_files_are_replaced_or_refused_by_config(tmp_path):
+    write_texts(tmp_path / "c", DOCS[:10])
+    (tmp_path / "c" / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1") * 3)
+    replaced = prepare(data_cfg("text_files", path=str(tmp_path / "c"), on_decode_error="replace"))
+    assert replaced.meta["replaced_undecodable"] == 1
+    tokens = np.concatenate([replaced.tokens("train"), replaced.tokens("val")]).tolist()
+    assert "caf\ufffd" in replaced.tokenizer().decode(tokens)
+    strict = data_cfg("text_files", path=str(tmp_path / "c"), on_decode_error="error", cache_dir=str(tmp_path / "s"))
+    assert_refused(strict, r"latin1\.txt: not valid UTF-8 at byte 3; set data\.on_decode_error=skip", tmp_path / "s")
+
+
+def test_only_undecodable_files_is_an_empty_corpus_that_says_why(tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.txt").write_bytes(b"\xff\xfe broken")
+    cfg = data_cfg("text_files", path=str(tmp_path / "c"))
+    assert_refused(cfg, r"has no text \(1 file\(s\) skipped as not UTF-8, .*a\.txt; data\.on_decode_error=replace")
+
+
+def test_a_vocab_too_small_for_the_byte_alphabet_is_refused(tmp_path):
+    write_texts(tmp_path / "c", DOCS[:5])
+    cfg = data_cfg("text_files", path=str(tmp_path / "c"), vocab_size=200)
+    assert_refused(cfg, r"^data\.vocab_size must be an integer ≥ 257 \(the 256 byte symbols \+ 1 special tokens\), "
+                        r"got 200$")  # fmt: skip
+
+
+def test_a_missing_given_tokenizer_is_refused(tmp_path):
+    write_texts(tmp_path / "c", DOCS[:5])
+    cfg = data_cfg("text_files", path=str(tmp_path / "c"), tokenizer=str(tmp_path / "tok.json"))
+    assert_refused(cfg, r"^data\.tokenizer: '.*tok\.json' does not exist \(give a tokenizer\.json, or null\)$")
+
+
+def test_a_corpus_with_no_validation_text_fails_mid_build_and_leaves_the_cache_directory_as_it_was(tmp_path):
+    write_texts(tmp_path / "good", DOCS)
+    other = prepare(data_cfg("text_files", path=str(tmp_path / "good")))  # the cache directory holds another cache
+    write_texts(tmp_path / "c", ["one single line without a newline"])
+    cfg = data_cfg("text_files", path=str(tmp_path / "c"))
+    assert_refused(
+        cfg, r"^data: the corpus 'files-doc000' gives no validation text; raise data\.val_fraction \(now 0\.05\)"
+    )
+    assert os.listdir(other.path.parent) == [other.path.name]  # no temporary directory or lock file left
+
+    empty_cache_dir = tmp_path / "fresh"
+    assert_refused(data_cfg("text_files", path=str(tmp_path / "c"), cache_dir=str(empty_cache_dir)),
+                   r"no validation text", empty_cache_dir)  # fmt: skip
+
+
+def test_a_missing_cache_is_refused_when_building_is_not_allowed(tmp_path):
+    write_texts(tmp_path / "c", DOCS[:5])
+    with pytest.raises(DataError, match=r"^data: the token cache .* is missing or incomplete$"):
+        prepare(data_cfg("text_files", path=str(tmp_path / "c")), build_if_missing=False)

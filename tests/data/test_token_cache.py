@@ -1,0 +1,163 @@
+"""The token cache: reused while source and tokenizer are unchanged, rebuilt otherwise, never trusted half-made,
+built once when several preparations race."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+import data.cache
+from data import TokenCache, atomic, prepare
+from data.cache import BUILDING, building, cache_path, remove_abandoned
+from data.corpus import build_corpus
+from tests.conftest import compose_config
+from tests.data.corpora import DOCS, EOT, data_cfg, decoded_documents, write_texts
+
+
+@pytest.fixture
+def corpus_cfg(tmp_path):
+    """A ``text_files`` config over 40 small documents."""
+    write_texts(tmp_path / "c", DOCS)
+    return data_cfg("text_files", path=str(tmp_path / "c"))
+
+
+def test_cache_is_reused_when_source_and_tokenizer_are_unchanged(corpus_cfg, caplog):
+    first = prepare(corpus_cfg)
+    stamp = (first.path / "train.bin").stat().st_mtime_ns
+    caplog.set_level("INFO", logger="data")
+    again = prepare(corpus_cfg)
+    assert again.path == first.path and (again.path / "train.bin").stat().st_mtime_ns == stamp
+    assert "reusing" in caplog.text and "tokenizing" not in caplog.text
+    meta = json.loads((first.path / "meta.json").read_text())
+    assert meta["tokens"]["train"] == len(first.tokens("train")) and meta["source_fingerprint"]
+    assert meta["bytes"]["train"] > meta["tokens"]["train"]
+
+
+def test_the_cache_directory_holds_only_the_complete_cache_after_preparing(corpus_cfg, local_caches):
+    cache = prepare(corpus_cfg)
+    assert os.listdir(local_caches) == [cache.path.name] and cache.path.name.startswith("files-c-")
+    assert sorted(os.listdir(cache.path)) == ["meta.json", "tokenizer.json", "train.bin", "val.bin"]
+
+
+def test_cache_is_rebuilt_when_a_source_file_changes(tmp_path):
+    paths = write_texts(tmp_path / "c", DOCS)
+    cfg = data_cfg("text_files", path=str(tmp_path / "c"))
+    first = prepare(cfg)
+    paths[3].write_text(DOCS[3] + "an edit\n")
+    second = prepare(cfg)
+    assert second.path != first.path
+    assert second.meta["source_fingerprint"] != first.meta["source_fingerprint"]
+    assert DOCS[3] + "an edit\n" in decoded_documents(second, "train") + decoded_documents(second, "val")
+
+
+@pytest.mark.parametrize("change", [{"vocab_size": 300}, {"special_tokens": [EOT, "<|sep|>"]}])
+def test_cache_is_rebuilt_when_tokenizer_settings_change(corpus_cfg, change):
+    first = prepare(corpus_cfg)
+    second = prepare(data_cfg("text_files", path=corpus_cfg.path, **change))
+    assert second.path != first.path
+    assert second.meta["tokenizer_hash"] != first.meta["tokenizer_hash"]
+    assert second.meta["source_fingerprint"] == first.meta["source_fingerprint"]
+
+
+def test_a_damaged_cache_is_not_trusted_and_is_rebuilt(corpus_cfg):
+    good = prepare(corpus_cfg)
+    expect = np.array(good.tokens("train"))
+    with open(good.path / "train.bin", "r+b") as fh:
+        fh.truncate(10)
+    assert TokenCache.open(good.path) is None
+    rebuilt = prepare(corpus_cfg)
+    assert rebuilt.path == good.path and np.array_equal(rebuilt.tokens("train"), expect)
+
+
+def test_cache_dir_comes_from_the_environment_by_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPT_DATA_CACHE", str(tmp_path / "env-cache"))
+    assert compose_config().data.cache_dir == str(tmp_path / "env-cache")
+    write_texts(tmp_path / "c", DOCS[:6])
+    cfg = {"source": "text_files", "path": str(tmp_path / "c"), "vocab_size": 300}  # the Python API, no Hydra
+    assert prepare(cfg).path.parent == tmp_path / "env-cache"
+
+
+def test_a_killed_preparation_is_never_trusted_and_the_next_one_cleans_up_and_rebuilds(corpus_cfg, caplog):
+    """What a preparation killed mid-write leaves: a temporary directory with partial token files and a lock file
+    that nobody holds any more (the kernel drops a dead process's locks)."""
+    final = cache_path(corpus_cfg, build_corpus(corpus_cfg))
+    partial = atomic.begin(final.parent, final.name)
+    (partial / BUILDING).touch()
+    (partial / "tokenizer.json").write_text("{}")
+    (partial / "train.bin").write_bytes(b"\x01\x00" * 100)
+    assert TokenCache.open(partial) is None and not final.exists()
+
+    caplog.set_level("INFO", logger="data")
+    cache = prepare(corpus_cfg)
+    assert cache.path == final and TokenCache.open(final) is not None
+    assert "abandoned" in caplog.text and not partial.exists()
+    assert os.listdir(final.parent) == [final.name]
+
+
+def test_a_live_build_is_not_taken_for_abandoned(tmp_path):
+    live = atomic.begin(tmp_path, "files-x-0123")
+    dead = atomic.begin(tmp_path, "files-y-4567")
+    (dead / BUILDING).touch()
+    with building(live):  # a lock held on another open file conflicts, as another process's would
+        remove_abandoned(tmp_path)
+        assert live.is_dir() and (live / BUILDING).exists()
+    assert not dead.exists()
+    assert live.is_dir() and not (live / BUILDING).exists()  # a finished build drops its lock file
+
+
+def test_concurrent_preparations_of_one_cache_build_it_once(corpus_cfg, local_caches, monkeypatch, caplog):
+    """Two threads prepare the same cache; whichever builds first waits inside the build until the other is
+    blocked on the lock, so the other must find the cache complete when it gets the lock."""
+    other_waits = threading.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record):
+            if "waiting for it" in record.getMessage():
+                other_waits.set()
+
+    builds = []
+    real_build = data.cache.build
+
+    def build(*args, **kwargs):
+        builds.append(threading.current_thread().name)
+        assert other_waits.wait(60), "the second preparation never waited on the lock"
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(data.cache, "build", build)
+    caplog.set_level("INFO", logger="data")
+    watch = Watch()
+    logging.getLogger("data").addHandler(watch)
+    results = []
+    try:
+        threads = [threading.Thread(target=lambda: results.append(prepare(corpus_cfg))) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        logging.getLogger("data").removeHandler(watch)
+    assert len(results) == 2 and len(builds) == 1
+    assert results[0].path == results[1].path and results[0].meta == results[1].meta
+    assert os.listdir(local_caches) == [results[0].path.name]  # the lock file is gone too
+
+
+def test_a_cache_another_process_finished_first_is_kept(corpus_cfg, local_caches, monkeypatch):
+    """Without a shared lock two builders can both finish; the second one's commit finds the cache in place
+    and keeps it."""
+    real_commit = atomic.commit
+
+    def commit(tmp, final, *, replace=True):
+        shutil.copytree(tmp, final)  # the other process renames its identical cache into place first
+        (final / "meta.json").write_text(json.dumps({**json.loads((tmp / "meta.json").read_text()), "mark": 1}))
+        return real_commit(tmp, final, replace=replace)
+
+    monkeypatch.setattr(atomic, "commit", commit)
+    cache = prepare(corpus_cfg)
+    assert cache.meta["mark"] == 1  # theirs
+    assert os.listdir(local_caches) == [cache.path.name]

@@ -1,0 +1,84 @@
+"""Tokenizers: trained on the training split or given as a file, token widths, and bytes per token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+from data import prepare, token_byte_lengths
+from data.cache import token_dtype
+from data.tokenizer import batched
+from tests.data.corpora import DOCS, EOT, assert_cache_holds_the_corpus, data_cfg, write_texts
+
+
+def test_trained_tokenizer_has_the_configured_vocab_and_special_tokens_first(tmp_path):
+    write_texts(tmp_path / "c", DOCS * 3)
+    cache = prepare(data_cfg("text_files", path=str(tmp_path / "c"), vocab_size=300, special_tokens=[EOT, "<|pad|>"]))
+    tok = cache.tokenizer()
+    assert tok.get_vocab_size() == cache.vocab_size <= 300
+    assert (tok.token_to_id(EOT), tok.token_to_id("<|pad|>")) == (0, 1) and cache.eot_id == 0
+    lengths = token_byte_lengths(tok, 384)
+    assert lengths.shape == (384,) and lengths[0] == lengths[1] == 0 and not lengths[cache.vocab_size :].any()
+    for doc in DOCS[:5]:  # a text's token byte lengths add up to its UTF-8 length
+        assert lengths[tok.encode(doc).ids].sum() == len(doc.encode())
+
+
+def test_token_byte_lengths_of_a_split_add_up_to_its_utf8_bytes(tmp_path):
+    """The denominator of bits per byte: end-of-text tokens count 0 bytes, every other token its text's bytes."""
+    write_texts(tmp_path / "c", DOCS)
+    cache = prepare(data_cfg("text_files", path=str(tmp_path / "c"), val_fraction=0.3))
+    lengths = token_byte_lengths(cache.tokenizer())
+    for split in ("train", "val"):
+        assert lengths[np.asarray(cache.tokens(split))].sum() == cache.meta["bytes"][split] > 0
+
+
+def test_a_given_tokenizer_is_used_instead_of_training_one(tmp_path):
+    write_texts(tmp_path / "c", DOCS)
+    first = prepare(data_cfg("text_files", path=str(tmp_path / "c")))
+    given_file = tmp_path / "tokenizer.json"
+    given_file.write_text(first.tokenizer().to_str())
+    second = prepare(data_cfg("text_files", path=str(tmp_path / "c"), tokenizer=str(given_file), vocab_size=9999))
+    assert second.path != first.path and "file" in second.meta["tokenizer_settings"]
+    assert second.meta["tokenizer_hash"] == first.meta["tokenizer_hash"]
+    assert np.array_equal(second.tokens("train"), first.tokens("train"))
+
+
+def big_vocab_tokenizer(path: Path, extra: int) -> None:
+    """A byte-level BPE whose vocab exceeds 2¹⁶ ids (filler tokens after the bytes): needs uint32 tokens."""
+    vocab = {EOT: 0}
+    for ch in pre_tokenizers.ByteLevel.alphabet():
+        vocab[ch] = len(vocab)
+    for i in range(extra):
+        vocab[f"<filler{i}>"] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([EOT])
+    tok.save(str(path))
+
+
+def test_token_files_are_uint16_when_every_id_fits_else_uint32(tmp_path):
+    assert token_dtype(2**16) == np.uint16 and token_dtype(2**16 + 1) == np.uint32  # ids 0 … 2¹⁶−1 fit
+    write_texts(tmp_path / "c", DOCS[:8])
+    big_vocab_tokenizer(tmp_path / "big.json", 2**16)
+    cfg = data_cfg("text_files", path=str(tmp_path / "c"), tokenizer=str(tmp_path / "big.json"))
+    cache = prepare(cfg)
+    assert cache.vocab_size > 2**16 and cache.meta["dtype"] == "uint32"
+    assert (cache.path / "train.bin").stat().st_size == 4 * cache.meta["tokens"]["train"]
+    assert_cache_holds_the_corpus(cache, cfg)
+
+
+@settings(max_examples=100, deadline=None)
+@given(sizes=st.lists(st.integers(0, 50), max_size=30), max_chars=st.integers(1, 80))
+def test_batched_keeps_order_and_closes_a_batch_once_it_reaches_max_chars(sizes, max_chars):
+    texts = ["x" * n for n in sizes]
+    batches = list(batched(texts, max_chars))
+    assert [t for b in batches for t in b] == texts and all(batches)
+    for b in batches[:-1]:  # each full batch reached max_chars only with its last text
+        assert sum(map(len, b)) >= max_chars > sum(map(len, b[:-1]))
+    if batches:
+        assert sum(map(len, batches[-1][:-1])) < max_chars
