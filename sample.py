@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import sys
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,33 +24,31 @@ from omegaconf import DictConfig, OmegaConf
 
 from data.tokenizer import load_tokenizer
 from model import GPT, GPTConfig, sample_text
+from scheduling.spec import is_int, is_number
 from training import checkpoint, distributed
-from training.errors import ConfigError
+from training.config import USER_ERRORS, ConfigError, check_keys, check_overrides
 
 SEPARATOR = "-" * 40
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def check_sample_config(cfg: Mapping[str, Any]) -> None:
     """Every sample.yaml value, before anything is loaded."""
+    check_keys(cfg, "sample")
     if cfg.get("checkpoint") in (None, "", "???"):
         raise ConfigError("checkpoint", "a run directory or checkpoint folder (python sample.py checkpoint=<run dir>)")
     for key in ("max_new_tokens", "num_samples"):
-        if not _is_int(cfg.get(key)) or cfg[key] < 1:
+        if not is_int(cfg.get(key)) or cfg[key] < 1:
             raise ConfigError(key, "an integer > 0", cfg.get(key))
     temperature = cfg.get("temperature")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+    if not is_number(temperature) or temperature < 0:
         raise ConfigError("temperature", "a number ≥ 0 (0 = greedy)", temperature)
     top_k = cfg.get("top_k")
-    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+    if top_k is not None and (not is_int(top_k) or top_k < 1):
         raise ConfigError("top_k", "null or an integer > 0", top_k)
     top_p = cfg.get("top_p")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+    if top_p is not None and (not is_number(top_p) or not 0 < top_p <= 1):
         raise ConfigError("top_p", "null or a number in (0, 1]", top_p)
-    if not _is_int(cfg.get("seed")):
+    if not is_int(cfg.get("seed")):
         raise ConfigError("seed", "an integer", cfg.get("seed"))
 
 
@@ -66,34 +63,11 @@ def load_model(folder: Path, device: torch.device) -> tuple[GPT, dict[str, Any]]
     saved = state.get("model_config")
     if not isinstance(saved, dict):
         raise ConfigError(f"checkpoint {folder / checkpoint.STATE_FILE}: it has no model_config to rebuild the model")
-    config = GPTConfig.from_dict(saved)
     with torch.device("meta"):  # no time spent on a random init that the weights replace anyway
-        model = GPT(config)
+        model = GPT(GPTConfig.from_dict(saved))
     model.materialize(device)
-    try:
-        if state.get("sharded") == "dcp":  # an FSDP run's checkpoint: the weights are in its dcp/ shards
-            load_sharded_weights(model, folder / "dcp")
-        else:
-            model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        reason = str(e).strip().splitlines()[0][:200]
-        raise ConfigError(f"checkpoint {folder}: its weights do not fit its model_config ({reason})") from None
+    checkpoint.load_weights(folder, state, model)
     return model.eval(), state
-
-
-def load_sharded_weights(model: GPT, folder: Path) -> None:
-    """Read the model's part of a torch.distributed.checkpoint folder into ``model``, in this one process."""
-    import torch.distributed.checkpoint as dcp
-
-    if not (folder / ".metadata").is_file():
-        raise ConfigError(f"checkpoint {folder}: its sharded state is incomplete (no .metadata)")
-    weights = {"model": model.state_dict()}
-    try:
-        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
-            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-            dcp.load(weights, checkpoint_id=str(folder))  # fills the tensors in place
-    except Exception as e:
-        raise ConfigError(f"checkpoint {folder}: its sharded state cannot be read ({str(e).splitlines()[0]})") from None
 
 
 def sample(cfg: DictConfig) -> list[str]:
@@ -103,8 +77,8 @@ def sample(cfg: DictConfig) -> list[str]:
     device = distributed.resolve_device(values["device"])
     precision = distributed.resolve_precision(values["precision"], device)
     folder = find_checkpoint(str(values["checkpoint"]))
-    tokenizer = load_tokenizer(folder / "tokenizer.json", key=f"checkpoint {folder}")
     model, state = load_model(folder, device)
+    tokenizer = load_tokenizer(folder / "tokenizer.json", key=f"checkpoint {folder}")
     if tokenizer.get_vocab_size() > model.config.vocab_size:
         raise ConfigError(f"checkpoint {folder}: its tokenizer.json has more tokens than its model's vocabulary")
     print(
@@ -134,7 +108,7 @@ def main(cfg: DictConfig) -> None:
     """Print the samples, separated by a line of dashes; a bad input is one ``error:`` line and exit code 2."""
     try:
         texts = sample(cfg)
-    except ConfigError as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     for i, text in enumerate(texts):
@@ -144,4 +118,9 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    try:  # what Hydra would refuse in a multi-line report: a mistyped key
+        check_overrides(sys.argv[1:], "sample")
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     main()

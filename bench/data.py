@@ -32,7 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the template runs from its root (and ROOT/data must win over this file)
 
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from throughput import cpu_times, others_share  # noqa: E402  (bench/throughput.py: CPU noise from /proc)
 from tokenizers import Tokenizer  # noqa: E402
@@ -41,6 +40,7 @@ from data import TrainBatches, build_corpus, prepare  # noqa: E402
 from model import GPT, GPTConfig, padded_vocab  # noqa: E402
 from scheduling import build_scheduler, schedule_from_config  # noqa: E402
 from training import distributed  # noqa: E402
+from training.config import compose  # noqa: E402
 from training.engine import train_update  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
 
@@ -58,8 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def compose_config(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=["logger=none", "trainer.device=cpu", *overrides])
+    return compose(["logger=none", "trainer.device=cpu", *overrides])
 
 
 def timed_prepare(data_cfg, **values) -> tuple[float, object]:

@@ -18,7 +18,7 @@ The loops alternate (template, bare, bare, template, ...: every update on a CPU,
 GPU), so drift and other load on the machine hit both alike; a repetition is ``--steps`` updates of each,
 the table gives the medians over repetitions and the ratio is the median of the per-repetition ratios.
 MFU = model FLOPs per token (6N + 12·L·H·Q·T, model/flops.py) × tokens/s / the device's peak (GPU data sheet
-table; on CPU the fp32 matmul peak measured once and cached, ``--refresh-peak`` to measure it again now).
+table; on CPU the best fp32 matmul rate measured here, cached; ``--refresh-peak`` measures again and keeps the higher).
 Other processes' share of the CPUs is printed per repetition: above 5% the figures are flagged unreliable.
 """
 
@@ -35,17 +35,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the template runs from its root
 
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from data import TrainBatches, prepare  # noqa: E402
 from model import GPT, GPTConfig, padded_vocab  # noqa: E402
 from model.flops import cpu_name, cpu_peak_flops, model_flops_per_token, peak_flops  # noqa: E402
 from scheduling import build_scheduler, schedule_from_config  # noqa: E402
-from training import distributed, parallel  # noqa: E402
+from training import distributed  # noqa: E402
+from training.config import check_config, compose, grad_accum_steps  # noqa: E402
 from training.engine import train_update  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
-from training.validate import check_config, grad_accum_steps  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="alternating repetitions of each loop")
     p.add_argument("--warmup", type=int, default=2, help="untimed updates of each loop first")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--refresh-peak", action="store_true", help="measure the CPU matmul peak again (and cache it)")
+    p.add_argument("--refresh-peak", action="store_true", help="measure the CPU matmul peak again (the cache keeps the higher)")
     p.add_argument("--profile", action="store_true", help="then profile the template's updates with torch.profiler")
     p.add_argument(
         "--return-freed-memory",
@@ -77,8 +76,7 @@ def compose_config(args: argparse.Namespace):
 
 def compose_checked(overrides: list[str]):
     """train.py's config with ``overrides``, through train.py's checks."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+    cfg = compose(overrides)
     check_config(cfg)
     return cfg
 
@@ -127,12 +125,12 @@ def build_template(cfg, d: distributed.Dist, precision: str, use_compile: bool, 
     model_config = GPTConfig.from_dict({**OmegaConf.to_container(cfg.model), "vocab_size": vocab})
     torch.manual_seed(cfg.trainer.seed)
     raw_model = GPT(model_config).to(device)
-    strategy = parallel.resolve_strategy(cfg.trainer.strategy, d.world_size)
-    model = parallel.parallelize(raw_model, strategy, d, precision, use_compile)
+    strategy = distributed.resolve_strategy(cfg.trainer.strategy, d.world_size)
+    model = distributed.parallelize(raw_model, strategy, d, precision, use_compile)
     optimizer = build_optimizer(raw_model, cfg.optim, device)
     scheduler = build_scheduler(optimizer, schedule)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    use_autocast = parallel.autocast_needed(strategy, device)
+    use_autocast = distributed.autocast_needed(strategy, device)
     autocast = distributed.autocast(device, precision if use_autocast else "fp32")
     distributed.allow_tf32(device)  # as train.py: TF32 on CUDA,
     if keep_freed_memory:

@@ -1,4 +1,5 @@
-"""Shared helpers: compose configs with Hydra's API, and run train.py as a user would, on tiny settings."""
+"""Shared helpers: compose configs with Hydra's API, run ``train`` in-process on tiny settings, and run
+``train.py`` as a subprocess where the process itself is the subject (exit codes, signals, torchrun, multirun)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,10 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-
-import training  # noqa: F401 — registers the config resolvers conf/ uses
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -33,8 +32,9 @@ TINY = [
 
 
 def compose_config(overrides: list[str] | None = None, return_hydra_config: bool = False):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides or [], return_hydra_config=return_hydra_config)
+    from training.config import compose
+
+    return compose(overrides, return_hydra_config=return_hydra_config)
 
 
 def group_options(group: str) -> list[str]:
@@ -45,6 +45,24 @@ def group_options(group: str) -> list[str]:
 def data_cache(tmp_path_factory) -> Path:
     """One token cache directory for the whole session, so the tiny corpus is tokenized once."""
     return tmp_path_factory.mktemp("data-cache")
+
+
+@pytest.fixture
+def tiny_train(data_cache, monkeypatch) -> Callable[..., Path]:
+    """``tiny_train(run_dir, args)``: ``train(cfg, run_dir)`` in this process on TINY settings plus the override
+    ``args``; returns the run directory. Errors and ``Stopped`` propagate as they would to ``main``."""
+    from train import train
+
+    monkeypatch.setenv("GPT_DATA_CACHE", str(data_cache))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+    def run(run_dir: Path, args: list[str] | None = None, **kwargs) -> Path:
+        cfg = compose_config(TINY + list(args or []))
+        train(cfg, run_dir, **kwargs)
+        return run_dir
+
+    return run
 
 
 def run_train(

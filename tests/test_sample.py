@@ -1,4 +1,4 @@
-"""sample.py end to end: a tiny run's checkpoint → text, reproducibly, writing nothing; bad input → one line."""
+"""sample.py: a tiny run's checkpoint → text, reproducibly, writing nothing; bad input → one line naming it."""
 
 from __future__ import annotations
 
@@ -9,26 +9,33 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
 from data.tokenizer import load_tokenizer
 from model import GPT, GPTConfig, generate, sample_text
-from sample import check_sample_config, find_checkpoint, load_model
-from tests.conftest import ROOT, TINY, run_train
-from training.errors import ConfigError
+from sample import check_sample_config, find_checkpoint, load_model, sample
+from tests.conftest import CONF, ROOT, TINY, compose_config
+from training.config import ConfigError
 
 SAMPLE = str(ROOT / "sample.py")
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, data_cache) -> Path:
+    """A finished 10-update run."""
+    from train import train
+
     run = tmp_path_factory.mktemp("sample") / "run"
-    run_train(TINY + ["trainer.max_steps=10", "trainer.eval_every=0"], run, data_cache)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GPT_DATA_CACHE", str(data_cache))
+        train(compose_config(TINY + ["trainer.max_steps=10", "trainer.eval_every=0"]), run)
     return run
 
 
-def sample_py(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """``python sample.py <args>`` as a user runs it, from ``cwd``."""
-    return subprocess.run([sys.executable, SAMPLE, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+def sample_config(overrides: list[str]):
+    """conf/sample.yaml with ``overrides``, as ``python sample.py <overrides>`` composes it."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="sample", overrides=overrides)
 
 
 def test_sample_py_prints_what_sample_text_gives_and_writes_nothing(tiny_run, tmp_path):
@@ -36,7 +43,7 @@ def test_sample_py_prints_what_sample_text_gives_and_writes_nothing(tiny_run, tm
     samples, each the prompt followed by its continuation; the working directory stays empty."""
     args = [f"checkpoint={tiny_run}", "prompt='import os'", "max_new_tokens=16", "num_samples=2", "temperature=1.0",
             "top_k=20", "top_p=0.9", "seed=7"]  # fmt: skip
-    proc = sample_py(args, tmp_path)
+    proc = subprocess.run([sys.executable, SAMPLE, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "step-00000010" in proc.stderr
     assert list(tmp_path.iterdir()) == []  # no outputs/, .hydra/ or log file
@@ -67,7 +74,7 @@ def test_greedy_samples_are_the_most_likely_continuation(tiny_run):
     assert first == tokenizer.decode(ids, skip_special_tokens=False)
 
 
-@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # one process saves the shards here
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 @pytest.mark.parametrize("sharded", [False, True])
 def test_load_model_rebuilds_the_saved_model_from_its_checkpoint(tmp_path, arch, sharded):
@@ -94,16 +101,14 @@ def test_load_model_rebuilds_the_saved_model_from_its_checkpoint(tmp_path, arch,
         torch.testing.assert_close(loaded(idx, idx)[0], trained(idx, idx)[0], rtol=0, atol=0)
 
 
-def test_a_corrupt_checkpoint_ends_with_one_error_line_and_exit_code_2(tiny_run, tmp_path):
+def test_a_truncated_checkpoint_is_a_one_line_error_naming_its_file(tiny_run, tmp_path):
     corrupt = tmp_path / "corrupt"
     shutil.copytree(tiny_run / "checkpoints" / "step-00000010", corrupt)
     state = corrupt / "state.pt"
     state.write_bytes(state.read_bytes()[:1000])  # a truncated write
-    proc = sample_py([f"checkpoint={corrupt}"], tmp_path)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: checkpoint {state}"), lines
-    assert proc.stdout == "" and "Traceback" not in proc.stderr
+    with pytest.raises(ConfigError, match=f"^checkpoint {state}: cannot be read, it is truncated or corrupt") as info:
+        sample(sample_config([f"checkpoint={corrupt}"]))
+    assert "\n" not in str(info.value)
 
 
 def test_a_missing_or_empty_run_directory_is_a_one_line_error(tmp_path):
@@ -119,6 +124,6 @@ def test_bad_sample_settings_name_the_key():
             "top_p": None, "seed": 0}  # fmt: skip
     check_sample_config(good)
     for key, value in [("checkpoint", "???"), ("max_new_tokens", 0), ("num_samples", 1.5), ("temperature", -1),
-                       ("top_k", 0), ("top_p", 0.0), ("top_p", 1.5), ("seed", "x")]:  # fmt: skip
+                       ("top_k", 0), ("top_p", 0.0), ("top_p", 1.5), ("seed", "x"), ("temprature", 0.5)]:  # fmt: skip
         with pytest.raises(ConfigError, match=f"^{key}"):
             check_sample_config({**good, key: value})

@@ -13,15 +13,17 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from training.errors import ConfigError
+from data.atomic import begin, commit, replace_file
+from training import distributed
+from training.config import ConfigError
 
 STATE_FILE = "state.pt"
 LATEST = "latest"
@@ -32,70 +34,24 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write(path: Path, data: bytes | str) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data.encode() if isinstance(data, str) else data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def replace_file(path: Path, data: bytes | str) -> None:
-    """Write ``path`` atomically: a temporary file in the same folder, fsynced, renamed over it."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    _write(tmp, data)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def begin(root: Path, step: int) -> Path:
-    """A new temporary folder under ``root`` to assemble checkpoint ``step`` in."""
-    root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".tmp-{step_dir_name(step)}-{os.getpid()}-", dir=root))
-
-
-def commit(
-    root: Path, tmp: Path, step: int, state: dict[str, Any], files: dict[str, str | bytes], keep: int = 0
+def save(
+    root: Path, step: int, state: dict[str, Any], files: dict[str, str | bytes], keep: int = 0, tmp: Path | None = None
 ) -> Path:
-    """Write ``state`` and ``files`` into ``tmp``, fsync everything, rename it to ``step-N`` and point ``latest``
-    at it; then keep only the newest ``keep`` checkpoints. A folder already in ``tmp`` (sharded state) goes along."""
-    final = root / step_dir_name(step)
+    """Write checkpoint ``step`` under ``root`` atomically (into ``tmp`` if the sharded state is already there),
+    point ``latest`` at it, then keep only the newest ``keep`` checkpoints."""
+    tmp = tmp or begin(root, step_dir_name(step))
     try:
-        with open(tmp / STATE_FILE, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        torch.save(state, tmp / STATE_FILE)
         for name, data in files.items():
-            _write(tmp / name, data)
-        for sub in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
-            fsync_dir(sub)
-        if final.exists():  # saved again at the same step (e.g. after a resume): swap it out
-            old = root / f".old-{final.name}-{os.getpid()}"
-            os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
-        fsync_dir(root)
+            (tmp / name).write_bytes(data.encode() if isinstance(data, str) else data)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    final = commit(tmp, root / step_dir_name(step))  # fsyncs every file, then renames into place
     replace_file(root / LATEST, final.name + "\n")
     if keep > 0:
         prune(root, keep)
     return final
-
-
-def save(root: Path, step: int, state: dict[str, Any], files: dict[str, str | bytes], keep: int = 0) -> Path:
-    """Write checkpoint ``step`` under ``root`` atomically, point ``latest`` at it, keep the newest ``keep``."""
-    return commit(root, begin(root, step), step, state, files, keep)
 
 
 def saved_steps(root: Path) -> list[int]:
@@ -228,10 +184,54 @@ def check_fits(state: dict[str, Any], model_config: dict[str, Any], tokenizer_ha
         raise ConfigError(f"checkpoint {path}: it was trained with another tokenizer than data builds now")
 
 
+def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Full model and optimizer state dicts keyed by parameter name, on the CPU (for a DDP or single run)."""
+    if distributed.is_initialized():
+        return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    return {k: v.detach().cpu() for k, v in model_sd.items()}, optim_sd
+
+
+def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_sd: dict, optim_sd: dict) -> None:
+    """Load full state dicts into a model of any strategy (FSDP shards them on the way in)."""
+    options = StateDictOptions(full_state_dict=True, strict=True)
+    set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd, options=options)
+
+
+def load_sharded(folder: Path, state: dict[str, Any]) -> None:
+    """Fill ``state`` ({"model": …[, "optimizer": …]}, tensors of any strategy and world size) in place from the
+    torch.distributed.checkpoint folder ``folder``: training resumes and sample.py loads weights through this."""
+    import torch.distributed.checkpoint as dcp
+
+    if not (folder / ".metadata").is_file():
+        raise ConfigError(f"checkpoint {folder}: its sharded state is incomplete (no .metadata)")
+    try:
+        with warnings.catch_warnings():  # one process reading shards written by several: intended
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=str(folder))
+    except Exception as e:
+        raise ConfigError(f"checkpoint {folder}: its sharded state cannot be read ({str(e).splitlines()[0]})") from None
+
+
+def load_weights(folder: Path, state: dict[str, Any], model: torch.nn.Module) -> None:
+    """The weights of checkpoint ``folder`` (its loaded ``state``) into ``model`` in one process, whatever
+    strategy saved them."""
+    try:
+        if state.get("sharded") == "dcp":
+            weights = {"model": model.state_dict()}
+            load_sharded(folder / "dcp", weights)  # fills the tensors in place
+        else:
+            model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        reason = str(e).strip().splitlines()[0][:200]
+        raise ConfigError(f"checkpoint {folder}: its weights do not fit its model_config ({reason})") from None
+
+
 class Checkpointer:
     """Saves and restores everything a run needs to continue exactly: model and optimizer (full, or sharded
     under FSDP), scheduler with its schedule, GradScaler, update index, tokens seen, every rank's RNG states,
-    the resolved config, the tokenizer and the W&B run id. Call ``save`` on every rank."""
+    and what the run adds (``extra``: T, config, W&B run id; ``files``: tokenizer.json, config.yaml). Call
+    ``save`` on every rank."""
 
     def __init__(self, run_dir: Path, model, optimizer, scheduler, scaler, dist, strategy: str, keep: int):
         self.root = run_dir / "checkpoints"
@@ -239,31 +239,35 @@ class Checkpointer:
         self.dist, self.strategy, self.keep = dist, strategy, keep
 
     def save(self, step: int, tokens: int, extra: dict[str, Any], files: dict[str, str | bytes]) -> Path | None:
-        from training import distributed, parallel
-
         rngs = distributed.gather_object(rng_state())
-        tmp = distributed.broadcast_object(begin(self.root, step) if self.dist.is_main else None)
+        tmp = distributed.broadcast_object(begin(self.root, step_dir_name(step)) if self.dist.is_main else None)
         state: dict[str, Any] = {"step": step, "tokens": tokens, "rng": rngs, **extra}
         if self.strategy == "fsdp":
-            parallel.save_sharded(self.model, self.optimizer, tmp / "dcp")
+            import torch.distributed.checkpoint as dcp
+
+            model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+            dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp / "dcp"))
             state["model"], state["optimizer"], state["sharded"] = {}, {}, "dcp"
         else:
-            state["model"], state["optimizer"] = parallel.full_state(self.model, self.optimizer)
+            state["model"], state["optimizer"] = full_state(self.model, self.optimizer)
         state["scheduler"] = self.scheduler.state_dict()
         state["scaler"] = self.scaler.state_dict() if self.scaler is not None else None
         distributed.barrier()  # every shard is on disk before the folder is committed
-        path = commit(self.root, tmp, step, state, files, self.keep) if self.dist.is_main else None
+        path = save(self.root, step, state, files, self.keep, tmp) if self.dist.is_main else None
         distributed.barrier()
         return path
 
     def restore(self, state: dict[str, Any], path: Path, allow_schedule_change: bool) -> None:
         from scheduling import restore_scheduler
-        from training import parallel
 
         if state.get("sharded") == "dcp":
-            parallel.load_sharded(self.model, self.optimizer, path / "dcp")
+            model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+            shards = {"model": model_sd, "optimizer": optim_sd}
+            load_sharded(path / "dcp", shards)
+            set_state_dict(self.model, self.optimizer, model_state_dict=shards["model"],
+                           optim_state_dict=shards["optimizer"])  # fmt: skip
         else:
-            parallel.load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
+            load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
         restore_scheduler(self.scheduler, state["scheduler"], allow_schedule_change)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

@@ -1,24 +1,29 @@
-"""Devices, precision and torch.distributed: one process per device, set up from torchrun's environment.
+"""Where and how the model runs: the process group, the device, precision and compilation, and the data-parallel
+wrapping (DDP, or FSDP2 for models that don't fit one device).
 
 A single process (no ``WORLD_SIZE`` in the environment, or 1) needs no process group. Under torchrun each
 rank joins the group torchrun describes (NCCL on CUDA, gloo on CPU), takes the GPU of its local rank, and
-only rank 0 writes files.
+only rank 0 writes files. Strategies (``trainer.strategy``):
+- ``single``: one process; ``ddp``: a full replica per rank, gradients all-reduced (the default when
+  WORLD_SIZE > 1); ``fsdp``: every block sharded across ranks (``fully_shard`` per block, then the root), bf16
+  parameters with fp32 gradient reduction on GPU.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from training.errors import ConfigError
+from training.config import DEVICES, PRECISIONS, STRATEGIES, USER_ERRORS, ConfigError
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+log = logging.getLogger("train")
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,11 @@ class Dist:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+
+def is_initialized() -> bool:
+    """Whether this process is one rank of a process group (under torchrun)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def env_world() -> tuple[int, int, int]:
@@ -79,14 +89,66 @@ def resolve_precision(choice: str, device: torch.device) -> str:
     if choice == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         name = torch.cuda.get_device_name(device)
         raise ConfigError("trainer.precision", f"fp16 or fp32 on {name} (it has no bf16 support)", "bf16")
+    if choice == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
+        log.warning("trainer.precision=bf16: this CPU has no bf16 instructions, so bf16 runs slower than fp32 here")
     if choice == "fp16" and device.type == "cpu":
         raise ConfigError("trainer.precision", "fp32 or bf16 on the CPU (fp16 with a GradScaler needs a GPU)", "fp16")
     return choice
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX); without them bf16 math is emulated, slower
+    than fp32. Where the flags can't be read, assume it has."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    return any(flag in flags for flag in (" avx512_bf16", " amx_bf16"))
+
+
 def resolve_compile(choice, device: torch.device) -> bool:
     """``trainer.compile``: auto compiles on CUDA only; true and false force it."""
     return device.type == "cuda" if choice == "auto" else bool(choice)
+
+
+def resolve_strategy(choice: str, world_size: int) -> str:
+    if choice not in STRATEGIES:
+        raise ConfigError("trainer.strategy", f"one of {', '.join(STRATEGIES)}", choice)
+    if choice == "auto":
+        return "ddp" if world_size > 1 else "single"
+    if choice in ("ddp", "fsdp") and world_size == 1:
+        return "single"  # one process: nothing to shard or all-reduce
+    if choice == "single" and world_size > 1:
+        raise ConfigError("trainer.strategy", f"ddp or fsdp under torchrun (WORLD_SIZE={world_size})", choice)
+    return choice
+
+
+def parallelize(model: torch.nn.Module, strategy: str, d: Dist, precision: str, compile: bool) -> torch.nn.Module:
+    """The module the loop calls: compiled in place (state-dict keys unchanged), then wrapped or sharded."""
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        policy = MixedPrecisionPolicy()
+        if d.device.type == "cuda" and precision in ("bf16", "fp16"):
+            low = torch.bfloat16 if precision == "bf16" else torch.float16
+            policy = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32)
+        for block in model.blocks:
+            if compile:
+                block.compile()
+            fully_shard(block, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
+        return model
+    if compile:
+        model.compile()
+    if strategy == "ddp":
+        device_ids = [d.device.index] if d.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return model
+
+
+def autocast_needed(strategy: str, device: torch.device) -> bool:
+    """FSDP's mixed-precision policy casts parameters itself on GPU; everything else uses autocast."""
+    return not (strategy == "fsdp" and device.type == "cuda")
 
 
 def allow_tf32(device: torch.device) -> None:
@@ -100,12 +162,9 @@ def keep_freed_memory(device: torch.device) -> bool:
     """On a CPU device, have glibc's malloc keep the memory an update frees for the next one; True if it took.
 
     An update allocates its activations and gradients and frees them at its end. By default glibc hands the
-    freed top of the heap back to the kernel once it exceeds twice the largest block freed so far, so every
-    update faults in fresh zeroed pages again (1 s of every 8 s of CPU time was the kernel's, for the
-    cpu_budget model on 2 cores). Keeping them — blocks under 32 MiB come from the heap, and the heap is trimmed
-    only past 2 GiB free — cut that model's update to 0.75 of its time and the default model's to 0.98 (compare
-    two runs of bench/throughput.py, one with ``--return-freed-memory``); the process then keeps its peak memory.
-    Where the allocator is not glibc's (macOS, musl, a preloaded jemalloc or tcmalloc) nothing changes."""
+    freed top of the heap back to the kernel, so every update faults in fresh zeroed pages again; keeping them
+    (blocks under 32 MiB come from the heap, trimmed only past 2 GiB free) saves that kernel time, and the
+    process keeps its peak memory. Where the allocator is not glibc's nothing changes."""
     if device.type != "cpu":
         return False
     import ctypes
@@ -141,40 +200,27 @@ def init(device_choice: str) -> Dist:
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.barrier()
 
 
 def broadcast_object(obj, src: int = 0):
     """``obj`` as rank ``src`` has it, on every rank (itself when not distributed)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_initialized():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
 
 
-def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        t /= dist.get_world_size()
-    return t
-
-
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
 def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.destroy_process_group()
 
 
 def gather_object(obj) -> list:
     """``obj`` of every rank, in rank order, on every rank (``[obj]`` when not distributed)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_initialized():
         return [obj]
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
@@ -183,7 +229,7 @@ def gather_object(obj) -> list:
 
 def any_rank(flag: bool) -> bool:
     """True on every rank when ``flag`` is true on any rank (one tiny all-reduce when distributed)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_initialized():
         return flag
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
     t = torch.tensor([1.0 if flag else 0.0], device=device)
@@ -194,7 +240,7 @@ def any_rank(flag: bool) -> bool:
 def check_same_everywhere(**values) -> None:
     """Raise if any rank disagrees on ``values`` (the update index, the lr, the schedule's index): a cheap guard,
     run at each evaluation, that every rank steps its scheduler exactly once per update."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_initialized():
         return
     everywhere = gather_object(values)
     if any(v != everywhere[0] for v in everywhere):
@@ -212,7 +258,7 @@ def in_turn(work, d: Dist):
         if here:
             try:
                 result = work()
-            except ConfigError as e:
+            except USER_ERRORS as e:
                 error = str(e)
             except Exception as e:
                 if not d.distributed:

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from training.distributed import is_initialized
+
 OK, OVERFLOW, NONFINITE = "ok", "overflow", "nonfinite"
 # GradScaler halves its scale at each overflow: 64 of them take fp16's usual 2^16 to 2^-48, and gradients that
 # still overflow there are not finite at any scale
@@ -70,7 +72,7 @@ def train_update(
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
         grad_norm = grad_norm.full_tensor()
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
         loss_sum /= dist.get_world_size()
     loss_value, norm_value = torch.stack([loss_sum, grad_norm.float()]).tolist()  # the one host sync
@@ -130,7 +132,7 @@ def evaluate(
         nbytes = token_bytes[y.reshape(-1)]
         text = nbytes > 0
         sums += torch.stack([loss.sum(), loss.new_tensor(loss.numel()), loss[text].sum(), nbytes.sum().double()])
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.all_reduce(sums, op=dist.ReduceOp.SUM)
     total_loss, count, text_loss, nbytes = sums.tolist()
     model.train(was_training)

@@ -1,5 +1,9 @@
-"""The metric sink: one ``log(step, metrics)`` that fans out to metrics.jsonl (always), the console, and the
-chosen logger (W&B, CSV or none). Metric names are DESIGN.md's: identical in every sink.
+"""Metric sinks: one ``Metrics.log(step, metrics)`` fans out to metrics.jsonl (always), the console and the
+chosen logger (W&B, CSV or none), under the same metric names in every sink.
+
+On a terminal a tqdm bar shows step/total, loss, lr, tokens/s and the ETA after every update, and a log line goes
+above it every ``trainer.log_every`` updates. Without a terminal (CI, a SLURM log) there is no bar: one plain line
+every ``log_every`` updates, and every evaluation. train.log always gets the lines.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -52,6 +57,13 @@ class JsonlSink:
         self.fh.close()
 
 
+def last_logged_step(path: Path) -> int | None:
+    """The last step metrics.jsonl holds (what an interrupted run logged, past its last checkpoint too)."""
+    if not path.is_file():
+        return None
+    return max((_step(line) for line in path.read_text().splitlines() if line.strip()), default=None)
+
+
 def _step(line: str) -> int:
     try:
         return int(json.loads(line)["step"])
@@ -60,7 +72,7 @@ def _step(line: str) -> int:
 
 
 class CsvSink:
-    """metrics.csv: a column per metric name of DESIGN.md, one row per logged step."""
+    """metrics.csv: a column per metric name, one row per logged step."""
 
     def __init__(self, path: Path, resume_step: int | None = None):
         rows = []
@@ -102,6 +114,64 @@ def format_line(step: int, total: int, m: Mapping[str, Any]) -> str:
     return " | ".join(parts)
 
 
+def on_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+class ProgressSink:
+    """A metric sink for people: the bar (on a terminal) and the periodic log lines."""
+
+    def __init__(self, total_steps: int, start: int = 0, every: int = 10, bar: bool | None = None):
+        self.total, self.every = total_steps, max(1, every)
+        self.bar = None
+        self._redirect = None
+        if on_terminal() if bar is None else bar:
+            from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start, unit="update", dynamic_ncols=True, leave=False)
+            self._redirect = logging_redirect_tqdm([logging.getLogger()])  # log lines go above the bar
+            self._redirect.__enter__()
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        if "train/loss" in metrics and self.bar is not None:
+            self.bar.update(step + 1 - self.bar.n)
+            postfix = {"loss": f"{metrics['train/loss']:.4f}", "lr": f"{metrics['train/lr']:.2e}"}
+            if "train/tokens_per_sec" in metrics:
+                postfix["tok/s"] = f"{metrics['train/tokens_per_sec'] / 1e3:.1f}k"
+            self.bar.set_postfix(postfix, refresh=False)
+        if "val/loss" in metrics or step % self.every == 0 or step == self.total - 1:
+            log.info(format_line(step, self.total, metrics))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self._redirect.__exit__(None, None, None)
+            self.bar = None
+
+
+def start_summary(**facts: Any) -> str:
+    """The one-screen block printed before update 0 (or the resumed update)."""
+    width = max(len(k) for k in facts)
+    lines = ["-" * 78] + [f"{k.replace('_', ' '):<{width}}  {v}" for k, v in facts.items()] + ["-" * 78]
+    return "\n".join(lines)
+
+
+def human(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n:g}"
+
+
+def duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
 class Metrics:
     """Fan-out to every sink; ``summary`` keeps the values the end-of-run report and W&B summary show."""
 
@@ -117,6 +187,11 @@ class Metrics:
             self.summary["best/val_loss"] = metrics["val/loss"]
             self.summary["best/val_bpb"] = metrics.get("val/bpb")
             self.summary["best/step"] = step
+
+    def count(self, key: str, n: int = 1) -> None:
+        """Add ``n`` to a counter of the summary (batches skipped as non-finite, fp16 overflows)."""
+        if n:
+            self.summary[key] = self.summary.get(key, 0) + n
 
     def close(self, status: str = "ok") -> None:
         """``status``: ok | failed | preempted (stopped early with a checkpoint to resume from)."""

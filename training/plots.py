@@ -14,10 +14,15 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (set here, not at import: importing has no effects)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -52,26 +57,53 @@ def window_for(n: int) -> int:
     return max(1, n // 50)
 
 
-def overrides(run_dir: Path) -> list[str]:
-    """The run's command-line overrides, without the ones that only change how it reports."""
-    path = run_dir / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return []
-    items = [line[2:].strip() for line in path.read_text().splitlines() if line.startswith("- ")]
-    noise = ("hydra.", "logger", "trainer.log_every", "trainer.sample", "trainer.device", "data.cache_dir")
-    return [i for i in items if not i.startswith(noise)]
+NOISE = ("hydra", "logger", "trainer.log_every", "trainer.sample", "trainer.device", "data.cache_dir")
+
+
+def settings(run_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """A run's group choices (``schedule: wsd``) and its config values by dotted key (``optim.lr: 0.001``), as
+    Hydra recorded them in ``.hydra/`` (empty when it is missing)."""
+    from omegaconf import OmegaConf
+
+    folder = run_dir / ".hydra"
+    if not (folder / "config.yaml").is_file() or not (folder / "hydra.yaml").is_file():
+        return {}, {}
+    choices = OmegaConf.to_container(OmegaConf.load(folder / "hydra.yaml").hydra.runtime.choices)
+    values: dict[str, str] = {}
+
+    def flatten(node, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                flatten(v, f"{prefix}{k}.")
+        else:
+            values[prefix.rstrip(".")] = str(node)
+
+    flatten(OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"), resolve=False), "")
+    return {g: str(c) for g, c in choices.items() if "/" not in g}, values
 
 
 def run_labels(run_dirs: list[Path]) -> list[str]:
-    """What tells the runs apart: their overrides minus those they all share, else their directory names."""
-    items = [overrides(r) for r in run_dirs]
-    shared = set.intersection(*map(set, items)) if len(items) > 1 else set()
-    labels = [" ".join(i for i in its if i not in shared) for its in items]
-    return [label or run.name for label, run in zip(labels, run_dirs, strict=True)]
+    """What tells the runs apart, as a sweep's W&B run names do: the group choices that differ between them
+    (``schedule=wsd``), then the other config values that differ (``optim.lr=0.001``); else their folder names."""
+    runs = [settings(r) for r in run_dirs]
+    recorded = [run for run in runs if run[1]]
+
+    def differing(table: list[dict[str, str]]) -> list[str]:
+        keys = dict.fromkeys(k for t in table for k in t if not k.startswith(NOISE))
+        return [k for k in keys if len({t.get(k) for t in table}) > 1] if len(table) > 1 else []
+
+    groups = differing([choices for choices, _ in recorded])
+    keys = [k for k in differing([values for _, values in recorded]) if k.split(".")[0] not in groups]
+    labels = []
+    for run, (choices, values) in zip(run_dirs, runs, strict=True):
+        parts = [f"{g}={choices.get(g)}" for g in groups] + [f"{k}={values.get(k)}" for k in keys]
+        labels.append(" ".join(parts) if values and parts else run.name)
+    return labels
 
 
 def write_run_plots(run_dir: Path) -> list[Path]:
     """``plots/loss.png`` (train and val loss) and ``plots/lr.png`` of one run; returns the files written."""
+    plt = pyplot()
     rows = read_metrics(run_dir)
     out = run_dir / "plots"
     out.mkdir(exist_ok=True)
@@ -80,8 +112,8 @@ def write_run_plots(run_dir: Path) -> list[Path]:
     ax.plot(steps, loss, lw=0.6, alpha=0.3, color="tab:blue")
     ax.plot(steps, smooth(loss, window_for(len(loss))), lw=1.5, color="tab:blue", label="train/loss (moving average)")
     steps, val = series(rows, "val/loss")
-    if steps:
-        ax.plot(steps, val, "o-", ms=4, label="val/loss")
+    if steps:  # markers only: evaluations are points, not a curve to read between
+        ax.plot(steps, val, "o", ms=5, color="tab:orange", label="val/loss")
     ax.set(xlabel="optimizer update", ylabel="loss (nats per token)", title=f"loss — {run_dir.name}")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -110,6 +142,7 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
 
 def overlay(run_dirs: list[Path], out: Path) -> Path:
     """One PNG comparing runs: train loss (val loss as markers) and lr against the update index."""
+    plt = pyplot()
     fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(13, 4.8))
     for i, (run, label) in enumerate(zip(run_dirs, run_labels(run_dirs), strict=True)):
         rows = read_metrics(run)
@@ -117,8 +150,8 @@ def overlay(run_dirs: list[Path], out: Path) -> Path:
         steps, loss = series(rows, "train/loss")
         ax_loss.plot(steps, smooth(loss, window_for(len(loss))), lw=1.3, color=color, label=label)
         steps, val = series(rows, "val/loss")
-        if steps:
-            ax_loss.plot(steps, val, "o-", ms=4, color=color)
+        if steps:  # hollow markers in the run's colour, apart from its train curve
+            ax_loss.plot(steps, val, "o", ms=5, mfc="none", mew=1.3, color=color)
         ax_lr.plot(*series(rows, "train/lr"), lw=1.5, color=color, label=label)
     ax_loss.set(xlabel="optimizer update", ylabel="loss (lines: train, moving average; dots: val)", title="loss")
     ax_lr.set(xlabel="optimizer update", ylabel="learning rate", title="train/lr")

@@ -1,8 +1,9 @@
 """Keep secrets out of everything a run writes: config dumps, logs, checkpoints, metrics and W&B.
 
 A secret is the value of an environment variable whose name contains KEY, TOKEN, SECRET, PASSWORD or
-CREDENTIAL (``WANDB_API_KEY``, ``HF_TOKEN``), or of a config key or override with such a word as a part of its
-name (``hf_token``, ``api_key``; not ``max_tokens``).
+CREDENTIAL (``WANDB_API_KEY``, ``HF_TOKEN``), or of a config key with such a word as a part of its name
+(``hf_token``, ``api_key``; not ``max_tokens``): a key a fork adds to its config groups, and its value given
+as a command-line override.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ _registered: set[str] = set()
 
 
 def register_overrides(overrides: list[str]) -> None:
-    """Treat the values of secret-looking keys given on the command line (``+trainer.hf_token=…``) as secrets."""
+    """Treat the values of secret-looking keys given on the command line (``data.hf_token=…``) as secrets."""
     for override in overrides:
         key, sep, value = override.partition("=")
         if sep and SECRET_KEY.search(key.split(".")[-1]) and len(value) >= 4:

@@ -34,3 +34,12 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+class Stopped(Exception):
+    """Raised by the loop once a stop was requested and the checkpoint written; train.py exits EXIT_RESUMABLE."""
+
+    def __init__(self, updates: int, why: str):
+        super().__init__(f"stopped after {updates} updates (0–{updates - 1}, {why}); re-run the same command to "
+                         f"resume at update {updates}")  # fmt: skip
+        self.updates = updates

@@ -12,8 +12,6 @@ from typing import Any
 
 log = logging.getLogger("train")
 
-MODES = ("auto", "online", "offline", "disabled")
-
 
 def credentials_present() -> bool:
     """Whether W&B could log in: an API key in the environment or in ~/.netrc (what ``wandb login`` writes)."""
@@ -63,11 +61,16 @@ class WandbSink:
         run_id: str | None = None,
         name: str | None = None,
         group: str | None = None,
+        logged_through: int | None = None,
     ):
         import wandb
+        from omegaconf import OmegaConf
 
         from training.secrets import redact
 
+        # notes, run name, group and tags reach W&B as given (not through the redacted config): redact them too
+        cfg = redact(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg))
+        name, group = redact(name), redact(group)
         self.mode = resolve_mode(cfg.get("mode", "auto"))
         argv, sys.argv = sys.argv, redact(list(sys.argv))  # W&B records the command line in its metadata
         try:
@@ -85,6 +88,8 @@ class WandbSink:
                 id=run_id,
                 resume="allow" if run_id else None,
                 reinit="finish_previous",
+                # W&B's own banner and end-of-run history repeat the run's summary: off unless WANDB_SILENT=false
+                settings=wandb.Settings(silent=os.environ.get("WANDB_SILENT", "true").lower() not in ("false", "0")),
             )
         finally:
             sys.argv = argv
@@ -93,8 +98,11 @@ class WandbSink:
             self.run.define_metric(pattern, step_metric="step")
         self.run.define_metric("val/loss", step_metric="step", summary="min")
         self.run.define_metric("val/bpb", step_metric="step", summary="min")
-        # On resume W&B already holds the steps the interrupted run logged; they are identical, skip them.
-        self.first_new_step = int(self.run.step or 0) if run_id else 0
+        # W&B keeps the steps the interrupted run logged (``logged_through``, the last of metrics.jsonl; online
+        # its server knows them too): log from the step after them, so a synced run has every step once.
+        self.first_new_step = 0
+        if run_id:
+            self.first_new_step = max(int(self.run.step or 0), -1 if logged_through is None else logged_through + 1)
         self.run_dir = run_dir
 
     @property
@@ -118,7 +126,8 @@ class WandbSink:
         if status == "preempted":
             self.run.mark_preempting()
         self.run.finish(exit_code=0 if status == "ok" else 1)
-        if self.mode == "offline":
-            offline = sorted(Path(self.run_dir, "wandb").glob("offline-run-*"))
-            if offline:
-                log.info("W&B ran offline; upload the run with: wandb sync %s", offline[-1])
+        if self.mode == "offline":  # every offline directory of this run: one per process that logged to it
+            found = Path(self.run_dir, "wandb").glob  # offline-run-<start>-<id>[-<n> if one began the same second]
+            parts = sorted({*found(f"offline-run-*-{self.run_id}"), *found(f"offline-run-*-{self.run_id}-*")})
+            if parts:
+                log.info("W&B ran offline; upload the run with: wandb sync %s", " ".join(map(str, parts)))

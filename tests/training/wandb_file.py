@@ -16,6 +16,15 @@ BLOCK = 32 * 1024
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 
+def run_files(root: Path) -> list[Path]:
+    """The run files under ``root``, complete. W&B's service may still be writing a run's file after
+    ``run.finish()`` returns (train.py's process exit waits for it); shutting W&B down here waits too."""
+    import wandb
+
+    wandb.teardown()
+    return sorted(root.rglob("run-*.wandb"))
+
+
 def records(path: Path) -> Iterator:
     from wandb.proto import wandb_internal_pb2
 

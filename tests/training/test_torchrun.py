@@ -1,5 +1,6 @@
 """The same train.py under torchrun on CPU with gloo: DDP equals one process, FSDP trains, one run directory,
-and checkpoints move between world sizes. Each test launches real processes as a user would."""
+checkpoints move between world sizes, and bad input stops every rank. torchrun launches real processes, as a
+user runs it; the one-process side of each comparison runs in this process."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TINY, read_metrics, run_train, train_records
+from tests.conftest import ROOT, TINY, compose_config, read_metrics, train_records
 from training import checkpoint
 from training.signals import EXIT_RESUMABLE
 
 T = 20
 # 256 tokens per update: 2 ranks × 1 micro-batch × 4 × 32, or 1 rank × 2 micro-batches × 4 × 32.
-ARGS = TINY + [f"trainer.max_steps={T}", "trainer.global_batch_tokens=256", "trainer.eval_every=10",
-               "schedule.warmup_steps=4"]  # fmt: skip
+ARGS = [f"trainer.max_steps={T}", "trainer.global_batch_tokens=256", "trainer.eval_every=10",
+        "schedule.warmup_steps=4"]  # fmt: skip
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.slow
 def torchrun(args: list[str], cwd: Path, cache: Path, run_dir: Path | None = None, check: bool = True):
     env = {**os.environ, "GPT_DATA_CACHE": str(cache), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "train.py"), *args]  # fmt: skip
+           str(ROOT / "train.py"), *TINY, *args]  # fmt: skip
     if run_dir is not None:
         cmd.append(f"hydra.run.dir={run_dir}")
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
@@ -36,8 +37,13 @@ def torchrun(args: list[str], cwd: Path, cache: Path, run_dir: Path | None = Non
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory, data_cache):
+    """The train records of the same run in one process (2 micro-batches per update)."""
+    from train import train
+
     run = tmp_path_factory.mktemp("one") / "run"
-    run_train(ARGS, run, data_cache)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GPT_DATA_CACHE", str(data_cache))
+        train(compose_config(TINY + ARGS), run)
     return train_records(run)
 
 
@@ -59,21 +65,21 @@ def test_two_process_ddp_equals_one_process_and_writes_one_run_directory(tmp_pat
     assert "2 rank(s) × 1 micro-batch(es)" in proc.stdout + proc.stderr
 
 
-def test_a_two_process_checkpoint_resumes_on_one_process(tmp_path, data_cache, one_process):
+def test_a_two_process_checkpoint_resumes_on_one_process(tmp_path, data_cache, one_process, tiny_train):
     run = tmp_path / "run"
     stopped = torchrun(ARGS + ["trainer.stop_at=10"], tmp_path, data_cache, run, check=False)
     out = stopped.stdout + stopped.stderr
     # Every rank exits EXIT_RESUMABLE; torchrun reports any non-zero worker exit as its own exit code 1.
     assert stopped.returncode != 0 and f"exitcode  : {EXIT_RESUMABLE}" in out, out[-3000:]
-    assert "stopped after update 10 (stop_at)" in out
+    assert "stopped after 10 updates (0–9, trainer.stop_at)" in out
     assert checkpoint.latest(run / "checkpoints").name == "step-00000010"
-    run_train(ARGS, run, data_cache)  # one process, the same global batch: 2 micro-batches per update
+    tiny_train(run, ARGS)  # one process, the same global batch: 2 micro-batches per update
     resumed = train_records(run)
     assert sorted(resumed) == list(range(T))
     assert_same_losses(one_process, resumed, range(T))
 
 
-def test_two_process_fsdp_trains_and_its_sharded_checkpoint_resumes_on_one_process(tmp_path, data_cache):
+def test_two_process_fsdp_trains_and_its_sharded_checkpoint_resumes_on_one_process(tmp_path, data_cache, tiny_train):
     run = tmp_path / "run"
     proc = torchrun(ARGS + ["trainer.strategy=fsdp"], tmp_path, data_cache, run)
     assert "fsdp" in proc.stdout + proc.stderr
@@ -85,13 +91,13 @@ def test_two_process_fsdp_trains_and_its_sharded_checkpoint_resumes_on_one_proce
     assert (final / "dcp" / ".metadata").is_file()
     evals = [r for r in read_metrics(run) if "val/loss" in r]
     # One process continues from the sharded checkpoint for 4 more updates.
-    run_train(ARGS + [f"trainer.max_steps={T + 4}", "trainer.allow_schedule_change=true"], run, data_cache)
+    tiny_train(run, ARGS + [f"trainer.max_steps={T + 4}", "trainer.allow_schedule_change=true"])
     assert sorted(train_records(run)) == list(range(T + 4))
     assert [r for r in read_metrics(run) if "val/loss" in r][-1]["val/loss"] < evals[0]["val/loss"]
 
 
 def test_a_data_error_on_rank_zero_stops_every_rank_with_one_line(tmp_path, data_cache):
-    proc = torchrun(TINY + ["data=text_files", f"data.path={tmp_path}/missing/*.txt"], tmp_path, data_cache,
+    proc = torchrun(["data=text_files", f"data.path={tmp_path}/missing/*.txt"], tmp_path, data_cache,
                     tmp_path / "run", check=False)  # fmt: skip
     assert proc.returncode != 0
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error: ")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,29 +12,31 @@ import time
 import pytest
 import torch
 
+from model import GPT, GPTConfig
+from scheduling import Schedule, build_scheduler
 from tests.conftest import ROOT, TINY, read_metrics, run_train, train_records
 from training import checkpoint
-from training.signals import EXIT_RESUMABLE
+from training.config import ConfigError
+from training.engine import NONFINITE, train_update
+from training.signals import EXIT_RESUMABLE, Stopped
 
 T, W = 12, 4
 # Dropout makes the run depend on the torch RNG, which the checkpoint must carry over too.
-ARGS = TINY + [f"trainer.max_steps={T}", f"schedule.warmup_steps={W}", "trainer.eval_every=4", "model.dropout=0.1"]
+ARGS = [f"trainer.max_steps={T}", f"schedule.warmup_steps={W}", "trainer.eval_every=4", "model.dropout=0.1"]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, data_cache):
-    run = tmp_path_factory.mktemp("uninterrupted") / "run"
-    run_train(ARGS, run, data_cache)
-    return read_metrics(run)
+@pytest.fixture
+def uninterrupted(tmp_path, tiny_train):
+    return read_metrics(tiny_train(tmp_path / "uninterrupted", ARGS))
 
 
-@pytest.mark.parametrize("k", [1, 3, 9], ids=["start", "warmup", "decay"])
-def test_stopped_and_resumed_run_equals_the_uninterrupted_run_bit_for_bit(k, tmp_path, data_cache, uninterrupted):
+@pytest.mark.parametrize("k", [1, 9], ids=["start", "decay"])
+def test_a_stopped_and_resumed_run_equals_the_uninterrupted_run_bit_for_bit(k, tmp_path, tiny_train, uninterrupted):
     run = tmp_path / "run"
-    stopped = run_train(ARGS + [f"trainer.stop_at={k}"], run, data_cache, check=False)
-    assert stopped.returncode == EXIT_RESUMABLE, stopped.stderr[-2000:]
+    with pytest.raises(Stopped, match=rf"stopped after {k} updates \(0–{k - 1}, trainer.stop_at\); .* at update {k}"):
+        tiny_train(run, ARGS + [f"trainer.stop_at={k}"])
     assert checkpoint.latest(run / "checkpoints").name == f"step-{k:08d}"
-    run_train(ARGS, run, data_cache)  # the same command again: resumes from update k
+    tiny_train(run, ARGS)  # the same settings again: resumes from update k
     resumed = read_metrics(run)
     assert [r for r in resumed if "train/loss" in r] and len(resumed) == len(uninterrupted)
     for a, b in zip(uninterrupted, resumed, strict=True):
@@ -44,7 +47,7 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_run_bit_for_bit(k, tmp
 
 def _start(args: list[str], run, cache) -> subprocess.Popen:
     env = {**os.environ, "GPT_DATA_CACHE": str(cache), "WANDB_MODE": "offline"}
-    cmd = [sys.executable, "train.py", *args, f"hydra.run.dir={run}"]
+    cmd = [sys.executable, "train.py", *TINY, *args, f"hydra.run.dir={run}"]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -59,26 +62,43 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120, poll: flo
         time.sleep(poll)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_stop_signal_finishes_the_update_checkpoints_and_exits_resumable(sig, tmp_path, data_cache):
+def test_sigterm_finishes_the_update_checkpoints_and_exits_resumable(tmp_path, data_cache):
     run = tmp_path / "run"
-    proc = _start(ARGS[:-4] + ["trainer.max_steps=100000", "trainer.eval_every=0"], run, data_cache)
+    proc = _start(["trainer.max_steps=100000", "trainer.eval_every=0"], run, data_cache)
     _wait_for(lambda: (run / "metrics.jsonl").exists() and len(read_metrics(run)) >= 3, proc)
-    proc.send_signal(sig)
+    proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_RESUMABLE, out[-3000:]
     records = train_records(run)
-    last = max(records)
-    # The update running when the signal came was finished and is the checkpoint's step.
-    assert checkpoint.latest(run / "checkpoints").name == f"step-{last + 1:08d}"
-    assert sorted(records) == list(range(last + 1))
-    assert signal.Signals(sig).name in out and "Traceback" not in out
+    updates = max(records) + 1
+    # The update running when the signal came was finished and is the checkpoint's step; the message agrees.
+    assert checkpoint.latest(run / "checkpoints").name == f"step-{updates:08d}"
+    assert sorted(records) == list(range(updates))
+    assert f"stopped after {updates} updates (0–{updates - 1}, SIGTERM)" in out and "Traceback" not in out
+
+
+def test_sigint_is_a_graceful_stop_too(tmp_path, tiny_train, monkeypatch):
+    """The signal arrives in this process, during an update; the run stops after it, as after SIGTERM."""
+    from training import engine
+
+    update, calls = engine.train_update, []
+
+    def interrupted_at_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGINT)
+        return update(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_update", interrupted_at_the_third)
+    with pytest.raises(Stopped, match=r"stopped after 3 updates \(0–2, SIGINT\)"):
+        tiny_train(tmp_path / "run", ["trainer.max_steps=50", "trainer.eval_every=0"])
+    assert checkpoint.latest(tmp_path / "run" / "checkpoints").name == "step-00000003"
 
 
 @pytest.mark.slow
 def test_a_kill_during_a_checkpoint_save_keeps_the_previous_one_and_resume_uses_it(tmp_path, data_cache):
     """SIGKILL a real process while it writes a checkpoint (a .tmp- folder exists), then resume."""
-    args = TINY[:-6] + [  # a bigger model makes each save take long enough to be caught in the middle
+    args = [  # a bigger model makes each save take long enough to be caught in the middle
         "model.n_embd=256", "model.n_layer=4", "model.n_head=4", "trainer.max_steps=400", "trainer.ckpt_every=2",
         "trainer.keep_checkpoints=3", "trainer.eval_every=0", "trainer.batch_size=2", "trainer.sample_tokens=0",
     ]  # fmt: skip
@@ -101,53 +121,44 @@ def test_a_kill_during_a_checkpoint_save_keeps_the_previous_one_and_resume_uses_
     before = checkpoint.latest(ckpts)
     state = checkpoint.load(before)  # the previous checkpoint is complete and loadable
     assert state["step"] == int(before.name.split("-")[1])
-    resume = ["trainer.ckpt_every=0", "trainer.eval_every=0", "trainer.sample_tokens=0"]
-    resume += [f"trainer.max_steps={state['step'] + 2}", "trainer.allow_schedule_change=true"]
-    proc = run_train(args[:-6] + resume, run, data_cache)
+    resume = ["trainer.ckpt_every=0", f"trainer.max_steps={state['step'] + 2}", "trainer.allow_schedule_change=true"]
+    proc = run_train(TINY + args[:-6] + resume + args[-3:-1], run, data_cache)
     assert f"resuming from {before} at update {state['step']}" in proc.stdout + proc.stderr
     assert not any(p.name.startswith(".tmp-") for p in ckpts.iterdir())  # the leftover was cleaned up
 
 
-def test_a_nonfinite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, data_cache):
+BLOW_UP = ["schedule.warmup_steps=0", "optim.lr=1e6", "trainer.grad_clip=0", "trainer.eval_every=0"]
+
+
+def test_a_nonfinite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, tiny_train):
     run = tmp_path / "run"
-    args = TINY + ["trainer.max_steps=60", "schedule.warmup_steps=0", "optim.lr=1e6", "trainer.grad_clip=0",
-                   "trainer.ckpt_every=1", "trainer.keep_checkpoints=2", "trainer.eval_every=0"]  # fmt: skip
-    proc = run_train(args, run, data_cache, check=False)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: update ") and "not finite" in lines[0]
-    bad_update = int(lines[0].split()[2].rstrip(":"))
+    with pytest.raises(ConfigError, match=r"^update \d+: the loss .* is not finite") as err:
+        tiny_train(run, BLOW_UP + ["trainer.max_steps=60", "trainer.ckpt_every=1", "trainer.keep_checkpoints=2"])
+    bad_update = int(str(err.value).split()[1].rstrip(":"))
     last = checkpoint.latest(run / "checkpoints")
     assert checkpoint.load(last)["step"] == bad_update  # the state before the bad update, nothing after it
     assert max(train_records(run)) == bad_update - 1
 
 
-def test_a_run_that_skips_nonfinite_batches_writes_strict_json_and_plots_what_is_finite(tmp_path, data_cache):
-    import json
-
-    run = tmp_path / "run"
-    args = TINY + ["trainer.max_steps=40", "schedule.warmup_steps=0", "optim.lr=1e6", "trainer.grad_clip=0",
-                   "trainer.nonfinite=skip", "trainer.eval_every=0", "trainer.sample_tokens=0"]  # fmt: skip
-    proc = run_train(args, run, data_cache)
-    assert "no validation loss was finite; " in proc.stdout + proc.stderr  # the end-of-run line, no traceback
-    assert " update(s) skipped as non-finite (trainer.nonfinite=skip)" in proc.stdout + proc.stderr
+def test_a_run_that_skips_nonfinite_batches_writes_strict_json_and_plots_what_is_finite(tmp_path, tiny_train,
+                                                                                        caplog):  # fmt: skip
+    with caplog.at_level("INFO"):
+        run = tiny_train(tmp_path / "run", BLOW_UP + ["trainer.max_steps=40", "trainer.nonfinite=skip",
+                                                      "trainer.sample_tokens=0"])  # fmt: skip
+    assert "no validation loss was finite; " in caplog.text  # the end-of-run line
+    assert " update(s) skipped as non-finite (trainer.nonfinite=skip)" in caplog.text
 
     def refuse(constant: str):
         raise ValueError(f"{constant} is not JSON")
 
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    records = [json.loads(line, parse_constant=refuse) for line in lines]  # as strict as any JSON reader
+    records = [json.loads(line, parse_constant=refuse) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train/loss"] for r in records if "train/loss" in r]
     assert len(losses) == 40 and None in losses  # every update logged; the skipped ones' loss is null
     assert isinstance(losses[0], float)  # the first update's loss was finite
     assert (run / "plots" / "loss.png").stat().st_size > 0
 
 
-def test_skip_nonfinite_counts_and_continues(tmp_path, data_cache):
-    from model import GPT, GPTConfig
-    from scheduling import Schedule, build_scheduler
-    from training.engine import NONFINITE, train_update
-
+def test_a_nonfinite_update_takes_neither_an_optimizer_nor_a_schedule_step():
     model = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1, n_embd=8))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     sched = build_scheduler(opt, Schedule("cosine", total_steps=10))
@@ -155,10 +166,9 @@ def test_skip_nonfinite_counts_and_continues(tmp_path, data_cache):
         model.blocks[0].attn.c_attn.weight[0, 0] = float("nan")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randint(0, 64, (2, 8))
-    update = train_update(
-        model, opt, sched, [(x, x)], device=torch.device("cpu"), autocast=torch.autocast("cpu", enabled=False)
-    )
+    update = train_update(model, opt, sched, [(x, x)], device=torch.device("cpu"),
+                          autocast=torch.autocast("cpu", enabled=False))  # fmt: skip
     assert update.status == NONFINITE
-    assert sched.last_epoch == 0 and not opt.state  # no optimizer step and no schedule step were taken
+    assert sched.last_epoch == 0 and not opt.state
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) or torch.isnan(before[k]).any() for k in before)

@@ -1,0 +1,56 @@
+"""The entry points as processes: bad input of every kind (a config value, a data file, a checkpoint) ends with
+one ``error:`` line and exit code 2, no traceback and nothing written; ``--cfg job`` prints the config."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, TINY
+
+# (entry point, arguments, the start of the one line on stderr); {corrupt} is a checkpoint folder of garbage.
+BAD_INPUTS = [
+    ("train.py", ["trainer.max_steps=0"], "error: trainer.max_steps must be an integer > 0, got 0"),
+    ("train.py", ["trainer.max_step=100"],
+     "error: trainer.max_step is not a key of trainer; did you mean trainer.max_steps"),
+    ("train.py", ["model=nanoo"], "error: model=nanoo is not an option of model; did you mean model=nano?"),
+    ("train.py", ["model.n_embd=130", "model.n_head=4"],
+     "error: model.n_embd must be divisible by model.n_head (4), got 130"),
+    ("train.py", ["schedule=wsd", "schedule.decay_fraction=1.5"],
+     "error: schedule.decay_fraction must be a fraction of trainer.max_steps in [0, 1], got 1.5"),
+    ("train.py", ["data=text_files", "data.path=/no/such/corpus.txt"],
+     "error: data.path: '/no/such/corpus.txt' does not exist"),
+    ("train.py", ["trainer.resume=/no/such/run"], "error: trainer.resume: '/no/such/run' does not exist"),
+    ("train.py", ["trainer.resume={corrupt}"], "error: checkpoint {corrupt}/state.pt: cannot be read"),
+    ("sample.py", ["checkpoint={corrupt}"], "error: checkpoint {corrupt}/state.pt: cannot be read"),
+    ("sample.py", ["checkpoint=/no/such/run"], "error: checkpoint: '/no/such/run' does not exist"),
+    ("sample.py", ["checkpoint=/no/such/run", "temprature=0.5"],
+     "error: temprature is not a key of this config; did you mean temperature?"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("script,args,line", BAD_INPUTS, ids=[f"{s} {' '.join(a)}" for s, a, _ in BAD_INPUTS])
+def test_bad_input_is_one_error_line_exit_code_2_and_nothing_written(script, args, line, tmp_path, data_cache):
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "state.pt").write_bytes(b"not a checkpoint" * 64)
+    args, line = [a.format(corrupt=corrupt) for a in args], line.format(corrupt=corrupt)
+    work = tmp_path / "work"  # the working directory, where Hydra would put outputs/<date>/<time>/
+    work.mkdir()
+    cmd = [sys.executable, str(ROOT / script), *(TINY if script == "train.py" else []), *args]
+    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache), "WANDB_MODE": "offline"}
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(line), proc.stderr
+    assert "Traceback" not in proc.stdout
+    assert list(work.iterdir()) == [] and (corrupt / "state.pt").read_bytes() == b"not a checkpoint" * 64
+
+
+def test_cfg_job_prints_the_composed_config_and_runs_nothing(tmp_path):
+    proc = subprocess.run([sys.executable, "train.py", "--cfg", "job", "model=micro", f"hydra.run.dir={tmp_path}/r"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "n_embd: 384" in proc.stdout and "schedule:" in proc.stdout and not (tmp_path / "r").exists()

@@ -1,0 +1,214 @@
+"""Budgets: T from a token budget exactly, from a wall-clock budget once (measured, saved, kept on resume)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+
+import pytest
+import torch
+
+from model import GPT, GPTConfig
+from tests.conftest import compose_config, train_records
+from training import budget, checkpoint
+from training.build import measure_update
+from training.config import ConfigError, check_config
+from training.signals import Stopped
+
+TOKENS_PER_UPDATE = 4 * 32  # TINY: batch 4 × block 32, one micro-batch
+PEAK, RATIO = 3e-3, 0.1  # the defaults of optim.lr and schedule.min_lr_ratio
+
+
+def cosine_lr(t: int, W: int, T: int) -> float:
+    if t < W:
+        return PEAK * t / W
+    c = 0.5 * (1 + math.cos(math.pi * (t - W) / max(1, T - W)))
+    return PEAK * (c * (1 - RATIO) + RATIO)
+
+
+class FakeClock:
+    """A clock that moves only when told: what a measured call costs is what the test says it costs."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(budget, "clock", fake)
+    return fake
+
+
+def test_max_tokens_gives_t_exactly_rounded_down(tmp_path, tiny_train):
+    max_tokens = 10 * TOKENS_PER_UPDATE + TOKENS_PER_UPDATE - 1  # 10.99 updates' worth → T = 10
+    run = tiny_train(tmp_path / "run", [f"trainer.max_tokens={max_tokens}", "trainer.eval_every=0"])
+    records = train_records(run)
+    assert sorted(records) == list(range(10))
+    assert records[9]["tokens"] == 10 * TOKENS_PER_UPDATE
+    state = checkpoint.load(checkpoint.latest(run / "checkpoints"))
+    assert state["total_steps"] == 10 and state["scheduler"]["lr_lambdas"][0]["params"]["total_steps"] == 10
+    for t, r in records.items():  # warmup 0.1 of T = 1 update
+        assert r["train/lr"] == pytest.approx(cosine_lr(t, 1, 10), rel=1e-12)
+
+
+def test_max_time_fixes_t_once_saves_it_and_a_resume_keeps_it_without_measuring(tmp_path, tiny_train, monkeypatch,
+                                                                                 caplog):  # fmt: skip
+    run = tmp_path / "run"
+    args = ["trainer.max_time=12", "trainer.eval_every=100"]
+    with caplog.at_level("INFO"), pytest.raises(Stopped):
+        tiny_train(run, args + ["trainer.stop_at=3"])
+    planned = json.loads((run / "budget.json").read_text())
+    T = planned["total_steps"]
+    assert T > 3 and f"budget: 12s → T = {T} updates" in caplog.text
+    for key in ("step_seconds", "eval_seconds", "checkpoint_seconds", "elapsed_at_plan"):
+        assert planned[key] > 0
+
+    def no_second_measurement(*args, **kwargs):
+        raise AssertionError("a resumed run measured its budget again")
+
+    monkeypatch.setattr(budget, "measure_time_plan", no_second_measurement)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        tiny_train(run, args)
+    records = train_records(run)
+    assert sorted(records) == list(range(T))
+    for t, r in records.items():  # the schedule ends with the run: warmup 0.1 of T, the floor at T
+        assert r["train/lr"] == pytest.approx(cosine_lr(t, round(0.1 * T), T), rel=1e-12)
+    state = checkpoint.load(checkpoint.latest(run / "checkpoints"))
+    assert state["step"] == T and state["total_steps"] == T and state["budget"]["total_steps"] == T
+    ended = json.loads((run / "budget.json").read_text())
+    assert {k: ended[k] for k in planned} == planned  # the plan, plus what the run took
+    assert ended["took_seconds"] > 0 and ended["planned_seconds"] > 0
+    assert f"budget: planned {ended['planned_seconds']:.1f} s, took " in caplog.text
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["trainer.max_time=0"], "trainer.max_time must be a number of seconds > 0, got 0"),
+        (["trainer.max_time=-5"], "trainer.max_time must be a number of seconds > 0, got -5"),
+        (["trainer.max_tokens=0"], "trainer.max_tokens must be an integer > 0, got 0"),
+        (["trainer.max_tokens=1000", "trainer.max_time=60"], "set exactly one, got trainer.max_tokens=1000, "),
+        (["trainer.max_steps=100", "trainer.max_time=60"], "set exactly one, got trainer.max_steps=100, "),
+        (["trainer.max_steps=null"], "set exactly one, got none"),
+    ],
+)
+def test_invalid_budgets_are_refused_in_one_line(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        check_config(compose_config(overrides))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_budget_too_small_for_one_update_is_refused_before_anything_is_written(tmp_path, tiny_train):
+    with pytest.raises(ConfigError, match=r"^trainer.max_tokens must be ≥ the tokens of one update \(128\), got 100$"):
+        tiny_train(tmp_path / "a", ["trainer.max_tokens=100"])
+    # start-up alone (here: said to have taken 100 s) already spent the budget
+    with pytest.raises(ConfigError, match=r"^trainer.max_time=5: too short for one update — start-up took 1\d\d"):
+        tiny_train(tmp_path / "b", ["trainer.max_time=5"], started=time.perf_counter() - 100)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("eval_every,ckpt_every", [(20, 50), (0, 0), (7, 3), (1, 1)])
+def test_the_plan_fits_every_evaluation_and_checkpoint_the_loop_runs(eval_every, ckpt_every):
+    plan = budget.plan_time(
+        100, elapsed=10, step_seconds=0.5, eval_seconds=2, checkpoint_seconds=1, sample_seconds=1,
+        teardown_seconds=2, eval_every=eval_every, ckpt_every=ckpt_every,
+    )  # fmt: skip
+    T = plan.total_steps
+    evals = [0, *range(eval_every, T, eval_every), T] if eval_every else [T]  # as the loop runs them
+    ckpts = [*range(ckpt_every, T, ckpt_every), T] if ckpt_every else [T]
+    per_update = 0.5 * budget.STEP_MARGIN + budget.LOG_SECONDS
+    expected_end = 10 + T * per_update + 2 * len(evals) + len(ckpts) + 1 + 2
+    assert plan.planned_end(eval_every, ckpt_every) == pytest.approx(expected_end)
+    assert expected_end <= 100
+    amortized = per_update + (2 / eval_every if eval_every else 0) + (1 / ckpt_every if ckpt_every else 0)
+    assert 10 + 2 * 2 + 1 + 1 + 2 + (T + 1) * amortized > 100  # the largest T that fits
+
+
+@pytest.mark.parametrize("wandb", [False, True])
+@pytest.mark.parametrize("sample", [0.0, 0.5])
+def test_the_plan_sets_aside_what_wandb_and_cuda_cost_beyond_the_measurement(wandb, sample):
+    plan = budget.measure_time_plan(100, lambda: 10.0, update=lambda: 0.5, evaluation=lambda: 2.0,
+                                    sample=lambda: sample, n_params=1000, eval_every=0, ckpt_every=0, wandb=wandb,
+                                    cuda=True)  # fmt: skip
+    table = budget.WANDB_TABLE_SECONDS if wandb and sample else 0.0  # the sample's W&B table, only with a sample
+    assert plan.sample_seconds == pytest.approx(sample + table)
+    teardown = budget.TEARDOWN_SECONDS + budget.CUDA_TEARDOWN_SECONDS + (budget.WANDB_SECONDS if wandb else 0.0)
+    assert plan.teardown_seconds == pytest.approx(teardown)
+    assert plan.log_seconds == pytest.approx(budget.LOG_SECONDS + (budget.WANDB_LOG_SECONDS if wandb else 0.0))
+    fixed = 10 + 2 * 2.0 + budget.checkpoint_seconds(1000) + sample + table + teardown
+    assert plan.total_steps == math.floor((100 - fixed) / (0.5 * budget.STEP_MARGIN + plan.log_seconds))
+
+
+def test_the_sample_is_timed_after_a_first_call_and_counts_a_full_context_forward_past_the_cache(clock):
+    calls: list[int] = []
+
+    def sample(n: int) -> None:  # the first call loads kernels (0.5 s); then 10 ms a token and 20 ms fixed
+        clock.advance(0.5 if not calls else 0.02 + 0.01 * n)
+        calls.append(n)
+
+    windows: list[int] = []
+
+    def window() -> None:  # a forward over the whole context: 30 ms
+        windows.append(1)
+        clock.advance(0.03)
+
+    within = budget.sample_seconds(sample, 100, torch.device("cpu"), cached=200, window=window)
+    assert calls == [1, 4, 12] and windows == []  # one token untimed, then two timed samples
+    assert within == pytest.approx(0.02 + 100 * 0.01)
+    past = budget.sample_seconds(sample, 100, torch.device("cpu"), cached=40, window=window)
+    assert len(windows) == 2  # one untimed call, one timed
+    assert past == pytest.approx(0.02 + 100 * 0.01 + 60 * 0.03)
+
+
+def test_the_evaluation_is_timed_after_a_first_call_and_scaled_to_every_batch(clock):
+    calls: list[int] = []
+
+    def evaluate(batches: list) -> None:  # a compiled model compiles on its first call (0.4 s)
+        clock.advance(0.4 if not calls else 0.005 * len(batches))
+        calls.append(len(batches))
+
+    assert budget.eval_seconds(evaluate, ["a", "b"], 8, torch.device("cpu")) == pytest.approx(8 * 0.005)
+    assert calls == [1, 2]
+
+
+def test_the_median_update_is_timed_after_a_warmup_for_at_least_the_asked_seconds(clock):
+    costs = iter([5.0, 5.0] + [0.1, 0.3, 0.2] * 100)  # two slow first updates (compiling), then steady ones
+
+    def update(i: int) -> float:
+        seconds = next(costs)
+        clock.advance(seconds)
+        return seconds
+
+    assert budget.median_seconds(update, seconds=3.0, warmup=2, repeats=5) == pytest.approx(0.2)
+    assert 2 + 15 <= 302 - len(list(costs)) <= 2 + 16  # the warm-up, then 3 s of 0.2 s updates
+
+
+def test_the_update_measurement_leaves_the_run_untouched():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=0.1))
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    fetched: list[int] = []
+
+    def micro_batches(i: int):
+        fetched.append(i)
+        x = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(i))
+        return [(x, x.roll(-1, dims=1))]
+
+    optim = {"lr": 1e-2, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.1, "fused": False}
+    seconds = measure_update(model, model, optim, micro_batches, 0.05, device=torch.device("cpu"),
+                             autocast=contextlib.nullcontext(), scaler=None, grad_clip=1.0)  # fmt: skip
+    assert seconds > 0
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())  # lr 0: no weight moved
+    assert torch.equal(torch.get_rng_state(), rng)  # dropout's draws are forked away
+    assert fetched == list(range(len(fetched))) and len(fetched) >= 7  # batch after batch, as the run takes them

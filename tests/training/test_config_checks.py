@@ -1,0 +1,223 @@
+"""Bad input stops a run before any work or file, with one line naming the key, what is allowed and what was
+given; every config group option composes and passes the checks."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+import torch
+
+from tests.conftest import TINY, compose_config, group_options
+from training.config import USER_ERRORS, ConfigError, check_config
+from training.distributed import resolve_device, resolve_precision
+
+GROUPS = ("model", "optim", "schedule", "data", "trainer", "logger", "experiment")
+
+# (overrides, the key the message must name, a fragment of what is allowed)
+BAD_CONFIGS = [
+    (["model.n_layer=0"], "model.n_layer", "> 0"),
+    (["model.n_embd=130", "model.n_head=4"], "model.n_embd", "divisible by model.n_head"),
+    (["model.dropout=1.0"], "model.dropout", "[0, 1)"),
+    (["model.arch=transformer"], "model.arch", "gpt2, llama"),
+    (["trainer.max_steps=0"], "trainer.max_steps", "> 0"),
+    (["trainer.batch_size=0"], "trainer.batch_size", "> 0"),
+    (["trainer.ckpt_every=-5"], "trainer.ckpt_every", "≥ 0"),
+    (["trainer.ckpt_every=10", "trainer.keep_checkpoints=1"], "trainer.keep_checkpoints", "≥ 2"),
+    (["trainer.grad_clip=-1"], "trainer.grad_clip", "≥ 0"),
+    (["trainer.device=tpu"], "trainer.device", "auto, cpu, cuda, mps"),
+    (["trainer.precision=fp8"], "trainer.precision", "auto, fp32, bf16, fp16"),
+    (["trainer.compile=maybe"], "trainer.compile", "auto, true, false"),
+    (["trainer.nonfinite=ignore"], "trainer.nonfinite", "stop, skip"),
+    (["trainer.stop_at=0"], "trainer.stop_at", "[1, trainer.max_steps"),
+    (["trainer.global_batch_tokens=100"], "trainer.global_batch_tokens", "a multiple of batch_size × block_size"),
+    (["optim.lr=0"], "optim.lr", "> 0"),
+    (["optim.betas=[0.9,1.0]"], "optim.betas", "[0, 1)"),
+    (["optim.eps=0"], "optim.eps", "> 0"),
+    (["optim.weight_decay=-0.1"], "optim.weight_decay", "≥ 0"),
+    (["data.vocab_size=100"], "data.vocab_size", "≥ 257"),
+    (["data.val_fraction=0"], "data.val_fraction", "(0, 1)"),
+    (["data.on_decode_error=ignore"], "data.on_decode_error", "skip, replace, error"),
+    (["logger.mode=sometimes"], "logger.mode", "auto, online, offline, disabled"),
+    (["schedule.warmup_steps=-1"], "schedule.warmup_steps", "≥ 0"),
+    (["trainer.max_steps=100", "schedule.warmup_steps=101"], "schedule.warmup_steps", "≤"),
+    (["optim.lr=1e-3", "schedule.min_lr=1e-2"], "schedule.min_lr", "≤ the peak"),
+    (["schedule.min_lr_ratio=-0.5"], "schedule.min_lr_ratio", "≥ 0"),
+    (["schedule.name=triangle"], "schedule.name", "cosine"),
+]
+
+
+@pytest.mark.parametrize("overrides,key,allowed", BAD_CONFIGS, ids=[" ".join(c[0]) for c in BAD_CONFIGS])
+def test_a_bad_value_is_one_line_naming_the_key_what_is_allowed_and_what_was_given(overrides, key, allowed):
+    with pytest.raises(USER_ERRORS) as err:
+        check_config(compose_config(overrides))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(key) and allowed in message and ", got " in message, message
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in group_options(g)])
+def test_every_group_option_composes_and_passes_the_checks(group, option):
+    overrides = [f"{group}={option}"] + (["data.name=owner/dataset"] if option == "hub" else [])
+    overrides += ["data.path=corpus.txt"] if option == "text_files" else []
+    cfg = compose_config(overrides)
+    check_config(cfg)
+    budget = cfg.trainer.max_tokens or cfg.trainer.max_time
+    assert (cfg.trainer.max_steps is None) == bool(budget)  # a budget replaces the default T, never both
+
+
+def test_the_public_keys_are_in_the_default_config():
+    cfg = compose_config()
+    expected = {
+        "optim": ("lr", "betas", "eps", "weight_decay"),
+        "schedule": ("name", "warmup_steps", "min_lr", "min_lr_ratio"),
+        "trainer": ("max_steps", "max_tokens", "max_time", "batch_size", "grad_accum_steps", "eval_every",
+                    "eval_batches", "ckpt_every", "seed", "device", "precision", "compile", "resume"),
+        "model": ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias"),
+        "data": ("vocab_size", "cache_dir"),
+        "logger": ("name", "mode", "project", "group"),
+    }  # fmt: skip
+    for group, keys in expected.items():
+        assert [k for k in keys if k not in cfg[group]] == [], group
+
+
+def test_fp16_on_the_cpu_is_refused():
+    with pytest.raises(ConfigError, match=r"trainer.precision must be fp32 or bf16 on the CPU .* got 'fp16'"):
+        resolve_precision("fp16", torch.device("cpu"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_on_a_machine_without_cuda_is_refused():
+    with pytest.raises(ConfigError, match=r"^trainer.device must be auto or cpu on this machine .* got 'cuda'$"):
+        resolve_device("cuda")
+
+
+def test_bf16_on_a_gpu_without_bf16_is_refused(monkeypatch):
+    """The message for an older GPU (V100, T4); the GPU itself is absent here, so torch.cuda answers as one would."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100-SXM2-16GB")
+    with pytest.raises(ConfigError, match=r"trainer.precision must be fp16 or fp32 on Tesla V100.*got 'bf16'"):
+        resolve_precision("bf16", torch.device("cuda", 0))
+
+
+# ---- checkpoints that cannot be resumed ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, data_cache):
+    from train import train
+
+    run = tmp_path_factory.mktemp("finished") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GPT_DATA_CACHE", str(data_cache))
+        train(compose_config(TINY + ["trainer.max_steps=4", "trainer.eval_every=0", "trainer.sample_tokens=0"]), run)
+    return run
+
+
+@pytest.mark.parametrize(
+    "damage,overrides,fragments",
+    [
+        ("truncate", [], ["state.pt", "truncated or corrupt"]),
+        ("garbage", [], ["truncated or corrupt"]),
+        (None, ["model.n_embd=64"], ["another shape", "n_embd 32 → 64"]),
+        (None, ["data.vocab_size=448"], ["vocab_size 384 → 448"]),
+        (None, ["trainer.resume=false"], ["trainer.resume=false", "already holds checkpoints"]),
+        (None, ["trainer.resume=/no/such/run"], ["trainer.resume", "does not exist"]),
+    ],
+    ids=["truncated", "corrupt", "another-shape", "another-vocab", "resume-false", "missing-path"],
+)
+def test_a_checkpoint_that_cannot_be_resumed_is_refused_and_left_as_it_was(
+    damage, overrides, fragments, finished_run, tmp_path, tiny_train
+):
+    run = shutil.copytree(finished_run, tmp_path / "run")
+    state = run / "checkpoints" / "step-00000004" / "state.pt"
+    if damage == "truncate":
+        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    elif damage == "garbage":
+        state.write_bytes(b"not a checkpoint at all" * 100)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(USER_ERRORS) as err:
+        tiny_train(run, ["trainer.max_steps=6", *overrides])
+    assert "\n" not in str(err.value) and all(f in str(err.value) for f in fragments), str(err.value)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing written or clobbered
+
+
+@pytest.mark.parametrize("experiment", group_options("experiment"))
+def test_what_the_command_line_chooses_wins_over_an_experiment(experiment):
+    own = compose_config([f"experiment={experiment}"], return_hydra_config=True).hydra.runtime.choices
+    for group in ("model", "schedule", "data", "logger"):
+        other = next(o for o in group_options(group) if o not in (own[group], "hub", "text_files"))
+        cfg = compose_config([f"experiment={experiment}", f"{group}={other}", "trainer.seed=7"],
+                             return_hydra_config=True)  # fmt: skip
+        assert cfg.hydra.runtime.choices[group] == other, (experiment, group)
+        if group in ("schedule", "logger"):
+            assert cfg[group].name == other, (experiment, group)
+        assert cfg.trainer.seed == 7  # a key given on the command line wins too
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["optim.lr=fast"], "optim.lr must be a number > 0, got 'fast'"),
+        (["trainer.max_steps=1e3"], "trainer.max_steps must be an integer > 0 (write 1000, without a decimal point"),
+        (["schedule=wsd", "schedule.warmup_steps=0.9"],
+         "schedule.warmup_steps (0.9) and schedule.decay_fraction (0.2) do not fit together: warmup + decay = 450 + "
+         "100 > trainer.max_steps (500)"),
+    ],
+)  # fmt: skip
+def test_a_message_says_what_is_wrong_with_the_value_given(overrides, message):
+    with pytest.raises(USER_ERRORS, match="^" + re.escape(message)):
+        check_config(compose_config(overrides))
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["+trainer.max_step=100"], "trainer.max_step is not a key of trainer; did you mean trainer.max_steps"),
+        (["+schedule.decay_fraction=0.5"], "schedule.decay_fraction is a key of schedule=wsd, not of schedule=cosine"),
+        (["+model.foo=1"], "model.foo is not a key of model; it has model.activation_checkpointing, model.arch"),
+        (["+data.pth=x"], "data.pth is not a key of data; did you mean data.path"),
+        (["+seed=3"], "seed is not a key of this config; did you mean trainer.seed"),
+    ],
+)
+def test_a_key_the_chosen_options_do_not_define_is_refused_with_the_closest_known_ones(overrides, message):
+    """Appended with +, or belonging to another option of the group: such a key would be carried and ignored."""
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
+        check_config(compose_config(overrides))
+
+
+def test_a_mistyped_key_or_option_is_one_line_before_hydra_runs():
+    from training.config import check_overrides
+
+    with pytest.raises(ConfigError, match=r"^trainer.max_step is not a key of trainer; did you mean trainer.max_steps"):
+        check_overrides(["trainer.max_step=100"])
+    with pytest.raises(ConfigError, match=r"^schedule=cosin is not an option of schedule; did you mean schedule=cos"):
+        check_overrides(["-m", "schedule=cosin,wsd"])  # a sweep's values are options too
+    check_overrides(["--cfg", "job", "-m", "schedule=cosine,wsd", "optim.lr=1e-3,3e-3", "hydra.run.dir=x"])
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_warns_that_it_is_slower(monkeypatch, caplog):
+    from training import distributed
+
+    monkeypatch.setattr(distributed, "cpu_has_fast_bf16", lambda: False)
+    with caplog.at_level("WARNING"):
+        assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert [r.message for r in caplog.records] == [
+        "trainer.precision=bf16: this CPU has no bf16 instructions, so bf16 runs slower than fp32 here"
+    ]
+    monkeypatch.setattr(distributed, "cpu_has_fast_bf16", lambda: True)
+    caplog.clear()
+    resolve_precision("bf16", torch.device("cpu"))
+    assert not caplog.records
+
+
+def test_the_default_sample_prompt_ends_on_no_token_of_its_own(data_cache, monkeypatch):
+    """A prompt ending in a space leaves that space as a token of its own, and the model then starts its
+    continuation with another: the sample would read "def  def"."""
+    from data import prepare
+
+    monkeypatch.setenv("GPT_DATA_CACHE", str(data_cache))
+    cfg = compose_config(TINY)
+    tokenizer = prepare(cfg.data).tokenizer()
+    pieces = [tokenizer.decode([i]) for i in tokenizer.encode(cfg.trainer.sample_prompt).ids]
+    assert pieces and all(piece.strip() for piece in pieces), pieces

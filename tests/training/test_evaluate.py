@@ -1,0 +1,49 @@
+"""Evaluation: validation loss in nats per token, and bits per byte over the text the targets encode."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from data import prepare, token_byte_lengths
+from training.engine import evaluate
+
+DOCS = [f"Document {i}: naïve café, 東京 ✓ — line {i}.\n" + f"def f(x):\n    return x * {i}\n" * (i % 5 + 1)
+        for i in range(40)]  # fmt: skip
+
+
+class UniformModel(torch.nn.Module):
+    """Logits 0 over a vocab of V: every target costs ln V nats."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, idx, targets, reduction="mean"):
+        logits = torch.zeros(*idx.shape, self.vocab)
+        return logits, F.cross_entropy(logits.view(-1, self.vocab), targets.reshape(-1), reduction=reduction)
+
+
+def test_bits_per_byte_of_a_uniform_model_is_ln_v_over_bytes_per_token(tmp_path):
+    (tmp_path / "c").mkdir()
+    for i, doc in enumerate(DOCS):
+        (tmp_path / "c" / f"doc{i:03d}.txt").write_text(doc, encoding="utf-8")
+    cfg = {"source": "text_files", "path": str(tmp_path / "c"), "cache_dir": str(tmp_path / "cache"),
+           "vocab_size": 320, "val_fraction": 0.3}  # fmt: skip
+    cache = prepare(cfg)
+    val = torch.from_numpy(np.asarray(cache.tokens("val"), dtype=np.int64))
+    n_tokens, n_docs, n_bytes = len(val), cache.meta["documents"]["val"], cache.meta["bytes"]["val"]
+    vocab = 64 * math.ceil(cache.vocab_size / 64)  # the padded vocab, as the model is built
+    token_bytes = torch.from_numpy(token_byte_lengths(cache.tokenizer(), vocab))
+    # One batch whose targets are the whole val split: n_docs end-of-text targets (0 bytes) and the text.
+    batches = [(torch.zeros_like(val)[None], val[None])]
+    loss, bpb = evaluate(
+        UniformModel(vocab), batches, token_bytes, device=torch.device("cpu"), autocast=torch.no_grad()
+    )
+    assert loss == pytest.approx(math.log(vocab), rel=1e-6)  # float32 cross-entropy
+    # by hand: the text targets cost (n_tokens − n_docs)·ln V nats and encode the val text's UTF-8 bytes
+    assert bpb == pytest.approx((n_tokens - n_docs) * math.log(vocab) / (math.log(2) * n_bytes), rel=1e-6)

@@ -1,0 +1,222 @@
+"""What a run reports: W&B (offline, read back from its own run file), the CSV logger, Hydra multirun sweeps,
+local plots and progress lines."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+
+from tests.conftest import ROOT, TINY, compose_config, read_metrics, train_records
+from tests.training.wandb_file import exit_code, history, records, run_files, run_info
+from training import plots
+from training.signals import Stopped
+from training.wandb_logger import swept_overrides
+
+PNG = b"\x89PNG\r\n\x1a\n"
+WANDB = ["logger=wandb", "logger.mode=offline"]
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def captured_logs() -> Iterator[list[str]]:
+    """The log lines emitted inside the block (caplog for a module-scoped fixture, which cannot use caplog)."""
+    root, handler = logging.getLogger(), _Lines()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield handler.lines
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def wandb_run(tmp_path_factory, data_cache):
+    """A finished 12-update run logging to W&B offline, with its log lines and what it wrote to stderr (not a
+    terminal, as in CI or a SLURM log)."""
+    from train import train
+
+    run = tmp_path_factory.mktemp("wandb") / "run"
+    stderr = io.StringIO()
+    cfg = compose_config(TINY + WANDB + ["trainer.max_steps=12", "trainer.eval_every=5", "trainer.log_every=5",
+                                         "logger.tags=[tiny,test]", "logger.job_type=pretrain-test"])  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp, captured_logs() as lines, contextlib.redirect_stderr(stderr):
+        mp.setenv("GPT_DATA_CACHE", str(data_cache))
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_SILENT", "true")
+        train(cfg, run)
+    return SimpleNamespace(dir=run, log="\n".join(lines), stderr=stderr.getvalue())
+
+
+def test_wandb_records_the_same_metrics_as_metrics_jsonl_at_the_update_index(wandb_run):
+    (path,) = run_files(wandb_run.dir)
+    logged = {}
+    for row in history(path):
+        logged.setdefault(row["_step"], {}).update(row)
+    local = read_metrics(wandb_run.dir)
+    assert local
+    for record in local:
+        row = logged[record["step"]]
+        assert row["step"] == record["step"]  # the W&B step is the optimizer update index
+        for key, value in record.items():
+            if key != "step":
+                assert row[key] == pytest.approx(value, rel=1e-12, abs=0), (record["step"], key)
+    info = run_info(path)
+    assert info.job_type == "pretrain-test" and list(info.tags) == ["tiny", "test"]  # logger.* reach W&B
+    config = {item.key: json.loads(item.value_json) for item in info.config.update}
+    assert config["trainer"]["max_steps"] == 12 and config["model"]["n_embd"] == 32  # the resolved Hydra config
+    assert exit_code(path) == 0
+
+
+def test_the_end_of_run_sample_is_a_wandb_table(wandb_run):
+    (path,) = run_files(wandb_run.dir)
+    tables = [row for row in history(path) if row.get("sample/_type") == "table-file"]
+    assert len(tables) == 1 and tables[0]["sample/nrows"] == 1
+
+
+def test_an_offline_run_logs_the_command_that_uploads_it(wandb_run):
+    (path,) = run_files(wandb_run.dir)
+    commands = [line.split("wandb sync ", 1)[1] for line in wandb_run.log.splitlines() if "wandb sync " in line]
+    assert commands == [str(path.parent)]
+
+
+def test_without_a_terminal_progress_is_a_plain_line_every_log_every_updates(wandb_run):
+    lines = [line for line in wandb_run.log.splitlines() if "| loss " in line]
+    assert [line.split("step")[1].split("/")[0].strip() for line in lines] == ["0", "5", "10", "11"]
+    assert "\r" not in wandb_run.stderr  # no progress bar redraws
+    assert "tokens per update" in wandb_run.log and "run dir" in wandb_run.log  # the start summary
+    assert "best val loss" in wandb_run.log and "checkpoint" in wandb_run.log  # the end summary
+
+
+def test_every_run_writes_loss_and_lr_plots(wandb_run):
+    for name in ("loss.png", "lr.png"):
+        data = (wandb_run.dir / "plots" / name).read_bytes()
+        assert data.startswith(PNG) and len(data) > 10_000, name
+
+
+def test_logger_none_writes_no_wandb_files(tmp_path, tiny_train):
+    run = tiny_train(tmp_path / "run", ["trainer.max_steps=3", "trainer.eval_every=0"])
+    assert not (run / "wandb").exists() and not run_files(run)
+    assert (run / "metrics.jsonl").is_file()
+
+
+def test_logger_csv_holds_the_same_records_as_metrics_jsonl(tmp_path, tiny_train):
+    run = tiny_train(tmp_path / "run", ["logger=csv", "trainer.max_steps=4", "trainer.eval_every=2"])
+    with open(run / "metrics.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        header, rows = reader.fieldnames, list(reader)
+    records = read_metrics(run)
+    assert header[0] == "step" and len(rows) == len(records)
+    assert any("val/bpb" in r for r in records) and any("train/loss" in r for r in records)
+    for row, record in zip(rows, records, strict=True):
+        assert {k for k, v in row.items() if v != ""} == set(record)  # a column per metric, the same names
+        assert all(float(row[k]) == v for k, v in record.items()), record["step"]
+
+
+def test_plots_cli_overlays_several_runs(wandb_run, tmp_path, tiny_train):
+    other = tiny_train(tmp_path / "other", ["trainer.max_steps=6", "schedule=linear", "trainer.eval_every=3"])
+    out = tmp_path / "compare.png"
+    assert plots.main([str(wandb_run.dir), str(tmp_path), "--out", str(out)]) == 0
+    data = out.read_bytes()
+    assert data.startswith(PNG) and len(data) > 20_000
+    assert plots.find_runs([wandb_run.dir, tmp_path]) == [wandb_run.dir, other]
+    assert plots.main([str(tmp_path / "nothing-here")]) == 2
+
+
+def test_a_resumed_run_continues_the_same_wandb_run_with_every_step_once(tmp_path, tiny_train, caplog):
+    run = tmp_path / "run"
+    args = WANDB + ["trainer.max_steps=8", "trainer.eval_every=0", "trainer.ckpt_every=2"]
+    with pytest.raises(Stopped):
+        tiny_train(run, args + ["trainer.stop_at=4"])
+    # as if the process had died after update 3 with its last checkpoint at 2: updates 2 and 3 are taken again
+    shutil.rmtree(run / "checkpoints" / "step-00000004")
+    (run / "checkpoints" / "latest").write_text("step-00000002\n")
+    with caplog.at_level("INFO"):
+        tiny_train(run, args)
+    first, second = run_files(run)  # offline-run-<start time>-<id>[-n]: in the order they started
+    # W&B writes one offline file per wandb.init; `wandb sync` of both uploads them as one run
+    assert run_info(first).run_id == run_info(second).run_id
+    assert f"wandb sync {first.parent} {second.parent}" in caplog.text
+    assert any(r.WhichOneof("record_type") == "preempting" for r in records(first))  # shown as preempted
+    assert exit_code(second) == 0
+    steps = [[row["_step"] for row in history(part) if "train/loss" in row] for part in (first, second)]
+    assert steps == [[0, 1, 2, 3], [4, 5, 6, 7]]  # synced together: every step once
+    assert sorted(train_records(run)) == list(range(8))
+
+
+def test_a_wandb_run_of_a_sweep_is_named_after_the_values_the_sweep_varies():
+    job = ["schedule=linear", "optim.lr=0.002", "trainer.max_steps=10", "logger=wandb"]
+    argv = ["-m", "schedule=cosine,linear", "optim.lr=2e-3,1e6", "trainer.max_steps=10", "logger=wandb"]
+    assert swept_overrides(job, argv, None) == ["schedule=linear", "optim.lr=0.002"]
+    # a sweep given in hydra.sweeper.params counts too, though the command line sets the key once
+    assert swept_overrides(job, ["-m", "logger=wandb"], {"trainer.max_steps": "10,20"}) == ["trainer.max_steps=10"]
+
+
+@pytest.mark.slow
+def test_a_two_by_two_multirun_gives_four_runs_in_one_wandb_group_and_survives_a_failed_job(tmp_path, data_cache):
+    """lr 1e6 makes the loss non-finite: those jobs fail (and are marked failed), their siblings still run."""
+    sweep, n = tmp_path / "sweep", 6
+    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache), "WANDB_MODE": "offline"}
+    args = TINY + WANDB + [f"trainer.max_steps={n}", "trainer.eval_every=0", "trainer.sample_tokens=0",
+                           "schedule.warmup_steps=0", "trainer.grad_clip=0"]  # fmt: skip
+    cmd = [sys.executable, "train.py", "-m", "schedule=cosine,linear", "optim.lr=2e-3,1e6", *args,
+           f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1", "2", "3"]
+    files = [run_files(job) for job in jobs]
+    assert all(len(f) == 1 for f in files)
+    infos = [run_info(f[0]) for f in files]
+    assert len({i.run_id for i in infos}) == 4
+    assert {i.run_group for i in infos} == {str(sweep)}
+    # Each W&B run is named after the values the sweep varies (Hydra writes the job's floats normalised).
+    assert sorted(i.display_name for i in infos) == sorted(
+        f"schedule={s},optim.lr={lr}" for s in ("cosine", "linear") for lr in ("0.002", "1000000.0")
+    )
+    failed = []
+    for job, f, info in zip(jobs, files, infos, strict=True):
+        ok = "0.002" in info.display_name
+        assert exit_code(f[0]) == (0 if ok else 1), info.display_name
+        assert (sorted(train_records(job)) == list(range(n))) == ok
+        if not ok:
+            failed.append(job.name)
+            assert f"error: job {job.name} ({info.display_name}): update " in proc.stdout + proc.stderr
+    summary = f"error: 2 of 4 sweep jobs failed (job {', '.join(failed)}), each above"
+    assert proc.stderr.strip().splitlines()[-1] == summary  # the sweep's last word, before exit code 2
+
+
+@pytest.mark.slow
+def test_the_submitit_launcher_runs_each_sweep_job_in_its_own_process(tmp_path, data_cache):
+    """hydra/launcher=submitit_local: the job function is pickled and run elsewhere, as on SLURM."""
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache), "WANDB_MODE": "offline"}
+    cmd = [sys.executable, "train.py", "-m", "hydra/launcher=submitit_local", "trainer.max_steps=4,6", *TINY,
+           "trainer.eval_every=0", "trainer.sample_tokens=0", f"hydra.sweep.dir={sweep}",
+           "hydra.launcher.timeout_min=10"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(train_records(sweep / "0")) == list(range(4))
+    assert sorted(train_records(sweep / "1")) == list(range(6))
+    # Each job ran in a process of its own, which left submitit its pickled result.
+    assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2

@@ -1,0 +1,81 @@
+"""No secret reaches what a run writes; checkpoints load only tensors and plain values."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf, open_dict
+
+from tests.conftest import TINY, compose_config
+from tests.training.wandb_file import run_files
+from training import checkpoint
+from training.config import ConfigError
+
+ENV_SECRET = "envSECRETvalue12345"
+KEY_SECRET = "wandbKEYvalue0123456789"
+SECRETS = (ENV_SECRET, KEY_SECRET)
+
+
+def write_hydra_output(run_dir: Path, overrides: list[str]) -> None:
+    """What Hydra's run writes into ``<run_dir>/.hydra`` before the job starts: the job's config, Hydra's own
+    config (with the command line) and the overrides, unresolved."""
+    cfg = compose_config(overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        hydra = cfg.pop("hydra")
+    out = run_dir / ".hydra"
+    out.mkdir(parents=True)
+    OmegaConf.save(cfg, out / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": hydra}), out / "hydra.yaml")
+    OmegaConf.save(hydra.overrides.task, out / "overrides.yaml")
+
+
+def test_no_secret_is_written_to_config_dumps_logs_checkpoints_metrics_or_wandb(
+    tmp_path, data_cache, monkeypatch, caplog, capfd
+):
+    from train import train
+
+    run = tmp_path / "run"
+    given = "logger.notes=${oc.env:MY_SERVICE_TOKEN}"  # an environment secret pulled into the config
+    args = ["logger=wandb", "logger.mode=offline", "trainer.max_steps=3", "trainer.eval_every=0", given]
+    monkeypatch.setenv("GPT_DATA_CACHE", str(data_cache))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("MY_SERVICE_TOKEN", ENV_SECRET)
+    monkeypatch.setenv("WANDB_API_KEY", KEY_SECRET)
+    monkeypatch.setattr(sys, "argv", ["train.py", *TINY, *args])  # W&B records the command line
+    write_hydra_output(run, TINY + args)
+    assert given in (run / ".hydra" / "overrides.yaml").read_text()  # as typed, until the run scrubs it
+    with caplog.at_level("INFO"):
+        train(compose_config(TINY + args), run, overrides=TINY + args)  # as main() passes the command line
+    assert run_files(run)  # complete W&B run files (the token cache the run used is searched too)
+    files = [p for p in (*run.rglob("*"), *data_cache.rglob("*")) if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in files) and any(p.name == "state.pt" for p in files)
+    for path in files:
+        data = path.read_bytes()
+        for secret in SECRETS:
+            assert secret.encode() not in data, f"{secret} leaked into {path}"
+    out, err = capfd.readouterr()
+    for secret in SECRETS:
+        assert secret not in caplog.text + out + err
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("code ran while loading",))
+
+
+def test_a_checkpoint_holding_arbitrary_objects_is_refused(tmp_path, capsys):
+    folder = tmp_path / "step-00000001"
+    folder.mkdir()
+    with open(folder / "state.pt", "wb") as fh:
+        torch.save({"model": {}, "step": 1, "evil": Payload()}, fh, pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ConfigError, match="cannot be read"):
+            checkpoint.load(folder)
+    assert "code ran" not in capsys.readouterr().out
+    assert not caught  # the one-line error is all that is said (no warning about the pickle protocol before it)

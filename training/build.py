@@ -1,0 +1,345 @@
+"""The parts of a run, built from a checked config before update 0: data, model, T, optimizer and schedule,
+checkpointer, metric sinks — and what the loop does with them besides the update (evaluate, save, log, the
+end-of-run sample and reports). ``build_run`` writes nothing but the run directory's outputs, in this order:
+nothing until every part is built and the checkpoint (if resuming) is restored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from data import TrainBatches, ValBatches, prepare, token_byte_lengths
+from model import GPT, GPTConfig, full_context_forward, padded_vocab, sample_text
+from model.flops import model_flops_per_token, peak_flops
+from scheduling import build_scheduler, schedule_from_config
+from training import budget, checkpoint, distributed
+from training.config import ConfigError, check_stop_at, grad_accum_steps
+from training.engine import Update, evaluate, train_update
+from training.metrics import (
+    CsvSink,
+    JsonlSink,
+    Metrics,
+    ProgressSink,
+    duration,
+    human,
+    last_logged_step,
+    start_summary,
+)
+from training.optim import build_optimizer
+from training.plots import write_run_plots
+from training.secrets import redact, register_overrides, scrub_hydra_files
+
+log = logging.getLogger("train")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A multirun job's place in its sweep: the W&B group its jobs share and this job's name."""
+
+    group: str
+    name: str
+
+
+@dataclass
+class Run:
+    """Everything the loop needs, built; ``start`` is the first update to take (> 0 when resuming)."""
+
+    cfg: DictConfig
+    run_dir: Path
+    dist: distributed.Dist
+    model: torch.nn.Module  # what the loop calls: compiled, wrapped or sharded
+    raw_model: GPT
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    train_batches: TrainBatches
+    val_batches: ValBatches
+    checkpointer: checkpoint.Checkpointer
+    metrics: Metrics
+    update_settings: dict[str, Any]  # train_update's keywords: device, autocast, scaler, grad_clip
+    total_steps: int
+    budget: dict[str, Any]
+    start: int
+    tokens_seen: int
+    started: float  # time.perf_counter() at the job's start
+    wandb_sink: Any  # the W&B sink when logger=wandb (rank 0), for its run id and tables
+    extra_state: dict[str, Any]  # saved in every checkpoint beside the training state
+    files: dict[str, str]  # written into every checkpoint folder
+    token_bytes: torch.Tensor
+    tokenizer: Any
+    flops_per_token: float
+    peak_flops: float | None
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    def evaluate(self, step: int) -> float:
+        """Validation loss and bits per byte at ``step``, logged; every rank must agree on the schedule."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        distributed.check_same_everywhere(step=step, lr=lr, index=self.scheduler.last_epoch)
+        settings = self.update_settings
+        loss, bpb = evaluate(self.model, self.val_batches, self.token_bytes, device=self.device,
+                             autocast=settings["autocast"])  # fmt: skip
+        self.metrics.log(step, {"val/loss": loss, "val/bpb": bpb})
+        return loss
+
+    def save(self, step: int) -> None:
+        wandb_id = self.wandb_sink.run_id if self.wandb_sink else self.extra_state["wandb_run_id"]
+        extra = {**self.extra_state, "wandb_run_id": wandb_id}
+        path = self.checkpointer.save(step, self.tokens_seen, extra, self.files)
+        if path is not None:
+            log.info("checkpoint %s", path)
+
+    def skip_nonfinite(self, t: int, update: Update) -> None:
+        """``trainer.nonfinite``: stop (the last good checkpoint stays the latest) or skip the batch."""
+        if self.cfg.trainer.nonfinite == "stop":
+            raise ConfigError(
+                f"update {t}: the loss ({update.loss}) or gradient norm ({update.grad_norm}) is not finite; no "
+                "optimizer step was taken with it and the last good checkpoint is kept (lower optim.lr, or set "
+                "trainer.nonfinite=skip to skip such batches)"
+            )
+        self.scheduler.step()  # the update index and the schedule move on without an optimizer step
+        self.metrics.count("skipped_nonfinite")
+
+    def log_update(self, t: int, update: Update, lr: float, step_time: float, data_wait: float) -> None:
+        tokens = self.train_batches.tokens_per_update
+        self.tokens_seen += tokens
+        tokens_per_sec = tokens / step_time
+        mfu = (
+            self.flops_per_token * tokens_per_sec / (self.peak_flops * self.dist.world_size)
+            if self.peak_flops
+            else None
+        )
+        record = {"train/loss": update.loss, "train/lr": lr, "train/grad_norm": update.grad_norm,
+                  "train/tokens_per_sec": tokens_per_sec, "train/mfu": mfu, "train/step_time": step_time,
+                  "tokens": self.tokens_seen, "train/data_wait": data_wait}  # fmt: skip
+        self.metrics.log(t, {**record, "train/peak_memory_gb": peak_memory_gb(self.device)})
+
+    def sample(self, n_tokens: int) -> str:
+        return sample(self.raw_model, self.tokenizer, self.cfg.trainer, n_tokens, self.update_settings["autocast"])
+
+    def end_sample(self) -> None:
+        if not samples_here(self.cfg.trainer, self.dist, self.checkpointer.strategy):
+            return
+        text = self.sample(self.cfg.trainer.sample_tokens)
+        log.info("sample:\n%s", text)
+        if self.wandb_sink is not None:
+            self.wandb_sink.log_table("sample", ["step", "prompt", "text"],
+                                      [[self.total_steps, self.cfg.trainer.sample_prompt, text]])  # fmt: skip
+
+    def finish(self, status: str) -> None:
+        """Close the run: ``status`` ok (plots and the end-of-run summary), failed, or preempted."""
+        if status == "ok" and self.dist.is_main:
+            plots = write_run_plots(self.run_dir)
+            took = time.perf_counter() - self.started
+            if "max_time" in self.budget:
+                plan = budget.TimePlan(**self.budget)
+                planned = plan.planned_end(self.cfg.trainer.eval_every, self.cfg.trainer.ckpt_every)
+                record = {**self.budget, "planned_seconds": round(planned, 2), "took_seconds": round(took, 2)}
+                (self.run_dir / "budget.json").write_text(json.dumps(record, indent=1) + "\n")
+                self.metrics.summary.update({"budget/planned_seconds": planned, "budget/took_seconds": took})
+                log.info("budget: planned %.1f s, took %.1f s of %g s", planned, took, plan.max_time)
+            ckpt = checkpoint.latest(self.run_dir / "checkpoints")
+            log.info("\n%s", start_summary(
+                done=f"{duration(took)}: {best_validation(self.metrics.summary)}",
+                run_dir=str(self.run_dir),
+                metrics="metrics.jsonl" + (", metrics.csv" if self.cfg.logger.name == "csv" else ""),
+                checkpoint=str(ckpt.relative_to(self.run_dir)) if ckpt else "none",
+                plots=", ".join(str(p.relative_to(self.run_dir)) for p in plots),
+            ))  # fmt: skip
+        self.metrics.close(status)
+        distributed.shutdown()
+
+
+def sample(raw_model: GPT, tokenizer, trainer, n_tokens: int, autocast) -> str:
+    """A sample from the model at the run's settings (under FSDP every rank takes part, with the same generator)."""
+    device = next(raw_model.parameters()).device
+    same_on_every_rank = torch.Generator(device=device).manual_seed(trainer.seed)
+    [text] = sample_text(raw_model, tokenizer, trainer.sample_prompt, n_tokens, temperature=0.8, top_k=50,
+                         generator=same_on_every_rank, autocast=autocast)  # fmt: skip
+    return text
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak memory so far: allocated on the GPU, or the process's resident set on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kilobytes on Linux
+
+
+def samples_here(trainer, dist: distributed.Dist, strategy: str) -> bool:
+    """The end-of-run sample runs on rank 0, and under FSDP on every rank (each holds a shard of the weights)."""
+    return bool(trainer.sample_tokens) and (dist.is_main or strategy == "fsdp")
+
+
+def best_validation(summary: dict) -> str:
+    """The end-of-run verdict: the best validation, and the batches skipped as non-finite, if any."""
+    if "best/val_loss" in summary:
+        best = (f"best val loss {summary['best/val_loss']:.4f} ({summary['best/val_bpb']:.4f} bits per byte) at "
+                f"update {summary['best/step']}")  # fmt: skip
+    else:
+        best = "no validation loss was finite"
+    skipped = summary.get("skipped_nonfinite")
+    return best + (f"; {skipped} update(s) skipped as non-finite (trainer.nonfinite=skip)" if skipped else "")
+
+
+def measure_update(model, raw_model, optim_cfg, micro_batches, seconds: float, **settings) -> float:
+    """Median seconds of one real update (fetching its batches, forward, backward, clip, the host sync and an
+    optimizer step), with a throwaway optimizer at lr 0: weights, the real optimizer and generators stay as
+    they were."""
+    device = settings["device"]
+    throwaway = build_optimizer(raw_model, {**optim_cfg, "lr": 0.0}, device)
+    schedule = torch.optim.lr_scheduler.LambdaLR(throwaway, lambda t: 0.0)
+    scaler = torch.amp.GradScaler(device.type) if settings["scaler"] is not None else None
+    kwargs = {**settings, "scaler": scaler}
+    update = lambda i: budget.timed(
+        lambda: train_update(model, throwaway, schedule, micro_batches(i), **kwargs), device
+    )  # noqa: E731
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        return budget.median_seconds(update, seconds)
+
+
+def build_run(cfg: DictConfig, run_dir: Path, *, sweep: Sweep | None = None, overrides: list[str] | None = None,
+              started: float | None = None) -> Run:  # fmt: skip
+    """Build every part of a run from ``cfg`` (already checked), writing into ``run_dir``."""
+    started = time.perf_counter() if started is None else started
+    register_overrides(list(overrides or []))  # their secret-looking values never get written
+    trainer = cfg.trainer
+    dist = distributed.init(trainer.device)
+    run_dir = Path(distributed.broadcast_object(str(run_dir))).resolve()
+    device, seed = dist.device, trainer.seed
+    precision = distributed.resolve_precision(trainer.precision, device)
+    strategy = distributed.resolve_strategy(trainer.strategy, dist.world_size)
+    compiled = distributed.resolve_compile(trainer.compile, device)
+    block, batch = cfg.model.block_size, trainer.batch_size
+    accum = grad_accum_steps(trainer, block, dist.world_size)
+    found = checkpoint.find_resume(trainer.resume, run_dir) if dist.is_main else None
+    resume_from = distributed.broadcast_object(found)
+    state = checkpoint.load(resume_from) if resume_from else None
+    if not dist.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+
+    # data: corpus → tokenizer → token cache → batches (rank 0 prepares, the others reuse)
+    cache = distributed.in_turn(lambda: prepare(cfg.data), dist)
+    tokenizer = cache.tokenizer()
+    vocab = padded_vocab(cache.vocab_size)
+    train_batches = TrainBatches(cache.tokens("train"), block, batch, accum, dist.world_size, dist.rank, seed)
+    val_batches = ValBatches(cache.tokens("val"), block, batch, trainer.eval_batches, dist.world_size, dist.rank)
+    token_bytes = torch.from_numpy(token_byte_lengths(tokenizer, vocab)).to(device)
+
+    # model (the same initial weights on every rank), wrapped for the strategy
+    model_config = GPTConfig.from_dict({**OmegaConf.to_container(cfg.model), "vocab_size": vocab})
+    if state is not None:
+        checkpoint.check_fits(state, model_config.to_dict(), cache.meta["tokenizer_hash"], resume_from)
+    torch.manual_seed(seed)
+    raw_model = GPT(model_config).to(device)
+    model = distributed.parallelize(raw_model, strategy, dist, precision, compiled)
+    use_autocast = distributed.autocast_needed(strategy, device)
+    autocast = distributed.autocast(device, precision if use_autocast else "fp32")
+    distributed.allow_tf32(device)  # here, not at import: train() must pickle for Hydra's submitit launcher
+    distributed.keep_freed_memory(device)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    settings = {"device": device, "autocast": autocast, "scaler": scaler, "grad_clip": trainer.grad_clip}
+
+    def measure() -> budget.TimePlan:
+        on = {"device": device, "autocast": autocast}
+        first_two = list(islice(val_batches, 2))
+        prompt_tokens = max(1, len(tokenizer.encode(trainer.sample_prompt).ids))  # "" starts from one token
+        return budget.measure_time_plan(
+            trainer.max_time, lambda: time.perf_counter() - started,
+            update=lambda: measure_update(model, raw_model, cfg.optim, train_batches.micro_batches,
+                                          budget.measurement_seconds(trainer.max_time), **settings),
+            evaluation=lambda: budget.eval_seconds(lambda b: evaluate(model, b, token_bytes, **on), first_two,
+                                                   len(val_batches), device),
+            sample=lambda: budget.sample_seconds(
+                lambda n: sample(raw_model, tokenizer, trainer, n, autocast), trainer.sample_tokens, device,
+                cached=block - prompt_tokens, window=lambda: full_context_forward(raw_model, autocast),
+            ) if samples_here(trainer, dist, strategy) else 0.0,
+            n_params=raw_model.num_params(), eval_every=trainer.eval_every, ckpt_every=trainer.ckpt_every,
+            wandb=cfg.logger.name == "wandb", cuda=device.type == "cuda",
+        )  # fmt: skip
+
+    # T, fixed before update 0 (every rank measures a time budget's update together; rank 0's plan counts)
+    T, budget_record = budget.total_steps(trainer, train_batches.tokens_per_update, state,
+                                          lambda: distributed.broadcast_object(measure()))  # fmt: skip
+    check_stop_at(trainer.stop_at, T)
+    schedule = schedule_from_config(cfg.schedule, T, cfg.optim.lr)
+    optimizer = build_optimizer(raw_model, cfg.optim, device)
+    scheduler = build_scheduler(optimizer, schedule)
+    ckpt = checkpoint.Checkpointer(run_dir, raw_model, optimizer, scheduler, scaler, dist, strategy,
+                                   trainer.keep_checkpoints)  # fmt: skip
+    start, tokens_seen, wandb_id = 0, 0, None
+    if state is not None:
+        ckpt.restore(state, resume_from, trainer.allow_schedule_change)
+        start, tokens_seen, wandb_id = state["step"], state["tokens"], state.get("wandb_run_id")
+    else:
+        torch.manual_seed(seed + dist.rank)  # dropout differs across ranks
+    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
+    config_yaml = OmegaConf.to_yaml(resolved)
+    extra_state = {
+        "total_steps": T,
+        "budget": budget_record,
+        "model_config": model_config.to_dict(),
+        "tokenizer_hash": cache.meta["tokenizer_hash"],
+        "config": config_yaml,
+        "wandb_run_id": wandb_id,
+    }
+    run = Run(cfg=cfg, run_dir=run_dir, dist=dist, model=model, raw_model=raw_model, optimizer=optimizer,
+              scheduler=scheduler, train_batches=train_batches, val_batches=val_batches, checkpointer=ckpt,
+              metrics=Metrics([]), update_settings=settings, total_steps=T, budget=budget_record, start=start,
+              tokens_seen=tokens_seen, started=started, wandb_sink=None, extra_state=extra_state,
+              files={"tokenizer.json": tokenizer.to_str(), "config.yaml": config_yaml}, token_bytes=token_bytes,
+              tokenizer=tokenizer, flops_per_token=model_flops_per_token(raw_model),
+              peak_flops=peak_flops(device, precision))  # fmt: skip
+
+    # outputs: from here on the run directory is written (rank 0)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        scrub_hydra_files(run_dir)
+        resume_step = run.start if state is not None else None
+        logged = last_logged_step(run_dir / "metrics.jsonl") if state is not None else None  # before it is cut
+        sinks = [JsonlSink(run_dir / "metrics.jsonl", resume_step), ProgressSink(T, run.start, trainer.log_every)]
+        if cfg.logger.name == "csv":
+            sinks.append(CsvSink(run_dir / "metrics.csv", resume_step))
+        if cfg.logger.name == "wandb":
+            from training.wandb_logger import WandbSink
+
+            run.wandb_sink = WandbSink(cfg.logger, run_dir, resolved, wandb_id, name=sweep and sweep.name,
+                                       group=sweep and sweep.group, logged_through=logged)  # fmt: skip
+            run.wandb_sink.run.summary["params"] = raw_model.num_params()
+            sinks.append(run.wandb_sink)
+        run.metrics = Metrics(sinks)
+        if "max_time" in budget_record and state is None:
+            (run_dir / "budget.json").write_text(json.dumps(budget_record, indent=1) + "\n")
+            run.metrics.summary.update({f"budget/{k}": v for k, v in budget_record.items()})
+            log.info("budget: %gs → T = %d updates (%.3f s each; evaluation %.2f s, checkpoint %.2f s, sample "
+                     "%.2f s, start-up and measurement %.1f s)", budget_record["max_time"], T,
+                     budget_record["step_seconds"], budget_record["eval_seconds"], budget_record["checkpoint_seconds"],
+                     budget_record["sample_seconds"], budget_record["elapsed_at_plan"])  # fmt: skip
+    p = schedule.params
+    floor = f" → floor {cfg.optim.lr * p['min_lr_ratio']:.3g}" if "min_lr_ratio" in p else ""
+    log.info("\n%s", start_summary(
+        model=f"{model_config.arch}, {human(raw_model.num_params())} parameters (n_layer {model_config.n_layer}, "
+              f"n_head {model_config.n_head}, n_embd {model_config.n_embd}, block {block}, vocab {vocab})",
+        data=f"{cache.meta['corpus']}: {human(cache.meta['tokens']['train'])} train / "
+             f"{human(cache.meta['tokens']['val'])} val tokens",
+        batch=f"{train_batches.tokens_per_update:,} tokens per update = {dist.world_size} rank(s) × {accum} "
+              f"micro-batch(es) × {batch} × {block}",
+        schedule=f"{schedule.name}: warmup {p.get('warmup_steps', 0)}, peak {cfg.optim.lr:g}{floor}, "
+                 f"T = {T:,} updates" + (f", resuming at {run.start}" if state is not None else ""),
+        device=f"{device}, {precision}, {strategy}{', compiled' if compiled else ''}",
+        run_dir=str(run_dir),
+    ))  # fmt: skip
+    if state is not None:
+        log.info("resuming from %s at update %d", resume_from, run.start)
+    return run

@@ -1,0 +1,314 @@
+"""Config checks: every value of a composed config is checked here, before any work is done or file written.
+
+Each check raises an error whose message is one line naming the key, what is allowed and what was given. The
+model, data and schedule groups are checked by their own packages (``ModelConfigError``, ``DataError``,
+``ScheduleError``); ``USER_ERRORS`` is every such type, which the entry points print as ``error: <message>`` and
+exit with code 2. Hydra's own composition errors (an unknown group option, a mistyped key) come before this.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from data import DataError
+from model import GPTConfig, ModelConfigError, check_model_config
+from scheduling import ScheduleError, schedule_from_config, unless_budget
+from scheduling.spec import SettingError, is_int, is_number
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+STRATEGIES = ("auto", "single", "ddp", "fsdp")
+COMPILE = ("auto", True, False)
+NONFINITE = ("stop", "skip")
+LOGGERS = ("wandb", "csv", "none")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+SOURCES = ("builtin", "text_files", "hub")
+DECODE_POLICIES = ("skip", "replace", "error")
+BUDGET_KEYS = ("max_steps", "max_tokens", "max_time")
+PROVISIONAL_STEPS = 10**9  # stands for T in checks made before a budget fixes it
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+class ConfigError(SettingError):
+    """A bad trainer, optimizer or logger value, or an unusable checkpoint: one line naming the key or file."""
+
+
+USER_ERRORS = (ConfigError, DataError, ModelConfigError, ScheduleError)
+
+
+def register_resolvers() -> None:
+    """The resolvers conf/ uses (``trainer.max_steps: ${unless_budget:500}``); entry points call this once."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("unless_budget"):
+        OmegaConf.register_new_resolver("unless_budget", unless_budget)
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "config", return_hydra_config: bool = False):
+    """The config train.py composes from conf/ with these overrides, without running it (tests and benchmarks)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name, list(overrides or []), return_hydra_config=return_hydra_config)
+
+
+def integer_expected(expected: str, v: Any) -> str:
+    """What an integer key allows, with a hint when a float was given for it (``1e3`` reads as 1000.0)."""
+    if isinstance(v, float) and v.is_integer():
+        return f"{expected} (write {int(v)}, without a decimal point or exponent)"
+    return expected
+
+
+GROUPS = ("model", "optim", "schedule", "data", "trainer", "logger")
+OPTION_KEY = {"optim": "name", "schedule": "name", "data": "source", "logger": "name"}  # names the option's file
+
+
+def known_keys(group: str, option: str | None) -> list[str]:
+    """The keys a group may hold when ``option`` is chosen: those its file in conf/ defines (the model's are
+    GPTConfig's fields but the vocabulary, which the tokenizer sets)."""
+    if group == "model":
+        return [f.name for f in fields(GPTConfig) if f.name != "vocab_size"]
+    from omegaconf import OmegaConf
+
+    path = CONF / group / f"{option or 'default'}.yaml"
+    return [k for k in OmegaConf.load(path) if k != "defaults"] if path.is_file() else []
+
+
+def top_keys(config_name: str) -> list[str]:
+    """The keys of a config without groups (sample.yaml's), as its file defines them."""
+    from omegaconf import OmegaConf
+
+    return [k for k in OmegaConf.load(CONF / f"{config_name}.yaml") if k not in ("defaults", "hydra")]
+
+
+def unknown_key(key: str, config_name: str = "config") -> ConfigError:
+    """The one-line error for a key the config does not define, with the closest known keys."""
+    group, _, leaf = key.partition(".")
+    if config_name == "config" and group in GROUPS:
+        options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+        known = sorted({f"{group}.{k}" for o in options for k in known_keys(group, o)})
+        where = group
+    else:  # a key outside the groups: compare it with every key, and with every key's last part
+        known = top_keys(config_name) if config_name != "config" else [
+            f"{g}.{k}" for g in GROUPS for k in known_keys(g, "default" if g == "trainer" else None)]  # fmt: skip
+        where = "this config"
+    by_leaf = {k.split(".")[-1]: k for k in known}
+    close = difflib.get_close_matches(key, known, n=2, cutoff=0.75)
+    close += [by_leaf[k] for k in difflib.get_close_matches(key.split(".")[-1], by_leaf, n=2, cutoff=0.75)]
+    close = list(dict.fromkeys(close))[:2]
+    listed = ", ".join(known if where != "this config" or config_name != "config" else GROUPS)
+    hint = f"; did you mean {' or '.join(close)}?" if close else f"; it has {listed}"
+    return ConfigError(f"{key} is not a key of {where}{hint}")
+
+
+def check_keys(cfg: Mapping[str, Any], config_name: str = "config") -> None:
+    """Every key of the composed config is one that the chosen option of its group defines: a mistyped key, one
+    appended with ``+`` or one of another option of the group would otherwise be carried along and ignored."""
+    if config_name != "config":
+        extra = [k for k in cfg if k not in top_keys(config_name)]
+        if extra:
+            raise unknown_key(str(extra[0]), config_name)
+        return
+    for key in cfg:
+        if key not in GROUPS:
+            raise unknown_key(str(key))
+    for group in GROUPS:
+        option = cfg[group].get(OPTION_KEY[group]) if group in OPTION_KEY else "default"
+        known = known_keys(group, option)
+        extra = [k for k in cfg[group] if k not in known]
+        if not known or not extra:
+            continue  # no file for this option: the check of its name or source says so
+        owners = [p.stem for p in sorted((CONF / group).glob("*.yaml")) if extra[0] in known_keys(group, p.stem)]
+        if owners:
+            raise ConfigError(f"{group}.{extra[0]} is a key of {group}={owners[0]}, not of {group}={option} "
+                              f"(which has {', '.join(known)})")  # fmt: skip
+        raise unknown_key(f"{group}.{extra[0]}")
+
+
+# Hydra's command-line flags that take a value (``--cfg job``): the value is not an override.
+FLAGS_WITH_VALUES = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                     "--config-dir", "-cd", "--info", "--experimental-rerun")  # fmt: skip
+
+
+def check_overrides(overrides: list[str], config_name: str = "config") -> None:
+    """Compose ``overrides`` (a sweep's first value for each swept key) as Hydra will, and turn what Hydra refuses —
+    a mistyped key, an unknown option — into one line with the closest known names; entry points call this before
+    handing the command line to Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    given, args = [], iter(overrides)
+    for arg in args:
+        if arg in FLAGS_WITH_VALUES:
+            next(args, None)
+        elif not arg.startswith("-") and not arg.lstrip("+~").startswith("hydra"):
+            given.append(arg)
+    try:
+        parsed = OverridesParser.create().parse_overrides(given)
+        first = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override()
+                 else o.input_line for o in parsed]  # fmt: skip
+        compose(first, config_name)
+    except (HydraException, OmegaConfBaseException) as e:
+        message = " ".join(str(e).split())
+        key = re.search(r"Could not (?:override|append to config|delete from config)\W+'?([\w.]+)", message)
+        if key:
+            raise unknown_key(key.group(1), config_name) from None
+        option = re.search(r"Could not find '(\w+)/([^']+)'", message)
+        if option:
+            group, name = option.groups()
+            options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+            close = difflib.get_close_matches(name, options, n=1)
+            hint = f"did you mean {group}={close[0]}? " if close else ""
+            error = ConfigError(f"{group}={name} is not an option of {group}; {hint}it has {', '.join(options)}")
+            raise error from None
+        raise ConfigError(message.split(" Config search path:")[0]) from None
+
+
+def positive_int(section: Mapping[str, Any], key: str, prefix: str, minimum: int = 1) -> int:
+    v = section.get(key)
+    if not is_int(v) or v < minimum:
+        expected = f"an integer ≥ {minimum}" if minimum != 1 else "an integer > 0"
+        raise ConfigError(f"{prefix}.{key}", integer_expected(expected, v), v)
+    return v
+
+
+def one_of(section: Mapping[str, Any], key: str, prefix: str, allowed: tuple) -> Any:
+    v = section.get(key)
+    if v not in allowed or isinstance(v, bool) != any(isinstance(a, bool) and a == v for a in allowed):
+        raise ConfigError(f"{prefix}.{key}", f"one of {', '.join(str(a).lower() for a in allowed)}", v)
+    return v
+
+
+def budget_key(t: Mapping[str, Any]) -> str:
+    """Which of ``trainer.max_steps | max_tokens | max_time`` sets T; exactly one may be set."""
+    given = [k for k in BUDGET_KEYS if t.get(k) is not None]
+    if len(given) != 1:
+        got = ", ".join(f"trainer.{k}={t.get(k)}" for k in given) or "none"
+        raise ConfigError(f"trainer.max_steps, trainer.max_tokens, trainer.max_time: set exactly one, got {got}")
+    key, value = given[0], t[given[0]]
+    if key == "max_time" and (not is_number(value) or value <= 0):
+        raise ConfigError("trainer.max_time", "a number of seconds > 0", value)
+    if key != "max_time" and (not is_int(value) or value <= 0):
+        raise ConfigError(f"trainer.{key}", integer_expected("an integer > 0", value), value)
+    return key
+
+
+def check_optim(o: Mapping[str, Any]) -> None:
+    if o.get("name", "adamw") != "adamw":
+        raise ConfigError("optim.name", "adamw", o.get("name"))
+    lr = o.get("lr")
+    if not is_number(lr) or lr <= 0:
+        raise ConfigError("optim.lr", "a number > 0", lr)
+    betas = o.get("betas")
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(is_number(b) and 0 <= b < 1 for b in betas):
+        raise ConfigError("optim.betas", "two numbers in [0, 1), e.g. [0.9, 0.98]", list(betas or []))
+    eps = o.get("eps")
+    if not is_number(eps) or eps <= 0:
+        raise ConfigError("optim.eps", "a number > 0", eps)
+    wd = o.get("weight_decay")
+    if not is_number(wd) or wd < 0:
+        raise ConfigError("optim.weight_decay", "a number ≥ 0", wd)
+    one_of(o, "fused", "optim", ("auto", True, False))
+
+
+def check_stop_at(stop_at: Any, total_steps: int | None) -> None:
+    """``trainer.stop_at`` must stop before T (checked again once a budget has fixed T)."""
+    if stop_at is None:
+        return
+    if not is_int(stop_at) or stop_at < 1 or (total_steps is not None and stop_at >= total_steps):
+        bound = f"trainer.max_steps = {total_steps}" if total_steps is not None else "T"
+        raise ConfigError("trainer.stop_at", f"null or an integer in [1, {bound})", stop_at)
+
+
+def check_trainer(t: Mapping[str, Any]) -> None:
+    budget_key(t)
+    for key in ("batch_size", "grad_accum_steps", "eval_batches", "log_every"):
+        positive_int(t, key, "trainer")
+    for key in ("eval_every", "ckpt_every", "sample_tokens"):
+        positive_int(t, key, "trainer", minimum=0)
+    positive_int(t, "keep_checkpoints", "trainer", minimum=2 if t.get("ckpt_every") else 1)
+    if not is_int(t.get("seed")):
+        raise ConfigError("trainer.seed", "an integer", t.get("seed"))
+    clip = t.get("grad_clip")
+    if not is_number(clip) or clip < 0:
+        raise ConfigError("trainer.grad_clip", "a number ≥ 0 (0 = no clipping)", clip)
+    check_stop_at(t.get("stop_at"), t.get("max_steps"))
+    one_of(t, "device", "trainer", DEVICES)
+    one_of(t, "precision", "trainer", PRECISIONS)
+    one_of(t, "compile", "trainer", COMPILE)
+    one_of(t, "strategy", "trainer", STRATEGIES)
+    if t.get("global_batch_tokens") is not None:
+        positive_int(t, "global_batch_tokens", "trainer")
+    one_of(t, "nonfinite", "trainer", NONFINITE)
+    resume = t.get("resume")
+    if resume is not False and resume != "auto" and not (isinstance(resume, str) and resume):
+        raise ConfigError("trainer.resume", "auto, false or a checkpoint or run directory", resume)
+    if not isinstance(t.get("allow_schedule_change"), bool):
+        raise ConfigError("trainer.allow_schedule_change", "true or false", t.get("allow_schedule_change"))
+
+
+def grad_accum_steps(t: Mapping[str, Any], block_size: int, world_size: int) -> int:
+    """Micro-batches per update: ``trainer.grad_accum_steps``, or derived from ``trainer.global_batch_tokens`` so
+    the global batch stays the same whatever the number of ranks."""
+    target = t.get("global_batch_tokens")
+    if target is None:
+        return int(t["grad_accum_steps"])
+    per_micro_step = t["batch_size"] * block_size * world_size
+    if target % per_micro_step:
+        raise ConfigError(
+            "trainer.global_batch_tokens",
+            f"a multiple of batch_size × block_size × ranks = {t['batch_size']} × {block_size} × {world_size} "
+            f"= {per_micro_step}",
+            target,
+        )
+    return target // per_micro_step
+
+
+def check_data(d: Mapping[str, Any]) -> None:
+    one_of(d, "source", "data", SOURCES)
+    vf = d.get("val_fraction", 0.05)
+    if d.get("val_split") is None and (not is_number(vf) or not 0.0 < vf < 1.0):
+        raise ConfigError("data.val_fraction", "a fraction in (0, 1)", vf)
+    if not d.get("tokenizer"):
+        from data.tokenizer import check_vocab_size
+
+        check_vocab_size(d.get("vocab_size"), list(d.get("special_tokens") or ["<|endoftext|>"]))
+    for key in ("max_documents", "max_bytes", "tokenizer_train_bytes"):
+        if d.get(key) is not None:
+            positive_int(d, key, "data")
+    one_of(d, "on_decode_error", "data", DECODE_POLICIES)
+    if d.get("source") == "text_files" and d.get("path") in (None, "", "???"):
+        raise ConfigError("data.path", "a file, a directory or a glob for data=text_files", d.get("path"))
+    if d.get("source") == "hub" and not d.get("name"):
+        raise ConfigError("data.name", "a Hugging Face dataset name for a hub corpus", d.get("name"))
+
+
+def check_logger(lg: Mapping[str, Any]) -> None:
+    one_of(lg, "name", "logger", LOGGERS)
+    if lg["name"] == "wandb":
+        one_of(lg, "mode", "logger", WANDB_MODES)
+
+
+def check_config(cfg: Mapping[str, Any]) -> None:
+    """Every check that needs nothing but the config: model, optim, trainer, data, logger and schedule."""
+    if not isinstance(cfg, dict):  # an OmegaConf DictConfig: check the plain, resolved values
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    check_keys(cfg)
+    check_model_config(cfg["model"])
+    check_optim(cfg["optim"])
+    check_trainer(cfg["trainer"])
+    grad_accum_steps(cfg["trainer"], cfg["model"]["block_size"], 1)
+    check_data(cfg["data"])
+    check_logger(cfg["logger"])
+    # With a token or time budget T is known only later: check here what does not depend on it.
+    schedule_from_config(cfg["schedule"], cfg["trainer"]["max_steps"] or PROVISIONAL_STEPS, cfg["optim"]["lr"])

@@ -1,0 +1,68 @@
+"""What train.py's Hydra edge does around a run: its place in a sweep, the ranks' command lines under torchrun,
+a run directory that never started, and a sweep's failed jobs."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from training.build import Sweep
+from training.distributed import env_world
+
+log = logging.getLogger("train")
+IN_PROCESS_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+jobs: list[tuple[int, str | None]] = []  # (job number, its error) of every sweep job run in this process
+
+
+def sweep_of(hc, argv: list[str]) -> Sweep | None:
+    """A multirun job's W&B group (the sweep directory) and name (its swept values, as ``schedule=wsd``)."""
+    from hydra.types import RunMode
+
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    from training.wandb_logger import swept_overrides
+
+    swept = swept_overrides(list(hc.overrides.task), argv, hc.sweeper.get("params"))
+    return Sweep(group=str(hc.sweep.dir), name=",".join(swept) or f"job{hc.job.num}")
+
+
+def sweep_job_failed(hc, sweep: Sweep, error: Exception) -> bool:
+    """Report a sweep job's bad input in one line; True when its siblings run in this process, so the sweep
+    goes on and ``sweep_summary`` closes it (another launcher records the job's error itself)."""
+    log.error("error: job %s (%s): %s", hc.job.num, sweep.name, error)
+    jobs[-1] = (hc.job.num, str(error))
+    return hc.launcher.get("_target_") == IN_PROCESS_LAUNCHER
+
+
+def sweep_summary() -> str | None:
+    """One line on a sweep run in this process whose jobs failed, else None."""
+    failed = [num for num, error in jobs if error is not None]
+    if not failed:
+        return None
+    return f"error: {len(failed)} of {len(jobs)} sweep jobs failed (job {', '.join(map(str, failed))}), each above"
+
+
+def fresh_run_dir(run_dir: Path) -> bool:
+    """A run directory that holds nothing but what Hydra wrote at start-up."""
+    return run_dir.is_dir() and all(p.name in (".hydra", "train.log") for p in run_dir.iterdir())
+
+
+def remove_unstarted(run_dir: Path) -> None:
+    """Leave nothing behind for a run that never started: its directory, and the empty folders above it up to
+    the working directory (Hydra's ``outputs/<date>/``)."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in run_dir.resolve().parents:
+        if not parent.is_relative_to(Path.cwd()) or parent == Path.cwd() or any(parent.iterdir()):
+            break
+        parent.rmdir()
+
+
+def rank_argv(argv: list[str]) -> list[str]:
+    """Under torchrun every rank runs Hydra; only rank 0 may create the run directory (the others receive its
+    path), or each rank would make its own timestamped directory."""
+    rank, _, world = env_world()
+    if world == 1 or rank == 0:
+        return argv
+    kept = [a for a in argv if not a.lstrip("+").startswith(("hydra.run.dir=", "hydra.output_subdir="))]
+    return kept + ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled"]
