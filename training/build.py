@@ -66,6 +66,9 @@ class Run:
     checkpointer: checkpoint.Checkpointer
     metrics: Metrics
     update_settings: dict[str, Any]  # train_update's keywords: device, autocast, scaler, grad_clip
+    strategy: str  # single | ddp | fsdp
+    precision: str  # fp32 | bf16 | fp16
+    compiled: bool
     total_steps: int
     budget: dict[str, Any]
     start: int
@@ -129,7 +132,7 @@ class Run:
         return sample(self.raw_model, self.tokenizer, self.cfg.trainer, n_tokens, self.update_settings["autocast"])
 
     def end_sample(self) -> None:
-        if not samples_here(self.cfg.trainer, self.dist, self.checkpointer.strategy):
+        if not samples_here(self.cfg.trainer, self.dist, self.strategy):
             return
         text = self.sample(self.cfg.trainer.sample_tokens)
         log.info("sample:\n%s", text)
@@ -211,135 +214,155 @@ def measure_update(model, raw_model, optim_cfg, micro_batches, seconds: float, *
 
 def build_run(cfg: DictConfig, run_dir: Path, *, sweep: Sweep | None = None, overrides: list[str] | None = None,
               started: float | None = None) -> Run:  # fmt: skip
-    """Build every part of a run from ``cfg`` (already checked), writing into ``run_dir``."""
+    """Build every part of a run from ``cfg`` (already checked), in order: the process and device, the
+    checkpoint to resume, data, model, T, optimizer and schedule, and last the outputs in ``run_dir``."""
     started = time.perf_counter() if started is None else started
     register_overrides(list(overrides or []))  # their secret-looking values never get written
     trainer = cfg.trainer
     dist = distributed.init(trainer.device)
     run_dir = Path(distributed.broadcast_object(str(run_dir))).resolve()
-    device, seed = dist.device, trainer.seed
-    precision = distributed.resolve_precision(trainer.precision, device)
-    strategy = distributed.resolve_strategy(trainer.strategy, dist.world_size)
-    compiled = distributed.resolve_compile(trainer.compile, device)
-    block, batch = cfg.model.block_size, trainer.batch_size
-    accum = grad_accum_steps(trainer, block, dist.world_size)
-    found = checkpoint.find_resume(trainer.resume, run_dir) if dist.is_main else None
-    resume_from = distributed.broadcast_object(found)
+    resume_from = distributed.broadcast_object(
+        checkpoint.find_resume(trainer.resume, run_dir) if dist.is_main else None
+    )
     state = checkpoint.load(resume_from) if resume_from else None
     if not dist.is_main:
         logging.getLogger().setLevel(logging.WARNING)
-
-    # data: corpus → tokenizer → token cache → batches (rank 0 prepares, the others reuse)
-    cache = distributed.in_turn(lambda: prepare(cfg.data), dist)
+    cache, train_batches, val_batches = build_data(cfg, dist)
     tokenizer = cache.tokenizer()
     vocab = padded_vocab(cache.vocab_size)
-    train_batches = TrainBatches(cache.tokens("train"), block, batch, accum, dist.world_size, dist.rank, seed)
-    val_batches = ValBatches(cache.tokens("val"), block, batch, trainer.eval_batches, dist.world_size, dist.rank)
-    token_bytes = torch.from_numpy(token_byte_lengths(tokenizer, vocab)).to(device)
-
-    # model (the same initial weights on every rank), wrapped for the strategy
     model_config = GPTConfig.from_dict({**OmegaConf.to_container(cfg.model), "vocab_size": vocab})
     if state is not None:
         checkpoint.check_fits(state, model_config.to_dict(), cache.meta["tokenizer_hash"], resume_from)
-    torch.manual_seed(seed)
+    raw_model, model, settings, how = build_model(cfg, dist, model_config)
+    token_bytes = torch.from_numpy(token_byte_lengths(tokenizer, vocab)).to(dist.device)
+    run = Run(cfg=cfg, run_dir=run_dir, dist=dist, model=model, raw_model=raw_model, optimizer=None,
+              scheduler=None, train_batches=train_batches, val_batches=val_batches, checkpointer=None,
+              metrics=Metrics([]), update_settings=settings, **how, total_steps=0, budget={}, start=0,
+              tokens_seen=0, started=started, wandb_sink=None, extra_state={}, files={}, token_bytes=token_bytes,
+              tokenizer=tokenizer, flops_per_token=model_flops_per_token(raw_model),
+              peak_flops=peak_flops(dist.device, how["precision"]))  # fmt: skip
+
+    # T, fixed before update 0 (every rank measures a time budget's update together; rank 0's plan counts)
+    T, run.budget = budget.total_steps(trainer, train_batches.tokens_per_update, state,
+                                       lambda: distributed.broadcast_object(measure_plan(run)))  # fmt: skip
+    check_stop_at(trainer.stop_at, T)
+    schedule = schedule_from_config(cfg.schedule, T, cfg.optim.lr)
+    run.total_steps, run.optimizer = T, build_optimizer(raw_model, cfg.optim, dist.device)
+    run.scheduler = build_scheduler(run.optimizer, schedule)
+    run.checkpointer = checkpoint.Checkpointer(run_dir, raw_model, run.optimizer, run.scheduler, settings["scaler"],
+                                               dist, run.strategy, trainer.keep_checkpoints)  # fmt: skip
+    wandb_id = None
+    if state is not None:
+        run.checkpointer.restore(state, resume_from, trainer.allow_schedule_change)
+        run.start, run.tokens_seen, wandb_id = state["step"], state["tokens"], state.get("wandb_run_id")
+    else:
+        torch.manual_seed(trainer.seed + dist.rank)  # dropout differs across ranks
+    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
+    run.files = {"tokenizer.json": tokenizer.to_str(), "config.yaml": OmegaConf.to_yaml(resolved)}
+    run.extra_state = {"total_steps": T, "budget": run.budget, "model_config": model_config.to_dict(),
+                       "tokenizer_hash": cache.meta["tokenizer_hash"], "config": run.files["config.yaml"],
+                       "wandb_run_id": wandb_id}  # fmt: skip
+    if dist.is_main:  # from here on the run directory is written
+        open_outputs(run, resolved, sweep, resuming=state is not None, wandb_id=wandb_id)
+    log.info("\n%s", start_summary(**describe(run, cache.meta, schedule)))
+    if state is not None:
+        log.info("resuming from %s at update %d", resume_from, run.start)
+    return run
+
+
+def build_data(cfg: DictConfig, dist: distributed.Dist) -> tuple[Any, TrainBatches, ValBatches]:
+    """corpus → tokenizer → token cache (rank 0 prepares, the others reuse) → this rank's batches."""
+    trainer, block = cfg.trainer, cfg.model.block_size
+    cache = distributed.in_turn(lambda: prepare(cfg.data), dist)
+    accum = grad_accum_steps(trainer, block, dist.world_size)
+    train_batches = TrainBatches(cache.tokens("train"), block, trainer.batch_size, accum, dist.world_size,
+                                 dist.rank, trainer.seed)  # fmt: skip
+    val_batches = ValBatches(cache.tokens("val"), block, trainer.batch_size, trainer.eval_batches, dist.world_size,
+                             dist.rank)  # fmt: skip
+    return cache, train_batches, val_batches
+
+
+def build_model(cfg: DictConfig, dist: distributed.Dist, model_config: GPTConfig):
+    """The model (the same initial weights on every rank), what the loop calls (compiled, wrapped or sharded),
+    the update's settings (device, autocast, GradScaler, clipping), and the strategy, precision and compilation."""
+    trainer, device = cfg.trainer, dist.device
+    precision = distributed.resolve_precision(trainer.precision, device)
+    strategy = distributed.resolve_strategy(trainer.strategy, dist.world_size)
+    compiled = distributed.resolve_compile(trainer.compile, device)
+    torch.manual_seed(trainer.seed)
     raw_model = GPT(model_config).to(device)
     model = distributed.parallelize(raw_model, strategy, dist, precision, compiled)
-    use_autocast = distributed.autocast_needed(strategy, device)
-    autocast = distributed.autocast(device, precision if use_autocast else "fp32")
+    autocast = distributed.autocast(device, precision if distributed.autocast_needed(strategy, device) else "fp32")
     distributed.allow_tf32(device)  # here, not at import: train() must pickle for Hydra's submitit launcher
     distributed.keep_freed_memory(device)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     settings = {"device": device, "autocast": autocast, "scaler": scaler, "grad_clip": trainer.grad_clip}
+    return raw_model, model, settings, {"strategy": strategy, "precision": precision, "compiled": compiled}
 
-    def measure() -> budget.TimePlan:
-        on = {"device": device, "autocast": autocast}
-        first_two = list(islice(val_batches, 2))
-        prompt_tokens = max(1, len(tokenizer.encode(trainer.sample_prompt).ids))  # "" starts from one token
-        return budget.measure_time_plan(
-            trainer.max_time, lambda: time.perf_counter() - started,
-            update=lambda: measure_update(model, raw_model, cfg.optim, train_batches.micro_batches,
-                                          budget.measurement_seconds(trainer.max_time), **settings),
-            evaluation=lambda: budget.eval_seconds(lambda b: evaluate(model, b, token_bytes, **on), first_two,
-                                                   len(val_batches), device),
-            sample=lambda: budget.sample_seconds(
-                lambda n: sample(raw_model, tokenizer, trainer, n, autocast), trainer.sample_tokens, device,
-                cached=block - prompt_tokens, window=lambda: full_context_forward(raw_model, autocast),
-            ) if samples_here(trainer, dist, strategy) else 0.0,
-            n_params=raw_model.num_params(), eval_every=trainer.eval_every, ckpt_every=trainer.ckpt_every,
-            wandb=cfg.logger.name == "wandb", cuda=device.type == "cuda",
-        )  # fmt: skip
 
-    # T, fixed before update 0 (every rank measures a time budget's update together; rank 0's plan counts)
-    T, budget_record = budget.total_steps(trainer, train_batches.tokens_per_update, state,
-                                          lambda: distributed.broadcast_object(measure()))  # fmt: skip
-    check_stop_at(trainer.stop_at, T)
-    schedule = schedule_from_config(cfg.schedule, T, cfg.optim.lr)
-    optimizer = build_optimizer(raw_model, cfg.optim, device)
-    scheduler = build_scheduler(optimizer, schedule)
-    ckpt = checkpoint.Checkpointer(run_dir, raw_model, optimizer, scheduler, scaler, dist, strategy,
-                                   trainer.keep_checkpoints)  # fmt: skip
-    start, tokens_seen, wandb_id = 0, 0, None
-    if state is not None:
-        ckpt.restore(state, resume_from, trainer.allow_schedule_change)
-        start, tokens_seen, wandb_id = state["step"], state["tokens"], state.get("wandb_run_id")
-    else:
-        torch.manual_seed(seed + dist.rank)  # dropout differs across ranks
-    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
-    config_yaml = OmegaConf.to_yaml(resolved)
-    extra_state = {
-        "total_steps": T,
-        "budget": budget_record,
-        "model_config": model_config.to_dict(),
-        "tokenizer_hash": cache.meta["tokenizer_hash"],
-        "config": config_yaml,
-        "wandb_run_id": wandb_id,
-    }
-    run = Run(cfg=cfg, run_dir=run_dir, dist=dist, model=model, raw_model=raw_model, optimizer=optimizer,
-              scheduler=scheduler, train_batches=train_batches, val_batches=val_batches, checkpointer=ckpt,
-              metrics=Metrics([]), update_settings=settings, total_steps=T, budget=budget_record, start=start,
-              tokens_seen=tokens_seen, started=started, wandb_sink=None, extra_state=extra_state,
-              files={"tokenizer.json": tokenizer.to_str(), "config.yaml": config_yaml}, token_bytes=token_bytes,
-              tokenizer=tokenizer, flops_per_token=model_flops_per_token(raw_model),
-              peak_flops=peak_flops(device, precision))  # fmt: skip
+def measure_plan(run: Run) -> budget.TimePlan:
+    """A time budget's plan from the run's own update, evaluation and sample, measured now."""
+    cfg, trainer, device = run.cfg, run.cfg.trainer, run.device
+    on = {"device": device, "autocast": run.update_settings["autocast"]}
+    first_two = list(islice(run.val_batches, 2))
+    prompt_tokens = max(1, len(run.tokenizer.encode(trainer.sample_prompt).ids))  # "" starts from one token
+    return budget.measure_time_plan(
+        trainer.max_time, lambda: time.perf_counter() - run.started,
+        update=lambda: measure_update(run.model, run.raw_model, cfg.optim, run.train_batches.micro_batches,
+                                      budget.measurement_seconds(trainer.max_time), **run.update_settings),
+        evaluation=lambda: budget.eval_seconds(lambda b: evaluate(run.model, b, run.token_bytes, **on), first_two,
+                                               len(run.val_batches), device),
+        sample=lambda: budget.sample_seconds(
+            run.sample, trainer.sample_tokens, device, cached=cfg.model.block_size - prompt_tokens,
+            window=lambda: full_context_forward(run.raw_model, on["autocast"]),
+        ) if samples_here(trainer, run.dist, run.strategy) else 0.0,
+        n_params=run.raw_model.num_params(), eval_every=trainer.eval_every, ckpt_every=trainer.ckpt_every,
+        wandb=cfg.logger.name == "wandb", cuda=device.type == "cuda",
+    )  # fmt: skip
 
-    # outputs: from here on the run directory is written (rank 0)
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        scrub_hydra_files(run_dir)
-        resume_step = run.start if state is not None else None
-        logged = last_logged_step(run_dir / "metrics.jsonl") if state is not None else None  # before it is cut
-        sinks = [JsonlSink(run_dir / "metrics.jsonl", resume_step), ProgressSink(T, run.start, trainer.log_every)]
-        if cfg.logger.name == "csv":
-            sinks.append(CsvSink(run_dir / "metrics.csv", resume_step))
-        if cfg.logger.name == "wandb":
-            from training.wandb_logger import WandbSink
 
-            run.wandb_sink = WandbSink(cfg.logger, run_dir, resolved, wandb_id, name=sweep and sweep.name,
-                                       group=sweep and sweep.group, logged_through=logged)  # fmt: skip
-            run.wandb_sink.run.summary["params"] = raw_model.num_params()
-            sinks.append(run.wandb_sink)
-        run.metrics = Metrics(sinks)
-        if "max_time" in budget_record and state is None:
-            (run_dir / "budget.json").write_text(json.dumps(budget_record, indent=1) + "\n")
-            run.metrics.summary.update({f"budget/{k}": v for k, v in budget_record.items()})
-            log.info("budget: %gs → T = %d updates (%.3f s each; evaluation %.2f s, checkpoint %.2f s, sample "
-                     "%.2f s, start-up and measurement %.1f s)", budget_record["max_time"], T,
-                     budget_record["step_seconds"], budget_record["eval_seconds"], budget_record["checkpoint_seconds"],
-                     budget_record["sample_seconds"], budget_record["elapsed_at_plan"])  # fmt: skip
-    p = schedule.params
-    floor = f" → floor {cfg.optim.lr * p['min_lr_ratio']:.3g}" if "min_lr_ratio" in p else ""
-    log.info("\n%s", start_summary(
-        model=f"{model_config.arch}, {human(raw_model.num_params())} parameters (n_layer {model_config.n_layer}, "
-              f"n_head {model_config.n_head}, n_embd {model_config.n_embd}, block {block}, vocab {vocab})",
-        data=f"{cache.meta['corpus']}: {human(cache.meta['tokens']['train'])} train / "
-             f"{human(cache.meta['tokens']['val'])} val tokens",
-        batch=f"{train_batches.tokens_per_update:,} tokens per update = {dist.world_size} rank(s) × {accum} "
-              f"micro-batch(es) × {batch} × {block}",
-        schedule=f"{schedule.name}: warmup {p.get('warmup_steps', 0)}, peak {cfg.optim.lr:g}{floor}, "
-                 f"T = {T:,} updates" + (f", resuming at {run.start}" if state is not None else ""),
-        device=f"{device}, {precision}, {strategy}{', compiled' if compiled else ''}",
-        run_dir=str(run_dir),
-    ))  # fmt: skip
-    if state is not None:
-        log.info("resuming from %s at update %d", resume_from, run.start)
-    return run
+def open_outputs(run: Run, resolved: dict, sweep: Sweep | None, resuming: bool, wandb_id: str | None) -> None:
+    """The run directory's outputs (rank 0): metric sinks — cut back to the resumed update — and budget.json."""
+    cfg, run_dir = run.cfg, run.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    scrub_hydra_files(run_dir)
+    resume_step = run.start if resuming else None
+    logged = last_logged_step(run_dir / "metrics.jsonl") if resuming else None  # before it is cut
+    sinks = [JsonlSink(run_dir / "metrics.jsonl", resume_step),
+             ProgressSink(run.total_steps, run.start, cfg.trainer.log_every)]  # fmt: skip
+    if cfg.logger.name == "csv":
+        sinks.append(CsvSink(run_dir / "metrics.csv", resume_step))
+    if cfg.logger.name == "wandb":
+        from training.wandb_logger import WandbSink
+
+        run.wandb_sink = WandbSink(cfg.logger, run_dir, resolved, wandb_id, name=sweep and sweep.name,
+                                   group=sweep and sweep.group, logged_through=logged)  # fmt: skip
+        run.wandb_sink.run.summary["params"] = run.raw_model.num_params()
+        sinks.append(run.wandb_sink)
+    run.metrics = Metrics(sinks)
+    plan = run.budget
+    if "max_time" in plan and not resuming:
+        (run_dir / "budget.json").write_text(json.dumps(plan, indent=1) + "\n")
+        run.metrics.summary.update({f"budget/{k}": v for k, v in plan.items()})
+        log.info("budget: %gs → T = %d updates (%.3f s each; evaluation %.2f s, checkpoint %.2f s, sample %.2f s, "
+                 "start-up and measurement %.1f s)", plan["max_time"], run.total_steps, plan["step_seconds"],
+                 plan["eval_seconds"], plan["checkpoint_seconds"], plan["sample_seconds"],
+                 plan["elapsed_at_plan"])  # fmt: skip
+
+
+def describe(run: Run, meta: dict, schedule) -> dict[str, str]:
+    """The facts of the start-of-run summary."""
+    c, p, lr = run.raw_model.config, schedule.params, run.cfg.optim.lr
+    floor = f" → floor {lr * p['min_lr_ratio']:.3g}" if "min_lr_ratio" in p else ""
+    b = run.train_batches
+    return {
+        "model": f"{c.arch}, {human(run.raw_model.num_params())} parameters (n_layer {c.n_layer}, n_head {c.n_head}, "
+                 f"n_embd {c.n_embd}, block {c.block_size}, vocab {c.vocab_size})",
+        "data": f"{meta['corpus']}: {human(meta['tokens']['train'])} train / {human(meta['tokens']['val'])} val tokens",
+        "batch": f"{b.tokens_per_update:,} tokens per update = {b.world} rank(s) × {b.accum} micro-batch(es) × "
+                 f"{b.batch_size} × {b.block_size}",
+        "schedule": f"{schedule.name}: warmup {p.get('warmup_steps', 0)}, peak {lr:g}{floor}, "
+                    f"T = {run.total_steps:,} updates" + (f", resuming at {run.start}" if run.start else ""),
+        "device": f"{run.device}, {run.precision}, {run.strategy}{', compiled' if run.compiled else ''}",
+        "run_dir": str(run.run_dir),
+    }  # fmt: skip
