@@ -17,24 +17,32 @@ GPT2_SIZES = {"gpt2": (124e6, 0.01), "gpt2-medium": (350e6, 0.015), "gpt2-large"
               "gpt2-xl": (1558e6, 0.01)}  # fmt: skip
 
 
+def transformers_config(config, vocab: int | None = None):
+    """The transformers config of the same shape: ``GPT2Config`` for arch gpt2, ``LlamaConfig`` for llama."""
+    from transformers import GPT2Config, LlamaConfig
+
+    vocab = vocab or config.vocab_size
+    if config.arch == "gpt2":
+        return GPT2Config(vocab_size=vocab, n_positions=config.block_size, n_embd=config.n_embd,
+                          n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
+                          attn_pdrop=0.0, activation_function="gelu_new", layer_norm_epsilon=config.norm_eps,
+                          tie_word_embeddings=config.tie_embeddings)  # fmt: skip
+    return LlamaConfig(vocab_size=vocab, hidden_size=config.n_embd, intermediate_size=config.hidden,
+                       num_hidden_layers=config.n_layer, num_attention_heads=config.n_head,
+                       num_key_value_heads=config.kv_heads, max_position_embeddings=config.block_size,
+                       rms_norm_eps=config.norm_eps, tie_word_embeddings=config.tie_embeddings,
+                       rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta})  # fmt: skip
+
+
 @pytest.mark.parametrize("name", sorted(GPT2_SIZES))
 def test_gpt2_presets_count_like_transformers_gpt2_and_match_their_published_size(name, preset, on_meta):
     """All unique parameters (the tied head counts once) at GPT-2's vocabulary of 50257."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
     config = preset(name, GPT2_VOCAB)
     ours = on_meta(config).num_params()
     with torch.device("meta"):
-        reference = GPT2LMHeadModel(
-            GPT2Config(
-                vocab_size=GPT2_VOCAB,
-                n_positions=config.block_size,
-                n_embd=config.n_embd,
-                n_layer=config.n_layer,
-                n_head=config.n_head,
-                tie_word_embeddings=config.tie_embeddings,
-            )
-        )
+        reference = GPT2LMHeadModel(transformers_config(config, GPT2_VOCAB))
     assert ours == sum(p.numel() for p in reference.parameters())
     nominal, tolerance = GPT2_SIZES[name]
     assert abs(ours - nominal) / nominal < tolerance, ours
@@ -42,45 +50,22 @@ def test_gpt2_presets_count_like_transformers_gpt2_and_match_their_published_siz
 
 @pytest.mark.parametrize("name", ["llama-nano", "llama-micro", "llama-small"])
 def test_llama_presets_count_like_transformers_llama(name, preset, on_meta):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     config = preset(name, LLAMA_VOCAB)
     ours = on_meta(config).num_params()
     with torch.device("meta"):
-        reference = LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=LLAMA_VOCAB,
-                hidden_size=config.n_embd,
-                intermediate_size=config.hidden,
-                num_hidden_layers=config.n_layer,
-                num_attention_heads=config.n_head,
-                num_key_value_heads=config.kv_heads,
-                tie_word_embeddings=config.tie_embeddings,
-            )
-        )
+        reference = LlamaForCausalLM(transformers_config(config, LLAMA_VOCAB))
     assert ours == sum(p.numel() for p in reference.parameters())
 
 
 def test_gpt2_arch_computes_what_transformers_gpt2_computes(tiny_config):
     """Same weights → same logits: GELU (tanh), pre-LN blocks, learned positions, tied head."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
     torch.manual_seed(0)
     config = tiny_config("gpt2")
-    reference = GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=config.vocab_size,
-            n_positions=config.block_size,
-            n_embd=config.n_embd,
-            n_layer=config.n_layer,
-            n_head=config.n_head,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            activation_function="gelu_new",
-            layer_norm_epsilon=config.norm_eps,
-        )
-    ).eval()
+    reference = GPT2LMHeadModel(transformers_config(config)).eval()
     ref = reference.state_dict()
     ours = {"wte.weight": ref["transformer.wte.weight"], "wpe.weight": ref["transformer.wpe.weight"],
             "lm_head.weight": ref["transformer.wte.weight"], "ln_f.weight": ref["transformer.ln_f.weight"],
@@ -102,24 +87,11 @@ def test_gpt2_arch_computes_what_transformers_gpt2_computes(tiny_config):
 
 def test_llama_arch_computes_what_transformers_llama_computes(tiny_config):
     """Same weights → same logits: rotary positions, RMSNorm, SwiGLU, grouped-query attention, untied head."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
     config = tiny_config("llama", mlp_hidden=48)
-    reference = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=config.vocab_size,
-            hidden_size=config.n_embd,
-            intermediate_size=config.hidden,
-            num_hidden_layers=config.n_layer,
-            num_attention_heads=config.n_head,
-            num_key_value_heads=config.kv_heads,
-            max_position_embeddings=config.block_size,
-            rms_norm_eps=config.norm_eps,
-            tie_word_embeddings=config.tie_embeddings,
-            rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
-        )
-    ).eval()
+    reference = LlamaForCausalLM(transformers_config(config)).eval()
     ref = reference.state_dict()
     ours = {"wte.weight": ref["model.embed_tokens.weight"], "lm_head.weight": ref["lm_head.weight"],
             "ln_f.weight": ref["model.norm.weight"]}  # fmt: skip
