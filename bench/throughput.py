@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="alternating repetitions of each loop")
     p.add_argument("--warmup", type=int, default=2, help="untimed updates of each loop first")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--refresh-peak", action="store_true", help="measure the CPU matmul peak again (the cache keeps the higher)")
+    p.add_argument("--refresh-peak", action="store_true", help="measure the CPU peak again (keeps the higher)")
     p.add_argument("--profile", action="store_true", help="then profile the template's updates with torch.profiler")
     p.add_argument(
         "--return-freed-memory",

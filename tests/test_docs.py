@@ -1,0 +1,73 @@
+"""The commands the README and docs/ show are commands the template accepts: every ``train.py`` line composes and
+passes the config checks, every ``sample.py`` line's settings pass its checks, every schedule plot draws, and the
+README's error example is the error a user gets."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import pytest
+
+from tests.conftest import ROOT, compose_config
+from training.config import USER_ERRORS, check_config, check_overrides, compose
+
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def commands(script: str) -> list[tuple[str, list[str]]]:
+    """(page, arguments after ``script``) for every shell line of the pages' code blocks that runs ``script``."""
+    found = []
+    for page in PAGES:
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(), flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                for part in re.split(r"&&|;", line):
+                    words = shlex.split(part, comments=True)
+                    if script in words:
+                        found.append((page.name, words[words.index(script) + 1 :]))
+    return found
+
+
+TRAIN = commands("train.py")
+SAMPLE = commands("sample.py")
+PLOT = [(page, args[1:]) for page, args in commands("-m") if args[:1] == ["scheduling.plot"]]
+
+
+def test_the_pages_show_commands_of_every_entry_point():
+    assert len(TRAIN) > 30 and len(SAMPLE) >= 3 and len(PLOT) >= 1
+
+
+@pytest.mark.parametrize("page,args", TRAIN, ids=[f"{p}: {' '.join(a)}" for p, a in TRAIN])
+def test_every_train_py_command_shown_composes_and_passes_the_checks(page, args):
+    check_overrides(args)
+    if "--cfg" in args:
+        return
+    overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra.")]
+    first = [re.sub(r"=([^,=]+),.*$", r"=\1", a) if "," in a and "[" not in a else a for a in overrides]
+    check_config(compose(first))  # a sweep: its first job
+
+
+@pytest.mark.parametrize("page,args", SAMPLE, ids=[f"{p}: {' '.join(a)}" for p, a in SAMPLE])
+def test_every_sample_py_command_shown_has_settings_sample_py_accepts(page, args):
+    from sample import check_sample_config
+
+    check_overrides(args, "sample")
+    from omegaconf import OmegaConf
+
+    check_sample_config(OmegaConf.to_container(compose(args, config_name="sample"), resolve=True))
+
+
+@pytest.mark.parametrize("page,args", PLOT, ids=[f"{p}: {' '.join(a)}" for p, a in PLOT])
+def test_every_schedule_plot_shown_draws(page, args, tmp_path):
+    from scheduling import plot
+
+    out = [a for a in args if a != "--out" and not a.endswith(".png")]
+    assert plot.main([*out, "--out", str(tmp_path / "lr.png")]) == 0
+    assert (tmp_path / "lr.png").stat().st_size > 0
+
+
+def test_the_readme_error_example_is_the_error_a_user_gets():
+    example = re.search(r"\$ python train.py (\S+)\n(error: .*)\n", (ROOT / "README.md").read_text())
+    with pytest.raises(USER_ERRORS) as err:
+        check_config(compose_config([example.group(1)]))
+    assert f"error: {err.value}" == example.group(2)
