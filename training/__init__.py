@@ -8,5 +8,6 @@
 - ``checkpoint``: atomic checkpoints, resume, full and sharded state
 - ``distributed``: process group, device, precision, compilation, DDP/FSDP wrapping
 - ``signals``: graceful stops on SIGTERM/SIGINT
+- ``launch``: what train.py's Hydra edge does around a run (a sweep job's name and failures, ranks' command lines)
 - ``metrics``, ``wandb_logger``, ``plots``, ``secrets``: everything that reports, and what it must not reveal
 """
