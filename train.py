@@ -61,7 +61,7 @@ def fit(run: Run) -> float:
             if trainer.eval_every and t % trainer.eval_every == 0:
                 run.evaluate(t)
             t0 = time.perf_counter()
-            lr = run.optimizer.param_groups[0]["lr"]  # what update t uses
+            lrs = run.learning_rates()  # what update t uses
             micro_batches = run.train_batches.micro_batches(t)
             data_wait = time.perf_counter() - t0
             update, overflows = train_update_retrying(  # fp16: retried at a lower scale while it overflows
@@ -70,7 +70,7 @@ def fit(run: Run) -> float:
             run.metrics.count("fp16_overflows", overflows)
             if update.status == NONFINITE:
                 run.skip_nonfinite(t, update)  # raises under trainer.nonfinite=stop
-            run.log_update(t, update, lr, time.perf_counter() - t0, data_wait)
+            run.log_update(t, update, lrs, time.perf_counter() - t0, data_wait)
             t += 1
             stop = signals.requested or ("trainer.stop_at" if trainer.stop_at and trainer.stop_at <= t < T else None)
             if distributed.any_rank(stop is not None):  # every rank stops at the same update

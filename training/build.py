@@ -114,7 +114,13 @@ class Run:
         self.scheduler.step()  # the update index and the schedule move on without an optimizer step
         self.metrics.count("skipped_nonfinite")
 
-    def log_update(self, t: int, update: Update, lr: float, step_time: float, data_wait: float) -> None:
+    def learning_rates(self) -> dict[str, float]:
+        """The lrs the next update uses: ``train/lr`` (param group 0, AdamW's), and ``train/lr_<name>`` of each
+        named group (Muon's)."""
+        groups = self.optimizer.param_groups
+        return {"train/lr": groups[0]["lr"], **{f"train/lr_{g['name']}": g["lr"] for g in groups if "name" in g}}
+
+    def log_update(self, t: int, update: Update, lrs: dict[str, float], step_time: float, data_wait: float) -> None:
         tokens = self.train_batches.tokens_per_update
         self.tokens_seen += tokens
         tokens_per_sec = tokens / step_time
@@ -123,7 +129,7 @@ class Run:
             if self.peak_flops
             else None
         )
-        record = {"train/loss": update.loss, "train/lr": lr, "train/grad_norm": update.grad_norm,
+        record = {"train/loss": update.loss, **lrs, "train/grad_norm": update.grad_norm,
                   "train/tokens_per_sec": tokens_per_sec, "train/mfu": mfu, "train/step_time": step_time,
                   "tokens": self.tokens_seen, "train/data_wait": data_wait}  # fmt: skip
         self.metrics.log(t, {**record, "train/peak_memory_gb": peak_memory_gb(self.device)})
@@ -201,7 +207,9 @@ def measure_update(model, raw_model, optim_cfg, micro_batches, seconds: float, *
     optimizer step), with a throwaway optimizer at lr 0: weights, the real optimizer and generators stay as
     they were."""
     device = settings["device"]
-    throwaway = build_optimizer(raw_model, {**optim_cfg, "lr": 0.0}, device)
+    throwaway = build_optimizer(raw_model, optim_cfg, device)
+    for group in throwaway.param_groups:
+        group["lr"] = 0.0
     schedule = torch.optim.lr_scheduler.LambdaLR(throwaway, lambda t: 0.0)
     scaler = torch.amp.GradScaler(device.type) if settings["scaler"] is not None else None
     kwargs = {**settings, "scaler": scaler}
@@ -253,13 +261,14 @@ def build_run(cfg: DictConfig, run_dir: Path, *, sweep: Sweep | None = None, ove
                                                dist, run.strategy, trainer.keep_checkpoints)  # fmt: skip
     wandb_id = None
     if state is not None:
-        run.checkpointer.restore(state, resume_from, trainer.allow_schedule_change)
+        run.checkpointer.restore(state, resume_from, trainer.allow_schedule_change, cfg.optim.name)
         run.start, run.tokens_seen, wandb_id = state["step"], state["tokens"], state.get("wandb_run_id")
     else:
         torch.manual_seed(trainer.seed + dist.rank)  # dropout differs across ranks
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))
     run.files = {"tokenizer.json": tokenizer.to_str(), "config.yaml": OmegaConf.to_yaml(resolved)}
-    run.extra_state = {"total_steps": T, "budget": run.budget, "model_config": model_config.to_dict(),
+    run.extra_state = {"total_steps": T, "budget": run.budget, "optimizer_name": cfg.optim.name,
+                       "model_config": model_config.to_dict(),
                        "tokenizer_hash": cache.meta["tokenizer_hash"], "config": run.files["config.yaml"],
                        "wandb_run_id": wandb_id}  # fmt: skip
     if dist.is_main:  # from here on the run directory is written

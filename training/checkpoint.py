@@ -19,7 +19,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from data.atomic import begin, commit, replace_file
 from training import distributed
@@ -192,12 +197,6 @@ def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tupl
     return {k: v.detach().cpu() for k, v in model_sd.items()}, optim_sd
 
 
-def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_sd: dict, optim_sd: dict) -> None:
-    """Load full state dicts into a model of any strategy (FSDP shards them on the way in)."""
-    options = StateDictOptions(full_state_dict=True, strict=True)
-    set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd, options=options)
-
-
 def load_sharded(folder: Path, state: dict[str, Any]) -> None:
     """Fill ``state`` ({"model": …[, "optimizer": …]}, tensors of any strategy and world size) in place from the
     torch.distributed.checkpoint folder ``folder``: training resumes and sample.py loads weights through this."""
@@ -235,7 +234,8 @@ class Checkpointer:
 
     def __init__(self, run_dir: Path, model, optimizer, scheduler, scaler, dist, strategy: str, keep: int):
         self.root = run_dir / "checkpoints"
-        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.model, self.scheduler, self.scaler = model, scheduler, scaler
+        self.optimizer = getattr(optimizer, "optimizers", optimizer)  # torch's state dicts take each optimizer
         self.dist, self.strategy, self.keep = dist, strategy, keep
 
     def save(self, step: int, tokens: int, extra: dict[str, Any], files: dict[str, str | bytes]) -> Path | None:
@@ -257,17 +257,25 @@ class Checkpointer:
         distributed.barrier()
         return path
 
-    def restore(self, state: dict[str, Any], path: Path, allow_schedule_change: bool) -> None:
+    def restore(self, state: dict[str, Any], path: Path, allow_schedule_change: bool, optimizer_name: str) -> None:
         from scheduling import restore_scheduler
 
+        saved_name = state.get("optimizer_name", "adamw")
+        if saved_name != optimizer_name and not allow_schedule_change:
+            raise ConfigError(
+                f"checkpoint {path}: it was trained with optim={saved_name}, the config asks for "
+                f"optim={optimizer_name}; resume with the same optimizer, or set trainer.allow_schedule_change=true "
+                "to continue with the new one (its state starts afresh)"
+            )
+        model_sd, optim_sd = state["model"], state["optimizer"]
         if state.get("sharded") == "dcp":
             model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
             shards = {"model": model_sd, "optimizer": optim_sd}
-            load_sharded(path / "dcp", shards)
-            set_state_dict(self.model, self.optimizer, model_state_dict=shards["model"],
-                           optim_state_dict=shards["optimizer"])  # fmt: skip
-        else:
-            load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
+            load_sharded(path / "dcp", shards if saved_name == optimizer_name else {"model": model_sd})
+        options = StateDictOptions(full_state_dict=state.get("sharded") != "dcp", strict=True)
+        set_model_state_dict(self.model, model_sd, options=options)
+        if saved_name == optimizer_name:
+            set_optimizer_state_dict(self.model, self.optimizer, optim_sd, options=options)
         restore_scheduler(self.scheduler, state["scheduler"], allow_schedule_change)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

@@ -25,6 +25,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STRATEGIES = ("auto", "single", "ddp", "fsdp")
 COMPILE = ("auto", True, False)
 NONFINITE = ("stop", "skip")
+OPTIMIZERS = ("adamw", "muon")
+ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
 LOGGERS = ("wandb", "csv", "none")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 SOURCES = ("builtin", "text_files", "hub")
@@ -71,14 +73,21 @@ OPTION_KEY = {"optim": "name", "schedule": "name", "data": "source", "logger": "
 
 
 def known_keys(group: str, option: str | None) -> list[str]:
-    """The keys a group may hold when ``option`` is chosen: those its file in conf/ defines (the model's are
-    GPTConfig's fields but the vocabulary, which the tokenizer sets)."""
+    """The keys a group may hold when ``option`` is chosen: those its file in conf/ (and the files it extends)
+    defines, a section's own keys as ``section.key``; the model's are GPTConfig's fields but the vocabulary,
+    which the tokenizer sets."""
     if group == "model":
         return [f.name for f in fields(GPTConfig) if f.name != "vocab_size"]
     from omegaconf import OmegaConf
 
     path = CONF / group / f"{option or 'default'}.yaml"
-    return [k for k in OmegaConf.load(path) if k != "defaults"] if path.is_file() else []
+    if not path.is_file():
+        return []
+    node = OmegaConf.load(path)
+    inherited = [k for base in node.get("defaults", []) if base != "_self_" for k in known_keys(group, base)]
+    own = [k for k in node if k != "defaults"]
+    own += [f"{k}.{sub}" for k in own if OmegaConf.is_dict(node[k]) for sub in node[k]]
+    return list(dict.fromkeys([*inherited, *own]))
 
 
 def top_keys(config_name: str) -> list[str]:
@@ -123,6 +132,8 @@ def check_keys(cfg: Mapping[str, Any], config_name: str = "config") -> None:
         option = cfg[group].get(OPTION_KEY[group]) if group in OPTION_KEY else "default"
         known = known_keys(group, option)
         extra = [k for k in cfg[group] if k not in known]
+        extra += [f"{k}.{sub}" for k, v in cfg[group].items() if isinstance(v, Mapping) and f"{k}." in " ".join(known)
+                  for sub in v if f"{k}.{sub}" not in known]  # fmt: skip
         if not known or not extra:
             continue  # no file for this option: the check of its name or source says so
         owners = [p.stem for p in sorted((CONF / group).glob("*.yaml")) if extra[0] in known_keys(group, p.stem)]
@@ -202,8 +213,7 @@ def budget_key(t: Mapping[str, Any]) -> str:
 
 
 def check_optim(o: Mapping[str, Any]) -> None:
-    if o.get("name", "adamw") != "adamw":
-        raise ConfigError("optim.name", "adamw", o.get("name"))
+    one_of(o, "name", "optim", OPTIMIZERS)
     lr = o.get("lr")
     if not is_number(lr) or lr <= 0:
         raise ConfigError("optim.lr", "a number > 0", lr)
@@ -217,6 +227,17 @@ def check_optim(o: Mapping[str, Any]) -> None:
     if not is_number(wd) or wd < 0:
         raise ConfigError("optim.weight_decay", "a number ≥ 0", wd)
     one_of(o, "fused", "optim", ("auto", True, False))
+    if o["name"] == "muon":
+        m = o.get("muon") or {}
+        if not is_number(m.get("lr")) or m["lr"] <= 0:
+            raise ConfigError("optim.muon.lr", "a number > 0", m.get("lr"))
+        if not is_number(m.get("momentum")) or not 0 <= m["momentum"] < 1:
+            raise ConfigError("optim.muon.momentum", "a number in [0, 1)", m.get("momentum"))
+        one_of(m, "nesterov", "optim.muon", (True, False))
+        positive_int(m, "ns_steps", "optim.muon")
+        if not is_number(m.get("weight_decay")) or m["weight_decay"] < 0:
+            raise ConfigError("optim.muon.weight_decay", "a number ≥ 0", m.get("weight_decay"))
+        one_of(m, "adjust_lr_fn", "optim.muon", ADJUST_LR_FNS)
 
 
 def check_stop_at(stop_at: Any, total_steps: int | None) -> None:
@@ -310,5 +331,8 @@ def check_config(cfg: Mapping[str, Any]) -> None:
     grad_accum_steps(cfg["trainer"], cfg["model"]["block_size"], 1)
     check_data(cfg["data"])
     check_logger(cfg["logger"])
+    if cfg["optim"]["name"] == "muon" and cfg["trainer"]["strategy"] == "fsdp":
+        raise ConfigError("trainer.strategy", "auto, single or ddp with optim=muon (Muon orthogonalises whole "
+                          "matrices, which FSDP shards across ranks)", "fsdp")  # fmt: skip
     # With a token or time budget T is known only later: check here what does not depend on it.
     schedule_from_config(cfg["schedule"], cfg["trainer"]["max_steps"] or PROVISIONAL_STEPS, cfg["optim"]["lr"])

@@ -31,8 +31,8 @@ TRAIN_METRICS = (
 )
 VAL_METRICS = ("val/loss", "val/bpb")
 METRIC_NAMES = TRAIN_METRICS + VAL_METRICS
-# Also logged every update: seconds spent fetching the batches, and peak memory (GPU allocated or CPU resident).
-EXTRA_METRICS = ("train/data_wait", "train/peak_memory_gb")
+# Also logged: Muon's lr (optim=muon), seconds spent fetching the batches, peak memory (GPU allocated or CPU RSS).
+EXTRA_METRICS = ("train/lr_muon", "train/data_wait", "train/peak_memory_gb")
 
 
 class JsonlSink:

@@ -23,11 +23,16 @@ def tiny_model(arch: str, device: torch.device) -> GPT:
     return GPT(config).to(device)
 
 
-def test_cuda_fp16_update_uses_the_grad_scaler_and_steps():
+MUON = {**OPTIM, "name": "muon", "muon": {"lr": 0.02, "momentum": 0.95, "nesterov": True, "ns_steps": 5,
+                                          "weight_decay": 0.1, "adjust_lr_fn": None}}  # fmt: skip
+
+
+@pytest.mark.parametrize("optim", [OPTIM, MUON], ids=["adamw", "muon"])
+def test_cuda_fp16_update_uses_the_grad_scaler_and_steps(optim):
     device = torch.device("cuda")
     torch.manual_seed(0)
     model = tiny_model("llama", device)
-    optimizer = build_optimizer(model, OPTIM, device)
+    optimizer = build_optimizer(model, optim, device)
     scheduler = build_scheduler(optimizer, Schedule("constant"))
     scaler = torch.amp.GradScaler("cuda")
     idx = torch.randint(0, 64, (2, 16))

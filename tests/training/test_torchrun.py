@@ -102,3 +102,12 @@ def test_a_data_error_on_rank_zero_stops_every_rank_with_one_line(tmp_path, data
     assert proc.returncode != 0
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error: ")]
     assert errors and all("no file matches" in line for line in errors), proc.stderr[-2000:]
+
+
+def test_two_process_ddp_with_muon_equals_one_process(tmp_path, data_cache, tiny_train):
+    muon = ["optim=muon", "optim.muon.lr=0.02"]
+    one = train_records(tiny_train(tmp_path / "one", ARGS + muon))
+    torchrun(ARGS + muon, tmp_path, data_cache, run_dir=tmp_path / "two")
+    two = train_records(tmp_path / "two")
+    assert_same_losses(one, two, range(T))
+    assert all(one[t]["train/lr_muon"] == two[t]["train/lr_muon"] for t in range(T))

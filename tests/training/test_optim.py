@@ -1,0 +1,127 @@
+"""Optimizers: AdamW, or Muon beside AdamW, under one schedule — the partition, λ on every group, the checkpoint
+round trip, and one-line errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from model import GPT, GPTConfig
+from scheduling import Schedule, build_scheduler
+from tests.conftest import compose_config, read_metrics, train_records
+from training import checkpoint
+from training.config import ConfigError, check_config
+from training.optim import Optimizers, build_optimizer
+from training.signals import Stopped
+
+MUON = ["optim=muon", "optim.lr=2e-3", "optim.muon.lr=0.02"]
+
+
+@pytest.mark.parametrize("arch,tied", [("gpt2", True), ("llama", False)])
+def test_muon_takes_every_2d_weight_of_the_blocks_and_adamw_everything_else_once(arch, tied):
+    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, arch=arch,
+                          tie_embeddings=tied))  # fmt: skip
+    optimizer = build_optimizer(model, compose_config(["optim=muon"]).optim, torch.device("cpu"))
+    assert isinstance(optimizer, Optimizers)
+    adamw, muon = optimizer.optimizers
+    names = {id(p): n for n, p in model.named_parameters()}
+    in_muon = [names[id(p)] for g in muon.param_groups for p in g["params"]]
+    in_adamw = [names[id(p)] for g in adamw.param_groups for p in g["params"]]
+    assert sorted(in_muon + in_adamw) == sorted(names.values())  # every parameter in exactly one group
+    assert sorted(in_muon) == sorted(n for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2)
+    assert all(not n.startswith("blocks.") or p.dim() < 2 for n, p in model.named_parameters() if n in in_adamw)
+    decayed = [names[id(p)] for p in adamw.param_groups[0]["params"]]
+    assert "wte.weight" in decayed and all(names[id(p)] not in decayed for p in adamw.param_groups[1]["params"])
+
+
+def test_one_schedule_multiplies_every_group_s_own_peak():
+    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32))
+    optimizer = build_optimizer(model, compose_config(MUON).optim, torch.device("cpu"))
+    schedule = Schedule("cosine", total_steps=10, warmup_steps=2, min_lr_ratio=0.1)
+    scheduler = build_scheduler(optimizer, schedule)
+    peaks = [2e-3, 2e-3, 0.02]  # AdamW's two groups, then Muon's
+    x = torch.randint(0, 64, (2, 16))
+    for t in range(12):
+        for group, peak in zip(optimizer.param_groups, peaks, strict=True):
+            assert math.isclose(group["lr"], peak * schedule(t), rel_tol=1e-12), (t, group.get("name"))
+        _, loss = model(x, x.roll(-1, 1))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler.step()
+    # the real optimizers hold the same group dicts: what LambdaLR sets is what they step with
+    assert optimizer.optimizers[1].param_groups[0]["lr"] == optimizer.param_groups[2]["lr"]
+
+
+def test_a_muon_run_logs_both_lrs_and_resumes_bit_for_bit(tmp_path, tiny_train):
+    args = [*MUON, "trainer.max_steps=10", "schedule.warmup_steps=2", "trainer.eval_every=5",
+            "trainer.grad_accum_steps=2", "model.dropout=0.1"]  # fmt: skip
+    whole = read_metrics(tiny_train(tmp_path / "whole", args))
+    run = tmp_path / "run"
+    with pytest.raises(Stopped):
+        tiny_train(run, [*args, "trainer.stop_at=4"])
+    state = checkpoint.load(checkpoint.latest(run / "checkpoints"))
+    assert state["optimizer_name"] == "muon" and len(state["optimizer"]["param_groups"]) == 3
+    tiny_train(run, args)
+    resumed = read_metrics(run)
+    assert [without_timings(r) for r in resumed] == [without_timings(r) for r in whole]  # losses, lrs, norms
+    schedule = Schedule("cosine", total_steps=10, warmup_steps=2, min_lr_ratio=0.1)
+    for t, r in train_records(run).items():
+        assert math.isclose(r["train/lr"], 2e-3 * schedule(t), rel_tol=1e-12)
+        assert math.isclose(r["train/lr_muon"], 0.02 * schedule(t), rel_tol=1e-12)
+
+
+TIMINGS = ("train/tokens_per_sec", "train/mfu", "train/step_time", "train/data_wait", "train/peak_memory_gb")
+
+
+def without_timings(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in TIMINGS}
+
+
+def test_a_resume_with_another_optimizer_is_refused_unless_allowed(tmp_path, tiny_train):
+    run = tiny_train(tmp_path / "run", ["trainer.max_steps=4", "trainer.eval_every=0", "trainer.sample_tokens=0"])
+    with pytest.raises(ConfigError, match=r"trained with optim=adamw, the config asks for optim=muon"):
+        tiny_train(run, [*MUON, "trainer.max_steps=6", "trainer.eval_every=0"])
+    tiny_train(run, [*MUON, "trainer.max_steps=6", "trainer.eval_every=0", "trainer.allow_schedule_change=true"])
+    assert sorted(train_records(run)) == list(range(6)) and "train/lr_muon" in train_records(run)[5]
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["optim.muon.momentum=-0.5"], "optim.muon.momentum must be a number in [0, 1), got -0.5"),
+        (["optim.muon.ns_steps=0"], "optim.muon.ns_steps must be an integer > 0, got 0"),
+        (["optim.muon.adjust_lr_fn=sqrt"], "optim.muon.adjust_lr_fn must be one of none, original, match_rms_adamw"),
+        (["optim.muon.lr=0"], "optim.muon.lr must be a number > 0, got 0"),
+        (["+optim.muon.moment=0.9"], "optim.muon.moment is not a key of optim; did you mean optim.muon.momentum?"),
+        (["trainer.strategy=fsdp"], "trainer.strategy must be auto, single or ddp with optim=muon"),
+    ],
+)
+def test_bad_muon_settings_are_one_line(overrides, message):
+    with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        check_config(compose_config(["optim=muon", *overrides]))
+
+
+def test_a_grad_scaler_steps_both_optimizers_or_neither():
+    """What fp16 does on a GPU, with the CPU's GradScaler: an overflow skips Muon's step and AdamW's alike."""
+    from training.engine import OK, OVERFLOW, train_update
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32))
+    optimizer = build_optimizer(model, compose_config(MUON).optim, torch.device("cpu"))
+    scheduler = build_scheduler(optimizer, Schedule("constant"))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    x = torch.randint(0, 64, (2, 16))
+    step = dict(device=torch.device("cpu"), autocast=torch.autocast("cpu", enabled=False), scaler=scaler)
+    before = [p.detach().clone() for p in model.parameters()]
+    assert train_update(model, optimizer, scheduler, [(x, x.roll(-1, 1))], **step).status == OK
+    after = [p.detach().clone() for p in model.parameters()]
+    muon = {id(p) for p in optimizer.optimizers[1].param_groups[0]["params"]}
+    moved = {id(p) for p, a, b in zip(model.parameters(), before, after, strict=True) if not torch.equal(a, b)}
+    assert muon <= moved and moved - muon  # both optimizers stepped
+    scaler.update(new_scale=torch.tensor(2.0**127))  # every scaled gradient now overflows fp32
+    assert train_update(model, optimizer, scheduler, [(x, x.roll(-1, 1))], **step).status == OVERFLOW
+    assert all(torch.equal(p, a) for p, a in zip(model.parameters(), after, strict=True))
+    assert scheduler.last_epoch == 1  # the schedule moved with the one step taken
