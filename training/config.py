@@ -102,6 +102,11 @@ def unknown_key(key: str, config_name: str = "config") -> ConfigError:
     group, _, leaf = key.partition(".")
     if config_name == "config" and group in GROUPS:
         options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+        owners = [o for o in options if leaf in known_keys(group, o)]
+        if owners:
+            chosen = " or ".join(f"{group}={o}" for o in owners)
+            return ConfigError(f"{key} is a key of {chosen} only; choose {'it' if len(owners) == 1 else 'one'} or "
+                               "drop the key")  # fmt: skip
         known = sorted({f"{group}.{k}" for o in options for k in known_keys(group, o)})
         where = group
     else:  # a key outside the groups: compare it with every key, and with every key's last part

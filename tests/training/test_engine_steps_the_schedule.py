@@ -10,7 +10,7 @@ import torch
 from model import GPT, GPTConfig
 from scheduling import Schedule, build_scheduler
 from training.engine import NONFINITE, OK, OVERFLOW, train_update, train_update_retrying
-from training.optim import param_groups
+from training.optim import adamw_groups
 
 
 def tiny_gpt() -> GPT:
@@ -25,7 +25,7 @@ def micro_batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def test_one_schedule_step_per_optimizer_update_not_per_micro_batch():
     model = tiny_gpt()
-    optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3)
+    optimizer = torch.optim.AdamW(adamw_groups(list(model.parameters()), 0.1), lr=1e-3)
     schedule = Schedule("linear", total_steps=10, warmup_steps=4)
     scheduler = build_scheduler(optimizer, schedule)
     for t in range(3):
@@ -37,7 +37,7 @@ def test_one_schedule_step_per_optimizer_update_not_per_micro_batch():
 
 def test_a_step_the_grad_scaler_skips_does_not_advance_the_schedule():
     model = tiny_gpt()
-    optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3)
+    optimizer = torch.optim.AdamW(adamw_groups(list(model.parameters()), 0.1), lr=1e-3)
     schedule = Schedule("linear", total_steps=10, warmup_steps=2, warmup_start_ratio=0.5)
     scheduler = build_scheduler(optimizer, schedule)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)  # the scaled loss overflows float32
@@ -58,7 +58,7 @@ def test_a_step_the_grad_scaler_skips_does_not_advance_the_schedule():
 
 def test_an_update_that_overflows_at_every_scale_tried_counts_as_non_finite():
     model = tiny_gpt()
-    optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3)
+    optimizer = torch.optim.AdamW(adamw_groups(list(model.parameters()), 0.1), lr=1e-3)
     scheduler = build_scheduler(optimizer, Schedule("constant"))
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)  # overflows at 2^127 and at the next halving
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -72,7 +72,7 @@ def test_an_update_that_overflows_at_every_scale_tried_counts_as_non_finite():
 
 def test_a_non_finite_update_takes_no_step_and_leaves_the_grad_scaler_ready_for_the_next():
     model = tiny_gpt()
-    optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3)
+    optimizer = torch.optim.AdamW(adamw_groups(list(model.parameters()), 0.1), lr=1e-3)
     scheduler = build_scheduler(optimizer, Schedule("constant"))
     scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
     kwargs = dict(device=torch.device("cpu"), autocast=contextlib.nullcontext(), scaler=scaler)

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -164,6 +165,19 @@ def test_a_resumed_run_continues_the_same_wandb_run_with_every_step_once(tmp_pat
     assert sorted(train_records(run)) == list(range(8))
 
 
+def test_wandb_prints_nothing_of_its_own_unless_asked(tmp_path, tiny_train, monkeypatch, capfd):
+    """The run's end-of-run summary says what W&B's banner and history block would repeat."""
+    args = WANDB + ["trainer.max_steps=2", "trainer.eval_every=0", "trainer.sample_tokens=0"]
+    monkeypatch.delenv("WANDB_SILENT", raising=False)
+    tiny_train(tmp_path / "quiet", args)
+    out, err = capfd.readouterr()
+    assert "wandb:" not in out + err
+    monkeypatch.setenv("WANDB_SILENT", "false")
+    tiny_train(tmp_path / "loud", args)
+    out, err = capfd.readouterr()
+    assert "wandb:" in out + err
+
+
 def test_a_wandb_run_of_a_sweep_is_named_after_the_values_the_sweep_varies():
     job = ["schedule=linear", "optim.lr=0.002", "trainer.max_steps=10", "logger=wandb"]
     argv = ["-m", "schedule=cosine,linear", "optim.lr=2e-3,1e6", "trainer.max_steps=10", "logger=wandb"]
@@ -204,6 +218,9 @@ def test_a_two_by_two_multirun_gives_four_runs_in_one_wandb_group_and_survives_a
             assert f"error: job {job.name} ({info.display_name}): update " in proc.stdout + proc.stderr
     summary = f"error: 2 of 4 sweep jobs failed (job {', '.join(failed)}), each above"
     assert proc.stderr.strip().splitlines()[-1] == summary  # the sweep's last word, before exit code 2
+    assert "Traceback" not in proc.stdout + proc.stderr
+    # Hydra's own lines read like the run's: "[HH:MM:SS] message"
+    assert re.search(r"^\[\d\d:\d\d:\d\d\] Launching 4 jobs locally$", proc.stdout, flags=re.M), proc.stdout[:500]
 
 
 @pytest.mark.slow
