@@ -42,7 +42,7 @@ from model import GPT, GPTConfig, padded_vocab  # noqa: E402
 from model.flops import cpu_name, cpu_peak_flops, model_flops_per_token, peak_flops  # noqa: E402
 from scheduling import build_scheduler, schedule_from_config  # noqa: E402
 from training import distributed  # noqa: E402
-from training.config import check_config, compose, grad_accum_steps  # noqa: E402
+from training.config import USER_ERRORS, check_config, check_overrides, compose, grad_accum_steps  # noqa: E402
 from training.engine import train_update  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
 
@@ -76,6 +76,7 @@ def compose_config(args: argparse.Namespace):
 
 def compose_checked(overrides: list[str]):
     """train.py's config with ``overrides``, through train.py's checks."""
+    check_overrides(overrides)
     cfg = compose(overrides)
     check_config(cfg)
     return cfg
@@ -291,4 +292,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except USER_ERRORS as e:  # bad input, as train.py reports it
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -40,6 +40,6 @@ class Stopped(Exception):
     """Raised by the loop once a stop was requested and the checkpoint written; train.py exits EXIT_RESUMABLE."""
 
     def __init__(self, updates: int, why: str):
-        super().__init__(f"stopped after {updates} updates (0–{updates - 1}, {why}); re-run the same command to "
-                         f"resume at update {updates}")  # fmt: skip
+        taken = "update 0" if updates == 1 else f"updates 0–{updates - 1}"
+        super().__init__(f"stopped after {taken} ({why}); re-run the same command to resume at update {updates}")
         self.updates = updates

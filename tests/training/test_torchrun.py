@@ -71,7 +71,7 @@ def test_a_two_process_checkpoint_resumes_on_one_process(tmp_path, data_cache, o
     out = stopped.stdout + stopped.stderr
     # Every rank exits EXIT_RESUMABLE; torchrun reports any non-zero worker exit as its own exit code 1.
     assert stopped.returncode != 0 and f"exitcode  : {EXIT_RESUMABLE}" in out, out[-3000:]
-    assert "stopped after 10 updates (0–9, trainer.stop_at)" in out
+    assert "stopped after updates 0–9 (trainer.stop_at); re-run the same command to resume at update 10" in out
     assert checkpoint.latest(run / "checkpoints").name == "step-00000010"
     tiny_train(run, ARGS)  # one process, the same global batch: 2 micro-batches per update
     resumed = train_records(run)
