@@ -267,7 +267,7 @@ def build(cfg: Any, corpus: Corpus, final: Path) -> TokenCache:
             vocab = tok.get_vocab_size()
             dtype = token_dtype(vocab)
             tok_json = tok.to_str()
-            atomic.write_file(tmp / "tokenizer.json", tok_json)
+            (tmp / "tokenizer.json").write_text(tok_json)  # committing the directory fsyncs every file
             counts = encode_corpus(tok, corpus.split_documents(), eot, dtype, tmp)
             check_splits(corpus, counts)
             meta = {
@@ -284,7 +284,7 @@ def build(cfg: Any, corpus: Corpus, final: Path) -> TokenCache:
                 "replaced_undecodable": corpus.decode_stats.replaced,
                 "build_seconds": round(time.perf_counter() - started, 2),
             }
-            atomic.write_file(tmp / "meta.json", json.dumps(meta, indent=1))
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -304,9 +304,10 @@ def check_data(d: Mapping[str, Any]) -> None:
     if d.get("val_split") is None and (not is_number(vf) or not 0.0 < vf < 1.0):
         raise ConfigError("data.val_fraction", "a fraction in (0, 1)", vf)
     if not d.get("tokenizer"):
+        from data.cache import special_tokens
         from data.tokenizer import check_vocab_size
 
-        check_vocab_size(d.get("vocab_size"), list(d.get("special_tokens") or ["<|endoftext|>"]))
+        check_vocab_size(d.get("vocab_size"), special_tokens(d))
     for key in ("max_documents", "max_bytes", "tokenizer_train_bytes"):
         if d.get(key) is not None:
             positive_int(d, key, "data")
