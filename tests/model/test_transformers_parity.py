@@ -1,12 +1,14 @@
-"""Equivalence with the reference implementations in transformers: the same weights give the same logits, and the
-presets have the parameter counts transformers' models of the same shape have."""
+"""Equivalence with the reference implementations in transformers, through the bridge of ``model.hf``: the weights
+mapped either way give the same logits, and the presets have the parameter counts transformers' models of the
+same shape have."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from model import GPT
+from model import GPT, ModelConfigError
+from model.hf import from_transformers_state_dict, to_transformers_state_dict, transformers_config
 
 GPT2_VOCAB = 50257  # GPT-2's tokenizer
 LLAMA_VOCAB = 32000  # LLaMA's tokenizer
@@ -15,23 +17,6 @@ LLAMA_VOCAB = 32000  # LLaMA's tokenizer
 # "345M"/"350M"), with the tolerance each name allows.
 GPT2_SIZES = {"gpt2": (124e6, 0.01), "gpt2-medium": (350e6, 0.015), "gpt2-large": (774e6, 0.01),
               "gpt2-xl": (1558e6, 0.01)}  # fmt: skip
-
-
-def transformers_config(config, vocab: int | None = None):
-    """The transformers config of the same shape: ``GPT2Config`` for arch gpt2, ``LlamaConfig`` for llama."""
-    from transformers import GPT2Config, LlamaConfig
-
-    vocab = vocab or config.vocab_size
-    if config.arch == "gpt2":
-        return GPT2Config(vocab_size=vocab, n_positions=config.block_size, n_embd=config.n_embd,
-                          n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
-                          attn_pdrop=0.0, activation_function="gelu_new", layer_norm_epsilon=config.norm_eps,
-                          tie_word_embeddings=config.tie_embeddings)  # fmt: skip
-    return LlamaConfig(vocab_size=vocab, hidden_size=config.n_embd, intermediate_size=config.hidden,
-                       num_hidden_layers=config.n_layer, num_attention_heads=config.n_head,
-                       num_key_value_heads=config.kv_heads, max_position_embeddings=config.block_size,
-                       rms_norm_eps=config.norm_eps, tie_word_embeddings=config.tie_embeddings,
-                       rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta})  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(GPT2_SIZES))
@@ -66,20 +51,8 @@ def test_gpt2_arch_computes_what_transformers_gpt2_computes(tiny_config):
     torch.manual_seed(0)
     config = tiny_config("gpt2")
     reference = GPT2LMHeadModel(transformers_config(config)).eval()
-    ref = reference.state_dict()
-    ours = {"wte.weight": ref["transformer.wte.weight"], "wpe.weight": ref["transformer.wpe.weight"],
-            "lm_head.weight": ref["transformer.wte.weight"], "ln_f.weight": ref["transformer.ln_f.weight"],
-            "ln_f.bias": ref["transformer.ln_f.bias"]}  # fmt: skip
-    for i in range(config.n_layer):
-        h = f"transformer.h.{i}."
-        for name in ("ln_1", "ln_2"):
-            ours[f"blocks.{i}.{name}.weight"] = ref[h + f"{name}.weight"]
-            ours[f"blocks.{i}.{name}.bias"] = ref[h + f"{name}.bias"]
-        for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):  # Conv1D stores (in, out)
-            ours[f"blocks.{i}.{name}.weight"] = ref[h + f"{name}.weight"].t()
-            ours[f"blocks.{i}.{name}.bias"] = ref[h + f"{name}.bias"]
     model = GPT(config).eval()
-    model.load_state_dict(ours)
+    model.load_state_dict(from_transformers_state_dict(reference.state_dict(), config))
     idx = torch.randint(0, config.vocab_size, (2, config.block_size))
     logits, _ = model(idx, idx)
     torch.testing.assert_close(logits, reference(idx).logits, atol=1e-5, rtol=1e-4)
@@ -92,19 +65,67 @@ def test_llama_arch_computes_what_transformers_llama_computes(tiny_config):
     torch.manual_seed(0)
     config = tiny_config("llama", mlp_hidden=48)
     reference = LlamaForCausalLM(transformers_config(config)).eval()
-    ref = reference.state_dict()
-    ours = {"wte.weight": ref["model.embed_tokens.weight"], "lm_head.weight": ref["lm_head.weight"],
-            "ln_f.weight": ref["model.norm.weight"]}  # fmt: skip
-    for i in range(config.n_layer):
-        h = f"model.layers.{i}."
-        ours[f"blocks.{i}.ln_1.weight"] = ref[h + "input_layernorm.weight"]
-        ours[f"blocks.{i}.ln_2.weight"] = ref[h + "post_attention_layernorm.weight"]
-        ours[f"blocks.{i}.attn.c_attn.weight"] = torch.cat([ref[h + f"self_attn.{p}_proj.weight"] for p in "qkv"])
-        ours[f"blocks.{i}.attn.c_proj.weight"] = ref[h + "self_attn.o_proj.weight"]
-        ours[f"blocks.{i}.mlp.c_fc.weight"] = torch.cat([ref[h + f"mlp.{p}_proj.weight"] for p in ("gate", "up")])
-        ours[f"blocks.{i}.mlp.c_proj.weight"] = ref[h + "mlp.down_proj.weight"]
     model = GPT(config).eval()
-    model.load_state_dict(ours)
+    model.load_state_dict(from_transformers_state_dict(reference.state_dict(), config))
     idx = torch.randint(0, config.vocab_size, (2, config.block_size))
     logits, _ = model(idx, idx)
     torch.testing.assert_close(logits, reference(idx).logits, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "arch, overrides",
+    [("gpt2", {"bias": False, "tie_embeddings": False}), ("llama", {"tie_embeddings": True, "rope_theta": 500.0})],
+)
+def test_our_weights_in_transformers_give_our_logits_over_the_tokenizers_vocabulary(tiny_config, arch, overrides):
+    """Ours → theirs: the padded rows past the tokenizer's 50 tokens are dropped, a model without biases gets zero
+    ones (GPT-2 always has them), the untied or tied head stays so, and the logits of the real tokens agree."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = tiny_config(arch, **overrides)
+    model = GPT(config).eval()
+    reference = AutoModelForCausalLM.from_config(transformers_config(config, vocab_size=50)).eval()
+    reference.load_state_dict(to_transformers_state_dict(model.state_dict(), config, vocab_size=50), strict=True)
+    idx = torch.randint(0, 50, (2, config.block_size))
+    logits, _ = model(idx, idx)
+    torch.testing.assert_close(logits[..., :50], reference(idx).logits, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_the_mapping_both_ways_gives_back_the_same_weights_and_shape(tiny_config, arch):
+    """Ours → theirs → ours is the identity, and the transformers config reads back as the same model keys."""
+    from model.hf import architecture
+
+    config = tiny_config(arch)
+    state = GPT(config).state_dict()
+    back = from_transformers_state_dict(to_transformers_state_dict(state, config), config)
+    assert back.keys() == state.keys()
+    assert all(torch.equal(back[k], state[k]) for k in state)
+    rebuilt = type(config)(**{**config.to_dict(), **architecture(transformers_config(config), "folder")})
+    assert {k: v.shape for k, v in GPT(rebuilt).state_dict().items()} == {k: v.shape for k, v in state.items()}
+    same = ("tie_embeddings", "norm_eps", "block_size") + (("rope_theta",) if arch == "llama" else ())
+    assert [getattr(rebuilt, k) for k in same] == [getattr(config, k) for k in same]
+
+
+def test_a_gpt2_model_with_grouped_query_attention_is_refused_naming_the_setting(tiny_config):
+    with pytest.raises(ModelConfigError, match=r"^model\.n_kv_head must be null with arch=gpt2 .*, got 2$"):
+        transformers_config(tiny_config("gpt2", n_kv_head=2))
+
+
+@pytest.mark.parametrize(
+    "make, setting",
+    [
+        (lambda t: t.LlamaConfig(attention_bias=True), "attention_bias=True"),
+        (lambda t: t.LlamaConfig(rope_scaling={"rope_type": "linear", "factor": 2.0}), "rope_type='linear'"),
+        (lambda t: t.GPT2Config(activation_function="relu"), "activation_function='relu'"),
+        (lambda t: t.MistralConfig(), "holds a 'mistral' model"),
+    ],
+)
+def test_a_transformers_model_ours_cannot_compute_is_refused_in_one_line(make, setting):
+    import transformers
+
+    from model.hf import architecture
+
+    with pytest.raises(ModelConfigError, match=r"^model\.init_from: folder ") as e:
+        architecture(make(transformers), "folder")
+    assert setting in str(e.value) and "\n" not in str(e.value)

@@ -1,0 +1,227 @@
+"""The bridge to transformers: a GPT of this template as ``GPT2LMHeadModel`` (arch gpt2) or ``LlamaForCausalLM``
+(arch llama), and a saved model of those two classes as this template's model keys and weights.
+
+transformers is optional (the ``hf`` extra) and is imported only when a function here needs it.
+
+Layouts: GPT-2's ``Conv1D`` stores a linear layer as (in, out), so those weights are transposed both ways. Ours
+fuses projections that Llama keeps apart — ``c_attn`` is q, k, v stacked and ``c_fc`` is gate, up stacked — so
+they are split on export and stacked on import. ``GPT2LMHeadModel`` always has biases: a model trained without
+them exports zero biases, which compute the same function.
+
+Vocabulary: the embedding rows past the tokenizer's size (padding to a multiple of 64, never a target and never
+sampled) are dropped on export, so the exported model's vocabulary is its tokenizer's; an imported model keeps
+its own vocabulary size, so its logits, and its loss, stay exactly its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.gpt import GPT, GPTConfig, ModelConfigError
+
+CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
+# The model keys a transformers config sets on import; dropout and activation checkpointing stay the run's own.
+ARCH_KEYS = ("arch", "n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "bias", "mlp_hidden",
+             "tie_embeddings", "rope_theta", "norm_eps")  # fmt: skip
+GPT2_TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")  # GELU's tanh approximation, which ours computes
+
+# Per block: (our name, their names stacked along dim 0 in ours, stored transposed by them)
+GPT2_BLOCK = [(f"{part}.{p}", (f"{part}.{p}",), p == "weight" and "." in part)
+              for part in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
+              for p in ("weight", "bias")]  # fmt: skip
+LLAMA_BLOCK = [
+    ("ln_1.weight", ("input_layernorm.weight",), False),
+    ("attn.c_attn.weight", ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"), False),
+    ("attn.c_proj.weight", ("self_attn.o_proj.weight",), False),
+    ("ln_2.weight", ("post_attention_layernorm.weight",), False),
+    ("mlp.c_fc.weight", ("mlp.gate_proj.weight", "mlp.up_proj.weight"), False),
+    ("mlp.c_proj.weight", ("mlp.down_proj.weight",), False),
+]
+
+
+def require_transformers(feature: str) -> Any:
+    """The transformers module, or a one-line error saying that ``feature`` needs the ``hf`` extra."""
+    try:
+        import transformers
+    except ImportError:
+        raise ModelConfigError(
+            f"{feature} needs transformers, which is not installed; install the hf extra: pip install -e '.[hf]'"
+        ) from None
+    return transformers
+
+
+def transformers_config(config: GPTConfig, vocab_size: int | None = None, *, eos_token_id: int | None = None,
+                        bos_token_id: int | None = None) -> Any:  # fmt: skip
+    """The transformers config of the same model: ``GPT2Config`` for arch gpt2, ``LlamaConfig`` for llama, with
+    ``vocab_size`` rows (default: the model's). A setting the class cannot express raises ``ModelConfigError``."""
+    t = require_transformers("exporting to transformers")
+    vocab = vocab_size or config.vocab_size
+    tokens = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "tie_word_embeddings": config.tie_embeddings}
+    if config.arch == "gpt2":
+        if config.kv_heads != config.n_head:
+            raise ModelConfigError("model.n_kv_head", "null with arch=gpt2 (GPT2LMHeadModel has no grouped-query "
+                                   "attention; arch=llama exports it)", config.n_kv_head)  # fmt: skip
+        return t.GPT2Config(vocab_size=vocab, n_positions=config.block_size, n_embd=config.n_embd,
+                            n_layer=config.n_layer, n_head=config.n_head, n_inner=config.hidden,
+                            activation_function="gelu_new", resid_pdrop=config.dropout, embd_pdrop=config.dropout,
+                            attn_pdrop=config.dropout, layer_norm_epsilon=config.norm_eps, **tokens)  # fmt: skip
+    if config.arch == "llama":
+        # LlamaForCausalLM drops out only attention weights: dropout, a training setting, is not carried over.
+        return t.LlamaConfig(vocab_size=vocab, hidden_size=config.n_embd, intermediate_size=config.hidden,
+                             num_hidden_layers=config.n_layer, num_attention_heads=config.n_head,
+                             num_key_value_heads=config.kv_heads, head_dim=config.head_dim,
+                             max_position_embeddings=config.block_size, rms_norm_eps=config.norm_eps,
+                             rope_theta=config.rope_theta, hidden_act="silu", attention_bias=False, mlp_bias=False,
+                             **tokens)  # fmt: skip
+    raise ModelConfigError("model.arch", f"one of {', '.join(CLASSES)} to export", config.arch)
+
+
+def _block_names(config: GPTConfig) -> list[tuple[str, tuple[str, ...], bool]]:
+    return GPT2_BLOCK if config.arch == "gpt2" else LLAMA_BLOCK
+
+
+def _top_names(config: GPTConfig) -> list[tuple[str, str]]:
+    """(our name, their name) outside the blocks; the embedding and head are handled with the vocabulary."""
+    if config.arch == "gpt2":
+        return [("wpe.weight", "transformer.wpe.weight"), ("ln_f.weight", "transformer.ln_f.weight"),
+                ("ln_f.bias", "transformer.ln_f.bias")]  # fmt: skip
+    return [("ln_f.weight", "model.norm.weight")]
+
+
+def _prefixes(config: GPTConfig) -> tuple[str, str]:
+    """Where their blocks and their token embedding live."""
+    if config.arch == "gpt2":
+        return "transformer.h.", "transformer.wte.weight"
+    return "model.layers.", "model.embed_tokens.weight"
+
+
+def _split_rows(config: GPTConfig, ours: str) -> list[int]:
+    """How a fused weight of ours splits into theirs: q, k, v heads, or the gate and up halves."""
+    if ours.startswith("attn.c_attn"):
+        d = config.head_dim
+        return [config.n_head * d, config.kv_heads * d, config.kv_heads * d]
+    return [config.hidden, config.hidden]
+
+
+def to_transformers_state_dict(state: dict[str, torch.Tensor], config: GPTConfig,
+                               vocab_size: int | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Our ``state_dict`` in the names and layouts of ``transformers_config(config, vocab_size)``'s model, the
+    embedding and head cut to ``vocab_size`` rows; a model without biases gets zero ones under arch gpt2."""
+    vocab = vocab_size or config.vocab_size
+    block_prefix, embedding = _prefixes(config)
+
+    def ours(name: str) -> torch.Tensor:
+        if name in state:
+            return state[name]
+        weight = state[name.rsplit(".", 1)[0] + ".weight"]  # a bias GPT-2 has and this model does not
+        return torch.zeros(weight.shape[0], dtype=weight.dtype)
+
+    out = {embedding: state["wte.weight"][:vocab], "lm_head.weight": state["lm_head.weight"][:vocab]}
+    out.update({theirs: ours(name) for name, theirs in _top_names(config)})
+    for i in range(config.n_layer):
+        for name, theirs, transposed in _block_names(config):
+            w = ours(f"blocks.{i}.{name}")
+            parts = w.split(_split_rows(config, name)) if len(theirs) > 1 else [w]
+            for their_name, part in zip(theirs, parts, strict=True):
+                out[f"{block_prefix}{i}.{their_name}"] = part.t() if transposed else part
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def from_transformers_state_dict(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """A transformers GPT-2 or Llama ``state_dict`` as ours for ``config`` (its arch, from ``architecture``):
+    fused projections stacked, GPT-2's Conv1D weights transposed, position embeddings cut to ``block_size``."""
+    block_prefix, embedding = _prefixes(config)
+    out = {"wte.weight": state[embedding], "lm_head.weight": state.get("lm_head.weight", state[embedding])}
+    out.update({name: state[theirs] for name, theirs in _top_names(config)})
+    if "wpe.weight" in out:
+        out["wpe.weight"] = out["wpe.weight"][: config.block_size]
+    for i in range(config.n_layer):
+        for name, theirs, transposed in _block_names(config):
+            w = torch.cat([state[f"{block_prefix}{i}.{t}"] for t in theirs])
+            out[f"blocks.{i}.{name}"] = w.t() if transposed else w
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def to_transformers(model: GPT, vocab_size: int, *, eos_token_id: int, bos_token_id: int,
+                    dtype: torch.dtype = torch.float32) -> Any:  # fmt: skip
+    """``model`` as a transformers model (``GPT2LMHeadModel`` or ``LlamaForCausalLM``) in ``dtype`` with the
+    tokenizer's ``vocab_size`` rows, its generation config greedy-ready (end-of-text as eos and pad)."""
+    t = require_transformers("exporting to transformers")
+    config = transformers_config(model.config, vocab_size, eos_token_id=eos_token_id, bos_token_id=bos_token_id)
+    weights = to_transformers_state_dict(model.state_dict(), model.config, vocab_size)
+    hf = t.AutoModelForCausalLM.from_config(config).to(dtype)
+    hf.load_state_dict({k: v.to(dtype) for k, v in weights.items()}, strict=True)
+    hf.tie_weights()
+    hf.generation_config.pad_token_id = eos_token_id  # no pad token: batches pad with end-of-text, as GPT-2's do
+    return hf.eval()
+
+
+def architecture(hf_config: Any, source: str) -> dict[str, Any]:
+    """Our model keys (``ARCH_KEYS``; ``rope_theta`` only for llama) for a transformers GPT-2 or Llama config;
+    what our GPT cannot compute raises ``ModelConfigError`` naming ``source`` and the setting."""
+    kind = getattr(hf_config, "model_type", None)
+
+    def refuse(setting: str, value: Any, allowed: str) -> ModelConfigError:
+        return ModelConfigError(f"model.init_from: {source} has {setting}={value!r} in config.json; "
+                                f"only {allowed} can be imported")  # fmt: skip
+
+    tie = bool(getattr(hf_config, "tie_word_embeddings", True))
+    if kind == "gpt2":
+        c = hf_config
+        if c.activation_function not in GPT2_TANH_GELUS:
+            raise refuse("activation_function", c.activation_function, " or ".join(GPT2_TANH_GELUS))
+        for setting, wanted in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                                ("add_cross_attention", False)):  # fmt: skip
+            if bool(getattr(c, setting, wanted)) != wanted:
+                raise refuse(setting, getattr(c, setting), f"{setting}={str(wanted).lower()}")
+        return {"arch": "gpt2", "n_layer": c.n_layer, "n_head": c.n_head, "n_kv_head": None, "n_embd": c.n_embd,
+                "block_size": c.n_positions, "bias": True, "mlp_hidden": c.n_inner or None, "tie_embeddings": tie,
+                "norm_eps": float(c.layer_norm_epsilon)}  # fmt: skip
+    if kind == "llama":
+        c = hf_config
+        rope = dict(getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {})
+        theta = rope.get("rope_theta", getattr(c, "rope_theta", 10000.0))
+        checks = (("hidden_act", c.hidden_act, "silu"), ("attention_bias", bool(c.attention_bias), False),
+                  ("mlp_bias", bool(getattr(c, "mlp_bias", False)), False),
+                  ("rope_type", rope.get("rope_type", rope.get("type", "default")), "default"),
+                  ("head_dim", getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
+                   c.hidden_size // c.num_attention_heads))  # fmt: skip
+        for setting, value, wanted in checks:
+            if value != wanted:
+                raise refuse(setting, value, f"{setting}={wanted!r}")
+        return {"arch": "llama", "n_layer": c.num_hidden_layers, "n_head": c.num_attention_heads,
+                "n_kv_head": c.num_key_value_heads, "n_embd": c.hidden_size, "block_size": c.max_position_embeddings,
+                "bias": False, "mlp_hidden": c.intermediate_size, "tie_embeddings": tie, "rope_theta": float(theta),
+                "norm_eps": float(c.rms_norm_eps)}  # fmt: skip
+    raise ModelConfigError(f"model.init_from: {source} holds a {kind!r} model (model_type in config.json); "
+                           f"only {' and '.join(CLASSES)} style models (gpt2, llama) can be imported")  # fmt: skip
+
+
+def read_config(folder: Path) -> Any:
+    """The transformers config saved in ``folder`` (no network), or a one-line error naming the folder."""
+    t = require_transformers("model.init_from")
+    try:
+        return t.AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except Exception as e:  # missing or unreadable config.json, an unknown model_type
+        raise ModelConfigError(f"model.init_from: {folder}/config.json cannot be read ({_first_line(e)})") from None
+
+
+def read_weights(folder: Path, config: GPTConfig) -> dict[str, torch.Tensor]:
+    """The weights saved in ``folder`` (safetensors or PyTorch files, sharded or not) as our fp32 state dict for
+    ``config``."""
+    t = require_transformers("model.init_from")
+    try:
+        hf = t.AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True)
+    except Exception as e:
+        reason = _first_line(e)
+        raise ModelConfigError(f"model.init_from: the weights in {folder} cannot be loaded ({reason})") from None
+    state = {k: v.float() for k, v in hf.state_dict().items()}
+    return from_transformers_state_dict(state, config)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
