@@ -159,17 +159,20 @@ def get_scheduler(
     return build_scheduler(optimizer, schedule, last_epoch)
 
 
-def restore_scheduler(scheduler: LambdaLR, saved_state: Mapping[str, Any], allow_change: bool = False) -> None:
+def restore_scheduler(scheduler: LambdaLR, saved_state: Mapping[str, Any], allow_change: bool | str = False) -> None:
     """Continue ``scheduler`` (built from the current config) at the saved update index.
 
     Refuses, with one line, a checkpoint whose schedule (name or any parameter, T included) or peak lr differs
     from the config's, unless ``allow_change``; then the config's schedule and peak apply from the saved update
-    index on. The lr of every param group is recomputed from the schedule, so it never depends on what the
-    optimizer's saved state carried.
+    index on. ``allow_change="branch"`` allows only a change that leaves the lr of every update already taken as
+    it was (a cooldown branched from a stable phase; see ``check_branch``). The lr of every param group is
+    recomputed from the schedule, so it never depends on what the optimizer's saved state carried.
     """
     schedule = scheduler.lr_lambdas[0]
     saved = (saved_state.get("lr_lambdas") or [None])[0] or {}
-    if not allow_change:
+    if allow_change == "branch":
+        check_branch(saved, saved_state.get("base_lrs", []), schedule, scheduler.base_lrs, saved_state["last_epoch"])
+    elif not allow_change:
         old_name, old = saved.get("name", schedule.name), saved.get("params", schedule.params)
         if old_name != schedule.name:
             what = f"schedule.name {old_name!r} → {schedule.name!r}"
@@ -191,3 +194,24 @@ def restore_scheduler(scheduler: LambdaLR, saved_state: Mapping[str, Any], allow
     for group, base, lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, lrs, strict=True):
         group["initial_lr"], group["lr"] = base, lr  # the optimizer's saved state may carry the old peak
     scheduler._last_lr = lrs
+
+
+def check_branch(saved: Mapping[str, Any], saved_peaks, schedule: Schedule, peaks, step: int) -> None:
+    """Refuse a branch at update ``step`` whose schedule gives any of the updates already taken (0 … step − 1)
+    another lr than the checkpoint's schedule did: the two must agree, bit for bit, on the shared prefix."""
+    if "name" not in saved:
+        raise ScheduleError("trainer.allow_schedule_change=branch: the checkpoint does not record its schedule")
+    old = Schedule(saved["name"], **saved.get("params", {}))
+    old_peaks = [float(x) for x in saved_peaks] or [float(x) for x in peaks]
+    new_peaks = [float(x) for x in peaks]
+    for t in range(step):
+        if [p * old(t) for p in old_peaks] != [p * schedule(t) for p in new_peaks]:
+            start = ""
+            if schedule.name == "wsd":
+                decay_start = schedule.total_steps - schedule.params["decay_steps"]
+                start = f" (this schedule's decay starts at update {decay_start})"
+            raise ScheduleError(
+                f"trainer.resume: the checkpoint is at update {step}, past where this schedule parts from the one it "
+                f"was trained with{start}: update {t} used lr {old_peaks[0] * old(t):.6g}, this schedule gives "
+                f"{new_peaks[0] * schedule(t):.6g}; branch from a checkpoint at or before update {t}"
+            )

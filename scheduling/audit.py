@@ -1,0 +1,398 @@
+"""Audit a run's learning rate: ``python -m scheduling.audit PATH [OVERRIDE…] [--tolerance 1e-9]``
+
+Recomputes lr(t) = peak · λ(t) from the schedule the run was given and compares it with the lr it logged for every
+update t. PATH is one of:
+
+- a run directory of this template: its ``metrics.jsonl`` (``train/lr`` at step t is the lr update t used) and
+  ``schedule.json`` (the schedule of each start and resume, with its T, warmup, floor and peak, and the schedule
+  changes ``trainer.allow_schedule_change`` let through); without ``schedule.json``, Hydra's record
+  ``.hydra/overrides.yaml`` composed with conf/, and T from ``trainer.max_steps`` or ``budget.json``;
+- a W&B offline run directory (``wandb/offline-run-…``, or its ``run-*.wandb`` file): the history's ``train/lr``
+  (or ``train/learning_rate``, ``learning_rate``, ``lr``) at W&B step t; the schedule from the overrides, or from
+  the run's own config when it was made by this template;
+- a Hugging Face Trainer ``trainer_state.json`` (or the checkpoint folder holding it): ``log_history``'s
+  ``learning_rate`` logged at ``step`` s is the lr that update s − 1 used; T defaults to its ``max_steps``.
+
+OVERRIDEs describe the schedule of a run made elsewhere, as train.py takes them (``schedule=cosine
+schedule.warmup_steps=100 schedule.min_lr_ratio=0 optim.lr=5e-5 trainer.max_steps=1000``); what they leave out
+is conf/'s default. Prints the largest relative deviation and the first update that deviates, with what the
+deviation looks like (a step per micro-batch, a warmup off by one, a jump at a resume, a decay that climbs back
+after T). Exit code 0: every update within the tolerance; 1: a deviation; 2: bad input (one ``error:`` line).
+Imports no torch and nothing from training/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+import sys
+from bisect import bisect_right
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scheduling.spec import Schedule, SettingError, is_int, schedule_from_config, unless_budget
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+TOLERANCE = 1e-9
+LR_KEYS = ("train/lr", "train/learning_rate", "learning_rate", "lr")  # a W&B history's lr, by preference
+MAX_STEPS_PER_UPDATE = 64  # how many scheduler.step() per update the diagnosis looks for
+
+
+class AuditError(SettingError):
+    """A path or override the audit cannot read: one line naming it."""
+
+
+@dataclass
+class Segment:
+    """The schedule in force from update ``start`` on (a run's start or resume)."""
+
+    start: int
+    schedule: Schedule
+    peak_lr: float
+    resumed_from: str | None = None
+
+    def lr(self, t: int) -> float:
+        return self.peak_lr * self.schedule(t)
+
+
+@dataclass
+class Logged:
+    """What a run logged: the lr each update t used, and where it came from."""
+
+    source: str
+    lrs: dict[int, float]
+    segments: list[Segment]
+    every_update: bool = True  # a run of this template logs every update; others log every logging_steps
+
+
+@dataclass
+class Finding:
+    checked: int
+    first: int | None = None  # the first update whose lr deviates
+    worst: int | None = None  # the update with the largest deviation
+    largest: float = 0.0
+    missing: list[tuple[int, int]] = field(default_factory=list)  # ranges of updates never logged
+    diagnosis: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.first is None and not self.missing
+
+
+def relative(logged: float, expected: float, peak: float) -> float:
+    """|logged − expected| relative to the expected lr (to the peak where the expected lr is 0)."""
+    scale = abs(expected) if expected != 0 else abs(peak)
+    return abs(logged - expected) / scale if scale else abs(logged)
+
+
+def segment_at(segments: list[Segment], t: int) -> Segment:
+    return segments[max(0, bisect_right([s.start for s in segments], t) - 1)]
+
+
+def expected_lr(segments: list[Segment], t: int) -> float:
+    return segment_at(segments, t).lr(t)
+
+
+def audit(logged: Logged, tolerance: float = TOLERANCE) -> Finding:
+    """Compare every logged lr with the schedule's; name the first and the largest deviation, and diagnose."""
+    steps = sorted(logged.lrs)
+    finding = Finding(checked=len(steps))
+    for t in steps:
+        seg = segment_at(logged.segments, t)
+        dev = relative(logged.lrs[t], seg.lr(t), seg.peak_lr)
+        if not dev <= tolerance:  # NaN deviates too
+            finding.first = t if finding.first is None else finding.first
+            if not dev <= finding.largest:
+                finding.largest, finding.worst = dev, t
+    if logged.every_update and steps:  # a run of this template logs every update it takes
+        have = set(steps)
+        finding.missing = ranges([t for t in range(steps[0], steps[-1] + 1) if t not in have])
+    if finding.first is not None:
+        finding.diagnosis = diagnose(logged, finding.first, tolerance)
+    elif finding.missing:
+        a, b = finding.missing[0]
+        finding.diagnosis = (
+            f"the updates jumped from {a - 1} to {b + 1}: updates {a}–{b} were never taken "
+            "(a resume that skipped them?)"
+        )
+    return finding
+
+
+def ranges(values: list[int]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for v in values:
+        if out and out[-1][1] == v - 1:
+            out[-1] = (out[-1][0], v)
+        else:
+            out.append((v, v))
+    return out
+
+
+def diagnose(logged: Logged, first: int, tolerance: float) -> str:
+    """What the deviation looks like, tried from the most specific explanation to the least."""
+    lrs, segments = logged.lrs, logged.segments
+    steps = sorted(lrs)
+
+    def close(t: int, value: float) -> bool:
+        return relative(value, expected_lr(segments, t), segment_at(segments, t).peak_lr) <= tolerance
+
+    for k in range(2, MAX_STEPS_PER_UPDATE + 1):
+        if all(close(k * t, lrs[t]) for t in steps):
+            return (
+                f"update t logged the schedule's lr of update {k}·t: the scheduler stepped {k} times per update "
+                f"(once per micro-batch with {k} micro-batches?) instead of once per optimizer update"
+            )
+
+    seg = segment_at(segments, first)
+    T = seg.schedule.total_steps
+    later = [t for t in steps if t >= first]
+    if T is not None and first > T and "min_lr_ratio" in seg.schedule.params:
+        floor = seg.peak_lr * seg.schedule.params["min_lr_ratio"]
+        above = [t for t in later if lrs[t] > floor * (1 + tolerance)]
+        if above:
+            top = max(above, key=lambda t: lrs[t])
+            return (
+                f"past T = {T} the lr left the floor {floor:.6g} and climbed back (to {lrs[top]:.6g} at update "
+                f"{top}): a periodic decay (torch's CosineAnnealingLR, transformers' cosine) used past its end"
+            )
+
+    shift = find_shift(lrs, later, segments, tolerance)
+    if shift is None:
+        return (
+            f"the logged lr follows another schedule from update {first} on (not a shift, a multiple of the "
+            "update index or a climb after T): compare the run's schedule settings with the ones audited"
+        )
+    if abs(shift) == 1 and first == steps[0] and first <= seg.schedule.warmup_steps:
+        how = "the scheduler stepped once before the first update" if shift > 0 else "the scheduler is one step late"
+        return (
+            f"the warmup is off by one: update t logged the schedule's lr of update t {shift:+d} ({how}, or "
+            "the lr was read after the update's scheduler.step())"
+        )
+    # a resume (a segment's start, or the first update a resumed run directory logged) where the shift begins
+    resumes = [r for r in {s.start for s in segments} | {steps[0]} if 0 < r <= first]
+    for r in sorted(resumes, reverse=True):
+        if find_shift(lrs, [t for t in steps if t >= r], segments, tolerance, only=shift) is not None:
+            return (
+                f"a resume that jumped: from the resume at update {r} on, update t logged the schedule's lr of "
+                f"update t {shift:+d} (the restored schedule index is {shift:+d} off the update index)"
+            )
+    return f"from update {first} on, update t logged the schedule's lr of update t {shift:+d}"
+
+
+def find_shift(
+    lrs: dict[int, float], steps: list[int], segments: list[Segment], tolerance: float, only: int | None = None
+) -> int | None:
+    """The constant j ≠ 0 (``only``, or the closest to 0 of all) with lrs[t] = lr(t + j) for every t in
+    ``steps``, else None."""
+    t0 = steps[0]
+    seg = segment_at(segments, t0)
+    end = max((s.schedule.total_steps or t0) for s in segments) + max(steps) + 2
+    candidates = [only] if only is not None else sorted((j for j in range(-t0, end) if j != 0), key=abs)[:20_000]
+    for j in candidates:
+        if relative(lrs[t0], seg.lr(t0 + j), seg.peak_lr) > tolerance:
+            continue
+        if all(relative(lrs[t], expected_lr(segments, t + j), seg.peak_lr) <= tolerance for t in steps):
+            return j
+    return None
+
+
+def report(logged: Logged, finding: Finding, tolerance: float) -> str:
+    steps = sorted(logged.lrs)
+    span = f"updates {steps[0]}–{steps[-1]}" if steps else "no update"
+    parts = []
+    for s in logged.segments:
+        T = s.schedule.total_steps
+        what = f"{s.schedule.name} (peak {s.peak_lr:.6g}, warmup {s.schedule.warmup_steps}"
+        what += f", T = {T})" if T is not None else ")"
+        parts.append(what + (f" from update {s.start}" if s.start else ""))
+    lines = [f"{logged.source}: {finding.checked} logged lrs ({span}) against {'; then '.join(parts)}"]
+    if finding.ok:
+        lines.append(
+            f"largest relative deviation {finding.largest:.3g}: every logged lr is the schedule's within {tolerance:g}"
+        )
+        return "\n".join(lines)
+    if finding.first is not None:
+        t = finding.first
+        want = expected_lr(logged.segments, t)
+        lines.append(f"largest relative deviation {finding.largest:.3g} at update {finding.worst}")
+        lines.append(f"first deviating update {t}: logged lr {logged.lrs[t]:.9g}, the schedule gives {want:.9g}")
+    for a, b in finding.missing[:3]:
+        lines.append(f"updates {a}–{b} were never logged" if b > a else f"update {a} was never logged")
+    lines.append(f"looks like: {finding.diagnosis}")
+    return "\n".join(lines)
+
+
+# --- reading runs ---------------------------------------------------------------------------------------------
+
+
+def schedule_of(group: dict[str, Any], total_steps: Any, peak_lr: Any) -> Schedule:
+    if not is_int(total_steps):
+        raise AuditError("trainer.max_steps", "an integer T (the run's own is not recorded; give it)", total_steps)
+    return schedule_from_config(group, total_steps, peak_lr)
+
+
+def composed(overrides: list[str]):
+    """The config conf/ composes with these overrides (as train.py would), resolved."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("unless_budget"):
+        OmegaConf.register_new_resolver("unless_budget", unless_budget)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def from_overrides(overrides: list[str], total_steps: int | None = None) -> list[Segment]:
+    """One segment from update 0: the schedule the overrides describe; T from them, else ``total_steps``."""
+    cfg = composed(overrides)
+    given_T = any(o.split("=")[0].lstrip("+~") == "trainer.max_steps" for o in overrides)
+    T = cfg["trainer"]["max_steps"] if given_T or total_steps is None else total_steps
+    return [Segment(0, schedule_of(cfg["schedule"], T, cfg["optim"]["lr"]), float(cfg["optim"]["lr"]))]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut short by a killed process
+    return rows
+
+
+def read_run_dir(run_dir: Path, overrides: list[str]) -> Logged:
+    lrs = {int(r["step"]): r["train/lr"] for r in read_jsonl(run_dir / "metrics.jsonl") if "train/lr" in r}
+    record = run_dir / "schedule.json"
+    if record.is_file() and not overrides:
+        segments = []
+        for s in json.loads(record.read_text())["segments"]:
+            schedule = schedule_of(s["schedule"], s["total_steps"], s["peak_lr"])
+            segments.append(Segment(s["from_update"], schedule, float(s["peak_lr"]), s.get("resumed_from")))
+    else:
+        from omegaconf import OmegaConf
+
+        saved = run_dir / ".hydra" / "overrides.yaml"
+        base = [str(o) for o in OmegaConf.load(saved)] if saved.is_file() else []
+        budget = run_dir / "budget.json"
+        T = json.loads(budget.read_text()).get("total_steps") if budget.is_file() else None
+        segments = from_overrides(base + overrides, T)
+    return Logged(f"{run_dir}", lrs, segments)
+
+
+def wandb_records(path: Path) -> Iterator[Any]:
+    """The records of a W&B run file (``run-<id>.wandb``): a 7-byte header (``:W&B``, 0xBEE1, version), then a
+    LevelDB-style log of 32 KiB blocks whose records (7-byte header: crc32, length, type 1 full, 2 first,
+    3 middle, 4 last) carry protobuf ``Record``s."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    if data[:4] != b":W&B" or len(data) < 7 or struct.unpack("<H", data[4:6])[0] != 0xBEE1:
+        raise AuditError(f"{path}: not a W&B run file")
+    block, pos, pending = 32 * 1024, 7, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # no room for a header: the rest of the block is padding
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if length == 0 and kind == 0:
+            pos += block - pos % block
+            continue
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record
+
+
+def read_wandb(path: Path, overrides: list[str]) -> Logged:
+    files = [path] if path.is_file() else sorted(path.glob("run-*.wandb"))
+    if not files:
+        raise AuditError(f"{path}: no run-*.wandb file (a W&B offline run directory holds one)")
+    rows, config = [], {}
+    for r in wandb_records(files[0]):
+        kind = r.WhichOneof("record_type")
+        if kind == "history":
+            rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
+        elif kind == "run" and r.run.config.update:
+            config = {i.key: json.loads(i.value_json) for i in r.run.config.update}
+    key = next((k for k in LR_KEYS if any(k in row for row in rows)), None)
+    if key is None:
+        raise AuditError(f"{files[0]}: its history logs no learning rate (looked for {', '.join(LR_KEYS)})")
+    hf = "train/global_step" in {k for row in rows for k in row}  # transformers' W&B callback: lr of update s − 1
+    lrs = {}
+    for row in rows:
+        if row.get(key) is None:
+            continue
+        step = int(row["train/global_step"]) - 1 if hf else int(row["_step"])
+        lrs[step] = float(row[key])
+    if overrides or not {"schedule", "optim", "trainer"} <= set(config):
+        if not overrides:
+            raise AuditError(
+                f"{files[0]}: the run's config does not describe a schedule; give it as overrides "
+                "(schedule=… optim.lr=… trainer.max_steps=…)"
+            )
+        segments = from_overrides(overrides)
+    else:
+        T = config["trainer"].get("max_steps")
+        segments = [Segment(0, schedule_of(config["schedule"], T, config["optim"]["lr"]), float(config["optim"]["lr"]))]
+    return Logged(f"{files[0]}", lrs, segments, every_update=not hf)
+
+
+def read_trainer_state(path: Path, overrides: list[str]) -> Logged:
+    try:
+        state = json.loads(path.read_text())
+        history = state["log_history"]
+    except (ValueError, KeyError, TypeError):
+        raise AuditError(f"{path}: not a Hugging Face trainer_state.json (no log_history)") from None
+    if not any(o.split("=")[0] == "optim.lr" for o in overrides):
+        raise AuditError(f"{path}: trainer_state.json does not record the peak lr; give it as optim.lr=…")
+    # transformers logs, at global step s (after s updates), the lr that update s − 1 used
+    lrs = {int(h["step"]) - 1: float(h["learning_rate"]) for h in history if "learning_rate" in h}
+    return Logged(f"{path}", lrs, from_overrides(overrides, state.get("max_steps")), every_update=False)
+
+
+def read(path: Path, overrides: list[str]) -> Logged:
+    if not path.exists():
+        raise AuditError(f"{path} does not exist")
+    if path.is_dir() and (path / "metrics.jsonl").is_file():
+        return read_run_dir(path, overrides)
+    if path.name == "trainer_state.json" or (path.is_dir() and (path / "trainer_state.json").is_file()):
+        return read_trainer_state(path if path.is_file() else path / "trainer_state.json", overrides)
+    if path.suffix == ".wandb" or (path.is_dir() and any(path.glob("run-*.wandb"))):
+        return read_wandb(path, overrides)
+    raise AuditError(
+        f"{path}: not a run directory (metrics.jsonl), a W&B offline run (run-*.wandb) or a trainer_state.json"
+    )
+
+
+def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scheduling.audit", description=__doc__.split("\n\n")[0])
+    parser.add_argument("path", type=Path, help="a run directory, a W&B offline run or a trainer_state.json")
+    parser.add_argument("overrides", nargs="*", help="the schedule of a run made elsewhere, as train.py overrides")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="relative (default: %(default)g)")
+    args = parser.parse_args(argv)
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        logged = read(args.path, args.overrides)
+    except (SettingError, HydraException, OmegaConfBaseException) as e:
+        message = " ".join(str(e).split()).split(" Config search path:")[0]
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    if not logged.lrs:
+        print(f"error: {logged.source}: no learning rate was logged", file=sys.stderr)
+        return 2
+    finding = audit(logged, args.tolerance)
+    out(report(logged, finding, args.tolerance))
+    return 0 if finding.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
