@@ -21,6 +21,7 @@ from typing import Any
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tokenizers import Tokenizer
 
 from data.tokenizer import load_tokenizer
 from model import GPT, GPTConfig, sample_text
@@ -70,6 +71,14 @@ def load_model(folder: Path, device: torch.device) -> tuple[GPT, dict[str, Any]]
     return model.eval(), state
 
 
+def load_checkpoint_tokenizer(folder: Path, model: GPT) -> Tokenizer:
+    """The tokenizer.json beside checkpoint ``folder``, refused if it has more tokens than ``model``'s vocabulary."""
+    tokenizer = load_tokenizer(folder / "tokenizer.json", key=f"checkpoint {folder}")
+    if tokenizer.get_vocab_size() > model.config.vocab_size:
+        raise ConfigError(f"checkpoint {folder}: its tokenizer.json has more tokens than its model's vocabulary")
+    return tokenizer
+
+
 def sample(cfg: DictConfig) -> list[str]:
     """Load the checkpoint that ``cfg.checkpoint`` names and return the generated texts."""
     values = OmegaConf.to_container(cfg, resolve=True)
@@ -78,9 +87,7 @@ def sample(cfg: DictConfig) -> list[str]:
     precision = distributed.resolve_precision(values["precision"], device)
     folder = find_checkpoint(str(values["checkpoint"]))
     model, state = load_model(folder, device)
-    tokenizer = load_tokenizer(folder / "tokenizer.json", key=f"checkpoint {folder}")
-    if tokenizer.get_vocab_size() > model.config.vocab_size:
-        raise ConfigError(f"checkpoint {folder}: its tokenizer.json has more tokens than its model's vocabulary")
+    tokenizer = load_checkpoint_tokenizer(folder, model)
     print(
         f"checkpoint {folder} (update {state['step']}): {model.config.arch}, "
         f"{model.num_params() / 1e6:.2f}M parameters, on {device} in {precision}",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -126,3 +126,20 @@ def token_byte_lengths(tok: Tokenizer, size: int | None = None) -> np.ndarray:
         else:
             lengths[ident] = len(tok.decode([ident]).encode("utf-8"))
     return lengths
+
+
+def as_transformers_tokenizer(tok: Tokenizer, special_tokens: list[str], model_max_length: int) -> Any:
+    """``tok`` as transformers' ``PreTrainedTokenizerFast``: the document separator (the first special token) is
+    its end-of-text (eos) and start (bos) token, the other special tokens its additional ones; decoding leaves the
+    text as ours does (no clean-up of spaces). Needs transformers."""
+    from transformers import PreTrainedTokenizerFast
+
+    separator = special_tokens[0] if special_tokens else EOT
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=separator,
+        eos_token=separator,
+        additional_special_tokens=[t for t in special_tokens[1:] if t != separator],
+        clean_up_tokenization_spaces=False,
+        model_max_length=model_max_length,
+    )

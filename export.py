@@ -1,0 +1,147 @@
+"""Export a trained run for transformers: ``python export.py checkpoint=<run dir> out=<folder> [key=value ...]``.
+
+    python export.py checkpoint=outputs/2025-06-01/12-00-00 out=exported/nano             # its latest checkpoint
+    python export.py checkpoint=outputs/.../checkpoints/step-00000500 out=exported/step500 dtype=bfloat16
+
+Loads the checkpoint as sample.py does (the model from its ``model_config``, the tokenizer from the
+``tokenizer.json`` beside it) and writes ``out``: config.json, generation_config.json, model.safetensors,
+tokenizer.json and tokenizer_config.json, which ``AutoModelForCausalLM`` and ``AutoTokenizer`` load with no custom
+code — arch gpt2 as ``GPT2LMHeadModel``, arch llama as ``LlamaForCausalLM``, the tokenizer as a
+``PreTrainedTokenizerFast`` whose end-of-text token (the run's document separator) is its eos and bos. The folder
+appears complete or not at all. Needs transformers (the hf extra). Keys and defaults: conf/export.yaml; more in
+docs/huggingface.md. Bad input ends with one ``error:`` line and exit code 2, with nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tokenizers import Tokenizer
+
+from data import atomic
+from data.cache import special_tokens
+from data.tokenizer import as_transformers_tokenizer
+from model.hf import CLASSES, require_transformers, to_transformers
+from sample import find_checkpoint, load_checkpoint_tokenizer, load_model
+from training.config import USER_ERRORS, ConfigError, check_keys, check_overrides
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_export_config(cfg: Mapping[str, Any]) -> None:
+    """Every export.yaml value, before anything is loaded."""
+    check_keys(cfg, "export")
+    if cfg.get("checkpoint") in (None, "", "???"):
+        raise ConfigError("checkpoint", "a run directory or checkpoint folder (python export.py checkpoint=<run dir> "
+                          "out=<folder>)")  # fmt: skip
+    if cfg.get("out") in (None, "", "???"):
+        raise ConfigError("out", "the folder to write (python export.py checkpoint=<run dir> out=<folder>)")
+    if cfg.get("dtype") not in DTYPES:
+        raise ConfigError("dtype", f"one of {', '.join(DTYPES)}", cfg.get("dtype"))
+    if not isinstance(cfg.get("overwrite"), bool):
+        raise ConfigError("overwrite", "true or false", cfg.get("overwrite"))
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """``out`` is a new or empty folder, or one that ``overwrite`` allows to replace."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out: {str(out)!r} is a file; give a folder to write the model into")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"out: {str(out)!r} already holds files; choose a new folder, or overwrite=true to "
+                          "replace it")  # fmt: skip
+
+
+def run_special_tokens(state: dict[str, Any], tokenizer: Tokenizer) -> list[str]:
+    """``data.special_tokens`` of the run (its first one separates documents), from the checkpoint's config; for a
+    checkpoint without one, the tokenizer's special tokens in id order (as a trained tokenizer puts them)."""
+    if isinstance(state.get("config"), str):
+        data = OmegaConf.create(state["config"]).get("data") or {}
+        return special_tokens(data)
+    added = sorted(tokenizer.get_added_tokens_decoder().items())
+    return [t.content for _, t in added if t.special] or special_tokens({})
+
+
+def save(hf_model: Any, hf_tokenizer: Any, folder: Path) -> None:
+    """``save_pretrained`` both into ``folder`` (quietly: no progress bar), the tokenizer under the class name that
+    every transformers version resolves, and every file readable as the umask allows (the temporary folder was
+    made private)."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        hf_model.save_pretrained(folder)
+        hf_tokenizer.save_pretrained(folder)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    settings["tokenizer_class"] = "PreTrainedTokenizerFast"
+    (folder / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for file in folder.iterdir():
+        file.chmod(0o666 & ~umask)
+
+
+def export(cfg: DictConfig) -> Path:
+    """Write the checkpoint that ``cfg.checkpoint`` names as a transformers model folder ``cfg.out``."""
+    values = OmegaConf.to_container(cfg, resolve=True)
+    check_export_config(values)
+    require_transformers("export.py")
+    out = Path(os.path.expanduser(str(values["out"])))
+    check_out(out, values["overwrite"])
+    folder = find_checkpoint(str(values["checkpoint"]))
+    model, state = load_model(folder, torch.device("cpu"))
+    tokenizer = load_checkpoint_tokenizer(folder, model)
+    special = run_special_tokens(state, tokenizer)
+    separator = tokenizer.token_to_id(special[0])
+    if separator is None:
+        raise ConfigError(f"checkpoint {folder}: its tokenizer.json has no {special[0]!r}, the run's document "
+                          "separator (data.special_tokens)")  # fmt: skip
+    vocab = tokenizer.get_vocab_size()
+    hf_model = to_transformers(model, vocab, eos_token_id=separator, bos_token_id=separator,
+                               dtype=DTYPES[values["dtype"]])  # fmt: skip
+    hf_tokenizer = as_transformers_tokenizer(tokenizer, special, model.config.block_size)
+    tmp = atomic.begin(out.resolve().parent, out.name)
+    try:
+        save(hf_model, hf_tokenizer, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic.commit(tmp, out.resolve())
+    print(
+        f"checkpoint {folder} (update {state['step']}) → {out}: {CLASSES[model.config.arch]}, "
+        f"{hf_model.num_parameters() / 1e6:.2f}M parameters, vocab {vocab}, {values['dtype']}",
+        file=sys.stderr,
+    )
+    return out
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="export")
+def main(cfg: DictConfig) -> None:
+    """Export; a bad input is one ``error:`` line and exit code 2."""
+    try:
+        export(cfg)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    try:  # what Hydra would refuse in a multi-line report: a mistyped key
+        check_overrides(sys.argv[1:], "export")
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    main()
