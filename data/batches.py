@@ -11,14 +11,19 @@ micro-steps: a resumed run sees exactly the batches it would have seen (no sampl
 together see the windows that one process with batch_size × N sees, and changing (world_size,
 grad_accum_steps) at the same G keeps every update's windows — and so its mean gradient — the same.
 
+A mixture of sources (named token arrays with weights w_s, summing to 1) draws from the same generator, first
+each window's source (window i comes from source s with probability w_s), then its start, uniform within that
+source; the split into ranks and micro-steps is the same.
+
 Validation: ``eval_batches × world_size × batch_size`` windows whose starts are evenly spaced over the val
 split (the first at 0, the last ending at its final token), the same at every evaluation; batch i of rank r
-is the slice [(i·world_size + r)·batch_size, …+batch_size) of them.
+is the slice [(i·world_size + r)·batch_size, …+batch_size) of them. A mixture has that many per source.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from itertools import chain
 
 import numpy as np
 import torch
@@ -48,6 +53,16 @@ def window_offsets(seed: int, t: int, count: int, n_tokens: int, block_size: int
     return rng.integers(0, n_tokens - block_size, size=count, dtype=np.int64)
 
 
+def mixture_windows(
+    seed: int, t: int, count: int, n_tokens: np.ndarray, weights: np.ndarray, block_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` windows of a mixture: each one's source index (drawn with probabilities ``weights``) and its start
+    in [0, n_tokens[source] − block_size − 1]; a function of (seed, t, count) alone."""
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, t])))
+    sources = rng.choice(len(weights), size=count, p=weights)
+    return sources, rng.integers(0, n_tokens[sources] - block_size, dtype=np.int64)
+
+
 def gather(tokens: np.ndarray, offsets: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs x and targets y (len(offsets), block_size), int64; y is x shifted by one token."""
     # Indexing rows of a strided view copies each window as one contiguous run, not token by token.
@@ -56,22 +71,48 @@ def gather(tokens: np.ndarray, offsets: np.ndarray, block_size: int) -> tuple[to
     return w[:, :-1], w[:, 1:]
 
 
+def gather_mixed(
+    sources: list[np.ndarray], indices: np.ndarray, offsets: np.ndarray, block_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`gather` for windows of several token arrays: window i is sources[indices[i]] from offsets[i]."""
+    windows = np.empty((len(offsets), block_size + 1), dtype=np.int64)
+    for s in np.unique(indices):
+        rows = indices == s
+        windows[rows] = sliding_window_view(sources[s], block_size + 1)[offsets[rows]]
+    w = torch.from_numpy(windows)
+    return w[:, :-1], w[:, 1:]
+
+
 class TrainBatches:
-    """The micro-batches of each optimizer update for one rank (the rule is in the module docstring)."""
+    """The micro-batches of each optimizer update for one rank (the rule is in the module docstring).
+
+    ``tokens`` is one token array, or a mixture: named arrays with positive ``weights`` (normalised here).
+    """
 
     def __init__(
         self,
-        tokens: np.ndarray,
+        tokens: np.ndarray | Mapping[str, np.ndarray],
         block_size: int,
         batch_size: int,
         grad_accum_steps: int = 1,
         world_size: int = 1,
         rank: int = 0,
         seed: int = 0,
+        weights: Mapping[str, float] | None = None,
     ):
-        check_length(tokens, block_size, "train")
+        named = dict(tokens) if isinstance(tokens, Mapping) else {"": tokens}
+        for name, array in named.items():
+            check_length(array, block_size, f"{name} train".strip())
         check_layout(batch_size, world_size, rank, grad_accum_steps, block_size)
-        self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
+        if isinstance(tokens, Mapping):
+            w = np.array([float((weights or {}).get(name, 0.0)) for name in named])
+            if not (w > 0).all():
+                raise ValueError(f"every source needs a weight > 0, got {weights} for {list(named)}")
+            self.weights = w / w.sum()
+        else:
+            self.weights = None
+        self.names, self.sources = list(named), list(named.values())
+        self.tokens, self.block_size, self.batch_size = self.sources[0], block_size, batch_size
         self.accum, self.world, self.rank, self.seed = grad_accum_steps, world_size, rank, seed
 
     @property
@@ -84,15 +125,27 @@ class TrainBatches:
         """Tokens of one optimizer update over all ranks."""
         return self.global_batch * self.block_size
 
+    def windows(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every window of update t as (source index, start), each shaped (grad_accum, world, batch): [m, r] is
+        micro-step m of rank r. One source: every index is 0."""
+        shape = (self.accum, self.world, self.batch_size)
+        if self.weights is None:
+            starts = window_offsets(self.seed, t, self.global_batch, len(self.tokens), self.block_size)
+            return np.zeros(shape, dtype=np.int64), starts.reshape(shape)
+        sizes = np.array([len(s) for s in self.sources], dtype=np.int64)
+        indices, starts = mixture_windows(self.seed, t, self.global_batch, sizes, self.weights, self.block_size)
+        return indices.reshape(shape), starts.reshape(shape)
+
     def offsets(self, t: int) -> np.ndarray:
         """All window starts of update t, shaped (grad_accum, world, batch): [m, r] is micro-step m of rank r."""
-        starts = window_offsets(self.seed, t, self.global_batch, len(self.tokens), self.block_size)
-        return starts.reshape(self.accum, self.world, self.batch_size)
+        return self.windows(t)[1]
 
     def micro_batches(self, t: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's (x, y) for each micro-step of update t."""
-        offsets = self.offsets(t)[:, self.rank]
-        return [gather(self.tokens, offsets[m], self.block_size) for m in range(self.accum)]
+        indices, offsets = (w[:, self.rank] for w in self.windows(t))
+        if self.weights is None:
+            return [gather(self.tokens, offsets[m], self.block_size) for m in range(self.accum)]
+        return [gather_mixed(self.sources, indices[m], offsets[m], self.block_size) for m in range(self.accum)]
 
 
 def val_offsets(n_tokens: int, block_size: int, count: int) -> np.ndarray:
@@ -112,8 +165,9 @@ class ValBatches:
         eval_batches: int,
         world_size: int = 1,
         rank: int = 0,
+        name: str = "",
     ):
-        check_length(tokens, block_size, "val")
+        check_length(tokens, block_size, f"{name} val".strip())
         check_layout(batch_size, world_size, rank, eval_batches, block_size)
         count = eval_batches * world_size * batch_size
         offsets = val_offsets(len(tokens), block_size, count).reshape(eval_batches, world_size, batch_size)
@@ -125,3 +179,18 @@ class ValBatches:
 
     def __len__(self) -> int:
         return len(self.offsets)
+
+
+class MixtureValBatches:
+    """A mixture's validation: each source's own :class:`ValBatches` (``sources``) and its weight (``weights``,
+    summing to 1); iterated as one sequence of batches, source after source."""
+
+    def __init__(self, sources: Mapping[str, ValBatches], weights: Mapping[str, float]):
+        total = sum(weights[name] for name in sources)
+        self.sources, self.weights = dict(sources), {name: weights[name] / total for name in sources}
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return chain.from_iterable(self.sources.values())
+
+    def __len__(self) -> int:
+        return sum(len(batches) for batches in self.sources.values())

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -48,6 +48,9 @@ from data.tokenizer import (
     tokenizer_hash,
     train_tokenizer,
 )
+
+if TYPE_CHECKING:
+    from data.mixture import Mixture
 
 try:
     import fcntl
@@ -353,11 +356,16 @@ def build_lock(final: Path) -> Iterator[None]:
                 lock_path.unlink()
 
 
-def prepare(cfg: Any, build_if_missing: bool = True) -> TokenCache:
-    """The token cache for the ``data`` config: reused when its fingerprint matches, else built atomically.
+def prepare(cfg: Any, build_if_missing: bool = True) -> TokenCache | Mixture:
+    """The token cache for the ``data`` config: reused when its fingerprint matches, else built atomically (a
+    mixture's: one per source, data.mixture).
 
     Any DataError (bad path, empty corpus, missing column, …) leaves no cache or temporary directory behind.
     """
+    if cfg.get("source") == "mixture":
+        from data.mixture import prepare_mixture  # it builds on this module
+
+        return prepare_mixture(cfg, build_if_missing)
     if not cfg.get("tokenizer"):
         check_vocab_size(cfg.get("vocab_size"), special_tokens(cfg))
     corpus = build_corpus(cfg)

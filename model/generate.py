@@ -23,6 +23,7 @@ class KVCache:
         if device is not None and dtype is not None:
             self._allocate(torch.device(device), dtype)
         self.length = 0
+        self.document_start = None  # (B,) where each row's current document began, with a document separator
 
     def _allocate(self, device: torch.device, dtype: torch.dtype) -> None:
         self.k = torch.zeros(self.shape, device=device, dtype=dtype)

@@ -5,7 +5,9 @@ Shapes: B batch, T time (tokens), C = n_embd, H heads, Hkv key/value heads, D = 
 - ``arch="llama"``: rotary position embeddings, RMSNorm, SwiGLU MLP, no biases (``bias`` is ignored).
 Either may use grouped-query attention (``n_kv_head`` < ``n_head``) and an untied output head
 (``tie_embeddings=False``). Attention is ``scaled_dot_product_attention`` with a causal mask (flash kernels on
-GPU), Q, K and V come from one fused projection, and generation can keep a KV cache (model/generate.py).
+GPU), Q, K and V come from one fused projection, and generation can keep a KV cache (model/generate.py). With a
+``document_separator`` attention stays inside each document of the window: FlexAttention with a block mask on
+a GPU, a boolean mask built once per forward elsewhere; ``reset_positions`` restarts positions at each document.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ class GPTConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     activation_checkpointing: bool = False  # recompute each block in the backward pass: less memory, one more forward
+    reset_positions: bool = False  # with document_separator: positions (learned or rotary) restart at each document
+    # The token id that begins a document (data.document_mask; set from the tokenizer, not model.*): a token then
+    # attends only to the tokens of its own document. None: plain causal attention over the whole window.
+    document_separator: int | None = None
 
     @property
     def head_dim(self) -> int:
@@ -85,8 +91,8 @@ def _positive_int(m: Mapping[str, Any], key: str) -> None:
 def check_model_config(m: Mapping[str, Any]) -> None:
     """``cfg.model`` as plain values: a known arch, positive sizes, n_embd divisible by n_head (and an even head
     size for rotary embeddings), dropout in [0, 1), n_kv_head dividing n_head, switches that are booleans, and no
-    key GPTConfig does not know (the vocabulary size comes from the tokenizer, not from here)."""
-    known = {f.name for f in fields(GPTConfig)} - {"vocab_size"}
+    key GPTConfig does not know (the vocabulary size and document separator come from the tokenizer, not from here)."""
+    known = {f.name for f in fields(GPTConfig)} - {"vocab_size", "document_separator"}
     for key in m:
         if key not in known:
             raise ModelConfigError(f"model.{key}", f"absent: model settings are {', '.join(sorted(known))}", m[key])
@@ -104,7 +110,7 @@ def check_model_config(m: Mapping[str, Any]) -> None:
     dropout = m.get("dropout", 0.0)
     if not is_number(dropout) or not 0.0 <= dropout < 1.0:
         raise ModelConfigError("model.dropout", "in [0, 1)", dropout)
-    for key in ("bias", "tie_embeddings", "activation_checkpointing"):
+    for key in ("bias", "tie_embeddings", "activation_checkpointing", "reset_positions"):
         if key in m and not isinstance(m[key], bool):
             raise ModelConfigError(f"model.{key}", "true or false", m[key])
     kv = m.get("n_kv_head")
@@ -132,10 +138,55 @@ def rotary_tables(config: GPTConfig, length: int, device=None) -> tuple[torch.Te
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (first half, second half) of x (B, H, T, D) by the angles of its positions (T, D/2)."""
+    """Rotate pairs (first half, second half) of x (B, H, T, D) by the angles of its positions: (T, D/2), or
+    (B, T, D/2) when each sequence has its own positions (``reset_positions``)."""
     x1, x2 = x.float().chunk(2, dim=-1)
-    cos, sin = cos[None, None], sin[None, None]
+    cos, sin = (cos[None, None], sin[None, None]) if cos.dim() == 2 else (cos[:, None], sin[:, None])
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+
+
+def document_starts(idx: torch.Tensor, separator: int, start: int = 0, carried: torch.Tensor | None = None):
+    """For each token of idx (B, T), at positions start … start+T−1, the position where its document begins (B, T).
+
+    A separator begins a document, as a BOS token would: it attends to itself alone and predicts the next
+    document's first token. Tokens before a window's first separator belong to a document that began at
+    ``carried`` (B,) — the KV cache's — or, without one, at the window's first token.
+    """
+    index = torch.arange(start, start + idx.size(1), device=idx.device)
+    before = carried[:, None] if carried is not None else index[:1]
+    return torch.where(idx == separator, index, before).cummax(dim=1).values
+
+
+_flex_attention = None
+
+
+def flex_attention(q, k, v, block_mask, enable_gqa: bool) -> torch.Tensor:
+    """FlexAttention, compiled once: its fused kernel skips the blocks the mask leaves empty (CUDA)."""
+    global _flex_attention
+    if _flex_attention is None:
+        from torch.nn.attention.flex_attention import flex_attention as flex
+
+        _flex_attention = torch.compile(flex, dynamic=False)
+    return _flex_attention(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
+
+
+def document_mask(doc_starts: torch.Tensor, start: int, n_keys: int, flex: bool):
+    """What lets query i (at position start + i) see key j: doc_starts[b, i] ≤ j ≤ start + i, its own document.
+
+    Built once per forward and shared by every layer: FlexAttention's block mask (``flex``), else a boolean
+    (B, 1, T, n_keys) mask for ``scaled_dot_product_attention``.
+    """
+    B, T = doc_starts.shape
+    if flex:
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        def same_document(b, h, q_idx, kv_idx):
+            return (kv_idx <= q_idx) & (kv_idx >= doc_starts[b, q_idx])
+
+        return create_block_mask(same_document, B, None, T, n_keys, device=doc_starts.device)
+    keys = torch.arange(n_keys, device=doc_starts.device)
+    queries = torch.arange(start, start + T, device=doc_starts.device)
+    return ((keys >= doc_starts[..., None]) & (keys <= queries[:, None]))[:, None]
 
 
 class CausalSelfAttention(nn.Module):
@@ -150,7 +201,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.rotary = config.arch == "llama"
 
-    def forward(self, x: torch.Tensor, rope=None, cache=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope=None, cache=None, mask=None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split([self.n_head * self.d, self.n_kv * self.d, self.n_kv * self.d], dim=2)
         q = q.view(B, T, self.n_head, self.d).transpose(1, 2)  # (B, H, T, D)
@@ -160,15 +211,21 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
             k, v = cache.update(k, v)  # (B, Hkv, past + T, D)
-        # One query attends to every cached key; a block of queries (training, prefill) is causal.
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=T > 1,
-            enable_gqa=self.n_kv != self.n_head,
-        )
+        gqa = self.n_kv != self.n_head
+        if mask is not None and not isinstance(mask, torch.Tensor):  # a FlexAttention block mask
+            y = flex_attention(q, k, v, mask, enable_gqa=gqa)
+        else:
+            # Without a document mask, one query attends to every cached key and a block of queries (training,
+            # prefill) is causal; with one, the mask says which keys each query sees.
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                dropout_p=self.dropout if self.training else 0.0,
+                is_causal=mask is None and T > 1,
+                enable_gqa=gqa,
+            )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -201,8 +258,8 @@ class Block(nn.Module):
         self.ln_1, self.attn = norm(config), CausalSelfAttention(config)
         self.ln_2, self.mlp = norm(config), MLP(config)
 
-    def forward(self, x: torch.Tensor, rope=None, cache=None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), rope, cache)
+    def forward(self, x: torch.Tensor, rope=None, cache=None, mask=None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, cache, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -274,7 +331,9 @@ class GPT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids → logits (B, T, V), and the cross-entropy against targets (B, T) if given.
 
-        With a KV cache the positions continue after the cached ones and the cache grows by T.
+        With a KV cache the positions continue after the cached ones and the cache grows by T. With a
+        ``document_separator`` each token attends only to the earlier tokens of its own document in the window
+        (and with ``reset_positions`` its position counts from its document's first token).
         """
         B, T = idx.shape
         start = cache.length if cache is not None else 0
@@ -283,18 +342,29 @@ class GPT(nn.Module):
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds model.block_size={self.config.block_size}")
         x = self.wte(idx)  # (B, T, C)
+        positions, mask = torch.arange(start, start + T, device=idx.device), None
+        if self.config.document_separator is not None:
+            carried = cache.document_start if cache is not None and start else None
+            starts = document_starts(idx, self.config.document_separator, start, carried)  # (B, T)
+            if cache is not None:
+                cache.document_start = starts[:, -1]
+            # FlexAttention for whole windows on a GPU (it has no dropout); a boolean mask otherwise
+            flex = idx.is_cuda and cache is None and not (self.training and self.config.dropout > 0)
+            mask = document_mask(starts, start, start + T, flex)
+            if self.config.reset_positions:
+                positions = positions - starts  # (B, T): each document counts from 0
         rope = None
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
+            x = x + self.wpe(positions)
         else:
-            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
+            rope = (self.rope_cos[positions], self.rope_sin[positions])
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             layer_cache = cache.layer(i) if cache is not None else None
             if self.config.activation_checkpointing and self.training and layer_cache is None:
-                x = checkpoint(block, x, rope, use_reentrant=False)
+                x = checkpoint(block, x, rope, None, mask, use_reentrant=False)
             else:
-                x = block(x, rope, layer_cache)
+                x = block(x, rope, layer_cache, mask)
         if cache is not None:
             cache.advance(T)
         x = self.ln_f(x)

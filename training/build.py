@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -19,14 +18,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from data import TrainBatches, ValBatches, prepare, token_byte_lengths
-from data.atomic import replace_file
+from data import MixtureValBatches, TrainBatches, ValBatches, prepare, token_byte_lengths
 from model import GPT, GPTConfig, full_context_forward, padded_vocab, sample_text
 from model.flops import model_flops_per_token, peak_flops
 from scheduling import build_scheduler, schedule_from_config
 from training import budget, checkpoint, distributed
 from training.config import ConfigError, check_stop_at, grad_accum_steps
-from training.engine import Update, evaluate, train_update
+from training.engine import Update, evaluate, loss_and_bpb, train_update, validation_sums
 from training.metrics import (
     CsvSink,
     JsonlSink,
@@ -64,7 +62,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     train_batches: TrainBatches
-    val_batches: ValBatches
+    val_batches: ValBatches | MixtureValBatches
     checkpointer: checkpoint.Checkpointer
     metrics: Metrics
     update_settings: dict[str, Any]  # train_update's keywords: device, autocast, scaler, grad_clip
@@ -83,7 +81,6 @@ class Run:
     tokenizer: Any
     flops_per_token: float
     peak_flops: float | None
-    schedule_history: list[dict[str, Any]] = field(default_factory=list)  # schedule.json: what each update used
 
     @property
     def device(self) -> torch.device:
@@ -93,11 +90,10 @@ class Run:
         """Validation loss and bits per byte at ``step``, logged; every rank must agree on the schedule."""
         lr = self.optimizer.param_groups[0]["lr"]
         distributed.check_same_everywhere(step=step, lr=lr, index=self.scheduler.last_epoch)
-        settings = self.update_settings
-        loss, bpb = evaluate(self.model, self.val_batches, self.token_bytes, device=self.device,
-                             autocast=settings["autocast"])  # fmt: skip
-        self.metrics.log(step, {"val/loss": loss, "val/bpb": bpb})
-        return loss
+        metrics = validate(self.model, self.val_batches, self.token_bytes, device=self.device,
+                           autocast=self.update_settings["autocast"])  # fmt: skip
+        self.metrics.log(step, metrics)
+        return metrics["val/loss"]
 
     def save(self, step: int) -> None:
         wandb_id = self.wandb_sink.run_id if self.wandb_sink else self.extra_state["wandb_run_id"]
@@ -150,12 +146,7 @@ class Run:
                                       [[self.total_steps, self.cfg.trainer.sample_prompt, text]])  # fmt: skip
 
     def finish(self, status: str) -> None:
-        """Close the run: ``status`` ok (plots and the end-of-run summary), failed, or preempted; summary.json
-        records the status, T, tokens, seconds and the summary's values (what a sweep report reads)."""
-        if self.dist.is_main:
-            record = {"status": status, "total_steps": self.total_steps, "tokens": self.tokens_seen,
-                      "seconds": round(time.perf_counter() - self.started, 2), **self.metrics.summary}  # fmt: skip
-            write_summary(self.run_dir, record)
+        """Close the run: ``status`` ok (plots and the end-of-run summary), failed, or preempted."""
         if status == "ok" and self.dist.is_main:
             plots = write_run_plots(self.run_dir)
             took = time.perf_counter() - self.started
@@ -176,14 +167,6 @@ class Run:
             ))  # fmt: skip
         self.metrics.close(status)
         distributed.shutdown()
-
-
-def write_summary(run_dir: Path, record: dict[str, Any]) -> None:
-    """Merge ``record`` into the run directory's summary.json (strict JSON: a non-finite value is null)."""
-    path = run_dir / "summary.json"
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    merged = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in {**old, **record}.items()}
-    replace_file(path, json.dumps(merged, indent=1, allow_nan=False) + "\n")
 
 
 def sample(raw_model: GPT, tokenizer, trainer, n_tokens: int, autocast) -> str:
@@ -254,7 +237,9 @@ def build_run(cfg: DictConfig, run_dir: Path, *, sweep: Sweep | None = None, ove
     cache, train_batches, val_batches = build_data(cfg, dist)
     tokenizer = cache.tokenizer()
     vocab = padded_vocab(cache.vocab_size)
-    model_config = GPTConfig.from_dict({**OmegaConf.to_container(cfg.model), "vocab_size": vocab})
+    separator = cache.eot_id if cfg.data.document_mask else None  # attention stays within documents
+    model_config = GPTConfig.from_dict({**OmegaConf.to_container(cfg.model), "vocab_size": vocab,
+                                        "document_separator": separator})  # fmt: skip
     if state is not None:
         checkpoint.check_fits(state, model_config.to_dict(), cache.meta["tokenizer_hash"], resume_from)
     raw_model, model, settings, how = build_model(cfg, dist, model_config)
@@ -282,12 +267,11 @@ def build_run(cfg: DictConfig, run_dir: Path, *, sweep: Sweep | None = None, ove
     else:
         torch.manual_seed(trainer.seed + dist.rank)  # dropout differs across ranks
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))
-    run.schedule_history = schedule_history(state, run.start, T, cfg, resume_from)
     run.files = {"tokenizer.json": tokenizer.to_str(), "config.yaml": OmegaConf.to_yaml(resolved)}
     run.extra_state = {"total_steps": T, "budget": run.budget, "optimizer_name": cfg.optim.name,
                        "model_config": model_config.to_dict(),
                        "tokenizer_hash": cache.meta["tokenizer_hash"], "config": run.files["config.yaml"],
-                       "wandb_run_id": wandb_id, "schedule_history": run.schedule_history}  # fmt: skip
+                       "wandb_run_id": wandb_id}  # fmt: skip
     if dist.is_main:  # from here on the run directory is written
         open_outputs(run, resolved, sweep, resuming=state is not None, wandb_id=wandb_id)
     log.info("\n%s", start_summary(**describe(run, cache.meta, schedule)))
@@ -296,34 +280,37 @@ def build_run(cfg: DictConfig, run_dir: Path, *, sweep: Sweep | None = None, ove
     return run
 
 
-def schedule_history(state: dict | None, start: int, T: int, cfg: DictConfig, resumed_from: Path | None) -> list[dict]:
-    """The schedule of every update so far, as ``schedule.json`` records it: one segment per start or resume,
-    ``{"from_update", "total_steps", "peak_lr", "schedule" (the resolved group), "resumed_from"}``, the last one
-    in force from its update on. A resume keeps the checkpoint's segments before the resumed update (seeded from
-    its config when it records none), so a branch in a new run directory carries its stable run's history."""
-    history = []
-    if state is not None:
-        history = list(state.get("schedule_history") or [])
-        if not history and state.get("config"):
-            saved = OmegaConf.create(state["config"])
-            history = [{"from_update": 0, "total_steps": state.get("total_steps"), "peak_lr": saved.optim.lr,
-                        "schedule": OmegaConf.to_container(saved.schedule), "resumed_from": None}]  # fmt: skip
-    segment = {"from_update": start, "total_steps": T, "peak_lr": float(cfg.optim.lr),
-               "schedule": OmegaConf.to_container(cfg.schedule, resolve=True),
-               "resumed_from": str(resumed_from) if resumed_from else None}  # fmt: skip
-    return [s for s in history if s["from_update"] < start] + [segment]
-
-
-def build_data(cfg: DictConfig, dist: distributed.Dist) -> tuple[Any, TrainBatches, ValBatches]:
-    """corpus → tokenizer → token cache (rank 0 prepares, the others reuse) → this rank's batches."""
+def build_data(cfg: DictConfig, dist: distributed.Dist) -> tuple[Any, TrainBatches, ValBatches | MixtureValBatches]:
+    """corpus → tokenizer → token cache (rank 0 prepares, the others reuse) → this rank's batches; a mixture's
+    train batches draw from its sources by weight, and each source keeps its own validation windows."""
     trainer, block = cfg.trainer, cfg.model.block_size
     cache = distributed.in_turn(lambda: prepare(cfg.data), dist)
     accum = grad_accum_steps(trainer, block, dist.world_size)
+    weights = getattr(cache, "weights", None)  # a mixture's
     train_batches = TrainBatches(cache.tokens("train"), block, trainer.batch_size, accum, dist.world_size,
-                                 dist.rank, trainer.seed)  # fmt: skip
-    val_batches = ValBatches(cache.tokens("val"), block, trainer.batch_size, trainer.eval_batches, dist.world_size,
-                             dist.rank)  # fmt: skip
-    return cache, train_batches, val_batches
+                                 dist.rank, trainer.seed, weights)  # fmt: skip
+    val = lambda tokens, name="": ValBatches(tokens, block, trainer.batch_size, trainer.eval_batches,  # noqa: E731
+                                             dist.world_size, dist.rank, name)  # fmt: skip
+    if weights is None:
+        return cache, train_batches, val(cache.tokens("val"))
+    sources = {name: val(tokens, name) for name, tokens in cache.tokens("val").items()}
+    return cache, train_batches, MixtureValBatches(sources, weights)
+
+
+def validate(model, val_batches: ValBatches | MixtureValBatches, token_bytes: torch.Tensor, **on) -> dict[str, float]:
+    """``val/loss`` and ``val/bpb``; for a mixture also ``val/<source>/loss`` and ``val/<source>/bpb``, and the
+    overall values are the mixture's own: each source's sums weighted by its weight (every source has as many
+    windows), so ``val/bpb`` is the bits per byte of text drawn as training draws it."""
+    if not isinstance(val_batches, MixtureValBatches):
+        loss, bpb = evaluate(model, val_batches, token_bytes, **on)
+        return {"val/loss": loss, "val/bpb": bpb}
+    metrics, total = {}, 0.0
+    for name, batches in val_batches.sources.items():
+        sums = validation_sums(model, batches, token_bytes, **on)
+        metrics[f"val/{name}/loss"], metrics[f"val/{name}/bpb"] = loss_and_bpb(sums)
+        total = total + val_batches.weights[name] * sums
+    loss, bpb = loss_and_bpb(total)
+    return {"val/loss": loss, "val/bpb": bpb, **metrics}
 
 
 def build_model(cfg: DictConfig, dist: distributed.Dist, model_config: GPTConfig):
@@ -384,7 +371,6 @@ def open_outputs(run: Run, resolved: dict, sweep: Sweep | None, resuming: bool, 
         run.wandb_sink.run.summary["params"] = run.raw_model.num_params()
         sinks.append(run.wandb_sink)
     run.metrics = Metrics(sinks)
-    replace_file(run_dir / "schedule.json", json.dumps({"segments": run.schedule_history}, indent=1) + "\n")
     plan = run.budget
     if "max_time" in plan and not resuming:
         (run_dir / "budget.json").write_text(json.dumps(plan, indent=1) + "\n")

@@ -29,7 +29,7 @@ OPTIMIZERS = ("adamw", "muon")
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
 LOGGERS = ("wandb", "csv", "none")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
-SOURCES = ("builtin", "text_files", "hub")
+SOURCES = ("builtin", "text_files", "hub", "mixture")
 DECODE_POLICIES = ("skip", "replace", "error")
 BUDGET_KEYS = ("max_steps", "max_tokens", "max_time")
 PROVISIONAL_STEPS = 10**9  # stands for T in checks made before a budget fixes it
@@ -69,6 +69,8 @@ def integer_expected(expected: str, v: Any) -> str:
 
 
 GROUPS = ("model", "optim", "schedule", "data", "trainer", "logger")
+# Sections whose entries the user names (a mixture's sources); their own check refuses a bad entry's keys.
+NAMED_SECTIONS = ("data.sources",)
 OPTION_KEY = {"optim": "name", "schedule": "name", "data": "source", "logger": "name"}  # names the option's file
 
 
@@ -138,7 +140,7 @@ def check_keys(cfg: Mapping[str, Any], config_name: str = "config") -> None:
         known = known_keys(group, option)
         extra = [k for k in cfg[group] if k not in known]
         extra += [f"{k}.{sub}" for k, v in cfg[group].items() if isinstance(v, Mapping) and f"{k}." in " ".join(known)
-                  for sub in v if f"{k}.{sub}" not in known]  # fmt: skip
+                  and f"{group}.{k}" not in NAMED_SECTIONS for sub in v if f"{k}.{sub}" not in known]  # fmt: skip
         if not known or not extra:
             continue  # no file for this option: the check of its name or source says so
         owners = [p.stem for p in sorted((CONF / group).glob("*.yaml")) if extra[0] in known_keys(group, p.stem)]
@@ -277,9 +279,8 @@ def check_trainer(t: Mapping[str, Any]) -> None:
     resume = t.get("resume")
     if resume is not False and resume != "auto" and not (isinstance(resume, str) and resume):
         raise ConfigError("trainer.resume", "auto, false or a checkpoint or run directory", resume)
-    change = t.get("allow_schedule_change")
-    if not (isinstance(change, bool) or change == "branch"):
-        raise ConfigError("trainer.allow_schedule_change", "true, false or branch", t.get("allow_schedule_change"))
+    if not isinstance(t.get("allow_schedule_change"), bool):
+        raise ConfigError("trainer.allow_schedule_change", "true or false", t.get("allow_schedule_change"))
 
 
 def grad_accum_steps(t: Mapping[str, Any], block_size: int, world_size: int) -> int:
@@ -299,11 +300,17 @@ def grad_accum_steps(t: Mapping[str, Any], block_size: int, world_size: int) -> 
     return target // per_micro_step
 
 
-def check_data(d: Mapping[str, Any]) -> None:
-    one_of(d, "source", "data", SOURCES)
+def check_data(d: Mapping[str, Any], prefix: str = "data") -> None:
+    """The data group's values; a mixture's sources each in turn, as ``data.sources.<name>``."""
+    one_of(d, "source", prefix, SOURCES)
+    if d["source"] == "mixture":
+        from data.mixture import source_configs
+
+        for name, (_, settings) in source_configs(d).items():
+            check_data(settings, f"data.sources.{name}")
     vf = d.get("val_fraction", 0.05)
     if d.get("val_split") is None and (not is_number(vf) or not 0.0 < vf < 1.0):
-        raise ConfigError("data.val_fraction", "a fraction in (0, 1)", vf)
+        raise ConfigError(f"{prefix}.val_fraction", "a fraction in (0, 1)", vf)
     if not d.get("tokenizer"):
         from data.cache import special_tokens
         from data.tokenizer import check_vocab_size
@@ -311,12 +318,13 @@ def check_data(d: Mapping[str, Any]) -> None:
         check_vocab_size(d.get("vocab_size"), special_tokens(d))
     for key in ("max_documents", "max_bytes", "tokenizer_train_bytes"):
         if d.get(key) is not None:
-            positive_int(d, key, "data")
-    one_of(d, "on_decode_error", "data", DECODE_POLICIES)
+            positive_int(d, key, prefix)
+    one_of(d, "on_decode_error", prefix, DECODE_POLICIES)
+    one_of(d, "document_mask", prefix, (True, False))
     if d.get("source") == "text_files" and d.get("path") in (None, "", "???"):
-        raise ConfigError("data.path", "a file, a directory or a glob for data=text_files", d.get("path"))
+        raise ConfigError(f"{prefix}.path", "a file, a directory or a glob for data=text_files", d.get("path"))
     if d.get("source") == "hub" and not d.get("name"):
-        raise ConfigError("data.name", "a Hugging Face dataset name for a hub corpus", d.get("name"))
+        raise ConfigError(f"{prefix}.name", "a Hugging Face dataset name for a hub corpus", d.get("name"))
 
 
 def check_logger(lg: Mapping[str, Any]) -> None:
@@ -337,6 +345,9 @@ def check_config(cfg: Mapping[str, Any]) -> None:
     check_trainer(cfg["trainer"])
     grad_accum_steps(cfg["trainer"], cfg["model"]["block_size"], 1)
     check_data(cfg["data"])
+    if cfg["model"].get("reset_positions") and not cfg["data"]["document_mask"]:
+        raise ConfigError("model.reset_positions", "false unless data.document_mask=true (positions restart at "
+                          "the documents the mask separates)", True)  # fmt: skip
     check_logger(cfg["logger"])
     if cfg["optim"]["name"] == "muon" and cfg["trainer"]["strategy"] == "fsdp":
         raise ConfigError("trainer.strategy", "auto, single or ddp with optim=muon (Muon orthogonalises whole "

@@ -107,7 +107,6 @@ def train_update_retrying(*args: Any, max_overflows: int = MAX_OVERFLOWS, **kwar
     return Update(update.loss, update.grad_norm, NONFINITE), max_overflows
 
 
-@torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
     batches,
@@ -121,6 +120,25 @@ def evaluate(
     Bits per byte = Σ loss of the targets that encode text / (ln 2 · Σ bytes those targets encode); special
     tokens (zero bytes) are left out of both sums, so runs with different tokenizers compare.
     """
+    return loss_and_bpb(validation_sums(model, batches, token_bytes, device=device, autocast=autocast))
+
+
+def loss_and_bpb(sums: torch.Tensor) -> tuple[float, float]:
+    """(loss per token, bits per byte) from :func:`validation_sums`' four sums."""
+    total_loss, count, text_loss, nbytes = sums.tolist()
+    return total_loss / count, text_loss / (math.log(2) * max(nbytes, 1.0))
+
+
+@torch.no_grad()
+def validation_sums(
+    model: torch.nn.Module,
+    batches,
+    token_bytes: torch.Tensor,
+    *,
+    device: torch.device,
+    autocast,
+) -> torch.Tensor:
+    """Σ loss, Σ targets, Σ loss of the targets that encode text, Σ bytes they encode (float64, over ranks)."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, tokens, loss over text, bytes
@@ -134,6 +152,5 @@ def evaluate(
         sums += torch.stack([loss.sum(), loss.new_tensor(loss.numel()), loss[text].sum(), nbytes.sum().double()])
     if is_initialized():
         dist.all_reduce(sums, op=dist.ReduceOp.SUM)
-    total_loss, count, text_loss, nbytes = sums.tolist()
     model.train(was_training)
-    return total_loss / count, text_loss / (math.log(2) * max(nbytes, 1.0))
+    return sums

@@ -31,7 +31,8 @@ TRAIN_METRICS = (
 )
 VAL_METRICS = ("val/loss", "val/bpb")
 METRIC_NAMES = TRAIN_METRICS + VAL_METRICS
-# Also logged: Muon's lr (optim=muon), seconds spent fetching the batches, peak memory (GPU allocated or CPU RSS).
+# Also logged: a mixture's val/<source>/loss and val/<source>/bpb (data=mixture), Muon's lr (optim=muon), seconds
+# spent fetching the batches, peak memory (GPU allocated or CPU RSS).
 EXTRA_METRICS = ("train/lr_muon", "train/data_wait", "train/peak_memory_gb")
 
 
@@ -98,6 +99,8 @@ def format_line(step: int, total: int, m: Mapping[str, Any]) -> str:
         parts.append(f"val loss {m['val/loss']:.4f}")
         if "val/bpb" in m:
             parts.append(f"bpb {m['val/bpb']:.4f}")
+        # a mixture's sources: val/<source>/bpb
+        parts += [f"{k[4:-4]} bpb {v:.4f}" for k, v in m.items() if k.endswith("/bpb") and k.count("/") == 2]
         return " | ".join(parts)
     if "train/loss" in m:
         parts.append(f"loss {m['train/loss']:.4f}")

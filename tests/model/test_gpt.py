@@ -25,9 +25,12 @@ def test_a_valid_model_config_passes():
     check_model_config({**VALID, "arch": "llama", "n_kv_head": 2, "mlp_hidden": 96, "tie_embeddings": False})
 
 
-def test_every_gptconfig_field_but_the_vocabulary_is_a_model_setting():
-    defaults = {f.name: getattr(GPTConfig(), f.name) for f in fields(GPTConfig) if f.name != "vocab_size"}
+def test_every_gptconfig_field_but_those_the_tokenizer_sets_is_a_model_setting():
+    from_tokenizer = ("vocab_size", "document_separator")
+    defaults = {f.name: getattr(GPTConfig(), f.name) for f in fields(GPTConfig) if f.name not in from_tokenizer}
     check_model_config(defaults)
+    with pytest.raises(ModelConfigError, match=r"^model\.document_separator must be absent"):
+        check_model_config({**defaults, "document_separator": 0})
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)

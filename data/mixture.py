@@ -1,0 +1,220 @@
+"""Mixtures: several sources, each with a weight, sharing one tokenizer; batches draw from them by weight.
+
+``data.source: mixture`` and ``data.sources`` maps a name to one source's settings: its ``source`` (builtin,
+text_files or hub), its ``weight`` (> 0; the weights are normalised to sum to 1) and that source's own keys
+(``path``, ``name``, ``val_fraction``, ``max_bytes``, …). The tokenizer's settings (``vocab_size``,
+``special_tokens``, ``tokenizer``, ``tokenizer_train_bytes``), ``cache_dir`` and ``document_mask`` belong to the
+mixture; its ``val_fraction``, ``max_documents``, ``max_bytes`` and ``on_decode_error`` are each source's default.
+
+One byte-level BPE is trained on a weighted sample of the sources' training documents — interleaved so that each
+source's share of the bytes follows its weight, ending at ``tokenizer_train_bytes`` or when a source runs out —
+and cached under ``<cache_dir>/tokenizer-<key>/``. Each source is then tokenized with it into its own token cache
+(data.cache), so a source shared by two mixtures with the same tokenizer is tokenized once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from data import atomic
+from data.cache import (
+    FORMAT_VERSION,
+    TokenCache,
+    build_lock,
+    cache_root,
+    check_not_empty,
+    prepare,
+    special_tokens,
+)
+from data.corpus import SPLITS, Corpus, build_corpus, utf8_len
+from data.errors import DataError
+from data.tokenizer import check_vocab_size, tokenizer_hash, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("builtin", "text_files", "hub")
+# The keys a source of a mixture may set besides ``source`` and ``weight``, by source.
+COMMON_KEYS = ("val_fraction", "max_documents", "max_bytes", "on_decode_error")
+SOURCE_KEYS = {
+    "builtin": ("exclude",),
+    "text_files": ("path", "text_column", "streaming"),
+    "hub": ("name", "config_name", "split", "val_split", "data_files", "revision", "text_column", "streaming"),
+}
+SHARED_KEYS = ("vocab_size", "tokenizer", "special_tokens", "tokenizer_train_bytes", "cache_dir", "document_mask")
+DEFAULT_KEYS = ("val_fraction", "max_documents", "max_bytes", "on_decode_error")  # each source's default
+NAME = re.compile(r"[A-Za-z0-9_-]+")  # a source's name is part of its metric names: val/<name>/bpb
+
+
+def plain(value: Any) -> Any:
+    """An OmegaConf node as plain Python; anything else as it is."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def source_configs(cfg: Any) -> dict[str, tuple[float, dict[str, Any]]]:
+    """``data.sources`` checked: name → (weight, that source's data settings with the mixture's shared keys).
+
+    Raises a one-line DataError for an empty mixture, a name unfit for a metric, an unknown source, a weight
+    that is not a number > 0, or a key the source does not have.
+    """
+    sources = plain(cfg.get("sources"))
+    if not isinstance(sources, Mapping) or not sources:
+        raise DataError(
+            "data.sources must map each source's name to its settings ({source: builtin|text_files|hub, weight: "
+            f"…, …}}) for data=mixture, got {sources!r}"
+        )
+    shared = {key: plain(cfg.get(key)) for key in (*SHARED_KEYS, *DEFAULT_KEYS) if cfg.get(key) is not None}
+    out = {}
+    for name, entry in sources.items():
+        key = f"data.sources.{name}"
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise DataError(f"{key}: a source's name may hold letters, digits, _ and - only (it names its metrics)")
+        if not isinstance(entry, Mapping):
+            raise DataError(f"{key} must be a mapping of that source's settings, got {entry!r}")
+        source = entry.get("source")
+        if source not in SOURCES:
+            raise DataError(f"{key}.source must be one of {', '.join(SOURCES)}, got {source!r}")
+        weight = entry.get("weight")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+            raise DataError(f"{key}.weight must be a number > 0, got {weight!r}")
+        allowed = ("source", "weight", *COMMON_KEYS, *SOURCE_KEYS[source])
+        for k in entry:
+            if k in SHARED_KEYS:
+                raise DataError(f"{key}.{k}: the sources of a mixture share it; set data.{k} instead")
+            if k not in allowed:
+                raise DataError(f"{key}.{k} is not a key of a {source} source; it has {', '.join(allowed)}")
+        settings = {**shared, **{k: v for k, v in entry.items() if k != "weight"}}
+        settings["document_mask"] = False  # the mixture's setting; a source's cache does not depend on it
+        out[name] = (float(weight), settings)
+    return out
+
+
+def weighted_sample(corpora: Mapping[str, Corpus], weights: Mapping[str, float], max_bytes: int | None):
+    """The sources' training documents interleaved so that each one's share of the bytes follows its weight: the
+    next document always comes from the source furthest below its share. Ends after about ``max_bytes`` bytes,
+    or when a source runs out (taking more of the others would break the proportions)."""
+    streams: dict[str, Iterator[str]] = {name: iter(c.documents("train")) for name, c in corpora.items()}
+    taken = dict.fromkeys(corpora, 0)
+    total = 0
+    while max_bytes is None or total < max_bytes:
+        name = min(streams, key=lambda n: taken[n] / weights[n])
+        text = next(streams[name], None)
+        if text is None:
+            return
+        size = utf8_len(text)
+        taken[name] += size
+        total += size
+        yield text
+
+
+def shared_tokenizer(cfg: Any, corpora: Mapping[str, Corpus], weights: Mapping[str, float]) -> Path:
+    """The mixture's tokenizer.json: ``data.tokenizer`` when given, else the BPE trained on the weighted sample,
+    cached under ``<cache_dir>/tokenizer-<key>/`` (key: the sources' fingerprints and weights, the settings)."""
+    if cfg.get("tokenizer"):
+        path = Path(str(cfg.get("tokenizer")))
+        if not path.is_file():
+            raise DataError(f"data.tokenizer: {str(path)!r} does not exist (give a tokenizer.json, or null)")
+        return path
+    special = special_tokens(cfg)
+    check_vocab_size(cfg.get("vocab_size"), special)
+    settings = [cfg.get("vocab_size"), special, cfg.get("tokenizer_train_bytes")]
+    parts = sorted((name, weights[name], c.fingerprint) for name, c in corpora.items())
+    key = hashlib.sha256(json.dumps([FORMAT_VERSION, parts, settings]).encode()).hexdigest()[:16]
+    final = cache_root(cfg) / f"tokenizer-{key}"
+    path = final / "tokenizer.json"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with build_lock(final):
+        if path.is_file():
+            return path
+        log.info("data: training the mixture's tokenizer into %s", final)
+        sample = weighted_sample(corpora, weights, cfg.get("tokenizer_train_bytes"))
+        tok = train_tokenizer(sample, cfg.get("vocab_size"), special)
+        tmp = atomic.begin(final.parent, final.name)
+        try:
+            (tmp / "tokenizer.json").write_text(tok.to_str())
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        atomic.commit(tmp, final)
+    return path
+
+
+@dataclass
+class Mixture:
+    """The prepared mixture: each source's token cache (all tokenized with one tokenizer) and its weight (the
+    weights sum to 1). It answers what a run asks of a :class:`TokenCache`: ``tokenizer()``, ``vocab_size``,
+    ``eot_id`` and ``meta`` (the corpus's description, token counts summed over sources, the tokenizer hash)."""
+
+    caches: dict[str, TokenCache]
+    weights: dict[str, float]
+    tokenizer_path: Path
+
+    def tokens(self, split: str) -> dict[str, np.ndarray]:
+        """Each source's token ids of ``split``, by name."""
+        return {name: cache.tokens(split) for name, cache in self.caches.items()}
+
+    def tokenizer(self) -> Tokenizer:
+        return Tokenizer.from_file(str(self.tokenizer_path))
+
+    @property
+    def vocab_size(self) -> int:
+        return next(iter(self.caches.values())).vocab_size
+
+    @property
+    def eot_id(self) -> int:
+        return next(iter(self.caches.values())).eot_id
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        shares = ", ".join(f"{name} {100 * w:.3g}%" for name, w in self.weights.items())
+        return {
+            "corpus": f"mixture ({shares})",
+            "tokens": {s: sum(c.meta["tokens"][s] for c in self.caches.values()) for s in SPLITS},
+            "tokenizer_hash": tokenizer_hash(self.tokenizer_path.read_text()),
+        }
+
+
+def in_source(name: str, error: DataError) -> DataError:
+    """A source's error, its keys named as the mixture's: ``data.path`` → ``data.sources.<name>.path``."""
+    message = re.sub(r"\bdata\.(?=[a-z_]+\b)", f"data.sources.{name}.", str(error).removeprefix("data: "))
+    return DataError(message if message.startswith(f"data.sources.{name}") else f"data.sources.{name}: {message}")
+
+
+def prepare_mixture(cfg: Any, build_if_missing: bool = True) -> Mixture:
+    """The shared tokenizer, then each source's token cache built with it (or reused); a source without
+    validation text, or any other bad source, is a one-line DataError that names it."""
+    configs = source_configs(cfg)
+    total = sum(weight for weight, _ in configs.values())
+    weights = {name: weight / total for name, (weight, _) in configs.items()}
+    corpora = {}
+    for name, (_, settings) in configs.items():
+        try:
+            corpora[name] = build_corpus(settings)
+            check_not_empty(corpora[name])
+        except DataError as e:
+            raise in_source(name, e) from None
+        if next(iter(corpora[name].documents("val")), None) is None:  # before anything is written
+            raise DataError(
+                f"data.sources.{name}: the corpus {corpora[name].name!r} gives no validation text; raise "
+                f"data.sources.{name}.val_fraction (now {corpora[name].val_fraction}) or add documents (or lines)"
+            )
+    tokenizer_path = shared_tokenizer(cfg, corpora, weights)
+    caches = {}
+    for name, (_, settings) in configs.items():
+        try:
+            caches[name] = prepare({**settings, "tokenizer": str(tokenizer_path)}, build_if_missing)
+        except DataError as e:
+            raise in_source(name, e) from None
+    return Mixture(caches, weights, tokenizer_path)
