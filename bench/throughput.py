@@ -3,6 +3,7 @@
     python bench/throughput.py --model micro --device cpu --batch-size 16 --steps 5 --repeats 3
     python bench/throughput.py --model gpt2 --device cuda --batch-size 16 --steps 20 trainer.compile=true
     python bench/throughput.py --model micro --device cpu --profile     # where the step's time goes
+    python bench/throughput.py --model nano --device cpu --compare-ref HEAD~3   # this tree against a git ref
 
 **template**: what train.py times as ``train/step_time`` — ``training.engine.train_update`` on the micro-batches
 of ``data.TrainBatches`` (built-in corpus), with the optimizer of ``training.optim.build_optimizer``, the
@@ -11,22 +12,34 @@ from the same Hydra config train.py composes (extra ``key=value`` arguments over
 command line), and on a CPU glibc's malloc keeping freed memory as train.py has it (``--return-freed-memory``
 leaves glibc's default, to compare in a second run).
 **bare**: the least a PyTorch user writes for the same work — the same model, random tokens already on the
-device, ``forward → backward → AdamW.step → zero_grad`` per update (same micro-batches, autocast, compile; in
-the same process, so with the same malloc).
+device, ``forward → backward → clip → AdamW.step → zero_grad`` per update (same micro-batches, autocast,
+compile, clipping; in the same process, so with the same malloc). What the bare loop leaves out is printed.
+
+``--compare-ref <git ref or folder>`` times the template's update of this tree against the same update of the
+ref's code instead (``git archive`` of the ref into a temporary folder, or a copy of the folder): each side runs
+in its own process, and the two take turns, one update each, while the other waits. ``--vocab-size`` gives the
+model an output head of that many rows (GPT-2's 50,304) without training a tokenizer that large.
 
 The loops alternate (template, bare, bare, template, ...: every update on a CPU, blocks of ``--steps`` on a
 GPU), so drift and other load on the machine hit both alike; a repetition is ``--steps`` updates of each,
 the table gives the medians over repetitions and the ratio is the median of the per-repetition ratios.
-MFU = model FLOPs per token (6N + 12·L·H·Q·T, model/flops.py) × tokens/s / the device's peak (GPU data sheet
-table; on CPU the best fp32 matmul rate measured here, cached; ``--refresh-peak`` measures again and keeps the higher).
+MFU = model FLOPs per token (6N + 12·L·H·Q·T, model/flops.py) × tokens/s / a peak, against two peaks: the
+device's (GPU data sheet table; on CPU the best fp32 matmul rate measured here, cached; ``--refresh-peak``
+measures again and keeps the higher), and the square-matmul rate measured at the run's precision in this run.
 Other processes' share of the CPUs is printed per repetition: above 5% the figures are flagged unreliable.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
+import shutil
 import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,10 +52,10 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from data import TrainBatches, prepare  # noqa: E402
 from model import GPT, GPTConfig, padded_vocab  # noqa: E402
-from model.flops import cpu_name, cpu_peak_flops, model_flops_per_token, peak_flops  # noqa: E402
+from model.flops import cpu_name, cpu_peak_flops, measure_matmul_flops, model_flops_per_token, peak_flops  # noqa: E402
 from scheduling import build_scheduler, schedule_from_config  # noqa: E402
 from training import distributed  # noqa: E402
-from training.config import USER_ERRORS, check_config, check_overrides, compose, grad_accum_steps  # noqa: E402
+from training.config import USER_ERRORS, ConfigError, check_config, check_overrides, compose, grad_accum_steps  # noqa: E402
 from training.engine import train_update  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
 
@@ -56,6 +69,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="alternating repetitions of each loop")
     p.add_argument("--warmup", type=int, default=2, help="untimed updates of each loop first")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--vocab-size", type=int, default=None, help="rows of the model's output head (default: the tokenizer's)"
+    )
+    p.add_argument("--compare-ref", metavar="REF", default=None, help="time this tree's update against a git ref's")
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # a --compare-ref side (internal)
     p.add_argument("--refresh-peak", action="store_true", help="measure the CPU peak again (keeps the higher)")
     p.add_argument("--profile", action="store_true", help="then profile the template's updates with torch.profiler")
     p.add_argument(
@@ -82,17 +100,21 @@ def compose_checked(overrides: list[str]):
     return cfg
 
 
-def cpu_times() -> tuple[int, int, int] | None:
-    """(busy ticks of all CPUs, ticks of this process, all ticks) from /proc; None where there is no /proc."""
+def cpu_times(pids: list[int] | None = None) -> tuple[int, int, int] | None:
+    """(busy ticks of all CPUs, ticks of the processes ``pids`` (default: this one), all ticks) from /proc;
+    None where there is no /proc."""
     try:
         with open("/proc/stat") as fh:
             ticks = [int(x) for x in fh.readline().split()[1:]]
-        with open("/proc/self/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
+        mine = 0
+        for pid in pids or ["self"]:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            mine += int(fields[11]) + int(fields[12])  # utime + stime of all its threads
     except (OSError, ValueError, IndexError):
         return None
     idle = ticks[3] + ticks[4]  # idle + iowait
-    return sum(ticks) - idle, int(fields[11]) + int(fields[12]), sum(ticks)  # utime + stime of all threads
+    return sum(ticks) - idle, mine, sum(ticks)
 
 
 def others_share(before: tuple[int, int, int] | None, after: tuple[int, int, int] | None) -> float | None:
@@ -110,9 +132,11 @@ def sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def build_template(cfg, d: distributed.Dist, precision: str, use_compile: bool, keep_freed_memory: bool = True):
+def build_template(cfg, d: distributed.Dist, precision: str, use_compile: bool, keep_freed_memory: bool = True,
+                   head_rows: int | None = None):  # fmt: skip
     """train.py's data, model, optimizer, scheduler and update step, built as train.py builds them (with
-    ``keep_freed_memory=False``, except that glibc's malloc returns freed memory to the kernel as by default).
+    ``keep_freed_memory=False``, except that glibc's malloc returns freed memory to the kernel as by default;
+    with ``head_rows``, an output head of that many rows instead of the tokenizer's vocabulary).
 
     Returns (step(t), the uncompiled model, the batches, the tokenizer's vocabulary size).
     """
@@ -122,7 +146,9 @@ def build_template(cfg, d: distributed.Dist, precision: str, use_compile: bool, 
     accum = grad_accum_steps(cfg.trainer, block, d.world_size)
     batches = TrainBatches(cache.tokens("train"), block, batch, accum, d.world_size, d.rank, cfg.trainer.seed)
     schedule = schedule_from_config(cfg.schedule, cfg.trainer.max_steps, cfg.optim.lr)
-    vocab = padded_vocab(cache.vocab_size)
+    if head_rows is not None and head_rows < cache.vocab_size:
+        raise ConfigError(f"--vocab-size must be at least the tokenizer's {cache.vocab_size}; got {head_rows}")
+    vocab = padded_vocab(head_rows or cache.vocab_size)
     model_config = GPTConfig.from_dict({**OmegaConf.to_container(cfg.model), "vocab_size": vocab})
     torch.manual_seed(cfg.trainer.seed)
     raw_model = GPT(model_config).to(device)
@@ -146,10 +172,16 @@ def build_template(cfg, d: distributed.Dist, precision: str, use_compile: bool, 
     return step, raw_model, batches, cache.vocab_size
 
 
+BARE_LEAVES_OUT = (
+    "batches from the token cache and their transfer, the loss and gradient-norm read-back (one host sync) "
+    "with its non-finite guard, and the schedule's step"
+)
+
+
 def build_bare(model_config: GPTConfig, batches: TrainBatches, vocab: int, lr: float, seed: int,
-               device: torch.device, precision: str, use_compile: bool):  # fmt: skip
-    """The minimal loop: same model and seed, random tokens already on the device, forward/backward/AdamW,
-    as many micro-batches of the same size per update."""
+               device: torch.device, precision: str, use_compile: bool, grad_clip: float):  # fmt: skip
+    """The minimal loop: same model and seed, random tokens already on the device, forward/backward, clipping
+    (unless ``grad_clip`` is 0), AdamW, as many micro-batches of the same size per update."""
     torch.manual_seed(seed)
     model = GPT(model_config).to(device)
     if use_compile:
@@ -168,6 +200,10 @@ def build_bare(model_config: GPTConfig, batches: TrainBatches, vocab: int, lr: f
             loss = loss / accum
             (scaler.scale(loss) if scaler is not None else loss).backward()
         if scaler is not None:
+            scaler.unscale_(optimizer)
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
         else:
@@ -177,14 +213,17 @@ def build_bare(model_config: GPTConfig, batches: TrainBatches, vocab: int, lr: f
     return step
 
 
-def timed(step: Callable[[int], None], first: int, steps: int, device: torch.device) -> float:
-    """Seconds for updates first … first + steps − 1."""
+def timed(step: Callable[[int], None], first: int, steps: int, device: torch.device) -> tuple[float, int | None]:
+    """Seconds for updates first … first + steps − 1, and the peak memory they allocated on a GPU (else None)."""
     sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for t in range(first, first + steps):
         step(t)
     sync(device)
-    return time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    return seconds, torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
 
 def profile(step: Callable[[int], None], first: int, steps: int, peak: float | None) -> None:
@@ -216,20 +255,160 @@ def profile(step: Callable[[int], None], first: int, steps: int, peak: float | N
     print(f"  optimizer step (total)     {share(lambda k: k.startswith('Optimizer.step'), self_time=False):6.1%}")
 
 
+class Side:
+    """One side of ``--compare-ref``: this script, run with ``--serve`` from a tree's root, timing that tree's
+    template update on request (``first steps`` on stdin, a JSON reply line on stdout)."""
+
+    PREFIX = "@throughput "  # reply lines; anything else on the side's stdout is passed through
+
+    def __init__(self, root: Path, argv: list[str]):
+        script = root / "bench" / "throughput.py"
+        self.process = subprocess.Popen(
+            [sys.executable, str(script), *argv, "--serve"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True, bufsize=1,
+        )  # fmt: skip
+        self.info = self.reply()
+
+    def reply(self) -> dict:
+        for line in self.process.stdout:
+            if line.startswith(self.PREFIX):
+                return json.loads(line[len(self.PREFIX) :])
+            print(line, end="", file=sys.stderr)
+        raise RuntimeError(f"the side in {self.process.args[1]} stopped (exit {self.process.wait()})")
+
+    def __call__(self, first: int, steps: int) -> tuple[float, int | None]:
+        self.process.stdin.write(f"{first} {steps}\n")
+        reply = self.reply()
+        return reply["seconds"], reply["peak_memory"]
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def serve(args: argparse.Namespace, cfg) -> None:
+    """The ``--serve`` side: build the template's update, then time ``first steps`` updates per stdin line."""
+    out, sys.stdout = sys.stdout, sys.stderr  # stdout carries replies only
+
+    def reply(**fields) -> None:
+        print(Side.PREFIX + json.dumps(fields), file=out, flush=True)
+
+    d = distributed.init(cfg.trainer.device)
+    precision = distributed.resolve_precision(cfg.trainer.precision, d.device)
+    use_compile = distributed.resolve_compile(cfg.trainer.compile, d.device)
+    step, raw_model, batches, _ = build_template(
+        cfg, d, precision, use_compile, not args.return_freed_memory, args.vocab_size
+    )
+    reply(tokens=batches.tokens_per_update)
+    for line in sys.stdin:
+        first, steps = (int(x) for x in line.split())
+        seconds, peak_memory = timed(step, first, steps, d.device)
+        reply(seconds=seconds, peak_memory=peak_memory)
+
+
+def check_ref(ref: str) -> None:
+    if Path(ref).is_dir():
+        return
+    found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+                           capture_output=True)  # fmt: skip
+    if found.returncode != 0:
+        raise ConfigError(f"--compare-ref: {ref!r} is neither a folder nor a commit of the git repository at {ROOT}")
+
+
+def ref_tree(ref: str, into: Path) -> Path:
+    """The template's files at ``ref`` (a git ref of this repository, or a folder holding them) copied under
+    ``into``, with this script in bench/."""
+    root = into / "ref"
+    if Path(ref).is_dir():
+        shutil.copytree(ref, root, ignore=shutil.ignore_patterns(".git", ".cache", "outputs", "multirun", ".venv*"))
+    else:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", "--format=tar", ref], capture_output=True, check=True
+        )
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            tar.extractall(root, filter="data")
+    (root / "bench").mkdir(exist_ok=True)
+    (root / "bench" / "throughput.py").write_text(Path(__file__).read_text())
+    return root
+
+
+def alternate(loops: dict[str, Callable[[int, int], tuple[float, int | None]]], args, tokens: int,
+              device: torch.device, pids: list[int] | None = None) -> tuple[dict[str, list[float]], dict]:  # fmt: skip
+    """Tokens/s of each loop per repetition, the loops taking turns (see the module docstring), and each loop's
+    peak memory on a GPU."""
+    t = dict.fromkeys(loops, 0)
+    for name, loop in loops.items():  # compile, allocator and thread-pool warm-up
+        loop(t[name], args.warmup)
+        t[name] += args.warmup
+    rates: dict[str, list[float]] = {name: [] for name in loops}
+    peak_memory: dict[str, int | None] = dict.fromkeys(loops)
+    noise = []
+    # On a CPU the loops alternate every update (the host's speed drifts within seconds); on a GPU in blocks of
+    # --steps updates, so that the bare loop keeps the CPU running ahead of the GPU as it would untimed.
+    block = args.steps if device.type == "cuda" else 1
+    names = list(loops)
+    for r in range(args.repeats):
+        before, seconds = cpu_times(pids), dict.fromkeys(loops, 0.0)
+        for i in range(args.steps // block):
+            for name in names if (r + i) % 2 == 0 else names[::-1]:
+                elapsed, memory = loops[name](t[name], block)
+                seconds[name] += elapsed
+                peak_memory[name] = max(memory, peak_memory[name] or 0) if memory is not None else None
+                t[name] += block
+        for name in rates:
+            rates[name].append(args.steps * tokens / seconds[name])
+        noise.append(others_share(before, cpu_times(pids)))
+        busy = f" | other processes used {noise[-1]:.0%} of the CPUs" if noise[-1] is not None else ""
+        each = ", ".join(f"{name} {rates[name][-1]:,.0f} tok/s" for name in names)
+        print(f"  repetition {r + 1}: {each}{busy}")
+    if any(n is not None and n > 0.05 for n in noise):
+        print("warning: other processes kept the CPUs busy during the run; the figures are not reliable")
+    return rates, peak_memory
+
+
+def report(measured: tuple[dict[str, list[float]], dict], tokens: int, flops_per_token: float,
+           peaks: dict[str, float | None]) -> None:  # fmt: skip
+    """The table of medians, MFUs and peak memory, and the first loop's ratio to the second."""
+    rates, peak_memory = measured
+    print()
+    mfus = "".join(f"{'MFU ' + name:>13}" for name in peaks)
+    print(f"{'loop':<16}{'tokens/s':>12}{'step ms':>10}{mfus}{'memory GiB':>12}   per repetition (tokens/s)")
+    for name, each in rates.items():
+        median = statistics.median(each)
+        mfu = "".join(f"{flops_per_token * median / peak:>13.1%}" if peak else f"{'-':>13}" for peak in peaks.values())
+        memory = f"{peak_memory[name] / 2**30:>12.2f}" if peak_memory[name] is not None else f"{'-':>12}"
+        per = " ".join(f"{x:,.0f}" for x in each)
+        print(f"{name:<16}{median:>12,.0f}{1e3 * tokens / median:>10.1f}{mfu}{memory}   {per}")
+    first, second = rates
+    ratios = [a / b for a, b in zip(rates[first], rates[second], strict=True)]
+    print(
+        f"{first} / {second}: {statistics.median(ratios):.3f} (median of the repetitions' ratios; "
+        f"range {min(ratios):.3f} to {max(ratios):.3f})"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = compose_config(args)
+    if args.serve:
+        return serve(args, cfg)
+    if args.compare_ref:
+        check_ref(args.compare_ref)
     d = distributed.init(cfg.trainer.device)  # one process: no process group, just the device
     device = d.device
     precision = distributed.resolve_precision(cfg.trainer.precision, device)
     use_compile = distributed.resolve_compile(cfg.trainer.compile, device)
-    template, raw_model, batches, vocab = build_template(cfg, d, precision, use_compile, not args.return_freed_memory)
-    bare = build_bare(raw_model.config, batches, vocab, cfg.optim.lr, cfg.trainer.seed, device, precision, use_compile)
+    template, raw_model, batches, vocab = build_template(
+        cfg, d, precision, use_compile, not args.return_freed_memory, args.vocab_size
+    )
     if device.type == "cpu" and args.refresh_peak:
         cpu_peak_flops(refresh=True)
-    peak = peak_flops(device, precision)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    sizes = (4096, 8192) if device.type == "cuda" else (512, 1024, 1536, 2048)
+    peaks = {"peak": peak_flops(device, precision), "matmul": measure_matmul_flops(device, sizes, dtype=dtype)}
     flops_per_token = model_flops_per_token(raw_model)
     tokens = batches.tokens_per_update
 
@@ -247,48 +426,34 @@ def main(argv: list[str] | None = None) -> None:
         f"{tokens} tokens per update ({batches.accum} × {batches.batch_size} × {c.block_size}) | "
         f"{args.warmup} warm-up + {args.steps} timed updates × {args.repeats} repetitions per loop"
     )
-    print(f"peak: {peak / 1e9:.1f} GFLOP/s" if peak else "peak: unknown for this device (no MFU)")
+    peak = f"{peaks['peak'] / 1e12:.3g} TFLOP/s" if peaks["peak"] else "unknown for this device"
+    print(f"MFU against: peak {peak}; matmul {peaks['matmul'] / 1e12:.3g} TFLOP/s ({precision}, measured now)")
 
-    t = {"template": 0, "bare": 0}
-    loops = {"template": template, "bare": bare}
-    for name in ("template", "bare"):  # compile, allocator and thread-pool warm-up
-        timed(loops[name], t[name], args.warmup, device)
-        t[name] += args.warmup
-    rates: dict[str, list[float]] = {"template": [], "bare": []}
-    noise = []
-    # On a CPU the loops alternate every update (the host's speed drifts within seconds); on a GPU in blocks of
-    # --steps updates, so that the bare loop keeps the CPU running ahead of the GPU as it would untimed.
-    block = args.steps if device.type == "cuda" else 1
-    for r in range(args.repeats):
-        before, seconds = cpu_times(), {"template": 0.0, "bare": 0.0}
-        for i in range(args.steps // block):
-            for name in ("template", "bare") if (r + i) % 2 == 0 else ("bare", "template"):
-                seconds[name] += timed(loops[name], t[name], block, device)
-                t[name] += block
-        for name in rates:
-            rates[name].append(args.steps * tokens / seconds[name])
-        noise.append(others_share(before, cpu_times()))
-        busy = f" | other processes used {noise[-1]:.0%} of the CPUs" if noise[-1] is not None else ""
-        template_rate, bare_rate = rates["template"][-1], rates["bare"][-1]
-        print(f"  repetition {r + 1}: template {template_rate:,.0f} tok/s, bare {bare_rate:,.0f} tok/s{busy}")
+    if args.compare_ref:
+        del template, raw_model  # each side builds its own
+        with tempfile.TemporaryDirectory() as tmp:
+            side_argv = [a for i, a in enumerate(argv) if a != "--compare-ref" and argv[i - 1 : i] != ["--compare-ref"]]
+            sides = {"this tree": Side(ROOT, side_argv)}
+            sides[f"ref {args.compare_ref}"] = Side(ref_tree(args.compare_ref, Path(tmp)), side_argv)
+            try:
+                pids = [side.process.pid for side in sides.values()]
+                measured = alternate(sides, args, tokens, device, pids)
+            finally:
+                for side in sides.values():
+                    side.close()
+        return report(measured, tokens, flops_per_token, peaks)
 
-    print()
-    print(f"{'loop':<10}{'tokens/s':>12}{'step ms':>10}{'MFU':>8}   per repetition (tokens/s)")
-    for name in ("template", "bare"):
-        median = statistics.median(rates[name])
-        mfu = f"{flops_per_token * median / peak:.1%}" if peak else "-"
-        each = " ".join(f"{x:,.0f}" for x in rates[name])
-        print(f"{name:<10}{median:>12,.0f}{1e3 * tokens / median:>10.0f}{mfu:>8}   {each}")
-    ratios = [a / b for a, b in zip(rates["template"], rates["bare"], strict=True)]
-    print(
-        f"template / bare: {statistics.median(ratios):.3f} (median of the repetitions' ratios; "
-        f"range {min(ratios):.3f} to {max(ratios):.3f})"
-    )
-    if any(n is not None and n > 0.05 for n in noise):
-        print("warning: other processes kept the CPUs busy during the run; the figures are not reliable")
+    bare = build_bare(c, batches, vocab, cfg.optim.lr, cfg.trainer.seed, device, precision, use_compile,
+                      cfg.trainer.grad_clip)  # fmt: skip
+    print(f"bare leaves out: {BARE_LEAVES_OUT}")
+    loops = {
+        "template": lambda first, steps: timed(template, first, steps, device),
+        "bare": lambda first, steps: timed(bare, first, steps, device),
+    }
+    report(alternate(loops, args, tokens, device), tokens, flops_per_token, peaks)
     if args.profile:
         print()
-        profile(template, t["template"], args.steps, peak)
+        profile(template, args.warmup + args.steps * args.repeats, args.steps, peaks["peak"])
 
 
 if __name__ == "__main__":

@@ -75,9 +75,13 @@ def gpu_peak_flops(device_name: str, precision: str, tf32: bool = True) -> float
 
 
 def measure_matmul_flops(
-    device: torch.device | str = "cpu", sizes: tuple[int, ...] = (512, 1024, 1536, 2048), seconds: float = 0.5
+    device: torch.device | str = "cpu",
+    sizes: tuple[int, ...] = (512, 1024, 1536, 2048),
+    seconds: float = 0.5,
+    dtype: torch.dtype = torch.float32,
 ) -> float:
-    """The best sustained fp32 matmul rate torch reaches here, in FLOP/s, with torch's current thread count.
+    """The best sustained matmul rate torch reaches here at ``dtype``, in FLOP/s, with torch's current thread
+    count (and, on CUDA, its current TF32 setting for fp32).
 
     For each size n, square products (n × n)·(n × n) = 2n³ FLOPs run back to back into a preallocated output
     (so allocation and page faults are not timed) for ``seconds``, timed in windows of at least 50 ms; the
@@ -88,9 +92,9 @@ def measure_matmul_flops(
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     best = 0.0
     for n in sizes:
-        a = torch.randn(n, n, device=device)
-        b = torch.randn(n, n, device=device)
-        out = torch.empty(n, n, device=device)
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        out = torch.empty(n, n, device=device, dtype=dtype)
         torch.mm(a, b, out=out)  # warm up the kernels and the thread pool
         sync()
         deadline = time.perf_counter() + seconds

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from data import MixtureValBatches, TrainBatches, ValBatches, prepare, token_byte_lengths
+from data.atomic import replace_file
 from model import GPT, GPTConfig, full_context_forward, padded_vocab, sample_text
 from model.flops import model_flops_per_token, peak_flops
 from scheduling import build_scheduler, schedule_from_config
@@ -81,6 +83,7 @@ class Run:
     tokenizer: Any
     flops_per_token: float
     peak_flops: float | None
+    schedule_history: list[dict[str, Any]] = field(default_factory=list)  # schedule.json: what each update used
 
     @property
     def device(self) -> torch.device:
@@ -146,7 +149,12 @@ class Run:
                                       [[self.total_steps, self.cfg.trainer.sample_prompt, text]])  # fmt: skip
 
     def finish(self, status: str) -> None:
-        """Close the run: ``status`` ok (plots and the end-of-run summary), failed, or preempted."""
+        """Close the run: ``status`` ok (plots and the end-of-run summary), failed, or preempted; summary.json
+        records the status, T, tokens, seconds and the summary's values (what a sweep report reads)."""
+        if self.dist.is_main:
+            record = {"status": status, "total_steps": self.total_steps, "tokens": self.tokens_seen,
+                      "seconds": round(time.perf_counter() - self.started, 2), **self.metrics.summary}  # fmt: skip
+            write_summary(self.run_dir, record)
         if status == "ok" and self.dist.is_main:
             plots = write_run_plots(self.run_dir)
             took = time.perf_counter() - self.started
@@ -167,6 +175,14 @@ class Run:
             ))  # fmt: skip
         self.metrics.close(status)
         distributed.shutdown()
+
+
+def write_summary(run_dir: Path, record: dict[str, Any]) -> None:
+    """Merge ``record`` into the run directory's summary.json (strict JSON: a non-finite value is null)."""
+    path = run_dir / "summary.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    merged = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in {**old, **record}.items()}
+    replace_file(path, json.dumps(merged, indent=1, allow_nan=False) + "\n")
 
 
 def sample(raw_model: GPT, tokenizer, trainer, n_tokens: int, autocast) -> str:
@@ -267,17 +283,36 @@ def build_run(cfg: DictConfig, run_dir: Path, *, sweep: Sweep | None = None, ove
     else:
         torch.manual_seed(trainer.seed + dist.rank)  # dropout differs across ranks
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))
+    run.schedule_history = schedule_history(state, run.start, T, cfg, resume_from)
     run.files = {"tokenizer.json": tokenizer.to_str(), "config.yaml": OmegaConf.to_yaml(resolved)}
     run.extra_state = {"total_steps": T, "budget": run.budget, "optimizer_name": cfg.optim.name,
                        "model_config": model_config.to_dict(),
                        "tokenizer_hash": cache.meta["tokenizer_hash"], "config": run.files["config.yaml"],
-                       "wandb_run_id": wandb_id}  # fmt: skip
+                       "wandb_run_id": wandb_id, "schedule_history": run.schedule_history}  # fmt: skip
     if dist.is_main:  # from here on the run directory is written
         open_outputs(run, resolved, sweep, resuming=state is not None, wandb_id=wandb_id)
     log.info("\n%s", start_summary(**describe(run, cache.meta, schedule)))
     if state is not None:
         log.info("resuming from %s at update %d", resume_from, run.start)
     return run
+
+
+def schedule_history(state: dict | None, start: int, T: int, cfg: DictConfig, resumed_from: Path | None) -> list[dict]:
+    """The schedule of every update so far, as ``schedule.json`` records it: one segment per start or resume,
+    ``{"from_update", "total_steps", "peak_lr", "schedule" (the resolved group), "resumed_from"}``, the last one
+    in force from its update on. A resume keeps the checkpoint's segments before the resumed update (seeded from
+    its config when it records none), so a branch in a new run directory carries its stable run's history."""
+    history = []
+    if state is not None:
+        history = list(state.get("schedule_history") or [])
+        if not history and state.get("config"):
+            saved = OmegaConf.create(state["config"])
+            history = [{"from_update": 0, "total_steps": state.get("total_steps"), "peak_lr": saved.optim.lr,
+                        "schedule": OmegaConf.to_container(saved.schedule), "resumed_from": None}]  # fmt: skip
+    segment = {"from_update": start, "total_steps": T, "peak_lr": float(cfg.optim.lr),
+               "schedule": OmegaConf.to_container(cfg.schedule, resolve=True),
+               "resumed_from": str(resumed_from) if resumed_from else None}  # fmt: skip
+    return [s for s in history if s["from_update"] < start] + [segment]
 
 
 def build_data(cfg: DictConfig, dist: distributed.Dist) -> tuple[Any, TrainBatches, ValBatches | MixtureValBatches]:
@@ -371,6 +406,7 @@ def open_outputs(run: Run, resolved: dict, sweep: Sweep | None, resuming: bool, 
         run.wandb_sink.run.summary["params"] = run.raw_model.num_params()
         sinks.append(run.wandb_sink)
     run.metrics = Metrics(sinks)
+    replace_file(run_dir / "schedule.json", json.dumps({"segments": run.schedule_history}, indent=1) + "\n")
     plan = run.budget
     if "max_time" in plan and not resuming:
         (run_dir / "budget.json").write_text(json.dumps(plan, indent=1) + "\n")

@@ -257,11 +257,13 @@ class Checkpointer:
         distributed.barrier()
         return path
 
-    def restore(self, state: dict[str, Any], path: Path, allow_schedule_change: bool, optimizer_name: str) -> None:
+    def restore(
+        self, state: dict[str, Any], path: Path, allow_schedule_change: bool | str, optimizer_name: str
+    ) -> None:
         from scheduling import restore_scheduler
 
         saved_name = state.get("optimizer_name", "adamw")
-        if saved_name != optimizer_name and not allow_schedule_change:
+        if saved_name != optimizer_name and allow_schedule_change is not True:
             raise ConfigError(
                 f"checkpoint {path}: it was trained with optim={saved_name}, the config asks for "
                 f"optim={optimizer_name}; resume with the same optimizer, or set trainer.allow_schedule_change=true "

@@ -279,8 +279,9 @@ def check_trainer(t: Mapping[str, Any]) -> None:
     resume = t.get("resume")
     if resume is not False and resume != "auto" and not (isinstance(resume, str) and resume):
         raise ConfigError("trainer.resume", "auto, false or a checkpoint or run directory", resume)
-    if not isinstance(t.get("allow_schedule_change"), bool):
-        raise ConfigError("trainer.allow_schedule_change", "true or false", t.get("allow_schedule_change"))
+    change = t.get("allow_schedule_change")
+    if not (isinstance(change, bool) or change == "branch"):
+        raise ConfigError("trainer.allow_schedule_change", "true, false or branch", t.get("allow_schedule_change"))
 
 
 def grad_accum_steps(t: Mapping[str, Any], block_size: int, world_size: int) -> int:

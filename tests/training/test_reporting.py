@@ -89,6 +89,15 @@ def test_wandb_records_the_same_metrics_as_metrics_jsonl_at_the_update_index(wan
     assert exit_code(path) == 0
 
 
+def test_the_lr_audit_reads_the_history_and_config_of_a_wandb_offline_run(wandb_run, capsys):
+    from scheduling.audit import main as audit
+
+    [run_file] = run_files(wandb_run.dir)
+    assert audit([str(run_file.parent)]) == 0  # the schedule from the run's own config: cosine, T = 12
+    assert "12 logged lrs (updates 0–11) against cosine" in capsys.readouterr().out
+    assert audit([str(run_file.parent), "schedule=linear", "trainer.max_steps=12", "optim.lr=1e-3"]) == 1
+
+
 def test_the_end_of_run_sample_is_a_wandb_table(wandb_run):
     (path,) = run_files(wandb_run.dir)
     tables = [row for row in history(path) if row.get("sample/_type") == "table-file"]

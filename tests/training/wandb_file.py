@@ -1,19 +1,11 @@
-"""Read the records of an offline W&B run file (``run-<id>.wandb``) — what ``wandb sync`` would upload.
-
-The file is a 7-byte header (``:W&B``, magic 0xBEE1, version) followed by a LevelDB-style log: 32 KiB blocks of
-records, each with a 7-byte header (crc32, length u16, type: 1 full, 2 first, 3 middle, 4 last) and a
-protobuf ``wandb.proto.wandb_internal_pb2.Record`` as payload. W&B's internal format; used by tests only.
-"""
+"""Read the records of an offline W&B run file (``run-<id>.wandb``) — what ``wandb sync`` would upload — with
+the reader ``python -m scheduling.audit`` uses (``scheduling.audit.wandb_records``)."""
 
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Iterator
 from pathlib import Path
-
-BLOCK = 32 * 1024
-FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 
 def run_files(root: Path) -> list[Path]:
@@ -26,32 +18,9 @@ def run_files(root: Path) -> list[Path]:
 
 
 def records(path: Path) -> Iterator:
-    from wandb.proto import wandb_internal_pb2
+    from scheduling.audit import wandb_records
 
-    data = path.read_bytes()
-    assert data[:4] == b":W&B" and struct.unpack("<H", data[4:6])[0] == 0xBEE1, f"{path} is not a W&B run file"
-    pos, pending = 7, b""
-    while pos + 7 <= len(data):
-        if BLOCK - pos % BLOCK < 7:  # no room for a record header: the rest of the block is padding
-            pos += BLOCK - pos % BLOCK
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if length == 0 and kind == 0:  # zero padding
-            pos += BLOCK - pos % BLOCK
-            continue
-        chunk = data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind == FULL:
-            pending = chunk
-        elif kind in (FIRST, MIDDLE):
-            pending = (pending if kind == MIDDLE else b"") + chunk
-            continue
-        elif kind == LAST:
-            pending += chunk
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(pending)
-        pending = b""
-        yield record
+    return wandb_records(path)
 
 
 def history(path: Path) -> list[dict]:

@@ -1,0 +1,231 @@
+"""A sweep's report: ``python -m training.report SWEEP_DIR`` (also written at the end of every ``train.py -m``).
+
+Into the sweep directory it writes ``report.csv`` and ``report.md`` — one row per job: the values the sweep varied,
+final and best val/bpb, T, tokens, seconds and status, best first, failed jobs last and marked failed — and
+``report.png``, val/bpb and lr against tokens overlaid, each job labelled by what differs between the jobs. When
+the jobs end at different T (cooldown branches, budgets), ``frontier.png`` plots final val/bpb against tokens, over
+the val/bpb curve of the run they were branched from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from training.plots import pyplot, read_metrics, run_labels
+
+COLUMNS = ("final val/bpb", "best val/bpb", "T", "tokens", "seconds", "status")
+
+
+@dataclass
+class Job:
+    run_dir: Path
+    swept: dict[str, str]
+    status: str
+    final_bpb: float | None
+    best_bpb: float | None
+    total_steps: int | None
+    tokens: int | None
+    seconds: float | None
+    error: str | None = None
+    rows: list[dict] = field(default_factory=list, repr=False)
+
+    def cells(self) -> list[Any]:
+        return [self.final_bpb, self.best_bpb, self.total_steps, self.tokens, self.seconds, self.status]
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The sweep's job directories (Hydra's ``.hydra/`` record in each), in job order."""
+    jobs = [p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()]
+    return sorted(jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+
+
+def overrides(run_dir: Path) -> dict[str, str]:
+    """The job's command-line overrides, as Hydra recorded them: ``{"optim.lr": "0.001"}``."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return {}
+    from omegaconf import OmegaConf
+
+    pairs = (str(o).split("=", 1) for o in OmegaConf.load(path))
+    return {k.lstrip("+~"): v for k, v in (p for p in pairs if len(p) == 2)}
+
+
+def tokens_per_update(rows: list[dict]) -> float | None:
+    first = next((r for r in rows if r.get("tokens") is not None), None)
+    return first["tokens"] / (first["step"] + 1) if first else None
+
+
+def val_against_tokens(rows: list[dict], key: str = "val/bpb") -> tuple[list[float], list[float]]:
+    """An evaluation at step s comes before update s: it has seen s updates' tokens."""
+    per = tokens_per_update(rows)
+    points = [(r["step"] * per, r[key]) for r in rows if r.get(key) is not None and per]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def read_job(run_dir: Path, swept: list[str]) -> Job:
+    rows = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    vals = [r["val/bpb"] for r in rows if r.get("val/bpb") is not None]
+    trained = [r for r in rows if r.get("tokens") is not None]
+    given = overrides(run_dir)
+    return Job(
+        run_dir=run_dir,
+        swept={k: given.get(k, "") for k in swept},
+        status=summary.get("status", "failed"),  # no summary: the job never reached its end (killed, crashed)
+        final_bpb=vals[-1] if vals else None,
+        best_bpb=min(vals) if vals else None,
+        total_steps=summary.get("total_steps"),
+        tokens=summary.get("tokens", trained[-1]["tokens"] if trained else None),
+        seconds=summary.get("seconds"),
+        error=summary.get("error") or (None if summary else "ended without a summary.json (killed?)"),
+        rows=rows,
+    )
+
+
+def read_sweep(sweep_dir: Path) -> list[Job]:
+    """Every job, best first: finished jobs by final val/bpb, then the others in job order."""
+    dirs = job_dirs(sweep_dir)
+    given = [overrides(d) for d in dirs]
+    keys = list(dict.fromkeys(k for g in given for k in g))
+    swept = [k for k in keys if len({g.get(k) for g in given}) > 1]
+    jobs = [read_job(d, swept) for d in dirs]
+    ok = sorted((j for j in jobs if j.status == "ok"), key=lambda j: _value(j.final_bpb))
+    return ok + [j for j in jobs if j.status != "ok"]
+
+
+def _value(x: float | None) -> float:
+    return x if x is not None and math.isfinite(x) else math.inf
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 100 else f"{v:.1f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def table(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
+    swept = list(jobs[0].swept) if jobs else []
+    header = ["job", *swept, *COLUMNS]
+    return header, [[j.run_dir.name, *j.swept.values(), *map(_cell, j.cells())] for j in jobs]
+
+
+def markdown(jobs: list[Job]) -> str:
+    header, rows = table(jobs)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    errors = [f"- job {j.run_dir.name}: {j.error}" for j in jobs if j.status != "ok" and j.error]
+    return "\n".join(lines + ([""] + errors if errors else [])) + "\n"
+
+
+def write_csv(jobs: list[Job], path: Path) -> None:
+    swept = list(jobs[0].swept) if jobs else []
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["job", *swept, *COLUMNS, "error"])
+        for j in jobs:
+            writer.writerow([j.run_dir.name, *j.swept.values(), *("" if v is None else v for v in j.cells()),
+                             j.error or ""])  # fmt: skip
+
+
+def plot_curves(jobs: list[Job], out: Path) -> Path:
+    """val/bpb and lr against tokens, one colour per job, labelled by what differs between the jobs."""
+    plt = pyplot()
+    fig, (ax_val, ax_lr) = plt.subplots(1, 2, figsize=(13, 4.8))
+    shown = [j for j in jobs if j.rows]
+    for i, (job, label) in enumerate(zip(shown, run_labels([j.run_dir for j in shown]), strict=True)):
+        color, label = f"C{i % 10}", label + ("" if job.status == "ok" else f" ({job.status})")
+        ax_val.plot(*val_against_tokens(job.rows), "o-", ms=3, lw=1.3, color=color, label=label)
+        lr = [(r["tokens"], r["train/lr"]) for r in job.rows if r.get("train/lr") is not None and "tokens" in r]
+        ax_lr.plot([p[0] for p in lr], [p[1] for p in lr], lw=1.4, color=color, label=label)
+    ax_val.set(xlabel="tokens", ylabel="val/bpb (bits per byte)", title="validation")
+    ax_lr.set(xlabel="tokens", ylabel="learning rate", title="train/lr")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    for ax in (ax_val, ax_lr):
+        ax.grid(alpha=0.3)
+    ax_val.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def branched_from(job: Job) -> Path | None:
+    """The run directory a job resumed from (its schedule.json's last resume), if it is another run's."""
+    record = job.run_dir / "schedule.json"
+    if not record.is_file():
+        return None
+    resumed = [s["resumed_from"] for s in json.loads(record.read_text())["segments"] if s.get("resumed_from")]
+    if not resumed:
+        return None
+    source = Path(resumed[-1]).parent.parent  # <run>/checkpoints/step-N
+    return source if source.resolve() != job.run_dir.resolve() and (source / "metrics.jsonl").is_file() else None
+
+
+def plot_frontier(jobs: list[Job], out: Path) -> Path | None:
+    """Final val/bpb against tokens of the finished jobs, when they end at different T; the run they branched
+    from (when they share one) as the curve behind them."""
+    done = [j for j in jobs if j.status == "ok" and j.final_bpb is not None and j.tokens]
+    done.sort(key=lambda j: j.tokens)
+    if len({j.tokens for j in done}) < 2:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    sources = {branched_from(j) for j in done}
+    if len(sources) == 1 and None not in sources:
+        source = sources.pop()
+        rows = read_metrics(source)
+        ax.plot(*val_against_tokens(rows), "-", lw=1.2, color="0.6", label=f"branched from: {source.name}")
+    ax.plot([j.tokens for j in done], [j.final_bpb for j in done], "o-", ms=6, lw=1.6, color="C3",
+            label="final val/bpb of each job")  # fmt: skip
+    for j in done:
+        ax.annotate(f"T = {j.total_steps:,}" if j.total_steps else j.run_dir.name, (j.tokens, j.final_bpb),
+                    xytext=(5, 5), textcoords="offset points", fontsize=8)  # fmt: skip
+    ax.set(xlabel="tokens", ylabel="val/bpb (bits per byte)", title="final val/bpb against tokens")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def write_report(sweep_dir: Path) -> tuple[list[Job], list[Path]]:
+    """Write report.csv, report.md, report.png (and frontier.png) into ``sweep_dir``; returns the jobs, best
+    first, and the files written."""
+    jobs = read_sweep(sweep_dir)
+    files = [sweep_dir / "report.csv", sweep_dir / "report.md"]
+    write_csv(jobs, files[0])
+    files[1].write_text(f"# Sweep {sweep_dir}\n\n" + markdown(jobs))
+    if any(j.rows for j in jobs):
+        files.append(plot_curves(jobs, sweep_dir / "report.png"))
+    frontier = plot_frontier(jobs, sweep_dir / "frontier.png")
+    return jobs, files + ([frontier] if frontier else [])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", type=Path, help="a multirun directory (multirun/<date>/<time>)")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir() or not job_dirs(args.sweep_dir):
+        print(f"error: {args.sweep_dir}: not a sweep directory (no job folder with a .hydra record)", file=sys.stderr)
+        return 2
+    jobs, files = write_report(args.sweep_dir)
+    print(markdown(jobs), end="")
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
