@@ -7,7 +7,9 @@ import logging
 import shutil
 from pathlib import Path
 
-from training.build import Sweep
+from hydra.experimental.callback import Callback
+
+from training.build import Sweep, write_summary
 from training.distributed import env_world
 
 log = logging.getLogger("train")
@@ -32,6 +34,7 @@ def sweep_job_failed(hc, sweep: Sweep, error: Exception) -> bool:
     goes on and ``sweep_summary`` closes it (another launcher records the job's error itself)."""
     log.error("error: job %s (%s): %s", hc.job.num, sweep.name, error)
     jobs[-1] = (hc.job.num, str(error))
+    write_summary(Path(hc.runtime.output_dir), {"status": "failed", "error": str(error)})  # the report shows it
     return hc.launcher.get("_target_") == IN_PROCESS_LAUNCHER
 
 
@@ -41,6 +44,20 @@ def sweep_summary() -> str | None:
     if not failed:
         return None
     return f"error: {len(failed)} of {len(jobs)} sweep jobs failed (job {', '.join(map(str, failed))}), each above"
+
+
+class SweepReport(Callback):
+    """Hydra callback (conf/config.yaml): at the end of a multirun, whatever the launcher, the sweep's report —
+    report.csv, report.md, report.png (and frontier.png) in the sweep directory (``training.report``)."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        from training.report import markdown, write_report
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        jobs, files = write_report(sweep_dir)
+        log.info("sweep report, best first (%s):\n%s", ", ".join(f.name for f in files), markdown(jobs).rstrip())
 
 
 def fresh_run_dir(run_dir: Path) -> bool:

@@ -105,20 +105,14 @@ def _value(x: float | None) -> float:
     return x if x is not None and math.isfinite(x) else math.inf
 
 
-def _cell(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.4f}" if abs(v) < 100 else f"{v:.1f}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return str(v)
+FORMATS = ("{:.4f}", "{:.4f}", "{:,}", "{:,}", "{:.1f}", "{}")  # one per column of COLUMNS
 
 
 def table(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
     swept = list(jobs[0].swept) if jobs else []
     header = ["job", *swept, *COLUMNS]
-    return header, [[j.run_dir.name, *j.swept.values(), *map(_cell, j.cells())] for j in jobs]
+    cells = lambda j: ["" if v is None else f.format(v) for f, v in zip(FORMATS, j.cells(), strict=True)]  # noqa: E731
+    return header, [[j.run_dir.name, *j.swept.values(), *cells(j)] for j in jobs]
 
 
 def markdown(jobs: list[Job]) -> str:
