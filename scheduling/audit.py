@@ -191,10 +191,11 @@ def find_shift(
     seg = segment_at(segments, t0)
     end = max((s.schedule.total_steps or t0) for s in segments) + max(steps) + 2
     candidates = [only] if only is not None else sorted((j for j in range(-t0, end) if j != 0), key=abs)[:20_000]
+    # the updates that deviate first: a wrong j fails there at once, not after a long stretch where λ is flat
+    deviating = [t for t in steps if relative(lrs[t], expected_lr(segments, t), seg.peak_lr) > tolerance][:64]
     for j in candidates:
-        if relative(lrs[t0], seg.lr(t0 + j), seg.peak_lr) > tolerance:
-            continue
-        if all(relative(lrs[t], expected_lr(segments, t + j), seg.peak_lr) <= tolerance for t in steps):
+        probe = (t0, *deviating, *steps)
+        if all(relative(lrs[t], expected_lr(segments, t + j), seg.peak_lr) <= tolerance for t in probe):
             return j
     return None
 
