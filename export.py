@@ -30,7 +30,7 @@ from tokenizers import Tokenizer
 from data import atomic
 from data.cache import special_tokens
 from data.tokenizer import as_transformers_tokenizer
-from model.hf import CLASSES, require_transformers, to_transformers
+from model.hf import CLASSES, quiet, require_transformers, to_transformers
 from sample import find_checkpoint, load_checkpoint_tokenizer, load_model
 from training.config import USER_ERRORS, ConfigError, check_keys, check_overrides
 
@@ -71,19 +71,11 @@ def run_special_tokens(state: dict[str, Any], tokenizer: Tokenizer) -> list[str]
 
 
 def save(hf_model: Any, hf_tokenizer: Any, folder: Path) -> None:
-    """``save_pretrained`` both into ``folder`` (quietly: no progress bar), the tokenizer under the class name that
-    every transformers version resolves, and every file readable as the umask allows (the temporary folder was
-    made private)."""
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    """``save_pretrained`` both into ``folder``, the tokenizer under the class name that every transformers version
+    resolves, and every file readable as the umask allows (the temporary folder was made private)."""
+    with quiet():
         hf_model.save_pretrained(folder)
         hf_tokenizer.save_pretrained(folder)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
     settings = json.loads((folder / "tokenizer_config.json").read_text())
     settings["tokenizer_class"] = "PreTrainedTokenizerFast"
     (folder / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n")

@@ -22,11 +22,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from training import distributed, launch
+from data.atomic import space_for
+from training import distributed, launch, run_lock
 from training.budget import seconds_since_process_start
 from training.build import Run, Sweep, build_run
 from training.config import USER_ERRORS, check_config, check_overrides, register_resolvers
 from training.engine import NONFINITE, train_update_retrying
+from training.init_from import with_init_from
 from training.signals import EXIT_RESUMABLE, Stopped, StopSignals
 
 log = logging.getLogger("train")
@@ -38,19 +40,22 @@ def train(cfg: DictConfig, run_dir: Path, *, sweep: Sweep | None = None, overrid
 
     ``sweep``: the W&B group and name of a multirun job; ``overrides``: the command line's (their secret-looking
     values are redacted everywhere); ``started``: ``time.perf_counter()`` at the job's start, for a time budget.
-    Raises a ``USER_ERRORS`` error for bad input, ``Stopped`` after a requested stop (checkpoint written)."""
+    Raises a ``USER_ERRORS`` error for bad input, a directory another run holds, or a full disk (``DiskFull``);
+    ``Stopped`` after a requested stop (checkpoint written)."""
+    cfg = with_init_from(cfg, overrides)  # model.init_from: the shape and tokenizer of a transformers folder
     check_config(cfg)
-    run = build_run(cfg, run_dir, sweep=sweep, overrides=overrides, started=started)
-    status = "failed"
-    try:
-        final_val = fit(run)
-        status = "ok"
-        return final_val
-    except Stopped:
-        status = "preempted"
-        raise
-    finally:
-        run.finish(status)
+    with space_for(run_dir):  # a full disk wherever the run writes: DiskFull, one line naming the file
+        run = build_run(cfg, run_dir, sweep=sweep, overrides=overrides, started=started)
+        status = "failed"
+        try:
+            final_val = fit(run)
+            status = "ok"
+            return final_val
+        except Stopped:
+            status = "preempted"
+            raise
+        finally:
+            run.finish(status)
 
 
 def fit(run: Run) -> float:
@@ -108,7 +113,8 @@ def main(cfg: DictConfig) -> float:
             raise  # another launcher records the job as failed and runs its siblings
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        if fresh and not (run_dir / "metrics.jsonl").exists() and distributed.env_world()[0] == 0:
+        unstarted = fresh and not (run_dir / "metrics.jsonl").exists() and not isinstance(e, run_lock.RunInUse)
+        if unstarted and distributed.env_world()[0] == 0:
             launch.remove_unstarted(run_dir)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -4,6 +4,9 @@ A directory is assembled under a temporary name beside its final place (``begin`
 every file and directory in it and renames it into place, so a process killed at any moment leaves either
 the previous state or the complete new one, never a half-written directory under the final name. Both the
 token cache and checkpoints are written this way.
+
+Running out of space (``ENOSPC``, or ``EDQUOT`` past a quota) while writing becomes ``DiskFull``: one line that
+names the path, the bytes the write needed when known, and the bytes free there once the partial write is gone.
 """
 
 from __future__ import annotations
@@ -13,7 +16,79 @@ import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(OSError):
+    """Writing ``path`` ran out of space: ``str()`` is one line naming it, the bytes ``needed`` (more than that
+    when ``at_least``), the bytes free there now, and ``hint`` (what to do)."""
+
+    def __init__(self, path: str | os.PathLike, needed: int | None = None, *, at_least: bool = False,
+                 hint: str = "", quota: bool = False) -> None:  # fmt: skip
+        self.path, self.needed, self.free = Path(path), needed, free_bytes(path)
+        need = "" if needed is None else f"it needs {'more than ' if at_least else ''}{size_text(needed)}; "
+        free = size_text(self.free)
+        left = f"the disk quota is used up ({free} free on the filesystem)" if quota else f"{free} are free there"
+        message = f"no space left to write {self.path}: {need}{left}"
+        super().__init__(errno.EDQUOT if quota else errno.ENOSPC, message + (f"; {hint}" if hint else ""))
+
+    def __str__(self) -> str:
+        return self.args[1]
+
+
+def disk_full_cause(error: BaseException | None) -> OSError | None:
+    """``error``, or the error it was raised from or while handling (torch.save's "unexpected pos" after the
+    write that failed), when that is running out of space or quota; else None."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@contextlib.contextmanager
+def space_for(path: str | os.PathLike, needed: int | None = None, hint: str = "") -> Iterator[None]:
+    """Raise ``DiskFull`` when the block runs out of space, naming ``path`` and the bytes ``needed``; without
+    ``needed``, the file the error names (when it names one). The block removes its partial output first, so
+    the free bytes reported are what a retry would find."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except Exception as e:
+        cause = disk_full_cause(e)
+        if cause is None:
+            raise
+        where = cause.filename if cause.filename and needed is None else path
+        raise DiskFull(where, needed, hint=hint, quota=cause.errno == errno.EDQUOT) from e
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    """Bytes free to an unprivileged writer on the filesystem of ``path`` (or of its nearest existing parent)."""
+    p = Path(path).absolute()
+    while not p.exists() and p.parent != p:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return 0
+
+
+def tree_bytes(path: Path) -> int:
+    """Bytes of the files under ``path`` (0 when it is gone)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+def size_text(n: int) -> str:
+    """``n`` bytes for people: ``15.2 MB (15,234,567 bytes)``, or ``512 bytes``."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit} ({n:,} bytes)"
+    return f"{n:,} bytes"
+
 
 # Windows only fsyncs a file opened for writing; POSIX fsyncs a read-only descriptor too.
 _FSYNC_FILE_FLAGS = os.O_RDWR if os.name == "nt" else os.O_RDONLY

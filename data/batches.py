@@ -63,22 +63,41 @@ def mixture_windows(
     return sources, rng.integers(0, n_tokens[sources] - block_size, dtype=np.int64)
 
 
-def gather(tokens: np.ndarray, offsets: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs x and targets y (len(offsets), block_size), int64; y is x shifted by one token."""
+def check_ids(windows: np.ndarray, vocab_size: int | None, tokens: np.ndarray, offsets: np.ndarray) -> None:
+    """Every token id of the gathered ``windows`` (rows starting at ``offsets`` of ``tokens``) is below
+    ``vocab_size``: damaged token files stop here with one line, not as an out-of-range embedding lookup (a
+    device-side assert on CUDA) or as training on garbage ids that happen to fit."""
+    if vocab_size is None or not windows.size or windows.max() < vocab_size:
+        return
+    row, col = np.argwhere(windows >= vocab_size)[0]
+    where = getattr(tokens, "filename", None) or "the token array"
+    raise DataError(
+        f"data: token id {windows[row, col]} at position {offsets[row] + col:,} of {where} is outside the vocabulary "
+        f"of {vocab_size} ids: the token cache is damaged; delete its directory and re-run to rebuild it"
+    )
+
+
+def gather(
+    tokens: np.ndarray, offsets: np.ndarray, block_size: int, vocab_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs x and targets y (len(offsets), block_size), int64; y is x shifted by one token. With
+    ``vocab_size``, every id is checked to be below it."""
     # Indexing rows of a strided view copies each window as one contiguous run, not token by token.
     windows = sliding_window_view(tokens, block_size + 1)[offsets].astype(np.int64)
+    check_ids(windows, vocab_size, tokens, offsets)
     w = torch.from_numpy(windows)
     return w[:, :-1], w[:, 1:]
 
 
 def gather_mixed(
-    sources: list[np.ndarray], indices: np.ndarray, offsets: np.ndarray, block_size: int
+    sources: list[np.ndarray], indices: np.ndarray, offsets: np.ndarray, block_size: int, vocab_size: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`gather` for windows of several token arrays: window i is sources[indices[i]] from offsets[i]."""
     windows = np.empty((len(offsets), block_size + 1), dtype=np.int64)
     for s in np.unique(indices):
         rows = indices == s
         windows[rows] = sliding_window_view(sources[s], block_size + 1)[offsets[rows]]
+        check_ids(windows[rows], vocab_size, sources[s], offsets[rows])
     w = torch.from_numpy(windows)
     return w[:, :-1], w[:, 1:]
 
@@ -87,6 +106,7 @@ class TrainBatches:
     """The micro-batches of each optimizer update for one rank (the rule is in the module docstring).
 
     ``tokens`` is one token array, or a mixture: named arrays with positive ``weights`` (normalised here).
+    With ``vocab_size``, every id of every batch is checked to be below it.
     """
 
     def __init__(
@@ -99,6 +119,7 @@ class TrainBatches:
         rank: int = 0,
         seed: int = 0,
         weights: Mapping[str, float] | None = None,
+        vocab_size: int | None = None,
     ):
         named = dict(tokens) if isinstance(tokens, Mapping) else {"": tokens}
         for name, array in named.items():
@@ -114,6 +135,7 @@ class TrainBatches:
         self.names, self.sources = list(named), list(named.values())
         self.tokens, self.block_size, self.batch_size = self.sources[0], block_size, batch_size
         self.accum, self.world, self.rank, self.seed = grad_accum_steps, world_size, rank, seed
+        self.vocab_size = vocab_size
 
     @property
     def global_batch(self) -> int:
@@ -144,8 +166,9 @@ class TrainBatches:
         """This rank's (x, y) for each micro-step of update t."""
         indices, offsets = (w[:, self.rank] for w in self.windows(t))
         if self.weights is None:
-            return [gather(self.tokens, offsets[m], self.block_size) for m in range(self.accum)]
-        return [gather_mixed(self.sources, indices[m], offsets[m], self.block_size) for m in range(self.accum)]
+            return [gather(self.tokens, offsets[m], self.block_size, self.vocab_size) for m in range(self.accum)]
+        return [gather_mixed(self.sources, indices[m], offsets[m], self.block_size, self.vocab_size)
+                for m in range(self.accum)]  # fmt: skip
 
 
 def val_offsets(n_tokens: int, block_size: int, count: int) -> np.ndarray:
@@ -155,7 +178,8 @@ def val_offsets(n_tokens: int, block_size: int, count: int) -> np.ndarray:
 
 
 class ValBatches:
-    """The fixed validation windows of one rank: ``eval_batches`` batches of ``batch_size``, gathered on use."""
+    """The fixed validation windows of one rank: ``eval_batches`` batches of ``batch_size``, gathered on use (each
+    id checked to be below ``vocab_size`` when given)."""
 
     def __init__(
         self,
@@ -166,16 +190,18 @@ class ValBatches:
         world_size: int = 1,
         rank: int = 0,
         name: str = "",
+        vocab_size: int | None = None,
     ):
         check_length(tokens, block_size, f"{name} val".strip())
         check_layout(batch_size, world_size, rank, eval_batches, block_size)
         count = eval_batches * world_size * batch_size
         offsets = val_offsets(len(tokens), block_size, count).reshape(eval_batches, world_size, batch_size)
         self.tokens, self.block_size, self.offsets = tokens, block_size, offsets[:, rank]
+        self.vocab_size = vocab_size
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch_offsets in self.offsets:
-            yield gather(self.tokens, batch_offsets, self.block_size)
+            yield gather(self.tokens, batch_offsets, self.block_size, self.vocab_size)
 
     def __len__(self) -> int:
         return len(self.offsets)

@@ -2,29 +2,34 @@
 
 ``<cache_dir>/<corpus>-<key>/`` holds ``tokenizer.json``, ``train.bin``, ``val.bin`` (uint16 when the vocab
 fits, else uint32; every document followed by the end-of-text token) and ``meta.json`` (token, byte and
-document counts, dtype, tokenizer hash, source fingerprint, tokenizer settings). ``<key>`` hashes the source
+document counts, dtype, tokenizer hash, source fingerprint, tokenizer settings, and a crc32 of every 64 MiB of
+each token file). ``<key>`` hashes the source
 fingerprint (file names and content digests, caps, split settings) and the tokenizer settings (vocab size and
 special tokens, or the given tokenizer file's digest): a changed source or tokenizer gets a new directory, an
 unchanged one is reused. ``cache_dir`` is ``data.cache_dir`` (by default ``$GPT_DATA_CACHE`` or ``.cache/data``).
 
 Atomicity: a cache is assembled in ``<cache_dir>/.tmp-<corpus>-<key>-*/`` and committed with ``data.atomic``
 (every file fsynced, then renamed into place) only when complete. A cache is trusted only if its meta.json
-matches the config, its token files have the sizes and its tokenizer the hash that meta.json records; so a
-preparation killed at any moment leaves nothing that a later run uses. The next ``prepare()`` removes the
-abandoned temporary directory (its builder's file lock is gone) and builds afresh. Processes preparing the same
-cache at once wait for each other (a lock file) instead of all building.
+matches the config, its token files have the sizes and checksums and its tokenizer the hash that meta.json
+records — checked on every reuse, so a preparation killed at any moment, or a file damaged since, is never
+used: it is rebuilt (the batches also check each token id against the vocabulary, for damage during a run).
+The next ``prepare()`` removes the abandoned temporary directory (its builder's file lock is gone) and builds
+afresh. Processes preparing the same cache at once wait for each other (a lock file) instead of all building.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
+import mmap
 import os
 import re
 import shutil
 import time
+import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -59,10 +64,12 @@ except ImportError:  # Windows: no advisory locks; concurrent builds still end c
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+CHECKSUM_CHUNK_BYTES = 64 << 20  # a crc32 per chunk: chunks are checked in parallel, and a mismatch says where
 ENCODE_BATCH_CHARS = 4 << 20  # text per encode_batch call: enough documents to keep every core busy
 DEFAULT_CACHE_DIR = ".cache/data"
 BUILDING = ".building"  # the lock file a builder holds inside its temporary directory
+DISK_FULL_HINT = "free space there, or point data.cache_dir (or $GPT_DATA_CACHE) at a filesystem with room"
 STALE_UNLOCKED_SECONDS = 600  # a temporary directory without a lock file this old is abandoned (no fcntl)
 
 
@@ -82,23 +89,8 @@ class TokenCache:
     def open(cls, path: Path, fingerprint: str | None = None, settings: dict | None = None) -> TokenCache | None:
         """The cache at ``path`` if it is complete and consistent (and built from ``fingerprint`` with
         tokenizer ``settings`` when given), else None."""
-        try:
-            meta = json.loads((path / "meta.json").read_text())
-            if meta.get("format") != FORMAT_VERSION:
-                return None
-            if fingerprint is not None and meta["source_fingerprint"] != fingerprint:
-                return None
-            if settings is not None and meta["tokenizer_settings"] != json.loads(json.dumps(settings)):
-                return None
-            itemsize = np.dtype(meta["dtype"]).itemsize
-            for split in SPLITS:
-                if (path / f"{split}.bin").stat().st_size != meta["tokens"][split] * itemsize:
-                    return None
-            if tokenizer_hash((path / "tokenizer.json").read_text()) != meta["tokenizer_hash"]:
-                return None
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        return cls(path, meta)
+        meta, _ = inspect(path, fingerprint, settings)
+        return None if meta is None else cls(path, meta)
 
     def tokens(self, split: str) -> np.ndarray:
         """The split's token ids, memory-mapped read-only (uint16 or uint32)."""
@@ -114,6 +106,55 @@ class TokenCache:
     @property
     def eot_id(self) -> int:
         return int(self.meta["eot_id"])
+
+
+def inspect(path: Path, fingerprint: str | None = None, settings: dict | None = None) -> tuple[dict | None, str]:
+    """(meta, "") for a complete, consistent cache at ``path``; else (None, why not)."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        if meta.get("format") != FORMAT_VERSION:
+            return None, f"format {meta.get('format')}, this version reads {FORMAT_VERSION}"
+        if fingerprint is not None and meta["source_fingerprint"] != fingerprint:
+            return None, "built from another source"
+        if settings is not None and meta["tokenizer_settings"] != json.loads(json.dumps(settings)):
+            return None, "built with other tokenizer settings"
+        itemsize = np.dtype(meta["dtype"]).itemsize
+        for split in SPLITS:
+            size, expected = (path / f"{split}.bin").stat().st_size, meta["tokens"][split] * itemsize
+            if size != expected:
+                return None, f"{split}.bin holds {size:,} bytes, meta.json records {expected:,}"
+        if tokenizer_hash((path / "tokenizer.json").read_text()) != meta["tokenizer_hash"]:
+            return None, "tokenizer.json is not the one it was built with"
+        chunk_bytes = meta["checksums"]["chunk_bytes"]
+        for split in SPLITS:
+            recorded, now = meta["checksums"][f"{split}.bin"], file_checksums(path / f"{split}.bin", chunk_bytes)
+            bad = next((i for i, (a, b) in enumerate(zip(recorded, now, strict=True)) if a != b), None)
+            if bad is not None:
+                start = bad * chunk_bytes
+                end = min(start + chunk_bytes, (path / f"{split}.bin").stat().st_size)
+                return None, f"{split}.bin bytes {start:,}–{end:,} are not those it was built with (crc32)"
+    except OSError as e:
+        return None, f"{e.strerror}: {e.filename}"
+    except (ValueError, KeyError, TypeError) as e:
+        return None, f"meta.json is unreadable ({type(e).__name__}: {e})"
+    return meta, ""
+
+
+def file_checksums(path: Path, chunk_bytes: int = CHECKSUM_CHUNK_BYTES) -> list[int]:
+    """``zlib.crc32`` of each ``chunk_bytes`` of ``path``, over a memory map, chunks in parallel threads (zlib
+    releases the GIL while it sums)."""
+    size = path.stat().st_size
+    if size == 0:
+        return []
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+
+        def crc(start: int) -> int:
+            with memoryview(mapped) as whole, whole[start : start + chunk_bytes] as chunk:
+                return zlib.crc32(chunk)
+
+        starts = range(0, size, chunk_bytes)
+        with ThreadPoolExecutor(max_workers=min(len(starts), os.cpu_count() or 1)) as pool:
+            return list(pool.map(crc, starts))
 
 
 def encode_corpus(
@@ -273,6 +314,7 @@ def build(cfg: Any, corpus: Corpus, final: Path) -> TokenCache:
             (tmp / "tokenizer.json").write_text(tok_json)  # committing the directory fsyncs every file
             counts = encode_corpus(tok, corpus.split_documents(), eot, dtype, tmp)
             check_splits(corpus, counts)
+            checksums = {f"{s}.bin": file_checksums(tmp / f"{s}.bin") for s in SPLITS}
             meta = {
                 "format": FORMAT_VERSION,
                 "corpus": corpus.name,
@@ -283,17 +325,26 @@ def build(cfg: Any, corpus: Corpus, final: Path) -> TokenCache:
                 "eot_id": eot,
                 "dtype": dtype.name,
                 **counts,
+                "checksums": {"algorithm": "crc32", "chunk_bytes": CHECKSUM_CHUNK_BYTES, **checksums},
                 "skipped_undecodable": corpus.decode_stats.skipped,
                 "replaced_undecodable": corpus.decode_stats.replaced,
                 "build_seconds": round(time.perf_counter() - started, 2),
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    except BaseException:
+    except BaseException as e:
+        written = atomic.tree_bytes(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
+        cause = atomic.disk_full_cause(e)
+        if cause is not None:
+            quota = cause.errno == errno.EDQUOT
+            raise atomic.DiskFull(final, written, at_least=True, hint=DISK_FULL_HINT, quota=quota) from e
         raise
     cache = TokenCache(final, meta)
     try:
-        atomic.commit(tmp, final, replace=False)
+        with atomic.space_for(final, hint=DISK_FULL_HINT):
+            atomic.commit(tmp, final, replace=False)
+    except atomic.DiskFull:
+        raise
     except OSError:  # FileExistsError too: another process finished the same cache first, so keep theirs
         theirs = TokenCache.open(final)
         if theirs is None:
@@ -377,7 +428,8 @@ def prepare(cfg: Any, build_if_missing: bool = True) -> TokenCache | Mixture:
         log.info("data: reusing token cache %s", path)
         return cache
     if not build_if_missing:
-        raise DataError(f"data: the token cache {path} is missing or incomplete")
+        why = inspect(path, fingerprint, settings)[1] if path.exists() else "it does not exist"
+        raise DataError(f"data: the token cache {path} is missing, incomplete or damaged ({why})")
     check_not_empty(corpus)
     created = make_dirs(path.parent)
     try:
@@ -387,7 +439,8 @@ def prepare(cfg: Any, build_if_missing: bool = True) -> TokenCache | Mixture:
                 return cache
             remove_abandoned(path.parent)
             if path.exists():  # only ever renamed into place complete, so something damaged it: rebuild
-                log.warning("data: the token cache %s is damaged; rebuilding it", path)
+                log.warning("data: the token cache %s is damaged (%s); rebuilding it", path,
+                            inspect(path, fingerprint, settings)[1])  # fmt: skip
                 shutil.rmtree(path)
             log.info("data: tokenizing %s into %s", corpus.name, path)
             return build(cfg, corpus, path)

@@ -15,6 +15,8 @@ its own vocabulary size, so its logits, and its loss, stay exactly its own.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,20 @@ def require_transformers(feature: str) -> Any:
     return transformers
 
 
+@contextmanager
+def quiet() -> Iterator[None]:
+    """transformers without its progress bars (loading and saving weights), restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def transformers_config(config: GPTConfig, vocab_size: int | None = None, *, eos_token_id: int | None = None,
                         bos_token_id: int | None = None) -> Any:  # fmt: skip
     """The transformers config of the same model: ``GPT2Config`` for arch gpt2, ``LlamaConfig`` for llama, with
@@ -66,8 +82,9 @@ def transformers_config(config: GPTConfig, vocab_size: int | None = None, *, eos
                                    "attention; arch=llama exports it)", config.n_kv_head)  # fmt: skip
         return t.GPT2Config(vocab_size=vocab, n_positions=config.block_size, n_embd=config.n_embd,
                             n_layer=config.n_layer, n_head=config.n_head, n_inner=config.hidden,
-                            activation_function="gelu_new", resid_pdrop=config.dropout, embd_pdrop=config.dropout,
-                            attn_pdrop=config.dropout, layer_norm_epsilon=config.norm_eps, **tokens)  # fmt: skip
+                            activation_function="gelu_new", resid_pdrop=config.dropout,
+                            embd_pdrop=config.dropout, attn_pdrop=config.dropout,
+                            layer_norm_epsilon=config.norm_eps, **tokens)  # fmt: skip
     if config.arch == "llama":
         # LlamaForCausalLM drops out only attention weights: dropout, a training setting, is not carried over.
         return t.LlamaConfig(vocab_size=vocab, hidden_size=config.n_embd, intermediate_size=config.hidden,
@@ -160,8 +177,9 @@ def to_transformers(model: GPT, vocab_size: int, *, eos_token_id: int, bos_token
 
 
 def architecture(hf_config: Any, source: str) -> dict[str, Any]:
-    """Our model keys (``ARCH_KEYS``; ``rope_theta`` only for llama) for a transformers GPT-2 or Llama config;
-    what our GPT cannot compute raises ``ModelConfigError`` naming ``source`` and the setting."""
+    """Our model keys (``ARCH_KEYS``; ``rope_theta`` only for llama) for a
+    transformers GPT-2 or Llama config; what our GPT cannot compute raises ``ModelConfigError`` naming ``source``
+    and the setting."""
     kind = getattr(hf_config, "model_type", None)
 
     def refuse(setting: str, value: Any, allowed: str) -> ModelConfigError:
@@ -214,7 +232,8 @@ def read_weights(folder: Path, config: GPTConfig) -> dict[str, torch.Tensor]:
     ``config``."""
     t = require_transformers("model.init_from")
     try:
-        hf = t.AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True)
+        with quiet():
+            hf = t.AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True)
     except Exception as e:
         reason = _first_line(e)
         raise ModelConfigError(f"model.init_from: the weights in {folder} cannot be loaded ({reason})") from None

@@ -1,6 +1,6 @@
 """The commands the README and docs/ show are commands the template accepts: every ``train.py`` line composes and
-passes the config checks, every ``sample.py`` line's settings pass its checks, every schedule plot draws, and the
-README's error example is the error a user gets."""
+passes the config checks, every ``sample.py`` and ``export.py`` line's settings pass their checks, every schedule
+plot draws, and the README's error example is the error a user gets."""
 
 from __future__ import annotations
 
@@ -30,11 +30,12 @@ def commands(script: str) -> list[tuple[str, list[str]]]:
 
 TRAIN = commands("train.py")
 SAMPLE = commands("sample.py")
+EXPORT = commands("export.py")
 PLOT = [(page, args[1:]) for page, args in commands("-m") if args[:1] == ["scheduling.plot"]]
 
 
 def test_the_pages_show_commands_of_every_entry_point():
-    assert len(TRAIN) > 30 and len(SAMPLE) >= 3 and len(PLOT) >= 1
+    assert len(TRAIN) > 30 and len(SAMPLE) >= 3 and len(EXPORT) >= 2 and len(PLOT) >= 1
 
 
 @pytest.mark.parametrize("page,args", TRAIN, ids=[f"{p}: {' '.join(a)}" for p, a in TRAIN])
@@ -55,6 +56,16 @@ def test_every_sample_py_command_shown_has_settings_sample_py_accepts(page, args
     from omegaconf import OmegaConf
 
     check_sample_config(OmegaConf.to_container(compose(args, config_name="sample"), resolve=True))
+
+
+@pytest.mark.parametrize("page,args", EXPORT, ids=[f"{p}: {' '.join(a)}" for p, a in EXPORT])
+def test_every_export_py_command_shown_has_settings_export_py_accepts(page, args):
+    from omegaconf import OmegaConf
+
+    from export import check_export_config
+
+    check_overrides(args, "export")
+    check_export_config(OmegaConf.to_container(compose(args, config_name="export"), resolve=True))
 
 
 @pytest.mark.parametrize("page,args", PLOT, ids=[f"{p}: {' '.join(a)}" for p, a in PLOT])

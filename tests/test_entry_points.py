@@ -29,6 +29,7 @@ BAD_INPUTS = [
     ("sample.py", ["checkpoint=/no/such/run"], "error: checkpoint: '/no/such/run' does not exist"),
     ("sample.py", ["checkpoint=/no/such/run", "temprature=0.5"],
      "error: temprature is not a key of this config; did you mean temperature?"),
+    ("export.py", ["checkpoint={corrupt}", "out=exported"], "error: checkpoint {corrupt}/state.pt: cannot be read"),
 ]  # fmt: skip
 
 

@@ -21,12 +21,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from data import MixtureValBatches, TrainBatches, ValBatches, prepare, token_byte_lengths
 from data.atomic import replace_file
-from model import GPT, GPTConfig, full_context_forward, padded_vocab, sample_text
+from model import GPT, GPTConfig, full_context_forward, sample_text
 from model.flops import model_flops_per_token, peak_flops
 from scheduling import build_scheduler, schedule_from_config
-from training import budget, checkpoint, distributed
+from training import budget, checkpoint, distributed, run_lock
 from training.config import ConfigError, check_stop_at, grad_accum_steps
 from training.engine import Update, evaluate, loss_and_bpb, train_update, validation_sums
+from training.init_from import initial_weights, model_vocab
 from training.metrics import (
     CsvSink,
     JsonlSink,
@@ -149,8 +150,24 @@ class Run:
                                       [[self.total_steps, self.cfg.trainer.sample_prompt, text]])  # fmt: skip
 
     def finish(self, status: str) -> None:
-        """Close the run: ``status`` ok (plots and the end-of-run summary), failed, or preempted; summary.json
-        records the status, T, tokens, seconds and the summary's values (what a sweep report reads)."""
+        """Close the run: ``status`` ok, failed, or preempted. The sinks are closed, and the run directory's lock
+        released, even when the reports fail (a full disk)."""
+        try:
+            self.report(status)
+        except BaseException:
+            status = "failed"
+            raise
+        finally:
+            try:
+                self.metrics.close(status)
+            finally:
+                distributed.shutdown()
+                if self.dist.is_main:
+                    run_lock.release(self.run_dir)  # taken by open_outputs
+
+    def report(self, status: str) -> None:
+        """The end-of-run reports: plots and the summary when ``status`` is ok; summary.json records the status,
+        T, tokens, seconds and the summary's values (what a sweep report reads)."""
         if self.dist.is_main:
             record = {"status": status, "total_steps": self.total_steps, "tokens": self.tokens_seen,
                       "seconds": round(time.perf_counter() - self.started, 2), **self.metrics.summary}  # fmt: skip
@@ -173,8 +190,6 @@ class Run:
                 checkpoint=str(ckpt.relative_to(self.run_dir)) if ckpt else "none",
                 plots=", ".join(str(p.relative_to(self.run_dir)) for p in plots),
             ))  # fmt: skip
-        self.metrics.close(status)
-        distributed.shutdown()
 
 
 def write_summary(run_dir: Path, record: dict[str, Any]) -> None:
@@ -252,13 +267,14 @@ def build_run(cfg: DictConfig, run_dir: Path, *, sweep: Sweep | None = None, ove
         logging.getLogger().setLevel(logging.WARNING)
     cache, train_batches, val_batches = build_data(cfg, dist)
     tokenizer = cache.tokenizer()
-    vocab = padded_vocab(cache.vocab_size)
+    vocab = model_vocab(cfg.model, cache.vocab_size)
     separator = cache.eot_id if cfg.data.document_mask else None  # attention stays within documents
     model_config = GPTConfig.from_dict({**OmegaConf.to_container(cfg.model), "vocab_size": vocab,
                                         "document_separator": separator})  # fmt: skip
     if state is not None:
         checkpoint.check_fits(state, model_config.to_dict(), cache.meta["tokenizer_hash"], resume_from)
-    raw_model, model, settings, how = build_model(cfg, dist, model_config)
+    weights = initial_weights(cfg.model, model_config) if state is None else None  # model.init_from's
+    raw_model, model, settings, how = build_model(cfg, dist, model_config, weights)
     token_bytes = torch.from_numpy(token_byte_lengths(tokenizer, vocab)).to(dist.device)
     run = Run(cfg=cfg, run_dir=run_dir, dist=dist, model=model, raw_model=raw_model, optimizer=None,
               scheduler=None, train_batches=train_batches, val_batches=val_batches, checkpointer=None,
@@ -323,9 +339,9 @@ def build_data(cfg: DictConfig, dist: distributed.Dist) -> tuple[Any, TrainBatch
     accum = grad_accum_steps(trainer, block, dist.world_size)
     weights = getattr(cache, "weights", None)  # a mixture's
     train_batches = TrainBatches(cache.tokens("train"), block, trainer.batch_size, accum, dist.world_size,
-                                 dist.rank, trainer.seed, weights)  # fmt: skip
+                                 dist.rank, trainer.seed, weights, vocab_size=cache.vocab_size)  # fmt: skip
     val = lambda tokens, name="": ValBatches(tokens, block, trainer.batch_size, trainer.eval_batches,  # noqa: E731
-                                             dist.world_size, dist.rank, name)  # fmt: skip
+                                             dist.world_size, dist.rank, name, cache.vocab_size)  # fmt: skip
     if weights is None:
         return cache, train_batches, val(cache.tokens("val"))
     sources = {name: val(tokens, name) for name, tokens in cache.tokens("val").items()}
@@ -348,7 +364,7 @@ def validate(model, val_batches: ValBatches | MixtureValBatches, token_bytes: to
     return {"val/loss": loss, "val/bpb": bpb, **metrics}
 
 
-def build_model(cfg: DictConfig, dist: distributed.Dist, model_config: GPTConfig):
+def build_model(cfg: DictConfig, dist: distributed.Dist, model_config: GPTConfig, weights: dict | None = None):
     """The model (the same initial weights on every rank), what the loop calls (compiled, wrapped or sharded),
     the update's settings (device, autocast, GradScaler, clipping), and the strategy, precision and compilation."""
     trainer, device = cfg.trainer, dist.device
@@ -357,6 +373,8 @@ def build_model(cfg: DictConfig, dist: distributed.Dist, model_config: GPTConfig
     compiled = distributed.resolve_compile(trainer.compile, device)
     torch.manual_seed(trainer.seed)
     raw_model = GPT(model_config).to(device)
+    if weights is not None:  # an imported model's, loaded before any wrapping or sharding
+        raw_model.load_state_dict(weights)
     model = distributed.parallelize(raw_model, strategy, dist, precision, compiled)
     autocast = distributed.autocast(device, precision if distributed.autocast_needed(strategy, device) else "fp32")
     distributed.allow_tf32(device)  # here, not at import: train() must pickle for Hydra's submitit launcher
@@ -388,9 +406,10 @@ def measure_plan(run: Run) -> budget.TimePlan:
 
 
 def open_outputs(run: Run, resolved: dict, sweep: Sweep | None, resuming: bool, wandb_id: str | None) -> None:
-    """The run directory's outputs (rank 0): metric sinks — cut back to the resumed update — and budget.json."""
+    """The run directory's outputs (rank 0), once its lock is held: metric sinks — cut back to the resumed
+    update — and budget.json."""
     cfg, run_dir = run.cfg, run.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_lock.acquire(run_dir)  # one writer per run directory: a second launch stops here with RunInUse
     scrub_hydra_files(run_dir)
     resume_step = run.start if resuming else None
     logged = last_logged_step(run_dir / "metrics.jsonl") if resuming else None  # before it is cut

@@ -26,7 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from data.atomic import begin, commit, replace_file
+from data.atomic import begin, commit, replace_file, space_for
 from training import distributed
 from training.config import ConfigError
 
@@ -43,20 +43,46 @@ def save(
     root: Path, step: int, state: dict[str, Any], files: dict[str, str | bytes], keep: int = 0, tmp: Path | None = None
 ) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically (into ``tmp`` if the sharded state is already there),
-    point ``latest`` at it, then keep only the newest ``keep`` checkpoints."""
-    tmp = tmp or begin(root, step_dir_name(step))
-    try:
-        torch.save(state, tmp / STATE_FILE)
-        for name, data in files.items():
-            (tmp / name).write_bytes(data.encode() if isinstance(data, str) else data)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    final = commit(tmp, root / step_dir_name(step))  # fsyncs every file, then renames into place
-    replace_file(root / LATEST, final.name + "\n")
+    point ``latest`` at it, then keep only the newest ``keep`` checkpoints. Out of space, nothing of it is left
+    and ``latest`` still names the previous checkpoint: ``DiskFull`` says how much it needed."""
+    needed = state_bytes(state) + sum(len(data) for data in files.values())
+    previous = latest(root)
+    kept = f"the latest complete checkpoint, {previous}, is kept" if previous else "no checkpoint was written"
+    with space_for(root / step_dir_name(step), needed, f"{kept}; free space (or lower trainer.keep_checkpoints) "
+                   "and re-run the same command to resume"):  # fmt: skip
+        tmp = tmp or begin(root, step_dir_name(step))
+        try:
+            with open(tmp / STATE_FILE, "wb") as fh:  # through a Python file, a full disk raises ENOSPC, not
+                torch.save(state, fh)  # torch's "unexpected pos"
+            for name, data in files.items():
+                (tmp / name).write_bytes(data.encode() if isinstance(data, str) else data)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        final = commit(tmp, root / step_dir_name(step))  # fsyncs every file, then renames into place
+        replace_file(root / LATEST, final.name + "\n")
     if keep > 0:
         prune(root, keep)
     return final
+
+
+def state_bytes(state: Any) -> int:
+    """The bytes of the tensors in ``state`` (each storage once): about what ``torch.save`` writes."""
+    storages: dict[int, int] = {}
+
+    def visit(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            storage = value.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+        elif isinstance(value, dict):
+            for v in value.values():
+                visit(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                visit(v)
+
+    visit(state)
+    return sum(storages.values())
 
 
 def saved_steps(root: Path) -> list[int]:

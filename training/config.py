@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from data import DataError
+from data.atomic import DiskFull
 from model import GPTConfig, ModelConfigError, check_model_config
 from scheduling import ScheduleError, schedule_from_config, unless_budget
 from scheduling.spec import SettingError, is_int, is_number
@@ -40,7 +41,9 @@ class ConfigError(SettingError):
     """A bad trainer, optimizer or logger value, or an unusable checkpoint: one line naming the key or file."""
 
 
-USER_ERRORS = (ConfigError, DataError, ModelConfigError, ScheduleError)
+# Each is one line for the user, printed as ``error: …`` with exit code 2; all but DiskFull (an OSError: a write
+# ran out of space) are ValueErrors.
+USER_ERRORS = (ConfigError, DataError, ModelConfigError, ScheduleError, DiskFull)
 
 
 def register_resolvers() -> None:
@@ -79,7 +82,7 @@ def known_keys(group: str, option: str | None) -> list[str]:
     defines, a section's own keys as ``section.key``; the model's are GPTConfig's fields but the vocabulary,
     which the tokenizer sets."""
     if group == "model":
-        return [f.name for f in fields(GPTConfig) if f.name != "vocab_size"]
+        return [f.name for f in fields(GPTConfig) if f.name != "vocab_size"] + ["init_from"]
     from omegaconf import OmegaConf
 
     path = CONF / group / f"{option or 'default'}.yaml"
@@ -332,6 +335,8 @@ def check_logger(lg: Mapping[str, Any]) -> None:
     one_of(lg, "name", "logger", LOGGERS)
     if lg["name"] == "wandb":
         one_of(lg, "mode", "logger", WANDB_MODES)
+        if not is_number(lg.get("init_timeout")) or lg["init_timeout"] <= 0:
+            raise ConfigError("logger.init_timeout", "a number of seconds > 0", lg.get("init_timeout"))
 
 
 def check_config(cfg: Mapping[str, Any]) -> None:

@@ -1,14 +1,17 @@
 """What train.py's Hydra edge does around a run: its place in a sweep, the ranks' command lines under torchrun,
-a run directory that never started, and a sweep's failed jobs."""
+the run directory's lock before Hydra writes into it, a run directory that never started, and a sweep's failed
+jobs."""
 
 from __future__ import annotations
 
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from training import run_lock
 from training.build import Sweep, write_summary
 from training.distributed import env_world
 
@@ -46,6 +49,25 @@ def sweep_summary() -> str | None:
     return f"error: {len(failed)} of {len(jobs)} sweep jobs failed (job {', '.join(map(str, failed))}), each above"
 
 
+class LockRunDir(Callback):
+    """Hydra callback (conf/config.yaml): a single run locks its directory before Hydra writes ``.hydra/`` and
+    ``train.log`` into it, so a second launch on it changes nothing there; it stops with one line, exit code 2.
+    (A multirun job locks its own directory before its first write, in ``build_run``.)"""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        if env_world()[0] != 0:
+            return
+        try:
+            run_lock.acquire(Path(config.hydra.run.dir))
+        except run_lock.RunInUse as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    def on_run_end(self, config, **kwargs) -> None:
+        if env_world()[0] == 0:
+            run_lock.release(Path(config.hydra.run.dir))
+
+
 class SweepReport(Callback):
     """Hydra callback (conf/config.yaml): at the end of a multirun, whatever the launcher, the sweep's report —
     report.csv, report.md, report.png (and frontier.png) in the sweep directory (``training.report``)."""
@@ -61,8 +83,8 @@ class SweepReport(Callback):
 
 
 def fresh_run_dir(run_dir: Path) -> bool:
-    """A run directory that holds nothing but what Hydra wrote at start-up."""
-    return run_dir.is_dir() and all(p.name in (".hydra", "train.log") for p in run_dir.iterdir())
+    """A run directory that holds nothing but what Hydra wrote at start-up (and the run's lock file)."""
+    return run_dir.is_dir() and all(p.name in (".hydra", "train.log", run_lock.LOCK_FILE) for p in run_dir.iterdir())
 
 
 def remove_unstarted(run_dir: Path) -> None:

@@ -12,11 +12,12 @@ import csv
 import json
 import logging
 import math
-import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from data.atomic import replace_file, space_for
 
 log = logging.getLogger("train")
 
@@ -44,18 +45,20 @@ class JsonlSink:
         self.path = path
         if resume_step is not None and path.exists():
             keep = [line for line in path.read_text().splitlines() if line.strip() and _step(line) < resume_step]
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in keep))
-            os.replace(tmp, path)
+            with space_for(path):
+                replace_file(path, "".join(line + "\n" for line in keep))
         self.fh = open(path, "a", buffering=1)
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         # strict JSON: a non-finite value (the NaN loss of a batch trainer.nonfinite=skip skipped) is null
         record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
-        self.fh.write(json.dumps({"step": step, **record}, allow_nan=False) + "\n")
+        line = json.dumps({"step": step, **record}, allow_nan=False) + "\n"
+        with space_for(self.path, len(line.encode())):  # line-buffered: a full disk shows on this write
+            self.fh.write(line)
 
     def close(self) -> None:
-        self.fh.close()
+        with space_for(self.path):
+            self.fh.close()
 
 
 def last_logged_step(path: Path) -> int | None:
@@ -80,16 +83,20 @@ class CsvSink:
         if resume_step is not None and path.exists():
             with open(path, newline="") as fh:
                 rows = [r for r in csv.DictReader(fh) if int(r["step"]) < resume_step]
+        self.path = path
         self.fh = open(path, "w", newline="", buffering=1)
         self.writer = csv.DictWriter(self.fh, fieldnames=("step", *METRIC_NAMES, *EXTRA_METRICS), extrasaction="ignore")
-        self.writer.writeheader()
-        self.writer.writerows(rows)
+        with space_for(path):
+            self.writer.writeheader()
+            self.writer.writerows(rows)
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
-        self.writer.writerow({"step": step, **metrics})
+        with space_for(self.path):
+            self.writer.writerow({"step": step, **metrics})
 
     def close(self) -> None:
-        self.fh.close()
+        with space_for(self.path):
+            self.fh.close()
 
 
 def format_line(step: int, total: int, m: Mapping[str, Any]) -> str:
@@ -197,9 +204,16 @@ class Metrics:
             self.summary[key] = self.summary.get(key, 0) + n
 
     def close(self, status: str = "ok") -> None:
-        """``status``: ok | failed | preempted (stopped early with a checkpoint to resume from)."""
+        """``status``: ok | failed | preempted (stopped early with a checkpoint to resume from). Every sink is
+        closed even when one fails (a full disk); the first failure is raised after."""
+        errors = []
         for sink in self.sinks:
-            if hasattr(sink, "finish"):
-                sink.finish(status, self.summary)
-            else:
-                sink.close()
+            try:
+                if hasattr(sink, "finish"):
+                    sink.finish(status, self.summary)
+                else:
+                    sink.close()
+            except Exception as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from data.atomic import space_for
+
 
 def pyplot():
     """matplotlib's pyplot on the file-only Agg backend (set here, not at import: importing has no effects)."""
@@ -102,10 +104,16 @@ def run_labels(run_dirs: list[Path]) -> list[str]:
 
 
 def write_run_plots(run_dir: Path) -> list[Path]:
-    """``plots/loss.png`` (train and val loss) and ``plots/lr.png`` of one run; returns the files written."""
+    """``plots/loss.png`` (train and val loss) and ``plots/lr.png`` of one run; returns the files written. Out of
+    space, ``DiskFull`` names the plot."""
+    out = run_dir / "plots"
+    with space_for(out):
+        return _write_run_plots(run_dir, out)
+
+
+def _write_run_plots(run_dir: Path, out: Path) -> list[Path]:
     plt = pyplot()
     rows = read_metrics(run_dir)
-    out = run_dir / "plots"
     out.mkdir(exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4.2))
     steps, loss = series(rows, "train/loss")

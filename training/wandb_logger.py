@@ -1,4 +1,10 @@
-"""The W&B sink: one W&B run per training run, resumed with the run, finished cleanly (or marked failed)."""
+"""The W&B sink: one W&B run per training run, resumed with the run, finished cleanly (or marked failed).
+
+W&B never stops training. A W&B that cannot start online within ``logger.init_timeout`` seconds (unreachable,
+refused credentials) is started offline instead, said in one line, and the end of the run prints the
+``wandb sync`` command that uploads it. A W&B call that fails mid-run is logged once; the sink then stays
+quiet and training goes on, with metrics.jsonl complete.
+"""
 
 from __future__ import annotations
 
@@ -52,6 +58,12 @@ def swept_overrides(job_overrides: list[str], argv: list[str], sweeper_params: d
     return [o for o in job_overrides if o.split("=", 1)[0].lstrip("+~") in swept]
 
 
+def first_line(error: Exception) -> str:
+    """An error's message, its first line (W&B's run over several)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class WandbSink:
     def __init__(
         self,
@@ -72,9 +84,13 @@ class WandbSink:
         cfg = redact(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg))
         name, group = redact(name), redact(group)
         self.mode = resolve_mode(cfg.get("mode", "auto"))
-        argv, sys.argv = sys.argv, redact(list(sys.argv))  # W&B records the command line in its metadata
-        try:
-            self.run = wandb.init(
+        self.failed = False
+        timeout = float(cfg.get("init_timeout") or 30)
+        # W&B's own banner and end-of-run history repeat the run's summary: off unless WANDB_SILENT=false
+        silent = os.environ.get("WANDB_SILENT", "true").lower() not in ("false", "0")
+
+        def start(mode: str):
+            return wandb.init(
                 project=cfg.get("project"),
                 entity=cfg.get("entity"),
                 group=cfg.get("group") or group,
@@ -84,13 +100,24 @@ class WandbSink:
                 notes=cfg.get("notes"),
                 config=config,
                 dir=str(run_dir),
-                mode=self.mode,
+                mode=mode,
                 id=run_id,
                 resume="allow" if run_id else None,
                 reinit="finish_previous",
-                # W&B's own banner and end-of-run history repeat the run's summary: off unless WANDB_SILENT=false
-                settings=wandb.Settings(silent=os.environ.get("WANDB_SILENT", "true").lower() not in ("false", "0")),
+                settings=wandb.Settings(silent=silent, init_timeout=timeout),
             )
+
+        argv, sys.argv = sys.argv, redact(list(sys.argv))  # W&B records the command line in its metadata
+        try:
+            self.run = start(self.mode)
+        except Exception as e:
+            if self.mode != "online":
+                raise
+            log.warning("W&B could not start online within logger.init_timeout=%g s (%s); logging offline to %s "
+                        "instead, and the end of the run prints the command that uploads it", timeout,
+                        first_line(e), run_dir / "wandb")  # fmt: skip
+            self.mode = "offline"
+            self.run = start(self.mode)
         finally:
             sys.argv = argv
         self.run.define_metric("step")
@@ -109,23 +136,42 @@ class WandbSink:
     def run_id(self) -> str | None:
         return getattr(self.run, "id", None)
 
+    def failure(self, what: str, error: Exception) -> None:
+        """A W&B call failed: say so once; from here on the sink does nothing."""
+        self.failed = True
+        log.warning("W&B failed %s (%s: %s); training goes on without it, metrics.jsonl stays complete", what,
+                    type(error).__name__, first_line(error))  # fmt: skip
+
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
-        if step < self.first_new_step:
+        if step < self.first_new_step or self.failed:
             return
-        self.run.log({"step": step, **metrics}, step=step)
+        try:
+            self.run.log({"step": step, **metrics}, step=step)
+        except Exception as e:
+            self.failure(f"at update {step}", e)
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
         import wandb
 
-        self.run.log({key: wandb.Table(columns=columns, data=rows)}, commit=False)
+        if self.failed:
+            return
+        try:
+            self.run.log({key: wandb.Table(columns=columns, data=rows)}, commit=False)
+        except Exception as e:
+            self.failure(f"logging the table {key!r}", e)
 
     def finish(self, status: str, summary: Mapping[str, Any]) -> None:
         """Close the run: finished (ok), failed, or preempted (W&B shows it as such; the resume continues it)."""
-        for k, v in summary.items():
-            self.run.summary[k] = v
-        if status == "preempted":
-            self.run.mark_preempting()
-        self.run.finish(exit_code=0 if status == "ok" else 1)
+        try:
+            if not self.failed:
+                for k, v in summary.items():
+                    self.run.summary[k] = v
+                if status == "preempted":
+                    self.run.mark_preempting()
+            self.run.finish(exit_code=0 if status == "ok" and not self.failed else 1)
+        except Exception as e:
+            if not self.failed:
+                self.failure("closing the run", e)
         if self.mode == "offline":  # every offline directory of this run: one per process that logged to it
             found = Path(self.run_dir, "wandb").glob  # offline-run-<start>-<id>[-<n> if one began the same second]
             parts = sorted({*found(f"offline-run-*-{self.run_id}"), *found(f"offline-run-*-{self.run_id}-*")})

@@ -78,3 +78,20 @@ def test_a_split_shorter_than_one_window_is_refused_in_one_line(split):
                                         r"model\.block_size \+ 1 = 65; use more text"):  # fmt: skip
         make()
     TrainBatches(np.arange(65, dtype=np.uint16), 64, 4)  # one window is enough
+
+
+def test_a_token_id_outside_the_vocabulary_stops_the_batch_with_one_line_naming_file_and_position(tmp_path):
+    path = tmp_path / "train.bin"
+    TOKENS.tofile(path)
+    tokens = np.memmap(path, dtype=np.uint16, mode="r+")
+    tokens[5000] = 65535  # damage that keeps the file's size
+    train = TrainBatches(tokens, 16, 64, seed=0, vocab_size=10_000)
+    hit = next(t for t in range(1000) if any(o <= 5000 <= o + 16 for o in train.offsets(t).ravel()))
+    for t in range(hit):
+        train.micro_batches(t)  # batches that miss the damage are made as before
+    with pytest.raises(DataError, match=rf"^data: token id 65535 at position 5,000 of {path} is outside the vocabulary "
+                                        r"of 10000 ids: the token cache is damaged; delete its directory"):  # fmt: skip
+        train.micro_batches(hit)
+    val = ValBatches(tokens, 16, 4, eval_batches=200, vocab_size=10_000)  # windows 12.5 tokens apart: one covers 5000
+    with pytest.raises(DataError, match="^data: token id 65535 at position 5,000 of "):
+        list(val)

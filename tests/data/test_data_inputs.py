@@ -155,5 +155,5 @@ def test_a_corpus_with_no_validation_text_fails_mid_build_and_leaves_the_cache_d
 
 def test_a_missing_cache_is_refused_when_building_is_not_allowed(tmp_path):
     write_texts(tmp_path / "c", DOCS[:5])
-    with pytest.raises(DataError, match=r"^data: the token cache .* is missing or incomplete$"):
+    with pytest.raises(DataError, match=r"^data: the token cache .* is missing, incomplete or damaged \(it does not"):
         prepare(data_cfg("text_files", path=str(tmp_path / "c")), build_if_missing=False)

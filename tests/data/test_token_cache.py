@@ -1,11 +1,13 @@
-"""The token cache: reused while source and tokenizer are unchanged, rebuilt otherwise, never trusted half-made,
-built once when several preparations race."""
+"""The token cache: reused while source and tokenizer are unchanged, rebuilt otherwise, never trusted half-made
+or damaged, built once when several preparations race."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 
@@ -13,7 +15,8 @@ import numpy as np
 import pytest
 
 import data.cache
-from data import TokenCache, atomic, prepare
+from data import DataError, TokenCache, atomic, prepare
+from data.atomic import DiskFull
 from data.cache import BUILDING, building, cache_path, remove_abandoned
 from data.corpus import build_corpus
 from tests.conftest import compose_config
@@ -161,3 +164,39 @@ def test_a_cache_another_process_finished_first_is_kept(corpus_cfg, local_caches
     cache = prepare(corpus_cfg)
     assert cache.meta["mark"] == 1  # theirs
     assert os.listdir(local_caches) == [cache.path.name]
+
+
+def test_bytes_overwritten_in_place_are_found_on_reuse_and_the_cache_is_rebuilt(corpus_cfg, caplog):
+    """Same size, other bytes (0xff: token 65535 in a vocabulary of 300): the checksums recorded at build time
+    catch it; the cache is refused in one line where it may not be rebuilt, else rebuilt."""
+    good = prepare(corpus_cfg)
+    expect = np.array(good.tokens("train"))
+    with open(good.path / "train.bin", "r+b") as fh:
+        fh.seek(40)
+        fh.write(b"\xff" * 100)
+    assert (good.path / "train.bin").stat().st_size == expect.nbytes and TokenCache.open(good.path) is None
+    size = f"{expect.nbytes:,}"
+    why = rf"\(train.bin bytes 0–{size} are not those it was built with \(crc32\)\)"
+    where = re.escape(str(good.path))
+    with pytest.raises(DataError, match=rf"^data: the token cache {where} is missing, incomplete or damaged {why}$"):
+        prepare(corpus_cfg, build_if_missing=False)
+    caplog.set_level("INFO", logger="data")
+    rebuilt = prepare(corpus_cfg)
+    assert re.search(rf"the token cache {where} is damaged {why}; rebuilding it", caplog.text)
+    assert rebuilt.path == good.path and np.array_equal(rebuilt.tokens("train"), expect)
+
+
+def test_a_full_disk_while_tokenizing_names_the_cache_and_leaves_nothing(corpus_cfg, local_caches, monkeypatch):
+    def out_of_space(tok, documents, eot, dtype, out_dir):
+        (out_dir / "train.bin").write_bytes(bytes(5000))  # what fitted
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(data.cache, "encode_corpus", out_of_space)
+    with pytest.raises(DiskFull) as err:
+        prepare(corpus_cfg)
+    final = cache_path(corpus_cfg, build_corpus(corpus_cfg))
+    assert str(err.value).startswith(f"no space left to write {final}: it needs more than ")
+    assert str(err.value).endswith("; free space there, or point data.cache_dir (or $GPT_DATA_CACHE) at a "
+                                   "filesystem with room")  # fmt: skip
+    assert err.value.needed > 5000 and "\n" not in str(err.value)
+    assert not local_caches.exists() or os.listdir(local_caches) == []

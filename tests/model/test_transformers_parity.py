@@ -74,11 +74,15 @@ def test_llama_arch_computes_what_transformers_llama_computes(tiny_config):
 
 @pytest.mark.parametrize(
     "arch, overrides",
-    [("gpt2", {"bias": False, "tie_embeddings": False}), ("llama", {"tie_embeddings": True, "rope_theta": 500.0})],
+    [
+        ("gpt2", {"bias": False, "tie_embeddings": False}),
+        ("llama", {"tie_embeddings": True, "rope_theta": 500.0}),
+    ],
 )
 def test_our_weights_in_transformers_give_our_logits_over_the_tokenizers_vocabulary(tiny_config, arch, overrides):
     """Ours → theirs: the padded rows past the tokenizer's 50 tokens are dropped, a model without biases gets zero
-    ones (GPT-2 always has them), the untied or tied head stays so, and the logits of the real tokens agree."""
+    ones (GPT-2 always has them), the untied or tied head stays so, and the logits of
+    the real tokens agree."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)

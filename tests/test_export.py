@@ -1,0 +1,124 @@
+"""export.py: a tiny trained run of either arch, exported, is the same model in transformers — loaded from the
+folder alone, it computes our logits, tokenizes as we do and generates what sample.py generates; bad input is one
+line naming it, with nothing written."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from data.tokenizer import EOT
+from export import check_export_config, export
+from sample import find_checkpoint, load_checkpoint_tokenizer, load_model, sample
+from tests.conftest import TINY, compose_config
+from training.config import USER_ERRORS, ConfigError, compose
+
+# The data.vocab_size of the runs: 300 tokens, which the model pads to 320 rows, so the export drops 20.
+VOCAB = 300
+ARCHS = {
+    "gpt2": [],
+    "llama": ["model.arch=llama", "model.n_kv_head=1", "model.tie_embeddings=false", "model.rope_theta=500.0"],
+}
+PROMPT = "def main("
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, data_cache) -> dict[str, tuple[Path, Path]]:
+    """arch → (run directory of a finished 10-update run, the folder export.py wrote from it)."""
+    from train import train
+
+    root = tmp_path_factory.mktemp("export")
+    folders = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GPT_DATA_CACHE", str(data_cache))
+        for arch, args in ARCHS.items():
+            run = root / f"run-{arch}"
+            train(compose_config(TINY + [f"data.vocab_size={VOCAB}", "trainer.max_steps=10", "trainer.eval_every=0",
+                                         "trainer.sample_tokens=0", *args]), run)  # fmt: skip
+            out = export(compose([f"checkpoint={run}", f"out={root / arch}"], config_name="export"))
+            folders[arch] = (run, out)
+    return folders
+
+
+def ours(run: Path):
+    folder = find_checkpoint(str(run))
+    model, _ = load_model(folder, torch.device("cpu"))
+    return model, load_checkpoint_tokenizer(folder, model)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_folder_alone_loads_as_the_transformers_class_with_our_logits_and_token_ids(exported, arch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run, out = exported[arch]
+    model, tokenizer = ours(run)
+    assert model.config.vocab_size == 320
+    theirs = AutoModelForCausalLM.from_pretrained(out).eval()
+    their_tokenizer = AutoTokenizer.from_pretrained(out)
+    assert type(theirs).__name__ == {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}[arch]
+    assert theirs.config.vocab_size == len(their_tokenizer) == VOCAB  # the padded rows are dropped
+    assert their_tokenizer.eos_token == their_tokenizer.bos_token == EOT
+
+    text = f"{PROMPT}argv):\n    return argv[1:]{EOT}import os"
+    ids = tokenizer.encode(text).ids
+    assert their_tokenizer(text).input_ids == ids
+    assert their_tokenizer.decode(ids) == text
+    x = torch.tensor([ids[: model.config.block_size]])
+    with torch.no_grad():
+        logits, _ = model(x, x)
+        torch.testing.assert_close(theirs(x).logits, logits[..., :VOCAB], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_greedy_generation_in_transformers_is_what_sample_py_prints_at_temperature_0(exported, arch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run, out = exported[arch]
+    theirs, their_tokenizer = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    inputs = their_tokenizer(PROMPT, return_tensors="pt")
+    assert inputs.input_ids.size(1) + 20 <= theirs.config.max_position_embeddings  # no sliding window in play
+    # sample.py writes all 20 tokens, an end-of-text among them: transformers must not stop at one
+    generated = theirs.generate(**inputs, max_new_tokens=20, do_sample=False, eos_token_id=None)
+    assert generated.size(1) == inputs.input_ids.size(1) + 20
+    [text] = sample(compose([f"checkpoint={run}", f"prompt={PROMPT!r}", "max_new_tokens=20", "temperature=0"],
+                            config_name="sample"))  # fmt: skip
+    assert their_tokenizer.decode(generated[0]) == text
+
+
+def test_the_text_generation_pipeline_runs_on_the_folder(exported):
+    from transformers import pipeline
+
+    [result] = pipeline("text-generation", model=str(exported["llama"][1]))(PROMPT, max_new_tokens=8, do_sample=False)
+    assert result["generated_text"].startswith(PROMPT) and len(result["generated_text"]) > len(PROMPT)
+
+
+def test_an_out_folder_that_holds_files_is_refused_and_kept_unless_overwrite(exported, tmp_path):
+    run, _ = exported["gpt2"]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=f"^out: '{out}' already holds files; .*overwrite=true"):
+        export(compose([f"checkpoint={run}", f"out={out}"], config_name="export"))
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    export(compose([f"checkpoint={run}", f"out={out}", "overwrite=true", "dtype=bfloat16"], config_name="export"))
+    assert not (out / "notes.txt").exists() and (out / "model.safetensors").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left beside it
+
+
+def test_without_transformers_export_says_which_extra_to_install_and_writes_nothing(exported, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now raises ImportError
+    with pytest.raises(USER_ERRORS, match=r"^export\.py needs transformers, .*pip install -e '\.\[hf\]'") as info:
+        export(compose([f"checkpoint={exported['gpt2'][0]}", f"out={tmp_path / 'out'}"], config_name="export"))
+    assert "\n" not in str(info.value) and list(tmp_path.iterdir()) == []
+
+
+def test_bad_export_settings_name_the_key():
+    good = {"checkpoint": "run", "out": "exported", "dtype": "float32", "overwrite": False}
+    check_export_config(good)
+    for key, value in [("checkpoint", "???"), ("out", None), ("dtype", "fp16"), ("overwrite", "yes"),
+                       ("outt", "x")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=f"^{key}"):
+            check_export_config({**good, key: value})

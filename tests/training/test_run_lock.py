@@ -1,0 +1,77 @@
+"""One writer per run directory: a second launch on a directory another run holds stops before writing anything,
+with one line naming the holder; the lock is the kernel's, so it goes when its holder goes."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, TINY
+from training import run_lock
+from training.run_lock import LOCK_FILE, RunInUse
+
+
+@pytest.fixture
+def held(tmp_path):
+    """A run directory whose lock this process holds, as a running ``train.py`` would."""
+    run_dir = tmp_path / "run"
+    run_lock.acquire(run_dir)
+    yield run_dir
+    run_lock.release(run_dir)
+
+
+def locked_elsewhere(run_dir) -> int:
+    """Lock ``run_dir`` through another open file, as another process's lock conflicts (flock locks belong to
+    an open file, not a path); returns the descriptor that holds it."""
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def test_a_second_launch_stops_with_one_line_naming_the_holder_and_writes_nothing(held, data_cache):
+    since = json.loads((held / LOCK_FILE).read_text())["since"]
+    before = sorted(p.name for p in held.iterdir())
+    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache), "WANDB_MODE": "offline"}
+    proc = subprocess.run([sys.executable, "train.py", *TINY, "trainer.max_steps=2", f"hydra.run.dir={held}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    expected = (f"error: the run directory {held} is in use by another run (host {socket.gethostname()}, "
+                f"pid {os.getpid()}, since {since}); ")  # fmt: skip
+    assert proc.stderr.startswith(expected) and proc.stderr.count("\n") == 1, proc.stderr
+    assert sorted(p.name for p in held.iterdir()) == before == [LOCK_FILE]  # not even Hydra's .hydra/ or train.log
+
+
+def test_a_run_in_process_locks_its_own_directory_before_its_first_write(tmp_path, tiny_train):
+    """What every multirun job does: the Python API refuses a directory another holder has, writing nothing."""
+    run_dir = tmp_path / "job0"
+    run_dir.mkdir()
+    fd = locked_elsewhere(run_dir)
+    try:
+        with pytest.raises(RunInUse, match=r"^the run directory .*job0 is in use by another run \(holder unknown\)"):
+            tiny_train(run_dir, ["trainer.max_steps=2"])
+    finally:
+        os.close(fd)  # the holder ends: its lock goes with it
+    assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE]
+    tiny_train(run_dir, ["trainer.max_steps=1", "trainer.eval_every=0", "trainer.sample_tokens=0"])
+    assert (run_dir / "metrics.jsonl").is_file()
+    locked_after_the_run = locked_elsewhere(run_dir)  # the finished run released it
+    os.close(locked_after_the_run)
+
+
+def test_the_lock_is_reentrant_in_one_process_and_released_by_the_last_release(tmp_path):
+    run_dir = tmp_path / "run"
+    run_lock.acquire(run_dir)
+    run_lock.acquire(run_dir)  # train.py's Hydra edge, then build_run
+    record = json.loads((run_dir / LOCK_FILE).read_text())
+    assert record["pid"] == os.getpid() and record["host"] == socket.gethostname()
+    run_lock.release(run_dir)
+    with pytest.raises(BlockingIOError):
+        locked_elsewhere(run_dir)
+    run_lock.release(run_dir)
+    os.close(locked_elsewhere(run_dir))
