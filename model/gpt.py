@@ -1,7 +1,8 @@
 """The GPT: a pre-LN decoder-only transformer, GPT-2 style or llama style, in one file.
 
 Shapes: B batch, T time (tokens), C = n_embd, H heads, Hkv key/value heads, D = C / H head size, V vocab.
-- ``arch="gpt2"``: learned position embeddings, LayerNorm, GELU MLP (4C), biases unless ``bias=False``.
+- ``arch="gpt2"``: learned position embeddings, LayerNorm, GELU MLP (4C; exact or GPT-2's tanh approximation),
+  biases unless ``bias=False``.
 - ``arch="llama"``: rotary position embeddings, RMSNorm, SwiGLU MLP, no biases (``bias`` is ignored).
 Either may use grouped-query attention (``n_kv_head`` < ``n_head``) and an untied output head
 (``tie_embeddings=False``). Attention is ``scaled_dot_product_attention`` with a causal mask (flash kernels on
@@ -25,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from scheduling.spec import SettingError, is_int, is_number
 
 ARCHS = ("gpt2", "llama")
+ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}  # model.activation → F.gelu's approximate
 VOCAB_MULTIPLE = 64  # the model's vocabulary is padded to a multiple of this: faster embedding and head matmuls
 
 
@@ -46,6 +48,7 @@ class GPTConfig:
     n_kv_head: int | None = None  # key/value heads (grouped-query attention); None = n_head
     mlp_hidden: int | None = None  # None: 4C (gpt2), or SwiGLU's 8C/3 rounded up to 64 (llama)
     tie_embeddings: bool = True
+    activation: str = "gelu_tanh"  # gpt2 only: GPT-2's tanh-approximated GELU, or "gelu" (exact, erf)
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     activation_checkpointing: bool = False  # recompute each block in the backward pass: less memory, one more forward
@@ -108,6 +111,8 @@ def check_model_config(m: Mapping[str, Any]) -> None:
         raise ModelConfigError(
             "model.n_embd", "such that n_embd / n_head is even (rotary embeddings rotate pairs)", m["n_embd"]
         )
+    if m.get("activation", "gelu_tanh") not in ACTIVATIONS:
+        raise ModelConfigError("model.activation", f"one of {', '.join(ACTIVATIONS)}", m.get("activation"))
     dropout = m.get("dropout", 0.0)
     if not is_number(dropout) or not 0.0 <= dropout < 1.0:
         raise ModelConfigError("model.dropout", "in [0, 1)", dropout)
@@ -237,6 +242,7 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.swiglu = config.arch == "llama"
+        self.approximate = ACTIVATIONS[config.activation]
         bias = config.bias and not self.swiglu
         self.c_fc = nn.Linear(config.n_embd, (2 if self.swiglu else 1) * config.hidden, bias=bias)  # fused gate+up
         self.c_proj = nn.Linear(config.hidden, config.n_embd, bias=bias)
@@ -249,7 +255,7 @@ class MLP(nn.Module):
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
         else:
-            h = F.gelu(h, approximate="tanh")
+            h = F.gelu(h, approximate=self.approximate)
         return self.dropout(self.c_proj(h))
 
 

@@ -62,6 +62,7 @@ def test_every_preset_passes_the_check_and_builds(name, preset_values, on_meta):
         ({"tie_embeddings": 1}, "model.tie_embeddings must be true or false, got 1"),
         ({"norm_eps": 0}, "model.norm_eps must be a number > 0, got 0"),
         ({"rope_theta": -1.0}, "model.rope_theta must be a number > 0, got -1.0"),
+        ({"activation": "relu"}, "model.activation must be one of gelu, gelu_tanh, got 'relu'"),
     ],
 )
 def test_a_bad_model_value_raises_one_line_naming_the_key_the_rule_and_the_value(changes, message):
@@ -203,3 +204,14 @@ def test_cuda_compiled_model_matches_eager(tiny_config):
     _, eager = model(idx, idx)
     _, compiled = torch.compile(model)(idx, idx)
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("activation,approximate", [("gelu", "none"), ("gelu_tanh", "tanh")])
+def test_the_gpt2_mlp_applies_the_gelu_model_activation_names(tiny_config, activation, approximate):
+    torch.manual_seed(0)
+    mlp = GPT(tiny_config("gpt2", activation=activation)).blocks[0].mlp
+    x = torch.randn(2, 5, 32)
+    expected = mlp.c_proj(torch.nn.functional.gelu(mlp.c_fc(x), approximate=approximate))
+    torch.testing.assert_close(mlp(x), expected, rtol=0, atol=0)
+    other = "tanh" if approximate == "none" else "none"
+    assert not torch.allclose(mlp(x), mlp.c_proj(torch.nn.functional.gelu(mlp.c_fc(x), approximate=other)), atol=1e-7)
