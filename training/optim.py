@@ -72,8 +72,8 @@ def adamw_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[
 def build_optimizer(model: torch.nn.Module, cfg: Mapping[str, Any], device: torch.device) -> torch.optim.Optimizer:
     """The optimizer ``cfg`` (``optim``) describes; every lr in it is a peak the schedule multiplies."""
     fused = cfg.get("fused", "auto")
-    if fused == "auto":
-        fused = device.type == "cuda"
+    if fused == "auto":  # the fused kernel where torch has one: one pass over each parameter, not ~10
+        fused = device.type in ("cuda", "cpu")
     for_muon = muon_params(model) if cfg.get("name", "adamw") == "muon" else []
     taken = {id(p) for p in for_muon}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
