@@ -39,6 +39,11 @@ BAD_CONFIGS = [
     (["data.vocab_size=100"], "data.vocab_size", "≥ 257"),
     (["data.val_fraction=0"], "data.val_fraction", "(0, 1)"),
     (["data.on_decode_error=ignore"], "data.on_decode_error", "skip, replace, error"),
+    (["data.document_mask=yes"], "data.document_mask", "true, false"),
+    (["model.reset_positions=true"], "model.reset_positions", "unless data.document_mask=true"),
+    (["data=mixture", "data.sources.docs.weight=0"], "data.sources.docs.weight", "> 0"),
+    (["data=mixture", "data.sources.docs.source=web"], "data.sources.docs.source", "builtin, text_files, hub"),
+    (["data=mixture", "+data.sources.docs.val_fraction=1.5"], "data.sources.docs.val_fraction", "(0, 1)"),
     (["logger.mode=sometimes"], "logger.mode", "auto, online, offline, disabled"),
     (["schedule.warmup_steps=-1"], "schedule.warmup_steps", "≥ 0"),
     (["trainer.max_steps=100", "schedule.warmup_steps=101"], "schedule.warmup_steps", "≤"),
@@ -184,6 +189,12 @@ def test_a_key_the_chosen_options_do_not_define_is_refused_with_the_closest_know
     """Appended with +, or belonging to another option of the group: such a key would be carried and ignored."""
     with pytest.raises(ConfigError, match="^" + re.escape(message)):
         check_config(compose_config(overrides))
+
+
+def test_a_mixture_takes_sources_the_user_names():
+    check_config(compose_config(["data=mixture", "+data.sources.web={source: hub, name: owner/set, weight: 2}"]))
+    with pytest.raises(USER_ERRORS, match=r"^data\.sources\.web\.nmae is not a key of a hub source; it has "):
+        check_config(compose_config(["data=mixture", "+data.sources.web={source: hub, nmae: owner/set, weight: 2}"]))
 
 
 def test_a_mistyped_key_or_option_is_one_line_before_hydra_runs():

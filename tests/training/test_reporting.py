@@ -130,6 +130,23 @@ def test_logger_none_writes_no_wandb_files(tmp_path, tiny_train):
     assert (run / "metrics.jsonl").is_file()
 
 
+def test_a_mixture_reports_each_sources_bpb_in_metrics_jsonl_wandb_and_the_console(tmp_path, tiny_train):
+    mixture = ["data=mixture", f"data.sources.docs.path={ROOT / 'docs'}", "trainer.max_steps=4", "trainer.eval_every=2"]
+    with captured_logs() as lines:
+        run = tiny_train(tmp_path / "run", mixture + WANDB)
+    evaluations = [r for r in read_metrics(run) if "val/loss" in r]
+    assert [r["step"] for r in evaluations] == [0, 2, 4]
+    for r in evaluations:
+        assert {"val/bpb", "val/stdlib/bpb", "val/docs/bpb", "val/stdlib/loss", "val/docs/loss"} <= set(r)
+        line = next(x for x in lines if re.search(rf"step +{r['step']}/4 \| val loss", x))
+        assert f"stdlib bpb {r['val/stdlib/bpb']:.4f}" in line and f"docs bpb {r['val/docs/bpb']:.4f}" in line
+    (path,) = run_files(run)
+    logged = {row["_step"]: row for row in history(path) if "val/docs/bpb" in row}
+    assert {step: row["val/docs/bpb"] for step, row in logged.items()} == {
+        r["step"]: r["val/docs/bpb"] for r in evaluations
+    }
+
+
 def test_logger_csv_holds_the_same_records_as_metrics_jsonl(tmp_path, tiny_train):
     run = tiny_train(tmp_path / "run", ["logger=csv", "trainer.max_steps=4", "trainer.eval_every=2"])
     with open(run / "metrics.csv", newline="") as fh:

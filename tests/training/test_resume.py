@@ -46,6 +46,17 @@ def test_a_stopped_and_resumed_run_equals_the_uninterrupted_run_bit_for_bit(k, t
             assert a.get(key) == b.get(key), (k, a["step"], key, a.get(key), b.get(key))
 
 
+def test_a_resumed_run_with_document_masking_equals_the_uninterrupted_run_bit_for_bit(tmp_path, tiny_train):
+    """The masked path (a boolean mask, rotary positions restarting at each document, dropout) resumes exactly."""
+    args = ARGS + ["model=llama-nano", "data.document_mask=true", "model.reset_positions=true"]
+    uninterrupted = read_metrics(tiny_train(tmp_path / "uninterrupted", args))
+    with pytest.raises(Stopped):
+        tiny_train(tmp_path / "run", args + ["trainer.stop_at=5"])
+    resumed = read_metrics(tiny_train(tmp_path / "run", args))
+    keys = ("step", "train/loss", "train/grad_norm", "val/loss", "val/bpb")
+    assert [[r.get(k) for k in keys] for r in resumed] == [[r.get(k) for k in keys] for r in uninterrupted]
+
+
 def _start(args: list[str], run, cache) -> subprocess.Popen:
     env = {**os.environ, "GPT_DATA_CACHE": str(cache), "WANDB_MODE": "offline"}
     cmd = [sys.executable, "train.py", *TINY, *args, f"hydra.run.dir={run}"]
