@@ -295,7 +295,10 @@ def build_run(cfg: DictConfig, run_dir: Path, *, sweep: Sweep | None = None, ove
     wandb_id = None
     if state is not None:
         run.checkpointer.restore(state, resume_from, trainer.allow_schedule_change, cfg.optim.name)
-        run.start, run.tokens_seen, wandb_id = state["step"], state["tokens"], state.get("wandb_run_id")
+        run.start, run.tokens_seen = state["step"], state["tokens"]
+        # the same W&B run when this run directory continues; a new one for a branch from another run's checkpoint
+        own = Path(resume_from).resolve().is_relative_to(run_dir)
+        wandb_id = state.get("wandb_run_id") if own else None
     else:
         torch.manual_seed(trainer.seed + dist.rank)  # dropout differs across ranks
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))

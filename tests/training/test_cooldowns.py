@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import sys
 from pathlib import Path
@@ -61,9 +62,13 @@ def branches(stable, data_cache) -> tuple[Path, dict[str, bytes]]:
     sweep = stable.parent / "branches"
     argv = ["train.py", "-m", *TINY, *COOLDOWNS, f"trainer.resume={stable}/checkpoints/step-{BRANCH_POINT:08d}",
             f"trainer.max_steps={','.join(map(str, BRANCHES))}", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level  # Hydra configures logging for each job: put it back after
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GPT_DATA_CACHE", str(data_cache))
         mp.setattr(sys, "argv", argv)
+        mp.setattr(root, "handlers", handlers)
+        mp.setattr(root, "level", level)
         mp.setattr(launch, "jobs", [])
         mp.setattr(train.main.__wrapped__, "__module__", "__main__")  # conf/ beside train.py, as when run as a script
         train.main()
