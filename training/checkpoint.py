@@ -14,6 +14,7 @@ import random
 import re
 import shutil
 import warnings
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from data.atomic import begin, commit, replace_file, space_for
+from model import GPTConfig
 from training import distributed
 from training.config import ConfigError
 
@@ -203,8 +205,11 @@ def find_resume(resume: Any, run_dir: Path) -> Path | None:
 
 
 def check_fits(state: dict[str, Any], model_config: dict[str, Any], tokenizer_hash: str, path: Path) -> None:
-    """Refuse a checkpoint whose model shape, vocabulary or tokenizer differ from what the config builds."""
+    """Refuse a checkpoint whose model shape, vocabulary or tokenizer differ from what the config builds. A
+    setting the checkpoint predates counts as its default (what that checkpoint's model did)."""
     saved = state.get("model_config", {})
+    if saved:
+        saved = {**{f.name: f.default for f in fields(GPTConfig)}, **saved}
     diff = [f"{k} {saved.get(k)!r} → {v!r}" for k, v in model_config.items() if saved.get(k) != v]
     if diff:
         raise ConfigError(

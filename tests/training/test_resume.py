@@ -57,6 +57,15 @@ def test_a_resumed_run_with_document_masking_equals_the_uninterrupted_run_bit_fo
     assert [[r.get(k) for k in keys] for r in resumed] == [[r.get(k) for k in keys] for r in uninterrupted]
 
 
+def test_a_checkpoint_from_before_a_model_setting_existed_fits_a_config_with_its_default(tmp_path):
+    config = GPTConfig(vocab_size=64, n_layer=1, n_head=2, n_embd=8, block_size=8).to_dict()
+    older = {k: v for k, v in config.items() if k not in ("reset_positions", "document_separator")}
+    checkpoint.check_fits({"model_config": older}, config, "hash", tmp_path)
+    masked = {**config, "document_separator": 0}
+    with pytest.raises(ConfigError, match=r"another shape or vocab .*document_separator None → 0"):
+        checkpoint.check_fits({"model_config": older}, masked, "hash", tmp_path)
+
+
 def _start(args: list[str], run, cache) -> subprocess.Popen:
     env = {**os.environ, "GPT_DATA_CACHE": str(cache), "WANDB_MODE": "offline"}
     cmd = [sys.executable, "train.py", *TINY, *args, f"hydra.run.dir={run}"]
