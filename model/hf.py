@@ -27,8 +27,10 @@ from model.gpt import GPT, GPTConfig, ModelConfigError
 CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
 # The model keys a transformers config sets on import; dropout and activation checkpointing stay the run's own.
 ARCH_KEYS = ("arch", "n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "bias", "mlp_hidden",
-             "tie_embeddings", "rope_theta", "norm_eps")  # fmt: skip
-GPT2_TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")  # GELU's tanh approximation, which ours computes
+             "tie_embeddings", "activation", "rope_theta", "norm_eps")  # fmt: skip
+# GPT-2's activation_function for each model.activation, and the names transformers also gives them
+GPT2_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
+GPT2_ACTIVATION_OF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 
 # Per block: (our name, their names stacked along dim 0 in ours, stored transposed by them)
 GPT2_BLOCK = [(f"{part}.{p}", (f"{part}.{p}",), p == "weight" and "." in part)
@@ -82,7 +84,7 @@ def transformers_config(config: GPTConfig, vocab_size: int | None = None, *, eos
                                    "attention; arch=llama exports it)", config.n_kv_head)  # fmt: skip
         return t.GPT2Config(vocab_size=vocab, n_positions=config.block_size, n_embd=config.n_embd,
                             n_layer=config.n_layer, n_head=config.n_head, n_inner=config.hidden,
-                            activation_function="gelu_new", resid_pdrop=config.dropout,
+                            activation_function=GPT2_ACTIVATIONS[config.activation], resid_pdrop=config.dropout,
                             embd_pdrop=config.dropout, attn_pdrop=config.dropout,
                             layer_norm_epsilon=config.norm_eps, **tokens)  # fmt: skip
     if config.arch == "llama":
@@ -177,7 +179,7 @@ def to_transformers(model: GPT, vocab_size: int, *, eos_token_id: int, bos_token
 
 
 def architecture(hf_config: Any, source: str) -> dict[str, Any]:
-    """Our model keys (``ARCH_KEYS``; ``rope_theta`` only for llama) for a
+    """Our model keys (``ARCH_KEYS``; ``activation`` only for gpt2, ``rope_theta`` only for llama) for a
     transformers GPT-2 or Llama config; what our GPT cannot compute raises ``ModelConfigError`` naming ``source``
     and the setting."""
     kind = getattr(hf_config, "model_type", None)
@@ -189,14 +191,15 @@ def architecture(hf_config: Any, source: str) -> dict[str, Any]:
     tie = bool(getattr(hf_config, "tie_word_embeddings", True))
     if kind == "gpt2":
         c = hf_config
-        if c.activation_function not in GPT2_TANH_GELUS:
-            raise refuse("activation_function", c.activation_function, " or ".join(GPT2_TANH_GELUS))
+        if c.activation_function not in GPT2_ACTIVATION_OF:
+            raise refuse("activation_function", c.activation_function, " or ".join(GPT2_ACTIVATION_OF))
         for setting, wanted in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
                                 ("add_cross_attention", False)):  # fmt: skip
             if bool(getattr(c, setting, wanted)) != wanted:
                 raise refuse(setting, getattr(c, setting), f"{setting}={str(wanted).lower()}")
         return {"arch": "gpt2", "n_layer": c.n_layer, "n_head": c.n_head, "n_kv_head": None, "n_embd": c.n_embd,
                 "block_size": c.n_positions, "bias": True, "mlp_hidden": c.n_inner or None, "tie_embeddings": tie,
+                "activation": GPT2_ACTIVATION_OF[c.activation_function],
                 "norm_eps": float(c.layer_norm_epsilon)}  # fmt: skip
     if kind == "llama":
         c = hf_config

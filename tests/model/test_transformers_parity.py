@@ -75,13 +75,13 @@ def test_llama_arch_computes_what_transformers_llama_computes(tiny_config):
 @pytest.mark.parametrize(
     "arch, overrides",
     [
-        ("gpt2", {"bias": False, "tie_embeddings": False}),
+        ("gpt2", {"bias": False, "tie_embeddings": False, "activation": "gelu"}),
         ("llama", {"tie_embeddings": True, "rope_theta": 500.0}),
     ],
 )
 def test_our_weights_in_transformers_give_our_logits_over_the_tokenizers_vocabulary(tiny_config, arch, overrides):
     """Ours → theirs: the padded rows past the tokenizer's 50 tokens are dropped, a model without biases gets zero
-    ones (GPT-2 always has them), the untied or tied head stays so, and the logits of
+    ones (GPT-2 always has them), the exact GELU stays exact, the untied or tied head stays so, and the logits of
     the real tokens agree."""
     from transformers import AutoModelForCausalLM
 
@@ -95,19 +95,19 @@ def test_our_weights_in_transformers_give_our_logits_over_the_tokenizers_vocabul
     torch.testing.assert_close(logits[..., :50], reference(idx).logits, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_the_mapping_both_ways_gives_back_the_same_weights_and_shape(tiny_config, arch):
+@pytest.mark.parametrize("arch, activation", [("gpt2", "gelu"), ("gpt2", "gelu_tanh"), ("llama", "gelu_tanh")])
+def test_the_mapping_both_ways_gives_back_the_same_weights_and_shape(tiny_config, arch, activation):
     """Ours → theirs → ours is the identity, and the transformers config reads back as the same model keys."""
     from model.hf import architecture
 
-    config = tiny_config(arch)
+    config = tiny_config(arch, activation=activation)
     state = GPT(config).state_dict()
     back = from_transformers_state_dict(to_transformers_state_dict(state, config), config)
     assert back.keys() == state.keys()
     assert all(torch.equal(back[k], state[k]) for k in state)
     rebuilt = type(config)(**{**config.to_dict(), **architecture(transformers_config(config), "folder")})
     assert {k: v.shape for k, v in GPT(rebuilt).state_dict().items()} == {k: v.shape for k, v in state.items()}
-    same = ("tie_embeddings", "norm_eps", "block_size") + (("rope_theta",) if arch == "llama" else ())
+    same = ("tie_embeddings", "norm_eps", "block_size") + (("rope_theta",) if arch == "llama" else ("activation",))
     assert [getattr(rebuilt, k) for k in same] == [getattr(config, k) for k in same]
 
 
