@@ -30,6 +30,7 @@ BAD_CONFIGS = [
     (["trainer.precision=fp8"], "trainer.precision", "auto, fp32, bf16, fp16"),
     (["trainer.compile=maybe"], "trainer.compile", "auto, true, false"),
     (["trainer.nonfinite=ignore"], "trainer.nonfinite", "stop, skip"),
+    (["trainer.allow_schedule_change=maybe"], "trainer.allow_schedule_change", "true, false or branch"),
     (["trainer.stop_at=0"], "trainer.stop_at", "[1, trainer.max_steps"),
     (["trainer.global_batch_tokens=100"], "trainer.global_batch_tokens", "a multiple of batch_size × block_size"),
     (["optim.lr=0"], "optim.lr", "> 0"),
