@@ -27,7 +27,7 @@ PROMPT = "def main("
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, data_cache) -> dict[str, tuple[Path, Path]]:
-    """arch → (run directory of a finished 10-update run, the folder export.py wrote from it)."""
+    """arch → (run directory of a finished 3-update run, the folder export.py wrote from it)."""
     from train import train
 
     root = tmp_path_factory.mktemp("export")
@@ -36,7 +36,7 @@ def exported(tmp_path_factory, data_cache) -> dict[str, tuple[Path, Path]]:
         mp.setenv("GPT_DATA_CACHE", str(data_cache))
         for arch, args in ARCHS.items():
             run = root / f"run-{arch}"
-            train(compose_config(TINY + [f"data.vocab_size={VOCAB}", "trainer.max_steps=10", "trainer.eval_every=0",
+            train(compose_config(TINY + [f"data.vocab_size={VOCAB}", "trainer.max_steps=3", "trainer.eval_every=0",
                                          "trainer.sample_tokens=0", *args]), run)  # fmt: skip
             out = export(compose([f"checkpoint={run}", f"out={root / arch}"], config_name="export"))
             folders[arch] = (run, out)
