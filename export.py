@@ -70,15 +70,31 @@ def run_special_tokens(state: dict[str, Any], tokenizer: Tokenizer) -> list[str]
     return [t.content for _, t in added if t.special] or special_tokens({})
 
 
+def readable_by_transformers_4(config: dict[str, Any], tokenizer: dict[str, Any]) -> None:
+    """What transformers 5 writes that version 4 (still what many tools pin) would misread, written both ways: the
+    rotary base (5: inside ``rope_parameters``; 4 reads ``rope_theta`` and would fall back to 10000 silently),
+    the tokenizer's class (5: ``TokenizersBackend``) and its other special tokens (5: a list under
+    ``extra_special_tokens``, which 4 takes for a dict)."""
+    rope = config.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" in rope:
+        config.setdefault("rope_theta", rope["rope_theta"])
+    tokenizer["tokenizer_class"] = "PreTrainedTokenizerFast"
+    extra = tokenizer.pop("extra_special_tokens", None)
+    if extra:
+        tokenizer["additional_special_tokens"] = list(extra)
+
+
 def save(hf_model: Any, hf_tokenizer: Any, folder: Path) -> None:
-    """``save_pretrained`` both into ``folder``, the tokenizer under the class name that every transformers version
-    resolves, and every file readable as the umask allows (the temporary folder was made private)."""
+    """``save_pretrained`` both into ``folder`` in files transformers 4 and 5 read alike, every file readable as
+    the umask allows (the temporary folder was made private)."""
     with quiet():
         hf_model.save_pretrained(folder)
         hf_tokenizer.save_pretrained(folder)
-    settings = json.loads((folder / "tokenizer_config.json").read_text())
-    settings["tokenizer_class"] = "PreTrainedTokenizerFast"
-    (folder / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n")
+    config = json.loads((folder / "config.json").read_text())
+    tokenizer = json.loads((folder / "tokenizer_config.json").read_text())
+    readable_by_transformers_4(config, tokenizer)
+    for name, settings in (("config.json", config), ("tokenizer_config.json", tokenizer)):
+        (folder / name).write_text(json.dumps(settings, indent=2) + "\n")
     umask = os.umask(0)
     os.umask(umask)
     folder.chmod(0o777 & ~umask)

@@ -4,6 +4,7 @@ line naming it, with nothing written."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -61,6 +62,8 @@ def test_the_folder_alone_loads_as_the_transformers_class_with_our_logits_and_to
     assert type(theirs).__name__ == {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}[arch]
     assert theirs.config.vocab_size == len(their_tokenizer) == VOCAB  # the padded rows are dropped
     assert their_tokenizer.eos_token == their_tokenizer.bos_token == EOT
+    if arch == "llama":  # the rotary base also where transformers 4 reads it (5 writes it in rope_parameters only)
+        assert json.loads((out / "config.json").read_text())["rope_theta"] == model.config.rope_theta == 500.0
 
     text = f"{PROMPT}argv):\n    return argv[1:]{EOT}import os"
     ids = tokenizer.encode(text).ids
