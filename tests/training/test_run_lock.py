@@ -56,12 +56,8 @@ def test_a_run_in_process_locks_its_own_directory_before_its_first_write(tmp_pat
         with pytest.raises(RunInUse, match=r"^the run directory .*job0 is in use by another run \(holder unknown\)"):
             tiny_train(run_dir, ["trainer.max_steps=2"])
     finally:
-        os.close(fd)  # the holder ends: its lock goes with it
+        os.close(fd)
     assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE]
-    tiny_train(run_dir, ["trainer.max_steps=1", "trainer.eval_every=0", "trainer.sample_tokens=0"])
-    assert (run_dir / "metrics.jsonl").is_file()
-    locked_after_the_run = locked_elsewhere(run_dir)  # the finished run released it
-    os.close(locked_after_the_run)
 
 
 def test_the_lock_is_reentrant_in_one_process_and_released_by_the_last_release(tmp_path):
