@@ -134,6 +134,17 @@ def test_the_sweep_report_lists_every_job_best_first_and_the_failed_one_as_faile
         assert (sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_report_command_writes_the_report_again_and_refuses_what_is_not_a_sweep(branches, tmp_path, capsys):
+    from training.report import main as report
+
+    sweep, _ = branches
+    (sweep / "report.md").unlink()
+    assert report([str(sweep)]) == 0
+    assert (sweep / "report.md").read_text().splitlines()[2].startswith("| job | trainer.max_steps |")
+    assert report([str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path}: not a sweep directory (no job folder with a .hydra record)\n"
+
+
 def test_the_audit_traces_a_schedule_index_that_jumped_back_to_the_resume(stable, tmp_path, tiny_train, monkeypatch,
                                                                          capsys):  # fmt: skip
     restore = scheduling.lr_scheduler.restore_scheduler
