@@ -1,7 +1,7 @@
 """Learning-rate schedules: pure functions of the update index (``scheduling.schedules``), a validated
 picklable ``Schedule`` (``scheduling.spec``), torch's LambdaLR around it with a drop-in ``get_scheduler``
-(``scheduling.lr_scheduler``, the only part that imports torch; loaded on first use), and a plot CLI
-(``python -m scheduling.plot``)."""
+(``scheduling.lr_scheduler``, the only part that imports torch; loaded on first use), a plot CLI
+(``python -m scheduling.plot``) and the lr audit of a run (``python -m scheduling.audit``)."""
 
 from scheduling.schedules import (
     DECAY_SHAPES,
