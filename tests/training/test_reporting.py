@@ -263,3 +263,6 @@ def test_the_submitit_launcher_runs_each_sweep_job_in_its_own_process(tmp_path, 
     assert sorted(train_records(sweep / "1")) == list(range(6))
     # Each job ran in a process of its own, which left submitit its pickled result.
     assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2
+    # the launching process wrote the sweep's report, whichever launcher ran the jobs
+    rows = (sweep / "report.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(r.endswith(",ok,") for r in rows[1:]), rows
