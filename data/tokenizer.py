@@ -142,4 +142,5 @@ def as_transformers_tokenizer(tok: Tokenizer, special_tokens: list[str], model_m
         additional_special_tokens=[t for t in special_tokens[1:] if t != separator],
         clean_up_tokenization_spaces=False,
         model_max_length=model_max_length,
+        model_input_names=["input_ids", "attention_mask"],  # no token_type_ids, which LlamaForCausalLM refuses
     )
