@@ -8,6 +8,7 @@ every ``log_every`` updates, and every evaluation. train.log always gets the lin
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -17,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from data.atomic import replace_file, space_for
+from data.atomic import DiskFull, replace_file, space_for
 
 log = logging.getLogger("train")
 
@@ -48,17 +49,21 @@ class JsonlSink:
             with space_for(path):
                 replace_file(path, "".join(line + "\n" for line in keep))
         self.fh = open(path, "a", buffering=1)
+        self.full = False  # a write ran out of space: that DiskFull is the one to report
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         # strict JSON: a non-finite value (the NaN loss of a batch trainer.nonfinite=skip skipped) is null
         record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
         line = json.dumps({"step": step, **record}, allow_nan=False) + "\n"
-        with space_for(self.path, len(line.encode())):  # line-buffered: a full disk shows on this write
-            self.fh.write(line)
+        try:
+            with space_for(self.path, len(line.encode())):  # line-buffered: a full disk shows on this write
+                self.fh.write(line)
+        except DiskFull:
+            self.full = True
+            raise
 
     def close(self) -> None:
-        with space_for(self.path):
-            self.fh.close()
+        close_file(self.fh, self.path, self.full)
 
 
 def last_logged_step(path: Path) -> int | None:
@@ -86,17 +91,32 @@ class CsvSink:
         self.path = path
         self.fh = open(path, "w", newline="", buffering=1)
         self.writer = csv.DictWriter(self.fh, fieldnames=("step", *METRIC_NAMES, *EXTRA_METRICS), extrasaction="ignore")
+        self.full = False
         with space_for(path):
             self.writer.writeheader()
             self.writer.writerows(rows)
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
-        with space_for(self.path):
-            self.writer.writerow({"step": step, **metrics})
+        try:
+            with space_for(self.path):
+                self.writer.writerow({"step": step, **metrics})
+        except DiskFull:
+            self.full = True
+            raise
 
     def close(self) -> None:
-        with space_for(self.path):
-            self.fh.close()
+        close_file(self.fh, self.path, self.full)
+
+
+def close_file(fh, path: Path, full: bool) -> None:
+    """Close a sink's file; after a write that ran out of space (already reported), the unwritten rest is lost
+    without a second report."""
+    if full:
+        with contextlib.suppress(OSError):
+            fh.close()
+        return
+    with space_for(path):
+        fh.close()
 
 
 def format_line(step: int, total: int, m: Mapping[str, Any]) -> str:
