@@ -373,7 +373,11 @@ def read(path: Path, overrides: list[str]) -> Logged:
 
 
 def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scheduling.audit", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m scheduling.audit",
+        description="Compare the lr a run logged for every update with peak · λ(t) of the schedule it was given.",
+        epilog="exit codes: 0 every update within the tolerance, 1 a deviation, 2 bad input (docs/instruments.md)",
+    )
     parser.add_argument("path", type=Path, help="a run directory, a W&B offline run or a trainer_state.json")
     parser.add_argument("overrides", nargs="*", help="the schedule of a run made elsewhere, as train.py overrides")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="relative (default: %(default)g)")
