@@ -39,7 +39,8 @@ def train(cfg: DictConfig, run_dir: Path, *, sweep: Sweep | None = None, overrid
     """Train as ``cfg`` says, writing into ``run_dir``; returns the final validation loss.
 
     ``sweep``: the W&B group and name of a multirun job; ``overrides``: the command line's (their secret-looking
-    values are redacted everywhere); ``started``: ``time.perf_counter()`` at the job's start, for a time budget.
+    values are redacted everywhere, and none may contradict ``model.init_from``'s folder); ``started``:
+    ``time.perf_counter()`` at the job's start, for a time budget.
     Raises a ``USER_ERRORS`` error for bad input, a directory another run holds, or a full disk (``DiskFull``);
     ``Stopped`` after a requested stop (checkpoint written)."""
     cfg = with_init_from(cfg, overrides)  # model.init_from: the shape and tokenizer of a transformers folder
