@@ -11,6 +11,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from data.atomic import DiskFull
 from training import run_lock
 from training.build import Sweep, write_summary
 from training.distributed import env_world
@@ -59,7 +60,7 @@ class LockRunDir(Callback):
             return
         try:
             run_lock.acquire(Path(config.hydra.run.dir))
-        except run_lock.RunInUse as e:
+        except (run_lock.RunInUse, DiskFull) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
 

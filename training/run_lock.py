@@ -22,6 +22,7 @@ import os
 import socket
 from pathlib import Path
 
+from data.atomic import space_for
 from training.config import ConfigError
 
 try:
@@ -74,8 +75,13 @@ def acquire(run_dir: Path) -> None:
         return
     since = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": since}) + "\n"
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, record.encode(), 0)
+    try:
+        with space_for(run_dir / LOCK_FILE, len(record)):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, record.encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
     _held[key] = [fd, 1]
 
 
@@ -90,4 +96,3 @@ def release(run_dir: Path) -> None:
         del _held[key]
         if entry[0] is not None:
             os.close(entry[0])
-
