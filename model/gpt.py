@@ -219,7 +219,9 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.update(k, v)  # (B, Hkv, past + T, D)
         gqa = self.n_kv != self.n_head
         if mask is not None and not isinstance(mask, torch.Tensor):  # a FlexAttention block mask
-            y = flex_attention(q, k, v, mask, enable_gqa=gqa)
+            # contiguous: given the mixed strides rotary leaves (q, k new tensors, v a view), a compiled model's
+            # FlexAttention computed wrong outputs (torch 2.13, inductor)
+            y = flex_attention(q.contiguous(), k.contiguous(), v.contiguous(), mask, enable_gqa=gqa)
         else:
             # Without a document mask, one query attends to every cached key and a block of queries (training,
             # prefill) is causal; with one, the mask says which keys each query sees.

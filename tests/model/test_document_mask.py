@@ -15,10 +15,10 @@ ARCHS = [("gpt2", False), ("gpt2", True), ("llama", False), ("llama", True)]
 IDS = ["gpt2", "gpt2-reset", "llama", "llama-reset"]
 
 
-def models(arch: str, reset: bool) -> tuple[GPT, GPT]:
+def models(arch: str, reset: bool, n_embd: int = 32) -> tuple[GPT, GPT]:
     """A plain causal model and a document-masked one with the same weights, in eval mode."""
     torch.manual_seed(0)
-    base = dict(vocab_size=V, block_size=BLOCK, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, arch=arch)
+    base = dict(vocab_size=V, block_size=BLOCK, n_layer=2, n_head=4, n_kv_head=2, n_embd=n_embd, arch=arch)
     plain = GPT(GPTConfig(**base)).eval()
     masked = GPT(GPTConfig(**base, document_separator=SEP, reset_positions=reset)).eval()
     masked.load_state_dict(plain.state_dict())
@@ -109,7 +109,7 @@ def test_document_starts_begin_at_each_separator_and_carry_over_from_the_cache()
 def test_on_cuda_flex_attention_gives_what_the_boolean_mask_gives(arch, reset):
     """The GPU path (FlexAttention with a block mask, compiled) against the CPU one, forward and backward,
     eager and inside a compiled model."""
-    _, model = models(arch, reset)
+    _, model = models(arch, reset, n_embd=64)  # FlexAttention's kernels take heads of 16 or more
     model.train()
     idx = text(4, BLOCK)
     idx[0, [3, 20]], idx[2, 31] = SEP, SEP
