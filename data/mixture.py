@@ -95,9 +95,7 @@ def source_configs(cfg: Any) -> dict[str, tuple[float, dict[str, Any]]]:
                 raise DataError(f"{key}.{k}: the sources of a mixture share it; set data.{k} instead")
             if k not in allowed:
                 raise DataError(f"{key}.{k} is not a key of a {source} source; it has {', '.join(allowed)}")
-        settings = {**shared, **{k: v for k, v in entry.items() if k != "weight"}}
-        settings["document_mask"] = False  # the mixture's setting; a source's cache does not depend on it
-        out[name] = (float(weight), settings)
+        out[name] = (float(weight), {**shared, **{k: v for k, v in entry.items() if k != "weight"}})
     return out
 
 
