@@ -79,10 +79,10 @@ OPTION_KEY = {"optim": "name", "schedule": "name", "data": "source", "logger": "
 
 def known_keys(group: str, option: str | None) -> list[str]:
     """The keys a group may hold when ``option`` is chosen: those its file in conf/ (and the files it extends)
-    defines, a section's own keys as ``section.key``; the model's are GPTConfig's fields but the vocabulary,
-    which the tokenizer sets."""
+    defines, a section's own keys as ``section.key``; the model's are GPTConfig's fields but the vocabulary
+    size and the document separator, which the tokenizer sets."""
     if group == "model":
-        return [f.name for f in fields(GPTConfig) if f.name != "vocab_size"] + ["init_from"]
+        return [f.name for f in fields(GPTConfig) if f.name not in ("vocab_size", "document_separator")] + ["init_from"]
     from omegaconf import OmegaConf
 
     path = CONF / group / f"{option or 'default'}.yaml"

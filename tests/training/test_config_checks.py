@@ -182,7 +182,10 @@ def test_a_message_says_what_is_wrong_with_the_value_given(overrides, message):
     [
         (["+trainer.max_step=100"], "trainer.max_step is not a key of trainer; did you mean trainer.max_steps"),
         (["+schedule.decay_fraction=0.5"], "schedule.decay_fraction is a key of schedule=wsd, not of schedule=cosine"),
-        (["+model.foo=1"], "model.foo is not a key of model; it has model.activation_checkpointing, model.arch"),
+        (
+            ["+model.foo=1"],
+            "model.foo is not a key of model; it has model.activation, model.activation_checkpointing, model.arch",
+        ),
         (["+data.pth=x"], "data.pth is not a key of data; did you mean data.path"),
         (["+seed=3"], "seed is not a key of this config; did you mean trainer.seed"),
     ],
