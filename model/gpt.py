@@ -7,8 +7,8 @@ Shapes: B batch, T time (tokens), C = n_embd, H heads, Hkv key/value heads, D = 
 Either may use grouped-query attention (``n_kv_head`` < ``n_head``) and an untied output head
 (``tie_embeddings=False``). Attention is ``scaled_dot_product_attention`` with a causal mask (flash kernels on
 GPU), Q, K and V come from one fused projection, and generation can keep a KV cache (model/generate.py). With a
-``document_separator`` attention stays inside each document of the window: FlexAttention with a block mask on
-a GPU, a boolean mask built once per forward elsewhere; ``reset_positions`` restarts positions at each document.
+``document_separator`` attention stays inside each document of the window: FlexAttention with a block mask when
+training on a GPU, else a boolean mask, built once per forward; ``reset_positions`` restarts positions there.
 """
 
 from __future__ import annotations
@@ -357,8 +357,9 @@ class GPT(nn.Module):
             starts = document_starts(idx, self.config.document_separator, start, carried)  # (B, T)
             if cache is not None:
                 cache.document_start = starts[:, -1]
-            # FlexAttention for whole windows on a GPU (it has no dropout); a boolean mask otherwise
-            flex = idx.is_cuda and cache is None and not (self.training and self.config.dropout > 0)
+            # FlexAttention (compiled) for training on a GPU, where it has no dropout to apply; a boolean mask for
+            # evaluation and sampling, which also run eagerly (generate's force_eager stance) where flex would crawl
+            flex = idx.is_cuda and cache is None and self.training and self.config.dropout == 0
             mask = document_mask(starts, start, start + T, flex)
             if self.config.reset_positions:
                 positions = positions - starts  # (B, T): each document counts from 0

@@ -107,8 +107,8 @@ def test_document_starts_begin_at_each_separator_and_carry_over_from_the_cache()
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("arch,reset", ARCHS, ids=IDS)
 def test_on_cuda_flex_attention_gives_what_the_boolean_mask_gives(arch, reset):
-    """The GPU path (FlexAttention with a block mask, compiled) against the CPU one, forward and backward,
-    eager and inside a compiled model."""
+    """The GPU's training path (FlexAttention with a block mask, compiled) against the CPU one, forward and
+    backward, eager and inside a compiled model; and its evaluation path."""
     _, model = models(arch, reset, n_embd=64)  # FlexAttention's kernels take heads of 16 or more
     model.train()
     idx = text(4, BLOCK)
@@ -125,6 +125,8 @@ def test_on_cuda_flex_attention_gives_what_the_boolean_mask_gives(arch, reset):
         for p, expected in zip(gpu.parameters(), cpu_grads, strict=True):
             torch.testing.assert_close(p.grad.cpu(), expected, rtol=1e-3, atol=1e-4)
         gpu.zero_grad()
+    with torch.no_grad():  # evaluation on the GPU: the boolean mask
+        torch.testing.assert_close(gpu.eval()(idx.cuda(), idx.cuda())[0].cpu(), cpu_logits, rtol=1e-4, atol=1e-4)
     q, k, v = (torch.randn(2, 4, 256, 16, device="cuda") for _ in range(3))
     starts = document_starts(torch.randint(0, 8, (2, 256), device="cuda"), SEP)
     block_mask = document_mask(starts, 0, 256, flex=True)
