@@ -1,5 +1,6 @@
 """Data: corpus (``data.corpus``) → tokenizer (``data.tokenizer``) → token cache (``data.cache``) → batches
-(``data.batches``). Bad input raises ``DataError``; ``data.atomic`` writes files and directories atomically."""
+(``data.batches``); a weighted mixture of corpora (``data.mixture``) shares one tokenizer. Bad input raises
+``DataError``; ``data.atomic`` writes files and directories atomically."""
 
 from data.batches import MixtureValBatches, TrainBatches, ValBatches
 from data.cache import TokenCache, prepare

@@ -447,7 +447,8 @@ def describe(run: Run, meta: dict, schedule) -> dict[str, str]:
     return {
         "model": f"{c.arch}, {human(run.raw_model.num_params())} parameters (n_layer {c.n_layer}, n_head {c.n_head}, "
                  f"n_embd {c.n_embd}, block {c.block_size}, vocab {c.vocab_size})",
-        "data": f"{meta['corpus']}: {human(meta['tokens']['train'])} train / {human(meta['tokens']['val'])} val tokens",
+        "data": f"{meta['corpus']}: {human(meta['tokens']['train'])} train / {human(meta['tokens']['val'])} val tokens"
+                + (", attention within documents" if c.document_separator is not None else ""),
         "batch": f"{b.tokens_per_update:,} tokens per update = {b.world} rank(s) × {b.accum} micro-batch(es) × "
                  f"{b.batch_size} × {b.block_size}",
         "schedule": f"{schedule.name}: warmup {p.get('warmup_steps', 0)}, peak {lr:g}{floor}, "
