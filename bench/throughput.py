@@ -149,7 +149,7 @@ def build_template(cfg, d: distributed.Dist, precision: str, use_compile: bool, 
     if head_rows is not None and head_rows < cache.vocab_size:
         raise ConfigError(f"--vocab-size must be at least the tokenizer's {cache.vocab_size}; got {head_rows}")
     vocab = padded_vocab(head_rows or cache.vocab_size)
-    separator = cache.eot_id if cfg.data.document_mask else None  # as train.py: data.document_mask=true masks
+    separator = cache.eot_id if cfg.data.get("document_mask") else None  # as train.py (older trees lack the key)
     model_config = GPTConfig.from_dict({**OmegaConf.to_container(cfg.model), "vocab_size": vocab,
                                         "document_separator": separator})  # fmt: skip
     torch.manual_seed(cfg.trainer.seed)
