@@ -114,7 +114,6 @@ def write_run_plots(run_dir: Path) -> list[Path]:
 def _write_run_plots(run_dir: Path, out: Path) -> list[Path]:
     plt = pyplot()
     rows = read_metrics(run_dir)
-    out.mkdir(exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4.2))
     steps, loss = series(rows, "train/loss")
     ax.plot(steps, loss, lw=0.6, alpha=0.3, color="tab:blue")
@@ -125,18 +124,13 @@ def _write_run_plots(run_dir: Path, out: Path) -> list[Path]:
     ax.set(xlabel="optimizer update", ylabel="loss (nats per token)", title=f"loss — {run_dir.name}")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "loss.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "loss.png")
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(*series(rows, "train/lr"), lw=1.5, color="tab:green")
     ax.set(xlabel="optimizer update", ylabel="learning rate", title=f"train/lr — {run_dir.name}")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "lr.png", dpi=110)
-    plt.close(fig)
-    return [out / "loss.png", out / "lr.png"]
+    return [out / "loss.png", save_figure(fig, out / "lr.png")]
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
@@ -167,10 +161,15 @@ def overlay(run_dirs: list[Path], out: Path) -> Path:
     for ax in (ax_loss, ax_lr):
         ax.grid(alpha=0.3)
     ax_loss.legend(fontsize=8)
+    return save_figure(fig, out)
+
+
+def save_figure(fig, out: Path) -> Path:
+    """Lay out ``fig``, write it to ``out`` as a PNG (making its folder) and free it."""
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
-    plt.close(fig)
+    pyplot().close(fig)
     return out
 
 

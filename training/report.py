@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.plots import pyplot, read_metrics, run_labels
+from training.plots import pyplot, read_metrics, run_labels, save_figure
 
 COLUMNS = ("final val/bpb", "best val/bpb", "T", "tokens", "seconds", "status")
 
@@ -149,10 +149,7 @@ def plot_curves(jobs: list[Job], out: Path) -> Path:
     for ax in (ax_val, ax_lr):
         ax.grid(alpha=0.3)
     ax_val.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def branched_from(job: Job) -> Path | None:
@@ -189,10 +186,7 @@ def plot_frontier(jobs: list[Job], out: Path) -> Path | None:
     ax.set(xlabel="tokens", ylabel="val/bpb (bits per byte)", title="final val/bpb against tokens")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def write_report(sweep_dir: Path) -> tuple[list[Job], list[Path]]:
