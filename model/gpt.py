@@ -51,6 +51,7 @@ class GPTConfig:
     activation: str = "gelu_tanh"  # gpt2 only: GPT-2's tanh-approximated GELU, or "gelu" (exact, erf)
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys before attention (bounded logits)
     activation_checkpointing: bool = False  # recompute each block in the backward pass: less memory, one more forward
     reset_positions: bool = False  # with document_separator: positions (learned or rotary) restart at each document
     # The token id that begins a document (data.document_mask; set from the tokenizer, not model.*): a token then
@@ -116,7 +117,7 @@ def check_model_config(m: Mapping[str, Any]) -> None:
     dropout = m.get("dropout", 0.0)
     if not is_number(dropout) or not 0.0 <= dropout < 1.0:
         raise ModelConfigError("model.dropout", "in [0, 1)", dropout)
-    for key in ("bias", "tie_embeddings", "activation_checkpointing", "reset_positions"):
+    for key in ("bias", "tie_embeddings", "activation_checkpointing", "reset_positions", "qk_norm"):
         if key in m and not isinstance(m[key], bool):
             raise ModelConfigError(f"model.{key}", "true or false", m[key])
     kv = m.get("n_kv_head")
@@ -206,6 +207,10 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
         self.rotary = config.arch == "llama"
+        # qk_norm: queries and keys of unit RMS per head, so their dot products (the attention logits) stay
+        # bounded whatever the weights' scale; a learned gain per dimension
+        self.q_norm = nn.RMSNorm(self.d, eps=config.norm_eps) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.d, eps=config.norm_eps) if config.qk_norm else None
 
     def forward(self, x: torch.Tensor, rope=None, cache=None, mask=None) -> torch.Tensor:
         B, T, C = x.shape
@@ -213,6 +218,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, self.d).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, self.n_kv, self.d).transpose(1, 2)  # (B, Hkv, T, D)
         v = v.view(B, T, self.n_kv, self.d).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.rotary:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:

@@ -78,6 +78,9 @@ def transformers_config(config: GPTConfig, vocab_size: int | None = None, *, eos
     t = require_transformers("exporting to transformers")
     vocab = vocab_size or config.vocab_size
     tokens = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "tie_word_embeddings": config.tie_embeddings}
+    if config.qk_norm:
+        raise ModelConfigError("model.qk_norm", "false to export (GPT2LMHeadModel and LlamaForCausalLM have no "
+                               "query/key norm)", config.qk_norm)  # fmt: skip
     if config.arch == "gpt2":
         if config.kv_heads != config.n_head:
             raise ModelConfigError("model.n_kv_head", "null with arch=gpt2 (GPT2LMHeadModel has no grouped-query "

@@ -63,6 +63,7 @@ def test_every_preset_passes_the_check_and_builds(name, preset_values, on_meta):
         ({"norm_eps": 0}, "model.norm_eps must be a number > 0, got 0"),
         ({"rope_theta": -1.0}, "model.rope_theta must be a number > 0, got -1.0"),
         ({"activation": "relu"}, "model.activation must be one of gelu, gelu_tanh, got 'relu'"),
+        ({"qk_norm": "yes"}, "model.qk_norm must be true or false, got 'yes'"),
     ],
 )
 def test_a_bad_model_value_raises_one_line_naming_the_key_the_rule_and_the_value(changes, message):
@@ -215,3 +216,22 @@ def test_the_gpt2_mlp_applies_the_gelu_model_activation_names(tiny_config, activ
     torch.testing.assert_close(mlp(x), expected, rtol=0, atol=0)
     other = "tanh" if approximate == "none" else "none"
     assert not torch.allclose(mlp(x), mlp.c_proj(torch.nn.functional.gelu(mlp.c_fc(x), approximate=other)), atol=1e-7)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys(tiny_config, arch):
+    """Scaling the query and key projections scales the attention logits, unless qk_norm normalises them."""
+    x = torch.randn(2, 10, 32)
+    for qk_norm in (True, False):
+        torch.manual_seed(0)
+        model = GPT(tiny_config(arch, qk_norm=qk_norm))
+        attn = model.blocks[0].attn
+        rope = (model.rope_cos[:10], model.rope_sin[:10]) if arch == "llama" else None
+        before = attn(x, rope)
+        with torch.no_grad():
+            qk_rows = (attn.n_head + attn.n_kv) * attn.d  # c_attn's output is [q | k | v]
+            attn.c_attn.weight[:qk_rows] *= 8.0
+            if attn.c_attn.bias is not None:
+                attn.c_attn.bias[:qk_rows] *= 8.0
+        after = attn(x, rope)
+        assert torch.allclose(before, after, atol=1e-4) == qk_norm

@@ -116,6 +116,12 @@ def test_a_gpt2_model_with_grouped_query_attention_is_refused_naming_the_setting
         transformers_config(tiny_config("gpt2", n_kv_head=2))
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_model_with_a_query_key_norm_is_refused_naming_the_setting(tiny_config, arch):
+    with pytest.raises(ModelConfigError, match=r"^model\.qk_norm must be false to export .*, got True$"):
+        transformers_config(tiny_config(arch, qk_norm=True))
+
+
 @pytest.mark.parametrize(
     "make, setting",
     [
