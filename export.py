@@ -32,7 +32,7 @@ from data.cache import special_tokens
 from data.tokenizer import as_transformers_tokenizer
 from model.hf import CLASSES, quiet, require_transformers, to_transformers
 from sample import find_checkpoint, load_checkpoint_tokenizer, load_model
-from training.config import USER_ERRORS, ConfigError, check_keys, check_overrides
+from training.config import USER_ERRORS, ConfigError, check_keys, check_overrides_or_exit
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -147,9 +147,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    try:  # what Hydra would refuse in a multi-line report: a mistyped key
-        check_overrides(sys.argv[1:], "export")
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    check_overrides_or_exit(sys.argv[1:], "export")
     main()

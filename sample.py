@@ -27,7 +27,7 @@ from data.tokenizer import load_tokenizer
 from model import GPT, GPTConfig, sample_text
 from scheduling.spec import is_int, is_number
 from training import checkpoint, distributed
-from training.config import USER_ERRORS, ConfigError, check_keys, check_overrides
+from training.config import USER_ERRORS, ConfigError, check_keys, check_overrides_or_exit
 
 SEPARATOR = "-" * 40
 
@@ -125,9 +125,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    try:  # what Hydra would refuse in a multi-line report: a mistyped key
-        check_overrides(sys.argv[1:], "sample")
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    check_overrides_or_exit(sys.argv[1:], "sample")
     main()

@@ -26,7 +26,7 @@ from data.atomic import space_for
 from training import distributed, launch, run_lock
 from training.budget import seconds_since_process_start
 from training.build import Run, Sweep, build_run
-from training.config import USER_ERRORS, check_config, check_overrides, register_resolvers
+from training.config import USER_ERRORS, check_config, check_overrides_or_exit, register_resolvers
 from training.engine import NONFINITE, train_update_retrying
 from training.init_from import with_init_from
 from training.signals import EXIT_RESUMABLE, Stopped, StopSignals
@@ -123,11 +123,7 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     register_resolvers()
-    try:  # what Hydra would refuse in a multi-line report: a mistyped key, an unknown option
-        check_overrides(sys.argv[1:])
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    check_overrides_or_exit(sys.argv[1:])
     sys.argv = launch.rank_argv(sys.argv)
     main()
     if launch.sweep_summary():

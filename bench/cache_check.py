@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))  # the template runs from its root
 import numpy as np  # noqa: E402
 
 from data.cache import file_checksums, inspect, prepare  # noqa: E402
-from training.config import USER_ERRORS, check_config, check_overrides, compose  # noqa: E402
+from training.config import USER_ERRORS, compose_checked  # noqa: E402
 
 
 def best_seconds(work, reps: int) -> float:
@@ -45,9 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py (e.g. data=tinystories)")
     args = p.parse_args(argv)
     try:
-        check_overrides(args.overrides)
-        cfg = compose(["logger=none", *args.overrides])
-        check_config(cfg)
+        cfg = compose_checked(["logger=none", *args.overrides])
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -40,7 +40,7 @@ from data import TrainBatches, build_corpus, prepare  # noqa: E402
 from model import GPT, GPTConfig, padded_vocab  # noqa: E402
 from scheduling import build_scheduler, schedule_from_config  # noqa: E402
 from training import distributed  # noqa: E402
-from training.config import USER_ERRORS, check_config, check_overrides, compose  # noqa: E402
+from training.config import USER_ERRORS, compose_checked  # noqa: E402
 from training.engine import train_update  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
 
@@ -58,10 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def compose_config(overrides: list[str]):
-    check_overrides(overrides)
-    cfg = compose(["logger=none", "trainer.device=cpu", *overrides])
-    check_config(cfg)
-    return cfg
+    return compose_checked(["logger=none", "trainer.device=cpu", *overrides])
 
 
 def timed_prepare(data_cfg, **values) -> tuple[float, object]:

@@ -28,7 +28,7 @@ from data import TrainBatches, prepare  # noqa: E402
 from model import GPT, GPTConfig, padded_vocab  # noqa: E402
 from scheduling import Schedule, build_scheduler  # noqa: E402
 from training import distributed  # noqa: E402
-from training.config import USER_ERRORS, check_config, check_overrides, compose, grad_accum_steps  # noqa: E402
+from training.config import USER_ERRORS, compose_checked, grad_accum_steps  # noqa: E402
 from training.engine import train_update  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
 
@@ -40,9 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py")
     args = p.parse_args(argv)
     try:
-        check_overrides(args.overrides)
-        cfg = compose(args.overrides + ["data.document_mask=true"])
-        check_config(cfg)
+        cfg = compose_checked(args.overrides + ["data.document_mask=true"])
         device = distributed.resolve_device(cfg.trainer.device)
         cache = prepare(cfg.data)
     except USER_ERRORS as e:

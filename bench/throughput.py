@@ -93,7 +93,8 @@ def compose_config(args: argparse.Namespace):
 
 
 def compose_checked(overrides: list[str]):
-    """train.py's config with ``overrides``, through train.py's checks."""
+    """train.py's config with ``overrides``, through train.py's checks. Not training.config's: --compare-ref runs
+    this file against the modules of older trees, which lack it."""
     check_overrides(overrides)
     cfg = compose(overrides)
     check_config(cfg)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
@@ -62,6 +63,14 @@ def compose(overrides: list[str] | None = None, config_name: str = "config", ret
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose(config_name, list(overrides or []), return_hydra_config=return_hydra_config)
+
+
+def compose_checked(overrides: list[str]):
+    """train.py's config with ``overrides``, through train.py's checks (the benchmarks' way in)."""
+    check_overrides(overrides)
+    cfg = compose(overrides)
+    check_config(cfg)
+    return cfg
 
 
 def integer_expected(expected: str, v: Any) -> str:
@@ -191,6 +200,16 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
             error = ConfigError(f"{group}={name} is not an option of {group}; {hint}it has {', '.join(options)}")
             raise error from None
         raise ConfigError(message.split(" Config search path:")[0]) from None
+
+
+def check_overrides_or_exit(argv: list[str], config_name: str = "config") -> None:
+    """An entry point's first step: an override Hydra would refuse in a multi-line report (a mistyped key, an
+    unknown option) ends the process with one ``error:`` line and exit code 2."""
+    try:
+        check_overrides(argv, config_name)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def positive_int(section: Mapping[str, Any], key: str, prefix: str, minimum: int = 1) -> int:
