@@ -15,6 +15,7 @@ import pytest
 import scheduling.lr_scheduler
 from scheduling.audit import main as audit
 from tests.conftest import TINY, compose_config, train_records
+from tests.training import written_out
 from training import launch
 
 PEAK, FLOOR, W = 2e-3, 2e-4, 2
@@ -26,13 +27,8 @@ COOLDOWNS = ["experiment=cooldowns", f"schedule.warmup_steps={W}", "schedule.dec
 
 
 def wsd_lr(t: int, total: int) -> float:
-    """WSD written out: linear warmup over W, the peak, then 1-sqrt over the last 25 % of T to the floor."""
-    decay = round(0.25 * total)
-    if t < W:
-        return PEAK * t / W
-    if t < total - decay:
-        return PEAK
-    return FLOOR + (PEAK - FLOOR) * (1 - math.sqrt(min(1.0, (t - total + decay) / decay)))
+    """The cooldowns' WSD: linear warmup over W, the peak, then 1-sqrt over the last 25 % of T to the floor."""
+    return written_out.wsd_lr(t, total, peak=PEAK, floor=FLOOR, warmup=W, decay_fraction=0.25)
 
 
 def snapshot(run_dir: Path) -> dict[str, bytes]:

@@ -9,6 +9,7 @@ import pytest
 
 from scheduling import ScheduleError
 from tests.conftest import train_records
+from tests.training import written_out
 
 PEAK, FLOOR, W, N = 2e-3, 2e-4, 2, 8
 # WSD with a 20% decay and 4 micro-batches per update.
@@ -18,14 +19,8 @@ WSD = ["schedule=wsd", "schedule.decay_fraction=0.2", f"schedule.warmup_steps={W
 
 
 def wsd_lr(t: int, total: int) -> float:
-    """WSD written out: linear warmup over W, the peak, then a 1-sqrt decay over D = 20% of T to the floor."""
-    decay = round(0.2 * total)
-    if t < W:
-        return PEAK * t / W
-    if t < total - decay:
-        return PEAK
-    q = min(1.0, (t - total + decay) / decay)
-    return FLOOR + (PEAK - FLOOR) * (1 - math.sqrt(q))
+    """WSD with warmup W, then a 1-sqrt decay over D = 20% of T to the floor."""
+    return written_out.wsd_lr(t, total, peak=PEAK, floor=FLOOR, warmup=W, decay_fraction=0.2)
 
 
 def cosine_lr(t: int, total: int) -> float:
