@@ -1,22 +1,27 @@
 """A local corpus of English prose, made offline, to check settings on text that is neither the built-in corpus
-nor code. Two sources, one .txt file per document:
+nor code. Three sources, one .txt file per document:
 
     python bench/prose_corpus.py --source man --out .cache/prose            # manual pages, ~1 MB
     python bench/prose_corpus.py --source readmes --out .cache/pkgdocs      # installed packages' READMEs
+    python bench/prose_corpus.py --source info --out .cache/info            # GNU manuals, ~1 MB
     python train.py experiment=cpu_budget data=text_files data.path=.cache/prose
 
 ``man``: this machine's manual pages (sections 1, 5, 7, 8: commands, file formats, overviews, administration),
 rendered by ``man`` as plain text at an unlimited line width (one paragraph per line, no hyphenation or
 justification) without indentation, taken in the order of a hash of their names (a varied selection, the same
 on every run) until ``--max-bytes``. ``readmes``: the long description in each installed package's
-``*.dist-info/METADATA`` (the body after the header fields), mostly Markdown prose with some code, all of them. Pages or
-descriptions shorter than ``--min-chars`` (stubs, aliases) are left out. What is installed decides either corpus,
-so it differs between machines.
+``*.dist-info/METADATA`` (the body after the header fields), mostly Markdown prose with some code, all of them.
+``info``: the sections (nodes) of the GNU manuals in ``/usr/share/info``, book-like prose, each paragraph joined
+into one line and examples kept as they are, without menus, navigation lines and the license texts many manuals
+carry, in the order of a hash of manual and node until ``--max-bytes``. Pages, descriptions or sections shorter
+than ``--min-chars`` (stubs, aliases) are left out. What is installed decides each corpus, so it differs between
+machines.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import os
 import re
@@ -44,6 +49,39 @@ def manual_pages(man_dir: Path) -> Iterator[tuple[str, str]]:
         yield page.name.split(".gz")[0], render(page)
 
 
+def info_text(node: str) -> str:
+    """One node of an info manual as plain text: no navigation line, menu or heading underline; each paragraph
+    on one line; indented examples as they are."""
+    blocks = []
+    for block in re.split(r"\n\s*\n", node.split("\n", 2)[-1]):
+        lines = [line for line in block.splitlines() if line.strip() and not re.fullmatch(r"[=*.-]+", line.strip())]
+        if not lines or lines[0].startswith("* Menu:"):
+            continue
+        if all(line.startswith("     ") for line in lines):  # an example
+            blocks.append("\n".join(line[5:] for line in lines))
+        else:
+            blocks.append(" ".join(line.strip() for line in lines))
+    return "\n\n".join(blocks).strip() + "\n"
+
+
+LICENSES = re.compile(r"licen[cs]e|GPL|FDL|copying", re.IGNORECASE)  # the same few texts, in many manuals
+
+
+def info_sections(info_dir: Path) -> Iterator[tuple[str, str]]:
+    nodes = []
+    for manual in sorted(info_dir.glob("*.info*.gz")):
+        with gzip.open(manual, "rt", encoding="utf-8", errors="replace") as f:
+            for node in f.read().split("\x1f")[1:]:
+                head = node.lstrip("\n").split("\n", 1)[0]
+                match = re.search(r"Node: ([^,]+)", head)
+                if head.startswith("File:") and match:
+                    name = f"{manual.name.split('.info')[0]}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', match[1])}"
+                    nodes.append((name, node.lstrip("\n")))
+    for name, node in sorted(nodes, key=lambda n: hashlib.sha1(n[0].encode()).hexdigest()):
+        if not LICENSES.search(name):
+            yield name, info_text(node)
+
+
 def package_readmes() -> Iterator[tuple[str, str]]:
     for metadata in sorted(Path(site.getsitepackages()[0]).glob("*.dist-info/METADATA")):
         yield metadata.parent.name, metadata.read_text(encoding="utf-8", errors="replace").partition("\n\n")[2]
@@ -51,16 +89,21 @@ def package_readmes() -> Iterator[tuple[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--source", choices=("man", "readmes"), default="man", help="where the text comes from")
+    p.add_argument("--source", choices=("man", "readmes", "info"), default="man", help="where the text comes from")
     p.add_argument("--out", required=True, help="folder for the .txt files (made if absent)")
     p.add_argument(
-        "--max-bytes", type=int, default=None, help="stop after this many bytes (default: 1 MB of man, all readmes)"
+        "--max-bytes", type=int, default=None, help="stop after this many bytes (default: 1 MB; all readmes)"
     )
     p.add_argument("--min-chars", type=int, default=2000, help="leave out shorter documents (default 2000)")
     p.add_argument("--man-dir", type=Path, default=Path("/usr/share/man"), help="where the manual pages are")
+    p.add_argument("--info-dir", type=Path, default=Path("/usr/share/info"), help="where the GNU manuals are")
     args = p.parse_args(argv)
-    documents = manual_pages(args.man_dir) if args.source == "man" else package_readmes()
-    max_bytes = args.max_bytes or (1_000_000 if args.source == "man" else float("inf"))
+    documents = {
+        "man": lambda: manual_pages(args.man_dir),
+        "readmes": package_readmes,
+        "info": lambda: info_sections(args.info_dir),
+    }[args.source]()
+    max_bytes = args.max_bytes or (float("inf") if args.source == "readmes" else 1_000_000)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     count = total = 0
