@@ -218,8 +218,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, self.d).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, self.n_kv, self.d).transpose(1, 2)  # (B, Hkv, T, D)
         v = v.view(B, T, self.n_kv, self.d).transpose(1, 2)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+        if self.q_norm is not None:  # in fp32 with the norm's fp32 gain: autocast leaves q and k in bf16 or fp16
+            q, k = self.q_norm(q.float()).to(q.dtype), self.k_norm(k.float()).to(k.dtype)
         if self.rotary:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:

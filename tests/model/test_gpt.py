@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
@@ -216,6 +217,19 @@ def test_the_gpt2_mlp_applies_the_gelu_model_activation_names(tiny_config, activ
     torch.testing.assert_close(mlp(x), expected, rtol=0, atol=0)
     other = "tanh" if approximate == "none" else "none"
     assert not torch.allclose(mlp(x), mlp.c_proj(torch.nn.functional.gelu(mlp.c_fc(x), approximate=other)), atol=1e-7)
+
+
+def test_qk_norm_under_bf16_autocast_normalises_in_fp32_without_a_dtype_warning(tiny_config):
+    """Autocast hands the norms bf16 queries and keys; they are normalised in fp32 against the fp32 gain (torch
+    otherwise warns of mismatched dtypes and leaves its fused kernel) and come back in bf16."""
+    torch.manual_seed(0)
+    model = GPT(tiny_config("llama", qk_norm=True))
+    x = torch.randint(0, 64, (2, 10))
+    with warnings.catch_warnings(), torch.autocast("cpu", dtype=torch.bfloat16):
+        warnings.simplefilter("error")
+        logits, loss = model(x, x)
+    fp32_logits, _ = model(x, x)
+    assert torch.isfinite(loss) and (logits.float() - fp32_logits).abs().max() < 0.1
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
