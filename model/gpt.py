@@ -52,6 +52,7 @@ class GPTConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     qk_norm: bool = False  # RMSNorm on each head's queries and keys before attention (bounded logits)
+    logit_softcap: float | None = None  # c: output logits c·tanh(logits/c), bounded in (−c, c); None: as computed
     activation_checkpointing: bool = False  # recompute each block in the backward pass: less memory, one more forward
     reset_positions: bool = False  # with document_separator: positions (learned or rotary) restart at each document
     # The token id that begins a document (data.document_mask; set from the tokenizer, not model.*): a token then
@@ -128,6 +129,9 @@ def check_model_config(m: Mapping[str, Any]) -> None:
     for key in ("rope_theta", "norm_eps"):
         if key in m and (not is_number(m[key]) or m[key] <= 0):
             raise ModelConfigError(f"model.{key}", "a number > 0", m[key])
+    cap = m.get("logit_softcap")
+    if cap is not None and (not is_number(cap) or cap <= 0):
+        raise ModelConfigError("model.logit_softcap", "null or a number > 0", cap)
 
 
 def norm(config: GPTConfig) -> nn.Module:
@@ -299,6 +303,11 @@ class GPT(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
 
+    def capped(self, logits: torch.Tensor) -> torch.Tensor:
+        """logit_softcap c: c·tanh(logits/c), smooth and bounded, so no logit can run away however high the lr."""
+        c = self.config.logit_softcap
+        return logits if c is None else c * torch.tanh(logits / c)
+
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2 init: N(0, 0.02) weights, zero biases, residual projections scaled by 1/√(2·n_layer)."""
         if isinstance(module, nn.Linear):
@@ -386,7 +395,7 @@ class GPT(nn.Module):
             cache.advance(T)
         x = self.ln_f(x)
         if targets is None:
-            return self.lm_head(x[:, -1:, :]), None  # (B, 1, V): only the last position is needed
-        logits = self.lm_head(x)
+            return self.capped(self.lm_head(x[:, -1:, :])), None  # (B, 1, V): only the last position is needed
+        logits = self.capped(self.lm_head(x))
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
         return logits, loss

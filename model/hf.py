@@ -81,6 +81,9 @@ def transformers_config(config: GPTConfig, vocab_size: int | None = None, *, eos
     if config.qk_norm:
         raise ModelConfigError("model.qk_norm", "false to export (GPT2LMHeadModel and LlamaForCausalLM have no "
                                "query/key norm)", config.qk_norm)  # fmt: skip
+    if config.logit_softcap is not None:
+        raise ModelConfigError("model.logit_softcap", "null to export (GPT2LMHeadModel and LlamaForCausalLM do not "
+                               "cap logits)", config.logit_softcap)  # fmt: skip
     if config.arch == "gpt2":
         if config.kv_heads != config.n_head:
             raise ModelConfigError("model.n_kv_head", "null with arch=gpt2 (GPT2LMHeadModel has no grouped-query "

@@ -65,6 +65,8 @@ def test_every_preset_passes_the_check_and_builds(name, preset_values, on_meta):
         ({"rope_theta": -1.0}, "model.rope_theta must be a number > 0, got -1.0"),
         ({"activation": "relu"}, "model.activation must be one of gelu, gelu_tanh, got 'relu'"),
         ({"qk_norm": "yes"}, "model.qk_norm must be true or false, got 'yes'"),
+        ({"logit_softcap": 0}, "model.logit_softcap must be null or a number > 0, got 0"),
+        ({"logit_softcap": "high"}, "model.logit_softcap must be null or a number > 0, got 'high'"),
     ],
 )
 def test_a_bad_model_value_raises_one_line_naming_the_key_the_rule_and_the_value(changes, message):
@@ -217,6 +219,26 @@ def test_the_gpt2_mlp_applies_the_gelu_model_activation_names(tiny_config, activ
     torch.testing.assert_close(mlp(x), expected, rtol=0, atol=0)
     other = "tanh" if approximate == "none" else "none"
     assert not torch.allclose(mlp(x), mlp.c_proj(torch.nn.functional.gelu(mlp.c_fc(x), approximate=other)), atol=1e-7)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_logit_softcap_bounds_the_logits_and_leaves_small_ones_almost_as_they_are(tiny_config, arch):
+    """With cap c every logit lies in [−c, c] (fp32's tanh rounds to ±1 far out), in training and in sampling
+    alike; the same weights without a cap give logits far outside it, and a cap far above them changes nothing."""
+    x = torch.randint(0, 64, (2, 10))
+    logits = {}
+    for cap in (None, 2.0, 1e4):
+        torch.manual_seed(0)
+        model = GPT(tiny_config(arch, logit_softcap=cap)).eval()
+        with torch.no_grad():
+            model.lm_head.weight *= 50.0  # logits of tens
+            logits[cap], _ = model(x, x)
+            last, _ = model(x)
+        torch.testing.assert_close(last[:, -1], logits[cap][:, -1])
+    assert logits[None].abs().max() > 10.0
+    assert logits[2.0].abs().max() <= 2.0
+    torch.testing.assert_close(logits[2.0], 2.0 * torch.tanh(logits[None] / 2.0))
+    torch.testing.assert_close(logits[1e4], logits[None], rtol=1e-5, atol=1e-4)
 
 
 def test_qk_norm_under_bf16_autocast_normalises_in_fp32_without_a_dtype_warning(tiny_config):

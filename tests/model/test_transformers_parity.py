@@ -122,6 +122,11 @@ def test_a_model_with_a_query_key_norm_is_refused_naming_the_setting(tiny_config
         transformers_config(tiny_config(arch, qk_norm=True))
 
 
+def test_a_model_with_capped_logits_is_refused_naming_the_setting(tiny_config):
+    with pytest.raises(ModelConfigError, match=r"^model\.logit_softcap must be null to export .*, got 30\.0$"):
+        transformers_config(tiny_config("llama", logit_softcap=30.0))
+
+
 @pytest.mark.parametrize(
     "make, setting",
     [
