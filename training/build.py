@@ -151,7 +151,9 @@ class Run:
 
     def finish(self, status: str) -> None:
         """Close the run: ``status`` ok, failed, or preempted. The sinks are closed, and the run directory's lock
-        released, even when the reports fail (a full disk)."""
+        released, even when the reports fail (a full disk). After a run that ended well on every rank, the ranks
+        leave together."""
+        ended_well = status == "ok"  # the same on every rank: each finished the same loop
         try:
             self.report(status)
         except BaseException:
@@ -161,7 +163,7 @@ class Run:
             try:
                 self.metrics.close(status)
             finally:
-                distributed.shutdown()
+                distributed.shutdown(wait=ended_well)
                 if self.dist.is_main:
                     run_lock.release(self.run_dir)  # taken by open_outputs
 

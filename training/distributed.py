@@ -213,8 +213,12 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
-def shutdown() -> None:
+def shutdown(wait: bool = False) -> None:
+    """Tear down the process group; ``wait``: once every rank has got here, so that none closes its connections
+    while another still writes its end-of-run reports (gloo can abort the rank that left first)."""
     if is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
