@@ -304,9 +304,10 @@ class GPT(nn.Module):
         self.apply(self._init_weights)
 
     def capped(self, logits: torch.Tensor) -> torch.Tensor:
-        """logit_softcap c: c·tanh(logits/c), smooth and bounded, so no logit can run away however high the lr."""
+        """logit_softcap c: c·tanh(logits/c), smooth and bounded, so no logit can run away however high the lr; in
+        fp32, as the loss takes them, whatever autocast made the head's output."""
         c = self.config.logit_softcap
-        return logits if c is None else c * torch.tanh(logits / c)
+        return logits if c is None else c * torch.tanh(logits.float() / c)
 
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2 init: N(0, 0.02) weights, zero biases, residual projections scaled by 1/√(2·n_layer)."""

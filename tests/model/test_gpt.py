@@ -239,6 +239,10 @@ def test_logit_softcap_bounds_the_logits_and_leaves_small_ones_almost_as_they_ar
     assert logits[2.0].abs().max() <= 2.0
     torch.testing.assert_close(logits[2.0], 2.0 * torch.tanh(logits[None] / 2.0))
     torch.testing.assert_close(logits[1e4], logits[None], rtol=1e-5, atol=1e-4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # capped in fp32 from a bf16 head
+        model = GPT(tiny_config(arch, logit_softcap=2.0)).eval()
+        bf16_capped, _ = model(x, x)
+    assert bf16_capped.dtype == torch.float32 and bf16_capped.abs().max() <= 2.0
 
 
 def test_qk_norm_under_bf16_autocast_normalises_in_fp32_without_a_dtype_warning(tiny_config):
