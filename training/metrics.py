@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,31 @@ METRIC_NAMES = TRAIN_METRICS + VAL_METRICS
 EXTRA_METRICS = ("train/lr_muon", "train/data_wait", "train/peak_memory_gb")
 
 
-class JsonlSink:
+class FileSink:
+    """A sink that appends to one file. A write that runs out of space raises ``DiskFull`` once; closing after it
+    drops the unwritten rest without a second report."""
+
+    def __init__(self, path: Path, fh):
+        self.path, self.fh, self.full = path, fh, False
+
+    def write(self, write: Callable[[], Any], needed: int | None = None) -> None:
+        try:
+            with space_for(self.path, needed):
+                write()
+        except DiskFull:
+            self.full = True
+            raise
+
+    def close(self) -> None:
+        if self.full:
+            with contextlib.suppress(OSError):
+                self.fh.close()
+            return
+        with space_for(self.path):
+            self.fh.close()
+
+
+class JsonlSink(FileSink):
     """metrics.jsonl: one JSON object per logged step. On resume from update k, records of steps ≥ k (written
     by the interrupted run after its last checkpoint) are dropped first, so the file reads as one run."""
 
@@ -48,22 +72,13 @@ class JsonlSink:
             keep = [line for line in path.read_text().splitlines() if line.strip() and _step(line) < resume_step]
             with space_for(path):
                 replace_file(path, "".join(line + "\n" for line in keep))
-        self.fh = open(path, "a", buffering=1)
-        self.full = False  # a write ran out of space: that DiskFull is the one to report
+        super().__init__(path, open(path, "a", buffering=1))
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         # strict JSON: a non-finite value (the NaN loss of a batch trainer.nonfinite=skip skipped) is null
         record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
         line = json.dumps({"step": step, **record}, allow_nan=False) + "\n"
-        try:
-            with space_for(self.path, len(line.encode())):  # line-buffered: a full disk shows on this write
-                self.fh.write(line)
-        except DiskFull:
-            self.full = True
-            raise
-
-    def close(self) -> None:
-        close_file(self.fh, self.path, self.full)
+        self.write(lambda: self.fh.write(line), len(line.encode()))  # line-buffered: a full disk shows here
 
 
 def last_logged_step(path: Path) -> int | None:
@@ -80,7 +95,7 @@ def _step(line: str) -> int:
         return -1
 
 
-class CsvSink:
+class CsvSink(FileSink):
     """metrics.csv: a column per metric name, one row per logged step."""
 
     def __init__(self, path: Path, resume_step: int | None = None):
@@ -88,35 +103,14 @@ class CsvSink:
         if resume_step is not None and path.exists():
             with open(path, newline="") as fh:
                 rows = [r for r in csv.DictReader(fh) if int(r["step"]) < resume_step]
-        self.path = path
-        self.fh = open(path, "w", newline="", buffering=1)
+        super().__init__(path, open(path, "w", newline="", buffering=1))
         self.writer = csv.DictWriter(self.fh, fieldnames=("step", *METRIC_NAMES, *EXTRA_METRICS), extrasaction="ignore")
-        self.full = False
         with space_for(path):
             self.writer.writeheader()
             self.writer.writerows(rows)
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
-        try:
-            with space_for(self.path):
-                self.writer.writerow({"step": step, **metrics})
-        except DiskFull:
-            self.full = True
-            raise
-
-    def close(self) -> None:
-        close_file(self.fh, self.path, self.full)
-
-
-def close_file(fh, path: Path, full: bool) -> None:
-    """Close a sink's file; after a write that ran out of space (already reported), the unwritten rest is lost
-    without a second report."""
-    if full:
-        with contextlib.suppress(OSError):
-            fh.close()
-        return
-    with space_for(path):
-        fh.close()
+        self.write(lambda: self.writer.writerow({"step": step, **metrics}))
 
 
 def format_line(step: int, total: int, m: Mapping[str, Any]) -> str:
