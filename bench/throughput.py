@@ -4,6 +4,7 @@
     python bench/throughput.py --model gpt2 --device cuda --batch-size 16 --steps 20 trainer.compile=true
     python bench/throughput.py --model micro --device cpu --profile     # where the step's time goes
     python bench/throughput.py --model nano --device cpu --compare-ref HEAD~3   # this tree against a git ref
+    python bench/throughput.py --model nano --device cpu --against trainer.precision=bf16 --against optim=muon
 
 **template**: what train.py times as ``train/step_time`` — ``training.engine.train_update`` on the micro-batches
 of ``data.TrainBatches`` (built-in corpus), with the optimizer of ``training.optim.build_optimizer``, the
@@ -17,7 +18,9 @@ compile, clipping; in the same process, so with the same malloc). What the bare 
 
 ``--compare-ref <git ref or folder>`` times the template's update of this tree against the same update of the
 ref's code instead (``git archive`` of the ref into a temporary folder, or a copy of the folder): each side runs
-in its own process, and the two take turns, one update each, while the other waits. ``--vocab-size`` gives the
+in its own process, and the two take turns, one update each, while the other waits. ``--against "<overrides>"``
+(repeatable) times the template as configured against the template with those overrides added, each a loop of
+its own in this process: which settings cost what on this machine, from one run. ``--vocab-size`` gives the
 model an output head of that many rows (GPT-2's 50,304) without training a tokenizer that large.
 
 The loops alternate (template, bare, bare, template, ...: every update on a CPU, blocks of ``--steps`` on a
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -73,6 +77,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--vocab-size", type=int, default=None, help="rows of the model's output head (default: the tokenizer's)"
     )
     p.add_argument("--compare-ref", metavar="REF", default=None, help="time this tree's update against a git ref's")
+    p.add_argument(
+        "--against",
+        metavar="OVERRIDES",
+        action="append",
+        default=[],
+        help="time the template again with these overrides added (quoted, space-separated; repeatable)",
+    )
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # a --compare-ref side (internal)
     p.add_argument("--refresh-peak", action="store_true", help="measure the CPU peak again (keeps the higher)")
     p.add_argument("--profile", action="store_true", help="then profile the template's updates with torch.profiler")
@@ -85,11 +96,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def compose_config(args: argparse.Namespace):
+def compose_config(args: argparse.Namespace, extra: list[str] | None = None):
+    """The config of the command line, with ``extra`` overrides (one ``--against``) last."""
     overrides = [f"model={args.model}", f"trainer.device={args.device}", "logger=none"]
     if args.batch_size is not None:
         overrides.append(f"trainer.batch_size={args.batch_size}")
-    return compose_checked(overrides + list(args.overrides))
+    return compose_checked(overrides + list(args.overrides) + list(extra or []))
 
 
 def compose_checked(overrides: list[str]):
@@ -335,10 +347,10 @@ def ref_tree(ref: str, into: Path) -> Path:
     return root
 
 
-def alternate(loops: dict[str, Callable[[int, int], tuple[float, int | None]]], args, tokens: int,
+def alternate(loops: dict[str, Callable[[int, int], tuple[float, int | None]]], args, tokens: dict[str, int],
               device: torch.device, pids: list[int] | None = None) -> tuple[dict[str, list[float]], dict]:  # fmt: skip
-    """Tokens/s of each loop per repetition, the loops taking turns (see the module docstring), and each loop's
-    peak memory on a GPU."""
+    """Tokens/s of each loop (``tokens`` per update) per repetition, the loops taking turns (see the module
+    docstring), and each loop's peak memory on a GPU."""
     t = dict.fromkeys(loops, 0)
     for name, loop in loops.items():  # compile, allocator and thread-pool warm-up
         loop(t[name], args.warmup)
@@ -359,7 +371,7 @@ def alternate(loops: dict[str, Callable[[int, int], tuple[float, int | None]]], 
                 peak_memory[name] = max(memory, peak_memory[name] or 0) if memory is not None else None
                 t[name] += block
         for name in rates:
-            rates[name].append(args.steps * tokens / seconds[name])
+            rates[name].append(args.steps * tokens[name] / seconds[name])
         noise.append(others_share(before, cpu_times(pids)))
         busy = f" | other processes used {noise[-1]:.0%} of the CPUs" if noise[-1] is not None else ""
         each = ", ".join(f"{name} {rates[name][-1]:,.0f} tok/s" for name in names)
@@ -369,25 +381,47 @@ def alternate(loops: dict[str, Callable[[int, int], tuple[float, int | None]]], 
     return rates, peak_memory
 
 
-def report(measured: tuple[dict[str, list[float]], dict], tokens: int, flops_per_token: float,
+def report(measured: tuple[dict[str, list[float]], dict], tokens: dict[str, int], flops_per_token: dict[str, float],
            peaks: dict[str, float | None]) -> None:  # fmt: skip
-    """The table of medians, MFUs and peak memory, and the first loop's ratio to the second."""
+    """The table of medians, MFUs and peak memory, and the first loop's ratio to each other loop."""
     rates, peak_memory = measured
     print()
     mfus = "".join(f"{'MFU ' + name:>13}" for name in peaks)
     print(f"{'loop':<16}{'tokens/s':>12}{'step ms':>10}{mfus}{'memory GiB':>12}   per repetition (tokens/s)")
     for name, each in rates.items():
         median = statistics.median(each)
-        mfu = "".join(f"{flops_per_token * median / peak:>13.1%}" if peak else f"{'-':>13}" for peak in peaks.values())
+        flops = flops_per_token[name] * median
+        mfu = "".join(f"{flops / peak:>13.1%}" if peak else f"{'-':>13}" for peak in peaks.values())
         memory = f"{peak_memory[name] / 2**30:>12.2f}" if peak_memory[name] is not None else f"{'-':>12}"
         per = " ".join(f"{x:,.0f}" for x in each)
-        print(f"{name:<16}{median:>12,.0f}{1e3 * tokens / median:>10.1f}{mfu}{memory}   {per}")
-    first, second = rates
-    ratios = [a / b for a, b in zip(rates[first], rates[second], strict=True)]
-    print(
-        f"{first} / {second}: {statistics.median(ratios):.3f} (median of the repetitions' ratios; "
-        f"range {min(ratios):.3f} to {max(ratios):.3f})"
-    )
+        print(f"{name:<16}{median:>12,.0f}{1e3 * tokens[name] / median:>10.1f}{mfu}{memory}   {per}")
+    first, *others = rates
+    for other in others:
+        ratios = [a / b for a, b in zip(rates[first], rates[other], strict=True)]
+        print(
+            f"{first} / {other} (tokens/s): {statistics.median(ratios):.3f} (median of the repetitions' ratios; "
+            f"range {min(ratios):.3f} to {max(ratios):.3f})"
+        )
+
+
+def against(args: argparse.Namespace, d: distributed.Dist, template, batches: TrainBatches, raw_model: GPT,
+            peaks: dict[str, float | None]) -> None:  # fmt: skip
+    """The template as configured against the template with each ``--against`` set of overrides added, every
+    one a loop of this process (its own model, batches, optimizer, precision and compile), taking turns."""
+    steps = {"as given": template}
+    tokens, flops = {"as given": batches.tokens_per_update}, {"as given": model_flops_per_token(raw_model)}
+    for i, extra in enumerate(args.against, 1):
+        cfg = compose_config(args, shlex.split(extra))
+        precision = distributed.resolve_precision(cfg.trainer.precision, d.device)
+        use_compile = distributed.resolve_compile(cfg.trainer.compile, d.device)
+        step, model, its_batches, _ = build_template(
+            cfg, d, precision, use_compile, not args.return_freed_memory, args.vocab_size
+        )
+        name = f"+{i}"
+        steps[name], tokens[name], flops[name] = step, its_batches.tokens_per_update, model_flops_per_token(model)
+        print(f"{name} = {extra} | {tokens[name]} tokens per update | {precision}{', compiled' if use_compile else ''}")
+    loops = {name: (lambda first, n, step=step: timed(step, first, n, d.device)) for name, step in steps.items()}
+    report(alternate(loops, args, tokens, d.device), tokens, flops, peaks)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -399,6 +433,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.serve:
         return serve(args, cfg)
     if args.compare_ref:
+        if args.against:
+            raise ConfigError("--compare-ref and --against: give one of them")
         check_ref(args.compare_ref)
     d = distributed.init(cfg.trainer.device)  # one process: no process group, just the device
     device = d.device
@@ -440,11 +476,14 @@ def main(argv: list[str] | None = None) -> None:
             sides[f"ref {args.compare_ref}"] = Side(ref_tree(args.compare_ref, Path(tmp)), side_argv)
             try:
                 pids = [side.process.pid for side in sides.values()]
-                measured = alternate(sides, args, tokens, device, pids)
+                measured = alternate(sides, args, dict.fromkeys(sides, tokens), device, pids)
             finally:
                 for side in sides.values():
                     side.close()
-        return report(measured, tokens, flops_per_token, peaks)
+        return report(measured, dict.fromkeys(sides, tokens), dict.fromkeys(sides, flops_per_token), peaks)
+
+    if args.against:
+        return against(args, d, template, batches, raw_model, peaks)
 
     bare = build_bare(c, batches, vocab, cfg.optim.lr, cfg.trainer.seed, device, precision, use_compile,
                       cfg.trainer.grad_clip)  # fmt: skip
@@ -453,7 +492,8 @@ def main(argv: list[str] | None = None) -> None:
         "template": lambda first, steps: timed(template, first, steps, device),
         "bare": lambda first, steps: timed(bare, first, steps, device),
     }
-    report(alternate(loops, args, tokens, device), tokens, flops_per_token, peaks)
+    tokens_of, flops_of = dict.fromkeys(loops, tokens), dict.fromkeys(loops, flops_per_token)
+    report(alternate(loops, args, tokens_of, device), tokens_of, flops_of, peaks)
     if args.profile:
         print()
         profile(template, args.warmup + args.steps * args.repeats, args.steps, peaks["peak"])
