@@ -411,7 +411,10 @@ def against(args: argparse.Namespace, d: distributed.Dist, template, batches: Tr
     steps = {"as given": template}
     tokens, flops = {"as given": batches.tokens_per_update}, {"as given": model_flops_per_token(raw_model)}
     for i, extra in enumerate(args.against, 1):
-        cfg = compose_config(args, shlex.split(extra))
+        try:
+            cfg = compose_config(args, shlex.split(extra))
+        except ValueError as e:  # an unbalanced quote
+            raise ConfigError(f"--against {extra!r}: {e}") from None
         precision = distributed.resolve_precision(cfg.trainer.precision, d.device)
         use_compile = distributed.resolve_compile(cfg.trainer.compile, d.device)
         step, model, its_batches, _ = build_template(
