@@ -187,6 +187,15 @@ def build_template(cfg, d: distributed.Dist, precision: str, use_compile: bool, 
     return step, raw_model, batches, cache.vocab_size
 
 
+def template_for(cfg, d: distributed.Dist, args: argparse.Namespace):
+    """``build_template`` at the precision and compile setting train.py would pick for ``cfg`` on this device,
+    with the command line's malloc and head choices. Returns its four values, then the precision and compile."""
+    precision = distributed.resolve_precision(cfg.trainer.precision, d.device)
+    use_compile = distributed.resolve_compile(cfg.trainer.compile, d.device)
+    built = build_template(cfg, d, precision, use_compile, not args.return_freed_memory, args.vocab_size)
+    return *built, precision, use_compile
+
+
 BARE_LEAVES_OUT = (
     "batches from the token cache and their transfer, the loss and gradient-norm read-back (one host sync) "
     "with its non-finite guard, and the schedule's step"
@@ -309,11 +318,7 @@ def serve(args: argparse.Namespace, cfg) -> None:
         print(Side.PREFIX + json.dumps(fields), file=out, flush=True)
 
     d = distributed.init(cfg.trainer.device)
-    precision = distributed.resolve_precision(cfg.trainer.precision, d.device)
-    use_compile = distributed.resolve_compile(cfg.trainer.compile, d.device)
-    step, raw_model, batches, _ = build_template(
-        cfg, d, precision, use_compile, not args.return_freed_memory, args.vocab_size
-    )
+    step, _, batches, *_ = template_for(cfg, d, args)
     reply(tokens=batches.tokens_per_update)
     for line in sys.stdin:
         first, steps = (int(x) for x in line.split())
@@ -413,13 +418,9 @@ def against(args: argparse.Namespace, d: distributed.Dist, template, batches: Tr
     for i, extra in enumerate(args.against, 1):
         try:
             cfg = compose_config(args, shlex.split(extra))
-        except ValueError as e:  # an unbalanced quote
+        except ValueError as e:  # an unbalanced quote, or an override the config refuses
             raise ConfigError(f"--against {extra!r}: {e}") from None
-        precision = distributed.resolve_precision(cfg.trainer.precision, d.device)
-        use_compile = distributed.resolve_compile(cfg.trainer.compile, d.device)
-        step, model, its_batches, _ = build_template(
-            cfg, d, precision, use_compile, not args.return_freed_memory, args.vocab_size
-        )
+        step, model, its_batches, _, precision, use_compile = template_for(cfg, d, args)
         name = f"+{i}"
         steps[name], tokens[name], flops[name] = step, its_batches.tokens_per_update, model_flops_per_token(model)
         print(f"{name} = {extra} | {tokens[name]} tokens per update | {precision}{', compiled' if use_compile else ''}")
@@ -441,11 +442,7 @@ def main(argv: list[str] | None = None) -> None:
         check_ref(args.compare_ref)
     d = distributed.init(cfg.trainer.device)  # one process: no process group, just the device
     device = d.device
-    precision = distributed.resolve_precision(cfg.trainer.precision, device)
-    use_compile = distributed.resolve_compile(cfg.trainer.compile, device)
-    template, raw_model, batches, vocab = build_template(
-        cfg, d, precision, use_compile, not args.return_freed_memory, args.vocab_size
-    )
+    template, raw_model, batches, vocab, precision, use_compile = template_for(cfg, d, args)
     if device.type == "cpu" and args.refresh_peak:
         cpu_peak_flops(refresh=True)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
