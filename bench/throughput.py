@@ -179,12 +179,23 @@ def build_template(cfg, d: distributed.Dist, precision: str, use_compile: bool, 
         distributed.keep_freed_memory(device)  # and glibc's malloc keeping freed memory on a CPU
 
     def step(t: int) -> None:
-        train_update(
+        update = train_update(
             model, optimizer, scheduler, batches.micro_batches(t),
             device=device, autocast=autocast, scaler=scaler, grad_clip=cfg.trainer.grad_clip,
         )  # fmt: skip
+        step.losses.append(update.loss)
 
+    step.losses, step.resident = [], lambda: resident_bytes(raw_model, optimizer)
     return step, raw_model, batches, cache.vocab_size
+
+
+def resident_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes a loop holds between updates: its parameters, buffers and optimizer state (not its gradients, which
+    each update allocates and frees). Peak memory counts these once, not those of other loops in the process."""
+    tensors = [*model.parameters(), *model.buffers()]
+    tensors += [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    unique = {id(t): t for t in tensors}.values()  # a tied weight once
+    return sum(t.numel() * t.element_size() for t in unique)
 
 
 def template_for(cfg, d: distributed.Dist, args: argparse.Namespace):
@@ -234,31 +245,41 @@ def build_bare(model_config: GPTConfig, batches: TrainBatches, vocab: int, lr: f
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    step.resident = lambda: resident_bytes(model, optimizer)
     return step
 
 
 def timed(step: Callable[[int], None], first: int, steps: int, device: torch.device) -> tuple[float, int | None]:
-    """Seconds for updates first … first + steps − 1, and the peak memory they allocated on a GPU (else None)."""
+    """Seconds for updates first … first + steps − 1, and on a GPU (else None) the peak memory of the loop: what
+    it holds between updates (``step.resident()``, where the process holds other loops too; else all there was
+    before) plus the most the updates allocated above that."""
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
     t0 = time.perf_counter()
     for t in range(first, first + steps):
         step(t)
     sync(device)
     seconds = time.perf_counter() - t0
-    return seconds, torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    if device.type != "cuda":
+        return seconds, None
+    resident = getattr(step, "resident", None)
+    return seconds, torch.cuda.max_memory_allocated(device) - before + (resident() if resident else before)
 
 
 def profile(step: Callable[[int], None], first: int, steps: int, peak: float | None) -> None:
     """Where the template's update spends its time: the top operators, and the matmul share and rate."""
     from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities, with_flops=True) as prof:
         for t in range(first, first + steps):
             step(t)
     events = prof.key_averages()
+    if cuda:  # the GPU's kernels by their time on the GPU (compiled code runs as fused triton_* kernels)
+        print(events.table(sort_by="self_device_time_total", row_limit=25))
     print(events.table(sort_by="self_cpu_time_total", row_limit=20))
     total = sum(e.self_cpu_time_total for e in events)
 
@@ -426,6 +447,12 @@ def against(args: argparse.Namespace, d: distributed.Dist, template, batches: Tr
         print(f"{name} = {extra} | {tokens[name]} tokens per update | {precision}{', compiled' if use_compile else ''}")
     loops = {name: (lambda first, n, step=step: timed(step, first, n, d.device)) for name, step in steps.items()}
     report(alternate(loops, args, tokens, d.device), tokens, flops, peaks)
+    # Every loop took the same updates from the same initial weights: how far each one's losses ended from the first's
+    last = {name: statistics.mean(step.losses[-args.steps :]) for name, step in steps.items()}
+    print(f"train loss, mean of the last {args.steps} of {len(template.losses)} updates: " + ", ".join(
+        f"{name} {loss:.4f}" + (f" ({loss - last['as given']:+.4f})" if name != "as given" else "")
+        for name, loss in last.items()
+    ))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

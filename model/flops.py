@@ -157,8 +157,10 @@ def cpu_peak_flops(cache_dir: str | os.PathLike | None = None, refresh: bool = F
 
 
 def peak_flops(device: torch.device, precision: str) -> float | None:
-    """Peak FLOP/s of ``device`` at ``precision``: the GPU table on CUDA, a cached measurement on CPU."""
+    """Peak FLOP/s of ``device`` at ``precision``: the GPU table on CUDA, a cached measurement on CPU. fp8 runs
+    count against the bf16 peak (only the blocks' linear layers run in fp8), so their MFU compares with bf16's."""
     if device.type == "cuda":
+        precision = "bf16" if precision == "fp8" else precision
         # ROCm builds run fp32 matmuls at the fp32 rate whatever allow_tf32 says.
         tf32 = torch.backends.cuda.matmul.allow_tf32 and torch.version.hip is None
         return gpu_peak_flops(torch.cuda.get_device_name(device), precision, tf32)

@@ -13,6 +13,7 @@ training on a GPU, else a boolean mask, built once per forward; ``reset_position
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -54,6 +55,8 @@ class GPTConfig:
     qk_norm: bool = False  # RMSNorm on each head's queries and keys before attention (bounded logits)
     logit_softcap: float | None = None  # c: output logits c·tanh(logits/c), bounded in (−c, c); None: as computed
     activation_checkpointing: bool = False  # recompute each block in the backward pass: less memory, one more forward
+    # the training loss through liger-kernel's fused head + cross-entropy (CUDA): the (B, T, V) logits are never held
+    fused_cross_entropy: bool = False
     reset_positions: bool = False  # with document_separator: positions (learned or rotary) restart at each document
     # The token id that begins a document (data.document_mask; set from the tokenizer, not model.*): a token then
     # attends only to the tokens of its own document. None: plain causal attention over the whole window.
@@ -118,7 +121,8 @@ def check_model_config(m: Mapping[str, Any]) -> None:
     dropout = m.get("dropout", 0.0)
     if not is_number(dropout) or not 0.0 <= dropout < 1.0:
         raise ModelConfigError("model.dropout", "in [0, 1)", dropout)
-    for key in ("bias", "tie_embeddings", "activation_checkpointing", "reset_positions", "qk_norm"):
+    for key in ("bias", "tie_embeddings", "activation_checkpointing", "reset_positions", "qk_norm",
+                "fused_cross_entropy"):  # fmt: skip
         if key in m and not isinstance(m[key], bool):
             raise ModelConfigError(f"model.{key}", "true or false", m[key])
     kv = m.get("n_kv_head")
@@ -166,6 +170,17 @@ def document_starts(idx: torch.Tensor, separator: int, start: int = 0, carried: 
     index = torch.arange(start, start + idx.size(1), device=idx.device)
     before = carried[:, None] if carried is not None else index[:1]
     return torch.where(idx == separator, index, before).cummax(dim=1).values
+
+
+@functools.cache
+def liger_cross_entropy():
+    """liger-kernel's fused linear + cross-entropy (``model.fused_cross_entropy``), or None where it is not installed
+    or does not load (it needs Triton). Run uncompiled: its Triton kernels stand outside the compiled graph."""
+    try:
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+    except Exception:  # absent, or present without a working Triton
+        return None
+    return torch.compiler.disable(liger_fused_linear_cross_entropy)
 
 
 _flex_attention = None
@@ -297,6 +312,8 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
+        # looked up here, not in forward: a compiled forward would trace the lookup's cache
+        self.fused_loss = liger_cross_entropy() if config.fused_cross_entropy else None
         if config.arch == "llama":
             cos, sin = rotary_tables(config, config.block_size)
             self.register_buffer("rope_cos", cos, persistent=False)
@@ -355,7 +372,8 @@ class GPT(nn.Module):
         cache=None,
         reduction: str = "mean",
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) token ids → logits (B, T, V), and the cross-entropy against targets (B, T) if given.
+        """idx (B, T) token ids → logits (B, T, V), and the cross-entropy against targets (B, T) if given (with
+        ``fused_cross_entropy``, in training on CUDA, the mean loss alone: the logits are None).
 
         With a KV cache the positions continue after the cached ones and the cache grows by T. With a
         ``document_separator`` each token attends only to the earlier tokens of its own document in the window
@@ -397,6 +415,11 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         if targets is None:
             return self.capped(self.lm_head(x[:, -1:, :])), None  # (B, 1, V): only the last position is needed
+        if self.fused_loss is not None and self.training and reduction == "mean" and x.is_cuda:
+            # the mean loss, the head's matmul and the cross-entropy fused in chunks: no logits are returned
+            loss = self.fused_loss(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1),
+                                   softcap=self.config.logit_softcap)  # fmt: skip
+            return None, loss
         logits = self.capped(self.lm_head(x))
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
         return logits, loss

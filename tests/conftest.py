@@ -31,6 +31,18 @@ TINY = [
 ]
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked ``cuda`` skip, with the reason, where torch sees no CUDA GPU; ``pytest -m cuda`` runs them all."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 def compose_config(overrides: list[str] | None = None, return_hydra_config: bool = False):
     from training.config import compose
 

@@ -23,6 +23,7 @@ from data import MixtureValBatches, TrainBatches, ValBatches, prepare, token_byt
 from data.atomic import replace_file
 from model import GPT, GPTConfig, full_context_forward, sample_text
 from model.flops import model_flops_per_token, peak_flops
+from model.gpt import liger_cross_entropy
 from scheduling import build_scheduler, schedule_from_config
 from training import budget, checkpoint, distributed, run_lock
 from training.config import ConfigError, check_stop_at, grad_accum_steps
@@ -70,7 +71,7 @@ class Run:
     metrics: Metrics
     update_settings: dict[str, Any]  # train_update's keywords: device, autocast, scaler, grad_clip
     strategy: str  # single | ddp | fsdp
-    precision: str  # fp32 | bf16 | fp16
+    precision: str  # fp32 | bf16 | fp16 | fp8
     compiled: bool
     total_steps: int
     budget: dict[str, Any]
@@ -376,6 +377,10 @@ def build_model(cfg: DictConfig, dist: distributed.Dist, model_config: GPTConfig
     precision = distributed.resolve_precision(trainer.precision, device)
     strategy = distributed.resolve_strategy(trainer.strategy, dist.world_size)
     compiled = distributed.resolve_compile(trainer.compile, device)
+    if model_config.fused_cross_entropy and (device.type != "cuda" or liger_cross_entropy() is None):
+        why = (f"liger-kernel's kernels need a CUDA GPU, not the {device.type}" if device.type != "cuda"
+               else "liger-kernel is not installed here (pip install liger-kernel)")  # fmt: skip
+        log.warning("model.fused_cross_entropy: %s; the plain head and cross-entropy run instead", why)
     torch.manual_seed(trainer.seed)
     raw_model = GPT(model_config).to(device)
     if weights is not None:  # an imported model's, loaded before any wrapping or sharding

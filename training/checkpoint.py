@@ -204,13 +204,18 @@ def find_resume(resume: Any, run_dir: Path) -> Path | None:
     return resolve(resume)
 
 
+# Model settings that change how the loss is computed, not the weights: a resume may change them.
+HOW_NOT_WHAT = ("fused_cross_entropy",)
+
+
 def check_fits(state: dict[str, Any], model_config: dict[str, Any], tokenizer_hash: str, path: Path) -> None:
     """Refuse a checkpoint whose model shape, vocabulary or tokenizer differ from what the config builds. A
     setting the checkpoint predates counts as its default (what that checkpoint's model did)."""
     saved = state.get("model_config", {})
     if saved:
         saved = {**{f.name: f.default for f in fields(GPTConfig)}, **saved}
-    diff = [f"{k} {saved.get(k)!r} → {v!r}" for k, v in model_config.items() if saved.get(k) != v]
+    diff = [f"{k} {saved.get(k)!r} → {v!r}" for k, v in model_config.items()
+            if saved.get(k) != v and k not in HOW_NOT_WHAT]  # fmt: skip
     if diff:
         raise ConfigError(
             f"checkpoint {path}: it holds a model of another shape or vocab than the config asks for "

@@ -23,7 +23,7 @@ from scheduling import ScheduleError, schedule_from_config, unless_budget
 from scheduling.spec import SettingError, is_int, is_number
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp8")
 STRATEGIES = ("auto", "single", "ddp", "fsdp")
 COMPILE = ("auto", True, False)
 NONFINITE = ("stop", "skip")

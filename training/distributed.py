@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -78,7 +79,8 @@ def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
 
 
 def resolve_precision(choice: str, device: torch.device) -> str:
-    """``trainer.precision``: auto is bf16 on CUDA GPUs that support it, fp16 on older ones, else fp32."""
+    """``trainer.precision``: auto is bf16 on CUDA GPUs that support it, fp16 on older ones, else fp32; fp8 only
+    where :func:`check_fp8` allows it."""
     if choice not in PRECISIONS:
         raise ConfigError("trainer.precision", f"one of {', '.join(PRECISIONS)}", choice)
     cuda = device.type == "cuda"
@@ -93,7 +95,40 @@ def resolve_precision(choice: str, device: torch.device) -> str:
         log.warning("trainer.precision=bf16: this CPU has no bf16 instructions, so bf16 runs slower than fp32 here")
     if choice == "fp16" and device.type == "cpu":
         raise ConfigError("trainer.precision", "fp32 or bf16 on the CPU (fp16 with a GradScaler needs a GPU)", "fp16")
+    if choice == "fp8":
+        check_fp8(device)
     return choice
+
+
+FP8_CAPABILITY = (8, 9)  # Ada and Hopper onwards: the first GPUs with fp8 tensor cores
+
+
+def check_fp8(device: torch.device) -> None:
+    """``trainer.precision=fp8`` needs a CUDA GPU with fp8 tensor cores and torchao; refused in one line elsewhere."""
+    if device.type != "cuda":
+        where = device.type.upper()
+        raise ConfigError("trainer.precision", f"fp32 or bf16 on the {where} (fp8 needs a CUDA GPU of compute "
+                          "capability 8.9 or newer)", "fp8")  # fmt: skip
+    if torch.cuda.get_device_capability(device) < FP8_CAPABILITY:
+        name = torch.cuda.get_device_name(device)
+        raise ConfigError("trainer.precision", f"bf16, fp16 or fp32 on {name} (fp8 needs compute capability 8.9 or "
+                          "newer: Ada, Hopper, Blackwell)", "fp8")  # fmt: skip
+    if importlib.util.find_spec("torchao") is None:
+        raise ConfigError("trainer.precision=fp8 needs torchao's float8 training: pip install torchao (or the "
+                          "project's gpu extra)")  # fmt: skip
+
+
+def float8_linears(model: torch.nn.Module) -> torch.nn.Module:
+    """``trainer.precision=fp8``: each linear layer of the blocks becomes torchao's Float8Linear, in place; its
+    matmuls run in fp8 with dynamic per-tensor scales (forward e4m3, gradients e5m2), everything else in bf16
+    autocast. The output head stays bf16 (it feeds the loss). Weights stay fp32 parameters under their own names,
+    so state dicts and checkpoints are those of a bf16 run, and a run can resume in either precision."""
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+    def in_blocks(module: torch.nn.Module, fqn: str) -> bool:  # fp8 matmuls take dimensions divisible by 16
+        return fqn.startswith("blocks.") and module.in_features % 16 == 0 and module.out_features % 16 == 0
+
+    return convert_to_float8_training(model, config=Float8LinearConfig(), module_filter_fn=in_blocks)
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -124,13 +159,16 @@ def resolve_strategy(choice: str, world_size: int) -> str:
 
 
 def parallelize(model: torch.nn.Module, strategy: str, d: Dist, precision: str, compile: bool) -> torch.nn.Module:
-    """The module the loop calls: compiled in place (state-dict keys unchanged), then wrapped or sharded."""
+    """The module the loop calls: fp8 linear layers swapped in and compiled in place (state-dict keys unchanged),
+    then wrapped or sharded."""
+    if precision == "fp8":
+        float8_linears(model)
     if strategy == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         policy = MixedPrecisionPolicy()
-        if d.device.type == "cuda" and precision in ("bf16", "fp16"):
-            low = torch.bfloat16 if precision == "bf16" else torch.float16
+        if d.device.type == "cuda" and precision in ("bf16", "fp16", "fp8"):
+            low = torch.float16 if precision == "fp16" else torch.bfloat16
             policy = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32)
         for block in model.blocks:
             if compile:
@@ -179,10 +217,11 @@ def keep_freed_memory(device: torch.device) -> bool:
 
 
 def autocast(device: torch.device, precision: str):
-    """The mixed-precision context of the forward pass (a no-op for fp32)."""
+    """The mixed-precision context of the forward pass (a no-op for fp32; bf16 for fp8, whose linear layers cast
+    to fp8 themselves)."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 

@@ -104,11 +104,13 @@ def test_document_starts_begin_at_each_separator_and_carry_over_from_the_cache()
     assert later.tolist() == [[9, 13], [3, 3]]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 @pytest.mark.parametrize("arch,reset", ARCHS, ids=IDS)
-def test_on_cuda_flex_attention_gives_what_the_boolean_mask_gives(arch, reset):
+def test_on_cuda_flex_attention_gives_what_the_boolean_mask_gives(arch, reset, monkeypatch):
     """The GPU's training path (FlexAttention with a block mask, compiled) against the CPU one, forward and
-    backward, eager and inside a compiled model; and its evaluation path."""
+    backward, eager and inside a compiled model; and its evaluation path. In fp32 without TF32, which a run
+    allows (and which would round the matmuls to 10 bits)."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     _, model = models(arch, reset, n_embd=64)  # FlexAttention's kernels take heads of 16 or more
     model.train()
     idx = text(4, BLOCK)

@@ -186,10 +186,8 @@ def test_the_loss_falls_on_a_learnable_token_stream(arch, tiny_config):
 
 # ---- CUDA --------------------------------------------------------------------------------------------------------
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-
-@needs_cuda
+@pytest.mark.cuda
 def test_cuda_bf16_autocast_runs_the_matmuls_in_bf16_with_an_fp32_loss(tiny_config):
     if not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
@@ -200,7 +198,7 @@ def test_cuda_bf16_autocast_runs_the_matmuls_in_bf16_with_an_fp32_loss(tiny_conf
     assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
 
 
-@needs_cuda
+@pytest.mark.cuda
 def test_cuda_compiled_model_matches_eager(tiny_config):
     torch.manual_seed(0)
     model = GPT(tiny_config("llama")).cuda()

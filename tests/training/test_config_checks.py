@@ -27,7 +27,7 @@ BAD_CONFIGS = [
     (["trainer.ckpt_every=10", "trainer.keep_checkpoints=1"], "trainer.keep_checkpoints", "≥ 2"),
     (["trainer.grad_clip=-1"], "trainer.grad_clip", "≥ 0"),
     (["trainer.device=tpu"], "trainer.device", "auto, cpu, cuda, mps"),
-    (["trainer.precision=fp8"], "trainer.precision", "auto, fp32, bf16, fp16"),
+    (["trainer.precision=fp4"], "trainer.precision", "auto, fp32, bf16, fp16, fp8"),
     (["trainer.compile=maybe"], "trainer.compile", "auto, true, false"),
     (["trainer.nonfinite=ignore"], "trainer.nonfinite", "stop, skip"),
     (["trainer.allow_schedule_change=maybe"], "trainer.allow_schedule_change", "true, false or branch"),
@@ -105,6 +105,32 @@ def test_bf16_on_a_gpu_without_bf16_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100-SXM2-16GB")
     with pytest.raises(ConfigError, match=r"trainer.precision must be fp16 or fp32 on Tesla V100.*got 'bf16'"):
         resolve_precision("bf16", torch.device("cuda", 0))
+
+
+def test_fp8_on_the_cpu_is_refused():
+    with pytest.raises(ConfigError, match=r"^trainer.precision must be fp32 or bf16 on the CPU \(fp8 needs a CUDA GPU "
+                       r"of compute capability 8.9 or newer\), got 'fp8'$"):  # fmt: skip
+        resolve_precision("fp8", torch.device("cpu"))
+
+
+def test_fp8_on_a_gpu_without_fp8_tensor_cores_is_refused(monkeypatch):
+    """An A100 (compute capability 8.0) has bf16 but no fp8 tensor cores; torch.cuda answers as one would."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "NVIDIA A100-SXM4-80GB")
+    with pytest.raises(ConfigError, match=r"trainer.precision must be bf16, fp16 or fp32 on NVIDIA A100.*got 'fp8'$"):
+        resolve_precision("fp8", torch.device("cuda", 0))
+
+
+def test_fp8_without_torchao_is_refused_naming_the_package(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (9, 0))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchao" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"^trainer.precision=fp8 needs torchao's float8 training: pip install"):
+        resolve_precision("fp8", torch.device("cuda", 0))
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    assert resolve_precision("fp8", torch.device("cuda", 0)) == "fp8"  # an H100 with torchao: allowed
 
 
 # ---- checkpoints that cannot be resumed ---------------------------------------------------------------------
