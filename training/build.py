@@ -39,7 +39,7 @@ from training.metrics import (
     last_logged_step,
     start_summary,
 )
-from training.optim import build_optimizer
+from training.optim import build_optimizer, describe_optimizer
 from training.plots import write_run_plots
 from training.secrets import redact, register_overrides, scrub_hydra_files
 
@@ -460,6 +460,7 @@ def describe(run: Run, meta: dict, schedule) -> dict[str, str]:
                  f"{b.batch_size} × {b.block_size}",
         "schedule": f"{schedule.name}: warmup {p.get('warmup_steps', 0)}, peak {lr:g}{floor}, "
                     f"T = {run.total_steps:,} updates" + (f", resuming at {run.start}" if run.start else ""),
+        "optimizer": describe_optimizer(run.optimizer),
         "device": f"{run.device}, {run.precision}, {run.strategy}{', compiled' if run.compiled else ''}",
         "run_dir": str(run.run_dir),
     }  # fmt: skip

@@ -28,6 +28,7 @@ STRATEGIES = ("auto", "single", "ddp", "fsdp")
 COMPILE = ("auto", True, False)
 NONFINITE = ("stop", "skip")
 OPTIMIZERS = ("adamw", "muon")
+NS_DTYPE_CHOICES = ("auto", "bfloat16", "float32")  # optim.muon.ns_dtype
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
 LOGGERS = ("wandb", "csv", "none")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
@@ -267,6 +268,7 @@ def check_optim(o: Mapping[str, Any]) -> None:
         if not is_number(m.get("weight_decay")) or m["weight_decay"] < 0:
             raise ConfigError("optim.muon.weight_decay", "a number ≥ 0", m.get("weight_decay"))
         one_of(m, "adjust_lr_fn", "optim.muon", ADJUST_LR_FNS)
+        one_of(m, "ns_dtype", "optim.muon", NS_DTYPE_CHOICES)
 
 
 def check_stop_at(stop_at: Any, total_steps: int | None) -> None:

@@ -92,7 +92,7 @@ def resolve_precision(choice: str, device: torch.device) -> str:
         name = torch.cuda.get_device_name(device)
         raise ConfigError("trainer.precision", f"fp16 or fp32 on {name} (it has no bf16 support)", "bf16")
     if choice == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
-        log.warning("trainer.precision=bf16: this CPU has no bf16 instructions, so bf16 runs slower than fp32 here")
+        log.warning("trainer.precision=bf16: emulated on this CPU (no bf16 instructions): slow, slower than fp32 here")
     if choice == "fp16" and device.type == "cpu":
         raise ConfigError("trainer.precision", "fp32 or bf16 on the CPU (fp16 with a GradScaler needs a GPU)", "fp16")
     if choice == "fp8":
@@ -131,14 +131,26 @@ def float8_linears(model: torch.nn.Module) -> torch.nn.Module:
     return convert_to_float8_training(model, config=Float8LinearConfig(), module_filter_fn=in_blocks)
 
 
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX); without them bf16 math is emulated, slower
-    than fp32. Where the flags can't be read, assume it has."""
+# oneDNN's instruction sets without bf16 arithmetic: with ONEDNN_MAX_CPU_ISA capped at one, bf16 matmuls are emulated
+ONEDNN_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
+def cpu_flags() -> str:
+    """The CPU's feature flags from /proc/cpuinfo ('' where it can't be read)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        return True
-    return any(flag in flags for flag in (" avx512_bf16", " amx_bf16"))
+        return ""
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively: it has bf16 instructions (AVX512-BF16 or AMX) and oneDNN, which
+    runs torch's CPU bf16 matmuls, is not capped below them (``ONEDNN_MAX_CPU_ISA``). Without them bf16 math is
+    emulated, several times slower than fp32. Where the flags can't be read, assume it has."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ONEDNN_WITHOUT_BF16:
+        return False
+    flags = cpu_flags()
+    return not flags or any(flag in flags for flag in (" avx512_bf16", " amx_bf16"))
 
 
 def resolve_compile(choice, device: torch.device) -> bool:

@@ -2,9 +2,10 @@
 
 - ``adamw``: weight decay on every parameter of two or more dimensions (matmul weights, embeddings), none on
   biases and norms.
-- ``muon``: ``torch.optim.Muon`` (orthogonalised momentum) for every 2-D weight inside the blocks, at its own
-  peak ``optim.muon.lr``; AdamW as above for everything else — the token and position embeddings, the output
-  head, norms and biases — at ``optim.lr``.
+- ``muon``: Muon (orthogonalised momentum; :class:`Muon`, torch.optim.Muon's update with the Newton–Schulz
+  iteration in a dtype of choice) for every 2-D weight inside the blocks, at its own peak ``optim.muon.lr``;
+  AdamW as above for everything else — the token and position embeddings, the output head, norms and biases —
+  at ``optim.lr``.
 
 Either way the loop sees one optimizer: its param groups are the schedule's (λ(t) multiplies each group's own
 base lr), one ``step()`` steps every group. The AdamW groups come first, so param group 0 is AdamW's.
@@ -12,12 +13,18 @@ base lr), one ``step()`` steps every group. The AdamW groups come first, so para
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from training.config import ConfigError
+from training.distributed import cpu_has_fast_bf16
+
+log = logging.getLogger("train")
+NS_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # the quintic's a, b, c, as torch.optim.Muon and Keller Jordan's Muon
 
 
 class Optimizers(torch.optim.Optimizer):
@@ -55,6 +62,104 @@ class Optimizers(torch.optim.Optimizer):
             optimizer.load_state_dict(state)
 
 
+def orthogonalize(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
+                  dtype: torch.dtype) -> torch.Tensor:  # fmt: skip
+    """Muon's quintic Newton–Schulz iteration on the matrix ``g``, in ``dtype`` (torch.optim.Muon's, step for step;
+    torch's always runs in bf16): about U·Vᵀ of g's SVD, singular values scattered around 1."""
+    a, b, c = coefficients
+    x = g.to(dtype, copy=True)  # a copy: g may be the momentum buffer itself
+    tall = g.size(0) > g.size(1)
+    if tall:
+        x = x.T
+    x.div_(x.norm().clamp(min=eps))  # spectral norm at most 1
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if tall else x
+
+
+def adjusted_lr(lr: float, adjust_lr_fn: str | None, shape: torch.Size) -> float:
+    """Muon's lr for a matrix of ``shape``: ·√max(1, rows/cols) (original), or ·0.2·√max(rows, cols) (Moonshot's
+    match_rms_adamw), as torch.optim.Muon adjusts it."""
+    rows, cols = shape[:2]
+    if adjust_lr_fn == "match_rms_adamw":
+        return lr * 0.2 * math.sqrt(max(rows, cols))
+    return lr * math.sqrt(max(1, rows / cols))
+
+
+def resolve_ns_dtype(choice: str, device: torch.device) -> tuple[str, str]:
+    """``optim.muon.ns_dtype`` and why: auto is bfloat16 where the device multiplies bf16 natively (CUDA GPUs with
+    bf16, CPUs with AVX512-BF16 or AMX), else float32 — emulated bf16 costs about ten times float32 there. An
+    explicit bfloat16 on such a device is warned about once."""
+    native = (torch.cuda.is_bf16_supported() if device.type == "cuda" else
+              cpu_has_fast_bf16() if device.type == "cpu" else False)  # fmt: skip
+    where = {"cuda": "this GPU", "cpu": "this CPU"}.get(device.type, f"the {device.type} device")
+    if choice == "auto":
+        if native:
+            return "bfloat16", f"auto: {where} multiplies bf16 natively"
+        return "float32", f"auto: bf16 is emulated on {where}"
+    if choice == "bfloat16" and not native:
+        log.warning("optim.muon.ns_dtype=bfloat16: emulated on %s (no bf16 instructions): slow, about ten times "
+                    "float32's cost; auto picks float32 here", where)  # fmt: skip
+        return choice, f"as set; emulated on {where}: slow"
+    return choice, "as set"
+
+
+class Muon(torch.optim.Optimizer):
+    """torch.optim.Muon's update (momentum, Nesterov, Newton–Schulz, decoupled weight decay, the adjusted lr; its
+    state dict too) with the Newton–Schulz iteration in ``ns_dtype`` instead of always bf16, and on any torch
+    version. Each param group records the dtype as the string ``ns_dtype``, so a checkpoint says which ran; a
+    resume runs this run's, and says so when it differs."""
+
+    def __init__(self, params, *, lr: float, weight_decay: float, momentum: float, nesterov: bool, ns_steps: int,
+                 adjust_lr_fn: str | None = None, ns_dtype: str = "bfloat16",
+                 ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS, eps: float = 1e-7):  # fmt: skip
+        defaults = {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "nesterov": nesterov,
+                    "ns_coefficients": ns_coefficients, "eps": eps, "ns_steps": ns_steps,
+                    "adjust_lr_fn": adjust_lr_fn, "ns_dtype": ns_dtype}  # fmt: skip
+        super().__init__(params, defaults)
+        self.ns_dtype, self.ns_reason = ns_dtype, "as set"
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        ran = {g.get("ns_dtype", "bfloat16") for g in state_dict["param_groups"]}  # torch's Muon: always bf16
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            group["ns_dtype"] = self.ns_dtype
+        if ran != {self.ns_dtype}:
+            log.warning("Muon orthogonalised in %s before this resume and in %s from here (optim.muon.ns_dtype)",
+                        "/".join(sorted(ran)), self.ns_dtype)  # fmt: skip
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, momentum, dtype = group["lr"], group["momentum"], NS_DTYPES[group["ns_dtype"]]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - momentum)
+                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
+                update = orthogonalize(update, group["ns_coefficients"], group["ns_steps"], group["eps"], dtype)
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(update, alpha=-adjusted_lr(lr, group["adjust_lr_fn"], p.shape))
+        return loss
+
+
+def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
+    """The start-of-run summary's line: which optimizer runs, and for Muon in which dtype it orthogonalises and why."""
+    muon = next((o for o in getattr(optimizer, "optimizers", ()) if isinstance(o, Muon)), None)
+    if muon is None:
+        return type(optimizer).__name__
+    return f"Muon (Newton–Schulz in {muon.ns_dtype}; {muon.ns_reason}) + AdamW"
+
+
 def muon_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The parameters Muon updates: every 2-D weight inside the blocks (attention and MLP projections)."""
     blocks = getattr(model, "blocks", [])
@@ -86,11 +191,9 @@ def build_optimizer(model: torch.nn.Module, cfg: Mapping[str, Any], device: torc
     )
     if not for_muon:
         return adamw
-    muon_cls = getattr(torch.optim, "Muon", None)
-    if muon_cls is None:
-        raise ConfigError(f"optim=muon needs torch ≥ 2.9 (torch.optim.Muon); this is torch {torch.__version__}")
     m = cfg["muon"]
-    muon = muon_cls(
+    ns_dtype, why = resolve_ns_dtype(m.get("ns_dtype", "auto"), device)
+    muon = Muon(
         [{"params": for_muon, "name": "muon"}],  # named: the loop logs its lr as train/lr_muon
         lr=float(m["lr"]),
         momentum=float(m["momentum"]),
@@ -98,5 +201,7 @@ def build_optimizer(model: torch.nn.Module, cfg: Mapping[str, Any], device: torc
         ns_steps=int(m["ns_steps"]),
         weight_decay=float(m["weight_decay"]),
         adjust_lr_fn=m.get("adjust_lr_fn"),
+        ns_dtype=ns_dtype,
     )
+    muon.ns_reason = why
     return Optimizers(adamw, muon)

@@ -238,14 +238,14 @@ def test_a_mistyped_key_or_option_is_one_line_before_hydra_runs():
     check_overrides(["--cfg", "job", "-m", "schedule=cosine,wsd", "optim.lr=1e-3,3e-3", "hydra.run.dir=x"])
 
 
-def test_bf16_on_a_cpu_without_bf16_instructions_warns_that_it_is_slower(monkeypatch, caplog):
+def test_bf16_on_a_cpu_without_bf16_instructions_is_named_as_emulated_and_slow(monkeypatch, caplog):
     from training import distributed
 
     monkeypatch.setattr(distributed, "cpu_has_fast_bf16", lambda: False)
     with caplog.at_level("WARNING"):
         assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
     assert [r.message for r in caplog.records] == [
-        "trainer.precision=bf16: this CPU has no bf16 instructions, so bf16 runs slower than fp32 here"
+        "trainer.precision=bf16: emulated on this CPU (no bf16 instructions): slow, slower than fp32 here"
     ]
     monkeypatch.setattr(distributed, "cpu_has_fast_bf16", lambda: True)
     caplog.clear()
