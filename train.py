@@ -27,7 +27,7 @@ from training import distributed, launch, run_lock
 from training.budget import seconds_since_process_start
 from training.build import Run, Sweep, build_run
 from training.config import USER_ERRORS, check_config, check_overrides_or_exit, register_resolvers
-from training.engine import NONFINITE, train_update_retrying
+from training.engine import NONFINITE
 from training.init_from import with_init_from
 from training.signals import EXIT_RESUMABLE, Stopped, StopSignals
 
@@ -70,9 +70,7 @@ def fit(run: Run) -> float:
             lrs = run.learning_rates()  # what update t uses
             micro_batches = run.train_batches.micro_batches(t)
             data_wait = time.perf_counter() - t0
-            update, overflows = train_update_retrying(  # fp16: retried at a lower scale while it overflows
-                run.model, run.optimizer, run.scheduler, micro_batches, **run.update_settings
-            )
+            update, overflows = run.step(micro_batches)  # fp16: retried at a lower scale while it overflows
             run.metrics.count("fp16_overflows", overflows)
             if update.status == NONFINITE:
                 run.skip_nonfinite(t, update)  # raises under trainer.nonfinite=stop

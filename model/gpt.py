@@ -26,7 +26,22 @@ from torch.utils.checkpoint import checkpoint
 
 from scheduling.spec import SettingError, is_int, is_number
 
-ARCHS = ("gpt2", "llama")
+
+@dataclass(frozen=True)
+class Style:
+    """What an architecture style (``model.arch``) decides; every difference between the styles is read here."""
+
+    rotary: bool  # rotary position embeddings (else a learned position embedding)
+    rms_norm: bool  # RMSNorm (else LayerNorm)
+    swiglu: bool  # a SwiGLU MLP of hidden 8C/3 rounded up to 64 (else GELU of hidden 4C)
+    biases: bool  # linear layers and norms may have biases (model.bias)
+
+
+STYLES = {
+    "gpt2": Style(rotary=False, rms_norm=False, swiglu=False, biases=True),
+    "llama": Style(rotary=True, rms_norm=True, swiglu=True, biases=False),
+}
+ARCHS = tuple(STYLES)
 ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}  # model.activation → F.gelu's approximate
 VOCAB_MULTIPLE = 64  # the model's vocabulary is padded to a multiple of this: faster embedding and head matmuls
 
@@ -71,10 +86,14 @@ class GPTConfig:
         return self.n_kv_head or self.n_head
 
     @property
+    def style(self) -> Style:
+        return STYLES[self.arch]
+
+    @property
     def hidden(self) -> int:
         if self.mlp_hidden:
             return self.mlp_hidden
-        if self.arch == "llama":
+        if self.style.swiglu:
             return 64 * math.ceil(8 * self.n_embd / 3 / 64)
         return 4 * self.n_embd
 
@@ -112,7 +131,7 @@ def check_model_config(m: Mapping[str, Any]) -> None:
         _positive_int(m, key)
     if m["n_embd"] % m["n_head"]:
         raise ModelConfigError("model.n_embd", f"divisible by model.n_head ({m['n_head']})", m["n_embd"])
-    if arch == "llama" and (m["n_embd"] // m["n_head"]) % 2:
+    if STYLES[arch].rotary and (m["n_embd"] // m["n_head"]) % 2:
         raise ModelConfigError(
             "model.n_embd", "such that n_embd / n_head is even (rotary embeddings rotate pairs)", m["n_embd"]
         )
@@ -139,9 +158,9 @@ def check_model_config(m: Mapping[str, Any]) -> None:
 
 
 def norm(config: GPTConfig) -> nn.Module:
-    if config.arch == "llama":
+    if config.style.rms_norm:
         return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
-    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias and config.style.biases)
 
 
 def rotary_tables(config: GPTConfig, length: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,13 +238,13 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head, self.n_kv, self.d = config.n_head, config.kv_heads, config.head_dim
-        bias = config.bias and config.arch == "gpt2"
+        bias = config.bias and config.style.biases
         self.c_attn = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv) * self.d, bias=bias)  # fused QKV
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=bias)
         self.c_proj.residual_projection = True
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.rotary = config.arch == "llama"
+        self.rotary = config.style.rotary
         # qk_norm: queries and keys of unit RMS per head, so their dot products (the attention logits) stay
         # bounded whatever the weights' scale; a learned gain per dimension
         self.q_norm = nn.RMSNorm(self.d, eps=config.norm_eps) if config.qk_norm else None
@@ -269,9 +288,9 @@ class MLP(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.swiglu = config.arch == "llama"
+        self.swiglu = config.style.swiglu
         self.approximate = ACTIVATIONS[config.activation]
-        bias = config.bias and not self.swiglu
+        bias = config.bias and config.style.biases
         self.c_fc = nn.Linear(config.n_embd, (2 if self.swiglu else 1) * config.hidden, bias=bias)  # fused gate+up
         self.c_proj = nn.Linear(config.hidden, config.n_embd, bias=bias)
         self.c_proj.residual_projection = True
@@ -305,7 +324,7 @@ class GPT(nn.Module):
             raise ModelConfigError("model.arch", f"one of {', '.join(ARCHS)}", config.arch)
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.arch == "gpt2" else None
+        self.wpe = None if config.style.rotary else nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = norm(config)
@@ -314,7 +333,7 @@ class GPT(nn.Module):
             self.lm_head.weight = self.wte.weight
         # looked up here, not in forward: a compiled forward would trace the lookup's cache
         self.fused_loss = liger_cross_entropy() if config.fused_cross_entropy else None
-        if config.arch == "llama":
+        if config.style.rotary:
             cos, sin = rotary_tables(config, config.block_size)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
@@ -349,7 +368,7 @@ class GPT(nn.Module):
 
     def reset_buffers(self) -> None:
         """Recompute the non-persistent rotary tables (after building on the meta device and ``to_empty``)."""
-        if self.config.arch == "llama":
+        if self.config.style.rotary:
             cos, sin = rotary_tables(self.config, self.config.block_size, device=self.wte.weight.device)
             self.rope_cos.copy_(cos)
             self.rope_sin.copy_(sin)

@@ -15,8 +15,9 @@ its own vocabulary size, so its logits, and its loss, stay exactly its own.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,6 @@ import torch
 
 from model.gpt import GPT, GPTConfig, ModelConfigError
 
-CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
 # The model keys a transformers config sets on import; dropout and activation checkpointing stay the run's own.
 ARCH_KEYS = ("arch", "n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "bias", "mlp_hidden",
              "tie_embeddings", "activation", "rope_theta", "norm_eps")  # fmt: skip
@@ -84,43 +84,30 @@ def transformers_config(config: GPTConfig, vocab_size: int | None = None, *, eos
     if config.logit_softcap is not None:
         raise ModelConfigError("model.logit_softcap", "null to export (GPT2LMHeadModel and LlamaForCausalLM do not "
                                "cap logits)", config.logit_softcap)  # fmt: skip
-    if config.arch == "gpt2":
-        if config.kv_heads != config.n_head:
-            raise ModelConfigError("model.n_kv_head", "null with arch=gpt2 (GPT2LMHeadModel has no grouped-query "
-                                   "attention; arch=llama exports it)", config.n_kv_head)  # fmt: skip
-        return t.GPT2Config(vocab_size=vocab, n_positions=config.block_size, n_embd=config.n_embd,
-                            n_layer=config.n_layer, n_head=config.n_head, n_inner=config.hidden,
-                            activation_function=GPT2_ACTIVATIONS[config.activation], resid_pdrop=config.dropout,
-                            embd_pdrop=config.dropout, attn_pdrop=config.dropout,
-                            layer_norm_epsilon=config.norm_eps, **tokens)  # fmt: skip
-    if config.arch == "llama":
-        # LlamaForCausalLM drops out only attention weights: dropout, a training setting, is not carried over.
-        return t.LlamaConfig(vocab_size=vocab, hidden_size=config.n_embd, intermediate_size=config.hidden,
-                             num_hidden_layers=config.n_layer, num_attention_heads=config.n_head,
-                             num_key_value_heads=config.kv_heads, head_dim=config.head_dim,
-                             max_position_embeddings=config.block_size, rms_norm_eps=config.norm_eps,
-                             rope_theta=config.rope_theta, hidden_act="silu", attention_bias=False, mlp_bias=False,
-                             **tokens)  # fmt: skip
-    raise ModelConfigError("model.arch", f"one of {', '.join(CLASSES)} to export", config.arch)
+    if config.arch not in FORMATS:
+        raise ModelConfigError("model.arch", f"one of {', '.join(FORMATS)} to export", config.arch)
+    return FORMATS[config.arch].config(t, config, vocab, tokens)
 
 
-def _block_names(config: GPTConfig) -> list[tuple[str, tuple[str, ...], bool]]:
-    return GPT2_BLOCK if config.arch == "gpt2" else LLAMA_BLOCK
+def gpt2_config(t: Any, config: GPTConfig, vocab: int, tokens: dict[str, Any]) -> Any:
+    if config.kv_heads != config.n_head:
+        raise ModelConfigError("model.n_kv_head", "null with arch=gpt2 (GPT2LMHeadModel has no grouped-query "
+                               "attention; arch=llama exports it)", config.n_kv_head)  # fmt: skip
+    return t.GPT2Config(vocab_size=vocab, n_positions=config.block_size, n_embd=config.n_embd, n_layer=config.n_layer,
+                        n_head=config.n_head, n_inner=config.hidden,
+                        activation_function=GPT2_ACTIVATIONS[config.activation], resid_pdrop=config.dropout,
+                        embd_pdrop=config.dropout, attn_pdrop=config.dropout, layer_norm_epsilon=config.norm_eps,
+                        **tokens)  # fmt: skip
 
 
-def _top_names(config: GPTConfig) -> list[tuple[str, str]]:
-    """(our name, their name) outside the blocks; the embedding and head are handled with the vocabulary."""
-    if config.arch == "gpt2":
-        return [("wpe.weight", "transformer.wpe.weight"), ("ln_f.weight", "transformer.ln_f.weight"),
-                ("ln_f.bias", "transformer.ln_f.bias")]  # fmt: skip
-    return [("ln_f.weight", "model.norm.weight")]
-
-
-def _prefixes(config: GPTConfig) -> tuple[str, str]:
-    """Where their blocks and their token embedding live."""
-    if config.arch == "gpt2":
-        return "transformer.h.", "transformer.wte.weight"
-    return "model.layers.", "model.embed_tokens.weight"
+def llama_config(t: Any, config: GPTConfig, vocab: int, tokens: dict[str, Any]) -> Any:
+    # LlamaForCausalLM drops out only attention weights: dropout, a training setting, is not carried over.
+    return t.LlamaConfig(vocab_size=vocab, hidden_size=config.n_embd, intermediate_size=config.hidden,
+                         num_hidden_layers=config.n_layer, num_attention_heads=config.n_head,
+                         num_key_value_heads=config.kv_heads, head_dim=config.head_dim,
+                         max_position_embeddings=config.block_size, rms_norm_eps=config.norm_eps,
+                         rope_theta=config.rope_theta, hidden_act="silu", attention_bias=False, mlp_bias=False,
+                         **tokens)  # fmt: skip
 
 
 def _split_rows(config: GPTConfig, ours: str) -> list[int]:
@@ -136,7 +123,8 @@ def to_transformers_state_dict(state: dict[str, torch.Tensor], config: GPTConfig
     """Our ``state_dict`` in the names and layouts of ``transformers_config(config, vocab_size)``'s model, the
     embedding and head cut to ``vocab_size`` rows; a model without biases gets zero ones under arch gpt2."""
     vocab = vocab_size or config.vocab_size
-    block_prefix, embedding = _prefixes(config)
+    f = FORMATS[config.arch]
+    block_prefix, embedding = f.block_prefix, f.embedding
 
     def ours(name: str) -> torch.Tensor:
         if name in state:
@@ -145,9 +133,9 @@ def to_transformers_state_dict(state: dict[str, torch.Tensor], config: GPTConfig
         return torch.zeros(weight.shape[0], dtype=weight.dtype)
 
     out = {embedding: state["wte.weight"][:vocab], "lm_head.weight": state["lm_head.weight"][:vocab]}
-    out.update({theirs: ours(name) for name, theirs in _top_names(config)})
+    out.update({theirs: ours(name) for name, theirs in f.top})
     for i in range(config.n_layer):
-        for name, theirs, transposed in _block_names(config):
+        for name, theirs, transposed in f.block:
             w = ours(f"blocks.{i}.{name}")
             parts = w.split(_split_rows(config, name)) if len(theirs) > 1 else [w]
             for their_name, part in zip(theirs, parts, strict=True):
@@ -158,13 +146,14 @@ def to_transformers_state_dict(state: dict[str, torch.Tensor], config: GPTConfig
 def from_transformers_state_dict(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
     """A transformers GPT-2 or Llama ``state_dict`` as ours for ``config`` (its arch, from ``architecture``):
     fused projections stacked, GPT-2's Conv1D weights transposed, position embeddings cut to ``block_size``."""
-    block_prefix, embedding = _prefixes(config)
+    f = FORMATS[config.arch]
+    block_prefix, embedding = f.block_prefix, f.embedding
     out = {"wte.weight": state[embedding], "lm_head.weight": state.get("lm_head.weight", state[embedding])}
-    out.update({name: state[theirs] for name, theirs in _top_names(config)})
+    out.update({name: state[theirs] for name, theirs in f.top})
     if "wpe.weight" in out:
         out["wpe.weight"] = out["wpe.weight"][: config.block_size]
     for i in range(config.n_layer):
-        for name, theirs, transposed in _block_names(config):
+        for name, theirs, transposed in f.block:
             w = torch.cat([state[f"{block_prefix}{i}.{t}"] for t in theirs])
             out[f"blocks.{i}.{name}"] = w.t() if transposed else w
     return {k: v.contiguous() for k, v in out.items()}
@@ -189,42 +178,71 @@ def architecture(hf_config: Any, source: str) -> dict[str, Any]:
     transformers GPT-2 or Llama config; what our GPT cannot compute raises ``ModelConfigError`` naming ``source``
     and the setting."""
     kind = getattr(hf_config, "model_type", None)
+    found = next((f for f in FORMATS.values() if f.model_type == kind), None)
+    if found is None:
+        raise ModelConfigError(f"model.init_from: {source} holds a {kind!r} model (model_type in config.json); "
+                               f"only {' and '.join(CLASSES.values())} style models ({', '.join(FORMATS)}) can be "
+                               "imported")  # fmt: skip
 
     def refuse(setting: str, value: Any, allowed: str) -> ModelConfigError:
         return ModelConfigError(f"model.init_from: {source} has {setting}={value!r} in config.json; "
                                 f"only {allowed} can be imported")  # fmt: skip
 
-    tie = bool(getattr(hf_config, "tie_word_embeddings", True))
-    if kind == "gpt2":
-        c = hf_config
-        if c.activation_function not in GPT2_ACTIVATION_OF:
-            raise refuse("activation_function", c.activation_function, " or ".join(GPT2_ACTIVATION_OF))
-        for setting, wanted in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
-                                ("add_cross_attention", False)):  # fmt: skip
-            if bool(getattr(c, setting, wanted)) != wanted:
-                raise refuse(setting, getattr(c, setting), f"{setting}={str(wanted).lower()}")
-        return {"arch": "gpt2", "n_layer": c.n_layer, "n_head": c.n_head, "n_kv_head": None, "n_embd": c.n_embd,
-                "block_size": c.n_positions, "bias": True, "mlp_hidden": c.n_inner or None, "tie_embeddings": tie,
-                "activation": GPT2_ACTIVATION_OF[c.activation_function],
-                "norm_eps": float(c.layer_norm_epsilon)}  # fmt: skip
-    if kind == "llama":
-        c = hf_config
-        rope = dict(getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {})
-        theta = rope.get("rope_theta", getattr(c, "rope_theta", 10000.0))
-        checks = (("hidden_act", c.hidden_act, "silu"), ("attention_bias", bool(c.attention_bias), False),
-                  ("mlp_bias", bool(getattr(c, "mlp_bias", False)), False),
-                  ("rope_type", rope.get("rope_type", rope.get("type", "default")), "default"),
-                  ("head_dim", getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
-                   c.hidden_size // c.num_attention_heads))  # fmt: skip
-        for setting, value, wanted in checks:
-            if value != wanted:
-                raise refuse(setting, value, f"{setting}={wanted!r}")
-        return {"arch": "llama", "n_layer": c.num_hidden_layers, "n_head": c.num_attention_heads,
-                "n_kv_head": c.num_key_value_heads, "n_embd": c.hidden_size, "block_size": c.max_position_embeddings,
-                "bias": False, "mlp_hidden": c.intermediate_size, "tie_embeddings": tie, "rope_theta": float(theta),
-                "norm_eps": float(c.rms_norm_eps)}  # fmt: skip
-    raise ModelConfigError(f"model.init_from: {source} holds a {kind!r} model (model_type in config.json); "
-                           f"only {' and '.join(CLASSES)} style models (gpt2, llama) can be imported")  # fmt: skip
+    return found.read(hf_config, refuse, bool(getattr(hf_config, "tie_word_embeddings", True)))
+
+
+def read_gpt2(c: Any, refuse: Callable[..., Exception], tie: bool) -> dict[str, Any]:
+    if c.activation_function not in GPT2_ACTIVATION_OF:
+        raise refuse("activation_function", c.activation_function, " or ".join(GPT2_ACTIVATION_OF))
+    for setting, wanted in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                            ("add_cross_attention", False)):  # fmt: skip
+        if bool(getattr(c, setting, wanted)) != wanted:
+            raise refuse(setting, getattr(c, setting), f"{setting}={str(wanted).lower()}")
+    return {"arch": "gpt2", "n_layer": c.n_layer, "n_head": c.n_head, "n_kv_head": None, "n_embd": c.n_embd,
+            "block_size": c.n_positions, "bias": True, "mlp_hidden": c.n_inner or None, "tie_embeddings": tie,
+            "activation": GPT2_ACTIVATION_OF[c.activation_function],
+            "norm_eps": float(c.layer_norm_epsilon)}  # fmt: skip
+
+
+def read_llama(c: Any, refuse: Callable[..., Exception], tie: bool) -> dict[str, Any]:
+    rope = dict(getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {})
+    theta = rope.get("rope_theta", getattr(c, "rope_theta", 10000.0))
+    checks = (("hidden_act", c.hidden_act, "silu"), ("attention_bias", bool(c.attention_bias), False),
+              ("mlp_bias", bool(getattr(c, "mlp_bias", False)), False),
+              ("rope_type", rope.get("rope_type", rope.get("type", "default")), "default"),
+              ("head_dim", getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
+               c.hidden_size // c.num_attention_heads))  # fmt: skip
+    for setting, value, wanted in checks:
+        if value != wanted:
+            raise refuse(setting, value, f"{setting}={wanted!r}")
+    return {"arch": "llama", "n_layer": c.num_hidden_layers, "n_head": c.num_attention_heads,
+            "n_kv_head": c.num_key_value_heads, "n_embd": c.hidden_size, "block_size": c.max_position_embeddings,
+            "bias": False, "mlp_hidden": c.intermediate_size, "tie_embeddings": tie, "rope_theta": float(theta),
+            "norm_eps": float(c.rms_norm_eps)}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Format:
+    """How one architecture style maps onto its transformers class; every difference between the two is here."""
+
+    cls: str  # the transformers class
+    model_type: str  # config.json's model_type
+    block_prefix: str  # where their blocks live
+    embedding: str  # their token embedding
+    top: list[tuple[str, str]]  # (our name, theirs) outside the blocks, beside the embedding and the head
+    block: list[tuple[str, tuple[str, ...], bool]]  # per block: ours, theirs stacked in ours, stored transposed
+    config: Callable[..., Any]  # (transformers, our config, vocabulary, token settings) → their config
+    read: Callable[..., dict[str, Any]]  # (their config, refuse, tied) → our model keys
+
+
+FORMATS = {
+    "gpt2": Format("GPT2LMHeadModel", "gpt2", "transformer.h.", "transformer.wte.weight",
+                   [("wpe.weight", "transformer.wpe.weight"), ("ln_f.weight", "transformer.ln_f.weight"),
+                    ("ln_f.bias", "transformer.ln_f.bias")], GPT2_BLOCK, gpt2_config, read_gpt2),
+    "llama": Format("LlamaForCausalLM", "llama", "model.layers.", "model.embed_tokens.weight",
+                    [("ln_f.weight", "model.norm.weight")], LLAMA_BLOCK, llama_config, read_llama),
+}  # fmt: skip
+CLASSES = {arch: f.cls for arch, f in FORMATS.items()}
 
 
 def read_config(folder: Path) -> Any:

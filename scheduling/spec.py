@@ -7,9 +7,11 @@ checkpoint and a resumed run can tell whether the config still describes the sam
 
 from __future__ import annotations
 
+import functools
+import importlib
 import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from scheduling.schedules import DECAY_SHAPES, SCHEDULES, WARMUP_SHAPES
@@ -65,6 +67,28 @@ def _key(param: str, keys: Mapping[str, str]) -> str:
     return keys.get(param, f"schedule.{param}")
 
 
+def schedule_function(name: Any, key: str = "schedule.name") -> Callable[..., float]:
+    """λ(t, **params) of a schedule: one of ``SCHEDULES`` by name, or a fork's function by its dotted path
+    (``my_schedules.step_decay``: a file and a YAML file add a schedule; docs/extending.md)."""
+    if isinstance(name, str) and name in SCHEDULES:
+        return SCHEDULES[name]
+    if not isinstance(name, str) or "." not in name:
+        raise ScheduleError(key, f"one of {', '.join(sorted(SCHEDULES))}, or the dotted path of a λ(t) function", name)
+    return _imported(name, key)
+
+
+@functools.cache
+def _imported(name: str, key: str) -> Callable[..., float]:
+    module, _, attr = name.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ScheduleError(f"{key}: {name!r} cannot be imported ({e})") from None
+    if not callable(found):
+        raise ScheduleError(key, "the dotted path of a λ(t) function", name)
+    return found
+
+
 class Schedule:
     """λ(t) of one of ``SCHEDULES`` with its parameters; call it with the update index.
 
@@ -74,9 +98,7 @@ class Schedule:
     """
 
     def __init__(self, name: str, keys: Mapping[str, str] = CONFIG_KEYS, **params: Any):
-        if name not in SCHEDULES:
-            raise ScheduleError(_key("name", keys), f"one of {', '.join(sorted(SCHEDULES))}", name)
-        accepted = [p for p in inspect.signature(SCHEDULES[name]).parameters if p != "t"]
+        accepted = [p for p in inspect.signature(schedule_function(name, _key("name", keys))).parameters if p != "t"]
         unknown = sorted(set(params) - set(accepted))
         if unknown:
             allowed = ", ".join(_key(p, keys) for p in accepted)
@@ -86,7 +108,7 @@ class Schedule:
         self.params = dict(params)
 
     def __call__(self, t: int) -> float:
-        return SCHEDULES[self.name](t, **self.params)
+        return schedule_function(self.name)(t, **self.params)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Schedule) and (self.name, self.params) == (other.name, other.params)
@@ -201,8 +223,7 @@ def schedule_from_config(cfg: Mapping[str, Any], total_steps: int, peak_lr: floa
     """
     cfg = dict(cfg)
     name = cfg.get("name")
-    if name not in SCHEDULES:
-        raise ScheduleError("schedule.name", f"one of {', '.join(sorted(SCHEDULES))}", name)
+    schedule_function(name)  # known, or a fork's that imports
     if not is_int(total_steps) or total_steps <= 0:
         raise ScheduleError("trainer.max_steps", "an integer > 0", total_steps)
     if not is_number(peak_lr) or peak_lr <= 0:

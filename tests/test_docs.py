@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, compose_config
 from training.config import USER_ERRORS, check_config, check_overrides, compose
 
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# extending.md's commands run the files its examples add: tests/test_extending.py runs them in a copy with those files
+PAGES = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "extending.md")]
 
 
 def commands(script: str) -> list[tuple[str, list[str]]]:
@@ -82,3 +84,56 @@ def test_the_readme_error_example_is_the_error_a_user_gets():
     with pytest.raises(USER_ERRORS) as err:
         check_config(compose_config([example.group(1)]))
     assert f"error: {err.value}" == example.group(2)
+
+
+CONF = ROOT / "conf"
+
+
+def test_the_architecture_page_links_every_config_group_and_each_link_exists():
+    """Its key table points at conf/'s files, which hold the keys; it lists none of them itself."""
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    links = re.findall(r"\]\(\.\./(conf/[^)]*)\)", page)
+    assert links and all((ROOT / link).exists() for link in links), [
+        link for link in links if not (ROOT / link).exists()
+    ]
+    linked = {Path(link).parts[1] for link in links if (ROOT / link).is_dir() or len(Path(link).parts) > 2}
+    assert {p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra"} <= linked
+
+
+def all_keys() -> dict[str, set[str]]:
+    """Every key each group defines in any of its options (a section's keys as ``section.key``)."""
+    from training.config import GROUPS, known_keys, register_resolvers
+
+    register_resolvers()  # trainer.max_steps' default reads one
+    keys = {g: {k for p in (CONF / g).glob("*.yaml") for k in known_keys(g, p.stem)} for g in GROUPS}
+    keys["model"] |= set(known_keys("model", None))
+    return keys
+
+
+FILE_SUFFIXES = ("json", "jsonl", "py", "safetensors", "yaml", "png", "csv", "md")
+
+
+def python_name(name: str) -> bool:
+    """Whether ``name`` is a module or an attribute of one (``model.hf``, ``model.sample_text``), not a key."""
+    import importlib
+
+    module, _, attr = name.rpartition(".")
+    for candidate, rest in ((name, None), (module, attr)):
+        try:
+            found = importlib.import_module(candidate)
+        except ImportError:
+            continue
+        return rest is None or hasattr(found, rest)
+    return False
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_every_config_key_the_docs_name_is_a_key_of_its_group(page):
+    keys = all_keys()
+    groups = "model|optim|schedule|data|trainer|logger|eval"
+    named = set(re.findall(rf"`\+?((?:{groups})\.[a-z_.]+[a-z_])", page.read_text()))
+    named = {k for k in named if k.rsplit(".", 1)[1] not in FILE_SUFFIXES and not python_name(k)}
+    unknown = sorted(
+        k for k in named if not k.startswith("data.sources.") and k.split(".", 1)[1] not in keys[k.split(".")[0]]
+    )
+    assert not unknown, f"{page.name} names keys no option of conf/ defines: {unknown}"

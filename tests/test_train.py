@@ -58,7 +58,8 @@ from training.optim import build_optimizer
 kept = keep_freed_memory(torch.device(sys.argv[1]))
 torch.manual_seed(0)
 model = GPT(GPTConfig(vocab_size=4096, block_size=64, n_layer=1, n_head=4, n_embd=128))
-optim = {"lr": 1e-3, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.1, "fused": False}
+optim = {"_target_": "training.optim.adamw", "lr": 1e-3, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.1,
+         "fused": False}
 optimizer = build_optimizer(model, optim, torch.device("cpu"))
 scheduler = LambdaLR(optimizer, lambda t: 1.0)
 x = torch.randint(0, 4096, (8, 64))

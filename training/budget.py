@@ -28,12 +28,10 @@ import torch
 from training.config import ConfigError, budget_key
 
 STEP_MARGIN = 1.05  # the measured update × this: other processes competing for the machine
-# Set aside per update outside the measured update (the metric sinks; W&B's log call costs more), and once at
-# the end (plots, closing the loggers, the process's exit; W&B's start and finish, the CUDA context). Sampling
-# with W&B also logs its table.
-LOG_SECONDS, WANDB_LOG_SECONDS = 0.0005, 0.0015
-TEARDOWN_SECONDS, WANDB_SECONDS, CUDA_TEARDOWN_SECONDS = 1.5, 3.5, 1.0
-WANDB_TABLE_SECONDS = 0.6
+# Set aside per update outside the measured update (metrics.jsonl and the console), and once at the end (plots,
+# closing the files, the process's exit; the CUDA context). Each plugged sink adds its own (training.loggers.Sink).
+LOG_SECONDS = 0.0005
+TEARDOWN_SECONDS, CUDA_TEARDOWN_SECONDS = 1.5, 1.0
 CHECKPOINT_BYTES_PER_SECOND = 200e6  # a conservative disk
 clock = time.perf_counter  # what measurements read; tests put a fake clock here
 
@@ -158,11 +156,25 @@ def median_seconds(update: Callable[[int], float], seconds: float, warmup: int =
     return statistics.median(times)
 
 
-def eval_seconds(evaluate: Callable[[list], Any], batches: list, n_batches: int, device: torch.device) -> float:
-    """Seconds of an evaluation over ``n_batches``, timed on ``batches`` (a few of them) and scaled. One batch
-    goes through first, untimed: a compiled model compiles on its first call, once for the whole run."""
-    evaluate(batches[:1])
-    return timed(lambda: evaluate(batches), device) * n_batches / len(batches)
+def eval_seconds(evaluate: Callable[[], Any], device: torch.device) -> float:
+    """Seconds of one evaluation (every evaluation of the run), timed after an untimed first one: a compiled
+    model compiles on its first call, once for the whole run."""
+    evaluate()
+    return timed(evaluate, device)
+
+
+def measure_update(step, throwaway: torch.optim.Optimizer, micro_batches: Callable[[int], list],
+                   seconds: float) -> float:  # fmt: skip
+    """Median seconds of one real update — fetching its batches, forward, backward, clip, the host sync and an
+    optimizer step — by ``step`` (a ``training.engine.TrainStep``) with the ``throwaway`` optimizer at lr 0:
+    weights, the run's optimizer and the generators stay as they were."""
+    for group in throwaway.param_groups:
+        group["lr"] = 0.0
+    measured = step.with_optimizer(throwaway, torch.optim.lr_scheduler.LambdaLR(throwaway, lambda t: 0.0))
+    device = step.model.how.device
+    update = lambda i: timed(lambda: measured(micro_batches(i)), device)  # noqa: E731
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        return median_seconds(update, seconds)
 
 
 def sample_seconds(sample: Callable[[int], Any], n_tokens: int, device: torch.device, *, cached: int,
@@ -195,15 +207,17 @@ def measure_time_plan(
     n_params: int,
     eval_every: int,
     ckpt_every: int,
-    wandb: bool,
+    sinks: list[type],
     cuda: bool,
 ) -> TimePlan:
-    """Measure the parts of a run (each callable returns seconds) and fit T into ``max_time``."""
+    """Measure the parts of a run (each callable returns seconds) and fit T into ``max_time``; ``sinks``: the
+    classes of the plugged metric sinks, whose costs are set aside too."""
     step, evaluation_s, sample_s = update(), evaluation(), sample()
-    if wandb and sample_s > 0:
-        sample_s += WANDB_TABLE_SECONDS
-    teardown = TEARDOWN_SECONDS + (WANDB_SECONDS if wandb else 0.0) + (CUDA_TEARDOWN_SECONDS if cuda else 0.0)
-    log = LOG_SECONDS + (WANDB_LOG_SECONDS if wandb else 0.0)
+    if sample_s > 0:
+        sample_s += sum(getattr(s, "SAMPLE_SECONDS", 0.0) for s in sinks)
+    teardown = TEARDOWN_SECONDS + sum(getattr(s, "TEARDOWN_SECONDS", 0.0) for s in sinks)
+    teardown += CUDA_TEARDOWN_SECONDS if cuda else 0.0
+    log = LOG_SECONDS + sum(getattr(s, "LOG_SECONDS", 0.0) for s in sinks)
     return plan_time(max_time, elapsed(), step, evaluation_s, checkpoint_seconds(n_params), sample_s, teardown,
                      eval_every, ckpt_every, log)  # fmt: skip
 

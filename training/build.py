@@ -1,18 +1,20 @@
-"""The parts of a run, built from a checked config before update 0: data, model, T, optimizer and schedule,
-checkpointer, metric sinks — and what the loop does with them besides the update (evaluate, save, log, the
-end-of-run sample and reports). ``build_run`` writes nothing but the run directory's outputs, in this order:
-nothing until every part is built and the checkpoint (if resuming) is restored.
+"""The one build of a run: every part, in order, from a checked config — the process and device, the checkpoint
+to resume, data, model, T, optimizer and schedule, checkpointer, evaluations, and last the outputs — into a
+``Run``, complete when made. ``build_run`` writes nothing but the run directory's outputs, and nothing until every
+part is built and the checkpoint (if resuming) is restored.
+
+``Run`` holds what the loop (train.py's ``fit``) uses, and what the loop does with it besides the update:
+evaluate, save, log, the end-of-run sample, and finishing.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import math
 import resource
 import time
-from dataclasses import dataclass, field
-from itertools import islice
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,24 +25,15 @@ from data import MixtureValBatches, TrainBatches, ValBatches, prepare, token_byt
 from data.atomic import replace_file
 from model import GPT, GPTConfig, full_context_forward, sample_text
 from model.flops import model_flops_per_token, peak_flops
-from model.gpt import liger_cross_entropy
 from scheduling import build_scheduler, schedule_from_config
-from training import budget, checkpoint, distributed, run_lock
-from training.config import ConfigError, check_stop_at, grad_accum_steps
-from training.engine import Update, evaluate, loss_and_bpb, train_update, validation_sums
+from training import budget, checkpoint, distributed, run_lock, summary
+from training.components import build, find
+from training.config import LIST_GROUPS, ConfigError, check_stop_at, grad_accum_steps
+from training.engine import Model, TrainStep, Update, build_model
+from training.evaluation import EvalContext, Evaluations
 from training.init_from import initial_weights, model_vocab
-from training.metrics import (
-    CsvSink,
-    JsonlSink,
-    Metrics,
-    ProgressSink,
-    duration,
-    human,
-    last_logged_step,
-    start_summary,
-)
+from training.loggers import JsonlSink, Metrics, ProgressSink, RunInfo, human, last_logged_step, start_summary
 from training.optim import build_optimizer, describe_optimizer
-from training.plots import write_run_plots
 from training.secrets import redact, register_overrides, scrub_hydra_files
 
 log = logging.getLogger("train")
@@ -48,7 +41,7 @@ log = logging.getLogger("train")
 
 @dataclass(frozen=True)
 class Sweep:
-    """A multirun job's place in its sweep: the W&B group its jobs share and this job's name."""
+    """A multirun job's place in its sweep: the group its jobs share in the trackers, and this job's name."""
 
     group: str
     name: str
@@ -61,48 +54,44 @@ class Run:
     cfg: DictConfig
     run_dir: Path
     dist: distributed.Dist
-    model: torch.nn.Module  # what the loop calls: compiled, wrapped or sharded
-    raw_model: GPT
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
+    model: Model  # the GPT (model.raw), what the loop calls (model.module) and how its update runs
+    step: TrainStep  # one optimizer update: the model with its optimizer and schedule
     train_batches: TrainBatches
-    val_batches: ValBatches | MixtureValBatches
+    evaluations: Evaluations
     checkpointer: checkpoint.Checkpointer
     metrics: Metrics
-    update_settings: dict[str, Any]  # train_update's keywords: device, autocast, scaler, grad_clip
-    strategy: str  # single | ddp | fsdp
-    precision: str  # fp32 | bf16 | fp16 | fp8
-    compiled: bool
     total_steps: int
     budget: dict[str, Any]
     start: int
     tokens_seen: int
     started: float  # time.perf_counter() at the job's start
-    wandb_sink: Any  # the W&B sink when logger=wandb (rank 0), for its run id and tables
     extra_state: dict[str, Any]  # saved in every checkpoint beside the training state
     files: dict[str, str]  # written into every checkpoint folder
-    token_bytes: torch.Tensor
     tokenizer: Any
-    flops_per_token: float
-    peak_flops: float | None
-    schedule_history: list[dict[str, Any]] = field(default_factory=list)  # schedule.json: what each update used
 
     @property
     def device(self) -> torch.device:
         return self.dist.device
 
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.step.optimizer
+
+    @property
+    def scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        return self.step.scheduler
+
     def evaluate(self, step: int) -> float:
-        """Validation loss and bits per byte at ``step``, logged; every rank must agree on the schedule."""
+        """Every evaluation at ``step``, logged; returns ``val/loss`` (nan without one). Every rank must agree on
+        the schedule."""
         lr = self.optimizer.param_groups[0]["lr"]
         distributed.check_same_everywhere(step=step, lr=lr, index=self.scheduler.last_epoch)
-        metrics = validate(self.model, self.val_batches, self.token_bytes, device=self.device,
-                           autocast=self.update_settings["autocast"])  # fmt: skip
+        metrics = self.evaluations(self.model.module)
         self.metrics.log(step, metrics)
-        return metrics["val/loss"]
+        return metrics.get("val/loss", float("nan"))
 
     def save(self, step: int) -> None:
-        wandb_id = self.wandb_sink.run_id if self.wandb_sink else self.extra_state["wandb_run_id"]
-        extra = {**self.extra_state, "wandb_run_id": wandb_id}
+        extra = {**self.extra_state, "sinks": {**self.extra_state["sinks"], **self.metrics.states()}}
         path = self.checkpointer.save(step, self.tokens_seen, extra, self.files)
         if path is not None:
             log.info("checkpoint %s", path)
@@ -124,31 +113,31 @@ class Run:
         groups = self.optimizer.param_groups
         return {"train/lr": groups[0]["lr"], **{f"train/lr_{g['name']}": g["lr"] for g in groups if "name" in g}}
 
+    @functools.cached_property
+    def flops_share(self) -> float | None:
+        """Model FLOPs per token over the peak FLOP/s of all ranks: MFU = this × tokens/s (None: no known peak)."""
+        peak = peak_flops(self.device, self.model.precision)
+        return model_flops_per_token(self.model.raw) / (peak * self.dist.world_size) if peak else None
+
     def log_update(self, t: int, update: Update, lrs: dict[str, float], step_time: float, data_wait: float) -> None:
         tokens = self.train_batches.tokens_per_update
         self.tokens_seen += tokens
         tokens_per_sec = tokens / step_time
-        mfu = (
-            self.flops_per_token * tokens_per_sec / (self.peak_flops * self.dist.world_size)
-            if self.peak_flops
-            else None
-        )
+        mfu = self.flops_share * tokens_per_sec if self.flops_share else None
         record = {"train/loss": update.loss, **lrs, "train/grad_norm": update.grad_norm,
                   "train/tokens_per_sec": tokens_per_sec, "train/mfu": mfu, "train/step_time": step_time,
                   "tokens": self.tokens_seen, "train/data_wait": data_wait}  # fmt: skip
         self.metrics.log(t, {**record, "train/peak_memory_gb": peak_memory_gb(self.device)})
 
     def sample(self, n_tokens: int) -> str:
-        return sample(self.raw_model, self.tokenizer, self.cfg.trainer, n_tokens, self.update_settings["autocast"])
+        return sample(self.model.raw, self.tokenizer, self.cfg.trainer, n_tokens, self.model.how.autocast)
 
     def end_sample(self) -> None:
-        if not samples_here(self.cfg.trainer, self.dist, self.strategy):
+        if not samples_here(self.cfg.trainer, self.dist, self.model.strategy):
             return
         text = self.sample(self.cfg.trainer.sample_tokens)
         log.info("sample:\n%s", text)
-        if self.wandb_sink is not None:
-            self.wandb_sink.log_table("sample", ["step", "prompt", "text"],
-                                      [[self.total_steps, self.cfg.trainer.sample_prompt, text]])  # fmt: skip
+        self.metrics.log_sample(self.total_steps, self.cfg.trainer.sample_prompt, text)
 
     def finish(self, status: str) -> None:
         """Close the run: ``status`` ok, failed, or preempted. The sinks are closed, and the run directory's lock
@@ -156,7 +145,8 @@ class Run:
         leave together."""
         ended_well = status == "ok"  # the same on every rank: each finished the same loop
         try:
-            self.report(status)
+            if self.dist.is_main:
+                summary.report(self, status)
         except BaseException:
             status = "failed"
             raise
@@ -166,41 +156,7 @@ class Run:
             finally:
                 distributed.shutdown(wait=ended_well)
                 if self.dist.is_main:
-                    run_lock.release(self.run_dir)  # taken by open_outputs
-
-    def report(self, status: str) -> None:
-        """The end-of-run reports: plots and the summary when ``status`` is ok; summary.json records the status,
-        T, tokens, seconds and the summary's values (what a sweep report reads)."""
-        if self.dist.is_main:
-            record = {"status": status, "total_steps": self.total_steps, "tokens": self.tokens_seen,
-                      "seconds": round(time.perf_counter() - self.started, 2), **self.metrics.summary}  # fmt: skip
-            write_summary(self.run_dir, record)
-        if status == "ok" and self.dist.is_main:
-            plots = write_run_plots(self.run_dir)
-            took = time.perf_counter() - self.started
-            if "max_time" in self.budget:
-                plan = budget.TimePlan(**self.budget)
-                planned = plan.planned_end(self.cfg.trainer.eval_every, self.cfg.trainer.ckpt_every)
-                record = {**self.budget, "planned_seconds": round(planned, 2), "took_seconds": round(took, 2)}
-                (self.run_dir / "budget.json").write_text(json.dumps(record, indent=1) + "\n")
-                self.metrics.summary.update({"budget/planned_seconds": planned, "budget/took_seconds": took})
-                log.info("budget: planned %.1f s, took %.1f s of %g s", planned, took, plan.max_time)
-            ckpt = checkpoint.latest(self.run_dir / "checkpoints")
-            log.info("\n%s", start_summary(
-                done=f"{duration(took)}: {best_validation(self.metrics.summary)}",
-                run_dir=str(self.run_dir),
-                metrics="metrics.jsonl" + (", metrics.csv" if self.cfg.logger.name == "csv" else ""),
-                checkpoint=str(ckpt.relative_to(self.run_dir)) if ckpt else "none",
-                plots=", ".join(str(p.relative_to(self.run_dir)) for p in plots),
-            ))  # fmt: skip
-
-
-def write_summary(run_dir: Path, record: dict[str, Any]) -> None:
-    """Merge ``record`` into the run directory's summary.json (strict JSON: a non-finite value is null)."""
-    path = run_dir / "summary.json"
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    merged = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in {**old, **record}.items()}
-    replace_file(path, json.dumps(merged, indent=1, allow_nan=False) + "\n")
+                    run_lock.release(self.run_dir)  # taken by open_metrics
 
 
 def sample(raw_model: GPT, tokenizer, trainer, n_tokens: int, autocast) -> str:
@@ -224,39 +180,10 @@ def samples_here(trainer, dist: distributed.Dist, strategy: str) -> bool:
     return bool(trainer.sample_tokens) and (dist.is_main or strategy == "fsdp")
 
 
-def best_validation(summary: dict) -> str:
-    """The end-of-run verdict: the best validation, and the batches skipped as non-finite, if any."""
-    if "best/val_loss" in summary:
-        best = (f"best val loss {summary['best/val_loss']:.4f} ({summary['best/val_bpb']:.4f} bits per byte) at "
-                f"update {summary['best/step']}")  # fmt: skip
-    else:
-        best = "no validation loss was finite"
-    skipped = summary.get("skipped_nonfinite")
-    return best + (f"; {skipped} update(s) skipped as non-finite (trainer.nonfinite=skip)" if skipped else "")
-
-
-def measure_update(model, raw_model, optim_cfg, micro_batches, seconds: float, **settings) -> float:
-    """Median seconds of one real update (fetching its batches, forward, backward, clip, the host sync and an
-    optimizer step), with a throwaway optimizer at lr 0: weights, the real optimizer and generators stay as
-    they were."""
-    device = settings["device"]
-    throwaway = build_optimizer(raw_model, optim_cfg, device)
-    for group in throwaway.param_groups:
-        group["lr"] = 0.0
-    schedule = torch.optim.lr_scheduler.LambdaLR(throwaway, lambda t: 0.0)
-    scaler = torch.amp.GradScaler(device.type) if settings["scaler"] is not None else None
-    kwargs = {**settings, "scaler": scaler}
-    update = lambda i: budget.timed(
-        lambda: train_update(model, throwaway, schedule, micro_batches(i), **kwargs), device
-    )  # noqa: E731
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        return budget.median_seconds(update, seconds)
-
-
 def build_run(cfg: DictConfig, run_dir: Path, *, sweep: Sweep | None = None, overrides: list[str] | None = None,
               started: float | None = None) -> Run:  # fmt: skip
     """Build every part of a run from ``cfg`` (already checked), in order: the process and device, the
-    checkpoint to resume, data, model, T, optimizer and schedule, and last the outputs in ``run_dir``."""
+    checkpoint to resume, data, model, T, optimizer and schedule, evaluations, and last the outputs in ``run_dir``."""
     started = time.perf_counter() if started is None else started
     register_overrides(list(overrides or []))  # their secret-looking values never get written
     trainer = cfg.trainer
@@ -277,45 +204,54 @@ def build_run(cfg: DictConfig, run_dir: Path, *, sweep: Sweep | None = None, ove
     if state is not None:
         checkpoint.check_fits(state, model_config.to_dict(), cache.meta["tokenizer_hash"], resume_from)
     weights = initial_weights(cfg.model, model_config) if state is None else None  # model.init_from's
-    raw_model, model, settings, how = build_model(cfg, dist, model_config, weights)
+    model = build_model(trainer, dist, model_config, weights)
     token_bytes = torch.from_numpy(token_byte_lengths(tokenizer, vocab)).to(dist.device)
-    run = Run(cfg=cfg, run_dir=run_dir, dist=dist, model=model, raw_model=raw_model, optimizer=None,
-              scheduler=None, train_batches=train_batches, val_batches=val_batches, checkpointer=None,
-              metrics=Metrics([]), update_settings=settings, **how, total_steps=0, budget={}, start=0,
-              tokens_seen=0, started=started, wandb_sink=None, extra_state={}, files={}, token_bytes=token_bytes,
-              tokenizer=tokenizer, flops_per_token=model_flops_per_token(raw_model),
-              peak_flops=peak_flops(dist.device, how["precision"]))  # fmt: skip
+    ctx = EvalContext(cfg, dist, model.how.autocast, val_batches, token_bytes, tokenizer)
+    evaluations = Evaluations({name: build(node, f"eval.evals.{name}", ctx)
+                               for name, node in (cfg.eval.evals or {}).items()})  # fmt: skip
+    optim = OmegaConf.to_container(cfg.optim, resolve=True)
 
-    # T, fixed before update 0 (every rank measures a time budget's update together; rank 0's plan counts)
-    T, run.budget = budget.total_steps(trainer, train_batches.tokens_per_update, state,
-                                       lambda: distributed.broadcast_object(measure_plan(run)))  # fmt: skip
+    def measure() -> budget.TimePlan:  # a time budget's plan, rank 0's (every rank measures together)
+        return distributed.broadcast_object(measure_plan(cfg, dist, model, optim, train_batches, evaluations,
+                                                         tokenizer, started))  # fmt: skip
+
+    # T, fixed before update 0; then the optimizer and the schedule that ends at T
+    T, budget_record = budget.total_steps(trainer, train_batches.tokens_per_update, state, measure)
     check_stop_at(trainer.stop_at, T)
     schedule = schedule_from_config(cfg.schedule, T, cfg.optim.lr)
-    run.total_steps, run.optimizer = T, build_optimizer(raw_model, cfg.optim, dist.device)
-    run.scheduler = build_scheduler(run.optimizer, schedule)
-    run.checkpointer = checkpoint.Checkpointer(run_dir, raw_model, run.optimizer, run.scheduler, settings["scaler"],
-                                               dist, run.strategy, trainer.keep_checkpoints)  # fmt: skip
-    wandb_id = None
+    optimizer = build_optimizer(model.raw, optim, dist.device)
+    step = TrainStep(model, optimizer, build_scheduler(optimizer, schedule))
+    checkpointer = checkpoint.Checkpointer(run_dir, model.raw, optimizer, step.scheduler, model.how.scaler, dist,
+                                           model.strategy, trainer.keep_checkpoints)  # fmt: skip
+    start, tokens_seen, continued = 0, 0, {}
     if state is not None:
-        run.checkpointer.restore(state, resume_from, trainer.allow_schedule_change, cfg.optim.name)
-        run.start, run.tokens_seen = state["step"], state["tokens"]
-        # the same W&B run when this run directory continues; a new one for a branch from another run's checkpoint
-        own = Path(resume_from).resolve().is_relative_to(run_dir)
-        wandb_id = state.get("wandb_run_id") if own else None
+        checkpointer.restore(state, resume_from, trainer.allow_schedule_change, cfg.optim.name)
+        start, tokens_seen = state["step"], state["tokens"]
+        # the sinks continue their runs (W&B's) when this run directory continues; a branch starts new ones
+        continued = state if Path(resume_from).resolve().is_relative_to(run_dir) else {}
     else:
         torch.manual_seed(trainer.seed + dist.rank)  # dropout differs across ranks
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))
-    run.schedule_history = schedule_history(state, run.start, T, cfg, resume_from)
-    run.files = {"tokenizer.json": tokenizer.to_str(), "config.yaml": OmegaConf.to_yaml(resolved)}
-    run.extra_state = {"total_steps": T, "budget": run.budget, "optimizer_name": cfg.optim.name,
-                       "model_config": model_config.to_dict(),
-                       "tokenizer_hash": cache.meta["tokenizer_hash"], "config": run.files["config.yaml"],
-                       "wandb_run_id": wandb_id, "schedule_history": run.schedule_history}  # fmt: skip
+    history = schedule_history(state, start, T, cfg, resume_from)
+    files = {"tokenizer.json": tokenizer.to_str(), "config.yaml": OmegaConf.to_yaml(resolved)}
+    extra_state = {"total_steps": T, "budget": budget_record, "optimizer_name": cfg.optim.name,
+                   "model_config": model_config.to_dict(), "tokenizer_hash": cache.meta["tokenizer_hash"],
+                   "config": files["config.yaml"], "sinks": dict(continued.get("sinks") or {}),
+                   "schedule_history": history}  # fmt: skip
+    metrics = Metrics([])
     if dist.is_main:  # from here on the run directory is written
-        open_outputs(run, resolved, sweep, resuming=state is not None, wandb_id=wandb_id)
+        metrics = open_metrics(cfg, run_dir, resolved, T, start if state is not None else None, continued, sweep)
+        metrics.summary["params"] = model.raw.num_params()
+        replace_file(run_dir / "schedule.json", json.dumps({"segments": history}, indent=1) + "\n")
+        if "max_time" in budget_record and state is None:
+            write_plan(run_dir, budget_record, metrics, T)
+    run = Run(cfg=cfg, run_dir=run_dir, dist=dist, model=model, step=step, train_batches=train_batches,
+              evaluations=evaluations, checkpointer=checkpointer, metrics=metrics, total_steps=T,
+              budget=budget_record, start=start, tokens_seen=tokens_seen, started=started, extra_state=extra_state,
+              files=files, tokenizer=tokenizer)  # fmt: skip
     log.info("\n%s", start_summary(**describe(run, cache.meta, schedule)))
     if state is not None:
-        log.info("resuming from %s at update %d", resume_from, run.start)
+        log.info("resuming from %s at update %d", resume_from, start)
     return run
 
 
@@ -354,105 +290,67 @@ def build_data(cfg: DictConfig, dist: distributed.Dist) -> tuple[Any, TrainBatch
     return cache, train_batches, MixtureValBatches(sources, weights)
 
 
-def validate(model, val_batches: ValBatches | MixtureValBatches, token_bytes: torch.Tensor, **on) -> dict[str, float]:
-    """``val/loss`` and ``val/bpb``; for a mixture also ``val/<source>/loss`` and ``val/<source>/bpb``, and the
-    overall values are the mixture's own: each source's sums weighted by its weight (every source has as many
-    windows), so ``val/bpb`` is the bits per byte of text drawn as training draws it."""
-    if not isinstance(val_batches, MixtureValBatches):
-        loss, bpb = evaluate(model, val_batches, token_bytes, **on)
-        return {"val/loss": loss, "val/bpb": bpb}
-    metrics, total = {}, 0.0
-    for name, batches in val_batches.sources.items():
-        sums = validation_sums(model, batches, token_bytes, **on)
-        metrics[f"val/{name}/loss"], metrics[f"val/{name}/bpb"] = loss_and_bpb(sums)
-        total = total + val_batches.weights[name] * sums
-    loss, bpb = loss_and_bpb(total)
-    return {"val/loss": loss, "val/bpb": bpb, **metrics}
-
-
-def build_model(cfg: DictConfig, dist: distributed.Dist, model_config: GPTConfig, weights: dict | None = None):
-    """The model (the same initial weights on every rank), what the loop calls (compiled, wrapped or sharded),
-    the update's settings (device, autocast, GradScaler, clipping), and the strategy, precision and compilation."""
+def measure_plan(cfg: DictConfig, dist: distributed.Dist, model: Model, optim: dict, train_batches: TrainBatches,
+                 evaluations: Evaluations, tokenizer, started: float) -> budget.TimePlan:  # fmt: skip
+    """A time budget's plan from the run's own update, evaluations and sample, measured now."""
     trainer, device = cfg.trainer, dist.device
-    precision = distributed.resolve_precision(trainer.precision, device)
-    strategy = distributed.resolve_strategy(trainer.strategy, dist.world_size)
-    compiled = distributed.resolve_compile(trainer.compile, device)
-    if model_config.fused_cross_entropy and (device.type != "cuda" or liger_cross_entropy() is None):
-        why = (f"liger-kernel's kernels need a CUDA GPU, not the {device.type}" if device.type != "cuda"
-               else "liger-kernel is not installed here (pip install liger-kernel)")  # fmt: skip
-        log.warning("model.fused_cross_entropy: %s; the plain head and cross-entropy run instead", why)
-    torch.manual_seed(trainer.seed)
-    raw_model = GPT(model_config).to(device)
-    if weights is not None:  # an imported model's, loaded before any wrapping or sharding
-        raw_model.load_state_dict(weights)
-    model = distributed.parallelize(raw_model, strategy, dist, precision, compiled)
-    autocast = distributed.autocast(device, precision if distributed.autocast_needed(strategy, device) else "fp32")
-    distributed.allow_tf32(device)  # here, not at import: train() must pickle for Hydra's submitit launcher
-    distributed.keep_freed_memory(device)
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    settings = {"device": device, "autocast": autocast, "scaler": scaler, "grad_clip": trainer.grad_clip}
-    return raw_model, model, settings, {"strategy": strategy, "precision": precision, "compiled": compiled}
-
-
-def measure_plan(run: Run) -> budget.TimePlan:
-    """A time budget's plan from the run's own update, evaluation and sample, measured now."""
-    cfg, trainer, device = run.cfg, run.cfg.trainer, run.device
-    on = {"device": device, "autocast": run.update_settings["autocast"]}
-    first_two = list(islice(run.val_batches, 2))
-    prompt_tokens = max(1, len(run.tokenizer.encode(trainer.sample_prompt).ids))  # "" starts from one token
+    step = TrainStep(model, None, None)
+    prompt_tokens = max(1, len(tokenizer.encode(trainer.sample_prompt).ids))  # "" starts from one token
+    sample_now = lambda n: sample(model.raw, tokenizer, trainer, n, model.how.autocast)  # noqa: E731
+    sinks = [find(node, f"logger.{LIST_GROUPS['logger']}.{name}")
+             for name, node in (cfg.logger.get(LIST_GROUPS["logger"]) or {}).items()]  # fmt: skip
     return budget.measure_time_plan(
-        trainer.max_time, lambda: time.perf_counter() - run.started,
-        update=lambda: measure_update(run.model, run.raw_model, cfg.optim, run.train_batches.micro_batches,
-                                      budget.measurement_seconds(trainer.max_time), **run.update_settings),
-        evaluation=lambda: budget.eval_seconds(lambda b: evaluate(run.model, b, run.token_bytes, **on), first_two,
-                                               len(run.val_batches), device),
+        trainer.max_time, lambda: time.perf_counter() - started,
+        update=lambda: budget.measure_update(step, build_optimizer(model.raw, optim, device),
+                                             train_batches.micro_batches, budget.measurement_seconds(trainer.max_time)),
+        evaluation=lambda: budget.eval_seconds(lambda: evaluations(model.module), device),
         sample=lambda: budget.sample_seconds(
-            run.sample, trainer.sample_tokens, device, cached=cfg.model.block_size - prompt_tokens,
-            window=lambda: full_context_forward(run.raw_model, on["autocast"]),
-        ) if samples_here(trainer, run.dist, run.strategy) else 0.0,
-        n_params=run.raw_model.num_params(), eval_every=trainer.eval_every, ckpt_every=trainer.ckpt_every,
-        wandb=cfg.logger.name == "wandb", cuda=device.type == "cuda",
+            sample_now, trainer.sample_tokens, device, cached=cfg.model.block_size - prompt_tokens,
+            window=lambda: full_context_forward(model.raw, model.how.autocast),
+        ) if samples_here(trainer, dist, model.strategy) else 0.0,
+        n_params=model.raw.num_params(), eval_every=trainer.eval_every, ckpt_every=trainer.ckpt_every,
+        sinks=sinks, cuda=device.type == "cuda",
     )  # fmt: skip
 
 
-def open_outputs(run: Run, resolved: dict, sweep: Sweep | None, resuming: bool, wandb_id: str | None) -> None:
-    """The run directory's outputs (rank 0), once its lock is held: metric sinks — cut back to the resumed
-    update — and budget.json."""
-    cfg, run_dir = run.cfg, run.run_dir
+def open_metrics(cfg: DictConfig, run_dir: Path, resolved: dict, T: int, resume_step: int | None, continued: dict,
+                 sweep: Sweep | None) -> Metrics:  # fmt: skip
+    """The run directory's metric sinks (rank 0), once its lock is held: metrics.jsonl and the console — cut back
+    to the resumed update — and each sink the logger group names."""
     run_lock.acquire(run_dir)  # one writer per run directory: a second launch stops here with RunInUse
     scrub_hydra_files(run_dir)
-    resume_step = run.start if resuming else None
-    logged = last_logged_step(run_dir / "metrics.jsonl") if resuming else None  # before it is cut
-    sinks = [JsonlSink(run_dir / "metrics.jsonl", resume_step),
-             ProgressSink(run.total_steps, run.start, cfg.trainer.log_every)]  # fmt: skip
-    if cfg.logger.name == "csv":
-        sinks.append(CsvSink(run_dir / "metrics.csv", resume_step))
-    if cfg.logger.name == "wandb":
-        from training.wandb_logger import WandbSink
+    logged = last_logged_step(run_dir / "metrics.jsonl") if resume_step is not None else None  # before it is cut
+    core = [JsonlSink(run_dir / "metrics.jsonl", resume_step),
+            ProgressSink(T, resume_step or 0, cfg.trainer.log_every)]  # fmt: skip
+    settings = OmegaConf.to_container(cfg.logger, resolve=True)
+    saved = continued.get("sinks") or {}
+    section = LIST_GROUPS["logger"]
+    sinks = {}
+    for name, node in (settings.get(section) or {}).items():
+        info = RunInfo(run_dir=run_dir, config=resolved, settings=settings, total_steps=T, start=resume_step or 0,
+                       logged_through=logged, state=dict(saved.get(name) or {}),
+                       checkpoint={k: v for k, v in continued.items() if v is None or isinstance(v, (str, int, float))},
+                       group=sweep and sweep.group, name=sweep and sweep.name)  # fmt: skip
+        sinks[name] = build(node, f"logger.{section}.{name}", info)
+    return Metrics(core, sinks)
 
-        run.wandb_sink = WandbSink(cfg.logger, run_dir, resolved, wandb_id, name=sweep and sweep.name,
-                                   group=sweep and sweep.group, logged_through=logged)  # fmt: skip
-        run.wandb_sink.run.summary["params"] = run.raw_model.num_params()
-        sinks.append(run.wandb_sink)
-    run.metrics = Metrics(sinks)
-    replace_file(run_dir / "schedule.json", json.dumps({"segments": run.schedule_history}, indent=1) + "\n")
-    plan = run.budget
-    if "max_time" in plan and not resuming:
-        (run_dir / "budget.json").write_text(json.dumps(plan, indent=1) + "\n")
-        run.metrics.summary.update({f"budget/{k}": v for k, v in plan.items()})
-        log.info("budget: %gs → T = %d updates (%.3f s each; evaluation %.2f s, checkpoint %.2f s, sample %.2f s, "
-                 "start-up and measurement %.1f s)", plan["max_time"], run.total_steps, plan["step_seconds"],
-                 plan["eval_seconds"], plan["checkpoint_seconds"], plan["sample_seconds"],
-                 plan["elapsed_at_plan"])  # fmt: skip
+
+def write_plan(run_dir: Path, plan: dict, metrics: Metrics, T: int) -> None:
+    """budget.json, and the plan in the summary and the log, for a fresh run with a time budget."""
+    (run_dir / "budget.json").write_text(json.dumps(plan, indent=1) + "\n")
+    metrics.summary.update({f"budget/{k}": v for k, v in plan.items()})
+    log.info("budget: %gs → T = %d updates (%.3f s each; evaluation %.2f s, checkpoint %.2f s, sample %.2f s, "
+             "start-up and measurement %.1f s)", plan["max_time"], T, plan["step_seconds"], plan["eval_seconds"],
+             plan["checkpoint_seconds"], plan["sample_seconds"], plan["elapsed_at_plan"])  # fmt: skip
 
 
 def describe(run: Run, meta: dict, schedule) -> dict[str, str]:
     """The facts of the start-of-run summary."""
-    c, p, lr = run.raw_model.config, schedule.params, run.cfg.optim.lr
+    c, p, lr, m = run.model.raw.config, schedule.params, run.cfg.optim.lr, run.model
     floor = f" → floor {lr * p['min_lr_ratio']:.3g}" if "min_lr_ratio" in p else ""
     b = run.train_batches
     return {
-        "model": f"{c.arch}, {human(run.raw_model.num_params())} parameters (n_layer {c.n_layer}, n_head {c.n_head}, "
+        "model": f"{c.arch}, {human(m.raw.num_params())} parameters (n_layer {c.n_layer}, n_head {c.n_head}, "
                  f"n_embd {c.n_embd}, block {c.block_size}, vocab {c.vocab_size})",
         "data": f"{meta['corpus']}: {human(meta['tokens']['train'])} train / {human(meta['tokens']['val'])} val tokens"
                 + (", attention within documents" if c.document_separator is not None else ""),
@@ -461,6 +359,6 @@ def describe(run: Run, meta: dict, schedule) -> dict[str, str]:
         "schedule": f"{schedule.name}: warmup {p.get('warmup_steps', 0)}, peak {lr:g}{floor}, "
                     f"T = {run.total_steps:,} updates" + (f", resuming at {run.start}" if run.start else ""),
         "optimizer": describe_optimizer(run.optimizer),
-        "device": f"{run.device}, {run.precision}, {run.strategy}{', compiled' if run.compiled else ''}",
+        "device": f"{run.device}, {m.precision}, {m.strategy}{', compiled' if m.compiled else ''}",
         "run_dir": str(run.run_dir),
     }  # fmt: skip

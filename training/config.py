@@ -27,11 +27,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp8")
 STRATEGIES = ("auto", "single", "ddp", "fsdp")
 COMPILE = ("auto", True, False)
 NONFINITE = ("stop", "skip")
-OPTIMIZERS = ("adamw", "muon")
 NS_DTYPE_CHOICES = ("auto", "bfloat16", "float32")  # optim.muon.ns_dtype
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
-LOGGERS = ("wandb", "csv", "none")
-WANDB_MODES = ("auto", "online", "offline", "disabled")
 SOURCES = ("builtin", "text_files", "hub", "mixture")
 DECODE_POLICIES = ("skip", "replace", "error")
 BUDGET_KEYS = ("max_steps", "max_tokens", "max_time")
@@ -81,10 +78,13 @@ def integer_expected(expected: str, v: Any) -> str:
     return expected
 
 
-GROUPS = ("model", "optim", "schedule", "data", "trainer", "logger")
+GROUPS = ("model", "optim", "schedule", "data", "trainer", "logger", "eval")
 # Sections whose entries the user names (a mixture's sources); their own check refuses a bad entry's keys.
 NAMED_SECTIONS = ("data.sources",)
-OPTION_KEY = {"optim": "name", "schedule": "name", "data": "source", "logger": "name"}  # names the option's file
+OPTION_KEY = {"optim": "name", "schedule": "name", "data": "source"}  # names the option's file
+# Groups that take several options at once (logger=[wandb,csv]): each option adds an entry, under its own name, to
+# this section (training.components)
+LIST_GROUPS = {"logger": "sinks", "eval": "evals"}
 
 
 def known_keys(group: str, option: str | None) -> list[str]:
@@ -105,6 +105,19 @@ def known_keys(group: str, option: str | None) -> list[str]:
     return list(dict.fromkeys([*inherited, *own]))
 
 
+def option_file(group: str, value: Any) -> Any:
+    """The option (file) of ``group`` whose naming key (``OPTION_KEY``) has ``value``: the file's own name, or
+    for a fork's schedule named by its function's dotted path, the file that names it."""
+    if (CONF / group / f"{value}.yaml").is_file():
+        return value
+    from omegaconf import OmegaConf
+
+    for path in sorted((CONF / group).glob("*.yaml")):
+        if OmegaConf.load(path).get(OPTION_KEY[group]) == value:
+            return path.stem
+    return value
+
+
 def top_keys(config_name: str) -> list[str]:
     """The keys of a config without groups (sample.yaml's), as its file defines them."""
     from omegaconf import OmegaConf
@@ -115,6 +128,12 @@ def top_keys(config_name: str) -> list[str]:
 def unknown_key(key: str, config_name: str = "config") -> ConfigError:
     """The one-line error for a key the config does not define, with the closest known keys."""
     group, _, leaf = key.partition(".")
+    section = next((s for s in NAMED_SECTIONS if key.startswith(f"{s}.")), None)
+    if config_name == "config" and section and key.count(".") == section.count(".") + 2:
+        entry_key = key.rsplit(".", 1)[1]  # data.sources.<name>.<key>: a key any option of the group documents
+        if any(entry_key in known_keys(group, p.stem) for p in (CONF / group).glob("*.yaml")):
+            return ConfigError(f"{key} is not in the composed config (the entry does not set it); add it with "
+                               f"+{key}=…")  # fmt: skip
     if config_name == "config" and group in GROUPS:
         options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
         owners = [o for o in options if leaf in known_keys(group, o)]
@@ -149,11 +168,18 @@ def check_keys(cfg: Mapping[str, Any], config_name: str = "config") -> None:
         if key not in GROUPS:
             raise unknown_key(str(key))
     for group in GROUPS:
-        option = cfg[group].get(OPTION_KEY[group]) if group in OPTION_KEY else "default"
-        known = known_keys(group, option)
+        if group in LIST_GROUPS:
+            chosen = list(cfg[group].get(LIST_GROUPS[group]) or {})
+            option = "+".join(chosen) or "none"
+            known = list(dict.fromkeys([LIST_GROUPS[group], *(k for o in chosen for k in known_keys(group, o))]))
+        else:
+            option = option_file(group, cfg[group].get(OPTION_KEY[group])) if group in OPTION_KEY else "default"
+            known = known_keys(group, option)
         extra = [k for k in cfg[group] if k not in known]
         extra += [f"{k}.{sub}" for k, v in cfg[group].items() if isinstance(v, Mapping) and f"{k}." in " ".join(known)
                   and f"{group}.{k}" not in NAMED_SECTIONS for sub in v if f"{k}.{sub}" not in known]  # fmt: skip
+        if group in LIST_GROUPS:  # a fork's entry, from a file named otherwise, has no file to hold it against
+            extra = [k for k in extra if not k.startswith(f"{LIST_GROUPS[group]}.")]
         if not known or not extra:
             continue  # no file for this option: the check of its name or source says so
         owners = [p.stem for p in sorted((CONF / group).glob("*.yaml")) if extra[0] in known_keys(group, p.stem)]
@@ -243,21 +269,22 @@ def budget_key(t: Mapping[str, Any]) -> str:
 
 
 def check_optim(o: Mapping[str, Any]) -> None:
-    one_of(o, "name", "optim", OPTIMIZERS)
+    """The optim group: a ``name`` and a peak ``lr`` (every optimizer's), and any of the template's keys it has."""
+    if not isinstance(o.get("name"), str) or not o["name"]:
+        raise ConfigError("optim.name", "the optimizer's name (a checkpoint records it)", o.get("name"))
     lr = o.get("lr")
     if not is_number(lr) or lr <= 0:
         raise ConfigError("optim.lr", "a number > 0", lr)
-    betas = o.get("betas")
+    betas = o.get("betas", [0.9, 0.98])
     if not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(is_number(b) and 0 <= b < 1 for b in betas):
         raise ConfigError("optim.betas", "two numbers in [0, 1), e.g. [0.9, 0.98]", list(betas or []))
-    eps = o.get("eps")
-    if not is_number(eps) or eps <= 0:
-        raise ConfigError("optim.eps", "a number > 0", eps)
-    wd = o.get("weight_decay")
-    if not is_number(wd) or wd < 0:
-        raise ConfigError("optim.weight_decay", "a number ≥ 0", wd)
-    one_of(o, "fused", "optim", ("auto", True, False))
-    if o["name"] == "muon":
+    if "eps" in o and (not is_number(o["eps"]) or o["eps"] <= 0):
+        raise ConfigError("optim.eps", "a number > 0", o["eps"])
+    if "weight_decay" in o and (not is_number(o["weight_decay"]) or o["weight_decay"] < 0):
+        raise ConfigError("optim.weight_decay", "a number ≥ 0", o["weight_decay"])
+    if "fused" in o:
+        one_of(o, "fused", "optim", ("auto", True, False))
+    if "muon" in o:
         m = o.get("muon") or {}
         if not is_number(m.get("lr")) or m["lr"] <= 0:
             raise ConfigError("optim.muon.lr", "a number > 0", m.get("lr"))
@@ -269,6 +296,25 @@ def check_optim(o: Mapping[str, Any]) -> None:
             raise ConfigError("optim.muon.weight_decay", "a number ≥ 0", m.get("weight_decay"))
         one_of(m, "adjust_lr_fn", "optim.muon", ADJUST_LR_FNS)
         one_of(m, "ns_dtype", "optim.muon", NS_DTYPE_CHOICES)
+
+
+def check_components(cfg: Mapping[str, Any]) -> None:
+    """What the plug points name (``training.components``) imports and takes its YAML keys; each sink checks its
+    ``logger.*`` settings."""
+    from training.components import TARGET, check_call, find, own_keys
+
+    optim = cfg["optim"]
+    check_call(find(optim, "optim"), "optim", optim[TARGET], None, None, **own_keys(optim))
+    for group, section in LIST_GROUPS.items():
+        entries = cfg[group].get(section) or {}
+        if not isinstance(entries, Mapping):
+            raise ConfigError(f"{group}.{section}", "a mapping of names to what each builds", entries)
+        for name, node in entries.items():
+            where = f"{group}.{section}.{name}"
+            target = find(node, where)
+            check_call(target, where, node[TARGET], None, **own_keys(node))
+            if group == "logger" and hasattr(target, "check"):
+                target.check(cfg["logger"])
 
 
 def check_stop_at(stop_at: Any, total_steps: int | None) -> None:
@@ -352,16 +398,9 @@ def check_data(d: Mapping[str, Any], prefix: str = "data") -> None:
         raise ConfigError(f"{prefix}.name", "a Hugging Face dataset name for a hub corpus", d.get("name"))
 
 
-def check_logger(lg: Mapping[str, Any]) -> None:
-    one_of(lg, "name", "logger", LOGGERS)
-    if lg["name"] == "wandb":
-        one_of(lg, "mode", "logger", WANDB_MODES)
-        if not is_number(lg.get("init_timeout")) or lg["init_timeout"] <= 0:
-            raise ConfigError("logger.init_timeout", "a number of seconds > 0", lg.get("init_timeout"))
-
-
 def check_config(cfg: Mapping[str, Any]) -> None:
-    """Every check that needs nothing but the config: model, optim, trainer, data, logger and schedule."""
+    """Every check that needs nothing but the config: model, optim, trainer, data, schedule, and what the plug
+    points (optim, logger, eval) name."""
     if not isinstance(cfg, dict):  # an OmegaConf DictConfig: check the plain, resolved values
         from omegaconf import OmegaConf
 
@@ -375,7 +414,7 @@ def check_config(cfg: Mapping[str, Any]) -> None:
     if cfg["model"].get("reset_positions") and not cfg["data"]["document_mask"]:
         raise ConfigError("model.reset_positions", "false unless data.document_mask=true (positions restart at "
                           "the documents the mask separates)", True)  # fmt: skip
-    check_logger(cfg["logger"])
+    check_components(cfg)
     if cfg["optim"]["name"] == "muon" and cfg["trainer"]["strategy"] == "fsdp":
         raise ConfigError("trainer.strategy", "auto, single or ddp with optim=muon (Muon orthogonalises whole "
                           "matrices, which FSDP shards across ranks)", "fsdp")  # fmt: skip

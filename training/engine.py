@@ -1,4 +1,8 @@
-"""One optimizer update, and an evaluation pass: the code train.py runs in its loop (and bench/ measures).
+"""One optimizer update: the code train.py's loop, a time budget's measurement and bench/ run, built once here.
+
+``build_model`` makes the model a run trains (the same initial weights on every rank; fp8 layers, compiled,
+wrapped or sharded) and how its update runs (device, autocast, GradScaler, clipping); ``TrainStep`` is that
+model with its optimizer and schedule, one call one update.
 
 An update runs forward and backward over its micro-batches (DDP synchronises gradients only on the last),
 clips the gradient norm, then makes the one host sync of the update — the loss (averaged over ranks) and the
@@ -11,14 +15,20 @@ micro-batches at the lowered scale.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from model import GPT, GPTConfig
+from model.gpt import liger_cross_entropy
+from training import distributed
 from training.distributed import is_initialized
+
+log = logging.getLogger("train")
 
 OK, OVERFLOW, NONFINITE = "ok", "overflow", "nonfinite"
 # GradScaler halves its scale at each overflow: 64 of them take fp16's usual 2^16 to 2^-48, and gradients that
@@ -107,50 +117,67 @@ def train_update_retrying(*args: Any, max_overflows: int = MAX_OVERFLOWS, **kwar
     return Update(update.loss, update.grad_norm, NONFINITE), max_overflows
 
 
-def evaluate(
-    model: torch.nn.Module,
-    batches,
-    token_bytes: torch.Tensor,
-    *,
-    device: torch.device,
-    autocast,
-) -> tuple[float, float]:
-    """(val loss in nats per token, bits per byte) over the fixed validation windows, summed over ranks.
+@dataclass(frozen=True)
+class How:
+    """How an update runs, besides the model and the optimizer: train_update's keywords."""
 
-    Bits per byte = Σ loss of the targets that encode text / (ln 2 · Σ bytes those targets encode); special
-    tokens (zero bytes) are left out of both sums, so runs with different tokenizers compare.
-    """
-    return loss_and_bpb(validation_sums(model, batches, token_bytes, device=device, autocast=autocast))
+    device: torch.device
+    autocast: Any  # the forward's mixed-precision context
+    scaler: torch.amp.GradScaler | None  # fp16's
+    grad_clip: float
 
 
-def loss_and_bpb(sums: torch.Tensor) -> tuple[float, float]:
-    """(loss per token, bits per byte) from :func:`validation_sums`' four sums."""
-    total_loss, count, text_loss, nbytes = sums.tolist()
-    return total_loss / count, text_loss / (math.log(2) * max(nbytes, 1.0))
+@dataclass(frozen=True)
+class Model:
+    """The model a run trains: ``raw`` (the GPT, for its weights, sampling and export) and ``module`` (what the
+    loop calls: compiled, wrapped or sharded), how its update runs, and the choices made for this device."""
+
+    raw: GPT
+    module: torch.nn.Module
+    how: How
+    strategy: str  # single | ddp | fsdp
+    precision: str  # fp32 | bf16 | fp16 | fp8
+    compiled: bool
 
 
-@torch.no_grad()
-def validation_sums(
-    model: torch.nn.Module,
-    batches,
-    token_bytes: torch.Tensor,
-    *,
-    device: torch.device,
-    autocast,
-) -> torch.Tensor:
-    """Σ loss, Σ targets, Σ loss of the targets that encode text, Σ bytes they encode (float64, over ranks)."""
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, tokens, loss over text, bytes
-    for x, y in batches:
-        x, y = to_device(x, device), to_device(y, device)
-        with autocast:
-            _, loss = model(x, y, reduction="none")
-        loss = loss.double()
-        nbytes = token_bytes[y.reshape(-1)]
-        text = nbytes > 0
-        sums += torch.stack([loss.sum(), loss.new_tensor(loss.numel()), loss[text].sum(), nbytes.sum().double()])
-    if is_initialized():
-        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
-    model.train(was_training)
-    return sums
+def build_model(trainer, d: distributed.Dist, model_config: GPTConfig, weights: dict | None = None) -> Model:
+    """The model of ``model_config`` for ``trainer`` (``cfg.trainer``) on this process's device: the same initial
+    weights on every rank (``weights``: an imported model's, loaded before any wrapping or sharding)."""
+    device = d.device
+    precision = distributed.resolve_precision(trainer.precision, device)
+    strategy = distributed.resolve_strategy(trainer.strategy, d.world_size)
+    compiled = distributed.resolve_compile(trainer.compile, device)
+    if model_config.fused_cross_entropy and (device.type != "cuda" or liger_cross_entropy() is None):
+        why = (f"liger-kernel's kernels need a CUDA GPU, not the {device.type}" if device.type != "cuda"
+               else "liger-kernel is not installed here (pip install liger-kernel)")  # fmt: skip
+        log.warning("model.fused_cross_entropy: %s; the plain head and cross-entropy run instead", why)
+    torch.manual_seed(trainer.seed)
+    raw = GPT(model_config).to(device)
+    if weights is not None:
+        raw.load_state_dict(weights)
+    module = distributed.parallelize(raw, strategy, d, precision, compiled)
+    autocast = distributed.autocast(device, precision if distributed.autocast_needed(strategy, device) else "fp32")
+    distributed.allow_tf32(device)  # here, not at import: train() must pickle for Hydra's submitit launcher
+    distributed.keep_freed_memory(device)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    how = How(device, autocast, scaler, trainer.grad_clip)
+    return Model(raw, module, how, strategy, precision, compiled)
+
+
+class TrainStep:
+    """One optimizer update of a run: ``step(micro_batches)`` → (the update, fp16 overflows retried before it)."""
+
+    def __init__(self, model: Model, optimizer: torch.optim.Optimizer, scheduler):
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+
+    def __call__(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[Update, int]:
+        how = self.model.how
+        return train_update_retrying(self.model.module, self.optimizer, self.scheduler, micro_batches,
+                                     device=how.device, autocast=how.autocast, scaler=how.scaler,
+                                     grad_clip=how.grad_clip)  # fmt: skip
+
+    def with_optimizer(self, optimizer: torch.optim.Optimizer, scheduler) -> TrainStep:
+        """The same update with another optimizer and schedule (and a GradScaler of its own): what a time budget
+        measures with, leaving this one's state untouched."""
+        scaler = torch.amp.GradScaler(self.model.how.device.type) if self.model.how.scaler is not None else None
+        return TrainStep(replace(self.model, how=replace(self.model.how, scaler=scaler)), optimizer, scheduler)

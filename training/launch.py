@@ -13,8 +13,9 @@ from hydra.experimental.callback import Callback
 
 from data.atomic import DiskFull
 from training import run_lock
-from training.build import Sweep, write_summary
+from training.build import Sweep
 from training.distributed import env_world
+from training.summary import write_summary
 
 log = logging.getLogger("train")
 IN_PROCESS_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
@@ -22,15 +23,29 @@ jobs: list[tuple[int, str | None]] = []  # (job number, its error) of every swee
 
 
 def sweep_of(hc, argv: list[str]) -> Sweep | None:
-    """A multirun job's W&B group (the sweep directory) and name (its swept values, as ``schedule=wsd``)."""
+    """A multirun job's group in the trackers (the sweep directory) and name (its swept values, as
+    ``schedule=wsd``)."""
     from hydra.types import RunMode
 
     if hc.mode != RunMode.MULTIRUN:
         return None
-    from training.wandb_logger import swept_overrides
-
     swept = swept_overrides(list(hc.overrides.task), argv, hc.sweeper.get("params"))
     return Sweep(group=str(hc.sweep.dir), name=",".join(swept) or f"job{hc.job.num}")
+
+
+def swept_overrides(job_overrides: list[str], argv: list[str], sweeper_params: dict | None) -> list[str]:
+    """The overrides of a sweep job that vary across the sweep (``optim.lr=0.001``), not the fixed ones: the keys
+    given several values on the command line (``optim.lr=1e-3,3e-3``) or in ``hydra.sweeper.params``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = [a for a in argv if "=" in a and not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except Exception:  # not Hydra overrides after all: fall back to all of the job's
+        return list(job_overrides)
+    swept = {o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()}
+    swept |= set(sweeper_params or {})
+    return [o for o in job_overrides if o.split("=", 1)[0].lstrip("+~") in swept]
 
 
 def sweep_job_failed(hc, sweep: Sweep, error: Exception) -> bool:

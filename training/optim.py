@@ -1,4 +1,9 @@
-"""The one place that builds the optimizer (``optim.name``): AdamW, or Muon beside AdamW.
+"""The optim group's plug point, and the optimizers the template ships: AdamW, or Muon beside AdamW.
+
+``optim._target_`` names a builder, called as ``builder(model, device, **the optim group's keys)``; it returns
+one ``torch.optim.Optimizer`` whose param groups each hold the base lr the schedule multiplies (λ(t)·base, one
+``scheduler.step()`` per update), and ``optim.lr`` is the peak ``train/lr`` logs (param group 0's). A fork's
+optimizer is a function of that shape and a YAML file in conf/optim/ naming it (docs/extending.md).
 
 - ``adamw``: weight decay on every parameter of two or more dimensions (matmul weights, embeddings), none on
   biases and norms.
@@ -175,33 +180,47 @@ def adamw_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Mapping[str, Any], device: torch.device) -> torch.optim.Optimizer:
-    """The optimizer ``cfg`` (``optim``) describes; every lr in it is a peak the schedule multiplies."""
-    fused = cfg.get("fused", "auto")
-    if fused == "auto":  # the fused kernel where torch has one: one pass over each parameter, not ~10
+    """The optimizer ``cfg`` (the optim group, plain values) names with ``_target_``."""
+    from training.components import build
+
+    return build(cfg, "optim", model, device)
+
+
+def fused_choice(fused: bool | str, device: torch.device) -> bool | None:
+    """``optim.fused``: auto is torch's fused kernel where it has one (one pass over each parameter, not ~10)."""
+    if fused == "auto":
         fused = device.type in ("cuda", "cpu")
-    for_muon = muon_params(model) if cfg.get("name", "adamw") == "muon" else []
+    return bool(fused) or None
+
+
+def adamw(model: torch.nn.Module, device: torch.device, *, lr: float, betas: list[float], eps: float,
+          weight_decay: float, fused: bool | str = "auto", name: str = "adamw",
+          params: list[torch.nn.Parameter] | None = None) -> torch.optim.AdamW:  # fmt: skip
+    """``optim=adamw``: AdamW on every parameter (or ``params``), decay on those of two or more dimensions."""
+    if params is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(adamw_groups(params, float(weight_decay)), lr=float(lr),
+                             betas=tuple(float(b) for b in betas), eps=float(eps),
+                             fused=fused_choice(fused, device))  # fmt: skip
+
+
+def muon(model: torch.nn.Module, device: torch.device, *, muon: Mapping[str, Any], name: str = "muon",
+         **adamw_settings: Any) -> Optimizers:  # fmt: skip
+    """``optim=muon``: Muon for every 2-D weight of the blocks at ``optim.muon.lr``, AdamW (``optim``'s other
+    keys) for the rest at ``optim.lr``; AdamW's groups first, so param group 0 is AdamW's."""
+    for_muon = muon_params(model)
     taken = {id(p) for p in for_muon}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
-    adamw = torch.optim.AdamW(
-        adamw_groups(rest, float(cfg["weight_decay"])),
-        lr=float(cfg["lr"]),
-        betas=tuple(float(b) for b in cfg["betas"]),
-        eps=float(cfg["eps"]),
-        fused=bool(fused) or None,
-    )
-    if not for_muon:
-        return adamw
-    m = cfg["muon"]
-    ns_dtype, why = resolve_ns_dtype(m.get("ns_dtype", "auto"), device)
-    muon = Muon(
+    ns_dtype, why = resolve_ns_dtype(muon.get("ns_dtype", "auto"), device)
+    orthogonal = Muon(
         [{"params": for_muon, "name": "muon"}],  # named: the loop logs its lr as train/lr_muon
-        lr=float(m["lr"]),
-        momentum=float(m["momentum"]),
-        nesterov=bool(m["nesterov"]),
-        ns_steps=int(m["ns_steps"]),
-        weight_decay=float(m["weight_decay"]),
-        adjust_lr_fn=m.get("adjust_lr_fn"),
+        lr=float(muon["lr"]),
+        momentum=float(muon["momentum"]),
+        nesterov=bool(muon["nesterov"]),
+        ns_steps=int(muon["ns_steps"]),
+        weight_decay=float(muon["weight_decay"]),
+        adjust_lr_fn=muon.get("adjust_lr_fn"),
         ns_dtype=ns_dtype,
     )
-    muon.ns_reason = why
-    return Optimizers(adamw, muon)
+    orthogonal.ns_reason = why
+    return Optimizers(adamw(model, device, params=rest, **adamw_settings), orthogonal)

@@ -1,4 +1,6 @@
-"""The W&B sink: one W&B run per training run, resumed with the run, finished cleanly (or marked failed).
+"""The W&B sink (``logger=wandb``): one W&B run per training run, resumed with the run, finished cleanly (or
+marked failed). The only module that knows W&B: its run id travels through the sink's ``state()`` in every
+checkpoint, its costs for a time budget and its settings' checks are the sink's own.
 
 W&B never stops training. A W&B that cannot start online within ``logger.init_timeout`` seconds (unreachable,
 refused credentials) is started offline instead, said in one line, and the end of the run prints the
@@ -16,7 +18,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from training.config import ConfigError
+from training.loggers import RunInfo, Sink, first_line
+
 log = logging.getLogger("train")
+MODES = ("auto", "online", "offline", "disabled")
 
 
 def credentials_present() -> bool:
@@ -43,46 +49,34 @@ def resolve_mode(mode: str) -> str:
     return "online" if credentials_present() else "offline"
 
 
-def swept_overrides(job_overrides: list[str], argv: list[str], sweeper_params: dict | None) -> list[str]:
-    """The overrides of a sweep job that vary across the sweep (``optim.lr=0.001``), not the fixed ones: the keys
-    given several values on the command line (``optim.lr=1e-3,3e-3``) or in ``hydra.sweeper.params``."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+class WandbSink(Sink):
+    """W&B's run for this training run: every record at W&B step t, the sample as a table, the summary at the end;
+    run with the run's resolved config (secrets redacted), named and grouped as its sweep job."""
 
-    args = [a for a in argv if "=" in a and not a.startswith("-")]
-    try:
-        parsed = OverridesParser.create().parse_overrides(args)
-    except Exception:  # not Hydra overrides after all: fall back to all of the job's
-        return list(job_overrides)
-    swept = {o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()}
-    swept |= set(sweeper_params or {})
-    return [o for o in job_overrides if o.split("=", 1)[0].lstrip("+~") in swept]
+    # a time budget sets these aside: the log call per update, the sample's table, W&B's start and finish
+    LOG_SECONDS, SAMPLE_SECONDS, TEARDOWN_SECONDS = 0.0015, 0.6, 3.5
+    files = ("wandb/",)
 
+    @classmethod
+    def check(cls, settings: Mapping[str, Any]) -> None:
+        if settings.get("mode") not in MODES:
+            raise ConfigError("logger.mode", f"one of {', '.join(MODES)}", settings.get("mode"))
+        timeout = settings.get("init_timeout")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ConfigError("logger.init_timeout", "a number of seconds > 0", timeout)
 
-def first_line(error: Exception) -> str:
-    """An error's message, its first line (W&B's run over several)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-class WandbSink:
-    def __init__(
-        self,
-        cfg: Mapping[str, Any],
-        run_dir: Path,
-        config: dict[str, Any],
-        run_id: str | None = None,
-        name: str | None = None,
-        group: str | None = None,
-        logged_through: int | None = None,
-    ):
+    def __init__(self, info: RunInfo):
         import wandb
-        from omegaconf import OmegaConf
 
         from training.secrets import redact
 
         # notes, run name, group and tags reach W&B as given (not through the redacted config): redact them too
-        cfg = redact(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg))
-        name, group = redact(name), redact(group)
+        cfg = redact(dict(info.settings))
+        name, group = redact(info.name), redact(info.group)
+        config, run_dir = info.config, info.run_dir
+        # the id of the run this one continues: the sink's state, or what checkpoints before sinks kept
+        run_id = info.state.get("run_id") or info.checkpoint.get("wandb_run_id")
+        logged_through = info.logged_through
         self.mode = resolve_mode(cfg.get("mode", "auto"))
         self.failed = False
         timeout = float(cfg.get("init_timeout") or 30)
@@ -136,6 +130,9 @@ class WandbSink:
     def run_id(self) -> str | None:
         return getattr(self.run, "id", None)
 
+    def state(self) -> dict[str, Any]:
+        return {"run_id": self.run_id}
+
     def failure(self, what: str, error: Exception) -> None:
         """A W&B call failed: say so once; from here on the sink does nothing."""
         self.failed = True
@@ -150,15 +147,16 @@ class WandbSink:
         except Exception as e:
             self.failure(f"at update {step}", e)
 
-    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+    def log_sample(self, step: int, prompt: str, text: str) -> None:
         import wandb
 
         if self.failed:
             return
         try:
-            self.run.log({key: wandb.Table(columns=columns, data=rows)}, commit=False)
+            table = wandb.Table(columns=["step", "prompt", "text"], data=[[step, prompt, text]])
+            self.run.log({"sample": table}, commit=False)
         except Exception as e:
-            self.failure(f"logging the table {key!r}", e)
+            self.failure("logging the sample", e)
 
     def finish(self, status: str, summary: Mapping[str, Any]) -> None:
         """Close the run: finished (ok), failed, or preempted (W&B shows it as such; the resume continues it)."""

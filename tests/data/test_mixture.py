@@ -16,8 +16,7 @@ from data.corpus import build_corpus
 from data.mixture import prepare_mixture, source_configs, weighted_sample
 from model import GPT, GPTConfig, padded_vocab
 from tests.data.corpora import DOCS, data_cfg, write_texts
-from training.build import validate
-from training.engine import evaluate
+from training.evaluation import evaluate, validate
 
 PROSE = [
     f"Chapter {i}. The quick brown fox jumps over the lazy dog, again and again.\n" * (i % 4 + 2) for i in range(40)

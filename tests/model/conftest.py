@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 from model import GPT, GPTConfig
-
-PRESETS = Path(__file__).resolve().parents[2] / "conf" / "model"
 
 
 def _tiny_config(arch: str, **overrides) -> GPTConfig:
@@ -27,8 +23,10 @@ def tiny_config():
 
 
 def load_preset(name: str) -> dict:
-    """``cfg.model`` of ``model=<name>``: ``conf/model/<name>.yaml`` as plain values."""
-    return OmegaConf.to_container(OmegaConf.load(PRESETS / f"{name}.yaml"), resolve=True)
+    """``cfg.model`` of ``model=<name>`` as train.py composes it (the preset over conf/model/base.yaml)."""
+    from training.config import compose
+
+    return OmegaConf.to_container(compose([f"model={name}"]).model, resolve=True)
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import torch
 from model import GPT, GPTConfig
 from tests.conftest import compose_config, train_records
 from training import budget, checkpoint
-from training.build import measure_update
 from training.config import ConfigError, check_config
+from training.optim import build_optimizer
 from training.signals import Stopped
 
 TOKENS_PER_UPDATE = 4 * 32  # TINY: batch 4 × block 32, one micro-batch
@@ -134,17 +134,28 @@ def test_the_plan_fits_every_evaluation_and_checkpoint_the_loop_runs(eval_every,
     assert 10 + 2 * 2 + 1 + 1 + 2 + (T + 1) * amortized > 100  # the largest T that fits
 
 
-@pytest.mark.parametrize("wandb", [False, True])
+class Slow:
+    """A sink whose log call, sample and close cost time (as W&B's do)."""
+
+    LOG_SECONDS, SAMPLE_SECONDS, TEARDOWN_SECONDS = 0.002, 0.7, 4.0
+
+
+class Free:  # a sink that declares no costs: nothing set aside
+    pass
+
+
+@pytest.mark.parametrize("sinks", [[], [Free], [Slow], [Slow, Slow]], ids=["none", "free", "one", "two"])
 @pytest.mark.parametrize("sample", [0.0, 0.5])
-def test_the_plan_sets_aside_what_wandb_and_cuda_cost_beyond_the_measurement(wandb, sample):
+def test_the_plan_sets_aside_what_each_sink_and_cuda_cost_beyond_the_measurement(sinks, sample):
     plan = budget.measure_time_plan(100, lambda: 10.0, update=lambda: 0.5, evaluation=lambda: 2.0,
-                                    sample=lambda: sample, n_params=1000, eval_every=0, ckpt_every=0, wandb=wandb,
+                                    sample=lambda: sample, n_params=1000, eval_every=0, ckpt_every=0, sinks=sinks,
                                     cuda=True)  # fmt: skip
-    table = budget.WANDB_TABLE_SECONDS if wandb and sample else 0.0  # the sample's W&B table, only with a sample
+    slow = sum(s is Slow for s in sinks)
+    table = slow * 0.7 if sample else 0.0  # a sink's sample costs only with a sample
     assert plan.sample_seconds == pytest.approx(sample + table)
-    teardown = budget.TEARDOWN_SECONDS + budget.CUDA_TEARDOWN_SECONDS + (budget.WANDB_SECONDS if wandb else 0.0)
+    teardown = budget.TEARDOWN_SECONDS + budget.CUDA_TEARDOWN_SECONDS + slow * 4.0
     assert plan.teardown_seconds == pytest.approx(teardown)
-    assert plan.log_seconds == pytest.approx(budget.LOG_SECONDS + (budget.WANDB_LOG_SECONDS if wandb else 0.0))
+    assert plan.log_seconds == pytest.approx(budget.LOG_SECONDS + slow * 0.002)
     fixed = 10 + 2 * 2.0 + budget.checkpoint_seconds(1000) + sample + table + teardown
     assert plan.total_steps == math.floor((100 - fixed) / (0.5 * budget.STEP_MARGIN + plan.log_seconds))
 
@@ -170,15 +181,15 @@ def test_the_sample_is_timed_after_a_first_call_and_counts_a_full_context_forwar
     assert past == pytest.approx(0.02 + 100 * 0.01 + 60 * 0.03)
 
 
-def test_the_evaluation_is_timed_after_a_first_call_and_scaled_to_every_batch(clock):
-    calls: list[int] = []
+def test_the_evaluation_is_timed_after_a_first_call(clock):
+    calls: list[float] = []
 
-    def evaluate(batches: list) -> None:  # a compiled model compiles on its first call (0.4 s)
-        clock.advance(0.4 if not calls else 0.005 * len(batches))
-        calls.append(len(batches))
+    def evaluate() -> None:  # a compiled model compiles on its first call (0.4 s); then 40 ms
+        calls.append(0.4 if not calls else 0.04)
+        clock.advance(calls[-1])
 
-    assert budget.eval_seconds(evaluate, ["a", "b"], 8, torch.device("cpu")) == pytest.approx(8 * 0.005)
-    assert calls == [1, 2]
+    assert budget.eval_seconds(evaluate, torch.device("cpu")) == pytest.approx(0.04)
+    assert calls == [0.4, 0.04]
 
 
 def test_the_median_update_is_timed_after_a_warmup_for_at_least_the_asked_seconds(clock):
@@ -194,6 +205,8 @@ def test_the_median_update_is_timed_after_a_warmup_for_at_least_the_asked_second
 
 
 def test_the_update_measurement_leaves_the_run_untouched():
+    from training.engine import How, Model, TrainStep
+
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=0.1))
     weights = {k: v.clone() for k, v in model.state_dict().items()}
@@ -205,10 +218,21 @@ def test_the_update_measurement_leaves_the_run_untouched():
         x = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(i))
         return [(x, x.roll(-1, dims=1))]
 
-    optim = {"lr": 1e-2, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.1, "fused": False}
-    seconds = measure_update(model, model, optim, micro_batches, 0.05, device=torch.device("cpu"),
-                             autocast=contextlib.nullcontext(), scaler=None, grad_clip=1.0)  # fmt: skip
+    optim = {
+        "_target_": "training.optim.adamw",
+        "lr": 1e-2,
+        "betas": [0.9, 0.98],
+        "eps": 1e-6,
+        "weight_decay": 0.1,
+        "fused": False,
+    }
+    cpu = torch.device("cpu")
+    how = How(cpu, contextlib.nullcontext(), None, 1.0)
+    run_optimizer = build_optimizer(model, optim, cpu)
+    step = TrainStep(Model(model, model, how, "single", "fp32", False), run_optimizer, None)
+    seconds = budget.measure_update(step, build_optimizer(model, optim, cpu), micro_batches, 0.05)
     assert seconds > 0
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())  # lr 0: no weight moved
     assert torch.equal(torch.get_rng_state(), rng)  # dropout's draws are forked away
     assert fetched == list(range(len(fetched))) and len(fetched) >= 7  # batch after batch, as the run takes them
+    assert not run_optimizer.state  # the run's optimizer never stepped

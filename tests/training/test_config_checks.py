@@ -82,7 +82,8 @@ def test_the_public_keys_are_in_the_default_config():
                     "eval_batches", "ckpt_every", "seed", "device", "precision", "compile", "resume"),
         "model": ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias"),
         "data": ("vocab_size", "cache_dir"),
-        "logger": ("name", "mode", "project", "group"),
+        "logger": ("sinks", "mode", "project", "group"),
+        "eval": ("evals",),
     }  # fmt: skip
     for group, keys in expected.items():
         assert [k for k in keys if k not in cfg[group]] == [], group
@@ -183,8 +184,10 @@ def test_what_the_command_line_chooses_wins_over_an_experiment(experiment):
         cfg = compose_config([f"experiment={experiment}", f"{group}={other}", "trainer.seed=7"],
                              return_hydra_config=True)  # fmt: skip
         assert cfg.hydra.runtime.choices[group] == other, (experiment, group)
-        if group in ("schedule", "logger"):
+        if group == "schedule":
             assert cfg[group].name == other, (experiment, group)
+        if group == "logger":
+            assert list(cfg.logger.sinks) == ([] if other == "none" else [other]), (experiment, other)
         assert cfg.trainer.seed == 7  # a key given on the command line wins too
 
 
@@ -220,6 +223,36 @@ def test_a_key_the_chosen_options_do_not_define_is_refused_with_the_closest_know
     """Appended with +, or belonging to another option of the group: such a key would be carried and ignored."""
     with pytest.raises(ConfigError, match="^" + re.escape(message)):
         check_config(compose_config(overrides))
+
+
+def test_a_key_the_docs_list_but_the_chosen_entry_does_not_set_is_suggested_with_a_plus():
+    """docs/data.md lists a source's max_bytes; the mixture's stdlib entry does not set it, so Hydra refuses it."""
+    from training.config import check_overrides
+
+    with pytest.raises(ConfigError, match=re.escape("add it with +data.sources.stdlib.max_bytes=…")):
+        check_overrides(["data=mixture", "data.sources.stdlib.max_bytes=1000"])
+    check_overrides(["data=mixture", "+data.sources.stdlib.max_bytes=1000"])  # as suggested: it composes
+    check_config(compose_config(["data=mixture", "+data.sources.stdlib.max_bytes=1000"]))
+    with pytest.raises(ConfigError, match=r"^data.sources.stdlib.max_byte is not a key of data; did you mean"):
+        check_overrides(["data=mixture", "data.sources.stdlib.max_byte=1000"])  # a typo gets no plus
+
+
+def test_a_key_a_forks_yaml_file_adds_is_checked_like_the_templates(tmp_path, monkeypatch):
+    """A fork's optimizer file in conf/optim/ with a key of its own: accepted, and a typo of it named."""
+    import shutil
+
+    import training.config
+
+    conf = tmp_path / "conf"
+    shutil.copytree(training.config.CONF, conf)
+    (conf / "optim" / "mine.yaml").write_text("_target_: training.optim.adamw\nname: mine\nlr: 1.0e-3\n"
+                                              "betas: [0.9, 0.95]\neps: 1.0e-8\nweight_decay: 0.0\n")  # fmt: skip
+    monkeypatch.setattr(training.config, "CONF", conf)
+    check_config(compose_config(["optim=mine"]))
+    with pytest.raises(ConfigError, match=r"^optim.bettas is not a key of optim; did you mean optim.betas"):
+        training.config.check_overrides(["optim=mine", "optim.bettas=[0.9,0.9]"])
+    with pytest.raises(ConfigError, match=r"^optim.muon is a key of optim=muon, not of optim=mine"):
+        check_config(compose_config(["optim=mine", "+optim.muon={lr: 0.02}"]))
 
 
 def test_a_mixture_takes_sources_the_user_names():

@@ -17,7 +17,7 @@ import pytest
 
 from data.atomic import DiskFull
 from training import checkpoint
-from training.metrics import JsonlSink
+from training.loggers import JsonlSink
 from training.run_lock import LOCK_FILE
 
 
@@ -89,9 +89,9 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_last_one_latest_and_leaves_no
 
 
 def test_a_full_disk_while_logging_metrics_names_the_file_and_the_bytes_of_the_record(tmp_path, monkeypatch):
-    import training.metrics
+    import training.loggers
 
-    monkeypatch.setattr(training.metrics, "open", filling_open([300]), raising=False)
+    monkeypatch.setattr(training.loggers, "open", filling_open([300]), raising=False)
     sink = JsonlSink(tmp_path / "metrics.jsonl")
     sink.log(0, {"train/loss": 5.25, "train/lr": 1e-3})
     record = {"train/loss": 5.0, "train/lr": 1e-3, "train/grad_norm": 0.5, "train/tokens_per_sec": 12345.6}

@@ -13,7 +13,7 @@ from training.optim import build_optimizer
 
 pytestmark = pytest.mark.cuda
 
-OPTIM = {"lr": 1e-3, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.1}
+OPTIM = {"_target_": "training.optim.adamw", "lr": 1e-3, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.1}
 
 
 def tiny_model(arch: str, device: torch.device) -> GPT:
@@ -23,8 +23,12 @@ def tiny_model(arch: str, device: torch.device) -> GPT:
     return GPT(config).to(device)
 
 
-MUON = {**OPTIM, "name": "muon", "muon": {"lr": 0.02, "momentum": 0.95, "nesterov": True, "ns_steps": 5,
-                                          "weight_decay": 0.1, "adjust_lr_fn": None}}  # fmt: skip
+MUON = {
+    **OPTIM,
+    "_target_": "training.optim.muon",
+    "name": "muon",
+    "muon": {"lr": 0.02, "momentum": 0.95, "nesterov": True, "ns_steps": 5, "weight_decay": 0.1, "adjust_lr_fn": None},
+}
 
 
 @pytest.mark.parametrize("optim", [OPTIM, MUON], ids=["adamw", "muon"])

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from data import prepare, token_byte_lengths
-from training.engine import evaluate
+from training.evaluation import evaluate
 
 DOCS = [f"Document {i}: naïve café, 東京 ✓ — line {i}.\n" + f"def f(x):\n    return x * {i}\n" * (i % 5 + 1)
         for i in range(40)]  # fmt: skip

@@ -17,7 +17,7 @@ from training.optim import build_optimizer
 
 pytestmark = pytest.mark.cuda
 
-OPTIM = {"lr": 1e-3, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.1}
+OPTIM = {"_target_": "training.optim.adamw", "lr": 1e-3, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.1}
 CUDA = torch.device("cuda", 0)
 
 

@@ -21,8 +21,8 @@ import pytest
 from tests.conftest import ROOT, TINY, compose_config, read_metrics, train_records
 from tests.training.wandb_file import exit_code, history, records, run_files, run_info
 from training import plots
+from training.launch import swept_overrides
 from training.signals import Stopped
-from training.wandb_logger import swept_overrides
 
 PNG = b"\x89PNG\r\n\x1a\n"
 WANDB = ["logger=wandb", "logger.mode=offline"]

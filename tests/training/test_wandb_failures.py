@@ -12,10 +12,16 @@ import pytest
 
 from tests.conftest import read_metrics
 from tests.training.wandb_file import history, run_files
-from training.metrics import JsonlSink, Metrics
+from training.loggers import JsonlSink, Metrics, RunInfo
 from training.wandb_logger import WandbSink
 
-LOGGER = {"name": "wandb", "init_timeout": 1, "project": "p", "job_type": "train"}
+LOGGER = {"init_timeout": 1, "project": "p", "job_type": "train"}
+
+
+def wandb_sink(run_dir, settings: dict, config: dict | None = None) -> WandbSink:
+    return WandbSink(RunInfo(run_dir=run_dir, config=config or {}, settings=settings, total_steps=4))
+
+
 RECORD = {"train/loss": 5.0, "train/lr": 1e-3}
 
 
@@ -40,9 +46,9 @@ def test_a_wandb_server_that_refuses_connections_leaves_the_run_logging_offline(
     monkeypatch.delenv("WANDB_MODE", raising=False)
     caplog.set_level("INFO")
     started = time.perf_counter()
-    sink = WandbSink({**LOGGER, "mode": "online"}, tmp_path, {"optim": {"lr": 1e-3}})
+    sink = wandb_sink(tmp_path, {**LOGGER, "mode": "online"}, {"optim": {"lr": 1e-3}})
     assert time.perf_counter() - started < 20  # W&B's own default waits 90 s, then raises
-    metrics = Metrics([JsonlSink(tmp_path / "metrics.jsonl"), sink])
+    metrics = Metrics([JsonlSink(tmp_path / "metrics.jsonl")], {"wandb": sink})
     for step in range(3):
         metrics.log(step, RECORD)
     metrics.close("ok")
@@ -67,7 +73,8 @@ def test_a_wandb_failure_mid_run_is_logged_once_and_the_local_metrics_stay_compl
 
     monkeypatch.setattr(Run, "log", failing_log)
     caplog.set_level("INFO")
-    metrics = Metrics([JsonlSink(tmp_path / "metrics.jsonl"), WandbSink({**LOGGER, "mode": "offline"}, tmp_path, {})])
+    sink = wandb_sink(tmp_path, {**LOGGER, "mode": "offline"})
+    metrics = Metrics([JsonlSink(tmp_path / "metrics.jsonl")], {"wandb": sink})
     for step in range(4):
         metrics.log(step, RECORD)
     metrics.close("ok")

@@ -1,5 +1,10 @@
-"""Metric sinks: one ``Metrics.log(step, metrics)`` fans out to metrics.jsonl (always), the console and the
-chosen logger (W&B, CSV or none), under the same metric names in every sink.
+"""The logger group's plug point: metric sinks. ``Metrics.log(step, metrics)`` fans every record out to
+metrics.jsonl and the console (always) and to the sinks ``logger.sinks`` names (W&B, CSV, a fork's own), under
+the same metric names in every sink.
+
+A sink is built once per run, on rank 0, from its YAML node (``training.components``) as
+``Target(info: RunInfo, **its own keys)``, and follows :class:`Sink`'s protocol. One sink failing never stops
+training: its first error is said in one line and the run goes on without it (metrics.jsonl stays complete).
 
 On a terminal a tqdm bar shows step/total, loss, lr, tokens/s and the ETA after every update, and a log line goes
 above it every ``trainer.log_every`` updates. Without a terminal (CI, a SLURM log) there is no bar: one plain line
@@ -15,6 +20,7 @@ import logging
 import math
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +42,61 @@ METRIC_NAMES = TRAIN_METRICS + VAL_METRICS
 # Also logged: a mixture's val/<source>/loss and val/<source>/bpb (data=mixture), Muon's lr (optim=muon), seconds
 # spent fetching the batches, peak memory (GPU allocated or CPU RSS).
 EXTRA_METRICS = ("train/lr_muon", "train/data_wait", "train/peak_memory_gb")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a sink knows of its run when it is built (before update ``start``)."""
+
+    run_dir: Path
+    config: dict[str, Any]  # the run's resolved config, secrets redacted
+    settings: dict[str, Any]  # the logger group's keys (logger.*), resolved: shared by every sink
+    total_steps: int  # T
+    start: int = 0  # the first update this process takes: > 0 when resuming
+    logged_through: int | None = None  # the last step metrics.jsonl held before the start (past the checkpoint)
+    state: dict[str, Any] = field(default_factory=dict)  # this sink's state() at the checkpoint this run continues
+    checkpoint: dict[str, Any] = field(default_factory=dict)  # that checkpoint's other entries (older layouts)
+    group: str | None = None  # a sweep's jobs share it
+    name: str | None = None  # this job's name in its sweep
+
+
+class Sink:
+    """A metric sink's protocol: subclass it, or write the same methods.
+
+    - ``log(step, metrics)``: one record — update t's train metrics, or an evaluation's — under the metric names
+      of metrics.jsonl; ``step`` is the update index t.
+    - ``log_sample(step, prompt, text)``: the end-of-run sample.
+    - ``state()``: plain values it needs to continue after a resume (W&B: its run id). Saved in every checkpoint
+      and handed back as ``RunInfo.state`` when the run continues in its own directory (not to a branch).
+    - ``finish(status, summary)``: the run ended, ``status`` ok | failed | preempted; ``summary``: best/*, the
+      parameter count and counters. Close what it holds.
+    - ``files``: what it writes in the run directory, for the end-of-run summary.
+    - ``check(settings)`` (class method): refuse a bad ``logger.*`` value in one line (``ConfigError``), before
+      any work.
+    A time budget sets aside ``LOG_SECONDS`` per logged update, ``SAMPLE_SECONDS`` with the end-of-run sample
+    and ``TEARDOWN_SECONDS`` at the end for each sink.
+    """
+
+    LOG_SECONDS = 0.0
+    SAMPLE_SECONDS = 0.0
+    TEARDOWN_SECONDS = 0.0
+    files: tuple[str, ...] = ()
+
+    @classmethod
+    def check(cls, settings: Mapping[str, Any]) -> None:
+        pass
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        pass
+
+    def log_sample(self, step: int, prompt: str, text: str) -> None:
+        pass
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def finish(self, status: str, summary: Mapping[str, Any]) -> None:
+        pass
 
 
 class FileSink:
@@ -95,7 +156,7 @@ def _step(line: str) -> int:
         return -1
 
 
-class CsvSink(FileSink):
+class CsvRecord(FileSink):
     """metrics.csv: a column per metric name, one row per logged step."""
 
     def __init__(self, path: Path, resume_step: int | None = None):
@@ -111,6 +172,21 @@ class CsvSink(FileSink):
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         self.write(lambda: self.writer.writerow({"step": step, **metrics}))
+
+
+class CsvSink(Sink):
+    """``logger=csv``: metrics.csv in the run directory, cut back to the resumed update like metrics.jsonl."""
+
+    files = ("metrics.csv",)
+
+    def __init__(self, info: RunInfo):
+        self.record = CsvRecord(info.run_dir / "metrics.csv", info.start or None)
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        self.record.log(step, metrics)
+
+    def finish(self, status: str, summary: Mapping[str, Any]) -> None:
+        self.record.close()
 
 
 def format_line(step: int, total: int, m: Mapping[str, Any]) -> str:
@@ -197,20 +273,46 @@ def duration(seconds: float) -> str:
 
 
 class Metrics:
-    """Fan-out to every sink; ``summary`` keeps the values the end-of-run report and W&B summary show."""
+    """Fan-out to metrics.jsonl and the console (``core``: their failures, a full disk, stop the run) and to the
+    plugged sinks (``sinks``, by name: a failure is said once and the sink dropped); ``summary`` keeps the
+    values the end-of-run report and every sink's summary show."""
 
-    def __init__(self, sinks: list[Any]):
-        self.sinks = sinks
+    def __init__(self, core: list[Any], sinks: Mapping[str, Sink] | None = None):
+        self.core, self.sinks = core, dict(sinks or {})
         self.summary: dict[str, Any] = {}
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         metrics = {k: v for k, v in metrics.items() if v is not None}
-        for sink in self.sinks:
+        for sink in self.core:
             sink.log(step, metrics)
+        self.each("log", f"at update {step}", step, metrics)
         if "val/loss" in metrics and metrics["val/loss"] < self.summary.get("best/val_loss", math.inf):
             self.summary["best/val_loss"] = metrics["val/loss"]
             self.summary["best/val_bpb"] = metrics.get("val/bpb")
             self.summary["best/step"] = step
+
+    def log_sample(self, step: int, prompt: str, text: str) -> None:
+        self.each("log_sample", "logging the sample", step, prompt, text)
+
+    def each(self, method: str, what: str, *args: Any) -> None:
+        """``sink.method(*args)`` for every plugged sink; one that fails is named once and dropped."""
+        for name, sink in list(self.sinks.items()):
+            call = getattr(sink, method, None)
+            if call is None:
+                continue
+            try:
+                call(*args)
+            except Exception as e:
+                del self.sinks[name]
+                log.warning("logger %s failed %s (%s: %s); training goes on without it, metrics.jsonl stays "
+                            "complete", name, what, type(e).__name__, first_line(e))  # fmt: skip
+
+    def states(self) -> dict[str, dict[str, Any]]:
+        """Each plugged sink's ``state()``, for the checkpoint."""
+        return {name: sink.state() for name, sink in self.sinks.items() if hasattr(sink, "state")}
+
+    def files(self) -> list[str]:
+        return ["metrics.jsonl", *(f for sink in self.sinks.values() for f in getattr(sink, "files", ()))]
 
     def count(self, key: str, n: int = 1) -> None:
         """Add ``n`` to a counter of the summary (batches skipped as non-finite, fp16 overflows)."""
@@ -219,15 +321,19 @@ class Metrics:
 
     def close(self, status: str = "ok") -> None:
         """``status``: ok | failed | preempted (stopped early with a checkpoint to resume from). Every sink is
-        closed even when one fails (a full disk); the first failure is raised after."""
+        finished even when one fails; a core sink's failure (a full disk) is raised after."""
+        self.each("finish", "closing its run", status, self.summary)
         errors = []
-        for sink in self.sinks:
+        for sink in self.core:
             try:
-                if hasattr(sink, "finish"):
-                    sink.finish(status, self.summary)
-                else:
-                    sink.close()
+                sink.close()
             except Exception as e:
                 errors.append(e)
         if errors:
             raise errors[0]
+
+
+def first_line(error: BaseException) -> str:
+    """An error's message, its first line (some libraries' run over several)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,137 @@
+"""docs/extending.md's four examples, as written: their files are added to a copy of the template — no file of it
+edited — and the copy trains with each (in this process, on the copy's conf/ and modules)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, read_metrics, train_records
+from training import checkpoint
+from training.signals import Stopped
+
+PAGE = ROOT / "docs" / "extending.md"
+# A fenced block whose info string names a file (```python steps_file.py) is that file, whole.
+EXAMPLES = {m.group(1): m.group(2) for m in re.finditer(r"```\w+ (\S+)\n(.*?)```", PAGE.read_text(), re.S)}
+COPIED = shutil.ignore_patterns(".git", ".venv*", ".cache", "outputs", "multirun", "__pycache__", "*.egg-info",
+                                 "bench-out", ".pytest_cache", ".ruff_cache", ".hypothesis", ".whl", ".gl")  # fmt: skip
+
+
+def files(root: Path) -> dict[str, str]:
+    """Every file of the tree at ``root`` (what the copy takes), by relative path: its sha256."""
+    found = {}
+    for p in root.rglob("*"):
+        parts = p.relative_to(root).parts
+        if p.is_file() and not any(COPIED(str(p.parent), [part]) for part in parts):
+            found[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return found
+
+
+@pytest.fixture(scope="module")
+def fork(tmp_path_factory) -> Path:
+    """A copy of the template with the four examples' files added."""
+    tree = tmp_path_factory.mktemp("fork") / "tree"
+    shutil.copytree(ROOT, tree, ignore=COPIED)
+    for path, text in EXAMPLES.items():
+        (tree / path).parent.mkdir(parents=True, exist_ok=True)
+        (tree / path).write_text(text)
+    return tree
+
+
+@pytest.fixture
+def in_fork(fork, monkeypatch):
+    """Run from the copy: its conf/ composed, its modules imported, its directory the working one."""
+    import scheduling.audit
+    import scheduling.plot
+    import training.config
+
+    for module in (training.config, scheduling.plot, scheduling.audit):
+        monkeypatch.setattr(module, "CONF", fork / "conf")
+    monkeypatch.syspath_prepend(str(fork))
+    monkeypatch.chdir(fork)
+    yield fork
+    for name in ("steps_file", "sgd_momentum", "step_decay", "token_accuracy"):
+        sys.modules.pop(name, None)
+
+
+def test_the_page_has_four_examples_of_a_python_and_a_yaml_file_each():
+    assert sorted(EXAMPLES) == sorted([
+        "steps_file.py", "conf/logger/steps_file.yaml", "sgd_momentum.py", "conf/optim/sgd.yaml",
+        "step_decay.py", "conf/schedule/step_decay.yaml", "token_accuracy.py", "conf/eval/token_accuracy.yaml",
+    ])  # fmt: skip
+
+
+def test_the_examples_add_files_and_edit_none_of_the_template(fork):
+    template, copy = files(ROOT), files(fork)
+    assert sorted(set(copy) - set(template)) == sorted(EXAMPLES)
+    assert {path: digest for path, digest in copy.items() if path in template} == template
+
+
+def test_every_command_the_page_shows_composes_and_passes_the_checks_in_the_fork(in_fork):
+    from training.config import check_config, check_overrides, compose
+
+    shown = [shlex.split(line) for block in re.findall(r"```bash\n(.*?)```", PAGE.read_text(), re.S)
+             for line in block.splitlines()]  # fmt: skip
+    runs = [words[2:] for words in shown if words[:2] == ["python", "train.py"]]
+    assert len(runs) == 4
+    for args in runs:
+        check_overrides(args)
+        check_config(compose(args))
+
+
+def test_the_logger_writes_every_record_to_its_file(in_fork, tiny_train):
+    run = tiny_train(in_fork / "runs" / "logger", ["logger=[csv,steps_file]", "trainer.max_steps=6"])
+    lines = (run / "steps.txt").read_text().splitlines()
+    records = read_metrics(run)
+    assert [line.split()[1] for line in lines[:-1]] == [str(r["step"]) for r in records] and lines[-1] == "end ok"
+    assert (run / "metrics.csv").is_file()
+    first_loss = next(r for r in records if "train/loss" in r)
+    assert f"train/loss={first_loss['train/loss']}" in lines[1]
+
+
+def test_the_optimizer_trains_under_the_schedule_and_resumes_exactly(in_fork, tiny_train):
+    args = ["optim=sgd", "optim.lr=0.05", "trainer.max_steps=8", "trainer.eval_every=4"]
+    whole = train_records(tiny_train(in_fork / "runs" / "sgd-whole", args))
+    from scheduling import Schedule
+
+    schedule = Schedule("cosine", total_steps=8, warmup_steps=1, min_lr_ratio=0.1)  # the default's at T = 8
+    assert all(math.isclose(r["train/lr"], 0.05 * schedule(t), rel_tol=1e-12) for t, r in whole.items())
+    run = in_fork / "runs" / "sgd"
+    with pytest.raises(Stopped):
+        tiny_train(run, [*args, "trainer.stop_at=3"])
+    state = checkpoint.load(checkpoint.latest(run / "checkpoints"))
+    assert state["optimizer_name"] == "sgd"
+    assert all("momentum_buffer" in s for s in state["optimizer"]["state"].values())
+    resumed = train_records(tiny_train(run, args))
+    assert [r["train/loss"] for r in resumed.values()] == [r["train/loss"] for r in whole.values()]
+
+
+def test_the_schedule_sets_the_lr_and_is_audited_and_plotted_like_the_templates(in_fork, tiny_train):
+    from scheduling import audit, plot
+
+    run = tiny_train(in_fork / "runs" / "steps", ["schedule=step_decay", "trainer.max_steps=40"])
+    from step_decay import step_decay
+
+    lrs = {t: r["train/lr"] for t, r in train_records(run).items()}
+    expected = {t: 3e-3 * step_decay(t, total_steps=40, warmup_steps=2, min_lr_ratio=0.0) for t in lrs}
+    assert lrs == pytest.approx(expected, rel=1e-12)
+    assert sorted(set(lrs.values()), reverse=True)[:4] == pytest.approx([3e-3, 1.5e-3, 7.5e-4, 3.75e-4])
+    assert audit.main([str(run)]) == 0
+    assert plot.main(["schedule=step_decay", "trainer.max_steps=200", "--out", str(run / "step_decay.png")]) == 0
+
+
+def test_the_evaluation_logs_its_metric_at_every_evaluation(in_fork, tiny_train):
+    run = tiny_train(in_fork / "runs" / "eval", ["eval=[perplexity,token_accuracy]", "trainer.max_steps=6",
+                                                 "trainer.eval_every=3"])  # fmt: skip
+    evaluations = [r for r in read_metrics(run) if "val/loss" in r]
+    assert [r["step"] for r in evaluations] == [0, 3, 6]
+    assert all(0.0 <= r["val/accuracy"] <= 1.0 for r in evaluations)
+    assert json.loads((run / "summary.json").read_text())["status"] == "ok"

@@ -1,0 +1,40 @@
+"""Parts a fork would plug in, for the tests: sinks that count or fail. Imported by the tests and, through
+``_target_``, by the run, as the same module (``tests.training.fork_parts``), so ``SEEN`` is shared."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from training.loggers import RunInfo, Sink
+
+SEEN: dict[str, Any] = {}  # what the parts below saw, by label
+
+
+class Counting(Sink):
+    """Counts the records it gets; its state is the count, and it remembers the state it was given."""
+
+    def __init__(self, info: RunInfo, label: str = "counting"):
+        self.label, self.count = label, int(info.state.get("count", 0))
+        SEEN.setdefault(label, []).append({"start": info.start, "state": dict(info.state), "group": info.group})
+
+    def log(self, step: int, metrics) -> None:
+        self.count += 1
+
+    def state(self) -> dict[str, Any]:
+        return {"count": self.count}
+
+    def finish(self, status: str, summary) -> None:
+        SEEN[self.label][-1].update(status=status, count=self.count, params=summary.get("params"))
+
+
+class Failing(Sink):
+    """Fails at its third record."""
+
+    def __init__(self, info: RunInfo):
+        self.calls = 0
+
+    def log(self, step: int, metrics) -> None:
+        self.calls += 1
+        SEEN["failing"] = self.calls
+        if self.calls == 3:
+            raise ConnectionError("the server went away")

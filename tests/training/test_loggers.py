@@ -1,0 +1,98 @@
+"""The logger group's plug point: several sinks at once, a sink's state across a resume (W&B's run id, also from
+checkpoints written before sinks had state), a failing sink that never stops training, and bad sink settings
+refused in one line before any work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import compose_config, read_metrics
+from tests.training.fork_parts import SEEN
+from tests.training.wandb_file import run_files, run_info
+from training import checkpoint
+from training.config import ConfigError, check_config
+from training.signals import Stopped
+
+ARGS = ["trainer.max_steps=6", "trainer.eval_every=3"]
+
+
+def sinks(**nodes: str) -> list[str]:
+    return [f"+logger.sinks.{name}._target_=tests.training.fork_parts.{cls}" for name, cls in nodes.items()]
+
+
+def test_several_sinks_at_once_each_get_every_record(tmp_path, tiny_train, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    SEEN.clear()
+    run = tiny_train(tmp_path / "run", [*ARGS, "logger=[wandb,csv]", *sinks(counting="Counting")])
+    records = read_metrics(run)
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(records)  # a header, then every record
+    assert [run_info(f).run_id for f in run_files(run / "wandb")]  # W&B's offline run is there
+    assert SEEN["counting"] == [{"start": 0, "state": {}, "group": None, "status": "ok", "count": len(records),
+                                 "params": SEEN["counting"][0]["params"]}]  # fmt: skip
+    assert SEEN["counting"][0]["params"] > 0
+
+
+def test_a_sink_carries_its_state_across_a_resume_but_not_into_a_branch(tmp_path, tiny_train):
+    SEEN.clear()
+    run = tmp_path / "run"
+    with pytest.raises(Stopped):
+        tiny_train(run, [*ARGS, *sinks(counting="Counting"), "trainer.stop_at=4"])
+    state = checkpoint.load(checkpoint.latest(run / "checkpoints"))
+    first = SEEN["counting"][0]["count"]
+    assert state["sinks"] == {"counting": {"count": first}} and first > 0
+    tiny_train(run, [*ARGS, *sinks(counting="Counting")])
+    assert SEEN["counting"][1]["state"] == {"count": first} and SEEN["counting"][1]["start"] == 4
+    branch = tmp_path / "branch"
+    tiny_train(branch, [*ARGS, *sinks(counting="Counting"), f"trainer.resume={run}/checkpoints/step-00000004"])
+    assert SEEN["counting"][2]["state"] == {}  # a new run directory: a new run in every tracker
+
+
+def test_a_failing_sink_is_named_once_and_dropped_and_training_goes_on(tmp_path, tiny_train, caplog):
+    SEEN.clear()
+    with caplog.at_level("WARNING", logger="train"):
+        run = tiny_train(tmp_path / "run", [*ARGS, *sinks(failing="Failing")])
+    warnings = [r.getMessage() for r in caplog.records if "failing" in r.getMessage()]
+    assert warnings == ["logger failing failed at update 1 (ConnectionError: the server went away); training goes "
+                        "on without it, metrics.jsonl stays complete"]  # fmt: skip
+    assert SEEN["failing"] == 3  # never called again
+    assert sorted(r["step"] for r in read_metrics(run) if "train/loss" in r) == list(range(6))
+    assert json.loads((run / "summary.json").read_text())["status"] == "ok"
+
+
+def test_a_wandb_run_resumes_from_a_checkpoint_written_before_sinks_had_state(tmp_path, tiny_train, monkeypatch):
+    """Such a checkpoint kept W&B's run id as ``wandb_run_id`` beside the training state."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = tmp_path / "run"
+    with pytest.raises(Stopped):
+        tiny_train(run, [*ARGS, "logger=wandb", "trainer.stop_at=3"])
+    latest = checkpoint.latest(run / "checkpoints")
+    state = checkpoint.load(latest)
+    old_layout = {k: v for k, v in state.items() if k != "sinks"}
+    old_layout["wandb_run_id"] = state["sinks"]["wandb"]["run_id"]
+    torch.save(old_layout, latest / checkpoint.STATE_FILE)
+    tiny_train(run, [*ARGS, "logger=wandb"])
+    files = run_files(run / "wandb")
+    assert len(files) == 2 and {run_info(f).run_id for f in files} == {state["sinks"]["wandb"]["run_id"]}
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["+logger.sinks.mine._target_=nowhere.Sink"],
+         r"^logger.sinks.mine._target_: 'nowhere.Sink' cannot be imported \(.*nowhere"),
+        (["+logger.sinks.mine._target_=tests.training.fork_parts.Failing", "+logger.sinks.mine.path=x"],
+         r"^logger.sinks.mine: tests.training.fork_parts.Failing does not take these settings \(.*path"),
+        (["+eval.evals.mine._target_=tests.training.fork_parts.NOPE"],
+         r"^eval.evals.mine._target_: 'tests.training.fork_parts.NOPE' cannot be imported"),
+        (["optim._target_=torch.optim.NotAnOptimizer"], r"^optim._target_: 'torch.optim.NotAnOptimizer' cannot be"),
+        (["logger.mode=sometimes"], r"^logger.mode must be one of auto, online, offline, disabled, got 'sometimes'$"),
+    ],
+)  # fmt: skip
+def test_what_a_plug_point_names_is_checked_in_one_line_before_any_work(overrides, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        check_config(compose_config(overrides))
+    assert "\n" not in str(err.value)

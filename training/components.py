@@ -1,0 +1,76 @@
+"""The plug points: what a YAML file of conf/ names with ``_target_``, found and built.
+
+Three groups name the code they build, each option with a ``_target_`` (a dotted path to a class or function):
+``optim`` (one per run: ``optim._target_``), ``logger`` and ``eval`` (several per run: each option adds an entry
+under ``logger.sinks`` or ``eval.evals``, keyed by the option's name). A fork adds one with a Python file and a
+YAML file, and edits nothing of the template:
+
+    # conf/logger/steps_file.yaml                 # python train.py logger=[wandb,steps_file]
+    sinks:
+      steps_file:
+        _target_: my_sinks.StepsFile              # my_sinks.py at the template's root, or any importable module
+        path: steps.txt                           # its own keys: keyword arguments of the call
+
+Each is called with its node's keys (``path=…``) and what the template passes at that plug point (its protocol:
+``training.loggers.Sink``, ``training.optim``'s builders, ``training.evaluation.Evaluation``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from training.config import ConfigError
+
+TARGET = "_target_"
+
+
+def find(node: Mapping[str, Any], where: str) -> Callable:
+    """The class or function ``node._target_`` names; a one-line error naming ``where`` when it does not import."""
+    from hydra.utils import get_object
+
+    path = node.get(TARGET) if isinstance(node, Mapping) else None
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"{where}.{TARGET}", "the dotted path of a class or function to build", path)
+    try:
+        found = get_object(path)
+    except Exception as e:  # Hydra wraps the ImportError or AttributeError in a long message
+        cause = e.__cause__ or e
+        raise ConfigError(f"{where}.{TARGET}: {path!r} cannot be imported ({first_line(cause)})") from None
+    if not callable(found):
+        raise ConfigError(f"{where}.{TARGET}", "a class or function", path)
+    return found
+
+
+def own_keys(node: Mapping[str, Any]) -> dict[str, Any]:
+    """A node's keys besides ``_target_``: the keyword arguments its target is called with."""
+    return {k: v for k, v in node.items() if k != TARGET}
+
+
+def build(node: Mapping[str, Any], where: str, /, *args: Any, **kwargs: Any) -> Any:
+    """Call what ``node`` names with ``args``, its own keys and ``kwargs`` (plain values: resolve a DictConfig
+    first). A keyword the target does not take is a one-line error naming ``where``."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(node):
+        node = OmegaConf.to_container(node, resolve=True)
+    target, settings = find(node, where), own_keys(node)
+    check_call(target, where, node[TARGET], *args, **settings, **kwargs)
+    return target(*args, **settings, **kwargs)
+
+
+def check_call(target: Callable, where: str, path: str, /, *args: Any, **kwargs: Any) -> None:
+    """Whether ``target`` takes these arguments (a key its YAML node adds, or one it lacks); a one-line error."""
+    import inspect
+
+    try:
+        inspect.signature(target).bind(*args, **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {path} does not take these settings ({first_line(e)})") from None
+    except ValueError:  # no signature to read (a builtin): the call itself will say
+        pass
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__

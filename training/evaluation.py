@@ -1,0 +1,120 @@
+"""The eval group's plug point: what runs at every evaluation — before update 0, every ``trainer.eval_every``
+updates and at T — on every rank, its metrics logged to every sink at step t.
+
+An evaluation is built once per run from its YAML node (``training.components``) as
+``Target(ctx: EvalContext, **its own keys)`` and called as ``evaluation(model)`` with the model at update t (in
+train mode: it sets eval mode itself, and must leave the weights and the generators as they were); it returns
+``{metric name: value}``. Under DDP or FSDP every rank calls it, so an evaluation that splits its work over the
+ranks sums over them itself (``torch.distributed``), as :class:`Perplexity` does.
+
+``eval=perplexity`` (the default): ``val/loss`` and ``val/bpb`` on the fixed validation windows; with a mixture
+also ``val/<source>/loss`` and ``val/<source>/bpb``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from data import MixtureValBatches, ValBatches
+from training.distributed import Dist, is_initialized
+from training.engine import to_device
+
+
+@dataclass(frozen=True)
+class EvalContext:
+    """What an evaluation is built with."""
+
+    cfg: Any  # the run's config (DictConfig)
+    dist: Dist
+    autocast: Any  # the run's mixed-precision context
+    val_batches: ValBatches | MixtureValBatches  # the fixed validation windows of this rank
+    token_bytes: torch.Tensor  # bytes each token id encodes (0 for special tokens), on the device
+    tokenizer: Any  # the run's tokenizers.Tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+
+class Perplexity:
+    """``val/loss`` (nats per token) and ``val/bpb`` (bits per byte) over the validation windows, summed over
+    ranks; a mixture's overall values are its sources' sums weighted as training draws them."""
+
+    def __init__(self, ctx: EvalContext):
+        self.ctx = ctx
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        c = self.ctx
+        return validate(model, c.val_batches, c.token_bytes, device=c.device, autocast=c.autocast)
+
+
+class Evaluations:
+    """Every evaluation the ``eval`` group names, as one: their metrics merged (a later one's name wins)."""
+
+    def __init__(self, evaluations: Mapping[str, Any]):
+        self.evaluations = dict(evaluations)
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for evaluation in self.evaluations.values():
+            metrics.update(evaluation(model))
+        return metrics
+
+
+def evaluate(model: torch.nn.Module, batches, token_bytes: torch.Tensor, *, device: torch.device,
+             autocast) -> tuple[float, float]:  # fmt: skip
+    """(val loss in nats per token, bits per byte) over the fixed validation windows, summed over ranks.
+
+    Bits per byte = Σ loss of the targets that encode text / (ln 2 · Σ bytes those targets encode); special
+    tokens (zero bytes) are left out of both sums, so runs with different tokenizers compare.
+    """
+    return loss_and_bpb(validation_sums(model, batches, token_bytes, device=device, autocast=autocast))
+
+
+def loss_and_bpb(sums: torch.Tensor) -> tuple[float, float]:
+    """(loss per token, bits per byte) from :func:`validation_sums`' four sums."""
+    total_loss, count, text_loss, nbytes = sums.tolist()
+    return total_loss / count, text_loss / (math.log(2) * max(nbytes, 1.0))
+
+
+@torch.no_grad()
+def validation_sums(model: torch.nn.Module, batches, token_bytes: torch.Tensor, *, device: torch.device,
+                    autocast) -> torch.Tensor:  # fmt: skip
+    """Σ loss, Σ targets, Σ loss of the targets that encode text, Σ bytes they encode (float64, over ranks)."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, tokens, loss over text, bytes
+    for x, y in batches:
+        x, y = to_device(x, device), to_device(y, device)
+        with autocast:
+            _, loss = model(x, y, reduction="none")
+        loss = loss.double()
+        nbytes = token_bytes[y.reshape(-1)]
+        text = nbytes > 0
+        sums += torch.stack([loss.sum(), loss.new_tensor(loss.numel()), loss[text].sum(), nbytes.sum().double()])
+    if is_initialized():
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+    model.train(was_training)
+    return sums
+
+
+def validate(model, val_batches: ValBatches | MixtureValBatches, token_bytes: torch.Tensor, **on) -> dict[str, float]:
+    """``val/loss`` and ``val/bpb``; for a mixture also ``val/<source>/loss`` and ``val/<source>/bpb``, and the
+    overall values are the mixture's own: each source's sums weighted by its weight (every source has as many
+    windows), so ``val/bpb`` is the bits per byte of text drawn as training draws it."""
+    if not isinstance(val_batches, MixtureValBatches):
+        loss, bpb = evaluate(model, val_batches, token_bytes, **on)
+        return {"val/loss": loss, "val/bpb": bpb}
+    metrics, total = {}, 0.0
+    for name, batches in val_batches.sources.items():
+        sums = validation_sums(model, batches, token_bytes, **on)
+        metrics[f"val/{name}/loss"], metrics[f"val/{name}/bpb"] = loss_and_bpb(sums)
+        total = total + val_batches.weights[name] * sums
+    loss, bpb = loss_and_bpb(total)
+    return {"val/loss": loss, "val/bpb": bpb, **metrics}

@@ -1,0 +1,65 @@
+"""What a run writes at its end: summary.json (whatever the ending), and when it ended well the plots, the time
+budget's outcome (budget.json) and the end-of-run lines of the log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from data.atomic import replace_file
+from training import budget, checkpoint
+from training.loggers import duration, start_summary
+from training.plots import write_run_plots
+
+log = logging.getLogger("train")
+
+
+def write_summary(run_dir: Path, record: dict[str, Any]) -> None:
+    """Merge ``record`` into the run directory's summary.json (strict JSON: a non-finite value is null)."""
+    path = run_dir / "summary.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    merged = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in {**old, **record}.items()}
+    replace_file(path, json.dumps(merged, indent=1, allow_nan=False) + "\n")
+
+
+def best_validation(summary: dict) -> str:
+    """The end-of-run verdict: the best validation, and the batches skipped as non-finite, if any."""
+    if "best/val_loss" in summary:
+        best = (f"best val loss {summary['best/val_loss']:.4f} ({summary['best/val_bpb']:.4f} bits per byte) at "
+                f"update {summary['best/step']}")  # fmt: skip
+    else:
+        best = "no validation loss was finite"
+    skipped = summary.get("skipped_nonfinite")
+    return best + (f"; {skipped} update(s) skipped as non-finite (trainer.nonfinite=skip)" if skipped else "")
+
+
+def report(run, status: str) -> None:
+    """The end-of-run outputs of ``run`` (a ``training.build.Run``, rank 0): summary.json records the status,
+    T, tokens, seconds and the summary's values (what a sweep report reads); with ``status`` ok also the plots,
+    budget.json's outcome and the end-of-run lines."""
+    took = time.perf_counter() - run.started
+    summary = run.metrics.summary
+    write_summary(run.run_dir, {"status": status, "total_steps": run.total_steps, "tokens": run.tokens_seen,
+                                "seconds": round(took, 2), **summary})  # fmt: skip
+    if status != "ok":
+        return
+    plots = write_run_plots(run.run_dir)
+    if "max_time" in run.budget:
+        plan = budget.TimePlan(**run.budget)
+        planned = plan.planned_end(run.cfg.trainer.eval_every, run.cfg.trainer.ckpt_every)
+        record = {**run.budget, "planned_seconds": round(planned, 2), "took_seconds": round(took, 2)}
+        (run.run_dir / "budget.json").write_text(json.dumps(record, indent=1) + "\n")
+        summary.update({"budget/planned_seconds": planned, "budget/took_seconds": took})
+        log.info("budget: planned %.1f s, took %.1f s of %g s", planned, took, plan.max_time)
+    ckpt = checkpoint.latest(run.run_dir / "checkpoints")
+    log.info("\n%s", start_summary(
+        done=f"{duration(took)}: {best_validation(summary)}",
+        run_dir=str(run.run_dir),
+        metrics=", ".join(run.metrics.files()),
+        checkpoint=str(ckpt.relative_to(run.run_dir)) if ckpt else "none",
+        plots=", ".join(str(p.relative_to(run.run_dir)) for p in plots),
+    ))  # fmt: skip
