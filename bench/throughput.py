@@ -6,12 +6,12 @@
     python bench/throughput.py --model nano --device cpu --compare-ref HEAD~3   # this tree against a git ref
     python bench/throughput.py --model nano --device cpu --against trainer.precision=bf16 --against optim=muon
 
-**template**: what train.py times as ``train/step_time`` — ``training.engine.train_update`` on the micro-batches
-of ``data.TrainBatches`` (built-in corpus), with the optimizer of ``training.optim.build_optimizer``, the
-scheduler of ``scheduling.build_scheduler``, train.py's precision, autocast, compile and TF32 choices, all
-from the same Hydra config train.py composes (extra ``key=value`` arguments override it as on train.py's
-command line), and on a CPU glibc's malloc keeping freed memory as train.py has it (``--return-freed-memory``
-leaves glibc's default, to compare in a second run).
+**template**: what train.py times as ``train/step_time`` — its ``TrainStep`` on the micro-batches of its
+``TrainBatches`` (built-in corpus), built by train.py's own build (``training.engine.build_model``: precision,
+autocast, compile, TF32; the optimizer ``optim._target_`` names; the schedule), all from the same Hydra config
+train.py composes (extra ``key=value`` arguments override it as on train.py's command line), and on a CPU
+glibc's malloc keeping freed memory as train.py has it (``--return-freed-memory`` leaves glibc's default, to
+compare in a second run).
 **bare**: the least a PyTorch user writes for the same work — the same model, random tokens already on the
 device, ``forward → backward → clip → AdamW.step → zero_grad`` per update (same micro-batches, autocast,
 compile, clipping; in the same process, so with the same malloc). What the bare loop leaves out is printed.
@@ -147,12 +147,37 @@ def sync(device: torch.device) -> None:
 
 def build_template(cfg, d: distributed.Dist, precision: str, use_compile: bool, keep_freed_memory: bool = True,
                    head_rows: int | None = None):  # fmt: skip
-    """train.py's data, model, optimizer, scheduler and update step, built as train.py builds them (with
+    """train.py's data, model, optimizer, scheduler and update step, built by train.py's own build (with
     ``keep_freed_memory=False``, except that glibc's malloc returns freed memory to the kernel as by default;
     with ``head_rows``, an output head of that many rows instead of the tokenizer's vocabulary).
 
     Returns (step(t), the uncompiled model, the batches, the tokenizer's vocabulary size).
     """
+    try:
+        from training.build import build_data, gpt_config
+        from training.engine import TrainStep, build_model
+    except ImportError:  # an older tree's modules (--compare-ref)
+        return legacy_template(cfg, d, precision, use_compile, keep_freed_memory, head_rows)
+    cache, batches, _ = build_data(cfg, d)
+    if head_rows is not None and head_rows < cache.vocab_size:
+        raise ConfigError(f"--vocab-size must be at least the tokenizer's {cache.vocab_size}; got {head_rows}")
+    model = build_model(cfg.trainer, d, gpt_config(cfg, cache, head_rows), keep_freed_memory=keep_freed_memory)
+    optimizer = build_optimizer(model.raw, OmegaConf.to_container(cfg.optim, resolve=True), d.device)
+    schedule = schedule_from_config(cfg.schedule, cfg.trainer.max_steps, cfg.optim.lr)
+    update = TrainStep(model, optimizer, build_scheduler(optimizer, schedule))
+
+    def step(t: int) -> None:
+        taken, _ = update(batches.micro_batches(t))
+        step.losses.append(taken.loss)
+
+    step.losses, step.resident = [], lambda: resident_bytes(model.raw, optimizer)
+    return step, model.raw, batches, cache.vocab_size
+
+
+def legacy_template(cfg, d: distributed.Dist, precision: str, use_compile: bool, keep_freed_memory: bool = True,
+                   head_rows: int | None = None):  # fmt: skip
+    """``build_template`` for a tree from before train.py's one build (``training.engine.build_model``), which
+    --compare-ref may time this tree against: the same parts, wired here as such a tree's train.py wired them."""
     device = d.device
     cache = prepare(cfg.data)
     block, batch = cfg.model.block_size, cfg.trainer.batch_size

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from data import MixtureValBatches, TrainBatches, ValBatches, prepare, token_byte_lengths
 from data.atomic import replace_file
-from model import GPT, GPTConfig, full_context_forward, sample_text
+from model import GPT, GPTConfig, full_context_forward, padded_vocab, sample_text
 from model.flops import model_flops_per_token, peak_flops
 from scheduling import build_scheduler, schedule_from_config
 from training import budget, checkpoint, distributed, run_lock, summary
@@ -197,10 +197,8 @@ def build_run(cfg: DictConfig, run_dir: Path, *, sweep: Sweep | None = None, ove
         logging.getLogger().setLevel(logging.WARNING)
     cache, train_batches, val_batches = build_data(cfg, dist)
     tokenizer = cache.tokenizer()
-    vocab = model_vocab(cfg.model, cache.vocab_size)
-    separator = cache.eot_id if cfg.data.document_mask else None  # attention stays within documents
-    model_config = GPTConfig.from_dict({**OmegaConf.to_container(cfg.model), "vocab_size": vocab,
-                                        "document_separator": separator})  # fmt: skip
+    model_config = gpt_config(cfg, cache)
+    vocab = model_config.vocab_size
     if state is not None:
         checkpoint.check_fits(state, model_config.to_dict(), cache.meta["tokenizer_hash"], resume_from)
     weights = initial_weights(cfg.model, model_config) if state is None else None  # model.init_from's
@@ -271,6 +269,16 @@ def schedule_history(state: dict | None, start: int, T: int, cfg: DictConfig, re
                "schedule": OmegaConf.to_container(cfg.schedule, resolve=True),
                "resumed_from": str(resumed_from) if resumed_from else None}  # fmt: skip
     return [s for s in history if s["from_update"] < start] + [segment]
+
+
+def gpt_config(cfg: DictConfig, cache, head_rows: int | None = None) -> GPTConfig:
+    """The model ``cfg.model`` describes for the token cache's tokenizer: its vocabulary padded (or a
+    transformers folder's, unpadded; ``head_rows``: that many rows, for a benchmark), and with
+    ``data.document_mask`` its end-of-text token as the document separator."""
+    vocab = padded_vocab(head_rows) if head_rows else model_vocab(cfg.model, cache.vocab_size)
+    separator = cache.eot_id if cfg.data.document_mask else None  # attention stays within documents
+    return GPTConfig.from_dict({**OmegaConf.to_container(cfg.model), "vocab_size": vocab,
+                                "document_separator": separator})  # fmt: skip
 
 
 def build_data(cfg: DictConfig, dist: distributed.Dist) -> tuple[Any, TrainBatches, ValBatches | MixtureValBatches]:

@@ -140,9 +140,11 @@ class Model:
     compiled: bool
 
 
-def build_model(trainer, d: distributed.Dist, model_config: GPTConfig, weights: dict | None = None) -> Model:
+def build_model(trainer, d: distributed.Dist, model_config: GPTConfig, weights: dict | None = None,
+                keep_freed_memory: bool = True) -> Model:  # fmt: skip
     """The model of ``model_config`` for ``trainer`` (``cfg.trainer``) on this process's device: the same initial
-    weights on every rank (``weights``: an imported model's, loaded before any wrapping or sharding)."""
+    weights on every rank (``weights``: an imported model's, loaded before any wrapping or sharding). On a CPU
+    glibc's malloc keeps the memory an update frees (``keep_freed_memory=False``: its default, to compare)."""
     device = d.device
     precision = distributed.resolve_precision(trainer.precision, device)
     strategy = distributed.resolve_strategy(trainer.strategy, d.world_size)
@@ -158,7 +160,8 @@ def build_model(trainer, d: distributed.Dist, model_config: GPTConfig, weights: 
     module = distributed.parallelize(raw, strategy, d, precision, compiled)
     autocast = distributed.autocast(device, precision if distributed.autocast_needed(strategy, device) else "fp32")
     distributed.allow_tf32(device)  # here, not at import: train() must pickle for Hydra's submitit launcher
-    distributed.keep_freed_memory(device)
+    if keep_freed_memory:
+        distributed.keep_freed_memory(device)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     how = How(device, autocast, scaler, trainer.grad_clip)
     return Model(raw, module, how, strategy, precision, compiled)
