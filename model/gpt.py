@@ -120,7 +120,7 @@ def check_model_config(m: Mapping[str, Any]) -> None:
     size for rotary embeddings), dropout in [0, 1), n_kv_head dividing n_head, switches that are booleans, and no
     key GPTConfig does not know (the vocabulary size and document separator come from the tokenizer, not from here)."""
     known = {f.name for f in fields(GPTConfig)} - {"vocab_size", "document_separator"}
-    known.add("init_from")  # a transformers folder to start from (training/init_from.py), not a GPTConfig field
+    known |= {"name", "init_from"}  # the preset's name; a transformers folder to start from (training/init_from.py)
     for key in m:
         if key not in known:
             raise ModelConfigError(f"model.{key}", f"absent: model settings are {', '.join(sorted(known))}", m[key])

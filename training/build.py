@@ -65,6 +65,7 @@ class Run:
     start: int
     tokens_seen: int
     started: float  # time.perf_counter() at the job's start
+    earlier_seconds: float  # what the run's earlier starts took, up to the checkpoint this one resumed
     extra_state: dict[str, Any]  # saved in every checkpoint beside the training state
     files: dict[str, str]  # written into every checkpoint folder
     tokenizer: Any
@@ -91,7 +92,8 @@ class Run:
         return metrics.get("val/loss", float("nan"))
 
     def save(self, step: int) -> None:
-        extra = {**self.extra_state, "sinks": {**self.extra_state["sinks"], **self.metrics.states()}}
+        extra = {**self.extra_state, "sinks": {**self.extra_state["sinks"], **self.metrics.states()},
+                 "seconds": self.earlier_seconds + time.perf_counter() - self.started}  # fmt: skip
         path = self.checkpointer.save(step, self.tokens_seen, extra, self.files)
         if path is not None:
             log.info("checkpoint %s", path)
@@ -245,8 +247,9 @@ def build_run(cfg: DictConfig, run_dir: Path, *, sweep: Sweep | None = None, ove
             write_plan(run_dir, budget_record, metrics, T)
     run = Run(cfg=cfg, run_dir=run_dir, dist=dist, model=model, step=step, train_batches=train_batches,
               evaluations=evaluations, checkpointer=checkpointer, metrics=metrics, total_steps=T,
-              budget=budget_record, start=start, tokens_seen=tokens_seen, started=started, extra_state=extra_state,
-              files=files, tokenizer=tokenizer)  # fmt: skip
+              budget=budget_record, start=start, tokens_seen=tokens_seen, started=started,
+              earlier_seconds=float((state or {}).get("seconds", 0.0)), extra_state=extra_state, files=files,
+              tokenizer=tokenizer)  # fmt: skip
     log.info("\n%s", start_summary(**describe(run, cache.meta, schedule)))
     if state is not None:
         log.info("resuming from %s at update %d", resume_from, start)
@@ -358,7 +361,8 @@ def describe(run: Run, meta: dict, schedule) -> dict[str, str]:
     floor = f" → floor {lr * p['min_lr_ratio']:.3g}" if "min_lr_ratio" in p else ""
     b = run.train_batches
     return {
-        "model": f"{c.arch}, {human(m.raw.num_params())} parameters (n_layer {c.n_layer}, n_head {c.n_head}, "
+        "model": f"{run.cfg.model.get('name', 'model')} ({c.arch} style), {human(m.raw.num_params())} parameters "
+                 f"(n_layer {c.n_layer}, n_head {c.n_head}, "
                  f"n_embd {c.n_embd}, block {c.block_size}, vocab {c.vocab_size})",
         "data": f"{meta['corpus']}: {human(meta['tokens']['train'])} train / {human(meta['tokens']['val'])} val tokens"
                 + (", attention within documents" if c.document_separator is not None else ""),

@@ -92,7 +92,8 @@ def known_keys(group: str, option: str | None) -> list[str]:
     defines, a section's own keys as ``section.key``; the model's are GPTConfig's fields but the vocabulary
     size and the document separator, which the tokenizer sets."""
     if group == "model":
-        return [f.name for f in fields(GPTConfig) if f.name not in ("vocab_size", "document_separator")] + ["init_from"]
+        return ["name", *(f.name for f in fields(GPTConfig) if f.name not in ("vocab_size", "document_separator")),
+                "init_from"]  # fmt: skip
     from omegaconf import OmegaConf
 
     path = CONF / group / f"{option or 'default'}.yaml"

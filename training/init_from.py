@@ -109,6 +109,7 @@ def with_init_from(cfg: DictConfig, overrides: list[str] | None = None) -> DictC
     out = copy.deepcopy(cfg)
     with open_dict(out):
         out.model.update({k: model[k] for k in keys})
+        out.model.name = folder.name  # the model is the folder's, whatever preset it overrode
         out.data.tokenizer, out.data.special_tokens = str(tokenizer_file), special
     log.info("model.init_from: %s (%s, %d layers, %d heads, width %d, context %d); its tokenizer.json, %r "
              "separating documents", folder, keys["arch"], keys["n_layer"], keys["n_head"], keys["n_embd"],

@@ -56,8 +56,9 @@ def report(run, status: str) -> None:
         summary.update({"budget/planned_seconds": planned, "budget/took_seconds": took})
         log.info("budget: planned %.1f s, took %.1f s of %g s", planned, took, plan.max_time)
     ckpt = checkpoint.latest(run.run_dir / "checkpoints")
+    done = duration(took) + (f" (this start; {duration(run.earlier_seconds + took)} in all)" if run.start else "")
     log.info("\n%s", start_summary(
-        done=f"{duration(took)}: {best_validation(summary)}",
+        done=f"{done}: {best_validation(summary)}",
         run_dir=str(run.run_dir),
         metrics=", ".join(run.metrics.files()),
         checkpoint=str(ckpt.relative_to(run.run_dir)) if ckpt else "none",

@@ -101,6 +101,12 @@ class WandbSink(Sink):
                 settings=wandb.Settings(silent=silent, init_timeout=timeout),
             )
 
+        if self.mode == "offline":
+            log.info(
+                "W&B logs offline into %s (no credentials, or logger.mode/WANDB_MODE); to upload it after the "
+                "run: wandb login, then the wandb sync command the end of the run prints",
+                run_dir / "wandb",
+            )
         argv, sys.argv = sys.argv, redact(list(sys.argv))  # W&B records the command line in its metadata
         try:
             self.run = start(self.mode)
@@ -174,4 +180,5 @@ class WandbSink(Sink):
             found = Path(self.run_dir, "wandb").glob  # offline-run-<start>-<id>[-<n> if one began the same second]
             parts = sorted({*found(f"offline-run-*-{self.run_id}"), *found(f"offline-run-*-{self.run_id}-*")})
             if parts:
-                log.info("W&B ran offline; upload the run with: wandb sync %s", " ".join(map(str, parts)))
+                log.info("W&B ran offline; upload the run with (after wandb login): wandb sync %s",
+                         " ".join(map(str, parts)))  # fmt: skip

@@ -106,7 +106,8 @@ def test_the_end_of_run_sample_is_a_wandb_table(wandb_run):
 
 def test_an_offline_run_logs_the_command_that_uploads_it(wandb_run):
     (path,) = run_files(wandb_run.dir)
-    commands = [line.split("wandb sync ", 1)[1] for line in wandb_run.log.splitlines() if "wandb sync " in line]
+    lines = [line for line in wandb_run.log.splitlines() if "upload the run with" in line]
+    commands = [line.split("wandb sync ", 1)[1] for line in lines]
     assert commands == [str(path.parent)]
 
 

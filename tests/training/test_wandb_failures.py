@@ -56,7 +56,7 @@ def test_a_wandb_server_that_refuses_connections_leaves_the_run_logging_offline(
     assert warning.startswith("W&B could not start online within logger.init_timeout=1 s (") and "\n" not in warning
     assert f"logging offline to {tmp_path / 'wandb'} instead" in warning
     (path,) = [p for p in run_files(tmp_path) if p.parent.name.startswith("offline-run-")]
-    assert f"W&B ran offline; upload the run with: wandb sync {path.parent}" in caplog.text
+    assert f"W&B ran offline; upload the run with (after wandb login): wandb sync {path.parent}" in caplog.text
     assert [row["step"] for row in history(path)] == [0, 1, 2]
 
 
