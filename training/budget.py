@@ -231,3 +231,22 @@ def seconds_since_process_start() -> float:
         return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+def measure_plan(trainer, started: float, *, step, optimizer: Callable[[], torch.optim.Optimizer],
+                 micro_batches: Callable[[int], list], evaluate: Callable[[], Any], sample: Callable[[int], Any] | None,
+                 window: Callable[[], Any], cached: int, n_params: int, sinks: list[type]) -> TimePlan:  # fmt: skip
+    """A time budget's plan for ``trainer`` (``cfg.trainer``) from the run's own parts, measured now: its update
+    (``step``, a ``training.engine.TrainStep``, with a throwaway ``optimizer()``), its evaluations, its sample
+    (None: this rank samples nothing; ``cached`` tokens fit the KV cache, past them ``window`` runs a full-context
+    forward) and its sinks' costs; ``started``: ``time.perf_counter()`` at the job's start."""
+    device = step.model.how.device
+    return measure_time_plan(
+        trainer.max_time, lambda: time.perf_counter() - started,
+        update=lambda: measure_update(step, optimizer(), micro_batches, measurement_seconds(trainer.max_time)),
+        evaluation=lambda: eval_seconds(evaluate, device),
+        sample=lambda: sample_seconds(sample, trainer.sample_tokens, device, cached=cached, window=window)
+        if sample is not None else 0.0,
+        n_params=n_params, eval_every=trainer.eval_every, ckpt_every=trainer.ckpt_every, sinks=sinks,
+        cuda=device.type == "cuda",
+    )  # fmt: skip

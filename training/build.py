@@ -212,8 +212,18 @@ def build_run(cfg: DictConfig, run_dir: Path, *, sweep: Sweep | None = None, ove
     optim = OmegaConf.to_container(cfg.optim, resolve=True)
 
     def measure() -> budget.TimePlan:  # a time budget's plan, rank 0's (every rank measures together)
-        return distributed.broadcast_object(measure_plan(cfg, dist, model, optim, train_batches, evaluations,
-                                                         tokenizer, started))  # fmt: skip
+        prompt = max(1, len(tokenizer.encode(trainer.sample_prompt).ids))  # "" starts from one token
+        sample_now = lambda n: sample(model.raw, tokenizer, trainer, n, model.how.autocast)  # noqa: E731
+        sinks = [find(node, f"logger.sinks.{name}") for name, node in (cfg.logger.sinks or {}).items()]
+        plan = budget.measure_plan(
+            trainer, started, step=TrainStep(model, None, None),
+            optimizer=lambda: build_optimizer(model.raw, optim, dist.device),
+            micro_batches=train_batches.micro_batches, evaluate=lambda: evaluations(model.module),
+            sample=sample_now if samples_here(trainer, dist, model.strategy) else None,
+            window=lambda: full_context_forward(model.raw, model.how.autocast), cached=cfg.model.block_size - prompt,
+            n_params=model.raw.num_params(), sinks=sinks,
+        )  # fmt: skip
+        return distributed.broadcast_object(plan)
 
     # T, fixed before update 0; then the optimizer and the schedule that ends at T
     T, budget_record = budget.total_steps(trainer, train_batches.tokens_per_update, state, measure)
@@ -299,29 +309,6 @@ def build_data(cfg: DictConfig, dist: distributed.Dist) -> tuple[Any, TrainBatch
         return cache, train_batches, val(cache.tokens("val"))
     sources = {name: val(tokens, name) for name, tokens in cache.tokens("val").items()}
     return cache, train_batches, MixtureValBatches(sources, weights)
-
-
-def measure_plan(cfg: DictConfig, dist: distributed.Dist, model: Model, optim: dict, train_batches: TrainBatches,
-                 evaluations: Evaluations, tokenizer, started: float) -> budget.TimePlan:  # fmt: skip
-    """A time budget's plan from the run's own update, evaluations and sample, measured now."""
-    trainer, device = cfg.trainer, dist.device
-    step = TrainStep(model, None, None)
-    prompt_tokens = max(1, len(tokenizer.encode(trainer.sample_prompt).ids))  # "" starts from one token
-    sample_now = lambda n: sample(model.raw, tokenizer, trainer, n, model.how.autocast)  # noqa: E731
-    sinks = [find(node, f"logger.{LIST_GROUPS['logger']}.{name}")
-             for name, node in (cfg.logger.get(LIST_GROUPS["logger"]) or {}).items()]  # fmt: skip
-    return budget.measure_time_plan(
-        trainer.max_time, lambda: time.perf_counter() - started,
-        update=lambda: budget.measure_update(step, build_optimizer(model.raw, optim, device),
-                                             train_batches.micro_batches, budget.measurement_seconds(trainer.max_time)),
-        evaluation=lambda: budget.eval_seconds(lambda: evaluations(model.module), device),
-        sample=lambda: budget.sample_seconds(
-            sample_now, trainer.sample_tokens, device, cached=cfg.model.block_size - prompt_tokens,
-            window=lambda: full_context_forward(model.raw, model.how.autocast),
-        ) if samples_here(trainer, dist, model.strategy) else 0.0,
-        n_params=model.raw.num_params(), eval_every=trainer.eval_every, ckpt_every=trainer.ckpt_every,
-        sinks=sinks, cuda=device.type == "cuda",
-    )  # fmt: skip
 
 
 def open_metrics(cfg: DictConfig, run_dir: Path, resolved: dict, T: int, resume_step: int | None, continued: dict,
