@@ -41,8 +41,9 @@ def check_export_config(cfg: Mapping[str, Any]) -> None:
     """Every export.yaml value, before anything is loaded."""
     check_keys(cfg, "export")
     if cfg.get("checkpoint") in (None, "", "???"):
-        raise ConfigError("checkpoint", "a run directory or checkpoint folder (python export.py checkpoint=<run dir> "
-                          "out=<folder>)")  # fmt: skip
+        raise ConfigError(
+            "checkpoint", "a run directory or checkpoint folder (python export.py checkpoint=<run dir> out=<folder>)"
+        )
     if cfg.get("out") in (None, "", "???"):
         raise ConfigError("out", "the folder to write (python export.py checkpoint=<run dir> out=<folder>)")
     if cfg.get("dtype") not in DTYPES:
@@ -56,8 +57,9 @@ def check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out: {str(out)!r} is a file; give a folder to write the model into")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"out: {str(out)!r} already holds files; choose a new folder, or overwrite=true to "
-                          "replace it")  # fmt: skip
+        raise ConfigError(
+            f"out: {str(out)!r} already holds files; choose a new folder, or overwrite=true to replace it"
+        )
 
 
 def run_special_tokens(state: dict[str, Any], tokenizer: Tokenizer) -> list[str]:
@@ -115,11 +117,14 @@ def export(cfg: DictConfig) -> Path:
     special = run_special_tokens(state, tokenizer)
     separator = tokenizer.token_to_id(special[0])
     if separator is None:
-        raise ConfigError(f"checkpoint {folder}: its tokenizer.json has no {special[0]!r}, the run's document "
-                          "separator (data.special_tokens)")  # fmt: skip
+        raise ConfigError(
+            f"checkpoint {folder}: its tokenizer.json has no {special[0]!r}, the run's document "
+            "separator (data.special_tokens)"
+        )
     vocab = tokenizer.get_vocab_size()
-    hf_model = to_transformers(model, vocab, eos_token_id=separator, bos_token_id=separator,
-                               dtype=DTYPES[values["dtype"]])  # fmt: skip
+    hf_model = to_transformers(
+        model, vocab, eos_token_id=separator, bos_token_id=separator, dtype=DTYPES[values["dtype"]]
+    )
     hf_tokenizer = as_transformers_tokenizer(tokenizer, special, model.config.block_size)
     tmp = atomic.begin(out.resolve().parent, out.name)
     try:

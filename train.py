@@ -34,11 +34,17 @@ from training.signals import EXIT_RESUMABLE, Stopped, StopSignals
 log = logging.getLogger("train")
 
 
-def train(cfg: DictConfig, run_dir: Path, *, sweep: Sweep | None = None, overrides: list[str] | None = None,
-          started: float | None = None) -> float:  # fmt: skip
+def train(
+    cfg: DictConfig,
+    run_dir: Path,
+    *,
+    sweep: Sweep | None = None,
+    overrides: list[str] | None = None,
+    started: float | None = None,
+) -> float:
     """Train as ``cfg`` says, writing into ``run_dir``; returns the final validation loss.
 
-    ``sweep``: the W&B group and name of a multirun job; ``overrides``: the command line's (their secret-looking
+    ``sweep``: the group and name of a multirun job in the trackers; ``overrides``: the command line's (their secret-looking
     values are redacted everywhere, and none may contradict ``model.init_from``'s folder); ``started``:
     ``time.perf_counter()`` at the job's start, for a time budget.
     Raises a ``USER_ERRORS`` error for bad input, a directory another run holds, or a full disk (``DiskFull``);

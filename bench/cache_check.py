@@ -63,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
                 rng.integers(0, 50304, size=64 << 20, dtype=np.uint16).tofile(fh)
         size = big.stat().st_size
         seconds = best_seconds(lambda: file_checksums(big), args.reps)
-        print(f"synthetic {size / 2**30:.2f} GB token file: checksums {seconds:.3f} s "
-              f"({size / seconds / 1e9:.2f} GB/s, {os.cpu_count()} cores)")  # fmt: skip
+        print(
+            f"synthetic {size / 2**30:.2f} GB token file: checksums {seconds:.3f} s "
+            f"({size / seconds / 1e9:.2f} GB/s, {os.cpu_count()} cores)"
+        )
     return 0
 
 

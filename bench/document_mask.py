@@ -66,15 +66,24 @@ def main(argv: list[str] | None = None) -> int:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             started = time.perf_counter()  # train_update returns after its one host sync
-            train_update(model, optimizer, scheduler, micro_batches, device=device, autocast=autocast,
-                         grad_clip=cfg.trainer.grad_clip)  # fmt: skip
+            train_update(
+                model,
+                optimizer,
+                scheduler,
+                micro_batches,
+                device=device,
+                autocast=autocast,
+                grad_clip=cfg.trainer.grad_clip,
+            )
             if t >= args.warmup:
                 times.append(time.perf_counter() - started)
     windows = torch.cat([x for t in range(args.steps) for x, _ in batches.micro_batches(t)])
     crossing = (windows[:, 1:] == cache.eot_id).any(dim=1).float().mean().item()
     off, on = (statistics.median(runs[name][3]) for name in ("off", "on"))
-    print(f"device {device}, {cfg.model.arch} n_layer {cfg.model.n_layer} n_embd {cfg.model.n_embd}, "
-          f"{batches.tokens_per_update:,} tokens per update, {args.steps} updates each")  # fmt: skip
+    print(
+        f"device {device}, {cfg.model.arch} n_layer {cfg.model.n_layer} n_embd {cfg.model.n_embd}, "
+        f"{batches.tokens_per_update:,} tokens per update, {args.steps} updates each"
+    )
     print(f"document_mask off: {1e3 * off:.1f} ms per update")
     print(f"document_mask on:  {1e3 * on:.1f} ms per update ({on / off:.3f}×)")
     print(f"windows holding a document boundary: {100 * crossing:.1f}%")

@@ -145,8 +145,14 @@ def sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def build_template(cfg, d: distributed.Dist, precision: str, use_compile: bool, keep_freed_memory: bool = True,
-                   head_rows: int | None = None):  # fmt: skip
+def build_template(
+    cfg,
+    d: distributed.Dist,
+    precision: str,
+    use_compile: bool,
+    keep_freed_memory: bool = True,
+    head_rows: int | None = None,
+):
     """train.py's data, model, optimizer, scheduler and update step, built by train.py's own build (with
     ``keep_freed_memory=False``, except that glibc's malloc returns freed memory to the kernel as by default;
     with ``head_rows``, an output head of that many rows instead of the tokenizer's vocabulary).
@@ -174,8 +180,14 @@ def build_template(cfg, d: distributed.Dist, precision: str, use_compile: bool, 
     return step, model.raw, batches, cache.vocab_size
 
 
-def legacy_template(cfg, d: distributed.Dist, precision: str, use_compile: bool, keep_freed_memory: bool = True,
-                   head_rows: int | None = None):  # fmt: skip
+def legacy_template(
+    cfg,
+    d: distributed.Dist,
+    precision: str,
+    use_compile: bool,
+    keep_freed_memory: bool = True,
+    head_rows: int | None = None,
+):
     """``build_template`` for a tree from before train.py's one build (``training.engine.build_model``), which
     --compare-ref may time this tree against: the same parts, wired here as such a tree's train.py wired them."""
     device = d.device
@@ -188,8 +200,9 @@ def legacy_template(cfg, d: distributed.Dist, precision: str, use_compile: bool,
         raise ConfigError(f"--vocab-size must be at least the tokenizer's {cache.vocab_size}; got {head_rows}")
     vocab = padded_vocab(head_rows or cache.vocab_size)
     separator = cache.eot_id if cfg.data.get("document_mask") else None  # as train.py (older trees lack the key)
-    model_config = GPTConfig.from_dict({**OmegaConf.to_container(cfg.model), "vocab_size": vocab,
-                                        "document_separator": separator})  # fmt: skip
+    model_config = GPTConfig.from_dict(
+        {**OmegaConf.to_container(cfg.model), "vocab_size": vocab, "document_separator": separator}
+    )
     torch.manual_seed(cfg.trainer.seed)
     raw_model = GPT(model_config).to(device)
     strategy = distributed.resolve_strategy(cfg.trainer.strategy, d.world_size)
@@ -205,9 +218,15 @@ def legacy_template(cfg, d: distributed.Dist, precision: str, use_compile: bool,
 
     def step(t: int) -> None:
         update = train_update(
-            model, optimizer, scheduler, batches.micro_batches(t),
-            device=device, autocast=autocast, scaler=scaler, grad_clip=cfg.trainer.grad_clip,
-        )  # fmt: skip
+            model,
+            optimizer,
+            scheduler,
+            batches.micro_batches(t),
+            device=device,
+            autocast=autocast,
+            scaler=scaler,
+            grad_clip=cfg.trainer.grad_clip,
+        )
         step.losses.append(update.loss)
 
     step.losses, step.resident = [], lambda: resident_bytes(raw_model, optimizer)
@@ -238,8 +257,17 @@ BARE_LEAVES_OUT = (
 )
 
 
-def build_bare(model_config: GPTConfig, batches: TrainBatches, vocab: int, lr: float, seed: int,
-               device: torch.device, precision: str, use_compile: bool, grad_clip: float):  # fmt: skip
+def build_bare(
+    model_config: GPTConfig,
+    batches: TrainBatches,
+    vocab: int,
+    lr: float,
+    seed: int,
+    device: torch.device,
+    precision: str,
+    use_compile: bool,
+    grad_clip: float,
+):
     """The minimal loop: same model and seed, random tokens already on the device, forward/backward, clipping
     (unless ``grad_clip`` is 0), AdamW, as many micro-batches of the same size per update."""
     torch.manual_seed(seed)
@@ -315,8 +343,10 @@ def profile(step: Callable[[int], None], first: int, steps: int, peak: float | N
     gemm_rate = sum(e.flops for e in gemm) / max(sum(e.self_cpu_time_total for e in gemm), 1) * 1e6  # FLOP/s
     print(f"operator time over {steps} updates: {total / 1e6:.2f} s")
     vs_peak = f" = {gemm_rate / peak:.0%} of the peak" if peak else ""
-    print(f"  GEMMs (mm, addmm, bmm)     {share(lambda k: k in ('aten::mm', 'aten::addmm', 'aten::bmm')):6.1%}"
-          f"   at {gemm_rate / 1e9:.1f} GFLOP/s{vs_peak}")  # fmt: skip
+    print(
+        f"  GEMMs (mm, addmm, bmm)     {share(lambda k: k in ('aten::mm', 'aten::addmm', 'aten::bmm')):6.1%}"
+        f"   at {gemm_rate / 1e9:.1f} GFLOP/s{vs_peak}"
+    )
     print(f"  attention forward          {share(lambda k: 'attention' in k and 'backward' not in k):6.1%}")
     print(f"  attention backward         {share(lambda k: 'attention' in k and 'backward' in k):6.1%}")
     print(f"  GELU / SiLU (fwd + bwd)    {share(lambda k: 'gelu' in k or 'silu' in k):6.1%}")
@@ -334,9 +364,13 @@ class Side:
     def __init__(self, root: Path, argv: list[str]):
         script = root / "bench" / "throughput.py"
         self.process = subprocess.Popen(
-            [sys.executable, str(script), *argv, "--serve"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            text=True, bufsize=1,
-        )  # fmt: skip
+            [sys.executable, str(script), *argv, "--serve"],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
         self.info = self.reply()
 
     def reply(self) -> dict:
@@ -375,8 +409,9 @@ def serve(args: argparse.Namespace, cfg) -> None:
 def check_ref(ref: str) -> None:
     if Path(ref).is_dir():
         return
-    found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
-                           capture_output=True)  # fmt: skip
+    found = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], capture_output=True
+    )
     if found.returncode != 0:
         raise ConfigError(f"--compare-ref: {ref!r} is neither a folder nor a commit of the git repository at {ROOT}")
 
@@ -398,8 +433,13 @@ def ref_tree(ref: str, into: Path) -> Path:
     return root
 
 
-def alternate(loops: dict[str, Callable[[int, int], tuple[float, int | None]]], args, tokens: dict[str, int],
-              device: torch.device, pids: list[int] | None = None) -> tuple[dict[str, list[float]], dict]:  # fmt: skip
+def alternate(
+    loops: dict[str, Callable[[int, int], tuple[float, int | None]]],
+    args,
+    tokens: dict[str, int],
+    device: torch.device,
+    pids: list[int] | None = None,
+) -> tuple[dict[str, list[float]], dict]:
     """Tokens/s of each loop (``tokens`` per update) per repetition, the loops taking turns (see the module
     docstring), and each loop's peak memory on a GPU."""
     t = dict.fromkeys(loops, 0)
@@ -432,8 +472,12 @@ def alternate(loops: dict[str, Callable[[int, int], tuple[float, int | None]]], 
     return rates, peak_memory
 
 
-def report(measured: tuple[dict[str, list[float]], dict], tokens: dict[str, int], flops_per_token: dict[str, float],
-           peaks: dict[str, float | None]) -> None:  # fmt: skip
+def report(
+    measured: tuple[dict[str, list[float]], dict],
+    tokens: dict[str, int],
+    flops_per_token: dict[str, float],
+    peaks: dict[str, float | None],
+) -> None:
     """The table of medians, MFUs and peak memory, and the first loop's ratio to each other loop."""
     rates, peak_memory = measured
     print()
@@ -455,8 +499,14 @@ def report(measured: tuple[dict[str, list[float]], dict], tokens: dict[str, int]
         )
 
 
-def against(args: argparse.Namespace, d: distributed.Dist, template, batches: TrainBatches, raw_model: GPT,
-            peaks: dict[str, float | None]) -> None:  # fmt: skip
+def against(
+    args: argparse.Namespace,
+    d: distributed.Dist,
+    template,
+    batches: TrainBatches,
+    raw_model: GPT,
+    peaks: dict[str, float | None],
+) -> None:
     """The template as configured against the template with each ``--against`` set of overrides added, every
     one a loop of this process (its own model, batches, optimizer, precision and compile), taking turns."""
     steps = {"as given": template}
@@ -474,10 +524,13 @@ def against(args: argparse.Namespace, d: distributed.Dist, template, batches: Tr
     report(alternate(loops, args, tokens, d.device), tokens, flops, peaks)
     # Every loop took the same updates from the same initial weights: how far each one's losses ended from the first's
     last = {name: statistics.mean(step.losses[-args.steps :]) for name, step in steps.items()}
-    print(f"train loss, mean of the last {args.steps} of {len(template.losses)} updates: " + ", ".join(
-        f"{name} {loss:.4f}" + (f" ({loss - last['as given']:+.4f})" if name != "as given" else "")
-        for name, loss in last.items()
-    ))  # fmt: skip
+    print(
+        f"train loss, mean of the last {args.steps} of {len(template.losses)} updates: "
+        + ", ".join(
+            f"{name} {loss:.4f}" + (f" ({loss - last['as given']:+.4f})" if name != "as given" else "")
+            for name, loss in last.items()
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -537,8 +590,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.against:
         return against(args, d, template, batches, raw_model, peaks)
 
-    bare = build_bare(c, batches, vocab, cfg.optim.lr, cfg.trainer.seed, device, precision, use_compile,
-                      cfg.trainer.grad_clip)  # fmt: skip
+    bare = build_bare(
+        c, batches, vocab, cfg.optim.lr, cfg.trainer.seed, device, precision, use_compile, cfg.trainer.grad_clip
+    )
     print(f"bare leaves out: {BARE_LEAVES_OUT}")
     loops = {
         "template": lambda first, steps: timed(template, first, steps, device),

@@ -26,8 +26,15 @@ class DiskFull(OSError):
     """Writing ``path`` ran out of space: ``str()`` is one line naming it, the bytes ``needed`` (more than that
     when ``at_least``), the bytes free there now, and ``hint`` (what to do)."""
 
-    def __init__(self, path: str | os.PathLike, needed: int | None = None, *, at_least: bool = False,
-                 hint: str = "", quota: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        needed: int | None = None,
+        *,
+        at_least: bool = False,
+        hint: str = "",
+        quota: bool = False,
+    ) -> None:
         self.path, self.needed, self.free = Path(path), needed, free_bytes(path)
         need = "" if needed is None else f"it needs {'more than ' if at_least else ''}{size_text(needed)}; "
         free = size_text(self.free)

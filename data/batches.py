@@ -43,8 +43,10 @@ def check_length(tokens: np.ndarray, block_size: int, split: str) -> None:
 
 def check_layout(batch_size: int, world_size: int, rank: int, *counts: int) -> None:
     if min(batch_size, world_size, *counts) < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need batch_size, world_size, counts ≥ 1 and 0 ≤ rank < world_size, got "
-                         f"{batch_size}, {world_size}, {counts}, rank {rank}")  # fmt: skip
+        raise ValueError(
+            f"need batch_size, world_size, counts ≥ 1 and 0 ≤ rank < world_size, got "
+            f"{batch_size}, {world_size}, {counts}, rank {rank}"
+        )
 
 
 def window_offsets(seed: int, t: int, count: int, n_tokens: int, block_size: int) -> np.ndarray:
@@ -167,8 +169,10 @@ class TrainBatches:
         indices, offsets = (w[:, self.rank] for w in self.windows(t))
         if self.weights is None:
             return [gather(self.tokens, offsets[m], self.block_size, self.vocab_size) for m in range(self.accum)]
-        return [gather_mixed(self.sources, indices[m], offsets[m], self.block_size, self.vocab_size)
-                for m in range(self.accum)]  # fmt: skip
+        return [
+            gather_mixed(self.sources, indices[m], offsets[m], self.block_size, self.vocab_size)
+            for m in range(self.accum)
+        ]
 
 
 def val_offsets(n_tokens: int, block_size: int, count: int) -> np.ndarray:

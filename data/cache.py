@@ -360,8 +360,12 @@ def build(cfg: Any, corpus: Corpus, final: Path) -> TokenCache:
         )
     log.info(
         "data: %d train + %d val tokens (%s, vocab %d) in %.1f s",
-        meta["tokens"]["train"], meta["tokens"]["val"], dtype.name, vocab, meta["build_seconds"],
-    )  # fmt: skip
+        meta["tokens"]["train"],
+        meta["tokens"]["val"],
+        dtype.name,
+        vocab,
+        meta["build_seconds"],
+    )
     return cache
 
 
@@ -439,8 +443,11 @@ def prepare(cfg: Any, build_if_missing: bool = True) -> TokenCache | Mixture:
                 return cache
             remove_abandoned(path.parent)
             if path.exists():  # only ever renamed into place complete, so something damaged it: rebuild
-                log.warning("data: the token cache %s is damaged (%s); rebuilding it", path,
-                            inspect(path, fingerprint, settings)[1])  # fmt: skip
+                log.warning(
+                    "data: the token cache %s is damaged (%s); rebuilding it",
+                    path,
+                    inspect(path, fingerprint, settings)[1],
+                )
                 shutil.rmtree(path)
             log.info("data: tokenizing %s into %s", corpus.name, path)
             return build(cfg, corpus, path)

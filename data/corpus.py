@@ -158,8 +158,10 @@ class Corpus:
                 log.info(
                     "data: every document of %r hashed into %s; using the last %g%% of each document's lines "
                     "as val (data.val_fraction)",
-                    self.name, "val" if seen.pop() else "train", 100 * self.val_fraction,
-                )  # fmt: skip
+                    self.name,
+                    "val" if seen.pop() else "train",
+                    100 * self.val_fraction,
+                )
         return self._line_split
 
     def split_documents(self) -> Iterator[tuple[str, str]]:

@@ -181,8 +181,14 @@ def sample_text(
     idx = torch.tensor([start] * num_samples, dtype=torch.long, device=device)
     with autocast if autocast is not None else contextlib.nullcontext():
         out = generate(
-            model, idx, max_new_tokens, temperature, top_k, top_p,
-            vocab_size=tokenizer.get_vocab_size(), generator=generator,
-        )  # fmt: skip
+            model,
+            idx,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            vocab_size=tokenizer.get_vocab_size(),
+            generator=generator,
+        )
     # Special tokens stay in the text: a generated document separator shows where one file ends.
     return [tokenizer.decode(prompt_ids + row[len(start) :], skip_special_tokens=False) for row in out.tolist()]

@@ -140,8 +140,14 @@ def check_model_config(m: Mapping[str, Any]) -> None:
     dropout = m.get("dropout", 0.0)
     if not is_number(dropout) or not 0.0 <= dropout < 1.0:
         raise ModelConfigError("model.dropout", "in [0, 1)", dropout)
-    for key in ("bias", "tie_embeddings", "activation_checkpointing", "reset_positions", "qk_norm",
-                "fused_cross_entropy"):  # fmt: skip
+    for key in (
+        "bias",
+        "tie_embeddings",
+        "activation_checkpointing",
+        "reset_positions",
+        "qk_norm",
+        "fused_cross_entropy",
+    ):
         if key in m and not isinstance(m[key], bool):
             raise ModelConfigError(f"model.{key}", "true or false", m[key])
     kv = m.get("n_kv_head")
@@ -436,8 +442,9 @@ class GPT(nn.Module):
             return self.capped(self.lm_head(x[:, -1:, :])), None  # (B, 1, V): only the last position is needed
         if self.fused_loss is not None and self.training and reduction == "mean" and x.is_cuda:
             # the mean loss, the head's matmul and the cross-entropy fused in chunks: no logits are returned
-            loss = self.fused_loss(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1),
-                                   softcap=self.config.logit_softcap)  # fmt: skip
+            loss = self.fused_loss(
+                x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1), softcap=self.config.logit_softcap
+            )
             return None, loss
         logits = self.capped(self.lm_head(x))
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)

@@ -26,16 +26,30 @@ import torch
 from model.gpt import GPT, GPTConfig, ModelConfigError
 
 # The model keys a transformers config sets on import; dropout and activation checkpointing stay the run's own.
-ARCH_KEYS = ("arch", "n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "bias", "mlp_hidden",
-             "tie_embeddings", "activation", "rope_theta", "norm_eps")  # fmt: skip
+ARCH_KEYS = (
+    "arch",
+    "n_layer",
+    "n_head",
+    "n_kv_head",
+    "n_embd",
+    "block_size",
+    "bias",
+    "mlp_hidden",
+    "tie_embeddings",
+    "activation",
+    "rope_theta",
+    "norm_eps",
+)
 # GPT-2's activation_function for each model.activation, and the names transformers also gives them
 GPT2_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
 GPT2_ACTIVATION_OF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 
 # Per block: (our name, their names stacked along dim 0 in ours, stored transposed by them)
-GPT2_BLOCK = [(f"{part}.{p}", (f"{part}.{p}",), p == "weight" and "." in part)
-              for part in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
-              for p in ("weight", "bias")]  # fmt: skip
+GPT2_BLOCK = [
+    (f"{part}.{p}", (f"{part}.{p}",), p == "weight" and "." in part)
+    for part in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
+    for p in ("weight", "bias")
+]
 LLAMA_BLOCK = [
     ("ln_1.weight", ("input_layernorm.weight",), False),
     ("attn.c_attn.weight", ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"), False),
@@ -71,19 +85,30 @@ def quiet() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def transformers_config(config: GPTConfig, vocab_size: int | None = None, *, eos_token_id: int | None = None,
-                        bos_token_id: int | None = None) -> Any:  # fmt: skip
+def transformers_config(
+    config: GPTConfig,
+    vocab_size: int | None = None,
+    *,
+    eos_token_id: int | None = None,
+    bos_token_id: int | None = None,
+) -> Any:
     """The transformers config of the same model: ``GPT2Config`` for arch gpt2, ``LlamaConfig`` for llama, with
     ``vocab_size`` rows (default: the model's). A setting the class cannot express raises ``ModelConfigError``."""
     t = require_transformers("exporting to transformers")
     vocab = vocab_size or config.vocab_size
     tokens = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "tie_word_embeddings": config.tie_embeddings}
     if config.qk_norm:
-        raise ModelConfigError("model.qk_norm", "false to export (GPT2LMHeadModel and LlamaForCausalLM have no "
-                               "query/key norm)", config.qk_norm)  # fmt: skip
+        raise ModelConfigError(
+            "model.qk_norm",
+            "false to export (GPT2LMHeadModel and LlamaForCausalLM have no query/key norm)",
+            config.qk_norm,
+        )
     if config.logit_softcap is not None:
-        raise ModelConfigError("model.logit_softcap", "null to export (GPT2LMHeadModel and LlamaForCausalLM do not "
-                               "cap logits)", config.logit_softcap)  # fmt: skip
+        raise ModelConfigError(
+            "model.logit_softcap",
+            "null to export (GPT2LMHeadModel and LlamaForCausalLM do not cap logits)",
+            config.logit_softcap,
+        )
     if config.arch not in FORMATS:
         raise ModelConfigError("model.arch", f"one of {', '.join(FORMATS)} to export", config.arch)
     return FORMATS[config.arch].config(t, config, vocab, tokens)
@@ -91,23 +116,45 @@ def transformers_config(config: GPTConfig, vocab_size: int | None = None, *, eos
 
 def gpt2_config(t: Any, config: GPTConfig, vocab: int, tokens: dict[str, Any]) -> Any:
     if config.kv_heads != config.n_head:
-        raise ModelConfigError("model.n_kv_head", "null with arch=gpt2 (GPT2LMHeadModel has no grouped-query "
-                               "attention; arch=llama exports it)", config.n_kv_head)  # fmt: skip
-    return t.GPT2Config(vocab_size=vocab, n_positions=config.block_size, n_embd=config.n_embd, n_layer=config.n_layer,
-                        n_head=config.n_head, n_inner=config.hidden,
-                        activation_function=GPT2_ACTIVATIONS[config.activation], resid_pdrop=config.dropout,
-                        embd_pdrop=config.dropout, attn_pdrop=config.dropout, layer_norm_epsilon=config.norm_eps,
-                        **tokens)  # fmt: skip
+        raise ModelConfigError(
+            "model.n_kv_head",
+            "null with arch=gpt2 (GPT2LMHeadModel has no grouped-query attention; arch=llama exports it)",
+            config.n_kv_head,
+        )
+    return t.GPT2Config(
+        vocab_size=vocab,
+        n_positions=config.block_size,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        n_inner=config.hidden,
+        activation_function=GPT2_ACTIVATIONS[config.activation],
+        resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout,
+        attn_pdrop=config.dropout,
+        layer_norm_epsilon=config.norm_eps,
+        **tokens,
+    )
 
 
 def llama_config(t: Any, config: GPTConfig, vocab: int, tokens: dict[str, Any]) -> Any:
     # LlamaForCausalLM drops out only attention weights: dropout, a training setting, is not carried over.
-    return t.LlamaConfig(vocab_size=vocab, hidden_size=config.n_embd, intermediate_size=config.hidden,
-                         num_hidden_layers=config.n_layer, num_attention_heads=config.n_head,
-                         num_key_value_heads=config.kv_heads, head_dim=config.head_dim,
-                         max_position_embeddings=config.block_size, rms_norm_eps=config.norm_eps,
-                         rope_theta=config.rope_theta, hidden_act="silu", attention_bias=False, mlp_bias=False,
-                         **tokens)  # fmt: skip
+    return t.LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=config.n_embd,
+        intermediate_size=config.hidden,
+        num_hidden_layers=config.n_layer,
+        num_attention_heads=config.n_head,
+        num_key_value_heads=config.kv_heads,
+        head_dim=config.head_dim,
+        max_position_embeddings=config.block_size,
+        rms_norm_eps=config.norm_eps,
+        rope_theta=config.rope_theta,
+        hidden_act="silu",
+        attention_bias=False,
+        mlp_bias=False,
+        **tokens,
+    )
 
 
 def _split_rows(config: GPTConfig, ours: str) -> list[int]:
@@ -118,8 +165,9 @@ def _split_rows(config: GPTConfig, ours: str) -> list[int]:
     return [config.hidden, config.hidden]
 
 
-def to_transformers_state_dict(state: dict[str, torch.Tensor], config: GPTConfig,
-                               vocab_size: int | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+def to_transformers_state_dict(
+    state: dict[str, torch.Tensor], config: GPTConfig, vocab_size: int | None = None
+) -> dict[str, torch.Tensor]:
     """Our ``state_dict`` in the names and layouts of ``transformers_config(config, vocab_size)``'s model, the
     embedding and head cut to ``vocab_size`` rows; a model without biases gets zero ones under arch gpt2."""
     vocab = vocab_size or config.vocab_size
@@ -159,8 +207,9 @@ def from_transformers_state_dict(state: dict[str, torch.Tensor], config: GPTConf
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def to_transformers(model: GPT, vocab_size: int, *, eos_token_id: int, bos_token_id: int,
-                    dtype: torch.dtype = torch.float32) -> Any:  # fmt: skip
+def to_transformers(
+    model: GPT, vocab_size: int, *, eos_token_id: int, bos_token_id: int, dtype: torch.dtype = torch.float32
+) -> Any:
     """``model`` as a transformers model (``GPT2LMHeadModel`` or ``LlamaForCausalLM``) in ``dtype`` with the
     tokenizer's ``vocab_size`` rows, its generation config greedy-ready (end-of-text as eos and pad)."""
     t = require_transformers("exporting to transformers")
@@ -180,13 +229,16 @@ def architecture(hf_config: Any, source: str) -> dict[str, Any]:
     kind = getattr(hf_config, "model_type", None)
     found = next((f for f in FORMATS.values() if f.model_type == kind), None)
     if found is None:
-        raise ModelConfigError(f"model.init_from: {source} holds a {kind!r} model (model_type in config.json); "
-                               f"only {' and '.join(CLASSES.values())} style models ({', '.join(FORMATS)}) can be "
-                               "imported")  # fmt: skip
+        raise ModelConfigError(
+            f"model.init_from: {source} holds a {kind!r} model (model_type in config.json); "
+            f"only {' and '.join(CLASSES.values())} style models ({', '.join(FORMATS)}) can be "
+            "imported"
+        )
 
     def refuse(setting: str, value: Any, allowed: str) -> ModelConfigError:
-        return ModelConfigError(f"model.init_from: {source} has {setting}={value!r} in config.json; "
-                                f"only {allowed} can be imported")  # fmt: skip
+        return ModelConfigError(
+            f"model.init_from: {source} has {setting}={value!r} in config.json; only {allowed} can be imported"
+        )
 
     return found.read(hf_config, refuse, bool(getattr(hf_config, "tie_word_embeddings", True)))
 
@@ -194,31 +246,58 @@ def architecture(hf_config: Any, source: str) -> dict[str, Any]:
 def read_gpt2(c: Any, refuse: Callable[..., Exception], tie: bool) -> dict[str, Any]:
     if c.activation_function not in GPT2_ACTIVATION_OF:
         raise refuse("activation_function", c.activation_function, " or ".join(GPT2_ACTIVATION_OF))
-    for setting, wanted in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
-                            ("add_cross_attention", False)):  # fmt: skip
+    for setting, wanted in (
+        ("scale_attn_weights", True),
+        ("scale_attn_by_inverse_layer_idx", False),
+        ("add_cross_attention", False),
+    ):
         if bool(getattr(c, setting, wanted)) != wanted:
             raise refuse(setting, getattr(c, setting), f"{setting}={str(wanted).lower()}")
-    return {"arch": "gpt2", "n_layer": c.n_layer, "n_head": c.n_head, "n_kv_head": None, "n_embd": c.n_embd,
-            "block_size": c.n_positions, "bias": True, "mlp_hidden": c.n_inner or None, "tie_embeddings": tie,
-            "activation": GPT2_ACTIVATION_OF[c.activation_function],
-            "norm_eps": float(c.layer_norm_epsilon)}  # fmt: skip
+    return {
+        "arch": "gpt2",
+        "n_layer": c.n_layer,
+        "n_head": c.n_head,
+        "n_kv_head": None,
+        "n_embd": c.n_embd,
+        "block_size": c.n_positions,
+        "bias": True,
+        "mlp_hidden": c.n_inner or None,
+        "tie_embeddings": tie,
+        "activation": GPT2_ACTIVATION_OF[c.activation_function],
+        "norm_eps": float(c.layer_norm_epsilon),
+    }
 
 
 def read_llama(c: Any, refuse: Callable[..., Exception], tie: bool) -> dict[str, Any]:
     rope = dict(getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {})
     theta = rope.get("rope_theta", getattr(c, "rope_theta", 10000.0))
-    checks = (("hidden_act", c.hidden_act, "silu"), ("attention_bias", bool(c.attention_bias), False),
-              ("mlp_bias", bool(getattr(c, "mlp_bias", False)), False),
-              ("rope_type", rope.get("rope_type", rope.get("type", "default")), "default"),
-              ("head_dim", getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
-               c.hidden_size // c.num_attention_heads))  # fmt: skip
+    checks = (
+        ("hidden_act", c.hidden_act, "silu"),
+        ("attention_bias", bool(c.attention_bias), False),
+        ("mlp_bias", bool(getattr(c, "mlp_bias", False)), False),
+        ("rope_type", rope.get("rope_type", rope.get("type", "default")), "default"),
+        (
+            "head_dim",
+            getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
+            c.hidden_size // c.num_attention_heads,
+        ),
+    )
     for setting, value, wanted in checks:
         if value != wanted:
             raise refuse(setting, value, f"{setting}={wanted!r}")
-    return {"arch": "llama", "n_layer": c.num_hidden_layers, "n_head": c.num_attention_heads,
-            "n_kv_head": c.num_key_value_heads, "n_embd": c.hidden_size, "block_size": c.max_position_embeddings,
-            "bias": False, "mlp_hidden": c.intermediate_size, "tie_embeddings": tie, "rope_theta": float(theta),
-            "norm_eps": float(c.rms_norm_eps)}  # fmt: skip
+    return {
+        "arch": "llama",
+        "n_layer": c.num_hidden_layers,
+        "n_head": c.num_attention_heads,
+        "n_kv_head": c.num_key_value_heads,
+        "n_embd": c.hidden_size,
+        "block_size": c.max_position_embeddings,
+        "bias": False,
+        "mlp_hidden": c.intermediate_size,
+        "tie_embeddings": tie,
+        "rope_theta": float(theta),
+        "norm_eps": float(c.rms_norm_eps),
+    }
 
 
 @dataclass(frozen=True)
@@ -236,12 +315,31 @@ class Format:
 
 
 FORMATS = {
-    "gpt2": Format("GPT2LMHeadModel", "gpt2", "transformer.h.", "transformer.wte.weight",
-                   [("wpe.weight", "transformer.wpe.weight"), ("ln_f.weight", "transformer.ln_f.weight"),
-                    ("ln_f.bias", "transformer.ln_f.bias")], GPT2_BLOCK, gpt2_config, read_gpt2),
-    "llama": Format("LlamaForCausalLM", "llama", "model.layers.", "model.embed_tokens.weight",
-                    [("ln_f.weight", "model.norm.weight")], LLAMA_BLOCK, llama_config, read_llama),
-}  # fmt: skip
+    "gpt2": Format(
+        "GPT2LMHeadModel",
+        "gpt2",
+        "transformer.h.",
+        "transformer.wte.weight",
+        [
+            ("wpe.weight", "transformer.wpe.weight"),
+            ("ln_f.weight", "transformer.ln_f.weight"),
+            ("ln_f.bias", "transformer.ln_f.bias"),
+        ],
+        GPT2_BLOCK,
+        gpt2_config,
+        read_gpt2,
+    ),
+    "llama": Format(
+        "LlamaForCausalLM",
+        "llama",
+        "model.layers.",
+        "model.embed_tokens.weight",
+        [("ln_f.weight", "model.norm.weight")],
+        LLAMA_BLOCK,
+        llama_config,
+        read_llama,
+    ),
+}
 CLASSES = {arch: f.cls for arch, f in FORMATS.items()}
 
 

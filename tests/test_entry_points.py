@@ -14,23 +14,38 @@ from tests.conftest import ROOT, TINY
 # (entry point, arguments, the start of the one line on stderr); {corrupt} is a checkpoint folder of garbage.
 BAD_INPUTS = [
     ("train.py", ["trainer.max_steps=0"], "error: trainer.max_steps must be an integer > 0, got 0"),
-    ("train.py", ["trainer.max_step=100"],
-     "error: trainer.max_step is not a key of trainer; did you mean trainer.max_steps"),
+    (
+        "train.py",
+        ["trainer.max_step=100"],
+        "error: trainer.max_step is not a key of trainer; did you mean trainer.max_steps",
+    ),
     ("train.py", ["model=nanoo"], "error: model=nanoo is not an option of model; did you mean model=nano?"),
-    ("train.py", ["model.n_embd=130", "model.n_head=4"],
-     "error: model.n_embd must be divisible by model.n_head (4), got 130"),
-    ("train.py", ["schedule=wsd", "schedule.decay_fraction=1.5"],
-     "error: schedule.decay_fraction must be a fraction of trainer.max_steps in [0, 1], got 1.5"),
-    ("train.py", ["data=text_files", "data.path=/no/such/corpus.txt"],
-     "error: data.path: '/no/such/corpus.txt' does not exist"),
+    (
+        "train.py",
+        ["model.n_embd=130", "model.n_head=4"],
+        "error: model.n_embd must be divisible by model.n_head (4), got 130",
+    ),
+    (
+        "train.py",
+        ["schedule=wsd", "schedule.decay_fraction=1.5"],
+        "error: schedule.decay_fraction must be a fraction of trainer.max_steps in [0, 1], got 1.5",
+    ),
+    (
+        "train.py",
+        ["data=text_files", "data.path=/no/such/corpus.txt"],
+        "error: data.path: '/no/such/corpus.txt' does not exist",
+    ),
     ("train.py", ["trainer.resume=/no/such/run"], "error: trainer.resume: '/no/such/run' does not exist"),
     ("train.py", ["trainer.resume={corrupt}"], "error: checkpoint {corrupt}/state.pt: cannot be read"),
     ("sample.py", ["checkpoint={corrupt}"], "error: checkpoint {corrupt}/state.pt: cannot be read"),
     ("sample.py", ["checkpoint=/no/such/run"], "error: checkpoint: '/no/such/run' does not exist"),
-    ("sample.py", ["checkpoint=/no/such/run", "temprature=0.5"],
-     "error: temprature is not a key of this config; did you mean temperature?"),
+    (
+        "sample.py",
+        ["checkpoint=/no/such/run", "temprature=0.5"],
+        "error: temprature is not a key of this config; did you mean temperature?",
+    ),
     ("export.py", ["checkpoint={corrupt}", "out=exported"], "error: checkpoint {corrupt}/state.pt: cannot be read"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("script,args,line", BAD_INPUTS, ids=[f"{s} {' '.join(a)}" for s, a, _ in BAD_INPUTS])
@@ -51,7 +66,12 @@ def test_bad_input_is_one_error_line_exit_code_2_and_nothing_written(script, arg
 
 
 def test_cfg_job_prints_the_composed_config_and_runs_nothing(tmp_path):
-    proc = subprocess.run([sys.executable, "train.py", "--cfg", "job", "model=micro", f"hydra.run.dir={tmp_path}/r"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--cfg", "job", "model=micro", f"hydra.run.dir={tmp_path}/r"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "n_embd: 384" in proc.stdout and "schedule:" in proc.stdout and not (tmp_path / "r").exists()

@@ -37,8 +37,19 @@ def exported(tmp_path_factory, data_cache) -> dict[str, tuple[Path, Path]]:
         mp.setenv("GPT_DATA_CACHE", str(data_cache))
         for arch, args in ARCHS.items():
             run = root / f"run-{arch}"
-            train(compose_config(TINY + [f"data.vocab_size={VOCAB}", "trainer.max_steps=3", "trainer.eval_every=0",
-                                         "trainer.sample_tokens=0", *args]), run)  # fmt: skip
+            train(
+                compose_config(
+                    TINY
+                    + [
+                        f"data.vocab_size={VOCAB}",
+                        "trainer.max_steps=3",
+                        "trainer.eval_every=0",
+                        "trainer.sample_tokens=0",
+                        *args,
+                    ]
+                ),
+                run,
+            )
             out = export(compose([f"checkpoint={run}", f"out={root / arch}"], config_name="export"))
             folders[arch] = (run, out)
     return folders
@@ -86,8 +97,9 @@ def test_greedy_generation_in_transformers_is_what_sample_py_prints_at_temperatu
     # sample.py writes all 20 tokens, an end-of-text among them: transformers must not stop at one
     generated = theirs.generate(**inputs, max_new_tokens=20, do_sample=False, eos_token_id=None)
     assert generated.size(1) == inputs.input_ids.size(1) + 20
-    [text] = sample(compose([f"checkpoint={run}", f"prompt={PROMPT!r}", "max_new_tokens=20", "temperature=0"],
-                            config_name="sample"))  # fmt: skip
+    [text] = sample(
+        compose([f"checkpoint={run}", f"prompt={PROMPT!r}", "max_new_tokens=20", "temperature=0"], config_name="sample")
+    )
     assert their_tokenizer.decode(generated[0]) == text
 
 
@@ -121,7 +133,6 @@ def test_without_transformers_export_says_which_extra_to_install_and_writes_noth
 def test_bad_export_settings_name_the_key():
     good = {"checkpoint": "run", "out": "exported", "dtype": "float32", "overwrite": False}
     check_export_config(good)
-    for key, value in [("checkpoint", "???"), ("out", None), ("dtype", "fp16"), ("overwrite", "yes"),
-                       ("outt", "x")]:  # fmt: skip
+    for key, value in [("checkpoint", "???"), ("out", None), ("dtype", "fp16"), ("overwrite", "yes"), ("outt", "x")]:
         with pytest.raises(ConfigError, match=f"^{key}"):
             check_export_config({**good, key: value})

@@ -21,8 +21,21 @@ from training.signals import Stopped
 PAGE = ROOT / "docs" / "extending.md"
 # A fenced block whose info string names a file (```python steps_file.py) is that file, whole.
 EXAMPLES = {m.group(1): m.group(2) for m in re.finditer(r"```\w+ (\S+)\n(.*?)```", PAGE.read_text(), re.S)}
-COPIED = shutil.ignore_patterns(".git", ".venv*", ".cache", "outputs", "multirun", "__pycache__", "*.egg-info",
-                                 "bench-out", ".pytest_cache", ".ruff_cache", ".hypothesis", ".whl", ".gl")  # fmt: skip
+COPIED = shutil.ignore_patterns(
+    ".git",
+    ".venv*",
+    ".cache",
+    "outputs",
+    "multirun",
+    "__pycache__",
+    "*.egg-info",
+    "bench-out",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".hypothesis",
+    ".whl",
+    ".gl",
+)
 
 
 def files(root: Path) -> dict[str, str]:
@@ -63,10 +76,18 @@ def in_fork(fork, monkeypatch):
 
 
 def test_the_page_has_four_examples_of_a_python_and_a_yaml_file_each():
-    assert sorted(EXAMPLES) == sorted([
-        "steps_file.py", "conf/logger/steps_file.yaml", "sgd_momentum.py", "conf/optim/sgd.yaml",
-        "step_decay.py", "conf/schedule/step_decay.yaml", "token_accuracy.py", "conf/eval/token_accuracy.yaml",
-    ])  # fmt: skip
+    assert sorted(EXAMPLES) == sorted(
+        [
+            "steps_file.py",
+            "conf/logger/steps_file.yaml",
+            "sgd_momentum.py",
+            "conf/optim/sgd.yaml",
+            "step_decay.py",
+            "conf/schedule/step_decay.yaml",
+            "token_accuracy.py",
+            "conf/eval/token_accuracy.yaml",
+        ]
+    )
 
 
 def test_the_examples_add_files_and_edit_none_of_the_template(fork):
@@ -78,8 +99,11 @@ def test_the_examples_add_files_and_edit_none_of_the_template(fork):
 def test_every_command_the_page_shows_composes_and_passes_the_checks_in_the_fork(in_fork):
     from training.config import check_config, check_overrides, compose
 
-    shown = [shlex.split(line) for block in re.findall(r"```bash\n(.*?)```", PAGE.read_text(), re.S)
-             for line in block.splitlines()]  # fmt: skip
+    shown = [
+        shlex.split(line)
+        for block in re.findall(r"```bash\n(.*?)```", PAGE.read_text(), re.S)
+        for line in block.splitlines()
+    ]
     runs = [words[2:] for words in shown if words[:2] == ["python", "train.py"]]
     assert len(runs) == 4
     for args in runs:
@@ -129,8 +153,9 @@ def test_the_schedule_sets_the_lr_and_is_audited_and_plotted_like_the_templates(
 
 
 def test_the_evaluation_logs_its_metric_at_every_evaluation(in_fork, tiny_train):
-    run = tiny_train(in_fork / "runs" / "eval", ["eval=[perplexity,token_accuracy]", "trainer.max_steps=6",
-                                                 "trainer.eval_every=3"])  # fmt: skip
+    run = tiny_train(
+        in_fork / "runs" / "eval", ["eval=[perplexity,token_accuracy]", "trainer.max_steps=6", "trainer.eval_every=3"]
+    )
     evaluations = [r for r in read_metrics(run) if "val/loss" in r]
     assert [r["step"] for r in evaluations] == [0, 3, 6]
     assert all(0.0 <= r["val/accuracy"] <= 1.0 for r in evaluations)

@@ -41,8 +41,16 @@ def sample_config(overrides: list[str]):
 def test_sample_py_prints_what_sample_text_gives_and_writes_nothing(tiny_run, tmp_path):
     """From the command line as from the Python API: the same checkpoint, settings and seed give the same
     samples, each the prompt followed by its continuation; the working directory stays empty."""
-    args = [f"checkpoint={tiny_run}", "prompt='import os'", "max_new_tokens=16", "num_samples=2", "temperature=1.0",
-            "top_k=20", "top_p=0.9", "seed=7"]  # fmt: skip
+    args = [
+        f"checkpoint={tiny_run}",
+        "prompt='import os'",
+        "max_new_tokens=16",
+        "num_samples=2",
+        "temperature=1.0",
+        "top_k=20",
+        "top_p=0.9",
+        "seed=7",
+    ]
     proc = subprocess.run([sys.executable, SAMPLE, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "step-00000010" in proc.stderr
@@ -53,8 +61,9 @@ def test_sample_py_prints_what_sample_text_gives_and_writes_nothing(tiny_run, tm
     tokenizer = load_tokenizer(folder / "tokenizer.json")
     torch.manual_seed(7)
     generator = torch.Generator().manual_seed(7)
-    texts = sample_text(model, tokenizer, "import os", 16, temperature=1.0, top_k=20, top_p=0.9, num_samples=2,
-                        generator=generator)  # fmt: skip
+    texts = sample_text(
+        model, tokenizer, "import os", 16, temperature=1.0, top_k=20, top_p=0.9, num_samples=2, generator=generator
+    )
     assert all(t.startswith("import os") and len(t) > len("import os") for t in texts)
     assert proc.stdout == "\n".join([texts[0], "-" * 40, texts[1]]) + "\n"
 
@@ -82,8 +91,15 @@ def test_load_model_rebuilds_the_saved_model_from_its_checkpoint(tmp_path, arch,
     import torch.distributed.checkpoint as dcp
 
     torch.manual_seed(0)
-    config = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32, arch=arch,
-                       n_kv_head=2 if arch == "llama" else None)  # fmt: skip
+    config = GPTConfig(
+        vocab_size=64,
+        block_size=16,
+        n_layer=2,
+        n_head=4,
+        n_embd=32,
+        arch=arch,
+        n_kv_head=2 if arch == "llama" else None,
+    )
     trained = GPT(config).eval()
     folder = tmp_path / "step-00000007"
     folder.mkdir()
@@ -120,10 +136,26 @@ def test_a_missing_or_empty_run_directory_is_a_one_line_error(tmp_path):
 
 
 def test_bad_sample_settings_name_the_key():
-    good = {"checkpoint": "run", "max_new_tokens": 5, "num_samples": 1, "temperature": 0.8, "top_k": None,
-            "top_p": None, "seed": 0}  # fmt: skip
+    good = {
+        "checkpoint": "run",
+        "max_new_tokens": 5,
+        "num_samples": 1,
+        "temperature": 0.8,
+        "top_k": None,
+        "top_p": None,
+        "seed": 0,
+    }
     check_sample_config(good)
-    for key, value in [("checkpoint", "???"), ("max_new_tokens", 0), ("num_samples", 1.5), ("temperature", -1),
-                       ("top_k", 0), ("top_p", 0.0), ("top_p", 1.5), ("seed", "x"), ("temprature", 0.5)]:  # fmt: skip
+    for key, value in [
+        ("checkpoint", "???"),
+        ("max_new_tokens", 0),
+        ("num_samples", 1.5),
+        ("temperature", -1),
+        ("top_k", 0),
+        ("top_p", 0.0),
+        ("top_p", 1.5),
+        ("seed", "x"),
+        ("temprature", 0.5),
+    ]:
         with pytest.raises(ConfigError, match=f"^{key}"):
             check_sample_config({**good, key: value})

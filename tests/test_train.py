@@ -20,18 +20,30 @@ def cosine_lr(t: int) -> float:
     return PEAK * (c * (1 - FLOOR / PEAK) + FLOOR / PEAK)
 
 
-def test_a_tiny_run_logs_the_formula_lr_its_loss_falls_and_it_writes_the_run_directory(tmp_path, tiny_train,
-                                                                                        caplog):  # fmt: skip
-    args = [f"trainer.max_steps={T}", f"schedule.warmup_steps={W}", f"optim.lr={PEAK}", f"schedule.min_lr={FLOOR}",
-            "trainer.eval_every=10", "trainer.grad_accum_steps=2"]  # fmt: skip
+def test_a_tiny_run_logs_the_formula_lr_its_loss_falls_and_it_writes_the_run_directory(tmp_path, tiny_train, caplog):
+    args = [
+        f"trainer.max_steps={T}",
+        f"schedule.warmup_steps={W}",
+        f"optim.lr={PEAK}",
+        f"schedule.min_lr={FLOOR}",
+        "trainer.eval_every=10",
+        "trainer.grad_accum_steps=2",
+    ]
     with caplog.at_level("INFO"):
         run = tiny_train(tmp_path / "run", args)
     records = train_records(run)
     assert sorted(records) == list(range(T))
     for t, r in records.items():
         assert math.isclose(r["train/lr"], cosine_lr(t), rel_tol=1e-12, abs_tol=1e-18), t
-        for key in ("train/grad_norm", "train/tokens_per_sec", "train/mfu", "train/step_time", "tokens",
-                    "train/data_wait", "train/peak_memory_gb"):  # fmt: skip
+        for key in (
+            "train/grad_norm",
+            "train/tokens_per_sec",
+            "train/mfu",
+            "train/step_time",
+            "tokens",
+            "train/data_wait",
+            "train/peak_memory_gb",
+        ):
             assert key in r, key
     assert records[T - 1]["tokens"] == T * 2 * 4 * 32
     first = sum(records[t]["train/loss"] for t in range(3)) / 3
@@ -80,8 +92,9 @@ def test_on_a_cpu_an_update_reuses_the_memory_the_last_one_freed():
     and faulting them in again at the next one."""
 
     def faults(device: str) -> tuple[str, float]:
-        out = subprocess.run([sys.executable, "-c", FAULTS_PER_UPDATE, device], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout.split()  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-c", FAULTS_PER_UPDATE, device], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.split()
         return out[0], float(out[1])
 
     kept, with_setting = faults("cpu")

@@ -94,8 +94,17 @@ def plan_time(
             f"trainer.max_time={max_time:g}: too short for one update — start-up took {elapsed:.1f} s, an update "
             f"takes {step_seconds:.2f} s, the final evaluation, checkpoint and sample {fixed - elapsed:.1f} s"
         )
-    return TimePlan(max_time, steps, elapsed, step_seconds, eval_seconds, checkpoint_seconds, sample_seconds,
-                    teardown_seconds, log_seconds)  # fmt: skip
+    return TimePlan(
+        max_time,
+        steps,
+        elapsed,
+        step_seconds,
+        eval_seconds,
+        checkpoint_seconds,
+        sample_seconds,
+        teardown_seconds,
+        log_seconds,
+    )
 
 
 def steps_from_tokens(max_tokens: int, tokens_per_update: int) -> int:
@@ -141,8 +150,9 @@ def measurement_seconds(max_time: float) -> float:
     return min(max(0.04 * max_time, 1.0), 30.0)
 
 
-def median_seconds(update: Callable[[int], float], seconds: float, warmup: int = 2, repeats: int = 5,
-                   max_repeats: int = 500) -> float:  # fmt: skip
+def median_seconds(
+    update: Callable[[int], float], seconds: float, warmup: int = 2, repeats: int = 5, max_repeats: int = 500
+) -> float:
     """The median of ``update(i)`` (seconds), after ``warmup`` calls and a quarter of ``seconds`` uncounted (the
     compiler, the allocator, the optimizer's first state); timed until ``repeats`` calls and ``seconds`` passed."""
     i, spent = 0, 0.0
@@ -163,8 +173,9 @@ def eval_seconds(evaluate: Callable[[], Any], device: torch.device) -> float:
     return timed(evaluate, device)
 
 
-def measure_update(step, throwaway: torch.optim.Optimizer, micro_batches: Callable[[int], list],
-                   seconds: float) -> float:  # fmt: skip
+def measure_update(
+    step, throwaway: torch.optim.Optimizer, micro_batches: Callable[[int], list], seconds: float
+) -> float:
     """Median seconds of one real update — fetching its batches, forward, backward, clip, the host sync and an
     optimizer step — by ``step`` (a ``training.engine.TrainStep``) with the ``throwaway`` optimizer at lr 0:
     weights, the run's optimizer and the generators stay as they were."""
@@ -177,8 +188,9 @@ def measure_update(step, throwaway: torch.optim.Optimizer, micro_batches: Callab
         return median_seconds(update, seconds)
 
 
-def sample_seconds(sample: Callable[[int], Any], n_tokens: int, device: torch.device, *, cached: int,
-                   window: Callable[[], Any]) -> float:  # fmt: skip
+def sample_seconds(
+    sample: Callable[[int], Any], n_tokens: int, device: torch.device, *, cached: int, window: Callable[[], Any]
+) -> float:
     """Seconds to sample ``n_tokens``: a fixed and a per-token cost from two short samples (4 and 12 tokens,
     after an untimed one that loads the kernels). Past the first ``cached`` tokens (what the KV cache holds)
     every token recomputes the whole context: one ``window`` call (a full-context forward) more each."""
@@ -218,8 +230,18 @@ def measure_time_plan(
     teardown = TEARDOWN_SECONDS + sum(getattr(s, "TEARDOWN_SECONDS", 0.0) for s in sinks)
     teardown += CUDA_TEARDOWN_SECONDS if cuda else 0.0
     log = LOG_SECONDS + sum(getattr(s, "LOG_SECONDS", 0.0) for s in sinks)
-    return plan_time(max_time, elapsed(), step, evaluation_s, checkpoint_seconds(n_params), sample_s, teardown,
-                     eval_every, ckpt_every, log)  # fmt: skip
+    return plan_time(
+        max_time,
+        elapsed(),
+        step,
+        evaluation_s,
+        checkpoint_seconds(n_params),
+        sample_s,
+        teardown,
+        eval_every,
+        ckpt_every,
+        log,
+    )
 
 
 def seconds_since_process_start() -> float:
@@ -233,20 +255,38 @@ def seconds_since_process_start() -> float:
         return 0.0
 
 
-def measure_plan(trainer, started: float, *, step, optimizer: Callable[[], torch.optim.Optimizer],
-                 micro_batches: Callable[[int], list], evaluate: Callable[[], Any], sample: Callable[[int], Any] | None,
-                 window: Callable[[], Any], cached: int, n_params: int, sinks: list[type]) -> TimePlan:  # fmt: skip
+def measure_plan(
+    trainer,
+    started: float,
+    *,
+    step,
+    optimizer: Callable[[], torch.optim.Optimizer],
+    micro_batches: Callable[[int], list],
+    evaluate: Callable[[], Any],
+    sample: Callable[[int], Any] | None,
+    window: Callable[[], Any],
+    cached: int,
+    n_params: int,
+    sinks: list[type],
+) -> TimePlan:
     """A time budget's plan for ``trainer`` (``cfg.trainer``) from the run's own parts, measured now: its update
     (``step``, a ``training.engine.TrainStep``, with a throwaway ``optimizer()``), its evaluations, its sample
     (None: this rank samples nothing; ``cached`` tokens fit the KV cache, past them ``window`` runs a full-context
     forward) and its sinks' costs; ``started``: ``time.perf_counter()`` at the job's start."""
     device = step.model.how.device
     return measure_time_plan(
-        trainer.max_time, lambda: time.perf_counter() - started,
+        trainer.max_time,
+        lambda: time.perf_counter() - started,
         update=lambda: measure_update(step, optimizer(), micro_batches, measurement_seconds(trainer.max_time)),
         evaluation=lambda: eval_seconds(evaluate, device),
-        sample=lambda: sample_seconds(sample, trainer.sample_tokens, device, cached=cached, window=window)
-        if sample is not None else 0.0,
-        n_params=n_params, eval_every=trainer.eval_every, ckpt_every=trainer.ckpt_every, sinks=sinks,
+        sample=lambda: (
+            sample_seconds(sample, trainer.sample_tokens, device, cached=cached, window=window)
+            if sample is not None
+            else 0.0
+        ),
+        n_params=n_params,
+        eval_every=trainer.eval_every,
+        ckpt_every=trainer.ckpt_every,
+        sinks=sinks,
         cuda=device.type == "cuda",
-    )  # fmt: skip
+    )

@@ -92,8 +92,11 @@ class Run:
         return metrics.get("val/loss", float("nan"))
 
     def save(self, step: int) -> None:
-        extra = {**self.extra_state, "sinks": {**self.extra_state["sinks"], **self.metrics.states()},
-                 "seconds": self.earlier_seconds + time.perf_counter() - self.started}  # fmt: skip
+        extra = {
+            **self.extra_state,
+            "sinks": {**self.extra_state["sinks"], **self.metrics.states()},
+            "seconds": self.earlier_seconds + time.perf_counter() - self.started,
+        }
         path = self.checkpointer.save(step, self.tokens_seen, extra, self.files)
         if path is not None:
             log.info("checkpoint %s", path)
@@ -126,9 +129,16 @@ class Run:
         self.tokens_seen += tokens
         tokens_per_sec = tokens / step_time
         mfu = self.flops_share * tokens_per_sec if self.flops_share else None
-        record = {"train/loss": update.loss, **lrs, "train/grad_norm": update.grad_norm,
-                  "train/tokens_per_sec": tokens_per_sec, "train/mfu": mfu, "train/step_time": step_time,
-                  "tokens": self.tokens_seen, "train/data_wait": data_wait}  # fmt: skip
+        record = {
+            "train/loss": update.loss,
+            **lrs,
+            "train/grad_norm": update.grad_norm,
+            "train/tokens_per_sec": tokens_per_sec,
+            "train/mfu": mfu,
+            "train/step_time": step_time,
+            "tokens": self.tokens_seen,
+            "train/data_wait": data_wait,
+        }
         self.metrics.log(t, {**record, "train/peak_memory_gb": peak_memory_gb(self.device)})
 
     def sample(self, n_tokens: int) -> str:
@@ -165,8 +175,16 @@ def sample(raw_model: GPT, tokenizer, trainer, n_tokens: int, autocast) -> str:
     """A sample from the model at the run's settings (under FSDP every rank takes part, with the same generator)."""
     device = next(raw_model.parameters()).device
     same_on_every_rank = torch.Generator(device=device).manual_seed(trainer.seed)
-    [text] = sample_text(raw_model, tokenizer, trainer.sample_prompt, n_tokens, temperature=0.8, top_k=50,
-                         generator=same_on_every_rank, autocast=autocast)  # fmt: skip
+    [text] = sample_text(
+        raw_model,
+        tokenizer,
+        trainer.sample_prompt,
+        n_tokens,
+        temperature=0.8,
+        top_k=50,
+        generator=same_on_every_rank,
+        autocast=autocast,
+    )
     return text
 
 
@@ -182,8 +200,14 @@ def samples_here(trainer, dist: distributed.Dist, strategy: str) -> bool:
     return bool(trainer.sample_tokens) and (dist.is_main or strategy == "fsdp")
 
 
-def build_run(cfg: DictConfig, run_dir: Path, *, sweep: Sweep | None = None, overrides: list[str] | None = None,
-              started: float | None = None) -> Run:  # fmt: skip
+def build_run(
+    cfg: DictConfig,
+    run_dir: Path,
+    *,
+    sweep: Sweep | None = None,
+    overrides: list[str] | None = None,
+    started: float | None = None,
+) -> Run:
     """Build every part of a run from ``cfg`` (already checked), in order: the process and device, the
     checkpoint to resume, data, model, T, optimizer and schedule, evaluations, and last the outputs in ``run_dir``."""
     started = time.perf_counter() if started is None else started
@@ -207,8 +231,9 @@ def build_run(cfg: DictConfig, run_dir: Path, *, sweep: Sweep | None = None, ove
     model = build_model(trainer, dist, model_config, weights)
     token_bytes = torch.from_numpy(token_byte_lengths(tokenizer, vocab)).to(dist.device)
     ctx = EvalContext(cfg, dist, model.how.autocast, val_batches, token_bytes, tokenizer)
-    evaluations = Evaluations({name: build(node, f"eval.evals.{name}", ctx)
-                               for name, node in (cfg.eval.evals or {}).items()})  # fmt: skip
+    evaluations = Evaluations(
+        {name: build(node, f"eval.evals.{name}", ctx) for name, node in (cfg.eval.evals or {}).items()}
+    )
     optim = OmegaConf.to_container(cfg.optim, resolve=True)
 
     def measure() -> budget.TimePlan:  # a time budget's plan, rank 0's (every rank measures together)
@@ -216,13 +241,18 @@ def build_run(cfg: DictConfig, run_dir: Path, *, sweep: Sweep | None = None, ove
         sample_now = lambda n: sample(model.raw, tokenizer, trainer, n, model.how.autocast)  # noqa: E731
         sinks = [find(node, f"logger.sinks.{name}") for name, node in (cfg.logger.sinks or {}).items()]
         plan = budget.measure_plan(
-            trainer, started, step=TrainStep(model, None, None),
+            trainer,
+            started,
+            step=TrainStep(model, None, None),
             optimizer=lambda: build_optimizer(model.raw, optim, dist.device),
-            micro_batches=train_batches.micro_batches, evaluate=lambda: evaluations(model.module),
+            micro_batches=train_batches.micro_batches,
+            evaluate=lambda: evaluations(model.module),
             sample=sample_now if samples_here(trainer, dist, model.strategy) else None,
-            window=lambda: full_context_forward(model.raw, model.how.autocast), cached=cfg.model.block_size - prompt,
-            n_params=model.raw.num_params(), sinks=sinks,
-        )  # fmt: skip
+            window=lambda: full_context_forward(model.raw, model.how.autocast),
+            cached=cfg.model.block_size - prompt,
+            n_params=model.raw.num_params(),
+            sinks=sinks,
+        )
         return distributed.broadcast_object(plan)
 
     # T, fixed before update 0; then the optimizer and the schedule that ends at T
@@ -231,8 +261,9 @@ def build_run(cfg: DictConfig, run_dir: Path, *, sweep: Sweep | None = None, ove
     schedule = schedule_from_config(cfg.schedule, T, cfg.optim.lr)
     optimizer = build_optimizer(model.raw, optim, dist.device)
     step = TrainStep(model, optimizer, build_scheduler(optimizer, schedule))
-    checkpointer = checkpoint.Checkpointer(run_dir, model.raw, optimizer, step.scheduler, model.how.scaler, dist,
-                                           model.strategy, trainer.keep_checkpoints)  # fmt: skip
+    checkpointer = checkpoint.Checkpointer(
+        run_dir, model.raw, optimizer, step.scheduler, model.how.scaler, dist, model.strategy, trainer.keep_checkpoints
+    )
     start, tokens_seen, continued = 0, 0, {}
     if state is not None:
         checkpointer.restore(state, resume_from, trainer.allow_schedule_change, cfg.optim.name)
@@ -244,10 +275,16 @@ def build_run(cfg: DictConfig, run_dir: Path, *, sweep: Sweep | None = None, ove
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))
     history = schedule_history(state, start, T, cfg, resume_from)
     files = {"tokenizer.json": tokenizer.to_str(), "config.yaml": OmegaConf.to_yaml(resolved)}
-    extra_state = {"total_steps": T, "budget": budget_record, "optimizer_name": cfg.optim.name,
-                   "model_config": model_config.to_dict(), "tokenizer_hash": cache.meta["tokenizer_hash"],
-                   "config": files["config.yaml"], "sinks": dict(continued.get("sinks") or {}),
-                   "schedule_history": history}  # fmt: skip
+    extra_state = {
+        "total_steps": T,
+        "budget": budget_record,
+        "optimizer_name": cfg.optim.name,
+        "model_config": model_config.to_dict(),
+        "tokenizer_hash": cache.meta["tokenizer_hash"],
+        "config": files["config.yaml"],
+        "sinks": dict(continued.get("sinks") or {}),
+        "schedule_history": history,
+    }
     metrics = Metrics([])
     if dist.is_main:  # from here on the run directory is written
         metrics = open_metrics(cfg, run_dir, resolved, T, start if state is not None else None, continued, sweep)
@@ -255,11 +292,26 @@ def build_run(cfg: DictConfig, run_dir: Path, *, sweep: Sweep | None = None, ove
         replace_file(run_dir / "schedule.json", json.dumps({"segments": history}, indent=1) + "\n")
         if "max_time" in budget_record and state is None:
             write_plan(run_dir, budget_record, metrics, T)
-    run = Run(cfg=cfg, run_dir=run_dir, dist=dist, model=model, step=step, train_batches=train_batches,
-              evaluations=evaluations, checkpointer=checkpointer, metrics=metrics, total_steps=T,
-              budget=budget_record, start=start, tokens_seen=tokens_seen, started=started,
-              earlier_seconds=float((state or {}).get("seconds", 0.0)), extra_state=extra_state, files=files,
-              tokenizer=tokenizer)  # fmt: skip
+    run = Run(
+        cfg=cfg,
+        run_dir=run_dir,
+        dist=dist,
+        model=model,
+        step=step,
+        train_batches=train_batches,
+        evaluations=evaluations,
+        checkpointer=checkpointer,
+        metrics=metrics,
+        total_steps=T,
+        budget=budget_record,
+        start=start,
+        tokens_seen=tokens_seen,
+        started=started,
+        earlier_seconds=float((state or {}).get("seconds", 0.0)),
+        extra_state=extra_state,
+        files=files,
+        tokenizer=tokenizer,
+    )
     log.info("\n%s", start_summary(**describe(run, cache.meta, schedule)))
     if state is not None:
         log.info("resuming from %s at update %d", resume_from, start)
@@ -276,11 +328,22 @@ def schedule_history(state: dict | None, start: int, T: int, cfg: DictConfig, re
         history = list(state.get("schedule_history") or [])
         if not history and state.get("config"):
             saved = OmegaConf.create(state["config"])
-            history = [{"from_update": 0, "total_steps": state.get("total_steps"), "peak_lr": saved.optim.lr,
-                        "schedule": OmegaConf.to_container(saved.schedule), "resumed_from": None}]  # fmt: skip
-    segment = {"from_update": start, "total_steps": T, "peak_lr": float(cfg.optim.lr),
-               "schedule": OmegaConf.to_container(cfg.schedule, resolve=True),
-               "resumed_from": str(resumed_from) if resumed_from else None}  # fmt: skip
+            history = [
+                {
+                    "from_update": 0,
+                    "total_steps": state.get("total_steps"),
+                    "peak_lr": saved.optim.lr,
+                    "schedule": OmegaConf.to_container(saved.schedule),
+                    "resumed_from": None,
+                }
+            ]
+    segment = {
+        "from_update": start,
+        "total_steps": T,
+        "peak_lr": float(cfg.optim.lr),
+        "schedule": OmegaConf.to_container(cfg.schedule, resolve=True),
+        "resumed_from": str(resumed_from) if resumed_from else None,
+    }
     return [s for s in history if s["from_update"] < start] + [segment]
 
 
@@ -290,8 +353,9 @@ def gpt_config(cfg: DictConfig, cache, head_rows: int | None = None) -> GPTConfi
     ``data.document_mask`` its end-of-text token as the document separator."""
     vocab = padded_vocab(head_rows) if head_rows else model_vocab(cfg.model, cache.vocab_size)
     separator = cache.eot_id if cfg.data.document_mask else None  # attention stays within documents
-    return GPTConfig.from_dict({**OmegaConf.to_container(cfg.model), "vocab_size": vocab,
-                                "document_separator": separator})  # fmt: skip
+    return GPTConfig.from_dict(
+        {**OmegaConf.to_container(cfg.model), "vocab_size": vocab, "document_separator": separator}
+    )
 
 
 def build_data(cfg: DictConfig, dist: distributed.Dist) -> tuple[Any, TrainBatches, ValBatches | MixtureValBatches]:
@@ -301,34 +365,65 @@ def build_data(cfg: DictConfig, dist: distributed.Dist) -> tuple[Any, TrainBatch
     cache = distributed.in_turn(lambda: prepare(cfg.data), dist)
     accum = grad_accum_steps(trainer, block, dist.world_size)
     weights = getattr(cache, "weights", None)  # a mixture's
-    train_batches = TrainBatches(cache.tokens("train"), block, trainer.batch_size, accum, dist.world_size,
-                                 dist.rank, trainer.seed, weights, vocab_size=cache.vocab_size)  # fmt: skip
-    val = lambda tokens, name="": ValBatches(tokens, block, trainer.batch_size, trainer.eval_batches,  # noqa: E731
-                                             dist.world_size, dist.rank, name, cache.vocab_size)  # fmt: skip
+    train_batches = TrainBatches(
+        cache.tokens("train"),
+        block,
+        trainer.batch_size,
+        accum,
+        dist.world_size,
+        dist.rank,
+        trainer.seed,
+        weights,
+        vocab_size=cache.vocab_size,
+    )
+    val = lambda tokens, name="": ValBatches(
+        tokens,
+        block,
+        trainer.batch_size,
+        trainer.eval_batches,  # noqa: E731
+        dist.world_size,
+        dist.rank,
+        name,
+        cache.vocab_size,
+    )
     if weights is None:
         return cache, train_batches, val(cache.tokens("val"))
     sources = {name: val(tokens, name) for name, tokens in cache.tokens("val").items()}
     return cache, train_batches, MixtureValBatches(sources, weights)
 
 
-def open_metrics(cfg: DictConfig, run_dir: Path, resolved: dict, T: int, resume_step: int | None, continued: dict,
-                 sweep: Sweep | None) -> Metrics:  # fmt: skip
+def open_metrics(
+    cfg: DictConfig,
+    run_dir: Path,
+    resolved: dict,
+    T: int,
+    resume_step: int | None,
+    continued: dict,
+    sweep: Sweep | None,
+) -> Metrics:
     """The run directory's metric sinks (rank 0), once its lock is held: metrics.jsonl and the console — cut back
     to the resumed update — and each sink the logger group names."""
     run_lock.acquire(run_dir)  # one writer per run directory: a second launch stops here with RunInUse
     scrub_hydra_files(run_dir)
     logged = last_logged_step(run_dir / "metrics.jsonl") if resume_step is not None else None  # before it is cut
-    core = [JsonlSink(run_dir / "metrics.jsonl", resume_step),
-            ProgressSink(T, resume_step or 0, cfg.trainer.log_every)]  # fmt: skip
+    core = [JsonlSink(run_dir / "metrics.jsonl", resume_step), ProgressSink(T, resume_step or 0, cfg.trainer.log_every)]
     settings = OmegaConf.to_container(cfg.logger, resolve=True)
     saved = continued.get("sinks") or {}
     section = LIST_GROUPS["logger"]
     sinks = {}
     for name, node in (settings.get(section) or {}).items():
-        info = RunInfo(run_dir=run_dir, config=resolved, settings=settings, total_steps=T, start=resume_step or 0,
-                       logged_through=logged, state=dict(saved.get(name) or {}),
-                       checkpoint={k: v for k, v in continued.items() if v is None or isinstance(v, (str, int, float))},
-                       group=sweep and sweep.group, name=sweep and sweep.name)  # fmt: skip
+        info = RunInfo(
+            run_dir=run_dir,
+            config=resolved,
+            settings=settings,
+            total_steps=T,
+            start=resume_step or 0,
+            logged_through=logged,
+            state=dict(saved.get(name) or {}),
+            checkpoint={k: v for k, v in continued.items() if v is None or isinstance(v, (str, int, float))},
+            group=sweep and sweep.group,
+            name=sweep and sweep.name,
+        )
         sinks[name] = build(node, f"logger.{section}.{name}", info)
     return Metrics(core, sinks)
 
@@ -337,9 +432,17 @@ def write_plan(run_dir: Path, plan: dict, metrics: Metrics, T: int) -> None:
     """budget.json, and the plan in the summary and the log, for a fresh run with a time budget."""
     (run_dir / "budget.json").write_text(json.dumps(plan, indent=1) + "\n")
     metrics.summary.update({f"budget/{k}": v for k, v in plan.items()})
-    log.info("budget: %gs → T = %d updates (%.3f s each; evaluation %.2f s, checkpoint %.2f s, sample %.2f s, "
-             "start-up and measurement %.1f s)", plan["max_time"], T, plan["step_seconds"], plan["eval_seconds"],
-             plan["checkpoint_seconds"], plan["sample_seconds"], plan["elapsed_at_plan"])  # fmt: skip
+    log.info(
+        "budget: %gs → T = %d updates (%.3f s each; evaluation %.2f s, checkpoint %.2f s, sample %.2f s, "
+        "start-up and measurement %.1f s)",
+        plan["max_time"],
+        T,
+        plan["step_seconds"],
+        plan["eval_seconds"],
+        plan["checkpoint_seconds"],
+        plan["sample_seconds"],
+        plan["elapsed_at_plan"],
+    )
 
 
 def describe(run: Run, meta: dict, schedule) -> dict[str, str]:
@@ -349,15 +452,15 @@ def describe(run: Run, meta: dict, schedule) -> dict[str, str]:
     b = run.train_batches
     return {
         "model": f"{run.cfg.model.get('name', 'model')} ({c.arch} style), {human(m.raw.num_params())} parameters "
-                 f"(n_layer {c.n_layer}, n_head {c.n_head}, "
-                 f"n_embd {c.n_embd}, block {c.block_size}, vocab {c.vocab_size})",
+        f"(n_layer {c.n_layer}, n_head {c.n_head}, "
+        f"n_embd {c.n_embd}, block {c.block_size}, vocab {c.vocab_size})",
         "data": f"{meta['corpus']}: {human(meta['tokens']['train'])} train / {human(meta['tokens']['val'])} val tokens"
-                + (", attention within documents" if c.document_separator is not None else ""),
+        + (", attention within documents" if c.document_separator is not None else ""),
         "batch": f"{b.tokens_per_update:,} tokens per update = {b.world} rank(s) × {b.accum} micro-batch(es) × "
-                 f"{b.batch_size} × {b.block_size}",
+        f"{b.batch_size} × {b.block_size}",
         "schedule": f"{schedule.name}: warmup {p.get('warmup_steps', 0)}, peak {lr:g}{floor}, "
-                    f"T = {run.total_steps:,} updates" + (f", resuming at {run.start}" if run.start else ""),
+        f"T = {run.total_steps:,} updates" + (f", resuming at {run.start}" if run.start else ""),
         "optimizer": describe_optimizer(run.optimizer),
         "device": f"{run.device}, {m.precision}, {m.strategy}{', compiled' if m.compiled else ''}",
         "run_dir": str(run.run_dir),
-    }  # fmt: skip
+    }

@@ -1,7 +1,7 @@
 """Checkpoints: one folder per saved step, written atomically, plus a pointer to the latest complete one.
 
 ``checkpoints/step-00000100/`` holds ``state.pt`` (model, optimizer, scheduler, counters, RNG states, config,
-W&B run id — tensors and plain Python values only, loaded with ``torch.load(weights_only=True)``) and
+the metric sinks' state — tensors and plain Python values only, loaded with ``torch.load(weights_only=True)``) and
 ``tokenizer.json``. A folder is assembled under ``checkpoints/.tmp-*``, every file fsynced, then renamed into
 place; ``checkpoints/latest`` (the folder's name) is replaced last. A process killed at any moment leaves the
 previous checkpoint and pointer intact; leftover ``.tmp-*`` folders are ignored and cleaned up later.
@@ -50,8 +50,11 @@ def save(
     needed = state_bytes(state) + sum(len(data) for data in files.values())
     previous = latest(root)
     kept = f"the latest complete checkpoint, {previous}, is kept" if previous else "no checkpoint was written"
-    with space_for(root / step_dir_name(step), needed, f"{kept}; free space (or lower trainer.keep_checkpoints) "
-                   "and re-run the same command to resume"):  # fmt: skip
+    with space_for(
+        root / step_dir_name(step),
+        needed,
+        f"{kept}; free space (or lower trainer.keep_checkpoints) and re-run the same command to resume",
+    ):
         tmp = tmp or begin(root, step_dir_name(step))
         try:
             with open(tmp / STATE_FILE, "wb") as fh:  # through a Python file, a full disk raises ENOSPC, not
@@ -214,8 +217,9 @@ def check_fits(state: dict[str, Any], model_config: dict[str, Any], tokenizer_ha
     saved = state.get("model_config", {})
     if saved:
         saved = {**{f.name: f.default for f in fields(GPTConfig)}, **saved}
-    diff = [f"{k} {saved.get(k)!r} → {v!r}" for k, v in model_config.items()
-            if saved.get(k) != v and k not in HOW_NOT_WHAT]  # fmt: skip
+    diff = [
+        f"{k} {saved.get(k)!r} → {v!r}" for k, v in model_config.items() if saved.get(k) != v and k not in HOW_NOT_WHAT
+    ]
     if diff:
         raise ConfigError(
             f"checkpoint {path}: it holds a model of another shape or vocab than the config asks for "
@@ -265,7 +269,7 @@ def load_weights(folder: Path, state: dict[str, Any], model: torch.nn.Module) ->
 class Checkpointer:
     """Saves and restores everything a run needs to continue exactly: model and optimizer (full, or sharded
     under FSDP), scheduler with its schedule, GradScaler, update index, tokens seen, every rank's RNG states,
-    and what the run adds (``extra``: T, config, W&B run id; ``files``: tokenizer.json, config.yaml). Call
+    and what the run adds (``extra``: T, config, the sinks' state; ``files``: tokenizer.json, config.yaml). Call
     ``save`` on every rank."""
 
     def __init__(self, run_dir: Path, model, optimizer, scheduler, scaler, dist, strategy: str, keep: int):

@@ -92,8 +92,11 @@ def known_keys(group: str, option: str | None) -> list[str]:
     defines, a section's own keys as ``section.key``; the model's are GPTConfig's fields but the vocabulary
     size and the document separator, which the tokenizer sets."""
     if group == "model":
-        return ["name", *(f.name for f in fields(GPTConfig) if f.name not in ("vocab_size", "document_separator")),
-                "init_from"]  # fmt: skip
+        return [
+            "name",
+            *(f.name for f in fields(GPTConfig) if f.name not in ("vocab_size", "document_separator")),
+            "init_from",
+        ]
     from omegaconf import OmegaConf
 
     path = CONF / group / f"{option or 'default'}.yaml"
@@ -133,20 +136,23 @@ def unknown_key(key: str, config_name: str = "config") -> ConfigError:
     if config_name == "config" and section and key.count(".") == section.count(".") + 2:
         entry_key = key.rsplit(".", 1)[1]  # data.sources.<name>.<key>: a key any option of the group documents
         if any(entry_key in known_keys(group, p.stem) for p in (CONF / group).glob("*.yaml")):
-            return ConfigError(f"{key} is not in the composed config (the entry does not set it); add it with "
-                               f"+{key}=…")  # fmt: skip
+            return ConfigError(f"{key} is not in the composed config (the entry does not set it); add it with +{key}=…")
     if config_name == "config" and group in GROUPS:
         options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
         owners = [o for o in options if leaf in known_keys(group, o)]
         if owners:
             chosen = " or ".join(f"{group}={o}" for o in owners)
-            return ConfigError(f"{key} is a key of {chosen} only; choose {'it' if len(owners) == 1 else 'one'} or "
-                               "drop the key")  # fmt: skip
+            return ConfigError(
+                f"{key} is a key of {chosen} only; choose {'it' if len(owners) == 1 else 'one'} or drop the key"
+            )
         known = sorted({f"{group}.{k}" for o in options for k in known_keys(group, o)})
         where = group
     else:  # a key outside the groups: compare it with every key, and with every key's last part
-        known = top_keys(config_name) if config_name != "config" else [
-            f"{g}.{k}" for g in GROUPS for k in known_keys(g, "default" if g == "trainer" else None)]  # fmt: skip
+        known = (
+            top_keys(config_name)
+            if config_name != "config"
+            else [f"{g}.{k}" for g in GROUPS for k in known_keys(g, "default" if g == "trainer" else None)]
+        )
         where = "this config"
     by_leaf = {k.split(".")[-1]: k for k in known}
     close = difflib.get_close_matches(key, known, n=2, cutoff=0.75)
@@ -177,22 +183,41 @@ def check_keys(cfg: Mapping[str, Any], config_name: str = "config") -> None:
             option = option_file(group, cfg[group].get(OPTION_KEY[group])) if group in OPTION_KEY else "default"
             known = known_keys(group, option)
         extra = [k for k in cfg[group] if k not in known]
-        extra += [f"{k}.{sub}" for k, v in cfg[group].items() if isinstance(v, Mapping) and f"{k}." in " ".join(known)
-                  and f"{group}.{k}" not in NAMED_SECTIONS for sub in v if f"{k}.{sub}" not in known]  # fmt: skip
+        extra += [
+            f"{k}.{sub}"
+            for k, v in cfg[group].items()
+            if isinstance(v, Mapping) and f"{k}." in " ".join(known) and f"{group}.{k}" not in NAMED_SECTIONS
+            for sub in v
+            if f"{k}.{sub}" not in known
+        ]
         if group in LIST_GROUPS:  # a fork's entry, from a file named otherwise, has no file to hold it against
             extra = [k for k in extra if not k.startswith(f"{LIST_GROUPS[group]}.")]
         if not known or not extra:
             continue  # no file for this option: the check of its name or source says so
         owners = [p.stem for p in sorted((CONF / group).glob("*.yaml")) if extra[0] in known_keys(group, p.stem)]
         if owners:
-            raise ConfigError(f"{group}.{extra[0]} is a key of {group}={owners[0]}, not of {group}={option} "
-                              f"(which has {', '.join(known)})")  # fmt: skip
+            raise ConfigError(
+                f"{group}.{extra[0]} is a key of {group}={owners[0]}, not of {group}={option} "
+                f"(which has {', '.join(known)})"
+            )
         raise unknown_key(f"{group}.{extra[0]}")
 
 
 # Hydra's command-line flags that take a value (``--cfg job``): the value is not an override.
-FLAGS_WITH_VALUES = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
-                     "--config-dir", "-cd", "--info", "--experimental-rerun")  # fmt: skip
+FLAGS_WITH_VALUES = (
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--info",
+    "--experimental-rerun",
+)
 
 
 def check_overrides(overrides: list[str], config_name: str = "config") -> None:
@@ -211,8 +236,10 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
             given.append(arg)
     try:
         parsed = OverridesParser.create().parse_overrides(given)
-        first = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override()
-                 else o.input_line for o in parsed]  # fmt: skip
+        first = [
+            f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line
+            for o in parsed
+        ]
         compose(first, config_name)
     except (HydraException, OmegaConfBaseException) as e:
         message = " ".join(str(e).split())
@@ -413,11 +440,17 @@ def check_config(cfg: Mapping[str, Any]) -> None:
     grad_accum_steps(cfg["trainer"], cfg["model"]["block_size"], 1)
     check_data(cfg["data"])
     if cfg["model"].get("reset_positions") and not cfg["data"]["document_mask"]:
-        raise ConfigError("model.reset_positions", "false unless data.document_mask=true (positions restart at "
-                          "the documents the mask separates)", True)  # fmt: skip
+        raise ConfigError(
+            "model.reset_positions",
+            "false unless data.document_mask=true (positions restart at the documents the mask separates)",
+            True,
+        )
     check_components(cfg)
     if cfg["optim"]["name"] == "muon" and cfg["trainer"]["strategy"] == "fsdp":
-        raise ConfigError("trainer.strategy", "auto, single or ddp with optim=muon (Muon orthogonalises whole "
-                          "matrices, which FSDP shards across ranks)", "fsdp")  # fmt: skip
+        raise ConfigError(
+            "trainer.strategy",
+            "auto, single or ddp with optim=muon (Muon orthogonalises whole matrices, which FSDP shards across ranks)",
+            "fsdp",
+        )
     # With a token or time budget T is known only later: check here what does not depend on it.
     schedule_from_config(cfg["schedule"], cfg["trainer"]["max_steps"] or PROVISIONAL_STEPS, cfg["optim"]["lr"])

@@ -107,15 +107,22 @@ def check_fp8(device: torch.device) -> None:
     """``trainer.precision=fp8`` needs a CUDA GPU with fp8 tensor cores and torchao; refused in one line elsewhere."""
     if device.type != "cuda":
         where = device.type.upper()
-        raise ConfigError("trainer.precision", f"fp32 or bf16 on the {where} (fp8 needs a CUDA GPU of compute "
-                          "capability 8.9 or newer)", "fp8")  # fmt: skip
+        raise ConfigError(
+            "trainer.precision",
+            f"fp32 or bf16 on the {where} (fp8 needs a CUDA GPU of compute capability 8.9 or newer)",
+            "fp8",
+        )
     if torch.cuda.get_device_capability(device) < FP8_CAPABILITY:
         name = torch.cuda.get_device_name(device)
-        raise ConfigError("trainer.precision", f"bf16, fp16 or fp32 on {name} (fp8 needs compute capability 8.9 or "
-                          "newer: Ada, Hopper, Blackwell)", "fp8")  # fmt: skip
+        raise ConfigError(
+            "trainer.precision",
+            f"bf16, fp16 or fp32 on {name} (fp8 needs compute capability 8.9 or newer: Ada, Hopper, Blackwell)",
+            "fp8",
+        )
     if importlib.util.find_spec("torchao") is None:
-        raise ConfigError("trainer.precision=fp8 needs torchao's float8 training: pip install torchao (or the "
-                          "project's gpu extra)")  # fmt: skip
+        raise ConfigError(
+            "trainer.precision=fp8 needs torchao's float8 training: pip install torchao (or the project's gpu extra)"
+        )
 
 
 def float8_linears(model: torch.nn.Module) -> torch.nn.Module:

@@ -140,8 +140,9 @@ class Model:
     compiled: bool
 
 
-def build_model(trainer, d: distributed.Dist, model_config: GPTConfig, weights: dict | None = None,
-                keep_freed_memory: bool = True) -> Model:  # fmt: skip
+def build_model(
+    trainer, d: distributed.Dist, model_config: GPTConfig, weights: dict | None = None, keep_freed_memory: bool = True
+) -> Model:
     """The model of ``model_config`` for ``trainer`` (``cfg.trainer``) on this process's device: the same initial
     weights on every rank (``weights``: an imported model's, loaded before any wrapping or sharding). On a CPU
     glibc's malloc keeps the memory an update frees (``keep_freed_memory=False``: its default, to compare)."""
@@ -150,8 +151,11 @@ def build_model(trainer, d: distributed.Dist, model_config: GPTConfig, weights: 
     strategy = distributed.resolve_strategy(trainer.strategy, d.world_size)
     compiled = distributed.resolve_compile(trainer.compile, device)
     if model_config.fused_cross_entropy and (device.type != "cuda" or liger_cross_entropy() is None):
-        why = (f"liger-kernel's kernels need a CUDA GPU, not the {device.type}" if device.type != "cuda"
-               else "liger-kernel is not installed here (pip install liger-kernel)")  # fmt: skip
+        why = (
+            f"liger-kernel's kernels need a CUDA GPU, not the {device.type}"
+            if device.type != "cuda"
+            else "liger-kernel is not installed here (pip install liger-kernel)"
+        )
         log.warning("model.fused_cross_entropy: %s; the plain head and cross-entropy run instead", why)
     torch.manual_seed(trainer.seed)
     raw = GPT(model_config).to(device)
@@ -175,9 +179,16 @@ class TrainStep:
 
     def __call__(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[Update, int]:
         how = self.model.how
-        return train_update_retrying(self.model.module, self.optimizer, self.scheduler, micro_batches,
-                                     device=how.device, autocast=how.autocast, scaler=how.scaler,
-                                     grad_clip=how.grad_clip)  # fmt: skip
+        return train_update_retrying(
+            self.model.module,
+            self.optimizer,
+            self.scheduler,
+            micro_batches,
+            device=how.device,
+            autocast=how.autocast,
+            scaler=how.scaler,
+            grad_clip=how.grad_clip,
+        )
 
     def with_optimizer(self, optimizer: torch.optim.Optimizer, scheduler) -> TrainStep:
         """The same update with another optimizer and schedule (and a GradScaler of its own): what a time budget

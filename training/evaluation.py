@@ -67,8 +67,9 @@ class Evaluations:
         return metrics
 
 
-def evaluate(model: torch.nn.Module, batches, token_bytes: torch.Tensor, *, device: torch.device,
-             autocast) -> tuple[float, float]:  # fmt: skip
+def evaluate(
+    model: torch.nn.Module, batches, token_bytes: torch.Tensor, *, device: torch.device, autocast
+) -> tuple[float, float]:
     """(val loss in nats per token, bits per byte) over the fixed validation windows, summed over ranks.
 
     Bits per byte = Σ loss of the targets that encode text / (ln 2 · Σ bytes those targets encode); special
@@ -84,8 +85,9 @@ def loss_and_bpb(sums: torch.Tensor) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def validation_sums(model: torch.nn.Module, batches, token_bytes: torch.Tensor, *, device: torch.device,
-                    autocast) -> torch.Tensor:  # fmt: skip
+def validation_sums(
+    model: torch.nn.Module, batches, token_bytes: torch.Tensor, *, device: torch.device, autocast
+) -> torch.Tensor:
     """Σ loss, Σ targets, Σ loss of the targets that encode text, Σ bytes they encode (float64, over ranks)."""
     was_training = model.training
     model.eval()

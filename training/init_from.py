@@ -34,14 +34,19 @@ log = logging.getLogger("train")
 def source_folder(source: Any) -> Path:
     """The folder ``model.init_from`` names: one holding a config.json, else a one-line error."""
     if not isinstance(source, str) or not source:
-        raise ModelConfigError("model.init_from", "null or a local folder saved by transformers' save_pretrained",
-                               source)  # fmt: skip
+        raise ModelConfigError(
+            "model.init_from", "null or a local folder saved by transformers' save_pretrained", source
+        )
     folder = Path(os.path.expanduser(source))
     if not (folder / "config.json").is_file():
-        hint = "" if folder.exists() else f"; for a model on the hub, download it first: hf download {source} " \
-                                          "--local-dir <folder>"  # fmt: skip
-        raise ModelConfigError(f"model.init_from: {source!r} is not a folder saved by transformers' save_pretrained "
-                               f"(no config.json){hint}")  # fmt: skip
+        hint = (
+            ""
+            if folder.exists()
+            else f"; for a model on the hub, download it first: hf download {source} --local-dir <folder>"
+        )
+        raise ModelConfigError(
+            f"model.init_from: {source!r} is not a folder saved by transformers' save_pretrained (no config.json){hint}"
+        )
     return folder
 
 
@@ -91,17 +96,22 @@ def with_init_from(cfg: DictConfig, overrides: list[str] | None = None) -> DictC
         if key == "block_size" and isinstance(value, int) and 0 < value <= keys["block_size"]:
             model["block_size"] = value  # a shorter context: the first positions of the same model
         elif shape({**model, key: value}) != shape(model):
-            raise ModelConfigError(f"model.{key}={value!r} contradicts model.init_from={source}, whose config.json "
-                                   f"gives {keys.get(key)!r}; drop the override (the folder sets the architecture)"
-                                   + ("; a smaller block_size is allowed" if key == "block_size" else ""))  # fmt: skip
+            raise ModelConfigError(
+                f"model.{key}={value!r} contradicts model.init_from={source}, whose config.json "
+                f"gives {keys.get(key)!r}; drop the override (the folder sets the architecture)"
+                + ("; a smaller block_size is allowed" if key == "block_size" else "")
+            )
     tokenizer_file = folder / "tokenizer.json"
     if not tokenizer_file.is_file():
-        raise ModelConfigError(f"model.init_from: {folder} has no tokenizer.json; save its fast tokenizer there "
-                               "(AutoTokenizer.from_pretrained(folder).save_pretrained(folder))")  # fmt: skip
+        raise ModelConfigError(
+            f"model.init_from: {folder} has no tokenizer.json; save its fast tokenizer there "
+            "(AutoTokenizer.from_pretrained(folder).save_pretrained(folder))"
+        )
     given_tokenizer = cfg.data.get("tokenizer")
     if given_tokenizer and Path(os.path.expanduser(str(given_tokenizer))).resolve() != tokenizer_file.resolve():
-        raise ConfigError("data.tokenizer", f"null with model.init_from (its tokenizer is {tokenizer_file})",
-                          given_tokenizer)  # fmt: skip
+        raise ConfigError(
+            "data.tokenizer", f"null with model.init_from (its tokenizer is {tokenizer_file})", given_tokenizer
+        )
     special = list(cfg.data.get("special_tokens") or [])
     if "data.special_tokens" not in given:
         eos = end_of_text(folder, hf_config, load_tokenizer(tokenizer_file, key="model.init_from"))
@@ -111,9 +121,17 @@ def with_init_from(cfg: DictConfig, overrides: list[str] | None = None) -> DictC
         out.model.update({k: model[k] for k in keys})
         out.model.name = folder.name  # the model is the folder's, whatever preset it overrode
         out.data.tokenizer, out.data.special_tokens = str(tokenizer_file), special
-    log.info("model.init_from: %s (%s, %d layers, %d heads, width %d, context %d); its tokenizer.json, %r "
-             "separating documents", folder, keys["arch"], keys["n_layer"], keys["n_head"], keys["n_embd"],
-             out.model.block_size, special[0] if special else None)  # fmt: skip
+    log.info(
+        "model.init_from: %s (%s, %d layers, %d heads, width %d, context %d); its tokenizer.json, %r "
+        "separating documents",
+        folder,
+        keys["arch"],
+        keys["n_layer"],
+        keys["n_head"],
+        keys["n_embd"],
+        out.model.block_size,
+        special[0] if special else None,
+    )
     return out
 
 
@@ -124,8 +142,10 @@ def model_vocab(model: Mapping[str, Any], tokenizer_vocab: int) -> int:
     folder = source_folder(model["init_from"])
     vocab = int(read_config(folder).vocab_size)
     if tokenizer_vocab > vocab:
-        raise ModelConfigError(f"model.init_from: {folder}/tokenizer.json has {tokenizer_vocab} tokens, more than "
-                               f"the model's vocab_size of {vocab} (config.json)")  # fmt: skip
+        raise ModelConfigError(
+            f"model.init_from: {folder}/tokenizer.json has {tokenizer_vocab} tokens, more than "
+            f"the model's vocab_size of {vocab} (config.json)"
+        )
     return vocab
 
 

@@ -304,8 +304,13 @@ class Metrics:
                 call(*args)
             except Exception as e:
                 del self.sinks[name]
-                log.warning("logger %s failed %s (%s: %s); training goes on without it, metrics.jsonl stays "
-                            "complete", name, what, type(e).__name__, first_line(e))  # fmt: skip
+                log.warning(
+                    "logger %s failed %s (%s: %s); training goes on without it, metrics.jsonl stays complete",
+                    name,
+                    what,
+                    type(e).__name__,
+                    first_line(e),
+                )
 
     def states(self) -> dict[str, dict[str, Any]]:
         """Each plugged sink's ``state()``, for the checkpoint."""

@@ -67,8 +67,9 @@ class Optimizers(torch.optim.Optimizer):
             optimizer.load_state_dict(state)
 
 
-def orthogonalize(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
-                  dtype: torch.dtype) -> torch.Tensor:  # fmt: skip
+def orthogonalize(
+    g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float, dtype: torch.dtype
+) -> torch.Tensor:
     """Muon's quintic Newton–Schulz iteration on the matrix ``g``, in ``dtype`` (torch.optim.Muon's, step for step;
     torch's always runs in bf16): about U·Vᵀ of g's SVD, singular values scattered around 1."""
     a, b, c = coefficients
@@ -96,16 +97,24 @@ def resolve_ns_dtype(choice: str, device: torch.device) -> tuple[str, str]:
     """``optim.muon.ns_dtype`` and why: auto is bfloat16 where the device multiplies bf16 natively (CUDA GPUs with
     bf16, CPUs with AVX512-BF16 or AMX), else float32 — emulated bf16 costs about ten times float32 there. An
     explicit bfloat16 on such a device is warned about once."""
-    native = (torch.cuda.is_bf16_supported() if device.type == "cuda" else
-              cpu_has_fast_bf16() if device.type == "cpu" else False)  # fmt: skip
+    native = (
+        torch.cuda.is_bf16_supported()
+        if device.type == "cuda"
+        else cpu_has_fast_bf16()
+        if device.type == "cpu"
+        else False
+    )
     where = {"cuda": "this GPU", "cpu": "this CPU"}.get(device.type, f"the {device.type} device")
     if choice == "auto":
         if native:
             return "bfloat16", f"auto: {where} multiplies bf16 natively"
         return "float32", f"auto: bf16 is emulated on {where}"
     if choice == "bfloat16" and not native:
-        log.warning("optim.muon.ns_dtype=bfloat16: emulated on %s (no bf16 instructions): slow, about ten times "
-                    "float32's cost; auto picks float32 here", where)  # fmt: skip
+        log.warning(
+            "optim.muon.ns_dtype=bfloat16: emulated on %s (no bf16 instructions): slow, about ten times "
+            "float32's cost; auto picks float32 here",
+            where,
+        )
         return choice, f"as set; emulated on {where}: slow"
     return choice, "as set"
 
@@ -116,12 +125,31 @@ class Muon(torch.optim.Optimizer):
     version. Each param group records the dtype as the string ``ns_dtype``, so a checkpoint says which ran; a
     resume runs this run's, and says so when it differs."""
 
-    def __init__(self, params, *, lr: float, weight_decay: float, momentum: float, nesterov: bool, ns_steps: int,
-                 adjust_lr_fn: str | None = None, ns_dtype: str = "bfloat16",
-                 ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS, eps: float = 1e-7):  # fmt: skip
-        defaults = {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "nesterov": nesterov,
-                    "ns_coefficients": ns_coefficients, "eps": eps, "ns_steps": ns_steps,
-                    "adjust_lr_fn": adjust_lr_fn, "ns_dtype": ns_dtype}  # fmt: skip
+    def __init__(
+        self,
+        params,
+        *,
+        lr: float,
+        weight_decay: float,
+        momentum: float,
+        nesterov: bool,
+        ns_steps: int,
+        adjust_lr_fn: str | None = None,
+        ns_dtype: str = "bfloat16",
+        ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+        eps: float = 1e-7,
+    ):
+        defaults = {
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "momentum": momentum,
+            "nesterov": nesterov,
+            "ns_coefficients": ns_coefficients,
+            "eps": eps,
+            "ns_steps": ns_steps,
+            "adjust_lr_fn": adjust_lr_fn,
+            "ns_dtype": ns_dtype,
+        }
         super().__init__(params, defaults)
         self.ns_dtype, self.ns_reason = ns_dtype, "as set"
 
@@ -131,8 +159,11 @@ class Muon(torch.optim.Optimizer):
         for group in self.param_groups:
             group["ns_dtype"] = self.ns_dtype
         if ran != {self.ns_dtype}:
-            log.warning("Muon orthogonalised in %s before this resume and in %s from here (optim.muon.ns_dtype)",
-                        "/".join(sorted(ran)), self.ns_dtype)  # fmt: skip
+            log.warning(
+                "Muon orthogonalised in %s before this resume and in %s from here (optim.muon.ns_dtype)",
+                "/".join(sorted(ran)),
+                self.ns_dtype,
+            )
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -193,19 +224,33 @@ def fused_choice(fused: bool | str, device: torch.device) -> bool | None:
     return bool(fused) or None
 
 
-def adamw(model: torch.nn.Module, device: torch.device, *, lr: float, betas: list[float], eps: float,
-          weight_decay: float, fused: bool | str = "auto", name: str = "adamw",
-          params: list[torch.nn.Parameter] | None = None) -> torch.optim.AdamW:  # fmt: skip
+def adamw(
+    model: torch.nn.Module,
+    device: torch.device,
+    *,
+    lr: float,
+    betas: list[float],
+    eps: float,
+    weight_decay: float,
+    fused: bool | str = "auto",
+    name: str = "adamw",
+    params: list[torch.nn.Parameter] | None = None,
+) -> torch.optim.AdamW:
     """``optim=adamw``: AdamW on every parameter (or ``params``), decay on those of two or more dimensions."""
     if params is None:
         params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(adamw_groups(params, float(weight_decay)), lr=float(lr),
-                             betas=tuple(float(b) for b in betas), eps=float(eps),
-                             fused=fused_choice(fused, device))  # fmt: skip
+    return torch.optim.AdamW(
+        adamw_groups(params, float(weight_decay)),
+        lr=float(lr),
+        betas=tuple(float(b) for b in betas),
+        eps=float(eps),
+        fused=fused_choice(fused, device),
+    )
 
 
-def muon(model: torch.nn.Module, device: torch.device, *, muon: Mapping[str, Any], name: str = "muon",
-         **adamw_settings: Any) -> Optimizers:  # fmt: skip
+def muon(
+    model: torch.nn.Module, device: torch.device, *, muon: Mapping[str, Any], name: str = "muon", **adamw_settings: Any
+) -> Optimizers:
     """``optim=muon``: Muon for every 2-D weight of the blocks at ``optim.muon.lr``, AdamW (``optim``'s other
     keys) for the rest at ``optim.lr``; AdamW's groups first, so param group 0 is AdamW's."""
     for_muon = muon_params(model)

@@ -69,8 +69,12 @@ def acquire(run_dir: Path) -> None:
         ) from None
     except OSError as e:
         os.close(fd)
-        log.warning("the run directory %s cannot be locked on this filesystem (%s): nothing stops a second launch "
-                    "on it from writing beside this run", run_dir, e.strerror)  # fmt: skip
+        log.warning(
+            "the run directory %s cannot be locked on this filesystem (%s): nothing stops a second launch "
+            "on it from writing beside this run",
+            run_dir,
+            e.strerror,
+        )
         _held[key] = [None, 1]
         return
     since = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")

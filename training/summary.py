@@ -29,8 +29,10 @@ def write_summary(run_dir: Path, record: dict[str, Any]) -> None:
 def best_validation(summary: dict) -> str:
     """The end-of-run verdict: the best validation, and the batches skipped as non-finite, if any."""
     if "best/val_loss" in summary:
-        best = (f"best val loss {summary['best/val_loss']:.4f} ({summary['best/val_bpb']:.4f} bits per byte) at "
-                f"update {summary['best/step']}")  # fmt: skip
+        best = (
+            f"best val loss {summary['best/val_loss']:.4f} ({summary['best/val_bpb']:.4f} bits per byte) at "
+            f"update {summary['best/step']}"
+        )
     else:
         best = "no validation loss was finite"
     skipped = summary.get("skipped_nonfinite")
@@ -43,8 +45,16 @@ def report(run, status: str) -> None:
     budget.json's outcome and the end-of-run lines."""
     took = time.perf_counter() - run.started
     summary = run.metrics.summary
-    write_summary(run.run_dir, {"status": status, "total_steps": run.total_steps, "tokens": run.tokens_seen,
-                                "seconds": round(took, 2), **summary})  # fmt: skip
+    write_summary(
+        run.run_dir,
+        {
+            "status": status,
+            "total_steps": run.total_steps,
+            "tokens": run.tokens_seen,
+            "seconds": round(took, 2),
+            **summary,
+        },
+    )
     if status != "ok":
         return
     plots = write_run_plots(run.run_dir)
@@ -57,10 +67,13 @@ def report(run, status: str) -> None:
         log.info("budget: planned %.1f s, took %.1f s of %g s", planned, took, plan.max_time)
     ckpt = checkpoint.latest(run.run_dir / "checkpoints")
     done = duration(took) + (f" (this start; {duration(run.earlier_seconds + took)} in all)" if run.start else "")
-    log.info("\n%s", start_summary(
-        done=f"{done}: {best_validation(summary)}",
-        run_dir=str(run.run_dir),
-        metrics=", ".join(run.metrics.files()),
-        checkpoint=str(ckpt.relative_to(run.run_dir)) if ckpt else "none",
-        plots=", ".join(str(p.relative_to(run.run_dir)) for p in plots),
-    ))  # fmt: skip
+    log.info(
+        "\n%s",
+        start_summary(
+            done=f"{done}: {best_validation(summary)}",
+            run_dir=str(run.run_dir),
+            metrics=", ".join(run.metrics.files()),
+            checkpoint=str(ckpt.relative_to(run.run_dir)) if ckpt else "none",
+            plots=", ".join(str(p.relative_to(run.run_dir)) for p in plots),
+        ),
+    )

@@ -113,9 +113,13 @@ class WandbSink(Sink):
         except Exception as e:
             if self.mode != "online":
                 raise
-            log.warning("W&B could not start online within logger.init_timeout=%g s (%s); logging offline to %s "
-                        "instead, and the end of the run prints the command that uploads it", timeout,
-                        first_line(e), run_dir / "wandb")  # fmt: skip
+            log.warning(
+                "W&B could not start online within logger.init_timeout=%g s (%s); logging offline to %s "
+                "instead, and the end of the run prints the command that uploads it",
+                timeout,
+                first_line(e),
+                run_dir / "wandb",
+            )
             self.mode = "offline"
             self.run = start(self.mode)
         finally:
@@ -142,8 +146,12 @@ class WandbSink(Sink):
     def failure(self, what: str, error: Exception) -> None:
         """A W&B call failed: say so once; from here on the sink does nothing."""
         self.failed = True
-        log.warning("W&B failed %s (%s: %s); training goes on without it, metrics.jsonl stays complete", what,
-                    type(error).__name__, first_line(error))  # fmt: skip
+        log.warning(
+            "W&B failed %s (%s: %s); training goes on without it, metrics.jsonl stays complete",
+            what,
+            type(error).__name__,
+            first_line(error),
+        )
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         if step < self.first_new_step or self.failed:
@@ -180,5 +188,6 @@ class WandbSink(Sink):
             found = Path(self.run_dir, "wandb").glob  # offline-run-<start>-<id>[-<n> if one began the same second]
             parts = sorted({*found(f"offline-run-*-{self.run_id}"), *found(f"offline-run-*-{self.run_id}-*")})
             if parts:
-                log.info("W&B ran offline; upload the run with (after wandb login): wandb sync %s",
-                         " ".join(map(str, parts)))  # fmt: skip
+                log.info(
+                    "W&B ran offline; upload the run with (after wandb login): wandb sync %s", " ".join(map(str, parts))
+                )

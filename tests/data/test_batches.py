@@ -74,8 +74,11 @@ def test_every_window_lies_inside_the_split(n, block, t, seed):
 def test_a_split_shorter_than_one_window_is_refused_in_one_line(split):
     tokens = np.arange(64, dtype=np.uint16)
     make = {"train": lambda: TrainBatches(tokens, 64, 4), "val": lambda: ValBatches(tokens, 64, 4, 2)}[split]
-    with pytest.raises(DataError, match=rf"^data: the {split} split has 64 tokens, fewer than one window of "
-                                        r"model\.block_size \+ 1 = 65; use more text"):  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match=rf"^data: the {split} split has 64 tokens, fewer than one window of "
+        r"model\.block_size \+ 1 = 65; use more text",
+    ):
         make()
     TrainBatches(np.arange(65, dtype=np.uint16), 64, 4)  # one window is enough
 
@@ -89,8 +92,11 @@ def test_a_token_id_outside_the_vocabulary_stops_the_batch_with_one_line_naming_
     hit = next(t for t in range(1000) if any(o <= 5000 <= o + 16 for o in train.offsets(t).ravel()))
     for t in range(hit):
         train.micro_batches(t)  # batches that miss the damage are made as before
-    with pytest.raises(DataError, match=rf"^data: token id 65535 at position 5,000 of {path} is outside the vocabulary "
-                                        r"of 10000 ids: the token cache is damaged; delete its directory"):  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match=rf"^data: token id 65535 at position 5,000 of {path} is outside the vocabulary "
+        r"of 10000 ids: the token cache is damaged; delete its directory",
+    ):
         train.micro_batches(hit)
     val = ValBatches(tokens, 16, 4, eval_batches=200, vocab_size=10_000)  # windows 12.5 tokens apart: one covers 5000
     with pytest.raises(DataError, match="^data: token id 65535 at position 5,000 of "):

@@ -94,8 +94,11 @@ def test_an_unreachable_hub_dataset_is_refused_with_a_hint(monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 does: no network
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     cfg = data_cfg("hub", name="no-such-owner/no-such-dataset")
-    assert_refused(cfg, r"^data: cannot load 'no-such-owner/no-such-dataset' split 'train' \(check data\.name and "
-                        r"the network; with HF_HUB_OFFLINE=1 only cached datasets load\): ")  # fmt: skip
+    assert_refused(
+        cfg,
+        r"^data: cannot load 'no-such-owner/no-such-dataset' split 'train' \(check data\.name and "
+        r"the network; with HF_HUB_OFFLINE=1 only cached datasets load\): ",
+    )
 
 
 def test_undecodable_files_are_skipped_and_counted(tmp_path, caplog):
@@ -128,8 +131,11 @@ def test_only_undecodable_files_is_an_empty_corpus_that_says_why(tmp_path):
 def test_a_vocab_too_small_for_the_byte_alphabet_is_refused(tmp_path):
     write_texts(tmp_path / "c", DOCS[:5])
     cfg = data_cfg("text_files", path=str(tmp_path / "c"), vocab_size=200)
-    assert_refused(cfg, r"^data\.vocab_size must be an integer ≥ 257 \(the 256 byte symbols \+ 1 special tokens\), "
-                        r"got 200$")  # fmt: skip
+    assert_refused(
+        cfg,
+        r"^data\.vocab_size must be an integer ≥ 257 \(the 256 byte symbols \+ 1 special tokens\), "
+        r"got 200$",
+    )
 
 
 def test_a_missing_given_tokenizer_is_refused(tmp_path):
@@ -149,8 +155,11 @@ def test_a_corpus_with_no_validation_text_fails_mid_build_and_leaves_the_cache_d
     assert os.listdir(other.path.parent) == [other.path.name]  # no temporary directory or lock file left
 
     empty_cache_dir = tmp_path / "fresh"
-    assert_refused(data_cfg("text_files", path=str(tmp_path / "c"), cache_dir=str(empty_cache_dir)),
-                   r"no validation text", empty_cache_dir)  # fmt: skip
+    assert_refused(
+        data_cfg("text_files", path=str(tmp_path / "c"), cache_dir=str(empty_cache_dir)),
+        r"no validation text",
+        empty_cache_dir,
+    )
 
 
 def test_a_missing_cache_is_refused_when_building_is_not_allowed(tmp_path):

@@ -62,8 +62,10 @@ def test_a_mixtures_windows_are_a_function_of_seed_and_update_split_across_ranks
     again = TrainBatches(arrays, 16, world * accum * batch, seed=7, weights=weights)  # a restart: no state
     for t in (0, 5):
         assert torch.equal(one.micro_batches(t)[0][0], again.micro_batches(t)[0][0])
-        per_rank = [TrainBatches(arrays, 16, batch, accum, world, r, seed=7, weights=weights).micro_batches(t)
-                    for r in range(world)]  # fmt: skip
+        per_rank = [
+            TrainBatches(arrays, 16, batch, accum, world, r, seed=7, weights=weights).micro_batches(t)
+            for r in range(world)
+        ]
         assembled = torch.cat([per_rank[r][m][0] for m in range(accum) for r in range(world)])
         assert torch.equal(assembled, one.micro_batches(t)[0][0])
     assert not torch.equal(one.micro_batches(0)[0][0], one.micro_batches(1)[0][0])
@@ -126,7 +128,10 @@ def test_a_source_with_no_validation_text_is_refused_before_anything_is_written(
     one_line = tmp_path / "one"
     write_texts(one_line, ["a single line of text that cannot be split\n"])
     cfg = mixture_cfg(tmp_path, prose={"path": str(one_line)})
-    with pytest.raises(DataError, match=r"^data\.sources\.prose: the corpus .* gives no validation text; raise "
-                                        r"data\.sources\.prose\.val_fraction"):  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match=r"^data\.sources\.prose: the corpus .* gives no validation text; raise "
+        r"data\.sources\.prose\.val_fraction",
+    ):
         prepare(cfg)
     assert not Path(os.environ["GPT_DATA_CACHE"]).exists()

@@ -196,7 +196,8 @@ def test_a_full_disk_while_tokenizing_names_the_cache_and_leaves_nothing(corpus_
         prepare(corpus_cfg)
     final = cache_path(corpus_cfg, build_corpus(corpus_cfg))
     assert str(err.value).startswith(f"no space left to write {final}: it needs more than ")
-    assert str(err.value).endswith("; free space there, or point data.cache_dir (or $GPT_DATA_CACHE) at a "
-                                   "filesystem with room")  # fmt: skip
+    assert str(err.value).endswith(
+        "; free space there, or point data.cache_dir (or $GPT_DATA_CACHE) at a filesystem with room"
+    )
     assert err.value.needed > 5000 and "\n" not in str(err.value)
     assert not local_caches.exists() or os.listdir(local_caches) == []

@@ -29,8 +29,17 @@ def test_flops_per_token_of_a_hand_checked_untied_llama():
     The input embedding is a lookup and not counted; the head 64·16 = 1024 is. Per layer ln_1 16,
     c_attn 16·(2 + 2·1)·8 = 512, c_proj 16·16 = 256, ln_2 16, c_fc 16·64 = 1024, c_proj 32·16 = 512:
     2336, twice = 4672; ln_f 16. N = 4672 + 16 + 1024 = 5712. 6N = 34,272; + 12·2·2·8·8 = 3072 → 37,344."""
-    config = GPTConfig(vocab_size=64, block_size=8, n_layer=2, n_head=2, n_embd=16, arch="llama", n_kv_head=1,
-                       mlp_hidden=32, tie_embeddings=False)  # fmt: skip
+    config = GPTConfig(
+        vocab_size=64,
+        block_size=8,
+        n_layer=2,
+        n_head=2,
+        n_embd=16,
+        arch="llama",
+        n_kv_head=1,
+        mlp_hidden=32,
+        tie_embeddings=False,
+    )
     assert model_flops_per_token(GPT(config)) == 37_344
 
 

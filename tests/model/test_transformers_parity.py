@@ -15,8 +15,12 @@ LLAMA_VOCAB = 32000  # LLaMA's tokenizer
 
 # GPT-2's presets and the sizes published for the models they are named after (medium is 354.8M, published as
 # "345M"/"350M"), with the tolerance each name allows.
-GPT2_SIZES = {"gpt2": (124e6, 0.01), "gpt2-medium": (350e6, 0.015), "gpt2-large": (774e6, 0.01),
-              "gpt2-xl": (1558e6, 0.01)}  # fmt: skip
+GPT2_SIZES = {
+    "gpt2": (124e6, 0.01),
+    "gpt2-medium": (350e6, 0.015),
+    "gpt2-large": (774e6, 0.01),
+    "gpt2-xl": (1558e6, 0.01),
+}
 
 
 @pytest.mark.parametrize("name", sorted(GPT2_SIZES))

@@ -60,8 +60,9 @@ def test_max_tokens_gives_t_exactly_rounded_down(tmp_path, tiny_train):
         assert r["train/lr"] == pytest.approx(cosine_lr(t, 1, 10), rel=1e-12)
 
 
-def test_max_time_fixes_t_once_saves_it_and_a_resume_keeps_it_without_measuring(tmp_path, tiny_train, monkeypatch,
-                                                                                 caplog):  # fmt: skip
+def test_max_time_fixes_t_once_saves_it_and_a_resume_keeps_it_without_measuring(
+    tmp_path, tiny_train, monkeypatch, caplog
+):
     run = tmp_path / "run"
     args = ["trainer.max_time=12", "trainer.eval_every=100"]
     with caplog.at_level("INFO"), pytest.raises(Stopped):
@@ -120,9 +121,16 @@ def test_a_budget_too_small_for_one_update_is_refused_before_anything_is_written
 @pytest.mark.parametrize("eval_every,ckpt_every", [(20, 50), (0, 0), (7, 3), (1, 1)])
 def test_the_plan_fits_every_evaluation_and_checkpoint_the_loop_runs(eval_every, ckpt_every):
     plan = budget.plan_time(
-        100, elapsed=10, step_seconds=0.5, eval_seconds=2, checkpoint_seconds=1, sample_seconds=1,
-        teardown_seconds=2, eval_every=eval_every, ckpt_every=ckpt_every,
-    )  # fmt: skip
+        100,
+        elapsed=10,
+        step_seconds=0.5,
+        eval_seconds=2,
+        checkpoint_seconds=1,
+        sample_seconds=1,
+        teardown_seconds=2,
+        eval_every=eval_every,
+        ckpt_every=ckpt_every,
+    )
     T = plan.total_steps
     evals = [0, *range(eval_every, T, eval_every), T] if eval_every else [T]  # as the loop runs them
     ckpts = [*range(ckpt_every, T, ckpt_every), T] if ckpt_every else [T]
@@ -147,9 +155,18 @@ class Free:  # a sink that declares no costs: nothing set aside
 @pytest.mark.parametrize("sinks", [[], [Free], [Slow], [Slow, Slow]], ids=["none", "free", "one", "two"])
 @pytest.mark.parametrize("sample", [0.0, 0.5])
 def test_the_plan_sets_aside_what_each_sink_and_cuda_cost_beyond_the_measurement(sinks, sample):
-    plan = budget.measure_time_plan(100, lambda: 10.0, update=lambda: 0.5, evaluation=lambda: 2.0,
-                                    sample=lambda: sample, n_params=1000, eval_every=0, ckpt_every=0, sinks=sinks,
-                                    cuda=True)  # fmt: skip
+    plan = budget.measure_time_plan(
+        100,
+        lambda: 10.0,
+        update=lambda: 0.5,
+        evaluation=lambda: 2.0,
+        sample=lambda: sample,
+        n_params=1000,
+        eval_every=0,
+        ckpt_every=0,
+        sinks=sinks,
+        cuda=True,
+    )
     slow = sum(s is Slow for s in sinks)
     table = slow * 0.7 if sample else 0.0  # a sink's sample costs only with a sample
     assert plan.sample_seconds == pytest.approx(sample + table)

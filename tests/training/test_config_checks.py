@@ -78,13 +78,26 @@ def test_the_public_keys_are_in_the_default_config():
     expected = {
         "optim": ("lr", "betas", "eps", "weight_decay"),
         "schedule": ("name", "warmup_steps", "min_lr", "min_lr_ratio"),
-        "trainer": ("max_steps", "max_tokens", "max_time", "batch_size", "grad_accum_steps", "eval_every",
-                    "eval_batches", "ckpt_every", "seed", "device", "precision", "compile", "resume"),
+        "trainer": (
+            "max_steps",
+            "max_tokens",
+            "max_time",
+            "batch_size",
+            "grad_accum_steps",
+            "eval_every",
+            "eval_batches",
+            "ckpt_every",
+            "seed",
+            "device",
+            "precision",
+            "compile",
+            "resume",
+        ),
         "model": ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias"),
         "data": ("vocab_size", "cache_dir"),
         "logger": ("sinks", "mode", "project", "group"),
         "eval": ("evals",),
-    }  # fmt: skip
+    }
     for group, keys in expected.items():
         assert [k for k in keys if k not in cfg[group]] == [], group
 
@@ -109,8 +122,11 @@ def test_bf16_on_a_gpu_without_bf16_is_refused(monkeypatch):
 
 
 def test_fp8_on_the_cpu_is_refused():
-    with pytest.raises(ConfigError, match=r"^trainer.precision must be fp32 or bf16 on the CPU \(fp8 needs a CUDA GPU "
-                       r"of compute capability 8.9 or newer\), got 'fp8'$"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"^trainer.precision must be fp32 or bf16 on the CPU \(fp8 needs a CUDA GPU "
+        r"of compute capability 8.9 or newer\), got 'fp8'$",
+    ):
         resolve_precision("fp8", torch.device("cpu"))
 
 
@@ -181,8 +197,9 @@ def test_what_the_command_line_chooses_wins_over_an_experiment(experiment):
     own = compose_config([f"experiment={experiment}"], return_hydra_config=True).hydra.runtime.choices
     for group in ("model", "schedule", "data", "logger"):
         other = next(o for o in group_options(group) if o not in (own[group], "hub", "text_files"))
-        cfg = compose_config([f"experiment={experiment}", f"{group}={other}", "trainer.seed=7"],
-                             return_hydra_config=True)  # fmt: skip
+        cfg = compose_config(
+            [f"experiment={experiment}", f"{group}={other}", "trainer.seed=7"], return_hydra_config=True
+        )
         assert cfg.hydra.runtime.choices[group] == other, (experiment, group)
         if group == "schedule":
             assert cfg[group].name == other, (experiment, group)
@@ -196,11 +213,13 @@ def test_what_the_command_line_chooses_wins_over_an_experiment(experiment):
     [
         (["optim.lr=fast"], "optim.lr must be a number > 0, got 'fast'"),
         (["trainer.max_steps=1e3"], "trainer.max_steps must be an integer > 0 (write 1000, without a decimal point"),
-        (["schedule=wsd", "schedule.warmup_steps=0.9"],
-         "schedule.warmup_steps (0.9) and schedule.decay_fraction (0.2) do not fit together: warmup + decay = 450 + "
-         "100 > trainer.max_steps (500)"),
+        (
+            ["schedule=wsd", "schedule.warmup_steps=0.9"],
+            "schedule.warmup_steps (0.9) and schedule.decay_fraction (0.2) do not fit together: warmup + decay = 450 + "
+            "100 > trainer.max_steps (500)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_message_says_what_is_wrong_with_the_value_given(overrides, message):
     with pytest.raises(USER_ERRORS, match="^" + re.escape(message)):
         check_config(compose_config(overrides))
@@ -245,8 +264,9 @@ def test_a_key_a_forks_yaml_file_adds_is_checked_like_the_templates(tmp_path, mo
 
     conf = tmp_path / "conf"
     shutil.copytree(training.config.CONF, conf)
-    (conf / "optim" / "mine.yaml").write_text("_target_: training.optim.adamw\nname: mine\nlr: 1.0e-3\n"
-                                              "betas: [0.9, 0.95]\neps: 1.0e-8\nweight_decay: 0.0\n")  # fmt: skip
+    (conf / "optim" / "mine.yaml").write_text(
+        "_target_: training.optim.adamw\nname: mine\nlr: 1.0e-3\nbetas: [0.9, 0.95]\neps: 1.0e-8\nweight_decay: 0.0\n"
+    )
     monkeypatch.setattr(training.config, "CONF", conf)
     check_config(compose_config(["optim=mine"]))
     with pytest.raises(ConfigError, match=r"^optim.bettas is not a key of optim; did you mean optim.betas"):

@@ -21,9 +21,16 @@ from training import launch
 PEAK, FLOOR, W = 2e-3, 2e-4, 2
 STABLE_T, BRANCH_POINT = 12, 4
 BRANCHES = (3, 8, 10)  # T = 3 decays from update 2: its lr at update 3 is not the one the stable run used
-COOLDOWNS = ["experiment=cooldowns", f"schedule.warmup_steps={W}", "schedule.decay_fraction=0.25",
-             f"optim.lr={PEAK}", f"schedule.min_lr={FLOOR}", "trainer.eval_every=4", "trainer.ckpt_every=4",
-             "trainer.sample_tokens=0"]  # fmt: skip
+COOLDOWNS = [
+    "experiment=cooldowns",
+    f"schedule.warmup_steps={W}",
+    "schedule.decay_fraction=0.25",
+    f"optim.lr={PEAK}",
+    f"schedule.min_lr={FLOOR}",
+    "trainer.eval_every=4",
+    "trainer.ckpt_every=4",
+    "trainer.sample_tokens=0",
+]
 
 
 def wsd_lr(t: int, total: int) -> float:
@@ -56,8 +63,15 @@ def branches(stable, data_cache) -> tuple[Path, dict[str, bytes]]:
 
     before = snapshot(stable)
     sweep = stable.parent / "branches"
-    argv = ["train.py", "-m", *TINY, *COOLDOWNS, f"trainer.resume={stable}/checkpoints/step-{BRANCH_POINT:08d}",
-            f"trainer.max_steps={','.join(map(str, BRANCHES))}", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    argv = [
+        "train.py",
+        "-m",
+        *TINY,
+        *COOLDOWNS,
+        f"trainer.resume={stable}/checkpoints/step-{BRANCH_POINT:08d}",
+        f"trainer.max_steps={','.join(map(str, BRANCHES))}",
+        f"hydra.sweep.dir={sweep}",
+    ]
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level  # Hydra configures logging for each job: put it back after
     with pytest.MonkeyPatch.context() as mp:
@@ -141,8 +155,9 @@ def test_the_report_command_writes_the_report_again_and_refuses_what_is_not_a_sw
     assert capsys.readouterr().err == f"error: {tmp_path}: not a sweep directory (no job folder with a .hydra record)\n"
 
 
-def test_the_audit_traces_a_schedule_index_that_jumped_back_to_the_resume(stable, tmp_path, tiny_train, monkeypatch,
-                                                                         capsys):  # fmt: skip
+def test_the_audit_traces_a_schedule_index_that_jumped_back_to_the_resume(
+    stable, tmp_path, tiny_train, monkeypatch, capsys
+):
     restore = scheduling.lr_scheduler.restore_scheduler
 
     def jumped(scheduler, state, allow_change=False):

@@ -81,8 +81,9 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_last_one_latest_and_leaves_no
     assert 0.8 * written < err.value.needed < 1.2 * written  # what a checkpoint of this run takes
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step-00000002"]
     assert checkpoint.latest(root) == kept and checkpoint.load(kept)["step"] == 2
-    assert sorted(r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-                  if "train/loss" in r) == [0, 1, 2, 3]  # fmt: skip
+    assert sorted(
+        r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r
+    ) == [0, 1, 2, 3]
     fd = os.open(run / LOCK_FILE, os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the failed run released its directory
     os.close(fd)

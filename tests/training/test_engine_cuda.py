@@ -18,8 +18,9 @@ OPTIM = {"_target_": "training.optim.adamw", "lr": 1e-3, "betas": [0.9, 0.98], "
 
 def tiny_model(arch: str, device: torch.device) -> GPT:
     llama = {"n_kv_head": 2, "tie_embeddings": False} if arch == "llama" else {}
-    config = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32, arch=arch, bias=arch == "gpt2",
-                       **llama)  # fmt: skip
+    config = GPTConfig(
+        vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32, arch=arch, bias=arch == "gpt2", **llama
+    )
     return GPT(config).to(device)
 
 

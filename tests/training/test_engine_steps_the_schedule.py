@@ -30,8 +30,9 @@ def test_one_schedule_step_per_optimizer_update_not_per_micro_batch():
     scheduler = build_scheduler(optimizer, schedule)
     for t in range(3):
         assert optimizer.param_groups[0]["lr"] == 1e-3 * schedule(t)  # what update t uses
-        update = train_update(model, optimizer, scheduler, micro_batches(4), device=torch.device("cpu"),
-                              autocast=contextlib.nullcontext())  # fmt: skip
+        update = train_update(
+            model, optimizer, scheduler, micro_batches(4), device=torch.device("cpu"), autocast=contextlib.nullcontext()
+        )
         assert update.status == OK and scheduler.last_epoch == t + 1
 
 

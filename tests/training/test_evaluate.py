@@ -12,8 +12,10 @@ import torch.nn.functional as F
 from data import prepare, token_byte_lengths
 from training.evaluation import evaluate
 
-DOCS = [f"Document {i}: naïve café, 東京 ✓ — line {i}.\n" + f"def f(x):\n    return x * {i}\n" * (i % 5 + 1)
-        for i in range(40)]  # fmt: skip
+DOCS = [
+    f"Document {i}: naïve café, 東京 ✓ — line {i}.\n" + f"def f(x):\n    return x * {i}\n" * (i % 5 + 1)
+    for i in range(40)
+]
 
 
 class UniformModel(torch.nn.Module):
@@ -32,8 +34,13 @@ def test_bits_per_byte_of_a_uniform_model_is_ln_v_over_bytes_per_token(tmp_path)
     (tmp_path / "c").mkdir()
     for i, doc in enumerate(DOCS):
         (tmp_path / "c" / f"doc{i:03d}.txt").write_text(doc, encoding="utf-8")
-    cfg = {"source": "text_files", "path": str(tmp_path / "c"), "cache_dir": str(tmp_path / "cache"),
-           "vocab_size": 320, "val_fraction": 0.3}  # fmt: skip
+    cfg = {
+        "source": "text_files",
+        "path": str(tmp_path / "c"),
+        "cache_dir": str(tmp_path / "cache"),
+        "vocab_size": 320,
+        "val_fraction": 0.3,
+    }
     cache = prepare(cfg)
     val = torch.from_numpy(np.asarray(cache.tokens("val"), dtype=np.int64))
     n_tokens, n_docs, n_bytes = len(val), cache.meta["documents"]["val"], cache.meta["bytes"]["val"]

@@ -14,8 +14,10 @@ from training.distributed import float8_linears
 from training.signals import Stopped
 
 ARGS = ["trainer.max_steps=6", "trainer.eval_every=3"]
-WARNING = ("model.fused_cross_entropy: liger-kernel's kernels need a CUDA GPU, not the cpu; the plain head and "
-           "cross-entropy run instead")  # fmt: skip
+WARNING = (
+    "model.fused_cross_entropy: liger-kernel's kernels need a CUDA GPU, not the cpu; the plain head and "
+    "cross-entropy run instead"
+)
 
 
 def test_fused_cross_entropy_on_the_cpu_warns_once_trains_as_without_and_may_change_on_resume(

@@ -91,8 +91,13 @@ def test_an_fp8_run_checkpoints_fp32_weights_and_resumes_in_bf16_and_back(tmp_pa
     """fp8 for updates 0-2, bf16 for 3-4, fp8 again for 5 and the end-of-run sample: one run directory."""
     needs_fp8()
     run = tmp_path / "run"
-    args = TINY + ["trainer.device=cuda", "trainer.compile=false", "trainer.max_steps=6", "trainer.ckpt_every=1",
-                   "trainer.keep_checkpoints=2"]  # fmt: skip
+    args = TINY + [
+        "trainer.device=cuda",
+        "trainer.compile=false",
+        "trainer.max_steps=6",
+        "trainer.ckpt_every=1",
+        "trainer.keep_checkpoints=2",
+    ]
     first = run_train(args + ["trainer.precision=fp8", "trainer.stop_at=3"], run, data_cache, check=False)
     assert first.returncode == 75, first.stderr[-3000:]
     assert "cuda:0, fp8, single" in first.stderr + first.stdout

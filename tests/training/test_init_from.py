@@ -31,18 +31,37 @@ def saved(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("transformers")
     texts = [p.read_text() for p in sorted((ROOT / "training").glob("*.py"))]
     torch.manual_seed(0)
-    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                                      bos_token_id=0, eos_token_id=0))  # fmt: skip
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
-                                         rope_theta=500.0, tie_word_embeddings=False, bos_token_id=1,
-                                         eos_token_id=2))  # fmt: skip
+    gpt2 = GPT2LMHeadModel(
+        GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0)
+    )
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=320,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=32,
+            rope_theta=500.0,
+            tie_word_embeddings=False,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+    )
     tokenizers = {
-        "gpt2": PreTrainedTokenizerFast(tokenizer_object=train_tokenizer(texts, 300, ["<|endoftext|>"]),
-                                        eos_token="<|endoftext|>", bos_token="<|endoftext|>"),
-        "llama": PreTrainedTokenizerFast(tokenizer_object=train_tokenizer(texts, 300, ["<unk>", "<s>", "</s>"]),
-                                         unk_token="<unk>", bos_token="<s>", eos_token="</s>"),
-    }  # fmt: skip
+        "gpt2": PreTrainedTokenizerFast(
+            tokenizer_object=train_tokenizer(texts, 300, ["<|endoftext|>"]),
+            eos_token="<|endoftext|>",
+            bos_token="<|endoftext|>",
+        ),
+        "llama": PreTrainedTokenizerFast(
+            tokenizer_object=train_tokenizer(texts, 300, ["<unk>", "<s>", "</s>"]),
+            unk_token="<unk>",
+            bos_token="<s>",
+            eos_token="</s>",
+        ),
+    }
     folders = {}
     for arch, model in (("gpt2", gpt2), ("llama", llama)):
         folders[arch] = root / arch
@@ -91,12 +110,17 @@ def test_the_folders_end_of_text_separates_documents_unless_data_special_tokens_
     [
         ("model.n_layer=3", "model.n_layer=3 contradicts model.init_from={folder}, whose config.json gives 2;"),
         ("model.arch=llama", "model.arch='llama' contradicts model.init_from={folder}, whose config.json gives 'gpt2'"),
-        ("model.block_size=128", "model.block_size=128 contradicts model.init_from={folder}, whose config.json "
-                                 "gives 64; drop the override (the folder sets the architecture); a smaller"),
-        ("data.tokenizer={folder}/other.json", "data.tokenizer must be null with model.init_from (its tokenizer is "
-                                               "{folder}/tokenizer.json)"),
+        (
+            "model.block_size=128",
+            "model.block_size=128 contradicts model.init_from={folder}, whose config.json "
+            "gives 64; drop the override (the folder sets the architecture); a smaller",
+        ),
+        (
+            "data.tokenizer={folder}/other.json",
+            "data.tokenizer must be null with model.init_from (its tokenizer is {folder}/tokenizer.json)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_an_override_that_contradicts_the_folder_is_refused_in_one_line(saved, override, message):
     folder = saved["gpt2"]
     args = [f"model.init_from={folder}", override.format(folder=folder)]

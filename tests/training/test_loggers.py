@@ -31,8 +31,16 @@ def test_several_sinks_at_once_each_get_every_record(tmp_path, tiny_train, monke
     rows = (run / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + len(records)  # a header, then every record
     assert [run_info(f).run_id for f in run_files(run / "wandb")]  # W&B's offline run is there
-    assert SEEN["counting"] == [{"start": 0, "state": {}, "group": None, "status": "ok", "count": len(records),
-                                 "params": SEEN["counting"][0]["params"]}]  # fmt: skip
+    assert SEEN["counting"] == [
+        {
+            "start": 0,
+            "state": {},
+            "group": None,
+            "status": "ok",
+            "count": len(records),
+            "params": SEEN["counting"][0]["params"],
+        }
+    ]
     assert SEEN["counting"][0]["params"] > 0
 
 
@@ -56,8 +64,10 @@ def test_a_failing_sink_is_named_once_and_dropped_and_training_goes_on(tmp_path,
     with caplog.at_level("WARNING", logger="train"):
         run = tiny_train(tmp_path / "run", [*ARGS, *sinks(failing="Failing")])
     warnings = [r.getMessage() for r in caplog.records if "failing" in r.getMessage()]
-    assert warnings == ["logger failing failed at update 1 (ConnectionError: the server went away); training goes "
-                        "on without it, metrics.jsonl stays complete"]  # fmt: skip
+    assert warnings == [
+        "logger failing failed at update 1 (ConnectionError: the server went away); training goes "
+        "on without it, metrics.jsonl stays complete"
+    ]
     assert SEEN["failing"] == 3  # never called again
     assert sorted(r["step"] for r in read_metrics(run) if "train/loss" in r) == list(range(6))
     assert json.loads((run / "summary.json").read_text())["status"] == "ok"
@@ -71,7 +81,7 @@ def test_a_wandb_run_resumes_from_a_checkpoint_written_before_sinks_had_state(tm
         tiny_train(run, [*ARGS, "logger=wandb", "trainer.stop_at=3"])
     latest = checkpoint.latest(run / "checkpoints")
     state = checkpoint.load(latest)
-    old_layout = {k: v for k, v in state.items() if k != "sinks"}
+    old_layout = {k: v for k, v in state.items() if k not in ("sinks", "seconds")}
     old_layout["wandb_run_id"] = state["sinks"]["wandb"]["run_id"]
     torch.save(old_layout, latest / checkpoint.STATE_FILE)
     tiny_train(run, [*ARGS, "logger=wandb"])
@@ -82,16 +92,22 @@ def test_a_wandb_run_resumes_from_a_checkpoint_written_before_sinks_had_state(tm
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["+logger.sinks.mine._target_=nowhere.Sink"],
-         r"^logger.sinks.mine._target_: 'nowhere.Sink' cannot be imported \(.*nowhere"),
-        (["+logger.sinks.mine._target_=tests.training.fork_parts.Failing", "+logger.sinks.mine.path=x"],
-         r"^logger.sinks.mine: tests.training.fork_parts.Failing does not take these settings \(.*path"),
-        (["+eval.evals.mine._target_=tests.training.fork_parts.NOPE"],
-         r"^eval.evals.mine._target_: 'tests.training.fork_parts.NOPE' cannot be imported"),
+        (
+            ["+logger.sinks.mine._target_=nowhere.Sink"],
+            r"^logger.sinks.mine._target_: 'nowhere.Sink' cannot be imported \(.*nowhere",
+        ),
+        (
+            ["+logger.sinks.mine._target_=tests.training.fork_parts.Failing", "+logger.sinks.mine.path=x"],
+            r"^logger.sinks.mine: tests.training.fork_parts.Failing does not take these settings \(.*path",
+        ),
+        (
+            ["+eval.evals.mine._target_=tests.training.fork_parts.NOPE"],
+            r"^eval.evals.mine._target_: 'tests.training.fork_parts.NOPE' cannot be imported",
+        ),
         (["optim._target_=torch.optim.NotAnOptimizer"], r"^optim._target_: 'torch.optim.NotAnOptimizer' cannot be"),
         (["logger.mode=sometimes"], r"^logger.mode must be one of auto, online, offline, disabled, got 'sometimes'$"),
     ],
-)  # fmt: skip
+)
 def test_what_a_plug_point_names_is_checked_in_one_line_before_any_work(overrides, message):
     with pytest.raises(ConfigError, match=message) as err:
         check_config(compose_config(overrides))

@@ -21,8 +21,7 @@ MUON = ["optim=muon", "optim.lr=2e-3", "optim.muon.lr=0.02"]
 
 @pytest.mark.parametrize("arch,tied", [("gpt2", True), ("llama", False)])
 def test_muon_takes_every_2d_weight_of_the_blocks_and_adamw_everything_else_once(arch, tied):
-    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, arch=arch,
-                          tie_embeddings=tied))  # fmt: skip
+    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, arch=arch, tie_embeddings=tied))
     optimizer = build_optimizer(model, compose_config(["optim=muon"]).optim, torch.device("cpu"))
     assert isinstance(optimizer, Optimizers)
     adamw, muon = optimizer.optimizers
@@ -56,8 +55,14 @@ def test_one_schedule_multiplies_every_group_s_own_peak():
 
 
 def test_a_muon_run_logs_both_lrs_and_resumes_bit_for_bit(tmp_path, tiny_train):
-    args = [*MUON, "trainer.max_steps=10", "schedule.warmup_steps=2", "trainer.eval_every=5",
-            "trainer.grad_accum_steps=2", "model.dropout=0.1"]  # fmt: skip
+    args = [
+        *MUON,
+        "trainer.max_steps=10",
+        "schedule.warmup_steps=2",
+        "trainer.eval_every=5",
+        "trainer.grad_accum_steps=2",
+        "model.dropout=0.1",
+    ]
     whole = read_metrics(tiny_train(tmp_path / "whole", args))
     run = tmp_path / "run"
     with pytest.raises(Stopped):

@@ -21,8 +21,12 @@ def fake_run(root: Path, name: str, choices: dict, config: dict) -> Path:
 
 def config(schedule: str, lr: float, tag: str) -> dict:
     shape = {"decay_fraction": 0.2} if schedule == "wsd" else {}
-    return {"schedule": {"name": schedule, "warmup_steps": 0.1, **shape}, "optim": {"lr": lr, "eps": 1e-6},
-            "logger": {"tags": [tag]}, "trainer": {"max_steps": "${unless_budget:500}", "log_every": 10}}  # fmt: skip
+    return {
+        "schedule": {"name": schedule, "warmup_steps": 0.1, **shape},
+        "optim": {"lr": lr, "eps": 1e-6},
+        "logger": {"tags": [tag]},
+        "trainer": {"max_steps": "${unless_budget:500}", "log_every": 10},
+    }
 
 
 def test_overlaid_runs_are_labelled_by_the_choices_and_values_that_differ(tmp_path):

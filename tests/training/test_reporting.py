@@ -59,8 +59,17 @@ def wandb_run(tmp_path_factory, data_cache):
 
     run = tmp_path_factory.mktemp("wandb") / "run"
     stderr = io.StringIO()
-    cfg = compose_config(TINY + WANDB + ["trainer.max_steps=12", "trainer.eval_every=5", "trainer.log_every=5",
-                                         "logger.tags=[tiny,test]", "logger.job_type=pretrain-test"])  # fmt: skip
+    cfg = compose_config(
+        TINY
+        + WANDB
+        + [
+            "trainer.max_steps=12",
+            "trainer.eval_every=5",
+            "trainer.log_every=5",
+            "logger.tags=[tiny,test]",
+            "logger.job_type=pretrain-test",
+        ]
+    )
     with pytest.MonkeyPatch.context() as mp, captured_logs() as lines, contextlib.redirect_stderr(stderr):
         mp.setenv("GPT_DATA_CACHE", str(data_cache))
         mp.setenv("WANDB_MODE", "offline")
@@ -218,10 +227,26 @@ def test_a_two_by_two_multirun_gives_four_runs_in_one_wandb_group_and_survives_a
     """lr 1e6 makes the loss non-finite: those jobs fail (and are marked failed), their siblings still run."""
     sweep, n = tmp_path / "sweep", 6
     env = {**os.environ, "GPT_DATA_CACHE": str(data_cache), "WANDB_MODE": "offline"}
-    args = TINY + WANDB + [f"trainer.max_steps={n}", "trainer.eval_every=0", "trainer.sample_tokens=0",
-                           "schedule.warmup_steps=0", "trainer.grad_clip=0"]  # fmt: skip
-    cmd = [sys.executable, "train.py", "-m", "schedule=cosine,linear", "optim.lr=2e-3,1e6", *args,
-           f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    args = (
+        TINY
+        + WANDB
+        + [
+            f"trainer.max_steps={n}",
+            "trainer.eval_every=0",
+            "trainer.sample_tokens=0",
+            "schedule.warmup_steps=0",
+            "trainer.grad_clip=0",
+        ]
+    )
+    cmd = [
+        sys.executable,
+        "train.py",
+        "-m",
+        "schedule=cosine,linear",
+        "optim.lr=2e-3,1e6",
+        *args,
+        f"hydra.sweep.dir={sweep}",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2, proc.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
@@ -255,9 +280,18 @@ def test_the_submitit_launcher_runs_each_sweep_job_in_its_own_process(tmp_path, 
     """hydra/launcher=submitit_local: the job function is pickled and run elsewhere, as on SLURM."""
     sweep = tmp_path / "sweep"
     env = {**os.environ, "GPT_DATA_CACHE": str(data_cache), "WANDB_MODE": "offline"}
-    cmd = [sys.executable, "train.py", "-m", "hydra/launcher=submitit_local", "trainer.max_steps=4,6", *TINY,
-           "trainer.eval_every=0", "trainer.sample_tokens=0", f"hydra.sweep.dir={sweep}",
-           "hydra.launcher.timeout_min=10"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "train.py",
+        "-m",
+        "hydra/launcher=submitit_local",
+        "trainer.max_steps=4,6",
+        *TINY,
+        "trainer.eval_every=0",
+        "trainer.sample_tokens=0",
+        f"hydra.sweep.dir={sweep}",
+        "hydra.launcher.timeout_min=10",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(train_records(sweep / "0")) == list(range(4))

@@ -120,9 +120,16 @@ def test_sigint_is_a_graceful_stop_too(tmp_path, tiny_train, monkeypatch):
 def test_a_kill_during_a_checkpoint_save_keeps_the_previous_one_and_resume_uses_it(tmp_path, data_cache):
     """SIGKILL a real process while it writes a checkpoint (a .tmp- folder exists), then resume."""
     args = [  # a bigger model makes each save take long enough to be caught in the middle
-        "model.n_embd=256", "model.n_layer=4", "model.n_head=4", "trainer.max_steps=400", "trainer.ckpt_every=2",
-        "trainer.keep_checkpoints=3", "trainer.eval_every=0", "trainer.batch_size=2", "trainer.sample_tokens=0",
-    ]  # fmt: skip
+        "model.n_embd=256",
+        "model.n_layer=4",
+        "model.n_head=4",
+        "trainer.max_steps=400",
+        "trainer.ckpt_every=2",
+        "trainer.keep_checkpoints=3",
+        "trainer.eval_every=0",
+        "trainer.batch_size=2",
+        "trainer.sample_tokens=0",
+    ]
     for attempt in range(10):
         run = tmp_path / f"run{attempt}"
         ckpts = run / "checkpoints"
@@ -161,11 +168,11 @@ def test_a_nonfinite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint
     assert max(train_records(run)) == bad_update - 1
 
 
-def test_a_run_that_skips_nonfinite_batches_writes_strict_json_and_plots_what_is_finite(tmp_path, tiny_train,
-                                                                                        caplog):  # fmt: skip
+def test_a_run_that_skips_nonfinite_batches_writes_strict_json_and_plots_what_is_finite(tmp_path, tiny_train, caplog):
     with caplog.at_level("INFO"):
-        run = tiny_train(tmp_path / "run", BLOW_UP + ["trainer.max_steps=40", "trainer.nonfinite=skip",
-                                                      "trainer.sample_tokens=0"])  # fmt: skip
+        run = tiny_train(
+            tmp_path / "run", BLOW_UP + ["trainer.max_steps=40", "trainer.nonfinite=skip", "trainer.sample_tokens=0"]
+        )
     assert "no validation loss was finite; " in caplog.text  # the end-of-run line
     assert " update(s) skipped as non-finite (trainer.nonfinite=skip)" in caplog.text
 
@@ -187,8 +194,9 @@ def test_a_nonfinite_update_takes_neither_an_optimizer_nor_a_schedule_step():
         model.blocks[0].attn.c_attn.weight[0, 0] = float("nan")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randint(0, 64, (2, 8))
-    update = train_update(model, opt, sched, [(x, x)], device=torch.device("cpu"),
-                          autocast=torch.autocast("cpu", enabled=False))  # fmt: skip
+    update = train_update(
+        model, opt, sched, [(x, x)], device=torch.device("cpu"), autocast=torch.autocast("cpu", enabled=False)
+    )
     assert update.status == NONFINITE
     assert sched.last_epoch == 0 and not opt.state
     after = model.state_dict()

@@ -38,11 +38,19 @@ def test_a_second_launch_stops_with_one_line_naming_the_holder_and_writes_nothin
     since = json.loads((held / LOCK_FILE).read_text())["since"]
     before = sorted(p.name for p in held.iterdir())
     env = {**os.environ, "GPT_DATA_CACHE": str(data_cache), "WANDB_MODE": "offline"}
-    proc = subprocess.run([sys.executable, "train.py", *TINY, "trainer.max_steps=2", f"hydra.run.dir={held}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "train.py", *TINY, "trainer.max_steps=2", f"hydra.run.dir={held}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
-    expected = (f"error: the run directory {held} is in use by another run (host {socket.gethostname()}, "
-                f"pid {os.getpid()}, since {since}); ")  # fmt: skip
+    expected = (
+        f"error: the run directory {held} is in use by another run (host {socket.gethostname()}, "
+        f"pid {os.getpid()}, since {since}); "
+    )
     assert proc.stderr.startswith(expected) and proc.stderr.count("\n") == 1, proc.stderr
     assert sorted(p.name for p in held.iterdir()) == before == [LOCK_FILE]  # not even Hydra's .hydra/ or train.log
 

@@ -13,9 +13,16 @@ from tests.training import written_out
 
 PEAK, FLOOR, W, N = 2e-3, 2e-4, 2, 8
 # WSD with a 20% decay and 4 micro-batches per update.
-WSD = ["schedule=wsd", "schedule.decay_fraction=0.2", f"schedule.warmup_steps={W}", f"optim.lr={PEAK}",
-       f"schedule.min_lr={FLOOR}", "trainer.grad_accum_steps=4", "trainer.eval_every=0",
-       "trainer.sample_tokens=0"]  # fmt: skip
+WSD = [
+    "schedule=wsd",
+    "schedule.decay_fraction=0.2",
+    f"schedule.warmup_steps={W}",
+    f"optim.lr={PEAK}",
+    f"schedule.min_lr={FLOOR}",
+    "trainer.grad_accum_steps=4",
+    "trainer.eval_every=0",
+    "trainer.sample_tokens=0",
+]
 
 
 def wsd_lr(t: int, total: int) -> float:

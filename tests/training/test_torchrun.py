@@ -17,16 +17,23 @@ from training.signals import EXIT_RESUMABLE
 
 T = 20
 # 256 tokens per update: 2 ranks × 1 micro-batch × 4 × 32, or 1 rank × 2 micro-batches × 4 × 32.
-ARGS = [f"trainer.max_steps={T}", "trainer.global_batch_tokens=256", "trainer.eval_every=10",
-        "schedule.warmup_steps=4"]  # fmt: skip
+ARGS = [f"trainer.max_steps={T}", "trainer.global_batch_tokens=256", "trainer.eval_every=10", "schedule.warmup_steps=4"]
 
 pytestmark = pytest.mark.slow
 
 
 def torchrun(args: list[str], cwd: Path, cache: Path, run_dir: Path | None = None, check: bool = True):
     env = {**os.environ, "GPT_DATA_CACHE": str(cache), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "train.py"), *TINY, *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(ROOT / "train.py"),
+        *TINY,
+        *args,
+    ]
     if run_dir is not None:
         cmd.append(f"hydra.run.dir={run_dir}")
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
@@ -97,8 +104,9 @@ def test_two_process_fsdp_trains_and_its_sharded_checkpoint_resumes_on_one_proce
 
 
 def test_a_data_error_on_rank_zero_stops_every_rank_with_one_line(tmp_path, data_cache):
-    proc = torchrun(["data=text_files", f"data.path={tmp_path}/missing/*.txt"], tmp_path, data_cache,
-                    tmp_path / "run", check=False)  # fmt: skip
+    proc = torchrun(
+        ["data=text_files", f"data.path={tmp_path}/missing/*.txt"], tmp_path, data_cache, tmp_path / "run", check=False
+    )
     assert proc.returncode != 0
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error: ")]
     assert errors and all("no file matches" in line for line in errors), proc.stderr[-2000:]
