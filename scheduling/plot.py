@@ -40,7 +40,8 @@ class Curve:
 
     @property
     def floor(self) -> float | None:
-        ratio = self.schedule.params.get("min_lr_ratio")
+        knots = self.schedule.params.get("knots")
+        ratio = knots[-1][1] if knots else self.schedule.params.get("min_lr_ratio")
         return None if ratio is None else self.peak_lr * ratio
 
     def key_steps(self) -> list[tuple[str, int]]:
@@ -62,6 +63,8 @@ def describe(schedule: Schedule) -> str:
     if schedule.name == "cosine_restarts":
         decay = p.get("cycle_decay", 1.0)
         return f"{p.get('num_cycles', 1)} cycles" + (f", γ = {decay:g}" if decay != 1.0 else "")
+    if schedule.name == "tabulated":
+        return f"{len(p['knots'])} knots"
     if schedule.name == "inverse_sqrt":
         tau = p.get("timescale") or schedule.warmup_steps or 10_000
         return f"τ = {tau:,}, cooldown {p.get('cooldown_steps', 0):,}"
