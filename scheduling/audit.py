@@ -18,6 +18,7 @@ schedule.warmup_steps=100 schedule.min_lr_ratio=0 optim.lr=5e-5 trainer.max_step
 is conf/'s default. Prints the largest relative deviation and the first update that deviates, with what the
 deviation looks like (a step per micro-batch, a warmup off by one, a jump at a resume, a decay that climbs back
 after T). Exit code 0: every update within the tolerance; 1: a deviation; 2: bad input (one ``error:`` line).
+The readers also return the validation and training losses each run logged (``scheduling.forecast`` fits them).
 Imports no torch and nothing from training/.
 """
 

@@ -1,7 +1,7 @@
 """Forecast a run's loss under any schedule from runs already made, and find the schedule the forecast says is best.
 
     python -m scheduling.forecast fit RUN [RUN…] [--out fit.json] [--loss auto|val|train]
-    python -m scheduling.forecast predict fit.json [OVERRIDE…] [--against RUN] [--out forecast]
+    python -m scheduling.forecast predict fit.json [OVERRIDE…] [--against RUN…] [--out forecast]
     python -m scheduling.forecast optimize fit.json [OVERRIDE…] [--knots 100] [--out knots.csv]
 
 Two laws give the loss L(s) after s updates as a function of the lrs η_0 … η_{s−1} those updates used:
@@ -24,8 +24,9 @@ fits both laws to their losses after the warmup — the validation loss where ev
 them, else the training loss averaged over windows — by a Huber loss on log L (LBFGS from a few starts), and
 writes fit.json. ``predict`` draws and tabulates the forecast of the schedules the overrides describe (as
 ``train.py`` and ``python -m scheduling.plot`` take them); ``--against RUN`` adds the run's real curve and prints
-the error. ``optimize`` finds the schedule with the lowest forecast final loss among those with the overrides' T,
-peak, warmup and floor that never increase after the warmup, and writes it as knots for ``schedule=tabulated``.
+the error (without overrides, each ``--against`` run is forecast on its own schedule). ``optimize`` finds the
+schedule with the lowest forecast final loss among those with the overrides' T, peak, warmup and floor that never
+increase after the warmup, and writes it as knots for ``schedule=tabulated``.
 Bad input is one ``error:`` line and exit code 2, with nothing written. Imports nothing from training/.
 """
 
@@ -593,37 +594,36 @@ def run_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def against_of(fit: Fit, path: Path) -> tuple[audit.Logged, Observed]:
-    logged = read_run(path)
-    return logged, observe(path, fit.loss, logged)
-
-
 def run_predict(args: argparse.Namespace) -> int:
     from scheduling.plot import build_curves
 
     fit = load_fit(args.fit)
-    seen = against_of(fit, args.against)[1] if args.against else None
-    forecasts = []
-    if args.overrides or seen is None:
+    against = args.against or []
+    pairs: list[tuple[Forecast, Path | None]] = []  # each forecast, and the run it is held against
+    if args.overrides or not against:
+        if len(against) > 1:
+            raise ForecastError("--against: one run beside the overrides' schedules (several only without overrides, "
+                                "each run then forecast on its own schedule)")  # fmt: skip
+        seen = observe(against[0], fit.loss) if against else None
         for c in build_curves(args.overrides):
             n = max(c.total_steps, int(seen.steps[-1]) if seen is not None else 0)
             actual = (seen.steps, seen.losses) if seen is not None else None
             lrs = schedule_lrs(c.schedule, c.peak_lr, n)
-            forecasts.append(forecast(fit, c.label, lrs, c.schedule.warmup_steps, c.peak_lr, actual))
-    else:  # the run's own schedule
-        forecasts.append(forecast_run(fit, args.against))
+            run = against[0] if against else None
+            pairs.append((forecast(fit, c.label, lrs, c.schedule.warmup_steps, c.peak_lr, actual), run))
+    else:  # each run on its own schedule
+        pairs = [(forecast_run(fit, run), run) for run in against]
+    forecasts = [f for f, _ in pairs]
     csv_path, png_path = args.out.with_suffix(".csv"), args.out.with_suffix(".png")
     write_csv(forecasts, fit, csv_path)
     plot(forecasts, fit, png_path, title=f"Forecast of {fit.loss_name}")
-    for f in forecasts:
+    for f, run in pairs:
         finals = ", ".join(f"{LAW_NAMES[n]} {f.final(n):.4f}" for n in LAWS)
         print(f"{f.label}: forecast {fit.loss_name} after {int(f.steps[-1]):,} updates: {finals}")
-        if f.actual is not None and len(f.actual):
-            errors = f.errors()
-            last = int(f.actual_steps[-1])
+        if run is not None and len(f.actual):
             said = ", ".join(f"{LAW_NAMES[n]} {percent(e[0])} (RMS over the curve {100 * e[1]:.2f} %)"
-                             for n, e in errors.items())  # fmt: skip
-            print(f"  against {args.against}: {f.actual[-1]:.4f} after {last:,} updates; error {said}")
+                             for n, e in f.errors().items())  # fmt: skip
+            print(f"  against {run}: {f.actual[-1]:.4f} after {int(f.actual_steps[-1]):,} updates; error {said}")
     print(f"wrote {csv_path}, {png_path}")
     return 0
 
@@ -675,9 +675,10 @@ def run_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scheduling.forecast", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def parser() -> argparse.ArgumentParser:
+    """The command line: fit, predict and optimize."""
+    cli = argparse.ArgumentParser(prog="python -m scheduling.forecast", description=__doc__.split("\n\n")[0])
+    sub = cli.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="fit both laws to runs already made")
     fit.add_argument("runs", nargs="+", type=Path, help="run directories, W&B offline runs or trainer_state.json")
     fit.add_argument("--out", type=Path, default=Path("fit.json"), help="the fit (default: %(default)s)")
@@ -686,7 +687,9 @@ def main(argv: list[str] | None = None) -> int:
     predict = sub.add_parser("predict", help="forecast the loss of the schedules the overrides describe")
     predict.add_argument("fit", type=Path, help="a fit.json")
     predict.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py (sweeps overlay)")
-    predict.add_argument("--against", type=Path, help="a run to draw beside the forecast (alone: its own schedule)")
+    predict.add_argument("--against", type=Path, action="append", metavar="RUN",
+                         help="a run to draw beside the forecast; without overrides, repeatable: each on its own "
+                         "schedule")  # fmt: skip
     predict.add_argument("--out", type=Path, default=Path("forecast"), help="writes OUT.csv, OUT.png")
     opt = sub.add_parser("optimize", help="the schedule with the lowest forecast final loss, as tabulated knots")
     opt.add_argument("fit", type=Path, help="a fit.json")
@@ -694,7 +697,11 @@ def main(argv: list[str] | None = None) -> int:
     opt.add_argument("--knots", type=int, default=100, help="knots between W and T (default: %(default)s)")
     opt.add_argument("--law", choices=tuple(LAWS), default="multi_power", help="the law to minimise")
     opt.add_argument("--out", type=Path, default=Path("knots.csv"), help="the knots CSV (default: %(default)s)")
-    args = parser.parse_args(argv)
+    return cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException

@@ -158,6 +158,19 @@ def test_a_run_directory_and_its_wandb_offline_run_give_the_same_observations(ti
     assert from_dir.losses.tolist() == [r["val/loss"] for r in read_metrics(tiny_run) if "val/loss" in r][2:]
 
 
+def test_several_runs_are_each_forecast_on_their_own_schedule(tiny_run, tmp_path, capsys):
+    fit = forecast.Fit(params={"multi_power": MULTI_POWER, "annealing": ANNEALING}, lr_scale=3e-3, loss="val")
+    (tmp_path / "fit.json").write_text(json.dumps(fit.to_json()))
+    (run_file,) = sorted(tiny_run.rglob("run-*.wandb"))
+    argv = ["predict", str(tmp_path / "fit.json"), "--against", str(tiny_run), "--against", str(run_file.parent)]
+    assert forecast.main([*argv, "--out", str(tmp_path / "both")]) == 0
+    said = capsys.readouterr().out
+    assert said.count(": forecast val/loss after 40 updates: multi-power ") == 2
+    assert f"against {tiny_run}: " in said and f"against {run_file.parent}: " in said
+    rows = (tmp_path / "both.csv").read_text().splitlines()[1:]
+    assert {row.split(",")[0] for row in rows} == {tiny_run.name, run_file.parent.name}
+
+
 def test_a_forecast_of_a_run_s_own_schedule_fits_that_run(tiny_run, tmp_path, capsys):
     assert forecast.main(["fit", str(tiny_run), "--out", str(tmp_path / "fit.json")]) == 0
     said = capsys.readouterr().out
@@ -249,6 +262,7 @@ def run_dir(path, rows: list[dict]):
         ("not a fit", "not a fit written by python -m scheduling.forecast fit"),
         ("no fit", "does not exist (write one with: python -m scheduling.forecast fit RUN…)"),
         ("two T", "optimize takes one T, peak and warmup; the overrides give 2 schedules"),
+        ("two against", "--against: one run beside the overrides' schedules (several only without overrides"),
     ],
 )
 def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case, says, tmp_path, capsys):
@@ -273,8 +287,10 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case, says, tmp_
         argv = ["predict", str(tmp_path / "fit.json")]
     elif case == "no fit":
         argv = ["optimize", str(tmp_path / "missing.json")]
-    else:
+    elif case == "two T":
         argv = ["optimize", a_fit(tmp_path), "trainer.max_steps=1000,2000"]
+    else:
+        argv = ["predict", a_fit(tmp_path), "schedule=wsd", "--against", "run1", "--against", "run2"]
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     assert forecast.main(argv + out) == 2
     err = capsys.readouterr().err.strip().splitlines()
