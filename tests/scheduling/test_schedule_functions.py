@@ -69,7 +69,7 @@ def test_importing_scheduling_loads_no_torch_and_nothing_of_training_and_registe
 import sys
 import scheduling, scheduling.schedules, scheduling.spec
 assert "torch" not in sys.modules, "the pure schedules imported torch"
-import scheduling.lr_scheduler, scheduling.plot
+import scheduling.lr_scheduler, scheduling.plot, scheduling.audit, scheduling.forecast
 from omegaconf import OmegaConf
 assert not [m for m in sys.modules if m == "training" or m.startswith("training.")], "scheduling imported training"
 assert not OmegaConf.has_resolver("unless_budget"), "importing scheduling registered a resolver"
