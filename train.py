@@ -44,9 +44,9 @@ def train(
 ) -> float:
     """Train as ``cfg`` says, writing into ``run_dir``; returns the final validation loss.
 
-    ``sweep``: the group and name of a multirun job in the trackers; ``overrides``: the command line's (their secret-looking
-    values are redacted everywhere, and none may contradict ``model.init_from``'s folder); ``started``:
-    ``time.perf_counter()`` at the job's start, for a time budget.
+    ``sweep``: the group and name of a multirun job in the trackers; ``overrides``: the command line's (their
+    secret-looking values are redacted everywhere, and none may contradict ``model.init_from``'s folder);
+    ``started``: ``time.perf_counter()`` at the job's start, for a time budget.
     Raises a ``USER_ERRORS`` error for bad input, a directory another run holds, or a full disk (``DiskFull``);
     ``Stopped`` after a requested stop (checkpoint written)."""
     cfg = with_init_from(cfg, overrides)  # model.init_from: the shape and tokenizer of a transformers folder

@@ -18,6 +18,7 @@ schedule.warmup_steps=100 schedule.min_lr_ratio=0 optim.lr=5e-5 trainer.max_step
 is conf/'s default. Prints the largest relative deviation and the first update that deviates, with what the
 deviation looks like (a step per micro-batch, a warmup off by one, a jump at a resume, a decay that climbs back
 after T). Exit code 0: every update within the tolerance; 1: a deviation; 2: bad input (one ``error:`` line).
+The readers also return the validation and training losses each run logged (``scheduling.forecast`` fits them).
 Imports no torch and nothing from training/.
 """
 
@@ -38,6 +39,8 @@ from scheduling.spec import Schedule, SettingError, is_int, schedule_from_config
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TOLERANCE = 1e-9
 LR_KEYS = ("train/lr", "train/learning_rate", "learning_rate", "lr")  # a W&B history's lr, by preference
+# A W&B history's losses, by preference: this template's names, then transformers' W&B callback's.
+LOSS_KEYS = {"val": ("val/loss", "eval/loss"), "train": ("train/loss", "loss")}
 MAX_STEPS_PER_UPDATE = 64  # how many scheduler.step() per update the diagnosis looks for
 
 
@@ -60,12 +63,17 @@ class Segment:
 
 @dataclass
 class Logged:
-    """What a run logged: the lr each update t used, and where it came from."""
+    """What a run logged: the lr each update t used, its losses, and where they came from.
+
+    ``losses["val"][s]`` and ``losses["train"][s]`` are losses after s updates: the validation loss evaluated
+    before update s, the training loss of update s's batch (a Trainer's, averaged over its logging window, at the
+    window's last update). ``segments`` is empty where the schedule is unknown and was not required."""
 
     source: str
     lrs: dict[int, float]
     segments: list[Segment]
     every_update: bool = True  # a run of this template logs every update; others log every logging_steps
+    losses: dict[str, dict[int, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -265,23 +273,47 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def read_run_dir(run_dir: Path, overrides: list[str]) -> Logged:
-    lrs = {int(r["step"]): r["train/lr"] for r in read_jsonl(run_dir / "metrics.jsonl") if "train/lr" in r}
-    record = run_dir / "schedule.json"
-    if record.is_file() and not overrides:
-        segments = []
-        for s in json.loads(record.read_text())["segments"]:
-            schedule = schedule_of(s["schedule"], s["total_steps"], s["peak_lr"])
-            segments.append(Segment(s["from_update"], schedule, float(s["peak_lr"]), s.get("resumed_from")))
-    else:
+def logged_values(rows: list[dict], key: str) -> dict[int, float]:
+    """``{step: value}`` of the rows that hold a finite ``key`` (metrics.jsonl writes a non-finite value as null)."""
+    return {int(r["step"]): float(r[key]) for r in rows if r.get(key) is not None}
+
+
+def read_run_dir(run_dir: Path, overrides: list[str], schedule_required: bool = True) -> Logged:
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    losses = {"val": logged_values(rows, "val/loss"), "train": logged_values(rows, "train/loss")}
+
+    def segments() -> list[Segment]:
+        record = run_dir / "schedule.json"
+        if record.is_file() and not overrides:
+            found = []
+            for s in json.loads(record.read_text())["segments"]:
+                schedule = schedule_of(s["schedule"], s["total_steps"], s["peak_lr"])
+                found.append(Segment(s["from_update"], schedule, float(s["peak_lr"]), s.get("resumed_from")))
+            return found
         from omegaconf import OmegaConf
 
         saved = run_dir / ".hydra" / "overrides.yaml"
         base = [str(o) for o in OmegaConf.load(saved)] if saved.is_file() else []
         budget = run_dir / "budget.json"
         T = json.loads(budget.read_text()).get("total_steps") if budget.is_file() else None
-        segments = from_overrides(base + overrides, T)
-    return Logged(f"{run_dir}", lrs, segments)
+        return from_overrides(base + overrides, T)
+
+    lrs = logged_values(rows, "train/lr")
+    return Logged(f"{run_dir}", lrs, known_schedule(segments, schedule_required), losses=losses)
+
+
+def known_schedule(segments: Callable[[], list[Segment]], required: bool) -> list[Segment]:
+    """The run's schedule; where it is not required, none (``[]``) when it cannot be known (not recorded, not
+    composable, a knots file since moved): a forecast needs only what the run logged."""
+    if required:
+        return segments()
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return segments()
+    except (SettingError, HydraException, OmegaConfBaseException):
+        return []
 
 
 def wandb_records(path: Path) -> Iterator[Any]:
@@ -311,7 +343,7 @@ def wandb_records(path: Path) -> Iterator[Any]:
             yield record
 
 
-def read_wandb(path: Path, overrides: list[str]) -> Logged:
+def read_wandb(path: Path, overrides: list[str], schedule_required: bool = True) -> Logged:
     files = [path] if path.is_file() else sorted(path.glob("run-*.wandb"))
     if not files:
         raise AuditError(f"{path}: no run-*.wandb file (a W&B offline run directory holds one)")
@@ -325,48 +357,73 @@ def read_wandb(path: Path, overrides: list[str]) -> Logged:
     key = next((k for k in LR_KEYS if any(k in row for row in rows)), None)
     if key is None:
         raise AuditError(f"{files[0]}: its history logs no learning rate (looked for {', '.join(LR_KEYS)})")
-    hf = "train/global_step" in {k for row in rows for k in row}  # transformers' W&B callback: lr of update s − 1
-    lrs = {}
-    for row in rows:
-        if row.get(key) is None:
-            continue
-        step = int(row["train/global_step"]) - 1 if hf else int(row["_step"])
-        lrs[step] = float(row[key])
-    if overrides or not {"schedule", "optim", "trainer"} <= set(config):
-        if not overrides:
-            raise AuditError(
-                f"{files[0]}: the run's config does not describe a schedule; give it as overrides "
-                "(schedule=… optim.lr=… trainer.max_steps=…)"
-            )
-        segments = from_overrides(overrides)
-    else:
-        T = config["trainer"].get("max_steps")
-        segments = [Segment(0, schedule_of(config["schedule"], T, config["optim"]["lr"]), float(config["optim"]["lr"]))]
-    return Logged(f"{files[0]}", lrs, segments, every_update=not hf)
+    hf = "train/global_step" in {k for row in rows for k in row}  # transformers' W&B callback
+
+    def history(name: str, shift: int = 0) -> dict[int, float]:
+        """``{t: value}``: at W&B step t for this template's runs, at global step s + ``shift`` for a Trainer's."""
+        out = {}
+        for row in rows:
+            if row.get(name) is not None:
+                out[int(row["train/global_step"]) + shift if hf else int(row["_step"])] = float(row[name])
+        return out
+
+    def first(names: tuple[str, ...], shift: int = 0) -> dict[int, float]:
+        return next((found for found in (history(n, shift) for n in names) if found), {})
+
+    # a Trainer logs at global step s (after s updates) the lr of update s − 1 and the training loss of its
+    # logging window, which ends at update s − 1; its evaluation comes after s updates
+    lrs = history(key, shift=-1)
+    losses = {"val": first(LOSS_KEYS["val"]), "train": first(LOSS_KEYS["train"], shift=-1)}
+
+    def segments() -> list[Segment]:
+        if overrides or not {"schedule", "optim", "trainer"} <= set(config):
+            if not overrides:
+                raise AuditError(
+                    f"{files[0]}: the run's config does not describe a schedule; give it as overrides "
+                    "(schedule=… optim.lr=… trainer.max_steps=…)"
+                )
+            return from_overrides(overrides)
+        T, peak = config["trainer"].get("max_steps"), config["optim"]["lr"]
+        return [Segment(0, schedule_of(config["schedule"], T, peak), float(peak))]
+
+    segments = known_schedule(segments, schedule_required)
+    return Logged(f"{files[0]}", lrs, segments, every_update=not hf, losses=losses)
 
 
-def read_trainer_state(path: Path, overrides: list[str]) -> Logged:
+def read_trainer_state(path: Path, overrides: list[str], schedule_required: bool = True) -> Logged:
     try:
         state = json.loads(path.read_text())
         history = state["log_history"]
     except (ValueError, KeyError, TypeError):
         raise AuditError(f"{path}: not a Hugging Face trainer_state.json (no log_history)") from None
-    if not any(o.split("=")[0] == "optim.lr" for o in overrides):
-        raise AuditError(f"{path}: trainer_state.json does not record the peak lr; give it as optim.lr=…")
-    # transformers logs, at global step s (after s updates), the lr that update s − 1 used
-    lrs = {int(h["step"]) - 1: float(h["learning_rate"]) for h in history if "learning_rate" in h}
-    return Logged(f"{path}", lrs, from_overrides(overrides, state.get("max_steps")), every_update=False)
+
+    def logged(key: str, shift: int) -> dict[int, float]:
+        return {int(h["step"]) + shift: float(h[key]) for h in history if h.get(key) is not None and "step" in h}
+
+    def segments() -> list[Segment]:
+        if not any(o.split("=")[0] == "optim.lr" for o in overrides):
+            raise AuditError(f"{path}: trainer_state.json does not record the peak lr; give it as optim.lr=…")
+        return from_overrides(overrides, state.get("max_steps"))
+
+    # transformers logs, at global step s (after s updates), the lr that update s − 1 used and the mean training
+    # loss of the logging window that ends at update s − 1; its evaluations come after s updates
+    lrs, losses = logged("learning_rate", -1), {"val": logged("eval_loss", 0), "train": logged("loss", -1)}
+    segments = known_schedule(segments, schedule_required)
+    return Logged(f"{path}", lrs, segments, every_update=False, losses=losses)
 
 
-def read(path: Path, overrides: list[str]) -> Logged:
+def read(path: Path, overrides: list[str], schedule_required: bool = True) -> Logged:
+    """What the run at ``path`` logged, and its schedule (from its records and ``overrides``); with
+    ``schedule_required=False`` an unknown schedule is no error (``segments`` is then empty)."""
     if not path.exists():
         raise AuditError(f"{path} does not exist")
     if path.is_dir() and (path / "metrics.jsonl").is_file():
-        return read_run_dir(path, overrides)
+        return read_run_dir(path, overrides, schedule_required)
     if path.name == "trainer_state.json" or (path.is_dir() and (path / "trainer_state.json").is_file()):
-        return read_trainer_state(path if path.is_file() else path / "trainer_state.json", overrides)
+        state = path if path.is_file() else path / "trainer_state.json"
+        return read_trainer_state(state, overrides, schedule_required)
     if path.suffix == ".wandb" or (path.is_dir() and any(path.glob("run-*.wandb"))):
-        return read_wandb(path, overrides)
+        return read_wandb(path, overrides, schedule_required)
     raise AuditError(
         f"{path}: not a run directory (metrics.jsonl), a W&B offline run (run-*.wandb) or a trainer_state.json"
     )

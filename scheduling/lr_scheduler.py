@@ -178,7 +178,9 @@ def restore_scheduler(scheduler: LambdaLR, saved_state: Mapping[str, Any], allow
             what = f"schedule.name {old_name!r} → {schedule.name!r}"
         else:
             diff = sorted(k for k in set(old) | set(schedule.params) if old.get(k) != schedule.params.get(k))
-            what = ", ".join(f"{_key(k, CONFIG_KEYS)} {old.get(k)!r} → {schedule.params.get(k)!r}" for k in diff)
+            what = ", ".join(
+                f"{_key(k, CONFIG_KEYS)} {_short(old.get(k))} → {_short(schedule.params.get(k))}" for k in diff
+            )
         old_peaks = [float(x) for x in saved_state.get("base_lrs", [])]
         if old_peaks and old_peaks != [float(x) for x in scheduler.base_lrs]:
             what = ", ".join(filter(None, [what, f"optim.lr {old_peaks[0]:g} → {float(scheduler.base_lrs[0]):g}"]))
@@ -194,6 +196,13 @@ def restore_scheduler(scheduler: LambdaLR, saved_state: Mapping[str, Any], allow
     for group, base, lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, lrs, strict=True):
         group["initial_lr"], group["lr"] = base, lr  # the optimizer's saved state may carry the old peak
     scheduler._last_lr = lrs
+
+
+def _short(value: Any) -> str:
+    """A parameter for a one-line message: a tabulated schedule's knots by their count and ends, not all of them."""
+    if isinstance(value, (list, tuple)) and len(value) > 4:
+        return f"({len(value)} knots, {tuple(value[0])!r} … {tuple(value[-1])!r})"
+    return repr(value)
 
 
 def check_branch(saved: Mapping[str, Any], saved_peaks, schedule: Schedule, peaks, step: int) -> None:

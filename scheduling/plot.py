@@ -40,7 +40,8 @@ class Curve:
 
     @property
     def floor(self) -> float | None:
-        ratio = self.schedule.params.get("min_lr_ratio")
+        knots = self.schedule.params.get("knots")
+        ratio = knots[-1][1] if knots else self.schedule.params.get("min_lr_ratio")
         return None if ratio is None else self.peak_lr * ratio
 
     def key_steps(self) -> list[tuple[str, int]]:
@@ -62,6 +63,8 @@ def describe(schedule: Schedule) -> str:
     if schedule.name == "cosine_restarts":
         decay = p.get("cycle_decay", 1.0)
         return f"{p.get('num_cycles', 1)} cycles" + (f", γ = {decay:g}" if decay != 1.0 else "")
+    if schedule.name == "tabulated":
+        return f"{len(p['knots'])} knots"
     if schedule.name == "inverse_sqrt":
         tau = p.get("timescale") or schedule.warmup_steps or 10_000
         return f"τ = {tau:,}, cooldown {p.get('cooldown_steps', 0):,}"
@@ -152,20 +155,49 @@ def plot(curves: list[Curve], out: Path) -> None:
     for T_i in sorted({c.total_steps for c in curves}):
         ax.axvspan(T_i, end, color="0.5", alpha=0.06, lw=0)
         ax.axvline(T_i, color="0.35", ls="--", lw=1)
-        ax.annotate(f"T = {T_i:,}", (T_i, 1.0), xycoords=("data", "axes fraction"), xytext=(-4, -14),
-                    textcoords="offset points", ha="right", fontsize=9, color="0.25")  # fmt: skip
+        ax.annotate(
+            f"T = {T_i:,}",
+            (T_i, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(-4, -14),
+            textcoords="offset points",
+            ha="right",
+            fontsize=9,
+            color="0.25",
+        )
     for W_i in sorted({c.schedule.warmup_steps for c in curves} - {0}):
         ax.axvline(W_i, color="0.35", ls=":", lw=1)
-        ax.annotate(f"W = {W_i:,}", (W_i, 1.0), xycoords=("data", "axes fraction"), xytext=(4, -14),
-                    textcoords="offset points", ha="left", fontsize=9, color="0.25")  # fmt: skip
+        ax.annotate(
+            f"W = {W_i:,}",
+            (W_i, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(4, -14),
+            textcoords="offset points",
+            ha="left",
+            fontsize=9,
+            color="0.25",
+        )
     if floor:
         ax.axhline(floor, color="0.35", ls=":", lw=1)
-        ax.annotate(f"floor {floor:.3g}", (0.5, floor), xycoords=("axes fraction", "data"), xytext=(0, -4),
-                    textcoords="offset points", ha="center", va="top", fontsize=9, color="0.25")  # fmt: skip
+        ax.annotate(
+            f"floor {floor:.3g}",
+            (0.5, floor),
+            xycoords=("axes fraction", "data"),
+            xytext=(0, -4),
+            textcoords="offset points",
+            ha="center",
+            va="top",
+            fontsize=9,
+            color="0.25",
+        )
 
     names = ", ".join(dict.fromkeys(c.schedule.name for c in curves))
-    setting = [f"T = {T:,}" if T else "", f"W = {W:,}" if W is not None else "",
-               f"peak {peak:.3g}" if peak else "", f"floor {floor:.3g}" if floor else ""]  # fmt: skip
+    setting = [
+        f"T = {T:,}" if T else "",
+        f"W = {W:,}" if W is not None else "",
+        f"peak {peak:.3g}" if peak else "",
+        f"floor {floor:.3g}" if floor else "",
+    ]
     title = f"Learning-rate schedule{'s' * (len(curves) > 1)}" + (f": {names}" if len(curves) <= 3 else "")
     ax.set_title(title + ("\n" + ", ".join(s for s in setting if s) if any(setting) else ""), fontsize=11)
     ax.set_xlabel("optimizer update t")

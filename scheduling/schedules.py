@@ -18,10 +18,11 @@ Conventions shared by every decay:
 
 from __future__ import annotations
 
+import bisect
 import functools
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 WARMUP_SHAPES = ("linear", "cosine", "exponential", "1-sqrt")
 DECAY_SHAPES = ("linear", "cosine", "1-sqrt")
@@ -247,6 +248,31 @@ def cosine_restarts(
     return max(0.0, c * (1.0 - min_lr_ratio) + min_lr_ratio)
 
 
+@after_warmup
+def tabulated(
+    t: float,
+    *,
+    total_steps: int,
+    knots: Sequence[tuple[int, float]],
+    warmup_steps: int = 0,
+) -> float:
+    """Warmup, then straight lines from the peak at W through the knots ``(t_i, λ_i)`` (W < t_1 < … < t_n = T,
+    λ never increasing), then the last knot's λ (the floor):
+
+    ``λ(t) = λ_{i−1} + (λ_i − λ_{i−1})·(t − t_{i−1})/(t_i − t_{i−1})`` for ``t_{i−1} ≤ t ≤ t_i``, with
+    ``(t_0, λ_0) = (W, 1)``; ``λ(t) = λ_n`` for ``t ≥ T``. At a knot λ is the knot's value exactly, so a step
+    is two knots one update apart.
+    """
+    points = [(warmup_steps, 1.0), *knots]
+    if t >= points[-1][0]:
+        return float(points[-1][1])
+    i = bisect.bisect_right([p[0] for p in points], t)  # points[i − 1][0] ≤ t < points[i][0]
+    (t0, y0), (t1, y1) = points[i - 1], points[i]
+    if t == t0:
+        return float(y0)
+    return y0 + (y1 - y0) * (t - t0) / (t1 - t0)
+
+
 SCHEDULES: dict[str, Callable[..., float]] = {
     "constant": constant,
     "linear": linear,
@@ -255,4 +281,5 @@ SCHEDULES: dict[str, Callable[..., float]] = {
     "inverse_sqrt": inverse_sqrt,
     "wsd": wsd,
     "cosine_restarts": cosine_restarts,
+    "tabulated": tabulated,
 }

@@ -12,6 +12,7 @@ import importlib
 import inspect
 import math
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from scheduling.schedules import DECAY_SHAPES, SCHEDULES, WARMUP_SHAPES
@@ -172,6 +173,8 @@ def validate(name: str, p: Mapping[str, Any], keys: Mapping[str, str] = CONFIG_K
             )
         if p.get("decay_shape", "1-sqrt") not in DECAY_SHAPES:
             raise ScheduleError(k("decay_shape"), f"one of {', '.join(DECAY_SHAPES)}", p.get("decay_shape"))
+    if name == "tabulated":
+        check_knots(p.get("knots"), warm, total, k("knots"))
     if name in ("cosine", "wsd"):
         cycles = p.get("num_cycles", 0.5)
         if not is_number(cycles) or cycles <= 0:
@@ -183,6 +186,66 @@ def validate(name: str, p: Mapping[str, Any], keys: Mapping[str, str] = CONFIG_K
         decay = p.get("cycle_decay", 1.0)
         if not is_number(decay) or not 0.0 < decay <= 1.0:
             raise ScheduleError(k("cycle_decay"), "in (0, 1] (1 = every cycle starts at the peak)", decay)
+
+
+def check_knots(knots: Any, warmup_steps: int, total_steps: int, key: str) -> None:
+    """A tabulated schedule's knots: (update, λ) pairs at whole updates after W up to T (the last one at T), λ in
+    [0, 1] and never above the one before it (the peak at W for the first): the lr never increases after the
+    warmup."""
+    if not isinstance(knots, (list, tuple)) or not knots:
+        raise ScheduleError(key, "a non-empty list of (update, λ) knots", knots)
+    previous_t, previous_y = warmup_steps, 1.0
+    for i, knot in enumerate(knots):
+        if not isinstance(knot, (list, tuple)) or len(knot) != 2 or not is_int(knot[0]) or not is_number(knot[1]):
+            raise ScheduleError(f"{key}: knot {i + 1} must be a pair (update, λ), got {knot!r}")
+        t, y = knot
+        if t <= previous_t:
+            where = f"after the knot at update {previous_t}" if i else f"after the warmup's end (W = {warmup_steps})"
+            raise ScheduleError(f"{key}: knot {i + 1} is at update {t}; the knots lie at increasing updates {where}")
+        if not 0.0 <= y <= 1.0:
+            raise ScheduleError(
+                f"{key}: knot {i + 1} (update {t}) has λ = {y!r}; λ is a fraction of the peak, in [0, 1]"
+            )
+        if y > previous_y:
+            raise ScheduleError(
+                f"{key}: knot {i + 1} (update {t}) has λ = {y!r}, above the {previous_y!r} before it; the lr must "
+                "never increase after the warmup"
+            )
+        previous_t, previous_y = t, y
+    if previous_t != total_steps:
+        raise ScheduleError(
+            f"{key}: the last knot is at update {previous_t}, and trainer.max_steps is {total_steps}; a tabulated "
+            f"schedule ends at its last knot, so run it with trainer.max_steps={previous_t}"
+        )
+
+
+def read_knots(path: Any) -> tuple[tuple[int, float], ...]:
+    """The knots of a CSV file with the columns ``update,lambda`` (a header line; ``#`` lines are comments), as
+    ``python -m scheduling.forecast optimize`` writes them."""
+    import csv
+
+    key = "schedule.knots"
+    if not isinstance(path, str) or not path:
+        raise ScheduleError(key, "a CSV file of (update, lambda) knots", path)
+    file = Path(path)
+    if not file.is_file():
+        raise ScheduleError(f"{key}: {path} is not a file (a CSV of update,lambda knots)")
+    lines = [line for line in file.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    rows = list(csv.reader(lines))
+    if not rows or [c.strip() for c in rows[0]] != ["update", "lambda"]:
+        raise ScheduleError(f"{key}: {path} must start with the header line update,lambda")
+    knots = []
+    for n, row in enumerate(rows[1:], start=2):
+        try:
+            t, y = (float(c) for c in row)
+        except ValueError:
+            raise ScheduleError(f"{key}: {path}, row {n}: expected an update and a λ, got {','.join(row)!r}") from None
+        if not t.is_integer():
+            raise ScheduleError(f"{key}: {path}, row {n}: the update must be a whole number, got {row[0]!r}")
+        knots.append((int(t), y))
+    if not knots:
+        raise ScheduleError(f"{key}: {path} holds no knot")
+    return tuple(knots)
 
 
 def check_floor_ratio(ratio: Any, key: str) -> None:
@@ -210,7 +273,13 @@ def resolve_steps(value: Any, total_steps: int, key: str) -> int:
 # Config keys that are not schedule parameters as such, resolved into parameters here; a schedule's own ones
 # (WSD's decay_fraction) belong to that schedule alone, and any other key is refused as not its parameter.
 _CONFIG_ONLY = ("name", "min_lr", "min_lr_ratio", "warmup_steps")
-_OWN_CONFIG_ONLY = {"wsd": ("decay_fraction", "decay_steps"), "inverse_sqrt": ("cooldown_steps",)}
+_OWN_CONFIG_ONLY = {
+    "wsd": ("decay_fraction", "decay_steps"),
+    "inverse_sqrt": ("cooldown_steps",),
+    "tabulated": ("knots",),  # a file name in the config, the knots themselves in the schedule
+}
+# Schedules whose floor is their own (constant has none; tabulated's is its last knot): min_lr keys do not apply.
+_OWN_FLOOR = ("constant", "tabulated")
 
 
 def schedule_from_config(cfg: Mapping[str, Any], total_steps: int, peak_lr: float) -> Schedule:
@@ -248,6 +317,7 @@ def schedule_from_config(cfg: Mapping[str, Any], total_steps: int, peak_lr: floa
         check_floor_ratio(ratio, "schedule.min_lr_ratio")
     if name != "constant":
         params["total_steps"] = total_steps
+    if name not in _OWN_FLOOR:
         params["min_lr_ratio"] = ratio
     if name == "wsd":
         if cfg.get("decay_steps") is not None:
@@ -268,4 +338,7 @@ def schedule_from_config(cfg: Mapping[str, Any], total_steps: int, peak_lr: floa
         params["decay_steps"] = decay
     if name == "inverse_sqrt":
         params["cooldown_steps"] = resolve_steps(cfg.get("cooldown_steps", 0), total_steps, "schedule.cooldown_steps")
+    if name == "tabulated":
+        params["knots"] = read_knots(cfg.get("knots"))
+        check_knots(params["knots"], warm, total_steps, f"schedule.knots ({cfg['knots']})")  # names the file
     return Schedule(name, **params)

@@ -1,6 +1,7 @@
 """The commands the README and docs/ show are commands the template accepts: every ``train.py`` line composes and
 passes the config checks, every ``sample.py`` and ``export.py`` line's settings pass their checks, every schedule
-plot draws, and the README's error example is the error a user gets."""
+plot draws, every forecast from the fit the docs ship runs (a fit or a comparison with runs needs those runs made
+first, so those lines are only parsed), and the README's error example is the error a user gets."""
 
 from __future__ import annotations
 
@@ -34,10 +35,11 @@ TRAIN = commands("train.py")
 SAMPLE = commands("sample.py")
 EXPORT = commands("export.py")
 PLOT = [(page, args[1:]) for page, args in commands("-m") if args[:1] == ["scheduling.plot"]]
+FORECAST = [(page, args[1:]) for page, args in commands("-m") if args[:1] == ["scheduling.forecast"]]
 
 
 def test_the_pages_show_commands_of_every_entry_point():
-    assert len(TRAIN) > 30 and len(SAMPLE) >= 3 and len(EXPORT) >= 2 and len(PLOT) >= 1
+    assert len(TRAIN) > 30 and len(SAMPLE) >= 3 and len(EXPORT) >= 2 and len(PLOT) >= 1 and len(FORECAST) >= 3
 
 
 @pytest.mark.parametrize("page,args", TRAIN, ids=[f"{p}: {' '.join(a)}" for p, a in TRAIN])
@@ -77,6 +79,19 @@ def test_every_schedule_plot_shown_draws(page, args, tmp_path):
     out = [a for a in args if a != "--out" and not a.endswith(".png")]
     assert plot.main([*out, "--out", str(tmp_path / "lr.png")]) == 0
     assert (tmp_path / "lr.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("page,args", FORECAST, ids=[f"{p}: {' '.join(a)}" for p, a in FORECAST])
+def test_every_forecast_shown_runs_or_parses(page, args, tmp_path):
+    from scheduling import forecast
+
+    without_out = [a for i, a in enumerate(args) if a != "--out" and (i == 0 or args[i - 1] != "--out")]
+    needs_runs = args[0] == "fit" or "--against" in args
+    if needs_runs:  # the runs are the ones the page's train.py lines make: check the command line alone
+        forecast.parser().parse_args(args)
+        return
+    assert forecast.main([*without_out, "--out", str(tmp_path / ("knots.csv" if args[0] == "optimize" else "f"))]) == 0
+    assert any(p.suffix == ".png" and p.stat().st_size > 0 for p in tmp_path.iterdir())
 
 
 def test_the_readme_error_example_is_the_error_a_user_gets():

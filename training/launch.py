@@ -86,7 +86,23 @@ class LockRunDir(Callback):
 
 class SweepReport(Callback):
     """Hydra callback (conf/config.yaml): at the end of a multirun, whatever the launcher, the sweep's report —
-    report.csv, report.md, report.png (and frontier.png) in the sweep directory (``training.report``)."""
+    report.csv, report.md, report.png (and frontier.png) in the sweep directory (``training.report``); given a fit
+    (``hydra.callbacks.sweep_report.forecast=fit.json``), each job's forecast beside its result. A fit that cannot
+    be read stops the sweep before its first job: one line, exit code 2."""
+
+    def __init__(self, forecast: str | None = None) -> None:
+        self.forecast = Path(forecast) if forecast else None
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        if self.forecast is None:
+            return
+        from scheduling.forecast import ForecastError, load_fit
+
+        try:
+            load_fit(self.forecast)
+        except ForecastError as e:
+            print(f"error: hydra.callbacks.sweep_report.forecast: {e}", file=sys.stderr)
+            sys.exit(2)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         from training.report import markdown, write_report
@@ -94,7 +110,7 @@ class SweepReport(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        jobs, files = write_report(sweep_dir)
+        jobs, files = write_report(sweep_dir, self.forecast)
         log.info("sweep report, best first (%s):\n%s", ", ".join(f.name for f in files), markdown(jobs).rstrip())
 
 

@@ -4,7 +4,9 @@ Into the sweep directory it writes ``report.csv`` and ``report.md`` — one row 
 final and best val/bpb, T, tokens, seconds and status, best first, failed jobs last and marked failed — and
 ``report.png``, val/bpb and lr against tokens overlaid, each job labelled by what differs between the jobs. When
 the jobs end at different T (cooldown branches, budgets), ``frontier.png`` plots final val/bpb against tokens, over
-the val/bpb curve of the run they were branched from.
+the val/bpb curve of the run they were branched from. Given a fit (``--forecast fit.json``, or
+``hydra.callbacks.sweep_report.forecast=fit.json`` on a sweep), each row adds the job's final loss, the loss the fit
+forecast for its schedule and the forecast's error, and ``forecast.png`` draws each forecast beside the real curve.
 """
 
 from __future__ import annotations
@@ -35,9 +37,17 @@ class Job:
     seconds: float | None
     error: str | None = None
     rows: list[dict] = field(default_factory=list, repr=False)
+    forecast: Any = None  # scheduling.forecast.Forecast of the job's schedule, given a fit
 
     def cells(self) -> list[Any]:
         return [self.final_bpb, self.best_bpb, self.total_steps, self.tokens, self.seconds, self.status]
+
+    def forecast_cells(self) -> list[Any]:
+        """The job's final loss (the fit's kind), its forecast (multi-power) and the forecast's relative error."""
+        f = self.forecast
+        if f is None or f.actual is None or not len(f.actual) or f.actual_steps[-1] != f.steps[-1]:
+            return [None, None if f is None else f.final(), None]  # no real loss at the forecast's T to compare
+        return [f.actual[-1], f.final(), f.final() / f.actual[-1] - 1]
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -106,12 +116,26 @@ def _value(x: float | None) -> float:
 
 
 FORMATS = ("{:.4f}", "{:.4f}", "{:,}", "{:,}", "{:.1f}", "{}")  # one per column of COLUMNS
+FORECAST_FORMATS = ("{:.4f}", "{:.4f}", "{:+.2%}")
+
+
+def forecast_columns(jobs: list[Job]) -> list[str]:
+    """The columns the jobs' forecasts add, named by the loss they forecast (none without a forecast)."""
+    loss = next((j.forecast.loss_name for j in jobs if j.forecast is not None), None)
+    return [f"final {loss}", f"forecast {loss}", "forecast error"] if loss else []
 
 
 def table(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
     swept = list(jobs[0].swept) if jobs else []
-    header = ["job", *swept, *COLUMNS]
-    cells = lambda j: ["" if v is None else f.format(v) for f, v in zip(FORMATS, j.cells(), strict=True)]  # noqa: E731
+    forecasts = forecast_columns(jobs)
+    header = ["job", *swept, *COLUMNS, *forecasts]
+
+    def cells(j: Job) -> list[str]:
+        formats, values = FORMATS, j.cells()
+        if forecasts:
+            formats, values = formats + FORECAST_FORMATS, values + j.forecast_cells()
+        return ["" if v is None else f.format(v) for f, v in zip(formats, values, strict=True)]
+
     return header, [[j.run_dir.name, *j.swept.values(), *cells(j)] for j in jobs]
 
 
@@ -125,12 +149,15 @@ def markdown(jobs: list[Job]) -> str:
 
 def write_csv(jobs: list[Job], path: Path) -> None:
     swept = list(jobs[0].swept) if jobs else []
+    forecasts = forecast_columns(jobs)
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["job", *swept, *COLUMNS, "error"])
+        writer.writerow(["job", *swept, *COLUMNS, *forecasts, "error"])
         for j in jobs:
-            writer.writerow([j.run_dir.name, *j.swept.values(), *("" if v is None else v for v in j.cells()),
-                             j.error or ""])  # fmt: skip
+            values = j.cells() + (j.forecast_cells() if forecasts else [])
+            writer.writerow(
+                [j.run_dir.name, *j.swept.values(), *("" if v is None else v for v in values), j.error or ""]
+            )
 
 
 def plot_curves(jobs: list[Job], out: Path) -> Path:
@@ -178,38 +205,84 @@ def plot_frontier(jobs: list[Job], out: Path) -> Path | None:
         source = sources.pop()
         rows = read_metrics(source)
         ax.plot(*val_against_tokens(rows), "-", lw=1.2, color="0.6", label=f"branched from: {source.name}")
-    ax.plot([j.tokens for j in done], [j.final_bpb for j in done], "o-", ms=6, lw=1.6, color="C3",
-            label="final val/bpb of each job")  # fmt: skip
+    ax.plot(
+        [j.tokens for j in done],
+        [j.final_bpb for j in done],
+        "o-",
+        ms=6,
+        lw=1.6,
+        color="C3",
+        label="final val/bpb of each job",
+    )
     for j in done:
-        ax.annotate(f"T = {j.total_steps:,}" if j.total_steps else j.run_dir.name, (j.tokens, j.final_bpb),
-                    xytext=(5, 5), textcoords="offset points", fontsize=8)  # fmt: skip
+        ax.annotate(
+            f"T = {j.total_steps:,}" if j.total_steps else j.run_dir.name,
+            (j.tokens, j.final_bpb),
+            xytext=(5, 5),
+            textcoords="offset points",
+            fontsize=8,
+        )
     ax.set(xlabel="tokens", ylabel="val/bpb (bits per byte)", title="final val/bpb against tokens")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, out)
 
 
-def write_report(sweep_dir: Path) -> tuple[list[Job], list[Path]]:
-    """Write report.csv, report.md, report.png (and frontier.png) into ``sweep_dir``; returns the jobs, best
-    first, and the files written."""
+def add_forecasts(jobs: list[Job], fit: Any) -> None:
+    """Each job's forecast (``scheduling.forecast.forecast_run``): of its recorded schedule to its T, beside what it
+    logged; none for a job too short to compare."""
+    from scheduling.forecast import ForecastError, forecast_run
+
+    for job in jobs:
+        if job.rows:
+            try:
+                job.forecast = forecast_run(fit, job.run_dir, label=f"job {job.run_dir.name}")
+            except ForecastError:
+                job.forecast = None
+
+
+def write_report(sweep_dir: Path, forecast: Path | None = None) -> tuple[list[Job], list[Path]]:
+    """Write report.csv, report.md, report.png (and frontier.png) into ``sweep_dir``, and with a fit each job's
+    forecast (and forecast.png); returns the jobs, best first, and the files written. A fit that cannot be read
+    raises ``scheduling.forecast.ForecastError`` before anything is written."""
+    fit = None
+    if forecast is not None:
+        from scheduling.forecast import load_fit
+
+        fit = load_fit(forecast)
     jobs = read_sweep(sweep_dir)
+    if fit is not None:
+        add_forecasts(jobs, fit)
     files = [sweep_dir / "report.csv", sweep_dir / "report.md"]
     write_csv(jobs, files[0])
     files[1].write_text(f"# Sweep {sweep_dir}\n\n" + markdown(jobs))
     if any(j.rows for j in jobs):
         files.append(plot_curves(jobs, sweep_dir / "report.png"))
     frontier = plot_frontier(jobs, sweep_dir / "frontier.png")
-    return jobs, files + ([frontier] if frontier else [])
+    files += [frontier] if frontier else []
+    forecasts = [j.forecast for j in jobs if j.forecast is not None]
+    if forecasts:
+        from scheduling.forecast import plot
+
+        files.append(plot(forecasts, fit, sweep_dir / "forecast.png", title="Each job's forecast and its real curve"))
+    return jobs, files
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="a multirun directory (multirun/<date>/<time>)")
+    parser.add_argument("--forecast", type=Path, metavar="FIT", help="a fit.json: each job's forecast beside it")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir() or not job_dirs(args.sweep_dir):
         print(f"error: {args.sweep_dir}: not a sweep directory (no job folder with a .hydra record)", file=sys.stderr)
         return 2
-    jobs, files = write_report(args.sweep_dir)
+    from scheduling.forecast import ForecastError
+
+    try:
+        jobs, files = write_report(args.sweep_dir, args.forecast)
+    except ForecastError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(markdown(jobs), end="")
     print("wrote " + ", ".join(str(f) for f in files))
     return 0

@@ -17,8 +17,14 @@ from scheduling import build_scheduler, restore_scheduler, schedule_from_config
 from scheduling.audit import main
 
 PEAK, W, T = 1e-3, 4, 24
-OVERRIDES = ["schedule=wsd", f"schedule.warmup_steps={W}", "schedule.decay_fraction=0.25", f"optim.lr={PEAK}",
-             "schedule.min_lr_ratio=0.1", f"trainer.max_steps={T}"]  # fmt: skip
+OVERRIDES = [
+    "schedule=wsd",
+    f"schedule.warmup_steps={W}",
+    "schedule.decay_fraction=0.25",
+    f"optim.lr={PEAK}",
+    "schedule.min_lr_ratio=0.1",
+    f"trainer.max_steps={T}",
+]
 
 
 def the_schedule(compose_config):
@@ -26,8 +32,9 @@ def the_schedule(compose_config):
     return schedule_from_config(dict(cfg.schedule), T, PEAK)
 
 
-def stepped_lrs(schedule, updates: int, per_update: int = 1, early: int = 0, jump_at: int | None = None,
-                jump: int = 0) -> dict[int, float]:  # fmt: skip
+def stepped_lrs(
+    schedule, updates: int, per_update: int = 1, early: int = 0, jump_at: int | None = None, jump: int = 0
+) -> dict[int, float]:
     """The lr each update used in a loop that steps the scheduler ``per_update`` times per update, ``early`` times
     before the first, and resumes at ``jump_at`` with the schedule index ``jump`` off."""
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=PEAK)

@@ -60,7 +60,7 @@ SHARED = [
         10,
         100,
         {"num_decay_steps": 30, "min_lr_ratio": 0.1, "decay_type": "1-sqrt", "warmup_type": "cosine"},
-    ),  # fmt: skip
+    ),
     (
         "warmup_stable_decay",
         8,
@@ -72,7 +72,7 @@ SHARED = [
             "warmup_type": "1-sqrt",
             "min_lr_ratio": 0.05,
         },
-    ),  # fmt: skip
+    ),
 ]
 
 
@@ -105,9 +105,12 @@ def test_past_T_ours_hold_the_floor_while_transformers_cosine_rebounds(name, kwa
 
 
 def test_scheduler_specific_kwargs_and_keywords_are_the_same_and_unknown_ones_are_a_type_error():
-    by_dict = lr_history(*(lambda o: (get_scheduler("cosine_with_restarts", o, 5, 60,
-                                                    scheduler_specific_kwargs={"num_cycles": 2}), o))(
-        two_group_optimizer()), 70)  # fmt: skip
+    by_dict = lr_history(
+        *(lambda o: (get_scheduler("cosine_with_restarts", o, 5, 60, scheduler_specific_kwargs={"num_cycles": 2}), o))(
+            two_group_optimizer()
+        ),
+        70,
+    )
     optimizer = two_group_optimizer()
     by_keyword = lr_history(get_scheduler("cosine_with_restarts", optimizer, 5, 60, num_cycles=2), optimizer, 70)
     assert by_dict == by_keyword

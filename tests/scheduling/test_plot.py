@@ -26,8 +26,12 @@ def cosine_lr(t: int) -> float:
 
 def test_plot_cli_writes_a_png_and_prints_the_lr_at_key_steps(tmp_path):
     out = tmp_path / "cosine.png"
-    proc = subprocess.run([sys.executable, "-m", "scheduling.plot", "schedule=cosine", *SETTINGS, "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "scheduling.plot", "schedule=cosine", *SETTINGS, "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr  # a fresh process: plot registers the resolver conf/ uses itself
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = {tuple(line.split()[-2:]) for line in proc.stdout.splitlines()[1:-1]}

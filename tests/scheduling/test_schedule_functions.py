@@ -40,6 +40,15 @@ def warmup_cosine_lr_lambda(t: int) -> float:
     return c * (1 - FLOOR / PEAK) + FLOOR / PEAK
 
 
+def decay(name: str, total_steps: int, floor: float) -> dict:
+    """Parameters that end ``name``'s decay at ``floor`` at T (a tabulated schedule: through one knot halfway)."""
+    if name == "constant":
+        return {}
+    if name == "tabulated":
+        return {"total_steps": total_steps, "knots": ((total_steps // 2 + 1, 0.5 + floor / 2), (total_steps, floor))}
+    return {"total_steps": total_steps, "min_lr_ratio": floor}
+
+
 def config_schedule(name: str = "cosine", total_steps: int = 500, peak_lr: float = 3e-3, **changes) -> Schedule:
     """The schedule of conf/schedule/<name>.yaml with ``changes``, as train.py builds it (without Hydra: fast)."""
     cfg = OmegaConf.to_container(OmegaConf.load(CONF / "schedule" / f"{name}.yaml"))
@@ -60,7 +69,7 @@ def test_importing_scheduling_loads_no_torch_and_nothing_of_training_and_registe
 import sys
 import scheduling, scheduling.schedules, scheduling.spec
 assert "torch" not in sys.modules, "the pure schedules imported torch"
-import scheduling.lr_scheduler, scheduling.plot
+import scheduling.lr_scheduler, scheduling.plot, scheduling.audit, scheduling.forecast
 from omegaconf import OmegaConf
 assert not [m for m in sys.modules if m == "training" or m.startswith("training.")], "scheduling imported training"
 assert not OmegaConf.has_resolver("unless_budget"), "importing scheduling registered a resolver"
@@ -92,7 +101,7 @@ print([m for m in ("model", "data", "training") if importlib.util.find_spec(m) i
 def test_every_schedule_runs_the_warmup_before_W_and_its_decay_from_W(name, shape, start):
     n, w = 60, 12
     extra = {"wsd": {"decay_steps": 20}}.get(name, {})
-    params = {} if name == "constant" else {"total_steps": n, "min_lr_ratio": 0.1}
+    params = decay(name, n, 0.1)
     s = Schedule(name, warmup_steps=w, warmup_shape=shape, warmup_start_ratio=start, **params, **extra)
     cold = Schedule(name, warmup_steps=w, **params, **extra)  # the default warmup: linear from 0
     assert [s(t) for t in range(w)] == [warmup(t, w, start, shape) for t in range(w)]
@@ -118,10 +127,13 @@ def test_a_missing_or_unknown_argument_is_a_type_error_during_warmup_too():
 # ---- the config: T and the schedule group ----------------------------------------------------------------------
 
 
-def test_every_schedule_has_a_config_file_that_builds():
+def test_every_schedule_has_a_config_file_that_builds(tmp_path):
     assert sorted(p.stem for p in (CONF / "schedule").glob("*.yaml")) == sorted(SCHEDULES)
+    knots = tmp_path / "knots.csv"
+    knots.write_text("update,lambda\n400,0.5\n500,0.1\n")
     for name in SCHEDULES:
-        assert config_schedule(name).name == name
+        given = {"knots": str(knots)} if name == "tabulated" else {}
+        assert config_schedule(name, **given).name == name
 
 
 def test_max_steps_is_its_default_unless_a_token_or_time_budget_is_set():
@@ -140,8 +152,9 @@ def test_a_token_or_time_budget_alone_replaces_the_default_max_steps(compose_con
 
 
 def test_default_cosine_is_the_warmup_cosine_lr_lambda_at_every_step(compose_config):
-    cfg = compose_config([f"trainer.max_steps={T}", f"schedule.warmup_steps={W}", f"optim.lr={PEAK}",
-                          f"schedule.min_lr={FLOOR}"])  # fmt: skip
+    cfg = compose_config(
+        [f"trainer.max_steps={T}", f"schedule.warmup_steps={W}", f"optim.lr={PEAK}", f"schedule.min_lr={FLOOR}"]
+    )
     schedule = schedule_from_config(cfg.schedule, cfg.trainer.max_steps, cfg.optim.lr)
     assert schedule.name == "cosine"
     for t in range(T + 1):
@@ -166,8 +179,9 @@ def test_warmup_shapes_rise_from_their_start_to_the_peak():
         assert math.isclose(warmup(t, n, s, "exponential"), s ** (1 - x))
         assert math.isclose(warmup(t, n, s, "1-sqrt"), s + (1 - s) * (1 - math.sqrt(1 - x)))
     for shape in WARMUP_SHAPES:
-        assert math.isclose(Schedule("linear", total_steps=20, warmup_steps=n, warmup_shape=shape,
-                                     warmup_start_ratio=s)(0), s)  # fmt: skip
+        assert math.isclose(
+            Schedule("linear", total_steps=20, warmup_steps=n, warmup_shape=shape, warmup_start_ratio=s)(0), s
+        )
 
 
 def test_linear_polynomial_and_wsd_follow_their_formulas():
@@ -217,7 +231,7 @@ def test_cosine_restarts_cycles_and_lowers_each_restart_by_cycle_decay():
 @pytest.mark.parametrize("name", [n for n in SCHEDULES if n != "constant"])
 def test_every_decay_holds_its_floor_after_total_steps(name):
     extra = {"wsd": {"decay_steps": 20}, "inverse_sqrt": {"cooldown_steps": 20}}.get(name, {})
-    s = Schedule(name, total_steps=100, warmup_steps=10, min_lr_ratio=0.25, **extra)
+    s = Schedule(name, warmup_steps=10, **decay(name, 100, 0.25), **extra)
     assert [s(t) for t in range(100, 400)] == [0.25] * 300
 
 
@@ -307,8 +321,12 @@ def schedule_params(draw, name: str) -> dict:
     }
     if name == "constant":
         return p | {"_T": total}
-    p |= {"total_steps": total, "min_lr_ratio": draw(st.floats(0.0, 0.9))}
     room = total - p["warmup_steps"]
+    if name == "tabulated":  # knots after W, the last at T, λ never increasing
+        updates = sorted(draw(st.sets(st.integers(p["warmup_steps"] + 1, total), max_size=6)) | {total})
+        lambdas = sorted(draw(st.lists(st.floats(0.0, 1.0), min_size=len(updates), max_size=len(updates))))
+        return p | {"total_steps": total, "knots": tuple(zip(updates, reversed(lambdas), strict=True))}
+    p |= {"total_steps": total, "min_lr_ratio": draw(st.floats(0.0, 0.9))}
     if name == "polynomial":
         p["power"] = draw(st.floats(0.1, 5.0))
     elif name == "inverse_sqrt":
@@ -332,10 +350,11 @@ def curve(name: str, params: dict) -> tuple[Schedule, int, list[float]]:
 
 
 def floor_of(s: Schedule) -> float:
-    return s.params.get("min_lr_ratio", 0.0)
+    """The floor: the last knot's λ for a tabulated schedule, else ``min_lr_ratio``."""
+    return s.params["knots"][-1][1] if s.name == "tabulated" else s.params.get("min_lr_ratio", 0.0)
 
 
-PROPERTY = settings(deadline=None, max_examples=30)  # 7 schedules × 6 properties: a few seconds in all
+PROPERTY = settings(deadline=None, max_examples=30)  # 8 schedules × 6 properties: a few seconds in all
 NAMES = sorted(SCHEDULES)
 
 

@@ -64,9 +64,12 @@ def test_a_bad_value_is_one_line_naming_the_key_what_is_allowed_and_what_was_giv
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in group_options(g)])
-def test_every_group_option_composes_and_passes_the_checks(group, option):
+def test_every_group_option_composes_and_passes_the_checks(group, option, tmp_path):
     overrides = [f"{group}={option}"] + (["data.name=owner/dataset"] if option == "hub" else [])
     overrides += ["data.path=corpus.txt"] if option == "text_files" else []
+    if option == "tabulated":  # its knots are a file, ending at T (500)
+        (tmp_path / "knots.csv").write_text("update,lambda\n400,1.0\n500,0.1\n")
+        overrides += [f"schedule.knots={tmp_path / 'knots.csv'}"]
     cfg = compose_config(overrides)
     check_config(cfg)
     budget = cfg.trainer.max_tokens or cfg.trainer.max_time

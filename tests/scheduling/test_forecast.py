@@ -1,0 +1,338 @@
+"""``python -m scheduling.forecast``: the two laws as written, their fit (known parameters recovered), forecasts of
+a real run's own schedule, the optimized schedule, and bad input in one line.
+
+The laws are checked against their formulas written out as plain sums (the annealing law against its recursion),
+and the fit against curves the laws themselves generate from known parameters."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from scheduling import Schedule, forecast, schedule_from_config
+from tests.conftest import read_metrics
+
+T, W, PEAK = 2000, 100, 6e-3
+MULTI_POWER = {"L0": 3.0, "A": 10.0, "alpha": 0.4, "B": 0.6, "C": 0.05, "beta": 0.6, "gamma": 0.5}
+ANNEALING = {"L0": 3.0, "A": 10.0, "alpha": 0.4, "C": 3e-4}
+
+
+def schedules(total: int = T) -> dict[str, Schedule]:
+    """The fit's three schedules and two to forecast, warmup W, floor 0.1."""
+    half, three_quarters = total // 2, 3 * total // 4
+    step = ((half - 1, 1.0), (half, 0.3), (three_quarters - 1, 0.3), (three_quarters, 0.1), (total, 0.1))
+    same = {"total_steps": total, "warmup_steps": W, "min_lr_ratio": 0.1}
+    return {
+        "constant": Schedule("constant", warmup_steps=W),
+        "cosine": Schedule("cosine", **same),
+        "two_step": Schedule("tabulated", total_steps=total, warmup_steps=W, knots=step),
+        "wsd": Schedule("wsd", decay_steps=total // 5, **same),
+        "linear": Schedule("linear", **same),
+    }
+
+
+def generated(name: str, law: str, params: dict, total: int = T, every: int = 40) -> forecast.Observed:
+    """A run whose loss every ``every`` updates is exactly the law's, from ``params``."""
+    lrs = forecast.schedule_lrs(schedules(total)[name], PEAK, total)
+    steps = np.arange(W + every, total + 1, every)
+    fit = forecast.Fit(params={law: params}, lr_scale=PEAK, loss="val")
+    losses = fit.predict(fit.profile(lrs, steps, W, max_groups=None), law)
+    return forecast.Observed(name, lrs, steps, losses, W)
+
+
+def multi_power_written_out(p: dict, lrs: np.ndarray, s: int, peak: float) -> float:
+    """L(s) summed term by term: S(s) = Σ_{u<s} η_u; for each update k ≥ W, d_k = η_{k−1} − η_k (the peak before
+    W) and S_k = Σ_{k≤u<s} η_u."""
+    eta = lrs / peak
+    total = eta[:s].sum()
+    drop = 0.0
+    for k in range(W, s):
+        d = (1.0 if k == W else eta[k - 1]) - eta[k]
+        x = eta[k] ** -p["gamma"] * eta[k:s].sum()
+        drop += d * (1 - (p["C"] * x + 1) ** -p["beta"])
+    return p["L0"] + p["A"] * total ** -p["alpha"] - p["B"] * drop
+
+
+def annealing_by_recursion(p: dict, lrs: np.ndarray, s: int, peak: float, decay: float = 0.999) -> float:
+    """L(s) with S2 summed as Tissue et al. write it: m_i = λ·m_{i−1} + (η_{i−1} − η_i), S2 = Σ_{i<s} m_i."""
+    eta = lrs / peak
+    m = s2 = 0.0
+    for i in range(W, s):
+        m = decay * m + ((1.0 if i == W else eta[i - 1]) - eta[i])
+        s2 += m
+    return p["L0"] + p["A"] * eta[:s].sum() ** -p["alpha"] - p["C"] * s2
+
+
+# ---- the laws as written --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["cosine", "two_step", "wsd"])
+def test_both_laws_equal_their_formulas_written_out(name):
+    lrs = forecast.schedule_lrs(schedules(300)[name], PEAK, 300)
+    steps = [W + 1, 150, 151, 226, 300]
+    fit = forecast.Fit(params={"multi_power": MULTI_POWER, "annealing": ANNEALING}, lr_scale=PEAK, loss="val")
+    prof = fit.profile(lrs, steps, W, max_groups=None)
+    mine = fit.predict(prof, "multi_power"), fit.predict(prof, "annealing")
+    for i, s in enumerate(steps):
+        assert mine[0][i] == pytest.approx(multi_power_written_out(MULTI_POWER, lrs, s, PEAK), rel=1e-12)
+        assert mine[1][i] == pytest.approx(annealing_by_recursion(ANNEALING, lrs, s, PEAK), rel=1e-12)
+
+
+def test_pooling_a_smooth_decay_s_drops_changes_the_forecast_by_less_than_1e_4():
+    total = 100_000
+    for name in ("cosine", "wsd", "two_step"):
+        lrs = forecast.schedule_lrs(schedules(total)[name], PEAK, total)
+        steps = np.linspace(W + 1, total, 300).round().astype(int)
+        fit = forecast.Fit(params={"multi_power": MULTI_POWER, "annealing": ANNEALING}, lr_scale=PEAK, loss="val")
+        pooled = fit.profile(lrs, steps, W)
+        exact = fit.profile(lrs, steps, W, max_groups=None)
+        groups = 2 * forecast.MAX_GROUPS + len(steps)  # a group per ~1/MAX_GROUPS of the drop and of T, and per step
+        assert pooled.drop.numel() <= groups < exact.drop.numel() or name == "two_step"
+        for law in forecast.LAWS:
+            assert np.abs(fit.predict(pooled, law) / fit.predict(exact, law) - 1).max() < 1e-4, (name, law)
+
+
+# ---- the fit ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("law,params", [("multi_power", MULTI_POWER), ("annealing", ANNEALING)])
+def test_curves_generated_from_known_parameters_are_recovered(law, params):
+    runs = [generated(name, law, params) for name in ("constant", "cosine", "two_step")]
+    fit = forecast.fit_runs(runs, "val")
+    for key, value in params.items():
+        assert fit.params[law][key] == pytest.approx(value, rel=1e-3), key
+    for held_out in ("wsd", "linear"):
+        run = generated(held_out, law, params)
+        predicted = fit.predict(fit.profile(run.lrs, run.steps, W), law)
+        assert np.abs(predicted / run.losses - 1).max() < 1e-4, held_out
+
+
+@pytest.mark.slow
+def test_a_fit_on_runs_of_100_000_updates_recovers_the_parameters():
+    total = 100_000
+    runs = [
+        generated(name, "multi_power", MULTI_POWER, total, every=500) for name in ("constant", "cosine", "two_step")
+    ]
+    fit = forecast.fit_runs(runs, "val")
+    for key, value in MULTI_POWER.items():
+        assert fit.params["multi_power"][key] == pytest.approx(value, rel=1e-2), key
+
+
+# ---- real runs: this template's run directory, W&B offline, trainer_state.json --------------------------------
+
+RUN_T, RUN_W = 40, 4
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, data_cache):
+    """A finished cosine run of 40 updates, validated every 3, logged to metrics.jsonl and to W&B offline."""
+    from tests.conftest import TINY, compose_config
+    from train import train
+
+    run = tmp_path_factory.mktemp("forecast") / "run"
+    args = [
+        "logger=wandb",
+        "logger.mode=offline",
+        f"trainer.max_steps={RUN_T}",
+        f"schedule.warmup_steps={RUN_W}",
+        "trainer.eval_every=3",
+        "trainer.eval_batches=4",
+        "optim.lr=3e-3",
+    ]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GPT_DATA_CACHE", str(data_cache))
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_SILENT", "true")
+        train(compose_config(TINY + args), run)
+    import wandb
+
+    wandb.teardown()  # the run file complete
+    return run
+
+
+def test_a_run_directory_and_its_wandb_offline_run_give_the_same_observations(tiny_run):
+    from_dir = forecast.observe(tiny_run, "val")
+    (run_file,) = sorted(tiny_run.rglob("run-*.wandb"))
+    from_wandb = forecast.observe(run_file.parent, "val")
+    assert from_dir.warmup == from_wandb.warmup == RUN_W
+    assert from_dir.lrs.tolist() == from_wandb.lrs.tolist() and len(from_dir.lrs) == RUN_T
+    assert from_dir.steps.tolist() == from_wandb.steps.tolist() == [s for s in range(6, RUN_T, 3)] + [RUN_T]
+    assert from_dir.losses.tolist() == pytest.approx(from_wandb.losses.tolist(), rel=1e-12)
+    assert from_dir.losses.tolist() == [r["val/loss"] for r in read_metrics(tiny_run) if "val/loss" in r][2:]
+
+
+def test_several_runs_are_each_forecast_on_their_own_schedule(tiny_run, tmp_path, capsys):
+    fit = forecast.Fit(params={"multi_power": MULTI_POWER, "annealing": ANNEALING}, lr_scale=3e-3, loss="val")
+    (tmp_path / "fit.json").write_text(json.dumps(fit.to_json()))
+    (run_file,) = sorted(tiny_run.rglob("run-*.wandb"))
+    argv = ["predict", str(tmp_path / "fit.json"), "--against", str(tiny_run), "--against", str(run_file.parent)]
+    assert forecast.main([*argv, "--out", str(tmp_path / "both")]) == 0
+    said = capsys.readouterr().out
+    assert said.count(": forecast val/loss after 40 updates: multi-power ") == 2
+    assert f"against {tiny_run}: " in said and f"against {run_file.parent}: " in said
+    rows = (tmp_path / "both.csv").read_text().splitlines()[1:]
+    assert {row.split(",")[0] for row in rows} == {tiny_run.name, run_file.parent.name}
+
+
+def test_a_forecast_of_a_run_s_own_schedule_fits_that_run(tiny_run, tmp_path, capsys):
+    assert forecast.main(["fit", str(tiny_run), "--out", str(tmp_path / "fit.json")]) == 0
+    said = capsys.readouterr().out
+    assert "fitted 1 runs on the validation loss (13 points after warmup)" in said
+    assert (
+        forecast.main(
+            ["predict", str(tmp_path / "fit.json"), "--against", str(tiny_run), "--out", str(tmp_path / "own")]
+        )
+        == 0
+    )
+    said = capsys.readouterr().out
+    final = [r["val/loss"] for r in read_metrics(tiny_run) if "val/loss" in r][-1]
+    assert f"against {tiny_run}: {final:.4f} after 40 updates; error multi-power" in said
+    rows = (tmp_path / "own.csv").read_text().splitlines()
+    assert rows[0] == "schedule,updates,multi_power,annealing,actual"
+    compared = [row.split(",") for row in rows[1:] if not row.endswith(",")]
+    assert len(compared) == 13  # every validation after the warmup, beside the forecast
+    errors = [float(mp) / float(actual) - 1 for _, _, mp, _, actual in compared]
+    assert abs(errors[-1]) < 0.005 and math.sqrt(np.mean(np.square(errors))) < 0.01, errors  # the final; the curve
+    assert (tmp_path / "own.png").stat().st_size > 0
+
+
+def test_a_trainer_state_json_is_read_with_its_logging_window_and_evaluations(tmp_path):
+    """A Trainer logs at global step s the lr of update s − 1 and its window's training loss; evaluates after s."""
+    lrs = forecast.schedule_lrs(schedules()["cosine"], PEAK, T)
+    fit = forecast.Fit(params={"multi_power": MULTI_POWER}, lr_scale=PEAK, loss="val")
+    evals = np.arange(W + 20, T + 1, 20)
+    true = fit.predict(fit.profile(lrs, evals, W, max_groups=None), "multi_power")
+    history = [{"step": s, "learning_rate": lrs[s - 1], "loss": 4.0} for s in range(10, T + 1, 10)]
+    history += [{"step": int(s), "eval_loss": float(v)} for s, v in zip(evals, true, strict=True)]
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"max_steps": T, "log_history": history}))
+    seen = forecast.observe(tmp_path / "trainer_state.json", "val")
+    assert seen.steps.tolist() == evals.tolist() and seen.losses.tolist() == true.tolist()
+    logged = np.arange(9, T, 10)
+    assert seen.lrs[logged].tolist() == lrs[logged].tolist()
+    # between logged updates a straight line: a cosine's chords after the warmup's corner (updates 99 and 109)
+    assert np.abs(seen.lrs[110:] - lrs[110:]).max() < 1e-4 * PEAK
+
+
+# ---- the optimized schedule -------------------------------------------------------------------------------------
+
+
+def test_the_optimized_schedule_is_forecast_below_cosine_wsd_and_linear_and_runs_as_written(
+    tmp_path, capsys, compose_config
+):
+    fit = forecast.Fit(params={"multi_power": MULTI_POWER, "annealing": ANNEALING}, lr_scale=PEAK, loss="val")
+    (tmp_path / "fit.json").write_text(json.dumps(fit.to_json()))
+    knots = tmp_path / "best.csv"
+    settings = [f"trainer.max_steps={T}", f"optim.lr={PEAK}", f"schedule.warmup_steps={W}", "schedule.min_lr_ratio=0.1"]
+    assert forecast.main(["optimize", str(tmp_path / "fit.json"), *settings, "--knots", "40", "--out", str(knots)]) == 0
+    said = capsys.readouterr().out
+    command = said.split("train it with:\n  python train.py ")[1].strip().split()
+    cfg = compose_config(command)  # what train.py will run
+    best = schedule_from_config(dict(cfg.schedule), cfg.trainer.max_steps, cfg.optim.lr)
+    ys = [y for _, y in best.params["knots"]]
+    assert len(ys) == 40 and ys == sorted(ys, reverse=True) and min(ys) >= 0.1 and best.warmup_steps == W
+
+    def final(schedule: Schedule) -> float:
+        lrs = forecast.schedule_lrs(schedule, PEAK, T)
+        return float(fit.predict(fit.profile(lrs, [T], W, max_groups=None), "multi_power")[0])
+
+    mine = final(best)
+    assert f"optimized {mine:.4f}" in said  # the forecast printed is the written schedule's
+    for name in ("cosine", "wsd", "linear"):
+        assert mine < final(schedules()[name]), name
+        assert f"{name} {final(schedules()[name]):.4f}" in said
+    assert (tmp_path / "best.png").stat().st_size > 0
+
+
+# ---- bad input: one line, exit 2, nothing written ---------------------------------------------------------------
+
+
+def a_fit(tmp_path) -> str:
+    fit = forecast.Fit(params={"multi_power": MULTI_POWER, "annealing": ANNEALING}, lr_scale=PEAK, loss="val")
+    (tmp_path / "fit.json").write_text(json.dumps(fit.to_json()))
+    return str(tmp_path / "fit.json")
+
+
+def run_dir(path, rows: list[dict]):
+    path.mkdir(parents=True)
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, says",
+    [
+        ("no lr", "no learning rate was logged (a forecast needs the lr of every update)"),
+        ("few points", "3 validation losses after the warmup (W = 0); a fit needs at least 5 per run"),
+        ("not a run", "not a run directory (metrics.jsonl), a W&B offline run (run-*.wandb) or a trainer_state.json"),
+        ("unknown key", "Could not override 'schedule.decay_fractoin'"),
+        ("rising knots", "knot 2 (update 1500) has λ = 0.8, above the 0.5 before it"),
+        ("not a fit", "not a fit written by python -m scheduling.forecast fit"),
+        ("no fit", "does not exist (write one with: python -m scheduling.forecast fit RUN…)"),
+        ("two T", "optimize takes one T, peak and warmup; the overrides give 2 schedules"),
+        ("two against", "--against: one run beside the overrides' schedules (several only without overrides"),
+    ],
+)
+def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case, says, tmp_path, capsys):
+    rows = [{"step": t, "train/loss": 3.0, "train/lr": 1e-3} for t in range(20)]
+    out = ["--out", str(tmp_path / "out" / "x")]
+    if case == "no lr":
+        argv = ["fit", str(run_dir(tmp_path / "run", [{k: v for k, v in r.items() if k != "train/lr"} for r in rows]))]
+    elif case == "few points":
+        rows += [{"step": s, "val/loss": 3.0} for s in (5, 10, 15)]
+        argv = ["fit", str(run_dir(tmp_path / "run", rows)), "--loss", "val"]
+    elif case == "not a run":
+        (tmp_path / "empty").mkdir()
+        argv = ["fit", str(tmp_path / "empty")]
+    elif case == "unknown key":
+        argv = ["predict", a_fit(tmp_path), "schedule=wsd", "schedule.decay_fractoin=0.3"]
+    elif case == "rising knots":
+        (tmp_path / "knots.csv").write_text("update,lambda\n1000,0.5\n1500,0.8\n2000,0.1\n")
+        argv = [
+            "predict",
+            a_fit(tmp_path),
+            "schedule=tabulated",
+            f"schedule.knots={tmp_path / 'knots.csv'}",
+            "trainer.max_steps=2000",
+        ]
+    elif case == "not a fit":
+        (tmp_path / "fit.json").write_text('{"loss": "val"}')
+        argv = ["predict", str(tmp_path / "fit.json")]
+    elif case == "no fit":
+        argv = ["optimize", str(tmp_path / "missing.json")]
+    elif case == "two T":
+        argv = ["optimize", a_fit(tmp_path), "trainer.max_steps=1000,2000"]
+    else:
+        argv = ["predict", a_fit(tmp_path), "schedule=wsd", "--against", "run1", "--against", "run2"]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert forecast.main(argv + out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
+    assert "Traceback" not in err[0]
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_the_fit_says_which_loss_it_used_and_falls_back_to_the_training_loss(tmp_path, capsys):
+    """Too few validation losses: the training loss, averaged over windows, and the fit says so."""
+    lrs = forecast.schedule_lrs(schedules()["cosine"], PEAK, T)
+    fit = forecast.Fit(params={"multi_power": MULTI_POWER}, lr_scale=PEAK, loss="train")
+    every = np.arange(1, T + 1)
+    loss = fit.predict(fit.profile(lrs, every, 0, max_groups=None), "multi_power")
+    rows = [{"step": t, "train/loss": float(loss[t - 1]) if t else 9.0, "train/lr": lrs[t]} for t in range(T)]
+    rows += [{"step": s, "val/loss": 3.5} for s in (500, 1000, 1500, 2000)]
+    run = run_dir(tmp_path / "run", rows)
+    assert forecast.main(["fit", str(run), "--out", str(tmp_path / "fit.json")]) == 0
+    assert "on the training loss, averaged over 200 windows per run" in capsys.readouterr().out
+    written = json.loads((tmp_path / "fit.json").read_text())
+    assert written["loss"] == "train" and written["runs"][0]["points"] > 150
+    assert math.isfinite(written["multi_power"]["L0"])
+
+
+def test_one_thread_is_restored_after_a_fit():
+    threads = torch.get_num_threads()
+    with forecast.one_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == threads
