@@ -109,6 +109,13 @@ def known_keys(group: str, option: str | None) -> list[str]:
     return list(dict.fromkeys([*inherited, *own]))
 
 
+def entries_of(group: str, option: str) -> list[str]:
+    """The entries a list group's option file adds (``logger=csv``: its sink ``csv``)."""
+    from omegaconf import OmegaConf
+
+    return list(OmegaConf.load(CONF / group / f"{option}.yaml").get(LIST_GROUPS[group]) or {})
+
+
 def option_file(group: str, value: Any) -> Any:
     """The option (file) of ``group`` whose naming key (``OPTION_KEY``) has ``value``: the file's own name, or
     for a fork's schedule named by its function's dotted path, the file that names it."""
@@ -178,6 +185,8 @@ def check_keys(cfg: Mapping[str, Any], config_name: str = "config") -> None:
         if group in LIST_GROUPS:
             chosen = list(cfg[group].get(LIST_GROUPS[group]) or {})
             option = "+".join(chosen) or "none"
+            if not chosen:  # logger=none, or a base chosen alone (logger=tracking): the files that add no entry
+                chosen = [p.stem for p in sorted((CONF / group).glob("*.yaml")) if not entries_of(group, p.stem)]
             known = list(dict.fromkeys([LIST_GROUPS[group], *(k for o in chosen for k in known_keys(group, o))]))
         else:
             option = option_file(group, cfg[group].get(OPTION_KEY[group])) if group in OPTION_KEY else "default"

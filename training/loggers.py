@@ -338,6 +338,36 @@ class Metrics:
             raise errors[0]
 
 
+def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, str | int | float | bool]:
+    """A nested config as ``group.key`` → a value every tracker stores: lists and null as their YAML text."""
+    flat: dict[str, str | int | float | bool] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value)
+    return flat
+
+
+def config_yaml(config: Mapping[str, Any]) -> str:
+    """The resolved config as YAML text, for a tracker's text entry or artifact."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create(dict(config)))
+
+
+def require(package: str, extra: str, chosen: str) -> None:
+    """A sink's package is an optional dependency: its absence is one line naming the extra that installs it."""
+    import importlib
+
+    from training.config import ConfigError
+
+    try:
+        importlib.import_module(package)
+    except ImportError:
+        raise ConfigError(f'{chosen} needs the {package} package: pip install -e ".[{extra}]"') from None
+
+
 def first_line(error: BaseException) -> str:
     """An error's message, its first line (some libraries' run over several)."""
     text = str(error).strip()

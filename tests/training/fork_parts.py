@@ -38,3 +38,29 @@ class Failing(Sink):
         SEEN["failing"] = self.calls
         if self.calls == 3:
             raise ConnectionError("the server went away")
+
+
+class Crash(BaseException):
+    """What a process killed mid-run leaves: no graceful stop, no checkpoint beyond the last periodic one."""
+
+
+class CrashAt(Sink):
+    """Stops the run as a crash would, when update ``step`` is logged (after the sinks before it got it)."""
+
+    def __init__(self, info: RunInfo, step: int):
+        self.step = step
+
+    def log(self, step: int, metrics) -> None:
+        if step == self.step and "train/loss" in metrics:
+            raise Crash(f"crashed at update {step}")
+
+
+class CallAt(Sink):
+    """Calls ``SEEN["call_at"]()`` when update ``step`` is logged: a test's way to act mid-run."""
+
+    def __init__(self, info: RunInfo, step: int):
+        self.step = step
+
+    def log(self, step: int, metrics) -> None:
+        if step == self.step and "train/loss" in metrics:
+            SEEN.pop("call_at")()

@@ -1,0 +1,281 @@
+"""TensorBoard and MLflow, read back with their own readers: every step once across a crash and a resume, the
+config, the status, sweeps grouped, secrets redacted, a tracking server that never answers or dies mid-run, and a
+missing package refused in one line before anything is written."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, TINY, read_metrics, run_train
+from tests.training.fork_parts import SEEN, Crash
+from training.config import ConfigError, check_config
+from training.signals import Stopped
+
+pytest.importorskip("tensorboard", reason="the tensorboard extra (the dev extra installs it)")
+pytest.importorskip("mlflow", reason="the mlflow extra (the dev extra installs it)")
+
+from mlflow import MlflowClient  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from tensorboard.plugins.hparams import plugin_data_pb2  # noqa: E402
+
+T = 10
+ARGS = [f"trainer.max_steps={T}", "trainer.eval_every=5", "trainer.ckpt_every=4"]
+CRASH = ["+logger.sinks.crash._target_=tests.training.fork_parts.CrashAt", "+logger.sinks.crash.step=6"]
+SECRET = "trackerSECRETvalue98765"
+
+
+def by_step(run_dir: Path, key: str) -> dict[int, float]:
+    return {r["step"]: r[key] for r in read_metrics(run_dir) if key in r}
+
+
+def crash_then_resume(tiny_train, run_dir: Path, args: list[str]) -> None:
+    """A run that crashes after logging update 6 (its last checkpoint at update 4), then the same command again:
+    updates 4-6 are logged twice by the two processes."""
+    with pytest.raises(Crash):
+        tiny_train(run_dir, [*ARGS, *args, *CRASH])
+    assert max(by_step(run_dir, "train/loss")) == 6
+    tiny_train(run_dir, [*ARGS, *args])
+
+
+def scalars(log_dir: Path) -> EventAccumulator:
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
+def test_tensorboard_holds_every_step_once_across_a_crash_and_a_resume_with_the_config(tmp_path, tiny_train):
+    run = tmp_path / "run"
+    crash_then_resume(tiny_train, run, ["logger=tensorboard"])
+    events = scalars(run / "tensorboard")
+    for key in ("train/loss", "train/lr", "val/loss", "val/bpb", "tokens"):
+        logged = [(e.step, e.value) for e in events.Scalars(key)]
+        expected = by_step(run, key)
+        assert [s for s, _ in logged] == sorted(expected), key  # once each, the crashed process's 4-6 purged
+        assert all(v == pytest.approx(expected[s], rel=1e-6) for s, v in logged), key
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 2  # one directory, both processes
+    config = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "max_steps: 10" in config and "n_embd: 32" in config
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        events.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+    ).session_start_info
+    assert start.hparams["trainer.max_steps"].number_value == T and start.hparams["model.name"].string_value == "nano"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        events.SummaryMetadata("_hparams_/experiment").plugin_data.content
+    ).experiment
+    assert sorted(m.name.tag for m in experiment.metric_infos) == ["val/bpb", "val/loss"]
+
+
+def mlflow_run(uri: str, project: str = "hydra-gpt-template"):
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name(project).experiment_id])
+    return client, runs
+
+
+def assert_every_step_once(client: MlflowClient, run_id: str, run_dir: Path) -> None:
+    for key in ("train/loss", "train/lr", "val/loss"):
+        history = client.get_metric_history(run_id, key)
+        expected = by_step(run_dir, key)
+        assert sorted(m.step for m in history) == sorted(expected), key
+        assert all(m.value == pytest.approx(expected[m.step], rel=1e-6) for m in history), key
+
+
+def test_mlflow_continues_its_run_across_a_crash_and_a_resume_with_params_tags_and_status(
+    tmp_path, tiny_train, monkeypatch
+):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # wins over logger.tracking_uri
+    run = tmp_path / "run"
+    args = ["logger=mlflow", "logger.tracking_uri=http://unused.invalid", "logger.tags=[baseline]"]
+    with pytest.raises(Crash):
+        tiny_train(run, [*ARGS, *args, *CRASH])
+    client, runs = mlflow_run(uri)
+    assert [r.info.status for r in runs] == ["FAILED"]
+    with pytest.raises(Stopped):
+        tiny_train(run, [*ARGS, *args, "trainer.stop_at=8"])
+    assert client.get_run(runs[0].info.run_id).info.status == "KILLED"  # preempted: a resume continues it
+    tiny_train(run, [*ARGS, *args])
+    client, runs = mlflow_run(uri)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert_every_step_once(client, runs[0].info.run_id, run)
+    params, tags = runs[0].data.params, runs[0].data.tags
+    assert params["trainer.max_steps"] == str(T) and params["model.n_embd"] == "32"
+    assert params["optim.betas"] == "[0.9, 0.98]"
+    assert tags["baseline"] == "true" and tags["mlflow.source.name"] == "train.py"
+    assert len(tags.get("mlflow.source.git.commit", "0" * 40)) == 40
+
+
+def test_a_token_like_override_reaches_neither_tensorboard_nor_mlflow(tmp_path, tiny_train, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MY_SERVICE_TOKEN", SECRET)
+    run = tmp_path / "run"
+    args = [
+        "trainer.max_steps=3",
+        "logger=[tensorboard,mlflow]",
+        f"logger.tracking_uri={uri}",
+        "logger.notes=${oc.env:MY_SERVICE_TOKEN}",  # an environment secret pulled into the config
+        f"logger.run_name=job-{SECRET}",
+    ]
+    tiny_train(run, args)
+    stores = [*run.rglob("*"), tmp_path / "mlflow.db"]
+    assert any(p.name.startswith("events.out.tfevents") for p in stores)
+    for path in stores:
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), f"the secret leaked into {path}"
+    client, runs = mlflow_run(uri)
+    assert runs[0].data.tags["mlflow.note.content"] == "<redacted>"
+
+
+def silent_server() -> tuple[socket.socket, str]:
+    """A tracking server that accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    return server, f"http://127.0.0.1:{server.getsockname()[1]}"
+
+
+def test_a_tracking_server_that_never_answers_falls_back_to_a_local_store_within_init_timeout(
+    tmp_path, tiny_train, caplog, capsys
+):
+    server, url = silent_server()
+    run = tmp_path / "run"
+    started = time.perf_counter()
+    with server, caplog.at_level("INFO", logger="train"):
+        tiny_train(run, ["trainer.max_steps=6", "logger=mlflow", f"logger.tracking_uri={url}", "logger.init_timeout=1"])
+    assert time.perf_counter() - started < 60
+    said = [r.getMessage() for r in caplog.records if "MLflow at" in r.getMessage()]
+    upload = f"python -m training.mlflow_logger upload {run}"
+    assert len(said) == 1 and "did not start within logger.init_timeout=1 s" in said[0]
+    assert str(run / "mlflow" / "fallback.db") in said[0] and upload in said[0]
+    assert f"MLflow logged to {run / 'mlflow' / 'fallback.db'}; to upload the run: {upload}" in caplog.text
+
+    from training.mlflow_logger import main
+
+    target = f"sqlite:///{tmp_path / 'server.db'}"
+    assert main(["upload", str(run), "--to", target]) == 0
+    client, runs = mlflow_run(target)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert_every_step_once(client, runs[0].info.run_id, run)
+    assert runs[0].data.params["trainer.max_steps"] == "6"
+
+
+def test_a_missing_tracker_package_is_one_line_naming_its_extra(monkeypatch):
+    from tests.conftest import compose_config
+
+    for logger, package in (("tensorboard", "tensorboard"), ("mlflow", "mlflow")):
+        monkeypatch.setitem(sys.modules, package, None)  # import fails as it does where the package is absent
+        with pytest.raises(ConfigError) as e:
+            check_config(compose_config([f"logger={logger}"]))
+        assert str(e.value) == f'logger={logger} needs the {package} package: pip install -e ".[{package}]"'
+
+
+def blocked_packages(tmp_path: Path) -> dict[str, str]:
+    """An environment in which neither tracker package imports, as where neither extra is installed."""
+    site = tmp_path / "blocked"
+    for package in ("tensorboard", "mlflow"):
+        (site / package).mkdir(parents=True)
+        (site / package / "__init__.py").write_text(f"raise ImportError('{package} is not installed')\n")
+    return {"PYTHONPATH": f"{site}{os.pathsep}{ROOT}"}
+
+
+@pytest.mark.slow
+def test_without_the_extra_the_logger_is_refused_before_anything_is_written_and_others_never_import_it(
+    tmp_path, data_cache
+):
+    env = blocked_packages(tmp_path)
+    run = tmp_path / "run"
+    proc = run_train([*TINY, "logger=mlflow"], run, data_cache, env=env, check=False)
+    assert proc.returncode == 2 and not run.exists()
+    said = 'error: logger=mlflow needs the mlflow package: pip install -e ".[mlflow]"'
+    assert proc.stderr.strip().splitlines() == [said]
+    # a run that chooses neither never imports them (the blocked packages would raise)
+    run_train([*TINY, "logger=csv", "trainer.max_steps=2"], run, data_cache, env=env)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real ``mlflow server`` on a free localhost port with a SQLite backend; yields its URL and process."""
+    port = free_port()
+    cmd = [
+        *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)),
+        *("--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--workers", "1"),
+        *("--default-artifact-root", str(tmp_path / "artifacts")),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not start within 120 s")
+    yield url, proc
+    if proc.poll() is None:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+
+
+@pytest.mark.slow
+def test_a_real_mlflow_server_over_http_then_its_death_mid_run_leaves_training_and_tensorboard_going(
+    tmp_path, tiny_train, mlflow_server, caplog, monkeypatch
+):
+    url, server = mlflow_server
+    run = tmp_path / "run"
+    tiny_train(run, [*ARGS, "logger=mlflow", f"logger.tracking_uri={url}", "logger.project=over-http"])
+    client, runs = mlflow_run(url, "over-http")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert_every_step_once(client, runs[0].info.run_id, run)
+
+    SEEN["call_at"] = lambda: (os.killpg(server.pid, 9), server.wait())  # the server dies at update 3
+    killed = tmp_path / "killed"
+    args = [*ARGS, "logger=[mlflow,tensorboard]", f"logger.tracking_uri={url}", "logger.init_timeout=5"]
+    calls = ["+logger.sinks.call._target_=tests.training.fork_parts.CallAt", "+logger.sinks.call.step=3"]
+    with caplog.at_level("WARNING", logger="train"):
+        tiny_train(killed, [*args, *calls])
+    failures = [r.getMessage() for r in caplog.records if r.getMessage().startswith("MLflow failed")]
+    assert len(failures) == 1 and "training goes on without it" in failures[0]
+    assert sorted(by_step(killed, "train/loss")) == list(range(T))  # metrics.jsonl complete
+    steps = [e.step for e in scalars(killed / "tensorboard").Scalars("train/loss")]
+    assert steps == list(range(T))  # the other sink got every record
+
+
+@pytest.mark.slow
+def test_a_sweeps_jobs_are_side_by_side_in_tensorboard_and_share_a_group_in_mlflow(tmp_path, data_cache):
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+
+    sweep = tmp_path / "sweep"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["-m", *TINY, "logger=[tensorboard,mlflow]", f"logger.tracking_uri={uri}", "trainer.max_steps=3"]
+    proc = subprocess.run(
+        [sys.executable, "train.py", *args, "schedule=cosine,linear", f"hydra.sweep.dir={sweep}"],
+        cwd=ROOT,
+        env={**os.environ, "GPT_DATA_CACHE": str(data_cache)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    board = EventMultiplexer().AddRunsFromDirectory(str(sweep))
+    board.Reload()
+    assert sorted(board.Runs()) == ["0/tensorboard", "1/tensorboard"]
+    client, runs = mlflow_run(uri)
+    assert sorted(r.info.run_name for r in runs) == ["schedule=cosine", "schedule=linear"]
+    assert len({r.data.tags["group"] for r in runs}) == 1 and runs[0].data.tags["group"] == str(sweep)

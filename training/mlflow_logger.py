@@ -1,0 +1,300 @@
+"""The MLflow sink (``logger=mlflow``): one MLflow run per training run, resumed with the run and ended with its
+status. The only module that knows MLflow.
+
+The run is logged to ``MLFLOW_TRACKING_URI`` when set, else ``logger.tracking_uri`` (a server's URL, or a
+database such as the default ``sqlite:///mlflow.db`` in the working directory), in the experiment
+``logger.project``: the flattened, redacted config as params, every record's metrics at step = the update index
+t under the names metrics.jsonl uses, and tags for the sweep (``group``: the sweep's jobs share it), the job's
+name and the git commit. It ends FINISHED, FAILED, or KILLED for a preempted run, which a resume continues (the
+run id travels in the checkpoint through the sink's state).
+
+MLflow never stops training. Its calls run on a thread of their own, so a slow or failing server never holds an
+update back. A server that does not answer within ``logger.init_timeout`` seconds at the start is replaced by a
+local store in the run directory, said in one line with the command that uploads it later:
+``python -m training.mlflow_logger upload <run dir>``. A call that fails mid-run is reported once; the sink then
+stays quiet, and metrics.jsonl stays complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from training.config import ConfigError
+from training.loggers import RunInfo, Sink, first_line, flat_config, require
+
+log = logging.getLogger("train")
+DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow's own default store since 3.7
+FALLBACK = "mlflow/fallback.db"  # in the run directory, when the tracking server does not answer
+STATUS = {"ok": "FINISHED", "failed": "FAILED", "preempted": "KILLED"}
+PARAM_LENGTH = 6000  # MLflow's limit on a param's value
+BATCH = {"params": 100, "metrics": 1000}  # MLflow's limits on one log_batch call
+
+
+def tracking_uri(settings: Mapping[str, Any]) -> str:
+    """Where runs go: ``MLFLOW_TRACKING_URI`` wins over ``logger.tracking_uri``; the default is a SQLite file."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or settings.get("tracking_uri") or DEFAULT_URI
+
+
+def git_commit() -> str | None:
+    """The template's commit, when it runs from a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parents[1]), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def upload_command(run_dir: Path) -> str:
+    return f"python -m training.mlflow_logger upload {run_dir}"
+
+
+def within(seconds: float, call: Callable[[], Any]) -> Any:
+    """``call()`` on a thread, its result if it returns within ``seconds``; raises ``TimeoutError`` otherwise (the
+    call is left to finish or fail on its own)."""
+    done: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            done["result"] = call()
+        except BaseException as e:
+            done["error"] = e
+
+    thread = threading.Thread(target=target, name="mlflow-start", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if "error" in done:
+        raise done["error"]
+    if "result" not in done:
+        raise TimeoutError(f"no answer within {seconds:g} s")
+    return done["result"]
+
+
+class MlflowSink(Sink):
+    """This training run's MLflow run. Calls go through a queue to one thread, in order."""
+
+    LOG_SECONDS, SAMPLE_SECONDS, TEARDOWN_SECONDS = 0.0002, 0.05, 2.0  # what a time budget sets aside
+
+    @classmethod
+    def check(cls, settings: Mapping[str, Any]) -> None:
+        require("mlflow", "mlflow", "logger=mlflow")
+        uri = settings.get("tracking_uri")
+        if uri is not None and (not isinstance(uri, str) or not uri.strip()):
+            raise ConfigError(
+                "logger.tracking_uri", "null or a tracking URI (http://host:5000, sqlite:///mlflow.db)", uri
+            )
+        timeout = settings.get("init_timeout")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ConfigError("logger.init_timeout", "a number of seconds > 0", timeout)
+
+    def __init__(self, info: RunInfo):
+        from mlflow import MlflowClient
+        from mlflow.entities import Param
+
+        from training.secrets import redact
+
+        settings = redact(dict(info.settings))  # notes, run name, group and tags reach MLflow as given: redact them
+        self.run_dir, self.timeout = info.run_dir, float(settings["init_timeout"])
+        # a server that stops answering mid-run: a few quick retries, not MLflow's minutes of them
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, math.ceil(self.timeout))))
+        saved = info.state
+        fallback = f"sqlite:///{info.run_dir / FALLBACK}"
+        self.uri = saved.get("tracking_uri") if saved.get("fallback") else tracking_uri(settings)
+        self.fell_back = bool(saved.get("fallback"))
+        run_name = settings.get("run_name") or redact(info.name)
+        tags = {
+            "group": settings.get("group") or redact(info.group),
+            "mlflow.note.content": settings.get("notes"),
+            "mlflow.source.git.commit": git_commit(),
+            "mlflow.source.name": "train.py",
+            **{str(t): "true" for t in settings.get("tags") or []},
+        }
+        tags = {k: str(v) for k, v in tags.items() if v not in (None, "")}
+        params = {k: str(v)[:PARAM_LENGTH] for k, v in flat_config(info.config).items()}
+
+        def start(uri: str):
+            client = MlflowClient(tracking_uri=uri)
+            run_id = saved.get("run_id")
+            if run_id:
+                client.update_run(run_id, status="RUNNING")
+                history = client.get_metric_history(run_id, "train/loss")
+                return client, run_id, max((m.step for m in history), default=-1)
+            found = client.get_experiment_by_name(settings["project"])
+            experiment = found.experiment_id if found else client.create_experiment(settings["project"])
+            run_id = client.create_run(experiment, tags=tags, run_name=run_name).info.run_id
+            items = list(params.items())
+            for i in range(0, len(items), BATCH["params"]):
+                client.log_batch(run_id, params=[Param(k, v) for k, v in items[i : i + BATCH["params"]]])
+            return client, run_id, -1
+
+        try:
+            self.client, self.run_id, self.last_step = within(self.timeout, lambda: start(self.uri))
+        except Exception as e:
+            if self.fell_back or self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri:
+                raise  # a local store that fails is the user's to fix, as a bad path is
+            log.warning(
+                "MLflow at %s did not start within logger.init_timeout=%g s (%s); logging to %s instead; "
+                "to upload it later: %s",
+                self.uri,
+                self.timeout,
+                first_line(e),
+                info.run_dir / FALLBACK,
+                upload_command(info.run_dir),
+            )
+            (info.run_dir / FALLBACK).parent.mkdir(parents=True, exist_ok=True)
+            self.uri, self.fell_back, saved = fallback, True, {}
+            self.client, self.run_id, self.last_step = start(self.uri)
+        if self.fell_back:
+            self.files = (str(Path(FALLBACK).parent) + "/",)
+        self.failed = False
+        self.calls: queue.Queue = queue.Queue()
+        self.worker = threading.Thread(target=self.work, name="mlflow-sink", daemon=True)
+        self.worker.start()
+
+    def state(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "tracking_uri": self.uri, "fallback": self.fell_back}
+
+    def work(self) -> None:
+        """The sink's thread: each queued call in order; the first that fails is reported, the rest dropped."""
+        while True:
+            item = self.calls.get()
+            if item is None:
+                return
+            what, call = item
+            if self.failed:
+                continue
+            try:
+                call()
+            except Exception as e:
+                self.failed = True
+                log.warning(
+                    "MLflow failed %s (%s: %s); training goes on without it, metrics.jsonl stays complete",
+                    what,
+                    type(e).__name__,
+                    first_line(e),
+                )
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        if step <= self.last_step or self.failed:  # a resumed run: MLflow already holds these steps
+            return
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
+        self.calls.put((f"at update {step}", lambda: self.client.log_batch(self.run_id, metrics=batch)))
+
+    def log_sample(self, step: int, prompt: str, text: str) -> None:
+        self.calls.put(("logging the sample", lambda: self.client.set_tag(self.run_id, "sample", text[:5000])))
+
+    def finish(self, status: str, summary: Mapping[str, Any]) -> None:
+        """End the run with its status; wait for the queued calls at most ``logger.init_timeout`` seconds."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        final = [
+            Metric(k, float(v), now, 0)
+            for k, v in summary.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ]
+        self.calls.put(("logging the summary", lambda: self.client.log_batch(self.run_id, metrics=final)))
+        end = STATUS.get(status, "FAILED")
+        self.calls.put(("closing its run", lambda: self.client.set_terminated(self.run_id, status=end)))
+        self.calls.put(None)
+        self.worker.join(max(self.timeout, 10.0))
+        if self.worker.is_alive() and not self.failed:
+            log.warning(
+                "MLflow did not take the last records within %g s; its run may stay RUNNING (metrics.jsonl is "
+                "complete)",
+                max(self.timeout, 10.0),
+            )
+        if self.fell_back:
+            log.info(
+                "MLflow logged to %s; to upload the run: %s", self.run_dir / FALLBACK, upload_command(self.run_dir)
+            )
+
+
+def upload(run_dir: Path, to: str) -> str:
+    """Copy the run a fallback store in ``run_dir`` holds to the tracking server ``to``: its params, tags, every
+    metric's history and its status. Returns the new run's id."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Param, RunTag
+
+    source_db = run_dir / FALLBACK
+    if not source_db.is_file():
+        raise ConfigError(f"{run_dir}: no MLflow fallback store ({FALLBACK}) to upload")
+    source = MlflowClient(tracking_uri=f"sqlite:///{source_db}")
+    target = MlflowClient(tracking_uri=to)
+    runs = [r for e in source.search_experiments() for r in source.search_runs([e.experiment_id])]
+    if not runs:
+        raise ConfigError(f"{source_db}: holds no run to upload")
+    run = runs[0]
+    name = source.get_experiment(run.info.experiment_id).name
+    found = target.get_experiment_by_name(name)
+    experiment = found.experiment_id if found else target.create_experiment(name)
+    tags = {k: v for k, v in run.data.tags.items() if k != "mlflow.runName"}
+    new = target.create_run(experiment, start_time=run.info.start_time, tags=tags, run_name=run.info.run_name)
+    new_id = new.info.run_id
+    params = [Param(k, v) for k, v in run.data.params.items()]
+    for i in range(0, len(params), BATCH["params"]):
+        target.log_batch(new_id, params=params[i : i + BATCH["params"]])
+    for key in run.data.metrics:
+        history = source.get_metric_history(run.info.run_id, key)
+        for i in range(0, len(history), BATCH["metrics"]):
+            target.log_batch(new_id, metrics=history[i : i + BATCH["metrics"]])
+    target.log_batch(new_id, tags=[RunTag("uploaded_from", str(source_db))])
+    target.set_terminated(new_id, status=run.info.status, end_time=run.info.end_time)
+    return new_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.mlflow_logger",
+        description="Upload a run that logged to its local MLflow fallback store to a tracking server.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("upload", help="copy the run in <run dir>/mlflow/fallback.db to a tracking server")
+    up.add_argument("run_dir", type=Path)
+    up.add_argument("--to", help="the tracking URI (default: MLFLOW_TRACKING_URI, else the run's logger.tracking_uri)")
+    args = parser.parse_args(argv)
+    to = args.to or os.environ.get("MLFLOW_TRACKING_URI") or configured_uri(args.run_dir)
+    try:
+        new_id = upload(args.run_dir, to)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"uploaded {args.run_dir} to {to}: run {new_id}")
+    return 0
+
+
+def configured_uri(run_dir: Path) -> str:
+    """The tracking URI a run directory's config names (``.hydra/config.yaml``), or the default."""
+    from omegaconf import OmegaConf
+
+    path = run_dir / ".hydra" / "config.yaml"
+    if path.is_file():
+        return OmegaConf.load(path).get("logger", {}).get("tracking_uri") or DEFAULT_URI
+    return DEFAULT_URI
+
+
+if __name__ == "__main__":
+    sys.exit(main())

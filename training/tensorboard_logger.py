@@ -1,0 +1,58 @@
+"""The TensorBoard sink (``logger=tensorboard``): event files in ``<run dir>/tensorboard/``, read by
+``tensorboard --logdir <run dir or sweep dir>``. The only module that knows TensorBoard.
+
+Every record's metrics are scalars under the names metrics.jsonl uses, at step = the update index t. The run's
+resolved config (secrets redacted) is a text entry at step 0 and, at the end, the hyperparameters with the final
+``val/loss`` and ``val/bpb`` (TensorBoard's HParams tab compares a sweep's jobs by them). A resumed run appends
+to the same directory and purges what the interrupted run wrote from the resumed update on, so every step is
+shown once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from training.loggers import VAL_METRICS, RunInfo, Sink, config_yaml, flat_config, require
+
+
+class TensorBoardSink(Sink):
+    """One TensorBoard run per training run, in ``<run dir>/<subdir>``."""
+
+    LOG_SECONDS, TEARDOWN_SECONDS = 0.0005, 0.2  # a time budget sets these aside per logged update and at the end
+    files = ("tensorboard/",)
+
+    @classmethod
+    def check(cls, settings: Mapping[str, Any]) -> None:
+        require("tensorboard", "tensorboard", "logger=tensorboard")
+
+    def __init__(self, info: RunInfo, subdir: str = "tensorboard"):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.files = (f"{subdir}/",)
+        # purge_step: TensorBoard hides what an earlier writer logged at steps ≥ the resumed update
+        self.writer = SummaryWriter(str(info.run_dir / subdir), purge_step=info.start or None, flush_secs=30)
+        self.config = info.config
+        self.final: dict[str, float] = {}
+        if not info.start:
+            self.writer.add_text("config", "```yaml\n" + config_yaml(info.config) + "```", 0)
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        for name, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(name, value, step)
+        self.final.update({k: metrics[k] for k in VAL_METRICS if k in metrics})
+
+    def log_sample(self, step: int, prompt: str, text: str) -> None:
+        self.writer.add_text("sample", f"```\n{text}\n```", step)
+
+    def finish(self, status: str, summary: Mapping[str, Any]) -> None:
+        from torch.utils.tensorboard.summary import hparams
+
+        final = {k: v for k, v in self.final.items() if isinstance(v, float) and math.isfinite(v)}
+        if status != "preempted" and final:  # a preempted run writes them when its resumed part ends
+            # the HParams tab reads each metric's scalars (logged above) by name; the summary names them
+            for summary_proto in hparams(flat_config(self.config), final):
+                self.writer.file_writer.add_summary(summary_proto)
+        self.writer.close()
