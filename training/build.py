@@ -218,7 +218,7 @@ def build_run(
     resume_from = distributed.broadcast_object(
         checkpoint.find_resume(trainer.resume, run_dir) if dist.is_main else None
     )
-    state = checkpoint.load(resume_from) if resume_from else None
+    state = checkpoint.load(resume_from, verify_files=False) if resume_from else None  # rank 0 verified it
     if not dist.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     cache, train_batches, val_batches = build_data(cfg, dist)

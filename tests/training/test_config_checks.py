@@ -170,8 +170,8 @@ def finished_run(tmp_path_factory, data_cache):
 @pytest.mark.parametrize(
     "damage,overrides,fragments",
     [
-        ("truncate", [], ["state.pt", "truncated or corrupt"]),
-        ("garbage", [], ["truncated or corrupt"]),
+        ("truncate", [], ["state.pt", "damaged since it was saved", "no earlier intact checkpoint"]),
+        ("garbage", [], ["state.pt", "damaged since it was saved"]),
         (None, ["model.n_embd=64"], ["another shape", "n_embd 32 → 64"]),
         (None, ["data.vocab_size=448"], ["vocab_size 384 → 448"]),
         (None, ["trainer.resume=false"], ["trainer.resume=false", "already holds checkpoints"]),
