@@ -383,6 +383,11 @@ def check_trainer(t: Mapping[str, Any]) -> None:
     if t.get("global_batch_tokens") is not None:
         positive_int(t, "global_batch_tokens", "trainer")
     one_of(t, "nonfinite", "trainer", NONFINITE)
+    hang = t.get("hang_timeout")
+    if hang is not None and (not is_number(hang) or hang <= 0):
+        raise ConfigError("trainer.hang_timeout", "null or a number of seconds > 0", hang)
+    if not is_number(t.get("collective_timeout")) or t["collective_timeout"] <= 0:
+        raise ConfigError("trainer.collective_timeout", "a number of seconds > 0", t.get("collective_timeout"))
     resume = t.get("resume")
     if resume is not False and resume != "auto" and not (isinstance(resume, str) and resume):
         raise ConfigError("trainer.resume", "auto, false or a checkpoint or run directory", resume)

@@ -22,6 +22,7 @@ from training import checkpoint
 from training.config import ConfigError
 from training.engine import NONFINITE, train_update
 from training.signals import EXIT_RESUMABLE, Stopped
+from training.watchdog import EXIT_HUNG
 
 T, W = 12, 4
 # Dropout makes the run depend on the torch RNG, which the checkpoint must carry over too.
@@ -117,6 +118,29 @@ def test_sigint_is_a_graceful_stop_too(tmp_path, tiny_train, monkeypatch):
     with pytest.raises(Stopped, match=r"stopped after updates 0–2 \(SIGINT\)"):
         tiny_train(tmp_path / "run", ["trainer.max_steps=50", "trainer.eval_every=0"])
     assert checkpoint.latest(tmp_path / "run" / "checkpoints").name == "step-00000003"
+
+
+def test_a_stalled_update_writes_every_threads_stack_and_exits_124_to_be_resumed(tmp_path, data_cache):
+    """A read that never returns at update 5 (checkpoints every 2): past trainer.hang_timeout the process says which
+    update stalled, writes where every thread was, and exits; the same command again resumes from update 4."""
+    run = tmp_path / "run"
+    stall = ["+logger.sinks.stall._target_=tests.training.fork_parts.StallAt", "+logger.sinks.stall.step=5"]
+    args = [*TINY, "trainer.max_steps=8", "trainer.ckpt_every=2", "trainer.eval_every=0", "trainer.hang_timeout=2"]
+    started = time.monotonic()
+    proc = run_train([*args, *stall], run, data_cache, check=False)
+    assert proc.returncode == EXIT_HUNG, proc.stderr[-3000:]
+    assert time.monotonic() - started < 60
+    line = "update 5 did not finish within trainer.hang_timeout=2 s; the stack of every thread follows; exiting with"
+    assert f"error: {line} {EXIT_HUNG}" in proc.stderr
+    for text in (proc.stderr, (run / "train.log").read_text()):
+        assert f"{line} {EXIT_HUNG}" in text
+        assert text.count("(most recent call first):") >= 2  # the main thread and the watchdog's at least
+        assert 'fork_parts.py", line' in text and " in log\n" in text  # where the main thread stalled
+    assert "Traceback" not in proc.stderr
+    assert checkpoint.latest(run / "checkpoints").name == "step-00000004"
+    resumed = run_train(args, run, data_cache)
+    assert f"resuming from {run / 'checkpoints' / 'step-00000004'} at update 4" in resumed.stdout + resumed.stderr
+    assert sorted(train_records(run)) == list(range(8))
 
 
 @pytest.mark.slow
