@@ -77,12 +77,17 @@ def fit(run: Run) -> float:
                 run.evaluate(t)
             t0 = time.perf_counter()
             lrs = run.learning_rates()  # what update t uses
-            micro_batches = run.train_batches.micro_batches(t)
+            micro_batches = run.micro_batches(t)
             data_wait = time.perf_counter() - t0
             update, overflows = run.step(micro_batches)  # fp16: retried at a lower scale while it overflows
             if t == run.start:  # compiled, and every rank in step: from now on a peer's silence is a fault
                 distributed.set_collective_timeout(trainer.collective_timeout)
             run.metrics.count("fp16_overflows", overflows)
+            median = run.skips.spike(t, update.loss, trainer.spike_factor) if trainer.on_spike else None
+            if median is not None and (back := run.roll_back(t, update, median)) is not None:
+                t = back  # trainer.on_spike=rollback: the latest checkpoint again, past the batches since
+                watchdog.progress(t)
+                continue
             if update.status == NONFINITE:
                 run.skip_nonfinite(t, update)  # raises under trainer.nonfinite=stop
             run.log_update(t, update, lrs, time.perf_counter() - t0, data_wait)
