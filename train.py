@@ -30,6 +30,7 @@ from training.config import USER_ERRORS, check_config, check_overrides_or_exit, 
 from training.engine import NONFINITE
 from training.init_from import with_init_from
 from training.signals import EXIT_RESUMABLE, Stopped, StopSignals
+from training.watchdog import EXIT_HUNG, PeerLost, Watchdog, peers_answering, report
 
 log = logging.getLogger("train")
 
@@ -48,7 +49,7 @@ def train(
     secret-looking values are redacted everywhere, and none may contradict ``model.init_from``'s folder);
     ``started``: ``time.perf_counter()`` at the job's start, for a time budget.
     Raises a ``USER_ERRORS`` error for bad input, a directory another run holds, or a full disk (``DiskFull``);
-    ``Stopped`` after a requested stop (checkpoint written)."""
+    ``Stopped`` after a requested stop (checkpoint written); ``PeerLost`` when another rank stopped answering."""
     cfg = with_init_from(cfg, overrides)  # model.init_from: the shape and tokenizer of a transformers folder
     check_config(cfg)
     with space_for(run_dir):  # a full disk wherever the run writes: DiskFull, one line naming the file
@@ -66,38 +67,50 @@ def train(
 
 
 def fit(run: Run) -> float:
-    """The loop: update t uses lr = peak · λ(t); one scheduler.step() after each optimizer update."""
+    """The loop: update t uses lr = peak · λ(t); one scheduler.step() after each optimizer update. A stalled
+    update ends the process (``Watchdog``); a collective that another rank stopped answering raises ``PeerLost``."""
     trainer, t, T = run.cfg.trainer, run.start, run.total_steps
-    with StopSignals() as signals:
+    watchdog = Watchdog(trainer.hang_timeout, t)
+    with StopSignals() as signals, watchdog, peers_answering(lambda: t, trainer.collective_timeout):
         while t < T:
             if trainer.eval_every and t % trainer.eval_every == 0:
                 run.evaluate(t)
             t0 = time.perf_counter()
             lrs = run.learning_rates()  # what update t uses
-            micro_batches = run.train_batches.micro_batches(t)
+            micro_batches = run.micro_batches(t)
             data_wait = time.perf_counter() - t0
             update, overflows = run.step(micro_batches)  # fp16: retried at a lower scale while it overflows
+            if t == run.start:  # compiled, and every rank in step: from now on a peer's silence is a fault
+                distributed.set_collective_timeout(trainer.collective_timeout)
             run.metrics.count("fp16_overflows", overflows)
+            median = run.skips.spike(t, update.loss, trainer.spike_factor) if trainer.on_spike else None
+            if median is not None and (back := run.roll_back(t, update, median)) is not None:
+                t = back  # trainer.on_spike=rollback: the latest checkpoint again, past the batches since
+                watchdog.progress(t)
+                continue
             if update.status == NONFINITE:
                 run.skip_nonfinite(t, update)  # raises under trainer.nonfinite=stop
             run.log_update(t, update, lrs, time.perf_counter() - t0, data_wait)
             t += 1
+            watchdog.progress(t)
             stop = signals.requested or ("trainer.stop_at" if trainer.stop_at and trainer.stop_at <= t < T else None)
             if distributed.any_rank(stop is not None):  # every rank stops at the same update
                 run.save(t)
                 raise Stopped(t, stop or "another rank")
             if trainer.ckpt_every and t % trainer.ckpt_every == 0 and t < T:
                 run.save(t)
-    final_val = run.evaluate(T)
-    run.save(T)
-    run.end_sample()
+                watchdog.progress(t)
+        distributed.set_collective_timeout(distributed.SETUP_TIMEOUT_S)  # rank 0 alone samples and reports
+        final_val = run.evaluate(T)
+        run.save(T)
+        run.end_sample()
     return final_val
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Hydra's edge: run ``train`` on the job's plain values; bad input ends with one line and exit code 2, a
-    requested stop with exit code 75 (resumable)."""
+    requested stop with exit code 75 (resumable), a peer that stopped answering with one line and exit code 124."""
     register_resolvers()  # again here: a launcher's job process (submitit) does not run __main__
     hc = HydraConfig.get()
     first_job = hc.job.get("num") in (None, 0)  # a later sweep job's clock starts with the job
@@ -111,6 +124,9 @@ def main(cfg: DictConfig) -> float:
     except Stopped as e:
         log.info("%s", e)
         sys.exit(EXIT_RESUMABLE)
+    except PeerLost as e:
+        report(str(e))
+        os._exit(EXIT_HUNG)  # at once: a process group that lost a peer can abort the interpreter's exit
     except USER_ERRORS as e:
         if sweep is not None:
             if launch.sweep_job_failed(hc, sweep, e):

@@ -4,7 +4,7 @@
     python bench/cache_check.py --gb 4 data=tinystories
 
 Every reuse of a token cache compares a crc32 of each 64 MiB chunk of its token files with the ones recorded
-when it was built (``data.cache.file_checksums``, chunks in parallel threads), besides the files' sizes and the
+when it was built (``data.atomic.file_checksums``, chunks in parallel threads), besides the files' sizes and the
 tokenizer's hash. Reported: the whole reuse check (``data.cache.inspect``) on the config's cache, built first if
 missing, and the checksums of a synthetic token file of ``--gb`` GB, written to the temporary directory and
 deleted after; each the best of ``--reps``. The synthetic file is read from the page cache (just written), so
@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT))  # the template runs from its root
 
 import numpy as np  # noqa: E402
 
-from data.cache import file_checksums, inspect, prepare  # noqa: E402
+from data.atomic import file_checksums  # noqa: E402
+from data.cache import inspect, prepare  # noqa: E402
 from training.config import USER_ERRORS, compose_checked  # noqa: E402
 
 

@@ -24,12 +24,10 @@ import errno
 import hashlib
 import json
 import logging
-import mmap
 import os
 import re
 import shutil
 import time
-import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -65,7 +63,6 @@ except ImportError:  # Windows: no advisory locks; concurrent builds still end c
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 3
-CHECKSUM_CHUNK_BYTES = 64 << 20  # a crc32 per chunk: chunks are checked in parallel, and a mismatch says where
 ENCODE_BATCH_CHARS = 4 << 20  # text per encode_batch call: enough documents to keep every core busy
 DEFAULT_CACHE_DIR = ".cache/data"
 BUILDING = ".building"  # the lock file a builder holds inside its temporary directory
@@ -127,7 +124,7 @@ def inspect(path: Path, fingerprint: str | None = None, settings: dict | None = 
             return None, "tokenizer.json is not the one it was built with"
         chunk_bytes = meta["checksums"]["chunk_bytes"]
         for split in SPLITS:
-            recorded, now = meta["checksums"][f"{split}.bin"], file_checksums(path / f"{split}.bin", chunk_bytes)
+            recorded, now = meta["checksums"][f"{split}.bin"], atomic.file_checksums(path / f"{split}.bin", chunk_bytes)
             bad = next((i for i, (a, b) in enumerate(zip(recorded, now, strict=True)) if a != b), None)
             if bad is not None:
                 start = bad * chunk_bytes
@@ -138,23 +135,6 @@ def inspect(path: Path, fingerprint: str | None = None, settings: dict | None = 
     except (ValueError, KeyError, TypeError) as e:
         return None, f"meta.json is unreadable ({type(e).__name__}: {e})"
     return meta, ""
-
-
-def file_checksums(path: Path, chunk_bytes: int = CHECKSUM_CHUNK_BYTES) -> list[int]:
-    """``zlib.crc32`` of each ``chunk_bytes`` of ``path``, over a memory map, chunks in parallel threads (zlib
-    releases the GIL while it sums)."""
-    size = path.stat().st_size
-    if size == 0:
-        return []
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-
-        def crc(start: int) -> int:
-            with memoryview(mapped) as whole, whole[start : start + chunk_bytes] as chunk:
-                return zlib.crc32(chunk)
-
-        starts = range(0, size, chunk_bytes)
-        with ThreadPoolExecutor(max_workers=min(len(starts), os.cpu_count() or 1)) as pool:
-            return list(pool.map(crc, starts))
 
 
 def encode_corpus(
@@ -314,7 +294,7 @@ def build(cfg: Any, corpus: Corpus, final: Path) -> TokenCache:
             (tmp / "tokenizer.json").write_text(tok_json)  # committing the directory fsyncs every file
             counts = encode_corpus(tok, corpus.split_documents(), eot, dtype, tmp)
             check_splits(corpus, counts)
-            checksums = {f"{s}.bin": file_checksums(tmp / f"{s}.bin") for s in SPLITS}
+            checksums = {f"{s}.bin": atomic.file_checksums(tmp / f"{s}.bin") for s in SPLITS}
             meta = {
                 "format": FORMAT_VERSION,
                 "corpus": corpus.name,
@@ -325,7 +305,7 @@ def build(cfg: Any, corpus: Corpus, final: Path) -> TokenCache:
                 "eot_id": eot,
                 "dtype": dtype.name,
                 **counts,
-                "checksums": {"algorithm": "crc32", "chunk_bytes": CHECKSUM_CHUNK_BYTES, **checksums},
+                "checksums": {"algorithm": "crc32", "chunk_bytes": atomic.CHECKSUM_CHUNK_BYTES, **checksums},
                 "skipped_undecodable": corpus.decode_stats.skipped,
                 "replaced_undecodable": corpus.decode_stats.replaced,
                 "build_seconds": round(time.perf_counter() - started, 2),

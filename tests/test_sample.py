@@ -122,7 +122,8 @@ def test_a_truncated_checkpoint_is_a_one_line_error_naming_its_file(tiny_run, tm
     shutil.copytree(tiny_run / "checkpoints" / "step-00000010", corrupt)
     state = corrupt / "state.pt"
     state.write_bytes(state.read_bytes()[:1000])  # a truncated write
-    with pytest.raises(ConfigError, match=f"^checkpoint {state}: cannot be read, it is truncated or corrupt") as info:
+    message = f"^checkpoint {state}: damaged since it was saved \\(it holds 1.0 kB \\(1,000 bytes\\), "
+    with pytest.raises(ConfigError, match=message) as info:
         sample(sample_config([f"checkpoint={corrupt}"]))
     assert "\n" not in str(info.value)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import resource
 import time
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from training.init_from import initial_weights, model_vocab
 from training.loggers import JsonlSink, Metrics, ProgressSink, RunInfo, human, last_logged_step, start_summary
 from training.optim import build_optimizer, describe_optimizer
 from training.secrets import redact, register_overrides, scrub_hydra_files
+from training.spikes import MAX_ROLLBACKS_TO_ONE_CHECKPOINT, Skips
 
 log = logging.getLogger("train")
 
@@ -69,6 +71,7 @@ class Run:
     extra_state: dict[str, Any]  # saved in every checkpoint beside the training state
     files: dict[str, str]  # written into every checkpoint folder
     tokenizer: Any
+    skips: Skips  # which batch each update takes, and what trainer.on_spike=rollback skipped
 
     @property
     def device(self) -> torch.device:
@@ -96,6 +99,7 @@ class Run:
             **self.extra_state,
             "sinks": {**self.extra_state["sinks"], **self.metrics.states()},
             "seconds": self.earlier_seconds + time.perf_counter() - self.started,
+            "skips": self.skips.state_dict(),
         }
         path = self.checkpointer.save(step, self.tokens_seen, extra, self.files)
         if path is not None:
@@ -106,11 +110,50 @@ class Run:
         if self.cfg.trainer.nonfinite == "stop":
             raise ConfigError(
                 f"update {t}: the loss ({update.loss}) or gradient norm ({update.grad_norm}) is not finite; no "
-                "optimizer step was taken with it and the last good checkpoint is kept (lower optim.lr, or set "
-                "trainer.nonfinite=skip to skip such batches)"
+                "optimizer step was taken with it and the last good checkpoint is kept (lower optim.lr, set "
+                "trainer.nonfinite=skip to skip such batches, or trainer.on_spike=rollback to go back to the latest "
+                "checkpoint past them)"
             )
         self.scheduler.step()  # the update index and the schedule move on without an optimizer step
         self.metrics.count("skipped_nonfinite")
+
+    def micro_batches(self, t: int) -> list:
+        """The micro-batches of update ``t``: those of its batch number (``t`` unless a rollback skipped some)."""
+        return self.train_batches.micro_batches(self.skips.batch(t))
+
+    def roll_back(self, t: int, update: Update, median: float) -> int | None:
+        """``trainer.on_spike=rollback`` after a spike at update ``t``: the latest intact checkpoint restored, the
+        batches since skipped, the metrics cut back to it; returns the update to take next (None: there is no
+        checkpoint yet to go back to, and the run goes on)."""
+        trainer = self.cfg.trainer
+        spiked = (
+            f"{update.loss / median:.1f}× the median {median:.4g} of the {len(self.skips.recent)} updates before"
+            if math.isfinite(update.loss)
+            else "not finite"
+        )
+        what = f"update {t}: the training loss {update.loss:.4g} is {spiked} (trainer.on_spike=rollback)"
+        folder = distributed.broadcast_object(
+            checkpoint.newest_intact(self.checkpointer.root) if self.dist.is_main else None
+        )
+        if folder is None:
+            log.warning("%s; there is no checkpoint yet to go back to: going on", what)
+            return None
+        state = checkpoint.load(folder, verify_files=False)  # rank 0 verified it
+        back = state["step"]
+        if self.skips.repeats == [back, MAX_ROLLBACKS_TO_ONE_CHECKPOINT]:
+            raise ConfigError(
+                f"{what}, after {MAX_ROLLBACKS_TO_ONE_CHECKPOINT} rollbacks in a row to {folder}: the spikes come "
+                "from the run, not its data; lower optim.lr, or raise trainer.spike_factor"
+            )
+        self.checkpointer.restore(state, folder, trainer.allow_schedule_change, self.cfg.optim.name)
+        self.tokens_seen = state["tokens"]
+        first, last = self.skips.roll_back(back, t)
+        self.metrics.rewind(back)
+        self.metrics.summary["train/rollbacks"] = self.skips.rollbacks
+        log.warning(
+            "%s; back to %s, skipping batches %d–%d (rollback %d)", what, folder, first, last, self.skips.rollbacks
+        )
+        return back
 
     def learning_rates(self) -> dict[str, float]:
         """The lrs the next update uses: ``train/lr`` (param group 0, AdamW's), and ``train/lr_<name>`` of each
@@ -138,6 +181,7 @@ class Run:
             "train/step_time": step_time,
             "tokens": self.tokens_seen,
             "train/data_wait": data_wait,
+            **({"train/rollbacks": self.skips.rollbacks} if self.cfg.trainer.on_spike else {}),
         }
         self.metrics.log(t, {**record, "train/peak_memory_gb": peak_memory_gb(self.device)})
 
@@ -218,7 +262,7 @@ def build_run(
     resume_from = distributed.broadcast_object(
         checkpoint.find_resume(trainer.resume, run_dir) if dist.is_main else None
     )
-    state = checkpoint.load(resume_from) if resume_from else None
+    state = checkpoint.load(resume_from, verify_files=False) if resume_from else None  # rank 0 verified it
     if not dist.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     cache, train_batches, val_batches = build_data(cfg, dist)
@@ -311,6 +355,7 @@ def build_run(
         extra_state=extra_state,
         files=files,
         tokenizer=tokenizer,
+        skips=Skips(trainer.spike_window, (state or {}).get("skips")),
     )
     log.info("\n%s", start_summary(**describe(run, cache.meta, schedule)))
     if state is not None:

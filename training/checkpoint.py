@@ -5,10 +5,17 @@ the metric sinks' state — tensors and plain Python values only, loaded with ``
 ``tokenizer.json``. A folder is assembled under ``checkpoints/.tmp-*``, every file fsynced, then renamed into
 place; ``checkpoints/latest`` (the folder's name) is replaced last. A process killed at any moment leaves the
 previous checkpoint and pointer intact; leftover ``.tmp-*`` folders are ignored and cleaned up later.
+
+``checksums.json`` records each file's size and crc32 (per 64 MiB), written before the folder is renamed into
+place. Every load checks them first: a file changed in place or truncated since is refused in one line naming
+it, and a resume falls back to the newest earlier checkpoint that is intact. A folder from before checksums
+(no checksums.json) loads unchecked.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import random
 import re
@@ -27,12 +34,15 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from data.atomic import begin, commit, replace_file, space_for
+from data.atomic import CHECKSUM_CHUNK_BYTES, begin, commit, file_checksums, replace_file, size_text, space_for
 from model import GPTConfig
 from training import distributed
 from training.config import ConfigError
 
+log = logging.getLogger("train")
+
 STATE_FILE = "state.pt"
+CHECKSUMS = "checksums.json"
 LATEST = "latest"
 STEP_DIR = re.compile(r"^step-(\d{8,})$")
 
@@ -61,6 +71,7 @@ def save(
                 torch.save(state, fh)  # torch's "unexpected pos"
             for name, data in files.items():
                 (tmp / name).write_bytes(data.encode() if isinstance(data, str) else data)
+            write_checksums(tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -69,6 +80,78 @@ def save(
     if keep > 0:
         prune(root, keep)
     return final
+
+
+def write_checksums(folder: Path) -> None:
+    """``checksums.json`` in ``folder``: the size and the crc32 of each 64 MiB of every file under it (an FSDP
+    run's shards too). crc32 catches accidental damage (a bad disk, a partial copy), which is what it is for."""
+    files = {
+        path.relative_to(folder).as_posix(): {"bytes": path.stat().st_size, "crc32": file_checksums(path)}
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != CHECKSUMS
+    }
+    record = {"algorithm": "crc32", "chunk_bytes": CHECKSUM_CHUNK_BYTES, "files": files}
+    (folder / CHECKSUMS).write_text(json.dumps(record, indent=1) + "\n")
+
+
+def damage(folder: Path) -> str | None:
+    """What changed in checkpoint ``folder`` since it was saved, as one line naming the file; None when every
+    file is as its checksums.json records (or it predates checksums)."""
+    record_file = folder / CHECKSUMS
+    if not record_file.is_file():
+        return None
+    try:
+        record = json.loads(record_file.read_text())
+        files, chunk_bytes = dict(record["files"]), int(record["chunk_bytes"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"checkpoint {record_file}: cannot be read ({type(e).__name__}), so its files cannot be checked"
+    for name, saved in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"checkpoint {path}: missing since it was saved"
+        size = path.stat().st_size
+        if size != saved["bytes"]:
+            return (
+                f"checkpoint {path}: damaged since it was saved (it holds {size_text(size)}, "
+                f"{size_text(saved['bytes'])} were written)"
+            )
+        now = file_checksums(path, chunk_bytes)
+        bad = next((i for i, (a, b) in enumerate(zip(saved["crc32"], now, strict=True)) if a != b), None)
+        if bad is not None:
+            start = bad * chunk_bytes
+            end = min(start + chunk_bytes, size)
+            return f"checkpoint {path}: damaged since it was saved (bytes {start:,}–{end:,} differ, crc32)"
+    return None
+
+
+def verify(folder: Path) -> None:
+    """Refuse checkpoint ``folder`` in one line when a file of it changed since it was saved."""
+    why = damage(folder)
+    if why is not None:
+        raise ConfigError(why)
+
+
+def newest_intact(root: Path) -> Path | None:
+    """The checkpoint under ``root`` to continue from: the latest, or when it is damaged the newest earlier one
+    that is intact (said in a warning); None when there is none at all. Every kept checkpoint damaged is a
+    one-line error naming the latest one's damaged file."""
+    newest = latest(root)
+    if newest is None:
+        return None
+    why = damage(newest)
+    if why is None:
+        return newest
+    m = STEP_DIR.match(newest.name)
+    earlier = [s for s in saved_steps(root) if not m or s < int(m.group(1))]
+    for step in reversed(earlier):
+        folder = root / step_dir_name(step)
+        if damage(folder) is None:
+            log.warning("%s; resuming from the previous complete checkpoint, %s", why, folder)
+            return folder
+    raise ConfigError(
+        f"{why}; no earlier intact checkpoint is kept to resume from (trainer.keep_checkpoints ≥ 2 keeps one); "
+        "start the run again in a new hydra.run.dir"
+    )
 
 
 def state_bytes(state: Any) -> int:
@@ -141,8 +224,11 @@ def resolve(path: str | os.PathLike, key: str = "trainer.resume") -> Path:
     raise ConfigError(f"{key}: {str(path)!r} holds no checkpoint (no {STATE_FILE} under it)")
 
 
-def load(path: Path) -> dict[str, Any]:
-    """The state of checkpoint folder ``path``, on the CPU; a corrupt or foreign file is a one-line error."""
+def load(path: Path, verify_files: bool = True) -> dict[str, Any]:
+    """The state of checkpoint folder ``path``, on the CPU; a file changed since it was saved (unless
+    ``verify_files=False``: already checked), a corrupt or a foreign one is a one-line error."""
+    if verify_files:
+        verify(path)
     file = path / STATE_FILE
     try:
         with warnings.catch_warnings():
@@ -192,19 +278,24 @@ def _as_tuple(value: Any) -> Any:
 
 
 def find_resume(resume: Any, run_dir: Path) -> Path | None:
-    """``trainer.resume``: auto = the run directory's latest checkpoint if any; false = refuse a run directory
-    that has checkpoints; a path = that checkpoint (or that run directory's latest)."""
-    own = latest(run_dir / "checkpoints")
+    """``trainer.resume``: auto = the run directory's latest intact checkpoint if any; false = refuse a run
+    directory that has checkpoints; a path = that checkpoint, or that run directory's latest intact one. The
+    folder returned has been verified (``newest_intact``, ``verify``)."""
     if resume == "auto":
-        return own
+        return newest_intact(run_dir / "checkpoints")
     if resume is False:
-        if own is not None:
+        if latest(run_dir / "checkpoints") is not None:
             raise ConfigError(
                 f"trainer.resume=false, but the run directory {run_dir} already holds checkpoints; "
                 "use a new hydra.run.dir, or trainer.resume=auto to continue it"
             )
         return None
-    return resolve(resume)
+    folder = resolve(resume)
+    named = Path(os.path.expanduser(str(resume)))
+    if named.resolve() in (folder.resolve(), (folder / STATE_FILE).resolve()):  # that checkpoint, and no other
+        verify(folder)
+        return folder
+    return newest_intact(folder.parent)
 
 
 # Model settings that change how the loss is computed, not the weights: a resume may change them.

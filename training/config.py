@@ -383,6 +383,22 @@ def check_trainer(t: Mapping[str, Any]) -> None:
     if t.get("global_batch_tokens") is not None:
         positive_int(t, "global_batch_tokens", "trainer")
     one_of(t, "nonfinite", "trainer", NONFINITE)
+    hang = t.get("hang_timeout")
+    if hang is not None and (not is_number(hang) or hang <= 0):
+        raise ConfigError("trainer.hang_timeout", "null or a number of seconds > 0", hang)
+    if not is_number(t.get("collective_timeout")) or t["collective_timeout"] <= 0:
+        raise ConfigError("trainer.collective_timeout", "a number of seconds > 0", t.get("collective_timeout"))
+    if t.get("on_spike") not in (None, "rollback"):
+        raise ConfigError("trainer.on_spike", "null or rollback", t.get("on_spike"))
+    if not is_number(t.get("spike_factor")) or t["spike_factor"] <= 1:
+        raise ConfigError("trainer.spike_factor", "a number > 1", t.get("spike_factor"))
+    positive_int(t, "spike_window", "trainer")
+    if t.get("on_spike") == "rollback" and not t.get("ckpt_every"):
+        raise ConfigError(
+            "trainer.ckpt_every",
+            "an integer > 0 with trainer.on_spike=rollback (a checkpoint to go back to)",
+            t.get("ckpt_every"),
+        )
     resume = t.get("resume")
     if resume is not False and resume != "auto" and not (isinstance(resume, str) and resume):
         raise ConfigError("trainer.resume", "auto, false or a checkpoint or run directory", resume)

@@ -7,6 +7,12 @@ only rank 0 writes files. Strategies (``trainer.strategy``):
 - ``single``: one process; ``ddp``: a full replica per rank, gradients all-reduced (the default when
   WORLD_SIZE > 1); ``fsdp``: every block sharded across ranks (``fully_shard`` per block, then the root), bf16
   parameters with fp32 gradient reduction on GPU.
+
+A collective waits for the other ranks ``SETUP_TIMEOUT_S`` while the run starts (rank 0 may build the token
+cache while the others wait; every rank compiles) and ends (rank 0 alone samples and reports), and
+``trainer.collective_timeout`` in between (``set_collective_timeout``, after the first update, as torchtitan
+does): a rank that stopped answering then ends the others' wait with a backend error (``peer_failure``). Under
+NCCL its asynchronous error handling does it: a timed-out collective is aborted and the process torn down.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import datetime
 import importlib.util
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +32,8 @@ import torch.distributed as dist
 from training.config import DEVICES, PRECISIONS, STRATEGIES, USER_ERRORS, ConfigError
 
 log = logging.getLogger("train")
+
+SETUP_TIMEOUT_S = 1800.0  # a collective's wait at the start and the end of a run, when one rank may work alone
 
 
 @dataclass(frozen=True)
@@ -253,8 +262,28 @@ def init(device_choice: str) -> Dist:
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30), **kwargs)
+        if backend == "nccl":  # a collective past its timeout is aborted and the process torn down, not left waiting
+            os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=SETUP_TIMEOUT_S), **kwargs)
     return Dist(rank, local_rank, world_size, device)
+
+
+def set_collective_timeout(seconds: float) -> None:
+    """From now on a collective waits at most ``seconds`` for the other ranks (once the process group exists)."""
+    if is_initialized():
+        from torch.distributed.distributed_c10d import _set_pg_timeout
+
+        _set_pg_timeout(datetime.timedelta(seconds=seconds))
+
+
+def peer_failure(error: BaseException) -> str | None:
+    """What the backend said when a collective failed because another rank stopped answering or left — gloo's
+    timeout or closed connection, NCCL's error — in a few words; None for any other error."""
+    text = str(error).strip()
+    if not isinstance(error, dist.DistError) and not (isinstance(error, RuntimeError) and "gloo/transport" in text):
+        return None
+    first = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0] if text else type(error).__name__)  # [file.cc:53]
+    return first.split(". ")[0].rstrip(".")[:200]
 
 
 def barrier() -> None:

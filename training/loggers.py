@@ -70,6 +70,8 @@ class Sink:
       and handed back as ``RunInfo.state`` when the run continues in its own directory (not to a branch).
     - ``finish(status, summary)``: the run ended, ``status`` ok | failed | preempted; ``summary``: best/*, the
       parameter count and counters. Close what it holds.
+    - ``rewind(step)`` (optional): the run went back to update ``step`` (``trainer.on_spike=rollback``) and logs
+      its updates from there again: drop what it holds of them, where it can.
     - ``files``: what it writes in the run directory, for the end-of-run summary.
     - ``check(settings)`` (class method): refuse a bad ``logger.*`` value in one line (``ConfigError``), before
       any work.
@@ -129,6 +131,15 @@ class JsonlSink(FileSink):
 
     def __init__(self, path: Path, resume_step: int | None = None):
         self.path = path
+        self.cut_and_open(resume_step)
+
+    def rewind(self, step: int) -> None:
+        """Drop the records of steps ≥ ``step`` (a rollback), as on resume."""
+        self.close()
+        self.cut_and_open(step)
+
+    def cut_and_open(self, resume_step: int | None) -> None:
+        path = self.path
         if resume_step is not None and path.exists():
             keep = [line for line in path.read_text().splitlines() if line.strip() and _step(line) < resume_step]
             with space_for(path):
@@ -184,6 +195,10 @@ class CsvSink(Sink):
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         self.record.log(step, metrics)
+
+    def rewind(self, step: int) -> None:
+        self.record.close()
+        self.record = CsvRecord(self.record.path, step)
 
     def finish(self, status: str, summary: Mapping[str, Any]) -> None:
         self.record.close()
@@ -293,6 +308,17 @@ class Metrics:
 
     def log_sample(self, step: int, prompt: str, text: str) -> None:
         self.each("log_sample", "logging the sample", step, prompt, text)
+
+    def rewind(self, step: int) -> None:
+        """The run went back to update ``step``: metrics.jsonl and the sinks that can drop what they hold from it
+        on, and the summary forgets a best validation from it on."""
+        for sink in self.core:
+            if hasattr(sink, "rewind"):
+                sink.rewind(step)
+        self.each("rewind", f"going back to update {step}", step)
+        if self.summary.get("best/step", -1) >= step:
+            for key in ("best/val_loss", "best/val_bpb", "best/step"):
+                self.summary.pop(key, None)
 
     def each(self, method: str, what: str, *args: Any) -> None:
         """``sink.method(*args)`` for every plugged sink; one that fails is named once and dropped."""

@@ -3,7 +3,13 @@
 A secret is the value of an environment variable whose name contains KEY, TOKEN, SECRET, PASSWORD or
 CREDENTIAL (``WANDB_API_KEY``, ``HF_TOKEN``), or of a config key with such a word as a part of its name
 (``hf_token``, ``api_key``; not ``max_tokens``): a key a fork adds to its config groups, and its value given
-as a command-line override.
+as a command-line override. A value shaped like a common credential is one too, under any key and inside any
+text (``logger.notes=hf_…``): Hugging Face, OpenAI-style, GitHub and AWS keys, W&B's local-server keys, and a
+bare 40-hex string (W&B's API keys) — except under a key naming a revision, commit or sha, or as a path segment
+(HF's ``snapshots/<revision>/``), where 40 hex digits are a git commit.
+
+Everything a run writes goes through ``redact``: Hydra's files, the checkpoint's config, and each sink's config,
+settings and command line.
 """
 
 from __future__ import annotations
@@ -17,6 +23,16 @@ from typing import Any
 SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
 SECRET_KEY = re.compile(r"(^|[_.-])(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)($|[_.-])", re.IGNORECASE)
 REDACTED = "<redacted>"
+# Credentials by their shape: Hugging Face, OpenAI (legacy and project, service-account and admin keys), GitHub
+# (classic and fine-grained), AWS access key ids, W&B's local-server keys. Random, so a false match is unlikely.
+SECRET_SHAPES = re.compile(
+    r"(?<![A-Za-z0-9])(?:hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9]{32,}|sk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{20,}"
+    r"|gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,}|(?:AKIA|ASIA)[0-9A-Z]{16}|local-[0-9a-f]{40})"
+    r"(?![A-Za-z0-9])"
+)
+# W&B's API keys are 40 hex digits, as are git commits: a commit is kept under such a key or in a path.
+HEX40 = re.compile(r"(?<![0-9A-Za-z/])[0-9a-f]{40}(?![0-9A-Za-z])")
+REVISION_KEY = re.compile(r"(^|[_.-])(REVISION|COMMIT|SHA)($|[_.-])", re.IGNORECASE)
 _registered: set[str] = set()
 
 
@@ -35,23 +51,27 @@ def secret_values() -> list[str]:
     return sorted(env | _registered, key=len, reverse=True)
 
 
-def redact(obj: Any, secrets: list[str] | None = None) -> Any:
-    """A copy of a config container (or override list) with secret-looking keys and secret values masked."""
+def redact(obj: Any, secrets: list[str] | None = None, key: str = "") -> Any:
+    """A copy of a config container (or override list, or text) with secret-looking keys, secret values and
+    credential-shaped strings masked; ``key``: the key ``obj`` is the value of."""
     secrets = secret_values() if secrets is None else secrets
     if isinstance(obj, Mapping):
         return {
-            k: (REDACTED if SECRET_KEY.search(str(k)) and obj[k] not in (None, "") else redact(v, secrets))
+            k: (REDACTED if SECRET_KEY.search(str(k)) and obj[k] not in (None, "") else redact(v, secrets, str(k)))
             for k, v in obj.items()
         }
     if isinstance(obj, (list, tuple)):
-        return type(obj)(redact(v, secrets) for v in obj)
+        return type(obj)(redact(v, secrets, key) for v in obj)
     if isinstance(obj, str):
-        key, sep, _ = obj.partition("=")  # an override such as trainer.hf_token=abc
-        if sep and SECRET_KEY.search(key.split(".")[-1]):
-            return f"{key}={REDACTED}"
+        override, sep, _ = obj.partition("=")  # an override such as trainer.hf_token=abc
+        if sep and SECRET_KEY.search(override.split(".")[-1]):
+            return f"{override}={REDACTED}"
         for s in secrets:
             if s in obj:
                 obj = obj.replace(s, REDACTED)
+        obj = SECRET_SHAPES.sub(REDACTED, obj)
+        if not REVISION_KEY.search(override.split(".")[-1] if sep else key):
+            obj = HEX40.sub(REDACTED, obj)
     return obj
 
 
@@ -63,5 +83,5 @@ def scrub_hydra_files(run_dir: Path) -> None:
         original = path.read_text()
         data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
         clean = OmegaConf.to_yaml(OmegaConf.create(redact(data)))
-        if clean != OmegaConf.to_yaml(OmegaConf.create(data)) or any(s in original for s in secret_values()):
+        if clean != OmegaConf.to_yaml(OmegaConf.create(data)) or redact(original) != original:
             path.write_text(clean)

@@ -27,7 +27,7 @@ def write_summary(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def best_validation(summary: dict) -> str:
-    """The end-of-run verdict: the best validation, and the batches skipped as non-finite, if any."""
+    """The end-of-run verdict: the best validation, and the batches skipped as non-finite or by rollbacks, if any."""
     if "best/val_loss" in summary:
         best = (
             f"best val loss {summary['best/val_loss']:.4f} ({summary['best/val_bpb']:.4f} bits per byte) at "
@@ -35,8 +35,9 @@ def best_validation(summary: dict) -> str:
         )
     else:
         best = "no validation loss was finite"
-    skipped = summary.get("skipped_nonfinite")
-    return best + (f"; {skipped} update(s) skipped as non-finite (trainer.nonfinite=skip)" if skipped else "")
+    skipped, rollbacks = summary.get("skipped_nonfinite"), summary.get("train/rollbacks")
+    best += f"; {skipped} update(s) skipped as non-finite (trainer.nonfinite=skip)" if skipped else ""
+    return best + (f"; {rollbacks} rollback(s) past a loss spike (trainer.on_spike=rollback)" if rollbacks else "")
 
 
 def report(run, status: str) -> None:

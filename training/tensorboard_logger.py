@@ -5,7 +5,7 @@ Every record's metrics are scalars under the names metrics.jsonl uses, at step =
 resolved config (secrets redacted) is a text entry at step 0 and, at the end, the hyperparameters with the final
 ``val/loss`` and ``val/bpb`` (TensorBoard's HParams tab compares a sweep's jobs by them). A resumed run appends
 to the same directory and purges what the interrupted run wrote from the resumed update on, so every step is
-shown once.
+shown once; a rollback (``trainer.on_spike=rollback``) purges the same way.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ class TensorBoardSink(Sink):
     def __init__(self, info: RunInfo, subdir: str = "tensorboard"):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.files = (f"{subdir}/",)
+        self.files, self.log_dir = (f"{subdir}/",), info.run_dir / subdir
         # purge_step: TensorBoard hides what an earlier writer logged at steps ≥ the resumed update
-        self.writer = SummaryWriter(str(info.run_dir / subdir), purge_step=info.start or None, flush_secs=30)
+        self.writer = SummaryWriter(str(self.log_dir), purge_step=info.start or None, flush_secs=30)
         self.config = info.config
         self.final: dict[str, float] = {}
         if not info.start:
@@ -43,6 +43,13 @@ class TensorBoardSink(Sink):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.writer.add_scalar(name, value, step)
         self.final.update({k: metrics[k] for k in VAL_METRICS if k in metrics})
+
+    def rewind(self, step: int) -> None:
+        """A rollback to update ``step``: a new writer purges what this one logged from there on, as on resume."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer.close()
+        self.writer = SummaryWriter(str(self.log_dir), purge_step=step, flush_secs=30)
 
     def log_sample(self, step: int, prompt: str, text: str) -> None:
         self.writer.add_text("sample", f"```\n{text}\n```", step)

@@ -64,3 +64,19 @@ class CallAt(Sink):
     def log(self, step: int, metrics) -> None:
         if step == self.step and "train/loss" in metrics:
             SEEN.pop("call_at")()
+
+
+class StallAt(Sink):
+    """Stalls the run when update ``step`` is logged, as a read that never returns would: it opens a named pipe
+    that no process writes (``<run dir>/stall.fifo``)."""
+
+    def __init__(self, info: RunInfo, step: int):
+        self.step, self.fifo = step, info.run_dir / "stall.fifo"
+
+    def log(self, step: int, metrics) -> None:
+        if step == self.step and "train/loss" in metrics:
+            import os
+
+            os.mkfifo(self.fifo)
+            with open(self.fifo) as never_written:
+                never_written.read()

@@ -30,6 +30,12 @@ BAD_CONFIGS = [
     (["trainer.precision=fp4"], "trainer.precision", "auto, fp32, bf16, fp16, fp8"),
     (["trainer.compile=maybe"], "trainer.compile", "auto, true, false"),
     (["trainer.nonfinite=ignore"], "trainer.nonfinite", "stop, skip"),
+    (["trainer.hang_timeout=0"], "trainer.hang_timeout", "null or a number of seconds > 0"),
+    (["trainer.collective_timeout=null"], "trainer.collective_timeout", "a number of seconds > 0"),
+    (["trainer.on_spike=skip"], "trainer.on_spike", "null or rollback"),
+    (["trainer.spike_factor=1"], "trainer.spike_factor", "a number > 1"),
+    (["trainer.spike_window=0"], "trainer.spike_window", "> 0"),
+    (["trainer.on_spike=rollback"], "trainer.ckpt_every", "an integer > 0 with trainer.on_spike=rollback"),
     (["trainer.allow_schedule_change=maybe"], "trainer.allow_schedule_change", "true, false or branch"),
     (["trainer.stop_at=0"], "trainer.stop_at", "[1, trainer.max_steps"),
     (["trainer.global_batch_tokens=100"], "trainer.global_batch_tokens", "a multiple of batch_size × block_size"),
@@ -170,8 +176,8 @@ def finished_run(tmp_path_factory, data_cache):
 @pytest.mark.parametrize(
     "damage,overrides,fragments",
     [
-        ("truncate", [], ["state.pt", "truncated or corrupt"]),
-        ("garbage", [], ["truncated or corrupt"]),
+        ("truncate", [], ["state.pt", "damaged since it was saved", "no earlier intact checkpoint"]),
+        ("garbage", [], ["state.pt", "damaged since it was saved"]),
         (None, ["model.n_embd=64"], ["another shape", "n_embd 32 → 64"]),
         (None, ["data.vocab_size=448"], ["vocab_size 384 → 448"]),
         (None, ["trainer.resume=false"], ["trainer.resume=false", "already holds checkpoints"]),

@@ -84,6 +84,7 @@ def test_a_wandb_run_resumes_from_a_checkpoint_written_before_sinks_had_state(tm
     old_layout = {k: v for k, v in state.items() if k not in ("sinks", "seconds")}
     old_layout["wandb_run_id"] = state["sinks"]["wandb"]["run_id"]
     torch.save(old_layout, latest / checkpoint.STATE_FILE)
+    (latest / checkpoint.CHECKSUMS).unlink()  # nor did such a checkpoint record checksums
     tiny_train(run, [*ARGS, "logger=wandb"])
     files = run_files(run / "wandb")
     assert len(files) == 2 and {run_info(f).run_id for f in files} == {state["sinks"]["wandb"]["run_id"]}

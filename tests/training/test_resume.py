@@ -1,4 +1,5 @@
-"""Runs that survive: bit-exact resume, preemption signals, a kill during a checkpoint save, non-finite losses."""
+"""Runs that survive: bit-exact resume, preemption signals, a kill during a checkpoint save, a checkpoint damaged
+after it was saved, non-finite losses."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
+from data.atomic import size_text
 from model import GPT, GPTConfig
 from scheduling import Schedule, build_scheduler
 from tests.conftest import ROOT, TINY, read_metrics, run_train, train_records
@@ -19,6 +22,7 @@ from training import checkpoint
 from training.config import ConfigError
 from training.engine import NONFINITE, train_update
 from training.signals import EXIT_RESUMABLE, Stopped
+from training.watchdog import EXIT_HUNG
 
 T, W = 12, 4
 # Dropout makes the run depend on the torch RNG, which the checkpoint must carry over too.
@@ -116,6 +120,29 @@ def test_sigint_is_a_graceful_stop_too(tmp_path, tiny_train, monkeypatch):
     assert checkpoint.latest(tmp_path / "run" / "checkpoints").name == "step-00000003"
 
 
+def test_a_stalled_update_writes_every_threads_stack_and_exits_124_to_be_resumed(tmp_path, data_cache):
+    """A read that never returns at update 5 (checkpoints every 2): past trainer.hang_timeout the process says which
+    update stalled, writes where every thread was, and exits; the same command again resumes from update 4."""
+    run = tmp_path / "run"
+    stall = ["+logger.sinks.stall._target_=tests.training.fork_parts.StallAt", "+logger.sinks.stall.step=5"]
+    args = [*TINY, "trainer.max_steps=8", "trainer.ckpt_every=2", "trainer.eval_every=0", "trainer.hang_timeout=2"]
+    started = time.monotonic()
+    proc = run_train([*args, *stall], run, data_cache, check=False)
+    assert proc.returncode == EXIT_HUNG, proc.stderr[-3000:]
+    assert time.monotonic() - started < 60
+    line = "update 5 did not finish within trainer.hang_timeout=2 s; the stack of every thread follows; exiting with"
+    assert f"error: {line} {EXIT_HUNG}" in proc.stderr
+    for text in (proc.stderr, (run / "train.log").read_text()):
+        assert f"{line} {EXIT_HUNG}" in text
+        assert text.count("(most recent call first):") >= 2  # the main thread and the watchdog's at least
+        assert 'fork_parts.py", line' in text and " in log\n" in text  # where the main thread stalled
+    assert "Traceback" not in proc.stderr
+    assert checkpoint.latest(run / "checkpoints").name == "step-00000004"
+    resumed = run_train(args, run, data_cache)
+    assert f"resuming from {run / 'checkpoints' / 'step-00000004'} at update 4" in resumed.stdout + resumed.stderr
+    assert sorted(train_records(run)) == list(range(8))
+
+
 @pytest.mark.slow
 def test_a_kill_during_a_checkpoint_save_keeps_the_previous_one_and_resume_uses_it(tmp_path, data_cache):
     """SIGKILL a real process while it writes a checkpoint (a .tmp- folder exists), then resume."""
@@ -153,6 +180,60 @@ def test_a_kill_during_a_checkpoint_save_keeps_the_previous_one_and_resume_uses_
     proc = run_train(TINY + args[:-6] + resume + args[-3:-1], run, data_cache)
     assert f"resuming from {before} at update {state['step']}" in proc.stdout + proc.stderr
     assert not any(p.name.startswith(".tmp-") for p in ckpts.iterdir())  # the leftover was cleaned up
+
+
+def damage_in_place(file: Path, n: int = 64) -> None:
+    """Invert ``n`` bytes in the middle of ``file``, keeping its size: a bad sector, a flipped copy."""
+    data = bytearray(file.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + n] = bytes(255 - b for b in data[mid : mid + n])
+    file.write_bytes(bytes(data))
+
+
+def test_a_damaged_latest_checkpoint_is_refused_and_the_run_resumes_bit_for_bit_from_the_one_before(
+    tmp_path, tiny_train, uninterrupted, caplog
+):
+    run, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    with pytest.raises(Stopped):
+        tiny_train(run, ARGS + ["trainer.ckpt_every=4", "trainer.stop_at=8"])  # keeps step 4 and step 8
+    state = ckpts / "step-00000008" / checkpoint.STATE_FILE
+    damage_in_place(state)
+    refused = f"checkpoint {state}: damaged since it was saved (bytes 0–{state.stat().st_size:,} differ, crc32)"
+    with caplog.at_level("WARNING"):
+        tiny_train(run, ARGS + ["trainer.ckpt_every=4"])
+    assert f"{refused}; resuming from the previous complete checkpoint, {ckpts / 'step-00000004'}" in caplog.text
+    keys = ("step", "train/loss", "train/lr", "train/grad_norm", "val/loss", "val/bpb")
+    assert [[r.get(k) for k in keys] for r in read_metrics(run)] == [[r.get(k) for k in keys] for r in uninterrupted]
+    checkpoint.verify(ckpts / "step-00000008")  # written again by the resumed run
+
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_with_none_before_it_stops_train_sample_and_export_in_one_line(
+    tmp_path, tiny_train, data_cache
+):
+    run = tmp_path / "run"
+    with pytest.raises(Stopped):
+        tiny_train(run, ARGS + ["trainer.stop_at=5"])  # one checkpoint, step 5
+    state = checkpoint.latest(run / "checkpoints") / checkpoint.STATE_FILE
+    size = state.stat().st_size
+    state.write_bytes(state.read_bytes()[: size // 2])  # truncated by a copy that did not finish
+    saved = {p: p.read_bytes() for p in (run / "checkpoints").rglob("*") if p.is_file()}
+    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache), "WANDB_MODE": "offline"}
+    commands = {
+        "train.py": [*TINY, *ARGS, f"hydra.run.dir={run}"],
+        "sample.py": [f"checkpoint={run}"],
+        "export.py": [f"checkpoint={run}", f"out={tmp_path / 'exported'}"],
+    }
+    truncated = f"error: checkpoint {state}: damaged since it was saved (it holds {size_text(size // 2)}, "
+    for script, args in commands.items():
+        proc = subprocess.run(
+            [sys.executable, script, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 2, (script, proc.stderr[-2000:])
+        assert proc.stderr.startswith(truncated) and proc.stderr.count("\n") == 1, (script, proc.stderr)
+        assert "Traceback" not in proc.stdout
+    assert {p: p.read_bytes() for p in (run / "checkpoints").rglob("*") if p.is_file()} == saved
+    assert not (tmp_path / "exported").exists()
 
 
 BLOW_UP = ["schedule.warmup_steps=0", "optim.lr=1e6", "trainer.grad_clip=0", "trainer.eval_every=0"]

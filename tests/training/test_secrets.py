@@ -15,6 +15,7 @@ from tests.conftest import TINY, compose_config
 from tests.training.wandb_file import run_files
 from training import checkpoint
 from training.config import ConfigError
+from training.secrets import REDACTED, redact
 
 ENV_SECRET = "envSECRETvalue12345"
 KEY_SECRET = "wandbKEYvalue0123456789"
@@ -61,6 +62,74 @@ def test_no_secret_is_written_to_config_dumps_logs_checkpoints_metrics_or_wandb(
     out, err = capfd.readouterr()
     for secret in SECRETS:
         assert secret not in caplog.text + out + err
+
+
+# Credentials by their shape, as their issuers print them (AWS's is its documentation's example key id).
+SHAPED = {
+    "hugging face": "hf_aB3dE6gH9jK2mN5pQ8sT1vW4yZ7bC0eF3h",
+    "openai": "sk-proj-Ab3De6Gh9Jk2Mn5Pq8St1Vw4Yz7Bc0Ef3Hi6Kl9",
+    "github classic": "ghp_Ab3De6Gh9Jk2Mn5Pq8St1Vw4Yz7Bc0Ef3Hi6",
+    "github fine-grained": "github_pat_11AB3DE6G0" + "hJk2Mn5Pq8St1Vw4Yz7Bc0Ef3Hi6Kl9_" + "x" * 40,
+    "aws": "AKIAIOSFODNN7EXAMPLE",
+    "wandb": "0123456789abcdef0123456789abcdef01234567",
+    "wandb local": "local-fedcba9876543210fedcba9876543210fedcba98",
+}
+COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
+
+
+@pytest.mark.parametrize("kind", SHAPED)
+def test_a_credential_shaped_value_is_redacted_alone_inside_text_and_in_an_override(kind):
+    secret = SHAPED[kind]
+    redacted = redact({"notes": secret, "tags": [f"see {secret}, please"]}, secrets=[])
+    assert redacted == {"notes": REDACTED, "tags": [f"see {REDACTED}, please"]}
+    assert redact(["logger.notes=" + secret], secrets=[]) == ["logger.notes=" + REDACTED]
+
+
+def test_a_commit_under_a_revision_key_or_in_a_path_and_ordinary_names_are_kept():
+    kept = {
+        "revision": COMMIT,
+        "git_commit": COMMIT,
+        "init_from": f"/home/me/.cache/huggingface/hub/models--gpt2/snapshots/{COMMIT}",
+        "run_name": "sk-learn-baseline-lr-sweep-2024",
+        "project": "hf_models",
+        "tokens": "max_tokens",
+    }
+    assert redact(kept, secrets=[]) == kept
+    assert redact([f"data.revision={COMMIT}"], secrets=[]) == [f"data.revision={COMMIT}"]
+    assert redact({"notes": f"trained at {COMMIT}"}, secrets=[]) == {"notes": f"trained at {REDACTED}"}
+
+
+def test_no_credential_shaped_value_reaches_any_file_of_a_run_or_a_tracker(tmp_path, data_cache, monkeypatch):
+    """Given as notes, run name and tags of W&B, TensorBoard and MLflow at once, as a user types them."""
+    from train import train
+
+    run, store = tmp_path / "run", tmp_path / "mlflow.db"
+    notes = " ".join(v for k, v in SHAPED.items() if k not in ("openai", "github classic"))
+    args = [
+        "logger=[wandb,tensorboard,mlflow]",
+        "logger.mode=offline",
+        f"logger.tracking_uri=sqlite:///{store}",
+        f"logger.notes='{notes}'",
+        f"logger.run_name={SHAPED['openai']}",
+        f"logger.tags=[{SHAPED['github classic']}]",
+        "trainer.max_steps=3",
+        "trainer.eval_every=0",
+    ]
+    monkeypatch.setenv("GPT_DATA_CACHE", str(data_cache))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setattr(sys, "argv", ["train.py", *TINY, *args])
+    write_hydra_output(run, TINY + args)
+    assert SHAPED["aws"] in (run / ".hydra" / "overrides.yaml").read_text()  # as typed, until the run scrubs it
+    train(compose_config(TINY + args), run, overrides=TINY + args)
+    assert run_files(run)
+    files = [p for p in (*run.rglob("*"), store) if p.is_file()]
+    written = {p.name for p in files}
+    assert {"state.pt", "config.yaml", "metrics.jsonl", "summary.json"} <= written
+    assert any(n.startswith("events.out.tfevents") for n in written) and any(n.endswith(".wandb") for n in written)
+    for path in files:
+        data = path.read_bytes()
+        for kind, secret in SHAPED.items():
+            assert secret.encode() not in data, f"the {kind} key leaked into {path}"
 
 
 class Payload:

@@ -1,12 +1,17 @@
 """The same train.py under torchrun on CPU with gloo: DDP equals one process, FSDP trains, one run directory,
-checkpoints move between world sizes, and bad input stops every rank. torchrun launches real processes, as a
-user runs it; the one-process side of each comparison runs in this process."""
+checkpoints move between world sizes, bad input stops every rank, and a rank that dies or hangs ends the others'
+wait, after which the run resumes exactly. torchrun launches real processes, as a user runs it (and as srun
+does, each rank its own process); the one-process side of each comparison runs in this process."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +19,7 @@ import pytest
 from tests.conftest import ROOT, TINY, compose_config, read_metrics, train_records
 from training import checkpoint
 from training.signals import EXIT_RESUMABLE
+from training.watchdog import EXIT_HUNG
 
 T = 20
 # 256 tokens per update: 2 ranks × 1 micro-batch × 4 × 32, or 1 rank × 2 micro-batches × 4 × 32.
@@ -22,20 +28,15 @@ ARGS = [f"trainer.max_steps={T}", "trainer.global_batch_tokens=256", "trainer.ev
 pytestmark = pytest.mark.slow
 
 
+def torchrun_command(args: list[str], run_dir: Path | None = None, launcher: list[str] | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *(launcher or [])]
+    cmd += [str(ROOT / "train.py"), *TINY, *args]
+    return cmd + ([f"hydra.run.dir={run_dir}"] if run_dir is not None else [])
+
+
 def torchrun(args: list[str], cwd: Path, cache: Path, run_dir: Path | None = None, check: bool = True):
     env = {**os.environ, "GPT_DATA_CACHE": str(cache), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(ROOT / "train.py"),
-        *TINY,
-        *args,
-    ]
-    if run_dir is not None:
-        cmd.append(f"hydra.run.dir={run_dir}")
+    cmd = torchrun_command(args, run_dir)
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"torchrun exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -119,3 +120,132 @@ def test_two_process_ddp_with_muon_equals_one_process(tmp_path, data_cache, tiny
     two = train_records(tmp_path / "two")
     assert_same_losses(one, two, range(T))
     assert all(one[t]["train/lr_muon"] == two[t]["train/lr_muon"] for t in range(T))
+
+
+# Long enough to catch mid-run: 300 updates, checkpoints every 20, a peer's silence noticed after 3 s.
+FAULT_T = 300
+FAULT_ARGS = [
+    f"trainer.max_steps={FAULT_T}",
+    "trainer.global_batch_tokens=256",
+    "trainer.eval_every=100",
+    "schedule.warmup_steps=4",
+    "trainer.ckpt_every=20",
+    "trainer.collective_timeout=3",
+    "trainer.sample_tokens=0",
+]
+SAME = ("train/loss", "train/lr", "train/grad_norm", "val/loss", "val/bpb")
+
+
+@pytest.fixture(scope="module")
+def two_ranks_uninterrupted(tmp_path_factory, data_cache) -> list[dict]:
+    run = tmp_path_factory.mktemp("two") / "run"
+    torchrun(FAULT_ARGS, run.parent, data_cache, run)
+    return read_metrics(run)
+
+
+def assert_bit_for_bit(expected: list[dict], run: Path) -> None:
+    got = read_metrics(run)
+    assert [r["step"] for r in got] == [r["step"] for r in expected]
+    assert [[r.get(k) for k in SAME] for r in got] == [[r.get(k) for k in SAME] for r in expected]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_updates(run: Path, n: int, procs: list[subprocess.Popen], timeout: float = 300) -> None:
+    """Until metrics.jsonl holds update ``n`` (or fail, when a process ends first or time runs out)."""
+    deadline = time.monotonic() + timeout
+    while not ((run / "metrics.jsonl").is_file() and n in train_records(run)):
+        assert all(p.poll() is None for p in procs), "a rank ended early"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def worker_pids(launcher_pid: int) -> dict[int, int]:
+    """torchrun's workers, by RANK (each in a session of its own, so a signal to torchrun's group misses them)."""
+    pids = {}
+    for children in Path(f"/proc/{launcher_pid}/task").glob("*/children"):
+        for child in children.read_text().split():
+            with contextlib.suppress(OSError):  # a worker that just ended
+                env = Path(f"/proc/{child}/environ").read_bytes().decode(errors="replace").split("\0")
+                rank = next((v for k, _, v in (e.partition("=") for e in env) if k == "RANK"), None)
+                if rank is not None:
+                    pids[int(rank)] = int(child)
+    return pids
+
+
+@pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "hung"])
+def test_when_a_rank_dies_or_hangs_the_other_exits_in_one_line_and_a_rerun_resumes_bit_for_bit(
+    fault, tmp_path, data_cache, two_ranks_uninterrupted
+):
+    """Each rank its own process, as srun starts them; rank 1 is killed, or stopped (alive and silent)."""
+    run = tmp_path / "run"
+    env = {
+        **os.environ,
+        "GPT_DATA_CACHE": str(data_cache),
+        "WANDB_MODE": "offline",
+        "OMP_NUM_THREADS": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "WORLD_SIZE": "2",
+    }
+    cmd = [sys.executable, str(ROOT / "train.py"), *TINY, *FAULT_ARGS, f"hydra.run.dir={run}"]
+    outs = [open(tmp_path / f"rank{rank}.txt", "w+") for rank in (0, 1)]
+    ranks = [
+        subprocess.Popen(cmd, cwd=tmp_path, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=o, stderr=o)
+        for r, o in enumerate(outs)
+    ]
+    try:
+        wait_for_updates(run, 50, ranks)
+        ranks[1].send_signal(fault)
+        faulted = time.monotonic()
+        assert ranks[0].wait(timeout=120) == EXIT_HUNG
+        waited = time.monotonic() - faulted
+    finally:
+        for proc in ranks:
+            proc.kill()
+            proc.wait()
+    outs[0].seek(0)
+    out = outs[0].read()
+    errors = [line for line in out.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in out, out[-3000:]
+    assert (
+        errors[0].startswith("error: update ")
+        and "another rank stopped answering (trainer.collective_timeout=3 s;" in errors[0]
+    )
+    assert waited < (5 if fault == signal.SIGKILL else 3 + 10), waited  # a closed connection is seen at once
+    stopped_at = int(errors[0].split()[2].rstrip(":"))
+    assert max(train_records(run)) == stopped_at - 1  # the update it waited in is the one it names
+    torchrun(FAULT_ARGS, tmp_path, data_cache, run)  # the same command under torchrun
+    assert_bit_for_bit(two_ranks_uninterrupted, run)
+
+
+def test_under_torchrun_max_restarts_a_hung_rank_restarts_the_group_from_latest_bit_for_bit(
+    tmp_path, data_cache, two_ranks_uninterrupted
+):
+    run = tmp_path / "run"
+    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"  # each round its own store: the restarted group's ranks meet
+    launcher = ["--max-restarts=1"]  # the stopped rank ignores torchrun's SIGTERM: its SIGKILL comes 30 s later
+    out = open(tmp_path / "torchrun.txt", "w+")
+    proc = subprocess.Popen(
+        torchrun_command(FAULT_ARGS, run, launcher), cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
+    )
+    try:
+        wait_for_updates(run, 50, [proc])
+        os.kill(worker_pids(proc.pid)[1], signal.SIGSTOP)
+        assert proc.wait(timeout=600) == 0
+    finally:
+        if proc.poll() is None:  # failed: no worker may outlive the test
+            for pid in worker_pids(proc.pid).values():
+                os.kill(pid, signal.SIGKILL)
+            proc.kill()
+        proc.wait()
+    out.seek(0)
+    text = out.read()
+    assert "another rank stopped answering (trainer.collective_timeout=3 s;" in text, text[-3000:]
+    assert "resuming from " in text
+    assert_bit_for_bit(two_ranks_uninterrupted, run)

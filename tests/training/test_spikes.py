@@ -1,0 +1,121 @@
+"""trainer.on_spike=rollback: a poisoned batch planted in a run sends it back to its latest checkpoint past that
+batch, once; batches stay a function of the update index and the skips kept in checkpoints, so resume is exact."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from data.batches import TrainBatches
+from tests.conftest import read_metrics, train_records
+from training import checkpoint
+from training.config import ConfigError
+from training.signals import Stopped
+from training.spikes import Skips
+
+T, POISONED = 40, 29  # batch 29 is poisoned; checkpoints every 4 updates: the rollback goes back to update 28
+ARGS = [
+    f"trainer.max_steps={T}",
+    "optim.lr=0.01",  # trained enough by update 29 that the poisoned targets' loss stands out
+    "trainer.eval_every=0",
+    "trainer.ckpt_every=4",
+    "trainer.keep_checkpoints=2",
+    "trainer.spike_window=5",
+    "trainer.spike_factor=1.5",
+    "model.dropout=0.1",  # the generators must come back with the checkpoint too
+]
+ROLLBACK = ["trainer.on_spike=rollback"]
+
+
+def plant(monkeypatch, poison: str) -> None:
+    """Batch ``POISONED`` gets poisoned targets: ``rare``, all of them the token the corpus has least often (a
+    finite spike); ``ignored``, none counted (the loss is 0/0, not finite)."""
+    clean = TrainBatches.micro_batches
+
+    def micro_batches(self, batch: int):
+        batches = clean(self, batch)
+        if batch != POISONED:
+            return batches
+        if poison == "rare":
+            token = int(np.bincount(self.tokens, minlength=self.vocab_size).argmin())
+            return [(x, torch.full_like(y, token)) for x, y in batches]
+        return [(x, torch.full_like(y, -100)) for x, y in batches]
+
+    monkeypatch.setattr(TrainBatches, "micro_batches", micro_batches)
+
+
+def test_without_the_option_a_poisoned_batch_stops_the_run_or_is_trained_on(tmp_path, tiny_train, monkeypatch):
+    plant(monkeypatch, "ignored")
+    with pytest.raises(ConfigError, match=rf"^update {POISONED}: the loss \(nan\) or gradient norm .* is not finite"):
+        tiny_train(tmp_path / "ignored", ARGS)
+    plant(monkeypatch, "rare")
+    losses = [r["train/loss"] for _, r in sorted(train_records(tiny_train(tmp_path / "rare", ARGS)).items())]
+    assert losses[POISONED] > 1.5 * float(np.median(losses[POISONED - 5 : POISONED]))  # the spike, trained on
+
+
+@pytest.mark.parametrize("poison", ["rare", "ignored"])
+def test_a_poisoned_batch_is_rolled_back_once_and_skipped_and_the_run_ends_finite(
+    poison, tmp_path, tiny_train, monkeypatch, caplog
+):
+    plant(monkeypatch, poison)
+    run = tmp_path / "run"
+    with caplog.at_level("WARNING"):
+        tiny_train(run, ARGS + ROLLBACK)
+    back_to = run / "checkpoints" / "step-00000028"
+    assert f"update {POISONED}: the training loss " in caplog.text
+    assert f"(trainer.on_spike=rollback); back to {back_to}, skipping batches 28–{POISONED} (rollback 1)" in caplog.text
+    records = train_records(run)
+    assert sorted(records) == list(range(T))  # every update once: the rolled-back ones were cut and taken again
+    assert all(math.isfinite(r["train/loss"]) for r in records.values())
+    assert [records[t]["train/rollbacks"] for t in range(T)] == [0] * 28 + [1] * (T - 28)
+    final = checkpoint.load(checkpoint.latest(run / "checkpoints"))
+    assert final["skips"]["skipped"] == [[28, POISONED]] and final["skips"]["rollbacks"] == 1
+    assert Skips(state=final["skips"]).batch(28) == POISONED + 1  # update 28 took the batch after the poisoned one
+
+
+def test_a_run_stopped_after_a_rollback_resumes_bit_for_bit(tmp_path, tiny_train, monkeypatch):
+    plant(monkeypatch, "rare")
+    uninterrupted = read_metrics(tiny_train(tmp_path / "uninterrupted", ARGS + ROLLBACK))
+    run = tmp_path / "run"
+    with pytest.raises(Stopped):
+        tiny_train(run, ARGS + ROLLBACK + ["trainer.stop_at=33"])  # after the rollback; its checkpoint holds the skip
+    tiny_train(run, ARGS)  # resumed with the option off: the skips stay
+    keys = ("step", "train/loss", "train/lr", "train/grad_norm")
+    assert [[r.get(k) for k in keys] for r in read_metrics(run)] == [[r.get(k) for k in keys] for r in uninterrupted]
+
+
+@given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 50)), max_size=6))
+def test_updates_take_ever_later_batches_and_never_a_skipped_one_even_after_rolling_back_further(rollbacks):
+    skips = Skips()
+    for to, spike in rollbacks:  # a later rollback may go back before an earlier one's checkpoint
+        _, spiked = skips.roll_back(min(to, spike), max(to, spike))
+        assert skips.batch(min(to, spike)) > spiked  # the update gone back to takes a batch after the spike's
+    taken = [skips.batch(t) for t in range(200)]
+    assert all(a < b for a, b in zip(taken, taken[1:], strict=False))
+    skipped = {b for first, last in skips.skipped for b in range(first, last + 1)}
+    assert not skipped & set(taken)
+    assert sorted(skipped | set(taken))[: len(taken)] == list(range(len(taken)))  # no batch left out but skipped ones
+
+
+def test_metrics_csv_and_tensorboard_hold_each_update_once_across_a_rollback(tmp_path, tiny_train, monkeypatch):
+    import csv
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    plant(monkeypatch, "rare")
+    run = tiny_train(tmp_path / "run", ARGS + ROLLBACK + ["logger=[csv,tensorboard]"])
+    losses = {t: r["train/loss"] for t, r in train_records(run).items()}
+    with open(run / "metrics.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["train/loss"]]
+    assert [int(r["step"]) for r in rows] == list(range(T))
+    assert all(float(r["train/loss"]) == pytest.approx(losses[int(r["step"])]) for r in rows)
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert [s for s, _ in logged] == list(range(T))  # the spiked update's first value purged
+    assert all(v == pytest.approx(losses[s], rel=1e-6) for s, v in logged)

@@ -1,0 +1,111 @@
+"""Runs that stop making progress end, so that a scheduler or torchrun restarts them from the latest checkpoint.
+
+Two faults leave a process alive and silent. A stalled update (a read that never returns, a collective that never
+completes): ``Watchdog`` waits ``trainer.hang_timeout`` seconds for the loop's next step forward, then writes every
+thread's Python stack (``faulthandler``) to stderr and train.log and ends the process with ``EXIT_HUNG``. A peer
+that stopped answering: after the first update a collective waits at most ``trainer.collective_timeout`` seconds
+(``training.distributed``), and the backend's error becomes ``PeerLost``, which train.py reports in one line
+before exiting with ``EXIT_HUNG`` too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from training.distributed import peer_failure
+
+log = logging.getLogger("train")
+
+# timeout(1)'s code for "timed out": the run made no progress within the time allowed; the latest checkpoint is
+# intact, and running the same command again (a requeue, torchrun --max-restarts) resumes from it.
+EXIT_HUNG = 124
+
+
+class PeerLost(Exception):
+    """Another rank stopped answering (or left) while this one waited for it in a collective."""
+
+    def __init__(self, update: int, timeout: float, reason: str):
+        super().__init__(
+            f"update {update}: another rank stopped answering (trainer.collective_timeout={timeout:g} s; {reason}); "
+            f"exiting with {EXIT_HUNG}: run the same command again to resume from the latest checkpoint"
+        )
+
+
+@contextlib.contextmanager
+def peers_answering(update: Callable[[], int], timeout: float) -> Iterator[None]:
+    """Turn a collective's failure because another rank stopped answering or left into ``PeerLost`` naming
+    ``update()``, the update in progress."""
+    try:
+        yield
+    except RuntimeError as e:
+        reason = peer_failure(e)
+        if reason is None:
+            raise
+        raise PeerLost(update(), timeout, reason) from None
+
+
+def log_files() -> list[logging.FileHandler]:
+    """The handlers that write the run's log file (train.log under Hydra)."""
+    return [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+
+
+def report(message: str, stacks: bool = False) -> None:
+    """``error: message`` on stderr and in the log file, then with ``stacks`` every thread's Python stack in both."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in log_files():
+        handler.handle(record)
+        handler.flush()
+    if stacks:
+        for stream in (sys.stderr, *(h.stream for h in log_files())):
+            faulthandler.dump_traceback(file=stream, all_threads=True)
+            stream.flush()
+
+
+class Watchdog:
+    """While active, a thread waits for ``progress(t)`` (update t is next) at most ``timeout`` seconds at a time
+    (None: never); past that the process reports the stacks and exits with ``EXIT_HUNG``. A thread of its own, so
+    that it fires whatever the main thread is stuck in, as long as that releases the GIL (I/O, a collective, a CUDA
+    synchronisation)."""
+
+    def __init__(self, timeout: float | None, update: int = 0):
+        self.timeout, self.update = timeout, update
+        self.deadline = float("inf")
+        self.done = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def progress(self, update: int) -> None:
+        """Update ``update`` is the next to finish; the clock starts again."""
+        self.update = update
+        if self.timeout is not None:
+            self.deadline = time.monotonic() + self.timeout
+
+    def __enter__(self) -> Watchdog:
+        if self.timeout is not None:
+            self.progress(self.update)
+            self.thread = threading.Thread(target=self.watch, name="hang-watchdog", daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        if self.thread is not None:
+            self.thread.join()
+
+    def watch(self) -> None:
+        while not self.done.wait(max(0.0, self.deadline - time.monotonic())):
+            if time.monotonic() >= self.deadline:
+                report(
+                    f"update {self.update} did not finish within trainer.hang_timeout={self.timeout:g} s; the stack "
+                    f"of every thread follows; exiting with {EXIT_HUNG}: run the same command again to resume from "
+                    "the latest checkpoint",
+                    stacks=True,
+                )
+                os._exit(EXIT_HUNG)
