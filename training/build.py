@@ -15,7 +15,7 @@ import logging
 import math
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -276,7 +276,10 @@ def build_run(
     token_bytes = torch.from_numpy(token_byte_lengths(tokenizer, vocab)).to(dist.device)
     ctx = EvalContext(cfg, dist, model.how.autocast, val_batches, token_bytes, tokenizer)
     evaluations = Evaluations(
-        {name: build(node, f"eval.evals.{name}", ctx) for name, node in (cfg.eval.evals or {}).items()}
+        {
+            name: build(node, f"eval.evals.{name}", replace(ctx, name=name))
+            for name, node in (cfg.eval.evals or {}).items()
+        }
     )
     optim = OmegaConf.to_container(cfg.optim, resolve=True)
 

@@ -352,6 +352,8 @@ def check_components(cfg: Mapping[str, Any]) -> None:
             check_call(target, where, node[TARGET], None, **own_keys(node))
             if group == "logger" and hasattr(target, "check"):
                 target.check(cfg["logger"])
+            elif group == "eval" and hasattr(target, "check"):
+                target.check(own_keys(node), where)
 
 
 def check_stop_at(stop_at: Any, total_steps: int | None) -> None:

@@ -2,13 +2,16 @@
 updates and at T — on every rank, its metrics logged to every sink at step t.
 
 An evaluation is built once per run from its YAML node (``training.components``) as
-``Target(ctx: EvalContext, **its own keys)`` and called as ``evaluation(model)`` with the model at update t (in
-train mode: it sets eval mode itself, and must leave the weights and the generators as they were); it returns
-``{metric name: value}``. Under DDP or FSDP every rank calls it, so an evaluation that splits its work over the
-ranks sums over them itself (``torch.distributed``), as :class:`Perplexity` does.
+``Target(ctx: EvalContext, **its own keys)`` (``ctx.name``: its name under ``eval.evals``) and called as
+``evaluation(model)`` with the model at update t (in train mode: it sets eval mode itself, and must leave the
+weights and the generators as they were); it returns ``{metric name: value}``. Under DDP or FSDP every rank calls
+it, so an evaluation that splits its work over the ranks sums over them itself (``torch.distributed``), as
+:class:`Perplexity` does. A class may also have ``check(keys, where)``, called with its own keys before anything
+is written, to refuse a bad value (a missing file, a task that needs the network offline) in one line.
 
-``eval=perplexity`` (the default): ``val/loss`` and ``val/bpb`` on the fixed validation windows; with a mixture
-also ``val/<source>/loss`` and ``val/<source>/bpb``.
+``eval=perplexity`` (in the default ``eval=[perplexity,next_line]``): ``val/loss`` and ``val/bpb`` on the fixed
+validation windows; with a mixture also ``val/<source>/loss`` and ``val/<source>/bpb``. The multiple-choice
+evaluations are in ``training.multiple_choice``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class EvalContext:
     val_batches: ValBatches | MixtureValBatches  # the fixed validation windows of this rank
     token_bytes: torch.Tensor  # bytes each token id encodes (0 for special tokens), on the device
     tokenizer: Any  # the run's tokenizers.Tokenizer
+    name: str = ""  # the evaluation's name in eval.evals: its metrics are logged as eval/<name>/...
 
     @property
     def device(self) -> torch.device:

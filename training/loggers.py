@@ -168,21 +168,42 @@ def _step(line: str) -> int:
 
 
 class CsvRecord(FileSink):
-    """metrics.csv: a column per metric name, one row per logged step."""
+    """metrics.csv: a column per metric name, one row per logged step. A name first logged mid-run (a mixture's
+    sources, an evaluation's metrics) adds its column: the file is written again with the wider header."""
 
     def __init__(self, path: Path, resume_step: int | None = None):
-        rows = []
+        rows, names = [], ["step", *METRIC_NAMES, *EXTRA_METRICS]
         if resume_step is not None and path.exists():
-            with open(path, newline="") as fh:
-                rows = [r for r in csv.DictReader(fh) if int(r["step"]) < resume_step]
-        super().__init__(path, open(path, "w", newline="", buffering=1))
-        self.writer = csv.DictWriter(self.fh, fieldnames=("step", *METRIC_NAMES, *EXTRA_METRICS), extrasaction="ignore")
-        with space_for(path):
+            rows, given = read_csv(path)
+            rows = [r for r in rows if int(r["step"]) < resume_step]
+            names += [n for n in given if n not in names]
+        super().__init__(path, None)
+        self.start(names, rows)
+
+    def start(self, names: list[str], rows: list[dict]) -> None:
+        """The file anew: the header ``names``, then ``rows``."""
+        if self.fh is not None:
+            self.fh.close()
+        self.fh = open(self.path, "w", newline="", buffering=1)
+        self.writer = csv.DictWriter(self.fh, fieldnames=names)
+        with space_for(self.path):
             self.writer.writeheader()
             self.writer.writerows(rows)
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
-        self.write(lambda: self.writer.writerow({"step": step, **metrics}))
+        row = {"step": step, **metrics}
+        names = list(self.writer.fieldnames)
+        new = [name for name in row if name not in names]
+        if new:
+            self.fh.flush()
+            self.write(lambda: self.start(names + new, read_csv(self.path)[0]))
+        self.write(lambda: self.writer.writerow(row))
+
+
+def read_csv(path: Path) -> tuple[list[dict], list[str]]:
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        return list(reader), list(reader.fieldnames or [])
 
 
 class CsvSink(Sink):
@@ -213,6 +234,9 @@ def format_line(step: int, total: int, m: Mapping[str, Any]) -> str:
             parts.append(f"bpb {m['val/bpb']:.4f}")
         # a mixture's sources: val/<source>/bpb
         parts += [f"{k[4:-4]} bpb {v:.4f}" for k, v in m.items() if k.endswith("/bpb") and k.count("/") == 2]
+    # a multiple-choice evaluation: eval/<name>/acc
+    parts += [f"{k[5:-4]} acc {v:.3f}" for k, v in m.items() if k.startswith("eval/") and k.endswith("/acc")]
+    if len(parts) > 1:
         return " | ".join(parts)
     if "train/loss" in m:
         parts.append(f"loss {m['train/loss']:.4f}")

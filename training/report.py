@@ -1,7 +1,8 @@
 """A sweep's report: ``python -m training.report SWEEP_DIR`` (also written at the end of every ``train.py -m``).
 
 Into the sweep directory it writes ``report.csv`` and ``report.md`` — one row per job: the values the sweep varied,
-final and best val/bpb, T, tokens, seconds and status, best first, failed jobs last and marked failed — and
+final and best val/bpb, T, tokens, seconds and status, the final ``eval/<name>/acc`` and ``eval/<name>/acc_norm``
+of each multiple-choice evaluation, best first, failed jobs last and marked failed — and
 ``report.png``, val/bpb and lr against tokens overlaid, each job labelled by what differs between the jobs. When
 the jobs end at different T (cooldown branches, budgets), ``frontier.png`` plots final val/bpb against tokens, over
 the val/bpb curve of the run they were branched from. Given a fit (``--forecast fit.json``, or
@@ -38,6 +39,7 @@ class Job:
     error: str | None = None
     rows: list[dict] = field(default_factory=list, repr=False)
     forecast: Any = None  # scheduling.forecast.Forecast of the job's schedule, given a fit
+    evals: dict[str, float] = field(default_factory=dict)  # the last value of each eval/<name>/acc(_norm)
 
     def cells(self) -> list[Any]:
         return [self.final_bpb, self.best_bpb, self.total_steps, self.tokens, self.seconds, self.status]
@@ -97,7 +99,12 @@ def read_job(run_dir: Path, swept: list[str]) -> Job:
         seconds=summary.get("seconds"),
         error=summary.get("error") or (None if summary else "ended without a summary.json (killed?)"),
         rows=rows,
+        evals={k: v for r in rows for k, v in r.items() if is_accuracy(k)},  # later rows overwrite earlier ones
     )
+
+
+def is_accuracy(key: str) -> bool:
+    return key.startswith("eval/") and key.endswith(("/acc", "/acc_norm"))
 
 
 def read_sweep(sweep_dir: Path) -> list[Job]:
@@ -125,13 +132,19 @@ def forecast_columns(jobs: list[Job]) -> list[str]:
     return [f"final {loss}", f"forecast {loss}", "forecast error"] if loss else []
 
 
+def eval_columns(jobs: list[Job]) -> list[str]:
+    """The accuracies any job logged, in the order first logged."""
+    return list(dict.fromkeys(k for j in jobs for k in j.evals))
+
+
 def table(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
     swept = list(jobs[0].swept) if jobs else []
-    forecasts = forecast_columns(jobs)
-    header = ["job", *swept, *COLUMNS, *forecasts]
+    forecasts, evals = forecast_columns(jobs), eval_columns(jobs)
+    header = ["job", *swept, *COLUMNS, *(f"final {k}" for k in evals), *forecasts]
 
     def cells(j: Job) -> list[str]:
-        formats, values = FORMATS, j.cells()
+        formats = FORMATS + ("{:.3f}",) * len(evals)
+        values = j.cells() + [j.evals.get(k) for k in evals]
         if forecasts:
             formats, values = formats + FORECAST_FORMATS, values + j.forecast_cells()
         return ["" if v is None else f.format(v) for f, v in zip(formats, values, strict=True)]
@@ -149,12 +162,12 @@ def markdown(jobs: list[Job]) -> str:
 
 def write_csv(jobs: list[Job], path: Path) -> None:
     swept = list(jobs[0].swept) if jobs else []
-    forecasts = forecast_columns(jobs)
+    forecasts, evals = forecast_columns(jobs), eval_columns(jobs)
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["job", *swept, *COLUMNS, *forecasts, "error"])
+        writer.writerow(["job", *swept, *COLUMNS, *(f"final {k}" for k in evals), *forecasts, "error"])
         for j in jobs:
-            values = j.cells() + (j.forecast_cells() if forecasts else [])
+            values = j.cells() + [j.evals.get(k) for k in evals] + (j.forecast_cells() if forecasts else [])
             writer.writerow(
                 [j.run_dir.name, *j.swept.values(), *("" if v is None else v for v in values), j.error or ""]
             )

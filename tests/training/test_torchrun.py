@@ -6,6 +6,7 @@ does, each rank its own process); the one-process side of each comparison runs i
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -23,7 +24,14 @@ from training.watchdog import EXIT_HUNG
 
 T = 20
 # 256 tokens per update: 2 ranks × 1 micro-batch × 4 × 32, or 1 rank × 2 micro-batches × 4 × 32.
-ARGS = [f"trainer.max_steps={T}", "trainer.global_batch_tokens=256", "trainer.eval_every=10", "schedule.warmup_steps=4"]
+# 30% of the corpus's files held out: enough validation documents for the next-line evaluation to ask about.
+ARGS = [
+    f"trainer.max_steps={T}",
+    "trainer.global_batch_tokens=256",
+    "trainer.eval_every=10",
+    "schedule.warmup_steps=4",
+    "data.val_fraction=0.3",
+]
 
 pytestmark = pytest.mark.slow
 
@@ -45,14 +53,14 @@ def torchrun(args: list[str], cwd: Path, cache: Path, run_dir: Path | None = Non
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory, data_cache):
-    """The train records of the same run in one process (2 micro-batches per update)."""
+    """The run directory of the same run in one process (2 micro-batches per update)."""
     from train import train
 
     run = tmp_path_factory.mktemp("one") / "run"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GPT_DATA_CACHE", str(data_cache))
         train(compose_config(TINY + ARGS), run)
-    return train_records(run)
+    return run
 
 
 def assert_same_losses(a: dict, b: dict, steps) -> None:
@@ -69,7 +77,16 @@ def test_two_process_ddp_equals_one_process_and_writes_one_run_directory(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"], "nothing else in the working directory"
     two = train_records(run_dirs[0])
     assert sorted(two) == list(range(T))
-    assert_same_losses(one_process, two, range(T))
+    assert_same_losses(train_records(one_process), two, range(T))
+    # the evaluations split their work over the ranks and sum it: the next-line items are dealt to the two ranks
+    evals = [{k: v for k, v in r.items() if k.startswith(("val/", "eval/"))} for r in read_metrics(run_dirs[0])]
+    alone = [{k: v for k, v in r.items() if k.startswith(("val/", "eval/"))} for r in read_metrics(one_process)]
+    evals, alone = [e for e in evals if e], [e for e in alone if e]
+    assert len(evals) == len(alone) == 3 and all("eval/next_line/acc_norm" in e for e in evals)
+    for e, a in zip(evals, alone, strict=True):  # (val/ differs: each rank adds eval_batches windows of its own)
+        assert e.keys() == a.keys()
+        # the weights agree to rounding (as the losses do), so an item at a near-tie may flip: one item at most
+        assert all(abs(e[k] - a[k]) <= 0.0101 for k in a if k.startswith("eval/")), (e, a)
     assert "2 rank(s) × 1 micro-batch(es)" in proc.stdout + proc.stderr
 
 
@@ -84,7 +101,7 @@ def test_a_two_process_checkpoint_resumes_on_one_process(tmp_path, data_cache, o
     tiny_train(run, ARGS)  # one process, the same global batch: 2 micro-batches per update
     resumed = train_records(run)
     assert sorted(resumed) == list(range(T))
-    assert_same_losses(one_process, resumed, range(T))
+    assert_same_losses(train_records(one_process), resumed, range(T))
 
 
 def test_two_process_fsdp_trains_and_its_sharded_checkpoint_resumes_on_one_process(tmp_path, data_cache, tiny_train):
@@ -158,10 +175,18 @@ def free_port() -> int:
 def wait_for_updates(run: Path, n: int, procs: list[subprocess.Popen], timeout: float = 300) -> None:
     """Until metrics.jsonl holds update ``n`` (or fail, when a process ends first or time runs out)."""
     deadline = time.monotonic() + timeout
-    while not ((run / "metrics.jsonl").is_file() and n in train_records(run)):
+    while n not in updates_written(run):
         assert all(p.poll() is None for p in procs), "a rank ended early"
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.005)
+
+
+def updates_written(run: Path) -> set[int]:
+    """The updates metrics.jsonl records so far; a line still being written is not read."""
+    path = run / "metrics.jsonl"
+    text = path.read_text() if path.is_file() else ""
+    lines = text[: text.rfind("\n") + 1].splitlines()
+    return {r["step"] for r in map(json.loads, lines) if "train/loss" in r}
 
 
 def worker_pids(launcher_pid: int) -> dict[int, int]:

@@ -1,0 +1,397 @@
+"""Multiple-choice evaluations (training/multiple_choice.py): item for item what lm-evaluation-harness scores on
+the same weights exported to transformers; two gloo ranks give one rank's result; the next-line task is made from
+validation documents alone, the same items every time, and its accuracy rises from chance as a run trains; HellaSwag
+is preprocessed as lm-eval's task; bad items and settings are one line naming the file and line or the key."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from data import DataError
+from export import export
+from sample import find_checkpoint, load_checkpoint_tokenizer, load_model
+from tests.conftest import TINY, compose_config, read_metrics, run_train
+from training.config import compose
+from training.distributed import Dist
+from training.evaluation import EvalContext
+from training.multiple_choice import (
+    ChoiceTask,
+    HellaSwag,
+    Item,
+    MultipleChoice,
+    clean,
+    hellaswag_item,
+    next_line_items,
+    validation_documents,
+)
+
+# TINY's corpus holds out one short file; 30% of its files give the next-line task documents to draw from
+MORE_VAL = "data.val_fraction=0.3"
+RUN = [*TINY, MORE_VAL, "trainer.max_steps=40", "trainer.eval_every=0", "trainer.sample_tokens=0", "eval=perplexity"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_cache) -> dict:
+    """A 40-update tiny run, its checkpoint's model and tokenizer, its HF export, and items over its validation
+    text (next lines, and by hand: a context ending in spaces, no context, a context longer than the model's)."""
+    from train import train
+
+    root = tmp_path_factory.mktemp("mc")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GPT_DATA_CACHE", str(data_cache))
+        train(compose_config(RUN), root / "run")
+    folder = find_checkpoint(str(root / "run"))
+    model, _ = load_model(folder, torch.device("cpu"))
+    tokenizer = load_checkpoint_tokenizer(folder, model)
+    cfg = OmegaConf.load(folder / "config.yaml")
+    hf = export(compose([f"checkpoint={root / 'run'}", f"out={root / 'hf'}"], config_name="export"))
+    from data import prepare
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GPT_DATA_CACHE", str(data_cache))
+        cache = prepare(cfg.data)
+    docs = validation_documents(FakeVal(np.asarray(cache.tokens("val"))), tokenizer, "<|endoftext|>")
+    items = next_line_items(docs, limit=40, choices=4, context_lines=3, max_bytes=31, seed=0)
+    items += [
+        Item("import os\nimport ", ("sys", "json", "collections"), 1),  # trailing space: moves to the continuation
+        Item("", ("class Foo:", "def foo():", "return x"), 1),  # no context: the end-of-text token is
+        Item(" ".join(f"x{i} = {i}" for i in range(40)), ("y = 1", "x40 = 40"), 1),  # > block_size: cut from the left
+        Item("Café naïve — 東京:", ("✓ ok", "plain ascii"), 0),
+    ]
+    path = root / "items.jsonl"
+    path.write_text(
+        "".join(json.dumps({"context": i.context, "choices": list(i.choices), "label": i.label}) + "\n" for i in items)
+    )
+    return {"root": root, "model": model, "tokenizer": tokenizer, "cfg": cfg, "hf": hf, "items": path, "n": len(items)}
+
+
+class FakeVal:
+    """What validation_documents reads of a ValBatches: its tokens."""
+
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+
+def context(trained, name: str = "mc", dist: Dist | None = None) -> EvalContext:
+    return EvalContext(trained["cfg"], dist or Dist(), contextlib.nullcontext(), None, None, trained["tokenizer"], name)
+
+
+def every_item(task: ChoiceTask, model) -> list[np.ndarray]:
+    """Each item's choices' summed log-likelihoods, in the file's order."""
+    model.eval()
+    batches = range(-(-len(task.items) // task.batch_size))
+    scored = {id(item): lls for b in batches for item, lls in task.loglikelihoods(model, b)}
+    return [scored[id(item)] for item in task.items]
+
+
+def lm_eval_samples(trained, tmp_path) -> list[dict]:
+    """lm-eval's own run on the exported folder: a local multiple-choice task over the same JSONL, fp32, CPU."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    task = {
+        "task": "template_items",
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"validation": str(trained["items"])}},
+        "output_type": "multiple_choice",
+        "validation_split": "validation",
+        "doc_to_text": "context",
+        "doc_to_choice": "choices",
+        "doc_to_target": "label",
+        "metric_list": [
+            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+        ],
+    }
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "template_items.yaml").write_text(json.dumps(task))  # JSON is YAML
+    lm = HFLM(pretrained=str(trained["hf"]), device="cpu", batch_size=8, dtype="float32", add_bos_token=False)
+    results = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=["template_items"],
+        task_manager=TaskManager(include_path=str(tmp_path / "tasks")),
+        log_samples=True,
+        num_fewshot=0,
+    )
+    return sorted(results["samples"]["template_items"], key=lambda s: s["doc_id"])
+
+
+@pytest.mark.slow
+def test_acc_and_acc_norm_equal_lm_evaluation_harness_item_for_item(trained, tmp_path):
+    task = MultipleChoice(context(trained), str(trained["items"]), None, 5, " ")
+    ours = every_item(task, trained["model"])
+    theirs = lm_eval_samples(trained, tmp_path)
+    assert len(theirs) == len(ours) == trained["n"]
+    for item, lls, sample in zip(task.items, ours, theirs, strict=True):
+        their_lls = np.array([ll for ll, _ in sample["filtered_resps"]])
+        np.testing.assert_allclose(lls, their_lls, rtol=1e-4, atol=1e-4, err_msg=item.context)
+        assert task.right(item, lls) == (sample["acc"] == 1.0, sample["acc_norm"] == 1.0), item
+    # the model learned something in 40 updates: acc and acc_norm differ on some item, and neither is constant
+    hits = np.array([task.right(item, lls) for item, lls in zip(task.items, ours, strict=True)])
+    assert 0 < hits[:, 0].sum() < len(hits) and (hits[:, 0] != hits[:, 1]).any()
+    metrics = task(trained["model"])
+    assert metrics == {"eval/mc/acc": hits[:, 0].mean(), "eval/mc/acc_norm": hits[:, 1].mean()}
+
+
+def rank_main(rank: int, trained_paths: dict, out: str) -> None:
+    """One of two gloo ranks: the task over the items, each rank its share of the batches."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{trained_paths['store']}", rank=rank, world_size=2)
+    folder = find_checkpoint(trained_paths["run"])
+    model, _ = load_model(folder, torch.device("cpu"))
+    trained = {"cfg": OmegaConf.load(folder / "config.yaml"), "tokenizer": load_checkpoint_tokenizer(folder, model)}
+    task = MultipleChoice(context(trained, dist=Dist(rank=rank, world_size=2)), trained_paths["items"], None, 3, " ")
+    metrics = task(model)
+    if rank == 0:
+        Path(out).write_text(json.dumps(metrics))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_split_the_items_and_give_one_ranks_result(trained, tmp_path):
+    alone = MultipleChoice(context(trained), str(trained["items"]), None, 3, " ")
+    assert -(-trained["n"] // 3) % 2 == 1, "an odd number of batches: one rank scores a batch it does not count"
+    paths = {"run": str(trained["root"] / "run"), "items": str(trained["items"]), "store": str(tmp_path / "store")}
+    torch.multiprocessing.spawn(rank_main, args=(paths, str(tmp_path / "out.json")), nprocs=2)
+    assert json.loads((tmp_path / "out.json").read_text()) == alone(trained["model"])
+
+
+def test_next_line_items_come_from_the_seed_alone_and_ask_about_lines_of_their_own_document():
+    docs = [f"# file {d}\n" + "".join(f"value_{d}_{i} = compute({d}, {i})\n" for i in range(12)) for d in range(6)]
+    items = next_line_items(docs, limit=20, choices=4, context_lines=3, max_bytes=100, seed=7)
+    assert items == next_line_items(docs, limit=20, choices=4, context_lines=3, max_bytes=100, seed=7)
+    assert items != next_line_items(docs, limit=20, choices=4, context_lines=3, max_bytes=100, seed=8)
+    assert len(items) == 20 and {i.label for i in items} == {0, 1, 2, 3}
+    for item in items:
+        right, wrong = item.choices[item.label], [c for k, c in enumerate(item.choices) if k != item.label]
+        document = right.split("_")[1]  # value_<document>_<line>
+        assert len(item.context.splitlines()) == 3 and (item.context + "\n" + right) in docs[int(document)]
+        assert all(w.split("_")[1] != document for w in wrong), "distractors come from other documents"
+    # too long for the model's context, or too short to ask about: never a choice
+    long = [f"# {d}\n" + "x = 1\n" * 3 + "y" * 200 + "\n" for d in range(5)]
+    assert next_line_items(long, limit=None, choices=2, context_lines=3, max_bytes=100, seed=0) == []
+
+
+WORDS = [
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "tiger",
+    "lamp",
+    "forest",
+    "honey",
+    "violin",
+    "candle",
+    "desert",
+    "mirror",
+    "ocean",
+    "pepper",
+    "rocket",
+    "silver",
+    "tunnel",
+    "velvet",
+    "wagon",
+    "yellow",
+    "anchor",
+    "basket",
+    "cotton",
+    "dragon",
+    "engine",
+    "falcon",
+    "garden",
+    "hammer",
+    "island",
+    "jacket",
+    "kettle",
+    "lemon",
+    "marble",
+    "needle",
+    "orange",
+    "pillow",
+    "quartz",
+    "saddle",
+    "timber",
+    "umbrella",
+]
+
+
+def chain_corpus(folder: Path) -> Path:
+    """120 files of lines of three words, each word the one after the last in a fixed cycle of 40: which line
+    comes next is learned from the training files, and a model that has learned it knows the next line."""
+    import random
+
+    rng, folder = random.Random(0), Path(folder)
+    folder.mkdir()
+    for d in range(120):
+        start = rng.randrange(len(WORDS))
+        words = [WORDS[(start + i) % len(WORDS)] for i in range(48)]
+        lines = [" ".join(words[i : i + 3]) for i in range(0, 48, 3)]
+        (folder / f"doc{d:03d}.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_next_line_accuracy_rises_from_chance_as_a_run_learns_and_asks_the_same_items_after_resume(
+    tmp_path, tiny_train
+):
+    """Every run (the default eval) logs eval/next_line/acc(_norm) beside val/bpb in each sink (here metrics.jsonl
+    and the CSV sink). On text whose next line can be learned it rises from chance (1 in 4) to near 1. A run
+    stopped and resumed asks the same items, so its curve is the uninterrupted run's."""
+    corpus = chain_corpus(tmp_path / "corpus")
+    args = [
+        "data=text_files",
+        f"data.path={corpus}",
+        "data.val_fraction=0.3",
+        "data.vocab_size=300",
+        "trainer.batch_size=8",
+        "optim.lr=1e-2",
+        "trainer.max_steps=200",
+        "trainer.eval_every=100",
+        "logger=csv",
+    ]
+    whole = tiny_train(tmp_path / "whole", args)
+    curve = [r for r in read_metrics(whole) if "eval/next_line/acc" in r]
+    assert [r["step"] for r in curve] == [0, 100, 200]
+    assert curve[0]["eval/next_line/acc"] < 0.4 and curve[0]["eval/next_line/acc_norm"] < 0.4, curve[0]
+    assert curve[-1]["eval/next_line/acc"] > 0.9 and curve[-1]["eval/next_line/acc_norm"] > 0.9, curve[-1]
+    import csv
+
+    with open(whole / "metrics.csv", newline="") as fh:
+        logged = [r for r in csv.DictReader(fh) if r["eval/next_line/acc"]]
+    assert [float(r["eval/next_line/acc"]) for r in logged] == [r["eval/next_line/acc"] for r in curve]
+    from train import Stopped
+
+    with pytest.raises(Stopped):
+        tiny_train(tmp_path / "resumed", args + ["trainer.stop_at=150", "trainer.ckpt_every=50"])
+    tiny_train(tmp_path / "resumed", args + ["trainer.ckpt_every=50"])
+    again = [r for r in read_metrics(tmp_path / "resumed") if "eval/next_line/acc" in r]
+    assert [(r["step"], r["eval/next_line/acc"], r["eval/next_line/acc_norm"]) for r in again] == [
+        (r["step"], r["eval/next_line/acc"], r["eval/next_line/acc_norm"]) for r in curve
+    ]
+
+
+ROWS = [
+    {
+        "activity_label": "Making a cake",
+        "ctx_a": "A man mixes flour  and eggs.",
+        "ctx_b": "then he",
+        "endings": ["pours it [title] into a pan.", "eats the [header] bowl.", " sings  loudly. ", "leaves."],
+        "label": "0",
+    },
+    {
+        "activity_label": "Home and Garden",
+        "ctx_a": "[header] How to water plants [title] Check the soil.",
+        "ctx_b": "",
+        "endings": ["Water deeply.", "Paint the pot.", "Sell it.", "[step] Wait a week."],
+        "label": "3",
+    },
+]
+
+
+def test_hellaswag_items_are_lm_evals_preprocessed_docs_from_a_jsonl_a_parquet_file_or_a_saved_folder(
+    trained, tmp_path
+):
+    import datasets
+    from lm_eval.tasks.hellaswag.utils import process_docs
+
+    theirs = process_docs(datasets.Dataset.from_list(ROWS))
+    expected = [Item(d["query"], tuple(d["choices"]), d["gold"]) for d in theirs]
+    assert [hellaswag_item(row, "x") for row in ROWS] == expected
+    assert clean(" a [title] b  [x]c ") == "a. b c"
+    (tmp_path / "h.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    datasets.Dataset.from_list(ROWS).to_parquet(tmp_path / "h.parquet")
+    datasets.DatasetDict({"validation": datasets.Dataset.from_list(ROWS)}).save_to_disk(tmp_path / "saved")
+    for path in ("h.jsonl", "h.parquet", "saved"):
+        task = HellaSwag(context(trained, "hellaswag"), str(tmp_path / path), None, 8)
+        assert task.items == expected, path
+        assert set(task(trained["model"])) == {"eval/hellaswag/acc", "eval/hellaswag/acc_norm"}
+    assert HellaSwag(context(trained, "hellaswag"), str(tmp_path / "h.jsonl"), 1, 8).items == expected[:1]
+
+
+@pytest.mark.parametrize(
+    "lines, error",
+    [
+        (['{"context": "a", "choices": ["b", "c"], "label": 0}', "{oops"], r"^{path}:2: not a JSON object"),
+        (
+            ['{"context": "a", "choices": ["b", "c"], "label": 2}'],
+            r"^{path}:1: label must be an index into choices, 0 to 1, got 2$",
+        ),
+        (['{"context": "a", "choices": ["b"], "label": 0}'], r"^{path}:1: choices must be a list of two or more"),
+        (["", '{"context": "a", "label": 0}'], r"^{path}:2: an item needs the keys context, choices and label$"),
+        (
+            ['{"context": "a", "choices": ["b", "' + "word " * 40 + '"], "label": 0}'],
+            r"^{path}:1: a choice of \d+ tokens, more than model.block_size=32$",
+        ),
+        ([], r"^{path}: no items$"),
+    ],
+)
+def test_a_bad_item_is_one_line_naming_the_file_and_line(trained, tmp_path, lines, error):
+    path = tmp_path / "items.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    with pytest.raises(DataError, match=error.replace("{path}", str(path).replace(".", r"\."))):
+        MultipleChoice(context(trained), str(path), None, 8, " ")
+
+
+def test_bad_eval_settings_stop_train_py_with_one_line_naming_the_key_and_write_nothing(tmp_path, data_cache):
+    cases = [
+        (["eval=[perplexity,multiple_choice]"], {}, "error: eval.evals.multiple_choice.path must be a JSONL file"),
+        (
+            ["eval=[perplexity,multiple_choice]", "eval.evals.multiple_choice.path=nowhere.jsonl"],
+            {},
+            "error: eval.evals.multiple_choice.path: nowhere.jsonl is not a file",
+        ),
+        (
+            ["eval=[perplexity,hellaswag]"],
+            {"HF_HUB_OFFLINE": "1"},
+            "error: eval.evals.hellaswag.path: the hub is off (HF_HUB_OFFLINE) and no local copy is given",
+        ),
+        (["eval.evals.next_line.choices=1"], {}, "error: eval.evals.next_line.choices must be an integer ≥ 2"),
+        (["eval.evals.next_line.limit=0"], {}, "error: eval.evals.next_line.limit must be an integer > 0 or null"),
+    ]
+    for n, (args, env, line) in enumerate(cases):
+        run = tmp_path / f"run{n}"
+        proc = run_train([*TINY, *args], run, data_cache, env=env, check=False)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.strip().splitlines()[-1].startswith(line), proc.stderr[-500:]
+        assert "Traceback" not in proc.stderr and not run.exists()
+
+
+def test_the_sweep_report_has_each_runs_final_accuracies(tmp_path):
+    from training.report import write_report
+
+    for job, (acc, bpb) in enumerate([(0.4, 2.0), (0.55, 1.9)]):
+        run = tmp_path / str(job)
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text(f"- optim.lr={job + 1}e-3\n")
+        rows = [
+            {"step": 0, "tokens": 0, "val/bpb": 3.0, "eval/next_line/acc": 0.25, "eval/next_line/acc_norm": 0.2},
+            {
+                "step": 10,
+                "tokens": 100,
+                "val/bpb": bpb,
+                "eval/next_line/acc": acc,
+                "eval/next_line/acc_norm": acc - 0.1,
+            },
+        ]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (run / "summary.json").write_text(
+            json.dumps({"status": "ok", "total_steps": 10, "tokens": 100, "seconds": 1.0})
+        )
+    write_report(tmp_path)
+    import csv
+
+    with open(tmp_path / "report.csv", newline="") as fh:
+        table = {r["optim.lr"]: r for r in csv.DictReader(fh)}
+    assert float(table["2e-3"]["final eval/next_line/acc"]) == 0.55
+    assert float(table["1e-3"]["final eval/next_line/acc_norm"]) == pytest.approx(0.3)
+    assert "| final eval/next_line/acc | final eval/next_line/acc_norm |" in (tmp_path / "report.md").read_text()

@@ -1,0 +1,400 @@
+"""Multiple-choice evaluations on the eval plug point (``training.evaluation``), scored as lm-evaluation-harness
+scores them, so the numbers logged during training are the numbers a user would get from lm-eval afterwards.
+
+For each item the model scores each choice's continuation given the context: the summed log-likelihood of the
+continuation's tokens. ``acc`` is the share of items whose right choice has the largest sum; ``acc_norm`` divides
+each sum by the length of the choice's text (its characters, lm-eval's ``acc_norm``; bytes for ASCII text) first,
+so longer choices are not penalised for their length. A context and continuation are encoded as lm-eval's
+``_encode_pair`` does (trailing whitespace moves to the continuation; the whole is encoded and split at the
+context's length), and a pair longer than the model's context loses its oldest tokens (lm-eval's truncation).
+
+Three tasks, each an ``eval`` option (``conf/eval/<name>.yaml``), logged as ``eval/<name>/acc`` and
+``eval/<name>/acc_norm``:
+
+- ``next_line``: made offline from the run's own validation documents — a few lines of one, and its true next line
+  among lines drawn from other validation documents; the same items at every evaluation and across resumes.
+- ``multiple_choice``: a local JSONL file, one item per line: ``{"context": str, "choices": [str, …], "label": int}``.
+- ``hellaswag``: HellaSwag's validation split from the hub (``Rowan/hellaswag``) or a local copy, preprocessed as
+  lm-eval's ``hellaswag`` task.
+
+Items are scored in batches of ``batch_size`` items (each item's choices in the same batch). Under DDP or FSDP the
+batches are dealt to the ranks and the counts summed, so the result is a single process's, bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from data import DataError
+from data.cache import special_tokens
+from training.config import ConfigError
+from training.distributed import is_initialized
+from training.engine import to_device
+from training.evaluation import EvalContext
+
+log = logging.getLogger("train")
+
+IGNORE = -100  # cross_entropy's ignore_index: a target that adds no loss
+
+
+@dataclass(frozen=True)
+class Item:
+    context: str
+    choices: tuple[str, ...]
+    label: int
+    where: str = field(default="", compare=False)  # "file:line" of a read item, for its errors
+
+
+def encode_pair(tokenizer, context: str, continuation: str, eot_id: int) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) as lm-eval encodes a pair for a causal model: trailing whitespace of the
+    context moves to the continuation, the whole is encoded once and split after the context's own tokens; an
+    empty context is the end-of-text token."""
+    if not context:
+        return [eot_id], tokenizer.encode(continuation, add_special_tokens=False).ids
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = tokenizer.encode(context + continuation, add_special_tokens=False).ids
+    n_context = len(tokenizer.encode(context, add_special_tokens=False).ids)
+    return whole[:n_context], whole[n_context:]
+
+
+def choice_scores(
+    model: torch.nn.Module, pairs: list[tuple[list[int], list[int]]], block_size: int, *, device, autocast
+):
+    """The summed log-likelihood of each pair's continuation given its context, in one forward pass: each pair is
+    cut to its last ``block_size + 1`` tokens, and right-padded (a causal model's earlier positions never see the
+    padding)."""
+    rows = [(ctx + cont)[-(block_size + 1) :] for ctx, cont in pairs]
+    width = max(len(r) for r in rows) - 1
+    x = torch.zeros(len(rows), width, dtype=torch.long)
+    y = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for i, (row, (_, cont)) in enumerate(zip(rows, pairs, strict=True)):
+        n = len(row) - 1
+        x[i, :n] = torch.tensor(row[:-1])
+        y[i, n - len(cont) : n] = torch.tensor(row[-len(cont) :])  # only the continuation's tokens are scored
+    x, y = to_device(x, device), to_device(y, device)
+    with autocast:
+        _, loss = model(x, y, reduction="none")
+    return -loss.double().view(len(rows), width).sum(dim=1)  # ignored targets add 0
+
+
+class ChoiceTask:
+    """A multiple-choice evaluation over ``items``: ``eval/<name>/acc`` and ``eval/<name>/acc_norm``. A choice is
+    scored as the continuation ``delimiter + choice``; ``acc_norm`` divides by the choice's own length."""
+
+    def __init__(self, ctx: EvalContext, items: Sequence[Item], *, batch_size: int, delimiter: str, where: str):
+        self.ctx, self.items, self.batch_size = ctx, list(items), batch_size
+        tokenizer, self.block_size = ctx.tokenizer, int(ctx.cfg.model.block_size)
+        eot_id = tokenizer.token_to_id(special_tokens(ctx.cfg.data)[0])
+        self.pairs = []  # per item: each choice's (context ids, continuation ids)
+        for n, item in enumerate(self.items):
+            pairs = [encode_pair(tokenizer, item.context, delimiter + choice, eot_id) for choice in item.choices]
+            longest = max(len(cont) for _, cont in pairs)
+            if longest > self.block_size or longest == 0:  # a long context is cut from the left; a choice is not
+                what = (
+                    "no tokens" if longest == 0 else f"{longest} tokens, more than model.block_size={self.block_size}"
+                )
+                raise DataError(f"{item.where or f'{where}: item {n + 1}'}: a choice of {what}")
+            self.pairs.append(pairs)
+        # longest first, as lm-eval orders its requests: a batch's rows have similar lengths, so little padding
+        self.order = sorted(range(len(self.items)), key=lambda i: -max(len(c) + len(t) for c, t in self.pairs[i]))
+        self.prefix = f"eval/{ctx.name}"
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        if not self.items:
+            return {}
+        c, n_batches = self.ctx, math.ceil(len(self.items) / self.batch_size)
+        world, rank = c.dist.world_size, c.dist.rank
+        counts = torch.zeros(3, dtype=torch.float64)  # right by acc, right by acc_norm, items
+        was_training = model.training
+        model.eval()
+        # every rank makes as many forward passes (FSDP gathers the weights in each): a rank short of a batch
+        # scores the first one again and counts nothing
+        for i in range(math.ceil(n_batches / world)):
+            b = i * world + rank
+            for item, lls in self.loglikelihoods(model, b if b < n_batches else 0):
+                counts += torch.tensor([*self.right(item, lls), 1.0]) * (b < n_batches)
+        model.train(was_training)
+        counts = counts.to(c.device)
+        if is_initialized():
+            dist.all_reduce(counts, op=dist.ReduceOp.SUM)
+        acc, acc_norm, n = counts.tolist()
+        return {f"{self.prefix}/acc": acc / n, f"{self.prefix}/acc_norm": acc_norm / n}
+
+    @torch.no_grad()
+    def loglikelihoods(self, model: torch.nn.Module, b: int) -> list[tuple[Item, np.ndarray]]:
+        """Batch ``b``'s items, each with its choices' summed log-likelihoods (the model in eval mode)."""
+        items = self.order[b * self.batch_size : (b + 1) * self.batch_size]
+        pairs = [pair for i in items for pair in self.pairs[i]]
+        scores = choice_scores(model, pairs, self.block_size, device=self.ctx.device, autocast=self.ctx.autocast)
+        scores, start, out = scores.cpu().numpy(), 0, []
+        for i in items:
+            n = len(self.items[i].choices)
+            out.append((self.items[i], scores[start : start + n]))
+            start += n
+        return out
+
+    @staticmethod
+    def right(item: Item, lls: np.ndarray) -> tuple[bool, bool]:
+        """(acc, acc_norm) of one item: its label has the largest log-likelihood, in total / per character."""
+        lengths = np.array([float(len(choice)) for choice in item.choices])
+        return bool(lls.argmax() == item.label), bool((lls / lengths).argmax() == item.label)
+
+
+def positive(value: Any, where: str, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(where, "an integer > 0" + (" or null (all)" if allow_none else ""), value)
+
+
+def capped(items: list[Item], limit: int | None) -> list[Item]:
+    return items if limit is None else items[:limit]
+
+
+class MultipleChoice(ChoiceTask):
+    """A local JSONL file of items, one per line: ``{"context": str, "choices": [str, ...], "label": int}``; each
+    choice is scored as the continuation ``target_delimiter + choice``."""
+
+    def __init__(
+        self,
+        ctx: EvalContext,
+        path: str | None,
+        limit: int | None,
+        batch_size: int,
+        target_delimiter: str,
+    ):
+        where = f"eval.evals.{ctx.name}"
+        self.check({"path": path, "limit": limit, "batch_size": batch_size}, where)
+        items = capped(read_jsonl(Path(path)), limit)
+        if not items:
+            raise DataError(f"{path}: no items")
+        super().__init__(ctx, items, batch_size=batch_size, delimiter=target_delimiter, where=where)
+
+    @classmethod
+    def check(cls, keys: dict[str, Any], where: str) -> None:
+        path = keys.get("path")
+        if not path:
+            raise ConfigError(f"{where}.path", "a JSONL file of {context, choices, label} items", path)
+        if not Path(str(path)).is_file():
+            raise ConfigError(f"{where}.path: {path} is not a file")
+        positive(keys.get("limit"), f"{where}.limit", allow_none=True)
+        positive(keys.get("batch_size"), f"{where}.batch_size")
+
+
+def read_jsonl(path: Path) -> list[Item]:
+    """The items of a JSONL file; a line that is not one is a one-line error naming the file and the line."""
+    items = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not a JSON object ({e.msg})") from None
+            items.append(item_of(row, where))
+    return items
+
+
+def item_of(row: Any, where: str) -> Item:
+    if not isinstance(row, dict) or not {"context", "choices", "label"} <= row.keys():
+        raise DataError(f"{where}: an item needs the keys context, choices and label")
+    context, choices, label = row["context"], row["choices"], row["label"]
+    if not isinstance(context, str):
+        raise DataError(f"{where}: context must be a string")
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+        raise DataError(f"{where}: choices must be a list of two or more non-empty strings")
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
+        raise DataError(f"{where}: label must be an index into choices, 0 to {len(choices) - 1}, got {label!r}")
+    return Item(context, tuple(choices), label, where)
+
+
+class NextLine(ChoiceTask):
+    """Made offline from the run's validation documents: ``context_lines`` lines of one document, and its true next
+    line among ``choices - 1`` lines drawn from other validation documents. A line is asked about when it has at
+    least 8 characters besides whitespace and fits the model's context; ``limit`` items are drawn by
+    ``trainer.seed``, so every evaluation and every resume asks the same ones."""
+
+    def __init__(self, ctx: EvalContext, limit: int | None, choices: int, context_lines: int, batch_size: int):
+        where = f"eval.evals.{ctx.name}"
+        self.check(
+            {"limit": limit, "choices": choices, "context_lines": context_lines, "batch_size": batch_size}, where
+        )
+        documents = validation_documents(ctx.val_batches, ctx.tokenizer, special_tokens(ctx.cfg.data)[0])
+        items = next_line_items(
+            documents,
+            limit=limit,
+            choices=choices,
+            context_lines=context_lines,
+            max_bytes=int(ctx.cfg.model.block_size) - 1,
+            seed=int(ctx.cfg.trainer.seed),
+        )
+        if not items:  # a tiny corpus: the run goes on without this evaluation
+            log.warning(
+                "%s: left out, the validation split has no line to ask about (it needs two or more documents of "
+                "more than %d lines)",
+                where,
+                context_lines,
+            )
+        super().__init__(ctx, items, batch_size=batch_size, delimiter="\n", where=where)
+
+    @classmethod
+    def check(cls, keys: dict[str, Any], where: str) -> None:
+        positive(keys.get("limit"), f"{where}.limit", allow_none=True)
+        positive(keys.get("context_lines"), f"{where}.context_lines")
+        positive(keys.get("batch_size"), f"{where}.batch_size")
+        choices = keys.get("choices")
+        positive(choices, f"{where}.choices")
+        if choices < 2:
+            raise ConfigError(f"{where}.choices", "an integer ≥ 2", choices)
+
+
+MAX_VALIDATION_TOKENS = 1 << 21  # the documents of the first 2M tokens of each source's validation split are enough
+
+
+def validation_documents(val_batches, tokenizer, eot: str) -> list[str]:
+    """The text of the validation documents (each source's, for a mixture), split at the end-of-text token."""
+    sources = val_batches.sources.values() if hasattr(val_batches, "sources") else [val_batches]
+    eot_id = tokenizer.token_to_id(eot)
+    documents = []
+    for batches in sources:
+        tokens = np.asarray(batches.tokens[:MAX_VALIDATION_TOKENS])
+        cuts = np.flatnonzero(tokens == eot_id)
+        pieces = np.split(tokens, cuts)
+        if len(tokens) == MAX_VALIDATION_TOKENS and len(pieces) > 1:
+            pieces = pieces[:-1]  # cut off by the cap
+        ids = [piece[piece != eot_id].tolist() for piece in pieces]
+        documents += [text for text in tokenizer.decode_batch([i for i in ids if i]) if text.strip()]
+    return documents
+
+
+def next_line_items(
+    documents: Sequence[str], *, limit: int | None, choices: int, context_lines: int, max_bytes: int, seed: int
+) -> list[Item]:
+    """Up to ``limit`` next-line items drawn by ``seed`` (see :class:`NextLine`)."""
+    lines = [[line.rstrip() for line in doc.splitlines()] for doc in documents]
+    askable = lambda line: len(line.strip()) >= 8 and len(line.encode()) <= max_bytes  # noqa: E731
+    candidates = [(d, i) for d, doc in enumerate(lines) for i in range(context_lines, len(doc)) if askable(doc[i])]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(candidates))
+    items = []
+    for k in order:
+        if limit is not None and len(items) == limit:
+            break
+        d, i = candidates[k]
+        right = lines[d][i]
+        wrong: list[str] = []
+        for _ in range(20 * choices):  # draws from other documents, each line a new one
+            e, j = candidates[rng.integers(len(candidates))]
+            line = lines[e][j]
+            if e != d and line.strip() != right.strip() and all(line.strip() != w.strip() for w in wrong):
+                wrong.append(line)
+                if len(wrong) == choices - 1:
+                    break
+        if len(wrong) < choices - 1:
+            continue
+        label = int(rng.integers(choices))
+        options = wrong[:label] + [right] + wrong[label:]
+        items.append(Item("\n".join(lines[d][i - context_lines : i]), tuple(options), label))
+    return items
+
+
+HELLASWAG = "Rowan/hellaswag"  # on the hub; its validation split (10,042 items) is what lm-eval's hellaswag scores
+HELLASWAG_KEYS = ("activity_label", "ctx_a", "ctx_b", "endings", "label")
+
+
+class HellaSwag(ChoiceTask):
+    """HellaSwag's validation split, from the hub, or from ``path``: a local copy (a .jsonl, .json or .parquet
+    file of its rows, or a folder saved with ``datasets``' ``save_to_disk``). Each row becomes an item as
+    lm-eval's ``hellaswag`` task makes it: the context ``activity_label: ctx_a Ctx_b``, the four endings as
+    choices, each cleaned of WikiHow's bracketed markup."""
+
+    def __init__(self, ctx: EvalContext, path: str | None, limit: int | None, batch_size: int):
+        where = f"eval.evals.{ctx.name}"
+        self.check({"path": path, "limit": limit, "batch_size": batch_size}, where)
+        source = str(path) if path else HELLASWAG
+        rows = hellaswag_rows(path, limit, where)
+        items = [hellaswag_item(row, f"{source}: row {n}") for n, row in enumerate(rows, 1)]
+        super().__init__(ctx, items, batch_size=batch_size, delimiter=" ", where=where)
+
+    @classmethod
+    def check(cls, keys: dict[str, Any], where: str) -> None:
+        path = keys.get("path")
+        if path and not Path(str(path)).exists():
+            raise ConfigError(f"{where}.path: {path} does not exist")
+        if not path and hub_offline():
+            raise ConfigError(
+                f"{where}.path: the hub is off (HF_HUB_OFFLINE) and no local copy is given; set it to HellaSwag's "
+                "validation split saved as a .jsonl, .json or .parquet file or a datasets folder"
+            )
+        positive(keys.get("limit"), f"{where}.limit", allow_none=True)
+        positive(keys.get("batch_size"), f"{where}.batch_size")
+
+
+def hub_offline() -> bool:
+    import huggingface_hub.constants
+
+    return bool(huggingface_hub.constants.HF_HUB_OFFLINE)
+
+
+def hellaswag_rows(path: str | None, limit: int | None, where: str) -> list[dict[str, Any]]:
+    """The first ``limit`` rows of the validation split, from the hub or the local copy at ``path``."""
+    import datasets
+
+    from data.corpus import quiet_datasets, short_error
+
+    source = str(path) if path else HELLASWAG
+    try:
+        with quiet_datasets():
+            if not path:
+                ds = datasets.load_dataset(HELLASWAG, split="validation")
+            elif Path(path).is_dir():
+                ds = datasets.load_from_disk(str(path))
+                if isinstance(ds, datasets.DatasetDict):
+                    ds = ds["validation"]
+            else:
+                builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(Path(path).suffix)
+                if builder is None:
+                    raise ConfigError(f"{where}.path: {path} is not a .jsonl, .json or .parquet file or a folder")
+                ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+    except ConfigError:
+        raise
+    except Exception as e:  # the network, the hub or the file: one line naming it
+        hint = "" if path else f" (the hub; or set {where}.path to a local copy)"
+        raise DataError(f"{where}: cannot load {source}{hint}: {short_error(e)}") from None
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    return list(ds)
+
+
+def hellaswag_item(row: dict[str, Any], where: str) -> Item:
+    missing = [key for key in HELLASWAG_KEYS if key not in row]
+    if missing:
+        raise DataError(f"{where}: a HellaSwag row needs {', '.join(HELLASWAG_KEYS)}; {', '.join(missing)} missing")
+    try:
+        label = int(row["label"])
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: label must be an index into endings, got {row['label']!r}") from None
+    context = clean(row["activity_label"] + ": " + row["ctx_a"] + " " + row["ctx_b"].capitalize())
+    return item_of({"context": context, "choices": [clean(e) for e in row["endings"]], "label": label}, where)
+
+
+def clean(text: str) -> str:
+    """HellaSwag's text as lm-eval cleans it: stripped, WikiHow's `` [title]`` a sentence break, other bracketed
+    markup dropped, double spaces single."""
+    text = text.strip().replace(" [title]", ". ")
+    return re.sub(r"\[.*?\]", "", text).replace("  ", " ")
