@@ -18,7 +18,6 @@ import hashlib
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,18 +26,10 @@ sys.path.insert(0, str(ROOT))  # the template runs from its root
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from bench.cache_check import best_seconds  # noqa: E402
 from model import GPT, GPTConfig, padded_vocab  # noqa: E402
 from training import checkpoint  # noqa: E402
 from training.config import USER_ERRORS, compose_checked  # noqa: E402
-
-
-def best_seconds(work, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        started = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def sha256_file(path: Path) -> str:

@@ -24,14 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bench.throughput import compose_checked, sync  # noqa: E402
+from bench.throughput import sync  # noqa: E402
 from model.flops import cpu_name  # noqa: E402
 from training.build import build_run  # noqa: E402
-from training.config import USER_ERRORS  # noqa: E402
+from training.config import USER_ERRORS, compose_checked  # noqa: E402
 from training.multiple_choice import ChoiceTask  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds of an update and every evaluation")
     parser.add_argument("overrides", nargs="*", help="train.py's key=value overrides")
@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             report(cfg, build_run(cfg, Path(tmp) / "run"), args.repeats)
     except USER_ERRORS as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def report(cfg, run, repeats: int) -> None:
@@ -82,4 +84,4 @@ def report(cfg, run, repeats: int) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
