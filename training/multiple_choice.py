@@ -36,9 +36,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from data import DataError
+from data import DataError, MixtureValBatches
 from data.cache import special_tokens
-from training.config import ConfigError
+from training.config import ConfigError, is_int, positive_int
 from training.distributed import is_initialized
 from training.engine import to_device
 from training.evaluation import EvalContext
@@ -153,15 +153,11 @@ class ChoiceTask:
         return bool(lls.argmax() == item.label), bool((lls / lengths).argmax() == item.label)
 
 
-def positive(value: Any, where: str, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(where, "an integer > 0" + (" or null (all)" if allow_none else ""), value)
-
-
-def capped(items: list[Item], limit: int | None) -> list[Item]:
-    return items if limit is None else items[:limit]
+def check_limit(keys: dict[str, Any], where: str) -> None:
+    """``limit``: the first N items, or null for every item."""
+    limit = keys.get("limit")
+    if limit is not None and (not is_int(limit) or limit < 1):
+        raise ConfigError(f"{where}.limit", "an integer > 0 or null (all)", limit)
 
 
 class MultipleChoice(ChoiceTask):
@@ -178,7 +174,7 @@ class MultipleChoice(ChoiceTask):
     ):
         where = f"eval.evals.{ctx.name}"
         self.check({"path": path, "limit": limit, "batch_size": batch_size}, where)
-        items = capped(read_jsonl(Path(path)), limit)
+        items = read_jsonl(Path(path))[:limit]
         if not items:
             raise DataError(f"{path}: no items")
         super().__init__(ctx, items, batch_size=batch_size, delimiter=target_delimiter, where=where)
@@ -190,8 +186,8 @@ class MultipleChoice(ChoiceTask):
             raise ConfigError(f"{where}.path", "a JSONL file of {context, choices, label} items", path)
         if not Path(str(path)).is_file():
             raise ConfigError(f"{where}.path: {path} is not a file")
-        positive(keys.get("limit"), f"{where}.limit", allow_none=True)
-        positive(keys.get("batch_size"), f"{where}.batch_size")
+        check_limit(keys, where)
+        positive_int(keys, "batch_size", where)
 
 
 def read_jsonl(path: Path) -> list[Item]:
@@ -254,13 +250,10 @@ class NextLine(ChoiceTask):
 
     @classmethod
     def check(cls, keys: dict[str, Any], where: str) -> None:
-        positive(keys.get("limit"), f"{where}.limit", allow_none=True)
-        positive(keys.get("context_lines"), f"{where}.context_lines")
-        positive(keys.get("batch_size"), f"{where}.batch_size")
-        choices = keys.get("choices")
-        positive(choices, f"{where}.choices")
-        if choices < 2:
-            raise ConfigError(f"{where}.choices", "an integer ≥ 2", choices)
+        check_limit(keys, where)
+        positive_int(keys, "context_lines", where)
+        positive_int(keys, "batch_size", where)
+        positive_int(keys, "choices", where, minimum=2)
 
 
 MAX_VALIDATION_TOKENS = 1 << 21  # the documents of the first 2M tokens of each source's validation split are enough
@@ -268,7 +261,7 @@ MAX_VALIDATION_TOKENS = 1 << 21  # the documents of the first 2M tokens of each 
 
 def validation_documents(val_batches, tokenizer, eot: str) -> list[str]:
     """The text of the validation documents (each source's, for a mixture), split at the end-of-text token."""
-    sources = val_batches.sources.values() if hasattr(val_batches, "sources") else [val_batches]
+    sources = val_batches.sources.values() if isinstance(val_batches, MixtureValBatches) else [val_batches]
     eot_id = tokenizer.token_to_id(eot)
     documents = []
     for batches in sources:
@@ -341,8 +334,8 @@ class HellaSwag(ChoiceTask):
                 f"{where}.path: the hub is off (HF_HUB_OFFLINE) and no local copy is given; set it to HellaSwag's "
                 "validation split saved as a .jsonl, .json or .parquet file or a datasets folder"
             )
-        positive(keys.get("limit"), f"{where}.limit", allow_none=True)
-        positive(keys.get("batch_size"), f"{where}.batch_size")
+        check_limit(keys, where)
+        positive_int(keys, "batch_size", where)
 
 
 def hub_offline() -> bool:
