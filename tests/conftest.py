@@ -31,6 +31,19 @@ TINY = [
 ]
 
 
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (``-n N``) each worker takes its share of the cores, for torch here and for the
+    processes its tests start, so that N workers never run more threads than the machine has cores."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """Tests marked ``cuda`` skip, with the reason, where torch sees no CUDA GPU; ``pytest -m cuda`` runs them all."""
     import torch
