@@ -254,14 +254,21 @@ def test_under_torchrun_max_restarts_a_hung_rank_restarts_the_group_from_latest_
     run = tmp_path / "run"
     env = {**os.environ, "GPT_DATA_CACHE": str(data_cache), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"  # each round its own store: the restarted group's ranks meet
-    launcher = ["--max-restarts=1"]  # the stopped rank ignores torchrun's SIGTERM: its SIGKILL comes 30 s later
+    launcher = ["--max-restarts=1"]
     out = open(tmp_path / "torchrun.txt", "w+")
     proc = subprocess.Popen(
         torchrun_command(FAULT_ARGS, run, launcher), cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
     )
     try:
         wait_for_updates(run, 50, [proc])
-        os.kill(worker_pids(proc.pid)[1], signal.SIGSTOP)
+        first = worker_pids(proc.pid)
+        os.kill(first[1], signal.SIGSTOP)
+        # The stopped rank ignores torchrun's SIGTERM, and torchrun sends SIGKILL 30 s later; the test sends it
+        # as soon as the other rank has left, which is the same end without the wait.
+        while first[0] in worker_pids(proc.pid).values():
+            assert proc.poll() is None, "torchrun ended before the other rank left"
+            time.sleep(0.05)
+        os.kill(first[1], signal.SIGKILL)
         assert proc.wait(timeout=600) == 0
     finally:
         if proc.poll() is None:  # failed: no worker may outlive the test
