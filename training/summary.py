@@ -61,11 +61,12 @@ def report(run, status: str) -> None:
     plots = write_run_plots(run.run_dir)
     if "max_time" in run.budget:
         plan = budget.TimePlan(**run.budget)
-        planned = plan.planned_end(run.cfg.trainer.eval_every, run.cfg.trainer.ckpt_every)
-        record = {**run.budget, "planned_seconds": round(planned, 2), "took_seconds": round(took, 2)}
+        # One rounding for budget.json, the summary and the log line, so that the three say the same.
+        planned = round(plan.planned_end(run.cfg.trainer.eval_every, run.cfg.trainer.ckpt_every), 2)
+        record = {**run.budget, "planned_seconds": planned, "took_seconds": round(took, 2)}
         (run.run_dir / "budget.json").write_text(json.dumps(record, indent=1) + "\n")
-        summary.update({"budget/planned_seconds": planned, "budget/took_seconds": took})
-        log.info("budget: planned %.1f s, took %.1f s of %g s", planned, took, plan.max_time)
+        summary.update({"budget/planned_seconds": planned, "budget/took_seconds": record["took_seconds"]})
+        log.info("budget: planned %.1f s, took %.1f s of %g s", planned, record["took_seconds"], plan.max_time)
     ckpt = checkpoint.latest(run.run_dir / "checkpoints")
     done = duration(took) + (f" (this start; {duration(run.earlier_seconds + took)} in all)" if run.start else "")
     log.info(

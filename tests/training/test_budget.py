@@ -65,6 +65,9 @@ def test_max_time_fixes_t_once_saves_it_and_a_resume_keeps_it_without_measuring(
 ):
     run = tmp_path / "run"
     args = ["trainer.max_time=12", "trainer.eval_every=100"]
+    # The session's token cache first: its one-off tokenization would count as start-up, and on a busy machine
+    # leave 12 s no room for the updates.
+    tiny_train(tmp_path / "warm", ["trainer.max_steps=1"])
     with caplog.at_level("INFO"), pytest.raises(Stopped):
         tiny_train(run, args + ["trainer.stop_at=3"])
     planned = json.loads((run / "budget.json").read_text())
