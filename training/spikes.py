@@ -31,8 +31,10 @@ class Skips:
         self.skipped: list[list[int]] = [list(s) for s in state.get("skipped", [])]
         self.rollbacks: int = int(state.get("rollbacks", 0))
         self.repeats: list[int] = list(state.get("repeats", [-1, 0]))  # [checkpoint step, rollbacks to it in a row]
-        self.recent: deque[tuple[int, float]] = deque((int(t), float(v)) for t, v in state.get("recent", []))
         self.window = window
+        self.recent: deque[tuple[int, float]] = deque(
+            ((int(t), float(v)) for t, v in state.get("recent", [])), maxlen=window
+        )
 
     def batch(self, t: int) -> int:
         """The batch number update ``t`` takes: the ``t``-th that is not skipped."""
@@ -51,8 +53,6 @@ class Skips:
         if not math.isfinite(loss) or (full and loss > factor * median):
             return median
         self.recent.append((t, loss))
-        while len(self.recent) > self.window:
-            self.recent.popleft()
         return None
 
     def roll_back(self, to: int, spike: int) -> tuple[int, int]:
@@ -66,7 +66,7 @@ class Skips:
             else:
                 merged.append([a, b])
         self.skipped = merged
-        self.recent = deque((t, v) for t, v in self.recent if t < to)
+        self.recent = deque(((t, v) for t, v in self.recent if t < to), maxlen=self.window)
         self.rollbacks += 1
         self.repeats = [to, self.repeats[1] + 1 if self.repeats[0] == to else 1]
         return first, last
