@@ -27,13 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-
 from data.atomic import CHECKSUM_CHUNK_BYTES, begin, commit, file_checksums, replace_file, size_text, space_for
 from model import GPTConfig
 from training import distributed
@@ -322,6 +315,10 @@ def check_fits(state: dict[str, Any], model_config: dict[str, Any], tokenizer_ha
 
 def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     """Full model and optimizer state dicts keyed by parameter name, on the CPU (for a DDP or single run)."""
+    # imported where used: torch.distributed.checkpoint costs half a second, which a run that stops on a bad
+    # config, sample.py and export.py need not pay
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
     if distributed.is_initialized():
         return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     model_sd, optim_sd = get_state_dict(model, optimizer)
@@ -375,6 +372,7 @@ class Checkpointer:
         state: dict[str, Any] = {"step": step, "tokens": tokens, "rng": rngs, **extra}
         if self.strategy == "fsdp":
             import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_state_dict
 
             model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
             dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp / "dcp"))
@@ -391,6 +389,13 @@ class Checkpointer:
     def restore(
         self, state: dict[str, Any], path: Path, allow_schedule_change: bool | str, optimizer_name: str
     ) -> None:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_state_dict,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
         from scheduling import restore_scheduler
 
         saved_name = state.get("optimizer_name", "adamw")
