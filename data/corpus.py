@@ -257,6 +257,8 @@ def expand_paths(path: Any) -> list[Path]:
             found.append(Path(p))
         else:
             raise DataError(f"data.path: {p!r} does not exist (give a file, a directory or a glob)")
+    if len({f.is_absolute() for f in found}) > 1:  # a common parent needs them all absolute or all relative
+        found = [f.absolute() for f in found]
     return list(dict.fromkeys(found))  # a file named twice is read once
 
 

@@ -67,6 +67,15 @@ def test_text_files_glob_reads_only_the_matching_files(tmp_path):
     assert [text for _, text in corpus.keyed_documents()] == DOCS[10:14]
 
 
+def test_a_list_may_mix_absolute_and_relative_paths(tmp_path, monkeypatch):
+    write_texts(tmp_path / "c" / "here", DOCS[:4])
+    write_texts(tmp_path / "c" / "there", DOCS[4:8])
+    monkeypatch.chdir(tmp_path / "c")
+    corpus = build_corpus(data_cfg("text_files", path=["here", str(tmp_path / "c" / "there")]))
+    keys = [key for key, _ in corpus.keyed_documents()]
+    assert keys == [f"here/doc{i:03d}.txt" for i in range(4)] + [f"there/doc{i:03d}.txt" for i in range(4)]
+
+
 def test_a_single_file_gives_its_last_lines_to_val_and_says_so_once(tmp_path, caplog):
     (path,) = write_texts(tmp_path / "c", [DOCS[5]])
     caplog.set_level("INFO", logger="data")
