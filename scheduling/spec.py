@@ -47,11 +47,20 @@ def unless_budget(default: Any, *, _parent_: Any) -> Any:
     """The OmegaConf resolver for T: ``trainer.max_steps: ${unless_budget:500}`` is 500 unless
     ``trainer.max_tokens`` or ``trainer.max_time`` is set, then null, so a budget alone fixes T.
 
-    Pure: whoever composes ``conf/`` registers it (``OmegaConf.register_new_resolver("unless_budget", …)``).
+    Pure: whoever composes ``conf/`` registers it, with ``register_resolvers``.
     """
     if _parent_.get("max_tokens") is None and _parent_.get("max_time") is None:
         return default
     return None
+
+
+def register_resolvers() -> None:
+    """The resolvers conf/ uses (``trainer.max_steps: ${unless_budget:500}``), registered once; every entry point
+    that composes conf/ calls this."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("unless_budget"):
+        OmegaConf.register_new_resolver("unless_budget", unless_budget)
 
 
 def is_int(value: Any) -> bool:
@@ -230,7 +239,11 @@ def read_knots(path: Any) -> tuple[tuple[int, float], ...]:
     file = Path(path)
     if not file.is_file():
         raise ScheduleError(f"{key}: {path} is not a file (a CSV of update,lambda knots)")
-    lines = [line for line in file.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScheduleError(f"{key}: {path} cannot be read as UTF-8 text ({type(e).__name__})") from None
+    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     rows = list(csv.reader(lines))
     if not rows or [c.strip() for c in rows[0]] != ["update", "lambda"]:
         raise ScheduleError(f"{key}: {path} must start with the header line update,lambda")

@@ -66,10 +66,12 @@ def test_bad_knots_are_one_line_naming_the_file_and_what_is_allowed(tmp_path, te
     assert says in message, message
 
 
-def test_a_missing_knots_file_or_none_is_refused(tmp_path):
+def test_a_missing_unreadable_or_no_knots_file_is_refused(tmp_path):
+    (tmp_path / "latin1.csv").write_bytes("update,lambda\n# \xe9t\xe9\n5,1.0\n".encode("latin-1"))
     for given, says in [
         (None, "schedule.knots must be a CSV file of (update, lambda) knots, got None"),
         (str(tmp_path / "nope.csv"), "nope.csv is not a file"),
+        (str(tmp_path / "latin1.csv"), "latin1.csv cannot be read as UTF-8 text"),
     ]:
         with pytest.raises(ScheduleError, match="^schedule.knots") as err:
             schedule_from_config({"name": "tabulated", "knots": given}, T, 1e-3)
