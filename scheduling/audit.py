@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scheduling.spec import Schedule, SettingError, is_int, schedule_from_config, unless_budget
+from scheduling.spec import Schedule, SettingError, is_int, register_resolvers, schedule_from_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TOLERANCE = 1e-9
@@ -248,8 +248,7 @@ def composed(overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    if not OmegaConf.has_resolver("unless_budget"):
-        OmegaConf.register_new_resolver("unless_budget", unless_budget)
+    register_resolvers()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     return OmegaConf.to_container(cfg, resolve=True)
@@ -267,15 +266,24 @@ def read_jsonl(path: Path) -> list[dict]:
     rows = []
     for line in path.read_text().splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except ValueError:
             continue  # a line cut short by a killed process
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise AuditError(f"{path}: cannot be read as JSON ({str(e).splitlines()[0]})") from None
 
 
 def logged_values(rows: list[dict], key: str) -> dict[int, float]:
     """``{step: value}`` of the rows that hold a finite ``key`` (metrics.jsonl writes a non-finite value as null)."""
-    return {int(r["step"]): float(r[key]) for r in rows if r.get(key) is not None}
+    return {r["step"]: float(r[key]) for r in rows if isinstance(r.get("step"), int) and r.get(key) is not None}
 
 
 def read_run_dir(run_dir: Path, overrides: list[str], schedule_required: bool = True) -> Logged:
@@ -286,16 +294,20 @@ def read_run_dir(run_dir: Path, overrides: list[str], schedule_required: bool = 
         record = run_dir / "schedule.json"
         if record.is_file() and not overrides:
             found = []
-            for s in json.loads(record.read_text())["segments"]:
-                schedule = schedule_of(s["schedule"], s["total_steps"], s["peak_lr"])
-                found.append(Segment(s["from_update"], schedule, float(s["peak_lr"]), s.get("resumed_from")))
+            try:
+                for s in read_json(record)["segments"]:
+                    schedule = schedule_of(s["schedule"], s["total_steps"], s["peak_lr"])
+                    found.append(Segment(s["from_update"], schedule, float(s["peak_lr"]), s.get("resumed_from")))
+            except (KeyError, TypeError, ValueError) as e:
+                raise AuditError(f"{record}: not a schedule record train.py writes ({type(e).__name__}: {e})") from None
             return found
         from omegaconf import OmegaConf
 
         saved = run_dir / ".hydra" / "overrides.yaml"
         base = [str(o) for o in OmegaConf.load(saved)] if saved.is_file() else []
         budget = run_dir / "budget.json"
-        T = json.loads(budget.read_text()).get("total_steps") if budget.is_file() else None
+        record = read_json(budget) if budget.is_file() else {}
+        T = record.get("total_steps") if isinstance(record, dict) else None
         return from_overrides(base + overrides, T)
 
     lrs = logged_values(rows, "train/lr")

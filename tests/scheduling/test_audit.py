@@ -145,11 +145,23 @@ def test_transformers_cosine_past_its_end_climbs_back_and_is_caught_in_trainer_s
         (["{tmp}/empty"], "{tmp}/empty: not a run directory (metrics.jsonl)"),
         (["{tmp}/trainer_state.json", "schedule=cosine"], "does not record the peak lr; give it as optim.lr=…"),
         (["{tmp}/trainer_state.json", "optim.lr=1e-3", "schedule=cosin"], "error: In 'config': Could not find"),
+        (["{tmp}/cut"], "{tmp}/cut/schedule.json: cannot be read as JSON"),
+        (["{tmp}/other"], "{tmp}/other/schedule.json: not a schedule record train.py writes (KeyError: 'peak_lr')"),
+        (["{tmp}/budget"], "{tmp}/budget/budget.json: cannot be read as JSON"),
     ],
 )
 def test_bad_input_is_one_error_line_and_exit_code_2(argv, line, tmp_path, capsys):
     (tmp_path / "trainer_state.json").write_text(json.dumps({"max_steps": 10, "log_history": []}))
     (tmp_path / "empty").mkdir()
+    segment = {"from_update": 0, "total_steps": 10, "schedule": {"name": "cosine", "warmup_steps": 2}}
+    for name, file, text in [
+        ("cut", "schedule.json", '{"segments": [{"from_'),  # a damaged record
+        ("other", "schedule.json", json.dumps({"segments": [segment]})),  # a segment without its peak lr
+        ("budget", "budget.json", "{"),  # no schedule.json: T from budget.json
+    ]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text('{"train/lr": 1e-3}\n5\n{"step": 0, "train/lr": 1e-3}\n')
+        (tmp_path / name / file).write_text(text)
     argv = [a.format(tmp=tmp_path) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
