@@ -25,13 +25,11 @@ from typing import Any
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tokenizers import Tokenizer
 
 from data import atomic
-from data.cache import special_tokens
 from data.tokenizer import as_transformers_tokenizer
 from model.hf import CLASSES, quiet, require_transformers, to_transformers
-from sample import find_checkpoint, load_checkpoint_tokenizer, load_model
+from sample import find_checkpoint, load_checkpoint_tokenizer, load_model, run_special_tokens
 from training.config import USER_ERRORS, ConfigError, check_keys, check_overrides_or_exit
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -60,16 +58,6 @@ def check_out(out: Path, overwrite: bool) -> None:
         raise ConfigError(
             f"out: {str(out)!r} already holds files; choose a new folder, or overwrite=true to replace it"
         )
-
-
-def run_special_tokens(state: dict[str, Any], tokenizer: Tokenizer) -> list[str]:
-    """``data.special_tokens`` of the run (its first one separates documents), from the checkpoint's config; for a
-    checkpoint without one, the tokenizer's special tokens in id order (as a trained tokenizer puts them)."""
-    if isinstance(state.get("config"), str):
-        data = OmegaConf.create(state["config"]).get("data") or {}
-        return special_tokens(data)
-    added = sorted(tokenizer.get_added_tokens_decoder().items())
-    return [t.content for _, t in added if t.special] or special_tokens({})
 
 
 def readable_by_transformers_4(config: dict[str, Any], tokenizer: dict[str, Any]) -> None:

@@ -23,7 +23,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tokenizers import Tokenizer
 
-from data.tokenizer import load_tokenizer
+from data.cache import special_tokens
+from data.tokenizer import eot_id, load_tokenizer
 from model import GPT, GPTConfig, sample_text
 from scheduling.spec import is_int, is_number
 from training import checkpoint, distributed
@@ -79,6 +80,16 @@ def load_checkpoint_tokenizer(folder: Path, model: GPT) -> Tokenizer:
     return tokenizer
 
 
+def run_special_tokens(state: dict[str, Any], tokenizer: Tokenizer) -> list[str]:
+    """``data.special_tokens`` of the run (its first one separates documents), from the checkpoint's config; for a
+    checkpoint without one, the tokenizer's special tokens in id order (as a trained tokenizer puts them)."""
+    if isinstance(state.get("config"), str):
+        data = OmegaConf.create(state["config"]).get("data") or {}
+        return special_tokens(data)
+    added = sorted(tokenizer.get_added_tokens_decoder().items())
+    return [t.content for _, t in added if t.special] or special_tokens({})
+
+
 def sample(cfg: DictConfig) -> list[str]:
     """Load the checkpoint that ``cfg.checkpoint`` names and return the generated texts."""
     values = OmegaConf.to_container(cfg, resolve=True)
@@ -101,6 +112,7 @@ def sample(cfg: DictConfig) -> list[str]:
         tokenizer,
         str(values["prompt"]),
         values["max_new_tokens"],
+        separator=eot_id(tokenizer, run_special_tokens(state, tokenizer)),
         temperature=float(values["temperature"]),
         top_k=values["top_k"],
         top_p=None if top_p is None or math.isclose(top_p, 1.0) else float(top_p),

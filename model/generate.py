@@ -149,12 +149,6 @@ def _decoding():
         yield
 
 
-def _start_token(tokenizer) -> int:
-    """The id an empty prompt starts from: the first special token (the document separator, id 0 as trained)."""
-    special = [i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special]
-    return min(special) if special else 0
-
-
 @torch.no_grad()
 def sample_text(
     model: GPT,
@@ -162,6 +156,7 @@ def sample_text(
     prompt: str,
     max_new_tokens: int,
     *,
+    separator: int,
     temperature: float = 0.8,
     top_k: int | None = 200,
     top_p: float | None = None,
@@ -173,11 +168,12 @@ def sample_text(
 
     ``tokenizer`` is a ``tokenizers.Tokenizer`` (the run's tokenizer.json). The samples run as one batch with
     the KV cache; ids past the tokenizer's vocabulary (the model's padding) are never sampled. An empty prompt
-    starts from the document separator. ``autocast`` is the mixed-precision context to generate under.
+    starts from ``separator``, the id of the run's document separator (``data.tokenizer.eot_id``), as a new
+    document does. ``autocast`` is the mixed-precision context to generate under.
     """
     device = next(model.parameters()).device
     prompt_ids = tokenizer.encode(prompt).ids if prompt else []
-    start = prompt_ids or [_start_token(tokenizer)]
+    start = prompt_ids or [separator]
     idx = torch.tensor([start] * num_samples, dtype=torch.long, device=device)
     with autocast if autocast is not None else contextlib.nullcontext():
         out = generate(

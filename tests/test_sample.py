@@ -62,7 +62,16 @@ def test_sample_py_prints_what_sample_text_gives_and_writes_nothing(tiny_run, tm
     torch.manual_seed(7)
     generator = torch.Generator().manual_seed(7)
     texts = sample_text(
-        model, tokenizer, "import os", 16, temperature=1.0, top_k=20, top_p=0.9, num_samples=2, generator=generator
+        model,
+        tokenizer,
+        "import os",
+        16,
+        separator=0,
+        temperature=1.0,
+        top_k=20,
+        top_p=0.9,
+        num_samples=2,
+        generator=generator,
     )
     assert all(t.startswith("import os") and len(t) > len("import os") for t in texts)
     assert proc.stdout == "\n".join([texts[0], "-" * 40, texts[1]]) + "\n"
@@ -73,7 +82,7 @@ def test_greedy_samples_are_the_most_likely_continuation(tiny_run):
     model, state = load_model(folder, torch.device("cpu"))
     assert state["step"] == 10 and not model.training
     tokenizer = load_tokenizer(folder / "tokenizer.json")
-    first, second = sample_text(model, tokenizer, "def ", 12, temperature=0.0, num_samples=2)
+    first, second = sample_text(model, tokenizer, "def ", 12, separator=0, temperature=0.0, num_samples=2)
     assert first == second
     prompt = torch.tensor([tokenizer.encode("def ").ids])
     with torch.no_grad():

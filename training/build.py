@@ -24,6 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from data import MixtureValBatches, TrainBatches, ValBatches, prepare, token_byte_lengths
 from data.atomic import replace_file
+from data.cache import special_tokens
+from data.tokenizer import eot_id
 from model import GPT, GPTConfig, full_context_forward, padded_vocab, sample_text
 from model.flops import model_flops_per_token, peak_flops
 from scheduling import build_scheduler, schedule_from_config
@@ -186,7 +188,7 @@ class Run:
         self.metrics.log(t, {**record, "train/peak_memory_gb": peak_memory_gb(self.device)})
 
     def sample(self, n_tokens: int) -> str:
-        return sample(self.model.raw, self.tokenizer, self.cfg.trainer, n_tokens, self.model.how.autocast)
+        return sample(self.model.raw, self.tokenizer, self.cfg, n_tokens, self.model.how.autocast)
 
     def end_sample(self) -> None:
         if not samples_here(self.cfg.trainer, self.dist, self.model.strategy):
@@ -215,15 +217,16 @@ class Run:
                     run_lock.release(self.run_dir)  # taken by open_metrics
 
 
-def sample(raw_model: GPT, tokenizer, trainer, n_tokens: int, autocast) -> str:
+def sample(raw_model: GPT, tokenizer, cfg: DictConfig, n_tokens: int, autocast) -> str:
     """A sample from the model at the run's settings (under FSDP every rank takes part, with the same generator)."""
     device = next(raw_model.parameters()).device
-    same_on_every_rank = torch.Generator(device=device).manual_seed(trainer.seed)
+    same_on_every_rank = torch.Generator(device=device).manual_seed(cfg.trainer.seed)
     [text] = sample_text(
         raw_model,
         tokenizer,
-        trainer.sample_prompt,
+        cfg.trainer.sample_prompt,
         n_tokens,
+        separator=eot_id(tokenizer, special_tokens(cfg.data)),
         temperature=0.8,
         top_k=50,
         generator=same_on_every_rank,
@@ -285,7 +288,7 @@ def build_run(
 
     def measure() -> budget.TimePlan:  # a time budget's plan, rank 0's (every rank measures together)
         prompt = max(1, len(tokenizer.encode(trainer.sample_prompt).ids))  # "" starts from one token
-        sample_now = lambda n: sample(model.raw, tokenizer, trainer, n, model.how.autocast)  # noqa: E731
+        sample_now = lambda n: sample(model.raw, tokenizer, cfg, n, model.how.autocast)  # noqa: E731
         sinks = [find(node, f"logger.sinks.{name}") for name, node in (cfg.logger.sinks or {}).items()]
         plan = budget.measure_plan(
             trainer,

@@ -38,6 +38,7 @@ import torch.distributed as dist
 
 from data import DataError, MixtureValBatches
 from data.cache import special_tokens
+from data.tokenizer import eot_id
 from training.config import ConfigError, is_int, positive_int
 from training.distributed import is_initialized
 from training.engine import to_device
@@ -97,10 +98,10 @@ class ChoiceTask:
     def __init__(self, ctx: EvalContext, items: Sequence[Item], *, batch_size: int, delimiter: str, where: str):
         self.ctx, self.items, self.batch_size = ctx, list(items), batch_size
         tokenizer, self.block_size = ctx.tokenizer, int(ctx.cfg.model.block_size)
-        eot_id = tokenizer.token_to_id(special_tokens(ctx.cfg.data)[0])
+        separator = eot_id(tokenizer, special_tokens(ctx.cfg.data))
         self.pairs = []  # per item: each choice's (context ids, continuation ids)
         for n, item in enumerate(self.items):
-            pairs = [encode_pair(tokenizer, item.context, delimiter + choice, eot_id) for choice in item.choices]
+            pairs = [encode_pair(tokenizer, item.context, delimiter + choice, separator) for choice in item.choices]
             longest = max(len(cont) for _, cont in pairs)
             if longest > self.block_size or longest == 0:  # a long context is cut from the left; a choice is not
                 what = (

@@ -97,6 +97,25 @@ def test_the_first_evaluation_of_an_imported_model_is_transformers_own_loss(save
     assert shape == {"arch": arch, "n_layer": 2, "n_embd": 32, "block_size": 32, "vocab_size": theirs.config.vocab_size}
     assert (checkpoint.latest(run / "checkpoints") / "tokenizer.json").read_text() == folder_tokenizer
 
+    # sample.py's empty prompt starts a document from the run's separator ("</s>" for Llama, not its first special
+    # token "<unk>")
+    from hydra import compose, initialize_config_dir
+
+    from model import generate
+    from sample import load_model, sample
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        sample_cfg = compose("sample", [f"checkpoint={run}", "temperature=0", "max_new_tokens=6", "device=cpu"])
+    model, _ = load_model(checkpoint.latest(run / "checkpoints"), torch.device("cpu"))
+    tokenizer = load_tokenizer(saved[arch] / "tokenizer.json")
+    starts = {}
+    for token in ("<unk>", "</s>", "<|endoftext|>"):
+        if (ident := tokenizer.token_to_id(token)) is not None:
+            ids = generate(model, torch.tensor([[ident]]), 6, temperature=0.0, vocab_size=tokenizer.get_vocab_size())
+            starts[token] = tokenizer.decode(ids[0, 1:].tolist(), skip_special_tokens=False)
+    assert len(set(starts.values())) == len(starts)  # each start continues differently: the check tells them apart
+    assert sample(sample_cfg) == [starts[cfg.data.special_tokens[0]]]
+
 
 def test_the_folders_end_of_text_separates_documents_unless_data_special_tokens_is_given(saved):
     cfg = with_init_from(compose_config(TINY + [f"model.init_from={saved['llama']}"]))
