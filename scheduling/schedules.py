@@ -63,8 +63,11 @@ def decay_factor(q: float, shape: str) -> float:
 
 
 def _progress(t: float, start: int, end: int) -> float:
-    """Fraction of the phase [start, end] done at t, clamped to [0, 1] so every decay holds its value past T."""
-    return min(1.0, max(0.0, (t - start) / max(1, end - start)))
+    """Fraction of the phase [start, end] done at t, clamped to [0, 1] so every decay holds its value past T; 1 from
+    ``end`` on, also for an empty phase (W = T), so that every decay is at its floor at T."""
+    if t >= end:
+        return 1.0
+    return max(0.0, (t - start) / (end - start))
 
 
 _WARMUP_PARAMS = (

@@ -235,6 +235,13 @@ def test_every_decay_holds_its_floor_after_total_steps(name):
     assert [s(t) for t in range(100, 400)] == [0.25] * 300
 
 
+@pytest.mark.parametrize("name", ["linear", "cosine", "polynomial", "cosine_restarts", "wsd"])
+def test_a_warmup_as_long_as_the_run_leaves_every_decay_at_its_floor_from_total_steps(name):
+    extra = {"wsd": {"decay_steps": 0}}.get(name, {})
+    s = Schedule(name, warmup_steps=100, **decay(name, 100, 0.25), **extra)
+    assert s(99) < 1.0 and [s(t) for t in range(100, 110)] == [0.25] * 10
+
+
 def test_a_floor_given_absolute_or_as_a_ratio_is_the_same():
     absolute = config_schedule(peak_lr=2e-3, min_lr=5e-4, min_lr_ratio=0.9)
     ratio = config_schedule(peak_lr=2e-3, min_lr_ratio=0.25)
