@@ -397,8 +397,9 @@ class GPT(nn.Module):
         cache=None,
         reduction: str = "mean",
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) token ids → logits (B, T, V), and the cross-entropy against targets (B, T) if given (with
-        ``fused_cross_entropy``, in training on CUDA, the mean loss alone: the logits are None).
+        """idx (B, T) token ids → logits (B, T, V) and the cross-entropy against targets (B, T); without targets
+        the last position's logits alone, (B, 1, V), and None: what sampling needs.
+        With ``fused_cross_entropy``, in training on CUDA, the mean loss alone: the logits are None.
 
         With a KV cache the positions continue after the cached ones and the cache grows by T. With a
         ``document_separator`` each token attends only to the earlier tokens of its own document in the window

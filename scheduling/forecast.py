@@ -776,13 +776,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from scheduling.spec import unless_budget
+    from scheduling.spec import register_resolvers
 
-    if not OmegaConf.has_resolver("unless_budget"):  # conf/ sets trainer.max_steps with it
-        OmegaConf.register_new_resolver("unless_budget", unless_budget)
+    register_resolvers()  # conf/ sets trainer.max_steps with one
     command = {"fit": run_fit, "predict": run_predict, "optimize": run_optimize}[args.command]
     try:
         return command(args)

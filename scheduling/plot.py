@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from scheduling.spec import Schedule, ScheduleError, schedule_from_config, unless_budget
+from scheduling.spec import Schedule, ScheduleError, register_resolvers, schedule_from_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PAST_T = 0.1  # the plot and the table go this fraction of T past T
@@ -228,11 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    if not OmegaConf.has_resolver("unless_budget"):  # conf/ sets trainer.max_steps with it
-        OmegaConf.register_new_resolver("unless_budget", unless_budget)
+    register_resolvers()  # conf/ sets trainer.max_steps with one
 
     try:
         curves = build_curves(args.overrides)

@@ -19,8 +19,8 @@ from typing import Any
 from data import DataError
 from data.atomic import DiskFull
 from model import GPTConfig, ModelConfigError, check_model_config
-from scheduling import ScheduleError, schedule_from_config, unless_budget
-from scheduling.spec import SettingError, is_int, is_number
+from scheduling import ScheduleError, schedule_from_config
+from scheduling.spec import SettingError, is_int, is_number, register_resolvers
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp8")
@@ -43,14 +43,6 @@ class ConfigError(SettingError):
 # Each is one line for the user, printed as ``error: …`` with exit code 2; all but DiskFull (an OSError: a write
 # ran out of space) are ValueErrors.
 USER_ERRORS = (ConfigError, DataError, ModelConfigError, ScheduleError, DiskFull)
-
-
-def register_resolvers() -> None:
-    """The resolvers conf/ uses (``trainer.max_steps: ${unless_budget:500}``); entry points call this once."""
-    from omegaconf import OmegaConf
-
-    if not OmegaConf.has_resolver("unless_budget"):
-        OmegaConf.register_new_resolver("unless_budget", unless_budget)
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "config", return_hydra_config: bool = False):
