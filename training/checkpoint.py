@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from data.atomic import CHECKSUM_CHUNK_BYTES, begin, commit, file_checksums, replace_file, size_text, space_for
 from model import GPTConfig
 from training import distributed
