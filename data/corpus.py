@@ -319,7 +319,7 @@ class TableCorpus(Corpus):
         kwargs: dict[str, Any] = {"split": split, "streaming": self.streaming}
         data_files = data_files if data_files is not None else self.cfg.get("data_files")
         if data_files:
-            kwargs["data_files"] = _plain(data_files)
+            kwargs["data_files"] = plain(data_files)
         for key, arg in (("config_name", "name"), ("revision", "revision")):
             if self.cfg.get(key):
                 kwargs[arg] = self.cfg.get(key)
@@ -395,7 +395,7 @@ class TableCorpus(Corpus):
         local = list(self.files or ())
         if not self.files:
             if cfg.get("data_files"):
-                yield str(_plain(cfg.get("data_files")))
+                yield str(plain(cfg.get("data_files")))
                 local = local_data_files(cfg.get("data_files"))
             elif Path(self.builder).is_dir():  # a dataset folder on disk: its files are the content
                 local = sorted(f for f in Path(self.builder).rglob("*") if f.is_file() and ".git" not in f.parts)
@@ -403,8 +403,8 @@ class TableCorpus(Corpus):
             yield f"{f}:{file_digest(f)}"
 
 
-def _plain(value: Any) -> Any:
-    """An OmegaConf list or dict as plain Python (``datasets`` checks the types)."""
+def plain(value: Any) -> Any:
+    """An OmegaConf list or dict as plain Python (``datasets`` checks the types); anything else as it is."""
     try:
         from omegaconf import OmegaConf
 
@@ -417,7 +417,7 @@ def _plain(value: Any) -> Any:
 
 def local_data_files(data_files: Any) -> list[Path]:
     """The local files that ``data_files`` (a path, glob, list, or dict of split → those) names, sorted."""
-    data_files = _plain(data_files)
+    data_files = plain(data_files)
     if isinstance(data_files, dict):
         items = [v for value in data_files.values() for v in ([value] if isinstance(value, str) else value)]
     else:

@@ -37,14 +37,15 @@ from data.cache import (
     prepare,
     special_tokens,
 )
-from data.corpus import SPLITS, Corpus, build_corpus, utf8_len
+from data.corpus import SPLITS, Corpus, build_corpus, plain, utf8_len
 from data.errors import DataError
 from data.tokenizer import check_vocab_size, tokenizer_hash, train_tokenizer
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("builtin", "text_files", "hub")
-# The keys a source of a mixture may set besides ``source`` and ``weight``, by source.
+# The keys a source of a mixture may set besides ``source`` and ``weight``: these for every source (the mixture's
+# own value is each source's default), and by source.
 COMMON_KEYS = ("val_fraction", "max_documents", "max_bytes", "on_decode_error")
 SOURCE_KEYS = {
     "builtin": ("exclude",),
@@ -52,15 +53,7 @@ SOURCE_KEYS = {
     "hub": ("name", "config_name", "split", "val_split", "data_files", "revision", "text_column", "streaming"),
 }
 SHARED_KEYS = ("vocab_size", "tokenizer", "special_tokens", "tokenizer_train_bytes", "cache_dir", "document_mask")
-DEFAULT_KEYS = ("val_fraction", "max_documents", "max_bytes", "on_decode_error")  # each source's default
 NAME = re.compile(r"[A-Za-z0-9_-]+")  # a source's name is part of its metric names: val/<name>/bpb
-
-
-def plain(value: Any) -> Any:
-    """An OmegaConf node as plain Python; anything else as it is."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def source_configs(cfg: Any) -> dict[str, tuple[float, dict[str, Any]]]:
@@ -75,7 +68,7 @@ def source_configs(cfg: Any) -> dict[str, tuple[float, dict[str, Any]]]:
             "data.sources must map each source's name to its settings ({source: builtin|text_files|hub, weight: "
             f"…, …}}) for data=mixture, got {sources!r}"
         )
-    shared = {key: plain(cfg.get(key)) for key in (*SHARED_KEYS, *DEFAULT_KEYS) if cfg.get(key) is not None}
+    shared = {key: plain(cfg.get(key)) for key in (*SHARED_KEYS, *COMMON_KEYS) if cfg.get(key) is not None}
     out = {}
     for name, entry in sources.items():
         key = f"data.sources.{name}"
