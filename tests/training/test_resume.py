@@ -41,7 +41,7 @@ def test_a_stopped_and_resumed_run_equals_the_uninterrupted_run_bit_for_bit(k, t
     with pytest.raises(Stopped, match=rf"^stopped after {taken} \(trainer.stop_at\); .* resume at update {k}$"):
         tiny_train(run, ARGS + [f"trainer.stop_at={k}"])
     assert checkpoint.latest(run / "checkpoints").name == f"step-{k:08d}"
-    tiny_train(run, ARGS)  # the same settings again: resumes from update k
+    tiny_train(run, ARGS + [f"trainer.stop_at={k}"])  # the same command again: resumes from update k, on to T
     resumed = read_metrics(run)
     assert [r for r in resumed if "train/loss" in r] and len(resumed) == len(uninterrupted)
     for a, b in zip(uninterrupted, resumed, strict=True):
