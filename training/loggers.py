@@ -127,7 +127,8 @@ class FileSink:
 
 class JsonlSink(FileSink):
     """metrics.jsonl: one JSON object per logged step. On resume from update k, records of steps ≥ k (written
-    by the interrupted run after its last checkpoint) are dropped first, so the file reads as one run."""
+    by the interrupted run after its last checkpoint) are dropped first, and a fresh start replaces the file of a
+    run that left no checkpoint, so the file reads as one run."""
 
     def __init__(self, path: Path, resume_step: int | None = None):
         self.path = path
@@ -144,7 +145,7 @@ class JsonlSink(FileSink):
             keep = [line for line in path.read_text().splitlines() if line.strip() and _step(line) < resume_step]
             with space_for(path):
                 replace_file(path, "".join(line + "\n" for line in keep))
-        super().__init__(path, open(path, "a", buffering=1))
+        super().__init__(path, open(path, "a" if resume_step is not None else "w", buffering=1))
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         # strict JSON: a non-finite value (the NaN loss of a batch trainer.nonfinite=skip skipped) is null

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,6 +49,15 @@ def test_a_stopped_and_resumed_run_equals_the_uninterrupted_run_bit_for_bit(k, t
         assert a["step"] == b["step"]
         for key in ("train/loss", "train/lr", "train/grad_norm", "val/loss", "val/bpb"):
             assert a.get(key) == b.get(key), (k, a["step"], key, a.get(key), b.get(key))
+
+
+def test_a_run_started_again_where_one_died_before_its_first_checkpoint_logs_one_run(tmp_path, tiny_train):
+    keys = ("step", "train/loss", "train/lr", "val/loss")
+    run = tiny_train(tmp_path / "run", ARGS)
+    first = [[r.get(k) for k in keys] for r in read_metrics(run)]
+    for folder in (run / "checkpoints").iterdir():  # as if it had died before its first save
+        shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
+    assert [[r.get(k) for k in keys] for r in read_metrics(tiny_train(run, ARGS))] == first
 
 
 def test_a_resumed_run_with_document_masking_equals_the_uninterrupted_run_bit_for_bit(tmp_path, tiny_train):
