@@ -75,6 +75,7 @@ def fit(run: Run) -> float:
         while t < T:
             if trainer.eval_every and t % trainer.eval_every == 0:
                 run.evaluate(t)
+                watchdog.progress(t)  # an evaluation is progress too: hang_timeout bounds each stretch, not their sum
             t0 = time.perf_counter()
             lrs = run.learning_rates()  # what update t uses
             micro_batches = run.micro_batches(t)
@@ -103,6 +104,7 @@ def fit(run: Run) -> float:
                 watchdog.progress(t)
         distributed.set_collective_timeout(distributed.SETUP_TIMEOUT_S)  # rank 0 alone samples and reports
         final_val = run.evaluate(T)
+        watchdog.progress(T)
         run.save(T)
         run.end_sample()
     return final_val

@@ -34,6 +34,7 @@ DECODE_POLICIES = ("skip", "replace", "error")
 BUDGET_KEYS = ("max_steps", "max_tokens", "max_time")
 PROVISIONAL_STEPS = 10**9  # stands for T in checks made before a budget fixes it
 CONF = Path(__file__).resolve().parents[1] / "conf"
+MAX_HANG_TIMEOUT_S = 30 * 24 * 3600  # 30 days: the watchdog's deadline must stay a valid timestamp
 
 
 class ConfigError(SettingError):
@@ -366,6 +367,12 @@ def check_trainer(t: Mapping[str, Any]) -> None:
     positive_int(t, "keep_checkpoints", "trainer", minimum=2 if t.get("ckpt_every") else 1)
     if not is_int(t.get("seed")):
         raise ConfigError("trainer.seed", "an integer", t.get("seed"))
+    if not isinstance(t.get("sample_prompt"), str):  # Hydra reads sample_prompt=123 as a number
+        raise ConfigError(
+            "trainer.sample_prompt",
+            "a string (quote a number: 'trainer.sample_prompt=\"123\"')",
+            t.get("sample_prompt"),
+        )
     clip = t.get("grad_clip")
     if not is_number(clip) or clip < 0:
         raise ConfigError("trainer.grad_clip", "a number ≥ 0 (0 = no clipping)", clip)
@@ -378,8 +385,8 @@ def check_trainer(t: Mapping[str, Any]) -> None:
         positive_int(t, "global_batch_tokens", "trainer")
     one_of(t, "nonfinite", "trainer", NONFINITE)
     hang = t.get("hang_timeout")
-    if hang is not None and (not is_number(hang) or hang <= 0):
-        raise ConfigError("trainer.hang_timeout", "null or a number of seconds > 0", hang)
+    if hang is not None and (not is_number(hang) or not 0 < hang <= MAX_HANG_TIMEOUT_S):
+        raise ConfigError("trainer.hang_timeout", f"null or a number of seconds in (0, {MAX_HANG_TIMEOUT_S}]", hang)
     if not is_number(t.get("collective_timeout")) or t["collective_timeout"] <= 0:
         raise ConfigError("trainer.collective_timeout", "a number of seconds > 0", t.get("collective_timeout"))
     if t.get("on_spike") not in (None, "rollback"):
