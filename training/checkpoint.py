@@ -31,7 +31,7 @@ import torch
 from data.atomic import CHECKSUM_CHUNK_BYTES, begin, commit, file_checksums, replace_file, size_text, space_for
 from model import GPTConfig
 from training import distributed
-from training.config import ConfigError
+from training.config import ConfigError, first_line
 
 log = logging.getLogger("train")
 
@@ -231,7 +231,7 @@ def load(path: Path, verify_files: bool = True) -> dict[str, Any]:
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise ConfigError(f"checkpoint {file}: cannot be read, it is truncated or corrupt ({reason})") from None
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise ConfigError(f"checkpoint {file}: not a checkpoint of this template (no model state and step)")
@@ -338,7 +338,7 @@ def load_sharded(folder: Path, state: dict[str, Any]) -> None:
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
             dcp.load(state, checkpoint_id=str(folder))
     except Exception as e:
-        raise ConfigError(f"checkpoint {folder}: its sharded state cannot be read ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"checkpoint {folder}: its sharded state cannot be read ({first_line(e)})") from None
 
 
 def load_weights(folder: Path, state: dict[str, Any], model: torch.nn.Module) -> None:
@@ -351,7 +351,7 @@ def load_weights(folder: Path, state: dict[str, Any], model: torch.nn.Module) ->
         else:
             model.load_state_dict(state["model"])
     except RuntimeError as e:
-        reason = str(e).strip().splitlines()[0][:200]
+        reason = first_line(e)
         raise ConfigError(f"checkpoint {folder}: its weights do not fit its model_config ({reason})") from None
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from training.config import ConfigError
+from training.config import ConfigError, first_line
 
 TARGET = "_target_"
 
@@ -69,8 +69,3 @@ def check_call(target: Callable, where: str, path: str, /, *args: Any, **kwargs:
         raise ConfigError(f"{where}: {path} does not take these settings ({first_line(e)})") from None
     except ValueError:  # no signature to read (a builtin): the call itself will say
         pass
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__

@@ -41,6 +41,13 @@ class ConfigError(SettingError):
     """A bad trainer, optimizer or logger value, or an unusable checkpoint: one line naming the key or file."""
 
 
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """An error's message cut to its first line (some libraries' run over several), or its type when it has none:
+    what a one-line error quotes of its cause."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__
+
+
 # Each is one line for the user, printed as ``error: …`` with exit code 2; all but DiskFull (an OSError: a write
 # ran out of space) are ValueErrors.
 USER_ERRORS = (ConfigError, DataError, ModelConfigError, ScheduleError, DiskFull)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from data.atomic import DiskFull, replace_file, space_for
+from training.config import first_line
 
 log = logging.getLogger("train")
 
@@ -417,9 +418,3 @@ def require(package: str, extra: str, chosen: str) -> None:
         importlib.import_module(package)
     except ImportError:
         raise ConfigError(f'{chosen} needs the {package} package: pip install -e ".[{extra}]"') from None
-
-
-def first_line(error: BaseException) -> str:
-    """An error's message, its first line (some libraries' run over several)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
