@@ -273,7 +273,8 @@ def _as_tuple(value: Any) -> Any:
 
 def find_resume(resume: Any, run_dir: Path) -> Path | None:
     """``trainer.resume``: auto = the run directory's latest intact checkpoint if any; false = refuse a run
-    directory that has checkpoints; a path = that checkpoint, or that run directory's latest intact one. The
+    directory that has checkpoints; a path = that checkpoint, or that run directory's latest intact one — where the
+    run directory holds no checkpoint of its own yet: a branch run again (a requeue) continues from its own. The
     folder returned has been verified (``newest_intact``, ``verify``)."""
     if resume == "auto":
         return newest_intact(run_dir / "checkpoints")
@@ -285,6 +286,12 @@ def find_resume(resume: Any, run_dir: Path) -> Path | None:
             )
         return None
     folder = resolve(resume)
+    own = run_dir / "checkpoints"
+    if not folder.resolve().is_relative_to(own.resolve()) and (mine := newest_intact(own)) is not None:
+        log.info(
+            "trainer.resume names %s, but %s holds this run's own checkpoints: continuing from %s", resume, own, mine
+        )
+        return mine
     named = Path(os.path.expanduser(str(resume)))
     if named.resolve() in (folder.resolve(), (folder / STATE_FILE).resolve()):  # that checkpoint, and no other
         verify(folder)

@@ -169,3 +169,24 @@ def test_the_audit_traces_a_schedule_index_that_jumped_back_to_the_resume(
     assert audit([str(branch)]) == 1
     out = capsys.readouterr().out
     assert "a resume that jumped: from the resume at update 4 on" in out and "t +1" in out
+
+
+def test_a_branch_run_again_continues_from_its_own_checkpoint_not_the_stable_one(
+    branches, stable, tmp_path, tiny_train
+):
+    """A requeued branch (the same command again) keeps what it did: its run directory's checkpoints win over the
+    checkpoint trainer.resume names, and the branch ends as the uninterrupted one did."""
+    from training.signals import Stopped
+
+    command = COOLDOWNS + ["trainer.max_steps=10", f"trainer.resume={stable}/checkpoints/step-{BRANCH_POINT:08d}"]
+    with pytest.raises(Stopped):
+        tiny_train(tmp_path / "branch", command + ["trainer.stop_at=8"])  # after its own checkpoint at 8
+    branch = tiny_train(tmp_path / "branch", command + ["trainer.stop_at=8"])
+    last = json.loads((branch / "schedule.json").read_text())["segments"][-1]
+    assert (last["from_update"], Path(last["resumed_from"])) == (8, branch / "checkpoints" / "step-00000008")
+    resumed = train_records(branch)
+    uninterrupted = train_records(branches[0] / "2")
+    keys = ("train/loss", "train/lr")
+    assert {t: [r[k] for k in keys] for t, r in resumed.items()} == {
+        t: [r[k] for k in keys] for t, r in uninterrupted.items()
+    }
