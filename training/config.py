@@ -182,8 +182,15 @@ def check_keys(cfg: Mapping[str, Any], config_name: str = "config") -> None:
         if key not in GROUPS:
             raise unknown_key(str(key))
     for group in GROUPS:
+        if not isinstance(cfg.get(group), Mapping):
+            options = ", ".join(sorted(p.stem for p in (CONF / group).glob("*.yaml")))
+            raise ConfigError(f"{group} must be chosen from conf/{group}/ ({options}), got {cfg.get(group)!r}")
         if group in LIST_GROUPS:
-            chosen = list(cfg[group].get(LIST_GROUPS[group]) or {})
+            entries = cfg[group].get(LIST_GROUPS[group])
+            if entries is not None and not isinstance(entries, Mapping):
+                key = f"{group}.{LIST_GROUPS[group]}"
+                raise ConfigError(f"{key} must map each name to its settings (or be null), got {entries!r}")
+            chosen = list(entries or {})
             option = "+".join(chosen) or "none"
             if not chosen:  # logger=none, or a base chosen alone (logger=tracking): the files that add no entry
                 chosen = [p.stem for p in sorted((CONF / group).glob("*.yaml")) if not entries_of(group, p.stem)]
@@ -323,6 +330,8 @@ def check_optim(o: Mapping[str, Any]) -> None:
         one_of(o, "fused", "optim", ("auto", True, False))
     if "muon" in o:
         m = o.get("muon") or {}
+        if not isinstance(m, Mapping):
+            raise ConfigError("optim.muon", "the Muon settings (a mapping: lr, momentum, …)", m)
         if not is_number(m.get("lr")) or m["lr"] <= 0:
             raise ConfigError("optim.muon.lr", "a number > 0", m.get("lr"))
         if not is_number(m.get("momentum")) or not 0 <= m["momentum"] < 1:
