@@ -46,6 +46,15 @@ def report(run, status: str) -> None:
     budget.json's outcome and the end-of-run lines."""
     took = time.perf_counter() - run.started
     summary = run.metrics.summary
+    plan = budget.TimePlan(**run.budget) if status == "ok" and "max_time" in run.budget else None
+    if plan is not None:
+        # One rounding for budget.json, the summary and the log line, so that the three say the same; a resumed
+        # run's planned end covers every start, so its time does too.
+        planned = round(plan.planned_end(run.cfg.trainer.eval_every, run.cfg.trainer.ckpt_every), 2)
+        record = {**run.budget, "planned_seconds": planned, "took_seconds": round(run.earlier_seconds + took, 2)}
+        (run.run_dir / "budget.json").write_text(json.dumps(record, indent=1) + "\n")
+        summary.update({"budget/planned_seconds": planned, "budget/took_seconds": record["took_seconds"]})
+        log.info("budget: planned %.1f s, took %.1f s of %g s", planned, record["took_seconds"], plan.max_time)
     write_summary(
         run.run_dir,
         {
@@ -59,14 +68,6 @@ def report(run, status: str) -> None:
     if status != "ok":
         return
     plots = write_run_plots(run.run_dir)
-    if "max_time" in run.budget:
-        plan = budget.TimePlan(**run.budget)
-        # One rounding for budget.json, the summary and the log line, so that the three say the same.
-        planned = round(plan.planned_end(run.cfg.trainer.eval_every, run.cfg.trainer.ckpt_every), 2)
-        record = {**run.budget, "planned_seconds": planned, "took_seconds": round(took, 2)}
-        (run.run_dir / "budget.json").write_text(json.dumps(record, indent=1) + "\n")
-        summary.update({"budget/planned_seconds": planned, "budget/took_seconds": record["took_seconds"]})
-        log.info("budget: planned %.1f s, took %.1f s of %g s", planned, record["took_seconds"], plan.max_time)
     ckpt = checkpoint.latest(run.run_dir / "checkpoints")
     done = duration(took) + (f" (this start; {duration(run.earlier_seconds + took)} in all)" if run.start else "")
     log.info(
