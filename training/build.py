@@ -307,7 +307,7 @@ def build_run(
 
     # T, fixed before update 0; then the optimizer and the schedule that ends at T
     T, budget_record = budget.total_steps(trainer, train_batches.tokens_per_update, state, measure)
-    check_stop_at(trainer.stop_at, T)
+    check_stop_at(trainer.stop_at, T, "trainer.max_steps" if trainer.max_steps is not None else "T of the budget")
     schedule = schedule_from_config(cfg.schedule, T, cfg.optim.lr)
     optimizer = build_optimizer(model.raw, optim, dist.device)
     step = TrainStep(model, optimizer, build_scheduler(optimizer, schedule))

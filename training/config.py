@@ -365,12 +365,12 @@ def check_components(cfg: Mapping[str, Any]) -> None:
                 target.check(own_keys(node), where)
 
 
-def check_stop_at(stop_at: Any, total_steps: int | None) -> None:
-    """``trainer.stop_at`` must stop before T (checked again once a budget has fixed T)."""
+def check_stop_at(stop_at: Any, total_steps: int | None, what: str = "trainer.max_steps") -> None:
+    """``trainer.stop_at`` must stop before T (checked again once a budget has fixed T: ``what`` names it)."""
     if stop_at is None:
         return
     if not is_int(stop_at) or stop_at < 1 or (total_steps is not None and stop_at >= total_steps):
-        bound = f"trainer.max_steps = {total_steps}" if total_steps is not None else "T"
+        bound = f"{what} = {total_steps}" if total_steps is not None else "T"
         raise ConfigError("trainer.stop_at", f"null or an integer in [1, {bound})", stop_at)
 
 

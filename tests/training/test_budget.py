@@ -124,6 +124,11 @@ def test_a_budget_too_small_for_one_update_is_refused_before_anything_is_written
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_a_stop_at_past_the_budget_s_t_names_that_t(tmp_path, tiny_train):
+    with pytest.raises(ConfigError, match=r"^trainer.stop_at must be null or an integer in \[1, T of the budget = 4\)"):
+        tiny_train(tmp_path / "run", [f"trainer.max_tokens={4 * TOKENS_PER_UPDATE}", "trainer.stop_at=4"])
+
+
 @pytest.mark.parametrize("eval_every,ckpt_every", [(20, 50), (0, 0), (7, 3), (1, 1)])
 def test_the_plan_fits_every_evaluation_and_checkpoint_the_loop_runs(eval_every, ckpt_every):
     plan = budget.plan_time(
