@@ -31,7 +31,7 @@ from model.flops import model_flops_per_token, peak_flops
 from scheduling import build_scheduler, schedule_from_config
 from training import budget, checkpoint, distributed, run_lock, summary
 from training.components import build, find
-from training.config import LIST_GROUPS, ConfigError, check_stop_at, grad_accum_steps
+from training.config import LIST_GROUPS, ConfigError, check_stop_at, first_line, grad_accum_steps
 from training.engine import Model, TrainStep, Update, build_model
 from training.evaluation import EvalContext, Evaluations
 from training.init_from import initial_weights, model_vocab
@@ -475,7 +475,17 @@ def open_metrics(
             group=sweep and sweep.group,
             name=sweep and sweep.name,
         )
-        sinks[name] = build(node, f"logger.{section}.{name}", info)
+        try:
+            sinks[name] = build(node, f"logger.{section}.{name}", info)
+        except ConfigError:  # its settings: the user's to fix, before any work
+            raise
+        except Exception as e:  # its service or its code: as a sink failing later, it never stops training
+            log.warning(
+                "logger %s failed to start (%s: %s); training goes on without it, metrics.jsonl stays complete",
+                name,
+                type(e).__name__,
+                first_line(e),
+            )
     return Metrics(core, sinks)
 
 

@@ -28,9 +28,11 @@ class Counting(Sink):
 
 
 class Failing(Sink):
-    """Fails at its third record."""
+    """Fails at its third record, or at its start with ``at_start``."""
 
-    def __init__(self, info: RunInfo):
+    def __init__(self, info: RunInfo, at_start: bool = False):
+        if at_start:
+            raise ConnectionError("no server")
         self.calls = 0
 
     def log(self, step: int, metrics) -> None:

@@ -73,6 +73,17 @@ def test_a_failing_sink_is_named_once_and_dropped_and_training_goes_on(tmp_path,
     assert json.loads((run / "summary.json").read_text())["status"] == "ok"
 
 
+def test_a_sink_that_fails_to_start_is_named_and_dropped_and_training_goes_on(tmp_path, tiny_train, caplog):
+    with caplog.at_level("WARNING", logger="train"):
+        run = tiny_train(tmp_path / "run", [*ARGS, *sinks(failing="Failing"), "+logger.sinks.failing.at_start=true"])
+    warnings = [r.getMessage() for r in caplog.records if "failing" in r.getMessage()]
+    assert warnings == [
+        "logger failing failed to start (ConnectionError: no server); training goes on without it, metrics.jsonl "
+        "stays complete"
+    ]
+    assert sorted(r["step"] for r in read_metrics(run) if "train/loss" in r) == list(range(6))
+
+
 def test_a_wandb_run_resumes_from_a_checkpoint_written_before_sinks_had_state(tmp_path, tiny_train, monkeypatch):
     """Such a checkpoint kept W&B's run id as ``wandb_run_id`` beside the training state."""
     monkeypatch.setenv("WANDB_MODE", "offline")
