@@ -109,11 +109,16 @@ def train_update(
 def train_update_retrying(*args: Any, max_overflows: int = MAX_OVERFLOWS, **kwargs: Any) -> tuple[Update, int]:
     """:func:`train_update` on the same micro-batches until fp16's GradScaler takes the step; returns the update
     and how many overflows went before it. Each overflow skipped the optimizer step and the schedule and halved
-    the scale. After ``max_overflows`` in a row the update counts as non-finite, for ``trainer.nonfinite``."""
+    the scale. After ``max_overflows`` in a row the update counts as non-finite, for ``trainer.nonfinite``, and the
+    scale goes back to what it was before it: one batch's bad gradients would otherwise leave it at 2^-48."""
+    scaler = kwargs.get("scaler")
+    scale = scaler.get_scale() if scaler is not None else None
     for overflows in range(max_overflows):
         update = train_update(*args, **kwargs)
         if update.status != OVERFLOW:
             return update, overflows
+    if scaler is not None:
+        scaler.update(new_scale=scale)
     return Update(update.loss, update.grad_norm, NONFINITE), max_overflows
 
 

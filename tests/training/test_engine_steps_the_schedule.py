@@ -66,6 +66,7 @@ def test_an_update_that_overflows_at_every_scale_tried_counts_as_non_finite():
     kwargs = dict(device=torch.device("cpu"), autocast=contextlib.nullcontext(), scaler=scaler)
     update, overflows = train_update_retrying(model, optimizer, scheduler, micro_batches(2), max_overflows=2, **kwargs)
     assert update.status == NONFINITE and overflows == 2  # for trainer.nonfinite: stop, or skip the batch
+    assert scaler.get_scale() == 2.0**127  # the scale from before that batch, not the halvings it caused
     assert scheduler.last_epoch == 0 and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     update, overflows = train_update_retrying(model, optimizer, scheduler, micro_batches(2), **kwargs)
     assert update.status == OK and scheduler.last_epoch == 1  # the scaler is left ready for the next update
