@@ -62,10 +62,6 @@ def compose_config(overrides: list[str] | None = None, return_hydra_config: bool
     return compose(overrides, return_hydra_config=return_hydra_config)
 
 
-def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory) -> Path:
     """One token cache directory for the whole session, so the tiny corpus is tokenized once."""

@@ -323,8 +323,8 @@ def check_fits(state: dict[str, Any], model_config: dict[str, Any], tokenizer_ha
 
 def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     """Full model and optimizer state dicts keyed by parameter name, on the CPU (for a DDP or single run)."""
-    # imported where used: torch.distributed.checkpoint costs half a second, which a run that stops on a bad
-    # config, sample.py and export.py need not pay
+    # imported where used: torch.distributed.checkpoint is slow to import, and a run stopped by a bad config,
+    # sample.py and export.py need none of it
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
     if distributed.is_initialized():

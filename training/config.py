@@ -123,10 +123,15 @@ def option_file(group: str, value: Any) -> Any:
         return value
     from omegaconf import OmegaConf
 
-    for path in sorted((CONF / group).glob("*.yaml")):
-        if OmegaConf.load(path).get(OPTION_KEY[group]) == value:
-            return path.stem
+    for option in group_options(group):
+        if OmegaConf.load(CONF / group / f"{option}.yaml").get(OPTION_KEY[group]) == value:
+            return option
     return value
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group: its files in conf/, by name."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
 def top_keys(config_name: str) -> list[str]:
@@ -142,10 +147,10 @@ def unknown_key(key: str, config_name: str = "config") -> ConfigError:
     section = next((s for s in NAMED_SECTIONS if key.startswith(f"{s}.")), None)
     if config_name == "config" and section and key.count(".") == section.count(".") + 2:
         entry_key = key.rsplit(".", 1)[1]  # data.sources.<name>.<key>: a key any option of the group documents
-        if any(entry_key in known_keys(group, p.stem) for p in (CONF / group).glob("*.yaml")):
+        if any(entry_key in known_keys(group, o) for o in group_options(group)):
             return ConfigError(f"{key} is not in the composed config (the entry does not set it); add it with +{key}=…")
     if config_name == "config" and group in GROUPS:
-        options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+        options = group_options(group)
         owners = [o for o in options if leaf in known_keys(group, o)]
         if owners:
             chosen = " or ".join(f"{group}={o}" for o in owners)
@@ -183,7 +188,7 @@ def check_keys(cfg: Mapping[str, Any], config_name: str = "config") -> None:
             raise unknown_key(str(key))
     for group in GROUPS:
         if not isinstance(cfg.get(group), Mapping):
-            options = ", ".join(sorted(p.stem for p in (CONF / group).glob("*.yaml")))
+            options = ", ".join(group_options(group))
             raise ConfigError(f"{group} must be chosen from conf/{group}/ ({options}), got {cfg.get(group)!r}")
         if group in LIST_GROUPS:
             entries = cfg[group].get(LIST_GROUPS[group])
@@ -193,7 +198,7 @@ def check_keys(cfg: Mapping[str, Any], config_name: str = "config") -> None:
             chosen = list(entries or {})
             option = "+".join(chosen) or "none"
             if not chosen:  # logger=none, or a base chosen alone (logger=tracking): the files that add no entry
-                chosen = [p.stem for p in sorted((CONF / group).glob("*.yaml")) if not entries_of(group, p.stem)]
+                chosen = [o for o in group_options(group) if not entries_of(group, o)]
             known = list(dict.fromkeys([LIST_GROUPS[group], *(k for o in chosen for k in known_keys(group, o))]))
         else:
             option = option_file(group, cfg[group].get(OPTION_KEY[group])) if group in OPTION_KEY else "default"
@@ -210,7 +215,7 @@ def check_keys(cfg: Mapping[str, Any], config_name: str = "config") -> None:
             extra = [k for k in extra if not k.startswith(f"{LIST_GROUPS[group]}.")]
         if not known or not extra:
             continue  # no file for this option: the check of its name or source says so
-        owners = [p.stem for p in sorted((CONF / group).glob("*.yaml")) if extra[0] in known_keys(group, p.stem)]
+        owners = [o for o in group_options(group) if extra[0] in known_keys(group, o)]
         if owners:
             raise ConfigError(
                 f"{group}.{extra[0]} is a key of {group}={owners[0]}, not of {group}={option} "
@@ -265,7 +270,7 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
         option = re.search(r"Could not find '(\w+)/([^']+)'", message)
         if option:
             group, name = option.groups()
-            options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+            options = group_options(group)
             close = difflib.get_close_matches(name, options, n=1)
             hint = f"did you mean {group}={close[0]}? " if close else ""
             error = ConfigError(f"{group}={name} is not an option of {group}; {hint}it has {', '.join(options)}")

@@ -9,8 +9,8 @@ import shutil
 import pytest
 import torch
 
-from tests.conftest import TINY, compose_config, group_options
-from training.config import USER_ERRORS, ConfigError, check_config
+from tests.conftest import TINY, compose_config
+from training.config import USER_ERRORS, ConfigError, check_config, group_options
 from training.distributed import resolve_device, resolve_precision
 
 GROUPS = ("model", "optim", "schedule", "data", "trainer", "logger", "experiment")
