@@ -50,10 +50,14 @@ def check_export_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError("overwrite", "true or false", cfg.get("overwrite"))
 
 
-def check_out(out: Path, overwrite: bool) -> None:
-    """``out`` is a new or empty folder, or one that ``overwrite`` allows to replace."""
+def check_out(out: Path, overwrite: bool, checkpoint: Path) -> None:
+    """``out`` is a new or empty folder, or one that ``overwrite`` allows to replace: never one that holds the
+    checkpoint or the current directory, which replacing it would delete."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out: {str(out)!r} is a file; give a folder to write the model into")
+    for what, inside in (("the checkpoint it exports", checkpoint), ("the current directory", Path.cwd())):
+        if inside.resolve().is_relative_to(out.resolve()):
+            raise ConfigError(f"out: {str(out)!r} holds {what}; give a folder of its own for the model")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ConfigError(
             f"out: {str(out)!r} already holds files; choose a new folder, or overwrite=true to replace it"
@@ -98,8 +102,8 @@ def export(cfg: DictConfig) -> Path:
     check_export_config(values)
     require_transformers("export.py")
     out = Path(os.path.expanduser(str(values["out"])))
-    check_out(out, values["overwrite"])
     folder = find_checkpoint(str(values["checkpoint"]))
+    check_out(out, values["overwrite"], folder)
     model, state = load_model(folder, torch.device("cpu"))
     tokenizer = load_checkpoint_tokenizer(folder, model)
     special = run_special_tokens(state, tokenizer)

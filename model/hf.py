@@ -25,7 +25,8 @@ import torch
 
 from model.gpt import GPT, GPTConfig, ModelConfigError
 
-# The model keys a transformers config sets on import; dropout and activation checkpointing stay the run's own.
+# The model keys a transformers config sets on import (neither class has a query/key norm or a logit cap); dropout
+# and activation checkpointing stay the run's own.
 ARCH_KEYS = (
     "arch",
     "n_layer",
@@ -39,6 +40,8 @@ ARCH_KEYS = (
     "activation",
     "rope_theta",
     "norm_eps",
+    "qk_norm",
+    "logit_softcap",
 )
 # GPT-2's activation_function for each model.activation, and the names transformers also gives them
 GPT2_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
@@ -240,7 +243,8 @@ def architecture(hf_config: Any, source: str) -> dict[str, Any]:
             f"model.init_from: {source} has {setting}={value!r} in config.json; only {allowed} can be imported"
         )
 
-    return found.read(hf_config, refuse, bool(getattr(hf_config, "tie_word_embeddings", True)))
+    keys = found.read(hf_config, refuse, bool(getattr(hf_config, "tie_word_embeddings", True)))
+    return {**keys, "qk_norm": False, "logit_softcap": None}
 
 
 def read_gpt2(c: Any, refuse: Callable[..., Exception], tie: bool) -> dict[str, Any]:

@@ -123,6 +123,26 @@ def test_an_out_folder_that_holds_files_is_refused_and_kept_unless_overwrite(exp
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left beside it
 
 
+def test_overwrite_never_replaces_a_folder_that_holds_the_checkpoint_or_the_current_directory(
+    exported, tmp_path, monkeypatch
+):
+    run, _ = exported["gpt2"]
+    kept = sorted(p for p in run.rglob("*"))
+    work = tmp_path / "work"
+    (work / "here").mkdir(parents=True)
+    monkeypatch.chdir(work / "here")
+    for out, what in [
+        (run, "the checkpoint it exports"),
+        (run / "checkpoints", "the checkpoint it exports"),
+        (work, "the current directory"),
+        (Path("."), "the current directory"),
+    ]:
+        with pytest.raises(ConfigError, match=f"^out: '{out}' holds {what}; ") as info:
+            export(compose([f"checkpoint={run}", f"out={out}", "overwrite=true"], config_name="export"))
+        assert "\n" not in str(info.value)
+    assert sorted(p for p in run.rglob("*")) == kept and (work / "here").is_dir()
+
+
 def test_without_transformers_export_says_which_extra_to_install_and_writes_nothing(exported, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now raises ImportError
     with pytest.raises(USER_ERRORS, match=r"^export\.py needs transformers, .*pip install -e '\.\[hf\]'") as info:

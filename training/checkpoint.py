@@ -88,6 +88,24 @@ def write_checksums(folder: Path) -> None:
     (folder / CHECKSUMS).write_text(json.dumps(record, indent=1) + "\n")
 
 
+def read_checksums(record_file: Path) -> tuple[dict[str, dict], int]:
+    """The files a checksums.json records (name → {"bytes", "crc32"}) and its chunk size; a ValueError when it
+    is not the record ``write_checksums`` writes (it must list state.pt, each file with a crc32 per chunk)."""
+    record = json.loads(record_file.read_text())
+    files = record.get("files") if isinstance(record, dict) else None
+    chunk_bytes = record.get("chunk_bytes") if isinstance(record, dict) else None
+    if not isinstance(chunk_bytes, int) or isinstance(chunk_bytes, bool) or chunk_bytes <= 0:
+        raise ValueError(f"chunk_bytes is {chunk_bytes!r}, not a positive integer")
+    if not isinstance(files, dict) or STATE_FILE not in files:
+        raise ValueError(f"its files do not list {STATE_FILE}")
+    for name, saved in files.items():
+        size = saved.get("bytes") if isinstance(saved, dict) else None
+        crcs = saved.get("crc32") if isinstance(saved, dict) else None
+        if not isinstance(size, int) or size < 0 or not isinstance(crcs, list) or len(crcs) != -(-size // chunk_bytes):
+            raise ValueError(f"the entry of {name} is not a size and a crc32 per chunk")
+    return files, chunk_bytes
+
+
 def damage(folder: Path) -> str | None:
     """What changed in checkpoint ``folder`` since it was saved, as one line naming the file; None when every
     file is as its checksums.json records (or it predates checksums)."""
@@ -95,10 +113,9 @@ def damage(folder: Path) -> str | None:
     if not record_file.is_file():
         return None
     try:
-        record = json.loads(record_file.read_text())
-        files, chunk_bytes = dict(record["files"]), int(record["chunk_bytes"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return f"checkpoint {record_file}: cannot be read ({type(e).__name__}), so its files cannot be checked"
+        files, chunk_bytes = read_checksums(record_file)
+    except (OSError, ValueError) as e:
+        return f"checkpoint {record_file}: cannot be read ({first_line(e)}), so its files cannot be checked"
     for name, saved in files.items():
         path = folder / name
         if not path.is_file():
@@ -194,7 +211,7 @@ def latest(root: Path) -> Path | None:
     """The latest complete checkpoint under ``root``: the one ``latest`` names, else the highest step."""
     pointer = root / LATEST
     if pointer.is_file():
-        target = root / pointer.read_text().strip()
+        target = root / pointer.read_text(errors="replace").strip()  # a garbled one names no folder
         if (target / STATE_FILE).is_file():
             return target
     steps = saved_steps(root)

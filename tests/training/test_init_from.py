@@ -135,6 +135,14 @@ def test_the_folders_end_of_text_separates_documents_unless_data_special_tokens_
             "gives 64; drop the override (the folder sets the architecture); a smaller",
         ),
         (
+            "model.qk_norm=true",
+            "model.qk_norm=True contradicts model.init_from={folder}, whose config.json gives False",
+        ),
+        (
+            "model.logit_softcap=30",
+            "model.logit_softcap=30 contradicts model.init_from={folder}, whose config.json gives None",
+        ),
+        (
             "data.tokenizer={folder}/other.json",
             "data.tokenizer must be null with model.init_from (its tokenizer is {folder}/tokenizer.json)",
         ),

@@ -217,6 +217,56 @@ def test_a_damaged_latest_checkpoint_is_refused_and_the_run_resumes_bit_for_bit_
     checkpoint.verify(ckpts / "step-00000008")  # written again by the resumed run
 
 
+def saved_checkpoint(root: Path, step: int, model: torch.nn.Module) -> Path:
+    """A checkpoint folder as a run writes one: state.pt, then its checksums.json."""
+    folder = root / checkpoint.step_dir_name(step)
+    folder.mkdir(parents=True)
+    torch.save({"model": model.state_dict(), "step": step, "model_config": model.config.to_dict()}, folder / "state.pt")
+    checkpoint.write_checksums(folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda r: {**r, "chunk_bytes": 0},
+        lambda r: {**r, "files": []},
+        lambda r: {**r, "files": {}},
+        lambda r: {**r, "files": {"state.pt": 5}},
+        lambda r: {**r, "files": {"state.pt": {"bytes": r["files"]["state.pt"]["bytes"]}}},
+        lambda r: {**r, "files": {"state.pt": {**r["files"]["state.pt"], "crc32": []}}},
+        lambda r: [r],
+    ],
+)
+def test_a_checksums_record_that_is_not_one_is_refused_in_one_line_naming_it(tmp_path, edit):
+    folder = saved_checkpoint(tmp_path, 3, GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1, n_embd=8)))
+    record = folder / checkpoint.CHECKSUMS
+    record.write_text(json.dumps(edit(json.loads(record.read_text()))))
+    with pytest.raises(
+        ConfigError, match=f"^checkpoint {record}: cannot be read \\(.+\\), so its files cannot"
+    ) as info:
+        checkpoint.verify(folder)
+    assert "\n" not in str(info.value)
+
+
+def test_a_garbled_latest_pointer_falls_back_to_the_highest_step(tmp_path):
+    model = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    saved_checkpoint(tmp_path, 2, model)
+    newest = saved_checkpoint(tmp_path, 5, model)
+    (tmp_path / checkpoint.LATEST).write_bytes(b"step-0000\xff0002\n")
+    assert checkpoint.latest(tmp_path) == newest == checkpoint.newest_intact(tmp_path)
+
+
+def test_weights_that_do_not_fit_the_model_are_refused_with_torchs_reason(tmp_path):
+    folder = saved_checkpoint(tmp_path, 1, GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1, n_embd=16)))
+    other = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1, n_embd=32))
+    with pytest.raises(
+        ConfigError, match=r"do not fit its model_config \(Error\(s\) in .* GPT: size mismatch for "
+    ) as info:
+        checkpoint.load_weights(folder, checkpoint.load(folder), other)
+    assert "\n" not in str(info.value)
+
+
 @pytest.mark.slow
 def test_a_damaged_checkpoint_with_none_before_it_stops_train_sample_and_export_in_one_line(
     tmp_path, tiny_train, data_cache
