@@ -60,12 +60,12 @@ class Item:
 def encode_pair(tokenizer, context: str, continuation: str, eot_id: int) -> tuple[list[int], list[int]]:
     """(context ids, continuation ids) as lm-eval encodes a pair for a causal model: trailing whitespace of the
     context moves to the continuation, the whole is encoded once and split after the context's own tokens; an
-    empty context is the end-of-text token."""
-    if not context:
-        return [eot_id], tokenizer.encode(continuation, add_special_tokens=False).ids
+    empty (or blank) context is the end-of-text token."""
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
+    if not context:
+        return [eot_id], tokenizer.encode(continuation, add_special_tokens=False).ids
     whole = tokenizer.encode(context + continuation, add_special_tokens=False).ids
     n_context = len(tokenizer.encode(context, add_special_tokens=False).ids)
     return whole[:n_context], whole[n_context:]
@@ -174,7 +174,9 @@ class MultipleChoice(ChoiceTask):
         target_delimiter: str,
     ):
         where = f"eval.evals.{ctx.name}"
-        self.check({"path": path, "limit": limit, "batch_size": batch_size}, where)
+        self.check(
+            {"path": path, "limit": limit, "batch_size": batch_size, "target_delimiter": target_delimiter}, where
+        )
         items = read_jsonl(Path(path))[:limit]
         if not items:
             raise DataError(f"{path}: no items")
@@ -187,6 +189,10 @@ class MultipleChoice(ChoiceTask):
             raise ConfigError(f"{where}.path", "a JSONL file of {context, choices, label} items", path)
         if not Path(str(path)).is_file():
             raise ConfigError(f"{where}.path: {path} is not a file")
+        if not isinstance(keys.get("target_delimiter"), str):
+            raise ConfigError(
+                f"{where}.target_delimiter", "a string put between context and choice", keys.get("target_delimiter")
+            )
         check_limit(keys, where)
         positive_int(keys, "batch_size", where)
 

@@ -342,7 +342,19 @@ def test_a_bad_item_is_one_line_naming_the_file_and_line(trained, tmp_path, line
         MultipleChoice(context(trained), str(path), None, 8, " ")
 
 
+def test_a_blank_context_is_scored_after_the_end_of_text_token_as_an_empty_one(trained, tmp_path):
+    path = tmp_path / "items.jsonl"
+    rows = [{"context": c, "choices": ["class Foo:", "def foo():"], "label": 1} for c in ("", "\n  ")]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    task = MultipleChoice(context(trained), str(path), None, 8, " ")
+    eot = trained["tokenizer"].token_to_id("<|endoftext|>")
+    assert [pair[0] for pairs in task.pairs for pair in pairs] == [[eot]] * 4
+    assert all(np.isfinite(lls).all() for lls in every_item(task, trained["model"]))
+
+
 def test_bad_eval_settings_stop_train_py_with_one_line_naming_the_key_and_write_nothing(tmp_path, data_cache):
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"context": "a", "choices": ["b", "c"], "label": 0}\n')
     cases = [
         (["eval=[perplexity,multiple_choice]"], {}, "error: eval.evals.multiple_choice.path must be a JSONL file"),
         (
@@ -354,6 +366,15 @@ def test_bad_eval_settings_stop_train_py_with_one_line_naming_the_key_and_write_
             ["eval=[perplexity,hellaswag]"],
             {"HF_HUB_OFFLINE": "1"},
             "error: eval.evals.hellaswag.path: the hub is off (HF_HUB_OFFLINE) and no local copy is given",
+        ),
+        (
+            [
+                "eval=[multiple_choice]",
+                f"eval.evals.multiple_choice.path={items}",
+                "eval.evals.multiple_choice.target_delimiter=null",
+            ],
+            {},
+            "error: eval.evals.multiple_choice.target_delimiter must be a string",
         ),
         (["eval.evals.next_line.choices=1"], {}, "error: eval.evals.next_line.choices must be an integer ≥ 2"),
         (["eval.evals.next_line.limit=0"], {}, "error: eval.evals.next_line.limit must be an integer > 0 or null"),
