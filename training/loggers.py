@@ -346,14 +346,16 @@ class Metrics:
             for key in ("best/val_loss", "best/val_bpb", "best/step"):
                 self.summary.pop(key, None)
 
-    def each(self, method: str, what: str, *args: Any) -> None:
-        """``sink.method(*args)`` for every plugged sink; one that fails is named once and dropped."""
+    def each(self, method: str, what: str, *args: Any, check: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+        """``sink.method(*args)`` for every plugged sink, by name (what ``check`` makes of each result); one that
+        fails, or whose result ``check`` refuses, is named once and dropped."""
+        results = {}
         for name, sink in list(self.sinks.items()):
             call = getattr(sink, method, None)
             if call is None:
                 continue
             try:
-                call(*args)
+                results[name] = call(*args) if check is None else check(call(*args))
             except Exception as e:
                 del self.sinks[name]
                 log.warning(
@@ -363,10 +365,11 @@ class Metrics:
                     type(e).__name__,
                     first_line(e),
                 )
+        return results
 
     def states(self) -> dict[str, dict[str, Any]]:
-        """Each plugged sink's ``state()``, for the checkpoint."""
-        return {name: sink.state() for name, sink in self.sinks.items() if hasattr(sink, "state")}
+        """Each plugged sink's ``state()``, for the checkpoint (loaded back with ``weights_only``, so plain values)."""
+        return self.each("state", "giving its state to the checkpoint", check=plain_state)
 
     def files(self) -> list[str]:
         return ["metrics.jsonl", *(f for sink in self.sinks.values() for f in getattr(sink, "files", ()))]
@@ -388,6 +391,16 @@ class Metrics:
                 errors.append(e)
         if errors:
             raise errors[0]
+
+
+def plain_state(state: Any) -> dict[str, Any]:
+    """A sink's ``state()`` as a checkpoint keeps it: a dict of JSON's values, else a TypeError saying so."""
+    try:
+        if isinstance(state, dict) and json.loads(json.dumps(state)) == state:
+            return state
+    except (TypeError, ValueError):
+        pass
+    raise TypeError(f"state() must return a dict of str, int, float, bool, None, list and dict, not {state!r:.100}")
 
 
 def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, str | int | float | bool]:

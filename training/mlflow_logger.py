@@ -133,18 +133,18 @@ class MlflowSink(Sink):
             run_id = saved.get("run_id")
             if run_id:
                 client.update_run(run_id, status="RUNNING")
-                history = client.get_metric_history(run_id, "train/loss")
-                return client, run_id, max((m.step for m in history), default=-1)
+                latest = client.get_run(run_id).data.to_proto().metrics  # each key's point of the highest step
+                return client, run_id, {m.key: m.step for m in latest}
             found = client.get_experiment_by_name(settings["project"])
             experiment = found.experiment_id if found else client.create_experiment(settings["project"])
             run_id = client.create_run(experiment, tags=tags, run_name=run_name).info.run_id
             items = list(params.items())
             for i in range(0, len(items), BATCH["params"]):
                 client.log_batch(run_id, params=[Param(k, v) for k, v in items[i : i + BATCH["params"]]])
-            return client, run_id, -1
+            return client, run_id, {}
 
         try:
-            self.client, self.run_id, self.last_step = within(self.timeout, lambda: start(self.uri))
+            self.client, self.run_id, self.logged = within(self.timeout, lambda: start(self.uri))
         except Exception as e:
             if self.fell_back or self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri:
                 raise  # a local store that fails is the user's to fix, as a bad path is
@@ -159,7 +159,7 @@ class MlflowSink(Sink):
             )
             (info.run_dir / FALLBACK).parent.mkdir(parents=True, exist_ok=True)
             self.uri, self.fell_back, saved = fallback, True, {}
-            self.client, self.run_id, self.last_step = start(self.uri)
+            self.client, self.run_id, self.logged = start(self.uri)
         if self.fell_back:
             self.files = (str(Path(FALLBACK).parent) + "/",)
         self.failed = False
@@ -193,14 +193,19 @@ class MlflowSink(Sink):
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         from mlflow.entities import Metric
 
-        if step <= self.last_step or self.failed:  # a resumed run: MLflow already holds these steps
+        if self.failed:
             return
+        # MLflow appends and cannot take a point back: a step it holds of a key (logged before a resume or a
+        # rollback) keeps its first value
         now = int(time.time() * 1000)
         batch = [
             Metric(k, float(v), now, step)
             for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and step > self.logged.get(k, -1)
         ]
+        if not batch:
+            return
+        self.logged.update((m.key, step) for m in batch)
         self.calls.put((f"at update {step}", lambda: self.client.log_batch(self.run_id, metrics=batch)))
 
     def log_sample(self, step: int, prompt: str, text: str) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from training.loggers import RunInfo, Sink
@@ -40,6 +41,18 @@ class Failing(Sink):
         SEEN["failing"] = self.calls
         if self.calls == 3:
             raise ConnectionError("the server went away")
+
+
+class BadState(Sink):
+    """Its state() raises, or with ``unplain`` is a value a checkpoint cannot load back (a Path)."""
+
+    def __init__(self, info: RunInfo, unplain: bool = False):
+        self.unplain = unplain
+
+    def state(self) -> dict[str, Any]:
+        if self.unplain:
+            return {"where": Path(".")}
+        raise RuntimeError("no state to give")
 
 
 class Crash(BaseException):

@@ -84,6 +84,23 @@ def test_a_sink_that_fails_to_start_is_named_and_dropped_and_training_goes_on(tm
     assert sorted(r["step"] for r in read_metrics(run) if "train/loss" in r) == list(range(6))
 
 
+@pytest.mark.parametrize("unplain, why", [(False, "RuntimeError: no state to give"), (True, "TypeError: state() must")])
+def test_a_sink_whose_state_fails_or_is_not_plain_is_dropped_and_the_checkpoint_stays_loadable(
+    tmp_path, tiny_train, caplog, unplain, why
+):
+    SEEN.clear()
+    run = tmp_path / "run"
+    with caplog.at_level("WARNING", logger="train"), pytest.raises(Stopped):
+        bad = [*sinks(bad="BadState"), f"+logger.sinks.bad.unplain={unplain}"]
+        tiny_train(run, [*ARGS, *bad, *sinks(counting="Counting"), "trainer.stop_at=4"])
+    warnings = [r.getMessage() for r in caplog.records if "logger bad" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith(f"logger bad failed giving its state to the checkpoint ({why}")
+    state = checkpoint.load(checkpoint.latest(run / "checkpoints"))  # torch.load with weights_only
+    assert list(state["sinks"]) == ["counting"]
+    tiny_train(run, [*ARGS, *sinks(counting="Counting")])
+    assert max(r["step"] for r in read_metrics(run)) == 6
+
+
 def test_a_wandb_run_resumes_from_a_checkpoint_written_before_sinks_had_state(tmp_path, tiny_train, monkeypatch):
     """Such a checkpoint kept W&B's run id as ``wandb_run_id`` beside the training state."""
     monkeypatch.setenv("WANDB_MODE", "offline")

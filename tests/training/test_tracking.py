@@ -112,6 +112,34 @@ def test_mlflow_continues_its_run_across_a_crash_and_a_resume_with_params_tags_a
     assert len(tags.get("mlflow.source.git.commit", "0" * 40)) == 40
 
 
+def test_mlflow_keeps_each_steps_first_value_across_a_rollback_and_a_resume(tmp_path):
+    from training.loggers import RunInfo
+    from training.mlflow_logger import MlflowSink
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    info = RunInfo(tmp_path, {}, {"project": "p", "tracking_uri": uri, "init_timeout": 10}, total_steps=T)
+    sink = MlflowSink(info)
+    for t in range(6):
+        sink.log(t, {"train/loss": float(t)})
+    for t in range(3, 6):  # trainer.on_spike=rollback went back to update 3
+        sink.log(t, {"train/loss": 100.0 + t})
+    sink.log(6, {"val/loss": 1.5})  # the evaluation before update 6, then the process died
+    state = sink.state()
+    sink.finish("failed", {})
+    resumed = MlflowSink(RunInfo(tmp_path, {}, info.settings, total_steps=T, start=4, state=state))
+    for t in (4, 5):
+        resumed.log(t, {"train/loss": 200.0 + t})
+    resumed.log(6, {"val/loss": 2.5})
+    resumed.log(6, {"train/loss": 206.0})
+    resumed.finish("ok", {})
+    client = MlflowClient(tracking_uri=uri)
+    points = {
+        k: sorted((m.step, m.value) for m in client.get_metric_history(state["run_id"], k))
+        for k in ("train/loss", "val/loss")
+    }
+    assert points == {"train/loss": [(t, float(t)) for t in range(6)] + [(6, 206.0)], "val/loss": [(6, 1.5)]}
+
+
 def test_a_token_like_override_reaches_neither_tensorboard_nor_mlflow(tmp_path, tiny_train, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MY_SERVICE_TOKEN", SECRET)
