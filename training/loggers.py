@@ -281,7 +281,7 @@ class ProgressSink:
             if "train/tokens_per_sec" in metrics:
                 postfix["tok/s"] = f"{metrics['train/tokens_per_sec'] / 1e3:.1f}k"
             self.bar.set_postfix(postfix, refresh=False)
-        if "val/loss" in metrics or step % self.every == 0 or step == self.total - 1:
+        if "train/loss" not in metrics or step % self.every == 0 or step == self.total - 1:
             log.info(format_line(step, self.total, metrics))
 
     def close(self) -> None:
@@ -419,6 +419,25 @@ def config_yaml(config: Mapping[str, Any]) -> str:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_yaml(OmegaConf.create(dict(config)))
+
+
+def check_tracking(settings: Mapping[str, Any]) -> None:
+    """The keys the experiment trackers share (conf/logger/tracking.yaml), each in one line when bad."""
+    from training.config import ConfigError
+
+    project = settings.get("project")
+    if not isinstance(project, str) or not project.strip():
+        raise ConfigError("logger.project", "a name (W&B's project, MLflow's experiment)", project)
+    for key in ("group", "run_name", "notes"):
+        value = settings.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"logger.{key}", f"null or a string (a number quoted: 'logger.{key}=\"{value}\"')", value)
+    tags = settings.get("tags")
+    if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
+        raise ConfigError("logger.tags", "a list of names ('logger.tags=[baseline,lr-sweep]')", tags)
+    timeout = settings.get("init_timeout")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ConfigError("logger.init_timeout", "a number of seconds > 0", timeout)
 
 
 def require(package: str, extra: str, chosen: str) -> None:

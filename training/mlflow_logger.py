@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from training.config import ConfigError
-from training.loggers import RunInfo, Sink, first_line, flat_config, require
+from training.loggers import RunInfo, Sink, check_tracking, first_line, flat_config, require
 
 log = logging.getLogger("train")
 DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow's own default store since 3.7
@@ -98,9 +98,7 @@ class MlflowSink(Sink):
             raise ConfigError(
                 "logger.tracking_uri", "null or a tracking URI (http://host:5000, sqlite:///mlflow.db)", uri
             )
-        timeout = settings.get("init_timeout")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise ConfigError("logger.init_timeout", "a number of seconds > 0", timeout)
+        check_tracking(settings)
 
     def __init__(self, info: RunInfo):
         from mlflow import MlflowClient

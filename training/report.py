@@ -193,15 +193,15 @@ def plot_curves(jobs: list[Job], out: Path) -> Path:
 
 
 def branched_from(job: Job) -> Path | None:
-    """The run directory a job resumed from (its schedule.json's last resume), if it is another run's."""
+    """The run directory a job branched from: the last run other than its own that it resumed from (its
+    schedule.json's segments; a branch may since have resumed from its own checkpoints too)."""
     record = job.run_dir / "schedule.json"
     if not record.is_file():
         return None
     resumed = [s["resumed_from"] for s in json.loads(record.read_text())["segments"] if s.get("resumed_from")]
-    if not resumed:
-        return None
-    source = Path(resumed[-1]).parent.parent  # <run>/checkpoints/step-N
-    return source if source.resolve() != job.run_dir.resolve() and (source / "metrics.jsonl").is_file() else None
+    others = [Path(r).parent.parent for r in resumed]  # <run>/checkpoints/step-N
+    others = [p for p in others if p.resolve() != job.run_dir.resolve()]
+    return others[-1] if others and (others[-1] / "metrics.jsonl").is_file() else None
 
 
 def plot_frontier(jobs: list[Job], out: Path) -> Path | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from training.config import ConfigError
-from training.loggers import RunInfo, Sink, first_line
+from training.loggers import RunInfo, Sink, check_tracking, first_line
 
 log = logging.getLogger("train")
 MODES = ("auto", "online", "offline", "disabled")
@@ -61,9 +61,7 @@ class WandbSink(Sink):
     def check(cls, settings: Mapping[str, Any]) -> None:
         if settings.get("mode") not in MODES:
             raise ConfigError("logger.mode", f"one of {', '.join(MODES)}", settings.get("mode"))
-        timeout = settings.get("init_timeout")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise ConfigError("logger.init_timeout", "a number of seconds > 0", timeout)
+        check_tracking(settings)
 
     def __init__(self, info: RunInfo):
         import wandb
@@ -79,7 +77,7 @@ class WandbSink(Sink):
         logged_through = info.logged_through
         self.mode = resolve_mode(cfg.get("mode", "auto"))
         self.failed = False
-        timeout = float(cfg.get("init_timeout") or 30)
+        timeout = float(cfg["init_timeout"])
         # W&B's own banner and end-of-run history repeat the run's summary: off unless WANDB_SILENT=false
         silent = os.environ.get("WANDB_SILENT", "true").lower() not in ("false", "0")
 

@@ -135,9 +135,24 @@ def test_a_wandb_run_resumes_from_a_checkpoint_written_before_sinks_had_state(tm
         ),
         (["optim._target_=torch.optim.NotAnOptimizer"], r"^optim._target_: 'torch.optim.NotAnOptimizer' cannot be"),
         (["logger.mode=sometimes"], r"^logger.mode must be one of auto, online, offline, disabled, got 'sometimes'$"),
+        (["logger=mlflow", "logger.tags=baseline"], r"^logger.tags must be a list of names .*, got 'baseline'$"),
+        (["logger=wandb", "logger.project=null"], r"^logger.project must be a name .*, got None$"),
+        (["logger=mlflow", "logger.run_name=123"], r"^logger.run_name must be null or a string .*, got 123$"),
     ],
 )
 def test_what_a_plug_point_names_is_checked_in_one_line_before_any_work(overrides, message):
     with pytest.raises(ConfigError, match=message) as err:
         check_config(compose_config(overrides))
     assert "\n" not in str(err.value)
+
+
+def test_without_a_terminal_every_evaluation_gets_a_line_with_or_without_a_validation_loss(caplog):
+    from training.loggers import ProgressSink
+
+    progress = ProgressSink(105, every=10, bar=False)
+    with caplog.at_level("INFO", logger="train"):
+        for step in range(100, 105):
+            progress.log(step, {"train/loss": 2.0, "train/lr": 1e-3})
+        progress.log(105, {"eval/next_line/acc": 0.5, "eval/next_line/acc_norm": 0.25})
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3 and "105" in lines[-1] and "0.5" in lines[-1]  # updates 100 and 104, then the evaluation

@@ -301,3 +301,18 @@ def test_the_submitit_launcher_runs_each_sweep_job_in_its_own_process(tmp_path, 
     # the launching process wrote the sweep's report, whichever launcher ran the jobs
     rows = (sweep / "report.csv").read_text().splitlines()
     assert len(rows) == 3 and all(r.endswith(",ok,") for r in rows[1:]), rows
+
+
+def test_a_branch_resumed_from_its_own_checkpoint_still_names_the_run_it_branched_from(tmp_path):
+    from training.report import Job, branched_from
+
+    stable, branch = tmp_path / "stable", tmp_path / "branch"
+    for run in (stable, branch):
+        run.mkdir()
+        (run / "metrics.jsonl").write_text("")
+    segments = [{"resumed_from": str(stable / "checkpoints" / "step-00000060")}]
+    own = {"resumed_from": str(branch / "checkpoints" / "step-00000080")}  # preempted, then resumed in place
+    job = Job(branch, {}, "ok", None, None, None, None, None)
+    for kept in (segments, [*segments, own]):
+        (branch / "schedule.json").write_text(json.dumps({"segments": kept}))
+        assert branched_from(job) == stable
