@@ -109,6 +109,8 @@ def inspect(path: Path, fingerprint: str | None = None, settings: dict | None = 
     """(meta, "") for a complete, consistent cache at ``path``; else (None, why not)."""
     try:
         meta = json.loads((path / "meta.json").read_text())
+        if not isinstance(meta, dict):
+            raise TypeError(f"it holds a {type(meta).__name__}, not an object")
         if meta.get("format") != FORMAT_VERSION:
             return None, f"format {meta.get('format')}, this version reads {FORMAT_VERSION}"
         if fingerprint is not None and meta["source_fingerprint"] != fingerprint:
@@ -380,15 +382,26 @@ def check_not_empty(corpus: Corpus) -> None:
 def build_lock(final: Path) -> Iterator[None]:
     """Exclusive while one process prepares ``final``; others wait here, then find the cache complete."""
     lock_path = final.parent / f".{final.name}.lock"
-    with open(lock_path, "wb") as fh:
+    waiting_said = False
+    while True:
+        fh = open(lock_path, "wb")
         if not _lock(fh, blocking=False):
-            log.info("data: another process is preparing %s; waiting for it", final)
+            if not waiting_said:
+                log.info("data: another process is preparing %s; waiting for it", final)
+                waiting_said = True
             _lock(fh)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                lock_path.unlink()
+        try:  # the holder we waited for removed its file as it left: a newcomer may lock the one now at the path
+            if os.fstat(fh.fileno()).st_ino == os.stat(lock_path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        fh.close()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock_path.unlink()  # while still held, so whoever opens the path next locks a new file
+        fh.close()
 
 
 def prepare(cfg: Any, build_if_missing: bool = True) -> TokenCache | Mixture:
@@ -415,7 +428,15 @@ def prepare(cfg: Any, build_if_missing: bool = True) -> TokenCache | Mixture:
         why = inspect(path, fingerprint, settings)[1] if path.exists() else "it does not exist"
         raise DataError(f"data: the token cache {path} is missing, incomplete or damaged ({why})")
     check_not_empty(corpus)
-    created = make_dirs(path.parent)
+    try:
+        created = make_dirs(path.parent)
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as e:
+        raise DataError(
+            f"data.cache_dir: {path.parent} cannot be written ({e.strerror or e}); give a folder you can write, or "
+            "set GPT_DATA_CACHE"
+        ) from None
     try:
         with build_lock(path):
             cache = TokenCache.open(path, fingerprint, settings)

@@ -8,11 +8,12 @@ Three sources, one interface (``Corpus.split_documents()`` yields ``(split, text
 - ``hub``: a Hugging Face dataset by name (or a local dataset folder, or a builder such as ``json`` with
   ``data_files``), split and text column, optionally streamed.
 
-Caps: ``max_documents`` and ``max_bytes`` (UTF-8) bound the stream of non-empty documents before the split;
-the document that crosses ``max_bytes`` is cut at the cap.
+Caps: ``max_documents`` and ``max_bytes`` (UTF-8) bound the stream of non-empty documents before the split
+(with ``val_split``, each of the dataset's two splits); the document that crosses ``max_bytes`` is cut at the cap.
 
 The split is by document: a document belongs to val when a hash of its key (relative path, file and row, or
-row) falls below ``val_fraction``, so adding documents never moves others. When that leaves either split
+row) falls below ``val_fraction``, so adding documents never moves others (paths are relative to the deepest
+folder that holds every file: one added outside it changes every key). When that leaves either split
 without a document (a corpus of one or two files), the last ``val_fraction`` of every document's lines
 becomes val instead, and the log says so. A dataset with its own validation split (``val_split``) uses it whole for val.
 """
@@ -47,11 +48,14 @@ def in_val(key: str, val_fraction: float) -> bool:
 
 
 def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes, read in chunks."""
+    """sha256 of a file's bytes, read in chunks; a file that cannot be read is a one-line DataError."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
+    try:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
     return h.hexdigest()
 
 

@@ -178,8 +178,11 @@ class Mixture:
 
 
 def in_source(name: str, error: DataError) -> DataError:
-    """A source's error, its keys named as the mixture's: ``data.path`` → ``data.sources.<name>.path``."""
-    message = re.sub(r"\bdata\.(?=[a-z_]+\b)", f"data.sources.{name}.", str(error).removeprefix("data: "))
+    """A source's error, its own keys named as the mixture's (``data.path`` → ``data.sources.<name>.path``); the
+    keys the sources share stay ``data.<key>``, and a path that holds ``data.`` is left as it is."""
+    own = "|".join(("source", *COMMON_KEYS, *{k for keys in SOURCE_KEYS.values() for k in keys}))
+    pattern = rf"(?<![\w./-])data\.(?=(?:{own})\b)"
+    message = re.sub(pattern, f"data.sources.{name}.", str(error).removeprefix("data: "))
     return DataError(message if message.startswith(f"data.sources.{name}") else f"data.sources.{name}: {message}")
 
 

@@ -391,8 +391,8 @@ def check_trainer(t: Mapping[str, Any]) -> None:
     for key in ("eval_every", "ckpt_every", "sample_tokens"):
         positive_int(t, key, "trainer", minimum=0)
     positive_int(t, "keep_checkpoints", "trainer", minimum=2 if t.get("ckpt_every") else 1)
-    if not is_int(t.get("seed")):
-        raise ConfigError("trainer.seed", "an integer", t.get("seed"))
+    if not is_int(t.get("seed")) or t["seed"] < 0:  # numpy's SeedSequence takes no negative entropy
+        raise ConfigError("trainer.seed", "an integer ≥ 0", t.get("seed"))
     if not isinstance(t.get("sample_prompt"), str):  # Hydra reads sample_prompt=123 as a number
         raise ConfigError(
             "trainer.sample_prompt",
@@ -470,6 +470,10 @@ def check_data(d: Mapping[str, Any], prefix: str = "data") -> None:
     for key in ("max_documents", "max_bytes", "tokenizer_train_bytes"):
         if d.get(key) is not None:
             positive_int(d, key, prefix)
+    for key, what in (("special_tokens", "tokens, the first separating documents"), ("exclude", "directory names")):
+        value = d.get(key)
+        if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) and v for v in value)):
+            raise ConfigError(f"{prefix}.{key}", f"a list of {what} ('{prefix}.{key}=[a,b]')", value)
     one_of(d, "on_decode_error", prefix, DECODE_POLICIES)
     one_of(d, "document_mask", prefix, (True, False))
     if d.get("source") == "text_files" and d.get("path") in (None, "", "???"):

@@ -166,3 +166,18 @@ def test_a_missing_cache_is_refused_when_building_is_not_allowed(tmp_path):
     write_texts(tmp_path / "c", DOCS[:5])
     with pytest.raises(DataError, match=r"^data: the token cache .* is missing, incomplete or damaged \(it does not"):
         prepare(data_cfg("text_files", path=str(tmp_path / "c")), build_if_missing=False)
+
+
+def test_a_cache_dir_that_cannot_be_made_or_a_file_that_cannot_be_read_is_one_line(tmp_path):
+    from data.corpus import file_digest
+
+    write_texts(tmp_path / "c", DOCS[:5])
+    (tmp_path / "a-file").write_text("")
+    blocked = tmp_path / "a-file" / "cache"  # under a file: no folder can be made there
+    assert_refused(
+        data_cfg("text_files", path=str(tmp_path / "c"), cache_dir=str(blocked)),
+        rf"^data\.cache_dir: {blocked} cannot be written \(.+\); give a folder you can write, or set GPT_DATA_CACHE$",
+        blocked,
+    )
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'c'}: cannot be read \(Is a directory\)$"):
+        file_digest(tmp_path / "c")

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from data import DataError, MixtureValBatches, TrainBatches, ValBatches, prepare, token_byte_lengths
 from data.corpus import build_corpus
-from data.mixture import prepare_mixture, source_configs, weighted_sample
+from data.mixture import in_source, prepare_mixture, source_configs, weighted_sample
 from model import GPT, GPTConfig, padded_vocab
 from tests.data.corpora import DOCS, data_cfg, write_texts
 from training.evaluation import evaluate, validate
@@ -135,3 +135,11 @@ def test_a_source_with_no_validation_text_is_refused_before_anything_is_written(
     ):
         prepare(cfg)
     assert not Path(os.environ["GPT_DATA_CACHE"]).exists()
+
+
+def test_a_sources_error_names_its_own_keys_under_its_name_and_leaves_paths_and_shared_keys_alone():
+    error = DataError("data.path: 'corp/data.json' does not exist")
+    assert str(in_source("web", error)) == "data.sources.web.path: 'corp/data.json' does not exist"
+    error = DataError("data: data.tokenizer has no <|endoftext|>; put one first in data.special_tokens")
+    expected = "data.sources.web: data.tokenizer has no <|endoftext|>; put one first in data.special_tokens"
+    assert str(in_source("web", error)) == expected

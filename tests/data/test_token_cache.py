@@ -76,6 +76,9 @@ def test_a_damaged_cache_is_not_trusted_and_is_rebuilt(corpus_cfg):
     assert TokenCache.open(good.path) is None
     rebuilt = prepare(corpus_cfg)
     assert rebuilt.path == good.path and np.array_equal(rebuilt.tokens("train"), expect)
+    (good.path / "meta.json").write_text("null")  # JSON, but not the object a cache records
+    assert TokenCache.open(good.path) is None
+    assert np.array_equal(prepare(corpus_cfg).tokens("train"), expect)
 
 
 def test_cache_dir_comes_from_the_environment_by_default(tmp_path, monkeypatch):
@@ -148,6 +151,44 @@ def test_concurrent_preparations_of_one_cache_build_it_once(corpus_cfg, local_ca
     assert len(results) == 2 and len(builds) == 1
     assert results[0].path == results[1].path and results[0].meta == results[1].meta
     assert os.listdir(local_caches) == [results[0].path.name]  # the lock file is gone too
+
+
+def test_one_waiting_on_the_lock_and_one_arriving_as_its_holder_leaves_are_never_inside_together(tmp_path, caplog):
+    """The holder removes the lock file as it leaves: the one that waited holds the removed file's lock, and a
+    newcomer creates and locks a new file at the path; each checks it locked the file now at the path."""
+    final, inside, overlaps = tmp_path / "cache", set(), []
+    b_waits, c_inside = threading.Event(), threading.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record):
+            if "waiting for it" in record.getMessage():
+                b_waits.set()
+
+    def enter(name: str, stay: threading.Event | None = None) -> None:
+        with data.cache.build_lock(final):
+            overlaps.extend(sorted(inside))
+            inside.add(name)
+            if name == "C":
+                c_inside.set()
+            elif stay is not None:
+                stay.wait(1)  # long enough for C to get in, were the lock not exclusive
+            inside.discard(name)
+
+    caplog.set_level("INFO", logger="data")
+    watch = Watch()
+    logging.getLogger("data").addHandler(watch)
+    try:
+        with data.cache.build_lock(final):  # A
+            b = threading.Thread(target=enter, args=("B", c_inside))
+            b.start()
+            assert b_waits.wait(60), "B never waited on the lock"
+        c = threading.Thread(target=enter, args=("C",))
+        c.start()
+        for t in (b, c):
+            t.join(60)
+    finally:
+        logging.getLogger("data").removeHandler(watch)
+    assert overlaps == [] and not list(tmp_path.iterdir())  # and the lock file is gone
 
 
 def test_a_cache_another_process_finished_first_is_kept(corpus_cfg, local_caches, monkeypatch):
