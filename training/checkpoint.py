@@ -31,7 +31,7 @@ import torch
 from data.atomic import CHECKSUM_CHUNK_BYTES, begin, commit, file_checksums, replace_file, size_text, space_for
 from model import GPTConfig
 from training import distributed
-from training.config import ConfigError, first_line
+from training.config import ConfigError, first_line, is_int
 
 log = logging.getLogger("train")
 
@@ -92,9 +92,10 @@ def read_checksums(record_file: Path) -> tuple[dict[str, dict], int]:
     """The files a checksums.json records (name → {"bytes", "crc32"}) and its chunk size; a ValueError when it
     is not the record ``write_checksums`` writes (it must list state.pt, each file with a crc32 per chunk)."""
     record = json.loads(record_file.read_text())
-    files = record.get("files") if isinstance(record, dict) else None
-    chunk_bytes = record.get("chunk_bytes") if isinstance(record, dict) else None
-    if not isinstance(chunk_bytes, int) or isinstance(chunk_bytes, bool) or chunk_bytes <= 0:
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    files, chunk_bytes = record.get("files"), record.get("chunk_bytes")
+    if not is_int(chunk_bytes) or chunk_bytes <= 0:
         raise ValueError(f"chunk_bytes is {chunk_bytes!r}, not a positive integer")
     if not isinstance(files, dict) or STATE_FILE not in files:
         raise ValueError(f"its files do not list {STATE_FILE}")
