@@ -433,8 +433,8 @@ class Forecast:
 
 
 def curve_steps(warmup: int, n: int, extra: Sequence[int] = ()) -> np.ndarray:
-    """Steps after the warmup up to n, evenly, with n itself and ``extra``."""
-    grid = np.linspace(warmup + 1, n, min(CURVE_POINTS, max(1, n - warmup))).round().astype(int)
+    """Steps after the warmup up to n, evenly, with n itself and ``extra``; only n when the warmup lasts the run."""
+    grid = np.linspace(min(warmup + 1, n), n, min(CURVE_POINTS, max(1, n - warmup))).round().astype(int)
     return np.unique(np.concatenate([grid, [n], [s for s in extra if warmup < s <= n]]).astype(int))
 
 
@@ -590,13 +590,17 @@ def plot(forecasts: list[Forecast], fit: Fit, out: Path, title: str = "Forecast"
     fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(9, 7.5), sharex=True, height_ratios=(3, 1.3))
     for i, f in enumerate(forecasts):
         color = f"C{i % 10}"
-        ax.plot(f.steps, f.predicted["multi_power"], "-", lw=1.6, color=color, label=f"{f.label}: multi-power")
+        mark = "o" if len(f.steps) == 1 else None  # a single point is drawn as a marker, not an empty line
+        label = f"{f.label}: multi-power"
+        ax.plot(f.steps, f.predicted["multi_power"], "-", marker=mark, lw=1.6, color=color, label=label)
         ax.plot(f.steps, f.predicted["annealing"], "--", lw=1.0, color=color, alpha=0.7, label=f"{f.label}: annealing")
         if f.actual is not None:
             ax.plot(f.actual_steps, f.actual, "o", ms=3, color=color, label=f"{f.label}: actual")
         ax_lr.plot(np.arange(len(f.lrs)), f.lrs, lw=1.3, color=color)
     values = np.concatenate([v for f in forecasts for v in f.predicted.values()])
-    ax.set_ylim(values.min() - 0.05 * np.ptp(values), np.percentile(values, 97))
+    low, high = values.min() - 0.05 * np.ptp(values), np.percentile(values, 97)
+    if high > low:  # one value (a warmup as long as the run) leaves matplotlib's own margins
+        ax.set_ylim(low, high)
     ax.set(ylabel=f"{fit.loss_name}", title=title)
     ax_lr.set(xlabel="updates", ylabel="learning rate")
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
@@ -702,7 +706,7 @@ def run_optimize(args: argparse.Namespace) -> int:
     same = dict(total_steps=T, warmup_steps=W, min_lr_ratio=floor, **shape)
     rivals = {
         "cosine": Schedule("cosine", **same),
-        "wsd": Schedule("wsd", decay_steps=round(0.2 * T), **same),
+        "wsd": Schedule("wsd", decay_steps=min(round(0.2 * T), T - W), **same),  # the last 20 %, after the warmup
         "linear": Schedule("linear", **same),
     }
     forecasts = [forecast(fit, "optimized", schedule_lrs(best, peak, T), W, peak)]

@@ -247,6 +247,32 @@ def test_the_optimized_schedule_is_forecast_below_cosine_wsd_and_linear_and_runs
     assert (tmp_path / "best.png").stat().st_size > 0
 
 
+def test_a_warmup_as_long_as_the_run_is_forecast_after_its_last_update(tmp_path, capsys):
+    """W = T: no decay, so the forecast after T is L0 + A·S(T)^(−α) of the warmup's area alone, for both laws."""
+    out = tmp_path / "warm"
+    argv = ["predict", a_fit(tmp_path), "trainer.max_steps=200", "schedule.warmup_steps=200", f"optim.lr={PEAK}"]
+    assert forecast.main([*argv, "--out", str(out)]) == 0
+    rows = out.with_suffix(".csv").read_text().splitlines()[1:]
+    assert [r.split(",")[1] for r in rows] == ["200"]  # one point, at T, never past it
+    area = sum(PEAK * t / 200 for t in range(200)) / PEAK  # the linear warmup's area, in units of the fit's scale
+    for law, params, column in (("multi_power", MULTI_POWER, 2), ("annealing", ANNEALING, 3)):
+        expected = params["L0"] + params["A"] * area ** -params["alpha"]
+        assert float(rows[0].split(",")[column]) == pytest.approx(expected, abs=1e-6), law
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_optimize_with_a_warmup_past_80_percent_compares_a_wsd_that_decays_after_it(tmp_path, capsys):
+    out = tmp_path / "best.csv"
+    settings = ["trainer.max_steps=200", "schedule.warmup_steps=190", f"optim.lr={PEAK}", "schedule.min_lr_ratio=0.1"]
+    argv = ["optimize", a_fit(tmp_path), *settings]
+    assert forecast.main([*argv, "--knots", "5", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    wsd = Schedule("wsd", total_steps=200, warmup_steps=190, decay_steps=10, min_lr_ratio=0.1)
+    lrs = forecast.schedule_lrs(wsd, PEAK, 200)
+    fit = forecast.load_fit(tmp_path / "fit.json")
+    assert f"wsd {fit.predict(fit.profile(lrs, [200], 190, PEAK), 'multi_power')[0]:.4f}" in said
+
+
 # ---- bad input: one line, exit 2, nothing written ---------------------------------------------------------------
 
 
