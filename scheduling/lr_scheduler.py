@@ -7,6 +7,7 @@ per micro-batch, and not after an fp16 step the GradScaler skipped (the same upd
 
 from __future__ import annotations
 
+import copy
 import inspect
 import warnings
 from collections.abc import Mapping
@@ -45,12 +46,29 @@ OWN_NAMES = ("wsd", "cosine_restarts")
 _FLOOR_ARGS = ("min_lr", "min_lr_ratio", "min_lr_rate")
 
 
-def build_scheduler(optimizer: Optimizer, schedule: Schedule, last_epoch: int = -1) -> LambdaLR:
+class ScheduleLR(LambdaLR):
+    """LambdaLR whose multiplier is one Schedule, for every param group.
+
+    Its state dict carries a copy of the schedule's name and parameters (LambdaLR's shares the live ones), and
+    ``load_state_dict`` is a resume: it refuses a state saved under another schedule or peak, as
+    ``restore_scheduler`` does, rather than swapping the saved schedule in for the one this scheduler was built with.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["lr_lambdas"] = copy.deepcopy(state["lr_lambdas"])
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        restore_scheduler(self, state_dict)
+
+
+def build_scheduler(optimizer: Optimizer, schedule: Schedule, last_epoch: int = -1) -> ScheduleLR:
     """LambdaLR whose multiplier is ``schedule``: every param group gets ``its base lr · λ(t)``.
 
     ``schedule`` is a plain object, so ``scheduler.state_dict()`` carries its name and parameters.
     """
-    return LambdaLR(optimizer, schedule, last_epoch=last_epoch)
+    return ScheduleLR(optimizer, schedule, last_epoch=last_epoch)
 
 
 def _floor_ratio(optimizer: Optimizer, kwargs: dict[str, Any], default: float | None = 0.0) -> float | None:
@@ -91,19 +109,21 @@ def get_scheduler(
     ``inverse_sqrt`` also takes ``num_training_steps`` and ``cooldown_steps`` (a linear cooldown to the floor);
     ``cosine_with_restarts`` also takes ``cycle_decay``. The template's own names ``wsd`` and
     ``cosine_restarts`` take the Schedule parameters. ``cosine_warmup_with_min_lr`` and ``greedy`` are not
-    provided. ``last_epoch`` is passed on to LambdaLR.
+    provided. ``last_epoch`` is passed on to LambdaLR (``reduce_lr_on_plateau`` starts its count there too).
     """
     name = getattr(name, "value", name)  # a transformers SchedulerType works too
     kw = {**(scheduler_specific_kwargs or {}), **kwargs}
     known = TRANSFORMERS_NAMES + OWN_NAMES
     if name not in known:
         raise ValueError(f"{name!r} is not a known schedule; known: {', '.join(known)}")
-    if name == "reduce_lr_on_plateau":
-        return ReduceLROnPlateau(optimizer, **kw)
     last_epoch = kw.pop("last_epoch", -1)
+    if name == "reduce_lr_on_plateau":
+        plateau = ReduceLROnPlateau(optimizer, **kw)
+        plateau.last_epoch = last_epoch + 1  # where a LambdaLR built with this last_epoch starts counting
+        return plateau
     W, T = num_warmup_steps, num_training_steps
     if name == "constant":  # transformers ignores the warmup and every other argument here
-        return build_scheduler(optimizer, Schedule("constant", keys=HF_KEYS))
+        return build_scheduler(optimizer, Schedule("constant", keys=HF_KEYS), last_epoch)
     if W is None:
         raise ValueError(f"{name} requires `num_warmup_steps`, please provide that argument.")
     if name == "constant_with_warmup":  # likewise: only the warmup counts
@@ -187,11 +207,12 @@ def restore_scheduler(scheduler: LambdaLR, saved_state: Mapping[str, Any], allow
         if what:
             raise ScheduleError(
                 f"the checkpoint was trained with another schedule ({what}); resume with the same settings, "
-                "or set trainer.allow_schedule_change=true to continue with the new one from the saved update"
+                "or set trainer.allow_schedule_change=true (from Python: restore_scheduler(scheduler, state, "
+                "allow_change=True)) to continue with the new one from the saved update"
             )
     state = {k: v for k, v in saved_state.items() if k not in ("base_lrs", "_last_lr")}
     state["lr_lambdas"] = [None] * len(scheduler.lr_lambdas)  # keep the config's schedule, not the saved one
-    scheduler.load_state_dict(state)
+    LambdaLR.load_state_dict(scheduler, state)
     lrs = [base * schedule(scheduler.last_epoch) for base in scheduler.base_lrs]
     for group, base, lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, lrs, strict=True):
         group["initial_lr"], group["lr"] = base, lr  # the optimizer's saved state may carry the old peak

@@ -82,7 +82,7 @@ def schedule_function(name: Any, key: str = "schedule.name") -> Callable[..., fl
     (``my_schedules.step_decay``: a file and a YAML file add a schedule; docs/extending.md)."""
     if isinstance(name, str) and name in SCHEDULES:
         return SCHEDULES[name]
-    if not isinstance(name, str) or "." not in name:
+    if not isinstance(name, str) or "." not in name or not all(part.isidentifier() for part in name.split(".")):
         raise ScheduleError(key, f"one of {', '.join(sorted(SCHEDULES))}, or the dotted path of a λ(t) function", name)
     return _imported(name, key)
 
@@ -145,7 +145,7 @@ def validate(name: str, p: Mapping[str, Any], keys: Mapping[str, str] = CONFIG_K
         raise ScheduleError(k("total_steps"), "an integer > 0", total)
     warm = p.get("warmup_steps", 0)
     if not is_int(warm) or warm < 0:
-        raise ScheduleError(k("warmup_steps"), "an integer number of updates ≥ 0 (or a fraction in (0, 1))", warm)
+        raise ScheduleError(k("warmup_steps"), "an integer number of updates ≥ 0", warm)
     if total is not None and warm > total:
         raise ScheduleError(k("warmup_steps"), f"≤ the total number of updates ({total})", warm)
     shape = p.get("warmup_shape", "linear")
@@ -167,7 +167,7 @@ def validate(name: str, p: Mapping[str, Any], keys: Mapping[str, str] = CONFIG_K
             raise ScheduleError(k("timescale"), "> 0 (or null for the warmup length)", tau)
         cool = p.get("cooldown_steps", 0)
         if not is_int(cool) or cool < 0:
-            raise ScheduleError(k("cooldown_steps"), "an integer ≥ 0 (or a fraction in (0, 1))", cool)
+            raise ScheduleError(k("cooldown_steps"), "an integer number of updates ≥ 0", cool)
         if cool and total is None:
             raise ScheduleError(k("cooldown_steps"), "0 when there is no total number of updates", cool)
         if cool and warm + cool > total:

@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 import transformers
+from torch.optim.lr_scheduler import LambdaLR
 
 from scheduling import Schedule, ScheduleError, build_scheduler, get_scheduler, restore_scheduler
 
@@ -152,6 +153,53 @@ def test_the_schedule_is_picklable_and_its_parameters_are_in_the_state_dict():
     torch.save(state, buffer)
     buffer.seek(0)
     assert torch.load(buffer, weights_only=True)["lr_lambdas"] == state["lr_lambdas"]
+
+
+def test_the_state_dict_is_a_copy_and_loading_one_keeps_the_schedule_built():
+    schedule = Schedule("cosine", total_steps=20, warmup_steps=4, min_lr_ratio=0.1)
+    scheduler = build_scheduler(two_group_optimizer(), schedule)
+    state = scheduler.state_dict()
+    state["lr_lambdas"][0]["params"]["total_steps"] = 5  # editing what was saved leaves the live schedule alone
+    assert scheduler.lr_lambdas[0].total_steps == 20
+    fresh = build_scheduler(two_group_optimizer(), schedule)
+    saved = trained_state(schedule)["scheduler"]
+    fresh.load_state_dict(saved)
+    saved["lr_lambdas"][0]["params"]["total_steps"] = 5  # nor does editing what was loaded
+    assert fresh.lr_lambdas[0] == schedule and fresh.last_epoch == 7
+
+
+def test_a_plain_load_state_dict_of_another_schedule_is_refused_in_one_line():
+    """As the trainers of other libraries resume (transformers' Trainer): the same check as restore_scheduler."""
+    longer = Schedule("cosine", total_steps=30, warmup_steps=4, min_lr_ratio=0.1)
+    scheduler = build_scheduler(two_group_optimizer(), longer)
+    with pytest.raises(ScheduleError, match=r"trainer.max_steps 20 → 30.*allow_change=True") as err:
+        scheduler.load_state_dict(trained_state(SCHEDULE)["scheduler"])
+    assert "\n" not in str(err.value)
+    assert scheduler.lr_lambdas[0] == longer and scheduler.last_epoch == 0  # nothing loaded
+
+
+def test_a_fraction_of_updates_outside_the_config_is_refused_without_offering_one():
+    """Only the config resolves fractions of T; get_scheduler and Schedule take whole updates."""
+    calls = {
+        "num_warmup_steps": lambda: get_scheduler("linear", two_group_optimizer(), 0.1, 100),
+        "schedule.cooldown_steps": lambda: Schedule("inverse_sqrt", total_steps=100, cooldown_steps=0.2),
+    }
+    for key, call in calls.items():
+        with pytest.raises(ScheduleError, match=f"^{key} must be an integer number of updates ≥ 0, got 0.") as err:
+            call()
+        assert "fraction" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["constant", "linear", "reduce_lr_on_plateau"])
+def test_get_scheduler_passes_last_epoch_on_for_every_name(name):
+    def resumed_optimizer():
+        optimizer = two_group_optimizer()
+        for group in optimizer.param_groups:
+            group["initial_lr"] = group["lr"]  # as torch requires of a scheduler built with last_epoch ≥ 0
+        return optimizer
+
+    torch_own = LambdaLR(resumed_optimizer(), lambda t: 1.0, last_epoch=6)
+    assert get_scheduler(name, resumed_optimizer(), 2, 20, last_epoch=6).last_epoch == torch_own.last_epoch
 
 
 def test_every_param_group_follows_the_multiplier_from_its_own_base_lr():

@@ -63,6 +63,7 @@ BAD_CONFIGS = [
     (["optim.lr=1e-3", "schedule.min_lr=1e-2"], "schedule.min_lr", "≤ the peak"),
     (["schedule.min_lr_ratio=-0.5"], "schedule.min_lr_ratio", "≥ 0"),
     (["schedule.name=triangle"], "schedule.name", "cosine"),
+    (["schedule.name=.cosine"], "schedule.name", "or the dotted path of a λ(t) function"),
     (["eval=[]"], "eval", "chosen from conf/eval/ (hellaswag, multiple_choice, next_line, perplexity)"),
     (["logger.sinks=abc"], "logger.sinks", "must map each name to its settings (or be null)"),
     (["eval.evals=5"], "eval.evals", "must map each name to its settings (or be null)"),
