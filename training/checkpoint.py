@@ -317,8 +317,9 @@ def find_resume(resume: Any, run_dir: Path) -> Path | None:
     return newest_intact(folder.parent)
 
 
-# Model settings that change how the loss is computed, not the weights: a resume may change them.
-HOW_NOT_WHAT = ("fused_cross_entropy",)
+# Model settings that change how training computes, not the weights' shapes: a resume may change them (a smaller
+# card's activation checkpointing, a dropout for the rest of the run), as it may change the optimizer's.
+HOW_NOT_WHAT = ("fused_cross_entropy", "activation_checkpointing", "dropout")
 
 
 def check_fits(state: dict[str, Any], model_config: dict[str, Any], tokenizer_hash: str, path: Path) -> None:

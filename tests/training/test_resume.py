@@ -71,6 +71,28 @@ def test_a_resumed_run_with_document_masking_equals_the_uninterrupted_run_bit_fo
     assert [[r.get(k) for k in keys] for r in resumed] == [[r.get(k) for k in keys] for r in uninterrupted]
 
 
+def test_a_resume_may_turn_activation_checkpointing_on_and_continues_bit_for_bit(tmp_path, tiny_train, uninterrupted):
+    """It recomputes the blocks (dropout's masks included) and changes no weight: the run goes on as it was."""
+    with pytest.raises(Stopped):
+        tiny_train(tmp_path / "run", ARGS + ["trainer.stop_at=5"])
+    resumed = read_metrics(tiny_train(tmp_path / "run", ARGS + ["model.activation_checkpointing=true"]))
+    keys = ("step", "train/loss", "train/grad_norm", "val/loss")
+    assert [[r.get(k) for k in keys] for r in resumed] == [[r.get(k) for k in keys] for r in uninterrupted]
+
+
+def test_a_resume_may_change_the_dropout_but_not_the_shape(tmp_path, tiny_train, uninterrupted):
+    with pytest.raises(Stopped):
+        tiny_train(tmp_path / "run", ARGS + ["trainer.stop_at=5"])
+    with pytest.raises(ConfigError, match=r"another shape or vocab .*n_embd"):
+        tiny_train(tmp_path / "run", ARGS + ["model.n_embd=48"])
+    without_dropout = [a for a in ARGS if not a.startswith("model.dropout")] + ["model.dropout=0.0"]
+    resumed = read_metrics(tiny_train(tmp_path / "run", without_dropout))
+    losses = {r["step"]: r["train/loss"] for r in resumed if "train/loss" in r}
+    before = {r["step"]: r["train/loss"] for r in uninterrupted if "train/loss" in r}
+    assert [losses[t] for t in range(5)] == [before[t] for t in range(5)]  # the updates before the stop, as logged
+    assert losses[T - 1] != before[T - 1]  # after it, without dropout's noise
+
+
 def test_a_checkpoint_from_before_a_model_setting_existed_fits_a_config_with_its_default(tmp_path):
     config = GPTConfig(vocab_size=64, n_layer=1, n_head=2, n_embd=8, block_size=8).to_dict()
     older = {k: v for k, v in config.items() if k not in ("reset_positions", "document_separator")}
