@@ -23,10 +23,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from data.atomic import space_for
+from scheduling.spec import register_resolvers
 from training import distributed, launch, run_lock
 from training.budget import seconds_since_process_start
 from training.build import Run, Sweep, build_run
-from training.config import USER_ERRORS, check_config, check_overrides_or_exit, register_resolvers
+from training.config import USER_ERRORS, check_config, check_overrides_or_exit
 from training.engine import NONFINITE
 from training.init_from import with_init_from
 from training.signals import EXIT_RESUMABLE, Stopped, StopSignals

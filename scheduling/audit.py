@@ -34,9 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scheduling.spec import Schedule, SettingError, is_int, register_resolvers, schedule_from_config
+from scheduling.spec import Schedule, SettingError, compose, is_int, schedule_from_config
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 TOLERANCE = 1e-9
 LR_KEYS = ("train/lr", "train/learning_rate", "learning_rate", "lr")  # a W&B history's lr, by preference
 # A W&B history's losses, by preference: this template's names, then transformers' W&B callback's.
@@ -245,13 +244,9 @@ def schedule_of(group: dict[str, Any], total_steps: Any, peak_lr: Any) -> Schedu
 
 def composed(overrides: list[str]):
     """The config conf/ composes with these overrides (as train.py would), resolved."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    return OmegaConf.to_container(cfg, resolve=True)
+    return OmegaConf.to_container(compose(overrides), resolve=True)
 
 
 def from_overrides(overrides: list[str], total_steps: int | None = None) -> list[Segment]:

@@ -782,9 +782,6 @@ def main(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from scheduling.spec import register_resolvers
-
-    register_resolvers()  # conf/ sets trainer.max_steps with one
     command = {"fit": run_fit, "predict": run_predict, "optimize": run_optimize}[args.command]
     try:
         return command(args)

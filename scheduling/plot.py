@@ -21,9 +21,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from scheduling.spec import Schedule, ScheduleError, register_resolvers, schedule_from_config
+from scheduling.spec import CONF, Schedule, ScheduleError, compose, schedule_from_config
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 PAST_T = 0.1  # the plot and the table go this fraction of T past T
 POINTS = 2000  # samples per curve, plus its key steps
 
@@ -97,7 +96,6 @@ def expand_sweeps(overrides: list[str]) -> list[list[str]]:
 
 def build_curves(overrides: list[str]) -> list[Curve]:
     """Compose the config of each job and build its schedule, validated as train.py validates it."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     appended = [o for o in overrides if o.startswith("+")]
@@ -106,17 +104,16 @@ def build_curves(overrides: list[str]) -> list[Curve]:
     jobs = expand_sweeps(overrides)
     varying = [i for i in range(len(jobs[0])) if len({job[i] for job in jobs}) > 1]
     curves = []
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        for job in jobs:
-            cfg = compose(config_name="config", overrides=job)
-            T, peak = cfg.trainer.max_steps, cfg.optim.lr
-            schedule = schedule_from_config(OmegaConf.to_container(cfg.schedule, resolve=True), T, peak)
-            # The label: the schedule's name plus whatever else differs between the curves.
-            details = [job[i].lstrip("+~").removeprefix("schedule.") for i in varying]
-            details = [d for d in details if not d.startswith("schedule=")]
-            own = describe(schedule)
-            label = " ".join([schedule.name + (f" ({own})" if own else ""), *details])
-            curves.append(Curve(label, schedule, float(peak), T))
+    for job in jobs:
+        cfg = compose(job)
+        T, peak = cfg.trainer.max_steps, cfg.optim.lr
+        schedule = schedule_from_config(OmegaConf.to_container(cfg.schedule, resolve=True), T, peak)
+        # The label: the schedule's name plus whatever else differs between the curves.
+        details = [job[i].lstrip("+~").removeprefix("schedule.") for i in varying]
+        details = [d for d in details if not d.startswith("schedule=")]
+        own = describe(schedule)
+        label = " ".join([schedule.name + (f" ({own})" if own else ""), *details])
+        curves.append(Curve(label, schedule, float(peak), T))
     return curves
 
 
@@ -229,8 +226,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
-
-    register_resolvers()  # conf/ sets trainer.max_steps with one
 
     try:
         curves = build_curves(args.overrides)

@@ -63,6 +63,20 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("unless_budget", unless_budget)
 
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "config", return_hydra_config: bool = False):
+    """The config train.py composes from conf/ with these overrides, without running it (unresolved): the one
+    composer of the CLIs, tests and benchmarks."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name, list(overrides or []), return_hydra_config=return_hydra_config)
+
+
 def is_int(value: Any) -> bool:
     """An int, not a bool (YAML's ``true`` is not a number of updates)."""
     return isinstance(value, int) and not isinstance(value, bool)

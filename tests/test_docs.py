@@ -117,7 +117,8 @@ def test_the_architecture_page_links_every_config_group_and_each_link_exists():
 
 def all_keys() -> dict[str, set[str]]:
     """Every key each group defines in any of its options (a section's keys as ``section.key``)."""
-    from training.config import GROUPS, known_keys, register_resolvers
+    from scheduling.spec import register_resolvers
+    from training.config import GROUPS, known_keys
 
     register_resolvers()  # trainer.max_steps' default reads one
     keys = {g: {k for p in (CONF / g).glob("*.yaml") for k in known_keys(g, p.stem)} for g in GROUPS}

@@ -62,11 +62,11 @@ def fork(tmp_path_factory) -> Path:
 @pytest.fixture
 def in_fork(fork, monkeypatch):
     """Run from the copy: its conf/ composed, its modules imported, its directory the working one."""
-    import scheduling.audit
     import scheduling.plot
+    import scheduling.spec
     import training.config
 
-    for module in (training.config, scheduling.plot, scheduling.audit):
+    for module in (training.config, scheduling.plot, scheduling.spec):
         monkeypatch.setattr(module, "CONF", fork / "conf")
     monkeypatch.syspath_prepend(str(fork))
     monkeypatch.chdir(fork)

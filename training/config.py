@@ -13,14 +13,13 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import fields
-from pathlib import Path
 from typing import Any
 
 from data import DataError
 from data.atomic import DiskFull
 from model import GPTConfig, ModelConfigError, check_model_config
 from scheduling import ScheduleError, schedule_from_config
-from scheduling.spec import SettingError, is_int, is_number, register_resolvers
+from scheduling.spec import CONF, SettingError, compose, is_int, is_number
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp8")
@@ -33,7 +32,6 @@ SOURCES = ("builtin", "text_files", "hub", "mixture")
 DECODE_POLICIES = ("skip", "replace", "error")
 BUDGET_KEYS = ("max_steps", "max_tokens", "max_time")
 PROVISIONAL_STEPS = 10**9  # stands for T in checks made before a budget fixes it
-CONF = Path(__file__).resolve().parents[1] / "conf"
 MAX_HANG_TIMEOUT_S = 30 * 24 * 3600  # 30 days: the watchdog's deadline must stay a valid timestamp
 
 
@@ -56,16 +54,6 @@ def first_line(error: BaseException, limit: int = 200) -> str:
 # Each is one line for the user, printed as ``error: …`` with exit code 2; all but DiskFull (an OSError: a write
 # ran out of space) are ValueErrors.
 USER_ERRORS = (ConfigError, DataError, ModelConfigError, ScheduleError, DiskFull)
-
-
-def compose(overrides: list[str] | None = None, config_name: str = "config", return_hydra_config: bool = False):
-    """The config train.py composes from conf/ with these overrides, without running it (tests and benchmarks)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose(config_name, list(overrides or []), return_hydra_config=return_hydra_config)
 
 
 def compose_checked(overrides: list[str]):

@@ -279,6 +279,7 @@ def test_a_key_a_forks_yaml_file_adds_is_checked_like_the_templates(tmp_path, mo
     """A fork's optimizer file in conf/optim/ with a key of its own: accepted, and a typo of it named."""
     import shutil
 
+    import scheduling.spec
     import training.config
 
     conf = tmp_path / "conf"
@@ -286,7 +287,8 @@ def test_a_key_a_forks_yaml_file_adds_is_checked_like_the_templates(tmp_path, mo
     (conf / "optim" / "mine.yaml").write_text(
         "_target_: training.optim.adamw\nname: mine\nlr: 1.0e-3\nbetas: [0.9, 0.95]\neps: 1.0e-8\nweight_decay: 0.0\n"
     )
-    monkeypatch.setattr(training.config, "CONF", conf)
+    monkeypatch.setattr(training.config, "CONF", conf)  # the checks' reads of conf/
+    monkeypatch.setattr(scheduling.spec, "CONF", conf)  # and the composer's
     check_config(compose_config(["optim=mine"]))
     with pytest.raises(ConfigError, match=r"^optim.bettas is not a key of optim; did you mean optim.betas"):
         training.config.check_overrides(["optim=mine", "optim.bettas=[0.9,0.9]"])
