@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from data.errors import DataError
+from scheduling.spec import first_line
 
 TEXT_SUFFIXES = (".txt", ".md", ".py", ".rst", ".text")
 TABLE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -273,11 +274,6 @@ def common_parent(files: list[Path]) -> Path:
 
 def short_error(e: BaseException) -> str:
     """The first line of an exception's message, and of its root cause when that says more."""
-
-    def first_line(x: BaseException) -> str:
-        lines = str(x).strip().splitlines()
-        return lines[0] if lines else type(x).__name__
-
     root = e
     while (root.__cause__ or root.__context__) is not None and root is not (root.__cause__ or root.__context__):
         root = root.__cause__ or root.__context__

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from model.gpt import GPT, GPTConfig, ModelConfigError
+from scheduling.spec import first_line
 
 # The model keys a transformers config sets on import (neither class has a query/key norm or a logit cap); dropout
 # and activation checkpointing stay the run's own.
@@ -353,7 +354,7 @@ def read_config(folder: Path) -> Any:
     try:
         return t.AutoConfig.from_pretrained(str(folder), local_files_only=True)
     except Exception as e:  # missing or unreadable config.json, an unknown model_type
-        raise ModelConfigError(f"model.init_from: {folder}/config.json cannot be read ({_first_line(e)})") from None
+        raise ModelConfigError(f"model.init_from: {folder}/config.json cannot be read ({first_line(e)})") from None
 
 
 def read_weights(folder: Path, config: GPTConfig) -> dict[str, torch.Tensor]:
@@ -364,12 +365,7 @@ def read_weights(folder: Path, config: GPTConfig) -> dict[str, torch.Tensor]:
         with quiet():
             hf = t.AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True)
     except Exception as e:
-        reason = _first_line(e)
+        reason = first_line(e)
         raise ModelConfigError(f"model.init_from: the weights in {folder} cannot be loaded ({reason})") from None
     state = {k: v.float() for k, v in hf.state_dict().items()}
     return from_transformers_state_dict(state, config)
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__

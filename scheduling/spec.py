@@ -35,6 +35,18 @@ class SettingError(ValueError):
         super().__init__(" ".join(message.split()))  # always one line
 
 
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """An error's message cut to its first line (some libraries' run over several), or its type when it has none:
+    what a one-line error quotes of its cause. A first line that ends in ":" only heads the reason below it
+    (torch's "Error(s) in loading state_dict for GPT:"), so the next line comes with it."""
+    lines = [line.strip() for line in str(error).strip().splitlines()]
+    if not lines:
+        return type(error).__name__
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"[:limit]
+    return lines[0][:limit]
+
+
 class ScheduleError(SettingError):
     """A schedule setting that makes the schedule ill-defined."""
 

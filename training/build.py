@@ -29,9 +29,10 @@ from data.tokenizer import eot_id
 from model import GPT, GPTConfig, full_context_forward, padded_vocab, sample_text
 from model.flops import model_flops_per_token, peak_flops
 from scheduling import build_scheduler, schedule_from_config
+from scheduling.spec import first_line
 from training import budget, checkpoint, distributed, run_lock, summary
 from training.components import build, find
-from training.config import LIST_GROUPS, ConfigError, check_stop_at, first_line, grad_accum_steps
+from training.config import LIST_GROUPS, ConfigError, check_stop_at, grad_accum_steps
 from training.engine import Model, TrainStep, Update, build_model
 from training.evaluation import EvalContext, Evaluations
 from training.init_from import initial_weights, model_vocab

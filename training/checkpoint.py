@@ -30,8 +30,9 @@ import torch
 
 from data.atomic import CHECKSUM_CHUNK_BYTES, begin, commit, file_checksums, replace_file, size_text, space_for
 from model import GPTConfig
+from scheduling.spec import first_line
 from training import distributed
-from training.config import ConfigError, first_line, is_int
+from training.config import ConfigError, is_int
 
 log = logging.getLogger("train")
 

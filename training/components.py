@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from training.config import ConfigError, first_line
+from scheduling.spec import first_line
+from training.config import ConfigError
 
 TARGET = "_target_"
 

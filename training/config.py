@@ -39,18 +39,6 @@ class ConfigError(SettingError):
     """A bad trainer, optimizer or logger value, or an unusable checkpoint: one line naming the key or file."""
 
 
-def first_line(error: BaseException, limit: int = 200) -> str:
-    """An error's message cut to its first line (some libraries' run over several), or its type when it has none:
-    what a one-line error quotes of its cause. A first line that ends in ":" only heads the reason below it
-    (torch's "Error(s) in loading state_dict for GPT:"), so the next line comes with it."""
-    lines = [line.strip() for line in str(error).strip().splitlines()]
-    if not lines:
-        return type(error).__name__
-    if lines[0].endswith(":") and len(lines) > 1:
-        return f"{lines[0]} {lines[1]}"[:limit]
-    return lines[0][:limit]
-
-
 # Each is one line for the user, printed as ``error: …`` with exit code 2; all but DiskFull (an OSError: a write
 # ran out of space) are ValueErrors.
 USER_ERRORS = (ConfigError, DataError, ModelConfigError, ScheduleError, DiskFull)

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from data.atomic import DiskFull, replace_file, space_for
-from training.config import first_line
+from scheduling.spec import first_line
+from training.config import ConfigError
 
 log = logging.getLogger("train")
 
@@ -423,8 +424,6 @@ def config_yaml(config: Mapping[str, Any]) -> str:
 
 def check_tracking(settings: Mapping[str, Any]) -> None:
     """The keys the experiment trackers share (conf/logger/tracking.yaml), each in one line when bad."""
-    from training.config import ConfigError
-
     project = settings.get("project")
     if not isinstance(project, str) or not project.strip():
         raise ConfigError("logger.project", "a name (W&B's project, MLflow's experiment)", project)
@@ -443,8 +442,6 @@ def check_tracking(settings: Mapping[str, Any]) -> None:
 def require(package: str, extra: str, chosen: str) -> None:
     """A sink's package is an optional dependency: its absence is one line naming the extra that installs it."""
     import importlib
-
-    from training.config import ConfigError
 
     try:
         importlib.import_module(package)
