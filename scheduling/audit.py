@@ -6,10 +6,12 @@ update t. PATH is one of:
 - a run directory of this template: its ``metrics.jsonl`` (``train/lr`` at step t is the lr update t used) and
   ``schedule.json`` (the schedule of each start and resume, with its T, warmup, floor and peak, and the schedule
   changes ``trainer.allow_schedule_change`` let through); without ``schedule.json``, Hydra's record
-  ``.hydra/overrides.yaml`` composed with conf/, and T from ``trainer.max_steps`` or ``budget.json``;
+  ``.hydra/overrides.yaml`` composed with conf/, and T from ``trainer.max_steps`` or ``budget.json``; with neither,
+  the overrides;
 - a W&B offline run directory (``wandb/offline-run-…``, or its ``run-*.wandb`` file): the history's ``train/lr``
   (or ``train/learning_rate``, ``learning_rate``, ``lr``) at W&B step t; the schedule from the overrides, or from
-  the run's own config when it was made by this template;
+  the run's own config when it was made by this template (a budget's T from its summary, or ``trainer.max_steps``
+  given alone);
 - a Hugging Face Trainer ``trainer_state.json`` (or the checkpoint folder holding it): ``log_history``'s
   ``learning_rate`` logged at ``step`` s is the lr that update s − 1 used; T defaults to its ``max_steps``.
 
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scheduling.spec import Schedule, SettingError, compose, is_int, schedule_from_config
+from scheduling.spec import Schedule, SettingError, compose, first_line, is_int, schedule_from_config
 
 TOLERANCE = 1e-9
 LR_KEYS = ("train/lr", "train/learning_rate", "learning_rate", "lr")  # a W&B history's lr, by preference
@@ -167,6 +169,13 @@ def diagnose(logged: Logged, first: int, tolerance: float) -> str:
             )
 
     shift = find_shift(lrs, later, segments, tolerance)
+    off = [t for t in later if not close(t, lrs[t])]
+    if shift is None and off[-1] != later[-1]:  # the deviation did not last: the schedule holds again after it
+        shown = ", ".join(map(str, off[:5])) + (", …" if len(off) > 5 else "")
+        return (
+            f"{len(off)} of the {len(later)} updates logged from {first} on deviate ({shown}) and the lr follows the "
+            f"schedule again after update {off[-1]}: an lr set by other code at those updates, not another schedule"
+        )
     if shift is None:
         return (
             f"the logged lr follows another schedule from update {first} on (not a shift, a multiple of the "
@@ -200,8 +209,8 @@ def find_shift(
     candidates = [only] if only is not None else sorted((j for j in range(-t0, end) if j != 0), key=abs)[:20_000]
     # the updates that deviate first: a wrong j fails there at once, not after a long stretch where λ is flat
     deviating = [t for t in steps if relative(lrs[t], expected_lr(segments, t), seg.peak_lr) > tolerance][:64]
+    probe = (t0, *deviating, *steps)
     for j in candidates:
-        probe = (t0, *deviating, *steps)
         if all(relative(lrs[t], expected_lr(segments, t + j), seg.peak_lr) <= tolerance for t in probe):
             return j
     return None
@@ -258,8 +267,12 @@ def from_overrides(overrides: list[str], total_steps: int | None = None) -> list
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")  # a damaged line is skipped below
+    except OSError as e:
+        raise AuditError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from None
     rows = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             row = json.loads(line)
         except ValueError:
@@ -276,38 +289,82 @@ def read_json(path: Path) -> Any:
         raise AuditError(f"{path}: cannot be read as JSON ({str(e).splitlines()[0]})") from None
 
 
-def logged_values(rows: list[dict], key: str) -> dict[int, float]:
+def number(value: Any, where: str) -> float:
+    """A logged value; anything but a number means a record of another shape, named by ``where``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise AuditError(f"{where} is not a number, got {value!r}")
+    return float(value)
+
+
+def logged_values(rows: list[dict], key: str, source: Path) -> dict[int, float]:
     """``{step: value}`` of the rows that hold a finite ``key`` (metrics.jsonl writes a non-finite value as null)."""
-    return {r["step"]: float(r[key]) for r in rows if isinstance(r.get("step"), int) and r.get(key) is not None}
+    return {
+        r["step"]: number(r[key], f"{source}: step {r['step']}: {key}")
+        for r in rows
+        if is_int(r.get("step")) and r.get(key) is not None
+    }
+
+
+def recorded_segments(record: Path) -> list[Segment]:
+    """The segments of a run directory's schedule.json; anything else in it is one line naming the file."""
+    try:
+        segments = read_json(record)["segments"]
+        if not isinstance(segments, list) or not segments:
+            raise ValueError("no segment")
+        found: list[Segment] = []
+        for s in segments:
+            start = s["from_update"]
+            if not is_int(start) or start < (found[-1].start + 1 if found else 0):
+                raise ValueError(f"from_update {start!r} is not an update index after the segment before")
+            try:
+                schedule = schedule_of(s["schedule"], s["total_steps"], s["peak_lr"])
+            except SettingError as e:  # the schedule's own line (a knots file since moved), named as in the file
+                raise AuditError(f"{record}: {e}") from None
+            found.append(Segment(start, schedule, float(s["peak_lr"]), s.get("resumed_from")))
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, AuditError):
+            raise
+        raise AuditError(f"{record}: not a schedule record train.py writes ({type(e).__name__}: {e})") from None
+    return found
+
+
+def saved_overrides(saved: Path) -> list[str]:
+    """Hydra's record of a run's command-line overrides (``.hydra/overrides.yaml``): a list of strings."""
+    import yaml
+
+    try:
+        overrides = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise AuditError(f"{saved}: cannot be read as YAML ({first_line(e)})") from None
+    if overrides is None:
+        return []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise AuditError(f"{saved}: not Hydra's list of overrides (a YAML list of key=value strings)")
+    return overrides
 
 
 def read_run_dir(run_dir: Path, overrides: list[str], schedule_required: bool = True) -> Logged:
-    rows = read_jsonl(run_dir / "metrics.jsonl")
-    losses = {"val": logged_values(rows, "val/loss"), "train": logged_values(rows, "train/loss")}
+    metrics = run_dir / "metrics.jsonl"
+    rows = read_jsonl(metrics)
+    losses = {"val": logged_values(rows, "val/loss", metrics), "train": logged_values(rows, "train/loss", metrics)}
 
     def segments() -> list[Segment]:
         record = run_dir / "schedule.json"
         if record.is_file() and not overrides:
-            found = []
-            try:
-                for s in read_json(record)["segments"]:
-                    schedule = schedule_of(s["schedule"], s["total_steps"], s["peak_lr"])
-                    found.append(Segment(s["from_update"], schedule, float(s["peak_lr"]), s.get("resumed_from")))
-            except SettingError:  # the schedule's own one line (a knots file since moved)
-                raise
-            except (KeyError, TypeError, ValueError) as e:
-                raise AuditError(f"{record}: not a schedule record train.py writes ({type(e).__name__}: {e})") from None
-            return found
-        from omegaconf import OmegaConf
-
+            return recorded_segments(record)
         saved = run_dir / ".hydra" / "overrides.yaml"
-        base = [str(o) for o in OmegaConf.load(saved)] if saved.is_file() else []
+        if not saved.is_file() and not overrides:  # conf/'s defaults would stand in for a schedule never recorded
+            raise AuditError(
+                f"{run_dir}: neither schedule.json nor .hydra/overrides.yaml records the run's schedule; give it "
+                "as overrides (schedule=… optim.lr=… trainer.max_steps=…)"
+            )
+        base = saved_overrides(saved) if saved.is_file() else []
         budget = run_dir / "budget.json"
         record = read_json(budget) if budget.is_file() else {}
         T = record.get("total_steps") if isinstance(record, dict) else None
         return from_overrides(base + overrides, T)
 
-    lrs = logged_values(rows, "train/lr")
+    lrs = logged_values(rows, "train/lr", metrics)
     return Logged(f"{run_dir}", lrs, known_schedule(segments, schedule_required), losses=losses)
 
 
@@ -329,6 +386,7 @@ def wandb_records(path: Path) -> Iterator[Any]:
     """The records of a W&B run file (``run-<id>.wandb``): a 7-byte header (``:W&B``, 0xBEE1, version), then a
     LevelDB-style log of 32 KiB blocks whose records (7-byte header: crc32, length, type 1 full, 2 first,
     3 middle, 4 last) carry protobuf ``Record``s."""
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2
 
     data = path.read_bytes()
@@ -344,10 +402,15 @@ def wandb_records(path: Path) -> Iterator[Any]:
             pos += block - pos % block
             continue
         chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if len(chunk) < length:  # the last record, cut short by a killed process: the run ends before it
+            return
         pending = chunk if kind in (1, 2) else pending + chunk
         if kind in (1, 4):
             record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
+            try:
+                record.ParseFromString(pending)
+            except DecodeError:  # a damaged record: what came before it is the run
+                return
             pending = b""
             yield record
 
@@ -356,13 +419,15 @@ def read_wandb(path: Path, overrides: list[str], schedule_required: bool = True)
     files = [path] if path.is_file() else sorted(path.glob("run-*.wandb"))
     if not files:
         raise AuditError(f"{path}: no run-*.wandb file (a W&B offline run directory holds one)")
-    rows, config = [], {}
+    rows, config, summary = [], {}, {}
     for r in wandb_records(files[0]):
         kind = r.WhichOneof("record_type")
         if kind == "history":
             rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
         elif kind == "run" and r.run.config.update:
             config = {i.key: json.loads(i.value_json) for i in r.run.config.update}
+        elif kind == "summary":
+            summary.update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.summary.update})
     key = next((k for k in LR_KEYS if any(k in row for row in rows)), None)
     if key is None:
         raise AuditError(f"{files[0]}: its history logs no learning rate (looked for {', '.join(LR_KEYS)})")
@@ -372,8 +437,9 @@ def read_wandb(path: Path, overrides: list[str], schedule_required: bool = True)
         """``{t: value}``: at W&B step t for this template's runs, at global step s + ``shift`` for a Trainer's."""
         out = {}
         for row in rows:
-            if row.get(name) is not None:
-                out[int(row["train/global_step"]) + shift if hf else int(row["_step"])] = float(row[name])
+            step = row.get("train/global_step" if hf else "_step")
+            if row.get(name) is not None and isinstance(step, (int, float)) and not isinstance(step, bool):
+                out[int(step) + shift if hf else int(step)] = number(row[name], f"{files[0]}: step {step}: {name}")
         return out
 
     def first(names: tuple[str, ...], shift: int = 0) -> dict[int, float]:
@@ -384,15 +450,27 @@ def read_wandb(path: Path, overrides: list[str], schedule_required: bool = True)
     lrs = history(key, shift=-1)
     losses = {"val": first(LOSS_KEYS["val"]), "train": first(LOSS_KEYS["train"], shift=-1)}
 
+    own = {"schedule", "optim", "trainer"} <= set(config)
+    only_T = [o.split("=", 1)[1] for o in overrides if o.split("=")[0] == "trainer.max_steps"]
+
     def segments() -> list[Segment]:
-        if overrides or not {"schedule", "optim", "trainer"} <= set(config):
-            if not overrides:
-                raise AuditError(
-                    f"{files[0]}: the run's config does not describe a schedule; give it as overrides "
-                    "(schedule=… optim.lr=… trainer.max_steps=…)"
-                )
+        if overrides and not (own and len(only_T) == len(overrides) == 1):
             return from_overrides(overrides)
-        T, peak = config["trainer"].get("max_steps"), config["optim"]["lr"]
+        if not own:
+            raise AuditError(
+                f"{files[0]}: the run's config does not describe a schedule; give it as overrides "
+                "(schedule=… optim.lr=… trainer.max_steps=…)"
+            )
+        # a budget's T (trainer.max_steps null): the run's summary, else trainer.max_steps=N alone beside its config
+        T = config["trainer"].get("max_steps") or summary.get("budget/total_steps")
+        if only_T:
+            T = int(only_T[0]) if only_T[0].isdigit() else only_T[0]
+        if T is None:
+            raise AuditError(
+                f"{files[0]}: the run's T is not recorded (a budget, and no budget/total_steps in its summary); "
+                "give it as trainer.max_steps=N"
+            )
+        peak = config["optim"]["lr"]
         return [Segment(0, schedule_of(config["schedule"], T, peak), float(peak))]
 
     segments = known_schedule(segments, schedule_required)
@@ -401,17 +479,29 @@ def read_wandb(path: Path, overrides: list[str], schedule_required: bool = True)
 
 def read_trainer_state(path: Path, overrides: list[str], schedule_required: bool = True) -> Logged:
     try:
-        state = json.loads(path.read_text())
+        state = json.loads(path.read_bytes())
         history = state["log_history"]
-    except (ValueError, KeyError, TypeError):
-        raise AuditError(f"{path}: not a Hugging Face trainer_state.json (no log_history)") from None
+        if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise AuditError(f"{path}: not a Hugging Face trainer_state.json (no log_history list)") from None
 
     def logged(key: str, shift: int) -> dict[int, float]:
-        return {int(h["step"]) + shift: float(h[key]) for h in history if h.get(key) is not None and "step" in h}
+        out = {}
+        for h in history:
+            if h.get(key) is not None and "step" in h:
+                step = h["step"]
+                if not is_int(step):
+                    raise AuditError(f"{path}: log_history: step {step!r} is not an update count")
+                out[step + shift] = number(h[key], f"{path}: log_history: step {step}: {key}")
+        return out
 
     def segments() -> list[Segment]:
-        if not any(o.split("=")[0] == "optim.lr" for o in overrides):
+        given = {o.split("=")[0].lstrip("+~") for o in overrides}
+        if "optim.lr" not in given:
             raise AuditError(f"{path}: trainer_state.json does not record the peak lr; give it as optim.lr=…")
+        if state.get("max_steps") is None and "trainer.max_steps" not in given:
+            raise AuditError(f"{path}: trainer_state.json does not record max_steps; give T as trainer.max_steps=…")
         return from_overrides(overrides, state.get("max_steps"))
 
     # transformers logs, at global step s (after s updates), the lr that update s − 1 used and the mean training
@@ -451,6 +541,9 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> i
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    if not args.tolerance >= 0 or args.tolerance == float("inf"):  # NaN fails the first test
+        print(f"error: --tolerance must be a relative deviation ≥ 0, got {args.tolerance:g}", file=sys.stderr)
+        return 2
     try:
         logged = read(args.path, args.overrides)
     except (SettingError, HydraException, OmegaConfBaseException) as e:

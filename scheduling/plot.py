@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from scheduling.spec import CONF, Schedule, ScheduleError, compose, schedule_from_config
+from scheduling.spec import CONF, Schedule, ScheduleError, compose, first_line, schedule_from_config
 
 PAST_T = 0.1  # the plot and the table go this fraction of T past T
 POINTS = 2000  # samples per curve, plus its key steps
@@ -98,7 +98,7 @@ def build_curves(overrides: list[str]) -> list[Curve]:
     """Compose the config of each job and build its schedule, validated as train.py validates it."""
     from omegaconf import OmegaConf
 
-    appended = [o for o in overrides if o.startswith("+")]
+    appended = [o for o in overrides if o.startswith("+") and not o.startswith("++")]  # ++ sets a key that exists
     if appended:  # every key the template reads is already in conf/: an appended one would be ignored
         raise ScheduleError(f"{appended[0].split('=')[0]}: the config has no such key to plot with (drop the +)")
     jobs = expand_sweeps(overrides)
@@ -225,8 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     from hydra.errors import HydraException
+    from matplotlib.backend_bases import FigureCanvasBase
     from omegaconf.errors import OmegaConfBaseException
 
+    out = args.out if args.out.suffix else args.out.with_suffix(".png")  # matplotlib's default format
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if out.suffix.lstrip(".").lower() not in formats:
+        print(f"error: --out {out}: an image file ({', '.join(f'.{f}' for f in sorted(formats))})", file=sys.stderr)
+        return 2
     try:
         curves = build_curves(args.overrides)
     except (ScheduleError, HydraException, OmegaConfBaseException) as e:
@@ -235,9 +241,13 @@ def main(argv: list[str] | None = None) -> int:
             message += " (" + " ".join(str(e.__cause__).split()) + ")"
         print(f"error: {message}", file=sys.stderr)
         return 2
-    plot(curves, args.out)
+    try:
+        plot(curves, out)
+    except OSError as e:
+        print(f"error: --out {out}: cannot be written ({e.strerror or first_line(e)})", file=sys.stderr)
+        return 2
     print(table(curves))
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
     return 0
 
 

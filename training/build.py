@@ -343,6 +343,8 @@ def build_run(
         replace_file(run_dir / "schedule.json", json.dumps({"segments": history}, indent=1) + "\n")
         if "max_time" in budget_record and state is None:
             write_plan(run_dir, budget_record, metrics, T)
+        if trainer.max_steps is None:  # a budget's T, which the resolved config leaves null (the lr audit reads it)
+            metrics.summary["budget/total_steps"] = T
     run = Run(
         cfg=cfg,
         run_dir=run_dir,

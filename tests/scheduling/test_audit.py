@@ -148,21 +148,80 @@ def test_transformers_cosine_past_its_end_climbs_back_and_is_caught_in_trainer_s
         (["{tmp}/cut"], "{tmp}/cut/schedule.json: cannot be read as JSON"),
         (["{tmp}/other"], "{tmp}/other/schedule.json: not a schedule record train.py writes (KeyError: 'peak_lr')"),
         (["{tmp}/budget"], "{tmp}/budget/budget.json: cannot be read as JSON"),
+        (["{tmp}/unrecorded"], "{tmp}/unrecorded: neither schedule.json nor .hydra/overrides.yaml records the run's"),
+        (["{tmp}/none"], "{tmp}/none/schedule.json: not a schedule record train.py writes (ValueError: no segment)"),
+        (["{tmp}/unordered"], "{tmp}/unordered/schedule.json: not a schedule record train.py writes (ValueError: from"),
+        (["{tmp}/quoted"], "{tmp}/quoted/schedule.json: optim.lr must be a number > 0, got '3e-4'"),
+        (["{tmp}/mapping"], "{tmp}/mapping/.hydra/overrides.yaml: not Hydra's list of overrides"),
+        (["{tmp}/garbled"], "{tmp}/garbled/.hydra/overrides.yaml: cannot be read as YAML"),
+        (["{tmp}/text"], "{tmp}/text/metrics.jsonl: step 1: train/lr is not a number, got 'abc'"),
+        (["{tmp}/shape/trainer_state.json"], "trainer_state.json: not a Hugging Face trainer_state.json"),
+        (["{tmp}/no_T/trainer_state.json", "optim.lr=1e-3"], "does not record max_steps; give T as trainer.max_steps"),
+        (["{tmp}/unrecorded", "--tolerance", "-1"], "error: --tolerance must be a relative deviation ≥ 0, got -1"),
+        (["{tmp}/unrecorded", "--tolerance", "nan"], "error: --tolerance must be a relative deviation ≥ 0, got nan"),
     ],
 )
 def test_bad_input_is_one_error_line_and_exit_code_2(argv, line, tmp_path, capsys):
     (tmp_path / "trainer_state.json").write_text(json.dumps({"max_steps": 10, "log_history": []}))
     (tmp_path / "empty").mkdir()
     segment = {"from_update": 0, "total_steps": 10, "schedule": {"name": "cosine", "warmup_steps": 2}}
+    later = {**segment, "from_update": 0, "peak_lr": 1e-3}
     for name, file, text in [
         ("cut", "schedule.json", '{"segments": [{"from_'),  # a damaged record
         ("other", "schedule.json", json.dumps({"segments": [segment]})),  # a segment without its peak lr
         ("budget", "budget.json", "{"),  # no schedule.json: T from budget.json
+        ("unrecorded", "nothing.txt", ""),  # neither record: conf/'s defaults are not the run's schedule
+        ("none", "schedule.json", json.dumps({"segments": []})),
+        ("unordered", "schedule.json", json.dumps({"segments": [later, later]})),
+        ("quoted", "schedule.json", json.dumps({"segments": [{**later, "peak_lr": "3e-4"}]})),
+        ("mapping", ".hydra/overrides.yaml", "a: 1\n"),
+        ("garbled", ".hydra/overrides.yaml", "- optim.lr=0.001\n  - : [\n"),
+        ("text", "schedule.json", json.dumps({"segments": [later]})),
+        ("shape", "trainer_state.json", json.dumps({"max_steps": 10, "log_history": {"step": 1}})),
+        ("no_T", "trainer_state.json", json.dumps({"log_history": [{"step": 1, "learning_rate": 0.0}]})),
     ]:
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "metrics.jsonl").write_text('{"train/lr": 1e-3}\n5\n{"step": 0, "train/lr": 1e-3}\n')
+        (tmp_path / name / file).parent.mkdir(parents=True, exist_ok=True)
+        lr = '"abc"' if name == "text" else "1e-3"
+        (tmp_path / name / "metrics.jsonl").write_text(
+            f'{{"train/lr": 1e-3}}\n5\n{{"step": 0, "train/lr": 1e-3}}\n{{"step": 1, "train/lr": {lr}}}\n'
+        )
         (tmp_path / name / file).write_text(text)
+    (tmp_path / "budget" / ".hydra").mkdir()
+    (tmp_path / "budget" / ".hydra" / "overrides.yaml").write_text("[]\n")  # a run with conf/'s defaults
     argv = [a.format(tmp=tmp_path) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and line.format(tmp=tmp_path) in err and err.count("\n") == 1, err
+
+
+def test_a_deviation_that_does_not_last_is_named_as_such(tmp_path, compose_config):
+    lrs = stepped_lrs(the_schedule(compose_config), T)
+    lrs[9] *= 1.5  # one update's lr set by other code
+    code, text = audited([str(run_dir(tmp_path / "run", lrs))])
+    assert code == 1 and "first deviating update 9:" in text
+    assert (
+        "1 of the 15 updates logged from 9 on deviate (9) and the lr follows the schedule again after update 9" in text
+    )
+
+
+def test_a_wandb_run_with_a_token_budget_is_audited_on_its_own_t_and_a_cut_file_up_to_the_cut(tmp_path, tiny_train):
+    """A budget leaves trainer.max_steps null in the run's config: T comes from its summary (budget/total_steps);
+    a run file cut short (a killed process) is read up to the cut, T then given alone beside the run's config."""
+    import wandb
+
+    tokens_per_update = 4 * 32  # TINY's batch × block
+    args = ["logger=wandb", "logger.mode=offline", f"trainer.max_tokens={12 * tokens_per_update}", "optim.lr=1e-3"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_SILENT", "true")
+        run = tiny_train(tmp_path / "run", [*args, "schedule.warmup_steps=3"])
+        wandb.teardown()  # the run file complete
+    (run_file,) = sorted(run.rglob("run-*.wandb"))
+    code, text = audited([str(run_file)])
+    assert code == 0 and "12 logged lrs (updates 0–11)" in text and "T = 12)" in text, text
+    cut = tmp_path / "cut" / run_file.name
+    cut.parent.mkdir()
+    cut.write_bytes(run_file.read_bytes()[: run_file.stat().st_size // 2])
+    code, text = audited([str(cut), "trainer.max_steps=12"])
+    logged = int(text.split(" logged lrs")[0].rsplit(" ", 1)[1])
+    assert code == 0 and 0 < logged < 12 and "warmup 3, T = 12)" in text, text

@@ -71,3 +71,23 @@ def test_plot_bad_overrides_give_one_error_line_and_exit_2(args, message, tmp_pa
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1, err
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize(
+    "out,message",
+    [
+        ("lr.jpeg2", "error: --out {tmp}/lr.jpeg2: an image file (.avif, .eps"),
+        ("afile/x.png", "error: --out {tmp}/afile/x.png: cannot be written"),
+    ],
+)
+def test_an_out_path_that_cannot_hold_the_picture_is_one_error_line(out, message, tmp_path, capsys):
+    (tmp_path / "afile").write_text("a file, not a folder")
+    assert plot.main(["trainer.max_steps=100", "--out", str(tmp_path / out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message.format(tmp=tmp_path)) and err.count("\n") == 1, err
+
+
+def test_an_out_path_without_a_suffix_gets_png_and_says_so(tmp_path, capsys):
+    assert plot.main(["trainer.max_steps=100", "++schedule.min_lr=1e-4", "--out", str(tmp_path / "lr")]) == 0
+    assert f"wrote {tmp_path / 'lr.png'}" in capsys.readouterr().out
+    assert (tmp_path / "lr.png").read_bytes()[:4] == b"\x89PNG"
