@@ -17,6 +17,7 @@ Each is called with its node's keys (``path=…``) and what the template passes 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -33,11 +34,15 @@ def find(node: Mapping[str, Any], where: str) -> Callable:
     path = node.get(TARGET) if isinstance(node, Mapping) else None
     if not isinstance(path, str) or not path:
         raise ConfigError(f"{where}.{TARGET}", "the dotted path of a class or function to build", path)
+    hydra_log = logging.getLogger("hydra.utils")  # it logs the failure in three lines: ours is the one line
+    disabled, hydra_log.disabled = hydra_log.disabled, True
     try:
         found = get_object(path)
     except Exception as e:  # Hydra wraps the ImportError or AttributeError in a long message
         cause = e.__cause__ or e
         raise ConfigError(f"{where}.{TARGET}: {path!r} cannot be imported ({first_line(cause)})") from None
+    finally:
+        hydra_log.disabled = disabled
     if not callable(found):
         raise ConfigError(f"{where}.{TARGET}", "a class or function", path)
     return found

@@ -200,11 +200,15 @@ class MultipleChoice(ChoiceTask):
 def read_jsonl(path: Path) -> list[Item]:
     """The items of a JSONL file; a line that is not one is a one-line error naming the file and the line."""
     items = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{where}: not UTF-8 text") from None
             if not line.strip():
                 continue
-            where = f"{path}:{number}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
@@ -213,13 +217,24 @@ def read_jsonl(path: Path) -> list[Item]:
     return items
 
 
+def is_text(value: Any) -> bool:
+    """A string the tokenizer takes: JSON's escapes can spell a lone surrogate, which is no text."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def item_of(row: Any, where: str) -> Item:
     if not isinstance(row, dict) or not {"context", "choices", "label"} <= row.keys():
         raise DataError(f"{where}: an item needs the keys context, choices and label")
     context, choices, label = row["context"], row["choices"], row["label"]
-    if not isinstance(context, str):
+    if not is_text(context):
         raise DataError(f"{where}: context must be a string")
-    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+    if not isinstance(choices, list) or len(choices) < 2 or not all(is_text(c) and c for c in choices):
         raise DataError(f"{where}: choices must be a list of two or more non-empty strings")
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
         raise DataError(f"{where}: label must be an index into choices, 0 to {len(choices) - 1}, got {label!r}")
@@ -382,13 +397,20 @@ def hellaswag_rows(path: str | None, limit: int | None, where: str) -> list[dict
 
 
 def hellaswag_item(row: dict[str, Any], where: str) -> Item:
-    missing = [key for key in HELLASWAG_KEYS if key not in row]
+    # datasets fills a key some rows lack with None: a missing key and a null one are the same
+    missing = [key for key in HELLASWAG_KEYS if row.get(key) is None]
     if missing:
         raise DataError(f"{where}: a HellaSwag row needs {', '.join(HELLASWAG_KEYS)}; {', '.join(missing)} missing")
-    try:
-        label = int(row["label"])
-    except (TypeError, ValueError):
-        raise DataError(f"{where}: label must be an index into endings, got {row['label']!r}") from None
+    for key in ("activity_label", "ctx_a", "ctx_b"):
+        if not is_text(row[key]):
+            raise DataError(f"{where}: {key} must be a string, got {row[key]!r}")
+    if not isinstance(row["endings"], list) or not all(is_text(e) for e in row["endings"]):
+        raise DataError(f"{where}: endings must be a list of strings, got {row['endings']!r}")
+    label = row["label"]  # an int, or the string the hub's copy holds ("2")
+    if isinstance(label, str) and label.strip().isdigit():
+        label = int(label)
+    if isinstance(label, bool) or not isinstance(label, int):
+        raise DataError(f"{where}: label must be an index into endings, got {row['label']!r}")
     context = clean(row["activity_label"] + ": " + row["ctx_a"] + " " + row["ctx_b"].capitalize())
     return item_of({"context": context, "choices": [clean(e) for e in row["endings"]], "label": label}, where)
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from training.config import ConfigError
 from training.loggers import VAL_METRICS, RunInfo, Sink, config_yaml, flat_config, require
 
 
@@ -25,17 +27,30 @@ class TensorBoardSink(Sink):
 
     @classmethod
     def check(cls, settings: Mapping[str, Any]) -> None:
+        from training.components import TARGET, find
+
         require("tensorboard", "tensorboard", "logger=tensorboard")
+        for name, node in (settings.get("sinks") or {}).items():  # this sink's entries: their folder
+            if not isinstance(node, Mapping) or TARGET not in node or find(node, f"logger.sinks.{name}") is not cls:
+                continue
+            subdir = node.get("subdir", "tensorboard")
+            parts = Path(subdir).parts if isinstance(subdir, str) else ()
+            if not parts or not subdir.strip() or Path(subdir).is_absolute() or ".." in parts:
+                raise ConfigError(
+                    f"logger.sinks.{name}.subdir", "a folder name inside the run directory (relative, no ..)", subdir
+                )
 
     def __init__(self, info: RunInfo, subdir: str = "tensorboard"):
         from torch.utils.tensorboard import SummaryWriter
 
         self.files, self.log_dir = (f"{subdir}/",), info.run_dir / subdir
-        # purge_step: TensorBoard hides what an earlier writer logged at steps ≥ the resumed update
-        self.writer = SummaryWriter(str(self.log_dir), purge_step=info.start or None, flush_secs=30)
+        earlier = any(self.log_dir.glob("events.out.tfevents.*"))
+        # purge_step: TensorBoard hides what an earlier writer logged at steps ≥ the update this process starts at
+        # (0 for a run started again where one died before its first checkpoint)
+        self.writer = SummaryWriter(str(self.log_dir), purge_step=info.start, flush_secs=30)
         self.config = info.config
         self.final: dict[str, float] = {}
-        if not info.start:
+        if not info.start or not earlier:  # a fresh start, or a branch's first events in its own folder
             self.writer.add_text("config", "```yaml\n" + config_yaml(info.config) + "```", 0)
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:

@@ -138,12 +138,19 @@ def test_a_wandb_run_resumes_from_a_checkpoint_written_before_sinks_had_state(tm
         (["logger=mlflow", "logger.tags=baseline"], r"^logger.tags must be a list of names .*, got 'baseline'$"),
         (["logger=wandb", "logger.project=null"], r"^logger.project must be a name .*, got None$"),
         (["logger=mlflow", "logger.run_name=123"], r"^logger.run_name must be null or a string .*, got 123$"),
+        (
+            ["logger=tensorboard", "logger.sinks.tensorboard.subdir=../elsewhere"],
+            r"^logger.sinks.tensorboard.subdir must be a folder name inside the run directory .*'../elsewhere'$",
+        ),
+        (["logger=tensorboard", "logger.sinks.tensorboard.subdir=/tmp/tb"], r"subdir must be a folder name .*/tmp/tb"),
+        (["logger=tensorboard", "logger.sinks.tensorboard.subdir=null"], r"subdir must be a folder name .*, got None$"),
     ],
 )
-def test_what_a_plug_point_names_is_checked_in_one_line_before_any_work(overrides, message):
-    with pytest.raises(ConfigError, match=message) as err:
+def test_what_a_plug_point_names_is_checked_in_one_line_before_any_work(overrides, message, caplog):
+    with caplog.at_level("WARNING"), pytest.raises(ConfigError, match=message) as err:
         check_config(compose_config(overrides))
     assert "\n" not in str(err.value)
+    assert not [r for r in caplog.records if r.name.startswith("hydra")]  # the one line alone: no log of Hydra's
 
 
 def test_without_a_terminal_every_evaluation_gets_a_line_with_or_without_a_validation_loss(caplog):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -333,6 +334,7 @@ def test_hellaswag_items_are_lm_evals_preprocessed_docs_from_a_jsonl_a_parquet_f
             r"^{path}:1: a choice of \d+ tokens, more than model.block_size=32$",
         ),
         ([], r"^{path}: no items$"),
+        (['{"context": "\\ud800", "choices": ["b", "c"], "label": 0}'], r"^{path}:1: context must be a string$"),
     ],
 )
 def test_a_bad_item_is_one_line_naming_the_file_and_line(trained, tmp_path, lines, error):
@@ -340,6 +342,29 @@ def test_a_bad_item_is_one_line_naming_the_file_and_line(trained, tmp_path, line
     path.write_text("".join(line + "\n" for line in lines))
     with pytest.raises(DataError, match=error.replace("{path}", str(path).replace(".", r"\."))):
         MultipleChoice(context(trained), str(path), None, 8, " ")
+
+
+def test_a_file_that_is_not_utf_8_is_one_line_naming_its_line(trained, tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"context": "a", "choices": ["b", "c"], "label": 0}\n' + '{"context": "café"'.encode("latin-1"))
+    with pytest.raises(DataError, match=f"^{path}:2: not UTF-8 text$"):
+        MultipleChoice(context(trained), str(path), None, 8, " ")
+
+
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        ({"ctx_b": None}, "ctx_b missing"),  # a key some rows lack: datasets fills it with None
+        ({"endings": None}, "endings missing"),
+        ({"endings": "abcd"}, "endings must be a list of strings, got 'abcd'"),
+        ({"ctx_a": 5}, "ctx_a must be a string, got 5"),
+        ({"label": 2.7}, "label must be an index into endings, got 2.7"),
+        ({"label": "x"}, "label must be an index into endings, got 'x'"),
+    ],
+)
+def test_a_hellaswag_row_of_another_shape_is_one_line_naming_it(change, error):
+    with pytest.raises(DataError, match=f"^row 2: .*{re.escape(error)}"):
+        hellaswag_item({**ROWS[0], **change}, "row 2")
 
 
 def test_a_blank_context_is_scored_after_the_end_of_text_token_as_an_empty_one(trained, tmp_path):

@@ -73,6 +73,31 @@ def test_tensorboard_holds_every_step_once_across_a_crash_and_a_resume_with_the_
     assert sorted(m.name.tag for m in experiment.metric_infos) == ["val/bpb", "val/loss"]
 
 
+def test_tensorboard_shows_a_run_started_again_from_scratch_once_and_a_branch_with_its_config(tmp_path):
+    """Started again where one died before its first checkpoint (update 0 again, the same folder), and a branch
+    (a resume into a new run directory, from update 5)."""
+    from training.loggers import RunInfo
+    from training.tensorboard_logger import TensorBoardSink
+
+    for base in (10.0, 20.0):
+        sink = TensorBoardSink(RunInfo(tmp_path / "again", {"a": base}, {}, 10, start=0))
+        for t in range(3):
+            sink.log(t, {"train/loss": base + t})
+        sink.finish("failed", {})
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator as AsServed
+
+    events = AsServed(str(tmp_path / "again" / "tensorboard"), size_guidance={"tensors": 0})  # as the UI reads it
+    events.Reload()
+    assert [(e.step, e.tensor_proto.float_val[0]) for e in events.Tensors("train/loss")] == [(0, 20), (1, 21), (2, 22)]
+    [config] = events.Tensors("config/text_summary")
+    assert "a: 20.0" in config.tensor_proto.string_val[0].decode()
+    branch = TensorBoardSink(RunInfo(tmp_path / "branch", {"a": 1}, {}, 10, start=5))
+    branch.log(5, {"train/loss": 1.0})
+    branch.finish("ok", {})
+    [config] = scalars(tmp_path / "branch" / "tensorboard").Tensors("config/text_summary")
+    assert "a: 1" in config.tensor_proto.string_val[0].decode()
+
+
 def mlflow_run(uri: str, project: str = "hydra-gpt-template"):
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name(project).experiment_id])
