@@ -120,16 +120,27 @@ def total_steps(
     saved: Mapping[str, Any] | None,
     measure: Callable[[], TimePlan],
 ) -> tuple[int, dict[str, Any]]:
-    """T and the record of how it was set (``budget.json``, every checkpoint). A resumed run keeps the T its
-    budget gave it (``saved``: the checkpoint's state); a time budget calls ``measure`` once."""
+    """T and the record of how it was set (``budget.json``, every checkpoint); a time budget calls ``measure``
+    once. ``max_steps`` and ``max_tokens`` give T as they do at a start (a change is then the schedule check's to
+    refuse or allow); a resumed run keeps the T its time budget planned (``saved``: the checkpoint's state), and
+    a time budget other than the one that planned it is refused: T is planned once, before update 0."""
     key = budget_key(trainer)
     if key == "max_steps":
         return trainer["max_steps"], {"max_steps": trainer["max_steps"], "total_steps": trainer["max_steps"]}
-    if saved is not None:
-        return saved["total_steps"], saved["budget"]
     if key == "max_tokens":
         T = steps_from_tokens(trainer["max_tokens"], tokens_per_update)
         return T, {"max_tokens": trainer["max_tokens"], "total_steps": T}
+    if saved is not None:
+        before = saved["budget"]
+        if before.get("max_time") != trainer["max_time"]:
+            k = next(k for k in ("max_time", "max_tokens", "max_steps") if k in before)
+            how = f"trainer.{k}={before[k]:g}"
+            raise ConfigError(
+                f"trainer.max_time: the checkpoint's T = {saved['total_steps']} came from {how}, and a time budget "
+                "is planned once, before update 0; resume with that budget, or set T with trainer.max_steps=N "
+                "(and trainer.allow_schedule_change=true)"
+            )
+        return saved["total_steps"], before
     plan = measure()
     return plan.total_steps, plan.as_dict()
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from model import GPT, GPTConfig
+from scheduling import ScheduleError
 from tests.conftest import compose_config, train_records
 from training import budget, checkpoint
 from training.config import ConfigError, check_config
@@ -127,6 +128,38 @@ def test_a_budget_too_small_for_one_update_is_refused_before_anything_is_written
 def test_a_stop_at_past_the_budget_s_t_names_that_t(tmp_path, tiny_train):
     with pytest.raises(ConfigError, match=r"^trainer.stop_at must be null or an integer in \[1, T of the budget = 4\)"):
         tiny_train(tmp_path / "run", [f"trainer.max_tokens={4 * TOKENS_PER_UPDATE}", "trainer.stop_at=4"])
+
+
+def test_a_schedule_that_does_not_fit_the_budget_s_t_names_the_budget(tmp_path, tiny_train):
+    budget_tokens = 4 * TOKENS_PER_UPDATE
+    with pytest.raises(ScheduleError) as err:
+        tiny_train(tmp_path / "run", [f"trainer.max_tokens={budget_tokens}", "schedule.warmup_steps=100"])
+    assert str(err.value) == f"schedule.warmup_steps must be ≤ the T of trainer.max_tokens={budget_tokens} (4), got 100"
+
+
+def test_a_resume_under_another_token_budget_takes_its_t_as_a_change_of_schedule(tmp_path, tiny_train):
+    run, args = tmp_path / "run", ["trainer.eval_every=0"]
+    with pytest.raises(Stopped):
+        tiny_train(run, [*args, f"trainer.max_tokens={8 * TOKENS_PER_UPDATE}", "trainer.stop_at=3"])
+    longer = [*args, f"trainer.max_tokens={12 * TOKENS_PER_UPDATE}"]
+    with pytest.raises(ScheduleError, match=r"trainer.max_steps 8 → 12"):  # the new budget's T, checked as any T
+        tiny_train(run, longer)
+    tiny_train(run, [*longer, "trainer.allow_schedule_change=true"])
+    assert sorted(train_records(run)) == list(range(12))
+
+
+def test_a_resume_under_another_time_budget_is_refused_in_one_line():
+    def measure():
+        raise AssertionError("a resumed run measured its budget again")
+
+    saved = {"total_steps": 40, "budget": {"max_time": 60.0, "total_steps": 40}}
+    trainer = {"max_steps": None, "max_tokens": None, "max_time": 120}
+    with pytest.raises(ConfigError, match=r"^trainer.max_time: the checkpoint.s T = 40 came from trainer.max_time=60,"):
+        budget.total_steps(trainer, TOKENS_PER_UPDATE, saved, measure)
+    assert budget.total_steps({**trainer, "max_time": 60.0}, TOKENS_PER_UPDATE, saved, measure) == (40, saved["budget"])
+    from_tokens = {"total_steps": 40, "budget": {"max_tokens": 5120, "total_steps": 40}}
+    with pytest.raises(ConfigError, match=r"came from trainer.max_tokens=5120, and a time budget is planned once"):
+        budget.total_steps(trainer, TOKENS_PER_UPDATE, from_tokens, measure)
 
 
 @pytest.mark.parametrize("eval_every,ckpt_every", [(20, 50), (0, 0), (7, 3), (1, 1)])
