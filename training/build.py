@@ -346,6 +346,8 @@ def build_run(
     if dist.is_main:  # from here on the run directory is written
         metrics = open_metrics(cfg, run_dir, resolved, T, start if state is not None else None, continued, sweep)
         metrics.summary["params"] = model.raw.num_params()
+        # this start's ending is written at its end: an earlier start's status and error would be read as this one's
+        (run_dir / "summary.json").unlink(missing_ok=True)
         replace_file(run_dir / "schedule.json", json.dumps({"segments": history}, indent=1) + "\n")
         if "max_time" in budget_record and state is None:
             write_plan(run_dir, budget_record, metrics, T)

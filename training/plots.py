@@ -30,12 +30,14 @@ def pyplot():
 def read_metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     rows = []
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except ValueError:
                 continue  # a line cut short by a killed process
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                rows.append(row)
     return rows
 
 
@@ -66,11 +68,19 @@ def settings(run_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
     """A run's group choices (``schedule: wsd``) and its config values by dotted key (``optim.lr: 0.001``), as
     Hydra recorded them in ``.hydra/`` (empty when it is missing)."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+    from yaml import YAMLError
 
     folder = run_dir / ".hydra"
     if not (folder / "config.yaml").is_file() or not (folder / "hydra.yaml").is_file():
         return {}, {}
-    choices = OmegaConf.to_container(OmegaConf.load(folder / "hydra.yaml").hydra.runtime.choices)
+    try:
+        choices = OmegaConf.to_container(OmegaConf.load(folder / "hydra.yaml").hydra.runtime.choices)
+        config = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"), resolve=False)
+    except (OSError, UnicodeDecodeError, YAMLError, OmegaConfBaseException):  # a damaged record: as a missing one
+        return {}, {}
+    if not isinstance(choices, dict):
+        return {}, {}
     values: dict[str, str] = {}
 
     def flatten(node, prefix: str) -> None:
@@ -80,7 +90,7 @@ def settings(run_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
         else:
             values[prefix.rstrip(".")] = str(node)
 
-    flatten(OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"), resolve=False), "")
+    flatten(config, "")
     return {g: str(c) for g, c in choices.items() if "/" not in g}, values
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scheduling.spec import first_line
 from training.plots import pyplot, read_metrics, run_labels, save_figure
 
 COLUMNS = ("final val/bpb", "best val/bpb", "T", "tokens", "seconds", "status")
@@ -63,9 +64,13 @@ def overrides(run_dir: Path) -> dict[str, str]:
     path = run_dir / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return {}
-    from omegaconf import OmegaConf
+    import yaml
 
-    pairs = (str(o).split("=", 1) for o in OmegaConf.load(path))
+    try:
+        given = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):  # a damaged record: as a missing one
+        return {}
+    pairs = (str(o).split("=", 1) for o in (given if isinstance(given, list) else []))
     return {k.lstrip("+~"): v for k, v in (p for p in pairs if len(p) == 2)}
 
 
@@ -83,21 +88,26 @@ def val_against_tokens(rows: list[dict], key: str = "val/bpb") -> tuple[list[flo
 
 def read_job(run_dir: Path, swept: list[str]) -> Job:
     rows = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    vals = [r["val/bpb"] for r in rows if r.get("val/bpb") is not None]
+    summary_path, damaged = run_dir / "summary.json", None
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        summary, damaged = {}, f"{summary_path}: cannot be read ({first_line(e)})"
+    summary = summary if isinstance(summary, dict) else {}
+    evaluated = [r["val/bpb"] for r in rows if "val/bpb" in r]  # null where it was not finite
+    vals = [v for v in evaluated if isinstance(v, (int, float))]
     trained = [r for r in rows if r.get("tokens") is not None]
     given = overrides(run_dir)
     return Job(
         run_dir=run_dir,
         swept={k: given.get(k, "") for k in swept},
         status=summary.get("status", "failed"),  # no summary: the job never reached its end (killed, crashed)
-        final_bpb=vals[-1] if vals else None,
+        final_bpb=evaluated[-1] if evaluated and isinstance(evaluated[-1], (int, float)) else None,
         best_bpb=min(vals) if vals else None,
         total_steps=summary.get("total_steps"),
         tokens=summary.get("tokens", trained[-1]["tokens"] if trained else None),
         seconds=summary.get("seconds"),
-        error=summary.get("error") or (None if summary else "ended without a summary.json (killed?)"),
+        error=summary.get("error") or damaged or (None if summary else "ended without a summary.json (killed?)"),
         rows=rows,
         evals={k: v for r in rows for k, v in r.items() if is_accuracy(k)},  # later rows overwrite earlier ones
     )
@@ -196,9 +206,11 @@ def branched_from(job: Job) -> Path | None:
     """The run directory a job branched from: the last run other than its own that it resumed from (its
     schedule.json's segments; a branch may since have resumed from its own checkpoints too)."""
     record = job.run_dir / "schedule.json"
-    if not record.is_file():
+    try:
+        segments = json.loads(record.read_text())["segments"] if record.is_file() else []
+        resumed = [s["resumed_from"] for s in segments if isinstance(s.get("resumed_from"), str)]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):  # damaged: none known
         return None
-    resumed = [s["resumed_from"] for s in json.loads(record.read_text())["segments"] if s.get("resumed_from")]
     others = [Path(r).parent.parent for r in resumed]  # <run>/checkpoints/step-N
     others = [p for p in others if p.resolve() != job.run_dir.resolve()]
     return others[-1] if others and (others[-1] / "metrics.jsonl").is_file() else None

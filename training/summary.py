@@ -21,7 +21,11 @@ log = logging.getLogger("train")
 def write_summary(run_dir: Path, record: dict[str, Any]) -> None:
     """Merge ``record`` into the run directory's summary.json (strict JSON: a non-finite value is null)."""
     path = run_dir / "summary.json"
-    old = json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        old = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, UnicodeDecodeError, ValueError):  # a damaged one is replaced, not a reason to fail the ending
+        old = {}
+    old = old if isinstance(old, dict) else {}
     merged = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in {**old, **record}.items()}
     replace_file(path, json.dumps(merged, indent=1, allow_nan=False) + "\n")
 

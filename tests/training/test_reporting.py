@@ -316,3 +316,48 @@ def test_a_branch_resumed_from_its_own_checkpoint_still_names_the_run_it_branche
     for kept in (segments, [*segments, own]):
         (branch / "schedule.json").write_text(json.dumps({"segments": kept}))
         assert branched_from(job) == stable
+
+
+def test_the_sweep_report_reads_past_damaged_files_and_a_final_evaluation_that_was_not_finite(tmp_path, capsys):
+    from training.report import main
+
+    def job(name: str, vals: list[float | None], summary: str | None = '{"status": "ok", "total_steps": 10}'):
+        run = tmp_path / name
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text(f"- optim.lr={name}e-3\n")
+        rows = [{"step": 5 * i, "tokens": 100 * i, "train/lr": 1e-3, "val/bpb": v} for i, v in enumerate(vals)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if summary is not None:
+            (run / "summary.json").write_text(summary)
+        return run
+
+    job("1", [3.0, 2.5, None])  # the last evaluation not finite (metrics.jsonl writes it as null)
+    job("2", [3.0, 2.6, 2.4])
+    job("3", [3.0, 2.0], summary='{"status": "ok", "tot')  # cut short
+    damaged = job("4", [3.0, 2.1])
+    (damaged / ".hydra" / "hydra.yaml").write_text("")
+    (damaged / ".hydra" / "config.yaml").write_text("optim: {lr: 4e-3}\n")
+    (damaged / "schedule.json").write_text('{"segments": [')
+    with open(damaged / "metrics.jsonl", "ab") as fh:
+        fh.write(b"\xff\n")
+    assert main([str(tmp_path)]) == 0
+    with open(tmp_path / "report.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["optim.lr"] for r in rows] == ["4e-3", "2e-3", "1e-3", "3e-3"]  # finished by final val/bpb, then failed
+    by_lr = {r["optim.lr"]: r for r in rows}
+    assert by_lr["1e-3"]["final val/bpb"] == "" and float(by_lr["1e-3"]["best val/bpb"]) == 2.5
+    assert by_lr["3e-3"]["status"] == "failed" and f"{tmp_path / '3' / 'summary.json'}: cannot be read" in str(rows)
+
+
+def test_a_run_started_again_writes_its_own_ending_in_summary_json(tmp_path, tiny_train):
+    from training.summary import write_summary
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text('{"status": "failed", "error": "out of disk space (an earlier start)"')
+    write_summary(run, {"status": "preempted"})  # a damaged one is replaced, not a crash at the run's end
+    assert json.loads((run / "summary.json").read_text()) == {"status": "preempted"}
+    (run / "summary.json").write_text(json.dumps({"status": "failed", "error": "out of disk space (an earlier start)"}))
+    tiny_train(run, ["trainer.max_steps=3"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "ok" and "error" not in summary
