@@ -24,13 +24,13 @@ from typing import Any
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from data import atomic
 from data.tokenizer import as_transformers_tokenizer
 from model.hf import CLASSES, quiet, require_transformers, to_transformers
 from sample import find_checkpoint, load_checkpoint_tokenizer, load_model, run_special_tokens
-from training.config import USER_ERRORS, ConfigError, check_keys, check_overrides_or_exit
+from training.config import USER_ERRORS, ConfigError, check_keys, check_overrides_or_exit, resolved
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -53,8 +53,9 @@ def check_export_config(cfg: Mapping[str, Any]) -> None:
 def check_out(out: Path, overwrite: bool, checkpoint: Path) -> None:
     """``out`` is a new or empty folder, or one that ``overwrite`` allows to replace: never one that holds the
     checkpoint or the current directory, which replacing it would delete."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"out: {str(out)!r} is a file; give a folder to write the model into")
+    for folder in (out, *out.parents):
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"out: {str(folder)!r} is a file; give a folder to write the model into")
     for what, inside in (("the checkpoint it exports", checkpoint), ("the current directory", Path.cwd())):
         if inside.resolve().is_relative_to(out.resolve()):
             raise ConfigError(f"out: {str(out)!r} holds {what}; give a folder of its own for the model")
@@ -98,7 +99,7 @@ def save(hf_model: Any, hf_tokenizer: Any, folder: Path) -> None:
 
 def export(cfg: DictConfig) -> Path:
     """Write the checkpoint that ``cfg.checkpoint`` names as a transformers model folder ``cfg.out``."""
-    values = OmegaConf.to_container(cfg, resolve=True)
+    values = resolved(cfg)
     check_export_config(values)
     require_transformers("export.py")
     out = Path(os.path.expanduser(str(values["out"])))

@@ -28,7 +28,7 @@ from data.tokenizer import eot_id, load_tokenizer
 from model import GPT, GPTConfig, sample_text
 from scheduling.spec import is_int, is_number
 from training import checkpoint, distributed
-from training.config import USER_ERRORS, ConfigError, check_keys, check_overrides_or_exit
+from training.config import USER_ERRORS, ConfigError, check_keys, check_overrides_or_exit, resolved
 
 SEPARATOR = "-" * 40
 
@@ -50,8 +50,13 @@ def check_sample_config(cfg: Mapping[str, Any]) -> None:
     top_p = cfg.get("top_p")
     if top_p is not None and (not is_number(top_p) or not 0 < top_p <= 1):
         raise ConfigError("top_p", "null or a number in (0, 1]", top_p)
-    if not is_int(cfg.get("seed")):
-        raise ConfigError("seed", "an integer", cfg.get("seed"))
+    seed = cfg.get("seed")
+    if not is_int(seed) or not -(2**63) <= seed < 2**64:  # what torch's generators take
+        raise ConfigError("seed", "an integer in [-2**63, 2**64)", seed)
+    if not isinstance(cfg.get("prompt"), str):  # Hydra reads prompt=123 as a number, prompt=null as None
+        raise ConfigError(
+            "prompt", 'a string (quote a number: \'prompt="123"\'; "" starts a new document)', cfg.get("prompt")
+        )
 
 
 def find_checkpoint(path: str) -> Path:
@@ -92,10 +97,10 @@ def run_special_tokens(state: dict[str, Any], tokenizer: Tokenizer) -> list[str]
 
 def sample(cfg: DictConfig) -> list[str]:
     """Load the checkpoint that ``cfg.checkpoint`` names and return the generated texts."""
-    values = OmegaConf.to_container(cfg, resolve=True)
+    values = resolved(cfg)
     check_sample_config(values)
-    device = distributed.resolve_device(values["device"])
-    precision = distributed.resolve_precision(values["precision"], device)
+    device = distributed.resolve_device(values["device"], key="device")
+    precision = distributed.resolve_precision(values["precision"], device, key="precision")
     folder = find_checkpoint(str(values["checkpoint"]))
     model, state = load_model(folder, device)
     tokenizer = load_checkpoint_tokenizer(folder, model)
@@ -110,7 +115,7 @@ def sample(cfg: DictConfig) -> list[str]:
     return sample_text(
         model,
         tokenizer,
-        str(values["prompt"]),
+        values["prompt"],
         values["max_new_tokens"],
         separator=eot_id(tokenizer, run_special_tokens(state, tokenizer)),
         temperature=float(values["temperature"]),

@@ -172,7 +172,7 @@ def sample_text(
     document does. ``autocast`` is the mixed-precision context to generate under.
     """
     device = next(model.parameters()).device
-    prompt_ids = tokenizer.encode(prompt).ids if prompt else []
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False).ids if prompt else []  # as training encodes
     start = prompt_ids or [separator]
     idx = torch.tensor([start] * num_samples, dtype=torch.long, device=device)
     with autocast if autocast is not None else contextlib.nullcontext():

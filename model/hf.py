@@ -363,9 +363,15 @@ def read_weights(folder: Path, config: GPTConfig) -> dict[str, torch.Tensor]:
     t = require_transformers("model.init_from")
     try:
         with quiet():
-            hf = t.AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True)
+            hf, info = t.AutoModelForCausalLM.from_pretrained(
+                str(folder), local_files_only=True, output_loading_info=True
+            )
     except Exception as e:
         reason = first_line(e)
         raise ModelConfigError(f"model.init_from: the weights in {folder} cannot be loaded ({reason})") from None
+    missing = sorted(info.get("missing_keys") or [])  # transformers would start these from random values
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise ModelConfigError(f"model.init_from: the weights in {folder} lack {shown}, which its config.json has")
     state = {k: v.float() for k, v in hf.state_dict().items()}
     return from_transformers_state_dict(state, config)

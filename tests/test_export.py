@@ -143,6 +143,17 @@ def test_overwrite_never_replaces_a_folder_that_holds_the_checkpoint_or_the_curr
     assert sorted(p for p in run.rglob("*")) == kept and (work / "here").is_dir()
 
 
+def test_an_out_path_through_a_file_and_an_interpolation_that_does_not_resolve_are_one_line(exported, tmp_path):
+    (tmp_path / "afile").write_text("a file, not a folder")
+    with pytest.raises(ConfigError, match=f"^out: '{tmp_path / 'afile'}' is a file; give a folder"):
+        export(
+            compose([f"checkpoint={exported['gpt2'][0]}", f"out={tmp_path / 'afile' / 'model'}"], config_name="export")
+        )
+    with pytest.raises(ConfigError, match=r"^checkpoint: .*NOPE.*\(a literal \$\{ is written \\\$\{\)$"):
+        export(compose(["checkpoint=${oc.env:NOPE}", f"out={tmp_path / 'out'}"], config_name="export"))
+    assert [p.name for p in tmp_path.iterdir()] == ["afile"]
+
+
 def test_without_transformers_export_says_which_extra_to_install_and_writes_nothing(exported, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now raises ImportError
     with pytest.raises(USER_ERRORS, match=r"^export\.py needs transformers, .*pip install -e '\.\[hf\]'") as info:

@@ -145,6 +145,35 @@ def test_a_missing_or_empty_run_directory_is_a_one_line_error(tmp_path):
         assert "\n" not in str(info.value)
 
 
+def test_settings_that_fail_when_resolved_or_applied_name_sample_py_s_own_keys(tiny_run):
+    with pytest.raises(ConfigError, match=r"^prompt: .*oops.*\(a literal \$\{ is written \\\$\{\)$"):
+        sample(sample_config([f"checkpoint={tiny_run}", "prompt='echo ${oops}'"]))
+    with pytest.raises(ConfigError, match=r"^precision must be fp32 or bf16 on the CPU"):
+        sample(sample_config([f"checkpoint={tiny_run}", "device=cpu", "precision=fp16"]))
+
+
+def test_a_prompt_is_encoded_as_training_encodes_text_without_the_tokenizer_s_added_tokens(tiny_run, monkeypatch):
+    """A tokenizer whose post-processor puts a start token before every text (Llama's): training never saw it."""
+    from tokenizers.processors import TemplateProcessing
+
+    module = sys.modules[sample_text.__module__]  # model.generate, whose name the package gives its function
+    folder = find_checkpoint(str(tiny_run))
+    tokenizer = load_tokenizer(folder / "tokenizer.json")
+    plain = tokenizer.encode("def ", add_special_tokens=False).ids
+    eot = tokenizer.token_to_id("<|endoftext|>")
+    tokenizer.post_processor = TemplateProcessing(single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", eot)])
+    fed, real = [], module.generate
+
+    def recorded(m, idx, *args, **kwargs):
+        fed.append(idx[0].tolist())
+        return real(m, idx, *args, **kwargs)
+
+    monkeypatch.setattr(module, "generate", recorded)
+    gpt, _ = load_model(folder, torch.device("cpu"))
+    sample_text(gpt, tokenizer, "def ", 2, separator=eot, temperature=0.0)
+    assert fed == [plain]
+
+
 def test_bad_sample_settings_name_the_key():
     good = {
         "checkpoint": "run",
@@ -154,6 +183,7 @@ def test_bad_sample_settings_name_the_key():
         "top_k": None,
         "top_p": None,
         "seed": 0,
+        "prompt": "",
     }
     check_sample_config(good)
     for key, value in [
@@ -165,6 +195,9 @@ def test_bad_sample_settings_name_the_key():
         ("top_p", 0.0),
         ("top_p", 1.5),
         ("seed", "x"),
+        ("seed", 2**70),  # past what torch's generators take: a traceback from torch
+        ("prompt", None),  # prompt=null became the text "None"
+        ("prompt", 123),
         ("temprature", 0.5),
     ]:
         with pytest.raises(ConfigError, match=f"^{key}"):

@@ -288,7 +288,7 @@ def build_run(
     optim = OmegaConf.to_container(cfg.optim, resolve=True)
 
     def measure() -> budget.TimePlan:  # a time budget's plan, rank 0's (every rank measures together)
-        prompt = max(1, len(tokenizer.encode(trainer.sample_prompt).ids))  # "" starts from one token
+        prompt = max(1, len(tokenizer.encode(trainer.sample_prompt, add_special_tokens=False).ids))  # "": one token
         sample_now = lambda n: sample(model.raw, tokenizer, cfg, n, model.how.autocast)  # noqa: E731
         sinks = [find(node, f"logger.sinks.{name}") for name, node in (cfg.logger.sinks or {}).items()]
         plan = budget.measure_plan(

@@ -19,7 +19,7 @@ from data import DataError
 from data.atomic import DiskFull
 from model import GPTConfig, ModelConfigError, check_model_config
 from scheduling import ScheduleError, schedule_from_config
-from scheduling.spec import CONF, SettingError, compose, is_int, is_number
+from scheduling.spec import CONF, SettingError, compose, first_line, is_int, is_number
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp8")
@@ -154,6 +154,19 @@ def unknown_key(key: str, config_name: str = "config") -> ConfigError:
     listed = ", ".join(known if where != "this config" or config_name != "config" else GROUPS)
     hint = f"; did you mean {' or '.join(close)}?" if close else f"; it has {listed}"
     return ConfigError(f"{key} is not a key of {where}{hint}")
+
+
+def resolved(cfg: Any) -> dict[str, Any]:
+    """``cfg`` as plain values; an interpolation that cannot be resolved (a ``${…}`` in a prompt) is one line
+    naming its key."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "the config"
+        raise ConfigError(f"{key}: {first_line(e)} (a literal ${{ is written \\${{)") from None
 
 
 def check_keys(cfg: Mapping[str, Any], config_name: str = "config") -> None:

@@ -68,30 +68,28 @@ def mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
 
 
-def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
-    """``trainer.device``: auto picks cuda, then mps, then cpu; an explicit choice must exist here."""
+def resolve_device(choice: str, local_rank: int = 0, key: str = "trainer.device") -> torch.device:
+    """``trainer.device`` (or ``key``): auto picks cuda, then mps, then cpu; an explicit choice must exist here."""
     if choice not in DEVICES:
-        raise ConfigError("trainer.device", f"one of {', '.join(DEVICES)}", choice)
+        raise ConfigError(key, f"one of {', '.join(DEVICES)}", choice)
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
     if choice == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError("trainer.device", "auto or cpu on this machine (torch sees no CUDA GPU)", "cuda")
+            raise ConfigError(key, "auto or cpu on this machine (torch sees no CUDA GPU)", "cuda")
         if local_rank >= torch.cuda.device_count():
-            raise ConfigError(
-                f"trainer.device: local rank {local_rank} has no GPU (this node has {torch.cuda.device_count()})"
-            )
+            raise ConfigError(f"{key}: local rank {local_rank} has no GPU (this node has {torch.cuda.device_count()})")
         return torch.device("cuda", local_rank)
     if choice == "mps" and not mps_available():
-        raise ConfigError("trainer.device", "auto or cpu on this machine (torch sees no MPS device)", "mps")
+        raise ConfigError(key, "auto or cpu on this machine (torch sees no MPS device)", "mps")
     return torch.device(choice)
 
 
-def resolve_precision(choice: str, device: torch.device) -> str:
-    """``trainer.precision``: auto is bf16 on CUDA GPUs that support it, fp16 on older ones, else fp32; fp8 only
-    where :func:`check_fp8` allows it."""
+def resolve_precision(choice: str, device: torch.device, key: str = "trainer.precision") -> str:
+    """``trainer.precision`` (or ``key``): auto is bf16 on CUDA GPUs that support it, fp16 on older ones, else
+    fp32; fp8 only where :func:`check_fp8` allows it."""
     if choice not in PRECISIONS:
-        raise ConfigError("trainer.precision", f"one of {', '.join(PRECISIONS)}", choice)
+        raise ConfigError(key, f"one of {', '.join(PRECISIONS)}", choice)
     cuda = device.type == "cuda"
     if choice == "auto":
         if cuda:
@@ -99,11 +97,11 @@ def resolve_precision(choice: str, device: torch.device) -> str:
         return "fp32"
     if choice == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         name = torch.cuda.get_device_name(device)
-        raise ConfigError("trainer.precision", f"fp16 or fp32 on {name} (it has no bf16 support)", "bf16")
+        raise ConfigError(key, f"fp16 or fp32 on {name} (it has no bf16 support)", "bf16")
     if choice == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
-        log.warning("trainer.precision=bf16: emulated on this CPU (no bf16 instructions): slow, slower than fp32 here")
+        log.warning(f"{key}=bf16: emulated on this CPU (no bf16 instructions): slow, slower than fp32 here")
     if choice == "fp16" and device.type == "cpu":
-        raise ConfigError("trainer.precision", "fp32 or bf16 on the CPU (fp16 with a GradScaler needs a GPU)", "fp16")
+        raise ConfigError(key, "fp32 or bf16 on the CPU (fp16 needs a GPU)", "fp16")
     if choice == "fp8":
         check_fp8(device)
     return choice

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, open_dict
 from data.tokenizer import load_tokenizer
 from model import GPTConfig, ModelConfigError, padded_vocab
 from model.hf import ARCH_KEYS, architecture, read_config, read_weights
+from scheduling.spec import first_line
 from training.config import ConfigError
 
 log = logging.getLogger("train")
@@ -71,7 +72,13 @@ def end_of_text(folder: Path, hf_config: Any, tokenizer) -> str | None:
     """The folder's end-of-text token: tokenizer_config.json's eos_token, else config.json's eos_token_id."""
     settings = folder / "tokenizer_config.json"
     if settings.is_file():
-        eos = json.loads(settings.read_text()).get("eos_token")
+        try:
+            found = json.loads(settings.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise ConfigError(f"model.init_from: {settings} cannot be read ({first_line(e)})") from None
+        if not isinstance(found, dict):
+            raise ConfigError(f"model.init_from: {settings} is not a JSON object of tokenizer settings")
+        eos = found.get("eos_token")
         eos = eos.get("content") if isinstance(eos, dict) else eos
         if isinstance(eos, str) and tokenizer.token_to_id(eos) is not None:
             return eos

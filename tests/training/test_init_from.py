@@ -5,6 +5,7 @@ loss transformers computes; what contradicts the folder is refused in one line."
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from data.tokenizer import load_tokenizer, tokenizer_hash, train_tokenizer
 from model import ModelConfigError
 from tests.conftest import ROOT, TINY, compose_config, read_metrics
 from training import checkpoint
-from training.config import USER_ERRORS
+from training.config import USER_ERRORS, ConfigError
 from training.init_from import with_init_from
 
 
@@ -175,6 +176,24 @@ def test_a_folder_without_a_model_or_tokenizer_is_refused_naming_it(saved, tmp_p
     (bare / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ModelConfigError, match=f"^model.init_from: {bare} holds a 'bert' model"):
         with_init_from(compose_config(TINY + [f"model.init_from={bare}"]))
+
+
+def test_weights_the_folder_lacks_and_a_damaged_tokenizer_config_are_refused_naming_them(saved, tmp_path):
+    """transformers would start the missing tensors from random values, with a table on the console."""
+    from model.hf import read_weights
+
+    deeper = tmp_path / "deeper"
+    shutil.copytree(saved["llama"], deeper)
+    config = json.loads((deeper / "config.json").read_text())
+    (deeper / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))  # layer 2 has no weights
+    with pytest.raises(ModelConfigError, match=rf"^model.init_from: the weights in {deeper} lack model.layers.2.") as e:
+        read_weights(deeper, None)
+    assert "\n" not in str(e.value)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(saved["gpt2"], damaged)
+    (damaged / "tokenizer_config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=rf"^model.init_from: {damaged}/tokenizer_config.json cannot be read \("):
+        with_init_from(compose_config(TINY + [f"model.init_from={damaged}"]))
 
 
 def test_without_transformers_init_from_says_which_extra_to_install(saved, monkeypatch):
