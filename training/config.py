@@ -380,8 +380,9 @@ def check_trainer(t: Mapping[str, Any]) -> None:
     for key in ("eval_every", "ckpt_every", "sample_tokens"):
         positive_int(t, key, "trainer", minimum=0)
     positive_int(t, "keep_checkpoints", "trainer", minimum=2 if t.get("ckpt_every") else 1)
-    if not is_int(t.get("seed")) or t["seed"] < 0:  # numpy's SeedSequence takes no negative entropy
-        raise ConfigError("trainer.seed", "an integer ≥ 0", t.get("seed"))
+    # numpy's SeedSequence takes no negative entropy; torch's generators nothing past 64 bits (seed + rank)
+    if not is_int(t.get("seed")) or not 0 <= t["seed"] < 2**63:
+        raise ConfigError("trainer.seed", "an integer in [0, 2**63)", t.get("seed"))
     if not isinstance(t.get("sample_prompt"), str):  # Hydra reads sample_prompt=123 as a number
         raise ConfigError(
             "trainer.sample_prompt",

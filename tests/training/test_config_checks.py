@@ -51,7 +51,8 @@ BAD_CONFIGS = [
     (["data.document_mask=yes"], "data.document_mask", "true, false"),
     (["data.special_tokens='<|endoftext|>'"], "data.special_tokens", "a list of tokens"),
     (["data.exclude=tests"], "data.exclude", "a list of directory names"),
-    (["trainer.seed=-1"], "trainer.seed", "an integer ≥ 0"),
+    (["trainer.seed=-1"], "trainer.seed", "an integer in [0, 2**63)"),
+    (["trainer.seed=99999999999999999999"], "trainer.seed", "an integer in [0, 2**63)"),  # torch overflowed
     (["model.reset_positions=true"], "model.reset_positions", "unless data.document_mask=true"),
     (["data=mixture", "data.sources.docs.weight=0"], "data.sources.docs.weight", "> 0"),
     (["data=mixture", "data.sources.docs.source=web"], "data.sources.docs.source", "builtin, text_files, hub"),
