@@ -130,11 +130,13 @@ def token_byte_lengths(tok: Tokenizer, size: int | None = None) -> np.ndarray:
 
 def as_transformers_tokenizer(tok: Tokenizer, special_tokens: list[str], model_max_length: int) -> Any:
     """``tok`` as transformers' ``PreTrainedTokenizerFast``: the document separator (the first special token) is
-    its end-of-text (eos) and start (bos) token, the other special tokens its additional ones; decoding leaves the
-    text as ours does (no clean-up of spaces). Needs transformers."""
+    its end-of-text (eos) and start (bos) token, the other special tokens its additional ones; encoding adds no token
+    and decoding leaves the text as ours does (no clean-up of spaces). Needs transformers."""
     from transformers import PreTrainedTokenizerFast
 
     separator = special_tokens[0] if special_tokens else EOT
+    tok = Tokenizer.from_str(tok.to_str())  # a copy: the caller's keeps its post-processor
+    tok.post_processor = None  # encode as training did, with no start token added (a Llama folder's adds one)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=separator,

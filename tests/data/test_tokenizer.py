@@ -82,3 +82,17 @@ def test_batched_keeps_order_and_closes_a_batch_once_it_reaches_max_chars(sizes,
         assert sum(map(len, b)) >= max_chars > sum(map(len, b[:-1]))
     if batches:
         assert sum(map(len, batches[-1][:-1])) < max_chars
+
+
+def test_the_transformers_tokenizer_encodes_as_training_does_without_an_added_start_token(tmp_path):
+    """A folder's tokenizer.json may put a start token before every text (Llama's); training never adds it."""
+    from tokenizers.processors import TemplateProcessing
+
+    from data.tokenizer import as_transformers_tokenizer, train_tokenizer
+
+    tok = train_tokenizer(DOCS * 3, 300, ["</s>", "<s>"])
+    tok.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    hf = as_transformers_tokenizer(tok, ["</s>", "<s>"], 64)
+    text = DOCS[0][:40]
+    assert hf(text)["input_ids"] == tok.encode(text, add_special_tokens=False).ids
+    assert tok.encode(text).ids[0] == tok.token_to_id("<s>")  # the caller's tokenizer is left as it was
