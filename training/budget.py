@@ -133,8 +133,8 @@ def total_steps(
     if saved is not None:
         before = saved["budget"]
         if before.get("max_time") != trainer["max_time"]:
-            k = next(k for k in ("max_time", "max_tokens", "max_steps") if k in before)
-            how = f"trainer.{k}={before[k]:g}"
+            k = next((k for k in ("max_time", "max_tokens", "max_steps") if k in before), None)
+            how = f"trainer.{k}={before[k]:g}" if k else "another budget"
             raise ConfigError(
                 f"trainer.max_time: the checkpoint's T = {saved['total_steps']} came from {how}, and a time budget "
                 "is planned once, before update 0; resume with that budget, or set T with trainer.max_steps=N "
