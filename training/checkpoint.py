@@ -227,6 +227,11 @@ def resolve(path: str | os.PathLike, key: str = "trainer.resume") -> Path:
     if not p.exists():
         raise ConfigError(f"{key}: {str(path)!r} does not exist")
     if p.is_file():
+        if p.name != STATE_FILE:  # another file would name its folder's run without saying so
+            raise ConfigError(
+                f"{key}: {str(path)!r} is a file, not a checkpoint (a run directory, its checkpoints/ folder, a "
+                f"checkpoint folder or its {STATE_FILE})"
+            )
         p = p.parent
     if (p / STATE_FILE).is_file():
         return p
@@ -304,14 +309,14 @@ def find_resume(resume: Any, run_dir: Path) -> Path | None:
                 "use a new hydra.run.dir, or trainer.resume=auto to continue it"
             )
         return None
-    folder = resolve(resume)
-    own = run_dir / "checkpoints"
-    if not folder.resolve().is_relative_to(own.resolve()) and (mine := newest_intact(own)) is not None:
+    own, named = run_dir / "checkpoints", Path(os.path.expanduser(str(resume)))
+    # first: the run's own checkpoints, when it names another run (a branch requeued after its source was pruned)
+    if not named.resolve().is_relative_to(run_dir.resolve()) and (mine := newest_intact(own)) is not None:
         log.info(
             "trainer.resume names %s, but %s holds this run's own checkpoints: continuing from %s", resume, own, mine
         )
         return mine
-    named = Path(os.path.expanduser(str(resume)))
+    folder = resolve(resume)
     if named.resolve() in (folder.resolve(), (folder / STATE_FILE).resolve()):  # that checkpoint, and no other
         verify(folder)
         return folder

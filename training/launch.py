@@ -73,10 +73,17 @@ class LockRunDir(Callback):
     def on_run_start(self, config, **kwargs) -> None:
         if env_world()[0] != 0:
             return
+        run_dir = str(config.hydra.run.dir)
+        if not run_dir.strip():  # Path("") is the current directory: the run's files would land in it
+            print("error: hydra.run.dir must be a folder for the run's outputs, got ''", file=sys.stderr)
+            sys.exit(2)
         try:
-            run_lock.acquire(Path(config.hydra.run.dir))
+            run_lock.acquire(Path(run_dir))
         except (run_lock.RunInUse, DiskFull) as e:
             print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except OSError as e:  # a file where the folder, or one above it, should be
+            print(f"error: hydra.run.dir: {run_dir!r} cannot be a folder ({e.strerror or e})", file=sys.stderr)
             sys.exit(2)
 
     def on_run_end(self, config, **kwargs) -> None:

@@ -93,6 +93,27 @@ def test_a_resume_may_change_the_dropout_but_not_the_shape(tmp_path, tiny_train,
     assert losses[T - 1] != before[T - 1]  # after it, without dropout's noise
 
 
+def test_a_branch_run_again_after_its_source_checkpoint_is_gone_continues_from_its_own(
+    tmp_path, tiny_train, uninterrupted
+):
+    """A requeued branch (the same command again) whose source run has since pruned or moved that checkpoint."""
+    source, branch = tmp_path / "source", tmp_path / "branch"
+    tiny_train(source, ARGS + ["trainer.ckpt_every=4", "trainer.keep_checkpoints=3"])  # keeps 4, 8, 12
+    named = source / "checkpoints" / "step-00000004"
+    with pytest.raises(ConfigError, match=rf"^trainer.resume: '{source}/metrics.jsonl' is a file, not a checkpoint"):
+        checkpoint.find_resume(str(source / "metrics.jsonl"), branch)  # it named the source's run, unsaid
+    args = ARGS + [f"trainer.resume={named}", "trainer.ckpt_every=4"]
+    with pytest.raises(Stopped):
+        tiny_train(branch, [*args, "trainer.stop_at=8"])
+    shutil.rmtree(source)
+    resumed = read_metrics(tiny_train(branch, args))
+    keys = ("step", "train/loss", "val/loss")
+    assert [[r.get(k) for k in keys] for r in resumed] == [[r.get(k) for k in keys] for r in uninterrupted][
+        -len(resumed) :
+    ]
+    assert resumed[0]["step"] == 4 and checkpoint.latest(branch / "checkpoints").name == f"step-{T:08d}"
+
+
 def test_a_checkpoint_from_before_a_model_setting_existed_fits_a_config_with_its_default(tmp_path):
     config = GPTConfig(vocab_size=64, n_layer=1, n_head=2, n_embd=8, block_size=8).to_dict()
     older = {k: v for k, v in config.items() if k not in ("reset_positions", "document_separator")}

@@ -55,6 +55,25 @@ def test_a_second_launch_stops_with_one_line_naming_the_holder_and_writes_nothin
     assert sorted(p.name for p in held.iterdir()) == before == [LOCK_FILE]  # not even Hydra's .hydra/ or train.log
 
 
+@pytest.mark.parametrize("where", ["a file", "under a file", "empty"])
+def test_a_run_directory_that_cannot_be_a_folder_is_one_line_and_writes_nothing(where, tmp_path, data_cache):
+    (tmp_path / "afile").write_text("a file")
+    run_dir = {"a file": tmp_path / "afile", "under a file": tmp_path / "afile" / "run", "empty": ""}[where]
+    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache), "WANDB_MODE": "offline"}
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *TINY, "trainer.max_steps=2", f"hydra.run.dir={run_dir}"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and proc.stderr.startswith("error: hydra.run.dir") and proc.stderr.count("\n") == 1
+    assert (tmp_path / "afile").read_text() == "a file" and list(cwd.iterdir()) == []  # the current folder untouched
+
+
 def test_a_run_in_process_locks_its_own_directory_before_its_first_write(tmp_path, tiny_train):
     """What every multirun job does: the Python API refuses a directory another holder has, writing nothing."""
     run_dir = tmp_path / "job0"
