@@ -102,6 +102,8 @@ def test_a_branch_run_again_after_its_source_checkpoint_is_gone_continues_from_i
     named = source / "checkpoints" / "step-00000004"
     with pytest.raises(ConfigError, match=rf"^trainer.resume: '{source}/metrics.jsonl' is a file, not a checkpoint"):
         checkpoint.find_resume(str(source / "metrics.jsonl"), branch)  # it named the source's run, unsaid
+    with pytest.raises(ConfigError, match=r"^trainer.resume: '/no/such/run' does not exist$"):
+        checkpoint.find_resume("/no/such/run", branch)  # a run directory without checkpoints of its own yet
     args = ARGS + [f"trainer.resume={named}", "trainer.ckpt_every=4"]
     with pytest.raises(Stopped):
         tiny_train(branch, [*args, "trainer.stop_at=8"])
