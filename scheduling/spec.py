@@ -321,19 +321,22 @@ _OWN_CONFIG_ONLY = {
 _OWN_FLOOR = ("constant", "tabulated")
 
 
-def schedule_from_config(cfg: Mapping[str, Any], total_steps: int, peak_lr: float) -> Schedule:
+def schedule_from_config(
+    cfg: Mapping[str, Any], total_steps: int, peak_lr: float, total_key: str = "trainer.max_steps"
+) -> Schedule:
     """Build the Schedule that the Hydra ``schedule`` group describes, for T = ``total_steps`` updates.
 
     Resolves ``warmup_steps``/``cooldown_steps`` fractions against T, the floor from ``min_lr`` (absolute, wins
     when set) or ``min_lr_ratio`` (null = 0), and WSD's decay length from ``decay_steps`` (wins when set) or
     ``decay_fraction`` (of T). ``constant`` has no decay: its floor keys are checked but have no effect.
-    Raises ScheduleError naming the config key (``schedule.…``, ``trainer.max_steps``, ``optim.lr``).
+    Raises ScheduleError naming the config key (``schedule.…``, ``optim.lr``, and T as ``total_key``: what set
+    it, a budget's where ``trainer.max_steps`` is null).
     """
     cfg = dict(cfg)
     name = cfg.get("name")
     schedule_function(name)  # known, or a fork's that imports
     if not is_int(total_steps) or total_steps <= 0:
-        raise ScheduleError("trainer.max_steps", "an integer > 0", total_steps)
+        raise ScheduleError(total_key, "an integer > 0", total_steps)
     if not is_number(peak_lr) or peak_lr <= 0:
         raise ScheduleError("optim.lr", "a number > 0", peak_lr)
 
@@ -341,7 +344,7 @@ def schedule_from_config(cfg: Mapping[str, Any], total_steps: int, peak_lr: floa
     params: dict[str, Any] = {k: v for k, v in cfg.items() if k not in resolved_here}
     warm = resolve_steps(cfg.get("warmup_steps", 0), total_steps, "schedule.warmup_steps")
     if warm > total_steps:
-        raise ScheduleError("schedule.warmup_steps", f"≤ trainer.max_steps ({total_steps})", warm)
+        raise ScheduleError("schedule.warmup_steps", f"≤ {total_key} ({total_steps})", warm)
     params["warmup_steps"] = warm
     min_lr = cfg.get("min_lr")
     if min_lr is not None:
@@ -367,12 +370,12 @@ def schedule_from_config(cfg: Mapping[str, Any], total_steps: int, peak_lr: floa
         else:
             key, given = "schedule.decay_fraction", cfg.get("decay_fraction", 0.2)
             if not is_number(given) or not 0.0 <= given <= 1.0:
-                raise ScheduleError(key, "a fraction of trainer.max_steps in [0, 1]", given)
+                raise ScheduleError(key, f"a fraction of {total_key} in [0, 1]", given)
             decay = int(round(given * total_steps))
         if warm + decay > total_steps:  # name both: either may be the one to change
             raise ScheduleError(
                 f"schedule.warmup_steps ({cfg.get('warmup_steps')!r}) and {key} ({given!r}) do not fit together: "
-                f"warmup + decay = {warm} + {decay} > trainer.max_steps ({total_steps})"
+                f"warmup + decay = {warm} + {decay} > {total_key} ({total_steps})"
             )
         params["decay_steps"] = decay
     if name == "inverse_sqrt":
@@ -380,4 +383,4 @@ def schedule_from_config(cfg: Mapping[str, Any], total_steps: int, peak_lr: floa
     if name == "tabulated":
         params["knots"] = read_knots(cfg.get("knots"))
         check_knots(params["knots"], warm, total_steps, f"schedule.knots ({cfg['knots']})")  # names the file
-    return Schedule(name, **params)
+    return Schedule(name, keys={**CONFIG_KEYS, "total_steps": total_key}, **params)

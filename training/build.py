@@ -28,7 +28,7 @@ from data.cache import special_tokens
 from data.tokenizer import eot_id
 from model import GPT, GPTConfig, full_context_forward, padded_vocab, sample_text
 from model.flops import model_flops_per_token, peak_flops
-from scheduling import ScheduleError, build_scheduler, schedule_from_config
+from scheduling import build_scheduler, schedule_from_config
 from scheduling.spec import first_line
 from training import budget, checkpoint, distributed, run_lock, summary
 from training.components import build, find
@@ -309,13 +309,9 @@ def build_run(
     # T, fixed before update 0; then the optimizer and the schedule that ends at T
     T, budget_record = budget.total_steps(trainer, train_batches.tokens_per_update, state, measure)
     check_stop_at(trainer.stop_at, T, "trainer.max_steps" if trainer.max_steps is not None else "T of the budget")
-    try:
-        schedule = schedule_from_config(cfg.schedule, T, cfg.optim.lr)
-    except ScheduleError as e:
-        if trainer.max_steps is not None:
-            raise
-        key = budget.budget_key(trainer)  # T came from the budget: name it, not the null trainer.max_steps
-        raise ScheduleError(str(e).replace("trainer.max_steps", f"the T of trainer.{key}={trainer[key]:g}")) from None
+    key = budget.budget_key(trainer)  # what set T: a budget's is named, not the null trainer.max_steps
+    total_key = "trainer.max_steps" if key == "max_steps" else f"the T of trainer.{key}={trainer[key]:g}"
+    schedule = schedule_from_config(cfg.schedule, T, cfg.optim.lr, total_key)
     optimizer = build_optimizer(model.raw, optim, dist.device)
     step = TrainStep(model, optimizer, build_scheduler(optimizer, schedule))
     checkpointer = checkpoint.Checkpointer(

@@ -9,12 +9,13 @@ compare runs, overlay them in one PNG (a sweep directory counts as all the runs 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 from data.atomic import space_for
+from scheduling.audit import read_jsonl
+from scheduling.spec import is_int
 
 
 def pyplot():
@@ -28,17 +29,7 @@ def pyplot():
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    rows = []
-    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a killed process
-            if isinstance(row, dict) and isinstance(row.get("step"), int):
-                rows.append(row)
-    return rows
+    return [r for r in read_jsonl(run_dir / "metrics.jsonl") if is_int(r.get("step"))]  # damaged lines skipped
 
 
 def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scheduling.audit import AuditError, saved_overrides
 from scheduling.spec import first_line
 from training.plots import pyplot, read_metrics, run_labels, save_figure
 
@@ -62,15 +63,11 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 def overrides(run_dir: Path) -> dict[str, str]:
     """The job's command-line overrides, as Hydra recorded them: ``{"optim.lr": "0.001"}``."""
     path = run_dir / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return {}
-    import yaml
-
     try:
-        given = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):  # a damaged record: as a missing one
-        return {}
-    pairs = (str(o).split("=", 1) for o in (given if isinstance(given, list) else []))
+        given = saved_overrides(path) if path.is_file() else []
+    except AuditError:  # a damaged record: as a missing one
+        given = []
+    pairs = (o.split("=", 1) for o in given)
     return {k.lstrip("+~"): v for k, v in (p for p in pairs if len(p) == 2)}
 
 
