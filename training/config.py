@@ -156,6 +156,22 @@ def unknown_key(key: str, config_name: str = "config") -> ConfigError:
     return ConfigError(f"{key} is not a key of {where}{hint}")
 
 
+def unknown_hydra_key(key: str, config_name: str = "config") -> ConfigError:
+    """The one-line error for a ``hydra.*`` key Hydra does not define, with the keys of its nearest section."""
+    from omegaconf import OmegaConf
+
+    cfg = compose([], config_name, return_hydra_config=True)
+    parts = key.split(".")
+    depth = 1
+    while depth < len(parts) - 1 and isinstance(OmegaConf.select(cfg, ".".join(parts[: depth + 1])), Mapping):
+        depth += 1
+    where = ".".join(parts[:depth])
+    known = [f"{where}.{k}" for k in OmegaConf.select(cfg, where)]
+    close = [f"{where}.{k}" for k in difflib.get_close_matches(parts[depth], OmegaConf.select(cfg, where), n=2)]
+    hint = f"did you mean {' or '.join(close)}?" if close else f"it has {', '.join(known) or 'no keys'}"
+    return ConfigError(f"{key} is not a key of {where}; {hint}")
+
+
 def resolved(cfg: Any) -> dict[str, Any]:
     """``cfg`` as plain values; an interpolation that cannot be resolved (a ``${…}`` in a prompt) is one line
     naming its key."""
@@ -237,8 +253,8 @@ FLAGS_WITH_VALUES = (
 
 def check_overrides(overrides: list[str], config_name: str = "config") -> None:
     """Compose ``overrides`` (a sweep's first value for each swept key) as Hydra will, and turn what Hydra refuses —
-    a mistyped key, an unknown option — into one line with the closest known names; entry points call this before
-    handing the command line to Hydra."""
+    a mistyped key, an unknown option, ``hydra.*``'s included — into one line with the closest known names; entry
+    points call this before handing the command line to Hydra."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -247,29 +263,62 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
     for arg in args:
         if arg in FLAGS_WITH_VALUES:
             next(args, None)
-        elif not arg.startswith("-") and not arg.lstrip("+~").startswith("hydra"):
+        elif not arg.startswith("-"):
             given.append(arg)
     try:
         parsed = OverridesParser.create().parse_overrides(given)
-        first = [
-            f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line
-            for o in parsed
-        ]
-        compose(first, config_name)
+    except HydraException as e:
+        raise ConfigError(" ".join(str(e).split())) from None
+    first = [
+        f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line
+        for o in parsed
+    ]
+    for o in parsed:  # a group takes an option's name: Hydra answers model=1 or model=null with a traceback
+        group = o.get_key_element().lstrip("+~")
+        if (CONF / group).is_dir() and not (
+            o.is_delete() or o.is_sweep_override() or isinstance(o.value(), (str, list))
+        ):
+            options = ", ".join(group_options(group))
+            raise ConfigError(f"{o.input_line} is not an option of {group}; it has {options}")
+    plain = [
+        line for o, line in zip(parsed, first, strict=True) if not o.get_key_element().lstrip("+~").startswith("hydra")
+    ]
+    try:
+        compose(plain, config_name)
     except (HydraException, OmegaConfBaseException) as e:
-        message = " ".join(str(e).split())
-        key = re.search(r"Could not (?:override|append to config|delete from config)\W+'?([\w.]+)", message)
-        if key:
-            raise unknown_key(key.group(1), config_name) from None
-        option = re.search(r"Could not find '(\w+)/([^']+)'", message)
-        if option:
-            group, name = option.groups()
-            options = group_options(group)
-            close = difflib.get_close_matches(name, options, n=1)
-            hint = f"did you mean {group}={close[0]}? " if close else ""
-            error = ConfigError(f"{group}={name} is not an option of {group}; {hint}it has {', '.join(options)}")
+        raise composition_error(e, config_name) from None
+    if len(plain) == len(first):
+        return
+    try:  # Hydra's own keys, checked apart: only a mistyped key or option is reported, the rest is Hydra's to judge
+        compose(first, config_name, return_hydra_config=True)
+    except Exception as e:
+        error = composition_error(e, config_name)
+        if error.args[0].startswith("hydra"):
             raise error from None
-        raise ConfigError(message.split(" Config search path:")[0]) from None
+
+
+def composition_error(e: Exception, config_name: str) -> ConfigError:
+    """What Hydra's composition refused, in one line: an unknown key or option with the closest known names."""
+    message = " ".join(str(e).split())
+    key = re.search(r"Could not (?:override|append to config|delete from config)\W+'?([\w.]+)", message)
+    if key:
+        return (
+            unknown_hydra_key(key.group(1), config_name)
+            if key.group(1).startswith("hydra.")
+            else unknown_key(key.group(1), config_name)
+        )
+    option = re.search(r"Could not find '([\w/]+)/([^'/]+)'", message)
+    if option:
+        group, name = option.groups()
+        listed = re.search(r"Available options in '[^']+': (.*?) Config search path", message)
+        options = listed.group(1).split() if group.startswith("hydra/") and listed else group_options(group)
+        close = difflib.get_close_matches(name, options, n=1)
+        hint = f"did you mean {group}={close[0]}? " if close else ""
+        return ConfigError(f"{group}={name} is not an option of {group}; {hint}it has {', '.join(options)}")
+    merging = re.match(r"Error merging override (\S+)", message)
+    if merging and e.__cause__ is not None:  # a value of the wrong type for a typed key (hydra.job.chdir=maybe)
+        return ConfigError(f"{merging.group(1)}: {first_line(e.__cause__)}")
+    return ConfigError(message.split(" Config search path:")[0])
 
 
 def check_overrides_or_exit(argv: list[str], config_name: str = "config") -> None:

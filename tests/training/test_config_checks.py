@@ -312,6 +312,36 @@ def test_a_mistyped_key_or_option_is_one_line_before_hydra_runs():
     check_overrides(["--cfg", "job", "-m", "schedule=cosine,wsd", "optim.lr=1e-3,3e-3", "hydra.run.dir=x"])
 
 
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("hydra.jobb.chdir=true", r"^hydra\.jobb\.chdir is not a key of hydra; did you mean hydra\.job\?$"),
+        (
+            "hydra.launcher.n_jobs=2",
+            r"^hydra\.launcher\.n_jobs is not a key of hydra\.launcher; it has hydra\.launcher\._target_$",
+        ),
+        (
+            "hydra/launcher=basicc",
+            r"^hydra/launcher=basicc is not an option of hydra/launcher; did you mean hydra/launcher=basic\?",
+        ),
+        ("hydra.job.chdir=maybe", r"^hydra\.job\.chdir=maybe: Value 'maybe' is not a valid bool"),
+        ("model=1", r"^model=1 is not an option of model; it has base, "),
+    ],
+)
+def test_hydras_own_keys_and_a_group_given_no_name_are_one_line_too(override, message):
+    from training.config import check_overrides
+
+    with pytest.raises(ConfigError, match=message):
+        check_overrides(["trainer.max_steps=10", override])
+
+
+def test_hydras_own_keys_that_exist_pass_and_what_hydra_alone_judges_is_left_to_it():
+    from training.config import check_overrides
+
+    check_overrides(["hydra.job.chdir=true", "hydra/launcher=basic", "+hydra.job.env_set.X=1", "~experiment"])
+    check_overrides(["hydra.sweeper.params.optim.lr=1,2"])  # Hydra's own report: params is null until set
+
+
 def test_bf16_on_a_cpu_without_bf16_instructions_is_named_as_emulated_and_slow(monkeypatch, caplog):
     from training import distributed
 
