@@ -120,7 +120,6 @@ def main(cfg: DictConfig) -> float:
     first_job = hc.job.get("num") in (None, 0)  # a later sweep job's clock starts with the job
     started = time.perf_counter() - (seconds_since_process_start() if first_job else 0.0)
     run_dir, sweep = Path(hc.runtime.output_dir), launch.sweep_of(hc, sys.argv[1:])
-    fresh = launch.fresh_run_dir(run_dir)
     if sweep is not None:
         launch.jobs.append((hc.job.num, None))
     try:
@@ -138,9 +137,8 @@ def main(cfg: DictConfig) -> float:
             raise  # another launcher records the job as failed and runs its siblings
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        unstarted = fresh and not (run_dir / "metrics.jsonl").exists() and not isinstance(e, run_lock.RunInUse)
-        if unstarted and distributed.env_world()[0] == 0:
-            launch.remove_unstarted(run_dir)
+        if launch.before is not None and distributed.env_world()[0] == 0 and not isinstance(e, run_lock.RunInUse):
+            launch.before.undo(run_dir)  # refused before it wrote: the directory as this launch found it
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, run_train
 
 # (entry point, arguments, the start of the one line on stderr); {corrupt} is a checkpoint folder of garbage.
 BAD_INPUTS = [
@@ -65,6 +65,15 @@ def test_bad_input_is_one_error_line_exit_code_2_and_nothing_written(script, arg
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(line), proc.stderr
     assert "Traceback" not in proc.stdout
     assert list(work.iterdir()) == [] and (corrupt / "state.pt").read_bytes() == b"not a checkpoint" * 64
+
+
+def test_a_run_refused_in_a_run_directory_it_found_leaves_every_file_there_as_it_was(tmp_path, data_cache):
+    run, args = tmp_path / "run", [*TINY, "trainer.max_steps=2", "trainer.eval_every=0", "logger=csv"]
+    run_train(args, run, data_cache)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    proc = run_train([*args, "optim.lr=5e-3"], run, data_cache, check=False)  # a resume with another peak lr
+    assert proc.returncode == 2 and proc.stderr.startswith("error: the checkpoint was trained with another schedule")
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # .hydra/, train.log, .lock too
 
 
 def test_cfg_job_prints_the_composed_config_and_runs_nothing(tmp_path):

@@ -5,13 +5,15 @@ jobs."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from data.atomic import DiskFull
+from data.atomic import DiskFull, replace_file
 from training import run_lock
 from training.build import Sweep
 from training.distributed import env_world
@@ -77,7 +79,9 @@ class LockRunDir(Callback):
         if not run_dir.strip():  # Path("") is the current directory: the run's files would land in it
             print("error: hydra.run.dir must be a folder for the run's outputs, got ''", file=sys.stderr)
             sys.exit(2)
+        global before
         try:
+            before = Before.of(Path(run_dir))
             run_lock.acquire(Path(run_dir))
         except (run_lock.RunInUse, DiskFull) as e:
             print(f"error: {e}", file=sys.stderr)
@@ -121,9 +125,73 @@ class SweepReport(Callback):
         log.info("sweep report, best first (%s):\n%s", ", ".join(f.name for f in files), markdown(jobs).rstrip())
 
 
-def fresh_run_dir(run_dir: Path) -> bool:
-    """A run directory that holds nothing but what Hydra wrote at start-up (and the run's lock file)."""
-    return run_dir.is_dir() and all(p.name in (".hydra", "train.log", run_lock.LOCK_FILE) for p in run_dir.iterdir())
+HYDRA_WRITES = (".hydra", "train.log", run_lock.LOCK_FILE)  # what Hydra (and the lock) write before the run starts
+
+
+@dataclass
+class Before:
+    """A single run's directory as this launch found it, so a run refused before it wrote anything of its own
+    leaves the directory as it was: removed when it is new, else Hydra's record and log put back."""
+
+    existed: bool
+    entries: dict[str, tuple[int, int]]  # the run's own files and folders: name → (size, mtime_ns)
+    record: dict[str, bytes] | None  # .hydra/'s files, None when there was no .hydra/
+    log_size: int | None
+    lock: bytes | None  # the lock file's record of its last holder
+
+    @classmethod
+    def of(cls, run_dir: Path) -> Before:
+        hydra = run_dir / ".hydra"
+        record = {p.name: p.read_bytes() for p in hydra.iterdir() if p.is_file()} if hydra.is_dir() else None
+        log = run_dir / "train.log"
+        return cls(
+            run_dir.is_dir(),
+            own_entries(run_dir),
+            record,
+            log.stat().st_size if log.is_file() else None,
+            lock.read_bytes() if (lock := run_dir / run_lock.LOCK_FILE).is_file() else None,
+        )
+
+    def undo(self, run_dir: Path) -> None:
+        """Leave ``run_dir`` as it was, unless the run wrote into it (then what it wrote stays, with its record)."""
+        if own_entries(run_dir) != self.entries:
+            return
+        if not self.existed:
+            remove_unstarted(run_dir)
+            return
+        hydra = run_dir / ".hydra"
+        if self.record is None:
+            shutil.rmtree(hydra, ignore_errors=True)
+        else:
+            for p in hydra.iterdir():
+                if p.name not in self.record:
+                    p.unlink()
+            for name, data in self.record.items():
+                replace_file(hydra / name, data)
+        log = run_dir / "train.log"
+        if self.log_size is None:
+            log.unlink(missing_ok=True)
+        elif log.is_file():
+            os.truncate(log, self.log_size)
+        lock = run_dir / run_lock.LOCK_FILE
+        if self.lock is None:
+            lock.unlink(missing_ok=True)  # the lock itself is held until the process ends
+        else:
+            lock.write_bytes(self.lock)
+
+
+before: Before | None = None  # set by LockRunDir for a single run
+
+
+def own_entries(run_dir: Path) -> dict[str, tuple[int, int]]:
+    """The files and folders in ``run_dir`` besides what Hydra writes at start-up: name → (size, mtime_ns)."""
+    if not run_dir.is_dir():
+        return {}
+    return {
+        p.name: (st.st_size, st.st_mtime_ns)
+        for p in run_dir.iterdir()
+        if p.name not in HYDRA_WRITES and (st := p.lstat())
+    }
 
 
 def remove_unstarted(run_dir: Path) -> None:
