@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,12 +141,15 @@ def plot(curves: list[Curve], out: Path) -> None:
     from matplotlib.ticker import FuncFormatter
 
     end = max(past(c.total_steps) for c in curves)
-    rows = -(-len(curves) // 3)  # legend rows under the axes
+    longest = max(len(c.label) for c in curves)
+    ncol = min(len(curves), 3 if longest <= 40 else 2 if longest <= 60 else 1)  # long labels: fewer columns
+    rows = -(-len(curves) // ncol)  # legend rows under the axes
     fig, ax = plt.subplots(figsize=(10, 5.2 + 0.22 * rows), dpi=100)
-    for c in curves:
+    for n, c in enumerate(curves):
         key = {t for _, t in c.key_steps()} | {max(0, c.schedule.warmup_steps - 1)}
         steps = sorted({round(i * end / POINTS) for i in range(POINTS + 1)} | key)
-        ax.plot(steps, [c.lr(t) for t in steps], label=c.label, lw=1.8)
+        style = ("-", "--", ":")[n // 10 % 3]  # the colour cycle has 10: the next 10 curves are dashed
+        ax.plot(steps, [c.lr(t) for t in steps], label=c.label, lw=1.8, ls=style)
 
     T, W = _common([c.total_steps for c in curves]), _common([c.schedule.warmup_steps for c in curves])
     peak, floor = _common([c.peak_lr for c in curves]), _common([c.floor for c in curves if c.floor is not None])
@@ -204,11 +208,10 @@ def plot(curves: list[Curve], out: Path) -> None:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:.1e}" if y else "0"))
     ax.grid(alpha=0.25)
-    ncol = min(3, len(curves))
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=ncol, fontsize=9, frameon=False)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    fig.savefig(out, bbox_inches="tight")  # the image grows to hold a legend wider than the axes
     plt.close(fig)
 
 
@@ -237,7 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         curves = build_curves(args.overrides)
     except (ScheduleError, HydraException, OmegaConfBaseException) as e:
         message = " ".join(str(e).split()).split(" Config search path:")[0]  # Hydra's own details: one line
-        if e.__cause__ is not None and str(e.__cause__).split()[:1] != str(e).split()[:1]:
+        unknown = re.match(r"Could not override '([^']+)'", message)  # Hydra's advice, a +, is refused above
+        if unknown:
+            key = unknown.group(1)
+            message = f"{key}: the config has no such key to plot with (python train.py --cfg job lists the keys)"
+        elif e.__cause__ is not None and str(e.__cause__).split()[:1] != str(e).split()[:1]:
             message += " (" + " ".join(str(e.__cause__).split()) + ")"
         print(f"error: {message}", file=sys.stderr)
         return 2
