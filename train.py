@@ -25,7 +25,6 @@ from omegaconf import DictConfig
 from data.atomic import space_for
 from scheduling.spec import register_resolvers
 from training import distributed, launch, run_lock
-from training.budget import seconds_since_process_start
 from training.build import Run, Sweep, build_run
 from training.config import USER_ERRORS, check_config, check_overrides_or_exit
 from training.engine import NONFINITE
@@ -117,8 +116,7 @@ def main(cfg: DictConfig) -> float:
     requested stop with exit code 75 (resumable), a peer that stopped answering with one line and exit code 124."""
     register_resolvers()  # again here: a launcher's job process (submitit) does not run __main__
     hc = HydraConfig.get()
-    first_job = hc.job.get("num") in (None, 0)  # a later sweep job's clock starts with the job
-    started = time.perf_counter() - (seconds_since_process_start() if first_job else 0.0)
+    started = launch.job_started()
     run_dir, sweep = Path(hc.runtime.output_dir), launch.sweep_of(hc, sys.argv[1:])
     if sweep is not None:
         launch.jobs.append((hc.job.num, None))

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from hydra.experimental.callback import Callback
 
 from data.atomic import DiskFull, replace_file
 from training import run_lock
+from training.budget import seconds_since_process_start
 from training.build import Sweep
 from training.distributed import env_world
 from training.summary import write_summary
@@ -22,6 +24,13 @@ from training.summary import write_summary
 log = logging.getLogger("train")
 IN_PROCESS_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 jobs: list[tuple[int, str | None]] = []  # (job number, its error) of every sweep job run in this process
+
+
+def job_started() -> float:
+    """``time.perf_counter()`` at this job's start, for a time budget: the process's start for the first job a
+    process runs (its imports count), the job's own start for a later one in the same process (a sweep under
+    Hydra's basic launcher, a reused joblib worker); a submitit job is the first of its own process."""
+    return time.perf_counter() - (0.0 if jobs else seconds_since_process_start())
 
 
 def sweep_of(hc, argv: list[str]) -> Sweep | None:

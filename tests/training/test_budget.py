@@ -297,3 +297,14 @@ def test_the_update_measurement_leaves_the_run_untouched():
     assert torch.equal(torch.get_rng_state(), rng)  # dropout's draws are forked away
     assert fetched == list(range(len(fetched))) and len(fetched) >= 7  # batch after batch, as the run takes them
     assert not run_optimizer.state  # the run's optimizer never stepped
+
+
+def test_a_time_budget_counts_the_process_start_for_the_first_job_a_process_runs_only(monkeypatch):
+    from training import launch
+
+    monkeypatch.setattr(launch, "seconds_since_process_start", lambda: 12.5)  # imports and start-up so far
+    monkeypatch.setattr(launch, "jobs", [])  # a single run, a sweep's first job, a submitit job's own process
+    before = time.perf_counter()
+    assert before - 12.5 <= launch.job_started() <= time.perf_counter() - 12.5
+    monkeypatch.setattr(launch, "jobs", [(0, None)])  # a later sweep job in the same process: its own start
+    assert before <= launch.job_started() <= time.perf_counter()
