@@ -62,7 +62,7 @@ except ImportError:  # Windows: no advisory locks; concurrent builds still end c
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 ENCODE_BATCH_CHARS = 4 << 20  # text per encode_batch call: enough documents to keep every core busy
 DEFAULT_CACHE_DIR = ".cache/data"
 BUILDING = ".building"  # the lock file a builder holds inside its temporary directory
@@ -122,8 +122,13 @@ def inspect(path: Path, fingerprint: str | None = None, settings: dict | None = 
             size, expected = (path / f"{split}.bin").stat().st_size, meta["tokens"][split] * itemsize
             if size != expected:
                 return None, f"{split}.bin holds {size:,} bytes, meta.json records {expected:,}"
-        if tokenizer_hash((path / "tokenizer.json").read_text()) != meta["tokenizer_hash"]:
+        tok_json = (path / "tokenizer.json").read_text()
+        if tokenizer_hash(tok_json) != meta["tokenizer_hash"]:
             return None, "tokenizer.json is not the one it was built with"
+        tok = Tokenizer.from_str(tok_json)
+        vocab, separator = tok.get_vocab_size(), tok.token_to_id(meta["tokenizer_settings"]["special_tokens"][0])
+        if (meta["vocab_size"], meta["eot_id"], meta["dtype"]) != (vocab, separator, token_dtype(vocab).name):
+            return None, "meta.json's vocab_size, eot_id or dtype are not those of tokenizer.json"
         chunk_bytes = meta["checksums"]["chunk_bytes"]
         for split in SPLITS:
             recorded, now = meta["checksums"][f"{split}.bin"], atomic.file_checksums(path / f"{split}.bin", chunk_bytes)
@@ -251,6 +256,21 @@ def remove_abandoned(root: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def writable_cache_dir(folder: Path) -> list[Path]:
+    """Make ``folder`` (the cache directory) if missing and check that it can be written; returns the directories
+    made (to undo on failure). One DataError naming ``data.cache_dir`` when it cannot be."""
+    try:
+        created = make_dirs(folder)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as e:
+        raise DataError(
+            f"data.cache_dir: {folder} cannot be written ({e.strerror or e}); give a folder you can write, or "
+            "set GPT_DATA_CACHE"
+        ) from None
+    return created
+
+
 def make_dirs(path: Path) -> list[Path]:
     """mkdir -p; returns the directories it created, outermost first (to undo on failure)."""
     missing = []
@@ -294,6 +314,9 @@ def build(cfg: Any, corpus: Corpus, final: Path) -> TokenCache:
             dtype = token_dtype(vocab)
             tok_json = tok.to_str()
             (tmp / "tokenizer.json").write_text(tok_json)  # committing the directory fsyncs every file
+            # A special token's text inside a document ("<|endoftext|>" on a page about tokenizers) is encoded as
+            # text: the separator follows each document once, and only there.
+            tok.encode_special_tokens = True
             counts = encode_corpus(tok, corpus.split_documents(), eot, dtype, tmp)
             check_splits(corpus, counts)
             checksums = {f"{s}.bin": atomic.file_checksums(tmp / f"{s}.bin") for s in SPLITS}
@@ -428,15 +451,7 @@ def prepare(cfg: Any, build_if_missing: bool = True) -> TokenCache | Mixture:
         why = inspect(path, fingerprint, settings)[1] if path.exists() else "it does not exist"
         raise DataError(f"data: the token cache {path} is missing, incomplete or damaged ({why})")
     check_not_empty(corpus)
-    try:
-        created = make_dirs(path.parent)
-        if not os.access(path.parent, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
-    except OSError as e:
-        raise DataError(
-            f"data.cache_dir: {path.parent} cannot be written ({e.strerror or e}); give a folder you can write, or "
-            "set GPT_DATA_CACHE"
-        ) from None
+    created = writable_cache_dir(path.parent)
     try:
         with build_lock(path):
             cache = TokenCache.open(path, fingerprint, settings)

@@ -444,7 +444,11 @@ def build_corpus(cfg: Any) -> Corpus:
         name = "files-" + (Path(os.path.commonpath([str(f) for f in files])).stem or "root")
         tables = [f for f in files if f.suffix.lower() in TABLE_FORMATS]
         if tables and len(tables) != len(files):
-            raise DataError("data.path: mixes text files and tables (.jsonl/.parquet/.csv); give one kind")
+            text = next(f for f in files if f.suffix.lower() not in TABLE_FORMATS)
+            raise DataError(
+                f"data.path: mixes text files ({text}, …) and tables ({tables[0]}, …); give one kind, e.g. with a "
+                "glob such as 'folder/**/*.txt'"
+            )
         if tables:
             builders = {TABLE_FORMATS[f.suffix.lower()] for f in tables}
             if len(builders) > 1:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import shutil
 from collections.abc import Iterator, Mapping
@@ -36,6 +37,7 @@ from data.cache import (
     check_not_empty,
     prepare,
     special_tokens,
+    writable_cache_dir,
 )
 from data.corpus import SPLITS, Corpus, build_corpus, plain, utf8_len
 from data.errors import DataError
@@ -80,8 +82,8 @@ def source_configs(cfg: Any) -> dict[str, tuple[float, dict[str, Any]]]:
         if source not in SOURCES:
             raise DataError(f"{key}.source must be one of {', '.join(SOURCES)}, got {source!r}")
         weight = entry.get("weight")
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
-            raise DataError(f"{key}.weight must be a number > 0, got {weight!r}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < math.inf:
+            raise DataError(f"{key}.weight must be a finite number > 0, got {weight!r}")
         allowed = ("source", "weight", *COMMON_KEYS, *SOURCE_KEYS[source])
         for k in entry:
             if k in SHARED_KEYS:
@@ -110,9 +112,12 @@ def weighted_sample(corpora: Mapping[str, Corpus], weights: Mapping[str, float],
         yield text
 
 
-def shared_tokenizer(cfg: Any, corpora: Mapping[str, Corpus], weights: Mapping[str, float]) -> Path:
+def shared_tokenizer(
+    cfg: Any, corpora: Mapping[str, Corpus], weights: Mapping[str, float], build_if_missing: bool = True
+) -> Path:
     """The mixture's tokenizer.json: ``data.tokenizer`` when given, else the BPE trained on the weighted sample,
-    cached under ``<cache_dir>/tokenizer-<key>/`` (key: the sources' fingerprints and weights, the settings)."""
+    cached under ``<cache_dir>/tokenizer-<key>/`` (key: the sources' fingerprints and weights, the settings) with
+    its hash in ``meta.json``; one damaged since it was trained is trained again, with a warning."""
     if cfg.get("tokenizer"):
         path = Path(str(cfg.get("tokenizer")))
         if not path.is_file():
@@ -125,21 +130,44 @@ def shared_tokenizer(cfg: Any, corpora: Mapping[str, Corpus], weights: Mapping[s
     key = hashlib.sha256(json.dumps([FORMAT_VERSION, parts, settings]).encode()).hexdigest()[:16]
     final = cache_root(cfg) / f"tokenizer-{key}"
     path = final / "tokenizer.json"
-    final.parent.mkdir(parents=True, exist_ok=True)
+    why = tokenizer_damage(final)  # a folder is renamed into place complete: no lock needed to read one
+    if why is None:
+        return path
+    if not build_if_missing:
+        raise DataError(f"data: the mixture's tokenizer {final} is missing or damaged ({why})")
+    writable_cache_dir(final.parent)
     with build_lock(final):
-        if path.is_file():
+        why = tokenizer_damage(final)
+        if why is None:
             return path
+        if final.exists():
+            log.warning("data: the mixture's tokenizer %s is damaged (%s); training it again", final, why)
+            shutil.rmtree(final)
         log.info("data: training the mixture's tokenizer into %s", final)
         sample = weighted_sample(corpora, weights, cfg.get("tokenizer_train_bytes"))
-        tok = train_tokenizer(sample, cfg.get("vocab_size"), special)
+        text = train_tokenizer(sample, cfg.get("vocab_size"), special).to_str()
         tmp = atomic.begin(final.parent, final.name)
         try:
-            (tmp / "tokenizer.json").write_text(tok.to_str())
+            (tmp / "tokenizer.json").write_text(text)
+            (tmp / "meta.json").write_text(json.dumps({"tokenizer_hash": tokenizer_hash(text)}))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         atomic.commit(tmp, final)
     return path
+
+
+def tokenizer_damage(folder: Path) -> str | None:
+    """Why the mixture's tokenizer folder is not the one trained into it, or None when it is."""
+    try:
+        recorded = json.loads((folder / "meta.json").read_text())["tokenizer_hash"]
+        if tokenizer_hash((folder / "tokenizer.json").read_text()) != recorded:
+            return "tokenizer.json is not the one trained into it"
+    except OSError as e:
+        return f"{e.strerror}: {e.filename}"
+    except (ValueError, KeyError, TypeError) as e:
+        return f"meta.json is unreadable ({type(e).__name__}: {e})"
+    return None
 
 
 @dataclass
@@ -190,8 +218,10 @@ def prepare_mixture(cfg: Any, build_if_missing: bool = True) -> Mixture:
     """The shared tokenizer, then each source's token cache built with it (or reused); a source without
     validation text, or any other bad source, is a one-line DataError that names it."""
     configs = source_configs(cfg)
-    total = sum(weight for weight, _ in configs.values())
-    weights = {name: weight / total for name, (weight, _) in configs.items()}
+    raw = {name: weight for name, (weight, _) in configs.items()}
+    if math.isinf(sum(raw.values())):  # weights near 1e308: scaled first, so that their sum stays finite
+        raw = {name: w / max(raw.values()) for name, w in raw.items()}
+    weights = {name: w / sum(raw.values()) for name, w in raw.items()}
     corpora = {}
     for name, (_, settings) in configs.items():
         try:
@@ -204,7 +234,7 @@ def prepare_mixture(cfg: Any, build_if_missing: bool = True) -> Mixture:
                 f"data.sources.{name}: the corpus {corpora[name].name!r} gives no validation text; raise "
                 f"data.sources.{name}.val_fraction (now {corpora[name].val_fraction}) or add documents (or lines)"
             )
-    tokenizer_path = shared_tokenizer(cfg, corpora, weights)
+    tokenizer_path = shared_tokenizer(cfg, corpora, weights, build_if_missing)
     caches = {}
     for name, (_, settings) in configs.items():
         try:

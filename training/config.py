@@ -293,13 +293,16 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
         compose(first, config_name, return_hydra_config=True)
     except Exception as e:
         error = composition_error(e, config_name)
-        if error.args[0].startswith("hydra"):
+        if error.args[0].lstrip("+").startswith("hydra"):
             raise error from None
 
 
 def composition_error(e: Exception, config_name: str) -> ConfigError:
     """What Hydra's composition refused, in one line: an unknown key or option with the closest known names."""
     message = " ".join(str(e).split())
+    present = re.search(r"An item is already at '([^']+)'", message)
+    if present:
+        return ConfigError(f"+{present.group(1)}: the config already has {present.group(1)}; set it without the +")
     key = re.search(r"Could not (?:override|append to config|delete from config)\W+'?([\w.]+)", message)
     if key:
         return (
@@ -499,7 +502,7 @@ def check_data(d: Mapping[str, Any], prefix: str = "data") -> None:
         for name, (_, settings) in source_configs(d).items():
             check_data(settings, f"data.sources.{name}")
     vf = d.get("val_fraction", 0.05)
-    if d.get("val_split") is None and (not is_number(vf) or not 0.0 < vf < 1.0):
+    if not is_number(vf) or not 0.0 < vf < 1.0:
         raise ConfigError(f"{prefix}.val_fraction", "a fraction in (0, 1)", vf)
     if not d.get("tokenizer"):
         from data.cache import special_tokens
@@ -515,10 +518,33 @@ def check_data(d: Mapping[str, Any], prefix: str = "data") -> None:
             raise ConfigError(f"{prefix}.{key}", f"a list of {what} ('{prefix}.{key}=[a,b]')", value)
     one_of(d, "on_decode_error", prefix, DECODE_POLICIES)
     one_of(d, "document_mask", prefix, (True, False))
-    if d.get("source") == "text_files" and d.get("path") in (None, "", "???"):
-        raise ConfigError(f"{prefix}.path", "a file, a directory or a glob for data=text_files", d.get("path"))
-    if d.get("source") == "hub" and not d.get("name"):
+    if "streaming" in d:
+        one_of(d, "streaming", prefix, (True, False))
+    for key in ("text_column", "split", "val_split", "config_name", "revision"):
+        if d.get(key) is not None and not is_text(d[key]):
+            raise ConfigError(f"{prefix}.{key}", "a non-empty string", d[key])
+    if d.get("source") == "text_files" and not is_paths(d.get("path")):
+        raise ConfigError(
+            f"{prefix}.path", "a file, a directory or a glob for data=text_files, or a list", d.get("path")
+        )
+    if d.get("source") == "hub" and not is_text(d.get("name")):
         raise ConfigError(f"{prefix}.name", "a Hugging Face dataset name for a hub corpus", d.get("name"))
+    files = d.get("data_files")
+    if files is not None and not (is_paths(files) or isinstance(files, Mapping) and all(map(is_paths, files.values()))):
+        raise ConfigError(f"{prefix}.data_files", "files, a glob or a list of them, or {split: those}", files)
+    if d.get("val_split") is not None and d["val_split"] == d.get("split", "train"):
+        raise ConfigError(
+            f"{prefix}.val_split", f"a split other than {prefix}.split (validating on training data)", d["val_split"]
+        )
+
+
+def is_text(value: Any) -> bool:
+    return isinstance(value, str) and value.strip() != "" and value != "???"
+
+
+def is_paths(value: Any) -> bool:
+    """A path or glob, or a non-empty list of them."""
+    return is_text(value) or isinstance(value, list) and value != [] and all(map(is_text, value))
 
 
 def check_config(cfg: Mapping[str, Any]) -> None:

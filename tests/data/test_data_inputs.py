@@ -59,10 +59,13 @@ def test_a_directory_without_text_files_is_refused(tmp_path):
     assert_refused(data_cfg("text_files", path=str(tmp_path / "c")), r"holds no file ending in \.txt, \.md")
 
 
-def test_text_files_mixed_with_tables_are_refused(tmp_path):
+def test_text_files_mixed_with_tables_are_refused_naming_one_of_each(tmp_path):
     write_texts(tmp_path / "c", DOCS[:2])
     write_tables(tmp_path / "c", [{"text": d} for d in DOCS[:2]], "jsonl", n_files=1)
-    assert_refused(data_cfg("text_files", path=str(tmp_path / "c")), r"mixes text files and tables")
+    assert_refused(
+        data_cfg("text_files", path=str(tmp_path / "c")),
+        r"mixes text files \(\S+\.txt, …\) and tables \(\S+\.jsonl, …\)",
+    )
 
 
 def test_an_empty_corpus_is_refused(tmp_path):

@@ -104,8 +104,9 @@ def test_per_source_bpb_equals_evaluating_that_source_alone(tmp_path):
 @pytest.mark.parametrize(
     "sources, match",
     [
-        ({"prose": {"weight": 0}}, r"^data\.sources\.prose\.weight must be a number > 0, got 0$"),
-        ({"prose": {"weight": -1.5}}, r"^data\.sources\.prose\.weight must be a number > 0, got -1\.5$"),
+        ({"prose": {"weight": 0}}, r"^data\.sources\.prose\.weight must be a finite number > 0, got 0$"),
+        ({"prose": {"weight": -1.5}}, r"^data\.sources\.prose\.weight must be a finite number > 0, got -1\.5$"),
+        ({"prose": {"weight": float("inf")}}, r"^data\.sources\.prose\.weight must be a finite number > 0, got inf$"),
         ({"prose": {"source": "web"}}, r"^data\.sources\.prose\.source must be one of builtin, text_files, hub, got "),
         ({"prose": {"vocab_size": 512}}, r"^data\.sources\.prose\.vocab_size: the sources of a mixture share it; "),
         ({"prose": {"nmae": "x"}}, r"^data\.sources\.prose\.nmae is not a key of a text_files source; it has "),
@@ -122,6 +123,35 @@ def test_a_bad_mixture_is_refused_in_one_line_with_nothing_written(tmp_path, sou
         prepare(cfg)
     assert "\n" not in str(info.value)
     assert not Path(os.environ["GPT_DATA_CACHE"]).exists()
+
+
+def test_weights_too_large_to_sum_keep_their_proportions(tmp_path):
+    mixture = prepare_mixture(mixture_cfg(tmp_path, code={"weight": 1.5e308}, prose={"weight": 0.5e308}))
+    assert mixture.weights == {"code": 0.75, "prose": 0.25}
+
+
+def test_a_cache_dir_that_cannot_be_written_is_one_line_naming_it(tmp_path):
+    cfg = mixture_cfg(tmp_path)
+    (tmp_path / "afile").write_text("not a folder")
+    cfg.cache_dir = str(tmp_path / "afile" / "cache")
+    with pytest.raises(DataError, match=r"^data\.cache_dir: \S+/afile/cache cannot be written \(Not a directory\)"):
+        prepare(cfg)
+
+
+@pytest.mark.parametrize("damage", ["edited", "truncated"])
+def test_a_damaged_shared_tokenizer_is_trained_again_with_a_warning(damage, tmp_path, caplog):
+    first = prepare_mixture(mixture_cfg(tmp_path))
+    text = first.tokenizer_path.read_text()
+    first.tokenizer_path.write_text(
+        text.replace('"merges":[', '"merges":[["x","y"],', 1) if damage == "edited" else text[:500]
+    )
+    assert first.tokenizer_path.read_text() != text
+    with pytest.raises(DataError, match=r"^data: the mixture's tokenizer \S+ is missing or damaged \(tokenizer\.json"):
+        prepare_mixture(mixture_cfg(tmp_path), build_if_missing=False)
+    again = prepare_mixture(mixture_cfg(tmp_path))
+    assert again.tokenizer_path.read_text() == text
+    assert "damaged (tokenizer.json is not the one trained into it); training it again" in caplog.text
+    assert {name: c.meta for name, c in again.caches.items()} == {name: c.meta for name, c in first.caches.items()}
 
 
 def test_a_source_with_no_validation_text_is_refused_before_anything_is_written(tmp_path):

@@ -81,6 +81,24 @@ def test_a_damaged_cache_is_not_trusted_and_is_rebuilt(corpus_cfg):
     assert np.array_equal(prepare(corpus_cfg).tokens("train"), expect)
 
 
+@pytest.mark.parametrize("field,value", [("vocab_size", 60000), ("eot_id", 5), ("dtype", "int16")])
+def test_a_meta_json_that_disagrees_with_its_tokenizer_is_not_trusted(corpus_cfg, field, value):
+    good = prepare(corpus_cfg)
+    meta = json.loads((good.path / "meta.json").read_text())
+    (good.path / "meta.json").write_text(json.dumps({**meta, field: value}))
+    assert TokenCache.open(good.path) is None
+    assert prepare(corpus_cfg).meta[field] == meta[field]  # rebuilt
+
+
+def test_a_documents_own_separator_text_is_text_and_each_document_is_followed_by_one_separator(tmp_path):
+    docs = [f"{EOT} begins this one.\n", f"the tokenizer's {EOT} marks the end\n", f"and a {EOT}{EOT} pair\n"]
+    write_texts(tmp_path / "c", docs + DOCS)
+    cache = prepare(data_cfg("text_files", path=str(tmp_path / "c")))
+    tokens = np.concatenate([cache.tokens(split) for split in ("train", "val")])
+    assert (tokens == cache.eot_id).sum() == len(docs + DOCS)
+    assert sorted(decoded_documents(cache, "train") + decoded_documents(cache, "val")) == sorted(docs + DOCS)
+
+
 def test_cache_dir_comes_from_the_environment_by_default(tmp_path, monkeypatch):
     monkeypatch.setenv("GPT_DATA_CACHE", str(tmp_path / "env-cache"))
     assert compose_config().data.cache_dir == str(tmp_path / "env-cache")
