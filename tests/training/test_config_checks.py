@@ -336,6 +336,8 @@ def test_a_mistyped_key_or_option_is_one_line_before_hydra_runs():
         ),
         ("hydra.job.chdir=maybe", r"^hydra\.job\.chdir=maybe: Value 'maybe' is not a valid bool"),
         ("model=1", r"^model=1 is not an option of model; it has base, "),
+        ("+trainer.seed=3", r"^\+trainer\.seed: the config already has trainer\.seed; set it without the \+$"),
+        ("+hydra.run.dir=x", r"^\+hydra\.run\.dir: the config already has hydra\.run\.dir; set it without the \+$"),
     ],
 )
 def test_hydras_own_keys_and_a_group_given_no_name_are_one_line_too(override, message):
