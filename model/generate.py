@@ -65,7 +65,10 @@ def sample_next(
     """
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+    greedy = logits.argmax(dim=-1, keepdim=True)
+    scaled = logits.float() / temperature
+    too_cold = ~scaled.amax(dim=-1, keepdim=True).isfinite()  # a temperature so small that float32 overflows
+    logits = torch.where(too_cold, logits.float(), scaled)  # such rows are greedy (their limit), not NaN
     if top_k is not None and 0 < top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -76,7 +79,7 @@ def sample_next(
         sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
+    return torch.where(too_cold, greedy, torch.multinomial(probs, num_samples=1, generator=generator))
 
 
 @torch.no_grad()
@@ -97,14 +100,12 @@ def generate(
     processed once and each new token attends to the cached keys and values; once the context reaches
     ``block_size`` (or without a cache) every step recomputes the last ``block_size`` tokens.
     """
-    was_training = model.training
-    model.eval()
     block = model.config.block_size
     cache = None
     if use_cache and idx.size(1) < block:
         cache = KVCache(model.config, idx.size(0), block)
     step_input = idx
-    with _decoding():
+    with _decoding(), _in_eval(model):
         for _ in range(max_new_tokens):
             if cache is not None and cache.length + step_input.size(1) > block:
                 cache = None  # the context is full: fall back to a sliding window without the cache
@@ -118,7 +119,6 @@ def generate(
             next_id = sample_next(logits, temperature, top_k, top_p, generator)
             idx = torch.cat((idx, next_id), dim=1)
             step_input = next_id
-    model.train(was_training)
     return idx
 
 
@@ -127,12 +127,20 @@ def full_context_forward(model: GPT, autocast=None) -> None:
     """One forward over a full ``block_size`` context, run the way :func:`generate` runs the model (eval mode,
     :func:`_decoding`, the given autocast): the cost of one sampled token once the context has outgrown the KV
     cache. For timing sampling; it computes nothing that is kept."""
+    idx = torch.zeros((1, model.config.block_size), dtype=torch.long, device=next(model.parameters()).device)
+    with _decoding(), _in_eval(model), autocast if autocast is not None else contextlib.nullcontext():
+        model(idx)
+
+
+@contextlib.contextmanager
+def _in_eval(model: GPT):
+    """The model in eval mode (no dropout) while sampling, back in the mode it was in afterwards, however it ends."""
     was_training = model.training
     model.eval()
-    idx = torch.zeros((1, model.config.block_size), dtype=torch.long, device=next(model.parameters()).device)
-    with _decoding(), autocast if autocast is not None else contextlib.nullcontext():
-        model(idx)
-    model.train(was_training)
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 @contextlib.contextmanager

@@ -135,7 +135,7 @@ def check_model_config(m: Mapping[str, Any]) -> None:
         raise ModelConfigError(
             "model.n_embd", "such that n_embd / n_head is even (rotary embeddings rotate pairs)", m["n_embd"]
         )
-    if m.get("activation", "gelu_tanh") not in ACTIVATIONS:
+    if m.get("activation", "gelu_tanh") not in tuple(ACTIVATIONS):  # a tuple: a list given is refused, not hashed
         raise ModelConfigError("model.activation", f"one of {', '.join(ACTIVATIONS)}", m.get("activation"))
     dropout = m.get("dropout", 0.0)
     if not is_number(dropout) or not 0.0 <= dropout < 1.0:

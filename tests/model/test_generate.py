@@ -3,6 +3,8 @@ restrict the draws as documented."""
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -83,12 +85,17 @@ def test_generation_runs_attention_without_cudnn_and_restores_it(monkeypatch, ti
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_sampling_leaves_the_model_in_the_mode_it_found_it(training, tiny_config):
+def test_sampling_leaves_the_model_in_the_mode_it_found_it(training, tiny_config, monkeypatch):
     model = GPT(tiny_config("gpt2", dropout=0.1)).train(training)
     generate(model, torch.zeros(1, 1, dtype=torch.long), 3)
     assert model.training is training
     full_context_forward(model)
     assert model.training is training
+    sampling = importlib.import_module("model.generate")  # the module; the package's `generate` is the function
+    monkeypatch.setattr(sampling, "sample_next", lambda *a: 1 / 0)  # sampling fails midway
+    with pytest.raises(ZeroDivisionError):
+        generate(model, torch.zeros(1, 1, dtype=torch.long), 3)
+    assert model.training is training  # however sampling ends
 
 
 def test_generation_never_samples_the_padding_ids(tiny_config):
@@ -105,6 +112,15 @@ def test_top_k_1_and_a_tiny_top_p_are_greedy():
     assert torch.equal(sample_next(logits, temperature=0.0), greedy)
     assert torch.equal(sample_next(logits, temperature=1.5, top_k=1), greedy)
     assert torch.equal(sample_next(logits, temperature=1.5, top_p=1e-6), greedy)
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-300])
+def test_a_temperature_too_small_for_float32_is_greedy_not_an_error(temperature):
+    torch.manual_seed(0)
+    logits = torch.randn(8, 50) - 3.0 * torch.arange(8).unsqueeze(1)  # rows all negative, rows with positives
+    logits[0, 40:] = float("-inf")  # padded ids, masked
+    for options in ({}, {"top_k": 5}, {"top_p": 0.9}):
+        assert torch.equal(sample_next(logits, temperature, **options), logits.argmax(dim=-1, keepdim=True))
 
 
 def test_top_k_samples_only_the_k_most_likely_ids():

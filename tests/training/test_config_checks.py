@@ -21,6 +21,7 @@ BAD_CONFIGS = [
     (["model.n_embd=130", "model.n_head=4"], "model.n_embd", "divisible by model.n_head"),
     (["model.dropout=1.0"], "model.dropout", "[0, 1)"),
     (["model.arch=transformer"], "model.arch", "gpt2, llama"),
+    (["model.activation=[gelu]"], "model.activation", "one of gelu"),
     (["trainer.max_steps=0"], "trainer.max_steps", "> 0"),
     (["trainer.batch_size=0"], "trainer.batch_size", "> 0"),
     (["trainer.ckpt_every=-5"], "trainer.ckpt_every", "≥ 0"),
