@@ -202,8 +202,7 @@ def restore_scheduler(scheduler: LambdaLR, saved_state: Mapping[str, Any], allow
                 f"{_key(k, CONFIG_KEYS)} {_short(old.get(k))} → {_short(schedule.params.get(k))}" for k in diff
             )
         old_peaks = [float(x) for x in saved_state.get("base_lrs", [])]
-        if old_peaks and old_peaks != [float(x) for x in scheduler.base_lrs]:
-            what = ", ".join(filter(None, [what, f"optim.lr {old_peaks[0]:g} → {float(scheduler.base_lrs[0]):g}"]))
+        what = ", ".join(filter(None, [what, *peak_changes(old_peaks, scheduler)]))
         if what:
             raise ScheduleError(
                 f"the checkpoint was trained with another schedule ({what}); resume with the same settings, "
@@ -217,6 +216,22 @@ def restore_scheduler(scheduler: LambdaLR, saved_state: Mapping[str, Any], allow
     for group, base, lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, lrs, strict=True):
         group["initial_lr"], group["lr"] = base, lr  # the optimizer's saved state may carry the old peak
     scheduler._last_lr = lrs
+
+
+def peak_changes(old_peaks: list[float], scheduler: LambdaLR) -> list[str]:
+    """The peaks that differ from the saved ones, each once by its key: ``optim.lr`` (the unnamed groups, AdamW's)
+    or ``optim.<name>.lr`` (a named group's, as Muon's)."""
+    new_peaks = [float(x) for x in scheduler.base_lrs]
+    if not old_peaks or old_peaks == new_peaks:
+        return []
+    if len(old_peaks) != len(new_peaks):  # other groups altogether: name the first group's peak
+        return [f"optim.lr {old_peaks[0]:g} → {new_peaks[0]:g}"]
+    changes = {}
+    for group, old, new in zip(scheduler.optimizer.param_groups, old_peaks, new_peaks, strict=True):
+        if old != new:
+            key = f"optim.{group['name']}.lr" if "name" in group else "optim.lr"
+            changes.setdefault(key, f"{key} {old:g} → {new:g}")
+    return list(changes.values())
 
 
 def _short(value: Any) -> str:

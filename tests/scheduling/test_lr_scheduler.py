@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import pickle
+import re
 import warnings
 
 import pytest
@@ -176,6 +177,20 @@ def test_a_plain_load_state_dict_of_another_schedule_is_refused_in_one_line():
         scheduler.load_state_dict(trained_state(SCHEDULE)["scheduler"])
     assert "\n" not in str(err.value)
     assert scheduler.lr_lambdas[0] == longer and scheduler.last_epoch == 0  # nothing loaded
+
+
+def test_a_changed_peak_is_named_by_its_groups_key():
+    """Group 0 and the unnamed groups: optim.lr; a named group (Muon's): optim.<name>.lr."""
+
+    def optimizer(lr: float, muon_lr: float) -> torch.optim.AdamW:
+        a, b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+        groups = [{"params": [a.weight], "lr": lr}, {"params": [b.weight], "lr": muon_lr, "name": "muon"}]
+        return torch.optim.AdamW(groups)
+
+    saved = build_scheduler(optimizer(1e-3, 0.02), SCHEDULE).state_dict()
+    for peaks, named in [((1e-3, 0.03), "optim.muon.lr 0.02 → 0.03"), ((2e-3, 0.02), "optim.lr 0.001 → 0.002")]:
+        with pytest.raises(ScheduleError, match=rf"another schedule \({re.escape(named)}\);"):
+            restore_scheduler(build_scheduler(optimizer(*peaks), SCHEDULE), saved)
 
 
 def test_a_fraction_of_updates_outside_the_config_is_refused_without_offering_one():
