@@ -387,6 +387,16 @@ def load_weights(folder: Path, state: dict[str, Any], model: torch.nn.Module) ->
         raise ConfigError(f"checkpoint {folder}: its weights do not fit its model_config ({reason})") from None
 
 
+def group_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """Each param group's settings but its parameters and lr (the schedule sets the lr on resume)."""
+    return [{k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")} for g in optimizer.param_groups]
+
+
+def as_list(value: Any) -> Any:
+    """A tuple as a list (betas saved as one, configured as the other, are the same setting)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 class Checkpointer:
     """Saves and restores everything a run needs to continue exactly: model and optimizer (full, or sharded
     under FSDP), scheduler with its schedule, GradScaler, update index, tokens seen, every rank's RNG states,
@@ -397,6 +407,7 @@ class Checkpointer:
         self.root = run_dir / "checkpoints"
         self.model, self.scheduler, self.scaler = model, scheduler, scaler
         self.optimizer = getattr(optimizer, "optimizers", optimizer)  # torch's state dicts take each optimizer
+        self.optimizers = self.optimizer if isinstance(self.optimizer, (list, tuple)) else [self.optimizer]
         self.dist, self.strategy, self.keep = dist, strategy, keep
 
     def save(self, step: int, tokens: int, extra: dict[str, Any], files: dict[str, str | bytes]) -> Path | None:
@@ -446,7 +457,18 @@ class Checkpointer:
         options = StateDictOptions(full_state_dict=state.get("sharded") != "dcp", strict=True)
         set_model_state_dict(self.model, model_sd, options=options)
         if saved_name == optimizer_name:
+            settings = [group_settings(o) for o in self.optimizers]  # the config's betas, eps, weight decay, …
             set_optimizer_state_dict(self.model, self.optimizer, optim_sd, options=options)
+            changed = {}
+            for optimizer, mine in zip(self.optimizers, settings, strict=True):
+                for group, own in zip(optimizer.param_groups, mine, strict=True):
+                    key = f"optim.{group['name']}." if "name" in group else "optim."
+                    for k, v in own.items():
+                        if as_list(group.get(k)) != as_list(v):
+                            changed.setdefault(key + k, f"{key}{k} {as_list(group.get(k))!r} → {as_list(v)!r}")
+                    group.update(own)  # loading put the checkpoint's settings back: the config's apply from here
+            if changed:
+                log.info("from update %d, the optimizer's %s", state["step"], ", ".join(changed.values()))
         restore_scheduler(self.scheduler, state["scheduler"], allow_schedule_change)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

@@ -93,6 +93,28 @@ def test_a_resume_may_change_the_dropout_but_not_the_shape(tmp_path, tiny_train,
     assert losses[T - 1] != before[T - 1]  # after it, without dropout's noise
 
 
+def test_a_resume_may_change_the_optimizers_settings_and_they_apply_from_there(
+    tmp_path, tiny_train, uninterrupted, caplog
+):
+    with pytest.raises(Stopped):
+        tiny_train(tmp_path / "run", ARGS + ["trainer.stop_at=5"])
+    caplog.set_level("INFO", logger="train")
+    resumed = read_metrics(tiny_train(tmp_path / "run", ARGS + ["optim.weight_decay=0.5", "optim.betas=[0.8,0.9]"]))
+    assert (
+        "from update 5, the optimizer's optim.weight_decay 0.1 → 0.5, optim.betas [0.9, 0.98] → [0.8, 0.9]"
+        in caplog.text
+    )
+    groups = torch.load(checkpoint.latest(tmp_path / "run" / "checkpoints") / "state.pt", weights_only=False)
+    assert [(g["weight_decay"], list(g["betas"])) for g in groups["optimizer"]["param_groups"]] == [
+        (0.5, [0.8, 0.9]),
+        (0.0, [0.8, 0.9]),  # the group without decay keeps none
+    ]
+    losses = {r["step"]: r["train/loss"] for r in resumed if "train/loss" in r}
+    before = {r["step"]: r["train/loss"] for r in uninterrupted if "train/loss" in r}
+    assert [losses[t] for t in range(6)] == [before[t] for t in range(6)]  # update 5's loss precedes its step
+    assert losses[6] != before[6]
+
+
 def test_a_branch_run_again_after_its_source_checkpoint_is_gone_continues_from_its_own(
     tmp_path, tiny_train, uninterrupted
 ):
