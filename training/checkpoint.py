@@ -116,7 +116,7 @@ def damage(folder: Path) -> str | None:
         return None
     try:
         files, chunk_bytes = read_checksums(record_file)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep to parse
         return f"checkpoint {record_file}: cannot be read ({first_line(e)}), so its files cannot be checked"
     for name, saved in files.items():
         path = folder / name

@@ -303,12 +303,14 @@ def saved_checkpoint(root: Path, step: int, model: torch.nn.Module) -> Path:
         lambda r: {**r, "files": {"state.pt": {"bytes": r["files"]["state.pt"]["bytes"]}}},
         lambda r: {**r, "files": {"state.pt": {**r["files"]["state.pt"], "crc32": []}}},
         lambda r: [r],
+        lambda r: "[" * 100_000 + "]" * 100_000,  # JSON nested deeper than the parser recurses
     ],
 )
 def test_a_checksums_record_that_is_not_one_is_refused_in_one_line_naming_it(tmp_path, edit):
     folder = saved_checkpoint(tmp_path, 3, GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1, n_embd=8)))
     record = folder / checkpoint.CHECKSUMS
-    record.write_text(json.dumps(edit(json.loads(record.read_text()))))
+    edited = edit(json.loads(record.read_text()))
+    record.write_text(edited if isinstance(edited, str) else json.dumps(edited))
     with pytest.raises(
         ConfigError, match=f"^checkpoint {record}: cannot be read \\(.+\\), so its files cannot"
     ) as info:
