@@ -84,9 +84,10 @@ def fit(run: Run) -> float:
             if t == run.start:  # compiled, and every rank in step: from now on a peer's silence is a fault
                 distributed.set_collective_timeout(trainer.collective_timeout)
             run.metrics.count("fp16_overflows", overflows)
-            median = run.skips.spike(t, update.loss, trainer.spike_factor) if trainer.on_spike else None
+            loss = update.loss if update.status != NONFINITE else math.nan  # a non-finite gradient norm too
+            median = run.skips.spike(t, loss, trainer.spike_factor) if trainer.on_spike else None
             if median is not None and (back := run.roll_back(t, update, median)) is not None:
-                t = back  # trainer.on_spike=rollback: the latest checkpoint again, past the batches since
+                t = back  # trainer.on_spike=rollback: the newest periodic checkpoint again, past the batches since
                 watchdog.progress(t)
                 continue
             if update.status == NONFINITE:

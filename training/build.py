@@ -125,19 +125,20 @@ class Run:
         return self.train_batches.micro_batches(self.skips.batch(t))
 
     def roll_back(self, t: int, update: Update, median: float) -> int | None:
-        """``trainer.on_spike=rollback`` after a spike at update ``t``: the latest intact checkpoint restored, the
-        batches since skipped, the metrics cut back to it; returns the update to take next (None: there is no
-        checkpoint yet to go back to, and the run goes on)."""
+        """``trainer.on_spike=rollback`` after a spike at update ``t``: the newest intact periodic checkpoint restored
+        (``checkpoint.newest_periodic``), the batches since skipped, the metrics cut back to it; returns the update to
+        take next (None: there is no checkpoint yet to go back to, and the run goes on)."""
         trainer = self.cfg.trainer
-        spiked = (
-            f"{update.loss / median:.1f}× the median {median:.4g} of the {len(self.skips.recent)} updates before"
-            if math.isfinite(update.loss)
-            else "not finite"
-        )
-        what = f"update {t}: the training loss {update.loss:.4g} is {spiked} (trainer.on_spike=rollback)"
-        folder = distributed.broadcast_object(
-            checkpoint.newest_intact(self.checkpointer.root) if self.dist.is_main else None
-        )
+        if math.isfinite(update.loss) and math.isfinite(update.grad_norm):
+            times, n = update.loss / median, len(self.skips.recent)
+            spiked = (
+                f"the training loss {update.loss:.4g} is {times:.1f}× the median {median:.4g} of the {n} updates before"
+            )
+        else:
+            spiked = f"the loss ({update.loss:.4g}) or gradient norm ({update.grad_norm:.4g}) is not finite"
+        what = f"update {t}: {spiked} (trainer.on_spike=rollback)"
+        root, every = self.checkpointer.root, trainer.ckpt_every
+        folder = distributed.broadcast_object(checkpoint.newest_periodic(root, every, t) if self.dist.is_main else None)
         if folder is None:
             log.warning("%s; there is no checkpoint yet to go back to: going on", what)
             return None
@@ -150,7 +151,7 @@ class Run:
             )
         self.checkpointer.restore(state, folder, trainer.allow_schedule_change, self.cfg.optim.name)
         self.tokens_seen = state["tokens"]
-        first, last = self.skips.roll_back(back, t)
+        first, last = self.skips.roll_back(back, t, (state.get("skips") or {}).get("recent"))
         self.metrics.rewind(back)
         self.metrics.summary["train/rollbacks"] = self.skips.rollbacks
         log.warning(
@@ -315,7 +316,15 @@ def build_run(
     optimizer = build_optimizer(model.raw, optim, dist.device)
     step = TrainStep(model, optimizer, build_scheduler(optimizer, schedule))
     checkpointer = checkpoint.Checkpointer(
-        run_dir, model.raw, optimizer, step.scheduler, model.how.scaler, dist, model.strategy, trainer.keep_checkpoints
+        run_dir,
+        model.raw,
+        optimizer,
+        step.scheduler,
+        model.how.scaler,
+        dist,
+        model.strategy,
+        trainer.keep_checkpoints,
+        keep_every=trainer.ckpt_every if trainer.on_spike else 0,  # where a rollback goes, even after stops
     )
     start, tokens_seen, continued = 0, 0, {}
     if state is not None:

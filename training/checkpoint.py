@@ -47,11 +47,18 @@ def step_dir_name(step: int) -> str:
 
 
 def save(
-    root: Path, step: int, state: dict[str, Any], files: dict[str, str | bytes], keep: int = 0, tmp: Path | None = None
+    root: Path,
+    step: int,
+    state: dict[str, Any],
+    files: dict[str, str | bytes],
+    keep: int = 0,
+    tmp: Path | None = None,
+    keep_every: int = 0,
 ) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically (into ``tmp`` if the sharded state is already there),
-    point ``latest`` at it, then keep only the newest ``keep`` checkpoints. Out of space, nothing of it is left
-    and ``latest`` still names the previous checkpoint: ``DiskFull`` says how much it needed."""
+    point ``latest`` at it, then ``prune`` to the newest ``keep`` (and the newest at a multiple of ``keep_every``).
+    Out of space, nothing of it is left and ``latest`` still names the previous checkpoint: ``DiskFull`` says how
+    much it needed."""
     needed = state_bytes(state) + sum(len(data) for data in files.values())
     previous = latest(root)
     kept = f"the latest complete checkpoint, {previous}, is kept" if previous else "no checkpoint was written"
@@ -73,7 +80,7 @@ def save(
         final = commit(tmp, root / step_dir_name(step))  # fsyncs every file, then renames into place
         replace_file(root / LATEST, final.name + "\n")
     if keep > 0:
-        prune(root, keep)
+        prune(root, keep, step, keep_every)
     return final
 
 
@@ -167,6 +174,20 @@ def newest_intact(root: Path) -> Path | None:
     )
 
 
+def newest_periodic(root: Path, every: int, until: int) -> Path | None:
+    """The newest intact checkpoint at a multiple of ``every`` up to update ``until``: one an uninterrupted run has
+    too (a stop's checkpoint in between it has not), so a rollback goes where that run's would. A damaged one is
+    passed over with a warning; None when there is none."""
+    for step in reversed(saved_steps(root)):
+        if step <= until and step % every == 0:
+            folder = root / step_dir_name(step)
+            why = damage(folder)
+            if why is None:
+                return folder
+            log.warning("%s; passing over it", why)
+    return None
+
+
 def state_bytes(state: Any) -> int:
     """The bytes of the tensors in ``state`` (each storage once): about what ``torch.save`` writes."""
     storages: dict[int, int] = {}
@@ -198,10 +219,16 @@ def saved_steps(root: Path) -> list[int]:
     return sorted(steps)
 
 
-def prune(root: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints, and temporary folders left by killed saves."""
-    for step in saved_steps(root)[:-keep]:
-        shutil.rmtree(root / step_dir_name(step), ignore_errors=True)
+def prune(root: Path, keep: int, current: int | None = None, keep_every: int = 0) -> None:
+    """Delete all but the newest ``keep`` checkpoints up to ``current`` (the one just written) and, with
+    ``keep_every``, the newest at a multiple of it; and temporary folders left by killed saves. Checkpoints past
+    ``current`` are a line the run went back from (a resume from an earlier checkpoint of its own directory): left
+    alone, each replaced when the run saves at its update."""
+    steps = [s for s in saved_steps(root) if current is None or s <= current]
+    spared = set(steps[-keep:]) | set([s for s in steps if keep_every and s % keep_every == 0][-1:])
+    for step in steps:
+        if step not in spared:
+            shutil.rmtree(root / step_dir_name(step), ignore_errors=True)
     for entry in root.iterdir():
         if entry.name.startswith((".tmp-", ".old-")) and entry.is_dir():
             parts = entry.name.split("-")  # .tmp-step-00000100-<pid>-<random>, .old-step-00000100-<pid>
@@ -403,12 +430,14 @@ class Checkpointer:
     and what the run adds (``extra``: T, config, the sinks' state; ``files``: tokenizer.json, config.yaml). Call
     ``save`` on every rank."""
 
-    def __init__(self, run_dir: Path, model, optimizer, scheduler, scaler, dist, strategy: str, keep: int):
+    def __init__(
+        self, run_dir: Path, model, optimizer, scheduler, scaler, dist, strategy: str, keep: int, keep_every: int = 0
+    ):
         self.root = run_dir / "checkpoints"
         self.model, self.scheduler, self.scaler = model, scheduler, scaler
         self.optimizer = getattr(optimizer, "optimizers", optimizer)  # torch's state dicts take each optimizer
         self.optimizers = self.optimizer if isinstance(self.optimizer, (list, tuple)) else [self.optimizer]
-        self.dist, self.strategy, self.keep = dist, strategy, keep
+        self.dist, self.strategy, self.keep, self.keep_every = dist, strategy, keep, keep_every
 
     def save(self, step: int, tokens: int, extra: dict[str, Any], files: dict[str, str | bytes]) -> Path | None:
         rngs = distributed.gather_object(rng_state())
@@ -426,7 +455,7 @@ class Checkpointer:
         state["scheduler"] = self.scheduler.state_dict()
         state["scaler"] = self.scaler.state_dict() if self.scaler is not None else None
         distributed.barrier()  # every shard is on disk before the folder is committed
-        path = save(self.root, step, state, files, self.keep, tmp) if self.dist.is_main else None
+        path = save(self.root, step, state, files, self.keep, tmp, self.keep_every) if self.dist.is_main else None
         distributed.barrier()
         return path
 

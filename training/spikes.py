@@ -1,9 +1,10 @@
-"""``trainer.on_spike=rollback``: a loss spike sends the run back to its latest checkpoint, past the data that led
-to it, as OLMo and PaLM restart from a checkpoint before a spike and skip the batches around it.
+"""``trainer.on_spike=rollback``: a loss spike sends the run back to its newest periodic checkpoint, past the data
+that led to it, as OLMo and PaLM restart from a checkpoint before a spike and skip the batches around it.
 
-A spike is an update whose training loss is not finite, or exceeds ``trainer.spike_factor`` × the median loss of the
-``trainer.spike_window`` updates before it. The run then reloads its latest intact checkpoint (update c) and goes on
-from update c with the batches that come after those of the spike: the data of updates c … t is skipped.
+A spike is an update whose training loss or gradient norm is not finite, or whose loss exceeds
+``trainer.spike_factor`` × the median loss of the ``trainer.spike_window`` updates before it. The run then reloads
+its newest intact periodic checkpoint (update c) and goes on from update c with the batches that come after those of
+the spike: the data of updates c … t is skipped.
 
 Batches stay a pure function of a batch number — update t takes the t-th batch (from 0) that no rollback skipped —
 so ``Skips`` (the batches skipped, the count, the recent losses) is saved in every checkpoint, and a resume
@@ -55,9 +56,10 @@ class Skips:
         self.recent.append((t, loss))
         return None
 
-    def roll_back(self, to: int, spike: int) -> tuple[int, int]:
-        """Go back to update ``to`` from a spike at update ``spike``: the batches those updates took are skipped.
-        Returns them as (first, last) batch numbers."""
+    def roll_back(self, to: int, spike: int, recent: list | None = None) -> tuple[int, int]:
+        """Go back to update ``to`` from a spike at update ``spike``: the batches those updates took are skipped,
+        and the losses a spike is measured against are ``recent``, those the checkpoint at ``to`` saved (else the
+        window's before ``to``). Returns the skipped batches as (first, last) batch numbers."""
         first, last = self.batch(to), self.batch(spike)
         merged = []
         for a, b in sorted([*self.skipped, [first, last]]):
@@ -66,7 +68,8 @@ class Skips:
             else:
                 merged.append([a, b])
         self.skipped = merged
-        self.recent = deque(((t, v) for t, v in self.recent if t < to), maxlen=self.window)
+        kept = [(int(t), float(v)) for t, v in recent] if recent is not None else [x for x in self.recent if x[0] < to]
+        self.recent = deque(kept, maxlen=self.window)
         self.rollbacks += 1
         self.repeats = [to, self.repeats[1] + 1 if self.repeats[0] == to else 1]
         return first, last

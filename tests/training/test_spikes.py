@@ -4,6 +4,7 @@ batch, once; batches stay a function of the update index and the skips kept in c
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -34,19 +35,29 @@ ROLLBACK = ["trainer.on_spike=rollback"]
 
 def plant(monkeypatch, poison: str) -> None:
     """Batch ``POISONED`` gets poisoned targets: ``rare``, all of them the token the corpus has least often (a
-    finite spike); ``ignored``, none counted (the loss is 0/0, not finite)."""
-    clean = TrainBatches.micro_batches
+    finite spike); ``ignored``, none counted (the loss is 0/0, not finite); ``inf_norm``, its own targets but an
+    infinite gradient norm (with a finite loss)."""
+    clean, clip = TrainBatches.micro_batches, torch.nn.utils.clip_grad_norm_
+    poisoned = []
 
     def micro_batches(self, batch: int):
         batches = clean(self, batch)
         if batch != POISONED:
+            return batches
+        if poison == "inf_norm":
+            poisoned.append(batch)
             return batches
         if poison == "rare":
             token = int(np.bincount(self.tokens, minlength=self.vocab_size).argmin())
             return [(x, torch.full_like(y, token)) for x, y in batches]
         return [(x, torch.full_like(y, -100)) for x, y in batches]
 
+    def clip_grad_norm_(parameters, max_norm, *args, **kwargs):
+        norm = clip(parameters, max_norm, *args, **kwargs)
+        return norm * math.inf if poisoned and poisoned.pop() else norm
+
     monkeypatch.setattr(TrainBatches, "micro_batches", micro_batches)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_grad_norm_)
 
 
 def test_without_the_option_a_poisoned_batch_stops_the_run_or_is_trained_on(tmp_path, tiny_train, monkeypatch):
@@ -58,16 +69,23 @@ def test_without_the_option_a_poisoned_batch_stops_the_run_or_is_trained_on(tmp_
     assert losses[POISONED] > 1.5 * float(np.median(losses[POISONED - 5 : POISONED]))  # the spike, trained on
 
 
-@pytest.mark.parametrize("poison", ["rare", "ignored"])
+@pytest.mark.parametrize(
+    "poison,spike",
+    [
+        ("rare", r"the training loss \S+ is \S+× the median \S+ of the 5 updates before"),
+        ("ignored", r"the loss \(nan\) or gradient norm \(\S+\) is not finite"),
+        ("inf_norm", r"the loss \(\d.*\) or gradient norm \(inf\) is not finite"),
+    ],
+)
 def test_a_poisoned_batch_is_rolled_back_once_and_skipped_and_the_run_ends_finite(
-    poison, tmp_path, tiny_train, monkeypatch, caplog
+    poison, spike, tmp_path, tiny_train, monkeypatch, caplog
 ):
     plant(monkeypatch, poison)
     run = tmp_path / "run"
     with caplog.at_level("WARNING"):
         tiny_train(run, ARGS + ROLLBACK)
     back_to = run / "checkpoints" / "step-00000028"
-    assert f"update {POISONED}: the training loss " in caplog.text
+    assert re.search(f"update {POISONED}: {spike} \\(trainer.on_spike=rollback\\)", caplog.text), caplog.text
     assert f"(trainer.on_spike=rollback); back to {back_to}, skipping batches 28–{POISONED} (rollback 1)" in caplog.text
     records = train_records(run)
     assert sorted(records) == list(range(T))  # every update once: the rolled-back ones were cut and taken again
@@ -87,6 +105,39 @@ def test_a_run_stopped_after_a_rollback_resumes_bit_for_bit(tmp_path, tiny_train
     tiny_train(run, ARGS)  # resumed with the option off: the skips stay
     keys = ("step", "train/loss", "train/lr", "train/grad_norm")
     assert [[r.get(k) for k in keys] for r in read_metrics(run)] == [[r.get(k) for k in keys] for r in uninterrupted]
+
+
+def test_a_run_stopped_between_checkpoints_rolls_back_where_the_uninterrupted_run_does(
+    tmp_path, tiny_train, monkeypatch
+):
+    """A stop (a preemption) at update 29 writes a checkpoint the uninterrupted run has not: the spike at 29 still
+    goes back to 28, the newest periodic checkpoint, and the resumed run equals the uninterrupted one."""
+    plant(monkeypatch, "rare")
+    uninterrupted = read_metrics(tiny_train(tmp_path / "uninterrupted", ARGS + ROLLBACK))
+    run = tmp_path / "run"
+    with pytest.raises(Stopped):
+        tiny_train(run, ARGS + ROLLBACK + [f"trainer.stop_at={POISONED}"])
+    tiny_train(run, ARGS + ROLLBACK)
+    keys = ("step", "train/loss", "train/lr", "train/grad_norm", "train/rollbacks")
+    assert [[r.get(k) for k in keys] for r in read_metrics(run)] == [[r.get(k) for k in keys] for r in uninterrupted]
+
+
+def test_after_a_rollback_spikes_are_measured_against_the_checkpoints_window():
+    skips = Skips(window=3, state={"recent": [[7, 2.0], [8, 2.1], [9, 2.2]]})
+    skips.roll_back(8, 9, recent=[[5, 3.0], [6, 3.1], [7, 3.2]])  # what the checkpoint at update 8 saved
+    assert [v for _, v in skips.recent] == [3.0, 3.1, 3.2]
+    assert skips.spike(8, 9.9, factor=3.0) == 3.1  # a full window: a spike is seen at once
+
+
+def test_pruning_keeps_the_newest_up_to_the_one_written_and_the_newest_periodic_one(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step in (4, 8, 9, 10, 12):
+        (root / checkpoint.step_dir_name(step)).mkdir(parents=True)
+        (root / checkpoint.step_dir_name(step) / checkpoint.STATE_FILE).write_bytes(b"")
+    checkpoint.prune(root, keep=2, current=10, keep_every=4)  # stops at 9 and 10 after the periodic 8
+    assert checkpoint.saved_steps(root) == [8, 9, 10, 12]  # 12: past the one written, a line the run went back from
+    checkpoint.prune(root, keep=2, current=10)
+    assert checkpoint.saved_steps(root) == [9, 10, 12]
 
 
 @given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 50)), max_size=6))
