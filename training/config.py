@@ -522,7 +522,9 @@ def check_data(d: Mapping[str, Any], prefix: str = "data") -> None:
         one_of(d, "streaming", prefix, (True, False))
     for key in ("text_column", "split", "val_split", "config_name", "revision"):
         if d.get(key) is not None and not is_text(d[key]):
-            raise ConfigError(f"{prefix}.{key}", "a non-empty string", d[key])
+            raise ConfigError(
+                f"{prefix}.{key}", f"a non-empty string (quote a number: '{prefix}.{key}=\"2024\"')", d[key]
+            )
     if d.get("source") == "text_files" and not is_paths(d.get("path")):
         raise ConfigError(
             f"{prefix}.path", "a file, a directory or a glob for data=text_files, or a list", d.get("path")
