@@ -19,13 +19,14 @@ PAGES = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if 
 
 
 def commands(script: str) -> list[tuple[str, list[str]]]:
-    """(page, arguments after ``script``) for every shell line of the pages' code blocks that runs ``script``."""
+    """(page, arguments after ``script``) for every shell line of the pages' code blocks that runs ``script``; a
+    placeholder such as ``<partition>`` stands for a value of that name."""
     found = []
     for page in PAGES:
         for block in re.findall(r"```bash\n(.*?)```", page.read_text(), flags=re.S):
             for line in block.replace("\\\n", " ").splitlines():
                 for part in re.split(r"&&|;", line):
-                    words = shlex.split(part, comments=True)
+                    words = [re.sub(r"<([\w-]+)>", r"\1", w) for w in shlex.split(part, comments=True)]  # <partition>
                     if script in words:
                         found.append((page.name, words[words.index(script) + 1 :]))
     return found
