@@ -31,6 +31,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from data.errors import DataError
 
+IGNORE_INDEX = -100  # a target the loss skips (torch's cross_entropy default)
+
 
 def check_length(tokens: np.ndarray, block_size: int, split: str) -> None:
     """A split must hold one window: block_size + 1 tokens (inputs plus the shifted targets)."""
@@ -182,8 +184,10 @@ def val_offsets(n_tokens: int, block_size: int, count: int) -> np.ndarray:
 
 
 class ValBatches:
-    """The fixed validation windows of one rank: ``eval_batches`` batches of ``batch_size``, gathered on use (each
-    id checked to be below ``vocab_size`` when given)."""
+    """One rank's share of the fixed validation windows: ``eval_batches × batch_size`` windows in all, whatever the
+    number of ranks, dealt round-robin (window i to rank i mod world_size) and gathered on use in batches of up to
+    ``batch_size`` (each id checked to be below ``vocab_size`` when given). Every rank takes as many batches: a rank
+    one window short pads its last batch with a window whose targets are the ignore index (-100), counted nowhere."""
 
     def __init__(
         self,
@@ -198,14 +202,20 @@ class ValBatches:
     ):
         check_length(tokens, block_size, f"{name} val".strip())
         check_layout(batch_size, world_size, rank, eval_batches, block_size)
-        count = eval_batches * world_size * batch_size
-        offsets = val_offsets(len(tokens), block_size, count).reshape(eval_batches, world_size, batch_size)
-        self.tokens, self.block_size, self.offsets = tokens, block_size, offsets[:, rank]
-        self.vocab_size = vocab_size
+        offsets = val_offsets(len(tokens), block_size, eval_batches * batch_size)
+        mine = offsets[rank::world_size]
+        share = -(-len(offsets) // world_size)  # every rank's count, the last ones padded up to it
+        self.padding = share - len(mine)
+        self.offsets = np.array_split(np.concatenate([mine, offsets[: self.padding]]), -(-share // batch_size))
+        self.tokens, self.block_size, self.vocab_size = tokens, block_size, vocab_size
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for batch_offsets in self.offsets:
-            yield gather(self.tokens, batch_offsets, self.block_size, self.vocab_size)
+        for i, batch_offsets in enumerate(self.offsets):
+            x, y = gather(self.tokens, batch_offsets, self.block_size, self.vocab_size)
+            if i == len(self.offsets) - 1 and self.padding:
+                y = y.clone()  # x and y are views of one array
+                y[len(y) - self.padding :] = IGNORE_INDEX  # the pad: scored nowhere
+            yield x, y
 
     def __len__(self) -> int:
         return len(self.offsets)

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from data import MixtureValBatches, ValBatches
+from data.batches import IGNORE_INDEX
 from training.distributed import Dist, is_initialized
 from training.engine import to_device
 
@@ -100,10 +101,11 @@ def validation_sums(
         x, y = to_device(x, device), to_device(y, device)
         with autocast:
             _, loss = model(x, y, reduction="none")
-        loss = loss.double()
-        nbytes = token_bytes[y.reshape(-1)]
+        loss, y = loss.double(), y.reshape(-1)
+        scored = y != IGNORE_INDEX  # a rank's padding window is scored nowhere
+        nbytes = token_bytes[y.clamp(min=0)] * scored
         text = nbytes > 0
-        sums += torch.stack([loss.sum(), loss.new_tensor(loss.numel()), loss[text].sum(), nbytes.sum().double()])
+        sums += torch.stack([loss.sum(), scored.sum().double(), loss[text].sum(), nbytes.sum().double()])
     if is_initialized():
         dist.all_reduce(sums, op=dist.ReduceOp.SUM)
     model.train(was_training)

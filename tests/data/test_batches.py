@@ -51,9 +51,22 @@ def test_val_windows_are_fixed_and_split_across_ranks():
     for a, b, c in zip(first, second, again, strict=True):
         assert torch.equal(a[0], b[0]) and torch.equal(a[0], c[0]) and torch.equal(a[1], c[1])
     assert first[0][0][0, 0] == TOKENS[0] and first[-1][1][-1, -1] == TOKENS[-1]  # spans the whole split
-    ranks = [list(ValBatches(TOKENS, 32, 2, eval_batches=3, world_size=2, rank=r)) for r in range(2)]
-    assembled = torch.cat([ranks[r][i][0] for i in range(3) for r in range(2)])
-    assert torch.equal(assembled, windows(first))
+
+
+@pytest.mark.parametrize("world", [2, 3, 5])
+def test_the_val_windows_are_the_same_whatever_the_number_of_ranks(world):
+    """eval_batches × batch_size windows in all, dealt round-robin; a rank one short pads its last batch with a
+    window whose targets are ignored, so every rank runs as many batches."""
+    alone = torch.cat([x for x, _ in ValBatches(TOKENS, 32, 4, eval_batches=3)])
+    ranks = [list(ValBatches(TOKENS, 32, 4, eval_batches=3, world_size=world, rank=r)) for r in range(world)]
+    assert len({len(batches) for batches in ranks}) == 1
+    scored = [[(x[y[:, 0] != -100], y[y[:, 0] != -100]) for x, y in batches] for batches in ranks]
+    per_rank = [torch.cat([x for x, _ in batches]) for batches in scored]
+    dealt = torch.stack([per_rank[i % world][i // world] for i in range(len(alone))])
+    assert torch.equal(dealt, alone) and sum(len(p) for p in per_rank) == len(alone)
+    for batches in ranks:  # a pad's targets are all ignored; every other target, and every input, is a token
+        for x, y in batches:
+            assert ((y == -100).all(dim=1) | (y >= 0).all(dim=1)).all() and (x >= 0).all()
 
 
 @settings(max_examples=60, deadline=None)

@@ -54,3 +54,22 @@ def test_bits_per_byte_of_a_uniform_model_is_ln_v_over_bytes_per_token(tmp_path)
     assert loss == pytest.approx(math.log(vocab), rel=1e-6)  # float32 cross-entropy
     # by hand: the text targets cost (n_tokens − n_docs)·ln V nats and encode the val text's UTF-8 bytes
     assert bpb == pytest.approx((n_tokens - n_docs) * math.log(vocab) / (math.log(2) * n_bytes), rel=1e-6)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_the_ranks_sums_are_one_processs_whatever_the_number_of_ranks(world):
+    """Each rank scores its share of the same windows (a pad scored nowhere): their sums are one process's."""
+    from data import ValBatches
+    from model import GPT, GPTConfig
+    from training.evaluation import loss_and_bpb, validation_sums
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    tokens = np.random.default_rng(0).integers(0, 64, 5_000).astype(np.uint16)
+    token_bytes = torch.randint(0, 4, (64,))
+    on = {"device": torch.device("cpu"), "autocast": torch.no_grad()}
+    alone = validation_sums(model, ValBatches(tokens, 16, 4, eval_batches=5), token_bytes, **on)
+    ranks = [ValBatches(tokens, 16, 4, eval_batches=5, world_size=world, rank=r) for r in range(world)]
+    summed = sum(validation_sums(model, batches, token_bytes, **on) for batches in ranks)
+    assert summed[1] == alone[1] and summed[3] == alone[3]  # the same targets and bytes, exactly
+    assert loss_and_bpb(summed) == pytest.approx(loss_and_bpb(alone), rel=1e-12)
