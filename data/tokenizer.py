@@ -8,6 +8,8 @@ embedding may be padded past ``vocab_size`` (to a multiple of 64); padding ids n
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -105,24 +107,37 @@ def eot_id(tok: Tokenizer, special_tokens: list[str]) -> int:
 
 
 BYTE_LEVEL_CHARS = frozenset(pre_tokenizers.ByteLevel.alphabet())  # each stands for one byte
+METASPACE = "\u2581"  # SentencePiece's "▁": a space
+BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")  # a byte-fallback token: one byte
 
 
 def token_byte_lengths(tok: Tokenizer, size: int | None = None) -> np.ndarray:
     """How many bytes of text each token id stands for (0 for special tokens and padding ids), int64 of ``size``.
 
     Byte-level tokens map one character to one byte, so a token's length in characters is its length in
-    bytes; for other tokenizers the UTF-8 length of the decoded token is used. Summed over the tokens of a
-    text, this gives the text's UTF-8 length — the denominator of bits per byte.
+    bytes. In a SentencePiece-style vocabulary (Llama 2, Mistral) ``▁`` is a space and a byte-fallback token
+    ``<0xNN>`` is one byte (the space such a tokenizer prepends to each document counts as one). Any other token
+    counts the UTF-8 length of its decoding. Summed over the tokens of a text, this gives the text's UTF-8 length —
+    the denominator of bits per byte.
     """
     size = size or tok.get_vocab_size()
     special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
     lengths = np.zeros(size, dtype=np.int64)
     byte_level = isinstance(tok.decoder, decoders.ByteLevel)
+    parts = json.loads(tok.to_str())
+    metaspace = METASPACE in json.dumps(
+        [parts.get(k) for k in ("normalizer", "pre_tokenizer", "decoder")], ensure_ascii=False
+    )
+    byte_fallback = bool((parts.get("model") or {}).get("byte_fallback"))
     for token, ident in tok.get_vocab().items():
         if ident >= size or token in special:
             continue
         if byte_level and all(c in BYTE_LEVEL_CHARS for c in token):
             lengths[ident] = len(token)
+        elif byte_fallback and BYTE_TOKEN.fullmatch(token):
+            lengths[ident] = 1
+        elif metaspace:  # decoding one token alone drops its leading space
+            lengths[ident] = len(token.replace(METASPACE, " ").encode("utf-8"))
         else:
             lengths[ident] = len(tok.decode([ident]).encode("utf-8"))
     return lengths

@@ -96,3 +96,21 @@ def test_the_transformers_tokenizer_encodes_as_training_does_without_an_added_st
     text = DOCS[0][:40]
     assert hf(text)["input_ids"] == tok.encode(text, add_special_tokens=False).ids
     assert tok.encode(text).ids[0] == tok.token_to_id("<s>")  # the caller's tokenizer is left as it was
+
+
+def test_a_sentencepiece_style_tokenizers_bytes_sum_to_the_texts_length():
+    """Llama 2's kind: ``▁`` for a space (prepended to the text), and byte-fallback tokens ``<0xNN>`` of one byte."""
+    from tokenizers import normalizers
+
+    pieces = [("<unk>", 0.0)] + [(f"<0x{b:02X}>", -10.0) for b in range(256)]
+    pieces += [(p, -1.0) for p in ["▁", "▁the", "▁cat", "t", "h", "e", "c", "a"]]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=0, byte_fallback=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    lengths = token_byte_lengths(tok)
+    for text in ["the cat the cat", "the cat é", "東京 cat"]:
+        ids = tok.encode(text).ids
+        assert tok.decode(ids) == text
+        assert lengths[ids].sum() == len(text.encode()) + 1  # the prepended space counts as a byte
