@@ -32,7 +32,7 @@ SOURCES = ("builtin", "text_files", "hub", "mixture")
 DECODE_POLICIES = ("skip", "replace", "error")
 BUDGET_KEYS = ("max_steps", "max_tokens", "max_time")
 PROVISIONAL_STEPS = 10**9  # stands for T in checks made before a budget fixes it
-MAX_HANG_TIMEOUT_S = 30 * 24 * 3600  # 30 days: the watchdog's deadline must stay a valid timestamp
+MAX_HANG_TIMEOUT_S = 30 * 24 * 3600  # 30 days: a deadline (the watchdog's, a collective's) must stay a valid time
 
 
 class ConfigError(SettingError):
@@ -455,8 +455,9 @@ def check_trainer(t: Mapping[str, Any]) -> None:
     hang = t.get("hang_timeout")
     if hang is not None and (not is_number(hang) or not 0 < hang <= MAX_HANG_TIMEOUT_S):
         raise ConfigError("trainer.hang_timeout", f"null or a number of seconds in (0, {MAX_HANG_TIMEOUT_S}]", hang)
-    if not is_number(t.get("collective_timeout")) or t["collective_timeout"] <= 0:
-        raise ConfigError("trainer.collective_timeout", "a number of seconds > 0", t.get("collective_timeout"))
+    wait = t.get("collective_timeout")
+    if not is_number(wait) or not 0 < wait <= MAX_HANG_TIMEOUT_S:
+        raise ConfigError("trainer.collective_timeout", f"a number of seconds in (0, {MAX_HANG_TIMEOUT_S}]", wait)
     if t.get("on_spike") not in (None, "rollback"):
         raise ConfigError("trainer.on_spike", "null or rollback", t.get("on_spike"))
     if not is_number(t.get("spike_factor")) or t["spike_factor"] <= 1:

@@ -219,5 +219,6 @@ def rank_argv(argv: list[str]) -> list[str]:
     rank, _, world = env_world()
     if world == 1 or rank == 0:
         return argv
-    kept = [a for a in argv if not a.lstrip("+").startswith(("hydra.run.dir=", "hydra.output_subdir="))]
-    return kept + ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    ours = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    kept = [a for a in argv[1:] if not a.lstrip("+").startswith(tuple(o.split("=")[0] + "=" for o in ours))]
+    return [argv[0], *ours, *kept]  # before any flag: argparse takes no override after `--config-name x`
