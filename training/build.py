@@ -103,6 +103,7 @@ class Run:
             "sinks": {**self.extra_state["sinks"], **self.metrics.states()},
             "seconds": self.earlier_seconds + time.perf_counter() - self.started,
             "skips": self.skips.state_dict(),
+            "summary": dict(self.metrics.summary),  # best/*, counters: a resume or rollback continues them
         }
         path = self.checkpointer.save(step, self.tokens_seen, extra, self.files)
         if path is not None:
@@ -152,7 +153,7 @@ class Run:
         self.checkpointer.restore(state, folder, trainer.allow_schedule_change, self.cfg.optim.name)
         self.tokens_seen = state["tokens"]
         first, last = self.skips.roll_back(back, t, (state.get("skips") or {}).get("recent"))
-        self.metrics.rewind(back)
+        self.metrics.rewind(back, state.get("summary"))
         self.metrics.summary["train/rollbacks"] = self.skips.rollbacks
         log.warning(
             "%s; back to %s, skipping batches %d–%d (rollback %d)", what, folder, first, last, self.skips.rollbacks
@@ -350,6 +351,7 @@ def build_run(
     metrics = Metrics([])
     if dist.is_main:  # from here on the run directory is written
         metrics = open_metrics(cfg, run_dir, resolved, T, start if state is not None else None, continued, sweep)
+        metrics.summary.update(continued.get("summary") or {})  # the best validation and counts before the resume
         metrics.summary["params"] = model.raw.num_params()
         # this start's ending is written at its end: an earlier start's status and error would be read as this one's
         (run_dir / "summary.json").unlink(missing_ok=True)

@@ -336,14 +336,17 @@ class Metrics:
     def log_sample(self, step: int, prompt: str, text: str) -> None:
         self.each("log_sample", "logging the sample", step, prompt, text)
 
-    def rewind(self, step: int) -> None:
+    def rewind(self, step: int, summary: Mapping[str, Any] | None = None) -> None:
         """The run went back to update ``step``: metrics.jsonl and the sinks that can drop what they hold from it
-        on, and the summary forgets a best validation from it on."""
+        on, and the summary back to ``summary`` (what the checkpoint at ``step`` saved; without it, a best
+        validation from ``step`` on is forgotten)."""
         for sink in self.core:
             if hasattr(sink, "rewind"):
                 sink.rewind(step)
         self.each("rewind", f"going back to update {step}", step)
-        if self.summary.get("best/step", -1) >= step:
+        if summary is not None:
+            self.summary = dict(summary)
+        elif self.summary.get("best/step", -1) >= step:
             for key in ("best/val_loss", "best/val_bpb", "best/step"):
                 self.summary.pop(key, None)
 

@@ -163,3 +163,15 @@ def test_without_a_terminal_every_evaluation_gets_a_line_with_or_without_a_valid
         progress.log(105, {"eval/next_line/acc": 0.5, "eval/next_line/acc_norm": 0.25})
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 3 and "105" in lines[-1] and "0.5" in lines[-1]  # updates 100 and 104, then the evaluation
+
+
+def test_going_back_to_a_checkpoint_restores_the_summary_it_saved():
+    from training.loggers import Metrics
+
+    metrics = Metrics([])
+    metrics.log(0, {"val/loss": 2.0, "val/bpb": 1.0})
+    saved = dict(metrics.summary)  # what the checkpoint at update 2 holds
+    metrics.log(4, {"val/loss": 1.0, "val/bpb": 0.5})
+    metrics.rewind(2, saved)
+    metrics.log(4, {"val/loss": 2.5, "val/bpb": 1.2})  # update 4 again, worse this time
+    assert metrics.summary == {"best/val_loss": 2.0, "best/val_bpb": 1.0, "best/step": 0}

@@ -115,6 +115,18 @@ def test_a_resume_may_change_the_optimizers_settings_and_they_apply_from_there(
     assert losses[6] != before[6]
 
 
+def test_the_summarys_best_validation_counts_every_start(tmp_path, tiny_train):
+    """A resume that makes the run worse (a far higher lr from update 3) keeps the best from before it."""
+    run, args = tmp_path / "run", ARGS + ["trainer.eval_every=2"]
+    with pytest.raises(Stopped):
+        tiny_train(run, args + ["trainer.stop_at=3"])
+    tiny_train(run, args + ["optim.lr=1.0", "trainer.allow_schedule_change=true"])
+    vals = {r["step"]: r["val/loss"] for r in read_metrics(run) if "val/loss" in r}
+    best = min(vals, key=vals.get)
+    summary = json.loads((run / "summary.json").read_text())
+    assert best < 3 and (summary["best/step"], summary["best/val_loss"]) == (best, vals[best])
+
+
 def test_a_branch_run_again_after_its_source_checkpoint_is_gone_continues_from_its_own(
     tmp_path, tiny_train, uninterrupted
 ):
