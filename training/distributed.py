@@ -8,11 +8,12 @@ only rank 0 writes files. Strategies (``trainer.strategy``):
   WORLD_SIZE > 1); ``fsdp``: every block sharded across ranks (``fully_shard`` per block, then the root), bf16
   parameters with fp32 gradient reduction on GPU.
 
-A collective waits for the other ranks ``SETUP_TIMEOUT_S`` while the run starts (rank 0 may build the token
-cache while the others wait; every rank compiles) and ends (rank 0 alone samples and reports), and
-``trainer.collective_timeout`` in between (``set_collective_timeout``, after the first update, as torchtitan
-does): a rank that stopped answering then ends the others' wait with a backend error (``peer_failure``). Under
-NCCL its asynchronous error handling does it: a timed-out collective is aborted and the process torn down.
+A collective waits for the other ranks ``PREPARE_TIMEOUT_S`` while rank 0 builds the token cache (``in_turn``),
+``SETUP_TIMEOUT_S`` while the rest of the run starts (every rank compiles) and ends (rank 0 alone samples and
+reports), and ``trainer.collective_timeout`` in between (``set_collective_timeout``, after the first update, as
+torchtitan does): a rank that stopped answering then ends the others' wait with a backend error
+(``peer_failure``). Under NCCL its asynchronous error handling does it: a timed-out collective is aborted and the
+process torn down.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from training.config import DEVICES, PRECISIONS, STRATEGIES, USER_ERRORS, Config
 log = logging.getLogger("train")
 
 SETUP_TIMEOUT_S = 1800.0  # a collective's wait at the start and the end of a run, when one rank may work alone
+PREPARE_TIMEOUT_S = 7 * 24 * 3600.0  # while rank 0 builds the token cache alone: a large corpus takes hours
 
 
 @dataclass(frozen=True)
@@ -359,7 +361,11 @@ def in_turn(work, d: Dist):
             raise ConfigError(first)
         return result
 
-    result = phase(d.is_main)
-    local = phase(not d.is_main and d.local_rank == 0)
-    rest = phase(d.local_rank != 0)
+    set_collective_timeout(PREPARE_TIMEOUT_S)  # the others wait as long as the work takes (a rank that dies ends it)
+    try:
+        result = phase(d.is_main)
+        local = phase(not d.is_main and d.local_rank == 0)
+        rest = phase(d.local_rank != 0)
+    finally:
+        set_collective_timeout(SETUP_TIMEOUT_S)
     return result if d.is_main else local if d.local_rank == 0 else rest

@@ -295,3 +295,27 @@ def test_the_other_ranks_command_line_takes_its_overrides_before_any_flag(monkey
     args = get_args_parser().parse_args(argv[1:])
     assert args.config_name == "config"
     assert args.overrides == ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled", "model=nano"]
+
+
+def prepare_in_turn(rank: int, store: str, out: str) -> None:
+    """One of two gloo ranks whose collectives time out after 2 s: rank 0 prepares for 5 s, as it builds a cache."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from training import distributed
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=2)
+    )
+    work = lambda: (time.sleep(5), "built")[1] if rank == 0 else "found"  # noqa: E731
+    result = distributed.in_turn(work, distributed.Dist(rank=rank, local_rank=rank, world_size=2))
+    Path(f"{out}.{rank}").write_text(result)
+    dist.destroy_process_group()
+
+
+def test_the_other_ranks_wait_for_rank_zeros_preparation_past_the_collective_timeout(tmp_path):
+    import torch.multiprocessing
+
+    torch.multiprocessing.spawn(prepare_in_turn, args=(str(tmp_path / "store"), str(tmp_path / "out")), nprocs=2)
+    assert [(tmp_path / f"out.{r}").read_text() for r in range(2)] == ["built", "found"]
