@@ -26,6 +26,7 @@ log = logging.getLogger("train")
 # timeout(1)'s code for "timed out": the run made no progress within the time allowed; the latest checkpoint is
 # intact, and running the same command again (a requeue, torchrun --max-restarts) resumes from it.
 EXIT_HUNG = 124
+LOG_WAIT_S = 5.0  # how long a fault's report waits for the log file before the process exits anyway
 
 
 class PeerLost(Exception):
@@ -57,16 +58,26 @@ def log_files() -> list[logging.FileHandler]:
 
 
 def report(message: str, stacks: bool = False) -> None:
-    """``error: message`` on stderr and in the log file, then with ``stacks`` every thread's Python stack in both."""
+    """``error: message`` on stderr and in the log file, then with ``stacks`` every thread's Python stack in both.
+    The log file is written from a thread of its own, waited for at most ``LOG_WAIT_S``: the stall may be that very
+    file (a hung network filesystem, its handler's lock held by the stuck thread), and the process must still end."""
     print(f"error: {message}", file=sys.stderr, flush=True)
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
-    for handler in log_files():
-        handler.handle(record)
-        handler.flush()
     if stacks:
-        for stream in (sys.stderr, *(h.stream for h in log_files())):
-            faulthandler.dump_traceback(file=stream, all_threads=True)
-            stream.flush()
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stderr.flush()
+
+    def to_log_files() -> None:
+        record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+        for handler in log_files():
+            handler.handle(record)
+            handler.flush()
+            if stacks:
+                faulthandler.dump_traceback(file=handler.stream, all_threads=True)
+                handler.stream.flush()
+
+    writer = threading.Thread(target=to_log_files, name="report-to-log", daemon=True)
+    writer.start()
+    writer.join(LOG_WAIT_S)
 
 
 class Watchdog:

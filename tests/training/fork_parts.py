@@ -85,13 +85,16 @@ class StallAt(Sink):
     """Stalls the run when update ``step`` is logged, as a read that never returns would: it opens a named pipe
     that no process writes (``<run dir>/stall.fifo``)."""
 
-    def __init__(self, info: RunInfo, step: int):
-        self.step, self.fifo = step, info.run_dir / "stall.fifo"
+    def __init__(self, info: RunInfo, step: int, in_log_file: bool = False):
+        self.step, self.fifo, self.in_log_file = step, info.run_dir / "stall.fifo", in_log_file
 
     def log(self, step: int, metrics) -> None:
         if step == self.step and "train/loss" in metrics:
+            import logging
             import os
 
+            if self.in_log_file:  # a write to train.log that never returns: its handler's lock stays held
+                next(h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)).acquire()
             os.mkfifo(self.fifo)
             with open(self.fifo) as never_written:
                 never_written.read()

@@ -232,6 +232,21 @@ def test_a_stalled_update_writes_every_threads_stack_and_exits_124_to_be_resumed
     assert sorted(train_records(run)) == list(range(8))
 
 
+def test_a_stall_in_the_log_file_itself_still_ends_the_process(tmp_path, data_cache):
+    """The stuck thread holds train.log's handler (a hung network filesystem): the report goes to stderr, the log
+    file is waited for a few seconds at most, and the process exits 124 all the same."""
+    stall = ["+logger.sinks.stall._target_=tests.training.fork_parts.StallAt", "+logger.sinks.stall.step=3"]
+    args = [*TINY, "trainer.max_steps=8", "trainer.eval_every=0", "trainer.hang_timeout=1", *stall]
+    started = time.monotonic()
+    proc = run_train(
+        [*args, "+logger.sinks.stall.in_log_file=true"], tmp_path / "run", data_cache, check=False, timeout=90
+    )
+    assert proc.returncode == EXIT_HUNG, proc.stderr[-3000:]
+    assert time.monotonic() - started < 60
+    assert "error: update 3 did not finish within trainer.hang_timeout=1 s" in proc.stderr
+    assert "(most recent call first):" in proc.stderr
+
+
 @pytest.mark.slow
 def test_a_kill_during_a_checkpoint_save_keeps_the_previous_one_and_resume_uses_it(tmp_path, data_cache):
     """SIGKILL a real process while it writes a checkpoint (a .tmp- folder exists), then resume."""
