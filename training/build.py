@@ -331,6 +331,14 @@ def build_run(
     if state is not None:
         checkpointer.restore(state, resume_from, trainer.allow_schedule_change, cfg.optim.name)
         start, tokens_seen = state["step"], state["tokens"]
+        before = state.get("tokens_per_update") or (tokens_seen // start if start else None)
+        if before is not None and before != train_batches.tokens_per_update:
+            log.warning(
+                "the checkpoint's updates took %s tokens each, this run's take %s (the number of ranks, "
+                "trainer.batch_size or the accumulation changed): the run goes on with the new batch",
+                f"{before:,}",
+                f"{train_batches.tokens_per_update:,}",
+            )
         # the sinks continue their runs (W&B's) when this run directory continues; a branch starts new ones
         continued = state if Path(resume_from).resolve().is_relative_to(run_dir) else {}
     else:
@@ -340,6 +348,7 @@ def build_run(
     files = {"tokenizer.json": tokenizer.to_str(), "config.yaml": OmegaConf.to_yaml(resolved)}
     extra_state = {
         "total_steps": T,
+        "tokens_per_update": train_batches.tokens_per_update,
         "budget": budget_record,
         "optimizer_name": cfg.optim.name,
         "model_config": model_config.to_dict(),

@@ -127,6 +127,15 @@ def test_the_summarys_best_validation_counts_every_start(tmp_path, tiny_train):
     assert best < 3 and (summary["best/step"], summary["best/val_loss"]) == (best, vals[best])
 
 
+def test_a_resume_with_another_batch_says_so(tmp_path, tiny_train, caplog):
+    """Another world size, batch size or accumulation: the run goes on with the new batch, and says so."""
+    with pytest.raises(Stopped):
+        tiny_train(tmp_path / "run", ARGS + ["trainer.stop_at=3"])
+    with caplog.at_level("WARNING", logger="train"):
+        tiny_train(tmp_path / "run", ARGS + ["trainer.batch_size=8"])
+    assert "the checkpoint's updates took 128 tokens each, this run's take 256 (the number of ranks" in caplog.text
+
+
 def test_a_branch_run_again_after_its_source_checkpoint_is_gone_continues_from_its_own(
     tmp_path, tiny_train, uninterrupted
 ):
