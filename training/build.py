@@ -339,6 +339,14 @@ def build_run(
                 f"{before:,}",
                 f"{train_batches.tokens_per_update:,}",
             )
+        if state.get("val_windows") not in (None, trainer.eval_batches * trainer.batch_size):
+            log.warning(
+                "validation scores %d windows from here on, the checkpoint's %d (trainer.eval_batches × batch_size "
+                "changed): val/loss may shift at update %d",
+                trainer.eval_batches * trainer.batch_size,
+                state["val_windows"],
+                start,
+            )
         # the sinks continue their runs (W&B's) when this run directory continues; a branch starts new ones
         continued = state if Path(resume_from).resolve().is_relative_to(run_dir) else {}
     else:
@@ -349,6 +357,7 @@ def build_run(
     extra_state = {
         "total_steps": T,
         "tokens_per_update": train_batches.tokens_per_update,
+        "val_windows": trainer.eval_batches * trainer.batch_size,  # what val/loss is measured on
         "budget": budget_record,
         "optimizer_name": cfg.optim.name,
         "model_config": model_config.to_dict(),

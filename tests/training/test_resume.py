@@ -134,6 +134,7 @@ def test_a_resume_with_another_batch_says_so(tmp_path, tiny_train, caplog):
     with caplog.at_level("WARNING", logger="train"):
         tiny_train(tmp_path / "run", ARGS + ["trainer.batch_size=8"])
     assert "the checkpoint's updates took 128 tokens each, this run's take 256 (the number of ranks" in caplog.text
+    assert "validation scores 16 windows from here on, the checkpoint's 8 (" in caplog.text
 
 
 def test_a_branch_run_again_after_its_source_checkpoint_is_gone_continues_from_its_own(
