@@ -164,9 +164,24 @@ def replace_file(path: Path, data: bytes | str) -> None:
 
 
 def begin(parent: Path, name: str) -> Path:
-    """A new empty temporary directory ``parent/.tmp-<name>-<pid>-*`` to assemble ``parent/<name>`` in."""
+    """A new empty temporary directory ``parent/.tmp-<name>-<pid>-*`` to assemble ``parent/<name>`` in, with the
+    permissions ``mkdir`` gives under the umask (mkdtemp's 0700 would keep a shared cache or a run's checkpoints
+    from the rest of a team)."""
     parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".tmp-{name}-{os.getpid()}-", dir=parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-{os.getpid()}-", dir=parent))
+    os.chmod(tmp, 0o777 & ~umask())
+    return tmp
+
+
+def umask() -> int:
+    """The process's umask, read without changing it (os.umask sets it, for every thread, to read it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def commit(tmp: Path, final: Path, *, replace: bool = True) -> Path:

@@ -24,6 +24,18 @@ def test_begin_makes_a_temporary_directory_beside_the_final_one(tmp_path):
     assert atomic.begin(tmp_path / "a" / "b", "step-1") != tmp  # each call its own
 
 
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])
+def test_a_committed_directory_has_the_permissions_mkdir_gives_under_the_umask(mask, tmp_path):
+    before = os.umask(mask)
+    try:
+        final = atomic.commit(filled(tmp_path, "out", {"a.txt": "A"}), tmp_path / "out")
+        made = tmp_path / "made"
+        made.mkdir()
+    finally:
+        os.umask(before)
+    assert final.stat().st_mode & 0o777 == made.stat().st_mode & 0o777 == 0o777 & ~mask
+
+
 def test_commit_renames_the_complete_directory_into_place(tmp_path):
     tmp = filled(tmp_path, "out", {"a.txt": "A", "sub/b.bin": "B"})
     final = atomic.commit(tmp, tmp_path / "out")
