@@ -18,6 +18,7 @@ from data.atomic import DiskFull, replace_file
 from training import run_lock
 from training.budget import seconds_since_process_start
 from training.build import Sweep
+from training.config import FLAGS_WITH_VALUES
 from training.distributed import env_world
 from training.summary import write_summary
 
@@ -220,5 +221,10 @@ def rank_argv(argv: list[str]) -> list[str]:
     if world == 1 or rank == 0:
         return argv
     ours = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled"]
-    kept = [a for a in argv[1:] if not a.lstrip("+").startswith(tuple(o.split("=")[0] + "=" for o in ours))]
-    return [argv[0], *ours, *kept]  # before any flag: argparse takes no override after `--config-name x`
+    flags, overrides, args = [], [], iter(argv[1:])
+    for arg in args:
+        if arg.startswith("-"):
+            flags += [arg, next(args)] if arg in FLAGS_WITH_VALUES else [arg]
+        elif not arg.lstrip("+").startswith(tuple(o.split("=")[0] + "=" for o in ours)):
+            overrides.append(arg)
+    return [argv[0], *flags, *ours, *overrides]  # argparse takes the overrides as one run, after the flags

@@ -283,18 +283,23 @@ def test_under_torchrun_max_restarts_a_hung_rank_restarts_the_group_from_latest_
     assert_bit_for_bit(two_ranks_uninterrupted, run)
 
 
-def test_the_other_ranks_command_line_takes_its_overrides_before_any_flag(monkeypatch):
-    """argparse takes no override after a flag's value (``--config-name config``): rank 1 failed on those it added."""
+def test_the_other_ranks_command_line_takes_its_overrides_after_the_flags_in_one_run(monkeypatch):
+    """argparse takes the overrides as one unbroken run: rank 1 failed on those it added after a flag's value, or
+    between the flags and the user's overrides."""
     from hydra._internal.utils import get_args_parser
 
     from training.launch import rank_argv
 
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    argv = rank_argv(["train.py", "model=nano", "hydra.run.dir=outputs/x", "--config-name", "config"])
-    args = get_args_parser().parse_args(argv[1:])
-    assert args.config_name == "config"
-    assert args.overrides == ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled", "model=nano"]
+    ours = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    for given in (
+        ["model=nano", "hydra.run.dir=outputs/x", "--config-name", "config"],
+        ["--config-name", "config", "model=nano", "hydra.run.dir=outputs/x"],
+        ["-cn", "config", "model=nano", "--cfg", "job", "hydra.run.dir=outputs/x"],
+    ):
+        args = get_args_parser().parse_args(rank_argv(["train.py", *given])[1:])
+        assert args.config_name == "config" and args.overrides == [*ours, "model=nano"], given
 
 
 def prepare_in_turn(rank: int, store: str, out: str) -> None:
