@@ -173,6 +173,7 @@ class Before:
         if self.record is None:
             shutil.rmtree(hydra, ignore_errors=True)
         else:
+            hydra.mkdir(exist_ok=True)  # gone if this launch set hydra.output_subdir=null
             for p in hydra.iterdir():
                 if p.name not in self.record:
                     p.unlink()
@@ -184,8 +185,8 @@ class Before:
         elif log.is_file():
             os.truncate(log, self.log_size)
         lock = run_dir / run_lock.LOCK_FILE
-        if self.lock is None:
-            lock.unlink(missing_ok=True)  # the lock itself is held until the process ends
+        if self.lock is None:  # a lock file this process made, and holds until it ends: no other holds it
+            lock.unlink(missing_ok=True)
         else:
             lock.write_bytes(self.lock)
 

@@ -98,3 +98,19 @@ def test_the_lock_is_reentrant_in_one_process_and_released_by_the_last_release(t
         locked_elsewhere(run_dir)
     run_lock.release(run_dir)
     os.close(locked_elsewhere(run_dir))
+
+
+def test_a_refused_launch_puts_back_the_hydra_record_it_found_even_when_it_wrote_none(tmp_path):
+    """A launch with hydra.output_subdir=null writes no .hydra/: undoing it restores the one the directory had."""
+    import shutil
+
+    from training.launch import Before
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("a: 1\n")
+    (run / "metrics.jsonl").write_text('{"step": 0}\n')
+    before = Before.of(run)
+    shutil.rmtree(run / ".hydra")
+    before.undo(run)
+    assert (run / ".hydra" / "config.yaml").read_text() == "a: 1\n" and (run / "metrics.jsonl").is_file()
