@@ -15,9 +15,10 @@ A mixture of sources (named token arrays with weights w_s, summing to 1) draws f
 each window's source (window i comes from source s with probability w_s), then its start, uniform within that
 source; the split into ranks and micro-steps is the same.
 
-Validation: ``eval_batches × world_size × batch_size`` windows whose starts are evenly spaced over the val
-split (the first at 0, the last ending at its final token), the same at every evaluation; batch i of rank r
-is the slice [(i·world_size + r)·batch_size, …+batch_size) of them. A mixture has that many per source.
+Validation: ``eval_batches × batch_size`` windows whose starts are evenly spaced over the val split (the first
+at 0, the last ending at its final token), the same at every evaluation and for any number of ranks: window i
+goes to rank i mod world_size, each rank batches its share by up to batch_size, and a rank one window short pads
+its last batch with targets scored nowhere. A mixture has that many per source.
 """
 
 from __future__ import annotations

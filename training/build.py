@@ -115,8 +115,8 @@ class Run:
             raise ConfigError(
                 f"update {t}: the loss ({update.loss}) or gradient norm ({update.grad_norm}) is not finite; no "
                 "optimizer step was taken with it and the last good checkpoint is kept (lower optim.lr, set "
-                "trainer.nonfinite=skip to skip such batches, or trainer.on_spike=rollback to go back to the latest "
-                "checkpoint past them)"
+                "trainer.nonfinite=skip to skip such batches, or trainer.on_spike=rollback to go back to the newest "
+                "periodic checkpoint past them)"
             )
         self.scheduler.step()  # the update index and the schedule move on without an optimizer step
         self.metrics.count("skipped_nonfinite")

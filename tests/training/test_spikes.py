@@ -1,5 +1,6 @@
-"""trainer.on_spike=rollback: a poisoned batch planted in a run sends it back to its latest checkpoint past that
-batch, once; batches stay a function of the update index and the skips kept in checkpoints, so resume is exact."""
+"""trainer.on_spike=rollback: a poisoned batch planted in a run sends it back to its newest periodic checkpoint
+past that batch, once; batches stay a function of the update index and the skips kept in checkpoints, so resume
+is exact."""
 
 from __future__ import annotations
 
