@@ -139,7 +139,7 @@ def inspect(path: Path, fingerprint: str | None = None, settings: dict | None = 
                 return None, f"{split}.bin bytes {start:,}–{end:,} are not those it was built with (crc32)"
     except OSError as e:
         return None, f"{e.strerror}: {e.filename}"
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, RecursionError) as e:  # RecursionError: JSON nested too deep
         return None, f"meta.json is unreadable ({type(e).__name__}: {e})"
     return meta, ""
 

@@ -165,7 +165,7 @@ def tokenizer_damage(folder: Path) -> str | None:
             return "tokenizer.json is not the one trained into it"
     except OSError as e:
         return f"{e.strerror}: {e.filename}"
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, RecursionError) as e:  # RecursionError: JSON nested too deep
         return f"meta.json is unreadable ({type(e).__name__}: {e})"
     return None
 

@@ -168,7 +168,9 @@ def unknown_hydra_key(key: str, config_name: str = "config") -> ConfigError:
     where = ".".join(parts[:depth])
     known = [f"{where}.{k}" for k in OmegaConf.select(cfg, where)]
     close = [f"{where}.{k}" for k in difflib.get_close_matches(parts[depth], OmegaConf.select(cfg, where), n=2)]
-    hint = f"did you mean {' or '.join(close)}?" if close else f"it has {', '.join(known) or 'no keys'}"
+    hint = f"did you mean {' or '.join(close)}?" if close else f"it has {', '.join(known)}"
+    if not known:  # an empty mapping (hydra.job.env_set) takes new keys with a +
+        hint = f"add it with +{key}=…"
     return ConfigError(f"{key} is not a key of {where}; {hint}")
 
 

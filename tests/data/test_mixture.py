@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from data import DataError, MixtureValBatches, TrainBatches, ValBatches, prepare, token_byte_lengths
 from data.corpus import build_corpus
-from data.mixture import in_source, prepare_mixture, source_configs, weighted_sample
+from data.mixture import in_source, prepare_mixture, source_configs, tokenizer_damage, weighted_sample
 from model import GPT, GPTConfig, padded_vocab
 from tests.data.corpora import DOCS, data_cfg, write_texts
 from training.evaluation import evaluate, validate
@@ -150,6 +150,8 @@ def test_a_damaged_shared_tokenizer_is_trained_again_with_a_warning(damage, tmp_
         prepare_mixture(mixture_cfg(tmp_path), build_if_missing=False)
     again = prepare_mixture(mixture_cfg(tmp_path))
     assert again.tokenizer_path.read_text() == text
+    (again.tokenizer_path.parent / "meta.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert "meta.json is unreadable (RecursionError" in tokenizer_damage(again.tokenizer_path.parent)
     assert "damaged (tokenizer.json is not the one trained into it); training it again" in caplog.text
     assert {name: c.meta for name, c in again.caches.items()} == {name: c.meta for name, c in first.caches.items()}
 

@@ -78,6 +78,8 @@ def test_a_damaged_cache_is_not_trusted_and_is_rebuilt(corpus_cfg):
     assert rebuilt.path == good.path and np.array_equal(rebuilt.tokens("train"), expect)
     (good.path / "meta.json").write_text("null")  # JSON, but not the object a cache records
     assert TokenCache.open(good.path) is None
+    (good.path / "meta.json").write_text("[" * 100_000 + "]" * 100_000)  # nested deeper than the parser recurses
+    assert TokenCache.open(good.path) is None
     assert np.array_equal(prepare(corpus_cfg).tokens("train"), expect)
 
 

@@ -337,6 +337,7 @@ def test_a_mistyped_key_or_option_is_one_line_before_hydra_runs():
             r"^hydra/launcher=basicc is not an option of hydra/launcher; did you mean hydra/launcher=basic\?",
         ),
         ("hydra.job.chdir=maybe", r"^hydra\.job\.chdir=maybe: Value 'maybe' is not a valid bool"),
+        ("hydra.job.env_set.FOO=1", r"^hydra\.job\.env_set\.FOO is not a key of hydra\.job\.env_set; add it with \+"),
         ("model=1", r"^model=1 is not an option of model; it has base, "),
         ("+trainer.seed=3", r"^\+trainer\.seed: the config already has trainer\.seed; set it without the \+$"),
         ("+hydra.run.dir=x", r"^\+hydra\.run\.dir: the config already has hydra\.run\.dir; set it without the \+$"),
