@@ -339,12 +339,13 @@ def build_run(
                 f"{before:,}",
                 f"{train_batches.tokens_per_update:,}",
             )
-        if state.get("val_windows") not in (None, trainer.eval_batches * trainer.batch_size):
+        scored = state.get("val_windows") or saved_val_windows(state)
+        if scored not in (None, trainer.eval_batches * trainer.batch_size):
             log.warning(
                 "validation scores %d windows from here on, the checkpoint's %d (trainer.eval_batches × batch_size "
-                "changed): val/loss may shift at update %d",
+                "or the number of ranks changed): val/loss may shift at update %d",
                 trainer.eval_batches * trainer.batch_size,
-                state["val_windows"],
+                scored,
                 start,
             )
         # the sinks continue their runs (W&B's) when this run directory continues; a branch starts new ones
@@ -403,6 +404,16 @@ def build_run(
     if state is not None:
         log.info("resuming from %s at update %d", resume_from, start)
     return run
+
+
+def saved_val_windows(state: dict) -> int | None:
+    """The validation windows of a checkpoint that predates ``val_windows``: each of its ranks (one RNG state
+    each) scored eval_batches × batch_size of its own."""
+    try:
+        t = OmegaConf.create(state["config"]).trainer
+        return int(t.eval_batches) * int(t.batch_size) * len(state["rng"])
+    except Exception:  # no config recorded, or not one this reads
+        return None
 
 
 def schedule_history(state: dict | None, start: int, T: int, cfg: DictConfig, resumed_from: Path | None) -> list[dict]:

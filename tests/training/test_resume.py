@@ -137,6 +137,23 @@ def test_a_resume_with_another_batch_says_so(tmp_path, tiny_train, caplog):
     assert "validation scores 16 windows from here on, the checkpoint's 8 (" in caplog.text
 
 
+def test_a_checkpoint_from_before_val_windows_were_recorded_is_read_from_its_config_and_ranks(
+    tmp_path, tiny_train, caplog
+):
+    """Such a run on two ranks scored eval_batches × batch_size windows on each: twice what one process scores now."""
+    with pytest.raises(Stopped):
+        tiny_train(tmp_path / "run", ARGS + ["trainer.stop_at=3"])
+    folder = checkpoint.latest(tmp_path / "run" / "checkpoints")
+    state = torch.load(folder / "state.pt", weights_only=True)
+    del state["val_windows"]
+    state["rng"] = state["rng"] * 2  # as two ranks saved it
+    torch.save(state, folder / "state.pt")
+    checkpoint.write_checksums(folder)
+    with caplog.at_level("WARNING", logger="train"):
+        tiny_train(tmp_path / "run", ARGS)
+    assert "validation scores 8 windows from here on, the checkpoint's 16 (" in caplog.text
+
+
 def test_a_branch_run_again_after_its_source_checkpoint_is_gone_continues_from_its_own(
     tmp_path, tiny_train, uninterrupted
 ):
