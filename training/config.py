@@ -201,6 +201,9 @@ def check_keys(cfg: Mapping[str, Any], config_name: str = "config") -> None:
     for group in GROUPS:
         if not isinstance(cfg.get(group), Mapping):
             options = ", ".join(group_options(group))
+            if cfg.get(group) is None and group in LIST_GROUPS:  # logger=[], eval=[]
+                none = " (logger=none: metrics.jsonl and the console alone)" if group == "logger" else ""
+                raise ConfigError(group, f"one or more of {options}{none}", [])
             raise ConfigError(f"{group} must be chosen from conf/{group}/ ({options}), got {cfg.get(group)!r}")
         if group in LIST_GROUPS:
             entries = cfg[group].get(LIST_GROUPS[group])
