@@ -331,23 +331,7 @@ def build_run(
     if state is not None:
         checkpointer.restore(state, resume_from, trainer.allow_schedule_change, cfg.optim.name)
         start, tokens_seen = state["step"], state["tokens"]
-        before = state.get("tokens_per_update") or (tokens_seen // start if start else None)
-        if before is not None and before != train_batches.tokens_per_update:
-            log.warning(
-                "the checkpoint's updates took %s tokens each, this run's take %s (the number of ranks, "
-                "trainer.batch_size or the accumulation changed): the run goes on with the new batch",
-                f"{before:,}",
-                f"{train_batches.tokens_per_update:,}",
-            )
-        scored = state.get("val_windows") or saved_val_windows(state)
-        if scored not in (None, trainer.eval_batches * trainer.batch_size):
-            log.warning(
-                "validation scores %d windows from here on, the checkpoint's %d (trainer.eval_batches × batch_size "
-                "or the number of ranks changed): val/loss may shift at update %d",
-                trainer.eval_batches * trainer.batch_size,
-                scored,
-                start,
-            )
+        warn_of_another_batch(state, train_batches.tokens_per_update, trainer.eval_batches * trainer.batch_size)
         # the sinks continue their runs (W&B's) when this run directory continues; a branch starts new ones
         continued = state if Path(resume_from).resolve().is_relative_to(run_dir) else {}
     else:
@@ -404,6 +388,29 @@ def build_run(
     if state is not None:
         log.info("resuming from %s at update %d", resume_from, start)
     return run
+
+
+def warn_of_another_batch(state: dict, tokens_per_update: int, val_windows: int) -> None:
+    """A resume whose updates take another number of tokens, or whose validation scores another number of windows,
+    than the checkpoint's goes on, saying so."""
+    start = state["step"]
+    before = state.get("tokens_per_update") or (state["tokens"] // start if start else None)
+    if before is not None and before != tokens_per_update:
+        log.warning(
+            "the checkpoint's updates took %s tokens each, this run's take %s (the number of ranks, "
+            "trainer.batch_size or the accumulation changed): the run goes on with the new batch",
+            f"{before:,}",
+            f"{tokens_per_update:,}",
+        )
+    scored = state.get("val_windows") or saved_val_windows(state)
+    if scored not in (None, val_windows):
+        log.warning(
+            "validation scores %d windows from here on, the checkpoint's %d (trainer.eval_batches × batch_size "
+            "or the number of ranks changed): val/loss may shift at update %d",
+            val_windows,
+            scored,
+            start,
+        )
 
 
 def saved_val_windows(state: dict) -> int | None:
