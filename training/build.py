@@ -36,7 +36,7 @@ from training.config import LIST_GROUPS, ConfigError, check_stop_at, grad_accum_
 from training.engine import Model, TrainStep, Update, build_model
 from training.evaluation import EvalContext, Evaluations
 from training.init_from import initial_weights, model_vocab
-from training.loggers import JsonlSink, Metrics, ProgressSink, RunInfo, human, last_logged_step, start_summary
+from training.loggers import JsonlSink, Metrics, ProgressSink, RunInfo, human, start_summary
 from training.optim import build_optimizer, describe_optimizer
 from training.secrets import redact, register_overrides, scrub_hydra_files
 from training.spikes import MAX_ROLLBACKS_TO_ONE_CHECKPOINT, Skips
@@ -510,7 +510,6 @@ def open_metrics(
     to the resumed update — and each sink the logger group names."""
     run_lock.acquire(run_dir)  # one writer per run directory: a second launch stops here with RunInUse
     scrub_hydra_files(run_dir)
-    logged = last_logged_step(run_dir / "metrics.jsonl") if resume_step is not None else None  # before it is cut
     core = [JsonlSink(run_dir / "metrics.jsonl", resume_step), ProgressSink(T, resume_step or 0, cfg.trainer.log_every)]
     settings = OmegaConf.to_container(cfg.logger, resolve=True)
     saved = continued.get("sinks") or {}
@@ -523,7 +522,6 @@ def open_metrics(
             settings=settings,
             total_steps=T,
             start=resume_step or 0,
-            logged_through=logged,
             state=dict(saved.get(name) or {}),
             checkpoint={k: v for k, v in continued.items() if v is None or isinstance(v, (str, int, float))},
             group=sweep and sweep.group,

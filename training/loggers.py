@@ -55,7 +55,6 @@ class RunInfo:
     settings: dict[str, Any]  # the logger group's keys (logger.*), resolved: shared by every sink
     total_steps: int  # T
     start: int = 0  # the first update this process takes: > 0 when resuming
-    logged_through: int | None = None  # the last step metrics.jsonl held before the start (past the checkpoint)
     state: dict[str, Any] = field(default_factory=dict)  # this sink's state() at the checkpoint this run continues
     checkpoint: dict[str, Any] = field(default_factory=dict)  # that checkpoint's other entries (older layouts)
     group: str | None = None  # a sweep's jobs share it
@@ -154,13 +153,6 @@ class JsonlSink(FileSink):
         record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
         line = json.dumps({"step": step, **record}, allow_nan=False) + "\n"
         self.write(lambda: self.fh.write(line), len(line.encode()))  # line-buffered: a full disk shows here
-
-
-def last_logged_step(path: Path) -> int | None:
-    """The last step metrics.jsonl holds (what an interrupted run logged, past its last checkpoint too)."""
-    if not path.is_file():
-        return None
-    return max((_step(line) for line in path.read_text().splitlines() if line.strip()), default=None)
 
 
 def _step(line: str) -> int:

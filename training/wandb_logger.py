@@ -74,7 +74,6 @@ class WandbSink(Sink):
         config, run_dir = info.config, info.run_dir
         # the id of the run this one continues: the sink's state, or what checkpoints before sinks kept
         run_id = info.state.get("run_id") or info.checkpoint.get("wandb_run_id")
-        logged_through = info.logged_through
         self.mode = resolve_mode(cfg.get("mode", "auto"))
         self.failed = False
         timeout = float(cfg["init_timeout"])
@@ -127,11 +126,9 @@ class WandbSink(Sink):
             self.run.define_metric(pattern, step_metric="step")
         self.run.define_metric("val/loss", step_metric="step", summary="min")
         self.run.define_metric("val/bpb", step_metric="step", summary="min")
-        # W&B keeps the steps the interrupted run logged (``logged_through``, the last of metrics.jsonl; online
-        # its server knows them too): log from the step after them, so a synced run has every step once.
-        self.first_new_step = 0
-        if run_id:
-            self.first_new_step = max(int(self.run.step or 0), -1 if logged_through is None else logged_through + 1)
+        # A resumed run logs from its checkpoint's update, or online from the step after the last one W&B's server
+        # holds. Not from metrics.jsonl's last step: a killed process may have written steps W&B never received.
+        self.first_new_step = max(int(self.run.step or 0), info.start) if run_id else 0
         self.run_dir = run_dir
 
     @property

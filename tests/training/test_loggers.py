@@ -11,7 +11,7 @@ import torch
 
 from tests.conftest import compose_config, read_metrics
 from tests.training.fork_parts import SEEN
-from tests.training.wandb_file import run_files, run_info
+from tests.training.wandb_file import history, run_files, run_info
 from training import checkpoint
 from training.config import ConfigError, check_config
 from training.signals import Stopped
@@ -116,6 +116,22 @@ def test_a_wandb_run_resumes_from_a_checkpoint_written_before_sinks_had_state(tm
     tiny_train(run, [*ARGS, "logger=wandb"])
     files = run_files(run / "wandb")
     assert len(files) == 2 and {run_info(f).run_id for f in files} == {state["sinks"]["wandb"]["run_id"]}
+
+
+def test_a_wandb_run_killed_past_its_checkpoint_has_every_step_once_resumed(tmp_path, tiny_train, monkeypatch):
+    """A SIGKILL can leave metrics.jsonl ahead of what W&B's own file received (its service writes later): the
+    resumed run logs from the checkpoint's update, and the two offline files together hold every step."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = tmp_path / "run"
+    with pytest.raises(Stopped):
+        tiny_train(run, [*ARGS, "logger=wandb", "trainer.stop_at=3"])
+    rows = read_metrics(run)
+    ahead = [{**rows[-1], "step": s} for s in (3, 4)]  # rows the killed process wrote that W&B never got
+    with open(run / "metrics.jsonl", "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in ahead)
+    tiny_train(run, [*ARGS, "logger=wandb"])
+    steps = [sorted({row["step"] for row in history(f) if "train/loss" in row}) for f in run_files(run / "wandb")]
+    assert len(steps) == 2 and set(steps[0]) | set(steps[1]) == set(range(6)), steps
 
 
 @pytest.mark.parametrize(
