@@ -48,7 +48,7 @@ log = logging.getLogger("train")
 class Sweep:
     """A multirun job's place in its sweep: the group its jobs share in the trackers, and this job's name."""
 
-    group: str
+    group: str  # the sweep directory
     name: str
 
 
@@ -509,7 +509,7 @@ def open_metrics(
     """The run directory's metric sinks (rank 0), once its lock is held: metrics.jsonl and the console — cut back
     to the resumed update — and each sink the logger group names."""
     run_lock.acquire(run_dir)  # one writer per run directory: a second launch stops here with RunInUse
-    scrub_hydra_files(run_dir)
+    scrub_hydra_files(run_dir, *([Path(sweep.group)] if sweep else []))
     core = [JsonlSink(run_dir / "metrics.jsonl", resume_step), ProgressSink(T, resume_step or 0, cfg.trainer.log_every)]
     settings = OmegaConf.to_container(cfg.logger, resolve=True)
     saved = continued.get("sinks") or {}

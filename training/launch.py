@@ -109,7 +109,8 @@ class SweepReport(Callback):
     """Hydra callback (conf/config.yaml): at the end of a multirun, whatever the launcher, the sweep's report —
     report.csv, report.md, report.png (and frontier.png) in the sweep directory (``training.report``); given a fit
     (``hydra.callbacks.sweep_report.forecast=fit.json``), each job's forecast beside its result. A fit that cannot
-    be read stops the sweep before its first job: one line, exit code 2."""
+    be read stops the sweep before its first job: one line, exit code 2. Hydra's ``multirun.yaml`` there is
+    scrubbed of secrets (by each job, and again here should no job have got that far)."""
 
     def __init__(self, forecast: str | None = None) -> None:
         self.forecast = Path(forecast) if forecast else None
@@ -128,9 +129,13 @@ class SweepReport(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         from training.report import markdown, write_report
 
+        from training.secrets import register_overrides, scrub_hydra_files
+
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
+        register_overrides(list(config.hydra.overrides.task))  # its jobs scrub it too, unless none got that far
+        scrub_hydra_files(sweep_dir)
         jobs, files = write_report(sweep_dir, self.forecast)
         log.info("sweep report, best first (%s):\n%s", ", ".join(f.name for f in files), markdown(jobs).rstrip())
 

@@ -8,12 +8,14 @@ text (``logger.notes=hf_…``): Hugging Face, OpenAI-style, GitHub and AWS keys,
 bare 40-hex string (W&B's API keys) — except under a key naming a revision, commit or sha, or as a path segment
 (HF's ``snapshots/<revision>/``), where 40 hex digits are a git commit.
 
-Everything a run writes goes through ``redact``: Hydra's files, the checkpoint's config, and each sink's config,
-settings and command line.
+Everything a run writes goes through ``redact``: Hydra's files (a sweep's ``multirun.yaml`` too), the checkpoint's
+config, each sink's config, settings and command line, and every log line (``RedactLogs``, in
+``conf/hydra/job_logging``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -75,13 +77,31 @@ def redact(obj: Any, secrets: list[str] | None = None, key: str = "") -> Any:
     return obj
 
 
-def scrub_hydra_files(run_dir: Path) -> None:
-    """Rewrite what Hydra saved in ``<run_dir>/.hydra`` (config, hydra config, overrides) without secrets."""
+def scrub_hydra_files(*dirs: Path) -> None:
+    """Rewrite what Hydra saved in each of ``dirs`` without secrets: a run's ``.hydra/`` (config, hydra config,
+    overrides), a sweep's ``multirun.yaml``. Atomically, as a sweep's jobs may scrub its file at once."""
     from omegaconf import OmegaConf
 
-    for path in sorted((run_dir / ".hydra").glob("*.yaml")):
+    from data.atomic import replace_file
+
+    paths = [p for d in dirs for p in (*sorted((d / ".hydra").glob("*.yaml")), d / "multirun.yaml") if p.is_file()]
+    for path in paths:
         original = path.read_text()
         data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
         clean = OmegaConf.to_yaml(OmegaConf.create(redact(data)))
         if clean != OmegaConf.to_yaml(OmegaConf.create(data)) or redact(original) != original:
-            path.write_text(clean)
+            replace_file(path, clean)
+
+class RedactLogs(logging.Filter):
+    """A logging filter for the run's handlers: a message is redacted before train.log, the console and what W&B
+    captures of the console see it (an error can echo a URL with a token, or what the user typed)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: the handler reports it as logging does
+            return True
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True

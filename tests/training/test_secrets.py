@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -11,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from tests.conftest import TINY, compose_config
+from tests.conftest import ROOT, TINY, compose_config
 from tests.training.wandb_file import run_files
 from training import checkpoint
 from training.config import ConfigError
@@ -148,3 +150,44 @@ def test_a_checkpoint_holding_arbitrary_objects_is_refused(tmp_path, capsys):
             checkpoint.load(folder)
     assert "code ran" not in capsys.readouterr().out
     assert not caught  # the one-line error is all that is said (no warning about the pickle protocol before it)
+
+
+def test_a_run_log_line_holding_a_secret_is_redacted_in_train_log_and_on_the_console(tmp_path, monkeypatch, capsys):
+    """A message can carry what a user typed or an error echoed (a URL with a token): the run's logging (Hydra's
+    job_logging=template, train.log and the console W&B captures) redacts it like every file."""
+    import logging.config
+
+    cfg = compose_config([f"hydra.run.dir={tmp_path}"], return_hydra_config=True)
+    settings = OmegaConf.to_container(cfg.hydra.job_logging, resolve=False)
+    settings["handlers"]["file"]["filename"] = str(tmp_path / "train.log")
+    settings["handlers"]["console"]["stream"] = "ext://sys.stderr"
+    monkeypatch.setenv("MY_SERVICE_TOKEN", ENV_SECRET)
+    root = logging.getLogger()
+    kept = root.handlers[:], root.level
+    try:
+        logging.config.dictConfig(settings)
+        logging.getLogger("train").warning("MLflow failed (%s, at %s)", SHAPED["hugging face"], ENV_SECRET)
+        for h in root.handlers:
+            h.flush()
+    finally:
+        for h in root.handlers:
+            h.close()
+        root.handlers[:], level = kept
+        root.setLevel(level)
+    for text in ((tmp_path / "train.log").read_text(), capsys.readouterr().err):
+        assert f"MLflow failed ({REDACTED}, at {REDACTED})" in text, text
+
+
+def test_no_credential_shaped_value_reaches_a_sweeps_files(tmp_path, data_cache):
+    """Hydra's multirun.yaml in the sweep directory holds the command line and the config, as typed."""
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache), "WANDB_SILENT": "true"}
+    args = ["trainer.max_steps=2", "trainer.eval_every=0", "trainer.sample_tokens=0", "optim.lr=1e-3,2e-3"]
+    args += ["logger=wandb", "logger.mode=offline"]
+    cmd = [sys.executable, "train.py", "-m", *TINY, *args, f"logger.notes={SHAPED['hugging face']}"]
+    proc = subprocess.run([*cmd, f"hydra.sweep.dir={sweep}"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files = [p for p in sweep.rglob("*") if p.is_file()]
+    assert {"multirun.yaml", "overrides.yaml", "train.log", "state.pt"} <= {p.name for p in files}
+    for path in files:
+        assert SHAPED["hugging face"].encode() not in path.read_bytes(), f"the key leaked into {path}"
