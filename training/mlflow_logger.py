@@ -32,6 +32,7 @@ from typing import Any
 
 from training.config import ConfigError
 from training.loggers import RunInfo, Sink, check_tracking, first_line, flat_config, require
+from training.secrets import redact
 
 log = logging.getLogger("train")
 DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow's own default store since 3.7
@@ -104,8 +105,6 @@ class MlflowSink(Sink):
         from mlflow import MlflowClient
         from mlflow.entities import Param
 
-        from training.secrets import redact
-
         settings = redact(dict(info.settings))  # notes, run name, group and tags reach MLflow as given: redact them
         self.run_dir, self.timeout = info.run_dir, float(settings["init_timeout"])
         # a server that stops answering mid-run: a few quick retries, not MLflow's minutes of them
@@ -113,7 +112,8 @@ class MlflowSink(Sink):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, math.ceil(self.timeout))))
         saved = info.state
         fallback = f"sqlite:///{info.run_dir / FALLBACK}"
-        self.uri = saved.get("tracking_uri") if saved.get("fallback") else tracking_uri(settings)
+        # connect to the URI as given (it can carry a password); what is written of it is redacted
+        self.uri = saved.get("tracking_uri") if saved.get("fallback") else tracking_uri(info.settings)
         self.fell_back = bool(saved.get("fallback"))
         run_name = settings.get("run_name") or redact(info.name)
         tags = {
@@ -166,7 +166,8 @@ class MlflowSink(Sink):
         self.worker.start()
 
     def state(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "tracking_uri": self.uri, "fallback": self.fell_back}
+        uri = self.uri if self.fell_back else redact(self.uri)  # the local store a resume goes on with, as is
+        return {"run_id": self.run_id, "tracking_uri": uri, "fallback": self.fell_back}
 
     def work(self) -> None:
         """The sink's thread: each queued call in order; the first that fails is reported, the rest dropped."""

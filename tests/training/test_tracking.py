@@ -186,6 +186,23 @@ def test_a_token_like_override_reaches_neither_tensorboard_nor_mlflow(tmp_path, 
     assert runs[0].data.tags["mlflow.note.content"] == "<redacted>"
 
 
+def test_mlflow_connects_to_the_tracking_uri_as_given_though_it_holds_a_secret(tmp_path, monkeypatch):
+    """A URI can carry a password (``http://me:${oc.env:MLFLOW_PASSWORD}@host``): the sink connects with it,
+    and what it saves in the checkpoint is redacted."""
+    from training.loggers import RunInfo
+    from training.mlflow_logger import MlflowSink
+
+    monkeypatch.setenv("MY_STORE_PASSWORD", SECRET)
+    uri = f"sqlite:///{tmp_path / SECRET}.db"
+    sink = MlflowSink(RunInfo(tmp_path, {}, {"project": "p", "tracking_uri": uri, "init_timeout": 10}, total_steps=T))
+    sink.log(0, {"train/loss": 1.0})
+    state = sink.state()
+    sink.finish("ok", {})
+    client, runs = mlflow_run(uri, "p")
+    assert [r.info.run_id for r in runs] == [state["run_id"]]
+    assert SECRET not in str(state) and not list(tmp_path.glob("*redacted*"))
+
+
 def silent_server() -> tuple[socket.socket, str]:
     """A tracking server that accepts connections and never answers."""
     server = socket.socket()
