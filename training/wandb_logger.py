@@ -124,8 +124,6 @@ class WandbSink(Sink):
         self.run.define_metric("step")
         for pattern in ("train/*", "val/*", "tokens"):
             self.run.define_metric(pattern, step_metric="step")
-        self.run.define_metric("val/loss", step_metric="step", summary="min")
-        self.run.define_metric("val/bpb", step_metric="step", summary="min")
         # A resumed run logs from its checkpoint's update, or online from the step after the last one W&B's server
         # holds. Not from metrics.jsonl's last step: a killed process may have written steps W&B never received.
         self.first_new_step = max(int(self.run.step or 0), info.start) if run_id else 0

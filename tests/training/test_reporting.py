@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.conftest import ROOT, TINY, compose_config, read_metrics, train_records
-from tests.training.wandb_file import exit_code, history, records, run_files, run_info
+from tests.training.wandb_file import exit_code, history, records, run_files, run_info, summary
 from training import plots
 from training.launch import swept_overrides
 from training.signals import Stopped
@@ -96,6 +96,16 @@ def test_wandb_records_the_same_metrics_as_metrics_jsonl_at_the_update_index(wan
     config = {item.key: json.loads(item.value_json) for item in info.config.update}
     assert config["trainer"]["max_steps"] == 12 and config["model"]["n_embd"] == 32  # the resolved Hydra config
     assert exit_code(path) == 0
+
+
+def test_wandb_summary_holds_the_last_val_loss_and_the_best_as_the_runs_summary_does(wandb_run):
+    """One notion of best, the run's (best/*, kept across resumes), beside W&B's default of the last value."""
+    (path,) = run_files(wandb_run.dir)
+    val = [r for r in read_metrics(wandb_run.dir) if "val/loss" in r]
+    best = min(val, key=lambda r: r["val/loss"])
+    got = summary(path)
+    assert got["val/loss"] == pytest.approx(val[-1]["val/loss"], rel=1e-12)
+    assert (got["best/val_loss"], got["best/step"]) == (pytest.approx(best["val/loss"], rel=1e-12), best["step"])
 
 
 def test_the_lr_audit_reads_the_history_and_config_of_a_wandb_offline_run(wandb_run, capsys):

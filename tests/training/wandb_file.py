@@ -32,6 +32,18 @@ def history(path: Path) -> list[dict]:
     return rows
 
 
+def summary(path: Path) -> dict:
+    """The run's summary as the file leaves it: each summary record's updates and removals, in order."""
+    out: dict = {}
+    for r in records(path):
+        if r.WhichOneof("record_type") == "summary":
+            for item in r.summary.update:
+                out[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+            for item in r.summary.remove:
+                out.pop(item.key or "/".join(item.nested_key), None)
+    return out
+
+
 def run_info(path: Path):
     """The run record: id, group, display name, job type, config."""
     for r in records(path):
