@@ -212,15 +212,10 @@ class MlflowSink(Sink):
 
     def finish(self, status: str, summary: Mapping[str, Any]) -> None:
         """End the run with its status; wait for the queued calls at most ``logger.init_timeout`` seconds."""
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        final = [
-            Metric(k, float(v), now, 0)
-            for k, v in summary.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        ]
-        self.calls.put(("logging the summary", lambda: self.client.log_batch(self.run_id, metrics=final)))
+        # at the last update logged, through log(): a counter the run logs as a series too (train/rollbacks) gets
+        # no second point, and a resumed run's best/* is a later point than the earlier start's
+        final = {k: v for k, v in summary.items() if not isinstance(v, float) or math.isfinite(v)}
+        self.log(max(self.logged.values(), default=0), final)
         end = STATUS.get(status, "FAILED")
         self.calls.put(("closing its run", lambda: self.client.set_terminated(self.run_id, status=end)))
         self.calls.put(None)

@@ -165,6 +165,29 @@ def test_mlflow_keeps_each_steps_first_value_across_a_rollback_and_a_resume(tmp_
     assert points == {"train/loss": [(t, float(t)) for t in range(6)] + [(6, 206.0)], "val/loss": [(6, 1.5)]}
 
 
+def test_mlflow_logs_the_summary_at_the_last_update_adding_no_point_to_a_series(tmp_path):
+    """The summary's counters (train/rollbacks) are series the run logs too: their history stays as logged. The
+    best/* of a resumed run's end is the run's latest value."""
+    from training.loggers import RunInfo
+    from training.mlflow_logger import MlflowSink
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    info = RunInfo(tmp_path, {}, {"project": "p", "tracking_uri": uri, "init_timeout": 10}, total_steps=T)
+    sink = MlflowSink(info)
+    rollbacks = [0, 0, 1, 1, 1]
+    for t, n in enumerate(rollbacks):
+        sink.log(t, {"train/loss": 1.0, "train/rollbacks": n})
+    state = sink.state()
+    sink.finish("preempted", {"train/rollbacks": 1, "best/val_loss": 2.0})
+    resumed = MlflowSink(RunInfo(tmp_path, {}, info.settings, total_steps=T, start=5, state=state))
+    resumed.log(5, {"train/loss": 1.0, "train/rollbacks": 1})
+    resumed.finish("ok", {"train/rollbacks": 1, "best/val_loss": 1.5})
+    client = MlflowClient(tracking_uri=uri)
+    history = sorted((m.step, m.value) for m in client.get_metric_history(state["run_id"], "train/rollbacks"))
+    assert history == [(t, float(n)) for t, n in enumerate([*rollbacks, 1])]
+    assert client.get_run(state["run_id"]).data.metrics["best/val_loss"] == 1.5
+
+
 def test_a_token_like_override_reaches_neither_tensorboard_nor_mlflow(tmp_path, tiny_train, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MY_SERVICE_TOKEN", SECRET)
