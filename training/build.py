@@ -263,7 +263,7 @@ def build_run(
     started = time.perf_counter() if started is None else started
     register_overrides(list(overrides or []))  # their secret-looking values never get written
     trainer = cfg.trainer
-    dist = distributed.init(trainer.device)
+    dist = distributed.init(trainer.device, trainer.collective_timeout)
     run_dir = Path(distributed.broadcast_object(str(run_dir))).resolve()
     resume_from = distributed.broadcast_object(
         checkpoint.find_resume(trainer.resume, run_dir) if dist.is_main else None

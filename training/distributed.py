@@ -8,7 +8,8 @@ only rank 0 writes files. Strategies (``trainer.strategy``):
   WORLD_SIZE > 1); ``fsdp``: every block sharded across ranks (``fully_shard`` per block, then the root), bf16
   parameters with fp32 gradient reduction on GPU.
 
-A collective waits for the other ranks ``PREPARE_TIMEOUT_S`` while rank 0 builds the token cache (``in_turn``),
+The ranks wait ``trainer.collective_timeout`` for each other to join the group (``init``). A collective waits
+for the other ranks ``PREPARE_TIMEOUT_S`` while rank 0 builds the token cache (``in_turn``),
 ``SETUP_TIMEOUT_S`` while the rest of the run starts (every rank compiles) and ends (rank 0 alone samples and
 reports), and ``trainer.collective_timeout`` in between (``set_collective_timeout``, after the first update, as
 torchtitan does): a rank that stopped answering then ends the others' wait with a backend error
@@ -253,8 +254,10 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def init(device_choice: str) -> Dist:
-    """Join torchrun's process group when there is one, and pick this rank's device."""
+def init(device_choice: str, join_timeout: float = SETUP_TIMEOUT_S) -> Dist:
+    """Join torchrun's process group when there is one, and pick this rank's device. Every rank must join within
+    ``join_timeout`` seconds (``trainer.collective_timeout``): a rank that never starts (srun starts each on its
+    own; rank 0 may have refused to) ends the others' wait with ``PeerLost``, not the start's 30 minutes."""
     rank, local_rank, world_size = env_world()
     device = resolve_device(device_choice, local_rank)
     if device.type == "cuda":
@@ -264,7 +267,13 @@ def init(device_choice: str) -> Dist:
         kwargs = {"device_id": device} if device.type == "cuda" else {}
         if backend == "nccl":  # a collective past its timeout is aborted and the process torn down, not left waiting
             os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=SETUP_TIMEOUT_S), **kwargs)
+        try:
+            dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=join_timeout), **kwargs)
+        except dist.DistError as e:
+            from training.watchdog import PeerLost  # it imports this module
+
+            raise PeerLost(None, join_timeout, peer_failure(e) or type(e).__name__) from None
+        set_collective_timeout(SETUP_TIMEOUT_S)
     return Dist(rank, local_rank, world_size, device)
 
 

@@ -30,12 +30,21 @@ LOG_WAIT_S = 5.0  # how long a fault's report waits for the log file before the 
 
 
 class PeerLost(Exception):
-    """Another rank stopped answering (or left) while this one waited for it in a collective."""
+    """Another rank stopped answering (or left) while this one waited for it in a collective; or, with no
+    ``update``, not every rank joined the process group."""
 
-    def __init__(self, update: int, timeout: float, reason: str):
+    def __init__(self, update: int | None, timeout: float, reason: str):
+        what = (
+            f"update {update}: another rank stopped answering" if update is not None else "the ranks did not all join"
+        )
+        hint = (
+            "once every rank can start (see each one's output)"
+            if update is None
+            else "to resume from the latest checkpoint"
+        )
         super().__init__(
-            f"update {update}: another rank stopped answering (trainer.collective_timeout={timeout:g} s; {reason}); "
-            f"exiting with {EXIT_HUNG}: run the same command again to resume from the latest checkpoint"
+            f"{what} (trainer.collective_timeout={timeout:g} s; {reason}); exiting with {EXIT_HUNG}: run the same "
+            f"command again {hint}"
         )
 
 

@@ -248,6 +248,26 @@ def test_when_a_rank_dies_or_hangs_the_other_exits_in_one_line_and_a_rerun_resum
     assert_bit_for_bit(two_ranks_uninterrupted, run)
 
 
+def test_a_rank_whose_peers_never_join_leaves_within_the_collective_timeout_in_one_line(tmp_path, data_cache):
+    """As srun starts ranks: rank 0 refused to start (its directory in use, a bad value) and never hosts the
+    group; rank 1 would otherwise wait for it the start's 30 minutes."""
+    env = {
+        **os.environ,
+        "GPT_DATA_CACHE": str(data_cache),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        **{"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"},
+    }
+    cmd = [sys.executable, str(ROOT / "train.py"), *TINY, *FAULT_ARGS, f"hydra.run.dir={tmp_path / 'run'}"]
+    started = time.monotonic()
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    waited = time.monotonic() - started
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == EXIT_HUNG and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert len(errors) == 1 and "the ranks did not all join (trainer.collective_timeout=3 s;" in errors[0], errors
+    assert waited < 60, waited
+
+
 def test_under_torchrun_max_restarts_a_hung_rank_restarts_the_group_from_latest_bit_for_bit(
     tmp_path, data_cache, two_ranks_uninterrupted
 ):
