@@ -127,12 +127,21 @@ class MlflowSink(Sink):
         params = {k: str(v)[:PARAM_LENGTH] for k, v in flat_config(info.config).items()}
 
         def start(uri: str):
+            from mlflow.exceptions import MlflowException
+
             client = MlflowClient(tracking_uri=uri)
             run_id = saved.get("run_id")
             if run_id:
-                client.update_run(run_id, status="RUNNING")
-                latest = client.get_run(run_id).data.to_proto().metrics  # each key's point of the highest step
-                return client, run_id, {m.key: m.step for m in latest}
+                try:
+                    latest = client.get_run(run_id).data.to_proto().metrics  # each key's point of the highest step
+                except MlflowException as e:
+                    if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                        raise
+                    # a relative URI (sqlite:///mlflow.db) resumed from another directory names another store
+                    log.warning("MLflow's run %s is not in %s: a new run there continues it", run_id, redact(uri))
+                else:
+                    client.update_run(run_id, status="RUNNING")
+                    return client, run_id, {m.key: m.step for m in latest}
             found = client.get_experiment_by_name(settings["project"])
             experiment = found.experiment_id if found else client.create_experiment(settings["project"])
             run_id = client.create_run(experiment, tags=tags, run_name=run_name).info.run_id

@@ -188,6 +188,28 @@ def test_mlflow_logs_the_summary_at_the_last_update_adding_no_point_to_a_series(
     assert client.get_run(state["run_id"]).data.metrics["best/val_loss"] == 1.5
 
 
+def test_mlflow_resumed_against_a_store_without_its_run_starts_a_new_one_there_and_says_so(tmp_path, caplog):
+    """A relative tracking URI (the default, ``sqlite:///mlflow.db``) names another store when the resume runs
+    from another directory: the resumed run's metrics still reach MLflow."""
+    from training.loggers import RunInfo
+    from training.mlflow_logger import MlflowSink
+
+    first, other = (f"sqlite:///{tmp_path / name}" for name in ("first.db", "other.db"))
+    settings = {"project": "p", "tracking_uri": first, "init_timeout": 10}
+    sink = MlflowSink(RunInfo(tmp_path, {}, settings, total_steps=T))
+    sink.log(0, {"train/loss": 1.0})
+    state = sink.state()
+    sink.finish("preempted", {})
+    resumed = MlflowSink(RunInfo(tmp_path, {}, {**settings, "tracking_uri": other}, total_steps=T, start=1, state=state))
+    resumed.log(1, {"train/loss": 0.5})
+    resumed.finish("ok", {})
+    client, runs = mlflow_run(other, "p")
+    assert [sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, "train/loss")) for r in runs] == [
+        [(1, 0.5)]
+    ]
+    assert f"MLflow's run {state['run_id']} is not in {other}" in caplog.text
+
+
 def test_a_token_like_override_reaches_neither_tensorboard_nor_mlflow(tmp_path, tiny_train, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MY_SERVICE_TOKEN", SECRET)
