@@ -26,6 +26,7 @@ from training.signals import Stopped
 
 PNG = b"\x89PNG\r\n\x1a\n"
 WANDB = ["logger=wandb", "logger.mode=offline"]
+SAME = ("train/loss", "train/lr", "train/grad_norm", "tokens")
 
 
 class _Lines(logging.Handler):
@@ -190,7 +191,7 @@ def test_plots_cli_overlays_several_runs(wandb_run, tmp_path, tiny_train):
     assert plots.main([str(tmp_path / "nothing-here")]) == 2
 
 
-def test_a_resumed_run_continues_the_same_wandb_run_with_every_step_once(tmp_path, tiny_train, caplog):
+def test_a_resumed_run_continues_the_same_wandb_run_with_every_step(tmp_path, tiny_train, caplog):
     run = tmp_path / "run"
     args = WANDB + ["trainer.max_steps=8", "trainer.eval_every=0", "trainer.ckpt_every=2"]
     with pytest.raises(Stopped):
@@ -206,8 +207,10 @@ def test_a_resumed_run_continues_the_same_wandb_run_with_every_step_once(tmp_pat
     assert f"wandb sync {first.parent} {second.parent}" in caplog.text
     assert any(r.WhichOneof("record_type") == "preempting" for r in records(first))  # shown as preempted
     assert exit_code(second) == 0
-    steps = [[row["_step"] for row in history(part) if "train/loss" in row] for part in (first, second)]
-    assert steps == [[0, 1, 2, 3], [4, 5, 6, 7]]  # synced together: every step once
+    rows = [{row["step"]: row for row in history(part) if "train/loss" in row} for part in (first, second)]
+    assert [sorted(r) for r in rows] == [[0, 1, 2, 3], [2, 3, 4, 5, 6, 7]]  # the second from its checkpoint's update
+    for t in (2, 3):  # taken again, exactly: the same values in both files
+        assert {k: rows[1][t][k] for k in SAME} == {k: rows[0][t][k] for k in SAME}, t
     assert sorted(train_records(run)) == list(range(8))
 
 
