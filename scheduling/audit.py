@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import struct
 import sys
 from bisect import bisect_right
@@ -289,20 +290,31 @@ def read_json(path: Path) -> Any:
         raise AuditError(f"{path}: cannot be read as JSON ({str(e).splitlines()[0]})") from None
 
 
-def number(value: Any, where: str) -> float:
-    """A logged value; anything but a number means a record of another shape, named by ``where``."""
+def number(value: Any, where: str) -> float | None:
+    """A logged value, None when it is not finite (read as not logged: metrics.jsonl writes such a value null);
+    anything but a number means a record of another shape, named by ``where``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise AuditError(f"{where} is not a number, got {value!r}")
-    return float(value)
+    return float(value) if math.isfinite(value) else None
+
+
+def finite(values: dict[int, float | None]) -> dict[int, float]:
+    return {t: v for t, v in values.items() if v is not None}
 
 
 def logged_values(rows: list[dict], key: str, source: Path) -> dict[int, float]:
-    """``{step: value}`` of the rows that hold a finite ``key`` (metrics.jsonl writes a non-finite value as null)."""
-    return {
-        r["step"]: number(r[key], f"{source}: step {r['step']}: {key}")
-        for r in rows
-        if is_int(r.get("step")) and r.get(key) is not None
-    }
+    """``{step: value}`` of the rows that hold a finite ``key``; a step that is not an update index (0, 1, …) is
+    a file of another kind, named in one line."""
+    for r in rows:
+        if r.get(key) is not None and is_int(r.get("step")) and r["step"] < 0:
+            raise AuditError(f"{source}: step {r['step']} is not an update index (0, 1, …)")
+    return finite(
+        {
+            r["step"]: number(r[key], f"{source}: step {r['step']}: {key}")
+            for r in rows
+            if is_int(r.get("step")) and r.get(key) is not None
+        }
+    )
 
 
 def recorded_segments(record: Path) -> list[Segment]:
@@ -440,7 +452,7 @@ def read_wandb(path: Path, overrides: list[str], schedule_required: bool = True)
             step = row.get("train/global_step" if hf else "_step")
             if row.get(name) is not None and isinstance(step, (int, float)) and not isinstance(step, bool):
                 out[int(step) + shift if hf else int(step)] = number(row[name], f"{files[0]}: step {step}: {name}")
-        return out
+        return finite(out)
 
     def first(names: tuple[str, ...], shift: int = 0) -> dict[int, float]:
         return next((found for found in (history(n, shift) for n in names) if found), {})
@@ -494,7 +506,7 @@ def read_trainer_state(path: Path, overrides: list[str], schedule_required: bool
                 if not is_int(step):
                     raise AuditError(f"{path}: log_history: step {step!r} is not an update count")
                 out[step + shift] = number(h[key], f"{path}: log_history: step {step}: {key}")
-        return out
+        return finite(out)
 
     def segments() -> list[Segment]:
         given = {o.split("=")[0].lstrip("+~") for o in overrides}

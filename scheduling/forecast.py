@@ -34,8 +34,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import errno
+import io
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -130,6 +134,8 @@ def observe(path: Path, loss: str, logged: audit.Logged | None = None) -> Observ
     losses = logged.losses.get(loss, {})
     n = max([t + 1 for t in logged.lrs] + list(losses))
     lrs = every_lr(logged, n)
+    if not lrs.max() > 0:
+        raise ForecastError(f"{path}: every logged learning rate is 0 (a forecast needs the lr of every update)")
     points = after_warmup(smoothed(losses, n) if loss == "train" else losses, lrs)
     if len(points) < MIN_POINTS:
         name = "validation" if loss == "val" else "training"
@@ -398,8 +404,14 @@ def load_fit(path: Path) -> Fit:
         raise ForecastError(f"{path} does not exist (write one with: python -m scheduling.forecast fit RUN…)") from None
     except (ValueError, KeyError, TypeError, AttributeError, IsADirectoryError):
         raise ForecastError(f"{path}: not a fit written by python -m scheduling.forecast fit") from None
-    if fit.loss not in ("val", "train") or not fit.lr_scale > 0:
+    if fit.loss not in ("val", "train"):
         raise ForecastError(f"{path}: not a fit written by python -m scheduling.forecast fit")
+    given = {f"{name}.{k}": v for name, p in fit.params.items() for k, v in p.items()} | {"lr_scale": fit.lr_scale}
+    for key, value in given.items():
+        if not (math.isfinite(value) and value > 0):
+            raise ForecastError(f"{path}: {key}", "a positive finite number (a fit's parameters are)", value)
+    if not 0 < fit.decay < 1:
+        raise ForecastError(f"{path}: annealing_decay", "in (0, 1)", fit.decay)
     return fit
 
 
@@ -564,24 +576,44 @@ def optimize(
 # --- output ------------------------------------------------------------------------------------------------------
 
 
-def write_csv(forecasts: list[Forecast], fit: Fit, out: Path) -> None:
+def write_outputs(files: dict[Path, bytes]) -> None:
+    """Write every file or none: each to a temporary file beside it, then each renamed over its path. A path that
+    cannot be written is one line naming it."""
+    done: list[tuple[Path, Path]] = []
+    path = next(iter(files))
+    try:
+        for path, data in files.items():
+            if path.is_dir():
+                raise IsADirectoryError(errno.EISDIR, "Is a directory")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            done.append((tmp, path))
+            tmp.write_bytes(data)
+        for tmp, path in done:
+            os.replace(tmp, path)
+    except OSError as e:
+        for tmp, _ in done:
+            tmp.unlink(missing_ok=True)
+        raise ForecastError(f"--out {path}: cannot be written ({e.strerror or e})") from None
+
+
+def csv_text(forecasts: list[Forecast]) -> str:
     """One row per (schedule, step): both laws' forecast, and the real loss where a run gave it."""
-    rows = ["schedule,updates,multi_power,annealing,actual"]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["schedule", "updates", "multi_power", "annealing", "actual"])
     for f in forecasts:
         actual = dict(zip(f.actual_steps.tolist(), f.actual.tolist(), strict=True)) if f.actual is not None else {}
         for i, s in enumerate(f.steps):
             real = actual.get(int(s))
-            rows.append(
-                f"{f.label},{s},{f.predicted['multi_power'][i]:.6f},{f.predicted['annealing'][i]:.6f},"
-                + ("" if real is None else f"{real:.6f}")
-            )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(rows) + "\n")
+            mp, an = f.predicted["multi_power"][i], f.predicted["annealing"][i]
+            writer.writerow([f.label, s, f"{mp:.6f}", f"{an:.6f}", "" if real is None else f"{real:.6f}"])
+    return out.getvalue()
 
 
-def plot(forecasts: list[Forecast], fit: Fit, out: Path, title: str = "Forecast") -> Path:
+def plot(forecasts: list[Forecast], fit: Fit, title: str = "Forecast") -> bytes:
     """Forecast loss (multi-power solid, annealing dashed) and the real curve (dots) against updates, and the lr
-    below; one colour per schedule."""
+    below; one colour per schedule: a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -608,10 +640,10 @@ def plot(forecasts: list[Forecast], fit: Fit, out: Path, title: str = "Forecast"
         a.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2 if len(forecasts) > 2 else 1)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
-    return out
+    return png.getvalue()
 
 
 def percent(x: float) -> str:
@@ -627,8 +659,7 @@ def run_fit(args: argparse.Namespace) -> int:
     loss = loss_to_fit(logged, args.loss)
     observed = [observe(path, loss, run) for path, run in logged]
     fit = fit_runs(observed, loss)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(fit.to_json(), indent=1) + "\n")
+    write_outputs({args.out: (json.dumps(fit.to_json(), indent=1) + "\n").encode()})
     how = "validation loss" if loss == "val" else f"training loss, averaged over {TRAIN_WINDOWS} windows per run"
     print(
         f"fitted {len(observed)} runs on the {how} ({sum(len(o.steps) for o in observed)} points after warmup) "
@@ -671,8 +702,9 @@ def run_predict(args: argparse.Namespace) -> int:
         pairs = [(forecast_run(fit, run), run) for run in against]
     forecasts = [f for f, _ in pairs]
     csv_path, png_path = args.out.with_suffix(".csv"), args.out.with_suffix(".png")
-    write_csv(forecasts, fit, csv_path)
-    plot(forecasts, fit, png_path, title=f"Forecast of {fit.loss_name}")
+    write_outputs(
+        {png_path: plot(forecasts, fit, f"Forecast of {fit.loss_name}"), csv_path: csv_text(forecasts).encode()}
+    )
     for f, run in pairs:
         finals = ", ".join(f"{LAW_NAMES[n]} {f.final(n):.4f}" for n in LAWS)
         print(f"{f.label}: forecast {fit.loss_name} after {int(f.steps[-1]):,} updates: {finals}")
@@ -724,9 +756,10 @@ def run_optimize(args: argparse.Namespace) -> int:
         f"# T = {T}, W = {W}, peak {peak:g}, floor {floor:g} of the peak: forecast {fit.loss_name} after T "
         f"({LAW_NAMES[args.law]} law) {mine:.4f}; {versus}",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join([*header, "update,lambda", *(f"{t},{y!r}" for t, y in knots)]) + "\n")
-    png = plot(forecasts, fit, args.out.with_suffix(".png"), title=f"The schedule with the lowest forecast (T = {T:,})")
+    png = args.out.with_suffix(".png")
+    table = "\n".join([*header, "update,lambda", *(f"{t},{y!r}" for t, y in knots)]) + "\n"
+    image = plot(forecasts, fit, f"The schedule with the lowest forecast (T = {T:,})")
+    write_outputs({png: image, args.out: table.encode()})
     print(f"forecast {fit.loss_name} after {T:,} updates ({LAW_NAMES[args.law]} law): optimized {mine:.4f}; {versus}")
     # the overrides given, but for the schedule's, T's and the peak's, which the knots now fix
     settled = ("schedule", "trainer.max_steps", "optim.lr")
@@ -737,7 +770,7 @@ def run_optimize(args: argparse.Namespace) -> int:
         f"schedule=tabulated schedule.knots={args.out}",
         f"schedule.warmup_steps={W}",
         f"trainer.max_steps={T}",
-        f"optim.lr={peak:g}",
+        f"optim.lr={peak!r}",  # exact: the knots were optimized for this peak
         *(f"schedule.{k}={v}" for k, v in shape.items() if v not in defaults),
     ]
     print(f"wrote {args.out} ({len(knots)} knots), {png}; train it with:\n  python train.py {' '.join(run)}")

@@ -286,7 +286,8 @@ def write_report(sweep_dir: Path, forecast: Path | None = None) -> tuple[list[Jo
     if forecasts:
         from scheduling.forecast import plot
 
-        files.append(plot(forecasts, fit, sweep_dir / "forecast.png", title="Each job's forecast and its real curve"))
+        (sweep_dir / "forecast.png").write_bytes(plot(forecasts, fit, "Each job's forecast and its real curve"))
+        files.append(sweep_dir / "forecast.png")
     return jobs, files
 
 

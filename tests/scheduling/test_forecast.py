@@ -6,8 +6,10 @@ and the fit against curves the laws themselves generate from known parameters.""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -247,6 +249,20 @@ def test_the_optimized_schedule_is_forecast_below_cosine_wsd_and_linear_and_runs
     assert (tmp_path / "best.png").stat().st_size > 0
 
 
+def test_the_forecast_csv_quotes_schedule_labels_that_hold_commas(tmp_path, capsys):
+    out = tmp_path / "two"
+    argv = ["predict", a_fit(tmp_path), "schedule=wsd,cosine_restarts", "trainer.max_steps=200", f"optim.lr={PEAK}"]
+    assert forecast.main([*argv, "--out", str(out)]) == 0
+    with open(out.with_suffix(".csv"), newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["schedule", "updates", "multi_power", "annealing", "actual"]
+    assert {len(r) for r in rows} == {5}
+    labels = {r[0] for r in rows[1:]}
+    assert len(labels) == 2 and any("," in label for label in labels), labels
+    said = capsys.readouterr().out
+    assert all(f"{label}: forecast" in said for label in labels)
+
+
 def test_a_warmup_as_long_as_the_run_is_forecast_after_its_last_update(tmp_path, capsys):
     """W = T: no decay, so the forecast after T is L0 + A·S(T)^(−α) of the warmup's area alone, for both laws."""
     out = tmp_path / "warm"
@@ -300,6 +316,11 @@ def run_dir(path, rows: list[dict]):
         ("no fit", "does not exist (write one with: python -m scheduling.forecast fit RUN…)"),
         ("two T", "optimize takes one T, peak and warmup; the overrides give 2 schedules"),
         ("two against", "--against: one run beside the overrides' schedules (several only without overrides"),
+        ("damaged fit", "fit.json: multi_power.A must be a positive finite number (a fit's parameters are), got -3.0"),
+        ("lr 0", "every logged learning rate is 0 (a forecast needs the lr of every update)"),
+        ("negative step", "metrics.jsonl: step -1 is not an update index (0, 1, …)"),
+        ("out a folder", "--out " + "{tmp}/out/x.png: cannot be written (Is a directory)"),
+        ("fit out a folder", "--out " + "{tmp}/out/x: cannot be written (Is a directory)"),
     ],
 )
 def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case, says, tmp_path, capsys):
@@ -331,14 +352,33 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case, says, tmp_
         argv = ["optimize", str(tmp_path / "missing.json")]
     elif case == "two T":
         argv = ["optimize", a_fit(tmp_path), "trainer.max_steps=1000,2000"]
-    else:
+    elif case == "two against":
         argv = ["predict", a_fit(tmp_path), "schedule=wsd", "--against", "run1", "--against", "run2"]
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    elif case == "damaged fit":
+        fit = json.loads(Path(a_fit(tmp_path)).read_text())
+        fit["multi_power"]["A"] = -3.0
+        (tmp_path / "fit.json").write_text(json.dumps(fit))
+        argv = ["predict", str(tmp_path / "fit.json"), "trainer.max_steps=60"]
+    elif case == "lr 0":
+        rows += [{"step": s, "val/loss": 3.0} for s in range(10)]
+        argv = ["fit", str(run_dir(tmp_path / "run", [{**r, "train/lr": 0.0} if "train/lr" in r else r for r in rows]))]
+    elif case == "negative step":
+        argv = ["fit", str(run_dir(tmp_path / "run", [{"step": -1, "train/lr": 0.5}, *rows]))]
+    elif case == "out a folder":  # the CSV beside it is not replaced either
+        (tmp_path / "out" / "x.png").mkdir(parents=True)
+        (tmp_path / "out" / "x.csv").write_text("old")
+        argv = ["predict", a_fit(tmp_path), "trainer.max_steps=60"]
+    else:
+        (tmp_path / "out" / "x").mkdir(parents=True)
+        rows += [{"step": s, "val/loss": 3.0 - 0.01 * s} for s in range(20)]
+        argv = ["fit", str(run_dir(tmp_path / "run", rows)), "--loss", "val"]
+    before = {p.relative_to(tmp_path): p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")}
     assert forecast.main(argv + out) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
+    assert len(err) == 1 and err[0].startswith("error: ") and says.format(tmp=tmp_path) in err[0], err
     assert "Traceback" not in err[0]
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+    after = {p.relative_to(tmp_path): p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")}
+    assert after == before  # nothing written
 
 
 def test_the_fit_says_which_loss_it_used_and_falls_back_to_the_training_loss(tmp_path, capsys):
