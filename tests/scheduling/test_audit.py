@@ -225,3 +225,13 @@ def test_a_wandb_run_with_a_token_budget_is_audited_on_its_own_t_and_a_cut_file_
     code, text = audited([str(cut), "trainer.max_steps=12"])
     logged = int(text.split(" logged lrs")[0].rsplit(" ", 1)[1])
     assert code == 0 and 0 < logged < 12 and "warmup 3, T = 12)" in text, text
+
+
+def test_a_non_finite_logged_value_reads_as_not_logged_as_metrics_jsonl_writes_it(tmp_path):
+    """JSON's NaN and Infinity (another writer's, or W&B's history) are what metrics.jsonl writes as null."""
+    from scheduling.audit import read_run_dir
+
+    rows = ['{"step": 0, "train/lr": 0.5, "train/loss": 3.0}', '{"step": 1, "train/lr": NaN, "train/loss": Infinity}']
+    (tmp_path / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+    logged = read_run_dir(tmp_path, ["schedule=constant"], schedule_required=False)
+    assert logged.lrs == {0: 0.5} and logged.losses["train"] == {0: 3.0}
