@@ -59,7 +59,8 @@ class Item:
 
 def encode_pair(tokenizer, context: str, continuation: str, eot_id: int) -> tuple[list[int], list[int]]:
     """(context ids, continuation ids) as lm-eval encodes a pair for a causal model: trailing whitespace of the
-    context moves to the continuation, the whole is encoded once and split after the context's own tokens; an
+    context moves to the continuation; the context is encoded alone, the continuation is what follows as many
+    tokens in the whole's encoding (the two differ where the context's end merges into the continuation); an
     empty (or blank) context is the end-of-text token."""
     spaces = len(context) - len(context.rstrip())
     if spaces:
@@ -67,8 +68,8 @@ def encode_pair(tokenizer, context: str, continuation: str, eot_id: int) -> tupl
     if not context:
         return [eot_id], tokenizer.encode(continuation, add_special_tokens=False).ids
     whole = tokenizer.encode(context + continuation, add_special_tokens=False).ids
-    n_context = len(tokenizer.encode(context, add_special_tokens=False).ids)
-    return whole[:n_context], whole[n_context:]
+    alone = tokenizer.encode(context, add_special_tokens=False).ids
+    return alone, whole[len(alone) :]
 
 
 def choice_scores(
@@ -102,10 +103,12 @@ class ChoiceTask:
         self.pairs = []  # per item: each choice's (context ids, continuation ids)
         for n, item in enumerate(self.items):
             pairs = [encode_pair(tokenizer, item.context, delimiter + choice, separator) for choice in item.choices]
-            longest = max(len(cont) for _, cont in pairs)
-            if longest > self.block_size or longest == 0:  # a long context is cut from the left; a choice is not
+            lengths = [len(cont) for _, cont in pairs]
+            if max(lengths) > self.block_size or min(lengths) == 0:  # a long context is cut from the left, not a choice
                 what = (
-                    "no tokens" if longest == 0 else f"{longest} tokens, more than model.block_size={self.block_size}"
+                    "no tokens"
+                    if min(lengths) == 0
+                    else f"{max(lengths)} tokens, more than model.block_size={self.block_size}"
                 )
                 raise DataError(f"{item.where or f'{where}: item {n + 1}'}: a choice of {what}")
             self.pairs.append(pairs)
@@ -211,8 +214,9 @@ def read_jsonl(path: Path) -> list[Item]:
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not a JSON object ({e.msg})") from None
+            except (json.JSONDecodeError, RecursionError) as e:
+                reason = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+                raise DataError(f"{where}: not a JSON object ({reason})") from None
             items.append(item_of(row, where))
     return items
 
@@ -407,7 +411,7 @@ def hellaswag_item(row: dict[str, Any], where: str) -> Item:
     if not isinstance(row["endings"], list) or not all(is_text(e) for e in row["endings"]):
         raise DataError(f"{where}: endings must be a list of strings, got {row['endings']!r}")
     label = row["label"]  # an int, or the string the hub's copy holds ("2")
-    if isinstance(label, str) and label.strip().isdigit():
+    if isinstance(label, str) and label.strip().isdecimal():  # not isdigit: "²" is a digit that int() refuses
         label = int(label)
     if isinstance(label, bool) or not isinstance(label, int):
         raise DataError(f"{where}: label must be an index into endings, got {row['label']!r}")

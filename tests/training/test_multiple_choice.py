@@ -28,6 +28,7 @@ from training.multiple_choice import (
     Item,
     MultipleChoice,
     clean,
+    encode_pair,
     hellaswag_item,
     next_line_items,
     validation_documents,
@@ -335,6 +336,7 @@ def test_hellaswag_items_are_lm_evals_preprocessed_docs_from_a_jsonl_a_parquet_f
         ),
         ([], r"^{path}: no items$"),
         (['{"context": "\\ud800", "choices": ["b", "c"], "label": 0}'], r"^{path}:1: context must be a string$"),
+        (["[" * 100_000 + "]" * 100_000], r"^{path}:1: not a JSON object \(nested too deeply\)$"),
     ],
 )
 def test_a_bad_item_is_one_line_naming_the_file_and_line(trained, tmp_path, lines, error):
@@ -360,11 +362,41 @@ def test_a_file_that_is_not_utf_8_is_one_line_naming_its_line(trained, tmp_path)
         ({"ctx_a": 5}, "ctx_a must be a string, got 5"),
         ({"label": 2.7}, "label must be an index into endings, got 2.7"),
         ({"label": "x"}, "label must be an index into endings, got 'x'"),
+        ({"label": "²"}, "label must be an index into endings, got '²'"),  # a digit to str.isdigit, not to int()
     ],
 )
 def test_a_hellaswag_row_of_another_shape_is_one_line_naming_it(change, error):
     with pytest.raises(DataError, match=f"^row 2: .*{re.escape(error)}"):
         hellaswag_item({**ROWS[0], **change}, "row 2")
+
+
+def test_a_choice_of_no_tokens_beside_others_is_one_line_naming_its_line(trained, tmp_path):
+    """With no delimiter, a choice can complete the context's last token: after the context's tokens, none."""
+    encode = trained["tokenizer"].encode
+    word = next(w for w in (" import", " return", " def", " self", " the") if len(encode(w).ids) == 1)
+    path = tmp_path / "items.jsonl"
+    path.write_text(json.dumps({"context": "x =" + word[:2], "choices": [word[2:], "zz9"], "label": 0}) + "\n")
+    with pytest.raises(DataError, match=f"^{re.escape(str(path))}:1: a choice of no tokens$"):
+        MultipleChoice(context(trained), str(path), None, 8, "")
+
+
+class Greedy:
+    """A tokenizer that takes the longest piece of its vocabulary at each position."""
+
+    VOCAB = {"ab": 10, "a": 1, "b": 2, "c": 3}
+
+    def encode(self, text: str, add_special_tokens: bool = False):
+        ids, i = [], 0
+        while i < len(text):
+            piece = next(p for p in sorted(self.VOCAB, key=len, reverse=True) if text.startswith(p, i))
+            ids.append(self.VOCAB[piece])
+            i += len(piece)
+        return type("Encoding", (), {"ids": ids})()
+
+
+def test_a_context_whose_end_merges_with_the_choice_is_encoded_alone_as_lm_eval_does():
+    """ "a" + "bc" encodes as ab·c: lm-eval conditions on "a" alone and scores what follows its length in the whole."""
+    assert encode_pair(Greedy(), "a", "bc", eot_id=0) == ([1], [3])
 
 
 def test_a_blank_context_is_scored_after_the_end_of_text_token_as_an_empty_one(trained, tmp_path):
