@@ -128,7 +128,6 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         from training.report import markdown, write_report
-
         from training.secrets import register_overrides, scrub_hydra_files
 
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -92,6 +92,7 @@ def scrub_hydra_files(*dirs: Path) -> None:
         if clean != OmegaConf.to_yaml(OmegaConf.create(data)) or redact(original) != original:
             replace_file(path, clean)
 
+
 class RedactLogs(logging.Filter):
     """A logging filter for the run's handlers: a message is redacted before train.log, the console and what W&B
     captures of the console see it (an error can echo a URL with a token, or what the user typed)."""

@@ -200,13 +200,15 @@ def test_mlflow_resumed_against_a_store_without_its_run_starts_a_new_one_there_a
     sink.log(0, {"train/loss": 1.0})
     state = sink.state()
     sink.finish("preempted", {})
-    resumed = MlflowSink(RunInfo(tmp_path, {}, {**settings, "tracking_uri": other}, total_steps=T, start=1, state=state))
+    resumed = MlflowSink(
+        RunInfo(tmp_path, {}, {**settings, "tracking_uri": other}, total_steps=T, start=1, state=state)
+    )
     resumed.log(1, {"train/loss": 0.5})
     resumed.finish("ok", {})
     client, runs = mlflow_run(other, "p")
-    assert [sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, "train/loss")) for r in runs] == [
-        [(1, 0.5)]
-    ]
+    assert [
+        sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, "train/loss")) for r in runs
+    ] == [[(1, 0.5)]]
     assert f"MLflow's run {state['run_id']} is not in {other}" in caplog.text
 
 
