@@ -107,7 +107,7 @@ def export(cfg: DictConfig) -> Path:
     check_out(out, values["overwrite"], folder)
     model, state = load_model(folder, torch.device("cpu"))
     tokenizer = load_checkpoint_tokenizer(folder, model)
-    special = run_special_tokens(state, tokenizer)
+    special = run_special_tokens(state, tokenizer, folder)
     separator = tokenizer.token_to_id(special[0])
     if separator is None:
         raise ConfigError(

@@ -20,13 +20,15 @@ from typing import Any
 
 import hydra
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from tokenizers import Tokenizer
 
 from data.cache import special_tokens
 from data.tokenizer import eot_id, load_tokenizer
 from model import GPT, GPTConfig, sample_text
-from scheduling.spec import is_int, is_number
+from scheduling.spec import first_line, is_int, is_number
 from training import checkpoint, distributed
 from training.config import USER_ERRORS, ConfigError, check_keys, check_overrides_or_exit, resolved
 
@@ -85,12 +87,15 @@ def load_checkpoint_tokenizer(folder: Path, model: GPT) -> Tokenizer:
     return tokenizer
 
 
-def run_special_tokens(state: dict[str, Any], tokenizer: Tokenizer) -> list[str]:
+def run_special_tokens(state: dict[str, Any], tokenizer: Tokenizer, folder: Path) -> list[str]:
     """``data.special_tokens`` of the run (its first one separates documents), from the checkpoint's config; for a
     checkpoint without one, the tokenizer's special tokens in id order (as a trained tokenizer puts them)."""
     if isinstance(state.get("config"), str):
-        data = OmegaConf.create(state["config"]).get("data") or {}
-        return special_tokens(data)
+        try:
+            data = OmegaConf.create(state["config"]).get("data") or {}
+            return special_tokens(data)
+        except (ValueError, TypeError, AttributeError, yaml.YAMLError, OmegaConfBaseException) as e:
+            raise ConfigError(f"checkpoint {folder}: its config cannot be read ({first_line(e)})") from None
     added = sorted(tokenizer.get_added_tokens_decoder().items())
     return [t.content for _, t in added if t.special] or special_tokens({})
 
@@ -117,7 +122,7 @@ def sample(cfg: DictConfig) -> list[str]:
         tokenizer,
         values["prompt"],
         values["max_new_tokens"],
-        separator=eot_id(tokenizer, run_special_tokens(state, tokenizer)),
+        separator=eot_id(tokenizer, run_special_tokens(state, tokenizer, folder)),
         temperature=float(values["temperature"]),
         top_k=values["top_k"],
         top_p=None if top_p is None or math.isclose(top_p, 1.0) else float(top_p),

@@ -137,6 +137,28 @@ def test_a_truncated_checkpoint_is_a_one_line_error_naming_its_file(tiny_run, tm
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "entry, value, says",
+    [
+        ("model", "weights", "its weights do not fit its model_config"),
+        ("config", "data: [unclosed", "its config cannot be read"),
+        ("config", "data: {special_tokens: 5}", "its config cannot be read"),
+    ],
+)
+def test_an_unchecked_checkpoint_of_another_shape_is_a_one_line_error(tiny_run, tmp_path, entry, value, says):
+    """A checkpoint without checksums.json (from before they were recorded) loads unchecked: its entries are."""
+    from training import checkpoint
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run / "checkpoints" / "step-00000010", other)
+    state = checkpoint.load(other)
+    torch.save({**state, entry: value}, other / checkpoint.STATE_FILE)
+    (other / checkpoint.CHECKSUMS).unlink()
+    with pytest.raises(ConfigError, match=f"^checkpoint {other}: {says}") as info:
+        sample(sample_config([f"checkpoint={other}"]))
+    assert "\n" not in str(info.value)
+
+
 def test_a_missing_or_empty_run_directory_is_a_one_line_error(tmp_path):
     (tmp_path / "empty").mkdir()
     for path, reason in [(tmp_path / "no-such-run", "does not exist"), (tmp_path / "empty", "holds no checkpoint")]:

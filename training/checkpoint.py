@@ -409,7 +409,7 @@ def load_weights(folder: Path, state: dict[str, Any], model: torch.nn.Module) ->
             load_sharded(folder / "dcp", weights)  # fills the tensors in place
         else:
             model.load_state_dict(state["model"])
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, KeyError) as e:  # TypeError, KeyError: an unchecked checkpoint's other shape
         reason = first_line(e)
         raise ConfigError(f"checkpoint {folder}: its weights do not fit its model_config ({reason})") from None
 
