@@ -27,7 +27,7 @@ from tokenizers import Tokenizer
 
 from data.cache import special_tokens
 from data.tokenizer import eot_id, load_tokenizer
-from model import GPT, GPTConfig, sample_text
+from model import GPT, GPTConfig, ModelConfigError, sample_text
 from scheduling.spec import first_line, is_int, is_number
 from training import checkpoint, distributed
 from training.config import USER_ERRORS, ConfigError, check_keys, check_overrides_or_exit, resolved
@@ -72,8 +72,11 @@ def load_model(folder: Path, device: torch.device) -> tuple[GPT, dict[str, Any]]
     saved = state.get("model_config")
     if not isinstance(saved, dict):
         raise ConfigError(f"checkpoint {folder / checkpoint.STATE_FILE}: it has no model_config to rebuild the model")
-    with torch.device("meta"):  # no time spent on a random init that the weights replace anyway
-        model = GPT(GPTConfig.from_dict(saved))
+    try:
+        with torch.device("meta"):  # no time spent on a random init that the weights replace anyway
+            model = GPT(GPTConfig.from_dict(saved))
+    except ModelConfigError as e:  # the checkpoint's, not a key of sample.py
+        raise ConfigError(f"checkpoint {folder / checkpoint.STATE_FILE}: its model_config: {e}") from None
     model.materialize(device)
     checkpoint.load_weights(folder, state, model)
     return model.eval(), state
