@@ -268,9 +268,10 @@ class NextLine(ChoiceTask):
         if not items:  # a tiny corpus: the run goes on without this evaluation
             log.warning(
                 "%s: left out, the validation split has no line to ask about (it needs two or more documents of "
-                "more than %d lines)",
+                "more than %d lines, and lines of 8 or more characters and fewer bytes than model.block_size=%d)",
                 where,
                 context_lines,
+                ctx.cfg.model.block_size,
             )
         super().__init__(ctx, items, batch_size=batch_size, delimiter="\n", where=where)
 
