@@ -142,6 +142,21 @@ class Schedule:
         validate(name, params, keys)
         self.name = name
         self.params = dict(params)
+        if name not in SCHEDULES:
+            self.probe(_key("name", keys))
+
+    def probe(self, key: str) -> None:
+        """A fork's λ, tried at the warmup's start and end and at T − 1: an error or a value that is not a finite
+        multiplier ≥ 0 is one line naming ``key``, before any work."""
+        total = self.total_steps or self.warmup_steps + 1
+        for t in sorted({0, self.warmup_steps, max(total - 1, 0)}):
+            try:
+                value = self(t)
+            except (ArithmeticError, TypeError, ValueError) as e:
+                cause = f"{type(e).__name__}: {first_line(e)}"
+                raise ScheduleError(f"{key}: {self.name} fails at update {t} ({cause})") from None
+            if not is_number(value) or not math.isfinite(value) or value < 0:
+                raise ScheduleError(f"{key}: {self.name} gives {value!r} at update {t}, not a finite multiplier ≥ 0")
 
     def __call__(self, t: int) -> float:
         return schedule_function(self.name)(t, **self.params)

@@ -160,3 +160,20 @@ def test_the_evaluation_logs_its_metric_at_every_evaluation(in_fork, tiny_train)
     assert [r["step"] for r in evaluations] == [0, 3, 6]
     assert all(0.0 <= r["val/accuracy"] <= 1.0 for r in evaluations)
     assert json.loads((run / "summary.json").read_text())["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["optim=sgd", "optim.momentum=-1"], r"^optim: sgd_momentum.sgd refused its settings \(ValueError: .*momentum"),
+        (["schedule=step_decay", "schedule.factor=abc"], r"^schedule.name: step_decay.step_decay fails at update 0 \("),
+        (["eval=[perplexity,token_accuracy]", "eval.evals.token_accuracy.batches=abc"], r"^eval.evals.token_accuracy"),
+    ],
+)
+def test_a_bad_value_for_a_forks_part_is_one_line_before_the_run_writes(in_fork, tiny_train, args, says):
+    from training.config import USER_ERRORS
+
+    run = in_fork / "runs" / "bad"
+    with pytest.raises(USER_ERRORS, match=says) as info:
+        tiny_train(run, [*args, "trainer.max_steps=4"])
+    assert "\n" not in str(info.value) and not (run / "metrics.jsonl").exists()
