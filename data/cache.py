@@ -51,6 +51,7 @@ from data.tokenizer import (
     tokenizer_hash,
     train_tokenizer,
 )
+from scheduling.spec import first_line
 
 if TYPE_CHECKING:
     from data.mixture import Mixture
@@ -145,10 +146,16 @@ def inspect(path: Path, fingerprint: str | None = None, settings: dict | None = 
 
 
 def encode_corpus(
-    tok: Tokenizer, documents: Iterable[tuple[str, str]], eot: int, dtype: np.dtype, out_dir: Path
+    tok: Tokenizer,
+    documents: Iterable[tuple[str, str]],
+    eot: int,
+    dtype: np.dtype,
+    out_dir: Path,
+    given: str | None = None,
 ) -> dict[str, dict[str, int]]:
     """Tokenize (split, text) documents into ``out_dir/<split>.bin``, each document followed by ``eot``; the
-    files are left unsynced (committing the directory fsyncs them).
+    files are left unsynced (committing the directory fsyncs them). A tokenizer that cannot encode a document (one
+    ``given`` as ``data.tokenizer`` without an unknown token) is a DataError.
 
     Documents go to ``encode_batch_fast`` (parallel over documents, no offsets computed) about
     ``ENCODE_BATCH_CHARS`` at a time, in order. The encoding runs in worker threads (it releases the GIL)
@@ -159,7 +166,11 @@ def encode_corpus(
     counts = {key: dict.fromkeys(SPLITS, 0) for key in ("tokens", "bytes", "documents")}
 
     def encode(batch: list[tuple[str, str]]) -> list:
-        return tok.encode_batch_fast([text for _, text in batch], add_special_tokens=False)
+        try:
+            return tok.encode_batch_fast([text for _, text in batch], add_special_tokens=False)
+        except Exception as e:  # tokenizers raises Exception: a given tokenizer with no unknown token, say
+            named = f"; data.tokenizer: {str(given)!r} needs an unknown token" if given else ""
+            raise DataError(f"data: the tokenizer cannot encode the corpus ({first_line(e)}){named}") from None
 
     def write(batch: list[tuple[str, str]], encodings: list) -> None:
         ids: dict[str, list[int]] = {s: [] for s in SPLITS}
@@ -317,7 +328,7 @@ def build(cfg: Any, corpus: Corpus, final: Path) -> TokenCache:
             # A special token's text inside a document ("<|endoftext|>" on a page about tokenizers) is encoded as
             # text: the separator follows each document once, and only there.
             tok.encode_special_tokens = True
-            counts = encode_corpus(tok, corpus.split_documents(), eot, dtype, tmp)
+            counts = encode_corpus(tok, corpus.split_documents(), eot, dtype, tmp, cfg.get("tokenizer"))
             check_splits(corpus, counts)
             checksums = {f"{s}.bin": atomic.file_checksums(tmp / f"{s}.bin") for s in SPLITS}
             meta = {

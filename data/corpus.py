@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import itertools
 import logging
 import os
 import sysconfig
@@ -346,7 +347,7 @@ class TableCorpus(Corpus):
         """The text of each row; a missing column or a file that fails to parse mid-stream is a DataError."""
         with quiet_datasets():  # for the whole pass: toggling log levels per row would be slow
             it = iter(ds)
-            while True:
+            for number in itertools.count(1):
                 try:
                     row = next(it)
                 except StopIteration:
@@ -356,7 +357,12 @@ class TableCorpus(Corpus):
                 if self.text_column not in row:
                     raise self.missing_column(where, row)
                 text = row[self.text_column]
-                yield "" if text is None else str(text)
+                if text is not None and not isinstance(text, str):  # null: a row without text, as an empty one
+                    raise DataError(
+                        f"data: {where!r} row {number}: data.text_column {self.text_column!r} must hold text, got "
+                        f"{type(text).__name__}"
+                    )
+                yield text or ""
 
     def keyed_documents(self) -> Iterator[tuple[str, str]]:
         if self.files:

@@ -222,6 +222,12 @@ def prepare_mixture(cfg: Any, build_if_missing: bool = True) -> Mixture:
     if math.isinf(sum(raw.values())):  # weights near 1e308: scaled first, so that their sum stays finite
         raw = {name: w / max(raw.values()) for name, w in raw.items()}
     weights = {name: w / sum(raw.values()) for name, w in raw.items()}
+    for name, share in weights.items():
+        if not share > 0:  # far below the others: it underflows, and the source would never be drawn
+            raise DataError(
+                f"data.sources.{name}.weight: {configs[name][0]:g} is 0 of the weights' sum in floating point; give "
+                "weights within a factor of 1e300 of each other"
+            )
     corpora = {}
     for name, (_, settings) in configs.items():
         try:

@@ -82,6 +82,27 @@ def test_a_missing_text_column_is_refused(tmp_path, streaming):
     assert_refused(hub, r"^data\.text_column must be a column of .* \(body\), got 'content'$")
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+@pytest.mark.parametrize("text", [["a", "list"], 42])
+def test_a_text_column_that_does_not_hold_text_is_refused_naming_the_row(tmp_path, fmt, text):
+    """Not read as its Python repr ("['a', 'list']", "42"), nor trained on."""
+    write_texts(tmp_path / "t", DOCS[:4])
+    write_tables(tmp_path / "t", [{"text": text}] * 3, fmt, n_files=1)  # a column of one type: lists, numbers
+    cfg = data_cfg("text_files", path=str(tmp_path / "t" / f"*.{fmt}"))
+    kind = type(text).__name__
+    assert_refused(cfg, rf"^data: '.*part0\.{fmt}' row 1: data\.text_column 'text' must hold text, got {kind}$")
+
+
+def test_a_given_tokenizer_that_cannot_encode_the_corpus_is_refused(tmp_path):
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    write_texts(tmp_path / "c", DOCS[:5])
+    Tokenizer(WordLevel({"a": 0, "<|endoftext|>": 1})).save(str(tmp_path / "tok.json"))  # no unknown token
+    cfg = data_cfg("text_files", path=str(tmp_path / "c"), tokenizer=str(tmp_path / "tok.json"))
+    assert_refused(cfg, r"^data: the tokenizer cannot encode the corpus \(.*\); data\.tokenizer: '.*tok\.json'")
+
+
 @pytest.mark.parametrize("streaming", [True, False])
 def test_a_table_that_does_not_parse_is_refused(tmp_path, streaming):
     (tmp_path / "t").mkdir()

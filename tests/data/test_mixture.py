@@ -107,6 +107,10 @@ def test_per_source_bpb_equals_evaluating_that_source_alone(tmp_path):
         ({"prose": {"weight": 0}}, r"^data\.sources\.prose\.weight must be a finite number > 0, got 0$"),
         ({"prose": {"weight": -1.5}}, r"^data\.sources\.prose\.weight must be a finite number > 0, got -1\.5$"),
         ({"prose": {"weight": float("inf")}}, r"^data\.sources\.prose\.weight must be a finite number > 0, got inf$"),
+        (
+            {"prose": {"weight": 1e-300}, "code": {"weight": 1e300}},
+            r"^data\.sources\.prose\.weight: 1e-300 is 0 of the weights' sum in floating point; give weights within ",
+        ),
         ({"prose": {"source": "web"}}, r"^data\.sources\.prose\.source must be one of builtin, text_files, hub, got "),
         ({"prose": {"vocab_size": 512}}, r"^data\.sources\.prose\.vocab_size: the sources of a mixture share it; "),
         ({"prose": {"nmae": "x"}}, r"^data\.sources\.prose\.nmae is not a key of a text_files source; it has "),

@@ -248,7 +248,7 @@ def test_bytes_overwritten_in_place_are_found_on_reuse_and_the_cache_is_rebuilt(
 
 
 def test_a_full_disk_while_tokenizing_names_the_cache_and_leaves_nothing(corpus_cfg, local_caches, monkeypatch):
-    def out_of_space(tok, documents, eot, dtype, out_dir):
+    def out_of_space(tok, documents, eot, dtype, out_dir, given=None):
         (out_dir / "train.bin").write_bytes(bytes(5000))  # what fitted
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
