@@ -9,6 +9,7 @@ exit with code 2. Hydra's own composition errors (an unknown group option, a mis
 from __future__ import annotations
 
 import difflib
+import itertools
 import re
 import sys
 from collections.abc import Mapping
@@ -256,10 +257,13 @@ FLAGS_WITH_VALUES = (
 )
 
 
+MAX_SWEEP_VALUES_CHECKED = 64  # of each swept key, before Hydra runs (each costs one composition)
+
+
 def check_overrides(overrides: list[str], config_name: str = "config") -> None:
-    """Compose ``overrides`` (a sweep's first value for each swept key) as Hydra will, and turn what Hydra refuses —
-    a mistyped key, an unknown option, ``hydra.*``'s included — into one line with the closest known names; entry
-    points call this before handing the command line to Hydra."""
+    """Compose ``overrides`` as Hydra will (a sweep's first value for each swept key, then each other value in
+    turn), and turn what Hydra refuses — a mistyped key, an unknown option, ``hydra.*``'s included — into one line
+    with the closest known names; entry points call this before handing the command line to Hydra."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -285,13 +289,25 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
         ):
             options = ", ".join(group_options(group))
             raise ConfigError(f"{o.input_line} is not an option of {group}; it has {options}")
-    plain = [
-        line for o, line in zip(parsed, first, strict=True) if not o.get_key_element().lstrip("+~").startswith("hydra")
-    ]
+    ours = [not o.get_key_element().lstrip("+~").startswith("hydra") for o in parsed]
+    plain = [line for line, mine in zip(first, ours, strict=True) if mine]
     try:
         compose(plain, config_name)
     except (HydraException, OmegaConfBaseException) as e:
         raise composition_error(e, config_name) from None
+    for i, o in enumerate(parsed):  # each other value of a sweep, the rest at their first: linear, not every job
+        if not (ours[i] and o.is_sweep_override()):
+            continue
+        try:
+            values = list(itertools.islice(o.sweep_string_iterator(), 1, MAX_SWEEP_VALUES_CHECKED))
+        except Exception:  # a sweep the sweeper itself expands (an interval): Hydra reports what it finds
+            continue
+        for value in values:
+            lines = [f"{o.get_key_element()}={value}" if j == i else line for j, line in enumerate(first)]
+            try:
+                compose([line for line, mine in zip(lines, ours, strict=True) if mine], config_name)
+            except (HydraException, OmegaConfBaseException) as e:
+                raise composition_error(e, config_name) from None
     if len(plain) == len(first):
         return
     try:  # Hydra's own keys, checked apart: only a mistyped key or option is reported, the rest is Hydra's to judge

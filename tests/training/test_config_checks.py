@@ -322,6 +322,10 @@ def test_a_mistyped_key_or_option_is_one_line_before_hydra_runs():
         check_overrides(["trainer.max_step=100"])
     with pytest.raises(ConfigError, match=r"^schedule=cosin is not an option of schedule; did you mean schedule=cos"):
         check_overrides(["-m", "schedule=cosin,wsd"])  # a sweep's values are options too
+    with pytest.raises(ConfigError, match=r"^schedule=wds is not an option of schedule; did you mean schedule=wsd"):
+        check_overrides(["-m", "schedule=cosine,wds"])  # each of them, not only the first
+    with pytest.raises(ConfigError, match=r"^schedule.decay_fraction is a key of schedule=wsd only; choose it or drop"):
+        check_overrides(["-m", "schedule=wsd,cosine", "schedule.decay_fraction=0.3"])  # a key of one option only
     check_overrides(["--cfg", "job", "-m", "schedule=cosine,wsd", "optim.lr=1e-3,3e-3", "hydra.run.dir=x"])
 
 
