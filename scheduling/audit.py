@@ -299,6 +299,7 @@ def number(value: Any, where: str) -> float | None:
 
 
 def finite(values: dict[int, float | None]) -> dict[int, float]:
+    """The steps whose value ``number`` read as finite."""
     return {t: v for t, v in values.items() if v is not None}
 
 
