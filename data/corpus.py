@@ -367,6 +367,8 @@ class TableCorpus(Corpus):
     def keyed_documents(self) -> Iterator[tuple[str, str]]:
         if self.files:
             for f in self.files:
+                if f.stat().st_size == 0:  # no rows, as an empty text file is no document (datasets cannot load it)
+                    continue
                 key = f.relative_to(self.root).as_posix()
                 for i, text in enumerate(self.rows(self.load("train", [str(f)]), str(f))):
                     yield f"{key}:{i}", text

@@ -93,6 +93,13 @@ def test_a_text_column_that_does_not_hold_text_is_refused_naming_the_row(tmp_pat
     assert_refused(cfg, rf"^data: '.*part0\.{fmt}' row 1: data\.text_column 'text' must hold text, got {kind}$")
 
 
+def test_an_empty_table_file_is_read_as_no_rows_as_an_empty_text_file_is(tmp_path):
+    write_tables(tmp_path / "t", [{"text": d} for d in DOCS], "jsonl", n_files=1)
+    (tmp_path / "t" / "empty.jsonl").write_bytes(b"")
+    cache = prepare(data_cfg("text_files", path=str(tmp_path / "t")))
+    assert sum(cache.meta["documents"].values()) == len(DOCS)
+
+
 def test_a_given_tokenizer_that_cannot_encode_the_corpus_is_refused(tmp_path):
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
