@@ -757,6 +757,8 @@ def run_optimize(args: argparse.Namespace) -> int:
         f"({LAW_NAMES[args.law]} law) {mine:.4f}; {versus}",
     ]
     png = args.out.with_suffix(".png")
+    if png == args.out:
+        raise ForecastError("--out", "the knots' CSV path (the plot is written beside it, as .png)", str(args.out))
     table = "\n".join([*header, "update,lambda", *(f"{t},{y!r}" for t, y in knots)]) + "\n"
     image = plot(forecasts, fit, f"The schedule with the lowest forecast (T = {T:,})")
     write_outputs({png: image, args.out: table.encode()})

@@ -151,11 +151,11 @@ class Schedule:
         total = self.total_steps or self.warmup_steps + 1
         for t in sorted({0, self.warmup_steps, max(total - 1, 0)}):
             try:
-                value = self(t)
-            except (ArithmeticError, TypeError, ValueError) as e:
+                value = float(self(t))  # a numpy or torch scalar too, as LambdaLR takes it
+            except (ArithmeticError, TypeError, ValueError, RuntimeError) as e:
                 cause = f"{type(e).__name__}: {first_line(e)}"
                 raise ScheduleError(f"{key}: {self.name} fails at update {t} ({cause})") from None
-            if not is_number(value) or not math.isfinite(value) or value < 0:
+            if not math.isfinite(value) or value < 0:
                 raise ScheduleError(f"{key}: {self.name} gives {value!r} at update {t}, not a finite multiplier ≥ 0")
 
     def __call__(self, t: int) -> float:

@@ -98,15 +98,15 @@ def entries_of(group: str, option: str) -> list[str]:
     return list(OmegaConf.load(CONF / group / f"{option}.yaml").get(LIST_GROUPS[group]) or {})
 
 
-def entry_keys(group: str, name: str) -> list[str]:
-    """The keys of a list group's entry ``name`` as the option file that adds it defines them (none: a fork's)."""
+def entry_keys(group: str, name: str) -> tuple[str | None, list[str]]:
+    """The option file of a list group that adds entry ``name``, and that entry's keys (none: a fork's)."""
     from omegaconf import OmegaConf
 
     for option in group_options(group):
         node = OmegaConf.load(CONF / group / f"{option}.yaml").get(LIST_GROUPS[group]) or {}
         if name in node:
-            return [str(k) for k in node[name] or {}]
-    return []
+            return option, [str(k) for k in node[name] or {}]
+    return None, []
 
 
 def option_file(group: str, value: Any) -> Any:
@@ -144,11 +144,14 @@ def unknown_key(key: str, config_name: str = "config") -> ConfigError:
             return ConfigError(f"{key} is not in the composed config (the entry does not set it); add it with +{key}=…")
     entry = key.split(".")
     if config_name == "config" and group in LIST_GROUPS and len(entry) == 4 and entry[1] == LIST_GROUPS[group]:
-        own = entry_keys(group, entry[2])  # a key of one sink or evaluation: held against that entry's own keys
-        if own:
-            close = difflib.get_close_matches(entry[3], own, n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]}? " if close else ""
-            return ConfigError(f"{key} is not a key of {'.'.join(entry[:3])}; {hint}it has {', '.join(own)}")
+        option, own = entry_keys(group, entry[2])  # a key of one sink or evaluation: that entry's own keys
+        if entry[3] in own:
+            return ConfigError(f"{key} is a key of {group}={option} only; choose it or drop the key")
+        close = difflib.get_close_matches(entry[3], own, n=1, cutoff=0.6)
+        if close:
+            return ConfigError(
+                f"{key} is not a key of {'.'.join(entry[:3])}; did you mean {close[0]}? it has {', '.join(own)}"
+            )
     if config_name == "config" and group in GROUPS:
         options = group_options(group)
         owners = [o for o in options if leaf in known_keys(group, o)]

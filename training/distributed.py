@@ -270,6 +270,8 @@ def init(device_choice: str, join_timeout: float = SETUP_TIMEOUT_S) -> Dist:
         try:
             dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=join_timeout), **kwargs)
         except dist.DistError as e:
+            if "timed out" not in str(e).lower():  # a port in use, an address that does not resolve: torch's own
+                raise
             from training.watchdog import PeerLost  # it imports this module
 
             raise PeerLost(None, join_timeout, peer_failure(e) or type(e).__name__) from None

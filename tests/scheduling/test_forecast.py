@@ -321,6 +321,7 @@ def run_dir(path, rows: list[dict]):
         ("negative step", "metrics.jsonl: step -1 is not an update index (0, 1, …)"),
         ("out a folder", "--out " + "{tmp}/out/x.png: cannot be written (Is a directory)"),
         ("fit out a folder", "--out " + "{tmp}/out/x: cannot be written (Is a directory)"),
+        ("knots as png", "--out must be the knots' CSV path (the plot is written beside it, as .png)"),
     ],
 )
 def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case, says, tmp_path, capsys):
@@ -368,6 +369,8 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case, says, tmp_
         (tmp_path / "out" / "x.png").mkdir(parents=True)
         (tmp_path / "out" / "x.csv").write_text("old")
         argv = ["predict", a_fit(tmp_path), "trainer.max_steps=60"]
+    elif case == "knots as png":
+        argv, out = ["optimize", a_fit(tmp_path), "trainer.max_steps=60", "--knots", "3"], ["--out", "k.png"]
     else:
         (tmp_path / "out" / "x").mkdir(parents=True)
         rows += [{"step": s, "val/loss": 3.0 - 0.01 * s} for s in range(20)]

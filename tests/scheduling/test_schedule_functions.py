@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -448,3 +449,19 @@ def test_no_jump_at_phase_boundaries(name, data):
     for b in phase_starts(name, s, total):
         jump = abs(s(b) - s(b - 1e-12))
         assert jump <= 0.1 * one_step + 1e-15, (b, jump, one_step)
+
+
+def numpy_decay(t, *, total_steps, warmup_steps=0, min_lr_ratio=0.0):
+    """A fork's λ that returns a numpy scalar, as LambdaLR takes it."""
+    return np.float32(1 - t / total_steps)
+
+
+def negative_decay(t, *, total_steps, warmup_steps=0, min_lr_ratio=0.0):
+    return -t / total_steps
+
+
+def test_a_forks_schedule_is_tried_before_any_work_and_may_return_a_numpy_scalar():
+    here = "tests.scheduling.test_schedule_functions"
+    assert Schedule(f"{here}.numpy_decay", total_steps=100)(50) == pytest.approx(0.5)
+    with pytest.raises(ScheduleError, match=rf"^schedule.name: {here}.negative_decay gives -0.01 at update 1, not a"):
+        Schedule(f"{here}.negative_decay", total_steps=100, warmup_steps=1)

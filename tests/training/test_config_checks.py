@@ -326,6 +326,8 @@ def test_a_mistyped_key_or_option_is_one_line_before_hydra_runs():
         ConfigError, match=r"^eval.evals.next_line.choice is not a key of eval.evals.next_line; did you"
     ):
         check_overrides(["eval.evals.next_line.choice=3"])  # the entry's own keys: "... mean choices?"
+    with pytest.raises(ConfigError, match=r"^eval.evals.next_line.limit is a key of eval=next_line only; choose it"):
+        check_overrides(["eval=[perplexity]", "eval.evals.next_line.limit=5"])  # an entry not chosen
     with pytest.raises(ConfigError, match=r"^schedule=wds is not an option of schedule; did you mean schedule=wsd"):
         check_overrides(["-m", "schedule=cosine,wds"])  # each of them, not only the first
     with pytest.raises(ConfigError, match=r"^schedule.decay_fraction is a key of schedule=wsd only; choose it or drop"):

@@ -268,6 +268,24 @@ def test_a_rank_whose_peers_never_join_leaves_within_the_collective_timeout_in_o
     assert waited < 60, waited
 
 
+def test_a_port_in_use_is_not_taken_for_a_rank_that_never_joined(tmp_path, data_cache):
+    """Exit 124 asks for the same command again, which cannot help here: torch's own error, naming the port."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        env = {
+            **os.environ,
+            "GPT_DATA_CACHE": str(data_cache),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(held.getsockname()[1]),
+            **{"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"},
+        }
+        cmd = [sys.executable, str(ROOT / "train.py"), *TINY, *FAULT_ARGS, f"hydra.run.dir={tmp_path / 'run'}"]
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    said = proc.stderr.lower()
+    assert proc.returncode not in (0, EXIT_HUNG) and "address already in use" in said, proc.stderr[-2000:]
+
+
 def test_under_torchrun_max_restarts_a_hung_rank_restarts_the_group_from_latest_bit_for_bit(
     tmp_path, data_cache, two_ranks_uninterrupted
 ):
