@@ -68,13 +68,18 @@ def redact(obj: Any, secrets: list[str] | None = None, key: str = "") -> Any:
         override, sep, _ = obj.partition("=")  # an override such as trainer.hf_token=abc
         if sep and SECRET_KEY.search(override.split(".")[-1]):
             return f"{override}={REDACTED}"
-        for s in secrets:
-            if s in obj:
-                obj = obj.replace(s, REDACTED)
-        obj = SECRET_SHAPES.sub(REDACTED, obj)
+        obj = redact_text(obj, secrets)
         if not REVISION_KEY.search(override.split(".")[-1] if sep else key):
             obj = HEX40.sub(REDACTED, obj)
     return obj
+
+
+def redact_text(text: str, secrets: list[str] | None = None) -> str:
+    """``text`` with secret values and credential-shaped strings masked (no rule of keys or overrides: prose)."""
+    for s in secret_values() if secrets is None else secrets:
+        if s in text:
+            text = text.replace(s, REDACTED)
+    return SECRET_SHAPES.sub(REDACTED, text)
 
 
 def scrub_hydra_files(*dirs: Path) -> None:
@@ -102,7 +107,7 @@ class RedactLogs(logging.Filter):
             message = record.getMessage()
         except Exception:  # a malformed record: the handler reports it as logging does
             return True
-        clean = redact(message)
+        clean = redact_text(message)  # prose: a "key=value" inside it is not an override to cut at
         if clean != message:
             record.msg, record.args = clean, None
         return True

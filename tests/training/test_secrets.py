@@ -167,6 +167,7 @@ def test_a_run_log_line_holding_a_secret_is_redacted_in_train_log_and_on_the_con
     try:
         logging.config.dictConfig(settings)
         logging.getLogger("train").warning("MLflow failed (%s, at %s)", SHAPED["hugging face"], ENV_SECRET)
+        logging.getLogger("train").info("given: x.api_key=%s trainer.max_steps=4", ENV_SECRET)
         for h in root.handlers:
             h.flush()
     finally:
@@ -176,6 +177,7 @@ def test_a_run_log_line_holding_a_secret_is_redacted_in_train_log_and_on_the_con
         root.setLevel(level)
     for text in ((tmp_path / "train.log").read_text(), capsys.readouterr().err):
         assert f"MLflow failed ({REDACTED}, at {REDACTED})" in text, text
+        assert f"given: x.api_key={REDACTED} trainer.max_steps=4" in text, text  # the rest of the line kept
 
 
 def test_no_credential_shaped_value_reaches_a_sweeps_files(tmp_path, data_cache):
