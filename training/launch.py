@@ -25,12 +25,15 @@ from training.summary import write_summary
 log = logging.getLogger("train")
 IN_PROCESS_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 jobs: list[tuple[int, str | None]] = []  # (job number, its error) of every sweep job run in this process
+job_wall_start = 0.0  # time.time() at the start of this process's latest job
 
 
 def job_started() -> float:
     """``time.perf_counter()`` at this job's start, for a time budget: the process's start for the first job a
     process runs (its imports count), the job's own start for a later one in the same process (a sweep under
     Hydra's basic launcher, a reused joblib worker); a submitit job is the first of its own process."""
+    global job_wall_start
+    job_wall_start = time.time()
     return time.perf_counter() - (0.0 if jobs else seconds_since_process_start())
 
 
@@ -65,7 +68,11 @@ def sweep_job_failed(hc, sweep: Sweep, error: Exception) -> bool:
     goes on and ``sweep_summary`` closes it (another launcher records the job's error itself)."""
     log.error("error: job %s (%s): %s", hc.job.num, sweep.name, error)
     jobs[-1] = (hc.job.num, str(error))
-    write_summary(Path(hc.runtime.output_dir), {"status": "failed", "error": str(error)})  # the report shows it
+    if not isinstance(error, run_lock.RunInUse):  # else the directory and its summary are another process's
+        summary = Path(hc.runtime.output_dir) / "summary.json"
+        if summary.is_file() and summary.stat().st_mtime < job_wall_start:  # an earlier run's: not this job's
+            summary.unlink()
+        write_summary(summary.parent, {"status": "failed", "error": str(error)})  # the report shows it
     return hc.launcher.get("_target_") == IN_PROCESS_LAUNCHER
 
 

@@ -235,6 +235,22 @@ def test_a_wandb_run_of_a_sweep_is_named_after_the_values_the_sweep_varies():
     assert swept_overrides(job, ["-m", "logger=wandb"], {"trainer.max_steps": "10,20"}) == ["trainer.max_steps=10"]
 
 
+def test_a_sweep_job_refused_before_it_starts_replaces_an_earlier_summary_of_its_directory(tmp_path, data_cache):
+    """A sweep run again in the same directory: a job that now fails on a bad value does not keep the earlier
+    run's results beside its failure (the report would show them)."""
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    (sweep / "0" / "summary.json").write_text(json.dumps({"status": "ok", "best/val_loss": 1.5, "total_steps": 9}))
+    os.utime(sweep / "0" / "summary.json", (1e9, 1e9))  # written long before this sweep
+    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache)}
+    cmd = [sys.executable, "train.py", "-m", *TINY, "optim.lr=-1,-2", "trainer.max_steps=2", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    for job in ("0", "1"):
+        summary = json.loads((sweep / job / "summary.json").read_text())
+        assert summary == {"status": "failed", "error": "optim.lr must be a number > 0, got " + summary["error"][-2:]}
+
+
 @pytest.mark.slow
 def test_a_two_by_two_multirun_gives_four_runs_in_one_wandb_group_and_survives_a_failed_job(tmp_path, data_cache):
     """lr 1e6 makes the loss non-finite: those jobs fail (and are marked failed), their siblings still run."""
