@@ -324,9 +324,9 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
         except Exception:  # a sweep the sweeper itself expands (an interval): Hydra reports what it finds
             continue
         for value in values:
-            lines = [f"{o.get_key_element()}={value}" if j == i else line for j, line in enumerate(first)]
+            lines = [f"{o.get_key_element()}={value}" if j == i else line for j, line in enumerate(first) if ours[j]]
             try:
-                compose([line for line, mine in zip(lines, ours, strict=True) if mine], config_name)
+                compose(lines, config_name)
             except (HydraException, OmegaConfBaseException) as e:
                 raise composition_error(e, config_name) from None
     if len(plain) == len(first):

@@ -31,7 +31,8 @@ job_wall_start = 0.0  # time.time() at the start of this process's latest job
 def job_started() -> float:
     """``time.perf_counter()`` at this job's start, for a time budget: the process's start for the first job a
     process runs (its imports count), the job's own start for a later one in the same process (a sweep under
-    Hydra's basic launcher, a reused joblib worker); a submitit job is the first of its own process."""
+    Hydra's basic launcher, a reused joblib worker); a submitit job is the first of its own process. Records the
+    wall-clock start too (``job_wall_start``): a file older than it is an earlier run's."""
     global job_wall_start
     job_wall_start = time.time()
     return time.perf_counter() - (0.0 if jobs else seconds_since_process_start())

@@ -34,14 +34,10 @@ class PeerLost(Exception):
     ``update``, not every rank joined the process group."""
 
     def __init__(self, update: int | None, timeout: float, reason: str):
-        what = (
-            f"update {update}: another rank stopped answering" if update is not None else "the ranks did not all join"
-        )
-        hint = (
-            "once every rank can start (see each one's output)"
-            if update is None
-            else "to resume from the latest checkpoint"
-        )
+        if update is None:
+            what, hint = "the ranks did not all join", "once every rank can start (see each one's output)"
+        else:
+            what, hint = f"update {update}: another rank stopped answering", "to resume from the latest checkpoint"
         super().__init__(
             f"{what} (trainer.collective_timeout={timeout:g} s; {reason}); exiting with {EXIT_HUNG}: run the same "
             f"command again {hint}"
