@@ -310,6 +310,9 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
         ):
             options = ", ".join(group_options(group))
             raise ConfigError(f"{o.input_line} is not an option of {group}; it has {options}")
+    for o in parsed:
+        if o.is_delete():
+            check_deletion(o.get_key_element().lstrip("~"), o.input_line)
     ours = [not o.get_key_element().lstrip("+~").startswith("hydra") for o in parsed]
     plain = [line for line, mine in zip(first, ours, strict=True) if mine]
     try:
@@ -337,6 +340,15 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
         error = composition_error(e, config_name)
         if error.args[0].lstrip("+").startswith("hydra"):
             raise error from None
+
+
+def check_deletion(key: str, line: str) -> None:
+    """``~key`` may drop a group (``~experiment``) or a named entry (``~data.sources.docs``, a sink, an evaluation);
+    a setting it deleted would read as its code's default, which need not be conf/'s (warmup 0, not 0.1)."""
+    sections = [*NAMED_SECTIONS, *(f"{g}.{s}" for g, s in LIST_GROUPS.items())]
+    if "." not in key or key.partition(".")[0] == "hydra" or key.rpartition(".")[0] in sections:
+        return
+    raise ConfigError(f"{line}: a setting cannot be deleted (its code's default need not be conf/'s); set it: {key}=…")
 
 
 def composition_error(e: Exception, config_name: str) -> ConfigError:

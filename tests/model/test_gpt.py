@@ -34,6 +34,14 @@ def test_every_gptconfig_field_but_those_the_tokenizer_sets_is_a_model_setting()
         check_model_config({**defaults, "document_separator": 0})
 
 
+def test_the_python_defaults_of_the_model_are_the_base_presets(preset_values):
+    # GPT(GPTConfig()) from Python builds what model=base trains: one shape, written in two places, kept equal
+    base = preset_values("base")
+    code = {f.name: getattr(GPTConfig(), f.name) for f in fields(GPTConfig) if f.name in base}
+    assert code == {k: base[k] for k in code}
+    assert set(base) - set(code) == {"name", "init_from"}
+
+
 @pytest.mark.parametrize("name", PRESET_NAMES)
 def test_every_preset_passes_the_check_and_builds(name, preset_values, on_meta):
     values = preset_values(name)

@@ -393,3 +393,18 @@ def test_the_default_sample_prompt_ends_on_no_token_of_its_own(data_cache, monke
     tokenizer = prepare(cfg.data).tokenizer()
     pieces = [tokenizer.decode([i]) for i in tokenizer.encode(cfg.trainer.sample_prompt).ids]
     assert pieces and all(piece.strip() for piece in pieces), pieces
+
+
+@pytest.mark.parametrize("key", ["schedule.warmup_steps", "data.val_fraction", "optim.betas", "trainer.seed"])
+def test_deleting_a_setting_is_refused_in_one_line_as_it_would_read_as_the_codes_default(key):
+    from training.config import check_overrides
+
+    with pytest.raises(ConfigError, match=rf"^~{re.escape(key)}: a setting cannot be deleted .*; set it: {key}=…$"):
+        check_overrides([f"~{key}"])
+
+
+def test_a_group_a_named_entry_and_hydras_own_keys_may_still_be_deleted():
+    from training.config import check_overrides
+
+    check_overrides(["~experiment", "logger=[csv,wandb]", "~logger.sinks.csv", "~eval.evals.next_line"])
+    check_overrides(["data=mixture", "~data.sources.docs", "~hydra.job.chdir"])
