@@ -26,7 +26,6 @@ Imports no torch and nothing from training/.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import struct
@@ -37,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scheduling.spec import Schedule, SettingError, compose, first_line, is_int, schedule_from_config
+from scheduling.spec import CommandLine, Schedule, SettingError, compose, first_line, is_int, schedule_from_config
 
 TOLERANCE = 1e-9
 LR_KEYS = ("train/lr", "train/learning_rate", "learning_rate", "lr")  # a W&B history's lr, by preference
@@ -542,13 +541,15 @@ def read(path: Path, overrides: list[str], schedule_required: bool = True) -> Lo
 
 
 def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> int:
-    parser = argparse.ArgumentParser(
+    parser = CommandLine(
         prog="python -m scheduling.audit",
         description="Compare the lr a run logged for every update with peak · λ(t) of the schedule it was given.",
         epilog="exit codes: 0 every update within the tolerance, 1 a deviation, 2 bad input (docs/instruments.md)",
     )
     parser.add_argument("path", type=Path, help="a run directory, a W&B offline run or a trainer_state.json")
-    parser.add_argument("overrides", nargs="*", help="the schedule of a run made elsewhere, as train.py overrides")
+    parser.add_argument(
+        "overrides", nargs="*", default=[], help="the schedule of a run made elsewhere, as train.py overrides"
+    )
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="relative (default: %(default)g)")
     args = parser.parse_args(argv)
     from hydra.errors import HydraException

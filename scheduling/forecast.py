@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from scheduling import audit
-from scheduling.spec import Schedule, SettingError, check_knots
+from scheduling.spec import CommandLine, Schedule, SettingError, check_knots
 
 LAWS = {"multi_power": ("L0", "A", "alpha", "B", "C", "beta", "gamma"), "annealing": ("L0", "A", "alpha", "C")}
 LAW_NAMES = {"multi_power": "multi-power", "annealing": "annealing"}
@@ -779,9 +779,9 @@ def run_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
+def parser() -> CommandLine:
     """The command line: fit, predict and optimize."""
-    cli = argparse.ArgumentParser(prog="python -m scheduling.forecast", description=__doc__.split("\n\n")[0])
+    cli = CommandLine(prog="python -m scheduling.forecast", description=__doc__.split("\n\n")[0])
     sub = cli.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="fit both laws to runs already made")
     fit.add_argument("runs", nargs="+", type=Path, help="run directories, W&B offline runs or trainer_state.json")
@@ -794,7 +794,7 @@ def parser() -> argparse.ArgumentParser:
     )
     predict = sub.add_parser("predict", help="forecast the loss of the schedules the overrides describe")
     predict.add_argument("fit", type=Path, help="a fit.json")
-    predict.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py (sweeps overlay)")
+    predict.add_argument("overrides", nargs="*", default=[], help="Hydra overrides, as for train.py (sweeps overlay)")
     predict.add_argument(
         "--against",
         type=Path,
@@ -805,7 +805,7 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", type=Path, default=Path("forecast"), help="writes OUT.csv, OUT.png")
     opt = sub.add_parser("optimize", help="the schedule with the lowest forecast final loss, as tabulated knots")
     opt.add_argument("fit", type=Path, help="a fit.json")
-    opt.add_argument("overrides", nargs="*", help="T, peak, warmup and floor as train.py overrides")
+    opt.add_argument("overrides", nargs="*", default=[], help="T, peak, warmup and floor as train.py overrides")
     opt.add_argument("--knots", type=int, default=100, help="knots between W and T (default: %(default)s)")
     opt.add_argument("--law", choices=tuple(LAWS), default="multi_power", help="the law to minimise")
     opt.add_argument("--out", type=Path, default=Path("knots.csv"), help="the knots CSV (default: %(default)s)")

@@ -15,14 +15,13 @@ A bad override or value prints one ``error:`` line and exits 2. Imports no torch
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from scheduling.spec import CONF, Schedule, ScheduleError, compose, first_line, schedule_from_config
+from scheduling.spec import CONF, CommandLine, Schedule, ScheduleError, compose, first_line, schedule_from_config
 
 PAST_T = 0.1  # the plot and the table go this fraction of T past T
 POINTS = 2000  # samples per curve, plus its key steps
@@ -216,12 +215,12 @@ def plot(curves: list[Curve], out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = CommandLine(
         prog="python -m scheduling.plot",
         description="Plot the learning-rate schedule(s) the training config describes, and print key values.",
         epilog="example: python -m scheduling.plot -m schedule=cosine,linear,wsd trainer.max_steps=100000",
     )
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py (sweeps overlay)")
+    parser.add_argument("overrides", nargs="*", default=[], help="Hydra overrides, as for train.py (sweeps overlay)")
     parser.add_argument("-m", "--multirun", action="store_true", help="accepted for symmetry with train.py -m")
     parser.add_argument(
         "--out", type=Path, default=Path("lr_schedule.png"), metavar="PATH", help="the PNG (default: %(default)s)"

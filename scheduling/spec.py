@@ -7,6 +7,7 @@ checkpoint and a resumed run can tell whether the config still describes the sam
 
 from __future__ import annotations
 
+import argparse
 import functools
 import importlib
 import inspect
@@ -45,6 +46,22 @@ def first_line(error: BaseException, limit: int = 200) -> str:
     if lines[0].endswith(":") and len(lines) > 1:
         return f"{lines[0]} {lines[1]}"[:limit]
     return lines[0][:limit]
+
+
+class CommandLine(argparse.ArgumentParser):
+    """The parser of every command here: a bad command line is one ``error:`` line and exit code 2, as any other
+    bad input is, and Hydra overrides may come after the options too (``--against RUN trainer.max_steps=60``)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        known, rest = self.parse_known_args(args, namespace)
+        if rest and hasattr(known, "overrides") and not any(a.startswith("-") for a in rest):
+            known.overrides = [*known.overrides, *rest]
+        elif rest:
+            self.error(f"unrecognized arguments: {' '.join(rest)}")
+        return known
 
 
 class ScheduleError(SettingError):

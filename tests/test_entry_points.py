@@ -67,6 +67,30 @@ def test_bad_input_is_one_error_line_exit_code_2_and_nothing_written(script, arg
     assert list(work.iterdir()) == [] and (corrupt / "state.pt").read_bytes() == b"not a checkpoint" * 64
 
 
+@pytest.mark.parametrize(
+    "module, args, says",
+    [
+        ("scheduling.forecast", ["predict"], "the following arguments are required: fit (see --help)"),
+        ("scheduling.forecast", ["fitt", "run"], "argument command: invalid choice: 'fitt'"),
+        (
+            "scheduling.forecast",
+            ["optimize", "fit.json", "--knots", "x"],
+            "argument --knots: invalid int value: 'x' (see --help)",
+        ),
+        ("scheduling.audit", ["run", "--tolerence", "0.1"], "unrecognized arguments: --tolerence 0.1 (see --help)"),
+        ("scheduling.plot", ["--outt", "x.png"], "unrecognized arguments: --outt (see --help)"),
+        ("training.report", [], "the following arguments are required: sweep_dir (see --help)"),
+        ("training.plots", ["run", "--out"], "argument --out: expected one argument (see --help)"),
+        ("training.mlflow_logger", ["upload"], "the following arguments are required: run_dir (see --help)"),
+    ],
+)
+def test_a_bad_command_line_of_a_tool_is_one_error_line_and_exit_code_2(module, args, says, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"error: python -m {module}"), proc.stderr
+    assert f": {says}" in proc.stderr
+
+
 def test_a_run_refused_in_a_run_directory_it_found_leaves_every_file_there_as_it_was(tmp_path, data_cache):
     run, args = tmp_path / "run", [*TINY, "trainer.max_steps=2", "trainer.eval_every=0", "logger=csv"]
     run_train(args, run, data_cache)

@@ -17,7 +17,6 @@ stays quiet, and metrics.jsonl stays complete.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
@@ -30,6 +29,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from scheduling.spec import CommandLine
 from training.config import ConfigError
 from training.loggers import RunInfo, Sink, check_tracking, first_line, flat_config, require
 from training.secrets import redact
@@ -275,7 +275,7 @@ def upload(run_dir: Path, to: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = CommandLine(
         prog="python -m training.mlflow_logger",
         description="Upload a run that logged to its local MLflow fallback store to a tracking server.",
     )

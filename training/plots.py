@@ -8,14 +8,13 @@ compare runs, overlay them in one PNG (a sweep directory counts as all the runs 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 from data.atomic import space_for
 from scheduling.audit import read_jsonl
-from scheduling.spec import is_int
+from scheduling.spec import CommandLine, is_int
 
 
 def pyplot():
@@ -175,7 +174,7 @@ def save_figure(fig, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.plots", description=__doc__.split("\n\n")[0])
+    parser = CommandLine(prog="python -m training.plots", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="run directories or sweep directories")
     parser.add_argument("--out", default="compare.png", help="the PNG to write (default: compare.png)")
     args = parser.parse_args(argv)

@@ -12,7 +12,6 @@ forecast for its schedule and the forecast's error, and ``forecast.png`` draws e
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from scheduling.audit import AuditError, saved_overrides
-from scheduling.spec import first_line
+from scheduling.spec import CommandLine, first_line
 from training.plots import pyplot, read_metrics, run_labels, save_figure
 
 COLUMNS = ("final val/bpb", "best val/bpb", "T", "tokens", "seconds", "status")
@@ -292,7 +291,7 @@ def write_report(sweep_dir: Path, forecast: Path | None = None) -> tuple[list[Jo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.report", description=__doc__.split("\n\n")[0])
+    parser = CommandLine(prog="python -m training.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="a multirun directory (multirun/<date>/<time>)")
     parser.add_argument("--forecast", type=Path, metavar="FIT", help="a fit.json: each job's forecast beside it")
     args = parser.parse_args(argv)

@@ -180,6 +180,16 @@ def test_several_runs_are_each_forecast_on_their_own_schedule(tiny_run, tmp_path
     assert {row.split(",")[0] for row in rows} == {tiny_run.name, run_file.parent.name}
 
 
+def test_overrides_may_come_after_the_options(tiny_run, tmp_path, capsys):
+    argv = ["predict", a_fit(tmp_path), "schedule=wsd", "--against", str(tiny_run), "trainer.max_steps=60"]
+    assert forecast.main([*argv, "--out", str(tmp_path / "f"), "schedule.decay_fraction=0.5"]) == 0
+    said = capsys.readouterr().out
+    assert "forecast val/loss after 60 updates" in said and f"against {tiny_run}: " in said
+    rows = list(csv.DictReader((tmp_path / "f.csv").open()))
+    assert {row["schedule"] for row in rows} == {"wsd (1-sqrt, D = 30)"}  # decay_fraction 0.5 of T = 60
+    assert max(int(row["updates"]) for row in rows) == 60
+
+
 def test_a_forecast_of_a_run_s_own_schedule_fits_that_run(tiny_run, tmp_path, capsys):
     assert forecast.main(["fit", str(tiny_run), "--out", str(tmp_path / "fit.json")]) == 0
     said = capsys.readouterr().out
