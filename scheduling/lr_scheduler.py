@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import numbers
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -17,17 +18,14 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from scheduling.schedules import SCHEDULES
-from scheduling.spec import CONFIG_KEYS, Schedule, ScheduleError, _key
+from scheduling.spec import CONFIG_KEYS, Schedule, ScheduleError, _key, check_floor_ratio, is_number
 
-# Messages from get_scheduler name transformers' arguments, not config keys.
-_RENAMED = {
-    "total_steps": "num_training_steps",
-    "warmup_steps": "num_warmup_steps",
-    "decay_steps": "num_decay_steps",
-    "decay_shape": "decay_type",
-    "warmup_shape": "warmup_type",
-}
-HF_KEYS = {p: _RENAMED.get(p, p) for fn in SCHEDULES.values() for p in inspect.signature(fn).parameters}
+# Messages from get_scheduler name the arguments the caller passed, not config keys: transformers' names for T
+# and W, and warmup_stable_decay's for its own; every other parameter under its own name.
+_PARAMS = {p for fn in SCHEDULES.values() for p in inspect.signature(fn).parameters if p != "t"}
+HF_KEYS = {**{p: p for p in _PARAMS}, "total_steps": "num_training_steps", "warmup_steps": "num_warmup_steps"}
+_PYTHON_KEYS = {p: p for p in _PARAMS}  # a scheduler built in Python: its parameters by their names
+WSD_KEYS = {**HF_KEYS, "decay_steps": "num_decay_steps", "decay_shape": "decay_type", "warmup_shape": "warmup_type"}
 
 # transformers' SchedulerType values this module provides (the same lr for steps 0 … T), and our own names.
 TRANSFORMERS_NAMES = (
@@ -60,7 +58,7 @@ class ScheduleLR(LambdaLR):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        restore_scheduler(self, state_dict)
+        restore_scheduler(self, state_dict, keys=_PYTHON_KEYS)
 
 
 def build_scheduler(optimizer: Optimizer, schedule: Schedule, last_epoch: int = -1) -> ScheduleLR:
@@ -78,19 +76,34 @@ def _floor_ratio(optimizer: Optimizer, kwargs: dict[str, Any], default: float | 
     given = {k: v for k, v in given.items() if v is not None}
     if len(given) > 1:
         raise ValueError(f"Only one of min_lr, min_lr_ratio or min_lr_rate should be set, got {sorted(given)}")
-    if "min_lr" in given:
-        return given["min_lr"] / optimizer.defaults["lr"]
-    return next(iter(given.values()), default)
+    if not given:
+        return default
+    (key, value), peak = given.popitem(), optimizer.defaults["lr"]
+    if key == "min_lr":
+        if not (is_number(value) and 0 <= value <= peak):
+            raise ScheduleError("min_lr", f"a floor in [0, the optimizer's lr {peak:g}]", value)
+        return value / peak
+    check_floor_ratio(value, key)
+    return value
 
 
-def _schedule(own: str, kwargs: dict[str, Any], name: str, **params: Any) -> Schedule:
+def _steps(value: Any) -> Any:
+    """A count of updates as transformers takes it: any integral number (``np.int64(2)``, ``2.0``) is that int."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _schedule(own: str, kwargs: dict[str, Any], name: str, keys: Mapping[str, str] = HF_KEYS, **params: Any):
     """Schedule ``own`` from ``params`` plus the caller's extra ``kwargs``; an argument the schedule does not take
     is a TypeError, as in transformers."""
     accepted = inspect.signature(SCHEDULES[own]).parameters
     for k in kwargs:
         if k not in accepted or k == "t":
             raise TypeError(f"get_scheduler({name!r}) got an unexpected keyword argument {k!r}")
-    return Schedule(own, keys=HF_KEYS, **{**params, **kwargs})
+    return Schedule(own, keys=keys, **{**params, **kwargs})
 
 
 def get_scheduler(
@@ -121,7 +134,7 @@ def get_scheduler(
         plateau = ReduceLROnPlateau(optimizer, **kw)
         plateau.last_epoch = last_epoch + 1  # where a LambdaLR built with this last_epoch starts counting
         return plateau
-    W, T = num_warmup_steps, num_training_steps
+    W, T = _steps(num_warmup_steps), _steps(num_training_steps)
     if name == "constant":  # transformers ignores the warmup and every other argument here
         return build_scheduler(optimizer, Schedule("constant", keys=HF_KEYS), last_epoch)
     if W is None:
@@ -138,7 +151,7 @@ def get_scheduler(
         floor = _floor_ratio(optimizer, kw)
         if "num_decay_steps" not in kw:
             raise TypeError("get_scheduler('warmup_stable_decay') requires the argument 'num_decay_steps'")
-        decay, stable = kw.pop("num_decay_steps"), kw.pop("num_stable_steps", None)
+        decay, stable = _steps(kw.pop("num_decay_steps")), _steps(kw.pop("num_stable_steps", None))
         if T is None and stable is None:
             raise ValueError("Either num_training_steps or num_stable_steps must be specified.")
         if T is not None and stable is not None:
@@ -155,7 +168,7 @@ def get_scheduler(
             warmup_shape=kw.pop("warmup_type", "linear"),
             decay_shape=kw.pop("decay_type", "cosine"),
         )
-        return build_scheduler(optimizer, _schedule("wsd", kw, name, **params), last_epoch)
+        return build_scheduler(optimizer, _schedule("wsd", kw, name, WSD_KEYS, **params), last_epoch)
 
     if T is None:
         raise ValueError(f"{name} requires `num_training_steps`, please provide that argument.")
@@ -167,6 +180,8 @@ def get_scheduler(
             raise ValueError("Only one of lr_end or a floor argument (min_lr, min_lr_ratio) should be set")
         if lr_end is None:
             lr_end = 1e-7 if floor is None else floor * lr_init
+        elif not (is_number(lr_end) and lr_end >= 0):
+            raise ScheduleError("lr_end", "an end lr ≥ 0", lr_end)
         if not lr_init > lr_end:
             raise ValueError(f"lr_end ({lr_end}) must be smaller than initial lr ({lr_init})")
         schedule = _schedule("polynomial", kw, name, total_steps=T, warmup_steps=W, min_lr_ratio=lr_end / lr_init)
@@ -179,7 +194,12 @@ def get_scheduler(
     return build_scheduler(optimizer, schedule, last_epoch)
 
 
-def restore_scheduler(scheduler: LambdaLR, saved_state: Mapping[str, Any], allow_change: bool | str = False) -> None:
+def restore_scheduler(
+    scheduler: LambdaLR,
+    saved_state: Mapping[str, Any],
+    allow_change: bool | str = False,
+    keys: Mapping[str, str] = CONFIG_KEYS,
+) -> None:
     """Continue ``scheduler`` (built from the current config) at the saved update index.
 
     Refuses, with one line, a checkpoint whose schedule (name or any parameter, T included) or peak lr differs
@@ -198,16 +218,19 @@ def restore_scheduler(scheduler: LambdaLR, saved_state: Mapping[str, Any], allow
             what = f"schedule.name {old_name!r} → {schedule.name!r}"
         else:
             diff = sorted(k for k in set(old) | set(schedule.params) if old.get(k) != schedule.params.get(k))
-            what = ", ".join(
-                f"{_key(k, CONFIG_KEYS)} {_short(old.get(k))} → {_short(schedule.params.get(k))}" for k in diff
-            )
+            what = ", ".join(f"{_key(k, keys)} {_short(old.get(k))} → {_short(schedule.params.get(k))}" for k in diff)
         old_peaks = [float(x) for x in saved_state.get("base_lrs", [])]
-        what = ", ".join(filter(None, [what, *peak_changes(old_peaks, scheduler)]))
+        what = ", ".join(filter(None, [what, *peak_changes(old_peaks, scheduler, keys is CONFIG_KEYS)]))
         if what:
+            how = (
+                "set trainer.allow_schedule_change=true (from Python: restore_scheduler(scheduler, state, "
+                "allow_change=True))"
+                if keys is CONFIG_KEYS
+                else "call restore_scheduler(scheduler, state, allow_change=True)"
+            )
             raise ScheduleError(
                 f"the checkpoint was trained with another schedule ({what}); resume with the same settings, "
-                "or set trainer.allow_schedule_change=true (from Python: restore_scheduler(scheduler, state, "
-                "allow_change=True)) to continue with the new one from the saved update"
+                f"or {how} to continue with the new one from the saved update"
             )
     state = {k: v for k, v in saved_state.items() if k not in ("base_lrs", "_last_lr")}
     state["lr_lambdas"] = [None] * len(scheduler.lr_lambdas)  # keep the config's schedule, not the saved one
@@ -218,18 +241,19 @@ def restore_scheduler(scheduler: LambdaLR, saved_state: Mapping[str, Any], allow
     scheduler._last_lr = lrs
 
 
-def peak_changes(old_peaks: list[float], scheduler: LambdaLR) -> list[str]:
+def peak_changes(old_peaks: list[float], scheduler: LambdaLR, config: bool = True) -> list[str]:
     """The peaks that differ from the saved ones, each once by its key: ``optim.lr`` (the unnamed groups, AdamW's)
-    or ``optim.<name>.lr`` (a named group's, as Muon's)."""
+    or ``optim.<name>.lr`` (a named group's, as Muon's); without ``config``, as ``param group <i> lr``."""
     new_peaks = [float(x) for x in scheduler.base_lrs]
     if not old_peaks or old_peaks == new_peaks:
         return []
     if len(old_peaks) != len(new_peaks):  # other groups altogether: name the first group's peak
-        return [f"optim.lr {old_peaks[0]:g} → {new_peaks[0]:g}"]
+        return [f"{'optim.lr' if config else 'param group 0 lr'} {old_peaks[0]:g} → {new_peaks[0]:g}"]
     changes = {}
-    for group, old, new in zip(scheduler.optimizer.param_groups, old_peaks, new_peaks, strict=True):
+    for i, (group, old, new) in enumerate(zip(scheduler.optimizer.param_groups, old_peaks, new_peaks, strict=True)):
         if old != new:
             key = f"optim.{group['name']}.lr" if "name" in group else "optim.lr"
+            key = key if config else f"param group {i} lr"
             changes.setdefault(key, f"{key} {old:g} → {new:g}")
     return list(changes.values())
 

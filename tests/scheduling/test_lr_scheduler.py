@@ -173,9 +173,11 @@ def test_a_plain_load_state_dict_of_another_schedule_is_refused_in_one_line():
     """As the trainers of other libraries resume (transformers' Trainer): the same check as restore_scheduler."""
     longer = Schedule("cosine", total_steps=30, warmup_steps=4, min_lr_ratio=0.1)
     scheduler = build_scheduler(two_group_optimizer(), longer)
-    with pytest.raises(ScheduleError, match=r"trainer.max_steps 20 → 30.*allow_change=True") as err:
+    with pytest.raises(
+        ScheduleError, match=r"\(total_steps 20 → 30\).* call restore_scheduler\(.*allow_change=True"
+    ) as err:
         scheduler.load_state_dict(trained_state(SCHEDULE)["scheduler"])
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and "trainer." not in str(err.value)  # a Python loop has no config keys
     assert scheduler.lr_lambdas[0] == longer and scheduler.last_epoch == 0  # nothing loaded
 
 
@@ -191,6 +193,34 @@ def test_a_changed_peak_is_named_by_its_groups_key():
     for peaks, named in [((1e-3, 0.03), "optim.muon.lr 0.02 → 0.03"), ((2e-3, 0.02), "optim.lr 0.001 → 0.002")]:
         with pytest.raises(ScheduleError, match=rf"another schedule \({re.escape(named)}\);"):
             restore_scheduler(build_scheduler(optimizer(*peaks), SCHEDULE), saved)
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, message",
+    [
+        ("wsd", {"decay_shape": "bogus", "decay_steps": 3}, "decay_shape must be one of"),
+        ("wsd", {"decay_steps": 30}, "decay_steps must be ≤ total − warmup updates"),
+        ("warmup_stable_decay", {"decay_type": "bogus", "num_decay_steps": 3}, "decay_type must be one of"),
+        ("warmup_stable_decay", {"num_decay_steps": 30}, "num_decay_steps must be ≤ total − warmup updates"),
+        ("cosine", {"warmup_shape": "bogus"}, "warmup_shape must be one of"),
+        ("polynomial", {"lr_end": -1e-4}, "lr_end must be an end lr ≥ 0, got -0.0001"),
+        ("cosine_with_min_lr", {"min_lr": 6e-4}, r"min_lr must be a floor in \[0, the optimizer's lr 0.0003\], got"),
+        ("cosine_with_min_lr", {"min_lr_rate": 2.0}, r"min_lr_rate must be ≤ 1 \(the floor cannot exceed the peak\)"),
+    ],
+)
+def test_get_scheduler_names_the_argument_the_caller_passed(name, kwargs, message):
+    """Each refused argument is named as given: the one it names is one the call takes."""
+    with pytest.raises(ScheduleError, match=f"^{message}"):
+        get_scheduler(name, two_group_optimizer(), 2, 10, **kwargs)
+
+
+def test_an_integral_number_of_updates_of_any_type_is_taken_as_transformers_takes_it():
+    import numpy as np
+
+    ours = get_scheduler("cosine", two_group_optimizer(), np.int64(2), 10.0)
+    hf = transformers.get_scheduler("cosine", two_group_optimizer(), np.int64(2), 10.0)
+    assert ours.lr_lambdas[0].params["total_steps"] == 10 and type(ours.lr_lambdas[0].params["total_steps"]) is int
+    assert [ours.lr_lambdas[0](t) for t in range(11)] == pytest.approx([hf.lr_lambdas[0](t) for t in range(11)])
 
 
 def test_a_fraction_of_updates_outside_the_config_is_refused_without_offering_one():
