@@ -255,7 +255,9 @@ def validate(name: str, p: Mapping[str, Any], keys: Mapping[str, str] = CONFIG_K
             raise ScheduleError(k("cycle_decay"), "in (0, 1] (1 = every cycle starts at the peak)", decay)
 
 
-def check_knots(knots: Any, warmup_steps: int, total_steps: int, key: str) -> None:
+def check_knots(
+    knots: Any, warmup_steps: int, total_steps: int, key: str, total_key: str = "trainer.max_steps"
+) -> None:
     """A tabulated schedule's knots: (update, λ) pairs at whole updates after W up to T (the last one at T), λ in
     [0, 1] and never above the one before it (the peak at W for the first): the lr never increases after the
     warmup."""
@@ -280,9 +282,10 @@ def check_knots(knots: Any, warmup_steps: int, total_steps: int, key: str) -> No
             )
         previous_t, previous_y = t, y
     if previous_t != total_steps:
+        set_by = "" if total_key == "trainer.max_steps" else f" (T, as {total_key} sets it)"
         raise ScheduleError(
-            f"{key}: the last knot is at update {previous_t}, and trainer.max_steps is {total_steps}; a tabulated "
-            f"schedule ends at its last knot, so run it with trainer.max_steps={previous_t}"
+            f"{key}: the last knot is at update {previous_t}, and the run has {total_steps} updates{set_by}; a "
+            f"tabulated schedule ends at its last knot, so run it with trainer.max_steps={previous_t}"
         )
 
 
@@ -298,7 +301,7 @@ def read_knots(path: Any) -> tuple[tuple[int, float], ...]:
     if not file.is_file():
         raise ScheduleError(f"{key}: {path} is not a file (a CSV of update,lambda knots)")
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig")  # a spreadsheet's byte-order mark is not part of the header
     except (OSError, UnicodeDecodeError) as e:
         raise ScheduleError(f"{key}: {path} cannot be read as UTF-8 text ({type(e).__name__})") from None
     lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
@@ -384,26 +387,30 @@ def schedule_from_config(
             raise ScheduleError("schedule.min_lr", "a floor ≥ 0", min_lr)
         if min_lr > peak_lr:
             raise ScheduleError("schedule.min_lr", f"≤ the peak optim.lr ({peak_lr:g})", min_lr)
+    ratio = cfg.get("min_lr_ratio")
+    ratio = 0.0 if ratio is None else ratio
+    check_floor_ratio(ratio, "schedule.min_lr_ratio")  # checked even where min_lr wins: every value is
+    if min_lr is not None:
         ratio = min_lr / peak_lr
-    else:
-        ratio = cfg.get("min_lr_ratio")
-        ratio = 0.0 if ratio is None else ratio
-        check_floor_ratio(ratio, "schedule.min_lr_ratio")
     if name != "constant":
         params["total_steps"] = total_steps
     if name not in _OWN_FLOOR:
         params["min_lr_ratio"] = ratio
     if name == "wsd":
+        fraction = cfg.get("decay_fraction", 0.2)
+        if not is_number(fraction) or not 0.0 <= fraction <= 1.0:  # checked even where decay_steps wins
+            raise ScheduleError("schedule.decay_fraction", f"a fraction of {total_key} in [0, 1]", fraction)
         if cfg.get("decay_steps") is not None:
             key, given = "schedule.decay_steps", cfg["decay_steps"]
             if not is_int(given) or given < 0:
                 raise ScheduleError(key, "an integer number of updates ≥ 0 (or null to use decay_fraction)", given)
             decay = given
         else:
-            key, given = "schedule.decay_fraction", cfg.get("decay_fraction", 0.2)
-            if not is_number(given) or not 0.0 <= given <= 1.0:
-                raise ScheduleError(key, f"a fraction of {total_key} in [0, 1]", given)
+            key, given = "schedule.decay_fraction", fraction
             decay = int(round(given * total_steps))
+            w = cfg.get("warmup_steps", 0)
+            if (w if isinstance(w, float) else warm / total_steps) + given <= 1.0 + 1e-12:
+                decay = min(decay, total_steps - warm)  # shares that fit T, each rounded up, fit it together
         if warm + decay > total_steps:  # name both: either may be the one to change
             raise ScheduleError(
                 f"schedule.warmup_steps ({cfg.get('warmup_steps')!r}) and {key} ({given!r}) do not fit together: "
@@ -414,5 +421,5 @@ def schedule_from_config(
         params["cooldown_steps"] = resolve_steps(cfg.get("cooldown_steps", 0), total_steps, "schedule.cooldown_steps")
     if name == "tabulated":
         params["knots"] = read_knots(cfg.get("knots"))
-        check_knots(params["knots"], warm, total_steps, f"schedule.knots ({cfg['knots']})")  # names the file
+        check_knots(params["knots"], warm, total_steps, f"schedule.knots ({cfg['knots']})", total_key)  # names the file
     return Schedule(name, keys={**CONFIG_KEYS, "total_steps": total_key}, **params)

@@ -20,7 +20,7 @@ from data import DataError
 from data.atomic import DiskFull
 from model import GPTConfig, ModelConfigError, check_model_config
 from scheduling import ScheduleError, schedule_from_config
-from scheduling.spec import CONF, SettingError, compose, first_line, is_int, is_number
+from scheduling.spec import CONF, SettingError, compose, first_line, is_int, is_number, read_knots
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp8")
@@ -630,5 +630,14 @@ def check_config(cfg: Mapping[str, Any]) -> None:
             "auto, single or ddp with optim=muon (Muon orthogonalises whole matrices, which FSDP shards across ranks)",
             "fsdp",
         )
-    # With a token or time budget T is known only later: check here what does not depend on it.
-    schedule_from_config(cfg["schedule"], cfg["trainer"]["max_steps"] or PROVISIONAL_STEPS, cfg["optim"]["lr"])
+    # With a token or time budget T is known only later: check here what does not depend on it. A tabulated
+    # schedule ends at its last knot, which a token budget must reach (checked once T is known) and time cannot.
+    T = cfg["trainer"]["max_steps"] or PROVISIONAL_STEPS
+    if cfg["schedule"]["name"] == "tabulated" and budget_key(cfg["trainer"]) != "max_steps":
+        T = read_knots(cfg["schedule"].get("knots"))[-1][0]
+        if budget_key(cfg["trainer"]) == "max_time":
+            raise ConfigError(
+                f"trainer.max_time: schedule=tabulated ends at its last knot, update {T}, which a time budget "
+                f"cannot promise to reach; set trainer.max_steps={T} (or trainer.max_tokens) instead"
+            )
+    schedule_from_config(cfg["schedule"], T, cfg["optim"]["lr"])

@@ -259,6 +259,15 @@ def test_wsd_decay_steps_win_over_the_fraction():
     assert config_schedule("wsd", decay_fraction=0.3).params["decay_steps"] == round(0.3 * 500)
 
 
+@pytest.mark.parametrize("T, warmup, decay", [(15, 0.1, 0.9), (7, 0.5, 0.5), (35, 0.1, 0.9), (7, 4, 3 / 7)])
+def test_wsd_shares_of_T_that_fill_it_are_taken_though_each_rounds_up(T, warmup, decay):
+    # 0.1 and 0.9 of 15 round to 2 and 14 (ties to even): the decay then ends at T rather than being refused
+    s = config_schedule("wsd", T, warmup_steps=warmup, decay_fraction=decay)
+    assert s.warmup_steps + s.params["decay_steps"] == T and s(T) == s.params["min_lr_ratio"]
+    with pytest.raises(ScheduleError, match="do not fit together"):
+        config_schedule("wsd", T, warmup_steps=warmup, decay_fraction=min(1.0, decay + 1.5 / T))
+
+
 # ---- validation: one line naming the key ---------------------------------------------------------------------
 
 # (schedule, changes to its config file, T, peak lr, the key the message must name); T = 500, peak 3e-3 by default
@@ -300,6 +309,15 @@ def test_invalid_settings_raise_one_line_naming_the_key(name, changes, key):
     message = str(err.value)
     assert message.startswith(key + " ") and "\n" not in message, message
     assert all(f"schedule.{k}" in message for k in changes if k not in ("warmup_shape", "total_steps")), message
+
+
+def test_a_value_another_key_overrides_is_checked_too():
+    for name, changes, key in [
+        ("cosine", {"min_lr": 3e-5, "min_lr_ratio": -5}, "min_lr_ratio"),
+        ("wsd", {"decay_steps": 50, "decay_fraction": 7}, "decay_fraction"),
+    ]:
+        with pytest.raises(ScheduleError, match=f"^schedule.{key} must be "):
+            config_schedule(name, **changes)
 
 
 def test_unknown_schedule_name_lists_the_known_ones():

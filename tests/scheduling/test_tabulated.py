@@ -48,7 +48,10 @@ def test_a_knots_file_gives_the_schedule_train_py_runs(tmp_path, compose_config)
         ("update,lambda\n5,1.0\n6,0.4\n9,0.5\n12,0.05\n", "knot 3 (update 9) has λ = 0.5, above the 0.4 before it"),
         ("update,lambda\n2,0.9\n12,0.1\n", "knot 1 is at update 2; the knots lie at increasing updates after the warm"),
         ("update,lambda\n8,0.5\n6,0.4\n12,0.1\n", "knot 2 is at update 6; the knots lie at increasing updates after"),
-        ("update,lambda\n5,1.0\n10,0.1\n", "the last knot is at update 10, and trainer.max_steps is 12"),
+        (
+            "update,lambda\n5,1.0\n10,0.1\n",
+            "the last knot is at update 10, and the run has 12 updates; a tabulated schedule",
+        ),
         ("update,lambda\n5,1.5\n12,0.1\n", "λ = 1.5; λ is a fraction of the peak, in [0, 1]"),
         ("update,lambda\n5.5,0.5\n12,0.1\n", "row 2: the update must be a whole number"),
         ("update,lambda\n5,half\n12,0.1\n", "row 2: expected an update and a λ, got '5,half'"),
@@ -64,6 +67,25 @@ def test_bad_knots_are_one_line_naming_the_file_and_what_is_allowed(tmp_path, te
     message = str(err.value)
     assert message.startswith("schedule.knots") and str(path) in message and "\n" not in message, message
     assert says in message, message
+
+
+def test_a_knots_file_saved_with_a_byte_order_mark_reads_as_without(tmp_path):
+    path = knots_file(tmp_path / "knots.csv")
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as spreadsheets write UTF-8 CSV
+    schedule = schedule_from_config({"name": "tabulated", "knots": str(path), "warmup_steps": W}, T, 1e-3)
+    assert schedule.params["knots"] == KNOTS
+
+
+def test_under_a_token_budget_the_knots_must_end_at_its_T_and_a_time_budget_is_refused(tmp_path, compose_config):
+    from training.config import ConfigError, check_config
+
+    path = knots_file(tmp_path / "knots.csv")
+    given = ["schedule=tabulated", f"schedule.knots={path}", f"schedule.warmup_steps={W}"]
+    check_config(compose_config([*given, "trainer.max_tokens=100000"]))  # T is known once the batch is
+    with pytest.raises(ScheduleError, match=rf"the run has {T + 1} updates \(T, as trainer.max_tokens sets it\)"):
+        schedule_from_config(dict(compose_config(given).schedule), T + 1, 1e-3, "trainer.max_tokens")
+    with pytest.raises(ConfigError, match=rf"^trainer.max_time: schedule=tabulated ends at its last knot, update {T},"):
+        check_config(compose_config([*given, "trainer.max_time=60"]))
 
 
 def test_a_missing_unreadable_or_no_knots_file_is_refused(tmp_path):
