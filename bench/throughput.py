@@ -548,9 +548,11 @@ def main(argv: list[str] | None = None) -> None:
     d = distributed.init(cfg.trainer.device)  # one process: no process group, just the device
     device = d.device
     template, raw_model, batches, vocab, precision, use_compile = template_for(cfg, d, args)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     if device.type == "cpu" and args.refresh_peak:
         cpu_peak_flops(refresh=True)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+        if dtype == torch.bfloat16:
+            cpu_peak_flops(refresh=True, dtype=dtype)
     sizes = (4096, 8192) if device.type == "cuda" else (512, 1024, 1536, 2048)
     peaks = {"peak": peak_flops(device, precision), "matmul": measure_matmul_flops(device, sizes, dtype=dtype)}
     flops_per_token = model_flops_per_token(raw_model)

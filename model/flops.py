@@ -121,9 +121,11 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_peak_flops(cache_dir: str | os.PathLike | None = None, refresh: bool = False) -> float:
-    """The fp32 matmul peak of this CPU with torch's thread count (``measure_matmul_flops``), cached on disk under
-    ``$XDG_CACHE_HOME/hydra-gpt-template`` and keyed by CPU model, thread count and torch version.
+def cpu_peak_flops(
+    cache_dir: str | os.PathLike | None = None, refresh: bool = False, dtype: torch.dtype = torch.float32
+) -> float:
+    """The ``dtype`` matmul peak of this CPU with torch's thread count (``measure_matmul_flops``), cached on disk
+    under ``$XDG_CACHE_HOME/hydra-gpt-template`` and keyed by CPU model, thread count, torch version and dtype.
 
     The cache keeps the highest measurement seen for its key: other work on the machine only ever slows a
     measurement down, and a low peak would inflate every MFU that uses it. ``refresh`` measures again and keeps
@@ -131,6 +133,7 @@ def cpu_peak_flops(cache_dir: str | os.PathLike | None = None, refresh: bool = F
     """
     cache_dir = Path(cache_dir or os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hydra-gpt-template"
     key = f"{cpu_name()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+    key += "" if dtype == torch.float32 else f"|{str(dtype).removeprefix('torch.')}"
     path = cache_dir / "cpu_peak_flops.json"
     try:
         table = json.loads(path.read_text())
@@ -142,7 +145,7 @@ def cpu_peak_flops(cache_dir: str | os.PathLike | None = None, refresh: bool = F
     if not isinstance(stored, (int, float)) or isinstance(stored, bool) or not stored > 0:
         stored = None
     if refresh or stored is None:
-        measured = measure_matmul_flops("cpu")
+        measured = measure_matmul_flops("cpu", dtype=dtype)
         if stored is None or measured > stored:
             table[key] = measured
             try:
@@ -157,13 +160,15 @@ def cpu_peak_flops(cache_dir: str | os.PathLike | None = None, refresh: bool = F
 
 
 def peak_flops(device: torch.device, precision: str) -> float | None:
-    """Peak FLOP/s of ``device`` at ``precision``: the GPU table on CUDA, a cached measurement on CPU. fp8 runs
+    """Peak FLOP/s of ``device`` at ``precision``: the GPU table on CUDA, a cached measurement on CPU (for a bf16
+    run, the better of the bf16 and fp32 matmul rates). fp8 runs
     count against the bf16 peak (only the blocks' linear layers run in fp8), so their MFU compares with bf16's."""
     if device.type == "cuda":
         precision = "bf16" if precision == "fp8" else precision
         # ROCm builds run fp32 matmuls at the fp32 rate whatever allow_tf32 says.
         tf32 = torch.backends.cuda.matmul.allow_tf32 and torch.version.hip is None
         return gpu_peak_flops(torch.cuda.get_device_name(device), precision, tf32)
-    if device.type == "cpu":
-        return cpu_peak_flops()
+    if device.type == "cpu":  # bf16 against the better of the two rates: twice fp32's with bf16 instructions,
+        fp32 = cpu_peak_flops()  # a tenth where they are emulated (which a bf16 run's MFU then shows)
+        return max(fp32, cpu_peak_flops(dtype=torch.bfloat16)) if precision == "bf16" else fp32
     return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import model.flops as flops
 from model import GPT, GPTConfig
@@ -89,8 +90,8 @@ def measurements(monkeypatch):
     """Replace the matmul measurement by a queue of rates; returns the queue (what is left is what was unused)."""
     queue: list[float] = []
 
-    def measure(device):
-        assert device == "cpu"
+    def measure(device, dtype=torch.float32):
+        assert device == "cpu" and dtype == torch.float32
         return queue.pop(0)
 
     monkeypatch.setattr(flops, "measure_matmul_flops", measure)
@@ -127,6 +128,18 @@ def test_an_unreadable_cache_is_measured_again_and_rewritten(tmp_path, measureme
     measurements.append(4e10)
     assert cpu_peak_flops(tmp_path) == 4e10
     assert list(json.loads(path.read_text()).values()) == [4e10]
+
+
+@pytest.mark.parametrize("bf16_speed", [2.0, 0.1])  # with bf16 instructions, and emulated
+def test_a_bf16_run_on_a_cpu_counts_against_the_better_of_the_bf16_and_fp32_rates(bf16_speed, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    rates = {torch.float32: 5e10, torch.bfloat16: 5e10 * bf16_speed}
+    measured = []
+    monkeypatch.setattr(flops, "measure_matmul_flops", lambda device, dtype: measured.append(dtype) or rates[dtype])
+    assert flops.peak_flops(torch.device("cpu"), "fp32") == 5e10
+    assert flops.peak_flops(torch.device("cpu"), "bf16") == max(rates.values())
+    assert flops.peak_flops(torch.device("cpu"), "fp32") == 5e10
+    assert measured == [torch.float32, torch.bfloat16]  # each measured once, cached apart
 
 
 def test_the_matmul_measurement_is_a_plausible_rate():
