@@ -115,6 +115,17 @@ def _positive_int(m: Mapping[str, Any], key: str) -> None:
         raise ModelConfigError(f"model.{key}", "an integer > 0", m.get(key))
 
 
+def unused_settings(config: GPTConfig) -> list[str]:
+    """Settings ``config.arch`` does not use that differ from their defaults (a sweep of ``model.rope_theta`` on a
+    gpt2 model trains one model at every value): a line each to warn of. The gpt2-only ``bias`` and ``activation``
+    are left out: a gpt2 preset switched to llama (``model=micro model.arch=llama``) carries them by design."""
+    if not STYLES[config.arch].rotary and config.rope_theta != GPTConfig.rope_theta:
+        return [
+            f"model.rope_theta={config.rope_theta:g}: {config.arch} style has no rotary positions; it has no effect"
+        ]
+    return []
+
+
 def check_model_config(m: Mapping[str, Any]) -> None:
     """``cfg.model`` as plain values: a known arch, positive sizes, n_embd divisible by n_head (and an even head
     size for rotary embeddings), dropout in [0, 1), n_kv_head dividing n_head, switches that are booleans, and no

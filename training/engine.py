@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from model import GPT, GPTConfig
-from model.gpt import liger_cross_entropy
+from model.gpt import liger_cross_entropy, unused_settings
 from training import distributed
 from training.distributed import is_initialized
 
@@ -162,6 +162,8 @@ def build_model(
             else "liger-kernel is not installed here (pip install liger-kernel)"
         )
         log.warning("model.fused_cross_entropy: %s; the plain head and cross-entropy run instead", why)
+    for line in unused_settings(model_config):
+        log.warning(line)
     torch.manual_seed(trainer.seed)
     raw = GPT(model_config).to(device)
     if weights is not None:

@@ -281,3 +281,18 @@ def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys(tiny_con
                 attn.c_attn.bias[:qk_rows] *= 8.0
         after = attn(x, rope)
         assert torch.allclose(before, after, atol=1e-4) == qk_norm
+
+
+@pytest.mark.parametrize("arch, warned", [("gpt2", True), ("llama", False)])
+def test_a_rope_theta_the_arch_does_not_use_is_warned_of_when_the_model_is_built(arch, warned, tiny_config, caplog):
+    from omegaconf import OmegaConf
+
+    from training.distributed import Dist
+    from training.engine import build_model
+
+    trainer = OmegaConf.create({"precision": "fp32", "strategy": "single", "compile": False, "seed": 0, "grad_clip": 1})
+    with caplog.at_level("WARNING"):
+        build_model(trainer, Dist(), tiny_config(arch, rope_theta=500.0), keep_freed_memory=False)
+        build_model(trainer, Dist(), tiny_config(arch), keep_freed_memory=False)  # the default: nothing to say
+    said = [r.getMessage() for r in caplog.records]
+    assert said == (["model.rope_theta=500: gpt2 style has no rotary positions; it has no effect"] if warned else [])
