@@ -94,6 +94,21 @@ def expand_sweeps(overrides: list[str]) -> list[list[str]]:
     return [list(job) for job in itertools.product(*choices)]
 
 
+def with_config_sweeps(overrides: list[str]) -> list[str]:
+    """``overrides`` behind the sweeps the config sets (an experiment's ``hydra.sweeper.params``), as Hydra's
+    sweeper orders them: each key where it first appears, with the value given last (the command line's)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    plain = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
+    params = compose(plain, return_hydra_config=True).hydra.sweeper.get("params") or {}
+    lines = [*(f"{key}={value}" for key, value in params.items()), *overrides]
+    merged: dict[str, str] = {}
+    for o, line in zip(parser.parse_overrides(lines), lines, strict=True):
+        merged[o.get_key_element()] = line
+    return list(merged.values())
+
+
 def build_curves(overrides: list[str]) -> list[Curve]:
     """Compose the config of each job and build its schedule, validated as train.py validates it."""
     from omegaconf import OmegaConf
@@ -101,12 +116,18 @@ def build_curves(overrides: list[str]) -> list[Curve]:
     appended = [o for o in overrides if o.startswith("+") and not o.startswith("++")]  # ++ sets a key that exists
     if appended:  # every key the template reads is already in conf/: an appended one would be ignored
         raise ScheduleError(f"{appended[0].split('=')[0]}: the config has no such key to plot with (drop the +)")
-    jobs = expand_sweeps(overrides)
+    jobs = expand_sweeps(with_config_sweeps(overrides))
     varying = [i for i in range(len(jobs[0])) if len({job[i] for job in jobs}) > 1]
     curves = []
     for job in jobs:
         cfg = compose(job)
         T, peak = cfg.trainer.max_steps, cfg.optim.lr
+        budget = next((k for k in ("max_tokens", "max_time") if cfg.trainer.get(k) is not None), None)
+        if T is None and budget:
+            raise ScheduleError(
+                f"trainer.{budget}: a budget fixes T when the run starts (from the batch and the number of "
+                "processes, or a timing); plot its schedule with trainer.max_steps=T"
+            )
         schedule = schedule_from_config(OmegaConf.to_container(cfg.schedule, resolve=True), T, peak)
         # The label: the schedule's name plus whatever else differs between the curves.
         details = [job[i].lstrip("+~").removeprefix("schedule.") for i in varying]

@@ -72,10 +72,19 @@ def test_sweeps_expand_in_the_order_train_py_multirun_runs_them():
     ]
 
 
+def test_a_sweep_the_config_sets_is_drawn_as_train_py_runs_it_the_command_line_winning():
+    grid = [(c.schedule.name, c.peak_lr) for c in plot.build_curves(["experiment=lr_schedule_sweep"])]
+    assert grid == [(name, lr) for lr in (1e-3, 3e-3, 1e-2) for name in ("cosine", "wsd")]  # train.py's 6 jobs
+    given = plot.build_curves(["experiment=lr_schedule_sweep", "optim.lr=5e-4"])
+    assert [(c.schedule.name, c.peak_lr) for c in given] == [("cosine", 5e-4), ("wsd", 5e-4)]
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
         (["schedule=wsd", "schedule.decay_fraction=1.5"], "error: schedule.decay_fraction must be"),
+        (["experiment=cpu_budget"], "error: trainer.max_time: a budget fixes T when the run starts"),
+        (["trainer.max_tokens=100000"], "error: trainer.max_tokens: a budget fixes T when the run starts"),
         (["schedule=glob(nothing*)"], "error: override 'schedule=glob(nothing*)' selects nothing"),
         (["schedule=exponential"], "error: In 'config': Could not find 'schedule/exponential'"),
         (["schedule.warmup_steps"], "error: Error parsing override 'schedule.warmup_steps'"),
