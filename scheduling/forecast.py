@@ -474,15 +474,16 @@ def schedule_lrs(schedule: Schedule, peak: float, n: int) -> np.ndarray:
 
 
 def planned(logged: audit.Logged) -> tuple[np.ndarray, int, float] | None:
-    """(lrs, W, peak) of every update up to the run's T, from its recorded schedule; None if it is unknown."""
+    """(lrs, W, peak) of every update up to the run's T, from its recorded schedule (each segment's from its
+    start); None if it is unknown. W and the peak are the lrs', as a fit reads them: a resume that changed the
+    schedule changed neither where the run's warmup ended nor the lr it reached."""
     if not logged.segments:
         return None
-    last = logged.segments[-1]
-    T = last.schedule.total_steps
+    T = logged.segments[-1].schedule.total_steps
     if T is None:
         return None
     lrs = np.array([audit.expected_lr(logged.segments, t) for t in range(T)], dtype=np.float64)
-    return lrs, last.schedule.warmup_steps, last.peak_lr
+    return lrs, warmup_of(lrs), float(lrs.max())
 
 
 def forecast_run(fit: Fit, path: Path, label: str | None = None) -> Forecast:
@@ -665,8 +666,15 @@ def run_fit(args: argparse.Namespace) -> int:
         f"fitted {len(observed)} runs on the {how} ({sum(len(o.steps) for o in observed)} points after warmup) "
         f"in {time.perf_counter() - started:.1f} s"
     )
-    for name in LAWS:
+    points = sum(len(o.steps) for o in observed)
+    for name, keys in LAWS.items():
         print(f"{LAW_NAMES[name]:>12}: " + ", ".join(f"{k} {v:.4g}" for k, v in fit.params[name].items()))
+        if points < 2 * len(keys):  # fewer than two points a parameter: many parameter sets fit them as well
+            print(
+                f"warning: {points} points for the {LAW_NAMES[name]} law's {len(keys)} parameters are too few to "
+                "pin them down: its forecasts are unreliable (fit more runs, or evaluate more often)",
+                file=sys.stderr,
+            )
     for row in fit.runs:
         final = row["final"]
         errors = ", ".join(

@@ -190,6 +190,20 @@ def test_overrides_may_come_after_the_options(tiny_run, tmp_path, capsys):
     assert max(int(row["updates"]) for row in rows) == 60
 
 
+def test_a_run_resumed_under_another_warmup_is_forecast_from_where_its_own_warmup_ended(monkeypatch):
+    from scheduling import audit
+
+    first = Schedule("cosine", total_steps=100, warmup_steps=10)
+    later = Schedule("cosine", total_steps=100, warmup_steps=30)  # a resume at update 50 that changed W
+    segments = [audit.Segment(0, first, 1e-3), audit.Segment(50, later, 1e-3)]
+    logged = audit.Logged("run", {t: audit.expected_lr(segments, t) for t in range(100)}, segments)
+    logged.losses["val"] = {s: 4.0 - 0.01 * s for s in range(0, 101, 5)}
+    monkeypatch.setattr(forecast, "read_run", lambda path: logged)
+    fit = forecast.Fit(params={"multi_power": MULTI_POWER, "annealing": ANNEALING}, lr_scale=1e-3, loss="val")
+    f = forecast.forecast_run(fit, Path("run"))
+    assert f.warmup == 10 and f.steps[0] > 10
+
+
 def test_a_forecast_of_a_run_s_own_schedule_fits_that_run(tiny_run, tmp_path, capsys):
     assert forecast.main(["fit", str(tiny_run), "--out", str(tmp_path / "fit.json")]) == 0
     said = capsys.readouterr().out
@@ -404,10 +418,21 @@ def test_the_fit_says_which_loss_it_used_and_falls_back_to_the_training_loss(tmp
     rows += [{"step": s, "val/loss": 3.5} for s in (500, 1000, 1500, 2000)]
     run = run_dir(tmp_path / "run", rows)
     assert forecast.main(["fit", str(run), "--out", str(tmp_path / "fit.json")]) == 0
-    assert "on the training loss, averaged over 200 windows per run" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "on the training loss, averaged over 200 windows per run" in said.out and "warning" not in said.err
     written = json.loads((tmp_path / "fit.json").read_text())
     assert written["loss"] == "train" and written["runs"][0]["points"] > 150
     assert math.isfinite(written["multi_power"]["L0"])
+
+    rows = [r for r in rows if "train/lr" in r]  # 10 validation losses after the warmup instead
+    rows += [{"step": s, "val/loss": 3.5 - 1e-4 * s} for s in range(200, 2200, 200)]
+    assert (
+        forecast.main(["fit", str(run_dir(tmp_path / "few", rows)), "--loss", "val", "--out", str(tmp_path / "f")]) == 0
+    )
+    assert capsys.readouterr().err.splitlines() == [  # 10 points pin down the annealing law's 4, not the other's 7
+        "warning: 10 points for the multi-power law's 7 parameters are too few to pin them down: its forecasts are "
+        "unreliable (fit more runs, or evaluate more often)"
+    ]
 
 
 def test_one_thread_is_restored_after_a_fit():
