@@ -283,17 +283,21 @@ def short_error(e: BaseException) -> str:
 
 @contextlib.contextmanager
 def quiet_datasets() -> Iterator[None]:
-    """Silence ``datasets``' own log lines and progress bars: its errors come back to us as one DataError."""
+    """Silence the log lines and progress bars of ``datasets`` and of the hub client under it (two lines for each
+    retry of an unreachable hub): their errors come back to us as one DataError."""
     import datasets
+    from huggingface_hub.utils import logging as hub_logging
 
-    level = datasets.logging.get_verbosity()
+    levels = datasets.logging.get_verbosity(), hub_logging.get_verbosity()
     bars_were_off = datasets.utils.are_progress_bars_disabled()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    hub_logging.set_verbosity(hub_logging.CRITICAL)
     datasets.disable_progress_bars()
     try:
         yield
     finally:
-        datasets.logging.set_verbosity(level)
+        datasets.logging.set_verbosity(levels[0])
+        hub_logging.set_verbosity(levels[1])
         if not bars_were_off:
             datasets.enable_progress_bars()
 
@@ -325,13 +329,15 @@ class TableCorpus(Corpus):
             if self.cfg.get(key):
                 kwargs[arg] = self.cfg.get(key)
         where = str(data_files[0]) if self.files else self.builder
+        from_hub = not self.files and not Path(self.builder).exists() and not data_files
+        if from_hub:  # it may retry for a while before it answers or fails
+            log.info("data: loading %r split %r from the Hugging Face hub", self.builder, split)
         try:
             with quiet_datasets():
                 ds = datasets.load_dataset(self.builder, **kwargs)
         except Exception as e:  # the hub, the network or the files: say which, in one line
-            hint = ""
-            if not self.files and not Path(self.builder).exists() and not data_files:
-                hint = " (check data.name and the network; with HF_HUB_OFFLINE=1 only cached datasets load)"
+            hint = " (check data.name and the network; with HF_HUB_OFFLINE=1 only cached datasets load)"
+            hint = hint if from_hub else ""
             raise DataError(f"data: cannot load {where!r} split {split!r}{hint}: {short_error(e)}") from None
         columns = ds.column_names
         if columns is not None and self.text_column not in columns:

@@ -132,6 +132,27 @@ def test_an_unreachable_hub_dataset_is_refused_with_a_hint(monkeypatch):
     )
 
 
+def test_an_unreachable_hub_says_once_what_it_loads_and_not_each_retry(monkeypatch, capfd, caplog):
+    """The hub client logs two lines for each of its retries (to its own handler and through ours)."""
+    import datasets
+    import huggingface_hub
+
+    def unreachable(*args, **kwargs):
+        for n in range(1, 6):
+            hub_log = huggingface_hub.utils.logging.get_logger("huggingface_hub.utils._http")
+            hub_log.warning("'[Errno -2] Name or service not known' thrown while requesting HEAD …")
+            hub_log.warning(f"Retrying in 1s [Retry {n}/5].")
+        raise ConnectionError("Couldn't reach the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    with caplog.at_level("INFO"):
+        assert_refused(data_cfg("hub", name="owner/dataset"), r"^data: cannot load 'owner/dataset' split 'train' \(")
+    assert [r.getMessage() for r in caplog.records] == [
+        "data: loading 'owner/dataset' split 'train' from the Hugging Face hub"
+    ]
+    assert "Retry" not in capfd.readouterr().err
+
+
 def test_undecodable_files_are_skipped_and_counted(tmp_path, caplog):
     write_texts(tmp_path / "c", DOCS[:10])
     (tmp_path / "c" / "latin1.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1") * 3)
