@@ -281,6 +281,52 @@ def short_error(e: BaseException) -> str:
     return first_line(e) if root is e else f"{first_line(e)} ({first_line(root)})"
 
 
+def no_parquet_rows(path: Path) -> bool:
+    """A parquet file whose footer says it holds no rows (an unreadable one is for datasets to report)."""
+    if path.suffix != ".parquet":
+        return False
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata.num_rows == 0
+    except Exception:
+        return False
+
+
+def first_bad_line(path: Path) -> str | None:
+    """Where a JSON-lines or CSV table stops parsing, as ``line N: why`` (N: the line its bad row starts on), read
+    with Python's own parsers: the errors of datasets' readers count rows from 0, from the header, per block, or
+    not at all. None if none is found there."""
+    import csv
+    import json
+
+    line = 1
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            if path.suffix == ".csv":
+                reader, width = csv.reader(f, strict=True), None
+                while True:
+                    line = reader.line_num + 1
+                    row = next(reader, None)
+                    if row is None:
+                        return None
+                    width = len(row) if width is None else width
+                    if row and len(row) != width:
+                        return f"line {line}: {len(row)} fields where the header has {width}"
+            if path.suffix == ".jsonl":
+                for text in f:
+                    if text.strip():
+                        json.loads(text)
+                    line += 1
+    except csv.Error as e:
+        return f"line {line}: {e}"
+    except json.JSONDecodeError as e:
+        return f"line {line}: not JSON ({e.msg}, column {e.colno})"
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None
+
+
 @contextlib.contextmanager
 def quiet_datasets() -> Iterator[None]:
     """Silence the log lines and progress bars of ``datasets`` and of the hub client under it (two lines for each
@@ -338,7 +384,8 @@ class TableCorpus(Corpus):
         except Exception as e:  # the hub, the network or the files: say which, in one line
             hint = " (check data.name and the network; with HF_HUB_OFFLINE=1 only cached datasets load)"
             hint = hint if from_hub else ""
-            raise DataError(f"data: cannot load {where!r} split {split!r}{hint}: {short_error(e)}") from None
+            why = (first_bad_line(Path(where)) if self.files else None) or short_error(e)
+            raise DataError(f"data: cannot load {where!r} split {split!r}{hint}: {why}") from None
         columns = ds.column_names
         if columns is not None and self.text_column not in columns:
             raise self.missing_column(where, columns)
@@ -359,7 +406,8 @@ class TableCorpus(Corpus):
                 except StopIteration:
                     return
                 except Exception as e:
-                    raise DataError(f"data: cannot read {where!r}: {short_error(e)}") from None
+                    why = (first_bad_line(Path(where)) if self.files else None) or short_error(e)
+                    raise DataError(f"data: cannot read {where!r}: {why}") from None
                 if self.text_column not in row:
                     raise self.missing_column(where, row)
                 text = row[self.text_column]
@@ -373,8 +421,8 @@ class TableCorpus(Corpus):
     def keyed_documents(self) -> Iterator[tuple[str, str]]:
         if self.files:
             for f in self.files:
-                if f.stat().st_size == 0:  # no rows, as an empty text file is no document (datasets cannot load it)
-                    continue
+                if f.stat().st_size == 0 or no_parquet_rows(f):  # no document, as an empty text file (datasets
+                    continue  # cannot load either)
                 key = f.relative_to(self.root).as_posix()
                 for i, text in enumerate(self.rows(self.load("train", [str(f)]), str(f))):
                     yield f"{key}:{i}", text

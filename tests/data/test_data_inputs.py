@@ -93,9 +93,16 @@ def test_a_text_column_that_does_not_hold_text_is_refused_naming_the_row(tmp_pat
     assert_refused(cfg, rf"^data: '.*part0\.{fmt}' row 1: data\.text_column 'text' must hold text, got {kind}$")
 
 
-def test_an_empty_table_file_is_read_as_no_rows_as_an_empty_text_file_is(tmp_path):
-    write_tables(tmp_path / "t", [{"text": d} for d in DOCS], "jsonl", n_files=1)
-    (tmp_path / "t" / "empty.jsonl").write_bytes(b"")
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_an_empty_table_file_is_read_as_no_rows_as_an_empty_text_file_is(tmp_path, fmt):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    write_tables(tmp_path / "t", [{"text": d} for d in DOCS], fmt, n_files=1)
+    if fmt == "parquet":  # a table with its column and no row
+        pq.write_table(pa.table({"text": pa.array([], pa.string())}), tmp_path / "t" / "empty.parquet")
+    else:
+        (tmp_path / "t" / "empty.jsonl").write_bytes(b"")
     cache = prepare(data_cfg("text_files", path=str(tmp_path / "t")))
     assert sum(cache.meta["documents"].values()) == len(DOCS)
 
@@ -111,11 +118,23 @@ def test_a_given_tokenizer_that_cannot_encode_the_corpus_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("streaming", [True, False])
-def test_a_table_that_does_not_parse_is_refused(tmp_path, streaming):
+@pytest.mark.parametrize(
+    "name, text, where",
+    [
+        (
+            "rows.jsonl",
+            '{"text": "a fine row"}\n\n{"text": "two"}\n{"text": oops}\n',
+            r"line 4: not JSON \(Expecting value",
+        ),
+        ("rows.csv", 'text,n\n"fine",1\n"a, b",2\n"open,3\nx,4\n', "line 4: unexpected end of data"),
+        ("rows.csv", "text,n\nfine,1\nx,2,3\n", "line 3: 3 fields where the header has 2"),
+    ],
+)
+def test_a_table_that_does_not_parse_is_refused_naming_the_line(tmp_path, streaming, name, text, where):
     (tmp_path / "t").mkdir()
-    (tmp_path / "t" / "rows.jsonl").write_text('{"text": "a fine row"}\n{"text": oops}\n')
+    (tmp_path / "t" / name).write_text(text)
     cfg = data_cfg("text_files", path=str(tmp_path / "t"), streaming=streaming)
-    assert_refused(cfg, r"^data: cannot (load|read) '.*rows\.jsonl'")
+    assert_refused(cfg, rf"^data: cannot (load|read) '.*{name}'.*: {where}")
 
 
 def test_an_unreachable_hub_dataset_is_refused_with_a_hint(monkeypatch):
