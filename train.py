@@ -95,8 +95,10 @@ def fit(run: Run) -> float:
             run.log_update(t, update, lrs, time.perf_counter() - t0, data_wait)
             t += 1
             watchdog.progress(t)
-            # stop_at stops when the run reaches it, not after it: the same command resumed there goes on to T
-            stop = signals.requested or ("trainer.stop_at" if t == trainer.stop_at else None)
+            # stop_at stops when the run reaches it, once: the same command resumed there goes on to T (and
+            # reaching it again after a rollback is no new stop)
+            at_stop = t == trainer.stop_at and run.start < trainer.stop_at
+            stop = signals.requested or ("trainer.stop_at" if at_stop else None)
             if distributed.any_rank(stop is not None):  # every rank stops at the same update
                 run.save(t)
                 raise Stopped(t, stop or "another rank")

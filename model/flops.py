@@ -91,9 +91,10 @@ def measure_matmul_flops(
     device = torch.device(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     best = 0.0
+    generator = torch.Generator(device).manual_seed(0)  # its own: a run's dropout draws from the global one
     for n in sizes:
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
+        a = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
+        b = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
         out = torch.empty(n, n, device=device, dtype=dtype)
         torch.mm(a, b, out=out)  # warm up the kernels and the thread pool
         sync()

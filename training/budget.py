@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from training import distributed
 from training.config import ConfigError, budget_key
 
 STEP_MARGIN = 1.05  # the measured update × this: other processes competing for the machine
@@ -162,16 +163,23 @@ def measurement_seconds(max_time: float) -> float:
 
 
 def median_seconds(
-    update: Callable[[int], float], seconds: float, warmup: int = 2, repeats: int = 5, max_repeats: int = 500
+    update: Callable[[int], float],
+    seconds: float,
+    warmup: int = 2,
+    repeats: int = 5,
+    max_repeats: int = 500,
+    agree: Callable[[bool], bool] = lambda more: more,
 ) -> float:
     """The median of ``update(i)`` (seconds), after ``warmup`` calls and a quarter of ``seconds`` uncounted (the
-    compiler, the allocator, the optimizer's first state); timed until ``repeats`` calls and ``seconds`` passed."""
+    compiler, the allocator, the optimizer's first state); timed until ``repeats`` calls and ``seconds`` passed.
+    ``agree`` makes each "one more?" every rank's answer: an update holds collectives, so all must call it as
+    often (``distributed.any_rank``: one more while any rank's clock asks for it)."""
     i, spent = 0, 0.0
-    while i < warmup or spent < seconds / 4:
+    while agree(i < warmup or spent < seconds / 4):
         spent += update(i)
         i += 1
     times: list[float] = []
-    while len(times) < max_repeats and (len(times) < repeats or sum(times) < seconds):
+    while agree(len(times) < max_repeats and (len(times) < repeats or sum(times) < seconds)):
         times.append(update(i))
         i += 1
     return statistics.median(times)
@@ -196,7 +204,7 @@ def measure_update(
     device = step.model.how.device
     update = lambda i: timed(lambda: measured(micro_batches(i)), device)  # noqa: E731
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        return median_seconds(update, seconds)
+        return median_seconds(update, seconds, agree=distributed.any_rank)
 
 
 def sample_seconds(

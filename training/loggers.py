@@ -143,7 +143,7 @@ class JsonlSink(FileSink):
     def cut_and_open(self, resume_step: int | None) -> None:
         path = self.path
         if resume_step is not None and path.exists():
-            keep = [line for line in path.read_text().splitlines() if line.strip() and _step(line) < resume_step]
+            keep = [line for line in path.read_text().splitlines() if 0 <= _step(line) < resume_step]  # not torn
             with space_for(path):
                 replace_file(path, "".join(line + "\n" for line in keep))
         super().__init__(path, open(path, "a" if resume_step is not None else "w", buffering=1))

@@ -265,6 +265,38 @@ def test_the_median_update_is_timed_after_a_warmup_for_at_least_the_asked_second
     assert 2 + 15 <= 302 - len(list(costs)) <= 2 + 16  # the warm-up, then 3 s of 0.2 s updates
 
 
+def time_updates_on_a_rank(rank: int, store: str, out: str) -> None:
+    """One of two gloo ranks timing updates that each hold an all-reduce; rank 1's clock runs 10× slower."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from training import distributed
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=20)
+    )
+    calls = []
+
+    def update(i: int) -> float:
+        dist.all_reduce(torch.ones(1))  # as DDP's gradients and the loss are
+        calls.append(i)
+        return 0.01 * (10 if rank else 1)
+
+    budget.median_seconds(update, seconds=0.5, agree=distributed.any_rank)
+    with open(f"{out}.{rank}", "w") as f:
+        f.write(str(len(calls)))
+    dist.destroy_process_group()
+
+
+def test_every_rank_times_as_many_updates_whatever_its_own_clock_says(tmp_path):
+    import torch.multiprocessing
+
+    torch.multiprocessing.spawn(time_updates_on_a_rank, args=(str(tmp_path / "store"), str(tmp_path / "n")), nprocs=2)
+    counts = [int((tmp_path / f"n.{r}").read_text()) for r in range(2)]
+    assert counts[0] == counts[1] >= 2 + 0.5 / 4 / 0.1 + 0.5 / 0.1  # as many as the slower clock asks for
+
+
 def test_the_update_measurement_leaves_the_run_untouched():
     from training.engine import How, Model, TrainStep
 

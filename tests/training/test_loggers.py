@@ -191,3 +191,14 @@ def test_going_back_to_a_checkpoint_restores_the_summary_it_saved():
     metrics.rewind(2, saved)
     metrics.log(4, {"val/loss": 2.5, "val/bpb": 1.2})  # update 4 again, worse this time
     assert metrics.summary == {"best/val_loss": 2.0, "best/val_bpb": 1.0, "best/step": 0}
+
+
+def test_a_line_torn_by_a_kill_is_dropped_when_metrics_jsonl_resumes(tmp_path):
+    from training.loggers import JsonlSink
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "train/loss": 3.0}) + "\n" for s in range(3)) + '{"step": 3, "tr')
+    sink = JsonlSink(path, resume_step=2)
+    sink.log(2, {"train/loss": 2.5})
+    sink.close()
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 1, 2]  # every line JSON

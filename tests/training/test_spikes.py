@@ -112,13 +112,14 @@ def test_a_run_stopped_between_checkpoints_rolls_back_where_the_uninterrupted_ru
     tmp_path, tiny_train, monkeypatch
 ):
     """A stop (a preemption) at update 29 writes a checkpoint the uninterrupted run has not: the spike at 29 still
-    goes back to 28, the newest periodic checkpoint, and the resumed run equals the uninterrupted one."""
+    goes back to 28, the newest periodic checkpoint, and the resumed run equals the uninterrupted one. The same
+    command again goes on to T: reaching update 29 a second time, after the rollback, is no new stop."""
     plant(monkeypatch, "rare")
     uninterrupted = read_metrics(tiny_train(tmp_path / "uninterrupted", ARGS + ROLLBACK))
     run = tmp_path / "run"
     with pytest.raises(Stopped):
         tiny_train(run, ARGS + ROLLBACK + [f"trainer.stop_at={POISONED}"])
-    tiny_train(run, ARGS + ROLLBACK)
+    tiny_train(run, ARGS + ROLLBACK + [f"trainer.stop_at={POISONED}"])
     keys = ("step", "train/loss", "train/lr", "train/grad_norm", "train/rollbacks")
     assert [[r.get(k) for k in keys] for r in read_metrics(run)] == [[r.get(k) for k in keys] for r in uninterrupted]
 
