@@ -325,8 +325,9 @@ def _as_tuple(value: Any) -> Any:
 def find_resume(resume: Any, run_dir: Path) -> Path | None:
     """``trainer.resume``: auto = the run directory's latest intact checkpoint if any; false = refuse a run
     directory that has checkpoints; a path = that checkpoint, or that run directory's latest intact one — where the
-    run directory holds no checkpoint of its own yet: a branch run again (a requeue) continues from its own. The
-    folder returned has been verified (``newest_intact``, ``verify``)."""
+    run directory holds no checkpoint of its own yet, and this run has not gone on from it: a branch, or a run sent
+    back to its own older checkpoint, run again (a requeue) continues from its own latest. The folder returned has
+    been verified (``newest_intact``, ``verify``)."""
     if resume == "auto":
         return newest_intact(run_dir / "checkpoints")
     if resume is False:
@@ -343,11 +344,26 @@ def find_resume(resume: Any, run_dir: Path) -> Path | None:
             "trainer.resume names %s, but %s holds this run's own checkpoints: continuing from %s", resume, own, mine
         )
         return mine
+    # an older checkpoint of this run named, and the run has gone on from it: the same command again continues
+    if (mine := newest_intact(own)) is not None and resumed_with(mine) == named.resolve():
+        log.info("trainer.resume names %s, which this run went on from: continuing from %s", resume, mine)
+        return mine
     folder = resolve(resume)
     if named.resolve() in (folder.resolve(), (folder / STATE_FILE).resolve()):  # that checkpoint, and no other
         verify(folder)
         return folder
     return newest_intact(folder.parent)
+
+
+def resumed_with(folder: Path) -> Path | None:
+    """The path the run that wrote checkpoint ``folder`` was given as ``trainer.resume`` (its config.yaml), if any."""
+    from omegaconf import OmegaConf
+
+    try:
+        resume = OmegaConf.load(folder / "config.yaml").trainer.resume
+    except Exception:  # no config, or not one of this template's: nothing to go by
+        return None
+    return Path(os.path.expanduser(resume)).resolve() if isinstance(resume, str) and resume != "auto" else None
 
 
 # Model settings that change how training computes, not the weights' shapes: a resume may change them (a smaller

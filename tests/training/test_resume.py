@@ -177,6 +177,23 @@ def test_a_branch_run_again_after_its_source_checkpoint_is_gone_continues_from_i
     assert resumed[0]["step"] == 4 and checkpoint.latest(branch / "checkpoints").name == f"step-{T:08d}"
 
 
+def test_a_run_sent_back_to_its_own_older_checkpoint_continues_from_its_latest_when_run_again(
+    tmp_path, tiny_train, uninterrupted
+):
+    """trainer.resume naming the run's own step-4, stopped at 6 and requeued: on from 6, even with step-4 gone."""
+    run = tmp_path / "run"
+    keep = ["trainer.ckpt_every=4", "trainer.keep_checkpoints=3"]
+    with pytest.raises(Stopped):
+        tiny_train(run, ARGS + [*keep, "trainer.stop_at=9"])  # keeps 4, 8, 9
+    back = ARGS + [*keep, f"trainer.resume={run / 'checkpoints' / 'step-00000004'}", "trainer.stop_at=6"]
+    with pytest.raises(Stopped):
+        tiny_train(run, back)  # the named checkpoint: from 4 to 6
+    shutil.rmtree(run / "checkpoints" / "step-00000004")
+    tiny_train(run, back)  # the same command again: from 6 (where it went on to), to T
+    keys = ("step", "train/loss", "val/loss")
+    assert [[r.get(k) for k in keys] for r in read_metrics(run)] == [[r.get(k) for k in keys] for r in uninterrupted]
+
+
 def test_a_checkpoint_from_before_a_model_setting_existed_fits_a_config_with_its_default(tmp_path):
     config = GPTConfig(vocab_size=64, n_layer=1, n_head=2, n_embd=8, block_size=8).to_dict()
     older = {k: v for k, v in config.items() if k not in ("reset_positions", "document_separator")}
