@@ -255,8 +255,8 @@ def check_keys(cfg: Mapping[str, Any], config_name: str = "config") -> None:
         owners = [o for o in group_options(group) if extra[0] in known_keys(group, o)]
         if owners:
             raise ConfigError(
-                f"{group}.{extra[0]} is a key of {group}={owners[0]}, not of {group}={option} "
-                f"(which has {', '.join(known)})"
+                f"{group}.{extra[0]} is a key of {' or '.join(f'{group}={o}' for o in owners)}, not of "
+                f"{group}={option} (which has {', '.join(known)})"
             )
         raise unknown_key(f"{group}.{extra[0]}")
 

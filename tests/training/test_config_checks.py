@@ -240,6 +240,12 @@ def test_what_the_command_line_chooses_wins_over_an_experiment(experiment):
         assert cfg.trainer.seed == 7  # a key given on the command line wins too
 
 
+@pytest.mark.parametrize("experiment", group_options("experiment"))
+def test_every_experiment_passes_the_checks_under_every_logger(experiment):
+    for logger in group_options("logger"):  # a recipe sets no key one logger has and another lacks
+        check_config(compose_config([f"experiment={experiment}", f"logger={logger}"]))
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [
