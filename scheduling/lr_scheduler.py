@@ -220,12 +220,13 @@ def restore_scheduler(
             diff = sorted(k for k in set(old) | set(schedule.params) if old.get(k) != schedule.params.get(k))
             what = ", ".join(f"{_key(k, keys)} {_short(old.get(k))} → {_short(schedule.params.get(k))}" for k in diff)
         old_peaks = [float(x) for x in saved_state.get("base_lrs", [])]
-        what = ", ".join(filter(None, [what, *peak_changes(old_peaks, scheduler, keys is CONFIG_KEYS)]))
+        config = keys is not _PYTHON_KEYS  # a run's config, not a scheduler built in Python
+        what = ", ".join(filter(None, [what, *peak_changes(old_peaks, scheduler, config)]))
         if what:
             how = (
                 "set trainer.allow_schedule_change=true (from Python: restore_scheduler(scheduler, state, "
                 "allow_change=True))"
-                if keys is CONFIG_KEYS
+                if config
                 else "call restore_scheduler(scheduler, state, allow_change=True)"
             )
             raise ScheduleError(

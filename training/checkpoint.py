@@ -30,7 +30,7 @@ import torch
 
 from data.atomic import CHECKSUM_CHUNK_BYTES, begin, commit, file_checksums, replace_file, size_text, space_for
 from model import GPTConfig
-from scheduling.spec import first_line
+from scheduling.spec import CONFIG_KEYS, first_line
 from training import distributed
 from training.config import ConfigError, is_int
 
@@ -476,8 +476,15 @@ class Checkpointer:
         return path
 
     def restore(
-        self, state: dict[str, Any], path: Path, allow_schedule_change: bool | str, optimizer_name: str
+        self,
+        state: dict[str, Any],
+        path: Path,
+        allow_schedule_change: bool | str,
+        optimizer_name: str,
+        total_key: str = "trainer.max_steps",
     ) -> None:
+        """Load ``state`` into the model, optimizer, scheduler and generators; ``total_key`` names what set T (a
+        budget's key, where trainer.max_steps is null) in a refusal of another schedule."""
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             get_state_dict,
@@ -514,7 +521,15 @@ class Checkpointer:
                     group.update(own)  # loading put the checkpoint's settings back: the config's apply from here
             if changed:
                 log.info("from update %d, the optimizer's %s", state["step"], ", ".join(changed.values()))
-        restore_scheduler(self.scheduler, state["scheduler"], allow_schedule_change)
+        if saved_name != optimizer_name:
+            log.info(
+                "from update %d, optim=%s replaces optim=%s (trainer.allow_schedule_change): its state starts afresh",
+                state["step"],
+                optimizer_name,
+                saved_name,
+            )
+        keys = {**CONFIG_KEYS, "total_steps": total_key}
+        restore_scheduler(self.scheduler, state["scheduler"], allow_schedule_change, keys)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         rngs = state["rng"]

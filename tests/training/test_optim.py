@@ -85,11 +85,14 @@ def without_timings(record: dict) -> dict:
     return {k: v for k, v in record.items() if k not in TIMINGS}
 
 
-def test_a_resume_with_another_optimizer_is_refused_unless_allowed(tmp_path, tiny_train):
+def test_a_resume_with_another_optimizer_is_refused_unless_allowed_then_said(tmp_path, tiny_train, caplog):
     run = tiny_train(tmp_path / "run", ["trainer.max_steps=4", "trainer.eval_every=0", "trainer.sample_tokens=0"])
     with pytest.raises(ConfigError, match=r"trained with optim=adamw, the config asks for optim=muon"):
         tiny_train(run, [*MUON, "trainer.max_steps=6", "trainer.eval_every=0"])
-    tiny_train(run, [*MUON, "trainer.max_steps=6", "trainer.eval_every=0", "trainer.allow_schedule_change=true"])
+    with caplog.at_level("INFO"):
+        tiny_train(run, [*MUON, "trainer.max_steps=6", "trainer.eval_every=0", "trainer.allow_schedule_change=true"])
+    said = "from update 4, optim=muon replaces optim=adamw (trainer.allow_schedule_change): its state starts afresh"
+    assert said in [r.getMessage() for r in caplog.records]
     assert sorted(train_records(run)) == list(range(6)) and "train/lr_muon" in train_records(run)[5]
 
 
