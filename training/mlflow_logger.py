@@ -239,6 +239,11 @@ class MlflowSink(Sink):
             log.info(
                 "MLflow logged to %s; to upload the run: %s", self.run_dir / FALLBACK, upload_command(self.run_dir)
             )
+        else:  # where the run went: a relative store (the default sqlite:///mlflow.db) is the working directory's
+            where = redact(self.uri)
+            local = self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri
+            see = f"; see it with: mlflow ui --backend-store-uri {where}" if local else ""
+            log.info("MLflow logged run %s to %s%s", self.run_id, where, see)
 
 
 def upload(run_dir: Path, to: str) -> str:

@@ -194,6 +194,7 @@ def test_mlflow_resumed_against_a_store_without_its_run_starts_a_new_one_there_a
     from training.loggers import RunInfo
     from training.mlflow_logger import MlflowSink
 
+    caplog.set_level("INFO")
     first, other = (f"sqlite:///{tmp_path / name}" for name in ("first.db", "other.db"))
     settings = {"project": "p", "tracking_uri": first, "init_timeout": 10}
     sink = MlflowSink(RunInfo(tmp_path, {}, settings, total_steps=T))
@@ -210,6 +211,8 @@ def test_mlflow_resumed_against_a_store_without_its_run_starts_a_new_one_there_a
         sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, "train/loss")) for r in runs
     ] == [[(1, 0.5)]]
     assert f"MLflow's run {state['run_id']} is not in {other}" in caplog.text
+    run_id = runs[0].info.run_id  # the end of the run says where it went, and how to see a local store
+    assert f"MLflow logged run {run_id} to {other}; see it with: mlflow ui --backend-store-uri {other}" in caplog.text
 
 
 def test_a_token_like_override_reaches_neither_tensorboard_nor_mlflow(tmp_path, tiny_train, monkeypatch):
