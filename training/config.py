@@ -139,9 +139,17 @@ def unknown_key(key: str, config_name: str = "config") -> ConfigError:
     group, _, leaf = key.partition(".")
     section = next((s for s in NAMED_SECTIONS if key.startswith(f"{s}.")), None)
     if config_name == "config" and section and key.count(".") == section.count(".") + 2:
-        entry_key = key.rsplit(".", 1)[1]  # data.sources.<name>.<key>: a key any option of the group documents
-        if any(entry_key in known_keys(group, o) for o in group_options(group)):
+        from data.mixture import COMMON_KEYS, SHARED_KEYS, SOURCE_KEYS
+
+        entry, entry_key = key.rsplit(".", 1)  # data.sources.<name>.<key>
+        if entry_key in SHARED_KEYS:
+            return ConfigError(f"{key}: the sources of a mixture share it; set data.{entry_key} instead")
+        own = sorted({"source", "weight", *COMMON_KEYS, *(k for keys in SOURCE_KEYS.values() for k in keys)})
+        if entry_key in own:
             return ConfigError(f"{key} is not in the composed config (the entry does not set it); add it with +{key}=…")
+        close = difflib.get_close_matches(entry_key, own, n=1, cutoff=0.6)
+        if close:
+            return ConfigError(f"{key} is not a key of a source; did you mean {entry}.{close[0]}?")
     entry = key.split(".")
     if config_name == "config" and group in LIST_GROUPS and len(entry) == 4 and entry[1] == LIST_GROUPS[group]:
         option, own = entry_keys(group, entry[2])  # a key of one sink or evaluation: that entry's own keys

@@ -290,8 +290,14 @@ def test_a_key_the_docs_list_but_the_chosen_entry_does_not_set_is_suggested_with
         check_overrides(["data=mixture", "data.sources.stdlib.max_bytes=1000"])
     check_overrides(["data=mixture", "+data.sources.stdlib.max_bytes=1000"])  # as suggested: it composes
     check_config(compose_config(["data=mixture", "+data.sources.stdlib.max_bytes=1000"]))
-    with pytest.raises(ConfigError, match=r"^data.sources.stdlib.max_byte is not a key of data; did you mean"):
-        check_overrides(["data=mixture", "data.sources.stdlib.max_byte=1000"])  # a typo gets no plus
+    for typo, meant in [("max_byte", "max_bytes"), ("weigth", "weight")]:  # a typo gets no plus: the key it means
+        with pytest.raises(
+            ConfigError,
+            match=rf"^data.sources.stdlib.{typo} is not a key of a source; did you mean data.sources.stdlib.{meant}\?$",
+        ):
+            check_overrides(["data=mixture", f"data.sources.stdlib.{typo}=1000"])
+    with pytest.raises(ConfigError, match=r"^data.sources.stdlib.vocab_size: the sources of a mixture share it; set"):
+        check_overrides(["data=mixture", "data.sources.stdlib.vocab_size=512"])  # where a plus leads nowhere
 
 
 def test_a_key_a_forks_yaml_file_adds_is_checked_like_the_templates(tmp_path, monkeypatch):
