@@ -17,6 +17,7 @@ Each is called with its node's keys (``path=…``) and what the template passes 
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -40,12 +41,35 @@ def find(node: Mapping[str, Any], where: str) -> Callable:
         found = get_object(path)
     except Exception as e:  # Hydra wraps the ImportError or AttributeError in a long message
         cause = e.__cause__ or e
-        raise ConfigError(f"{where}.{TARGET}: {path!r} cannot be imported ({first_line(cause)})") from None
+        why = missing_name(path) or first_line(cause)
+        raise ConfigError(f"{where}.{TARGET}: {path!r} cannot be imported ({why})") from None
     finally:
         hydra_log.disabled = disabled
     if not callable(found):
         raise ConfigError(f"{where}.{TARGET}", "a class or function", path)
     return found
+
+
+def missing_name(path: str) -> str | None:
+    """Where a dotted path breaks when its module imports but a name in it is missing (a mistyped class in a
+    file that was found), with the closest name there; None otherwise (no module, or one that fails to import)."""
+    import importlib
+
+    parts = path.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        try:
+            found: Any = importlib.import_module(".".join(parts[:i]))
+        except Exception:
+            continue
+        for j in range(i, len(parts)):
+            if not hasattr(found, parts[j]):
+                names = [n for n in dir(found) if not n.startswith("_")]
+                close = difflib.get_close_matches(parts[j], names, n=1)
+                owner = ".".join(parts[:j])
+                return f"{owner} has no {parts[j]}" + (f"; did you mean {owner}.{close[0]}?" if close else "")
+            found = getattr(found, parts[j])
+        return None
+    return None
 
 
 def own_keys(node: Mapping[str, Any]) -> dict[str, Any]:

@@ -147,7 +147,12 @@ def test_a_wandb_run_killed_past_its_checkpoint_has_every_step_once_resumed(tmp_
         ),
         (
             ["+eval.evals.mine._target_=tests.training.fork_parts.NOPE"],
-            r"^eval.evals.mine._target_: 'tests.training.fork_parts.NOPE' cannot be imported",
+            r"^eval.evals.mine._target_: 'tests.training.fork_parts.NOPE' cannot be imported "
+            r"\(tests.training.fork_parts has no NOPE\)$",
+        ),
+        (  # the file was found: the class name is what is wrong
+            ["+logger.sinks.mine._target_=tests.training.fork_parts.Countng"],
+            r"\(tests.training.fork_parts has no Countng; did you mean tests.training.fork_parts.Counting\?\)$",
         ),
         (["optim._target_=torch.optim.NotAnOptimizer"], r"^optim._target_: 'torch.optim.NotAnOptimizer' cannot be"),
         (["logger.mode=sometimes"], r"^logger.mode must be one of auto, online, offline, disabled, got 'sometimes'$"),
