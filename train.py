@@ -70,6 +70,8 @@ def fit(run: Run) -> float:
     """The loop: update t uses lr = peak · λ(t); one scheduler.step() after each optimizer update. A stalled
     update ends the process (``Watchdog``); a collective that another rank stopped answering raises ``PeerLost``."""
     trainer, t, T = run.cfg.trainer, run.start, run.total_steps
+    if t == T:  # a finished run's command again (a requeue): nothing to train
+        log.info("the run has taken all %d updates: only its final evaluation runs again (raise T to go on)", T)
     watchdog = Watchdog(trainer.hang_timeout, t)
     with StopSignals() as signals, watchdog, peers_answering(lambda: t, trainer.collective_timeout):
         while t < T:

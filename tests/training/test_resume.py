@@ -482,3 +482,13 @@ def test_a_nonfinite_update_takes_neither_an_optimizer_nor_a_schedule_step():
     assert sched.last_epoch == 0 and not opt.state
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) or torch.isnan(before[k]).any() for k in before)
+
+
+def test_a_finished_runs_command_again_trains_nothing_and_says_so(tmp_path, tiny_train, caplog):
+    run = tiny_train(tmp_path / "run", ["trainer.max_steps=4", "trainer.eval_every=0"])
+    before = read_metrics(run)
+    with caplog.at_level("INFO"):
+        tiny_train(run, ["trainer.max_steps=4", "trainer.eval_every=0"])
+    said = "the run has taken all 4 updates: only its final evaluation runs again (raise T to go on)"
+    assert said in [r.getMessage() for r in caplog.records]
+    assert [r for r in read_metrics(run) if "train/loss" in r] == [r for r in before if "train/loss" in r]
