@@ -83,7 +83,8 @@ def plan_time(
 ) -> TimePlan:
     """The largest T whose updates, evaluations (at 0, every ``eval_every`` and at T) and checkpoints (every
     ``ckpt_every`` and at T) fit in what is left of ``max_time``."""
-    fixed = elapsed + 2 * eval_seconds + checkpoint_seconds + sample_seconds + teardown_seconds
+    evaluations = 2 if eval_every else 1  # at 0 (with eval_every) and at T
+    fixed = elapsed + evaluations * eval_seconds + checkpoint_seconds + sample_seconds + teardown_seconds
     per_update = step_seconds * STEP_MARGIN + log_seconds
     if eval_every:
         per_update += eval_seconds / eval_every
@@ -91,9 +92,12 @@ def plan_time(
         per_update += checkpoint_seconds / ckpt_every
     steps = math.floor((max_time - fixed) / per_update)
     if steps < 1:
+        ends = "evaluations (at 0 and at T)" if eval_every else "the evaluation at T"
+        ends += ", a checkpoint" + (", the sample" if sample_seconds else "") + " and the end"
         raise ConfigError(
             f"trainer.max_time={max_time:g}: too short for one update — start-up took {elapsed:.1f} s, an update "
-            f"takes {step_seconds:.2f} s, the final evaluation, checkpoint and sample {fixed - elapsed:.1f} s"
+            f"takes {step_seconds:.2f} s, {ends} {fixed - elapsed:.1f} s; one update needs trainer.max_time ≥ "
+            f"{math.ceil(fixed + per_update)}"
         )
     return TimePlan(
         max_time,

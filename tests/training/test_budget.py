@@ -120,8 +120,10 @@ def test_a_budget_too_small_for_one_update_is_refused_before_anything_is_written
     with pytest.raises(ConfigError, match=r"^trainer.max_tokens must be ≥ the tokens of one update \(128\), got 100$"):
         tiny_train(tmp_path / "a", ["trainer.max_tokens=100"])
     # start-up alone (here: said to have taken 100 s) already spent the budget
-    with pytest.raises(ConfigError, match=r"^trainer.max_time=5: too short for one update — start-up took 1\d\d"):
+    with pytest.raises(ConfigError, match=r"^trainer.max_time=5: too short for one update — start-up took 1\d\d") as e:
         tiny_train(tmp_path / "b", ["trainer.max_time=5"], started=time.perf_counter() - 100)
+    needed = int(str(e.value).rpartition("≥ ")[2])  # what it says would do: start-up and one update fit there
+    assert 100 < needed < 200 and "evaluations (at 0 and at T), a checkpoint, the sample and the end" in str(e.value)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
@@ -183,7 +185,8 @@ def test_the_plan_fits_every_evaluation_and_checkpoint_the_loop_runs(eval_every,
     assert plan.planned_end(eval_every, ckpt_every) == pytest.approx(expected_end)
     assert expected_end <= 100
     amortized = per_update + (2 / eval_every if eval_every else 0) + (1 / ckpt_every if ckpt_every else 0)
-    assert 10 + 2 * 2 + 1 + 1 + 2 + (T + 1) * amortized > 100  # the largest T that fits
+    fixed_evals = 2 if eval_every else 1  # at 0 and T, or at T alone: what eval_every=0 runs
+    assert 10 + fixed_evals * 2 + 1 + 1 + 2 + (T + 1) * amortized > 100  # the largest T that fits
 
 
 class Slow:
