@@ -223,16 +223,23 @@ class CsvSink(Sink):
 def format_line(step: int, total: int, m: Mapping[str, Any]) -> str:
     """One console line for a train or eval record."""
     parts = [f"step {step:>{len(str(total))}}/{total}"]
-    if "val/loss" in m:
-        parts.append(f"val loss {m['val/loss']:.4f}")
+    if "train/loss" not in m:  # an evaluation's record: what it measured
+        if "val/loss" in m:
+            parts.append(f"val loss {m['val/loss']:.4f}")
         if "val/bpb" in m:
             parts.append(f"bpb {m['val/bpb']:.4f}")
-        # a mixture's sources: val/<source>/bpb
-        parts += [f"{k[4:-4]} bpb {v:.4f}" for k, v in m.items() if k.endswith("/bpb") and k.count("/") == 2]
-    # a multiple-choice evaluation: eval/<name>/acc
-    parts += [f"{k[5:-4]} acc {v:.3f}" for k, v in m.items() if k.startswith("eval/") and k.endswith("/acc")]
-    if len(parts) > 1:
-        return " | ".join(parts)
+        shown = {"val/loss", "val/bpb"}
+        for k, v in m.items():
+            if k in shown or isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if k.startswith("val/") and k.endswith("/bpb") and k.count("/") == 2:  # a mixture's source
+                parts.append(f"{k[4:-4]} bpb {v:.4f}")
+            elif k.startswith("eval/") and k.endswith("/acc"):  # a multiple-choice evaluation
+                parts.append(f"{k[5:-4]} acc {v:.3f}")
+            elif not k.startswith("eval/") or not k.endswith("/acc_norm"):  # a fork's evaluation: its own names
+                parts.append(f"{k} {v:.4g}")
+        if len(parts) > 1:
+            return " | ".join(parts)
     if "train/loss" in m:
         parts.append(f"loss {m['train/loss']:.4f}")
     if "train/lr" in m:

@@ -207,3 +207,11 @@ def test_a_line_torn_by_a_kill_is_dropped_when_metrics_jsonl_resumes(tmp_path):
     sink.log(2, {"train/loss": 2.5})
     sink.close()
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 1, 2]  # every line JSON
+
+
+def test_the_console_line_of_an_evaluation_shows_what_a_forks_evaluation_measured_too():
+    from training.loggers import format_line
+
+    built_in = {"val/loss": 2.5, "val/bpb": 1.1, "eval/next_line/acc": 0.3, "eval/next_line/acc_norm": 0.34}
+    assert format_line(4, 10, built_in) == "step  4/10 | val loss 2.5000 | bpb 1.1000 | next_line acc 0.300"
+    assert format_line(4, 10, {"val/accuracy": 0.625}) == "step  4/10 | val/accuracy 0.625"
