@@ -78,10 +78,15 @@ def settings(run_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
             for k, v in node.items():
                 flatten(v, f"{prefix}{k}.")
         else:
-            values[prefix.rstrip(".")] = str(node)
+            values[prefix.rstrip(".")] = as_written(node)
 
     flatten(config, "")
-    return {g: str(c) for g, c in choices.items() if "/" not in g}, values
+    return {g: as_written(c) for g, c in choices.items() if "/" not in g}, values
+
+
+def as_written(value) -> str:
+    """A config value as an override writes it: ``null``, not Python's ``None``."""
+    return "null" if value is None else str(value)
 
 
 def run_labels(run_dirs: list[Path]) -> list[str]:
@@ -160,7 +165,9 @@ def overlay(run_dirs: list[Path], out: Path) -> Path:
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     for ax in (ax_loss, ax_lr):
         ax.grid(alpha=0.3)
-    ax_loss.legend(fontsize=8)
+    # below the plots, not over the curves: a sweep's labels are long and many
+    handles, labels = ax_loss.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=1, frameon=False)
     return save_figure(fig, out)
 
 
@@ -168,7 +175,7 @@ def save_figure(fig, out: Path) -> Path:
     """Lay out ``fig``, write it to ``out`` as a PNG (making its folder) and free it."""
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")  # the image grows to hold a legend below the axes
     pyplot().close(fig)
     return out
 

@@ -43,6 +43,15 @@ def test_overlaid_runs_are_labelled_by_the_choices_and_values_that_differ(tmp_pa
     ]
 
 
+def test_an_unset_choice_or_value_is_labelled_as_an_override_writes_it(tmp_path):
+    with_stop = {**config("cosine", 1e-3, "a"), "trainer": {"stop_at": 5}}
+    runs = [
+        fake_run(tmp_path, "0", {"experiment": None}, {**config("cosine", 1e-3, "a"), "trainer": {"stop_at": None}}),
+        fake_run(tmp_path, "1", {"experiment": "quick"}, with_stop),
+    ]
+    assert run_labels(runs) == ["experiment=null trainer.stop_at=null", "experiment=quick trainer.stop_at=5"]
+
+
 def test_a_run_alone_or_without_hydra_records_is_labelled_by_its_folder(tmp_path):
     alone = fake_run(tmp_path, "only", {"schedule": "cosine"}, config("cosine", 1e-3, "a"))
     bare = tmp_path / "bare"
