@@ -184,6 +184,20 @@ def umask() -> int:
     return 0o022
 
 
+def restore_set_aside(parent: Path) -> list[Path]:
+    """Put back what a ``commit`` killed between its two renames left aside (``.old-<name>-<pid>`` with no
+    ``<name>``): the only copy of ``<name>``, which is otherwise lost to the next cleanup. Returns what it put
+    back. Call it only where no other process commits under ``parent`` (a run directory's lock held)."""
+    restored = []
+    for entry in sorted(parent.glob(".old-*")) if parent.is_dir() else []:
+        name = entry.name.removeprefix(".old-").rpartition("-")[0]  # .old-<name>-<pid>
+        final = parent / name
+        if name and entry.is_dir() and not final.exists():
+            os.rename(entry, final)
+            restored.append(final)
+    return restored
+
+
 def commit(tmp: Path, final: Path, *, replace: bool = True) -> Path:
     """Fsync everything under ``tmp``, rename it to ``final`` and fsync ``final.parent``; returns ``final``.
 

@@ -28,7 +28,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from data.atomic import CHECKSUM_CHUNK_BYTES, begin, commit, file_checksums, replace_file, size_text, space_for
+from data.atomic import (
+    CHECKSUM_CHUNK_BYTES,
+    begin,
+    commit,
+    file_checksums,
+    replace_file,
+    restore_set_aside,
+    size_text,
+    space_for,
+)
 from model import GPTConfig
 from scheduling.spec import CONFIG_KEYS, first_line
 from training import distributed
@@ -328,6 +337,8 @@ def find_resume(resume: Any, run_dir: Path) -> Path | None:
     run directory holds no checkpoint of its own yet, and this run has not gone on from it: a branch, or a run sent
     back to its own older checkpoint, run again (a requeue) continues from its own latest. The folder returned has
     been verified (``newest_intact``, ``verify``)."""
+    for folder in restore_set_aside(run_dir / "checkpoints"):  # a kill while a checkpoint was replaced
+        log.warning("%s was being replaced when its run stopped: the copy set aside is back in its place", folder)
     if resume == "auto":
         return newest_intact(run_dir / "checkpoints")
     if resume is False:

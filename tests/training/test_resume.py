@@ -492,3 +492,18 @@ def test_a_finished_runs_command_again_trains_nothing_and_says_so(tmp_path, tiny
     said = "the run has taken all 4 updates: only its final evaluation runs again (raise T to go on)"
     assert said in [r.getMessage() for r in caplog.records]
     assert [r for r in read_metrics(run) if "train/loss" in r] == [r for r in before if "train/loss" in r]
+
+
+def test_a_kill_between_the_two_renames_of_a_checkpoints_replacement_loses_nothing(tmp_path, tiny_train, caplog):
+    """Its only checkpoint, set aside as .old-step-…-<pid> while a new copy replaced it: put back, not a new run."""
+    run = tiny_train(tmp_path / "run", ["trainer.max_steps=4", "trainer.eval_every=0"])
+    before = read_metrics(run)
+    final = run / "checkpoints" / "step-00000004"
+    final.rename(final.with_name(".old-step-00000004-4242"))
+    with caplog.at_level("INFO"):
+        tiny_train(run, ["trainer.max_steps=4", "trainer.eval_every=0"])
+    said = [r.getMessage() for r in caplog.records]
+    assert f"{final} was being replaced when its run stopped: the copy set aside is back in its place" in said
+    assert "the run has taken all 4 updates: only its final evaluation runs again (raise T to go on)" in said
+    assert [r for r in read_metrics(run) if "train/loss" in r] == [r for r in before if "train/loss" in r]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-00000004"]
