@@ -16,6 +16,7 @@ import copy
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,10 @@ def source_folder(source: Any) -> Path:
         )
     folder = Path(os.path.expanduser(source))
     if not (folder / "config.json").is_file():
+        # a hub id (gpt2, owner/name), not a local path (/…, ./…, ~/…, a/b/c)
+        hub_id = re.fullmatch(r"\w[\w.-]*(/[\w.-]+)?", source) and not folder.exists()
         hint = (
-            ""
-            if folder.exists()
-            else f"; for a model on the hub, download it first: hf download {source} --local-dir <folder>"
+            f"; for a model on the hub, download it first: hf download {source} --local-dir <folder>" if hub_id else ""
         )
         raise ModelConfigError(
             f"model.init_from: {source!r} is not a folder saved by transformers' save_pretrained (no config.json){hint}"

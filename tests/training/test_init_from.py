@@ -168,6 +168,9 @@ def test_overrides_that_agree_with_the_folder_are_accepted(saved):
 def test_a_folder_without_a_model_or_tokenizer_is_refused_naming_it(saved, tmp_path):
     with pytest.raises(ModelConfigError, match=r"^model\.init_from: 'gpt2' is not a folder .*hf download gpt2"):
         with_init_from(compose_config(TINY + ["model.init_from=gpt2"]))
+    gone = tmp_path / "moved" / "hf"  # a local path that is not there: no hub advice
+    with pytest.raises(ModelConfigError, match=r"\(no config.json\)$"):
+        with_init_from(compose_config(TINY + [f"model.init_from={gone}"]))
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "config.json").write_text((saved["gpt2"] / "config.json").read_text())
