@@ -96,21 +96,33 @@ class ChoiceTask:
     """A multiple-choice evaluation over ``items``: ``eval/<name>/acc`` and ``eval/<name>/acc_norm``. A choice is
     scored as the continuation ``delimiter + choice``; ``acc_norm`` divides by the choice's own length."""
 
-    def __init__(self, ctx: EvalContext, items: Sequence[Item], *, batch_size: int, delimiter: str, where: str):
-        self.ctx, self.items, self.batch_size = ctx, list(items), batch_size
+    def __init__(
+        self,
+        ctx: EvalContext,
+        items: Sequence[Item],
+        *,
+        batch_size: int,
+        delimiter: str,
+        where: str,
+        leave_out_unfit: bool = False,
+    ):
+        self.ctx, self.items, self.batch_size = ctx, [], batch_size
         tokenizer, self.block_size = ctx.tokenizer, int(ctx.cfg.model.block_size)
         separator = eot_id(tokenizer, special_tokens(ctx.cfg.data))
         self.pairs = []  # per item: each choice's (context ids, continuation ids)
-        for n, item in enumerate(self.items):
+        for n, item in enumerate(items):
             pairs = [encode_pair(tokenizer, item.context, delimiter + choice, separator) for choice in item.choices]
             lengths = [len(cont) for _, cont in pairs]
             if max(lengths) > self.block_size or min(lengths) == 0:  # a long context is cut from the left, not a choice
+                if leave_out_unfit:  # an item made here, not given: asked about no more
+                    continue
                 what = (
                     "no tokens"
                     if min(lengths) == 0
                     else f"{max(lengths)} tokens, more than model.block_size={self.block_size}"
                 )
                 raise DataError(f"{item.where or f'{where}: item {n + 1}'}: a choice of {what}")
+            self.items.append(item)
             self.pairs.append(pairs)
         # longest first, as lm-eval orders its requests: a batch's rows have similar lengths, so little padding
         self.order = sorted(range(len(self.items)), key=lambda i: -max(len(c) + len(t) for c, t in self.pairs[i]))
@@ -265,7 +277,10 @@ class NextLine(ChoiceTask):
             max_bytes=int(ctx.cfg.model.block_size) - 1,
             seed=int(ctx.cfg.trainer.seed),
         )
-        if not items:  # a tiny corpus: the run goes on without this evaluation
+        # a line that fits alone may not once encoded after its context (the context's trailing blank lines move
+        # into it, as lm-eval moves trailing whitespace): such an item is left out, not refused
+        super().__init__(ctx, items, batch_size=batch_size, delimiter="\n", where=where, leave_out_unfit=True)
+        if not self.items:  # a tiny corpus: the run goes on without this evaluation
             log.warning(
                 "%s: left out, the validation split has no line to ask about (it needs two or more documents of "
                 "more than %d lines, and lines of 8 or more characters and fewer bytes than model.block_size=%d)",
@@ -273,7 +288,6 @@ class NextLine(ChoiceTask):
                 context_lines,
                 ctx.cfg.model.block_size,
             )
-        super().__init__(ctx, items, batch_size=batch_size, delimiter="\n", where=where)
 
     @classmethod
     def check(cls, keys: dict[str, Any], where: str) -> None:

@@ -243,6 +243,21 @@ def chain_corpus(folder: Path) -> Path:
     return folder
 
 
+def test_a_made_item_that_does_not_fit_once_encoded_is_left_out_where_a_given_one_is_refused(trained):
+    """A next line that fits alone, after a context ending in blank lines (which move into the continuation)."""
+    tokenizer, block = trained["tokenizer"], int(trained["cfg"].model.block_size)
+    fits = lambda context, line: len(encode_pair(tokenizer, context, "\n" + line, 0)[1]) <= block  # noqa: E731
+    line = "ok"
+    while fits("x", line + "ǅ"):
+        line += "ǅ"
+    assert fits("x", line) and not fits("x\n\n", line)
+    items = [Item("x\n\n", (line, "a short line"), 0), Item("x", ("one line", "another line"), 1)]
+    made = ChoiceTask(context(trained), items, batch_size=2, delimiter="\n", where="w", leave_out_unfit=True)
+    assert made.items == items[1:] and len(made.pairs) == 1
+    with pytest.raises(DataError, match=rf"^w: item 1: a choice of \d+ tokens, more than model.block_size={block}$"):
+        ChoiceTask(context(trained), items, batch_size=2, delimiter="\n", where="w")
+
+
 def test_next_line_accuracy_rises_from_chance_as_a_run_learns_and_asks_the_same_items_after_resume(
     tmp_path, tiny_train
 ):
