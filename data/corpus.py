@@ -128,8 +128,14 @@ class Corpus:
         for part in self.identity():
             h.update(part.encode("utf-8", "surrogateescape"))
             h.update(b"\0")
-        h.update(f"val={self.val_fraction}|max_docs={self.max_documents}|max_bytes={self.max_bytes}".encode())
+        val = self.val_fraction if self.splits_off_val else "its own split"  # else val_fraction does nothing
+        h.update(f"val={val}|max_docs={self.max_documents}|max_bytes={self.max_bytes}".encode())
         return h.hexdigest()
+
+    @property
+    def splits_off_val(self) -> bool:
+        """Whether validation is held out of the documents by ``val_fraction`` (not a split of the source's own)."""
+        return True
 
     def capped(self, documents: Iterable[tuple[str, str]]) -> Iterator[tuple[str, str]]:
         """Non-empty documents until ``max_documents`` or ``max_bytes`` (the last one cut at the cap)."""
@@ -450,19 +456,27 @@ class TableCorpus(Corpus):
         val_rows = enumerate(self.rows(self.load(val_split), f"{self.builder}:{val_split}"))
         return (text for _, text in self.capped((str(i), text) for i, text in val_rows))
 
+    @property
+    def splits_off_val(self) -> bool:
+        return not self.cfg.get("val_split")
+
     def identity(self) -> Iterable[str]:
         cfg = self.cfg
-        yield f"table|{self.builder}|{cfg.get('config_name')}|{cfg.get('split')}|{cfg.get('val_split')}"
+        builder = "a local folder" if Path(self.builder).is_dir() else self.builder  # its files say which
+        yield f"table|{builder}|{cfg.get('config_name')}|{cfg.get('split')}|{cfg.get('val_split')}"
         yield f"{cfg.get('revision')}|{self.text_column}"
-        local = list(self.files or ())
-        if not self.files:
-            if cfg.get("data_files"):
-                yield str(plain(cfg.get("data_files")))
-                local = local_data_files(cfg.get("data_files"))
-            elif Path(self.builder).is_dir():  # a dataset folder on disk: its files are the content
-                local = sorted(f for f in Path(self.builder).rglob("*") if f.is_file() and ".git" not in f.parts)
-        for f in local:
-            yield f"{f}:{file_digest(f)}"
+        if self.files:  # by their paths under the common folder, as their rows' keys: however the path is spelled
+            for f in self.files:
+                yield f"{f.relative_to(self.root).as_posix()}:{file_digest(f)}"
+            return
+        if cfg.get("data_files"):
+            yield str(plain(cfg.get("data_files")))
+            for f in local_data_files(cfg.get("data_files")):
+                yield f"{f}:{file_digest(f)}"
+        elif Path(self.builder).is_dir():  # a dataset folder on disk: its files are the content
+            folder = Path(self.builder)
+            for f in sorted(f for f in folder.rglob("*") if f.is_file() and ".git" not in f.parts):
+                yield f"{f.relative_to(folder).as_posix()}:{file_digest(f)}"
 
 
 def plain(value: Any) -> Any:

@@ -121,6 +121,7 @@ def test_a_dataset_with_its_own_validation_split_uses_it_whole_for_val(tmp_path)
     cache = prepare(cfg)
     assert decoded_documents(cache, "train") == DOCS[:30]
     assert decoded_documents(cache, "val") == DOCS[30:]
+    assert prepare({**cfg, "val_fraction": 0.3}).path == cache.path  # a share it does not take: the same tokens
 
 
 def test_caps_bound_documents_and_bytes(tmp_path):

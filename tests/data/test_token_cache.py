@@ -42,6 +42,23 @@ def test_cache_is_reused_when_source_and_tokenizer_are_unchanged(corpus_cfg, cap
     assert meta["bytes"]["train"] > meta["tokens"]["train"]
 
 
+@pytest.mark.parametrize("fmt", ["txt", "jsonl"])
+def test_the_same_files_spelled_by_another_path_reuse_the_cache(fmt, tmp_path, monkeypatch, caplog):
+    from tests.data.corpora import write_tables
+
+    if fmt == "txt":
+        write_texts(tmp_path / "c", DOCS)
+    else:
+        write_tables(tmp_path / "c", [{"text": d} for d in DOCS], fmt)
+    first = prepare(data_cfg("text_files", path=str(tmp_path / "c")))
+    (tmp_path / "x").mkdir()
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level("INFO", logger="data")
+    for spelled in ("c", "./c/", str(tmp_path / "x" / ".." / "c")):
+        assert prepare(data_cfg("text_files", path=spelled)).path == first.path
+    assert "tokenizing" not in caplog.text
+
+
 def test_the_cache_directory_holds_only_the_complete_cache_after_preparing(corpus_cfg, local_caches):
     cache = prepare(corpus_cfg)
     assert os.listdir(local_caches) == [cache.path.name] and cache.path.name.startswith("files-c-")
