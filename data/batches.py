@@ -35,12 +35,15 @@ from data.errors import DataError
 IGNORE_INDEX = -100  # a target the loss skips (torch's cross_entropy default)
 
 
-def check_length(tokens: np.ndarray, block_size: int, split: str) -> None:
-    """A split must hold one window: block_size + 1 tokens (inputs plus the shifted targets)."""
+def check_length(tokens: np.ndarray, block_size: int, split: str, source: str = "") -> None:
+    """A split must hold one window: block_size + 1 tokens (inputs plus the shifted targets). ``source``: a
+    mixture's source, whose own keys the advice names."""
     if len(tokens) < block_size + 1:
+        keys = f"data.sources.{source}." if source else "data."
         raise DataError(
-            f"data: the {split} split has {len(tokens)} tokens, fewer than one window of model.block_size + 1 "
-            f"= {block_size + 1}; use more text (data.max_bytes, data.val_fraction) or a smaller model.block_size"
+            f"data: the {f'{source} ' if source else ''}{split} split has {len(tokens)} tokens, fewer than one window "
+            f"of model.block_size + 1 = {block_size + 1}; use more text ({keys}max_bytes, {keys}val_fraction) or a "
+            "smaller model.block_size"
         )
 
 
@@ -128,7 +131,7 @@ class TrainBatches:
     ):
         named = dict(tokens) if isinstance(tokens, Mapping) else {"": tokens}
         for name, array in named.items():
-            check_length(array, block_size, f"{name} train".strip())
+            check_length(array, block_size, "train", name)
         check_layout(batch_size, world_size, rank, grad_accum_steps, block_size)
         if isinstance(tokens, Mapping):
             w = np.array([float((weights or {}).get(name, 0.0)) for name in named])
@@ -201,7 +204,7 @@ class ValBatches:
         name: str = "",
         vocab_size: int | None = None,
     ):
-        check_length(tokens, block_size, f"{name} val".strip())
+        check_length(tokens, block_size, "val", name)
         check_layout(batch_size, world_size, rank, eval_batches, block_size)
         offsets = val_offsets(len(tokens), block_size, eval_batches * batch_size)
         mine = offsets[rank::world_size]

@@ -96,6 +96,12 @@ def test_a_split_shorter_than_one_window_is_refused_in_one_line(split):
     TrainBatches(np.arange(65, dtype=np.uint16), 64, 4)  # one window is enough
 
 
+def test_a_mixture_source_too_short_for_one_window_is_named_with_its_own_keys():
+    long, short = np.arange(200, dtype=np.uint16), np.arange(20, dtype=np.uint16)
+    with pytest.raises(DataError, match=r"^data: the web train split has 20 tokens, .*data\.sources\.web\.max_bytes"):
+        TrainBatches({"docs": long, "web": short}, 64, 4, weights={"docs": 1, "web": 1})
+
+
 def test_a_token_id_outside_the_vocabulary_stops_the_batch_with_one_line_naming_file_and_position(tmp_path):
     path = tmp_path / "train.bin"
     TOKENS.tofile(path)
