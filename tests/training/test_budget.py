@@ -220,7 +220,7 @@ def test_the_plan_sets_aside_what_each_sink_and_cuda_cost_beyond_the_measurement
     teardown = budget.TEARDOWN_SECONDS + budget.CUDA_TEARDOWN_SECONDS + slow * 4.0
     assert plan.teardown_seconds == pytest.approx(teardown)
     assert plan.log_seconds == pytest.approx(budget.LOG_SECONDS + slow * 0.002)
-    fixed = 10 + 2 * 2.0 + budget.checkpoint_seconds(1000) + sample + table + teardown
+    fixed = 10 + 1 * 2.0 + budget.checkpoint_seconds(1000) + sample + table + teardown  # eval_every=0: one, at T
     assert plan.total_steps == math.floor((100 - fixed) / (0.5 * budget.STEP_MARGIN + plan.log_seconds))
 
 

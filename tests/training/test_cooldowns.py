@@ -160,8 +160,8 @@ def test_the_audit_traces_a_schedule_index_that_jumped_back_to_the_resume(
 ):
     restore = scheduling.lr_scheduler.restore_scheduler
 
-    def jumped(scheduler, state, allow_change=False):
-        restore(scheduler, {**state, "last_epoch": state["last_epoch"] + 1}, allow_change)
+    def jumped(scheduler, state, *args):
+        restore(scheduler, {**state, "last_epoch": state["last_epoch"] + 1}, *args)
 
     monkeypatch.setattr(scheduling.lr_scheduler, "restore_scheduler", jumped)
     resume = f"trainer.resume={stable}/checkpoints/step-{BRANCH_POINT:08d}"
