@@ -128,6 +128,9 @@ def main(cfg: DictConfig) -> float:
     try:
         return train(cfg, run_dir, sweep=sweep, overrides=list(hc.overrides.task), started=started)
     except Stopped as e:
+        key, where = ("hydra.sweep.dir", hc.sweep.dir) if sweep is not None else ("hydra.run.dir", run_dir)
+        if not any(arg.startswith(f"{key}=") for arg in sys.argv[1:]):  # Hydra's default: a new one each time
+            e.again = f"the same command with {key}={where}"
         log.info("%s", e)
         sys.exit(EXIT_RESUMABLE)
     except PeerLost as e:

@@ -40,6 +40,10 @@ class Stopped(Exception):
     """Raised by the loop once a stop was requested and the checkpoint written; train.py exits EXIT_RESUMABLE."""
 
     def __init__(self, updates: int, why: str):
-        taken = "update 0" if updates == 1 else f"updates 0–{updates - 1}"
-        super().__init__(f"stopped after {taken} ({why}); re-run the same command to resume at update {updates}")
-        self.updates = updates
+        super().__init__(updates, why)
+        self.updates, self.why = updates, why
+        self.again = "the same command"  # how to resume: train.py names the run directory when Hydra chose it
+
+    def __str__(self) -> str:
+        taken = "update 0" if self.updates == 1 else f"updates 0–{self.updates - 1}"
+        return f"stopped after {taken} ({self.why}); re-run {self.again} to resume at update {self.updates}"

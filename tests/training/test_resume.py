@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -233,6 +234,18 @@ def test_sigterm_finishes_the_update_checkpoints_and_exits_resumable(tmp_path, d
     assert checkpoint.latest(run / "checkpoints").name == f"step-{updates:08d}"
     assert sorted(records) == list(range(updates))
     assert f"stopped after updates 0–{updates - 1} (SIGTERM)" in out and "Traceback" not in out
+
+
+def test_a_stop_in_a_run_directory_hydra_named_by_the_time_says_which_to_resume_in(tmp_path, data_cache):
+    """Hydra's default outputs/<date>/<time>: the same command alone would start a new run elsewhere."""
+    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache), "WANDB_MODE": "offline"}
+    cmd = [sys.executable, str(ROOT / "train.py"), *TINY, "trainer.max_steps=4", "trainer.stop_at=2", "logger=none"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == EXIT_RESUMABLE, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    said = re.search(r"re-run the same command with hydra\.run\.dir=(\S+) to resume at update 2$", out, re.M)
+    assert said, out[-2000:]
+    assert checkpoint.latest(tmp_path / said.group(1) / "checkpoints").name == "step-00000002"
 
 
 def test_sigint_is_a_graceful_stop_too(tmp_path, tiny_train, monkeypatch):
