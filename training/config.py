@@ -307,10 +307,15 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
         parsed = OverridesParser.create().parse_overrides(given)
     except HydraException as e:
         raise ConfigError(" ".join(str(e).split())) from None
-    first = [
-        f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line
-        for o in parsed
-    ]
+
+    def first_value(o) -> str | None:  # a sweep's first value; None for one the sweeper expands (glob, interval)
+        try:
+            return next(iter(o.sweep_string_iterator()))
+        except Exception:
+            return None
+
+    parsed = [o for o in parsed if not o.is_sweep_override() or first_value(o) is not None]  # those: Hydra's to judge
+    first = [f"{o.get_key_element()}={first_value(o)}" if o.is_sweep_override() else o.input_line for o in parsed]
     for o in parsed:  # a group takes an option's name: Hydra answers model=1 or model=null with a traceback
         group = o.get_key_element().lstrip("+~")
         if (CONF / group).is_dir() and not (
