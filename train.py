@@ -20,7 +20,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from data.atomic import space_for
 from scheduling.spec import register_resolvers
@@ -126,7 +126,13 @@ def main(cfg: DictConfig) -> float:
     if sweep is not None:
         launch.jobs.append((hc.job.num, None))
     try:
-        return train(cfg, run_dir, sweep=sweep, overrides=list(hc.overrides.task), started=started)
+        return train(
+            cfg,
+            run_dir,
+            sweep=sweep,
+            overrides=OmegaConf.to_container(hc.overrides.task, resolve=False),
+            started=started,
+        )
     except Stopped as e:
         key, where = ("hydra.sweep.dir", hc.sweep.dir) if sweep is not None else ("hydra.run.dir", run_dir)
         if not any(arg.startswith(f"{key}=") for arg in sys.argv[1:]):  # Hydra's default: a new one each time

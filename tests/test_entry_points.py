@@ -38,6 +38,11 @@ BAD_INPUTS = [
         "error: data.path: '/no/such/corpus.txt' does not exist",
     ),
     ("train.py", ["trainer.resume=/no/such/run"], "error: trainer.resume: '/no/such/run' does not exist"),
+    (
+        "train.py",
+        ["optim.lr=${{oc.env:GPT_TEMPLATE_NO_SUCH_VARIABLE}}"],  # format() reads {{ as {
+        'error: optim.lr: KeyError raised while resolving interpolation: "Environment variable',
+    ),
     ("train.py", ["trainer.resume={corrupt}"], "error: checkpoint {corrupt}/state.pt: cannot be read"),
     ("sample.py", ["checkpoint={corrupt}"], "error: checkpoint {corrupt}/state.pt: cannot be read"),
     ("sample.py", ["checkpoint=/no/such/run"], "error: checkpoint: '/no/such/run' does not exist"),

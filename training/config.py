@@ -621,9 +621,7 @@ def check_config(cfg: Mapping[str, Any]) -> None:
     """Every check that needs nothing but the config: model, optim, trainer, data, schedule, and what the plug
     points (optim, logger, eval) name."""
     if not isinstance(cfg, dict):  # an OmegaConf DictConfig: check the plain, resolved values
-        from omegaconf import OmegaConf
-
-        cfg = OmegaConf.to_container(cfg, resolve=True)
+        cfg = resolved(cfg)
     check_keys(cfg)
     check_model_config(cfg["model"])
     check_optim(cfg["optim"])

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
 from data.atomic import DiskFull, replace_file
 from training import run_lock
@@ -45,7 +46,7 @@ def sweep_of(hc, argv: list[str]) -> Sweep | None:
 
     if hc.mode != RunMode.MULTIRUN:
         return None
-    swept = swept_overrides(list(hc.overrides.task), argv, hc.sweeper.get("params"))
+    swept = swept_overrides(OmegaConf.to_container(hc.overrides.task, resolve=False), argv, hc.sweeper.get("params"))
     return Sweep(group=str(hc.sweep.dir), name=",".join(swept) or f"job{hc.job.num}")
 
 
