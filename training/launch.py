@@ -21,6 +21,7 @@ from training.budget import seconds_since_process_start
 from training.build import Sweep
 from training.config import FLAGS_WITH_VALUES
 from training.distributed import env_world
+from training.secrets import scrub_hydra_files
 from training.summary import write_summary
 
 log = logging.getLogger("train")
@@ -71,6 +72,7 @@ def sweep_job_failed(hc, sweep: Sweep, error: Exception) -> bool:
     log.error("error: job %s (%s): %s", hc.job.num, sweep.name, error)
     jobs[-1] = (hc.job.num, str(error))
     if not isinstance(error, run_lock.RunInUse):  # else the directory and its summary are another process's
+        scrub_hydra_files(Path(hc.runtime.output_dir))  # a job that never ran keeps no secret in .hydra/ either
         summary = Path(hc.runtime.output_dir) / "summary.json"
         if summary.is_file() and summary.stat().st_mtime < job_wall_start:  # an earlier run's: not this job's
             summary.unlink()

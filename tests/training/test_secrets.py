@@ -180,15 +180,17 @@ def test_a_run_log_line_holding_a_secret_is_redacted_in_train_log_and_on_the_con
         assert f"given: x.api_key={REDACTED} trainer.max_steps=4" in text, text  # the rest of the line kept
 
 
-def test_no_credential_shaped_value_reaches_a_sweeps_files(tmp_path, data_cache):
-    """Hydra's multirun.yaml in the sweep directory holds the command line and the config, as typed."""
+def test_no_credential_shaped_value_reaches_a_sweeps_files_or_its_console(tmp_path, data_cache):
+    """Hydra's multirun.yaml in the sweep directory holds the command line and the config, as typed; Hydra's
+    line for each job prints its overrides; a job refused (lr −1) never reaches the run's own scrubbing."""
     sweep = tmp_path / "sweep"
     env = {**os.environ, "GPT_DATA_CACHE": str(data_cache), "WANDB_SILENT": "true"}
-    args = ["trainer.max_steps=2", "trainer.eval_every=0", "trainer.sample_tokens=0", "optim.lr=1e-3,2e-3"]
+    args = ["trainer.max_steps=2", "trainer.eval_every=0", "trainer.sample_tokens=0", "optim.lr=1e-3,-1"]
     args += ["logger=wandb", "logger.mode=offline"]
     cmd = [sys.executable, "train.py", "-m", *TINY, *args, f"logger.notes={SHAPED['hugging face']}"]
     proc = subprocess.run([*cmd, f"hydra.sweep.dir={sweep}"], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 2, proc.stderr[-2000:]  # one job refused
+    assert "#1 : " in proc.stdout and SHAPED["hugging face"] not in proc.stdout + proc.stderr
     files = [p for p in sweep.rglob("*") if p.is_file()]
     assert {"multirun.yaml", "overrides.yaml", "train.log", "state.pt"} <= {p.name for p in files}
     for path in files:
