@@ -44,6 +44,12 @@ BAD_INPUTS = [
         'error: optim.lr: KeyError raised while resolving interpolation: "Environment variable',
     ),
     ("train.py", ["trainer.resume={corrupt}"], "error: checkpoint {corrupt}/state.pt: cannot be read"),
+    ("train.py", ["hydra.mode=MULTIRUN", "hydra.sweep.dir="], "error: hydra.sweep.dir must be a folder for the"),
+    (
+        "train.py",
+        ["hydra.mode=MULTIRUN", "hydra.sweep.dir={corrupt}/state.pt"],
+        "error: hydra.sweep.dir: '{corrupt}/state.pt' is a file",
+    ),
     ("sample.py", ["checkpoint={corrupt}"], "error: checkpoint {corrupt}/state.pt: cannot be read"),
     ("sample.py", ["checkpoint=/no/such/run"], "error: checkpoint: '/no/such/run' does not exist"),
     (
@@ -70,6 +76,14 @@ def test_bad_input_is_one_error_line_exit_code_2_and_nothing_written(script, arg
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(line), proc.stderr
     assert "Traceback" not in proc.stdout
     assert list(work.iterdir()) == [] and (corrupt / "state.pt").read_bytes() == b"not a checkpoint" * 64
+
+
+def test_a_sweep_under_torchrun_is_refused_in_one_line(tmp_path):
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}  # as torchrun sets them
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", *TINY, "optim.lr=1e-3,2e-3", f"hydra.sweep.dir={tmp_path}/s"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: a sweep (-m) cannot run under torchrun;")
+    assert proc.stderr.count("\n") == 1 and not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize(

@@ -115,6 +115,19 @@ class LockRunDir(Callback):
         if env_world()[0] == 0:
             run_lock.release(Path(config.hydra.run.dir))
 
+    def on_multirun_start(self, config, **kwargs) -> None:
+        sweep_dir = str(config.hydra.sweep.dir)
+        if env_world()[2] > 1:  # every rank would run the jobs apart, and a job's ranks would not meet
+            why = "a sweep (-m) cannot run under torchrun; run each job as its own torchrun command"
+        elif not sweep_dir.strip():  # Path("") is the current directory: the jobs' folders would land in it
+            why = "hydra.sweep.dir must be a folder for the sweep's jobs, got ''"
+        elif Path(sweep_dir).exists() and not Path(sweep_dir).is_dir():
+            why = f"hydra.sweep.dir: {sweep_dir!r} is a file, not a folder"
+        else:
+            return
+        print(f"error: {why}", file=sys.stderr)
+        sys.exit(2)
+
 
 class SweepReport(Callback):
     """Hydra callback (conf/config.yaml): at the end of a multirun, whatever the launcher, the sweep's report —
@@ -144,7 +157,9 @@ class SweepReport(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        register_overrides(list(config.hydra.overrides.task))  # its jobs scrub it too, unless none got that far
+        register_overrides(
+            OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
+        )  # its jobs scrub it too, unless none got that far
         scrub_hydra_files(sweep_dir)
         jobs, files = write_report(sweep_dir, self.forecast)
         log.info("sweep report, best first (%s):\n%s", ", ".join(f.name for f in files), markdown(jobs).rstrip())
