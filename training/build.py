@@ -509,7 +509,8 @@ def open_metrics(
 ) -> Metrics:
     """The run directory's metric sinks (rank 0), once its lock is held: metrics.jsonl and the console — cut back
     to the resumed update — and each sink the logger group names."""
-    run_lock.acquire(run_dir)  # one writer per run directory: a second launch stops here with RunInUse
+    # one writer per run directory: a second launch stops here with RunInUse
+    run_lock.acquire(run_dir, "hydra.sweep.dir" if sweep else "hydra.run.dir")
     scrub_hydra_files(run_dir, *([Path(sweep.group)] if sweep else []))
     core = [JsonlSink(run_dir / "metrics.jsonl", resume_step), ProgressSink(T, resume_step or 0, cfg.trainer.log_every)]
     settings = OmegaConf.to_container(cfg.logger, resolve=True)

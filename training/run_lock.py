@@ -48,8 +48,9 @@ def holder_of(run_dir: Path) -> str:
         return "holder unknown"
 
 
-def acquire(run_dir: Path) -> None:
-    """Lock ``run_dir`` (made if missing) for this process, or raise ``RunInUse`` naming the holder."""
+def acquire(run_dir: Path, key: str = "hydra.run.dir") -> None:
+    """Lock ``run_dir`` (made if missing) for this process, or raise ``RunInUse`` naming the holder and ``key``,
+    what sets the directory (a sweep's job: ``hydra.sweep.dir``)."""
     key = os.path.realpath(run_dir)
     if key in _held:
         _held[key][1] += 1
@@ -65,7 +66,7 @@ def acquire(run_dir: Path) -> None:
         os.close(fd)
         raise RunInUse(
             f"the run directory {run_dir} is in use by another run ({holder_of(run_dir)}); wait for it to end or "
-            "stop it, or give this run another hydra.run.dir"
+            f"stop it, or give this run another {key}"
         ) from None
     except OSError as e:
         os.close(fd)

@@ -82,6 +82,10 @@ def test_a_run_in_process_locks_its_own_directory_before_its_first_write(tmp_pat
     try:
         with pytest.raises(RunInUse, match=r"^the run directory .*job0 is in use by another run \(holder unknown\)"):
             tiny_train(run_dir, ["trainer.max_steps=2"])
+        from training.build import Sweep
+
+        with pytest.raises(RunInUse, match=r"or give this run another hydra\.sweep\.dir$"):  # what sets a job's
+            tiny_train(run_dir, ["trainer.max_steps=2"], sweep=Sweep(str(tmp_path), "job0"))
     finally:
         os.close(fd)
     assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE]
