@@ -48,8 +48,8 @@ def holder_of(run_dir: Path) -> str:
         return "holder unknown"
 
 
-def acquire(run_dir: Path, key: str = "hydra.run.dir") -> None:
-    """Lock ``run_dir`` (made if missing) for this process, or raise ``RunInUse`` naming the holder and ``key``,
+def acquire(run_dir: Path, setting: str = "hydra.run.dir") -> None:
+    """Lock ``run_dir`` (made if missing) for this process, or raise ``RunInUse`` naming the holder and ``setting``,
     what sets the directory (a sweep's job: ``hydra.sweep.dir``)."""
     key = os.path.realpath(run_dir)
     if key in _held:
@@ -66,7 +66,7 @@ def acquire(run_dir: Path, key: str = "hydra.run.dir") -> None:
         os.close(fd)
         raise RunInUse(
             f"the run directory {run_dir} is in use by another run ({holder_of(run_dir)}); wait for it to end or "
-            f"stop it, or give this run another {key}"
+            f"stop it, or give this run another {setting}"
         ) from None
     except OSError as e:
         os.close(fd)
