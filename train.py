@@ -20,7 +20,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from data.atomic import space_for
 from scheduling.spec import register_resolvers
@@ -130,7 +130,7 @@ def main(cfg: DictConfig) -> float:
             cfg,
             run_dir,
             sweep=sweep,
-            overrides=OmegaConf.to_container(hc.overrides.task, resolve=False),
+            overrides=launch.task_overrides(hc.overrides.task),
             started=started,
         )
     except Stopped as e:

@@ -190,12 +190,23 @@ def restore_set_aside(parent: Path) -> list[Path]:
     back. Call it only where no other process commits under ``parent`` (a run directory's lock held)."""
     restored = []
     for entry in sorted(parent.glob(".old-*")) if parent.is_dir() else []:
-        name = entry.name.removeprefix(".old-").rpartition("-")[0]  # .old-<name>-<pid>
+        name, _, pid = entry.name.removeprefix(".old-").rpartition("-")  # .old-<name>-<pid>
         final = parent / name
-        if name and entry.is_dir() and not final.exists():
+        if name and entry.is_dir() and not final.exists() and not alive(pid):
             os.rename(entry, final)
             restored.append(final)
     return restored
+
+
+def alive(pid: str) -> bool:
+    """Whether process ``pid`` of this host runs (a commit it is in the middle of is its own to finish)."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # another user's: alive
+        return True
+    return True
 
 
 def commit(tmp: Path, final: Path, *, replace: bool = True) -> Path:

@@ -462,7 +462,8 @@ class TableCorpus(Corpus):
 
     def identity(self) -> Iterable[str]:
         cfg = self.cfg
-        builder = "a local folder" if Path(self.builder).is_dir() else self.builder  # its files say which
+        folder = Path(self.builder)  # a local dataset folder: by where it is, however that is spelled
+        builder = str(folder.resolve()) if folder.is_dir() else self.builder
         yield f"table|{builder}|{cfg.get('config_name')}|{cfg.get('split')}|{cfg.get('val_split')}"
         yield f"{cfg.get('revision')}|{self.text_column}"
         if self.files:  # by their paths under the common folder, as their rows' keys: however the path is spelled

@@ -169,7 +169,8 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
         # ROCm builds run fp32 matmuls at the fp32 rate whatever allow_tf32 says.
         tf32 = torch.backends.cuda.matmul.allow_tf32 and torch.version.hip is None
         return gpu_peak_flops(torch.cuda.get_device_name(device), precision, tf32)
-    if device.type == "cpu":  # bf16 against the better of the two rates: twice fp32's with bf16 instructions,
-        fp32 = cpu_peak_flops()  # a tenth where they are emulated (which a bf16 run's MFU then shows)
+    if device.type == "cpu":
+        # bf16 against the better rate: bf16's where the CPU has its instructions, fp32's where they are emulated
+        fp32 = cpu_peak_flops()
         return max(fp32, cpu_peak_flops(dtype=torch.bfloat16)) if precision == "bf16" else fp32
     return None

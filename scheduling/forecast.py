@@ -475,15 +475,16 @@ def schedule_lrs(schedule: Schedule, peak: float, n: int) -> np.ndarray:
 
 def planned(logged: audit.Logged) -> tuple[np.ndarray, int, float] | None:
     """(lrs, W, peak) of every update up to the run's T, from its recorded schedule (each segment's from its
-    start); None if it is unknown. W and the peak are the lrs', as a fit reads them: a resume that changed the
-    schedule changed neither where the run's warmup ended nor the lr it reached."""
+    start); None if it is unknown. W and the peak are the first segment's: where the run warmed up, a resume
+    that changed the schedule later changed neither."""
     if not logged.segments:
         return None
     T = logged.segments[-1].schedule.total_steps
     if T is None:
         return None
     lrs = np.array([audit.expected_lr(logged.segments, t) for t in range(T)], dtype=np.float64)
-    return lrs, warmup_of(lrs), float(lrs.max())
+    first = logged.segments[0]
+    return lrs, first.schedule.warmup_steps, first.peak_lr
 
 
 def forecast_run(fit: Fit, path: Path, label: str | None = None) -> Forecast:
@@ -662,11 +663,9 @@ def run_fit(args: argparse.Namespace) -> int:
     fit = fit_runs(observed, loss)
     write_outputs({args.out: (json.dumps(fit.to_json(), indent=1) + "\n").encode()})
     how = "validation loss" if loss == "val" else f"training loss, averaged over {TRAIN_WINDOWS} windows per run"
-    print(
-        f"fitted {len(observed)} runs on the {how} ({sum(len(o.steps) for o in observed)} points after warmup) "
-        f"in {time.perf_counter() - started:.1f} s"
-    )
     points = sum(len(o.steps) for o in observed)
+    seconds = time.perf_counter() - started
+    print(f"fitted {len(observed)} runs on the {how} ({points} points after warmup) in {seconds:.1f} s")
     for name, keys in LAWS.items():
         print(f"{LAW_NAMES[name]:>12}: " + ", ".join(f"{k} {v:.4g}" for k, v in fit.params[name].items()))
         if points < 2 * len(keys):  # fewer than two points a parameter: many parameter sets fit them as well

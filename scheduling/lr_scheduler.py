@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import numbers
 import warnings
 from collections.abc import Mapping
@@ -58,7 +59,7 @@ class ScheduleLR(LambdaLR):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        restore_scheduler(self, state_dict, keys=_PYTHON_KEYS)
+        restore_scheduler(self, state_dict, keys=None)  # a Python loop's: no config keys to name
 
 
 def build_scheduler(optimizer: Optimizer, schedule: Schedule, last_epoch: int = -1) -> ScheduleLR:
@@ -91,12 +92,14 @@ def _steps(value: Any) -> Any:
     """A count of updates as transformers takes it: any integral number (``np.int64(2)``, ``2.0``) is that int."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return int(value)
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
         return int(value)
     return value
 
 
-def _schedule(own: str, kwargs: dict[str, Any], name: str, keys: Mapping[str, str] = HF_KEYS, **params: Any):
+def _schedule(
+    own: str, kwargs: dict[str, Any], name: str, keys: Mapping[str, str] = HF_KEYS, **params: Any
+) -> Schedule:
     """Schedule ``own`` from ``params`` plus the caller's extra ``kwargs``; an argument the schedule does not take
     is a TypeError, as in transformers."""
     accepted = inspect.signature(SCHEDULES[own]).parameters
@@ -198,9 +201,10 @@ def restore_scheduler(
     scheduler: LambdaLR,
     saved_state: Mapping[str, Any],
     allow_change: bool | str = False,
-    keys: Mapping[str, str] = CONFIG_KEYS,
+    keys: Mapping[str, str] | None = CONFIG_KEYS,
 ) -> None:
-    """Continue ``scheduler`` (built from the current config) at the saved update index.
+    """Continue ``scheduler`` (built from the current config) at the saved update index; a refusal names what
+    changed by ``keys`` (None: a scheduler built in Python, by its parameters' names).
 
     Refuses, with one line, a checkpoint whose schedule (name or any parameter, T included) or peak lr differs
     from the config's, unless ``allow_change``; then the config's schedule and peak apply from the saved update
@@ -208,6 +212,7 @@ def restore_scheduler(
     it was (a cooldown branched from a stable phase; see ``check_branch``). The lr of every param group is
     recomputed from the schedule, so it never depends on what the optimizer's saved state carried.
     """
+    config, keys = keys is not None, keys or _PYTHON_KEYS
     schedule = scheduler.lr_lambdas[0]
     saved = (saved_state.get("lr_lambdas") or [None])[0] or {}
     if allow_change == "branch":
@@ -220,7 +225,6 @@ def restore_scheduler(
             diff = sorted(k for k in set(old) | set(schedule.params) if old.get(k) != schedule.params.get(k))
             what = ", ".join(f"{_key(k, keys)} {_short(old.get(k))} → {_short(schedule.params.get(k))}" for k in diff)
         old_peaks = [float(x) for x in saved_state.get("base_lrs", [])]
-        config = keys is not _PYTHON_KEYS  # a run's config, not a scheduler built in Python
         what = ", ".join(filter(None, [what, *peak_changes(old_peaks, scheduler, config)]))
         if what:
             how = (

@@ -282,7 +282,7 @@ def check_knots(
             )
         previous_t, previous_y = t, y
     if previous_t != total_steps:
-        set_by = "" if total_key == "trainer.max_steps" else f" (T, as {total_key} sets it)"
+        set_by = "" if total_key == "trainer.max_steps" else f" ({total_key})"
         raise ScheduleError(
             f"{key}: the last knot is at update {previous_t}, and the run has {total_steps} updates{set_by}; a "
             f"tabulated schedule ends at its last knot, so run it with trainer.max_steps={previous_t}"
@@ -389,7 +389,7 @@ def schedule_from_config(
             raise ScheduleError("schedule.min_lr", f"≤ the peak optim.lr ({peak_lr:g})", min_lr)
     ratio = cfg.get("min_lr_ratio")
     ratio = 0.0 if ratio is None else ratio
-    check_floor_ratio(ratio, "schedule.min_lr_ratio")  # checked even where min_lr wins: every value is
+    check_floor_ratio(ratio, "schedule.min_lr_ratio")  # checked where min_lr wins too: every value given is
     if min_lr is not None:
         ratio = min_lr / peak_lr
     if name != "constant":
@@ -398,7 +398,8 @@ def schedule_from_config(
         params["min_lr_ratio"] = ratio
     if name == "wsd":
         fraction = cfg.get("decay_fraction", 0.2)
-        if not is_number(fraction) or not 0.0 <= fraction <= 1.0:  # checked even where decay_steps wins
+        unset = fraction is None and cfg.get("decay_steps") is not None  # null beside decay_steps: none given
+        if not unset and (not is_number(fraction) or not 0.0 <= fraction <= 1.0):  # checked where steps win too
             raise ScheduleError("schedule.decay_fraction", f"a fraction of {total_key} in [0, 1]", fraction)
         if cfg.get("decay_steps") is not None:
             key, given = "schedule.decay_steps", cfg["decay_steps"]
@@ -410,7 +411,7 @@ def schedule_from_config(
             decay = int(round(given * total_steps))
             w = cfg.get("warmup_steps", 0)
             if (w if isinstance(w, float) else warm / total_steps) + given <= 1.0 + 1e-12:
-                decay = min(decay, total_steps - warm)  # shares that fit T, each rounded up, fit it together
+                decay = min(decay, total_steps - warm)  # shares that fit T, each rounded to an update, fit it too
         if warm + decay > total_steps:  # name both: either may be the one to change
             raise ScheduleError(
                 f"schedule.warmup_steps ({cfg.get('warmup_steps')!r}) and {key} ({given!r}) do not fit together: "

@@ -329,8 +329,7 @@ def build_run(
     )
     start, tokens_seen, continued = 0, 0, {}
     if state is not None:
-        total = "trainer.max_steps" if key == "max_steps" else f"T (of trainer.{key})"
-        checkpointer.restore(state, resume_from, trainer.allow_schedule_change, cfg.optim.name, total)
+        checkpointer.restore(state, resume_from, trainer.allow_schedule_change, cfg.optim.name, total_key)
         start, tokens_seen = state["step"], state["tokens"]
         warn_of_another_batch(state, train_batches.tokens_per_update, trainer.eval_batches * trainer.batch_size)
         # the sinks continue their runs (W&B's) when this run directory continues; a branch starts new ones

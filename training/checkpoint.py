@@ -356,7 +356,8 @@ def find_resume(resume: Any, run_dir: Path) -> Path | None:
         )
         return mine
     # an older checkpoint of this run named, and the run has gone on from it: the same command again continues
-    if (mine := newest_intact(own)) is not None and resumed_with(mine) == named.resolve():
+    newest = latest(own)
+    if newest is not None and resumed_with(newest) == named.resolve() and (mine := newest_intact(own)) is not None:
         log.info("trainer.resume names %s, which this run went on from: continuing from %s", resume, mine)
         return mine
     folder = resolve(resume)
@@ -532,7 +533,7 @@ class Checkpointer:
                     group.update(own)  # loading put the checkpoint's settings back: the config's apply from here
             if changed:
                 log.info("from update %d, the optimizer's %s", state["step"], ", ".join(changed.values()))
-        if saved_name != optimizer_name:
+        else:
             log.info(
                 "from update %d, optim=%s replaces optim=%s (trainer.allow_schedule_change): its state starts afresh",
                 state["step"],

@@ -57,10 +57,15 @@ def missing_name(path: str) -> str | None:
 
     parts = path.split(".")
     for i in range(len(parts) - 1, 0, -1):
+        module = ".".join(parts[:i])
         try:
-            found: Any = importlib.import_module(".".join(parts[:i]))
-        except Exception:
-            continue
+            found: Any = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name == module:  # not a module: perhaps a name in the one above it
+                continue
+            return None  # it imports something missing: the import's own error says so
+        except Exception:  # a module that fails to import: its own error says why
+            return None
         for j in range(i, len(parts)):
             if not hasattr(found, parts[j]):
                 names = [n for n in dir(found) if not n.startswith("_")]

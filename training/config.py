@@ -214,7 +214,8 @@ def resolved(cfg: Any) -> dict[str, Any]:
         return OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "the config"
-        raise ConfigError(f"{key}: {first_line(e)} (a literal ${{ is written \\${{)") from None
+        hint = "" if "Environment variable" in str(e) else " (a literal ${ is written \\${)"
+        raise ConfigError(f"{key}: {first_line(e)}{hint}") from None
 
 
 def check_keys(cfg: Mapping[str, Any], config_name: str = "config") -> None:
@@ -314,7 +315,10 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
         except Exception:
             return None
 
-    parsed = [o for o in parsed if not o.is_sweep_override() or first_value(o) is not None]  # those: Hydra's to judge
+    expanded = [o for o in parsed if o.is_sweep_override() and first_value(o) is None]  # Hydra's to judge
+    if any((CONF / o.get_key_element().lstrip("+~")).is_dir() for o in expanded):
+        return  # which option of a group each job takes is the sweeper's to say: its keys cannot be held to one
+    parsed = [o for o in parsed if o not in expanded]
     first = [f"{o.get_key_element()}={first_value(o)}" if o.is_sweep_override() else o.input_line for o in parsed]
     for o in parsed:  # a group takes an option's name: Hydra answers model=1 or model=null with a traceback
         group = o.get_key_element().lstrip("+~")
@@ -644,9 +648,10 @@ def check_config(cfg: Mapping[str, Any]) -> None:
     # With a token or time budget T is known only later: check here what does not depend on it. A tabulated
     # schedule ends at its last knot, which a token budget must reach (checked once T is known) and time cannot.
     T = cfg["trainer"]["max_steps"] or PROVISIONAL_STEPS
-    if cfg["schedule"]["name"] == "tabulated" and budget_key(cfg["trainer"]) != "max_steps":
+    budget = budget_key(cfg["trainer"])
+    if cfg["schedule"]["name"] == "tabulated" and budget != "max_steps":
         T = read_knots(cfg["schedule"].get("knots"))[-1][0]
-        if budget_key(cfg["trainer"]) == "max_time":
+        if budget == "max_time":
             raise ConfigError(
                 f"trainer.max_time: schedule=tabulated ends at its last knot, update {T}, which a time budget "
                 f"cannot promise to reach; set trainer.max_steps={T} (or trainer.max_tokens) instead"

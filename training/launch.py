@@ -40,6 +40,17 @@ def job_started() -> float:
     return time.perf_counter() - (0.0 if jobs else seconds_since_process_start())
 
 
+def task_overrides(overrides) -> list[str]:
+    """A job's overrides (``hydra.overrides.task``), their interpolations resolved (a secret given as
+    ``${oc.env:…}`` is then known by its value, to redact it); as written where one cannot be (checked later)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return list(overrides)
+    except OmegaConfBaseException:
+        return OmegaConf.to_container(overrides, resolve=False)
+
+
 def sweep_of(hc, argv: list[str]) -> Sweep | None:
     """A multirun job's group in the trackers (the sweep directory) and name (its swept values, as
     ``schedule=wsd``)."""
@@ -47,7 +58,7 @@ def sweep_of(hc, argv: list[str]) -> Sweep | None:
 
     if hc.mode != RunMode.MULTIRUN:
         return None
-    swept = swept_overrides(OmegaConf.to_container(hc.overrides.task, resolve=False), argv, hc.sweeper.get("params"))
+    swept = swept_overrides(task_overrides(hc.overrides.task), argv, hc.sweeper.get("params"))
     return Sweep(group=str(hc.sweep.dir), name=",".join(swept) or f"job{hc.job.num}")
 
 
@@ -157,9 +168,7 @@ class SweepReport(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        register_overrides(
-            OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
-        )  # its jobs scrub it too, unless none got that far
+        register_overrides(task_overrides(config.hydra.overrides.task))  # its jobs scrub it too, unless none did
         scrub_hydra_files(sweep_dir)
         jobs, files = write_report(sweep_dir, self.forecast)
         log.info("sweep report, best first (%s):\n%s", ", ".join(f.name for f in files), markdown(jobs).rstrip())

@@ -232,8 +232,9 @@ def format_line(step: int, total: int, m: Mapping[str, Any]) -> str:
         for k, v in m.items():
             if k in shown or isinstance(v, bool) or not isinstance(v, (int, float)):
                 continue
-            if k.startswith("val/") and k.endswith("/bpb") and k.count("/") == 2:  # a mixture's source
-                parts.append(f"{k[4:-4]} bpb {v:.4f}")
+            if k.startswith("val/") and k.count("/") == 2:  # a mixture's source: its bpb (its loss is in the files)
+                if k.endswith("/bpb"):
+                    parts.append(f"{k[4:-4]} bpb {v:.4f}")
             elif k.startswith("eval/") and k.endswith("/acc"):  # a multiple-choice evaluation
                 parts.append(f"{k[5:-4]} acc {v:.3f}")
             elif not k.startswith("eval/") or not k.endswith("/acc_norm"):  # a fork's evaluation: its own names

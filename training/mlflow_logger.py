@@ -239,7 +239,7 @@ class MlflowSink(Sink):
             log.info(
                 "MLflow logged to %s; to upload the run: %s", self.run_dir / FALLBACK, upload_command(self.run_dir)
             )
-        else:  # where the run went: a relative store (the default sqlite:///mlflow.db) is the working directory's
+        elif not self.failed:  # where the run went: a relative store (sqlite:///mlflow.db) is the working directory's
             where = redact(self.uri)
             local = self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri
             see = f"; see it with: mlflow ui --backend-store-uri {where}" if local else ""

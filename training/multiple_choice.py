@@ -124,6 +124,14 @@ class ChoiceTask:
                 raise DataError(f"{item.where or f'{where}: item {n + 1}'}: a choice of {what}")
             self.items.append(item)
             self.pairs.append(pairs)
+        if len(self.items) < len(items):
+            log.info(
+                "%s: %d of %d items left out: a choice does not fit model.block_size=%d once encoded after its context",
+                where,
+                len(items) - len(self.items),
+                len(items),
+                self.block_size,
+            )
         # longest first, as lm-eval orders its requests: a batch's rows have similar lengths, so little padding
         self.order = sorted(range(len(self.items)), key=lambda i: -max(len(c) + len(t) for c, t in self.pairs[i]))
         self.prefix = f"eval/{ctx.name}"

@@ -85,8 +85,10 @@ def settings(run_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def as_written(value) -> str:
-    """A config value as an override writes it: ``null``, not Python's ``None``."""
-    return "null" if value is None else str(value)
+    """A config value as an override writes it: ``null``, ``true``, not Python's ``None``, ``True``."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(value)
 
 
 def run_labels(run_dirs: list[Path]) -> list[str]:
@@ -103,7 +105,9 @@ def run_labels(run_dirs: list[Path]) -> list[str]:
     keys = [k for k in differing([values for _, values in recorded]) if k.split(".")[0] not in groups]
     labels = []
     for run, (choices, values) in zip(run_dirs, runs, strict=True):
-        parts = [f"{g}={choices.get(g)}" for g in groups] + [f"{k}={values.get(k)}" for k in keys]
+        parts = [f"{g}={as_written(choices.get(g))}" for g in groups] + [
+            f"{k}={as_written(values.get(k))}" for k in keys
+        ]
         labels.append(" ".join(parts) if values and parts else run.name)
     return labels
 

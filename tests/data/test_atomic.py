@@ -101,3 +101,21 @@ def test_a_failed_replace_file_keeps_the_old_content(tmp_path, monkeypatch):
 def test_fsync_dir_is_best_effort(tmp_path):
     atomic.fsync_dir(tmp_path)
     atomic.fsync_dir(tmp_path / "missing")  # nothing to flush, nothing raised
+
+
+def test_what_a_killed_replacement_set_aside_is_put_back_but_not_a_live_ones(tmp_path):
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (tmp_path / f".old-killed-{gone.pid}").mkdir()  # its process died between the two renames
+    (tmp_path / f".old-busy-{os.getpid()}").mkdir()  # a live process in the middle of its commit
+    (tmp_path / "done").mkdir()
+    (tmp_path / f".old-done-{gone.pid}").mkdir()  # the new one made it: the old one is the cleanup's
+    assert atomic.restore_set_aside(tmp_path) == [tmp_path / "killed"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f".old-busy-{os.getpid()}",
+        f".old-done-{gone.pid}",
+        "done",
+        "killed",
+    ]

@@ -59,6 +59,15 @@ def test_the_same_files_spelled_by_another_path_reuse_the_cache(fmt, tmp_path, m
     assert "tokenizing" not in caplog.text
 
 
+def test_two_dataset_folders_with_files_of_the_same_names_are_two_caches(tmp_path, monkeypatch):
+    for name, docs in (("A", DOCS[:20]), ("B", DOCS[20:])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "train.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    monkeypatch.chdir(tmp_path)
+    keys = [build_corpus(data_cfg("hub", name=n, data_files="train.jsonl")).fingerprint for n in ("A", "B")]
+    assert keys[0] != keys[1]
+
+
 def test_the_cache_directory_holds_only_the_complete_cache_after_preparing(corpus_cfg, local_caches):
     cache = prepare(corpus_cfg)
     assert os.listdir(local_caches) == [cache.path.name] and cache.path.name.startswith("files-c-")

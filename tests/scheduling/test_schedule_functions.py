@@ -256,6 +256,7 @@ def test_constant_ignores_the_floor_and_keeps_the_peak():
 
 def test_wsd_decay_steps_win_over_the_fraction():
     assert config_schedule("wsd", decay_steps=7, decay_fraction=0.3).params["decay_steps"] == 7
+    assert config_schedule("wsd", decay_steps=7, decay_fraction=None).params["decay_steps"] == 7  # none given
     assert config_schedule("wsd", decay_fraction=0.3).params["decay_steps"] == round(0.3 * 500)
 
 

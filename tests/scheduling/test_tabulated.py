@@ -82,8 +82,9 @@ def test_under_a_token_budget_the_knots_must_end_at_its_T_and_a_time_budget_is_r
     path = knots_file(tmp_path / "knots.csv")
     given = ["schedule=tabulated", f"schedule.knots={path}", f"schedule.warmup_steps={W}"]
     check_config(compose_config([*given, "trainer.max_tokens=100000"]))  # T is known once the batch is
-    with pytest.raises(ScheduleError, match=rf"the run has {T + 1} updates \(T, as trainer.max_tokens sets it\)"):
-        schedule_from_config(dict(compose_config(given).schedule), T + 1, 1e-3, "trainer.max_tokens")
+    budget = "the T of trainer.max_tokens=100000"  # as train.py names T under a budget
+    with pytest.raises(ScheduleError, match=rf"the run has {T + 1} updates \({budget}\)"):
+        schedule_from_config(dict(compose_config(given).schedule), T + 1, 1e-3, budget)
     with pytest.raises(ConfigError, match=rf"^trainer.max_time: schedule=tabulated ends at its last knot, update {T},"):
         check_config(compose_config([*given, "trainer.max_time=60"]))
 

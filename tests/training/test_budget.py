@@ -144,7 +144,7 @@ def test_a_resume_under_another_token_budget_takes_its_t_as_a_change_of_schedule
     with pytest.raises(Stopped):
         tiny_train(run, [*args, f"trainer.max_tokens={8 * TOKENS_PER_UPDATE}", "trainer.stop_at=3"])
     longer = [*args, f"trainer.max_tokens={12 * TOKENS_PER_UPDATE}"]
-    with pytest.raises(ScheduleError, match=r"\(T \(of trainer.max_tokens\) 8 → 12\)"):  # checked as any T, named
+    with pytest.raises(ScheduleError, match=r"\(the T of trainer.max_tokens=\d+ 8 → 12\)"):  # checked as any T, named
         tiny_train(run, longer)
     tiny_train(run, [*longer, "trainer.allow_schedule_change=true"])
     assert sorted(train_records(run)) == list(range(12))

@@ -419,8 +419,9 @@ def test_a_sweep_the_sweeper_expands_itself_is_left_to_it():
     from training.config import check_overrides
 
     check_overrides(["-m", "schedule=glob(cos*)", "optim.lr=interval(0.001,0.01)", "trainer.seed=range(1,3)"])
+    check_overrides(["-m", "schedule=glob(wsd)", "schedule.decay_fraction=0.5"])  # a key of the options it picks
     with pytest.raises(ConfigError, match=r"^trainer.sed is not a key of trainer"):  # the rest is still checked
-        check_overrides(["-m", "schedule=glob(cos*)", "trainer.sed=1"])
+        check_overrides(["-m", "optim.lr=interval(0.001,0.01)", "trainer.sed=1"])
 
 
 def test_a_group_a_named_entry_and_hydras_own_keys_may_still_be_deleted():

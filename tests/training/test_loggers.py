@@ -215,3 +215,21 @@ def test_the_console_line_of_an_evaluation_shows_what_a_forks_evaluation_measure
     built_in = {"val/loss": 2.5, "val/bpb": 1.1, "eval/next_line/acc": 0.3, "eval/next_line/acc_norm": 0.34}
     assert format_line(4, 10, built_in) == "step  4/10 | val loss 2.5000 | bpb 1.1000 | next_line acc 0.300"
     assert format_line(4, 10, {"val/accuracy": 0.625}) == "step  4/10 | val/accuracy 0.625"
+    mixture = {
+        "val/loss": 2.5,
+        "val/bpb": 1.1,
+        "val/docs/loss": 2.0,
+        "val/docs/bpb": 0.9,
+    }  # a source's loss: files only
+    assert format_line(4, 10, mixture) == "step  4/10 | val loss 2.5000 | bpb 1.1000 | docs bpb 0.9000"
+
+
+def test_a_fork_module_that_fails_its_own_import_is_named_by_that_failure(tmp_path, monkeypatch):
+    from training.components import find
+
+    (tmp_path / "forkpkg").mkdir()
+    (tmp_path / "forkpkg" / "__init__.py").write_text("")
+    (tmp_path / "forkpkg" / "broken.py").write_text("import no_such_dependency_here\n\nclass Sink: ...\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"cannot be imported \(No module named 'no_such_dependency_here'\)$"):
+        find({"_target_": "forkpkg.broken.Sink"}, "logger.sinks.mine")  # not "forkpkg has no broken"

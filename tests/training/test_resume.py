@@ -512,7 +512,9 @@ def test_a_kill_between_the_two_renames_of_a_checkpoints_replacement_loses_nothi
     run = tiny_train(tmp_path / "run", ["trainer.max_steps=4", "trainer.eval_every=0"])
     before = read_metrics(run)
     final = run / "checkpoints" / "step-00000004"
-    final.rename(final.with_name(".old-step-00000004-4242"))
+    gone = subprocess.Popen(["true"])  # the process that was replacing it, dead since
+    gone.wait()
+    final.rename(final.with_name(f".old-step-00000004-{gone.pid}"))
     with caplog.at_level("INFO"):
         tiny_train(run, ["trainer.max_steps=4", "trainer.eval_every=0"])
     said = [r.getMessage() for r in caplog.records]
