@@ -149,8 +149,10 @@ def test_an_out_path_through_a_file_and_an_interpolation_that_does_not_resolve_a
         export(
             compose([f"checkpoint={exported['gpt2'][0]}", f"out={tmp_path / 'afile' / 'model'}"], config_name="export")
         )
-    with pytest.raises(ConfigError, match=r"^checkpoint: .*NOPE.*\(a literal \$\{ is written \\\$\{\)$"):
+    with pytest.raises(ConfigError, match=r"^checkpoint: .*Environment variable 'NOPE' not found\"$"):
         export(compose(["checkpoint=${oc.env:NOPE}", f"out={tmp_path / 'out'}"], config_name="export"))
+    with pytest.raises(ConfigError, match=r"^checkpoint: .*\(a literal \$\{ is written \\\$\{\)$"):  # not an env var
+        export(compose(["checkpoint=${nope}", f"out={tmp_path / 'out'}"], config_name="export"))
     assert [p.name for p in tmp_path.iterdir()] == ["afile"]
 
 
