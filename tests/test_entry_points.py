@@ -20,6 +20,7 @@ BAD_INPUTS = [
         "error: trainer.max_step is not a key of trainer; did you mean trainer.max_steps",
     ),
     ("train.py", ["model=nanoo"], "error: model=nanoo is not an option of model; did you mean model=nano?"),
+    ("train.py", ["optim.lr=1e-3,3e-3"], "error: optim.lr=1e-3,3e-3: several values are a sweep; run it with -m"),
     ("train.py", ["hydra.run.dirr=x"], "error: hydra.run.dirr is not a key of hydra.run; did you mean hydra.run.dir?"),
     ("train.py", ["model=null"], "error: model=null is not an option of model; it has base, gpt2,"),
     (

@@ -336,6 +336,12 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
         compose(plain, config_name)
     except (HydraException, OmegaConfBaseException) as e:
         raise composition_error(e, config_name) from None
+    sweeps = [o for o, mine in zip(parsed, ours, strict=True) if mine and o.is_sweep_override()]
+    if sweeps and not {"-m", "--multirun"} & set(overrides) and not multirun_config(first, config_name):
+        raise ConfigError(  # Hydra's answer is five lines
+            f"{sweeps[0].input_line}: several values are a sweep; run it with -m (a list is written [a,b], a text "
+            "holding commas 'a,b')"
+        )
     for i, o in enumerate(parsed):  # each other value of a sweep, the rest at their first: linear, not every job
         if not (ours[i] and o.is_sweep_override()):
             continue
@@ -357,6 +363,16 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
         error = composition_error(e, config_name)
         if error.args[0].lstrip("+").startswith("hydra"):
             raise error from None
+
+
+def multirun_config(overrides: list[str], config_name: str) -> bool:
+    """Whether the config with ``overrides`` runs as a sweep without -m (an experiment's ``hydra.mode``)."""
+    from hydra.types import RunMode
+
+    try:
+        return compose(overrides, config_name, return_hydra_config=True).hydra.mode == RunMode.MULTIRUN
+    except Exception:  # Hydra's own keys, judged apart below
+        return True
 
 
 def check_deletion(key: str, line: str) -> None:

@@ -415,6 +415,16 @@ def test_deleting_a_setting_is_refused_in_one_line_as_it_would_read_as_the_codes
         check_overrides([f"~{key}"])
 
 
+def test_several_values_without_a_multirun_are_one_line_saying_how_to_sweep_or_give_a_list():
+    from training.config import check_overrides
+
+    with pytest.raises(ConfigError, match=r"^optim.lr=1e-3,3e-3: several values are a sweep; run it with -m \("):
+        check_overrides(["optim.lr=1e-3,3e-3"])
+    check_overrides(["-m", "optim.lr=1e-3,3e-3"])
+    check_overrides(["--multirun", "optim.lr=1e-3,3e-3"])
+    check_overrides(["experiment=lr_schedule_sweep", "optim.lr=1e-3,3e-3"])  # its hydra.mode is MULTIRUN
+
+
 def test_a_sweep_the_sweeper_expands_itself_is_left_to_it():
     from training.config import check_overrides
 
