@@ -390,12 +390,15 @@ class TableCorpus(Corpus):
         except Exception as e:  # the hub, the network or the files: say which, in one line
             hint = " (check data.name and the network; with HF_HUB_OFFLINE=1 only cached datasets load)"
             hint = hint if from_hub else ""
-            why = (first_bad_line(Path(where)) if self.files else None) or short_error(e)
-            raise DataError(f"data: cannot load {where!r} split {split!r}{hint}: {why}") from None
+            raise DataError(f"data: cannot load {where!r} split {split!r}{hint}: {self.why(where, e)}") from None
         columns = ds.column_names
         if columns is not None and self.text_column not in columns:
             raise self.missing_column(where, columns)
         return ds
+
+    def why(self, where: str, error: Exception) -> str:
+        """Why a table failed to load or read: the line of a local file that does not parse, else the error."""
+        return (first_bad_line(Path(where)) if self.files else None) or short_error(error)
 
     def missing_column(self, where: str, columns: Iterable[str]) -> DataError:
         return DataError(
@@ -412,8 +415,7 @@ class TableCorpus(Corpus):
                 except StopIteration:
                     return
                 except Exception as e:
-                    why = (first_bad_line(Path(where)) if self.files else None) or short_error(e)
-                    raise DataError(f"data: cannot read {where!r}: {why}") from None
+                    raise DataError(f"data: cannot read {where!r}: {self.why(where, e)}") from None
                 if self.text_column not in row:
                     raise self.missing_column(where, row)
                 text = row[self.text_column]
@@ -474,8 +476,7 @@ class TableCorpus(Corpus):
             yield str(plain(cfg.get("data_files")))
             for f in local_data_files(cfg.get("data_files")):
                 yield f"{f}:{file_digest(f)}"
-        elif Path(self.builder).is_dir():  # a dataset folder on disk: its files are the content
-            folder = Path(self.builder)
+        elif folder.is_dir():  # a dataset folder on disk: its files are the content
             for f in sorted(f for f in folder.rglob("*") if f.is_file() and ".git" not in f.parts):
                 yield f"{f.relative_to(folder).as_posix()}:{file_digest(f)}"
 

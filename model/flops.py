@@ -162,8 +162,8 @@ def cpu_peak_flops(
 
 def peak_flops(device: torch.device, precision: str) -> float | None:
     """Peak FLOP/s of ``device`` at ``precision``: the GPU table on CUDA, a cached measurement on CPU (for a bf16
-    run, the better of the bf16 and fp32 matmul rates). fp8 runs
-    count against the bf16 peak (only the blocks' linear layers run in fp8), so their MFU compares with bf16's."""
+    run, the better of the bf16 and fp32 matmul rates). fp8 runs count against the bf16 peak (only the blocks'
+    linear layers run in fp8), so their MFU compares with bf16's."""
     if device.type == "cuda":
         precision = "bf16" if precision == "fp8" else precision
         # ROCm builds run fp32 matmuls at the fp32 rate whatever allow_tf32 says.

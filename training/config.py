@@ -309,17 +309,18 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
     except HydraException as e:
         raise ConfigError(" ".join(str(e).split())) from None
 
-    def first_value(o) -> str | None:  # a sweep's first value; None for one the sweeper expands (glob, interval)
+    def values(o) -> list[str] | None:  # a sweep's values; None for one the sweeper expands (glob, interval)
         try:
-            return next(iter(o.sweep_string_iterator()))
+            return list(itertools.islice(o.sweep_string_iterator(), MAX_SWEEP_VALUES_CHECKED)) or None
         except Exception:
             return None
 
-    expanded = [o for o in parsed if o.is_sweep_override() and first_value(o) is None]  # Hydra's to judge
+    swept = {id(o): values(o) for o in parsed if o.is_sweep_override()}
+    expanded = [o for o in parsed if swept.get(id(o), []) is None]  # Hydra's to judge
     if any((CONF / o.get_key_element().lstrip("+~")).is_dir() for o in expanded):
         return  # which option of a group each job takes is the sweeper's to say: its keys cannot be held to one
     parsed = [o for o in parsed if o not in expanded]
-    first = [f"{o.get_key_element()}={first_value(o)}" if o.is_sweep_override() else o.input_line for o in parsed]
+    first = [f"{o.get_key_element()}={swept[id(o)][0]}" if id(o) in swept else o.input_line for o in parsed]
     for o in parsed:  # a group takes an option's name: Hydra answers model=1 or model=null with a traceback
         group = o.get_key_element().lstrip("+~")
         if (CONF / group).is_dir() and not (
@@ -345,11 +346,7 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
     for i, o in enumerate(parsed):  # each other value of a sweep, the rest at their first: linear, not every job
         if not (ours[i] and o.is_sweep_override()):
             continue
-        try:
-            values = list(itertools.islice(o.sweep_string_iterator(), 1, MAX_SWEEP_VALUES_CHECKED))
-        except Exception:  # a sweep the sweeper itself expands (an interval): Hydra reports what it finds
-            continue
-        for value in values:
+        for value in swept[id(o)][1:]:
             lines = [f"{o.get_key_element()}={value}" if j == i else line for j, line in enumerate(first) if ours[j]]
             try:
                 compose(lines, config_name)

@@ -21,7 +21,7 @@ from training.budget import seconds_since_process_start
 from training.build import Sweep
 from training.config import FLAGS_WITH_VALUES
 from training.distributed import env_world
-from training.secrets import scrub_hydra_files
+from training.secrets import register_overrides, scrub_hydra_files
 from training.summary import write_summary
 
 log = logging.getLogger("train")
@@ -163,7 +163,6 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         from training.report import markdown, write_report
-        from training.secrets import register_overrides, scrub_hydra_files
 
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
