@@ -142,11 +142,13 @@ def main(cfg: DictConfig) -> float:
     except PeerLost as e:
         report(str(e))
         os._exit(EXIT_HUNG)  # at once: a process group that lost a peer can abort the interpreter's exit
-    except USER_ERRORS as e:
+    except Exception as e:
         if sweep is not None:
             if launch.sweep_job_failed(hc, sweep, e):
-                return math.nan  # the sweep goes on; its summary reports the job
+                return math.nan  # the sweep goes on (a crash too: the next job may fit); its summary reports the job
             raise  # another launcher records the job as failed and runs its siblings
+        if not isinstance(e, USER_ERRORS):
+            raise  # a crash: Python's traceback, exit code 1
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         if launch.before is not None and distributed.env_world()[0] == 0 and not isinstance(e, run_lock.RunInUse):
@@ -160,6 +162,6 @@ if __name__ == "__main__":
     check_overrides_or_exit(sys.argv[1:])
     sys.argv = launch.rank_argv(sys.argv)
     main()
-    if launch.sweep_summary():
-        print(launch.sweep_summary(), file=sys.stderr)
-        sys.exit(2)
+    if (failed := launch.sweep_summary()) is not None:
+        print(failed[0], file=sys.stderr)
+        sys.exit(failed[1])

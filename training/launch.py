@@ -4,6 +4,7 @@ jobs."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shutil
@@ -16,10 +17,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from data.atomic import DiskFull, replace_file
+from scheduling.spec import first_line
 from training import run_lock
 from training.budget import seconds_since_process_start
 from training.build import Sweep
-from training.config import FLAGS_WITH_VALUES
+from training.config import FLAGS_WITH_VALUES, USER_ERRORS
 from training.distributed import env_world
 from training.secrets import register_overrides, scrub_hydra_files
 from training.summary import write_summary
@@ -78,25 +80,38 @@ def swept_overrides(job_overrides: list[str], argv: list[str], sweeper_params: d
 
 
 def sweep_job_failed(hc, sweep: Sweep, error: Exception) -> bool:
-    """Report a sweep job's bad input in one line; True when its siblings run in this process, so the sweep
-    goes on and ``sweep_summary`` closes it (another launcher records the job's error itself)."""
-    log.error("error: job %s (%s): %s", hc.job.num, sweep.name, error)
-    jobs[-1] = (hc.job.num, str(error))
+    """Report a sweep job's bad input in one line, or its crash with the traceback (in its train.log too); True
+    when its siblings run in this process, so the sweep goes on and ``sweep_summary`` closes it (another launcher
+    records the job's error itself)."""
+    crashed = not isinstance(error, USER_ERRORS)
+    if crashed:
+        log.exception("job %s (%s) crashed", hc.job.num, sweep.name)
+        error_line = f"crashed: {type(error).__name__}: {first_line(error)}"
+    else:
+        log.error("error: job %s (%s): %s", hc.job.num, sweep.name, error)
+        error_line = str(error)
+    jobs[-1] = (hc.job.num, error_line)
     if not isinstance(error, run_lock.RunInUse):  # else the directory and its summary are another process's
         scrub_hydra_files(Path(hc.runtime.output_dir))  # a job that never ran keeps no secret in .hydra/ either
         summary = Path(hc.runtime.output_dir) / "summary.json"
         if summary.is_file() and summary.stat().st_mtime < job_wall_start:  # an earlier run's: not this job's
             summary.unlink()
-        write_summary(summary.parent, {"status": "failed", "error": str(error)})  # the report shows it
-    return hc.launcher.get("_target_") == IN_PROCESS_LAUNCHER
+        write_summary(summary.parent, {"status": "failed", "error": error_line})  # the report shows it
+    in_process = hc.launcher.get("_target_") == IN_PROCESS_LAUNCHER
+    if crashed and in_process:
+        gc.collect()  # the crashed job's model and optimizer, before the next job builds its own
+    return in_process
 
 
-def sweep_summary() -> str | None:
-    """One line on a sweep run in this process whose jobs failed, else None."""
+def sweep_summary() -> tuple[str, int] | None:
+    """One line on a sweep run in this process whose jobs failed, and the exit code: 1 when one crashed, else 2
+    (bad input); None when every job ran."""
     failed = [num for num, error in jobs if error is not None]
     if not failed:
         return None
-    return f"error: {len(failed)} of {len(jobs)} sweep jobs failed (job {', '.join(map(str, failed))}), each above"
+    crashed = any(error.startswith("crashed: ") for _, error in jobs if error is not None)
+    line = f"error: {len(failed)} of {len(jobs)} sweep jobs failed (job {', '.join(map(str, failed))}), each above"
+    return line, 1 if crashed else 2
 
 
 class LockRunDir(Callback):

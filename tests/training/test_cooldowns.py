@@ -82,7 +82,7 @@ def branches(stable, data_cache) -> tuple[Path, dict[str, bytes]]:
         mp.setattr(launch, "jobs", [])
         mp.setattr(train.main.__wrapped__, "__module__", "__main__")  # conf/ beside train.py, as when run as a script
         train.main()
-        assert launch.sweep_summary() == "error: 1 of 3 sweep jobs failed (job 0), each above"
+        assert launch.sweep_summary() == ("error: 1 of 3 sweep jobs failed (job 0), each above", 2)
     return sweep, before
 
 

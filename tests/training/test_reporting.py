@@ -304,6 +304,42 @@ def test_a_two_by_two_multirun_gives_four_runs_in_one_wandb_group_and_survives_a
     assert re.search(r"^\[\d\d:\d\d:\d\d\] Launching 4 jobs locally$", proc.stdout, flags=re.M), proc.stdout[:500]
 
 
+CRASHING_OPTIMIZER = """
+import torch
+
+
+def sgd(model, device, *, lr, **_):
+    class Step(torch.optim.SGD):
+        def step(self, closure=None):
+            if lr > 1e-2:
+                raise RuntimeError("planted crash in the optimizer step")
+            return super().step(closure)
+
+    return Step(model.parameters(), lr=lr)
+"""
+
+
+def test_a_sweep_job_that_crashes_is_reported_with_its_traceback_and_the_sweep_goes_on(tmp_path, data_cache):
+    """A crash (not bad input: a fork's optimizer raising) ends its job, not the sweep: the traceback goes to the
+    console and the job's train.log, the report marks the job crashed, and the sweep exits 1, as a crash does."""
+    (tmp_path / "crashy.py").write_text(CRASHING_OPTIMIZER)
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache), "PYTHONPATH": str(tmp_path)}
+    args = ["trainer.max_steps=3", "trainer.eval_every=0", "trainer.sample_tokens=0", "optim._target_=crashy.sgd"]
+    cmd = [sys.executable, "train.py", "-m", *TINY, *args, "optim.lr=0.1,0.001", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == "error: 1 of 2 sweep jobs failed (job 0), each above"
+    for log_text in (proc.stdout + proc.stderr, (sweep / "0" / "train.log").read_text()):
+        assert "job 0 (optim.lr=0.1) crashed" in log_text
+        assert 'crashy.py", line' in log_text and "RuntimeError: planted crash in the optimizer step" in log_text
+    assert sorted(train_records(sweep / "1")) == [0, 1, 2]  # the job after the crash ran
+    job0 = json.loads((sweep / "0" / "summary.json").read_text())
+    assert (job0["status"], job0["error"]) == ("failed", "crashed: RuntimeError: planted crash in the optimizer step")
+    report = (sweep / "report.md").read_text()
+    assert "- job 0: crashed: RuntimeError: planted crash in the optimizer step" in report
+
+
 @pytest.mark.slow
 def test_the_submitit_launcher_runs_each_sweep_job_in_its_own_process(tmp_path, data_cache):
     """hydra/launcher=submitit_local: the job function is pickled and run elsewhere, as on SLURM."""
