@@ -137,6 +137,10 @@ def main(cfg: DictConfig) -> float:
         key, where = ("hydra.sweep.dir", hc.sweep.dir) if sweep is not None else ("hydra.run.dir", run_dir)
         if not any(arg.startswith(f"{key}=") for arg in sys.argv[1:]):  # Hydra's default: a new one each time
             e.again = f"the same command with {key}={where}"
+        if sweep is not None and e.why == "trainer.stop_at" and launch.sweep_job_stopped(hc, sweep, e):
+            return math.nan  # each job stops there; the sweep goes on to the next
+        if sweep is not None:
+            launch.sweep_stopped(hc)  # a signal ends the sweep: the report of the jobs so far
         log.info("%s", e)
         sys.exit(EXIT_RESUMABLE)
     except PeerLost as e:

@@ -24,11 +24,13 @@ from training.build import Sweep
 from training.config import FLAGS_WITH_VALUES, USER_ERRORS
 from training.distributed import env_world
 from training.secrets import register_overrides, scrub_hydra_files
+from training.signals import EXIT_RESUMABLE, Stopped
 from training.summary import write_summary
 
 log = logging.getLogger("train")
 IN_PROCESS_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 jobs: list[tuple[int, str | None]] = []  # (job number, its error) of every sweep job run in this process
+stopped: list[tuple[int, Stopped]] = []  # (job number, its stop) of those trainer.stop_at stopped
 job_wall_start = 0.0  # time.time() at the start of this process's latest job
 
 
@@ -103,15 +105,29 @@ def sweep_job_failed(hc, sweep: Sweep, error: Exception) -> bool:
     return in_process
 
 
+def sweep_job_stopped(hc, sweep: Sweep, stop: Stopped) -> bool:
+    """``trainer.stop_at`` stops each job of a sweep run in this process there, and the sweep goes on to the
+    next (True); ``sweep_summary`` closes it with exit code 75. Another launcher's job process exits 75 itself."""
+    if hc.launcher.get("_target_") != IN_PROCESS_LAUNCHER:
+        return False
+    log.info("job %s (%s): %s", hc.job.num, sweep.name, stop)
+    stopped.append((hc.job.num, stop))
+    return True
+
+
 def sweep_summary() -> tuple[str, int] | None:
-    """One line on a sweep run in this process whose jobs failed, and the exit code: 1 when one crashed, else 2
-    (bad input); None when every job ran."""
+    """One line on a sweep run in this process whose jobs did not all finish, and its exit code: 1 when one
+    crashed, 2 when one had bad input, else 75 when ``trainer.stop_at`` stopped some; None when every job ran."""
     failed = [num for num, error in jobs if error is not None]
-    if not failed:
-        return None
-    crashed = any(error.startswith("crashed: ") for _, error in jobs if error is not None)
-    line = f"error: {len(failed)} of {len(jobs)} sweep jobs failed (job {', '.join(map(str, failed))}), each above"
-    return line, 1 if crashed else 2
+    if failed:
+        crashed = any(error.startswith("crashed: ") for _, error in jobs if error is not None)
+        line = f"error: {len(failed)} of {len(jobs)} sweep jobs failed (job {', '.join(map(str, failed))}), each above"
+        return line, 1 if crashed else 2
+    if stopped:
+        nums = ", ".join(str(num) for num, _ in stopped)
+        line = f"{len(stopped)} of {len(jobs)} sweep jobs stopped at trainer.stop_at (job {nums})"
+        return f"{line}; re-run {stopped[-1][1].again} to resume them", EXIT_RESUMABLE
+    return None
 
 
 class LockRunDir(Callback):
@@ -177,15 +193,32 @@ class SweepReport(Callback):
             sys.exit(2)
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        from training.report import markdown, write_report
+        write_sweep_report(config.hydra, self.forecast)
 
-        sweep_dir = Path(config.hydra.sweep.dir)
-        if not sweep_dir.is_dir():
-            return
-        register_overrides(task_overrides(config.hydra.overrides.task))  # its jobs scrub it too, unless none did
-        scrub_hydra_files(sweep_dir)
-        jobs, files = write_report(sweep_dir, self.forecast)
-        log.info("sweep report, best first (%s):\n%s", ", ".join(f.name for f in files), markdown(jobs).rstrip())
+
+def write_sweep_report(hydra_cfg, forecast: Path | None) -> None:
+    """The sweep's report from the jobs its directory holds: at its end, or when a requested stop ends it early."""
+    from training.report import markdown, write_report
+
+    sweep_dir = Path(hydra_cfg.sweep.dir)
+    if not sweep_dir.is_dir():
+        return
+    register_overrides(task_overrides(hydra_cfg.overrides.task))  # its jobs scrub it too, unless none did
+    scrub_hydra_files(sweep_dir)
+    jobs, files = write_report(sweep_dir, forecast)
+    log.info("sweep report, best first (%s):\n%s", ", ".join(f.name for f in files), markdown(jobs).rstrip())
+
+
+def sweep_stopped(hc) -> None:
+    """A requested stop ends a sweep run in this process (Hydra runs no more jobs, nor the report's callback):
+    the report of the jobs so far, with the stopped one marked preempted."""
+    if hc.launcher.get("_target_") != IN_PROCESS_LAUNCHER:
+        return  # the launching process writes it when its jobs are done
+    callback = (hc.callbacks or {}).get("sweep_report")
+    if callback is None:
+        return
+    forecast = callback.get("forecast")
+    write_sweep_report(hc, Path(forecast) if forecast else None)
 
 
 HYDRA_WRITES = (".hydra", "train.log", run_lock.LOCK_FILE)  # what Hydra (and the lock) write before the run starts

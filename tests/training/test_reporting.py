@@ -11,8 +11,10 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 
@@ -338,6 +340,47 @@ def test_a_sweep_job_that_crashes_is_reported_with_its_traceback_and_the_sweep_g
     assert (job0["status"], job0["error"]) == ("failed", "crashed: RuntimeError: planted crash in the optimizer step")
     report = (sweep / "report.md").read_text()
     assert "- job 0: crashed: RuntimeError: planted crash in the optimizer step" in report
+
+
+def report_statuses(sweep) -> dict[str, str]:
+    with open(sweep / "report.csv", newline="") as f:
+        return {row["job"]: row["status"] for row in csv.DictReader(f)}
+
+
+def test_stop_at_stops_each_sweep_job_there_and_the_same_command_resumes_them_all(tmp_path, data_cache):
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache)}
+    args = [*TINY, "trainer.eval_every=0", "trainer.sample_tokens=0", "trainer.stop_at=3"]
+    cmd = [sys.executable, "train.py", "-m", *args, "trainer.max_steps=4,6", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 75, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == "2 of 2 sweep jobs stopped at trainer.stop_at (job 0, 1); re-run the same command to resume them"
+    assert [sorted(train_records(sweep / job)) for job in "01"] == [[0, 1, 2], [0, 1, 2]]
+    assert report_statuses(sweep) == {"0": "preempted", "1": "preempted"}
+
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [sorted(train_records(sweep / job)) for job in "01"] == [list(range(4)), list(range(6))]
+    assert report_statuses(sweep) == {"0": "ok", "1": "ok"}
+
+
+def test_a_signal_ends_the_sweep_with_the_report_of_its_jobs_so_far(tmp_path, data_cache):
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache)}
+    args = [*TINY, "trainer.eval_every=0", "trainer.sample_tokens=0", "trainer.max_steps=100000,4"]
+    cmd = [sys.executable, "train.py", "-m", *args, f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics, deadline = sweep / "0" / "metrics.jsonl", time.monotonic() + 120
+    while not (metrics.is_file() and len(train_records(sweep / "0")) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 75, out[-3000:]
+    assert report_statuses(sweep) == {"0": "preempted"}  # job 1 never started
+    assert not (sweep / "1").exists()
+    assert re.search(r"stopped after updates 0–\d+ \(SIGTERM\); re-run the same command to resume", out)
 
 
 @pytest.mark.slow
