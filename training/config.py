@@ -109,17 +109,18 @@ def entry_keys(group: str, name: str) -> tuple[str | None, list[str]]:
     return None, []
 
 
-def option_file(group: str, value: Any) -> Any:
-    """The option (file) of ``group`` whose naming key (``OPTION_KEY``) has ``value``: the file's own name, or
-    for a fork's schedule named by its function's dotted path, the file that names it."""
-    if (CONF / group / f"{value}.yaml").is_file():
-        return value
+def option_files(group: str, value: Any) -> list[str]:
+    """The options (files) of ``group`` that ``value`` of its naming key (``OPTION_KEY``) may mean: the file of
+    that name, then those whose naming key has it (a fork's copy of adamw.yaml that kept ``name: adamw``, a fork's
+    schedule named by its function's dotted path)."""
     from omegaconf import OmegaConf
 
-    for option in group_options(group):
-        if OmegaConf.load(CONF / group / f"{option}.yaml").get(OPTION_KEY[group]) == value:
-            return option
-    return value
+    named = [str(value)] if (CONF / group / f"{value}.yaml").is_file() else []
+    return named + [
+        option
+        for option in group_options(group)
+        if option not in named and OmegaConf.load(CONF / group / f"{option}.yaml").get(OPTION_KEY[group]) == value
+    ]
 
 
 def group_options(group: str) -> list[str]:
@@ -246,17 +247,14 @@ def check_keys(cfg: Mapping[str, Any], config_name: str = "config") -> None:
             if not chosen:  # logger=none, or a base chosen alone (logger=tracking): the files that add no entry
                 chosen = [o for o in group_options(group) if not entries_of(group, o)]
             known = list(dict.fromkeys([LIST_GROUPS[group], *(k for o in chosen for k in known_keys(group, o))]))
+        elif group in OPTION_KEY:  # the file the config came from: of those its name may mean, one that has its keys
+            options = option_files(group, cfg[group].get(OPTION_KEY[group]))
+            fits = [o for o in options if fits_option(cfg[group], group, o)]
+            option = (fits or options or [None])[0]
+            known = known_keys(group, option) if option else []
         else:
-            option = option_file(group, cfg[group].get(OPTION_KEY[group])) if group in OPTION_KEY else "default"
-            known = known_keys(group, option)
-        extra = [k for k in cfg[group] if k not in known]
-        extra += [
-            f"{k}.{sub}"
-            for k, v in cfg[group].items()
-            if isinstance(v, Mapping) and f"{k}." in " ".join(known) and f"{group}.{k}" not in NAMED_SECTIONS
-            for sub in v
-            if f"{k}.{sub}" not in known
-        ]
+            option, known = "default", known_keys(group, "default")
+        extra = unknown(cfg[group], known, group)
         if group in LIST_GROUPS:  # a fork's entry, from a file named otherwise, has no file to hold it against
             extra = [k for k in extra if not k.startswith(f"{LIST_GROUPS[group]}.")]
         if not known or not extra:
@@ -268,6 +266,27 @@ def check_keys(cfg: Mapping[str, Any], config_name: str = "config") -> None:
                 f"{group}={option} (which has {', '.join(known)})"
             )
         raise unknown_key(f"{group}.{extra[0]}")
+
+
+def fits_option(node: Mapping[str, Any], group: str, option: str) -> bool:
+    """Whether ``node`` may have come from ``option``'s file: it builds what the file names and has no key the
+    file does not define."""
+    from omegaconf import OmegaConf
+
+    target = OmegaConf.load(CONF / group / f"{option}.yaml").get("_target_")
+    return target in (None, node.get("_target_")) and not unknown(node, known_keys(group, option), group)
+
+
+def unknown(node: Mapping[str, Any], known: list[str], group: str) -> list[str]:
+    """The keys of ``node`` (and of its sections, as ``section.key``) that are not in ``known``."""
+    extra = [k for k in node if k not in known]
+    return extra + [
+        f"{k}.{sub}"
+        for k, v in node.items()
+        if isinstance(v, Mapping) and f"{k}." in " ".join(known) and f"{group}.{k}" not in NAMED_SECTIONS
+        for sub in v
+        if f"{k}.{sub}" not in known
+    ]
 
 
 # Hydra's command-line flags that take a value (``--cfg job``): the value is not an override.

@@ -319,6 +319,18 @@ def test_a_key_a_forks_yaml_file_adds_is_checked_like_the_templates(tmp_path, mo
         training.config.check_overrides(["optim=mine", "optim.bettas=[0.9,0.9]"])
     with pytest.raises(ConfigError, match=r"^optim.muon is a key of optim=muon, not of optim=mine"):
         check_config(compose_config(["optim=mine", "+optim.muon={lr: 0.02}"]))
+    # A copy of adamw.yaml that kept its name, with a key of its own; a file whose name is not its file's.
+    (tmp_path / "fork_optim.py").write_text(
+        "def adamw(model, device, *, embed_lr_scale, **keys): ...\ndef sgd(model, device, *, lr, momentum, name): ...\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    adamw = (conf / "optim" / "adamw.yaml").read_text().replace("training.optim.adamw", "fork_optim.adamw")
+    (conf / "optim" / "adamw_fork.yaml").write_text(adamw + "embed_lr_scale: 0.5\n")
+    (conf / "optim" / "sgd_file.yaml").write_text("_target_: fork_optim.sgd\nname: sgd\nlr: 0.1\nmomentum: 0.9\n")
+    check_config(compose_config(["optim=adamw_fork"]))
+    check_config(compose_config(["optim=sgd_file"]))
+    with pytest.raises(ConfigError, match=r"^optim.embed_lr_scale is a key of optim=adamw_fork, not of optim=adamw"):
+        check_config(compose_config(["+optim.embed_lr_scale=0.5"]))
 
 
 def test_a_mixture_takes_sources_the_user_names():
