@@ -3,6 +3,7 @@ edited — and the copy trains with each (in this process, on the copy's conf/ a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -160,6 +161,24 @@ def test_the_evaluation_logs_its_metric_at_every_evaluation(in_fork, tiny_train)
     assert [r["step"] for r in evaluations] == [0, 3, 6]
     assert all(0.0 <= r["val/accuracy"] <= 1.0 for r in evaluations)
     assert json.loads((run / "summary.json").read_text())["status"] == "ok"
+
+
+def test_the_evaluation_leaves_out_a_ranks_padding_targets(in_fork):
+    """Under DDP a rank short of windows pads with ignored targets (-100): no target, so no miss."""
+    from types import SimpleNamespace
+
+    import torch
+    from token_accuracy import TokenAccuracy
+
+    y = torch.tensor([[1, 2, 3, -100], [-100, -100, -100, -100]])
+    logits = torch.nn.functional.one_hot(y.clamp(min=0), 5).float()  # ranks every real target first
+
+    def model(x, targets):
+        return logits, None
+
+    model.training, model.eval, model.train = False, lambda: None, lambda mode: None
+    ctx = SimpleNamespace(device=torch.device("cpu"), autocast=contextlib.nullcontext(), val_batches=[(y, y)])
+    assert TokenAccuracy(ctx, batches=1)(model) == {"val/accuracy": 1.0}
 
 
 @pytest.mark.parametrize(
