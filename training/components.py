@@ -99,8 +99,36 @@ def check_call(target: Callable, where: str, path: str, /, *args: Any, **kwargs:
     import inspect
 
     try:
-        inspect.signature(target).bind(*args, **kwargs)
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):  # no signature to read (a builtin): the call itself will say
+        return
+    try:
+        signature.bind(*args, **kwargs)
     except TypeError as e:
-        raise ConfigError(f"{where}: {path} does not take these settings ({first_line(e)})") from None
-    except ValueError:  # no signature to read (a builtin): the call itself will say
-        pass
+        why = unbound(signature, len(args), kwargs, where) or first_line(e)
+        raise ConfigError(f"{where}: {path} does not take these settings ({why})") from None
+
+
+def unbound(signature, n_args: int, settings: Mapping[str, Any], where: str) -> str | None:
+    """Why ``settings`` do not fit ``signature`` after ``n_args`` positional arguments, by key: a key it does not
+    take (with the parameter it may mean), one an argument of the plug point fills already, one it needs."""
+    import inspect
+
+    params = signature.parameters
+    named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    filled, free = named[:n_args], named[n_args:]
+    missing = [n for n in free if params[n].default is inspect.Parameter.empty and n not in settings]
+    any_key = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    for key in settings:
+        if key in filled:  # torch.optim.SGD named directly: its lr gets the device
+            return (
+                f"its parameter {key} is filled already: it is called with the template's {n_args} argument(s) "
+                "first, then its settings as keywords (docs/extending.md)"
+            )
+        if key not in free and not any_key:
+            close = difflib.get_close_matches(key, missing or free, n=1)
+            hint = f"did you mean {where}.{close[0]}?" if close else f"each key of {where} is passed to it"
+            return f"it takes no {where}.{key}; {hint}"
+    if missing:
+        return f"it needs {where}.{missing[0]}, which is not set"
+    return None

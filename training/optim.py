@@ -218,11 +218,20 @@ def build_optimizer(model: torch.nn.Module, cfg: Mapping[str, Any], device: torc
     from training.components import TARGET, build
 
     try:
-        return build(cfg, "optim", model, device)
+        optimizer = build(cfg, "optim", model, device)
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:
         raise ConfigError(f"optim: {cfg[TARGET]} refused its settings ({type(e).__name__}: {first_line(e)})") from None
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigError(f"optim: {cfg[TARGET]} returned a {type(optimizer).__name__}, not one torch.optim.Optimizer")
+    first = float(optimizer.param_groups[0]["lr"])
+    if not math.isclose(first, cfg["lr"], rel_tol=1e-6):  # else train/lr and the audit would read another peak
+        raise ConfigError(
+            f"optim: {cfg[TARGET]} gives its first param group lr {first:g}, not optim.lr={cfg['lr']:g} (train/lr logs "
+            "group 0's lr as optim.lr × λ(t)): put a group at optim.lr first"
+        )
+    return optimizer
 
 
 def fused_choice(fused: bool | str, device: torch.device) -> bool | None:

@@ -98,3 +98,21 @@ class StallAt(Sink):
             os.mkfifo(self.fifo)
             with open(self.fifo) as never_written:
                 never_written.read()
+
+
+def half_lr_first(model, device, *, lr: float, name: str = "half", **_: Any):
+    """An optimizer whose first param group runs at half optim.lr (the embeddings' own lr, say)."""
+    import torch
+
+    embeddings = [p for n, p in model.named_parameters() if "wte" in n]
+    rest = [p for n, p in model.named_parameters() if "wte" not in n]
+    return torch.optim.SGD([{"params": embeddings, "lr": lr / 2}, {"params": rest}], lr=lr)
+
+
+def returns_groups(model, device, *, lr: float, name: str = "groups", **_: Any):
+    """A builder that returns the param groups, not the optimizer."""
+    return [{"params": list(model.parameters()), "lr": lr}]
+
+
+def without_name(model, device, *, lr: float, momentum: float):
+    """A builder that does not take the name every optim group has."""

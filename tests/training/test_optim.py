@@ -112,6 +112,49 @@ def test_bad_muon_settings_are_one_line(overrides, message):
         check_config(compose_config(["optim=muon", *overrides]))
 
 
+SGD = {"lr": 0.1, "name": "sgd"}
+
+
+@pytest.mark.parametrize(
+    "node,message",
+    [
+        (  # the first group's lr is what train/lr logs as optim.lr × λ(t)
+            {"_target_": "tests.training.fork_parts.half_lr_first", **SGD},
+            "optim: tests.training.fork_parts.half_lr_first gives its first param group lr 0.05, not optim.lr=0.1",
+        ),
+        (
+            {"_target_": "tests.training.fork_parts.returns_groups", **SGD},
+            "optim: tests.training.fork_parts.returns_groups returned a list, not one torch.optim.Optimizer",
+        ),
+        (  # Hydra's usual idiom: but the builder is called with the model and the device first
+            {"_target_": "torch.optim.SGD", **SGD},
+            "optim: torch.optim.SGD does not take these settings (its parameter lr is filled already: it is called "
+            "with the template's 2 argument(s) first",
+        ),
+        (
+            {"_target_": "tests.training.fork_parts.without_name", **SGD, "momentun": 0.9},
+            "optim: tests.training.fork_parts.without_name does not take these settings (it takes no optim.name; "
+            "each key of optim is passed to it)",
+        ),
+        (
+            {"_target_": "tests.training.fork_parts.without_name", "lr": 0.1, "momentun": 0.9},
+            "optim: tests.training.fork_parts.without_name does not take these settings (it takes no optim.momentun; "
+            "did you mean optim.momentum?)",
+        ),
+        (
+            {"_target_": "tests.training.fork_parts.without_name", "lr": 0.1},
+            "optim: tests.training.fork_parts.without_name does not take these settings (it needs optim.momentum, "
+            "which is not set)",
+        ),
+    ],
+)
+def test_a_forks_optimizer_builder_that_does_not_fit_the_plug_point_is_one_line(node, message):
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=8, vocab_size=16))
+    with pytest.raises(ConfigError) as info:
+        build_optimizer(model, node, torch.device("cpu"))
+    assert str(info.value).startswith(message), str(info.value)
+
+
 def test_a_grad_scaler_steps_both_optimizers_or_neither():
     """What fp16 does on a GPU, with the CPU's GradScaler: an overflow skips Muon's step and AdamW's alike."""
     from training.engine import OK, OVERFLOW, train_update
