@@ -31,7 +31,7 @@ from model.flops import model_flops_per_token, peak_flops
 from scheduling import build_scheduler, schedule_from_config
 from scheduling.spec import first_line
 from training import budget, checkpoint, distributed, run_lock, summary
-from training.components import build, find
+from training.components import build, build_refusing, find
 from training.config import LIST_GROUPS, ConfigError, check_stop_at, grad_accum_steps
 from training.engine import Model, TrainStep, Update, build_model
 from training.evaluation import EvalContext, Evaluations
@@ -283,7 +283,7 @@ def build_run(
     ctx = EvalContext(cfg, dist, model.how.autocast, val_batches, token_bytes, tokenizer)
     evaluations = Evaluations(
         {
-            name: build(node, f"eval.evals.{name}", replace(ctx, name=name))
+            name: build_refusing(node, f"eval.evals.{name}", replace(ctx, name=name))
             for name, node in (cfg.eval.evals or {}).items()
         }
     )

@@ -94,6 +94,19 @@ def build(node: Mapping[str, Any], where: str, /, *args: Any, **kwargs: Any) -> 
     return target(*args, **settings, **kwargs)
 
 
+def build_refusing(node: Mapping[str, Any], where: str, /, *args: Any, **kwargs: Any) -> Any:
+    """``build``, where the target's refusal of its settings (``ValueError``, ``TypeError``, a file it cannot read:
+    ``OSError``) is a one-line error naming ``where`` and the target."""
+    try:
+        return build(node, where, *args, **kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, OSError) as e:
+        raise ConfigError(
+            f"{where}: {node[TARGET]} refused its settings ({type(e).__name__}: {first_line(e)})"
+        ) from None
+
+
 def check_call(target: Callable, where: str, path: str, /, *args: Any, **kwargs: Any) -> None:
     """Whether ``target`` takes these arguments (a key its YAML node adds, or one it lacks); a one-line error."""
     import inspect

@@ -513,10 +513,13 @@ def check_components(cfg: Mapping[str, Any]) -> None:
             where = f"{group}.{section}.{name}"
             target = find(node, where)
             check_call(target, where, node[TARGET], None, **own_keys(node))
-            if group == "logger" and hasattr(target, "check"):
-                target.check(cfg["logger"])
-            elif group == "eval" and hasattr(target, "check"):
-                target.check(own_keys(node), where)
+            try:  # a fork's check that raises ValueError or TypeError, not ConfigError: its message, in one line
+                if group == "logger" and hasattr(target, "check"):
+                    target.check(cfg["logger"])
+                elif group == "eval" and hasattr(target, "check"):
+                    target.check(own_keys(node), where)
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"{where}: {first_line(e)}") from None
 
 
 def check_stop_at(stop_at: Any, total_steps: int | None, what: str = "trainer.max_steps") -> None:

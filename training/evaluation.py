@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from data import MixtureValBatches, ValBatches
 from data.batches import IGNORE_INDEX
+from training.config import ConfigError
 from training.distributed import Dist, is_initialized
 from training.engine import to_device
 
@@ -67,8 +68,17 @@ class Evaluations:
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
         metrics: dict[str, float] = {}
-        for evaluation in self.evaluations.values():
-            metrics.update(evaluation(model))
+        for name, evaluation in self.evaluations.items():
+            found = evaluation(model)
+            if not isinstance(found, Mapping):
+                raise ConfigError(f"eval.evals.{name} returned a {type(found).__name__}, not a dict of metrics")
+            for key, value in found.items():  # every sink takes numbers: a tensor or a text would fail in each
+                if not isinstance(value, (int, float)) or isinstance(value, bool):
+                    hint = " (its .item())" if isinstance(value, torch.Tensor) else ""
+                    raise ConfigError(
+                        f"eval.evals.{name}: its metric {key} is a {type(value).__name__}, not a number{hint}"
+                    )
+            metrics.update(found)
         return metrics
 
 

@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 
-from scheduling.spec import first_line
 from training.config import ConfigError
 from training.distributed import cpu_has_fast_bf16
 
@@ -215,14 +214,9 @@ def adamw_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[
 def build_optimizer(model: torch.nn.Module, cfg: Mapping[str, Any], device: torch.device) -> torch.optim.Optimizer:
     """The optimizer ``cfg`` (the optim group, plain values) names with ``_target_``; one that refuses its values
     (a fork's, whose keys no check knows: ``torch.optim.SGD``'s ``momentum=-1``) is one line naming it."""
-    from training.components import TARGET, build
+    from training.components import TARGET, build_refusing
 
-    try:
-        optimizer = build(cfg, "optim", model, device)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"optim: {cfg[TARGET]} refused its settings ({type(e).__name__}: {first_line(e)})") from None
+    optimizer = build_refusing(cfg, "optim", model, device)
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise ConfigError(f"optim: {cfg[TARGET]} returned a {type(optimizer).__name__}, not one torch.optim.Optimizer")
     first = float(optimizer.param_groups[0]["lr"])

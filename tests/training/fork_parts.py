@@ -116,3 +116,24 @@ def returns_groups(model, device, *, lr: float, name: str = "groups", **_: Any):
 
 def without_name(model, device, *, lr: float, momentum: float):
     """A builder that does not take the name every optim group has."""
+
+
+class Evaluation:
+    """An evaluation that refuses a file it cannot read, a check that raises ValueError, or metrics that are
+    tensors (a forgotten ``.item()``)."""
+
+    def __init__(self, ctx, file: str | None = None, metric: str = "number"):
+        if file is not None:
+            Path(file).read_text()
+        self.metric = metric
+
+    @classmethod
+    def check(cls, keys, where) -> None:
+        if keys.get("metric", "number") not in ("number", "tensor", "list"):
+            raise ValueError(f"metric must be number, tensor or list, got {keys['metric']!r}")
+
+    def __call__(self, model):
+        import torch
+
+        value = {"number": 0.5, "tensor": torch.tensor(0.5), "list": [0.5]}[self.metric]
+        return value if self.metric == "list" else {"val/fork": value}

@@ -134,6 +134,35 @@ def test_a_wandb_run_killed_past_its_checkpoint_has_every_step_once_resumed(tmp_
     assert len(steps) == 2 and set(steps[0]) | set(steps[1]) == set(range(6)), steps
 
 
+FORK_EVAL = ["+eval.evals.fork._target_=tests.training.fork_parts.Evaluation"]
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["+eval.evals.fork.metric=text"], r"^eval.evals.fork: metric must be number, tensor or list, got 'text'$"),
+        (
+            ["+eval.evals.fork.file=/nonexistent/items.jsonl"],
+            r"^eval.evals.fork: tests.training.fork_parts.Evaluation refused its settings \(FileNotFoundError: .*"
+            r"/nonexistent/items.jsonl",
+        ),
+        (
+            ["+eval.evals.fork.metric=tensor"],
+            r"^eval.evals.fork: its metric val/fork is a Tensor, not a number \(its .item\(\)\)$",
+        ),
+        (["+eval.evals.fork.metric=list"], r"^eval.evals.fork returned a list, not a dict of metrics$"),
+    ],
+)
+def test_a_forks_evaluation_that_fails_its_contract_is_one_line(tmp_path, tiny_train, overrides, message):
+    from training.config import USER_ERRORS
+
+    with pytest.raises(USER_ERRORS, match=message) as info:
+        tiny_train(tmp_path / "run", [*FORK_EVAL, *overrides, "trainer.max_steps=2"])
+    assert "\n" not in str(info.value)
+    tiny_train(tmp_path / "ok", [*FORK_EVAL, "trainer.max_steps=2"])  # as it should be: its metric logged
+    assert [r["val/fork"] for r in read_metrics(tmp_path / "ok") if "val/fork" in r] == [0.5, 0.5]
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [
