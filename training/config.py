@@ -518,6 +518,8 @@ def check_components(cfg: Mapping[str, Any]) -> None:
                     target.check(cfg["logger"])
                 elif group == "eval" and hasattr(target, "check"):
                     target.check(own_keys(node), where)
+            except ConfigError:
+                raise
             except (ValueError, TypeError) as e:
                 raise ConfigError(f"{where}: {first_line(e)}") from None
 
