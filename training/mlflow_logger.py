@@ -17,6 +17,7 @@ stays quiet, and metrics.jsonl stays complete.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -179,12 +180,31 @@ class MlflowSink(Sink):
         return {"run_id": self.run_id, "tracking_uri": uri, "fallback": self.fell_back}
 
     def work(self) -> None:
-        """The sink's thread: each queued call in order; the first that fails is reported, the rest dropped."""
+        """The sink's thread: each queued call in order, the metrics of the records queued one behind the other in
+        one call (up to MLflow's limit: a call per update falls behind a fast run on a local store); the first
+        call that fails is reported, the rest dropped."""
+        held: list = []  # a call taken from the queue while gathering metrics, to make next
         while True:
-            item = self.calls.get()
+            item = held.pop() if held else self.calls.get()
             if item is None:
                 return
             what, call = item
+            if isinstance(call, list):  # metrics: those queued right behind them join the same call
+                metrics = list(call)
+                while not held:
+                    try:
+                        after = self.calls.get_nowait()
+                    except queue.Empty:
+                        break
+                    if (
+                        after is not None
+                        and isinstance(after[1], list)
+                        and len(metrics) + len(after[1]) <= BATCH["metrics"]
+                    ):
+                        metrics += after[1]
+                    else:
+                        held.append(after)
+                call = functools.partial(self.client.log_batch, self.run_id, metrics=metrics)
             if self.failed:
                 continue
             try:
@@ -214,7 +234,7 @@ class MlflowSink(Sink):
         if not batch:
             return
         self.logged.update((m.key, step) for m in batch)
-        self.calls.put((f"at update {step}", lambda: self.client.log_batch(self.run_id, metrics=batch)))
+        self.calls.put((f"at update {step}", batch))  # the worker sends it, with the records queued behind it
 
     def log_sample(self, step: int, prompt: str, text: str) -> None:
         self.calls.put(("logging the sample", lambda: self.client.set_tag(self.run_id, "sample", text[:5000])))
@@ -229,7 +249,8 @@ class MlflowSink(Sink):
         self.calls.put(("closing its run", lambda: self.client.set_terminated(self.run_id, status=end)))
         self.calls.put(None)
         self.worker.join(max(self.timeout, 10.0))
-        if self.worker.is_alive() and not self.failed:
+        behind = self.worker.is_alive()
+        if behind and not self.failed:
             log.warning(
                 "MLflow did not take the last records within %g s; its run may stay RUNNING (metrics.jsonl is "
                 "complete)",
@@ -239,7 +260,9 @@ class MlflowSink(Sink):
             log.info(
                 "MLflow logged to %s; to upload the run: %s", self.run_dir / FALLBACK, upload_command(self.run_dir)
             )
-        elif not self.failed:  # where the run went: a relative store (sqlite:///mlflow.db) is the working directory's
+        elif not (
+            self.failed or behind
+        ):  # where the run went: a relative store (sqlite:///mlflow.db) is the working directory's
             where = redact(self.uri)
             local = self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri
             see = f"; see it with: mlflow ui --backend-store-uri {where}" if local else ""

@@ -165,6 +165,35 @@ def test_mlflow_keeps_each_steps_first_value_across_a_rollback_and_a_resume(tmp_
     assert points == {"train/loss": [(t, float(t)) for t in range(6)] + [(6, 206.0)], "val/loss": [(6, 1.5)]}
 
 
+def test_mlflow_sends_the_records_queued_behind_each_other_in_one_call(tmp_path):
+    """A call per update falls behind a fast run (a local store takes milliseconds a call): the records that queue
+    up while one call runs go in the next, up to MLflow's 1000 metrics a call, in order, each point once."""
+    import threading
+
+    from training.loggers import RunInfo
+    from training.mlflow_logger import MlflowSink
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sink = MlflowSink(RunInfo(tmp_path, {}, {"project": "p", "tracking_uri": uri, "init_timeout": 10}, total_steps=T))
+    send, busy, calls = sink.client.log_batch, threading.Event(), []
+
+    def slow_store(run_id, metrics=(), **kwargs):  # the first call holds the worker until every record is queued
+        calls.append(len(metrics))
+        busy.wait(10)
+        return send(run_id, metrics=metrics, **kwargs)
+
+    sink.client.log_batch = slow_store
+    records = 1200
+    for t in range(records):
+        sink.log(t, {"train/loss": float(t), "train/lr": 1e-3})
+    busy.set()
+    sink.finish("ok", {})
+    assert sum(calls) == 2 * records and all(n <= 1000 for n in calls)
+    assert len(calls) <= 4  # 2400 metrics in calls of ≤ 1000 (whole records), not 1200 calls
+    history = MlflowClient(tracking_uri=uri).get_metric_history(sink.run_id, "train/loss")
+    assert sorted((m.step, m.value) for m in history) == [(t, float(t)) for t in range(records)]
+
+
 def test_mlflow_logs_the_summary_at_the_last_update_adding_no_point_to_a_series(tmp_path):
     """The summary's counters (train/rollbacks) are series the run logs too: their history stays as logged. The
     best/* of a resumed run's end is the run's latest value."""
