@@ -4,9 +4,10 @@ A secret is the value of an environment variable whose name contains KEY, TOKEN,
 CREDENTIAL (``WANDB_API_KEY``, ``HF_TOKEN``), or of a config key with such a word as a part of its name
 (``hf_token``, ``api_key``; not ``max_tokens``): a key a fork adds to its config groups, and its value given
 as a command-line override. A value shaped like a common credential is one too, under any key and inside any
-text (``logger.notes=hf_…``): Hugging Face, OpenAI-style, GitHub and AWS keys, W&B's local-server keys, and a
-bare 40-hex string (W&B's API keys) — except under a key naming a revision, commit or sha, or as a path segment
-(HF's ``snapshots/<revision>/``), where 40 hex digits are a git commit.
+text (``logger.notes=hf_…``): Hugging Face, OpenAI-style, GitHub and AWS keys, W&B's local-server keys, a URL's
+password (``http://user:…@host``), and a bare 40-hex string (W&B's API keys) — except under a key naming a
+revision, commit or sha, or as a path segment (HF's ``snapshots/<revision>/``), where 40 hex digits are a git
+commit.
 
 Everything a run writes goes through ``redact``: Hydra's files (a sweep's ``multirun.yaml`` too), the checkpoint's
 config, each sink's config, settings and command line, and every log line (``RedactLogs``, in
@@ -32,6 +33,8 @@ SECRET_SHAPES = re.compile(
     r"|gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,}|(?:AKIA|ASIA)[0-9A-Z]{16}|local-[0-9a-f]{40})"
     r"(?![A-Za-z0-9])"
 )
+# A URL's password (scheme://user:password@host: an MLflow tracking server, a proxy); the user name is kept.
+URL_PASSWORD = re.compile(r"(?<=://)([^/\s:@]*):[^/\s@]+@")
 # W&B's API keys are 40 hex digits, as are git commits: a commit is kept under such a key or in a path.
 HEX40 = re.compile(r"(?<![0-9A-Za-z/])[0-9a-f]{40}(?![0-9A-Za-z])")
 REVISION_KEY = re.compile(r"(^|[_.-])(REVISION|COMMIT|SHA)($|[_.-])", re.IGNORECASE)
@@ -79,7 +82,7 @@ def redact_text(text: str, secrets: list[str] | None = None) -> str:
     for s in secret_values() if secrets is None else secrets:
         if s in text:
             text = text.replace(s, REDACTED)
-    return SECRET_SHAPES.sub(REDACTED, text)
+    return URL_PASSWORD.sub(rf"\1:{REDACTED}@", SECRET_SHAPES.sub(REDACTED, text))
 
 
 def scrub_hydra_files(*dirs: Path) -> None:

@@ -77,6 +77,27 @@ SHAPED = {
     "wandb local": "local-fedcba9876543210fedcba9876543210fedcba98",
 }
 COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
+URL_PASSWORD = "Hunter2Pass9"  # in http://alice:…@host (an MLflow server behind basic auth)
+
+
+def test_a_urls_password_is_redacted_and_its_user_and_host_kept():
+    uri = f"http://alice:{URL_PASSWORD}@tracking.example:5000/api"
+    assert redact({"tracking_uri": uri}, secrets=[]) == {
+        "tracking_uri": f"http://alice:{REDACTED}@tracking.example:5000/api"
+    }
+    assert redact([f"logger.tracking_uri={uri}"], secrets=[]) == [
+        f"logger.tracking_uri=http://alice:{REDACTED}@tracking.example:5000/api"
+    ]
+    assert (
+        redact(f"failed to reach {uri} (refused)", secrets=[])
+        == f"failed to reach http://alice:{REDACTED}@tracking.example:5000/api (refused)"
+    )
+    kept = {
+        "uri": "http://tracking.example:5000/api",
+        "ssh": "git@github.com:me/repo.git",
+        "store": "sqlite:///a:b@c/x.db",
+    }
+    assert redact(kept, secrets=[]) == kept
 
 
 @pytest.mark.parametrize("kind", SHAPED)
@@ -107,6 +128,7 @@ def test_no_credential_shaped_value_reaches_any_file_of_a_run_or_a_tracker(tmp_p
 
     run, store = tmp_path / "run", tmp_path / "mlflow.db"
     notes = " ".join(v for k, v in SHAPED.items() if k not in ("openai", "github classic"))
+    notes += f" http://alice:{URL_PASSWORD}@tracking.example/"
     args = [
         "logger=[wandb,tensorboard,mlflow]",
         "logger.mode=offline",
@@ -130,7 +152,7 @@ def test_no_credential_shaped_value_reaches_any_file_of_a_run_or_a_tracker(tmp_p
     assert any(n.startswith("events.out.tfevents") for n in written) and any(n.endswith(".wandb") for n in written)
     for path in files:
         data = path.read_bytes()
-        for kind, secret in SHAPED.items():
+        for kind, secret in {**SHAPED, "url password": URL_PASSWORD}.items():
             assert secret.encode() not in data, f"the {kind} key leaked into {path}"
 
 
