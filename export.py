@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 from data import atomic
 from data.tokenizer import as_transformers_tokenizer
 from model.hf import CLASSES, quiet, require_transformers, to_transformers
-from sample import find_checkpoint, load_checkpoint_tokenizer, load_model, run_special_tokens
+from sample import find_checkpoint, load_checkpoint_tokenizer, load_model, run_separator
 from training.config import USER_ERRORS, ConfigError, check_keys, check_overrides_or_exit, resolved
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -63,6 +63,18 @@ def check_out(out: Path, overwrite: bool, checkpoint: Path) -> None:
         raise ConfigError(
             f"out: {str(out)!r} already holds files; choose a new folder, or overwrite=true to replace it"
         )
+    others = sorted(p.name for p in out.iterdir() if not is_model_file(p)) if out.is_dir() else []
+    if overwrite and others:  # a home folder or another run's, named by mistake: replacing it would delete them
+        raise ConfigError(
+            f"out: {str(out)!r} holds more than a model folder ({', '.join(others[:3])}"
+            f"{', …' if len(others) > 3 else ''}); overwrite=true replaces only an earlier export: choose a new folder"
+        )
+
+
+def is_model_file(path: Path) -> bool:
+    """A file an export (or transformers' save_pretrained) writes: its weights and its JSON settings."""
+    named = path.name in ("merges.txt", "vocab.txt", "chat_template.jinja")
+    return path.is_file() and not path.is_symlink() and (path.suffix in (".json", ".safetensors") or named)
 
 
 def readable_by_transformers_4(config: dict[str, Any], tokenizer: dict[str, Any]) -> None:
@@ -107,25 +119,25 @@ def export(cfg: DictConfig) -> Path:
     check_out(out, values["overwrite"], folder)
     model, state = load_model(folder, torch.device("cpu"))
     tokenizer = load_checkpoint_tokenizer(folder, model)
-    special = run_special_tokens(state, tokenizer, folder)
-    separator = tokenizer.token_to_id(special[0])
-    if separator is None:
-        raise ConfigError(
-            f"checkpoint {folder}: its tokenizer.json has no {special[0]!r}, the run's document "
-            "separator (data.special_tokens)"
-        )
+    special, separator = run_separator(state, tokenizer, folder)
     vocab = tokenizer.get_vocab_size()
     hf_model = to_transformers(
         model, vocab, eos_token_id=separator, bos_token_id=separator, dtype=DTYPES[values["dtype"]]
     )
     hf_tokenizer = as_transformers_tokenizer(tokenizer, special, model.config.block_size)
-    tmp = atomic.begin(out.resolve().parent, out.name)
     try:
-        save(hf_model, hf_tokenizer, tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic.space_for(out, hint="free some, or give out= another disk"):
+            tmp = atomic.begin(out.resolve().parent, out.name)
+            try:
+                save(hf_model, hf_tokenizer, tmp)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            atomic.commit(tmp, out.resolve())
+    except atomic.DiskFull:
         raise
-    atomic.commit(tmp, out.resolve())
+    except OSError as e:  # a folder it may not write, or cannot replace (a mount point)
+        raise ConfigError(f"out: {str(out)!r} cannot be written ({e.strerror or e})") from None
     print(
         f"checkpoint {folder} (update {state['step']}) → {out}: {CLASSES[model.config.arch]}, "
         f"{hf_model.num_parameters() / 1e6:.2f}M parameters, vocab {vocab}, {values['dtype']}",

@@ -18,6 +18,7 @@ import contextlib
 import errno
 import mmap
 import os
+import re
 import shutil
 import tempfile
 import zlib
@@ -26,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # how a Rust library's I/O error ends
 CHECKSUM_CHUNK_BYTES = 64 << 20  # a crc32 per chunk: chunks are checked in parallel, and a mismatch says where
 
 
@@ -59,6 +61,9 @@ def disk_full_cause(error: BaseException | None) -> OSError | None:
     while error is not None:
         if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
             return error
+        rust = None if isinstance(error, OSError) else RUST_OS_ERROR.search(str(error))
+        if rust and int(rust[1]) in DISK_FULL_ERRNOS:  # safetensors', tokenizers' I/O error, as a message
+            return OSError(int(rust[1]), os.strerror(int(rust[1])))
         error = error.__cause__ or error.__context__
     return None
 

@@ -5,6 +5,7 @@ line naming it, with nothing written."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -118,9 +119,51 @@ def test_an_out_folder_that_holds_files_is_refused_and_kept_unless_overwrite(exp
     with pytest.raises(ConfigError, match=f"^out: '{out}' already holds files; .*overwrite=true"):
         export(compose([f"checkpoint={run}", f"out={out}"], config_name="export"))
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    # overwrite replaces an earlier export, never a folder holding anything else (a home folder named by mistake)
+    (out / "projects").mkdir()
+    (out / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match=f"^out: '{out}' holds more than a model folder \\(notes.txt, projects\\); "):
+        export(compose([f"checkpoint={run}", f"out={out}", "overwrite=true"], config_name="export"))
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "notes.txt", "projects"]
+    (out / "notes.txt").unlink()
+    (out / "projects").rmdir()
     export(compose([f"checkpoint={run}", f"out={out}", "overwrite=true", "dtype=bfloat16"], config_name="export"))
-    assert not (out / "notes.txt").exists() and (out / "model.safetensors").is_file()
+    assert (out / "model.safetensors").is_file() and json.loads((out / "config.json").read_text())["vocab_size"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left beside it
+
+
+def test_a_full_disk_or_an_out_folder_that_cannot_be_replaced_is_one_line_and_leaves_nothing(
+    exported, tmp_path, monkeypatch
+):
+    import errno
+
+    import export as export_module
+    from data.atomic import DiskFull
+
+    run, _ = exported["gpt2"]
+    out = tmp_path / "out"
+
+    def full(*args):  # what safetensors raises: its Rust I/O error, as a message
+        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(export_module, "save", full)
+    with pytest.raises(DiskFull, match=f"^no space left .*{out}.*another disk") as info:
+        export(compose([f"checkpoint={run}", f"out={out}"], config_name="export"))
+    assert "\n" not in str(info.value) and list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+
+    out.mkdir()  # an empty mount point: it cannot be renamed aside
+    rename = os.rename
+
+    def busy(src, dst):
+        if Path(src) == out:
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(src))
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", busy)
+    with pytest.raises(ConfigError, match=f"^out: '{out}' cannot be written \\(Device or resource busy\\)$"):
+        export(compose([f"checkpoint={run}", f"out={out}"], config_name="export"))
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and list(out.iterdir()) == []
 
 
 def test_overwrite_never_replaces_a_folder_that_holds_the_checkpoint_or_the_current_directory(
