@@ -26,7 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from tokenizers import Tokenizer
 
 from data.cache import special_tokens
-from data.tokenizer import eot_id, load_tokenizer
+from data.tokenizer import load_tokenizer
 from model import GPT, GPTConfig, ModelConfigError, sample_text
 from scheduling.spec import first_line, is_int, is_number
 from training import checkpoint, distributed
@@ -103,6 +103,19 @@ def run_special_tokens(state: dict[str, Any], tokenizer: Tokenizer, folder: Path
     return [t.content for _, t in added if t.special] or special_tokens({})
 
 
+def run_separator(state: dict[str, Any], tokenizer: Tokenizer, folder: Path) -> tuple[list[str], int]:
+    """The run's special tokens and the id of the first, which separates documents; one line naming the
+    checkpoint when its tokenizer.json lacks it."""
+    special = run_special_tokens(state, tokenizer, folder)
+    separator = tokenizer.token_to_id(special[0])
+    if separator is None:
+        raise ConfigError(
+            f"checkpoint {folder}: its tokenizer.json has no {special[0]!r}, the run's document "
+            "separator (data.special_tokens)"
+        )
+    return special, separator
+
+
 def sample(cfg: DictConfig) -> list[str]:
     """Load the checkpoint that ``cfg.checkpoint`` names and return the generated texts."""
     values = resolved(cfg)
@@ -112,6 +125,7 @@ def sample(cfg: DictConfig) -> list[str]:
     folder = find_checkpoint(str(values["checkpoint"]))
     model, state = load_model(folder, device)
     tokenizer = load_checkpoint_tokenizer(folder, model)
+    _, separator = run_separator(state, tokenizer, folder)
     print(
         f"checkpoint {folder} (update {state['step']}): {model.config.arch}, "
         f"{model.num_params() / 1e6:.2f}M parameters, on {device} in {precision}",
@@ -125,7 +139,7 @@ def sample(cfg: DictConfig) -> list[str]:
         tokenizer,
         values["prompt"],
         values["max_new_tokens"],
-        separator=eot_id(tokenizer, run_special_tokens(state, tokenizer, folder)),
+        separator=separator,
         temperature=float(values["temperature"]),
         top_k=values["top_k"],
         top_p=None if top_p is None or math.isclose(top_p, 1.0) else float(top_p),

@@ -99,8 +99,15 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> GPTConfig:
+        """A config from its keys (a checkpoint's model_config), the tokenizer's two checked too: a wrong type
+        would fail deep in torch."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        picked = {k: v for k, v in values.items() if k in names}
+        _positive_int(picked, "vocab_size")
+        separator = picked.get("document_separator")
+        if separator is not None and not (is_int(separator) and 0 <= separator < picked["vocab_size"]):
+            raise ModelConfigError("model.document_separator", "null or a token id below model.vocab_size", separator)
+        return cls(**picked)
 
     def to_dict(self) -> dict:
         return asdict(self)

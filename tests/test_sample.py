@@ -144,6 +144,12 @@ def test_a_truncated_checkpoint_is_a_one_line_error_naming_its_file(tiny_run, tm
         ("config", "data: [unclosed", ": its config cannot be read"),
         ("config", "data: {special_tokens: 5}", ": its config cannot be read"),
         ("model_config", {"arch": "nope"}, "/state.pt: its model_config: model.arch must be one of "),
+        ("model_config", {"vocab_size": "384"}, "/state.pt: its model_config: model.vocab_size must be an integer"),
+        (  # its first special token separates documents: sample.py ends a sample there
+            "config",
+            "data: {special_tokens: ['<|nope|>']}",
+            ": its tokenizer.json has no '<|nope|>', the run's document separator \\(data.special_tokens\\)$",
+        ),
     ],
 )
 def test_an_unchecked_checkpoint_of_another_shape_is_a_one_line_error(tiny_run, tmp_path, entry, value, says):
