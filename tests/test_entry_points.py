@@ -59,6 +59,8 @@ BAD_INPUTS = [
         "error: temprature is not a key of this config; did you mean temperature?",
     ),
     ("export.py", ["checkpoint={corrupt}", "out=exported"], "error: checkpoint {corrupt}/state.pt: cannot be read"),
+    ("sample.py", ["-m", "checkpoint={corrupt}", "temperature=0,1"], "error: -m: a sweep is train.py's; sample.py"),
+    ("export.py", ["-m", "checkpoint={corrupt}", "out=a,b"], "error: -m: a sweep is train.py's; export.py runs once"),
 ]
 
 

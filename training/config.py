@@ -317,6 +317,8 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    if config_name != "config" and {"-m", "--multirun"} & set(overrides):  # Hydra would write multirun/ here
+        raise ConfigError(f"-m: a sweep is train.py's; {config_name}.py runs once (give each value its own command)")
     given, args = [], iter(overrides)
     for arg in args:
         if arg in FLAGS_WITH_VALUES:
