@@ -63,7 +63,10 @@ def train(
             status = "preempted"
             raise
         finally:
-            run.finish(status)
+            with StopSignals() as late:  # a signal now would cut the trackers' last records: the ending goes first
+                run.finish(status)
+            if late.requested:
+                log.info("%s came while the run was ending; it ended first", late.requested)
 
 
 def fit(run: Run) -> float:

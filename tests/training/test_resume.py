@@ -248,6 +248,16 @@ def test_a_stop_in_a_run_directory_hydra_named_by_the_time_says_which_to_resume_
     assert checkpoint.latest(tmp_path / said.group(1) / "checkpoints").name == "step-00000002"
 
 
+def test_a_signal_while_the_run_ends_lets_the_trackers_finish(tmp_path, data_cache):
+    """SIGTERM after the last update, while the sinks send their last records: they finish, the run is complete."""
+    run = tmp_path / "run"
+    sink = ["+logger.sinks.late._target_=tests.training.fork_parts.SignalAtFinish"]
+    proc = run_train([*TINY, *sink, "trainer.max_steps=3", "trainer.eval_every=0"], run, data_cache, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (run / "finished.txt").read_text() == "ok"
+    assert "SIGTERM came while the run was ending; it ended first" in proc.stdout + proc.stderr
+
+
 def test_sigint_is_a_graceful_stop_too(tmp_path, tiny_train, monkeypatch):
     """The signal arrives in this process, during an update; the run stops after it, as after SIGTERM."""
     from training import engine
