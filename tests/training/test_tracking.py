@@ -165,6 +165,31 @@ def test_mlflow_keeps_each_steps_first_value_across_a_rollback_and_a_resume(tmp_
     assert points == {"train/loss": [(t, float(t)) for t in range(6)] + [(6, 206.0)], "val/loss": [(6, 1.5)]}
 
 
+def test_a_resumed_mlflow_run_gets_the_points_a_killed_process_never_sent(tmp_path):
+    """metrics.jsonl holds updates 0–7 (written as they happened); MLflow got 0–3 before the process was killed
+    (its queue lost): the resumed run sends 4–7 from metrics.jsonl, then goes on."""
+    import json
+
+    from training.loggers import RunInfo
+    from training.mlflow_logger import MlflowSink
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    info = RunInfo(tmp_path, {}, {"project": "p", "tracking_uri": uri, "init_timeout": 10}, total_steps=T)
+    sink = MlflowSink(info)
+    for t in range(4):
+        sink.log(t, {"train/loss": float(t)})
+    state = sink.state()
+    sink.finish("failed", {})
+    records = [{"step": t, "train/loss": float(t)} for t in range(8)] + [{"step": 8, "val/loss": 0.5}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    resumed = MlflowSink(RunInfo(tmp_path, {}, info.settings, total_steps=T, start=8, state=state))
+    resumed.log(8, {"train/loss": 8.0})
+    resumed.finish("ok", {})
+    history = MlflowClient(tracking_uri=uri).get_metric_history(state["run_id"], "train/loss")
+    assert sorted((m.step, m.value) for m in history) == [(t, float(t)) for t in range(9)]
+    assert MlflowClient(tracking_uri=uri).get_metric_history(state["run_id"], "val/loss") == []  # from step 8 on
+
+
 def test_mlflow_sends_the_records_queued_behind_each_other_in_one_call(tmp_path):
     """A call per update falls behind a fast run (a local store takes milliseconds a call): the records that queue
     up while one call runs go in the next, up to MLflow's 1000 metrics a call, in order, each point once."""
