@@ -127,6 +127,7 @@ class WandbSink(Sink):
         # A resumed run logs from its checkpoint's update, or online from the step after the last one W&B's server
         # holds. Not from metrics.jsonl's last step: a killed process may have written steps W&B never received.
         self.first_new_step = max(int(self.run.step or 0), info.start) if run_id else 0
+        self.sent_at_latest: set[str] = set()  # the keys W&B holds at step first_new_step
         self.run_dir = run_dir
 
     @property
@@ -147,10 +148,19 @@ class WandbSink(Sink):
         )
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        # W&B takes no step below its latest (a rollback's updates again: it would drop them with a warning),
+        # and keeps the first value of a key at its latest step
         if step < self.first_new_step or self.failed:
             return
+        if step == self.first_new_step:
+            metrics = {k: v for k, v in metrics.items() if k not in self.sent_at_latest}
+            if not metrics:
+                return
+        else:
+            self.first_new_step, self.sent_at_latest = step, set()
         try:
             self.run.log({"step": step, **metrics}, step=step)
+            self.sent_at_latest.update(metrics)
         except Exception as e:
             self.failure(f"at update {step}", e)
 

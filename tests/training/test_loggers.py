@@ -134,6 +134,28 @@ def test_a_wandb_run_killed_past_its_checkpoint_has_every_step_once_resumed(tmp_
     assert len(steps) == 2 and set(steps[0]) | set(steps[1]) == set(range(6)), steps
 
 
+def test_wandb_is_sent_no_step_below_its_latest_after_a_rollback(tmp_path, monkeypatch):
+    """trainer.on_spike=rollback takes updates 3–5 again: W&B keeps its first values for them (it would drop the
+    new ones with a warning on the console each time), and gets every later step."""
+    from omegaconf import OmegaConf
+
+    from training.loggers import RunInfo
+    from training.wandb_logger import WandbSink
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    settings = OmegaConf.to_container(compose_config(["logger=wandb"]).logger, resolve=True)
+    sink = WandbSink(RunInfo(tmp_path, {}, settings, total_steps=10))
+    sent, log = [], sink.run.log
+    monkeypatch.setattr(sink.run, "log", lambda data, step: (sent.append(step), log(data, step=step)))
+    for t in [*range(6), 3, 4, 5]:  # the rollback's updates again
+        sink.log(t, {"train/loss": float(t)})
+    sink.log(6, {"val/loss": 1.0})  # an evaluation and an update at the same step
+    sink.log(6, {"train/loss": 6.0})
+    sink.finish("ok", {})
+    assert sent == [0, 1, 2, 3, 4, 5, 6, 6]
+
+
 FORK_EVAL = ["+eval.evals.fork._target_=tests.training.fork_parts.Evaluation"]
 
 
