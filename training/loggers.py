@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import logging
 import math
@@ -176,14 +177,18 @@ class CsvRecord(FileSink):
         self.start(names, rows)
 
     def start(self, names: list[str], rows: list[dict]) -> None:
-        """The file anew: the header ``names``, then ``rows``."""
+        """The file anew — the header ``names``, then ``rows`` — replacing the old at once: a crash or a full disk
+        meanwhile leaves the old file whole."""
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(rows)
+        with space_for(self.path):
+            replace_file(self.path, text.getvalue())
         if self.fh is not None:
             self.fh.close()
-        self.fh = open(self.path, "w", newline="", buffering=1)
+        self.fh = open(self.path, "a", newline="", buffering=1)
         self.writer = csv.DictWriter(self.fh, fieldnames=names)
-        with space_for(self.path):
-            self.writer.writeheader()
-            self.writer.writerows(rows)
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         row = {"step": step, **metrics}

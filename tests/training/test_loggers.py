@@ -156,6 +156,32 @@ def test_wandb_is_sent_no_step_below_its_latest_after_a_rollback(tmp_path, monke
     assert sent == [0, 1, 2, 3, 4, 5, 6, 6]
 
 
+def test_metrics_csv_keeps_its_rows_when_a_new_column_is_written_and_that_fails(tmp_path, monkeypatch):
+    """A metric first logged mid-run widens the header: the file is written again, and until the new one is
+    whole the old one stays (a crash or a full disk in between lost every earlier row)."""
+    import csv
+
+    from training.loggers import CsvRecord, read_csv
+
+    record = CsvRecord(tmp_path / "metrics.csv")
+    for t in range(3):
+        record.log(t, {"train/loss": float(t)})
+    before = read_csv(tmp_path / "metrics.csv")
+
+    def fails(self, rows):
+        raise RuntimeError("the process died here")
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", fails)
+    with pytest.raises(RuntimeError):
+        record.log(3, {"train/loss": 3.0, "eval/fork/acc": 0.5})
+    assert read_csv(tmp_path / "metrics.csv") == before and len(before[0]) == 3
+    monkeypatch.undo()
+    record = CsvRecord(tmp_path / "metrics.csv", resume_step=3)  # the resumed run goes on from it
+    record.log(3, {"train/loss": 3.0, "eval/fork/acc": 0.5})
+    rows, names = read_csv(tmp_path / "metrics.csv")
+    assert [r["step"] for r in rows] == ["0", "1", "2", "3"] and names[-1] == "eval/fork/acc"
+
+
 FORK_EVAL = ["+eval.evals.fork._target_=tests.training.fork_parts.Evaluation"]
 
 
