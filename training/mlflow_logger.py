@@ -306,7 +306,15 @@ def upload(run_dir: Path, to: str) -> str:
     name = source.get_experiment(run.info.experiment_id).name
     found = target.get_experiment_by_name(name)
     experiment = found.experiment_id if found else target.create_experiment(name)
+    # the source run's id marks its copy: an upload done is refused, one cut short is begun anew
+    copies = target.search_runs([experiment], filter_string=f"tags.uploaded_run = '{run.info.run_id}'")
+    for copy in copies:
+        if copy.data.tags.get("upload_complete") == "true":
+            raise ConfigError(f"{source_db}: its run is at {redact(to)} already, as run {copy.info.run_id}")
+        log.info("deleting run %s, an upload of it cut short", copy.info.run_id)
+        target.delete_run(copy.info.run_id)
     tags = {k: v for k, v in run.data.tags.items() if k != "mlflow.runName"}
+    tags["uploaded_run"] = run.info.run_id
     new = target.create_run(experiment, start_time=run.info.start_time, tags=tags, run_name=run.info.run_name)
     new_id = new.info.run_id
     params = [Param(k, v) for k, v in run.data.params.items()]
@@ -318,6 +326,7 @@ def upload(run_dir: Path, to: str) -> str:
             target.log_batch(new_id, metrics=history[i : i + BATCH["metrics"]])
     target.log_batch(new_id, tags=[RunTag("uploaded_from", str(source_db))])
     target.set_terminated(new_id, status=run.info.status, end_time=run.info.end_time)
+    target.set_tag(new_id, "upload_complete", "true")
     return new_id
 
 
@@ -337,7 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"uploaded {args.run_dir} to {to}: run {new_id}")
+    except Exception as e:  # the server: unreachable, refusing, an unknown scheme — MLflow's own error, one line
+        print(f"error: MLflow at {redact(to)}: {type(e).__name__}: {first_line(e)}", file=sys.stderr)
+        return 2
+    print(f"uploaded {args.run_dir} to {redact(to)}: run {new_id}")
     return 0
 
 

@@ -338,6 +338,20 @@ def test_a_tracking_server_that_never_answers_falls_back_to_a_local_store_within
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert_every_step_once(client, runs[0].info.run_id, run)
     assert runs[0].data.params["trainer.max_steps"] == "6"
+    capsys.readouterr()
+    assert main(["upload", str(run), "--to", target]) == 2  # once only
+    assert (
+        capsys.readouterr().err
+        == f"error: {run / 'mlflow' / 'fallback.db'}: its run is at {target} already, as run {runs[0].info.run_id}\n"
+    )
+    client.set_tag(runs[0].info.run_id, "upload_complete", "false")  # as an upload cut short leaves it
+    assert main(["upload", str(run), "--to", target]) == 0
+    client, again = mlflow_run(target)
+    assert len(again) == 1 and again[0].info.run_id != runs[0].info.run_id  # the partial one deleted
+    assert_every_step_once(client, again[0].info.run_id, run)
+    assert main(["upload", str(run), "--to", "bogus://x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: MLflow at bogus://x: ") and err.count("\n") == 1
 
 
 def test_a_missing_tracker_package_is_one_line_naming_its_extra(monkeypatch):
