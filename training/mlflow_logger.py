@@ -155,13 +155,20 @@ class MlflowSink(Sink):
         try:
             self.client, self.run_id, self.logged = within(self.timeout, lambda: start(self.uri))
         except Exception as e:
-            if self.fell_back or self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri:
-                raise  # a local store that fails is the user's to fix, as a bad path is
+            from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException as UnknownScheme
+
+            local = self.fell_back or self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri
+            if local or isinstance(e, UnknownScheme):  # the user's to fix, as a bad path is: no server to wait for
+                raise ConfigError(
+                    f"logger.tracking_uri: MLflow cannot use {redact(self.uri)} ({type(e).__name__}: {first_line(e)})"
+                ) from None
+            late = (
+                f"did not start within logger.init_timeout={self.timeout:g} s" if isinstance(e, TimeoutError) else None
+            )
             log.warning(
-                "MLflow at %s did not start within logger.init_timeout=%g s (%s); logging to %s instead; "
-                "to upload it later: %s",
+                "MLflow at %s %s (%s); logging to %s instead; to upload it later: %s",
                 self.uri,
-                self.timeout,
+                late or "failed to start",
                 first_line(e),
                 info.run_dir / FALLBACK,
                 upload_command(info.run_dir),
