@@ -9,6 +9,7 @@ evaluate, save, log, the end-of-run sample, and finishing.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -354,13 +355,19 @@ def build_run(
     metrics = Metrics([])
     if dist.is_main:  # from here on the run directory is written
         metrics = open_metrics(cfg, run_dir, resolved, T, start if state is not None else None, continued, sweep)
-        metrics.summary.update(continued.get("summary") or {})  # the best validation and counts before the resume
-        metrics.summary["params"] = model.raw.num_params()
-        # this start's ending is written at its end: an earlier start's status and error would be read as this one's
-        (run_dir / "summary.json").unlink(missing_ok=True)
-        replace_file(run_dir / "schedule.json", json.dumps({"segments": history}, indent=1) + "\n")
-        if "max_time" in budget_record and state is None:
-            write_plan(run_dir, budget_record, metrics, T)
+        try:
+            metrics.summary.update(continued.get("summary") or {})  # the best validation and counts before the resume
+            metrics.summary["params"] = model.raw.num_params()
+            # this start's ending is written at its end: an earlier start's status and error would be read as this one's
+            (run_dir / "summary.json").unlink(missing_ok=True)
+            replace_file(run_dir / "schedule.json", json.dumps({"segments": history}, indent=1) + "\n")
+            if "max_time" in budget_record and state is None:
+                write_plan(run_dir, budget_record, metrics, T)
+        except BaseException:  # a full disk, a signal: the trackers' runs end failed, not left running
+            with contextlib.suppress(Exception):
+                metrics.close("failed")
+            run_lock.release(run_dir)
+            raise
         if trainer.max_steps is None:  # a budget's T, which the resolved config leaves null (the lr audit reads it)
             metrics.summary["budget/total_steps"] = T
     run = Run(

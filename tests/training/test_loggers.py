@@ -134,6 +134,26 @@ def test_a_wandb_run_killed_past_its_checkpoint_has_every_step_once_resumed(tmp_
     assert len(steps) == 2 and set(steps[0]) | set(steps[1]) == set(range(6)), steps
 
 
+def test_the_sinks_are_closed_failed_when_the_run_fails_before_its_first_update(tmp_path, tiny_train, monkeypatch):
+    """A full disk as the run writes its schedule.json, once the trackers' runs started: they end failed."""
+    import errno
+
+    from data.atomic import DiskFull
+    from training import build
+
+    write = build.replace_file
+
+    def full(path, data):
+        if path.name == "schedule.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        write(path, data)
+
+    monkeypatch.setattr(build, "replace_file", full)
+    with pytest.raises(DiskFull):
+        tiny_train(tmp_path / "run", [*ARGS, *sinks(early="Counting"), "+logger.sinks.early.label=early"])
+    assert SEEN["early"][-1]["status"] == "failed"
+
+
 def test_wandb_is_sent_no_step_below_its_latest_after_a_rollback(tmp_path, monkeypatch):
     """trainer.on_spike=rollback takes updates 3–5 again: W&B keeps its first values for them (it would drop the
     new ones with a warning on the console each time), and gets every later step."""
