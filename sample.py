@@ -79,6 +79,9 @@ def load_model(folder: Path, device: torch.device) -> tuple[GPT, dict[str, Any]]
         raise ConfigError(f"checkpoint {folder / checkpoint.STATE_FILE}: its model_config: {e}") from None
     model.materialize(device)
     checkpoint.load_weights(folder, state, model)
+    broken = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+    if broken is not None:  # a run that diverged: every sample would be the argmax of NaN
+        raise ConfigError(f"checkpoint {folder}: its weights hold values that are not finite ({broken})")
     return model.eval(), state
 
 

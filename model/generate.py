@@ -78,7 +78,8 @@ def sample_next(
         mass_before = probs.cumsum(dim=-1) - probs  # mass of the more likely ids
         sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(dim=-1)
+    # a greedy row draws from its one-hot: multinomial refuses the inf or NaN its logits may hold (fp16 overflow)
+    probs = torch.where(too_cold, torch.zeros_like(logits).scatter_(-1, greedy, 1.0), logits.softmax(dim=-1))
     return torch.where(too_cold, greedy, torch.multinomial(probs, num_samples=1, generator=generator))
 
 

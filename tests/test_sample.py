@@ -167,6 +167,22 @@ def test_an_unchecked_checkpoint_of_another_shape_is_a_one_line_error(tiny_run, 
     assert "\n" not in str(info.value)
 
 
+def test_a_checkpoint_whose_weights_are_not_finite_is_a_one_line_error(tiny_run, tmp_path):
+    """A run that diverged (saved without checksums, as before they were recorded): every sample would be the
+    argmax of NaN."""
+    from training import checkpoint
+
+    other = tmp_path / "diverged"
+    shutil.copytree(tiny_run / "checkpoints" / "step-00000010", other)
+    state = checkpoint.load(other)
+    name = next(k for k in state["model"] if "attn" in k)  # not the embedding, which the tied head would refill
+    state["model"][name] = torch.full_like(state["model"][name], float("nan"))
+    torch.save(state, other / checkpoint.STATE_FILE)
+    (other / checkpoint.CHECKSUMS).unlink()
+    with pytest.raises(ConfigError, match=f"^checkpoint {other}: its weights hold values that are not finite \\("):
+        sample(sample_config([f"checkpoint={other}"]))
+
+
 def test_a_missing_or_empty_run_directory_is_a_one_line_error(tmp_path):
     (tmp_path / "empty").mkdir()
     for path, reason in [(tmp_path / "no-such-run", "does not exist"), (tmp_path / "empty", "holds no checkpoint")]:

@@ -123,6 +123,21 @@ def test_a_temperature_too_small_for_float32_is_greedy_not_an_error(temperature)
         assert torch.equal(sample_next(logits, temperature, **options), logits.argmax(dim=-1, keepdim=True))
 
 
+def test_a_row_whose_logits_overflowed_is_greedy_and_the_others_sample_as_before():
+    """fp16 logits that overflowed (+inf, or NaN from inf − inf) in some rows: those rows take their argmax and
+    the draws of the other rows are the ones they would get anyway."""
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50)
+    clean = sample_next(logits, 1.0, generator=torch.Generator().manual_seed(1))
+    logits[1, 7] = float("inf")
+    logits[2, 3] = float("nan")
+    for options in ({}, {"top_k": 5}, {"top_p": 0.9}):
+        out = sample_next(logits, 1.0, generator=torch.Generator().manual_seed(1), **options)
+        assert out[1].item() == 7 and out[2].item() == logits[2].argmax().item()
+    out = sample_next(logits, 1.0, generator=torch.Generator().manual_seed(1))
+    assert out[0].item() == clean[0].item() and out[3].item() == clean[3].item()
+
+
 def test_top_k_samples_only_the_k_most_likely_ids():
     torch.manual_seed(0)
     logits = torch.randn(1, 30).repeat(2000, 1)
