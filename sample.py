@@ -68,7 +68,7 @@ def find_checkpoint(path: str) -> Path:
 
 def load_model(folder: Path, device: torch.device) -> tuple[GPT, dict[str, Any]]:
     """The model of checkpoint ``folder`` in eval mode on ``device``, and the checkpoint's state."""
-    state = checkpoint.load(folder)
+    state = checkpoint.load(folder, mmap=True)
     saved = state.get("model_config")
     if not isinstance(saved, dict):
         raise ConfigError(f"checkpoint {folder / checkpoint.STATE_FILE}: it has no model_config to rebuild the model")

@@ -278,9 +278,11 @@ def resolve(path: str | os.PathLike, key: str = "trainer.resume") -> Path:
     raise ConfigError(f"{key}: {str(path)!r} holds no checkpoint (no {STATE_FILE} under it)")
 
 
-def load(path: Path, verify_files: bool = True) -> dict[str, Any]:
+def load(path: Path, verify_files: bool = True, mmap: bool = False) -> dict[str, Any]:
     """The state of checkpoint folder ``path``, on the CPU; a file changed since it was saved (unless
-    ``verify_files=False``: already checked), a corrupt or a foreign one is a one-line error."""
+    ``verify_files=False``: already checked), a corrupt or a foreign one is a one-line error. ``mmap``: tensors
+    are read from the file as they are used (sampling and exporting use the weights, not the optimizer's
+    twice-as-large state)."""
     if verify_files:
         verify(path)
     file = path / STATE_FILE
@@ -289,7 +291,7 @@ def load(path: Path, verify_files: bool = True) -> dict[str, Any]:
             # a file pickled with a newer protocol than torch.save's: the weights-only loader warns that it may
             # not follow, then either reads it or fails — and a failure is reported below in one line
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            state = torch.load(file, map_location="cpu", weights_only=True)
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
         reason = first_line(e)
         raise ConfigError(f"checkpoint {file}: cannot be read, it is truncated or corrupt ({reason})") from None
