@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,17 @@ ARCH_KEYS = (
     "norm_eps",
     "qk_norm",
     "logit_softcap",
+)
+# Model keys that an export need not carry: training's own switches, the vocabulary's size (the tokenizer's is
+# written) and the document mask (docs/huggingface.md says what it leaves out). Any other key of GPTConfig that
+# ARCH_KEYS lacks (a fork's) is exported only at its default: its code is not in transformers' class.
+NOT_EXPORTED = (
+    "vocab_size",
+    "dropout",
+    "activation_checkpointing",
+    "fused_cross_entropy",
+    "reset_positions",
+    "document_separator",
 )
 # GPT-2's activation_function for each model.activation, and the names transformers also gives them
 GPT2_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
@@ -115,6 +126,12 @@ def transformers_config(
         )
     if config.arch not in FORMATS:
         raise ModelConfigError("model.arch", f"one of {', '.join(FORMATS)} to export", config.arch)
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.name not in ARCH_KEYS + NOT_EXPORTED and value != f.default:
+            raise ModelConfigError(
+                f"model.{f.name}", f"{f.default!r} to export (model/hf.py does not carry it into transformers)", value
+            )
     return FORMATS[config.arch].config(t, config, vocab, tokens)
 
 

@@ -1,5 +1,5 @@
 """The one build of a run: every part, in order, from a checked config — the process and device, the checkpoint
-to resume, data, model, T, optimizer and schedule, checkpointer, evaluations, and last the outputs — into a
+to resume, data, model, evaluations, T, optimizer and schedule, checkpointer, and last the outputs — into a
 ``Run``, complete when made. ``build_run`` writes nothing but the run directory's outputs, and nothing until every
 part is built and the checkpoint (if resuming) is restored.
 
@@ -260,7 +260,7 @@ def build_run(
     started: float | None = None,
 ) -> Run:
     """Build every part of a run from ``cfg`` (already checked), in order: the process and device, the
-    checkpoint to resume, data, model, T, optimizer and schedule, evaluations, and last the outputs in ``run_dir``."""
+    checkpoint to resume, data, model, evaluations, T, optimizer and schedule, and last the outputs in ``run_dir``."""
     started = time.perf_counter() if started is None else started
     register_overrides(list(overrides or []))  # their secret-looking values never get written
     trainer = cfg.trainer

@@ -91,6 +91,13 @@ def known_keys(group: str, option: str | None) -> list[str]:
     return list(dict.fromkeys([*inherited, *own]))
 
 
+def yaml_keys(group: str, option: str) -> list[str]:
+    """The keys ``option``'s file in conf/ sets itself."""
+    from omegaconf import OmegaConf
+
+    return [str(k) for k in OmegaConf.load(CONF / group / f"{option}.yaml") if k != "defaults"]
+
+
 def entries_of(group: str, option: str) -> list[str]:
     """The entries a list group's option file adds (``logger=csv``: its sink ``csv``)."""
     from omegaconf import OmegaConf
@@ -259,6 +266,11 @@ def check_keys(cfg: Mapping[str, Any], config_name: str = "config") -> None:
             extra = [k for k in extra if not k.startswith(f"{LIST_GROUPS[group]}.")]
         if not known or not extra:
             continue  # no file for this option: the check of its name or source says so
+        if group == "model" and any(extra[0] in yaml_keys("model", o) for o in group_options("model")):
+            raise ConfigError(  # a fork's new key written in conf/model/ only: its code reads GPTConfig's fields
+                f"model.{extra[0]} is in conf/model/ but not a field of GPTConfig (model/gpt.py): a model key is "
+                "both (docs/extending.md)"
+            )
         owners = [o for o in group_options(group) if extra[0] in known_keys(group, o)]
         if owners:
             raise ConfigError(

@@ -126,6 +126,22 @@ def test_a_model_with_a_query_key_norm_is_refused_naming_the_setting(tiny_config
         transformers_config(tiny_config(arch, qk_norm=True))
 
 
+def test_a_forks_model_key_that_export_does_not_know_is_refused_unless_at_its_default(tiny_config):
+    """A fork adds a key to GPTConfig and its code to model/gpt.py: transformers' class computes none of it."""
+    import dataclasses
+
+    from model import GPTConfig
+
+    @dataclasses.dataclass
+    class ForkConfig(GPTConfig):
+        attn_temperature: float = 1.0
+
+    config = ForkConfig(**tiny_config("gpt2").to_dict())
+    transformers_config(config)  # at its default the model is the template's
+    with pytest.raises(ModelConfigError, match=r"^model\.attn_temperature must be 1\.0 to export .*model/hf\.py"):
+        transformers_config(dataclasses.replace(config, attn_temperature=0.5))
+
+
 def test_a_model_with_capped_logits_is_refused_naming_the_setting(tiny_config):
     with pytest.raises(ModelConfigError, match=r"^model\.logit_softcap must be null to export .*, got 30\.0$"):
         transformers_config(tiny_config("llama", logit_softcap=30.0))

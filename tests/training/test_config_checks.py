@@ -333,6 +333,23 @@ def test_a_key_a_forks_yaml_file_adds_is_checked_like_the_templates(tmp_path, mo
         check_config(compose_config(["+optim.embed_lr_scale=0.5"]))
 
 
+def test_a_model_key_written_in_conf_model_alone_names_gptconfig(tmp_path, monkeypatch):
+    """A fork's new model key in base.yaml, without its field in GPTConfig (which the model's code reads)."""
+    import shutil
+
+    import scheduling.spec
+    import training.config
+
+    conf = tmp_path / "conf"
+    shutil.copytree(training.config.CONF, conf)
+    with open(conf / "model" / "base.yaml", "a") as f:
+        f.write("z_loss: 0.0           # weight of the squared log-partition term\n")
+    monkeypatch.setattr(training.config, "CONF", conf)
+    monkeypatch.setattr(scheduling.spec, "CONF", conf)
+    with pytest.raises(ConfigError, match=r"^model.z_loss is in conf/model/ but not a field of GPTConfig \(model/gpt"):
+        check_config(compose_config([]))
+
+
 def test_a_mixture_takes_sources_the_user_names():
     check_config(compose_config(["data=mixture", "+data.sources.web={source: hub, name: owner/set, weight: 2}"]))
     with pytest.raises(USER_ERRORS, match=r"^data\.sources\.web\.nmae is not a key of a hub source; it has "):
