@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -65,6 +66,10 @@ def train(
         finally:
             with StopSignals() as late:  # a signal now would cut the trackers' last records: the ending goes first
                 run.finish(status)
+                if status == "preempted" and run.dist.distributed:
+                    # saved and ended on every rank: torchrun's SIGTERM, sent once the first rank has exited 75,
+                    # must not turn the others' exit code into -15
+                    late.keep_ignoring(signal.SIGTERM)
             if late.requested:
                 log.info("%s came while the run was ending; it ended first", late.requested)
 

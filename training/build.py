@@ -205,7 +205,8 @@ class Run:
         """Close the run: ``status`` ok, failed, or preempted. The sinks are closed, and the run directory's lock
         released, even when the reports fail (a full disk). After a run that ended well on every rank, the ranks
         leave together."""
-        ended_well = status == "ok"  # the same on every rank: each finished the same loop
+        # the same on every rank: each finished the same loop, or stopped at the same update after the same save
+        ended_well = status in ("ok", "preempted")
         try:
             if self.dist.is_main:
                 summary.report(self, status)
@@ -266,9 +267,7 @@ def build_run(
     trainer = cfg.trainer
     dist = distributed.init(trainer.device, trainer.collective_timeout)
     run_dir = Path(distributed.broadcast_object(str(run_dir))).resolve()
-    resume_from = distributed.broadcast_object(
-        checkpoint.find_resume(trainer.resume, run_dir) if dist.is_main else None
-    )
+    resume_from = distributed.from_rank_zero(lambda: checkpoint.find_resume(trainer.resume, run_dir), dist)
     state = checkpoint.load(resume_from, verify_files=False) if resume_from else None  # rank 0 verified it
     if not dist.is_main:
         logging.getLogger().setLevel(logging.WARNING)
@@ -311,6 +310,8 @@ def build_run(
 
     # T, fixed before update 0; then the optimizer and the schedule that ends at T
     T, budget_record = budget.total_steps(trainer, train_batches.tokens_per_update, state, measure)
+    if model.strategy == "fsdp":  # the budget's evaluation (a forward without backward) left the root unsharded:
+        model.raw.reshard()  # the optimizer must take the sharded parameters, which each backward updates
     check_stop_at(trainer.stop_at, T, "trainer.max_steps" if trainer.max_steps is not None else "T of the budget")
     key = budget.budget_key(trainer)  # what set T: a budget's is named, not the null trainer.max_steps
     total_key = "trainer.max_steps" if key == "max_steps" else f"the T of trainer.{key}={trainer[key]:g}"

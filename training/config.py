@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -681,7 +682,8 @@ def check_config(cfg: Mapping[str, Any]) -> None:
     check_model_config(cfg["model"])
     check_optim(cfg["optim"])
     check_trainer(cfg["trainer"])
-    grad_accum_steps(cfg["trainer"], cfg["model"]["block_size"], 1)
+    # under torchrun, against its ranks: before the token cache is built, not after
+    grad_accum_steps(cfg["trainer"], cfg["model"]["block_size"], int(os.environ.get("WORLD_SIZE", 1)))
     check_data(cfg["data"])
     if cfg["model"].get("reset_positions") and not cfg["data"]["document_mask"]:
         raise ConfigError(

@@ -311,6 +311,26 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def from_rank_zero(work, d: Dist):
+    """``work()`` on rank 0 (what only it may read or decide), its result on every rank; its bad-input error is
+    raised on every rank as the same one line (the others would wait in the broadcast, then fail with gloo's
+    "connection closed" when rank 0 left)."""
+    result, error = None, None
+    if d.is_main:
+        try:
+            result = work()
+        except USER_ERRORS as e:
+            if not d.distributed:
+                raise
+            error = e
+    result, message = broadcast_object((result, None if error is None else str(error)))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise ConfigError(message)
+    return result
+
+
 def shutdown(wait: bool = False) -> None:
     """Tear down the process group; ``wait``: once every rank has got here, so that none closes its connections
     while another still writes its end-of-run reports (gloo can abort the rank that left first)."""

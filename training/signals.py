@@ -30,6 +30,11 @@ class StopSignals:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
+    def keep_ignoring(self, sig: int) -> None:
+        """Once the block ends, ignore ``sig`` for the rest of the process instead of restoring its handler."""
+        if sig in self._previous:
+            self._previous[sig] = signal.SIG_IGN
+
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)

@@ -350,6 +350,15 @@ def test_a_model_key_written_in_conf_model_alone_names_gptconfig(tmp_path, monke
         check_config(compose_config([]))
 
 
+def test_a_global_batch_that_the_ranks_do_not_divide_is_refused_before_any_work(monkeypatch):
+    """Under torchrun (WORLD_SIZE) the check counts the ranks: 128 tokens over 2 ranks of 4 × 32 cannot be."""
+    overrides = ["model.block_size=32", "trainer.batch_size=4", "trainer.global_batch_tokens=128"]
+    check_config(compose_config(overrides))  # one process: 1 micro-batch
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"^trainer.global_batch_tokens must be a multiple of .* 4 × 32 × 2 = 256"):
+        check_config(compose_config(overrides))
+
+
 def test_a_mixture_takes_sources_the_user_names():
     check_config(compose_config(["data=mixture", "+data.sources.web={source: hub, name: owner/set, weight: 2}"]))
     with pytest.raises(USER_ERRORS, match=r"^data\.sources\.web\.nmae is not a key of a hub source; it has "):

@@ -95,7 +95,8 @@ def test_a_two_process_checkpoint_resumes_on_one_process(tmp_path, data_cache, o
     stopped = torchrun(ARGS + ["trainer.stop_at=10"], tmp_path, data_cache, run, check=False)
     out = stopped.stdout + stopped.stderr
     # Every rank exits EXIT_RESUMABLE; torchrun reports any non-zero worker exit as its own exit code 1.
-    assert stopped.returncode != 0 and f"exitcode  : {EXIT_RESUMABLE}" in out, out[-3000:]
+    # (both ranks: one leaving first must not have torchrun's SIGTERM turn the other's into -15)
+    assert stopped.returncode != 0 and out.count(f"exitcode  : {EXIT_RESUMABLE}") == 2, out[-3000:]
     assert "stopped after updates 0–9 (trainer.stop_at); re-run the same command to resume at update 10" in out
     assert checkpoint.latest(run / "checkpoints").name == "step-00000010"
     tiny_train(run, ARGS)  # one process, the same global batch: 2 micro-batches per update
@@ -119,6 +120,29 @@ def test_two_process_fsdp_trains_and_its_sharded_checkpoint_resumes_on_one_proce
     tiny_train(run, ARGS + [f"trainer.max_steps={T + 4}", "trainer.allow_schedule_change=true"])
     assert sorted(train_records(run)) == list(range(T + 4))
     assert [r for r in read_metrics(run) if "val/loss" in r][-1]["val/loss"] < evals[0]["val/loss"]
+
+
+def test_fsdp_under_a_time_budget_trains_every_parameter_and_checkpoints(tmp_path, data_cache):
+    """The budget measures an evaluation before the optimizer is built: FSDP's root must be sharded again first,
+    or the optimizer steps copies of the embeddings that each forward overwrites (and the final save fails)."""
+    run = tmp_path / "run"
+    args = ["trainer.max_steps=null", "trainer.max_time=20", "trainer.global_batch_tokens=256", "trainer.strategy=fsdp"]
+    torchrun([*args, "trainer.eval_every=0", "trainer.sample_tokens=0"], tmp_path, data_cache, run)
+    records = train_records(run)
+    first = sum(records[t]["train/loss"] for t in range(3)) / 3
+    last = sum(records[t]["train/loss"] for t in range(len(records) - 3, len(records))) / 3
+    assert last < first - 1.0, (first, last, len(records))
+    assert checkpoint.latest(run / "checkpoints").name == f"step-{len(records):08d}"  # saved at T
+
+
+def test_a_refusal_only_rank_zero_can_make_is_one_line_on_every_rank(tmp_path, data_cache):
+    """trainer.resume is looked up by rank 0 alone: the others get its one line, not gloo's "connection closed"."""
+    missing = tmp_path / "no" / "such" / "run"
+    proc = torchrun([f"trainer.resume={missing}"], tmp_path, data_cache, tmp_path / "run", check=False)
+    out = proc.stdout + proc.stderr
+    errors = [line for line in out.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and len(set(errors)) == 1 and errors[0].startswith("error: trainer.resume: "), out[-3000:]
+    assert "Connection closed" not in out and "RuntimeError" not in out, out[-3000:]
 
 
 def test_a_data_error_on_rank_zero_stops_every_rank_with_one_line(tmp_path, data_cache):
