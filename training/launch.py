@@ -165,6 +165,12 @@ class LockRunDir(Callback):
             why = "hydra.sweep.dir must be a folder for the sweep's jobs, got ''"
         elif Path(sweep_dir).exists() and not Path(sweep_dir).is_dir():
             why = f"hydra.sweep.dir: {sweep_dir!r} is a file, not a folder"
+        elif busy := [job for job in sorted(Path(sweep_dir).glob("*/")) if run_lock.in_use(job)]:
+            # Hydra would write each job's .hydra/ and train.log before the job's own lock refuses it
+            why = (
+                f"hydra.sweep.dir: {sweep_dir} has a job running ({busy[0].name}: {run_lock.holder_of(busy[0])}); "
+                "wait for it to end or stop it, or give this sweep another hydra.sweep.dir"
+            )
         else:
             return
         print(f"error: {why}", file=sys.stderr)

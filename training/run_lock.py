@@ -90,6 +90,26 @@ def acquire(run_dir: Path, setting: str = "hydra.run.dir") -> None:
     _held[key] = [fd, 1]
 
 
+def in_use(run_dir: Path) -> bool:
+    """Whether another live process holds ``run_dir``'s lock (this process's own, or no lock file: False)."""
+    path = run_dir / LOCK_FILE
+    if fcntl is None or os.path.realpath(run_dir) in _held or not path.is_file():
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # a filesystem without locks: nothing to tell
+        return False
+    finally:
+        os.close(fd)  # drops the shared lock, if taken
+    return False
+
+
 def release(run_dir: Path) -> None:
     """Undo one ``acquire``; the last one closes the descriptor, which drops the lock."""
     key = os.path.realpath(run_dir)

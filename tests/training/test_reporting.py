@@ -383,6 +383,30 @@ def test_a_signal_ends_the_sweep_with_the_report_of_its_jobs_so_far(tmp_path, da
     assert re.search(r"stopped after updates 0–\d+ \(SIGTERM\); re-run the same command to resume", out)
 
 
+def test_a_second_launch_on_a_sweep_directory_with_a_job_running_changes_nothing_there(tmp_path, data_cache):
+    """Hydra writes a job's .hydra/ and train.log before the job locks its directory: the sweep is refused first."""
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache)}
+    args = [*TINY, "trainer.eval_every=0", "trainer.sample_tokens=0", "trainer.max_steps=100000,4"]
+    cmd = [sys.executable, "train.py", "-m", *args, f"hydra.sweep.dir={sweep}"]
+    first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((sweep / "0" / "metrics.jsonl").is_file() and train_records(sweep / "0")):
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()[0][-3000:]
+            time.sleep(0.01)
+        hydra_files = {p: p.stat().st_mtime_ns for p in (sweep / "0" / ".hydra").iterdir()}
+        second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2, second.stderr[-2000:]
+        line = f"error: hydra.sweep.dir: {sweep} has a job running (0: host "
+        assert second.stderr.startswith(line) and second.stderr.count("\n") == 1, second.stderr
+        assert {p: p.stat().st_mtime_ns for p in (sweep / "0" / ".hydra").iterdir()} == hydra_files
+        assert "in use by another run" not in (sweep / "0" / "train.log").read_text()
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+
+
 @pytest.mark.slow
 def test_the_submitit_launcher_runs_each_sweep_job_in_its_own_process(tmp_path, data_cache):
     """hydra/launcher=submitit_local: the job function is pickled and run elsewhere, as on SLURM."""
