@@ -282,7 +282,8 @@ def load(path: Path, verify_files: bool = True, mmap: bool = False) -> dict[str,
     """The state of checkpoint folder ``path``, on the CPU; a file changed since it was saved (unless
     ``verify_files=False``: already checked), a corrupt or a foreign one is a one-line error. ``mmap``: tensors
     are read from the file as they are used (sampling and exporting use the weights, not the optimizer's
-    twice-as-large state)."""
+    twice-as-large state) — never for a file that is then written over in place, which would pull the pages
+    from under them."""
     if verify_files:
         verify(path)
     file = path / STATE_FILE
