@@ -27,6 +27,8 @@ import numpy as np  # noqa: E402
 
 from data.atomic import file_checksums  # noqa: E402
 from data.cache import inspect, prepare  # noqa: E402
+from model.flops import cpu_name  # noqa: E402
+from scheduling.spec import CommandLine, at_least  # noqa: E402
 from training.config import USER_ERRORS, compose_checked  # noqa: E402
 
 
@@ -40,9 +42,9 @@ def best_seconds(work, reps: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = CommandLine(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--gb", type=float, default=1.0, help="size of the synthetic token file, in GB (2^30 bytes)")
-    p.add_argument("--reps", type=int, default=3, help="timed repetitions; the best is reported")
+    p.add_argument("--reps", type=at_least(1), default=3, help="timed repetitions; the best is reported")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py (e.g. data=tinystories)")
     args = p.parse_args(argv)
     try:
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = best_seconds(lambda: file_checksums(big), args.reps)
         print(
             f"synthetic {size / 2**30:.2f} GB token file: checksums {seconds:.3f} s "
-            f"({size / seconds / 1e9:.2f} GB/s, {os.cpu_count()} cores)"
+            f"({size / seconds / 1e9:.2f} GB/s, {os.cpu_count()} cores of {cpu_name()})"
         )
     return 0
 

@@ -28,6 +28,8 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from bench.cache_check import best_seconds  # noqa: E402
 from model import GPT, GPTConfig, padded_vocab  # noqa: E402
+from model.flops import cpu_name  # noqa: E402
+from scheduling.spec import CommandLine, at_least  # noqa: E402
 from training import checkpoint  # noqa: E402
 from training.config import USER_ERRORS, compose_checked  # noqa: E402
 
@@ -41,8 +43,8 @@ def sha256_file(path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--reps", type=int, default=3, help="timed repetitions; the best is reported")
+    p = CommandLine(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--reps", type=at_least(1), default=3, help="timed repetitions; the best is reported")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py (default: model=gpt2)")
     args = p.parse_args(argv)
     try:
@@ -73,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"save {save:.2f} s, of which the checksums {record:.2f} s ({100 * record / save:.0f} %)")
     print(f"load {load:.2f} s, of which the check {check:.2f} s ({100 * check / load:.0f} %)")
     cores = len(os.sched_getaffinity(0))
-    print(f"crc32 {size / check / 1e9:.1f} GB/s, sha256 {size / sha / 1e9:.1f} GB/s ({cores} core(s) usable)")
+    rates = f"crc32 {size / check / 1e9:.1f} GB/s, sha256 {size / sha / 1e9:.1f} GB/s"
+    print(f"{rates} ({cores} core(s) usable, {cpu_name()})")
     return 0
 
 

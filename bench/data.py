@@ -38,7 +38,9 @@ from tokenizers import Tokenizer  # noqa: E402
 
 from data import TrainBatches, build_corpus, prepare  # noqa: E402
 from model import GPT, GPTConfig, padded_vocab  # noqa: E402
+from model.flops import cpu_name  # noqa: E402
 from scheduling import build_scheduler, schedule_from_config  # noqa: E402
+from scheduling.spec import CommandLine, at_least  # noqa: E402
 from training import distributed  # noqa: E402
 from training.config import USER_ERRORS, compose_checked  # noqa: E402
 from training.engine import train_update  # noqa: E402
@@ -49,10 +51,10 @@ TARGET_WAIT = 0.01  # and wait for data less than this share of an update
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--reps", type=int, default=3, help="alternating repetitions of pipeline and bare encoding")
-    p.add_argument("--steps", type=int, default=10, help="timed training updates for the data wait")
-    p.add_argument("--warmup", type=int, default=2, help="untimed updates first")
+    p = CommandLine(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--reps", type=at_least(1), default=3, help="alternating repetitions of pipeline and bare encoding")
+    p.add_argument("--steps", type=at_least(1), default=10, help="timed training updates for the data wait")
+    p.add_argument("--warmup", type=at_least(0), default=2, help="untimed updates first")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py (e.g. data.max_bytes=3000000)")
     return p.parse_args(argv)
 
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"corpus: {trained.meta['corpus']} ({cfg.data.source}), {len(texts)} documents, {mb:.2f} MB of UTF-8 text, "
         f"{sum(trained.meta['tokens'].values()):,} tokens | byte-level BPE, vocab {trained.vocab_size} | "
-        f"{os.cpu_count()} CPUs, load average {load_before[0]:.2f}"
+        f"{os.cpu_count()} CPUs ({cpu_name()}), load average {load_before[0]:.2f}"
     )
     print(f"  pipeline + training the tokenizer: {with_training:.2f} s = {mb / with_training:.2f} MB/s (1 run)")
 

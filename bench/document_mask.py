@@ -12,7 +12,6 @@ ratio, and the share of windows that hold a document boundary (where the two dif
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -26,7 +25,9 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from data import TrainBatches, prepare  # noqa: E402
 from model import GPT, GPTConfig, padded_vocab  # noqa: E402
+from model.flops import cpu_name  # noqa: E402
 from scheduling import Schedule, build_scheduler  # noqa: E402
+from scheduling.spec import CommandLine, at_least  # noqa: E402
 from training import distributed  # noqa: E402
 from training.config import USER_ERRORS, compose_checked, grad_accum_steps  # noqa: E402
 from training.engine import train_update  # noqa: E402
@@ -34,9 +35,9 @@ from training.optim import build_optimizer  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=30, help="timed updates of each (default 30)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed updates of each first")
+    p = CommandLine(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=at_least(1), default=30, help="timed updates of each (default 30)")
+    p.add_argument("--warmup", type=at_least(0), default=3, help="untimed updates of each first")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py")
     args = p.parse_args(argv)
     try:
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             micro_batches = batches.micro_batches(t)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            started = time.perf_counter()  # train_update returns after its one host sync
+            started = time.perf_counter()
             train_update(
                 model,
                 optimizer,
@@ -75,13 +76,16 @@ def main(argv: list[str] | None = None) -> int:
                 autocast=autocast,
                 grad_clip=cfg.trainer.grad_clip,
             )
+            if device.type == "cuda":  # its host sync comes before the optimizer's step, whose kernels count too
+                torch.cuda.synchronize()
             if t >= args.warmup:
                 times.append(time.perf_counter() - started)
     windows = torch.cat([x for t in range(args.steps) for x, _ in batches.micro_batches(t)])
     crossing = (windows[:, 1:] == cache.eot_id).any(dim=1).float().mean().item()
     off, on = (statistics.median(runs[name][3]) for name in ("off", "on"))
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(
-        f"device {device}, {cfg.model.arch} n_layer {cfg.model.n_layer} n_embd {cfg.model.n_embd}, "
+        f"device {device} ({where}), {cfg.model.arch} n_layer {cfg.model.n_layer} n_embd {cfg.model.n_embd}, "
         f"{batches.tokens_per_update:,} tokens per update, {args.steps} updates each"
     )
     print(f"document_mask off: {1e3 * off:.1f} ms per update")

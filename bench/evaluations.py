@@ -26,14 +26,15 @@ import torch  # noqa: E402
 
 from bench.throughput import sync  # noqa: E402
 from model.flops import cpu_name  # noqa: E402
+from scheduling.spec import CommandLine, at_least  # noqa: E402
 from training.build import build_run  # noqa: E402
 from training.config import USER_ERRORS, compose_checked  # noqa: E402
 from training.multiple_choice import ChoiceTask  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds of an update and every evaluation")
+    parser = CommandLine(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=at_least(1), default=3, help="timed rounds of an update and every evaluation")
     parser.add_argument("overrides", nargs="*", help="train.py's key=value overrides")
     args = parser.parse_args(argv)
     overrides = ["logger=none", "trainer.sample_tokens=0", *args.overrides]

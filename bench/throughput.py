@@ -58,6 +58,7 @@ from data import TrainBatches, prepare  # noqa: E402
 from model import GPT, GPTConfig, padded_vocab  # noqa: E402
 from model.flops import cpu_name, cpu_peak_flops, measure_matmul_flops, model_flops_per_token, peak_flops  # noqa: E402
 from scheduling import build_scheduler, schedule_from_config  # noqa: E402
+from scheduling.spec import CommandLine, at_least  # noqa: E402
 from training import distributed  # noqa: E402
 from training.config import USER_ERRORS, ConfigError, check_config, check_overrides, compose, grad_accum_steps  # noqa: E402
 from training.engine import train_update  # noqa: E402
@@ -65,16 +66,21 @@ from training.optim import build_optimizer  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = CommandLine(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="micro", help="a conf/model preset (default micro)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    p.add_argument("--batch-size", type=int, default=None, help="sequences per micro-batch (default: the config's)")
-    p.add_argument("--steps", type=int, default=5, help="timed updates per repetition and loop")
-    p.add_argument("--repeats", type=int, default=3, help="alternating repetitions of each loop")
-    p.add_argument("--warmup", type=int, default=2, help="untimed updates of each loop first")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument(
-        "--vocab-size", type=int, default=None, help="rows of the model's output head (default: the tokenizer's)"
+        "--batch-size", type=at_least(1), default=None, help="sequences per micro-batch (default: the config's)"
+    )
+    p.add_argument("--steps", type=at_least(1), default=5, help="timed updates per repetition and loop")
+    p.add_argument("--repeats", type=at_least(1), default=3, help="alternating repetitions of each loop")
+    p.add_argument("--warmup", type=at_least(0), default=2, help="untimed updates of each loop first")
+    p.add_argument("--threads", type=at_least(1), default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--vocab-size",
+        type=at_least(1),
+        default=None,
+        help="rows of the model's output head (default: the tokenizer's)",
     )
     p.add_argument("--compare-ref", metavar="REF", default=None, help="time this tree's update against a git ref's")
     p.add_argument(
@@ -261,7 +267,7 @@ def build_bare(
     model_config: GPTConfig,
     batches: TrainBatches,
     vocab: int,
-    lr: float,
+    optim: dict,
     seed: int,
     device: torch.device,
     precision: str,
@@ -269,12 +275,13 @@ def build_bare(
     grad_clip: float,
 ):
     """The minimal loop: same model and seed, random tokens already on the device, forward/backward, clipping
-    (unless ``grad_clip`` is 0), AdamW, as many micro-batches of the same size per update."""
+    (unless ``grad_clip`` is 0), the same optimizer (``optim``, the optim group: AdamW fused as the template's,
+    with its groups), as many micro-batches of the same size per update."""
     torch.manual_seed(seed)
     model = GPT(model_config).to(device)
     if use_compile:
         model.compile()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    optimizer = build_optimizer(model, optim, device)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     autocast = distributed.autocast(device, precision)
     accum, shape = batches.accum, (batches.batch_size, batches.block_size)
@@ -340,7 +347,16 @@ def profile(step: Callable[[int], None], first: int, steps: int, peak: float | N
         return sum(e.self_cpu_time_total if self_time else e.cpu_time_total for e in events if match(e.key)) / total
 
     gemm = [e for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm")]
-    gemm_rate = sum(e.flops for e in gemm) / max(sum(e.self_cpu_time_total for e in gemm), 1) * 1e6  # FLOP/s
+    # on a GPU an operator's CPU time is its launch: the GEMMs' rate is over their kernels' time (on the device)
+    gemm_time = sum(e.device_time_total if cuda else e.self_cpu_time_total for e in gemm)
+    gemm_rate = sum(e.flops for e in gemm) / max(gemm_time, 1) * 1e6  # FLOP/s
+    if cuda:
+        device_total = sum(e.self_device_time_total for e in events)
+        vs_peak = f" = {gemm_rate / peak:.0%} of the peak" if peak else ""
+        print(
+            f"kernel time over {steps} updates: {device_total / 1e6:.2f} s; GEMMs {gemm_time / device_total:.1%}"
+            f" of it at {gemm_rate / 1e12:.1f} TFLOP/s{vs_peak} (the shares below are of the CPU's launch time)"
+        )
     print(f"operator time over {steps} updates: {total / 1e6:.2f} s")
     vs_peak = f" = {gemm_rate / peak:.0%} of the peak" if peak else ""
     print(
@@ -592,9 +608,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.against:
         return against(args, d, template, batches, raw_model, peaks)
 
-    bare = build_bare(
-        c, batches, vocab, cfg.optim.lr, cfg.trainer.seed, device, precision, use_compile, cfg.trainer.grad_clip
-    )
+    optim = OmegaConf.to_container(cfg.optim, resolve=True)
+    bare = build_bare(c, batches, vocab, optim, cfg.trainer.seed, device, precision, use_compile, cfg.trainer.grad_clip)
     print(f"bare leaves out: {BARE_LEAVES_OUT}")
     loops = {
         "template": lambda first, steps: timed(template, first, steps, device),

@@ -13,7 +13,6 @@ noise of a comparison (or of a forecast fitted on the same windows). Seed-to-see
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 import sys
@@ -26,6 +25,7 @@ import torch  # noqa: E402
 
 from data import ValBatches, prepare  # noqa: E402
 from sample import load_model  # noqa: E402
+from scheduling.spec import CommandLine  # noqa: E402
 from training import checkpoint  # noqa: E402
 
 
@@ -35,7 +35,8 @@ def window_losses(run_dir: Path) -> torch.Tensor:
 
     folder = checkpoint.latest(run_dir / "checkpoints")
     if folder is None:
-        raise SystemExit(f"error: {run_dir}: no checkpoint (checkpoints/latest)")
+        print(f"error: {run_dir}: no checkpoint (checkpoints/latest)", file=sys.stderr)
+        raise SystemExit(2)
     model, state = load_model(folder, torch.device("cpu"))
     cfg = OmegaConf.create(state["config"])
     cache = prepare(cfg.data, build_if_missing=False)
@@ -55,7 +56,7 @@ def window_losses(run_dir: Path) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = CommandLine(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories with a final checkpoint")
     args = parser.parse_args(argv)
     per_run = {run: window_losses(run) for run in args.runs}

@@ -64,6 +64,21 @@ class CommandLine(argparse.ArgumentParser):
         return known
 
 
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer ≥ ``minimum`` (the parser's one-line error names the option)."""
+
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer ≥ {minimum}, got {text!r}")
+        return value
+
+    return integer
+
+
 class ScheduleError(SettingError):
     """A schedule setting that makes the schedule ill-defined."""
 
