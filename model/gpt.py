@@ -103,9 +103,11 @@ class GPTConfig:
         would fail deep in torch."""
         names = {f.name for f in fields(cls)}
         picked = {k: v for k, v in values.items() if k in names}
-        _positive_int(picked, "vocab_size")
+        if "vocab_size" in picked:
+            _positive_int(picked, "vocab_size")
         separator = picked.get("document_separator")
-        if separator is not None and not (is_int(separator) and 0 <= separator < picked["vocab_size"]):
+        vocab = picked.get("vocab_size", cls.vocab_size)
+        if separator is not None and not (is_int(separator) and 0 <= separator < vocab):
             raise ModelConfigError("model.document_separator", "null or a token id below model.vocab_size", separator)
         return cls(**picked)
 
