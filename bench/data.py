@@ -63,9 +63,17 @@ def compose_config(overrides: list[str]):
     return compose_checked(["logger=none", "trainer.device=cpu", *overrides])
 
 
+SCRATCH: list[str] = []  # the temporary folders made, removed when the script ends, however it ends
+
+
+def scratch() -> str:
+    SCRATCH.append(tempfile.mkdtemp(prefix="bench-data-"))
+    return SCRATCH[-1]
+
+
 def timed_prepare(data_cfg, **values) -> tuple[float, object]:
     """Seconds for prepare() into a fresh empty cache directory (removed afterwards unless kept)."""
-    cfg = OmegaConf.merge(data_cfg, {"cache_dir": tempfile.mkdtemp(prefix="bench-data-"), **values})
+    cfg = OmegaConf.merge(data_cfg, {"cache_dir": scratch(), **values})
     t0 = time.perf_counter()
     cache = prepare(cfg)
     return time.perf_counter() - t0, cache
@@ -113,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # Once: the pipeline that trains its tokenizer; its tokenizer is then given to the others.
     with_training, trained = timed_prepare(cfg.data)
-    work = Path(tempfile.mkdtemp(prefix="bench-data-"))
+    work = Path(scratch())
     tokenizer_file = str(work / "tokenizer.json")
     shutil.copy(trained.path / "tokenizer.json", tokenizer_file)
     assert abs(sum(trained.meta["bytes"].values()) / 1e6 - mb) < 1e-6, "the bare texts differ from the pipeline's"
@@ -133,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
             if name == "pipeline":
                 took, cache = timed_prepare(cfg.data, tokenizer=tokenizer_file)
                 assert cache.meta["tokens"] == trained.meta["tokens"]
-                shutil.rmtree(cache.path.parent)
+                shutil.rmtree(cache.path.parent)  # now: the repetitions would fill the disk
             else:
                 took = timed_bare(tokenizer_file, texts, fast=name.endswith("fast"))
             seconds[name].append(took)
@@ -170,8 +178,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     if any(n is not None and n > 0.05 for n in noise):
         print("warning: other processes kept the CPUs busy during the run; the figures are not reliable")
-    shutil.rmtree(trained.path.parent, ignore_errors=True)
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
@@ -180,3 +186,6 @@ if __name__ == "__main__":
     except USER_ERRORS as e:  # bad input, as train.py reports it
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        for folder in SCRATCH:
+            shutil.rmtree(folder, ignore_errors=True)
