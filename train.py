@@ -133,6 +133,7 @@ def main(cfg: DictConfig) -> float:
     run_dir, sweep = Path(hc.runtime.output_dir), launch.sweep_of(hc, sys.argv[1:])
     if sweep is not None:
         launch.jobs.append((hc.job.num, None))
+        launch.ran.add(run_dir.resolve())
     try:
         return train(
             cfg,

@@ -31,6 +31,7 @@ log = logging.getLogger("train")
 IN_PROCESS_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 jobs: list[tuple[int, str | None]] = []  # (job number, its error) of every sweep job run in this process
 stopped: list[tuple[int, Stopped]] = []  # (job number, its stop) of those trainer.stop_at stopped
+ran: set[Path] = set()  # the run directories of the sweep jobs run in this process (their report's rows)
 job_wall_start = 0.0  # time.time() at the start of this process's latest job
 
 
@@ -211,7 +212,7 @@ def write_sweep_report(hydra_cfg, forecast: Path | None) -> None:
         return
     register_overrides(task_overrides(hydra_cfg.overrides.task))  # its jobs scrub it too, unless none did
     scrub_hydra_files(sweep_dir)
-    jobs, files = write_report(sweep_dir, forecast)
+    jobs, files = write_report(sweep_dir, forecast, ran or None)  # another launcher's: every job folder
     log.info("sweep report, best first (%s):\n%s", ", ".join(f.name for f in files), markdown(jobs).rstrip())
 
 

@@ -113,9 +113,10 @@ def is_accuracy(key: str) -> bool:
     return key.startswith("eval/") and key.endswith(("/acc", "/acc_norm"))
 
 
-def read_sweep(sweep_dir: Path) -> list[Job]:
-    """Every job, best first: finished jobs by final val/bpb, then the others in job order."""
-    dirs = job_dirs(sweep_dir)
+def read_sweep(sweep_dir: Path, only: set[Path] | None = None) -> list[Job]:
+    """Every job (of those in ``only``, when given), best first: finished jobs by final val/bpb, then the others in
+    job order."""
+    dirs = [d for d in job_dirs(sweep_dir) if only is None or d.resolve() in only]
     given = [overrides(d) for d in dirs]
     keys = list(dict.fromkeys(k for g in given for k in g))
     swept = [k for k in keys if len({g.get(k) for g in given}) > 1]
@@ -262,16 +263,19 @@ def add_forecasts(jobs: list[Job], fit: Any) -> None:
                 job.forecast = None
 
 
-def write_report(sweep_dir: Path, forecast: Path | None = None) -> tuple[list[Job], list[Path]]:
+def write_report(
+    sweep_dir: Path, forecast: Path | None = None, only: set[Path] | None = None
+) -> tuple[list[Job], list[Path]]:
     """Write report.csv, report.md, report.png (and frontier.png) into ``sweep_dir``, and with a fit each job's
-    forecast (and forecast.png); returns the jobs, best first, and the files written. A fit that cannot be read
+    forecast (and forecast.png); returns the jobs, best first, and the files written. ``only``: the job folders
+    of this sweep (a sweep directory used again can hold an earlier, larger grid's). A fit that cannot be read
     raises ``scheduling.forecast.ForecastError`` before anything is written."""
     fit = None
     if forecast is not None:
         from scheduling.forecast import load_fit
 
         fit = load_fit(forecast)
-    jobs = read_sweep(sweep_dir)
+    jobs = read_sweep(sweep_dir, only)
     if fit is not None:
         add_forecasts(jobs, fit)
     files = [sweep_dir / "report.csv", sweep_dir / "report.md"]

@@ -365,6 +365,22 @@ def test_stop_at_stops_each_sweep_job_there_and_the_same_command_resumes_them_al
     assert report_statuses(sweep) == {"0": "ok", "1": "ok"}
 
 
+def test_a_sweep_directory_used_again_reports_the_new_sweeps_jobs_alone(tmp_path, data_cache):
+    """A second, smaller grid in the same hydra.sweep.dir: the first grid's other job folders stay, unreported."""
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache)}
+    args = [*TINY, "trainer.eval_every=0", "trainer.sample_tokens=0", f"hydra.sweep.dir={sweep}"]
+    for grid in ("trainer.max_steps=2,3,4", "trainer.max_steps=2"):  # job 0 again, finished: its evaluation alone
+        proc = subprocess.run(
+            [sys.executable, "train.py", "-m", *args, grid], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2"]
+    with open(sweep / "report.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["job"], r["T"]) for r in rows] == [("0", "2")]
+
+
 def test_a_signal_ends_the_sweep_with_the_report_of_its_jobs_so_far(tmp_path, data_cache):
     sweep = tmp_path / "sweep"
     env = {**os.environ, "GPT_DATA_CACHE": str(data_cache)}
