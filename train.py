@@ -55,13 +55,13 @@ def train(
     check_config(cfg)
     with space_for(run_dir):  # a full disk wherever the run writes: DiskFull, one line naming the file
         run = build_run(cfg, run_dir, sweep=sweep, overrides=overrides, started=started)
-        status = "failed"
+        status, stop = "failed", None
         try:
             final_val = fit(run)
             status = "ok"
             return final_val
-        except Stopped:
-            status = "preempted"
+        except Stopped as e:
+            status, stop = "preempted", e
             raise
         finally:
             with StopSignals() as late:  # a signal now would cut the trackers' last records: the ending goes first
@@ -72,6 +72,8 @@ def train(
                     late.keep_ignoring(signal.SIGTERM)
             if late.requested:
                 log.info("%s came while the run was ending; it ended first", late.requested)
+                if sweep is not None and status != "failed":  # it stops the sweep: no next job starts
+                    raise Stopped(stop.updates if stop else run.total_steps, late.requested)
 
 
 def fit(run: Run) -> float:
@@ -111,7 +113,7 @@ def fit(run: Run) -> float:
             stop = signals.requested or ("trainer.stop_at" if at_stop else None)
             if distributed.any_rank(stop is not None):  # every rank stops at the same update
                 run.save(t)
-                raise Stopped(t, stop or "another rank")
+                raise Stopped(t, signals.requested or stop or "another rank")  # a signal during the save too
             if trainer.ckpt_every and t % trainer.ckpt_every == 0 and t < T:
                 run.save(t)
                 watchdog.progress(t)

@@ -365,6 +365,20 @@ def test_stop_at_stops_each_sweep_job_there_and_the_same_command_resumes_them_al
     assert report_statuses(sweep) == {"0": "ok", "1": "ok"}
 
 
+def test_a_signal_while_a_sweep_job_ends_ends_the_sweep_after_that_job(tmp_path, data_cache):
+    """The job's ending finishes (its trackers' last records), then no next job starts: exit 75, the report."""
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache)}
+    late = "+logger.sinks.late._target_=tests.training.fork_parts.SignalAtFinish"
+    args = [*TINY, "trainer.eval_every=0", "trainer.sample_tokens=0", "trainer.max_steps=2", late]
+    cmd = [sys.executable, "train.py", "-m", *args, "optim.lr=1e-3,2e-3,3e-3", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 75, proc.stderr[-3000:]
+    assert (sweep / "0" / "finished.txt").read_text() == "ok" and not (sweep / "1").exists()
+    assert report_statuses(sweep) == {"0": "ok"}
+    assert "stopped after updates 0–1 (SIGTERM); re-run the same command to resume" in proc.stdout + proc.stderr
+
+
 def test_a_sweep_directory_used_again_reports_the_new_sweeps_jobs_alone(tmp_path, data_cache):
     """A second, smaller grid in the same hydra.sweep.dir: the first grid's other job folders stay, unreported."""
     sweep = tmp_path / "sweep"
