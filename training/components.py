@@ -138,6 +138,7 @@ def unbound(signature, n_args: int, settings: Mapping[str, Any], where: str) -> 
                 f"its parameter {key} is filled already: it is called with the template's {n_args} argument(s) "
                 "first, then its settings as keywords (docs/extending.md)"
             )
+    for key in settings:
         if key not in free and not any_key:
             close = difflib.get_close_matches(key, missing or free, n=1)
             hint = f"did you mean {where}.{close[0]}?" if close else f"each key of {where} is passed to it"

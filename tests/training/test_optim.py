@@ -112,7 +112,7 @@ def test_bad_muon_settings_are_one_line(overrides, message):
         check_config(compose_config(["optim=muon", *overrides]))
 
 
-SGD = {"lr": 0.1, "name": "sgd"}
+SGD = {"name": "sgd", "lr": 0.1}  # in the order of every file of conf/optim/
 
 
 @pytest.mark.parametrize(
