@@ -19,8 +19,13 @@ OUT=${OUT:-bench-out} ONLY=${ONLY:-all} WHEELS=${WHEELS:-}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 failed=0
+STEPS_ALL="cuda-tests speed options document-mask fp8-medium"
+for name in $ONLY; do
+    [ "$ONLY" = all ] || [[ " $STEPS_ALL " == *" $name "* ]] || { echo "== ONLY: no step $name (steps: $STEPS_ALL)"; exit 2; }
+done
+wanted() { [ "$ONLY" = all ] || [[ " $ONLY " == *" $1 "* ]]; }
 step() {  # step NAME SECONDS COMMAND...: run under a time limit, keep the log, go on after a failure
-    [ "$ONLY" = all ] || [[ " $ONLY " == *" $1 "* ]] || return 0
+    wanted "$1" || return 0
     echo "== $1: ${*:3}" | tee "$OUT/$1.log"
     timeout "$2" "${@:3}" 2>&1 | tee -a "$OUT/$1.log"
     local rc=${PIPESTATUS[0]}
@@ -42,9 +47,9 @@ fi
 bench=(python bench/throughput.py --device "$DEVICE")
 head=(--vocab-size 50304)  # GPT-2's padded vocabulary, without training a tokenizer that large
 compiled=(trainer.compile=true) fp8=(--against trainer.precision=fp8) fused=(--against model.fused_cross_entropy=true)
-if [ "$DEVICE" = cpu ]; then
-    compiled=() fp8=() fused=()
-else  # an option whose package is missing would be timed as its fallback: leave it out, saying so
+if [ "$DEVICE" = cpu ]; then  # the fused loss runs its fallback there, which tries the step all the same
+    compiled=() fp8=()
+elif wanted options || wanted fp8-medium; then  # an option whose package is missing would be timed as its fallback
     has torchao || { fp8=(); echo "== torchao missing: no fp8 figures"; failed=1; }
     has liger_kernel || { fused=(); echo "== liger-kernel missing: no fused-loss figures"; failed=1; }
 fi
@@ -57,13 +62,17 @@ print(*(f"{p} {v(p)}" for p in ("triton", "torchao", "liger-kernel", "hydra-core
     # every test marked cuda: FlexAttention, fp16 with the GradScaler (AdamW, Muon), fp8, the fused loss; only the
     # files that hold them, so that a package their other files import (wandb, datasets) need not be carried
     mapfile -t cuda_files < <(grep -rlE "mark\.cuda" tests | sort)
-    step cuda-tests 280 python -m pytest -m cuda -q -p no:cacheprovider "${cuda_files[@]}"
+    if [ ${#cuda_files[@]} -gt 0 ]; then
+        step cuda-tests 280 python -m pytest -m cuda -q -p no:cacheprovider "${cuda_files[@]}"
+    elif wanted cuda-tests; then
+        echo "== cuda-tests: no test file marks a test cuda"; failed=1
+    fi
 fi
 # The speed goal: the template against the bare loop, GPT-2 124M at 32 × 1,024 tokens, with where the time goes.
 step speed 180 "${bench[@]}" --model "$MODEL" "${head[@]}" --batch-size "$BATCH" \
     --steps "$STEPS" --repeats "$REPEATS" --profile "${compiled[@]}"
 # fp8 and the fused loss against bf16: speed, memory, and the loss after the same 200 updates.
-if [ ${#fp8[@]} -gt 0 ] || [ ${#fused[@]} -gt 0 ] || [ "$DEVICE" = cpu ]; then
+if [ ${#fp8[@]} -gt 0 ] || [ ${#fused[@]} -gt 0 ]; then
     step options 200 "${bench[@]}" --model "$MODEL" "${head[@]}" --batch-size "$BATCH" --steps 25 \
         --repeats "$((REPEATS > 1 ? 8 : 1))" "${compiled[@]}" "${fp8[@]}" "${fused[@]}"
 fi

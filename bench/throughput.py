@@ -328,11 +328,11 @@ def timed(step: Callable[[int], None], first: int, steps: int, device: torch.dev
     return seconds, torch.cuda.max_memory_allocated(device) - before + (resident() if resident else before)
 
 
-def profile(step: Callable[[int], None], first: int, steps: int, peak: float | None) -> None:
+def profile(step: Callable[[int], None], first: int, steps: int, peak: float | None, device: torch.device) -> None:
     """Where the template's update spends its time: the top operators, and the matmul share and rate."""
     from torch.profiler import ProfilerActivity, profile
 
-    cuda = torch.cuda.is_available()
+    cuda = device.type == "cuda"  # the run's device, not the machine's: a CPU run on a GPU machine has no kernels
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities, with_flops=True) as prof:
         for t in range(first, first + steps):
@@ -619,7 +619,7 @@ def main(argv: list[str] | None = None) -> None:
     report(alternate(loops, args, tokens_of, device), tokens_of, flops_of, peaks)
     if args.profile:
         print()
-        profile(template, args.warmup + args.steps * args.repeats, args.steps, peaks["peak"])
+        profile(template, args.warmup + args.steps * args.repeats, args.steps, peaks["peak"], device)
 
 
 if __name__ == "__main__":
