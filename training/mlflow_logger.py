@@ -18,7 +18,6 @@ stays quiet, and metrics.jsonl stays complete.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import os
@@ -182,24 +181,22 @@ class MlflowSink(Sink):
         self.calls: queue.Queue = queue.Queue()
         self.worker = threading.Thread(target=self.work, name="mlflow-sink", daemon=True)
         self.worker.start()
-        if self.logged:  # a resumed run: the points a killed process had queued but never sent, from metrics.jsonl
-            self.catch_up(info.run_dir / "metrics.jsonl", info.start)
+        if info.start:  # a resume: what the MLflow run lacks from before it (a killed process's queue, a new run)
+            self.catch_up(info.run_dir, info.start)
 
-    def catch_up(self, path: Path, start: int) -> None:
+    def catch_up(self, run_dir: Path, start: int) -> None:
         """Send the records of metrics.jsonl before update ``start`` that the MLflow run lacks (``log`` leaves out
         each key's steps it holds)."""
+        from scheduling.audit import AuditError
+        from training.plots import read_metrics
+
         try:
-            lines = path.read_text().splitlines() if path.is_file() else []
-        except (OSError, UnicodeDecodeError):
+            records = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
+        except AuditError:  # unreadable: metrics.jsonl is the run's record, not MLflow's to repair
             return
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            step = record.get("step") if isinstance(record, dict) else None
-            if isinstance(step, int) and step < start:
-                self.log(step, {k: v for k, v in record.items() if k != "step"})
+        for record in records:
+            if record["step"] < start:
+                self.log(record["step"], {k: v for k, v in record.items() if k != "step"})
 
     def state(self) -> dict[str, Any]:
         uri = self.uri if self.fell_back else redact(self.uri)  # the local store a resume goes on with, as is

@@ -255,15 +255,16 @@ def test_mlflow_resumed_against_a_store_without_its_run_starts_a_new_one_there_a
     sink.log(0, {"train/loss": 1.0})
     state = sink.state()
     sink.finish("preempted", {})
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "train/loss": 1.0}\n')  # as the run wrote it
     resumed = MlflowSink(
         RunInfo(tmp_path, {}, {**settings, "tracking_uri": other}, total_steps=T, start=1, state=state)
     )
     resumed.log(1, {"train/loss": 0.5})
     resumed.finish("ok", {})
     client, runs = mlflow_run(other, "p")
-    assert [
+    assert [  # the new run holds the run's earlier points too
         sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, "train/loss")) for r in runs
-    ] == [[(1, 0.5)]]
+    ] == [[(0, 1.0), (1, 0.5)]]
     assert f"MLflow's run {state['run_id']} is not in {other}" in caplog.text
     run_id = runs[0].info.run_id  # the end of the run says where it went, and how to see a local store
     assert f"MLflow logged run {run_id} to {other}; see it with: mlflow ui --backend-store-uri {other}" in caplog.text
