@@ -310,12 +310,15 @@ def upload(run_dir: Path, to: str) -> str:
     name = source.get_experiment(run.info.experiment_id).name
     found = target.get_experiment_by_name(name)
     experiment = found.experiment_id if found else target.create_experiment(name)
-    # the source run's id marks its copy: an upload done is refused, one cut short is begun anew
+    # the source run's id marks its copy: a copy of the run as it is now is refused; one cut short, or of the run
+    # before it went on (a resume that fell back again), is replaced
+    histories = {key: source.get_metric_history(run.info.run_id, key) for key in run.data.metrics}
+    state = f"{run.info.status} {run.info.end_time} {sum(map(len, histories.values()))}"
     copies = target.search_runs([experiment], filter_string=f"tags.uploaded_run = '{run.info.run_id}'")
     for copy in copies:
-        if copy.data.tags.get("upload_complete") == "true":
+        if copy.data.tags.get("upload_complete") == state:
             raise ConfigError(f"{source_db}: its run is at {redact(to)} already, as run {copy.info.run_id}")
-        log.info("deleting run %s, an upload of it cut short", copy.info.run_id)
+        log.info("replacing run %s, an earlier or unfinished upload of it", copy.info.run_id)
         target.delete_run(copy.info.run_id)
     tags = {k: v for k, v in run.data.tags.items() if k != "mlflow.runName"}
     tags["uploaded_run"] = run.info.run_id
@@ -324,13 +327,12 @@ def upload(run_dir: Path, to: str) -> str:
     params = [Param(k, v) for k, v in run.data.params.items()]
     for i in range(0, len(params), BATCH["params"]):
         target.log_batch(new_id, params=params[i : i + BATCH["params"]])
-    for key in run.data.metrics:
-        history = source.get_metric_history(run.info.run_id, key)
+    for history in histories.values():
         for i in range(0, len(history), BATCH["metrics"]):
             target.log_batch(new_id, metrics=history[i : i + BATCH["metrics"]])
     target.log_batch(new_id, tags=[RunTag("uploaded_from", str(source_db))])
     target.set_terminated(new_id, status=run.info.status, end_time=run.info.end_time)
-    target.set_tag(new_id, "upload_complete", "true")
+    target.set_tag(new_id, "upload_complete", state)
     return new_id
 
 

@@ -345,7 +345,7 @@ def test_a_tracking_server_that_never_answers_falls_back_to_a_local_store_within
         capsys.readouterr().err
         == f"error: {run / 'mlflow' / 'fallback.db'}: its run is at {target} already, as run {runs[0].info.run_id}\n"
     )
-    client.set_tag(runs[0].info.run_id, "upload_complete", "false")  # as an upload cut short leaves it
+    client.set_tag(runs[0].info.run_id, "upload_complete", "false")  # as an upload cut short (or stale) leaves it
     assert main(["upload", str(run), "--to", target]) == 0
     client, again = mlflow_run(target)
     assert len(again) == 1 and again[0].info.run_id != runs[0].info.run_id  # the partial one deleted
