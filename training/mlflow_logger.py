@@ -48,6 +48,22 @@ def tracking_uri(settings: Mapping[str, Any]) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or settings.get("tracking_uri") or DEFAULT_URI
 
 
+def unusable(uri: str) -> str | None:
+    """Why MLflow cannot use ``uri``, found without writing anything — a scheme it does not know, MLflow 3's
+    folder store closed to new runs — or None (a server's answer, a database's, is the start's to find)."""
+    try:
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry as stores
+    except ImportError:  # MLflow moved it: the start says so instead
+        return None
+    try:
+        builder = stores.get_store_builder(uri)
+        if getattr(builder, "__name__", "") == "_get_file_store":
+            builder(store_uri=uri)
+    except Exception as e:
+        return f"{type(e).__name__}: {first_line(e)}"
+    return None
+
+
 def git_commit() -> str | None:
     """The template's commit, when it runs from a git checkout."""
     try:
@@ -101,6 +117,10 @@ class MlflowSink(Sink):
                 "logger.tracking_uri", "null or a tracking URI (http://host:5000, sqlite:///mlflow.db)", uri
             )
         check_tracking(settings)
+        why = unusable(tracking_uri(settings))
+        if why is not None:  # before any work: the other sinks' runs have not started
+            key = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "logger.tracking_uri"
+            raise ConfigError(f"{key}: MLflow cannot use {redact(tracking_uri(settings))} ({why})")
 
     def __init__(self, info: RunInfo):
         from mlflow import MlflowClient

@@ -368,8 +368,8 @@ def test_a_tracking_server_that_never_answers_falls_back_to_a_local_store_within
 def test_a_tracking_uri_mlflow_cannot_use_is_one_line_not_a_dropped_tracker(tmp_path, tiny_train, uri, why):
     uri = uri.format(tmp=tmp_path)
     with pytest.raises(ConfigError, match=f"^logger.tracking_uri: MLflow cannot use {uri} \\({why}") as info:
-        tiny_train(tmp_path / "run", ["trainer.max_steps=2", "logger=mlflow", f"logger.tracking_uri={uri}"])
-    assert "\n" not in str(info.value) and not (tmp_path / "run" / "mlflow").exists()
+        tiny_train(tmp_path / "run", ["trainer.max_steps=2", "logger=[wandb,mlflow]", f"logger.tracking_uri={uri}"])
+    assert "\n" not in str(info.value) and not (tmp_path / "run").exists()  # before any work: W&B never started
 
 
 def test_a_missing_tracker_package_is_one_line_naming_its_extra(monkeypatch):
