@@ -538,7 +538,9 @@ def open_metrics(
         )
         try:
             sinks[name] = build(node, f"logger.{section}.{name}", info)
-        except ConfigError:  # its settings: the user's to fix, before any work
+        except ConfigError:  # its settings: the user's to fix, before any work; the runs begun end failed
+            with contextlib.suppress(Exception):
+                Metrics(core, sinks).close("failed")
             raise
         except Exception as e:  # its service or its code: as a sink failing later, it never stops training
             log.warning(

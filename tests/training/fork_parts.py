@@ -156,3 +156,12 @@ class SignalAtFinish(Sink):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.2)  # the signal is handled by now
         self.path.write_text(status)
+
+
+class RefusingAtStart(Sink):
+    """Refuses its settings once the run's sinks start (what MLflow's sink does with a store it cannot use)."""
+
+    def __init__(self, info: RunInfo):
+        from training.config import ConfigError
+
+        raise ConfigError("logger.sinks.refusing: no such store")

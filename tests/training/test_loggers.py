@@ -154,6 +154,15 @@ def test_the_sinks_are_closed_failed_when_the_run_fails_before_its_first_update(
     assert SEEN["early"][-1]["status"] == "failed"
 
 
+def test_a_sink_refusing_its_settings_at_its_start_ends_the_runs_begun_before_it(tmp_path, tiny_train):
+    from training.config import ConfigError
+
+    args = [*ARGS, *sinks(early="Counting", refusing="RefusingAtStart"), "+logger.sinks.early.label=before"]
+    with pytest.raises(ConfigError, match="^logger.sinks.refusing: no such store$"):
+        tiny_train(tmp_path / "run", args)
+    assert SEEN["before"][-1]["status"] == "failed"
+
+
 def test_wandb_is_sent_no_step_below_its_latest_after_a_rollback(tmp_path, monkeypatch):
     """trainer.on_spike=rollback takes updates 3–5 again: W&B keeps its first values for them (it would drop the
     new ones with a warning on the console each time), and gets every later step."""
