@@ -395,8 +395,9 @@ def test_a_sweep_directory_used_again_reports_the_new_sweeps_jobs_alone(tmp_path
     assert [(r["job"], r["T"]) for r in rows] == [("0", "2")]
 
 
-def test_a_signal_ends_the_sweep_with_the_report_of_its_jobs_so_far(tmp_path, data_cache):
-    sweep = tmp_path / "sweep"
+def start_long_sweep(sweep, data_cache) -> tuple[list[str], dict, subprocess.Popen]:
+    """A sweep whose job 0 runs until stopped (job 1 would take 4 updates), once job 0 has logged 2 updates: its
+    command, environment and process."""
     env = {**os.environ, "GPT_DATA_CACHE": str(data_cache)}
     args = [*TINY, "trainer.eval_every=0", "trainer.sample_tokens=0", "trainer.max_steps=100000,4"]
     cmd = [sys.executable, "train.py", "-m", *args, f"hydra.sweep.dir={sweep}"]
@@ -405,6 +406,12 @@ def test_a_signal_ends_the_sweep_with_the_report_of_its_jobs_so_far(tmp_path, da
     while not (metrics.is_file() and len(train_records(sweep / "0")) >= 2):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
         time.sleep(0.01)
+    return cmd, env, proc
+
+
+def test_a_signal_ends_the_sweep_with_the_report_of_its_jobs_so_far(tmp_path, data_cache):
+    sweep = tmp_path / "sweep"
+    _, _, proc = start_long_sweep(sweep, data_cache)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 75, out[-3000:]
@@ -416,15 +423,8 @@ def test_a_signal_ends_the_sweep_with_the_report_of_its_jobs_so_far(tmp_path, da
 def test_a_second_launch_on_a_sweep_directory_with_a_job_running_changes_nothing_there(tmp_path, data_cache):
     """Hydra writes a job's .hydra/ and train.log before the job locks its directory: the sweep is refused first."""
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache)}
-    args = [*TINY, "trainer.eval_every=0", "trainer.sample_tokens=0", "trainer.max_steps=100000,4"]
-    cmd = [sys.executable, "train.py", "-m", *args, f"hydra.sweep.dir={sweep}"]
-    first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd, env, first = start_long_sweep(sweep, data_cache)
     try:
-        deadline = time.monotonic() + 120
-        while not ((sweep / "0" / "metrics.jsonl").is_file() and train_records(sweep / "0")):
-            assert first.poll() is None and time.monotonic() < deadline, first.communicate()[0][-3000:]
-            time.sleep(0.01)
         hydra_files = {p: p.stat().st_mtime_ns for p in (sweep / "0" / ".hydra").iterdir()}
         second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert second.returncode == 2, second.stderr[-2000:]
