@@ -55,13 +55,26 @@ def unusable(uri: str) -> str | None:
         from mlflow.tracking._tracking_service.utils import _tracking_store_registry as stores
     except ImportError:  # MLflow moved it: the start says so instead
         return None
+    from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException as UnknownScheme
+
     try:
         builder = stores.get_store_builder(uri)
-        if getattr(builder, "__name__", "") == "_get_file_store":
-            builder(store_uri=uri)
+    except UnknownScheme:
+        return f"no tracking store has the scheme {uri.partition(':')[0]!r}"
     except Exception as e:
         return f"{type(e).__name__}: {first_line(e)}"
+    if getattr(builder, "__name__", "") == "_get_file_store" and not file_store_allowed():
+        return "MLflow 3 takes no new run in a folder store: give sqlite:///<file>.db, or set MLFLOW_ALLOW_FILE_STORE"
     return None
+
+
+def file_store_allowed() -> bool:
+    """MLflow's own switch for its folder store (``MLFLOW_ALLOW_FILE_STORE``), read without building the store."""
+    try:
+        from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
+    except ImportError:  # an MLflow without the switch keeps the store open
+        return True
+    return bool(MLFLOW_ALLOW_FILE_STORE.get())
 
 
 def git_commit() -> str | None:

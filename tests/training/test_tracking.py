@@ -358,11 +358,8 @@ def test_a_tracking_server_that_never_answers_falls_back_to_a_local_store_within
 @pytest.mark.parametrize(
     "uri, why",
     [
-        (
-            "bogus://x",
-            "UnsupportedModelRegistryStoreURIException",
-        ),  # no server to wait for, nor a store to fall back on
-        ("{tmp}/mlruns", "MlflowException: The filesystem tracking backend"),  # a local store: the user's to fix
+        ("bogus://x", "no tracking store has the scheme 'bogus'"),  # no server to wait for, no store to fall back on
+        ("{tmp}/mlruns", "MLflow 3 takes no new run in a folder store"),  # a local store: the user's to fix
     ],
 )
 def test_a_tracking_uri_mlflow_cannot_use_is_one_line_not_a_dropped_tracker(tmp_path, tiny_train, uri, why):
@@ -370,6 +367,14 @@ def test_a_tracking_uri_mlflow_cannot_use_is_one_line_not_a_dropped_tracker(tmp_
     with pytest.raises(ConfigError, match=f"^logger.tracking_uri: MLflow cannot use {uri} \\({why}") as info:
         tiny_train(tmp_path / "run", ["trainer.max_steps=2", "logger=[wandb,mlflow]", f"logger.tracking_uri={uri}"])
     assert "\n" not in str(info.value) and not (tmp_path / "run").exists()  # before any work: W&B never started
+
+
+def test_the_uri_check_writes_nothing_and_takes_a_folder_store_mlflow_is_told_to_allow(tmp_path, monkeypatch):
+    from training.mlflow_logger import unusable
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    assert unusable(str(tmp_path / "store")) is None and unusable(f"sqlite:///{tmp_path / 'a.db'}") is None
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_missing_tracker_package_is_one_line_naming_its_extra(monkeypatch):
