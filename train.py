@@ -55,13 +55,13 @@ def train(
     check_config(cfg)
     with space_for(run_dir):  # a full disk wherever the run writes: DiskFull, one line naming the file
         run = build_run(cfg, run_dir, sweep=sweep, overrides=overrides, started=started)
-        status, stop = "failed", None
+        status = "failed"
         try:
             final_val = fit(run)
             status = "ok"
             return final_val
-        except Stopped as e:
-            status, stop = "preempted", e
+        except Stopped:
+            status = "preempted"
             raise
         finally:
             with StopSignals() as late:  # a signal now would cut the trackers' last records: the ending goes first
@@ -72,8 +72,7 @@ def train(
                     late.keep_ignoring(signal.SIGTERM)
             if late.requested:
                 log.info("%s came while the run was ending; it ended first", late.requested)
-                if sweep is not None and status != "failed":  # it stops the sweep: no next job starts
-                    raise Stopped(stop.updates if stop else run.total_steps, late.requested)
+                launch.signalled_at_end = late.requested  # a sweep run in this process stops after this job
 
 
 def fit(run: Run) -> float:
@@ -136,8 +135,13 @@ def main(cfg: DictConfig) -> float:
     if sweep is not None:
         launch.jobs.append((hc.job.num, None))
         launch.ran.add(run_dir.resolve())
+    key, where = ("hydra.sweep.dir", hc.sweep.dir) if sweep is not None else ("hydra.run.dir", run_dir)
+    again = "the same command"
+    if not any(arg.startswith(f"{key}=") for arg in sys.argv[1:]):  # Hydra's default: a new one each time
+        again = f"the same command with {key}={where}"
+    launch.signalled_at_end = None
     try:
-        return train(
+        result = train(
             cfg,
             run_dir,
             sweep=sweep,
@@ -145,10 +149,9 @@ def main(cfg: DictConfig) -> float:
             started=started,
         )
     except Stopped as e:
-        key, where = ("hydra.sweep.dir", hc.sweep.dir) if sweep is not None else ("hydra.run.dir", run_dir)
-        if not any(arg.startswith(f"{key}=") for arg in sys.argv[1:]):  # Hydra's default: a new one each time
-            e.again = f"the same command with {key}={where}"
+        e.again = again
         if sweep is not None and e.why == "trainer.stop_at" and launch.sweep_job_stopped(hc, sweep, e):
+            launch.end_sweep_if_signalled(hc, again)
             return math.nan  # each job stops there; the sweep goes on to the next
         if sweep is not None:
             launch.sweep_stopped(hc)  # a signal ends the sweep: the report of the jobs so far
@@ -160,6 +163,7 @@ def main(cfg: DictConfig) -> float:
     except Exception as e:
         if sweep is not None:
             if launch.sweep_job_failed(hc, sweep, e):
+                launch.end_sweep_if_signalled(hc, again)
                 return math.nan  # the sweep goes on (a crash too: the next job may fit); its summary reports the job
             raise  # another launcher records the job as failed and runs its siblings
         if not isinstance(e, USER_ERRORS):
@@ -170,6 +174,9 @@ def main(cfg: DictConfig) -> float:
             launch.before.undo(run_dir)  # refused before it wrote: the directory as this launch found it
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    if sweep is not None:
+        launch.end_sweep_if_signalled(hc, again)
+    return result
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ IN_PROCESS_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher
 jobs: list[tuple[int, str | None]] = []  # (job number, its error) of every sweep job run in this process
 stopped: list[tuple[int, Stopped]] = []  # (job number, its stop) of those trainer.stop_at stopped
 ran: set[Path] = set()  # the run directories of the sweep jobs run in this process (their report's rows)
+signalled_at_end: str | None = None  # a signal that came while the latest job ended (train.py's train sets it)
 job_wall_start = 0.0  # time.time() at the start of this process's latest job
 
 
@@ -203,8 +204,9 @@ class SweepReport(Callback):
         write_sweep_report(config.hydra, self.forecast)
 
 
-def write_sweep_report(hydra_cfg, forecast: Path | None) -> None:
-    """The sweep's report from the jobs its directory holds: at its end, or when a requested stop ends it early."""
+def write_sweep_report(hydra_cfg, forecast: Path | None, every_job: bool = False) -> None:
+    """The sweep's report: at its end, of the jobs run in this process (when it ran them: an earlier, larger grid's
+    other folders are left out); when a requested stop ends it early (``every_job``), of every job folder."""
     from training.report import markdown, write_report
 
     sweep_dir = Path(hydra_cfg.sweep.dir)
@@ -212,20 +214,37 @@ def write_sweep_report(hydra_cfg, forecast: Path | None) -> None:
         return
     register_overrides(task_overrides(hydra_cfg.overrides.task))  # its jobs scrub it too, unless none did
     scrub_hydra_files(sweep_dir)
-    jobs, files = write_report(sweep_dir, forecast, ran or None)  # another launcher's: every job folder
+    jobs, files = write_report(sweep_dir, forecast, None if every_job else ran or None)  # another launcher's: all
     log.info("sweep report, best first (%s):\n%s", ", ".join(f.name for f in files), markdown(jobs).rstrip())
 
 
 def sweep_stopped(hc) -> None:
     """A requested stop ends a sweep run in this process (Hydra runs no more jobs, nor the report's callback):
-    the report of the jobs so far, with the stopped one marked preempted."""
+    the report of the jobs so far, with the stopped one marked preempted — of every job folder there, as the jobs
+    of this grid not reached are an earlier launch's."""
     if hc.launcher.get("_target_") != IN_PROCESS_LAUNCHER:
         return  # the launching process writes it when its jobs are done
     callback = (hc.callbacks or {}).get("sweep_report")
     if callback is None:
         return
     forecast = callback.get("forecast")
-    write_sweep_report(hc, Path(forecast) if forecast else None)
+    write_sweep_report(hc, Path(forecast) if forecast else None, every_job=True)
+
+
+def end_sweep_if_signalled(hc, again: str) -> None:
+    """A signal that came while a sweep job run in this process ended (its trackers' last records) stops the sweep
+    after that job: the report, the failed jobs' line if any, and their exit code, else 75."""
+    global signalled_at_end
+    why, signalled_at_end = signalled_at_end, None
+    if why is None or hc.launcher.get("_target_") != IN_PROCESS_LAUNCHER:
+        return  # a job in a process of its own ends as a single run does
+    sweep_stopped(hc)
+    log.info("%s came while job %s ended: the sweep stops after it; re-run %s to go on", why, hc.job.num, again)
+    failed = sweep_summary()
+    if failed is not None and failed[1] != EXIT_RESUMABLE:
+        print(failed[0], file=sys.stderr)
+        sys.exit(failed[1])
+    sys.exit(EXIT_RESUMABLE)
 
 
 HYDRA_WRITES = (".hydra", "train.log", run_lock.LOCK_FILE)  # what Hydra (and the lock) write before the run starts

@@ -376,7 +376,21 @@ def test_a_signal_while_a_sweep_job_ends_ends_the_sweep_after_that_job(tmp_path,
     assert proc.returncode == 75, proc.stderr[-3000:]
     assert (sweep / "0" / "finished.txt").read_text() == "ok" and not (sweep / "1").exists()
     assert report_statuses(sweep) == {"0": "ok"}
-    assert "stopped after updates 0–1 (SIGTERM); re-run the same command to resume" in proc.stdout + proc.stderr
+    said = "SIGTERM came while job 0 ended: the sweep stops after it; re-run the same command to go on"
+    assert said in proc.stdout + proc.stderr
+
+
+def test_a_signal_while_a_failed_sweep_job_ends_ends_the_sweep_with_the_failures_code(tmp_path, data_cache):
+    (tmp_path / "crashy.py").write_text(CRASHING_OPTIMIZER)
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache), "PYTHONPATH": str(tmp_path)}
+    late = "+logger.sinks.late._target_=tests.training.fork_parts.SignalAtFinish"
+    args = [*TINY, "trainer.eval_every=0", "trainer.sample_tokens=0", "trainer.max_steps=2", late]
+    cmd = [sys.executable, "train.py", "-m", *args, "optim._target_=crashy.sgd", "optim.lr=0.1,0.001"]
+    proc = subprocess.run([*cmd, f"hydra.sweep.dir={sweep}"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr[-3000:]  # the crash's code; no next job
+    assert proc.stderr.strip().splitlines()[-1] == "error: 1 of 1 sweep jobs failed (job 0), each above"
+    assert (sweep / "0" / "finished.txt").read_text() == "failed" and not (sweep / "1").exists()
 
 
 def test_a_sweep_directory_used_again_reports_the_new_sweeps_jobs_alone(tmp_path, data_cache):
