@@ -140,7 +140,7 @@ class Run:
             spiked = f"the loss ({update.loss:.4g}) or gradient norm ({update.grad_norm:.4g}) is not finite"
         what = f"update {t}: {spiked} (trainer.on_spike=rollback)"
         root, every = self.checkpointer.root, trainer.ckpt_every
-        folder = distributed.broadcast_object(checkpoint.newest_periodic(root, every, t) if self.dist.is_main else None)
+        folder = distributed.from_rank_zero(lambda: checkpoint.newest_periodic(root, every, t), self.dist)
         if folder is None:
             log.warning("%s; there is no checkpoint yet to go back to: going on", what)
             return None

@@ -83,6 +83,11 @@ def swept_overrides(job_overrides: list[str], argv: list[str], sweeper_params: d
     return [o for o in job_overrides if o.split("=", 1)[0].lstrip("+~") in swept]
 
 
+def in_process(hc) -> bool:
+    """Whether the job's siblings run in this process (Hydra's own launcher), not each in a process of its own."""
+    return hc.launcher.get("_target_") == IN_PROCESS_LAUNCHER
+
+
 def sweep_job_failed(hc, sweep: Sweep, error: Exception) -> bool:
     """Report a sweep job's bad input in one line, or its crash with the traceback (in its train.log too); True
     when its siblings run in this process, so the sweep goes on and ``sweep_summary`` closes it (another launcher
@@ -101,16 +106,15 @@ def sweep_job_failed(hc, sweep: Sweep, error: Exception) -> bool:
         if summary.is_file() and summary.stat().st_mtime < job_wall_start:  # an earlier run's: not this job's
             summary.unlink()
         write_summary(summary.parent, {"status": "failed", "error": error_line})  # the report shows it
-    in_process = hc.launcher.get("_target_") == IN_PROCESS_LAUNCHER
-    if crashed and in_process:
+    if crashed and in_process(hc):
         gc.collect()  # the crashed job's model and optimizer, before the next job builds its own
-    return in_process
+    return in_process(hc)
 
 
 def sweep_job_stopped(hc, sweep: Sweep, stop: Stopped) -> bool:
     """``trainer.stop_at`` stops each job of a sweep run in this process there, and the sweep goes on to the
     next (True); ``sweep_summary`` closes it with exit code 75. Another launcher's job process exits 75 itself."""
-    if hc.launcher.get("_target_") != IN_PROCESS_LAUNCHER:
+    if not in_process(hc):
         return False
     log.info("job %s (%s): %s", hc.job.num, sweep.name, stop)
     stopped.append((hc.job.num, stop))
@@ -222,7 +226,7 @@ def sweep_stopped(hc) -> None:
     """A requested stop ends a sweep run in this process (Hydra runs no more jobs, nor the report's callback):
     the report of the jobs so far, with the stopped one marked preempted — of every job folder there, as the jobs
     of this grid not reached are an earlier launch's."""
-    if hc.launcher.get("_target_") != IN_PROCESS_LAUNCHER:
+    if not in_process(hc):
         return  # the launching process writes it when its jobs are done
     callback = (hc.callbacks or {}).get("sweep_report")
     if callback is None:
@@ -236,7 +240,7 @@ def end_sweep_if_signalled(hc, again: str) -> None:
     after that job: the report, the failed jobs' line if any, and their exit code, else 75."""
     global signalled_at_end
     why, signalled_at_end = signalled_at_end, None
-    if why is None or hc.launcher.get("_target_") != IN_PROCESS_LAUNCHER:
+    if why is None or not in_process(hc):
         return  # a job in a process of its own ends as a single run does
     sweep_stopped(hc)
     log.info("%s came while job %s ended: the sweep stops after it; re-run %s to go on", why, hc.job.num, again)

@@ -48,6 +48,11 @@ def tracking_uri(settings: Mapping[str, Any]) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or settings.get("tracking_uri") or DEFAULT_URI
 
 
+def is_local(uri: str) -> bool:
+    """A store on this machine (a database file, a folder), not a server's."""
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
 def unusable(uri: str) -> str | None:
     """Why MLflow cannot use ``uri``, found without writing anything — a scheme it does not know, MLflow 3's
     folder store closed to new runs — or None (a server's answer, a database's, is the start's to find)."""
@@ -189,8 +194,8 @@ class MlflowSink(Sink):
         except Exception as e:
             from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException as UnknownScheme
 
-            local = self.fell_back or self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri
-            if local or isinstance(e, UnknownScheme):  # the user's to fix, as a bad path is: no server to wait for
+            # the user's to fix, as a bad path is: no server to wait for
+            if self.fell_back or is_local(self.uri) or isinstance(e, UnknownScheme):
                 raise ConfigError(
                     f"logger.tracking_uri: MLflow cannot use {redact(self.uri)} ({type(e).__name__}: {first_line(e)})"
                 ) from None
@@ -316,12 +321,10 @@ class MlflowSink(Sink):
             log.info(
                 "MLflow logged to %s; to upload the run: %s", self.run_dir / FALLBACK, upload_command(self.run_dir)
             )
-        elif not (
-            self.failed or behind
-        ):  # where the run went: a relative store (sqlite:///mlflow.db) is the working directory's
+        elif not (self.failed or behind):
+            # where the run went: a relative store (sqlite:///mlflow.db) is the working directory's
             where = redact(self.uri)
-            local = self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri
-            see = f"; see it with: mlflow ui --backend-store-uri {where}" if local else ""
+            see = f"; see it with: mlflow ui --backend-store-uri {where}" if is_local(self.uri) else ""
             log.info("MLflow logged run %s to %s%s", self.run_id, where, see)
 
 
