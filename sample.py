@@ -26,7 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from tokenizers import Tokenizer
 
 from data.cache import special_tokens
-from data.tokenizer import load_tokenizer
+from data.tokenizer import load_tokenizer, special_tokens_of
 from model import GPT, GPTConfig, ModelConfigError, sample_text
 from scheduling.spec import first_line, is_int, is_number
 from training import checkpoint, distributed
@@ -102,8 +102,7 @@ def run_special_tokens(state: dict[str, Any], tokenizer: Tokenizer, folder: Path
             return special_tokens(data)
         except (ValueError, TypeError, AttributeError, yaml.YAMLError, OmegaConfBaseException) as e:
             raise ConfigError(f"checkpoint {folder}: its config cannot be read ({first_line(e)})") from None
-    added = sorted(tokenizer.get_added_tokens_decoder().items())
-    return [t.content for _, t in added if t.special] or special_tokens({})
+    return special_tokens_of(tokenizer) or special_tokens({})
 
 
 def run_separator(state: dict[str, Any], tokenizer: Tokenizer, folder: Path) -> tuple[list[str], int]:

@@ -106,6 +106,11 @@ def eot_id(tok: Tokenizer, special_tokens: list[str]) -> int:
     return ident
 
 
+def special_tokens_of(tok: Tokenizer) -> list[str]:
+    """The tokenizer's special tokens in id order (a trained tokenizer's ``data.special_tokens`` as given)."""
+    return [t.content for _, t in sorted(tok.get_added_tokens_decoder().items()) if t.special]
+
+
 BYTE_LEVEL_CHARS = frozenset(pre_tokenizers.ByteLevel.alphabet())  # each stands for one byte
 METASPACE = "\u2581"  # SentencePiece's "▁": a space
 BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")  # a byte-fallback token: one byte

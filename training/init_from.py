@@ -4,10 +4,10 @@
 The folder decides what its weights need. Its config.json sets the architecture keys (``model.hf.ARCH_KEYS``),
 replacing the chosen preset's; a command-line override that contradicts them is refused in one line, except a
 smaller ``model.block_size`` (the same model on a shorter context). Its tokenizer.json replaces the trained BPE
-(``data.tokenizer``, so the token cache keys on it) and its end-of-text token separates documents
-(``data.special_tokens``, unless given). The model keeps the folder's vocabulary size, unpadded, so that its
-first evaluation is the loss transformers computes. The weights are loaded before update 0 of a fresh run; a
-resumed run takes its own checkpoint's.
+(``data.tokenizer``, so the token cache keys on it); its end-of-text token separates documents, followed by its
+other special tokens (``data.special_tokens``, unless given), so that an export keeps them special. The model
+keeps the folder's vocabulary size, unpadded, so that its first evaluation is the loss transformers computes.
+The weights are loaded before update 0 of a fresh run; a resumed run takes its own checkpoint's.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, open_dict
 
-from data.tokenizer import load_tokenizer
+from data.tokenizer import load_tokenizer, special_tokens_of
 from model import GPTConfig, ModelConfigError, padded_vocab
 from model.hf import ARCH_KEYS, architecture, read_config, read_weights
 from scheduling.spec import first_line
@@ -122,8 +122,10 @@ def with_init_from(cfg: DictConfig, overrides: list[str] | None = None) -> DictC
         )
     special = list(cfg.data.get("special_tokens") or [])
     if "data.special_tokens" not in given:
-        eos = end_of_text(folder, hf_config, load_tokenizer(tokenizer_file, key="model.init_from"))
-        special = [eos] if eos else special
+        tokenizer = load_tokenizer(tokenizer_file, key="model.init_from")
+        eos = end_of_text(folder, hf_config, tokenizer)
+        # the end-of-text first (it separates documents), then the folder's other special tokens, kept by an export
+        special = [eos, *(t for t in special_tokens_of(tokenizer) if t != eos)] if eos else special
     out = copy.deepcopy(cfg)
     with open_dict(out):
         out.model.update({k: model[k] for k in keys})

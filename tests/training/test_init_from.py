@@ -117,10 +117,21 @@ def test_the_first_evaluation_of_an_imported_model_is_transformers_own_loss(save
     assert len(set(starts.values())) == len(starts)  # each start continues differently: the check tells them apart
     assert sample(sample_cfg) == [starts[cfg.data.special_tokens[0]]]
 
+    # exported, the run's tokenizer names the folder's special tokens as its own
+    from transformers import AutoTokenizer
+
+    from export import export
+    from training.config import compose
+
+    out = export(compose([f"checkpoint={run}", f"out={tmp_path / 'exported'}"], config_name="export"))
+    assert set(cfg.data.special_tokens) <= set(AutoTokenizer.from_pretrained(out).all_special_tokens)
+
 
 def test_the_folders_end_of_text_separates_documents_unless_data_special_tokens_is_given(saved):
     cfg = with_init_from(compose_config(TINY + [f"model.init_from={saved['llama']}"]))
-    assert list(cfg.data.special_tokens) == ["</s>"] and cfg.data.tokenizer == str(saved["llama"] / "tokenizer.json")
+    # its other special tokens follow, in id order
+    assert list(cfg.data.special_tokens) == ["</s>", "<unk>", "<s>"]
+    assert cfg.data.tokenizer == str(saved["llama"] / "tokenizer.json")
     args = [f"model.init_from={saved['llama']}", "data.special_tokens=['<s>']"]
     assert list(with_init_from(compose_config(TINY + args), args).data.special_tokens) == ["<s>"]
 
