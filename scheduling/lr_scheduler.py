@@ -123,9 +123,10 @@ def get_scheduler(
     Differences: past T every decay holds its floor (transformers' ``cosine`` and ``cosine_with_min_lr`` climb
     back up); every decay takes a floor (``min_lr`` absolute, or ``min_lr_ratio``/``min_lr_rate`` of the peak);
     ``inverse_sqrt`` also takes ``num_training_steps`` and ``cooldown_steps`` (a linear cooldown to the floor);
-    ``cosine_with_restarts`` also takes ``cycle_decay``. The template's own names ``wsd`` and
-    ``cosine_restarts`` take the Schedule parameters. ``cosine_warmup_with_min_lr`` and ``greedy`` are not
-    provided. ``last_epoch`` is passed on to LambdaLR (``reduce_lr_on_plateau`` starts its count there too).
+    ``cosine_with_restarts`` also takes ``cycle_decay``; a warmup longer than T ends the decay at W. The
+    template's own names ``wsd`` and ``cosine_restarts`` take the Schedule parameters.
+    ``cosine_warmup_with_min_lr`` and ``greedy`` are not provided. ``last_epoch`` is passed on to LambdaLR
+    (``reduce_lr_on_plateau`` starts its count there too).
     """
     name = getattr(name, "value", name)  # a transformers SchedulerType works too
     kw = {**(scheduler_specific_kwargs or {}), **kwargs}
@@ -144,6 +145,8 @@ def get_scheduler(
         raise ValueError(f"{name} requires `num_warmup_steps`, please provide that argument.")
     if name == "constant_with_warmup":  # likewise: only the warmup counts
         return build_scheduler(optimizer, Schedule("constant", keys=HF_KEYS, warmup_steps=W), last_epoch)
+    if T is not None and W > T and name != "warmup_stable_decay":
+        T = W  # a run shorter than its warmup: transformers warms up through it, as a decay that starts at W does
 
     if name == "inverse_sqrt":  # T is optional: without it (or a cooldown) the decay goes on for ever
         floor = _floor_ratio(optimizer, kw)

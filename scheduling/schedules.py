@@ -192,7 +192,8 @@ def inverse_sqrt(
     if t < cooldown_start:
         return rsqrt(t)
     top = rsqrt(max(cooldown_start, warmup_steps))
-    return min_lr_ratio + (top - min_lr_ratio) * max(0.0, total_steps - t) / cooldown_steps
+    # the share first: exactly 1 at T − C, so the cooldown starts at top, never a rounding above it
+    return min_lr_ratio + (top - min_lr_ratio) * (max(0.0, total_steps - t) / cooldown_steps)
 
 
 @after_warmup
@@ -273,7 +274,7 @@ def tabulated(
     (t0, y0), (t1, y1) = points[i - 1], points[i]
     if t == t0:
         return float(y0)
-    return y0 + (y1 - y0) * (t - t0) / (t1 - t0)
+    return y0 + (y1 - y0) * ((t - t0) / (t1 - t0))
 
 
 SCHEDULES: dict[str, Callable[..., float]] = {

@@ -127,8 +127,25 @@ def is_int(value: Any) -> bool:
 
 
 def is_number(value: Any) -> bool:
-    """A finite int or float, not a bool."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float, not a bool (nor an int past float's range, which arithmetic with floats overflows)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+# The most updates a schedule counts: past 2**53 a float no longer holds every update index (t / T, fractions of T).
+MAX_UPDATES = 2**53
+
+
+def check_total_steps(total: Any, key: str) -> None:
+    """T: an integer > 0 that a float holds exactly."""
+    if not is_int(total) or total <= 0:
+        raise ScheduleError(key, "an integer > 0", total)
+    if total > MAX_UPDATES:
+        raise ScheduleError(key, "an integer ≤ 2**53 (the update counts a float holds exactly)", total)
 
 
 def _key(param: str, keys: Mapping[str, str]) -> str:
@@ -214,8 +231,8 @@ def validate(name: str, p: Mapping[str, Any], keys: Mapping[str, str] = CONFIG_K
     k = lambda param: _key(param, keys)  # noqa: E731
     total = p.get("total_steps")
     needs_total = "total_steps" in p or name not in ("constant", "inverse_sqrt")
-    if needs_total and (not is_int(total) or total <= 0):
-        raise ScheduleError(k("total_steps"), "an integer > 0", total)
+    if needs_total:
+        check_total_steps(total, k("total_steps"))
     warm = p.get("warmup_steps", 0)
     if not is_int(warm) or warm < 0:
         raise ScheduleError(k("warmup_steps"), "an integer number of updates ≥ 0", warm)
@@ -359,6 +376,15 @@ def resolve_steps(value: Any, total_steps: int, key: str) -> int:
     raise ScheduleError(key, "an integer number of updates ≥ 0 or a fraction in (0, 1)", value)
 
 
+def fitted(share: float, warmup: Any, warm: int, total_steps: int) -> int:
+    """A share of T that follows the warmup (WSD's decay, inverse_sqrt's cooldown), rounded to an update; shares
+    that fit T together fit it once each is rounded too (0.5 and 0.5 of T = 11 round to 6 and 6)."""
+    steps = int(round(share * total_steps))
+    if (warmup if isinstance(warmup, float) else warm / total_steps) + share <= 1.0 + 1e-12:
+        steps = min(steps, total_steps - warm)
+    return steps
+
+
 # Config keys that are not schedule parameters as such, resolved into parameters here; a schedule's own ones
 # (WSD's decay_fraction) belong to that schedule alone, and any other key is refused as not its parameter.
 _CONFIG_ONLY = ("name", "min_lr", "min_lr_ratio", "warmup_steps")
@@ -385,8 +411,7 @@ def schedule_from_config(
     cfg = dict(cfg)
     name = cfg.get("name")
     schedule_function(name)  # known, or a fork's that imports
-    if not is_int(total_steps) or total_steps <= 0:
-        raise ScheduleError(total_key, "an integer > 0", total_steps)
+    check_total_steps(total_steps, total_key)
     if not is_number(peak_lr) or peak_lr <= 0:
         raise ScheduleError("optim.lr", "a number > 0", peak_lr)
 
@@ -423,10 +448,7 @@ def schedule_from_config(
             decay = given
         else:
             key, given = "schedule.decay_fraction", fraction
-            decay = int(round(given * total_steps))
-            w = cfg.get("warmup_steps", 0)
-            if (w if isinstance(w, float) else warm / total_steps) + given <= 1.0 + 1e-12:
-                decay = min(decay, total_steps - warm)  # shares that fit T, each rounded to an update, fit it too
+            decay = fitted(given, cfg.get("warmup_steps", 0), warm, total_steps)
         if warm + decay > total_steps:  # name both: either may be the one to change
             raise ScheduleError(
                 f"schedule.warmup_steps ({cfg.get('warmup_steps')!r}) and {key} ({given!r}) do not fit together: "
@@ -434,7 +456,10 @@ def schedule_from_config(
             )
         params["decay_steps"] = decay
     if name == "inverse_sqrt":
-        params["cooldown_steps"] = resolve_steps(cfg.get("cooldown_steps", 0), total_steps, "schedule.cooldown_steps")
+        cooldown = cfg.get("cooldown_steps", 0)
+        params["cooldown_steps"] = resolve_steps(cooldown, total_steps, "schedule.cooldown_steps")
+        if isinstance(cooldown, float) and 0.0 < cooldown < 1.0:
+            params["cooldown_steps"] = fitted(cooldown, cfg.get("warmup_steps", 0), warm, total_steps)
     if name == "tabulated":
         params["knots"] = read_knots(cfg.get("knots"))
         check_knots(params["knots"], warm, total_steps, f"schedule.knots ({cfg['knots']})", total_key)  # names the file

@@ -21,7 +21,16 @@ from data import DataError
 from data.atomic import DiskFull
 from model import GPTConfig, ModelConfigError, check_model_config
 from scheduling import ScheduleError, schedule_from_config
-from scheduling.spec import CONF, SettingError, compose, first_line, is_int, is_number, read_knots
+from scheduling.spec import (
+    CONF,
+    SettingError,
+    check_total_steps,
+    compose,
+    first_line,
+    is_int,
+    is_number,
+    read_knots,
+)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp8")
@@ -478,6 +487,10 @@ def budget_key(t: Mapping[str, Any]) -> str:
         raise ConfigError("trainer.max_time", "a number of seconds > 0", value)
     if key != "max_time" and (not is_int(value) or value <= 0):
         raise ConfigError(f"trainer.{key}", integer_expected("an integer > 0", value), value)
+    if key == "max_steps":
+        check_total_steps(value, "trainer.max_steps")
+    if key == "max_tokens" and value >= 2**63:  # the token count is an int64
+        raise ConfigError("trainer.max_tokens", "an integer < 2**63", value)
     return key
 
 

@@ -217,6 +217,21 @@ def test_inverse_sqrt_decays_with_its_timescale_then_cools_down_to_the_floor():
     assert Schedule("inverse_sqrt", warmup_steps=0)(10_000) == 1 / math.sqrt(2)  # τ = 10 000 when W = 0
 
 
+def test_a_cooldown_over_the_whole_decay_starts_at_the_peak_not_a_rounding_above_it():
+    for c in range(1, 60):
+        for r in (1 / 3, 0.1, 0.7, 1 / 7):
+            s = Schedule("inverse_sqrt", total_steps=40 + c, warmup_steps=40, min_lr_ratio=r, cooldown_steps=c)
+            assert s(40) == 1.0 and max(s(t) for t in range(40, 41 + c)) == 1.0, (c, r)
+
+
+@pytest.mark.parametrize("T, warmup, cooldown", [(11, 0.5, 0.5), (5, 0.3, 0.7), (15, 0.1, 0.9)])
+def test_inverse_sqrt_shares_of_T_that_fill_it_are_taken_though_each_rounds_up(T, warmup, cooldown):
+    s = config_schedule("inverse_sqrt", T, warmup_steps=warmup, cooldown_steps=cooldown)
+    assert s.warmup_steps + s.params["cooldown_steps"] == T and s(T) == s.params["min_lr_ratio"]
+    with pytest.raises(ScheduleError, match="schedule.cooldown_steps"):
+        config_schedule("inverse_sqrt", T, warmup_steps=warmup, cooldown_steps=min(0.99, cooldown + 1.5 / T))
+
+
 def test_cosine_restarts_cycles_and_lowers_each_restart_by_cycle_decay():
     n, w, cycles, gamma, r = 130, 10, 3, 0.5, 0.1
     s = Schedule("cosine_restarts", total_steps=n, warmup_steps=w, num_cycles=cycles, cycle_decay=gamma, min_lr_ratio=r)

@@ -23,6 +23,11 @@ BAD_CONFIGS = [
     (["model.arch=transformer"], "model.arch", "gpt2, llama"),
     (["model.activation=[gelu]"], "model.activation", "one of gelu"),
     (["trainer.max_steps=0"], "trainer.max_steps", "> 0"),
+    # past float's range: arithmetic with floats overflowed (a traceback) where not refused
+    ([f"trainer.max_steps={2**53 + 1}"], "trainer.max_steps", "≤ 2**53"),
+    (["trainer.max_steps=null", f"trainer.max_tokens={10**30}"], "trainer.max_tokens", "< 2**63"),
+    ([f"schedule.min_lr={10**400}"], "schedule.min_lr", "a floor ≥ 0"),
+    ([f"optim.lr={10**400}"], "optim.lr", "> 0"),
     (["trainer.batch_size=0"], "trainer.batch_size", "> 0"),
     (["trainer.ckpt_every=-5"], "trainer.ckpt_every", "≥ 0"),
     (["trainer.ckpt_every=10", "trainer.keep_checkpoints=1"], "trainer.keep_checkpoints", "≥ 2"),
