@@ -30,6 +30,7 @@ from training.build import Run, Sweep, build_run
 from training.config import USER_ERRORS, check_config, check_overrides_or_exit
 from training.engine import NONFINITE
 from training.init_from import with_init_from
+from training.secrets import register_overrides, scrub_hydra_files
 from training.signals import EXIT_RESUMABLE, Stopped, StopSignals
 from training.watchdog import EXIT_HUNG, PeerLost, Watchdog, peers_answering, report
 
@@ -51,10 +52,12 @@ def train(
     ``started``: ``time.perf_counter()`` at the job's start, for a time budget.
     Raises a ``USER_ERRORS`` error for bad input, a directory another run holds, or a full disk (``DiskFull``);
     ``Stopped`` after a requested stop (checkpoint written); ``PeerLost`` when another rank stopped answering."""
+    register_overrides(list(overrides or []))  # their secret-looking values never get written
+    scrub_hydra_files(run_dir, *([Path(sweep.group)] if sweep else []))  # first: a run stopped anywhere keeps none
     cfg = with_init_from(cfg, overrides)  # model.init_from: the shape and tokenizer of a transformers folder
     check_config(cfg)
     with space_for(run_dir):  # a full disk wherever the run writes: DiskFull, one line naming the file
-        run = build_run(cfg, run_dir, sweep=sweep, overrides=overrides, started=started)
+        run = build_run(cfg, run_dir, sweep=sweep, started=started)
         status = "failed"
         try:
             final_val = fit(run)
@@ -121,6 +124,9 @@ def fit(run: Run) -> float:
         watchdog.progress(T)
         run.save(T)
         run.end_sample()
+        if signals.requested:  # during the final evaluation, save or sample: the run is whole, a sweep stops here
+            log.info("%s came while the run was ending; it ended first", signals.requested)
+            launch.signalled_at_end = signals.requested
     return final_val
 
 

@@ -39,7 +39,7 @@ from training.evaluation import EvalContext, Evaluations
 from training.init_from import initial_weights, model_vocab
 from training.loggers import JsonlSink, Metrics, ProgressSink, RunInfo, human, start_summary
 from training.optim import build_optimizer, describe_optimizer
-from training.secrets import redact, register_overrides, scrub_hydra_files
+from training.secrets import redact
 from training.spikes import MAX_ROLLBACKS_TO_ONE_CHECKPOINT, Skips
 
 log = logging.getLogger("train")
@@ -257,13 +257,11 @@ def build_run(
     run_dir: Path,
     *,
     sweep: Sweep | None = None,
-    overrides: list[str] | None = None,
     started: float | None = None,
 ) -> Run:
     """Build every part of a run from ``cfg`` (already checked), in order: the process and device, the
     checkpoint to resume, data, model, evaluations, T, optimizer and schedule, and last the outputs in ``run_dir``."""
     started = time.perf_counter() if started is None else started
-    register_overrides(list(overrides or []))  # their secret-looking values never get written
     trainer = cfg.trainer
     dist = distributed.init(trainer.device, trainer.collective_timeout)
     run_dir = Path(distributed.broadcast_object(str(run_dir))).resolve()
@@ -518,7 +516,6 @@ def open_metrics(
     to the resumed update — and each sink the logger group names."""
     # one writer per run directory: a second launch stops here with RunInUse
     run_lock.acquire(run_dir, "hydra.sweep.dir" if sweep else "hydra.run.dir")
-    scrub_hydra_files(run_dir, *([Path(sweep.group)] if sweep else []))
     core = [JsonlSink(run_dir / "metrics.jsonl", resume_step), ProgressSink(T, resume_step or 0, cfg.trainer.log_every)]
     settings = OmegaConf.to_container(cfg.logger, resolve=True)
     saved = continued.get("sinks") or {}

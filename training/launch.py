@@ -23,7 +23,7 @@ from training.budget import seconds_since_process_start
 from training.build import Sweep
 from training.config import FLAGS_WITH_VALUES, USER_ERRORS
 from training.distributed import env_world
-from training.secrets import register_overrides, scrub_hydra_files
+from training.secrets import redact_text, register_overrides, scrub_hydra_files
 from training.signals import EXIT_RESUMABLE, Stopped
 from training.summary import write_summary
 
@@ -65,7 +65,7 @@ def sweep_of(hc, argv: list[str]) -> Sweep | None:
     if hc.mode != RunMode.MULTIRUN:
         return None
     swept = swept_overrides(task_overrides(hc.overrides.task), argv, hc.sweeper.get("params"))
-    return Sweep(group=str(hc.sweep.dir), name=",".join(swept) or f"job{hc.job.num}")
+    return Sweep(group=str(hc.sweep.dir), name=redact_text(",".join(swept)) or f"job{hc.job.num}")
 
 
 def swept_overrides(job_overrides: list[str], argv: list[str], sweeper_params: dict | None) -> list[str]:
@@ -99,6 +99,7 @@ def sweep_job_failed(hc, sweep: Sweep, error: Exception) -> bool:
     else:
         log.error("error: job %s (%s): %s", hc.job.num, sweep.name, error)
         error_line = str(error)
+    error_line = redact_text(error_line)  # summary.json and the sweep's report show it
     jobs[-1] = (hc.job.num, error_line)
     if not isinstance(error, run_lock.RunInUse):  # else the directory and its summary are another process's
         scrub_hydra_files(Path(hc.runtime.output_dir))  # a job that never ran keeps no secret in .hydra/ either

@@ -38,6 +38,7 @@ URL_PASSWORD = re.compile(r"(?<=://)([^/\s:@]*):[^/\s@]+@")
 # W&B's API keys are 40 hex digits, as are git commits: a commit is kept under such a key or in a path.
 HEX40 = re.compile(r"(?<![0-9A-Za-z/])[0-9a-f]{40}(?![0-9A-Za-z])")
 REVISION_KEY = re.compile(r"(^|[_.-])(REVISION|COMMIT|SHA)($|[_.-])", re.IGNORECASE)
+KEY_BEFORE = re.compile(r"([\w.+~-]+)\s*[=:]\s*['\"]?$")  # the key a value follows: data.revision=…, sha: '…'
 _registered: set[str] = set()
 
 
@@ -71,18 +72,25 @@ def redact(obj: Any, secrets: list[str] | None = None, key: str = "") -> Any:
         override, sep, _ = obj.partition("=")  # an override such as trainer.hf_token=abc
         if sep and SECRET_KEY.search(override.split(".")[-1]):
             return f"{override}={REDACTED}"
-        obj = redact_text(obj, secrets)
-        if not REVISION_KEY.search(override.split(".")[-1] if sep else key):
-            obj = HEX40.sub(REDACTED, obj)
+        obj = redact_text(obj, secrets, key)
     return obj
 
 
-def redact_text(text: str, secrets: list[str] | None = None) -> str:
-    """``text`` with secret values and credential-shaped strings masked (no rule of keys or overrides: prose)."""
+def redact_text(text: str, secrets: list[str] | None = None, key: str = "") -> str:
+    """``text`` (prose, a log line, overrides joined) with secret values and credential-shaped strings masked; a
+    bare 40-hex string is kept only where the key it follows (``data.revision=…``), or else ``key``, names a
+    revision, commit or sha."""
     for s in secret_values() if secrets is None else secrets:
         if s in text:
             text = text.replace(s, REDACTED)
-    return URL_PASSWORD.sub(rf"\1:{REDACTED}@", SECRET_SHAPES.sub(REDACTED, text))
+    text = URL_PASSWORD.sub(rf"\1:{REDACTED}@", SECRET_SHAPES.sub(REDACTED, text))
+
+    def commit_or_key(match: re.Match) -> str:
+        before = KEY_BEFORE.search(text[max(0, match.start() - 200) : match.start()])
+        name = before.group(1) if before else key
+        return match.group(0) if REVISION_KEY.search(name.split(".")[-1]) else REDACTED
+
+    return HEX40.sub(commit_or_key, text)
 
 
 def scrub_hydra_files(*dirs: Path) -> None:
@@ -113,4 +121,6 @@ class RedactLogs(logging.Filter):
         clean = redact_text(message)  # prose: a "key=value" inside it is not an override to cut at
         if clean != message:
             record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:  # a traceback echoes the error's text: the handlers take this
+            record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
         return True

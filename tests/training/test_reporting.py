@@ -380,6 +380,20 @@ def test_a_signal_while_a_sweep_job_ends_ends_the_sweep_after_that_job(tmp_path,
     assert said in proc.stdout + proc.stderr
 
 
+def test_a_signal_during_a_sweep_jobs_final_evaluation_ends_the_sweep_after_that_job(tmp_path, data_cache):
+    """The job saves its last checkpoint and ends ok; no next job starts (the signal was lost: the sweep ran on)."""
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache)}
+    late = ["+logger.sinks.late._target_=tests.training.fork_parts.SignalAtEvaluation", "+logger.sinks.late.step=2"]
+    args = [*TINY, "trainer.eval_every=0", "trainer.sample_tokens=0", "trainer.max_steps=2", *late]
+    cmd = [sys.executable, "train.py", "-m", *args, "optim.lr=1e-3,2e-3", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 75, proc.stderr[-3000:]
+    assert (sweep / "0" / "checkpoints" / "step-00000002").is_dir() and not (sweep / "1").exists()
+    assert report_statuses(sweep) == {"0": "ok"}
+    assert "SIGTERM came while job 0 ended: the sweep stops after it" in proc.stdout + proc.stderr
+
+
 def test_a_signal_while_a_failed_sweep_job_ends_ends_the_sweep_with_the_failures_code(tmp_path, data_cache):
     (tmp_path / "crashy.py").write_text(CRASHING_OPTIMIZER)
     sweep = tmp_path / "sweep"

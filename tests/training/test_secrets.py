@@ -119,6 +119,11 @@ def test_a_commit_under_a_revision_key_or_in_a_path_and_ordinary_names_are_kept(
     }
     assert redact(kept, secrets=[]) == kept
     assert redact([f"data.revision={COMMIT}"], secrets=[]) == [f"data.revision={COMMIT}"]
+    # overrides joined (Hydra's override_dirname, sorted): each value is judged by the key it follows
+    joined = f"data.revision={COMMIT},data=openwebtext,logger.notes={SHAPED['wandb']}"
+    assert redact({"override_dirname": joined}, secrets=[]) == {
+        "override_dirname": f"data.revision={COMMIT},data=openwebtext,logger.notes={REDACTED}"
+    }
     assert redact({"notes": f"trained at {COMMIT}"}, secrets=[]) == {"notes": f"trained at {REDACTED}"}
 
 
@@ -190,6 +195,11 @@ def test_a_run_log_line_holding_a_secret_is_redacted_in_train_log_and_on_the_con
         logging.config.dictConfig(settings)
         logging.getLogger("train").warning("MLflow failed (%s, at %s)", SHAPED["hugging face"], ENV_SECRET)
         logging.getLogger("train").info("given: x.api_key=%s trainer.max_steps=4", ENV_SECRET)
+        logging.getLogger("train").info("notes: %s", SHAPED["wandb"])  # 40 hex digits: a W&B key in a log line
+        try:
+            raise ValueError(f"bad notes {SHAPED['github classic']}")  # a crash's traceback echoes the error
+        except ValueError:
+            logging.getLogger("train").exception("job 0 crashed")
         for h in root.handlers:
             h.flush()
     finally:
@@ -200,20 +210,44 @@ def test_a_run_log_line_holding_a_secret_is_redacted_in_train_log_and_on_the_con
     for text in ((tmp_path / "train.log").read_text(), capsys.readouterr().err):
         assert f"MLflow failed ({REDACTED}, at {REDACTED})" in text, text
         assert f"given: x.api_key={REDACTED} trainer.max_steps=4" in text, text  # the rest of the line kept
+        assert f"notes: {REDACTED}" in text and f"ValueError: bad notes {REDACTED}" in text, text
 
 
 def test_no_credential_shaped_value_reaches_a_sweeps_files_or_its_console(tmp_path, data_cache):
     """Hydra's multirun.yaml in the sweep directory holds the command line and the config, as typed; Hydra's
-    line for each job prints its overrides; a job refused (lr −1) never reaches the run's own scrubbing."""
+    line for each job prints its overrides; a job refused (its lr a W&B key, pasted into the wrong place) never
+    reaches the run's own scrubbing, and its error, which echoes the value, is in its summary and the report."""
     sweep = tmp_path / "sweep"
     env = {**os.environ, "GPT_DATA_CACHE": str(data_cache), "WANDB_SILENT": "true"}
-    args = ["trainer.max_steps=2", "trainer.eval_every=0", "trainer.sample_tokens=0", "optim.lr=1e-3,-1"]
+    args = [
+        "trainer.max_steps=2",
+        "trainer.eval_every=0",
+        "trainer.sample_tokens=0",
+        f"optim.lr=1e-3,{SHAPED['wandb']}",
+    ]
     args += ["logger=wandb", "logger.mode=offline"]
     cmd = [sys.executable, "train.py", "-m", *TINY, *args, f"logger.notes={SHAPED['hugging face']}"]
     proc = subprocess.run([*cmd, f"hydra.sweep.dir={sweep}"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr[-2000:]  # one job refused
-    assert "#1 : " in proc.stdout and SHAPED["hugging face"] not in proc.stdout + proc.stderr
+    assert "#1 : " in proc.stdout and "error: job 1 (optim.lr=<redacted>)" in proc.stdout + proc.stderr
     files = [p for p in sweep.rglob("*") if p.is_file()]
-    assert {"multirun.yaml", "overrides.yaml", "train.log", "state.pt"} <= {p.name for p in files}
+    assert {"multirun.yaml", "overrides.yaml", "train.log", "state.pt", "report.md"} <= {p.name for p in files}
+    for secret in (SHAPED["hugging face"], SHAPED["wandb"]):
+        assert secret not in proc.stdout + proc.stderr
+        for path in files:
+            assert secret.encode() not in path.read_bytes(), f"the key leaked into {path}"
+
+
+def test_a_run_that_crashes_before_its_first_update_keeps_no_secret_in_hydras_files(tmp_path, data_cache):
+    (tmp_path / "boom.py").write_text("def build(model, device, **_):\n    raise RuntimeError('planted')\n")
+    run = tmp_path / "run"
+    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache), "PYTHONPATH": str(tmp_path)}
+    args = [*TINY, "logger=csv", "optim._target_=boom.build", f"trainer.sample_prompt={SHAPED['hugging face']}"]
+    proc = subprocess.run(
+        [sys.executable, "train.py", *args, f"hydra.run.dir={run}"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 1 and "RuntimeError: planted" in proc.stderr, proc.stderr[-2000:]
+    files = list((run / ".hydra").glob("*.yaml"))
+    assert len(files) == 3
     for path in files:
-        assert SHAPED["hugging face"].encode() not in path.read_bytes(), f"the key leaked into {path}"
+        assert SHAPED["hugging face"] not in path.read_text(), f"the key leaked into {path}"
