@@ -15,6 +15,7 @@ import faulthandler
 import logging
 import os
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ log = logging.getLogger("train")
 # timeout(1)'s code for "timed out": the run made no progress within the time allowed; the latest checkpoint is
 # intact, and running the same command again (a requeue, torchrun --max-restarts) resumes from it.
 EXIT_HUNG = 124
-LOG_WAIT_S = 5.0  # how long a fault's report waits for the log file before the process exits anyway
+LOG_WAIT_S = 5.0  # how long a fault's report waits for stderr and the log file before the process exits anyway
 
 
 class PeerLost(Exception):
@@ -64,25 +65,37 @@ def log_files() -> list[logging.FileHandler]:
 
 def report(message: str, stacks: bool = False) -> None:
     """``error: message`` on stderr and in the log file, then with ``stacks`` every thread's Python stack in both.
-    The log file is written from a thread of its own, waited for at most ``LOG_WAIT_S``: the stall may be that very
-    file (a hung network filesystem, its handler's lock held by the stuck thread), and the process must still end."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    if stacks:
-        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    Each is written from a thread of its own, waited for at most ``LOG_WAIT_S`` in all: the stall may be in that
+    very output (a full pipe on stderr, a hung network filesystem under the log file, a lock the stuck thread
+    holds), and the process must still end."""
+    where = all_stacks() if stacks else ""
+
+    def to_stderr() -> None:
+        sys.stderr.write(f"error: {message}\n{where}")
         sys.stderr.flush()
 
     def to_log_files() -> None:
         record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
         for handler in log_files():
             handler.handle(record)
+            handler.stream.write(where)
             handler.flush()
-            if stacks:
-                faulthandler.dump_traceback(file=handler.stream, all_threads=True)
-                handler.stream.flush()
 
-    writer = threading.Thread(target=to_log_files, name="report-to-log", daemon=True)
-    writer.start()
-    writer.join(LOG_WAIT_S)
+    writers = [threading.Thread(target=f, name=f"report-{f.__name__}", daemon=True) for f in (to_stderr, to_log_files)]
+    deadline = time.monotonic() + LOG_WAIT_S
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(max(0.0, deadline - time.monotonic()))
+
+
+def all_stacks() -> str:
+    """Every thread's Python stack as faulthandler writes it, read back from a scratch file (faulthandler writes
+    to a file descriptor holding the interpreter's lock: on a blocked pipe no other thread could run)."""
+    with tempfile.TemporaryFile("w+") as scratch:
+        faulthandler.dump_traceback(file=scratch, all_threads=True)
+        scratch.seek(0)
+        return scratch.read()
 
 
 class Watchdog:

@@ -314,6 +314,24 @@ def test_a_stall_in_the_log_file_itself_still_ends_the_process(tmp_path, data_ca
     assert "(most recent call first):" in proc.stderr
 
 
+def test_a_console_nobody_reads_still_lets_a_stalled_run_end(tmp_path, data_cache):
+    """stdout and stderr are a pipe whose reader stopped (``… 2>&1 | tee`` on a hung terminal): once it is full the
+    main thread blocks writing the progress line, and past hang_timeout the process ends 124 all the same (it hung
+    in its own report), the report in train.log."""
+    run = tmp_path / "run"
+    args = ["trainer.max_steps=1000000", "trainer.log_every=1", "trainer.eval_every=0", "trainer.hang_timeout=3"]
+    proc = _start(args, run, data_cache)  # its output is read by no one
+    try:
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    assert proc.returncode == EXIT_HUNG
+    assert "did not finish within trainer.hang_timeout=3 s" in (run / "train.log").read_text()
+
+
 @pytest.mark.slow
 def test_a_kill_during_a_checkpoint_save_keeps_the_previous_one_and_resume_uses_it(tmp_path, data_cache):
     """SIGKILL a real process while it writes a checkpoint (a .tmp- folder exists), then resume."""
