@@ -182,7 +182,9 @@ def encode_corpus(
             counts["documents"][split] += 1
         for split, split_ids in ids.items():
             if split_ids:
-                np.asarray(split_ids, dtype=dtype).tofile(files[split])
+                # file.write, not ndarray.tofile: a full disk then raises ENOSPC, which reads as DiskFull (tofile's
+                # "N requested and M written" carries no errno)
+                files[split].write(np.asarray(split_ids, dtype=dtype).tobytes())
                 counts["tokens"][split] += len(split_ids)
 
     with contextlib.ExitStack() as stack:
@@ -267,9 +269,10 @@ def remove_abandoned(root: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def writable_cache_dir(folder: Path) -> list[Path]:
-    """Make ``folder`` (the cache directory) if missing and check that it can be written; returns the directories
-    made (to undo on failure). One DataError naming ``data.cache_dir`` when it cannot be."""
+@contextlib.contextmanager
+def writable_cache_dir(folder: Path) -> Iterator[None]:
+    """Make ``folder`` (the cache directory) if missing and check that it can be written, for the block; one
+    DataError naming ``data.cache_dir`` when it cannot be. A block that fails leaves no directory it made."""
     try:
         created = make_dirs(folder)
         if not os.access(folder, os.W_OK | os.X_OK):
@@ -279,7 +282,13 @@ def writable_cache_dir(folder: Path) -> list[Path]:
             f"data.cache_dir: {folder} cannot be written ({e.strerror or e}); give a folder you can write, or "
             "set GPT_DATA_CACHE"
         ) from None
-    return created
+    try:
+        yield
+    except BaseException:
+        for d in reversed(created):  # only while empty: a cache another process put there stays
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
 
 
 def make_dirs(path: Path) -> list[Path]:
@@ -462,24 +471,17 @@ def prepare(cfg: Any, build_if_missing: bool = True) -> TokenCache | Mixture:
         why = inspect(path, fingerprint, settings)[1] if path.exists() else "it does not exist"
         raise DataError(f"data: the token cache {path} is missing, incomplete or damaged ({why})")
     check_not_empty(corpus)
-    created = writable_cache_dir(path.parent)
-    try:
-        with build_lock(path):
-            cache = TokenCache.open(path, fingerprint, settings)
-            if cache is not None:  # built by the process we waited for
-                return cache
-            remove_abandoned(path.parent)
-            if path.exists():  # only ever renamed into place complete, so something damaged it: rebuild
-                log.warning(
-                    "data: the token cache %s is damaged (%s); rebuilding it",
-                    path,
-                    inspect(path, fingerprint, settings)[1],
-                )
-                shutil.rmtree(path)
-            log.info("data: tokenizing %s into %s", corpus.name, path)
-            return build(cfg, corpus, path)
-    except BaseException:
-        for d in reversed(created):  # leave no empty cache directory that this call made
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        raise
+    with writable_cache_dir(path.parent), build_lock(path):
+        cache = TokenCache.open(path, fingerprint, settings)
+        if cache is not None:  # built by the process we waited for
+            return cache
+        remove_abandoned(path.parent)
+        if path.exists():  # only ever renamed into place complete, so something damaged it: rebuild
+            log.warning(
+                "data: the token cache %s is damaged (%s); rebuilding it",
+                path,
+                inspect(path, fingerprint, settings)[1],
+            )
+            shutil.rmtree(path)
+        log.info("data: tokenizing %s into %s", corpus.name, path)
+        return build(cfg, corpus, path)

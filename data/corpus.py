@@ -65,6 +65,12 @@ def utf8_len(text: str) -> int:
     return len(text.encode("utf-8", "surrogateescape"))
 
 
+def printable(name: str) -> str:
+    """A file name fit for a message: the bytes of a name that is not UTF-8 (held as surrogates, which no log
+    file or terminal can encode) as ``\\xNN`` escapes."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def split_lines(text: str, val_fraction: float) -> tuple[str, str]:
     """(train, val) parts of one document: val is its last ``val_fraction`` of lines (at least one line)."""
     lines = text.splitlines(keepends=True)
@@ -87,6 +93,7 @@ def decode(raw: bytes, name: str, policy: str, stats: DecodeStats) -> str | None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
+        name = printable(name)
         if policy == "error":
             raise DataError(
                 f"{name}: not valid UTF-8 at byte {e.start}; set data.on_decode_error=skip (drop such files) "
@@ -248,7 +255,8 @@ def expand_paths(path: Any) -> list[Path]:
     found: list[Path] = []
     for p in [path] if isinstance(path, (str, os.PathLike)) else list(path):
         p = os.path.expanduser(str(p))
-        if glob.has_magic(p):
+        # A path that exists is that file or folder even when its name holds glob characters (``t/x[1]``).
+        if glob.has_magic(p) and not os.path.exists(p):
             matches = sorted(Path(m) for m in glob.glob(p, recursive=True) if Path(m).is_file())
             if not matches:
                 raise DataError(f"data.path: no file matches the glob {p!r}")
@@ -462,10 +470,18 @@ class TableCorpus(Corpus):
     def splits_off_val(self) -> bool:
         return not self.cfg.get("val_split")
 
+    def dataset_folder(self) -> Path | None:
+        """The local dataset folder ``builder`` names, else None: a hub name, or a packaged builder (``json``,
+        ``csv``, …), which ``datasets`` takes before a folder of the same name."""
+        from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+        folder = Path(self.builder)
+        return folder if self.builder not in _PACKAGED_DATASETS_MODULES and folder.is_dir() else None
+
     def identity(self) -> Iterable[str]:
         cfg = self.cfg
-        folder = Path(self.builder)  # a local dataset folder: by where it is, however that is spelled
-        builder = str(folder.resolve()) if folder.is_dir() else self.builder
+        folder = self.dataset_folder()  # by where it is, however that is spelled
+        builder = str(folder.resolve()) if folder else self.builder
         yield f"table|{builder}|{cfg.get('config_name')}|{cfg.get('split')}|{cfg.get('val_split')}"
         yield f"{cfg.get('revision')}|{self.text_column}"
         if self.files:  # by their paths under the common folder, as their rows' keys: however the path is spelled
@@ -474,9 +490,11 @@ class TableCorpus(Corpus):
             return
         if cfg.get("data_files"):
             yield str(plain(cfg.get("data_files")))
-            for f in local_data_files(cfg.get("data_files")):
-                yield f"{f}:{file_digest(f)}"
-        elif folder.is_dir():  # a dataset folder on disk: its files are the content
+            # The files datasets reads: relative data_files are under the dataset folder, else the working directory.
+            for f in local_data_files(cfg.get("data_files"), folder or Path()):
+                key = f.relative_to(folder).as_posix() if folder and f.is_relative_to(folder) else str(f)
+                yield f"{key}:{file_digest(f)}"
+        elif folder:  # a dataset folder on disk: its files are the content
             for f in sorted(f for f in folder.rglob("*") if f.is_file() and ".git" not in f.parts):
                 yield f"{f.relative_to(folder).as_posix()}:{file_digest(f)}"
 
@@ -493,8 +511,9 @@ def plain(value: Any) -> Any:
     return value
 
 
-def local_data_files(data_files: Any) -> list[Path]:
-    """The local files that ``data_files`` (a path, glob, list, or dict of split → those) names, sorted."""
+def local_data_files(data_files: Any, base: Path) -> list[Path]:
+    """The local files that ``data_files`` (a path, glob, list, or dict of split → those; relative ones under
+    ``base``) names, sorted."""
     data_files = plain(data_files)
     if isinstance(data_files, dict):
         items = [v for value in data_files.values() for v in ([value] if isinstance(value, str) else value)]
@@ -502,7 +521,9 @@ def local_data_files(data_files: Any) -> list[Path]:
         items = [data_files] if isinstance(data_files, str) else list(data_files)
     found = set()
     for item in items:
-        found.update(Path(m) for m in glob.glob(os.path.expanduser(str(item)), recursive=True) if Path(m).is_file())
+        # root_dir, not a joined pattern: glob characters in the folder's own name stay literal
+        matches = glob.glob(os.path.expanduser(str(item)), root_dir=base, recursive=True)
+        found.update(base / m for m in matches if (base / m).is_file())
     return sorted(found)
 
 

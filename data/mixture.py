@@ -30,6 +30,7 @@ from tokenizers import Tokenizer
 
 from data import atomic
 from data.cache import (
+    DISK_FULL_HINT,
     FORMAT_VERSION,
     TokenCache,
     build_lock,
@@ -135,8 +136,7 @@ def shared_tokenizer(
         return path
     if not build_if_missing:
         raise DataError(f"data: the mixture's tokenizer {final} is missing or damaged ({why})")
-    writable_cache_dir(final.parent)
-    with build_lock(final):
+    with writable_cache_dir(final.parent), build_lock(final):
         why = tokenizer_damage(final)
         if why is None:
             return path
@@ -146,14 +146,17 @@ def shared_tokenizer(
         log.info("data: training the mixture's tokenizer into %s", final)
         sample = weighted_sample(corpora, weights, cfg.get("tokenizer_train_bytes"))
         text = train_tokenizer(sample, cfg.get("vocab_size"), special).to_str()
-        tmp = atomic.begin(final.parent, final.name)
-        try:
-            (tmp / "tokenizer.json").write_text(text)
-            (tmp / "meta.json").write_text(json.dumps({"tokenizer_hash": tokenizer_hash(text)}))
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        atomic.commit(tmp, final)
+        meta = json.dumps({"tokenizer_hash": tokenizer_hash(text)})
+        # As a token cache is written: a full disk is one line naming this folder of the cache, not the run's.
+        with atomic.space_for(final, len(text.encode()) + len(meta), hint=DISK_FULL_HINT):
+            tmp = atomic.begin(final.parent, final.name)
+            try:
+                (tmp / "tokenizer.json").write_text(text)
+                (tmp / "meta.json").write_text(meta)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            atomic.commit(tmp, final)
     return path
 
 
@@ -216,7 +219,7 @@ def in_source(name: str, error: DataError) -> DataError:
 
 def prepare_mixture(cfg: Any, build_if_missing: bool = True) -> Mixture:
     """The shared tokenizer, then each source's token cache built with it (or reused); a source without
-    validation text, or any other bad source, is a one-line DataError that names it."""
+    training or validation text, or any other bad source, is a one-line DataError that names it."""
     configs = source_configs(cfg)
     raw = {name: weight for name, (weight, _) in configs.items()}
     if math.isinf(sum(raw.values())):  # weights near 1e308: scaled first, so that their sum stays finite
@@ -235,7 +238,13 @@ def prepare_mixture(cfg: Any, build_if_missing: bool = True) -> Mixture:
             check_not_empty(corpora[name])
         except DataError as e:
             raise in_source(name, e) from None
-        if next(iter(corpora[name].documents("val")), None) is None:  # before anything is written
+        # Both splits before anything is written: the shared tokenizer is written before any source's tokens.
+        if next(iter(corpora[name].documents("train")), None) is None:
+            raise DataError(
+                f"data.sources.{name}: the corpus {corpora[name].name!r} gives no training text; lower "
+                f"data.sources.{name}.val_fraction (now {corpora[name].val_fraction}) or add documents"
+            )
+        if next(iter(corpora[name].documents("val")), None) is None:
             raise DataError(
                 f"data.sources.{name}: the corpus {corpora[name].name!r} gives no validation text; raise "
                 f"data.sources.{name}.val_fraction (now {corpora[name].val_fraction}) or add documents (or lines)"

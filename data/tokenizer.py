@@ -22,17 +22,26 @@ from data.errors import DataError
 
 EOT = "<|endoftext|>"
 BYTE_ALPHABET = 256
+# The trainer reserves memory for every entry of vocab_size up front, so a huge one aborts inside Rust (2**28 does
+# under an 8 GB memory limit) although uint32 ids allow 2**32; 2**24 is far past any vocabulary in use.
+MAX_VOCAB_SIZE = 2**24
 TRAIN_BATCH_CHARS = 1 << 20  # text handed to the trainer per Python → Rust call
 T = TypeVar("T")
 
 
 def check_vocab_size(vocab_size: object, special_tokens: list[str]) -> None:
-    """``data.vocab_size`` must hold the 256 byte symbols and every special token."""
+    """``data.vocab_size`` must hold the 256 byte symbols and every special token, and be at most
+    ``MAX_VOCAB_SIZE``."""
     need = BYTE_ALPHABET + len(special_tokens)
     if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < need:
         raise DataError(
             f"data.vocab_size must be an integer ≥ {need} (the 256 byte symbols + {len(special_tokens)} special "
             f"tokens), got {vocab_size!r}"
+        )
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise DataError(
+            f"data.vocab_size must be at most {MAX_VOCAB_SIZE:,} (2**24; the trainer reserves memory for every "
+            f"entry up front), got {vocab_size!r}"
         )
 
 

@@ -131,3 +131,15 @@ def test_caps_bound_documents_and_bytes(tmp_path):
     texts = read_texts(data_cfg("text_files", path=str(tmp_path / "c"), max_bytes=cap))
     assert texts[:3] == DOCS[:3] and len(texts) == 4
     assert len(texts[3].encode()) == 10 and DOCS[3].startswith(texts[3])  # the crossing one is cut at the cap
+
+
+def test_an_existing_path_with_glob_characters_in_its_name_is_that_path(tmp_path):
+    write_texts(tmp_path / "t" / "x[1]", DOCS[:4])
+    write_texts(tmp_path / "t" / "x1", DOCS[4:6])  # what the name read as a glob would match instead
+    corpus = build_corpus(data_cfg("text_files", path=str(tmp_path / "t" / "x[1]")))
+    assert [text for _, text in corpus.keyed_documents()] == DOCS[:4]
+    (one,) = write_texts(tmp_path / "f", ["one file\n"], ".txt")
+    named = one.rename(tmp_path / "f" / "notes[draft].txt")
+    assert [text for _, text in build_corpus(data_cfg("text_files", path=str(named))).keyed_documents()] == [
+        "one file\n"
+    ]

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 from data import DataError, build_corpus, prepare
+from data.tokenizer import check_vocab_size
+from tests.conftest import compose_config
 from tests.data.corpora import DOCS, data_cfg, write_tables, write_texts
+from training.config import ConfigError, check_config
 
 
 def assert_refused(cfg, match: str, cache_dir: Path | None = None) -> str:
@@ -252,3 +255,38 @@ def test_a_cache_dir_that_cannot_be_made_or_a_file_that_cannot_be_read_is_one_li
     )
     with pytest.raises(DataError, match=rf"^{tmp_path / 'c'}: cannot be read \(Is a directory\)$"):
         file_digest(tmp_path / "c")
+
+
+def test_a_vocab_too_large_for_the_trainer_is_refused(tmp_path):
+    """5e9 used to abort inside the trainer's Rust (a failed memory allocation), leaving files behind."""
+    write_texts(tmp_path / "c", DOCS[:5])
+    cfg = data_cfg("text_files", path=str(tmp_path / "c"), vocab_size=2**24 + 1)
+    assert_refused(cfg, r"^data\.vocab_size must be at most 16,777,216 \(2\*\*24; .*\), got 16777217$")
+    with pytest.raises(DataError, match=r"^data\.vocab_size must be at most 16,777,216 .*, got 5000000000$"):
+        check_vocab_size(5_000_000_000, ["<|endoftext|>"])
+    check_vocab_size(2**24, ["<|endoftext|>"])
+
+
+@pytest.mark.parametrize("value", ["[a,b]", "true", "{x:1}", "''", "5"])
+@pytest.mark.parametrize("option", ["text_files", "mixture"])
+def test_a_cache_dir_that_is_not_a_path_is_refused_naming_the_key(option, value):
+    """Not made into a folder named after its Python repr ("['a', 'b']", "True"); a mixture's names data.cache_dir,
+    not a source's key."""
+    overrides = [f"data={option}", f"data.cache_dir={value}"] + (["data.path=x"] if option == "text_files" else [])
+    with pytest.raises(ConfigError, match=r"^data\.cache_dir must be null or a folder path \(a non-empty string\), "):
+        check_config(compose_config(overrides))
+    check_config(compose_config([f"data={option}", "data.cache_dir=null"] + overrides[2:]))
+
+
+def test_a_file_name_that_is_not_utf8_is_printable_in_every_message(tmp_path, caplog):
+    """A name's undecodable bytes are surrogates in Python, which a log file or terminal cannot encode: they are
+    written as \\xNN."""
+    write_texts(tmp_path / "c", DOCS[:10])
+    name = os.fsdecode(b"caf\xe9.txt")
+    (tmp_path / "c" / name).write_bytes("caf\xe9\n".encode("latin-1"))
+    prepare(data_cfg("text_files", path=str(tmp_path / "c")))
+    (warning,) = [r.getMessage() for r in caplog.records if "not valid UTF-8" in r.getMessage()]
+    assert "caf\\xe9.txt" in warning.encode("utf-8").decode()
+    strict = data_cfg("text_files", path=str(tmp_path / "c"), on_decode_error="error", cache_dir=str(tmp_path / "s"))
+    message = assert_refused(strict, r"caf\\xe9\.txt: not valid UTF-8 at byte 3", tmp_path / "s")
+    message.encode("utf-8")

@@ -4,6 +4,7 @@ validated on its own; bad mixtures refused in one line before anything is writte
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from data import DataError, MixtureValBatches, TrainBatches, ValBatches, prepare, token_byte_lengths
+from data import DataError, MixtureValBatches, TrainBatches, ValBatches, atomic, prepare, token_byte_lengths
+from data.atomic import DiskFull
+from data.cache import DISK_FULL_HINT
 from data.corpus import build_corpus
 from data.mixture import in_source, prepare_mixture, source_configs, tokenizer_damage, weighted_sample
 from model import GPT, GPTConfig, padded_vocab
@@ -179,3 +182,39 @@ def test_a_sources_error_names_its_own_keys_under_its_name_and_leaves_paths_and_
     error = DataError("data: data.tokenizer has no <|endoftext|>; put one first in data.special_tokens")
     expected = "data.sources.web: data.tokenizer has no <|endoftext|>; put one first in data.special_tokens"
     assert str(in_source("web", error)) == expected
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a device every write to fails ENOSPC")
+def test_a_full_disk_while_writing_the_shared_tokenizer_names_it_in_the_cache_and_leaves_nothing(
+    tmp_path, local_caches, monkeypatch
+):
+    """The tokenizer's file leads to /dev/full, where every write fails as on a full disk."""
+    real_begin = atomic.begin
+
+    def begin(parent, name):
+        tmp = real_begin(parent, name)
+        if name.startswith("tokenizer-"):
+            (tmp / "tokenizer.json").symlink_to("/dev/full")
+        return tmp
+
+    monkeypatch.setattr(atomic, "begin", begin)
+    with pytest.raises(DiskFull) as err:
+        prepare(mixture_cfg(tmp_path))
+    message = str(err.value)
+    assert re.match(rf"^no space left to write {re.escape(str(local_caches))}/tokenizer-\w+: it needs \d", message)
+    assert message.endswith("; " + DISK_FULL_HINT) and "\n" not in message
+    assert not local_caches.exists()  # nor the cache directory this call made
+
+
+def test_a_source_with_no_training_text_is_refused_before_anything_is_written(tmp_path):
+    """One two-line document, hashed into val: split by lines, the last 99 % of them (both) go to val."""
+    two_lines = tmp_path / "two"
+    write_texts(two_lines, ["the first line of two\nand the second\n"])
+    cfg = mixture_cfg(tmp_path, prose={"path": str(two_lines), "val_fraction": 0.99})
+    with pytest.raises(
+        DataError,
+        match=r"^data\.sources\.prose: the corpus .* gives no training text; lower "
+        r"data\.sources\.prose\.val_fraction \(now 0\.99\) or add documents$",
+    ):
+        prepare(cfg)
+    assert not Path(os.environ["GPT_DATA_CACHE"]).exists()

@@ -288,3 +288,51 @@ def test_a_full_disk_while_tokenizing_names_the_cache_and_leaves_nothing(corpus_
     )
     assert err.value.needed > 5000 and "\n" not in str(err.value)
     assert not local_caches.exists() or os.listdir(local_caches) == []
+
+
+def test_a_dataset_folders_data_files_are_hashed_where_datasets_reads_them(tmp_path, monkeypatch):
+    """``data_files`` relative to the dataset folder (as datasets resolves them), run from another directory: an
+    edit to a file it names, or a new file its glob matches, builds a new cache holding the change."""
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "part0.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS[:20]))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    cfg = data_cfg("hub", name=str(folder), data_files="*.jsonl")
+    first = prepare(cfg)
+    assert prepare(cfg).path == first.path  # unchanged: reused
+
+    edit = "an edited row, naïve and new\n"
+    (folder / "part0.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in [edit, *DOCS[1:20]]))
+    edited = prepare(cfg)
+    assert edited.path != first.path
+    assert edit in decoded_documents(edited, "train") + decoded_documents(edited, "val")
+
+    added = "a row of a file added to the folder\n"
+    (folder / "part1.jsonl").write_text(json.dumps({"text": added}) + "\n")
+    grown = prepare(cfg)
+    assert grown.path not in (first.path, edited.path)
+    assert added in decoded_documents(grown, "train") + decoded_documents(grown, "val")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a device every write to fails ENOSPC")
+def test_a_full_disk_while_writing_the_token_files_names_the_cache_and_leaves_nothing(
+    corpus_cfg, local_caches, monkeypatch
+):
+    """The token files lead to /dev/full, where every write fails as on a full disk: one line, not numpy's
+    "N requested and M written", which carries no errno."""
+    real_begin = atomic.begin
+
+    def begin(parent, name):
+        tmp = real_begin(parent, name)
+        for split in ("train", "val"):
+            (tmp / f"{split}.bin").symlink_to("/dev/full")
+        return tmp
+
+    monkeypatch.setattr(atomic, "begin", begin)
+    with pytest.raises(DiskFull) as err:
+        prepare(corpus_cfg)
+    final = cache_path(corpus_cfg, build_corpus(corpus_cfg))
+    assert str(err.value).startswith(f"no space left to write {final}: it needs more than ")
+    assert "\n" not in str(err.value) and err.value.errno == errno.ENOSPC
+    assert not local_caches.exists()  # nor the cache directory this call made
