@@ -129,6 +129,14 @@ def damage(folder: Path) -> str | None:
     file is as its checksums.json records (or it predates checksums)."""
     record_file = folder / CHECKSUMS
     if not record_file.is_file():
+        m = STEP_DIR.match(folder.name)
+        earlier = [s for s in saved_steps(folder.parent) if m and s < int(m.group(1))]
+        if any((folder.parent / step_dir_name(s) / CHECKSUMS).is_file() for s in earlier):
+            # a template that writes checksums wrote an earlier checkpoint of this run: this one's was deleted
+            return (
+                f"checkpoint {record_file}: missing (the run's earlier checkpoints have theirs), so its files "
+                "cannot be checked"
+            )
         return None
     try:
         files, chunk_bytes = read_checksums(record_file)
@@ -252,6 +260,8 @@ def latest(root: Path) -> Path | None:
         target = root / pointer.read_text(errors="replace").strip()  # a garbled one names no folder
         if (target / STATE_FILE).is_file():
             return target
+        if STEP_DIR.match(target.name) and target.is_dir():  # saves are atomic: its state file was deleted since
+            log.warning("checkpoint %s: its %s is missing; passing over it", target, STATE_FILE)
     steps = saved_steps(root)
     return root / step_dir_name(steps[-1]) if steps else None
 
@@ -537,6 +547,8 @@ class Checkpointer:
             if changed:
                 log.info("from update %d, the optimizer's %s", state["step"], ", ".join(changed.values()))
         else:
+            for optimizer in self.optimizers:  # a rollback to another optimizer's checkpoint: none of the spike's state
+                optimizer.state.clear()
             log.info(
                 "from update %d, optim=%s replaces optim=%s (trainer.allow_schedule_change): its state starts afresh",
                 state["step"],

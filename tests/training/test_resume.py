@@ -438,6 +438,33 @@ def test_a_garbled_latest_pointer_falls_back_to_the_highest_step(tmp_path):
     assert checkpoint.latest(tmp_path) == newest == checkpoint.newest_intact(tmp_path)
 
 
+def test_a_checkpoint_whose_checksums_were_deleted_is_passed_over_where_an_earlier_one_has_them(tmp_path, caplog):
+    model = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    earlier = saved_checkpoint(tmp_path, 2, model)
+    newest = saved_checkpoint(tmp_path, 5, model)
+    (newest / checkpoint.CHECKSUMS).unlink()
+    damage_in_place(newest / checkpoint.STATE_FILE)
+    with caplog.at_level("WARNING"):
+        assert checkpoint.newest_intact(tmp_path) == earlier
+    assert (
+        f"checkpoint {newest / checkpoint.CHECKSUMS}: missing (the run's earlier checkpoints have theirs)"
+        in caplog.text
+    )
+    (earlier / checkpoint.CHECKSUMS).unlink()  # a run from before checksums: read as it was
+    assert checkpoint.newest_intact(tmp_path) == newest
+
+
+def test_the_latest_checkpoint_without_its_state_file_is_named_as_it_is_passed_over(tmp_path, caplog):
+    model = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    earlier = saved_checkpoint(tmp_path, 2, model)
+    newest = saved_checkpoint(tmp_path, 5, model)
+    (tmp_path / checkpoint.LATEST).write_text(newest.name)
+    (newest / checkpoint.STATE_FILE).unlink()
+    with caplog.at_level("WARNING"):
+        assert checkpoint.newest_intact(tmp_path) == earlier
+    assert f"checkpoint {newest}: its state.pt is missing; passing over it" in caplog.text
+
+
 def test_weights_that_do_not_fit_the_model_are_refused_with_torchs_reason(tmp_path):
     folder = saved_checkpoint(tmp_path, 1, GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1, n_embd=16)))
     other = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1, n_embd=32))

@@ -108,6 +108,25 @@ def test_a_run_stopped_after_a_rollback_resumes_bit_for_bit(tmp_path, tiny_train
     assert [[r.get(k) for k in keys] for r in read_metrics(run)] == [[r.get(k) for k in keys] for r in uninterrupted]
 
 
+def test_a_rollback_to_a_checkpoint_of_another_optimizer_starts_the_new_ones_state_afresh(
+    tmp_path, tiny_train, monkeypatch
+):
+    run = tmp_path / "run"
+    with pytest.raises(Stopped):
+        tiny_train(run, ARGS + ROLLBACK + ["trainer.stop_at=28"])  # AdamW up to update 28, checkpointed there
+    plant(monkeypatch, "rare")
+    restore, kept = checkpoint.Checkpointer.restore, []
+
+    def restore_and_count(self, *args, **kwargs):
+        restore(self, *args, **kwargs)
+        kept.append(sum(len(o.state) for o in self.optimizers))
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "restore", restore_and_count)
+    tiny_train(run, ARGS + ROLLBACK + ["optim=muon", "trainer.allow_schedule_change=true"])
+    # the resume, then the rollback from update 29, each to AdamW's checkpoint: Muon keeps nothing of updates 28–29
+    assert kept == [0, 0]
+
+
 def test_a_run_stopped_between_checkpoints_rolls_back_where_the_uninterrupted_run_does(
     tmp_path, tiny_train, monkeypatch
 ):
