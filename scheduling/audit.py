@@ -27,7 +27,6 @@ Imports no torch and nothing from training/.
 from __future__ import annotations
 
 import json
-import math
 import struct
 import sys
 from bisect import bisect_right
@@ -36,7 +35,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scheduling.spec import CommandLine, Schedule, SettingError, compose, first_line, is_int, schedule_from_config
+from scheduling.spec import (
+    MAX_UPDATES,
+    CommandLine,
+    Schedule,
+    SettingError,
+    compose,
+    first_line,
+    is_int,
+    is_number,
+    schedule_from_config,
+)
 
 TOLERANCE = 1e-9
 LR_KEYS = ("train/lr", "train/learning_rate", "learning_rate", "lr")  # a W&B history's lr, by preference
@@ -294,7 +303,7 @@ def number(value: Any, where: str) -> float | None:
     anything but a number means a record of another shape, named by ``where``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise AuditError(f"{where} is not a number, got {value!r}")
-    return float(value) if math.isfinite(value) else None
+    return float(value) if is_number(value) else None  # an int past float's range is as infinite as 1e400
 
 
 def finite(values: dict[int, float | None]) -> dict[int, float]:
@@ -427,19 +436,32 @@ def wandb_records(path: Path) -> Iterator[Any]:
             yield record
 
 
+def wandb_value(item: Any, source: Path, where: str) -> Any:
+    """A W&B record item's value, JSON-encoded; an item that is not JSON is a damaged run file, named in one line."""
+    try:
+        return json.loads(item.value_json)
+    except (ValueError, RecursionError) as e:
+        name = item.key or "/".join(item.nested_key)
+        raise AuditError(f"{source}: {where} {name!r} is not JSON ({first_line(e)}): a damaged run file") from None
+
+
 def read_wandb(path: Path, overrides: list[str], schedule_required: bool = True) -> Logged:
     files = [path] if path.is_file() else sorted(path.glob("run-*.wandb"))
     if not files:
         raise AuditError(f"{path}: no run-*.wandb file (a W&B offline run directory holds one)")
     rows, config, summary = [], {}, {}
+
+    def values(items: Any, where: str) -> dict[str, Any]:
+        return {i.key or "/".join(i.nested_key): wandb_value(i, files[0], where) for i in items}
+
     for r in wandb_records(files[0]):
         kind = r.WhichOneof("record_type")
         if kind == "history":
-            rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
+            rows.append(values(r.history.item, "a history record's"))
         elif kind == "run" and r.run.config.update:
-            config = {i.key: json.loads(i.value_json) for i in r.run.config.update}
+            config = {i.key: wandb_value(i, files[0], "the config's") for i in r.run.config.update}
         elif kind == "summary":
-            summary.update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.summary.update})
+            summary.update(values(r.summary.update, "the summary's"))
     key = next((k for k in LR_KEYS if any(k in row for row in rows)), None)
     if key is None:
         raise AuditError(f"{files[0]}: its history logs no learning rate (looked for {', '.join(LR_KEYS)})")
@@ -448,9 +470,15 @@ def read_wandb(path: Path, overrides: list[str], schedule_required: bool = True)
     def history(name: str, shift: int = 0) -> dict[int, float]:
         """``{t: value}``: at W&B step t for this template's runs, at global step s + ``shift`` for a Trainer's."""
         out = {}
+        counter = "train/global_step" if hf else "_step"
         for row in rows:
-            step = row.get("train/global_step" if hf else "_step")
+            step = row.get(counter)
             if row.get(name) is not None and isinstance(step, (int, float)) and not isinstance(step, bool):
+                # checked before int(): int(inf) overflows and int(nan) raises
+                if not (is_number(step) and 0 <= step <= MAX_UPDATES and step == int(step)):
+                    raise AuditError(
+                        f"{files[0]}: a history record's {counter} {step!r} is not an update index (0, 1, …)"
+                    )
                 out[int(step) + shift if hf else int(step)] = number(row[name], f"{files[0]}: step {step}: {name}")
         return finite(out)
 

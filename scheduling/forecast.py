@@ -27,7 +27,9 @@ writes fit.json. ``predict`` draws and tabulates the forecast of the schedules t
 the error (without overrides, each ``--against`` run is forecast on its own schedule). ``optimize`` finds the
 schedule with the lowest forecast final loss among those with the overrides' T, peak, warmup and floor that never
 increase after the warmup, and writes it as knots for ``schedule=tabulated``.
-Bad input is one ``error:`` line and exit code 2, with nothing written. Imports nothing from training/.
+Bad input is one ``error:`` line and exit code 2, with nothing written; so is a forecast that is no loss (not
+finite, or ≤ 0), and a peak lr or T beyond the fit's runs (``fit.json``'s ``runs``) is forecast with a warning line.
+Imports nothing from training/.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ import numpy as np
 import torch
 
 from scheduling import audit
-from scheduling.spec import CommandLine, Schedule, SettingError, check_knots
+from scheduling.spec import CommandLine, Schedule, SettingError, at_least, check_knots, is_int, is_number
 
 LAWS = {"multi_power": ("L0", "A", "alpha", "B", "C", "beta", "gamma"), "annealing": ("L0", "A", "alpha", "C")}
 LAW_NAMES = {"multi_power": "multi-power", "annealing": "annealing"}
@@ -62,6 +64,10 @@ MAX_POINTS = 400  # losses per run that a fit uses (evenly spaced, the last one 
 TRAIN_WINDOWS = 200  # a training loss is averaged over this many windows of a run
 HUBER_DELTA = 1e-3  # on log L, as the multi-power law's authors fit it
 CURVE_POINTS = 1000  # points of a predicted curve, plus its last
+# A peak lr or T beyond the fit's runs by more than this factor is warned of, not refused: forecasting past the runs
+# is what the laws are for (2T here: −1.5 %) and no factor marks where that stops; a forecast that is no loss is
+# refused (``forecast``).
+EXTRAPOLATION = 1.1
 
 
 class ForecastError(SettingError):
@@ -206,9 +212,13 @@ def profile(
         group = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(change.long(), 0)])
     count = int(group[-1]) + 1 if at.numel() else 0
 
+    # the weights relative to the largest: a mean is the same, and value × weight cannot overflow to inf (an lr of
+    # 1e300 did, and its drops then gained nothing: a forecast of L0 that looked like a loss)
+    relative = weight / weight.max() if weight.numel() else weight
+
     def pooled(values: torch.Tensor) -> torch.Tensor:  # the drop-weighted mean of each group
-        total = weight.new_zeros(count).index_add(0, group, weight)
-        return values.new_zeros(count).index_add(0, group, values * weight) / total
+        total = relative.new_zeros(count).index_add(0, group, relative)
+        return values.new_zeros(count).index_add(0, group, values * relative) / total
 
     return Profile(
         steps=s.double(),
@@ -256,6 +266,23 @@ class Fit:
     @property
     def loss_name(self) -> str:
         return "val/loss" if self.loss == "val" else "train/loss (window mean)"
+
+    def extent(self) -> tuple[tuple[float, float], tuple[int, int]] | None:
+        """The (lowest, highest) peak lr and (shortest, longest) length in updates of the runs it was fitted on;
+        None when it records no runs (a fit written by hand)."""
+        if not self.runs:
+            return None
+        peaks, lengths = [r["peak_lr"] for r in self.runs], [r["updates"] for r in self.runs]
+        return (min(peaks), max(peaks)), (min(lengths), max(lengths))
+
+    def fitted_on(self) -> str:
+        """The runs' peaks and lengths, as a message quotes them ("" when it records no runs)."""
+        extent = self.extent()
+        if extent is None:
+            return ""
+        (low, high), (short, long) = extent
+        peak = f"{low:g}" if low == high else f"{low:g}–{high:g}"
+        return f"peak {peak}, T = " + (f"{short:,}" if short == long else f"{short:,}–{long:,}")
 
     def profile(
         self,
@@ -390,29 +417,45 @@ def fit_runs(observed: list[Observed], loss: str) -> Fit:
 
 
 def load_fit(path: Path) -> Fit:
-    """A fit.json written by ``fit``; anything else is one line naming the file."""
+    """A fit.json written by ``fit``; anything else is one line naming the file (and the key, for a bad value)."""
+    not_a_fit = ForecastError(f"{path}: not a fit written by python -m scheduling.forecast fit")
     try:
         data = json.loads(Path(path).read_text())
-        fit = Fit(
-            params={name: {k: float(data[name][k]) for k in keys} for name, keys in LAWS.items()},
-            lr_scale=float(data["lr_scale"]),
-            loss=data["loss"],
-            decay=float(data.get("annealing_decay", ANNEALING_DECAY)),
-            runs=list(data.get("runs", [])),
-        )
+        loss, runs = data["loss"], data.get("runs", [])
+        given = {f"{name}.{k}": data[name][k] for name, keys in LAWS.items() for k in keys}
+        given["lr_scale"] = data["lr_scale"]
+        decay = data.get("annealing_decay", ANNEALING_DECAY)
     except FileNotFoundError:
         raise ForecastError(f"{path} does not exist (write one with: python -m scheduling.forecast fit RUN…)") from None
-    except (ValueError, KeyError, TypeError, AttributeError, IsADirectoryError):
-        raise ForecastError(f"{path}: not a fit written by python -m scheduling.forecast fit") from None
-    if fit.loss not in ("val", "train"):
-        raise ForecastError(f"{path}: not a fit written by python -m scheduling.forecast fit")
-    given = {f"{name}.{k}": v for name, p in fit.params.items() for k, v in p.items()} | {"lr_scale": fit.lr_scale}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise not_a_fit from None
+    if loss not in ("val", "train") or not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+        raise not_a_fit
+    # is_number before float(): an int past float's range (lr_scale 10**400) would overflow it
     for key, value in given.items():
-        if not (math.isfinite(value) and value > 0):
-            raise ForecastError(f"{path}: {key}", "a positive finite number (a fit's parameters are)", value)
-    if not 0 < fit.decay < 1:
-        raise ForecastError(f"{path}: annealing_decay", "in (0, 1)", fit.decay)
-    return fit
+        if not (is_number(value) and value > 0):
+            raise ForecastError(
+                f"{path}: {key} must be a positive finite number (a fit's parameters are), got {short(value)}"
+            )
+    if not (is_number(decay) and 0 < decay < 1):
+        raise ForecastError(f"{path}: annealing_decay must be in (0, 1), got {short(decay)}")
+    # each run's peak and length, which tell a forecast within the runs from an extrapolation (every fit records them)
+    for i, run in enumerate(runs):
+        peak, updates = run.get("peak_lr"), run.get("updates")
+        if not (is_number(peak) and peak > 0):
+            raise ForecastError(f"{path}: runs[{i}].peak_lr must be the run's peak lr, a number > 0, got {short(peak)}")
+        if not (is_int(updates) and updates > 0):
+            raise ForecastError(
+                f"{path}: runs[{i}].updates must be the run's length, an integer > 0, got {short(updates)}"
+            )
+    params = {name: {k: float(given[f"{name}.{k}"]) for k in keys} for name, keys in LAWS.items()}
+    return Fit(params=params, lr_scale=float(given["lr_scale"]), loss=loss, decay=float(decay), runs=runs)
+
+
+def short(value: object, limit: int = 40) -> str:
+    """A value's repr cut to ``limit`` characters (an int of 400 digits is still one readable line)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 # --- forecasts of schedules -------------------------------------------------------------------------------------
@@ -462,11 +505,66 @@ def forecast(
     steps = curve_steps(warmup, len(lrs), [] if actual is None else actual[0])
     prof = fit.profile(lrs, steps, warmup, peak)
     predicted = {name: fit.predict(prof, name) for name in LAWS}
+    for name, curve in predicted.items():
+        not_a_loss(fit, label, name, curve, steps, float(lrs.max()) if peak is None else peak, len(lrs))
     result = Forecast(label, lrs, warmup, steps, predicted, fit.loss_name)
     if actual is not None:
         keep = actual[0] <= len(lrs)
         result.actual_steps, result.actual = actual[0][keep], actual[1][keep]
     return result
+
+
+def not_a_loss(fit: Fit, label: str, name: str, curve: np.ndarray, steps: np.ndarray, peak: float, total: int) -> None:
+    """Refuse a forecast that is not a loss (not finite, or ≤ 0) at any step, in one line naming the schedule and its
+    settings. Not one below a law's L0: that is the loss of unlimited updates at a constant lr, and by the law's own
+    terms a decay's gain takes a run below it."""
+    bad = np.flatnonzero(~(np.isfinite(curve) & (curve > 0)))
+    if not len(bad):
+        return
+    nan = bad[~np.isfinite(curve[bad])]
+    i = nan[0] if len(nan) else bad[np.argmin(curve[bad])]  # the first non-finite value, else the lowest
+    fitted = fit.fitted_on()
+    raise ForecastError(
+        f"{label} (peak {peak:g}, T = {total:,}): the {LAW_NAMES[name]} law forecasts {fit.loss_name} "
+        f"{curve[i]:.6g} after {int(steps[i]):,} updates, which is not a loss: these settings are outside where "
+        "the law holds" + (f" (its fit's runs: {fitted})" if fitted else "")
+    )
+
+
+def extrapolates(fit: Fit, label: str, peak: float, total: int) -> str | None:
+    """A warning line when the peak lr or T lie beyond the fit's runs by more than EXTRAPOLATION; None within them
+    (or for a fit that records no runs)."""
+    extent = fit.extent()
+    if extent is None:
+        return None
+    (low, high), (short_T, long_T) = extent
+
+    def times(x: float) -> str:  # 10,000 rather than 1e+04
+        return f"{x:.3g}" if x < 1000 else f"{x:,.0f}"
+
+    beyond = []
+    if peak > high * EXTRAPOLATION:
+        beyond.append(f"its peak lr {peak:g} is {times(peak / high)}× the highest of the fit's runs ({high:g})")
+    elif peak < low / EXTRAPOLATION:
+        beyond.append(f"its peak lr {peak:g} is 1/{times(low / peak)} of the lowest of the fit's runs ({low:g})")
+    if total > long_T * EXTRAPOLATION:
+        beyond.append(f"T = {total:,} is {times(total / long_T)}× the longest of the fit's runs ({long_T:,} updates)")
+    elif total < short_T / EXTRAPOLATION:
+        beyond.append(
+            f"T = {total:,} is 1/{times(short_T / total)} of the shortest of the fit's runs ({short_T:,} updates)"
+        )
+    if not beyond:
+        return None
+    return (
+        f"warning: {label}: {' and '.join(beyond)}: the forecast extrapolates beyond the runs it was fitted on, and "
+        "is the less reliable the further (docs/instruments.md: when not to trust a forecast)"
+    )
+
+
+def warn_extrapolation(fit: Fit, label: str, peak: float, total: int) -> None:
+    line = extrapolates(fit, label, peak, total)
+    if line:
+        print(line, file=sys.stderr)
 
 
 def schedule_lrs(schedule: Schedule, peak: float, n: int) -> np.ndarray:
@@ -502,6 +600,10 @@ def forecast_run(fit: Fit, path: Path, label: str | None = None) -> Forecast:
 
 def knot_updates(warmup: int, total: int, count: int) -> np.ndarray:
     """``count`` knots (fewer if the decay is shorter) at updates evenly spaced in (W, T], the last at T."""
+    # at most one knot per update after the warmup, before any array is made: more would only repeat updates
+    count = min(count, total - warmup)
+    if count < 1:
+        return np.zeros(0, dtype=int)
     times = np.unique(np.linspace(warmup, total, count + 1)[1:].round().astype(int))
     return times[times > warmup]
 
@@ -518,6 +620,12 @@ def interpolate(knots_t: np.ndarray, knots_y: torch.Tensor, warmup: int, n: int)
     return torch.where(t >= xs[-1], ys[-1], inside)
 
 
+def check_decay(warmup: int, total: int) -> None:
+    """An optimized schedule needs an update after the warmup to decay over."""
+    if total <= warmup:
+        raise ForecastError(f"schedule.warmup_steps ({warmup}) leaves no update to decay over before T = {total}")
+
+
 def optimize(
     fit: Fit,
     total: int,
@@ -532,9 +640,8 @@ def optimize(
     that warm up as ``warmup_lrs`` over W updates, start their decay at the peak and never increase, and stay at
     or above ``floor`` (a fraction of the peak). λ_k = floor + (1 − floor)·(1 − the first k of K + 1 shares of
     the way down), the shares a softmax: every such schedule on the knots, and only those."""
+    check_decay(warmup, total)
     times = knot_updates(warmup, total, count)
-    if not len(times):
-        raise ForecastError(f"schedule.warmup_steps ({warmup}) leaves no update to decay over before T = {total}")
     head = torch.as_tensor(warmup_lrs if warmup_lrs is not None else np.zeros(warmup), dtype=torch.float64)
     scale, p = peak / fit.lr_scale, {k: torch.tensor(v, dtype=torch.float64) for k, v in fit.params[name].items()}
 
@@ -700,6 +807,7 @@ def run_predict(args: argparse.Namespace) -> int:
             )
         seen = observe(against[0], fit.loss) if against else None
         for c in build_curves(args.overrides):
+            warn_extrapolation(fit, c.label, c.peak_lr, c.total_steps)
             n = max(c.total_steps, int(seen.steps[-1]) if seen is not None else 0)
             actual = (seen.steps, seen.losses) if seen is not None else None
             lrs = schedule_lrs(c.schedule, c.peak_lr, n)
@@ -707,6 +815,8 @@ def run_predict(args: argparse.Namespace) -> int:
             pairs.append((forecast(fit, c.label, lrs, c.schedule.warmup_steps, c.peak_lr, actual), run))
     else:  # each run on its own schedule
         pairs = [(forecast_run(fit, run), run) for run in against]
+        for f, _ in pairs:
+            warn_extrapolation(fit, f.label, float(f.lrs.max()), len(f.lrs))
     forecasts = [f for f, _ in pairs]
     csv_path, png_path = args.out.with_suffix(".csv"), args.out.with_suffix(".png")
     write_outputs(
@@ -734,22 +844,28 @@ def run_optimize(args: argparse.Namespace) -> int:
     c = curves[0]
     T, W, peak = c.total_steps, c.schedule.warmup_steps, c.peak_lr
     floor = float(c.schedule.params.get("min_lr_ratio", 0.0))
-    if args.knots < 1:
-        raise ForecastError("--knots", "an integer ≥ 1", args.knots)
-    warmup_lrs = schedule_lrs(c.schedule, peak, W)
-    knots = optimize(fit, T, W, peak, floor, args.knots, args.law, warmup_lrs)
-    # what train.py will run: the tabulated schedule with these knots, forecast as any other schedule
+    png = args.out.with_suffix(".png")
+    if png == args.out:
+        raise ForecastError("--out", "the knots' CSV path (the plot is written beside it, as .png)", str(args.out))
+    check_decay(W, T)
+    warn_extrapolation(fit, f"T = {T:,}, peak {peak:g}", peak, T)
+    if args.knots > T - W:
+        print(f"note: --knots {args.knots} clamped to {T - W:,}, one per update after the warmup", file=sys.stderr)
     shape = {k: c.schedule.params[k] for k in ("warmup_shape", "warmup_start_ratio") if k in c.schedule.params}
-    best = Schedule("tabulated", total_steps=T, warmup_steps=W, knots=tuple(knots), **shape)
-    check_knots(best.params["knots"], W, T, "the optimized knots")
     same = dict(total_steps=T, warmup_steps=W, min_lr_ratio=floor, **shape)
     rivals = {
         "cosine": Schedule("cosine", **same),
         "wsd": Schedule("wsd", decay_steps=min(round(0.2 * T), T - W), **same),  # the last 20 %, after the warmup
         "linear": Schedule("linear", **same),
     }
-    forecasts = [forecast(fit, "optimized", schedule_lrs(best, peak, T), W, peak)]
-    forecasts += [forecast(fit, name, schedule_lrs(s, peak, T), W, peak) for name, s in rivals.items()]
+    # the rivals first: settings where even they are no loss are refused before the search
+    rival_forecasts = [forecast(fit, name, schedule_lrs(s, peak, T), W, peak) for name, s in rivals.items()]
+    warmup_lrs = schedule_lrs(c.schedule, peak, W)
+    knots = optimize(fit, T, W, peak, floor, args.knots, args.law, warmup_lrs)
+    # what train.py will run: the tabulated schedule with these knots, forecast as any other schedule
+    best = Schedule("tabulated", total_steps=T, warmup_steps=W, knots=tuple(knots), **shape)
+    check_knots(best.params["knots"], W, T, "the optimized knots")
+    forecasts = [forecast(fit, "optimized", schedule_lrs(best, peak, T), W, peak), *rival_forecasts]
     mine = forecasts[0].final(args.law)
     command = (
         "python -m scheduling.forecast optimize "
@@ -763,9 +879,6 @@ def run_optimize(args: argparse.Namespace) -> int:
         f"# T = {T}, W = {W}, peak {peak:g}, floor {floor:g} of the peak: forecast {fit.loss_name} after T "
         f"({LAW_NAMES[args.law]} law) {mine:.4f}; {versus}",
     ]
-    png = args.out.with_suffix(".png")
-    if png == args.out:
-        raise ForecastError("--out", "the knots' CSV path (the plot is written beside it, as .png)", str(args.out))
     table = "\n".join([*header, "update,lambda", *(f"{t},{y!r}" for t, y in knots)]) + "\n"
     image = plot(forecasts, fit, f"The schedule with the lowest forecast (T = {T:,})")
     write_outputs({png: image, args.out: table.encode()})
@@ -813,7 +926,12 @@ def parser() -> CommandLine:
     opt = sub.add_parser("optimize", help="the schedule with the lowest forecast final loss, as tabulated knots")
     opt.add_argument("fit", type=Path, help="a fit.json")
     opt.add_argument("overrides", nargs="*", default=[], help="T, peak, warmup and floor as train.py overrides")
-    opt.add_argument("--knots", type=int, default=100, help="knots between W and T (default: %(default)s)")
+    opt.add_argument(
+        "--knots",
+        type=at_least(1),
+        default=100,
+        help="knots between W and T (default: %(default)s; more than T − W is clamped to T − W, one per update)",
+    )
     opt.add_argument("--law", choices=tuple(LAWS), default="multi_power", help="the law to minimise")
     opt.add_argument("--out", type=Path, default=Path("knots.csv"), help="the knots CSV (default: %(default)s)")
     return cli

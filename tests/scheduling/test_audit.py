@@ -235,3 +235,73 @@ def test_a_non_finite_logged_value_reads_as_not_logged_as_metrics_jsonl_writes_i
     (tmp_path / "metrics.jsonl").write_text("\n".join(rows) + "\n")
     logged = read_run_dir(tmp_path, ["schedule=constant"], schedule_required=False)
     assert logged.lrs == {0: 0.5} and logged.losses["train"] == {0: 3.0}
+
+
+def wandb_run(path: Path, history: list[dict[str, str]], config: dict[str, str] | None = None) -> Path:
+    """A W&B run file written record by record: the 7-byte header (``:W&B``, 0xBEE1, version), then each Record
+    as one full log record (crc, length, type 1), its items' value_json as given (a damaged file's too)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    records = []
+    if config is not None:
+        record = wandb_internal_pb2.Record()
+        for key, value in config.items():
+            record.run.config.update.add(key=key, value_json=value)
+        records.append(record)
+    for row in history:
+        record = wandb_internal_pb2.Record()
+        for key, value in row.items():
+            record.history.item.add(key=key, value_json=value)
+        records.append(record)
+    data = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
+    for record in records:
+        payload = record.SerializeToString()
+        data += struct.pack("<IHB", 0, len(payload), 1) + payload
+    assert len(data) < 32 * 1024  # one block: no padding to write
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+CONSTANT = ["schedule=constant", "schedule.warmup_steps=0", "optim.lr=0.001", "trainer.max_steps=5"]
+
+
+def test_a_wandb_run_file_written_record_by_record_is_audited(tmp_path):
+    """The writer below the damaged files is right: its undamaged file passes."""
+    run = wandb_run(tmp_path / "run-x.wandb", [{"_step": str(t), "train/lr": "0.001"} for t in range(5)])
+    code, text = audited([str(run), *CONSTANT])
+    assert code == 0 and "5 logged lrs (updates 0–4)" in text, text
+
+
+@pytest.mark.parametrize(
+    "history, config, says",
+    [
+        ({"train/lr": "{not json"}, None, "a history record's 'train/lr' is not JSON (Expecting property name"),
+        ({"_step": "Infinity"}, None, "a history record's _step inf is not an update index (0, 1, …)"),
+        ({"_step": "NaN"}, None, "a history record's _step nan is not an update index (0, 1, …)"),
+        ({"_step": "1e400"}, None, "a history record's _step inf is not an update index (0, 1, …)"),
+        ({"_step": "-1"}, None, "a history record's _step -1 is not an update index (0, 1, …)"),
+        ({"_step": "2.5"}, None, "a history record's _step 2.5 is not an update index (0, 1, …)"),
+        ({}, {"optim": "{not json"}, "the config's 'optim' is not JSON (Expecting property name"),
+    ],
+)
+def test_a_damaged_wandb_run_file_is_one_error_line_naming_it(history, config, says, tmp_path, capsys):
+    rows = [{"_step": str(t), "train/lr": "0.001"} for t in range(5)]
+    rows[2] |= history
+    run = wandb_run(tmp_path / "run-x.wandb", rows, config)
+    assert main([str(run), *CONSTANT]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {run}: {says}") and err.count("\n") == 1, err
+
+
+def test_an_int_past_float_s_range_reads_as_not_logged_as_an_infinite_value_does(tmp_path):
+    """JSON holds an integer of any size; one past float's range is as infinite as 1e400 (it overflowed)."""
+    from scheduling.audit import read_run_dir
+
+    huge = "1" + "0" * 400
+    rows = ['{"step": 0, "train/lr": 0.5}', f'{{"step": 1, "train/lr": {huge}, "train/loss": {huge}}}']
+    (tmp_path / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+    logged = read_run_dir(tmp_path, ["schedule=constant"], schedule_required=False)
+    assert logged.lrs == {0: 0.5} and logged.losses["train"] == {}

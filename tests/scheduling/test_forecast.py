@@ -316,8 +316,11 @@ def test_optimize_with_a_warmup_past_80_percent_compares_a_wsd_that_decays_after
 # ---- bad input: one line, exit 2, nothing written ---------------------------------------------------------------
 
 
-def a_fit(tmp_path) -> str:
-    fit = forecast.Fit(params={"multi_power": MULTI_POWER, "annealing": ANNEALING}, lr_scale=PEAK, loss="val")
+def a_fit(tmp_path, runs: list[dict] | None = None) -> str:
+    """A fit.json of MULTI_POWER and ANNEALING; ``runs`` what it records of the runs it was fitted on (none, as
+    one written by hand)."""
+    params = {"multi_power": MULTI_POWER, "annealing": ANNEALING}
+    fit = forecast.Fit(params=params, lr_scale=PEAK, loss="val", runs=runs or [])
     (tmp_path / "fit.json").write_text(json.dumps(fit.to_json()))
     return str(tmp_path / "fit.json")
 
@@ -346,6 +349,14 @@ def run_dir(path, rows: list[dict]):
         ("out a folder", "--out " + "{tmp}/out/x.png: cannot be written (Is a directory)"),
         ("fit out a folder", "--out " + "{tmp}/out/x: cannot be written (Is a directory)"),
         ("knots as png", "--out must be the knots' CSV path (the plot is written beside it, as .png)"),
+        ("huge lr_scale", "fit.json: lr_scale must be a positive finite number (a fit's parameters are), got 1000"),
+        ("huge decay", "fit.json: annealing_decay must be in (0, 1), got 1000"),
+        ("run without peak", "fit.json: runs[1].peak_lr must be the run's peak lr, a number > 0, got None"),
+        ("run of 0 updates", "fit.json: runs[0].updates must be the run's length, an integer > 0, got 0"),
+        ("no loss", "(peak 0.06, T = 2,000): the multi-power law forecasts val/loss -"),
+        ("nan", "(peak 1e+306, T = 2,000): the multi-power law forecasts val/loss nan after 101 updates"),
+        ("overflow", "(peak 1e+300, T = 2,000): the multi-power law forecasts val/loss -"),
+        ("no loss optimized", "cosine (peak 0.06, T = 2,000): the multi-power law forecasts val/loss -"),
     ],
 )
 def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case, says, tmp_path, capsys):
@@ -395,6 +406,24 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case, says, tmp_
         argv = ["predict", a_fit(tmp_path), "trainer.max_steps=60"]
     elif case == "knots as png":
         argv, out = ["optimize", a_fit(tmp_path), "trainer.max_steps=60", "--knots", "3"], ["--out", "k.png"]
+    elif case.startswith("huge") or case.startswith("run "):  # JSON's ints have no bound; float's range has
+        fit = json.loads(Path(a_fit(tmp_path, FITTED_ON)).read_text())
+        huge = 10**400
+        if case == "huge lr_scale":
+            fit["lr_scale"] = huge
+        elif case == "huge decay":
+            fit["annealing_decay"] = huge
+        elif case == "run without peak":
+            del fit["runs"][1]["peak_lr"]
+        else:
+            fit["runs"][0]["updates"] = 0
+        (tmp_path / "fit.json").write_text(json.dumps(fit))
+        argv = ["predict", str(tmp_path / "fit.json"), "trainer.max_steps=60"]
+    elif case in ("no loss", "nan", "overflow", "no loss optimized"):  # a fit that records no runs: no warning first
+        # 1e306: the area under the lr overflows; 1e300: each drop times its weight did (a forecast of L0 was shown)
+        peak = {"nan": "1e306", "overflow": "1e300"}.get(case, 10 * PEAK)
+        settings = [f"trainer.max_steps={T}", f"schedule.warmup_steps={W}", f"optim.lr={peak}"]
+        argv = ["optimize" if case == "no loss optimized" else "predict", a_fit(tmp_path), *settings]
     else:
         (tmp_path / "out" / "x").mkdir(parents=True)
         rows += [{"step": s, "val/loss": 3.0 - 0.01 * s} for s in range(20)]
@@ -406,6 +435,112 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case, says, tmp_
     assert "Traceback" not in err[0]
     after = {p.relative_to(tmp_path): p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")}
     assert after == before  # nothing written
+
+
+# ---- forecasts beyond the fit's runs: a warning, and a refusal where the law gives no loss ------------------------
+
+# What a fit records of the runs it was fitted on: each one's length and peak lr (every fit.json has them).
+FITTED_ON = [
+    {"run": "long", "updates": T, "warmup": W, "peak_lr": PEAK, "points": 20},
+    {"run": "short", "updates": T // 2, "warmup": W, "peak_lr": PEAK / 2, "points": 20},
+]
+EXTRAPOLATES = "the forecast extrapolates beyond the runs it was fitted on, and is the less reliable the further"
+
+
+def files_under(root: Path) -> dict:
+    return {p.relative_to(root): p.read_bytes() if p.is_file() else None for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize(
+    "settings, warned",
+    [
+        ([f"trainer.max_steps={T}", f"optim.lr={PEAK}"], None),
+        ([f"trainer.max_steps={T + T // 20}", f"optim.lr={PEAK / 2}"], None),  # 5 % longer: within 10 %
+        ([f"trainer.max_steps={3 * T}", f"optim.lr={PEAK}"], "T = 6,000 is 3× the longest of the fit's runs (2,000"),
+        (
+            [f"trainer.max_steps={T // 4}", f"optim.lr={PEAK / 8}"],
+            "its peak lr 0.00075 is 1/4 of the lowest of the fit's runs (0.003) and T = 500 is 1/2 of the shortest "
+            "of the fit's runs (1,000 updates): " + EXTRAPOLATES,
+        ),
+        ([f"trainer.max_steps={T}", f"optim.lr={3 * PEAK}"], "its peak lr 0.018 is 3× the highest of the fit's runs"),
+    ],
+)
+def test_a_peak_or_t_beyond_the_fit_s_runs_is_forecast_with_a_warning_that_it_extrapolates(
+    settings, warned, tmp_path, capsys
+):
+    out = tmp_path / "f"
+    argv = ["predict", a_fit(tmp_path, FITTED_ON), *settings, f"schedule.warmup_steps={W}", "--out", str(out)]
+    assert forecast.main(argv) == 0
+    said = capsys.readouterr()
+    assert "forecast val/loss after" in said.out and out.with_suffix(".csv").stat().st_size > 0
+    warnings = said.err.splitlines()
+    if warned is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and warnings[0].startswith("warning: cosine") and warned in warnings[0], warnings
+        assert EXTRAPOLATES in warnings[0]
+
+
+def test_a_run_forecast_on_its_own_schedule_beyond_the_fit_s_runs_is_warned_of(tmp_path, capsys):
+    rows = [{"step": t, "train/loss": 3.0, "train/lr": 3 * PEAK} for t in range(300)]
+    rows += [{"step": s, "val/loss": 4.0 - s / 1000} for s in range(30, 301, 30)]
+    run = run_dir(tmp_path / "hot", rows)
+    argv = ["predict", a_fit(tmp_path, FITTED_ON), "--against", str(run), "--out", str(tmp_path / "f")]
+    assert forecast.main(argv) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: hot: its peak lr 0.018 is 3× the highest of the fit's runs (0.006) and T = 300 is 1/3.33 of the "
+        f"shortest of the fit's runs (1,000 updates): {EXTRAPOLATES} (docs/instruments.md: when not to trust a "
+        "forecast)"
+    ]
+
+
+@pytest.mark.parametrize("command", ["predict", "optimize"])
+def test_a_forecast_that_is_no_loss_is_refused_naming_its_settings_after_the_warning(command, tmp_path, capsys):
+    """At 10× the fit's highest peak the multi-power law forecasts a loss below 0: nothing is written, exit 2."""
+    settings = [f"trainer.max_steps={T}", f"schedule.warmup_steps={W}", f"optim.lr={10 * PEAK}"]
+    out = tmp_path / "out" / ("k.csv" if command == "optimize" else "f")
+    knots = ["--knots", "5"] if command == "optimize" else []
+    argv = [command, a_fit(tmp_path, FITTED_ON), *settings, *knots, "--out", str(out)]
+    before = files_under(tmp_path)
+    assert forecast.main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith("warning: ") and "peak lr 0.06 is 10× the highest" in err[0], err
+    assert (
+        err[1].startswith("error: cosine")
+        and "(peak 0.06, T = 2,000): the multi-power law forecasts val/loss -" in err[1]
+    )
+    assert err[1].endswith(
+        "which is not a loss: these settings are outside where the law holds (its fit's runs: peak 0.003–0.006, "
+        "T = 1,000–2,000)"
+    )
+    assert files_under(tmp_path) == before
+
+
+def test_a_fit_s_runs_tell_its_range_and_a_fit_that_records_none_still_forecasts(tmp_path, capsys):
+    from tests.conftest import ROOT
+
+    fit = forecast.load_fit(ROOT / "forecast" / "fit.json")  # the docs' fit: three runs of 3,000 at 6e-3
+    assert fit.extent() == ((0.006, 0.006), (3000, 3000))
+    by_hand = {k: v for k, v in fit.to_json().items() if k != "runs"}
+    (tmp_path / "fit.json").write_text(json.dumps(by_hand))
+    assert forecast.load_fit(tmp_path / "fit.json").extent() is None
+    argv = ["predict", str(tmp_path / "fit.json"), "experiment=forecast", "trainer.max_steps=30000"]
+    assert forecast.main([*argv, "--out", str(tmp_path / "f")]) == 0
+    assert capsys.readouterr().err == ""  # nothing to hold it against: no warning
+
+
+def test_optimize_clamps_more_knots_than_updates_after_the_warmup_to_one_per_update(tmp_path, capsys):
+    out = tmp_path / "best.csv"
+    settings = ["trainer.max_steps=200", "schedule.warmup_steps=190", f"optim.lr={PEAK}", "schedule.min_lr_ratio=0.1"]
+    assert forecast.main(["optimize", a_fit(tmp_path), *settings, "--knots", str(10**12), "--out", str(out)]) == 0
+    said = capsys.readouterr()
+    assert said.err == f"note: --knots {10**12} clamped to 10, one per update after the warmup\n"
+    knots = [line.split(",") for line in out.read_text().splitlines() if not line.startswith(("#", "update"))]
+    assert [int(t) for t, _ in knots] == list(range(191, 201)) and "(10 knots)" in said.out
+    with pytest.raises(SystemExit) as stop:  # fewer than one: the parser's line
+        forecast.main(["optimize", a_fit(tmp_path), *settings, "--knots", "0", "--out", str(out)])
+    assert stop.value.code == 2
+    assert "argument --knots: must be an integer ≥ 1, got '0'" in capsys.readouterr().err
 
 
 def test_the_fit_says_which_loss_it_used_and_falls_back_to_the_training_loss(tmp_path, capsys):
@@ -423,6 +558,7 @@ def test_the_fit_says_which_loss_it_used_and_falls_back_to_the_training_loss(tmp
     written = json.loads((tmp_path / "fit.json").read_text())
     assert written["loss"] == "train" and written["runs"][0]["points"] > 150
     assert math.isfinite(written["multi_power"]["L0"])
+    assert forecast.load_fit(tmp_path / "fit.json").extent() == ((lrs.max(), lrs.max()), (T, T))  # its run's
 
     rows = [r for r in rows if "train/lr" in r]  # 10 validation losses after the warmup instead
     rows += [{"step": s, "val/loss": 3.5 - 1e-4 * s} for s in range(200, 2200, 200)]
