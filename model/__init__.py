@@ -2,7 +2,7 @@
 and sampling with a KV cache (``model.generate``)."""
 
 from model.generate import KVCache, full_context_forward, generate, sample_next, sample_text
-from model.gpt import ARCHS, GPT, GPTConfig, ModelConfigError, check_model_config, padded_vocab
+from model.gpt import ARCHS, GPT, TOKENIZER_KEYS, GPTConfig, ModelConfigError, check_model_config, padded_vocab
 
 __all__ = [
     "ARCHS",
@@ -10,6 +10,7 @@ __all__ = [
     "GPTConfig",
     "KVCache",
     "ModelConfigError",
+    "TOKENIZER_KEYS",
     "check_model_config",
     "full_context_forward",
     "generate",

@@ -51,6 +51,11 @@ def padded_vocab(vocab_size: int) -> int:
     return VOCAB_MULTIPLE * math.ceil(vocab_size / VOCAB_MULTIPLE)
 
 
+# The GPTConfig keys the tokenizer sets, never conf/model/: the (padded) vocabulary, its first padding id, and
+# with data.document_mask the document separator.
+TOKENIZER_KEYS = ("vocab_size", "padded_from", "document_separator")
+
+
 @dataclass
 class GPTConfig:
     vocab_size: int = 50304
@@ -76,6 +81,10 @@ class GPTConfig:
     # The token id that begins a document (data.document_mask; set from the tokenizer, not model.*): a token then
     # attends only to the tokens of its own document. None: plain causal attention over the whole window.
     document_separator: int | None = None
+    # The first id that pads the vocabulary past the tokenizer's (set from it, not model.*): the ids from here to
+    # vocab_size are in no softmax, so losses and evaluations are over the tokenizer's ids, as an export's are.
+    # None: no padding (a transformers folder's own vocabulary, or a checkpoint from before).
+    padded_from: int | None = None
 
     @property
     def head_dim(self) -> int:
@@ -109,6 +118,9 @@ class GPTConfig:
         vocab = picked.get("vocab_size", cls.vocab_size)
         if separator is not None and not (is_int(separator) and 0 <= separator < vocab):
             raise ModelConfigError("model.document_separator", "null or a token id below model.vocab_size", separator)
+        padded = picked.get("padded_from")
+        if padded is not None and not (is_int(padded) and 0 < padded < vocab):
+            raise ModelConfigError("model.padded_from", "null or a token id in (0, model.vocab_size)", padded)
         return cls(**picked)
 
     def to_dict(self) -> dict:
@@ -138,8 +150,8 @@ def unused_settings(config: GPTConfig) -> list[str]:
 def check_model_config(m: Mapping[str, Any]) -> None:
     """``cfg.model`` as plain values: a known arch, positive sizes, n_embd divisible by n_head (and an even head
     size for rotary embeddings), dropout in [0, 1), n_kv_head dividing n_head, switches that are booleans, and no
-    key GPTConfig does not know (the vocabulary size and document separator come from the tokenizer, not from here)."""
-    known = {f.name for f in fields(GPTConfig)} - {"vocab_size", "document_separator"}
+    key GPTConfig does not know (``TOKENIZER_KEYS`` come from the tokenizer, not from here)."""
+    known = {f.name for f in fields(GPTConfig)} - set(TOKENIZER_KEYS)
     known |= {"name", "init_from"}  # the preset's name; a transformers folder to start from (training/init_from.py)
     for key in m:
         if key not in known:
@@ -365,11 +377,17 @@ class GPT(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
 
-    def capped(self, logits: torch.Tensor) -> torch.Tensor:
-        """logit_softcap c: c·tanh(logits/c), smooth and bounded, so no logit can run away however high the lr; in
-        fp32, as the loss takes them, whatever autocast made the head's output."""
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """The output logits of hidden states ``x``. With logit_softcap c: c·tanh(logits/c), smooth and bounded, so
+        no logit can run away however high the lr; in fp32, as the loss takes them, whatever autocast made the
+        head's output. The padding ids (``padded_from`` on) at −inf: no probability goes to them."""
+        logits = self.lm_head(x)
         c = self.config.logit_softcap
-        return logits if c is None else c * torch.tanh(logits.float() / c)
+        if c is not None:
+            logits = c * torch.tanh(logits.float() / c)
+        if self.config.padded_from is not None:
+            logits[..., self.config.padded_from :] = float("-inf")  # in place: a few columns, not a copy of them all
+        return logits
 
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2 init: N(0, 0.02) weights, zero biases, residual projections scaled by 1/√(2·n_layer)."""
@@ -460,13 +478,14 @@ class GPT(nn.Module):
             cache.advance(T)
         x = self.ln_f(x)
         if targets is None:
-            return self.capped(self.lm_head(x[:, -1:, :])), None  # (B, 1, V): only the last position is needed
+            return self.head(x[:, -1:, :]), None  # (B, 1, V): only the last position is needed
         if self.fused_loss is not None and self.training and reduction == "mean" and x.is_cuda:
             # the mean loss, the head's matmul and the cross-entropy fused in chunks: no logits are returned
+            weight = self.lm_head.weight[: self.config.padded_from]  # the tokenizer's rows: padding is in no softmax
             loss = self.fused_loss(
-                x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1), softcap=self.config.logit_softcap
+                x.reshape(-1, x.size(-1)), weight, targets.reshape(-1), softcap=self.config.logit_softcap
             )
             return None, loss
-        logits = self.capped(self.lm_head(x))
+        logits = self.head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
         return logits, loss

@@ -54,6 +54,7 @@ NOT_EXPORTED = (
     "fused_cross_entropy",
     "reset_positions",
     "document_separator",
+    "padded_from",
 )
 # GPT-2's activation_function for each model.activation, and the names transformers also gives them
 GPT2_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}

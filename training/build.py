@@ -459,13 +459,20 @@ def schedule_history(state: dict | None, start: int, T: int, cfg: DictConfig, re
 
 
 def gpt_config(cfg: DictConfig, cache, head_rows: int | None = None) -> GPTConfig:
-    """The model ``cfg.model`` describes for the token cache's tokenizer: its vocabulary padded (or a
-    transformers folder's, unpadded; ``head_rows``: that many rows, for a benchmark), and with
+    """The model ``cfg.model`` describes for the token cache's tokenizer: its vocabulary padded, the padding in
+    no softmax (or a transformers folder's, unpadded; ``head_rows``: that many rows, for a benchmark), and with
     ``data.document_mask`` its end-of-text token as the document separator."""
     vocab = padded_vocab(head_rows) if head_rows else model_vocab(cfg.model, cache.vocab_size)
+    rows = head_rows or cache.vocab_size
+    padded = rows if vocab > rows and cfg.model.get("init_from") is None else None
     separator = cache.eot_id if cfg.data.document_mask else None  # attention stays within documents
     return GPTConfig.from_dict(
-        {**OmegaConf.to_container(cfg.model), "vocab_size": vocab, "document_separator": separator}
+        {
+            **OmegaConf.to_container(cfg.model),
+            "vocab_size": vocab,
+            "padded_from": padded,
+            "document_separator": separator,
+        }
     )
 
 

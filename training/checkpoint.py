@@ -392,8 +392,9 @@ def resumed_with(folder: Path) -> Path | None:
 
 
 # Model settings that change how training computes, not the weights' shapes: a resume may change them (a smaller
-# card's activation checkpointing, a dropout for the rest of the run), as it may change the optimizer's.
-HOW_NOT_WHAT = ("fused_cross_entropy", "activation_checkpointing", "dropout")
+# card's activation checkpointing, a dropout for the rest of the run; the padding out of the softmax, which a
+# checkpoint from before it did not record), as it may change the optimizer's.
+HOW_NOT_WHAT = ("fused_cross_entropy", "activation_checkpointing", "dropout", "padded_from")
 
 
 def check_fits(state: dict[str, Any], model_config: dict[str, Any], tokenizer_hash: str, path: Path) -> None:

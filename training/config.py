@@ -19,7 +19,7 @@ from typing import Any
 
 from data import DataError
 from data.atomic import DiskFull
-from model import GPTConfig, ModelConfigError, check_model_config
+from model import TOKENIZER_KEYS, GPTConfig, ModelConfigError, check_model_config
 from scheduling import ScheduleError, schedule_from_config
 from scheduling.spec import (
     CONF,
@@ -86,7 +86,7 @@ def known_keys(group: str, option: str | None) -> list[str]:
     if group == "model":
         return [
             "name",
-            *(f.name for f in fields(GPTConfig) if f.name not in ("vocab_size", "document_separator")),
+            *(f.name for f in fields(GPTConfig) if f.name not in TOKENIZER_KEYS),
             "init_from",
         ]
     from omegaconf import OmegaConf

@@ -27,11 +27,12 @@ def test_a_valid_model_config_passes():
 
 
 def test_every_gptconfig_field_but_those_the_tokenizer_sets_is_a_model_setting():
-    from_tokenizer = ("vocab_size", "document_separator")
+    from_tokenizer = ("vocab_size", "document_separator", "padded_from")
     defaults = {f.name: getattr(GPTConfig(), f.name) for f in fields(GPTConfig) if f.name not in from_tokenizer}
     check_model_config(defaults)
-    with pytest.raises(ModelConfigError, match=r"^model\.document_separator must be absent"):
-        check_model_config({**defaults, "document_separator": 0})
+    for key in from_tokenizer[1:]:
+        with pytest.raises(ModelConfigError, match=rf"^model\.{key} must be absent"):
+            check_model_config({**defaults, key: 10})
 
 
 def test_the_python_defaults_of_the_model_are_the_base_presets(preset_values):
@@ -168,6 +169,34 @@ def test_the_loss_is_summed_or_averaged_over_tokens_as_asked(tiny_config):
     _, per_token = model(idx, idx, reduction="none")
     assert per_token.shape == (32,)
     torch.testing.assert_close(per_token.mean(), mean)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("cap", [None, 3.0])
+def test_the_padding_ids_are_in_no_softmax_the_loss_is_over_the_tokenizers_ids(arch, cap, tiny_config):
+    """A tokenizer of 50 ids padded to 64 rows: the padding's logits are −inf in training and in sampling, and the
+    loss and its gradients are the cross-entropy over the first 50 logits alone (what an export computes)."""
+    torch.manual_seed(0)
+    padded = GPT(tiny_config(arch, padded_from=50, logit_softcap=cap))
+    plain = GPT(tiny_config(arch, logit_softcap=cap))
+    plain.load_state_dict(padded.state_dict())
+    x, y = torch.randint(0, 50, (2, 16)), torch.randint(0, 50, (2, 16))
+    logits, loss = padded(x, y)
+    assert torch.isneginf(logits[..., 50:]).all() and torch.isfinite(logits[..., :50]).all()
+    assert torch.isneginf(padded(x)[0][..., 50:]).all()
+    theirs, _ = plain(x, y)
+    expected = torch.nn.functional.cross_entropy(theirs[..., :50].reshape(-1, 50), y.reshape(-1))
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    expected.backward()
+    for (name, a), b in zip(padded.named_parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_a_padding_start_outside_the_vocabulary_is_one_line():
+    for bad in (0, 64, 100, 2.5):
+        with pytest.raises(ModelConfigError, match=r"^model\.padded_from must be null or a token id in \(0, "):
+            GPTConfig.from_dict({"vocab_size": 64, "padded_from": bad})
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
