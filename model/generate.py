@@ -99,8 +99,15 @@ def generate(
 
     ``vocab_size`` masks the padded ids past the tokenizer's vocabulary. With ``use_cache`` the prompt is
     processed once and each new token attends to the cached keys and values; once the context reaches
-    ``block_size`` (or without a cache) every step recomputes the last ``block_size`` tokens.
+    ``block_size`` (or without a cache) every step recomputes the last ``block_size`` tokens. A setting out of
+    range (temperature < 0, top_k < 1, top_p outside (0, 1]) is a ValueError, not a filter silently skipped.
     """
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be ≥ 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and not top_k >= 1:
+        raise ValueError(f"top_k must be None or ≥ 1, got {top_k!r}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be None or in (0, 1], got {top_p!r}")
     block = model.config.block_size
     cache = None
     if use_cache and idx.size(1) < block:

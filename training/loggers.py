@@ -327,12 +327,14 @@ class Metrics:
     def __init__(self, core: list[Any], sinks: Mapping[str, Sink] | None = None):
         self.core, self.sinks = core, dict(sinks or {})
         self.summary: dict[str, Any] = {}
+        self.validated = False  # a val/loss was logged, finite or not
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         metrics = {k: v for k, v in metrics.items() if v is not None}
         for sink in self.core:
             sink.log(step, metrics)
         self.each("log", f"at update {step}", step, metrics)
+        self.validated = self.validated or "val/loss" in metrics
         if "val/loss" in metrics and metrics["val/loss"] < self.summary.get("best/val_loss", math.inf):
             self.summary["best/val_loss"] = metrics["val/loss"]
             self.summary["best/val_bpb"] = metrics.get("val/bpb")

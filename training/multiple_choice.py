@@ -39,6 +39,7 @@ import torch.distributed as dist
 from data import DataError, MixtureValBatches
 from data.cache import special_tokens
 from data.tokenizer import eot_id
+from scheduling.spec import first_line
 from training.config import ConfigError, is_int, positive_int
 from training.distributed import is_initialized
 from training.engine import to_device
@@ -234,9 +235,12 @@ def read_jsonl(path: Path) -> list[Item]:
                 continue
             try:
                 row = json.loads(line)
-            except (json.JSONDecodeError, RecursionError) as e:
-                reason = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
-                raise DataError(f"{where}: not a JSON object ({reason})") from None
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not a JSON object ({e.msg})") from None
+            except RecursionError:
+                raise DataError(f"{where}: not a JSON object (nested too deeply)") from None
+            except ValueError as e:  # an integer past Python's limit on digits
+                raise DataError(f"{where}: not a JSON object ({first_line(e)})") from None
             items.append(item_of(row, where))
     return items
 
@@ -268,14 +272,16 @@ def item_of(row: Any, where: str) -> Item:
 class NextLine(ChoiceTask):
     """Made offline from the run's validation documents: ``context_lines`` lines of one document, and its true next
     line among ``choices - 1`` lines drawn from other validation documents. A line is asked about when it has at
-    least 8 characters besides whitespace and fits the model's context; ``limit`` items are drawn by
-    ``trainer.seed``, so every evaluation and every resume asks the same ones."""
+    least 8 characters besides whitespace and fits the model's context; ``limit`` items are drawn by ``seed``, its
+    own (not ``trainer.seed``): every evaluation, every resume and every run on the same validation text asks the
+    same ones, so runs that differ in trainer.seed are compared on the same questions."""
 
-    def __init__(self, ctx: EvalContext, limit: int | None, choices: int, context_lines: int, batch_size: int):
+    def __init__(
+        self, ctx: EvalContext, limit: int | None, choices: int, context_lines: int, batch_size: int, seed: int = 1337
+    ):
         where = f"eval.evals.{ctx.name}"
-        self.check(
-            {"limit": limit, "choices": choices, "context_lines": context_lines, "batch_size": batch_size}, where
-        )
+        keys = {"limit": limit, "choices": choices, "context_lines": context_lines, "batch_size": batch_size}
+        self.check({**keys, "seed": seed}, where)
         documents = validation_documents(ctx.val_batches, ctx.tokenizer, special_tokens(ctx.cfg.data)[0])
         items = next_line_items(
             documents,
@@ -283,7 +289,7 @@ class NextLine(ChoiceTask):
             choices=choices,
             context_lines=context_lines,
             max_bytes=int(ctx.cfg.model.block_size) - 1,
-            seed=int(ctx.cfg.trainer.seed),
+            seed=seed,
         )
         # a line that fits alone may not once encoded after its context (the context's trailing blank lines move
         # into it, as lm-eval moves trailing whitespace): such an item is left out, not refused
@@ -303,6 +309,8 @@ class NextLine(ChoiceTask):
         positive_int(keys, "context_lines", where)
         positive_int(keys, "batch_size", where)
         positive_int(keys, "choices", where, minimum=2)
+        if "seed" in keys:  # a copy of the YAML from before the key: the default
+            positive_int(keys, "seed", where, minimum=0)
 
 
 MAX_VALIDATION_TOKENS = 1 << 21  # the documents of the first 2M tokens of each source's validation split are enough

@@ -30,15 +30,18 @@ def write_summary(run_dir: Path, record: dict[str, Any]) -> None:
     replace_file(path, json.dumps(merged, indent=1, allow_nan=False) + "\n")
 
 
-def best_validation(summary: dict) -> str:
-    """The end-of-run verdict: the best validation, and the batches skipped as non-finite or by rollbacks, if any."""
+def best_validation(summary: dict, validated: bool = True) -> str:
+    """The end-of-run verdict: the best validation (``validated``: whether any val/loss was logged), and the batches
+    skipped as non-finite or by rollbacks, if any."""
     if "best/val_loss" in summary:
         best = (
             f"best val loss {summary['best/val_loss']:.4f} ({summary['best/val_bpb']:.4f} bits per byte) at "
             f"update {summary['best/step']}"
         )
-    else:
+    elif validated:
         best = "no validation loss was finite"
+    else:
+        best = "no validation loss (the eval group logs none: add perplexity)"
     skipped, rollbacks = summary.get("skipped_nonfinite"), summary.get("train/rollbacks")
     best += f"; {skipped} update(s) skipped as non-finite (trainer.nonfinite=skip)" if skipped else ""
     return best + (f"; {rollbacks} rollback(s) past a loss spike (trainer.on_spike=rollback)" if rollbacks else "")
@@ -77,7 +80,7 @@ def report(run, status: str) -> None:
     log.info(
         "\n%s",
         start_summary(
-            done=f"{done}: {best_validation(summary)}",
+            done=f"{done}: {best_validation(summary, run.metrics.validated)}",
             run_dir=str(run.run_dir),
             metrics=", ".join(run.metrics.files()),
             checkpoint=str(ckpt.relative_to(run.run_dir)) if ckpt else "none",

@@ -105,6 +105,22 @@ def test_generation_never_samples_the_padding_ids(tiny_config):
     assert out.max() < 10
 
 
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"temperature": -1.0}, "temperature must be ≥ 0"),
+        ({"top_k": 0}, "top_k must be None or ≥ 1"),
+        ({"top_p": 0.0}, r"top_p must be None or in \(0, 1\]"),
+        ({"top_p": 1.5}, r"top_p must be None or in \(0, 1\]"),
+    ],
+)
+def test_a_sampling_setting_out_of_range_is_refused_not_skipped(setting, message, tiny_config):
+    """top_p=0 sampled from the whole distribution (transformers reads it as greedy): no filter is skipped silently."""
+    model = GPT(tiny_config("gpt2")).eval()
+    with pytest.raises(ValueError, match=f"^{message}"):
+        generate(model, torch.zeros(1, 1, dtype=torch.long), 2, **setting)
+
+
 def test_top_k_1_and_a_tiny_top_p_are_greedy():
     torch.manual_seed(0)
     logits = torch.randn(64, 50)

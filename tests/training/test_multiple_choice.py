@@ -27,6 +27,7 @@ from training.multiple_choice import (
     HellaSwag,
     Item,
     MultipleChoice,
+    NextLine,
     clean,
     encode_pair,
     hellaswag_item,
@@ -61,7 +62,8 @@ def trained(tmp_path_factory, data_cache) -> dict:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GPT_DATA_CACHE", str(data_cache))
         cache = prepare(cfg.data)
-    docs = validation_documents(FakeVal(np.asarray(cache.tokens("val"))), tokenizer, "<|endoftext|>")
+    val = FakeVal(np.asarray(cache.tokens("val")))
+    docs = validation_documents(val, tokenizer, "<|endoftext|>")
     items = next_line_items(docs, limit=40, choices=4, context_lines=3, max_bytes=31, seed=0)
     items += [
         Item("import os\nimport ", ("sys", "json", "collections"), 1),  # trailing space: moves to the continuation
@@ -73,7 +75,10 @@ def trained(tmp_path_factory, data_cache) -> dict:
     path.write_text(
         "".join(json.dumps({"context": i.context, "choices": list(i.choices), "label": i.label}) + "\n" for i in items)
     )
-    return {"root": root, "model": model, "tokenizer": tokenizer, "cfg": cfg, "hf": hf, "items": path, "n": len(items)}
+    return {
+        **{"root": root, "model": model, "tokenizer": tokenizer, "cfg": cfg, "hf": hf, "items": path},
+        **{"n": len(items), "val": val},
+    }
 
 
 class FakeVal:
@@ -168,6 +173,24 @@ def test_two_gloo_ranks_split_the_items_and_give_one_ranks_result(trained, tmp_p
     paths = {"run": str(trained["root"] / "run"), "items": str(trained["items"]), "store": str(tmp_path / "store")}
     torch.multiprocessing.spawn(rank_main, args=(paths, str(tmp_path / "out.json")), nprocs=2)
     assert json.loads((tmp_path / "out.json").read_text()) == alone(trained["model"])
+
+
+def test_next_line_asks_the_same_items_whatever_the_runs_trainer_seed_and_others_under_a_seed_of_its_own(trained):
+    def items(trainer_seed: int, **seed) -> list[Item]:
+        cfg = OmegaConf.merge(trained["cfg"], {"trainer": {"seed": trainer_seed}})
+        ctx = EvalContext(cfg, Dist(), contextlib.nullcontext(), trained["val"], None, trained["tokenizer"], "nl")
+        return NextLine(ctx, limit=20, choices=4, context_lines=3, batch_size=8, **seed).items
+
+    same = items(1)
+    assert len(same) == 20 and items(2) == same and items(1, seed=7) != same
+
+
+def test_a_run_whose_evaluations_log_no_validation_loss_ends_saying_so(tmp_path, tiny_train, caplog):
+    """Not that no validation loss "was finite": none was computed."""
+    with caplog.at_level("INFO"):
+        tiny_train(tmp_path / "run", ["eval=[next_line]", MORE_VAL, "trainer.max_steps=2", "trainer.sample_tokens=0"])
+    assert "no validation loss (the eval group logs none: add perplexity)" in caplog.text
+    assert "was finite" not in caplog.text
 
 
 def test_next_line_items_come_from_the_seed_alone_and_ask_about_lines_of_their_own_document():
@@ -354,6 +377,7 @@ def test_hellaswag_items_are_lm_evals_preprocessed_docs_from_a_jsonl_a_parquet_f
         ([], r"^{path}: no items$"),
         (['{"context": "\\ud800", "choices": ["b", "c"], "label": 0}'], r"^{path}:1: context must be a string$"),
         (["[" * 100_000 + "]" * 100_000], r"^{path}:1: not a JSON object \(nested too deeply\)$"),
+        (['{"context": "a", "choices": ["b", "c"], "label": 1' + "0" * 5000 + "}"], r"^{path}:1: not a JSON object \("),
     ],
 )
 def test_a_bad_item_is_one_line_naming_the_file_and_line(trained, tmp_path, lines, error):
