@@ -7,7 +7,9 @@ embedding may be padded past ``vocab_size`` (to a multiple of 64); padding ids n
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -26,6 +28,14 @@ BYTE_ALPHABET = 256
 # under an 8 GB memory limit) although uint32 ids allow 2**32; 2**24 is far past any vocabulary in use.
 MAX_VOCAB_SIZE = 2**24
 TRAIN_BATCH_CHARS = 1 << 20  # text handed to the trainer per Python → Rust call
+# The trainer applies a merge to a pre-token ("word") in place, shifting the rest of the word at each occurrence:
+# a word of n characters costs it time growing as n², so one long run (a DNA sequence or a line of letters without
+# whitespace, a huge indent) would stall training. Training cuts every pre-token longer than this into pieces of
+# this many characters. Prose and code hardly ever hold one (their longest, long numbers and table rules, run to a
+# few hundred characters), so their tokenizer is the one trained without the cut. Encoding is never cut.
+MAX_TRAIN_PRE_TOKEN = 1000
+# The pre-tokenizer's \s (Unicode White_Space): Python's also holds U+001C–U+001F, which the pre-tokenizer does not.
+WHITESPACE = "\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 T = TypeVar("T")
 
 
@@ -60,11 +70,55 @@ def batched(items: Iterable[T], max_chars: int, chars: Callable[[T], int] = len)
         yield batch
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, special_tokens: list[str]) -> Tokenizer:
-    """A byte-level BPE with ``vocab_size`` entries, special tokens first (so ``<|endoftext|>`` is id 0)."""
+def byte_level_pre_tokenizer() -> pre_tokenizers.ByteLevel:
+    """GPT-2's pre-tokenizer over the 256 byte symbols: runs of letters, of digits, of other symbols (each may
+    take one space before it) and of whitespace."""
+    return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+
+
+PRE_TOKENIZER = byte_level_pre_tokenizer()
+
+
+@functools.lru_cache(maxsize=8)
+def long_runs(min_chars: int) -> re.Pattern[str]:
+    """Whole runs of ``min_chars`` or more non-whitespace, or whitespace, characters: every pre-token longer than
+    ``min_chars`` lies in one (with the space before it). Anchored at a run's start, so a search is linear."""
+    space, other = f"[{WHITESPACE}]", f"[^{WHITESPACE}]"
+    return re.compile(f"(?<!{other}){other}{{{min_chars},}}|(?<!{space}){space}{{{min_chars},}}")
+
+
+def training_pieces(text: str, max_pre_token: int = MAX_TRAIN_PRE_TOKEN) -> list[str]:
+    """``text`` cut inside each pre-token longer than ``max_pre_token`` characters, every ``max_pre_token``
+    characters from its start, so that no piece holds a longer one: the trainer's work stays linear in the text.
+    A text without such a pre-token is one piece, itself. The pieces join to ``text``."""
+    if max_pre_token < 3:
+        # A shorter cap cuts a contraction ("'ll", whose rest then runs on into the letters after it) or a word just
+        # after its space (which then joins the whitespace before it): the pieces would hold longer pre-tokens.
+        raise ValueError(f"max_pre_token must be at least 3, got {max_pre_token}")
+    if len(text) <= max_pre_token:
+        return [text]
+    cuts = set()
+    for run in long_runs(max_pre_token).finditer(text):
+        # The run with the character on each side pre-tokenizes as it does inside the text: the one before starts
+        # a pre-token (the run's first may take it as its space), the one after ends the run.
+        first = max(run.start() - 1, 0)
+        for _, (start, end) in PRE_TOKENIZER.pre_tokenize_str(text[first : run.end() + 1]):
+            if end - start > max_pre_token:
+                cuts.update(range(first + start + max_pre_token, first + end, max_pre_token))
+    if not cuts:
+        return [text]
+    bounds = [0, *sorted(cuts), len(text)]
+    return [text[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int, special_tokens: list[str], max_pre_token: int | None = MAX_TRAIN_PRE_TOKEN
+) -> Tokenizer:
+    """A byte-level BPE with ``vocab_size`` entries, special tokens first (so ``<|endoftext|>`` is id 0), learnt
+    from ``texts`` with every pre-token longer than ``max_pre_token`` characters cut (None: none is)."""
     check_vocab_size(vocab_size, special_tokens)
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.pre_tokenizer = byte_level_pre_tokenizer()
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -72,6 +126,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, special_tokens: list[
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
+    if max_pre_token is not None:
+        texts = (piece for text in texts for piece in training_pieces(text, max_pre_token))
     # Lists of texts rather than single texts: the trainer then counts words of a whole list in parallel.
     tok.train_from_iterator(batched(texts, TRAIN_BATCH_CHARS), trainer)
     return tok

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,9 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from data import prepare, token_byte_lengths
+from data import tokenizer as tokenizer_module
 from data.cache import token_dtype
-from data.tokenizer import batched
+from data.tokenizer import batched, train_tokenizer
 from tests.data.corpora import DOCS, EOT, assert_cache_holds_the_corpus, data_cfg, write_texts
 
 
@@ -88,7 +90,7 @@ def test_the_transformers_tokenizer_encodes_as_training_does_without_an_added_st
     """A folder's tokenizer.json may put a start token before every text (Llama's); training never adds it."""
     from tokenizers.processors import TemplateProcessing
 
-    from data.tokenizer import as_transformers_tokenizer, train_tokenizer
+    from data.tokenizer import as_transformers_tokenizer
 
     tok = train_tokenizer(DOCS * 3, 300, ["</s>", "<s>"])
     tok.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
@@ -114,3 +116,65 @@ def test_a_sentencepiece_style_tokenizers_bytes_sum_to_the_texts_length():
         ids = tok.encode(text).ids
         assert tok.decode(ids) == text
         assert lengths[ids].sum() == len(text.encode()) + 1  # the prepended space counts as a byte
+
+
+PRE_TOKENIZER = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)  # the trained tokenizers' own
+
+
+def pre_token_lengths(text: str) -> list[int]:
+    return [end - start for _, (start, end) in PRE_TOKENIZER.pre_tokenize_str(text)]
+
+
+def test_a_long_run_without_whitespace_reaches_the_trainer_in_pieces(monkeypatch):
+    """A merge costs the trainer time in the length of each pre-token ("word") it rewrites, so one run of 300k
+    letters (a DNA sequence) would take it time in 300k²: the texts it is handed have no pre-token over 1000
+    characters, and its work, counted as the sum of their squared lengths, stays within 1000 × the text's length.
+    Encoding is not cut: the whole run encodes and decodes back."""
+    run = "".join(random.Random(0).choices("ACGT", k=300_000))
+    texts = [*DOCS, f"> {run}\n{DOCS[0]}"]
+    handed, original = [], tokenizer_module.batched
+
+    def spy(items, max_chars):
+        for batch in original(items, max_chars):
+            handed.extend(batch)
+            yield batch
+
+    monkeypatch.setattr(tokenizer_module, "batched", spy)
+    tok = train_tokenizer(texts, 400, [EOT])
+    lengths = [n for text in handed for n in pre_token_lengths(text)]
+    assert "".join(handed) == "".join(texts) and max(lengths) <= 1000
+    assert sum(n * n for n in lengths) <= 1000 * len("".join(texts))
+    assert tok.decode(tok.encode(texts[-1]).ids) == texts[-1]
+
+
+def test_the_cut_leaves_the_tokenizer_of_text_without_long_pre_tokens_as_it_was():
+    """Pre-tokens of exactly the cap (letters after a newline, symbols, spaces that end a text) are not cut: the
+    trainer learns the very tokenizer it learns with no cut at all."""
+    from data.tokenizer import MAX_TRAIN_PRE_TOKEN as CAP
+
+    edge = f"{'=' * CAP}\n{'ACGT' * (CAP // 4)}\n{'7' * CAP} x\n{' ' * (CAP - 1)}"
+    texts = [*DOCS * 3, edge]
+    assert max(n for text in texts for n in pre_token_lengths(text)) == CAP
+    cut = train_tokenizer(texts, 400, [EOT])
+    assert cut.to_str() == train_tokenizer(texts, 400, [EOT], max_pre_token=None).to_str()
+    assert cut.get_vocab_size() == 400
+
+
+# Letters, digits (other scripts' too), symbols, contractions, whitespace: the pre-tokenizer's (U+0085, U+3000) and
+# Python's alone (U+001C).
+PIECES = [*"ab7٣²!'sl \n\t\x85\u3000\x1cé東", "'ll", " a"]
+RUNS = st.lists(st.tuples(st.sampled_from(PIECES), st.integers(1, 12)), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(runs=RUNS, cap=st.integers(3, 8))
+def test_training_pieces_cut_only_the_pre_tokens_longer_than_the_cap(runs, cap):
+    """Checked against the pre-tokenizer itself, on runs of ``PIECES``; the pieces join to the text."""
+    from data.tokenizer import training_pieces
+
+    text = "".join(ch * n for ch, n in runs)
+    pieces = training_pieces(text, cap)
+    assert "".join(pieces) == text and (len(pieces) == 1 or all(pieces))
+    assert all(n <= cap for piece in pieces for n in pre_token_lengths(piece))
+    if max(pre_token_lengths(text), default=0) <= cap:
+        assert pieces == [text]
