@@ -12,6 +12,7 @@ import functools
 import importlib
 import inspect
 import math
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -315,9 +316,11 @@ def check_knots(
         previous_t, previous_y = t, y
     if previous_t != total_steps:
         set_by = "" if total_key == "trainer.max_steps" else f" ({total_key})"
+        budget = re.search(r"trainer\.(max_tokens|max_time)", total_key)  # then null, or both would set T
+        instead = f" trainer.{budget.group(1)}=null" if budget else ""
         raise ScheduleError(
             f"{key}: the last knot is at update {previous_t}, and the run has {total_steps} updates{set_by}; a "
-            f"tabulated schedule ends at its last knot, so run it with trainer.max_steps={previous_t}"
+            f"tabulated schedule ends at its last knot, so run it with trainer.max_steps={previous_t}{instead}"
         )
 
 

@@ -97,7 +97,7 @@ def test_a_sweep_under_torchrun_is_refused_in_one_line(tmp_path):
         (
             "scheduling.forecast",
             ["optimize", "fit.json", "--knots", "x"],
-            "argument --knots: invalid int value: 'x' (see --help)",
+            "argument --knots: must be an integer ≥ 1, got 'x' (see --help)",
         ),
         ("scheduling.audit", ["run", "--tolerence", "0.1"], "unrecognized arguments: --tolerence 0.1 (see --help)"),
         ("scheduling.plot", ["--outt", "x.png"], "unrecognized arguments: --outt (see --help)"),

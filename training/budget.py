@@ -52,7 +52,8 @@ class TimePlan:
     log_seconds: float = LOG_SECONDS
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
+        """Its values for budget.json, the measured seconds rounded; max_time as given, which a resume compares."""
+        return {k: round(v, 4) if isinstance(v, float) and k != "max_time" else v for k, v in asdict(self).items()}
 
     def planned_end(self, eval_every: int, ckpt_every: int) -> float:
         """Seconds from the job's start to the end of the run that this plan expects."""

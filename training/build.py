@@ -330,6 +330,11 @@ def build_run(
     start, tokens_seen, continued = 0, 0, {}
     if state is not None:
         checkpointer.restore(state, resume_from, trainer.allow_schedule_change, cfg.optim.name, total_key)
+        if state["step"] > T:  # an allowed change of T: the loop would save a model of more updates as update T
+            raise ConfigError(
+                f"checkpoint {resume_from}: it is at update {state['step']}, past T = {T} ({total_key}); a run "
+                f"cannot go back: raise T to {state['step']} or more, or resume from an earlier checkpoint"
+            )
         start, tokens_seen = state["step"], state["tokens"]
         warn_of_another_batch(state, train_batches.tokens_per_update, trainer.eval_batches * trainer.batch_size)
         # the sinks continue their runs (W&B's) when this run directory continues; a branch starts new ones

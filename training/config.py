@@ -723,6 +723,6 @@ def check_config(cfg: Mapping[str, Any]) -> None:
         if budget == "max_time":
             raise ConfigError(
                 f"trainer.max_time: schedule=tabulated ends at its last knot, update {T}, which a time budget "
-                f"cannot promise to reach; set trainer.max_steps={T} (or trainer.max_tokens) instead"
+                f"cannot promise to reach; set trainer.max_steps={T} and trainer.max_time=null instead"
             )
     schedule_from_config(cfg["schedule"], T, cfg["optim"]["lr"])

@@ -51,6 +51,7 @@ def report(run, status: str) -> None:
     """The end-of-run outputs of ``run`` (a ``training.build.Run``, rank 0): summary.json records the status,
     T, tokens, seconds and the summary's values (what a sweep report reads); with ``status`` ok also the plots,
     budget.json's outcome and the end-of-run lines."""
+    plots = write_run_plots(run.run_dir) if status == "ok" else []  # before the clock is read: part of the run's time
     took = time.perf_counter() - run.started
     summary = run.metrics.summary
     plan = budget.TimePlan(**run.budget) if status == "ok" and "max_time" in run.budget else None
@@ -74,7 +75,6 @@ def report(run, status: str) -> None:
     )
     if status != "ok":
         return
-    plots = write_run_plots(run.run_dir)
     ckpt = checkpoint.latest(run.run_dir / "checkpoints")
     done = duration(took) + (f" (this start; {duration(run.earlier_seconds + took)} in all)" if run.start else "")
     log.info(

@@ -83,10 +83,19 @@ def test_under_a_token_budget_the_knots_must_end_at_its_T_and_a_time_budget_is_r
     given = ["schedule=tabulated", f"schedule.knots={path}", f"schedule.warmup_steps={W}"]
     check_config(compose_config([*given, "trainer.max_tokens=100000"]))  # T is known once the batch is
     budget = "the T of trainer.max_tokens=100000"  # as train.py names T under a budget
-    with pytest.raises(ScheduleError, match=rf"the run has {T + 1} updates \({budget}\)"):
+    with pytest.raises(ScheduleError, match=rf"the run has {T + 1} updates \({budget}\)") as err:
         schedule_from_config(dict(compose_config(given).schedule), T + 1, 1e-3, budget)
-    with pytest.raises(ConfigError, match=rf"^trainer.max_time: schedule=tabulated ends at its last knot, update {T},"):
+    # what each refusal says to run instead is a command line that runs
+    assert str(err.value).endswith(f"run it with trainer.max_steps={T} trainer.max_tokens=null")
+    check_config(
+        compose_config([*given, "trainer.max_tokens=100000", f"trainer.max_steps={T}", "trainer.max_tokens=null"])
+    )
+    with pytest.raises(
+        ConfigError, match=rf"^trainer.max_time: schedule=tabulated ends at its last knot, update {T},"
+    ) as err:
         check_config(compose_config([*given, "trainer.max_time=60"]))
+    assert f"set trainer.max_steps={T} and trainer.max_time=null instead" in str(err.value)
+    check_config(compose_config([*given, "trainer.max_time=60", f"trainer.max_steps={T}", "trainer.max_time=null"]))
 
 
 def test_a_missing_unreadable_or_no_knots_file_is_refused(tmp_path):

@@ -150,6 +150,35 @@ def test_a_resume_under_another_token_budget_takes_its_t_as_a_change_of_schedule
     assert sorted(train_records(run)) == list(range(12))
 
 
+def test_a_resume_to_a_t_below_the_checkpoints_update_is_refused_and_leaves_the_run_as_it_was(tmp_path, tiny_train):
+    """A larger batch under the same token budget halves T, below the update the run stopped at: it finished "ok"
+    with a model of 6 updates saved as update 4, and a scheduler that went on from 6."""
+    run, args = tmp_path / "run", ["trainer.eval_every=0", f"trainer.max_tokens={8 * TOKENS_PER_UPDATE}"]
+    with pytest.raises(Stopped):
+        tiny_train(run, [*args, "trainer.stop_at=6"])
+    saved = {p: p.read_bytes() for p in (run / "checkpoints").rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match=r"it is at update 6, past T = 4 \(the T of trainer.max_tokens=\d+\); a run"):
+        tiny_train(run, [*args, "trainer.batch_size=8", "trainer.allow_schedule_change=true"])
+    assert {p: p.read_bytes() for p in (run / "checkpoints").rglob("*") if p.is_file()} == saved
+
+
+def test_a_time_budget_given_to_more_decimals_than_the_plan_rounds_to_resumes():
+    plan = budget.plan_time(
+        100.12345,
+        elapsed=1,
+        step_seconds=0.5,
+        eval_seconds=2,
+        checkpoint_seconds=1,
+        sample_seconds=1,
+        teardown_seconds=2,
+        eval_every=0,
+        ckpt_every=0,
+    )
+    saved = {"total_steps": plan.total_steps, "budget": plan.as_dict()}
+    trainer = {"max_steps": None, "max_tokens": None, "max_time": 100.12345}
+    assert budget.total_steps(trainer, TOKENS_PER_UPDATE, saved, None)[0] == plan.total_steps
+
+
 def test_a_resume_under_another_time_budget_is_refused_in_one_line():
     def measure():
         raise AssertionError("a resumed run measured its budget again")
