@@ -1,20 +1,25 @@
 """Loss and learning-rate curves from metrics.jsonl, without W&B.
 
 At the end of every run train.py writes ``plots/loss.png`` and ``plots/lr.png`` in the run directory. To
-compare runs, overlay them in one PNG (a sweep directory counts as all the runs under it):
+compare runs, overlay them in one image (a sweep directory counts as all the runs under it; ``--out``'s suffix picks
+the format: .png, .pdf, .svg, …):
 
     python -m training.plots multirun/2026-11-25/17-30-00 outputs/2026-11-25/16-02-11 --out compare.png
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
+import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from data.atomic import space_for
-from scheduling.audit import read_jsonl
-from scheduling.spec import CommandLine, is_int
+from data.atomic import DiskFull, fsync_dir, space_for, write_file
+from scheduling.audit import AuditError, read_jsonl
+from scheduling.spec import CommandLine, first_line, is_int, is_number
 
 
 def pyplot():
@@ -28,7 +33,15 @@ def pyplot():
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    return [r for r in read_jsonl(run_dir / "metrics.jsonl") if is_int(r.get("step"))]  # damaged lines skipped
+    """metrics.jsonl's records of an update (``step`` 0, 1, …); a damaged line is skipped, and a value that is not a
+    finite number reads as missing (None, as metrics.jsonl writes a value that was not finite). A file that cannot
+    be read: ``AuditError``, naming it."""
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    return [
+        {k: v if k == "step" or is_number(v) else None for k, v in r.items()}
+        for r in rows
+        if is_int(r.get("step")) and r["step"] >= 0
+    ]
 
 
 def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -152,7 +165,8 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def overlay(run_dirs: list[Path], out: Path) -> Path:
-    """One PNG comparing runs: train loss (val loss as markers) and lr against the update index."""
+    """One image comparing runs, in the format ``out``'s suffix names: train loss (val loss as markers) and lr
+    against the update index. ``WriteError`` (or ``DiskFull``) when it cannot be written, and then nothing is."""
     plt = pyplot()
     fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(13, 4.8))
     for i, (run, label) in enumerate(zip(run_dirs, run_labels(run_dirs), strict=True)):
@@ -172,7 +186,8 @@ def overlay(run_dirs: list[Path], out: Path) -> Path:
     # below the plots, not over the curves: a sweep's labels are long and many
     handles, labels = ax_loss.get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=1, frameon=False)
-    return save_figure(fig, out)
+    write_files({out: image_bytes(fig, out)})
+    return out
 
 
 def save_figure(fig, out: Path) -> Path:
@@ -184,20 +199,134 @@ def save_figure(fig, out: Path) -> Path:
     return out
 
 
+class WriteError(OSError):
+    """A file that cannot be written (nor is any other of those written with it): ``str()`` is one line naming it
+    and why."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(f"{path}: cannot be written ({why})")
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def image_formats() -> list[str]:
+    """The suffixes of the image formats matplotlib writes (``.png``, ``.pdf``, ``.svg``, …)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return [f".{f}" for f in sorted(FigureCanvasBase.get_supported_filetypes())]
+
+
+def image_path_problem(out: Path) -> str | None:
+    """Why ``out`` cannot name the image to write (a directory, no suffix, a suffix matplotlib does not write), in
+    words naming the formats it can be; None when it can."""
+    formats = image_formats()
+    if out.is_dir():
+        problem = "is a directory"
+    elif not out.suffix:
+        problem = "has no suffix to name its format"
+    elif out.suffix.lower() not in formats:
+        problem = f"{out.suffix} is not an image format matplotlib writes"
+    else:
+        return None
+    return f"{out}: {problem}; give an image file ending in one of {', '.join(formats)}"
+
+
+def check_writable(paths: Iterable[Path]) -> None:
+    """``WriteError`` naming the first of ``paths`` that cannot be written: a directory there, a file where a
+    folder of its path should be, or a folder the process may not write in."""
+    for path in paths:
+        if path.is_dir():
+            raise WriteError(path, "is a directory")
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise WriteError(path, f"{folder} is not a directory")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise WriteError(path, os.strerror(errno.EACCES))
+
+
+def write_files(files: dict[Path, bytes]) -> None:
+    """Write every file or none: each to a temporary file beside it (making its folders), then each renamed over
+    its path; on a failure the temporary files and the folders made are removed, and ``WriteError`` (``DiskFull``
+    out of space) names the file."""
+    check_writable(files)
+    staged: list[tuple[Path, Path]] = []
+    made: list[Path] = []
+    path = next(iter(files), Path())
+    try:
+        for path, data in files.items():
+            missing = [f for f in (path.parent, *path.parent.parents) if not f.exists()]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            made += reversed(missing)
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            staged.append((tmp, path))
+            with space_for(path, len(data)):
+                write_file(tmp, data)
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except OSError as e:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if isinstance(e, (DiskFull, WriteError)):
+            raise
+        raise WriteError(path, e.strerror or first_line(e)) from None
+    for folder in dict.fromkeys(p.parent for p in files):
+        fsync_dir(folder)
+
+
+def image_bytes(fig, out: Path) -> bytes:
+    """``fig`` laid out and drawn in the format of ``out``'s suffix (the figure is freed); a format matplotlib
+    cannot draw here (.pgf without LaTeX) is a ``WriteError`` naming ``out``."""
+    buffer = io.BytesIO()
+    try:
+        fig.tight_layout()
+        fig.savefig(buffer, format=out.suffix[1:].lower(), dpi=110, bbox_inches="tight")  # grows to hold a legend
+    except (OSError, RuntimeError, ValueError) as e:
+        raise WriteError(out, first_line(e)) from None
+    finally:
+        pyplot().close(fig)
+    return buffer.getvalue()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = CommandLine(prog="python -m training.plots", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="run directories or sweep directories")
-    parser.add_argument("--out", default="compare.png", help="the PNG to write (default: compare.png)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("compare.png"),
+        metavar="IMAGE",
+        help="the image to write, in the format its suffix names: .png, .pdf, .svg, … (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
+    out = args.out
+    problem = image_path_problem(out)
+    if problem is not None:
+        print(f"error: --out {problem}", file=sys.stderr)
+        return 2
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
         print(f"error: {missing[0]} does not exist", file=sys.stderr)
         return 2
-    runs = find_runs(args.paths)
-    if not runs:
-        print(f"error: no metrics.jsonl under {', '.join(args.paths)}", file=sys.stderr)
+    try:
+        check_writable([out])
+        runs = find_runs(args.paths)
+        if not runs:
+            print(f"error: no metrics.jsonl under {', '.join(args.paths)}", file=sys.stderr)
+            return 2
+        overlay(runs, out)
+    except WriteError as e:
+        print(f"error: --out {e}", file=sys.stderr)
         return 2
-    out = overlay(runs, Path(args.out))
+    except (AuditError, DiskFull) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"{len(runs)} run(s) → {out}")
     return 0
 

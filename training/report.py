@@ -13,6 +13,7 @@ forecast for its schedule and the forecast's error, and ``forecast.png`` draws e
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import sys
@@ -20,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scheduling.audit import AuditError, saved_overrides
-from scheduling.spec import CommandLine, first_line
-from training.plots import pyplot, read_metrics, run_labels, save_figure
+from data.atomic import DiskFull
+from scheduling.audit import AuditError, number, saved_overrides
+from scheduling.spec import CommandLine, first_line, is_int
+from training.plots import WriteError, check_writable, image_bytes, pyplot, read_metrics, run_labels, write_files
 
 COLUMNS = ("final val/bpb", "best val/bpb", "T", "tokens", "seconds", "status")
 
@@ -82,28 +84,53 @@ def val_against_tokens(rows: list[dict], key: str = "val/bpb") -> tuple[list[flo
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def read_job(run_dir: Path, swept: list[str]) -> Job:
-    rows = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
-    summary_path, damaged = run_dir / "summary.json", None
+def read_summary(path: Path) -> tuple[dict, str | None]:
+    """A job's summary.json and, when it is damaged (it cannot be read, or a value the report reads is not of the
+    type the run writes), why, naming it: then it reads as none."""
     try:
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        summary = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        summary, damaged = {}, f"{summary_path}: cannot be read ({first_line(e)})"
-    summary = summary if isinstance(summary, dict) else {}
+        return {}, f"{path}: cannot be read ({first_line(e)})"
+    if not isinstance(summary, dict):
+        return {}, f"{path}: cannot be read (not a JSON object)"
+    for key in ("status", "error"):
+        if summary.get(key) is not None and not isinstance(summary[key], str):
+            return {}, f"{path}: {key} is not a string, got {summary[key]!r:.60}"
+    for key in ("total_steps", "tokens"):
+        if summary.get(key) is not None and not is_int(summary[key]):
+            return {}, f"{path}: {key} is not a whole number, got {summary[key]!r:.60}"
+    if summary.get("seconds") is not None:  # null where it was not finite
+        try:
+            number(summary["seconds"], f"{path}: seconds")
+        except AuditError as e:
+            return {}, first_line(e)
+    return summary, None
+
+
+def read_job(run_dir: Path, swept: list[str]) -> Job:
+    """What the report says of a job; its damaged files (a summary.json or metrics.jsonl that cannot be read, or a
+    summary.json value of another type) named in its error. A logged value that is not a finite number reads as
+    missing (``read_metrics``)."""
+    try:
+        rows, unreadable = (read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []), None
+    except AuditError as e:
+        rows, unreadable = [], first_line(e)
+    summary, damaged = read_summary(run_dir / "summary.json")
     evaluated = [r["val/bpb"] for r in rows if "val/bpb" in r]  # null where it was not finite
     vals = [v for v in evaluated if isinstance(v, (int, float))]
     trained = [r for r in rows if r.get("tokens") is not None]
     given = overrides(run_dir)
+    ending = summary.get("error") or damaged or (None if summary else "ended without a summary.json (killed?)")
     return Job(
         run_dir=run_dir,
         swept={k: given.get(k, "") for k in swept},
-        status=summary.get("status", "failed"),  # no summary: the job never reached its end (killed, crashed)
+        status=summary.get("status") or "failed",  # no summary: the job never reached its end (killed, crashed)
         final_bpb=evaluated[-1] if evaluated and isinstance(evaluated[-1], (int, float)) else None,
         best_bpb=min(vals) if vals else None,
         total_steps=summary.get("total_steps"),
         tokens=summary.get("tokens", trained[-1]["tokens"] if trained else None),
         seconds=summary.get("seconds"),
-        error=summary.get("error") or damaged or (None if summary else "ended without a summary.json (killed?)"),
+        error="; ".join(e for e in (ending, unreadable) if e) or None,
         rows=rows,
         evals={k: v for r in rows for k, v in r.items() if is_accuracy(k)},  # later rows overwrite earlier ones
     )
@@ -163,14 +190,14 @@ def markdown(jobs: list[Job]) -> str:
     header, rows = table(jobs)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    errors = [f"- job {j.run_dir.name}: {j.error}" for j in jobs if j.status != "ok" and j.error]
+    errors = [f"- job {j.run_dir.name}: {j.error}" for j in jobs if j.error]  # a finished job has one: a damaged file
     return "\n".join(lines + ([""] + errors if errors else [])) + "\n"
 
 
-def write_csv(jobs: list[Job], path: Path) -> None:
+def csv_text(jobs: list[Job]) -> str:
     swept = list(jobs[0].swept) if jobs else []
     forecasts, evals = forecast_columns(jobs), eval_columns(jobs)
-    with open(path, "w", newline="") as fh:
+    with io.StringIO(newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["job", *swept, *COLUMNS, *(f"final {k}" for k in evals), *forecasts, "error"])
         for j in jobs:
@@ -178,10 +205,12 @@ def write_csv(jobs: list[Job], path: Path) -> None:
             writer.writerow(
                 [j.run_dir.name, *j.swept.values(), *("" if v is None else v for v in values), j.error or ""]
             )
+        return fh.getvalue()
 
 
-def plot_curves(jobs: list[Job], out: Path) -> Path:
-    """val/bpb and lr against tokens, one colour per job, labelled by what differs between the jobs."""
+def plot_curves(jobs: list[Job], out: Path) -> bytes:
+    """val/bpb and lr against tokens, one colour per job, labelled by what differs between the jobs: the image to
+    write to ``out``."""
     plt = pyplot()
     fig, (ax_val, ax_lr) = plt.subplots(1, 2, figsize=(13, 4.8))
     shown = [j for j in jobs if j.rows]
@@ -196,7 +225,7 @@ def plot_curves(jobs: list[Job], out: Path) -> Path:
     for ax in (ax_val, ax_lr):
         ax.grid(alpha=0.3)
     ax_val.legend(fontsize=8)
-    return save_figure(fig, out)
+    return image_bytes(fig, out)
 
 
 def branched_from(job: Job) -> Path | None:
@@ -213,9 +242,10 @@ def branched_from(job: Job) -> Path | None:
     return others[-1] if others and (others[-1] / "metrics.jsonl").is_file() else None
 
 
-def plot_frontier(jobs: list[Job], out: Path) -> Path | None:
+def plot_frontier(jobs: list[Job], out: Path) -> bytes | None:
     """Final val/bpb against tokens of the finished jobs, when they end at different T; the run they branched
-    from (when they share one) as the curve behind them."""
+    from (when they share one, and its metrics.jsonl can be read) as the curve behind them: the image to write
+    to ``out``."""
     done = [j for j in jobs if j.status == "ok" and j.final_bpb is not None and j.tokens]
     done.sort(key=lambda j: j.tokens)
     if len({j.tokens for j in done}) < 2:
@@ -225,7 +255,10 @@ def plot_frontier(jobs: list[Job], out: Path) -> Path | None:
     sources = {branched_from(j) for j in done}
     if len(sources) == 1 and None not in sources:
         source = sources.pop()
-        rows = read_metrics(source)
+        try:
+            rows = read_metrics(source)
+        except AuditError:  # damaged: the jobs' points alone
+            rows = []
         ax.plot(*val_against_tokens(rows), "-", lw=1.2, color="0.6", label=f"branched from: {source.name}")
     ax.plot(
         [j.tokens for j in done],
@@ -247,7 +280,7 @@ def plot_frontier(jobs: list[Job], out: Path) -> Path | None:
     ax.set(xlabel="tokens", ylabel="val/bpb (bits per byte)", title="final val/bpb against tokens")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return save_figure(fig, out)
+    return image_bytes(fig, out)
 
 
 def add_forecasts(jobs: list[Job], fit: Any) -> None:
@@ -259,7 +292,7 @@ def add_forecasts(jobs: list[Job], fit: Any) -> None:
         if job.rows:
             try:
                 job.forecast = forecast_run(fit, job.run_dir, label=f"job {job.run_dir.name}")
-            except ForecastError:
+            except (ForecastError, AuditError):  # too short to forecast, or its records damaged: none
                 job.forecast = None
 
 
@@ -269,29 +302,33 @@ def write_report(
     """Write report.csv, report.md, report.png (and frontier.png) into ``sweep_dir``, and with a fit each job's
     forecast (and forecast.png); returns the jobs, best first, and the files written. ``only``: the job folders
     of this sweep (a sweep directory used again can hold an earlier, larger grid's). A fit that cannot be read
-    raises ``scheduling.forecast.ForecastError`` before anything is written."""
+    raises ``scheduling.forecast.ForecastError``, a file that cannot be written ``training.plots.WriteError`` (out
+    of space ``DiskFull``), before anything is written: the files are written all or none."""
     fit = None
     if forecast is not None:
         from scheduling.forecast import load_fit
 
         fit = load_fit(forecast)
+    check_writable([sweep_dir / "report.csv", sweep_dir / "report.md"])  # before the work; each file again below
     jobs = read_sweep(sweep_dir, only)
     if fit is not None:
         add_forecasts(jobs, fit)
-    files = [sweep_dir / "report.csv", sweep_dir / "report.md"]
-    write_csv(jobs, files[0])
-    files[1].write_text(f"# Sweep {sweep_dir}\n\n" + markdown(jobs))
+    files = {
+        sweep_dir / "report.csv": csv_text(jobs).encode(),
+        sweep_dir / "report.md": (f"# Sweep {sweep_dir}\n\n" + markdown(jobs)).encode(),
+    }
     if any(j.rows for j in jobs):
-        files.append(plot_curves(jobs, sweep_dir / "report.png"))
+        files[sweep_dir / "report.png"] = plot_curves(jobs, sweep_dir / "report.png")
     frontier = plot_frontier(jobs, sweep_dir / "frontier.png")
-    files += [frontier] if frontier else []
+    if frontier is not None:
+        files[sweep_dir / "frontier.png"] = frontier
     forecasts = [j.forecast for j in jobs if j.forecast is not None]
     if forecasts:
         from scheduling.forecast import plot
 
-        (sweep_dir / "forecast.png").write_bytes(plot(forecasts, fit, "Each job's forecast and its real curve"))
-        files.append(sweep_dir / "forecast.png")
-    return jobs, files
+        files[sweep_dir / "forecast.png"] = plot(forecasts, fit, "Each job's forecast and its real curve")
+    write_files(files)
+    return jobs, list(files)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,14 +336,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dir", type=Path, help="a multirun directory (multirun/<date>/<time>)")
     parser.add_argument("--forecast", type=Path, metavar="FIT", help="a fit.json: each job's forecast beside it")
     args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir() or not job_dirs(args.sweep_dir):
+    try:
+        found = job_dirs(args.sweep_dir) if args.sweep_dir.is_dir() else []
+    except OSError as e:
+        print(f"error: {args.sweep_dir}: cannot be read ({e.strerror or first_line(e)})", file=sys.stderr)
+        return 2
+    if not found:
         print(f"error: {args.sweep_dir}: not a sweep directory (no job folder with a .hydra record)", file=sys.stderr)
         return 2
     from scheduling.forecast import ForecastError
 
     try:
         jobs, files = write_report(args.sweep_dir, args.forecast)
-    except ForecastError as e:
+    except (ForecastError, WriteError, DiskFull) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(markdown(jobs), end="")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
+from training import plots
 from training.plots import run_labels
 
 
@@ -58,3 +61,59 @@ def test_a_run_alone_or_without_hydra_records_is_labelled_by_its_folder(tmp_path
     bare.mkdir()
     assert run_labels([alone]) == ["only"]
     assert run_labels([alone, bare]) == ["only", "bare"]
+
+
+def logged_run(root: Path, name: str, *damaged: dict) -> Path:
+    """A run directory whose metrics.jsonl holds 20 updates of train loss and lr, a val loss every 5, then the
+    ``damaged`` records."""
+    run = root / name
+    run.mkdir(parents=True)
+    rows = [{"step": t, "train/loss": 4 - t / 10, "train/lr": 1e-3, "tokens": 64 * (t + 1)} for t in range(20)]
+    rows += [{"step": t, "val/loss": 4 - t / 10} for t in range(0, 20, 5)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*rows, *damaged]))
+    return run
+
+
+def test_a_logged_value_that_is_not_a_finite_number_reads_as_missing(tmp_path, capsys):
+    damaged = [
+        {"step": 20, "train/loss": "high", "train/lr": "x", "val/loss": [1]},
+        {"step": 21, "train/loss": True, "train/lr": {"a": 1}, "val/loss": None},
+        {"step": -1, "train/loss": 1.0, "tokens": 5},  # not an update index: a record of another kind
+    ]
+    run = logged_run(tmp_path, "run", *damaged)
+    rows = plots.read_metrics(run)
+    assert [r["step"] for r in rows][-2:] == [20, 21]
+    assert [{k: v for k, v in r.items() if k != "step"} for r in rows[-2:]] == [
+        {"train/loss": None, "train/lr": None, "val/loss": None},
+        {"train/loss": None, "train/lr": None, "val/loss": None},
+    ]
+    out = tmp_path / "in" / "a folder" / "compare.svg"  # the format its suffix names, its folders made
+    assert plots.main([str(run), str(logged_run(tmp_path, "other")), "--out", str(out)]) == 0
+    assert out.read_bytes().startswith(b"<?xml") and capsys.readouterr().out == f"2 run(s) → {out}\n"
+
+
+FORMATS = "give an image file ending in one of .avif, .eps, "
+
+
+@pytest.mark.parametrize(
+    "out, says",
+    [
+        ("compare.txt", "{out}: .txt is not an image format matplotlib writes; " + FORMATS),
+        ("new/compare.txt", "{out}: .txt is not an image format matplotlib writes; " + FORMATS),
+        ("compare", "{out}: has no suffix to name its format; " + FORMATS),
+        ("run", "{out}: is a directory; " + FORMATS),
+        ("run/metrics.jsonl/compare.png", "{out}: cannot be written ({tmp}/run/metrics.jsonl is not a directory)"),
+        ("/sys/compare.png", "{out}: cannot be written (Permission denied)"),
+    ],
+)
+def test_an_out_path_that_cannot_take_the_image_is_one_error_line_and_nothing_is_written(out, says, tmp_path, capsys):
+    run = logged_run(tmp_path, "run")
+    out = out if out.startswith("/") else str(tmp_path / out)
+    if out.startswith("/sys/") and not Path("/sys").is_dir():
+        pytest.skip("no /sys here")
+    before = sorted(tmp_path.rglob("*"))
+    assert plots.main([str(run), "--out", out]) == 2
+    said = capsys.readouterr()
+    assert said.out == "" and said.err.startswith(f"error: --out {says.format(out=out, tmp=tmp_path)}"), said.err
+    assert said.err.count("\n") == 1
+    assert sorted(tmp_path.rglob("*")) == before and not Path(out).is_file()  # nor run.png beside a folder

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import logging
@@ -537,6 +538,109 @@ def test_the_sweep_report_reads_past_damaged_files_and_a_final_evaluation_that_w
     by_lr = {r["optim.lr"]: r for r in rows}
     assert by_lr["1e-3"]["final val/bpb"] == "" and float(by_lr["1e-3"]["best val/bpb"]) == 2.5
     assert by_lr["3e-3"]["status"] == "failed" and f"{tmp_path / '3' / 'summary.json'}: cannot be read" in str(rows)
+
+
+def sweep_job(sweep, name: str, summary: dict | None = None, *records: dict):
+    """A finished job of a sweep over optim.lr: three evaluations of val/bpb and an accuracy, then ``records``."""
+    run = sweep / name
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(f"- optim.lr={name}e-3\n")
+    rows = [
+        {"step": 5 * i, "tokens": 100 * (i + 1), "train/lr": 1e-3, "val/bpb": 3 - i / 10, "eval/mc/acc": 0.5}
+        for i in range(3)
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*rows, *records]))
+    ending = {"status": "ok", "total_steps": 10, "tokens": 300, "seconds": 1.5}
+    (run / "summary.json").write_text(json.dumps({**ending, **(summary or {})}))
+    return run
+
+
+def report_rows(sweep) -> dict[str, dict[str, str]]:
+    with open(sweep / "report.csv", newline="") as fh:
+        return {row["job"]: row for row in csv.DictReader(fh)}
+
+
+def test_a_value_of_another_type_reads_as_missing_or_names_the_summary_json_as_damaged(tmp_path, capsys):
+    """A logged value that is not a finite number reads as missing, as one metrics.jsonl writes null does; a
+    summary.json value the run would not write names the file as damaged, as one that cannot be parsed does."""
+    from training.report import main
+
+    sweep_job(tmp_path, "1", {"seconds": "12.5"})
+    sweep_job(tmp_path, "2", {"tokens": "x", "status": "ok"})
+    sweep_job(tmp_path, "3", None, {"step": 15, "eval/mc/acc": "high", "tokens": "x", "train/lr": "x", "val/bpb": [1]})
+    sweep_job(tmp_path, "4", {"status": ["ok"]})
+    first = sweep_job(tmp_path, "5") / "metrics.jsonl"  # its first tokens, which tell the tokens per update
+    first.write_text(json.dumps({"step": 0, "tokens": "x", "train/lr": "x"}) + "\n" + first.read_text())
+    assert main([str(tmp_path)]) == 0
+    rows = report_rows(tmp_path)
+    assert {job: rows[job]["status"] for job in rows} == {
+        "3": "ok",
+        "5": "ok",
+        "1": "failed",
+        "2": "failed",
+        "4": "failed",
+    }
+    assert rows["1"]["error"] == f"{tmp_path / '1' / 'summary.json'}: seconds is not a number, got '12.5'"
+    assert rows["2"]["error"] == f"{tmp_path / '2' / 'summary.json'}: tokens is not a whole number, got 'x'"
+    assert rows["4"]["error"] == f"{tmp_path / '4' / 'summary.json'}: status is not a string, got ['ok']"
+    assert rows["1"]["seconds"] == "" and rows["1"]["tokens"] == "300"  # the tokens metrics.jsonl logged
+    job3 = rows["3"]
+    assert (job3["final val/bpb"], job3["best val/bpb"], job3["final eval/mc/acc"]) == ("", "2.8", "")
+    report = (tmp_path / "report.md").read_text()
+    assert f"- job 1: {rows['1']['error']}" in report and (tmp_path / "report.png").read_bytes().startswith(PNG)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_job_whose_metrics_jsonl_cannot_be_read_is_reported_naming_it(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from training.report import main
+
+    sweep_job(tmp_path, "1")
+    unreadable = sweep_job(tmp_path, "2") / "metrics.jsonl"
+    read_bytes = Path.read_bytes
+
+    def refused(path):
+        if path == unreadable:
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", refused)
+    assert main([str(tmp_path)]) == 0
+    rows = report_rows(tmp_path)
+    said = f"{unreadable}: cannot be read (Permission denied)"
+    assert (rows["2"]["status"], rows["2"]["final val/bpb"], rows["2"]["error"]) == ("ok", "", said)
+    assert rows["1"]["final val/bpb"] == "2.8" and f"- job 2: {said}" in (tmp_path / "report.md").read_text()
+
+
+def test_a_report_that_cannot_be_written_is_one_error_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from training import plots
+    from training.report import main
+
+    sweep_job(tmp_path, "1")
+    sweep_job(tmp_path, "2", {"total_steps": 20, "tokens": 600})  # ends at another T: frontier.png too
+    (tmp_path / "report.csv").write_text("an earlier report")
+    (tmp_path / "report.md").mkdir()
+    assert main([str(tmp_path)]) == 2
+    said = capsys.readouterr()
+    assert said.err == f"error: {tmp_path / 'report.md'}: cannot be written (is a directory)\n" and said.out == ""
+    (tmp_path / "report.md").rmdir()
+    before = sorted(tmp_path.iterdir())
+
+    def disk_full(path, data):
+        if path.name.startswith(".frontier.png"):  # the report's last file: the others are written by then
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return write_file(path, data)
+
+    write_file = plots.write_file
+    monkeypatch.setattr(plots, "write_file", disk_full)
+    assert main([str(tmp_path)]) == 2
+    said = capsys.readouterr().err
+    assert (
+        said.startswith(f"error: no space left to write {tmp_path / 'frontier.png'}: it needs ")
+        and said.count("\n") == 1
+    ), said
+    assert sorted(tmp_path.iterdir()) == before and (tmp_path / "report.csv").read_text() == "an earlier report"
 
 
 def test_a_run_started_again_writes_its_own_ending_in_summary_json(tmp_path, tiny_train):
