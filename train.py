@@ -53,7 +53,8 @@ def train(
     Raises a ``USER_ERRORS`` error for bad input, a directory another run holds, or a full disk (``DiskFull``);
     ``Stopped`` after a requested stop (checkpoint written); ``PeerLost`` when another rank stopped answering."""
     register_overrides(list(overrides or []))  # their secret-looking values never get written
-    scrub_hydra_files(run_dir, *([Path(sweep.group)] if sweep else []))  # first: a run stopped anywhere keeps none
+    if distributed.env_world()[0] == 0:  # Hydra writes rank 0's files alone; the others run in "."
+        scrub_hydra_files(run_dir, *([Path(sweep.group)] if sweep else []))  # first: a run stopped anywhere keeps none
     cfg = with_init_from(cfg, overrides)  # model.init_from: the shape and tokenizer of a transformers folder
     check_config(cfg)
     with space_for(run_dir):  # a full disk wherever the run writes: DiskFull, one line naming the file

@@ -500,13 +500,15 @@ def forecast(
     warmup: int,
     peak: float | None = None,
     actual: tuple[np.ndarray, np.ndarray] | None = None,
+    laws: tuple[str, ...] = tuple(LAWS),
 ) -> Forecast:
-    """Both laws' forecast of the schedule whose update t uses ``lrs[t]``, at every step after the warmup."""
+    """Both laws' forecast of the schedule whose update t uses ``lrs[t]``, at every step after the warmup; one of
+    ``laws`` that forecasts no loss is refused (``not_a_loss``)."""
     steps = curve_steps(warmup, len(lrs), [] if actual is None else actual[0])
     prof = fit.profile(lrs, steps, warmup, peak)
     predicted = {name: fit.predict(prof, name) for name in LAWS}
-    for name, curve in predicted.items():
-        not_a_loss(fit, label, name, curve, steps, float(lrs.max()) if peak is None else peak, len(lrs))
+    for name in laws:
+        not_a_loss(fit, label, name, predicted[name], steps, float(lrs.max()) if peak is None else peak, len(lrs))
     result = Forecast(label, lrs, warmup, steps, predicted, fit.loss_name)
     if actual is not None:
         keep = actual[0] <= len(lrs)
@@ -859,13 +861,15 @@ def run_optimize(args: argparse.Namespace) -> int:
         "linear": Schedule("linear", **same),
     }
     # the rivals first: settings where even they are no loss are refused before the search
-    rival_forecasts = [forecast(fit, name, schedule_lrs(s, peak, T), W, peak) for name, s in rivals.items()]
+    # only --law's forecasts decide: the other law's are drawn beside them, whatever they are
+    law = (args.law,)
+    rival_forecasts = [forecast(fit, name, schedule_lrs(s, peak, T), W, peak, laws=law) for name, s in rivals.items()]
     warmup_lrs = schedule_lrs(c.schedule, peak, W)
     knots = optimize(fit, T, W, peak, floor, args.knots, args.law, warmup_lrs)
     # what train.py will run: the tabulated schedule with these knots, forecast as any other schedule
     best = Schedule("tabulated", total_steps=T, warmup_steps=W, knots=tuple(knots), **shape)
     check_knots(best.params["knots"], W, T, "the optimized knots")
-    forecasts = [forecast(fit, "optimized", schedule_lrs(best, peak, T), W, peak), *rival_forecasts]
+    forecasts = [forecast(fit, "optimized", schedule_lrs(best, peak, T), W, peak, laws=law), *rival_forecasts]
     mine = forecasts[0].final(args.law)
     command = (
         "python -m scheduling.forecast optimize "

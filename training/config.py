@@ -634,8 +634,9 @@ def check_data(d: Mapping[str, Any], prefix: str = "data") -> None:
     """The data group's values; a mixture's sources each in turn, as ``data.sources.<name>``."""
     one_of(d, "source", prefix, SOURCES)
     # Before the sources (which inherit it); anything but a path would name a folder after its Python repr.
-    if d.get("cache_dir") is not None and not is_text(d["cache_dir"]):
-        raise ConfigError(f"{prefix}.cache_dir", "null or a folder path (a non-empty string)", d["cache_dir"])
+    # "" is null: GPT_DATA_CACHE exported empty (the presets' cache_dir reads it) means the default folder
+    if d.get("cache_dir") not in (None, "") and not is_text(d["cache_dir"]):
+        raise ConfigError(f"{prefix}.cache_dir", "null or a folder path", d["cache_dir"])
     if d["source"] == "mixture":
         from data.mixture import source_configs
 

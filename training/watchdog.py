@@ -68,7 +68,12 @@ def report(message: str, stacks: bool = False) -> None:
     Each is written from a thread of its own, waited for at most ``LOG_WAIT_S`` in all: the stall may be in that
     very output (a full pipe on stderr, a hung network filesystem under the log file, a lock the stuck thread
     holds), and the process must still end."""
-    where = all_stacks() if stacks else ""
+    where = ""
+    if stacks:
+        try:
+            where = all_stacks()
+        except OSError as e:  # no scratch file (too many open files, a full /tmp): the message alone
+            where = f"(the stacks could not be written: {e})\n"
 
     def to_stderr() -> None:
         sys.stderr.write(f"error: {message}\n{where}")
@@ -91,8 +96,10 @@ def report(message: str, stacks: bool = False) -> None:
 
 def all_stacks() -> str:
     """Every thread's Python stack as faulthandler writes it, read back from a scratch file (faulthandler writes
-    to a file descriptor holding the interpreter's lock: on a blocked pipe no other thread could run)."""
-    with tempfile.TemporaryFile("w+") as scratch:
+    to a file descriptor holding the interpreter's lock: on a blocked pipe no other thread could run). In memory
+    where the system allows (Linux), so that a hung filesystem under the temporary folder cannot stall it."""
+    in_memory = hasattr(os, "memfd_create")
+    with os.fdopen(os.memfd_create("stacks"), "w+") if in_memory else tempfile.TemporaryFile("w+") as scratch:
         faulthandler.dump_traceback(file=scratch, all_threads=True)
         scratch.seek(0)
         return scratch.read()

@@ -516,6 +516,15 @@ def test_a_forecast_that_is_no_loss_is_refused_naming_its_settings_after_the_war
     assert files_under(tmp_path) == before
 
 
+def test_optimize_is_refused_only_by_the_law_it_minimises(tmp_path, capsys):
+    """Where the multi-power law forecasts no loss, the annealing law's optimum is still one, drawn beside it."""
+    settings = [f"trainer.max_steps={T}", f"schedule.warmup_steps={W}", f"optim.lr={10 * PEAK}"]
+    out = tmp_path / "k.csv"
+    argv = ["optimize", a_fit(tmp_path, FITTED_ON), *settings, "--knots", "5", "--law", "annealing", "--out", str(out)]
+    assert forecast.main(argv) == 0, capsys.readouterr().err
+    assert out.is_file() and "(annealing law): optimized " in capsys.readouterr().out
+
+
 def test_a_fit_s_runs_tell_its_range_and_a_fit_that_records_none_still_forecasts(tmp_path, capsys):
     from tests.conftest import ROOT
 

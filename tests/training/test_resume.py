@@ -314,6 +314,23 @@ def test_a_stall_in_the_log_file_itself_still_ends_the_process(tmp_path, data_ca
     assert "(most recent call first):" in proc.stderr
 
 
+def test_a_watchdog_that_cannot_write_the_stacks_still_ends_the_process():
+    """No scratch file for the stacks (too many open files): the report says so, and the process exits 124."""
+    code = (
+        "import errno, time\n"
+        "from training import watchdog\n"
+        "def no_file():\n"
+        "    raise OSError(errno.EMFILE, 'Too many open files')\n"
+        "watchdog.all_stacks = no_file\n"
+        "with watchdog.Watchdog(0.3, 7):\n"
+        "    time.sleep(20)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == EXIT_HUNG, proc.stderr
+    assert "error: update 7 did not finish within trainer.hang_timeout=0.3 s" in proc.stderr
+    assert "(the stacks could not be written: [Errno 24] Too many open files)" in proc.stderr
+
+
 def test_a_console_nobody_reads_still_lets_a_stalled_run_end(tmp_path, data_cache):
     """stdout and stderr are a pipe whose reader stopped (``… 2>&1 | tee`` on a hung terminal): once it is full the
     main thread blocks writing the progress line, and past hang_timeout the process ends 124 all the same (it hung
