@@ -32,6 +32,7 @@ IN_PROCESS_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher
 jobs: list[tuple[int, str | None]] = []  # (job number, its error) of every sweep job run in this process
 stopped: list[tuple[int, Stopped]] = []  # (job number, its stop) of those trainer.stop_at stopped
 ran: set[Path] = set()  # the run directories of the sweep jobs run in this process (their report's rows)
+report_error: str | None = None  # why the sweep's report could not be written, for the last line and exit code
 signalled_at_end: str | None = None  # a signal that came while the latest job ended (train.py's train sets it)
 job_wall_start = 0.0  # time.time() at the start of this process's latest job
 
@@ -130,6 +131,8 @@ def sweep_summary() -> tuple[str, int] | None:
         crashed = any(error.startswith("crashed: ") for _, error in jobs if error is not None)
         line = f"error: {len(failed)} of {len(jobs)} sweep jobs failed (job {', '.join(map(str, failed))}), each above"
         return line, 1 if crashed else 2
+    if report_error is not None:
+        return f"error: {report_error}", 2
     if stopped:
         nums = ", ".join(str(num) for num, _ in stopped)
         line = f"{len(stopped)} of {len(jobs)} sweep jobs stopped at trainer.stop_at (job {nums})"
@@ -212,6 +215,7 @@ class SweepReport(Callback):
 def write_sweep_report(hydra_cfg, forecast: Path | None, every_job: bool = False) -> None:
     """The sweep's report: at its end, of the jobs run in this process (when it ran them: an earlier, larger grid's
     other folders are left out); when a requested stop ends it early (``every_job``), of every job folder."""
+    from training.plots import WriteError
     from training.report import markdown, write_report
 
     sweep_dir = Path(hydra_cfg.sweep.dir)
@@ -219,7 +223,12 @@ def write_sweep_report(hydra_cfg, forecast: Path | None, every_job: bool = False
         return
     register_overrides(task_overrides(hydra_cfg.overrides.task))  # its jobs scrub it too, unless none did
     scrub_hydra_files(sweep_dir)
-    jobs, files = write_report(sweep_dir, forecast, None if every_job else ran or None)  # another launcher's: all
+    global report_error
+    try:
+        jobs, files = write_report(sweep_dir, forecast, None if every_job else ran or None)  # another launcher's: all
+    except (WriteError, DiskFull) as e:  # the jobs' own folders hold their results: one line, exit code 2
+        report_error = f"the sweep report: {e}"
+        return
     log.info("sweep report, best first (%s):\n%s", ", ".join(f.name for f in files), markdown(jobs).rstrip())
 
 

@@ -408,6 +408,26 @@ def test_a_signal_while_a_failed_sweep_job_ends_ends_the_sweep_with_the_failures
     assert (sweep / "0" / "finished.txt").read_text() == "failed" and not (sweep / "1").exists()
 
 
+def test_a_sweep_report_that_cannot_be_written_is_the_last_line_and_exit_code_2(tmp_path, data_cache):
+    sweep = tmp_path / "sweep"
+    (sweep / "report.md").mkdir(parents=True)  # in the way of the report
+    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache)}
+    args = [*TINY, "trainer.eval_every=0", "trainer.sample_tokens=0", "trainer.max_steps=2", "optim.lr=1e-3"]
+    proc = subprocess.run(
+        [sys.executable, "train.py", "-m", *args, f"hydra.sweep.dir={sweep}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: the sweep report: {sweep / 'report.md'}: cannot be written"), last
+    assert "Traceback" not in proc.stderr and json.loads((sweep / "0" / "summary.json").read_text())["status"] == "ok"
+    assert not (sweep / "report.csv").exists()
+
+
 def test_a_sweep_directory_used_again_reports_the_new_sweeps_jobs_alone(tmp_path, data_cache):
     """A second, smaller grid in the same hydra.sweep.dir: the first grid's other job folders stay, unreported."""
     sweep = tmp_path / "sweep"
