@@ -128,13 +128,17 @@ def total_steps(
 ) -> tuple[int, dict[str, Any]]:
     """T and the record of how it was set (``budget.json``, every checkpoint); a time budget calls ``measure``
     once. ``max_steps`` and ``max_tokens`` give T as they do at a start (a change is then the schedule check's to
-    refuse or allow); a resumed run keeps the T its time budget planned (``saved``: the checkpoint's state), and
+    refuse or allow), ``max_tokens`` after updates of another size the updates taken plus the tokens left at this
+    run's size; a resumed run keeps the T its time budget planned (``saved``: the checkpoint's state), and
     a time budget other than the one that planned it is refused: T is planned once, before update 0."""
     key = budget_key(trainer)
     if key == "max_steps":
         return trainer["max_steps"], {"max_steps": trainer["max_steps"], "total_steps": trainer["max_steps"]}
     if key == "max_tokens":
         T = steps_from_tokens(trainer["max_tokens"], tokens_per_update)
+        if saved is not None and saved["tokens"] != saved["step"] * tokens_per_update:
+            # updates of another size before (another batch, more ranks): the tokens left, at this run's size
+            T = saved["step"] + max(0, trainer["max_tokens"] - saved["tokens"]) // tokens_per_update
         return T, {"max_tokens": trainer["max_tokens"], "total_steps": T}
     if saved is not None:
         before = saved["budget"]

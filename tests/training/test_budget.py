@@ -151,15 +151,25 @@ def test_a_resume_under_another_token_budget_takes_its_t_as_a_change_of_schedule
 
 
 def test_a_resume_to_a_t_below_the_checkpoints_update_is_refused_and_leaves_the_run_as_it_was(tmp_path, tiny_train):
-    """A larger batch under the same token budget halves T, below the update the run stopped at: it finished "ok"
-    with a model of 6 updates saved as update 4, and a scheduler that went on from 6."""
-    run, args = tmp_path / "run", ["trainer.eval_every=0", f"trainer.max_tokens={8 * TOKENS_PER_UPDATE}"]
+    """It finished "ok", with a model of 6 updates saved as update 4 and a scheduler that went on from 6."""
+    run, args = tmp_path / "run", ["trainer.eval_every=0"]
     with pytest.raises(Stopped):
-        tiny_train(run, [*args, "trainer.stop_at=6"])
+        tiny_train(run, [*args, "trainer.max_steps=8", "trainer.stop_at=6"])
     saved = {p: p.read_bytes() for p in (run / "checkpoints").rglob("*") if p.is_file()}
-    with pytest.raises(ConfigError, match=r"it is at update 6, past T = 4 \(the T of trainer.max_tokens=\d+\); a run"):
-        tiny_train(run, [*args, "trainer.batch_size=8", "trainer.allow_schedule_change=true"])
+    with pytest.raises(ConfigError, match=r"it is at update 6, past T = 4 \(trainer.max_steps\); a run cannot go back"):
+        tiny_train(run, [*args, "trainer.max_steps=4", "trainer.allow_schedule_change=true"])
     assert {p: p.read_bytes() for p in (run / "checkpoints").rglob("*") if p.is_file()} == saved
+
+
+def test_a_token_budget_resumed_with_another_batch_still_stops_at_its_tokens(tmp_path, tiny_train):
+    """3 updates of 1× the tokens, then 2 of 2× (T = 3 + ⌊5 ÷ 2⌋): 7 of the 8 allowed; ⌊8 ÷ 2⌋ = 4 took 5."""
+    run, budget_args = tmp_path / "run", ["trainer.eval_every=0", f"trainer.max_tokens={8 * TOKENS_PER_UPDATE}"]
+    with pytest.raises(Stopped):
+        tiny_train(run, [*budget_args, "trainer.stop_at=3"])
+    tiny_train(run, [*budget_args, "trainer.batch_size=8", "trainer.allow_schedule_change=true"])
+    assert sorted(train_records(run)) == list(range(5))
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["total_steps"], summary["tokens"]) == (5, 7 * TOKENS_PER_UPDATE)
 
 
 def test_a_time_budget_given_to_more_decimals_than_the_plan_rounds_to_resumes():
