@@ -129,11 +129,6 @@ def write_run_plots(run_dir: Path) -> list[Path]:
     """``plots/loss.png`` (train and val loss) and ``plots/lr.png`` of one run; returns the files written. Out of
     space, ``DiskFull`` names the plot."""
     out = run_dir / "plots"
-    with space_for(out):
-        return _write_run_plots(run_dir, out)
-
-
-def _write_run_plots(run_dir: Path, out: Path) -> list[Path]:
     plt = pyplot()
     rows = read_metrics(run_dir)
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -146,13 +141,19 @@ def _write_run_plots(run_dir: Path, out: Path) -> list[Path]:
     ax.set(xlabel="optimizer update", ylabel="loss (nats per token)", title=f"loss — {run_dir.name}")
     ax.grid(alpha=0.3)
     ax.legend()
-    save_figure(fig, out / "loss.png")
+    loss_fig = fig
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(*series(rows, "train/lr"), lw=1.5, color="tab:green")
     ax.set(xlabel="optimizer update", ylabel="learning rate", title=f"train/lr — {run_dir.name}")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     ax.grid(alpha=0.3)
-    return [out / "loss.png", save_figure(fig, out / "lr.png")]
+    with space_for(out):
+        files = {
+            out / "loss.png": image_bytes(loss_fig, out / "loss.png"),
+            out / "lr.png": image_bytes(fig, out / "lr.png"),
+        }
+        write_files(files)
+    return list(files)
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
@@ -187,15 +188,6 @@ def overlay(run_dirs: list[Path], out: Path) -> Path:
     handles, labels = ax_loss.get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=1, frameon=False)
     write_files({out: image_bytes(fig, out)})
-    return out
-
-
-def save_figure(fig, out: Path) -> Path:
-    """Lay out ``fig``, write it to ``out`` as a PNG (making its folder) and free it."""
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110, bbox_inches="tight")  # the image grows to hold a legend below the axes
-    pyplot().close(fig)
     return out
 
 
@@ -288,6 +280,8 @@ def image_bytes(fig, out: Path) -> bytes:
         fig.tight_layout()
         fig.savefig(buffer, format=out.suffix[1:].lower(), dpi=110, bbox_inches="tight")  # grows to hold a legend
     except (OSError, RuntimeError, ValueError) as e:
+        if getattr(e, "errno", None) == errno.ENOSPC:
+            raise  # the disk's: space_for names it
         raise WriteError(out, first_line(e)) from None
     finally:
         pyplot().close(fig)
