@@ -2,7 +2,16 @@
 and sampling with a KV cache (``model.generate``)."""
 
 from model.generate import KVCache, full_context_forward, generate, sample_next, sample_text
-from model.gpt import ARCHS, GPT, TOKENIZER_KEYS, GPTConfig, ModelConfigError, check_model_config, padded_vocab
+from model.gpt import (
+    ARCHS,
+    GPT,
+    TOKENIZER_KEYS,
+    TRAINING_ONLY,
+    GPTConfig,
+    ModelConfigError,
+    check_model_config,
+    padded_vocab,
+)
 
 __all__ = [
     "ARCHS",
@@ -11,6 +20,7 @@ __all__ = [
     "KVCache",
     "ModelConfigError",
     "TOKENIZER_KEYS",
+    "TRAINING_ONLY",
     "check_model_config",
     "full_context_forward",
     "generate",

@@ -54,6 +54,9 @@ def padded_vocab(vocab_size: int) -> int:
 # The GPTConfig keys the tokenizer sets, never conf/model/: the (padded) vocabulary, its first padding id, and
 # with data.document_mask the document separator.
 TOKENIZER_KEYS = ("vocab_size", "padded_from", "document_separator")
+# The GPTConfig keys that change how the model trains, not the function its weights compute: a resume may change
+# them (a smaller card's activation checkpointing, a dropout for the rest of the run) and an export leaves them out.
+TRAINING_ONLY = ("dropout", "activation_checkpointing", "fused_cross_entropy")
 
 
 @dataclass

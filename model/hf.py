@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from model.gpt import GPT, GPTConfig, ModelConfigError
+from model.gpt import GPT, TOKENIZER_KEYS, TRAINING_ONLY, GPTConfig, ModelConfigError
 from scheduling.spec import first_line
 
 # The model keys a transformers config sets on import (neither class has a query/key norm or a logit cap); dropout
@@ -44,18 +44,10 @@ ARCH_KEYS = (
     "qk_norm",
     "logit_softcap",
 )
-# Model keys that an export need not carry: training's own switches, the vocabulary's size (the tokenizer's is
-# written) and the document mask (docs/huggingface.md says what it leaves out). Any other key of GPTConfig that
-# ARCH_KEYS lacks (a fork's) is exported only at its default: its code is not in transformers' class.
-NOT_EXPORTED = (
-    "vocab_size",
-    "dropout",
-    "activation_checkpointing",
-    "fused_cross_entropy",
-    "reset_positions",
-    "document_separator",
-    "padded_from",
-)
+# Model keys that an export need not carry: training's own (TRAINING_ONLY), the tokenizer's (its vocabulary is
+# written) and the document mask's reset positions (docs/huggingface.md says what it leaves out). Any other key of
+# GPTConfig that ARCH_KEYS lacks (a fork's) is exported only at its default: its code is not in transformers' class.
+NOT_EXPORTED = (*TRAINING_ONLY, *TOKENIZER_KEYS, "reset_positions")
 # GPT-2's activation_function for each model.activation, and the names transformers also gives them
 GPT2_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
 GPT2_ACTIVATION_OF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}

@@ -8,6 +8,7 @@ checkpoint and a resumed run can tell whether the config still describes the sam
 from __future__ import annotations
 
 import argparse
+import difflib
 import functools
 import importlib
 import inspect
@@ -137,6 +138,31 @@ def is_number(value: Any) -> bool:
         return False
 
 
+def missing_name(path: str) -> str | None:
+    """Where a dotted path breaks when its module imports but a name in it is missing (a mistyped class in a
+    file that was found), with the closest name there; None otherwise (no module, or one that fails to import)."""
+    parts = path.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        module = ".".join(parts[:i])
+        try:
+            found: Any = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name == module:  # not a module: perhaps a name in the one above it
+                continue
+            return None  # it imports something missing: the import's own error says so
+        except Exception:  # a module that fails to import: its own error says why
+            return None
+        for j in range(i, len(parts)):
+            if not hasattr(found, parts[j]):
+                names = [n for n in dir(found) if not n.startswith("_")]
+                close = difflib.get_close_matches(parts[j], names, n=1)
+                owner = ".".join(parts[:j])
+                return f"{owner} has no {parts[j]}" + (f"; did you mean {owner}.{close[0]}?" if close else "")
+            found = getattr(found, parts[j])
+        return None
+    return None
+
+
 # The most updates a schedule counts: past 2**53 a float no longer holds every update index (t / T, fractions of T).
 MAX_UPDATES = 2**53
 
@@ -168,11 +194,15 @@ def _imported(name: str, key: str) -> Callable[..., float]:
     module, _, attr = name.rpartition(".")
     try:
         found = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise ScheduleError(f"{key}: {name!r} cannot be imported ({e})") from None
+    except Exception as e:  # a missing file or name, or a module that fails as it imports (a SyntaxError)
+        raise ScheduleError(f"{key}: {name!r} cannot be imported ({missing_name(name) or first_line(e)})") from None
     if not callable(found):
         raise ScheduleError(key, "the dotted path of a λ(t) function", name)
     return found
+
+
+# What schedule_from_config resolves from the schedule's keys and passes a fork's λ (fractions of T, min_lr as a ratio)
+_RESOLVED = ("total_steps", "warmup_steps", "min_lr_ratio")
 
 
 class Schedule:
@@ -184,11 +214,21 @@ class Schedule:
     """
 
     def __init__(self, name: str, keys: Mapping[str, str] = CONFIG_KEYS, **params: Any):
-        accepted = [p for p in inspect.signature(schedule_function(name, _key("name", keys))).parameters if p != "t"]
+        signature = inspect.signature(schedule_function(name, _key("name", keys))).parameters
+        accepted = [p for p in signature if p != "t"]
         unknown = sorted(set(params) - set(accepted))
+        resolved = [p for p in unknown if p in _RESOLVED]
+        if resolved and name not in SCHEDULES:  # a fork's λ that lacks what the template passes every schedule
+            raise ScheduleError(
+                f"{_key('name', keys)}: {name} must take {resolved[0]}, which the template resolves from the "
+                f"schedule's keys and passes to it (docs/extending.md)"
+            )
         if unknown:
             allowed = ", ".join(_key(p, keys) for p in accepted)
             raise ScheduleError(f"{_key(unknown[0], keys)} is not a parameter of schedule {name!r}; it takes {allowed}")
+        needed = [p for p in accepted if signature[p].default is inspect.Parameter.empty and p not in params]
+        if needed and name not in SCHEDULES:  # the template's own say what they need in validate's words
+            raise ScheduleError(f"{_key(needed[0], keys)}: schedule {name} needs it, and it is not set")
         validate(name, params, keys)
         self.name = name
         self.params = dict(params)
@@ -202,7 +242,7 @@ class Schedule:
         for t in sorted({0, self.warmup_steps, max(total - 1, 0)}):
             try:
                 value = float(self(t))  # a numpy or torch scalar too, as LambdaLR takes it
-            except (ArithmeticError, TypeError, ValueError, RuntimeError) as e:
+            except Exception as e:  # a fork's code: whatever it raises is one line
                 cause = f"{type(e).__name__}: {first_line(e)}"
                 raise ScheduleError(f"{key}: {self.name} fails at update {t} ({cause})") from None
             if not math.isfinite(value) or value < 0:

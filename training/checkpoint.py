@@ -38,7 +38,7 @@ from data.atomic import (
     size_text,
     space_for,
 )
-from model import GPTConfig
+from model import TRAINING_ONLY, GPTConfig
 from scheduling.spec import CONFIG_KEYS, first_line
 from training import distributed
 from training.config import ConfigError, is_int
@@ -391,10 +391,9 @@ def resumed_with(folder: Path) -> Path | None:
     return Path(os.path.expanduser(resume)).resolve() if isinstance(resume, str) and resume != "auto" else None
 
 
-# Model settings that change how training computes, not the weights' shapes: a resume may change them (a smaller
-# card's activation checkpointing, a dropout for the rest of the run; the padding out of the softmax, which a
-# checkpoint from before it did not record), as it may change the optimizer's.
-HOW_NOT_WHAT = ("fused_cross_entropy", "activation_checkpointing", "dropout", "padded_from")
+# Model settings a resume may change, as it may change the optimizer's: those of how training computes, and the
+# padding out of the softmax, which a checkpoint from before it did not record.
+HOW_NOT_WHAT = (*TRAINING_ONLY, "padded_from")
 
 
 def check_fits(state: dict[str, Any], model_config: dict[str, Any], tokenizer_hash: str, path: Path) -> None:

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from scheduling.spec import first_line
+from scheduling.spec import first_line, missing_name
 from training.config import ConfigError
 
 TARGET = "_target_"
@@ -48,33 +48,6 @@ def find(node: Mapping[str, Any], where: str) -> Callable:
     if not callable(found):
         raise ConfigError(f"{where}.{TARGET}", "a class or function", path)
     return found
-
-
-def missing_name(path: str) -> str | None:
-    """Where a dotted path breaks when its module imports but a name in it is missing (a mistyped class in a
-    file that was found), with the closest name there; None otherwise (no module, or one that fails to import)."""
-    import importlib
-
-    parts = path.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        module = ".".join(parts[:i])
-        try:
-            found: Any = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name == module:  # not a module: perhaps a name in the one above it
-                continue
-            return None  # it imports something missing: the import's own error says so
-        except Exception:  # a module that fails to import: its own error says why
-            return None
-        for j in range(i, len(parts)):
-            if not hasattr(found, parts[j]):
-                names = [n for n in dir(found) if not n.startswith("_")]
-                close = difflib.get_close_matches(parts[j], names, n=1)
-                owner = ".".join(parts[:j])
-                return f"{owner} has no {parts[j]}" + (f"; did you mean {owner}.{close[0]}?" if close else "")
-            found = getattr(found, parts[j])
-        return None
-    return None
 
 
 def own_keys(node: Mapping[str, Any]) -> dict[str, Any]:

@@ -178,6 +178,11 @@ def unknown_key(key: str, config_name: str = "config") -> ConfigError:
             return ConfigError(
                 f"{key} is not a key of {'.'.join(entry[:3])}; did you mean {close[0]}? it has {', '.join(own)}"
             )
+    if config_name == "config" and group == "model" and leaf in known_keys("model", None):
+        # a fork's new GPTConfig field that conf/model/base.yaml does not set yet: no preset has it
+        return ConfigError(
+            f"{key} is a field of GPTConfig that conf/model/base.yaml lacks; add it there with its default"
+        )
     if config_name == "config" and group in GROUPS:
         options = group_options(group)
         owners = [o for o in options if leaf in known_keys(group, o)]
@@ -541,15 +546,16 @@ def check_components(cfg: Mapping[str, Any]) -> None:
             where = f"{group}.{section}.{name}"
             target = find(node, where)
             check_call(target, where, node[TARGET], None, **own_keys(node))
-            try:  # a fork's check that raises ValueError or TypeError, not ConfigError: its message, in one line
+            try:  # a fork's check that raises ValueError (its refusal) or anything else (its bug): one line
                 if group == "logger" and hasattr(target, "check"):
                     target.check(cfg["logger"])
                 elif group == "eval" and hasattr(target, "check"):
                     target.check(own_keys(node), where)
             except ConfigError:
                 raise
-            except (ValueError, TypeError) as e:
-                raise ConfigError(f"{where}: {first_line(e)}") from None
+            except Exception as e:
+                refusal = isinstance(e, (ValueError, TypeError))
+                raise ConfigError(f"{where}: {'' if refusal else f'{type(e).__name__}: '}{first_line(e)}") from None
 
 
 def check_stop_at(stop_at: Any, total_steps: int | None, what: str = "trainer.max_steps") -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -124,7 +124,8 @@ def train_update_retrying(*args: Any, max_overflows: int = MAX_OVERFLOWS, **kwar
 
 @dataclass(frozen=True)
 class How:
-    """How an update runs, besides the model and the optimizer: train_update's keywords."""
+    """How an update runs, besides the model and the optimizer: train_update's keywords, each field one (a setting
+    of a fork's update is a field here, set in build_model)."""
 
     device: torch.device
     autocast: Any  # the forward's mixed-precision context
@@ -185,17 +186,8 @@ class TrainStep:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
 
     def __call__(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[Update, int]:
-        how = self.model.how
-        return train_update_retrying(
-            self.model.module,
-            self.optimizer,
-            self.scheduler,
-            micro_batches,
-            device=how.device,
-            autocast=how.autocast,
-            scaler=how.scaler,
-            grad_clip=how.grad_clip,
-        )
+        how = {f.name: getattr(self.model.how, f.name) for f in fields(How)}  # train_update's keywords
+        return train_update_retrying(self.model.module, self.optimizer, self.scheduler, micro_batches, **how)
 
     def with_optimizer(self, optimizer: torch.optim.Optimizer, scheduler) -> TrainStep:
         """The same update with another optimizer and schedule (and a GradScaler of its own): what a time budget

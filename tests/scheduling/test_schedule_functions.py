@@ -499,3 +499,36 @@ def test_a_forks_schedule_is_tried_before_any_work_and_may_return_a_numpy_scalar
     assert Schedule(f"{here}.numpy_decay", total_steps=100)(50) == pytest.approx(0.5)
     with pytest.raises(ScheduleError, match=rf"^schedule.name: {here}.negative_decay gives -0.01 at update 1, not a"):
         Schedule(f"{here}.negative_decay", total_steps=100, warmup_steps=1)
+
+
+def test_a_forks_schedule_that_cannot_run_is_one_line_naming_the_key(tmp_path, monkeypatch):
+    """A λ of a dotted path: a module that fails as it imports, a mistyped name, a key it needs and is not given,
+    what the template passes that it does not take, and any error it raises at the probed updates."""
+    from scheduling.spec import ScheduleError
+
+    (tmp_path / "fork_lambdas.py").write_text(
+        "def levels(t, *, total_steps, warmup_steps=0, min_lr_ratio=0.0, heights):\n"
+        "    return heights[t // 50]\n"  # one height: an IndexError from update 50 on
+        "def floorless(t, *, total_steps, warmup_steps=0):\n"
+        "    return 1.0\n"
+    )
+    (tmp_path / "fork_broken.py").write_text("def step(t:\n")
+    (tmp_path / "fork_raising.py").write_text("raise RuntimeError('no GPU here')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    resolved = {"total_steps": 100, "warmup_steps": 0, "min_lr_ratio": 0.0}
+    cases = [
+        (
+            "fork_broken.step",
+            {},
+            r"^schedule.name: 'fork_broken.step' cannot be imported \(.*\(fork_broken.py, line 1\)\)$",
+        ),
+        ("fork_raising.step", {}, r"^schedule.name: 'fork_raising.step' cannot be imported \(no GPU here\)$"),
+        ("fork_lambdas.levls", {}, r"has no levls; did you mean fork_lambdas.levels\?\)$"),
+        ("fork_lambdas.levels", {}, r"^schedule.heights: schedule fork_lambdas.levels needs it, and it is not set$"),
+        ("fork_lambdas.floorless", {}, r"^schedule.name: fork_lambdas.floorless must take min_lr_ratio, which the"),
+        ("fork_lambdas.levels", {"heights": [1.0]}, r"fails at update 99 \(IndexError: list index out of range"),
+    ]
+    for name, own, message in cases:
+        with pytest.raises(ScheduleError, match=message):
+            Schedule(name, **resolved, **own)
+    assert Schedule("fork_lambdas.levels", **resolved, heights=[1.0, 0.5])(99) == 0.5

@@ -119,8 +119,8 @@ def without_name(model, device, *, lr: float, momentum: float):
 
 
 class Evaluation:
-    """An evaluation that refuses a file it cannot read, a check that raises ValueError, or metrics that are
-    tensors (a forgotten ``.item()``)."""
+    """An evaluation that refuses a file it cannot read, a check that raises ValueError (or fails: KeyError), or
+    metrics that are tensors (a forgotten ``.item()``)."""
 
     def __init__(self, ctx, file: str | None = None, metric: str = "number"):
         if file is not None:
@@ -129,6 +129,8 @@ class Evaluation:
 
     @classmethod
     def check(cls, keys, where) -> None:
+        if keys.get("metric") == "unchecked":  # a bug in the check itself
+            raise KeyError("number")
         if keys.get("metric", "number") not in ("number", "tensor", "list"):
             raise ValueError(f"metric must be number, tensor or list, got {keys['metric']!r}")
 

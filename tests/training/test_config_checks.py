@@ -355,6 +355,23 @@ def test_a_model_key_written_in_conf_model_alone_names_gptconfig(tmp_path, monke
         check_config(compose_config([]))
 
 
+def test_a_gptconfig_field_without_its_line_in_conf_model_says_where_it_goes(tmp_path, monkeypatch):
+    """The other half: a field of GPTConfig whose line in base.yaml is missing is named, not blamed on the presets."""
+    import shutil
+
+    import scheduling.spec
+    import training.config
+
+    conf = tmp_path / "conf"
+    shutil.copytree(training.config.CONF, conf)
+    base = conf / "model" / "base.yaml"
+    base.write_text("".join(line for line in base.read_text().splitlines(True) if not line.startswith("dropout:")))
+    monkeypatch.setattr(training.config, "CONF", conf)
+    monkeypatch.setattr(scheduling.spec, "CONF", conf)
+    with pytest.raises(ConfigError, match=r"^model.dropout is a field of GPTConfig that conf/model/base.yaml lacks; "):
+        training.config.check_overrides(["model=micro", "model.dropout=0.1"])
+
+
 def test_a_global_batch_that_the_ranks_do_not_divide_is_refused_before_any_work(monkeypatch):
     """Under torchrun (WORLD_SIZE) the check counts the ranks: 128 tokens over 2 ranks of 4 × 32 cannot be."""
     overrides = ["model.block_size=32", "trainer.batch_size=4", "trainer.global_batch_tokens=128"]

@@ -218,6 +218,7 @@ FORK_EVAL = ["+eval.evals.fork._target_=tests.training.fork_parts.Evaluation"]
     "overrides,message",
     [
         (["+eval.evals.fork.metric=text"], r"^eval.evals.fork: metric must be number, tensor or list, got 'text'$"),
+        (["+eval.evals.fork.metric=unchecked"], r"^eval.evals.fork: KeyError: 'number'$"),
         (
             ["+eval.evals.fork.file=/nonexistent/items.jsonl"],
             r"^eval.evals.fork: tests.training.fork_parts.Evaluation refused its settings \(FileNotFoundError: .*"
