@@ -445,8 +445,8 @@ def check_tracking(settings: Mapping[str, Any]) -> None:
     if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
         raise ConfigError("logger.tags", "a list of names ('logger.tags=[baseline,lr-sweep]')", tags)
     timeout = settings.get("init_timeout")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ConfigError("logger.init_timeout", "a number of seconds > 0", timeout)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+        raise ConfigError("logger.init_timeout", "a finite number of seconds > 0", timeout)
 
 
 def require(package: str, extra: str, chosen: str) -> None:

@@ -61,6 +61,10 @@ class WandbSink(Sink):
     def check(cls, settings: Mapping[str, Any]) -> None:
         if settings.get("mode") not in MODES:
             raise ConfigError("logger.mode", f"one of {', '.join(MODES)}", settings.get("mode"))
+        for key in ("entity", "job_type"):
+            value = settings.get(key)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(f"logger.{key}", "null or a name", value)
         check_tracking(settings)
 
     def __init__(self, info: RunInfo):

@@ -75,7 +75,11 @@ BAD_CONFIGS = [
     (["data=mixture", "data.sources.docs.source=web"], "data.sources.docs.source", "builtin, text_files, hub"),
     (["data=mixture", "+data.sources.docs.val_fraction=1.5"], "data.sources.docs.val_fraction", "(0, 1)"),
     (["logger.mode=sometimes"], "logger.mode", "auto, online, offline, disabled"),
-    (["logger.init_timeout=0"], "logger.init_timeout", "a number of seconds > 0"),
+    (["logger.init_timeout=0"], "logger.init_timeout", "a finite number of seconds > 0"),
+    (["logger.init_timeout=inf"], "logger.init_timeout", "a finite number of seconds > 0"),  # W&B refused it late
+    (["logger=mlflow", "logger.init_timeout=nan"], "logger.init_timeout", "a finite number of seconds > 0"),
+    (["logger.entity=[a]"], "logger.entity", "null or a name"),
+    (["logger.job_type=''"], "logger.job_type", "null or a name"),
     (["schedule.warmup_steps=-1"], "schedule.warmup_steps", "≥ 0"),
     (["trainer.max_steps=100", "schedule.warmup_steps=101"], "schedule.warmup_steps", "≤"),
     (["optim.lr=1e-3", "schedule.min_lr=1e-2"], "schedule.min_lr", "≤ the peak"),
