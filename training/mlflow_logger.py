@@ -17,6 +17,7 @@ stays quiet, and metrics.jsonl stays complete.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -33,7 +34,7 @@ from typing import Any
 from scheduling.spec import CommandLine
 from training.config import ConfigError
 from training.loggers import RunInfo, Sink, check_tracking, first_line, flat_config, require
-from training.secrets import redact
+from training.secrets import REDACTED, redact
 
 log = logging.getLogger("train")
 DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow's own default store since 3.7
@@ -41,6 +42,7 @@ FALLBACK = "mlflow/fallback.db"  # in the run directory, when the tracking serve
 STATUS = {"ok": "FINISHED", "failed": "FAILED", "preempted": "KILLED"}
 PARAM_LENGTH = 6000  # MLflow's limit on a param's value
 BATCH = {"params": 100, "metrics": 1000}  # MLflow's limits on one log_batch call
+UPLOAD_TIMEOUT = 30  # seconds an upload's request waits for the server (a batch of 1,000 points is one request)
 
 
 def tracking_uri(settings: Mapping[str, Any]) -> str:
@@ -100,25 +102,47 @@ def upload_command(run_dir: Path) -> str:
     return f"python -m training.mlflow_logger upload {run_dir}"
 
 
-def within(seconds: float, call: Callable[[], Any]) -> Any:
-    """``call()`` on a thread, its result if it returns within ``seconds``; raises ``TimeoutError`` otherwise (the
-    call is left to finish or fail on its own)."""
+def within(seconds: float, call: Callable[[], Any], late: Callable[[Any], None]) -> Any:
+    """``call()`` on a thread, its result if it returns within ``seconds``; raises ``TimeoutError`` otherwise. The
+    call is left to finish or fail on its own; a result it gives after that goes to ``late`` (to undo it)."""
     done: dict[str, Any] = {}
+    lock = threading.Lock()
 
     def target() -> None:
         try:
-            done["result"] = call()
+            result = call()
         except BaseException as e:
-            done["error"] = e
+            with lock:
+                done["error"] = e
+            return
+        with lock:
+            given_up = done.get("given_up", False)
+            done["result"] = result
+        if given_up:
+            with contextlib.suppress(Exception):
+                late(result)
 
     thread = threading.Thread(target=target, name="mlflow-start", daemon=True)
     thread.start()
     thread.join(seconds)
-    if "error" in done:
-        raise done["error"]
-    if "result" not in done:
-        raise TimeoutError(f"no answer within {seconds:g} s")
-    return done["result"]
+    with lock:
+        if "error" in done:
+            raise done["error"]
+        if "result" not in done:
+            done["given_up"] = True
+            raise TimeoutError(f"no answer within {seconds:g} s")
+        return done["result"]
+
+
+def http_limits(timeout: float) -> None:
+    """A server that stops answering: a few quick retries of ``timeout`` seconds each, not MLflow's minutes of them.
+    Set for this process unless the user set them (a sweep's next job sets its own)."""
+    for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout))):
+        if os.environ.get(key) in (None, _SET_HERE.get(key)):
+            os.environ[key] = _SET_HERE[key] = value
+
+
+_SET_HERE: dict[str, str] = {}  # the values http_limits set, told apart from the user's own
 
 
 class MlflowSink(Sink):
@@ -146,13 +170,12 @@ class MlflowSink(Sink):
 
         settings = redact(dict(info.settings))  # notes, run name, group and tags reach MLflow as given: redact them
         self.run_dir, self.timeout = info.run_dir, float(settings["init_timeout"])
-        # a server that stops answering mid-run: a few quick retries, not MLflow's minutes of them
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, math.ceil(self.timeout))))
+        http_limits(max(1, math.ceil(self.timeout)))
         saved = info.state
+        # the run directory's own store (where it is now: the directory may have moved since it fell back)
         fallback = f"sqlite:///{info.run_dir / FALLBACK}"
         # connect to the URI as given (it can carry a password); what is written of it is redacted
-        self.uri = saved.get("tracking_uri") if saved.get("fallback") else tracking_uri(info.settings)
+        self.uri = fallback if saved.get("fallback") else tracking_uri(info.settings)
         self.fell_back = bool(saved.get("fallback"))
         run_name = settings.get("run_name") or redact(info.name)
         tags = {
@@ -189,8 +212,18 @@ class MlflowSink(Sink):
                 client.log_batch(run_id, params=[Param(k, v) for k, v in items[i : i + BATCH["params"]]])
             return client, run_id, {}
 
+        def undo(started) -> None:  # a server that answered after the fallback: its run would stay RUNNING
+            client, run_id, _ = started
+            if run_id == saved.get("run_id"):
+                client.set_terminated(run_id, status="KILLED")  # as the resume found it
+            else:
+                client.delete_run(run_id)
+
         try:
-            self.client, self.run_id, self.logged = within(self.timeout, lambda: start(self.uri))
+            if is_local(self.uri):  # no server to wait for: a new SQLite store takes seconds to set up
+                self.client, self.run_id, self.logged = start(self.uri)
+            else:
+                self.client, self.run_id, self.logged = within(self.timeout, lambda: start(self.uri), undo)
         except Exception as e:
             from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException as UnknownScheme
 
@@ -237,8 +270,8 @@ class MlflowSink(Sink):
                 self.log(record["step"], {k: v for k, v in record.items() if k != "step"})
 
     def state(self) -> dict[str, Any]:
-        uri = self.uri if self.fell_back else redact(self.uri)  # the local store a resume goes on with, as is
-        return {"run_id": self.run_id, "tracking_uri": uri, "fallback": self.fell_back}
+        # a resume goes on with the same run: in the run directory's store when it fell back, else at the URI given
+        return {"run_id": self.run_id, "tracking_uri": redact(self.uri), "fallback": self.fell_back}
 
     def work(self) -> None:
         """The sink's thread: each queued call in order, the metrics of the records queued one behind the other in
@@ -383,6 +416,12 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--to", help="the tracking URI (default: MLFLOW_TRACKING_URI, else the run's logger.tracking_uri)")
     args = parser.parse_args(argv)
     to = args.to or os.environ.get("MLFLOW_TRACKING_URI") or configured_uri(args.run_dir)
+    if REDACTED in to:  # the run's files keep no password: the user gives it again
+        where = args.run_dir / ".hydra" / "config.yaml"
+        said = f"error: {where} keeps logger.tracking_uri without its password ({to}): give it with --to"
+        print(said, file=sys.stderr)
+        return 2
+    http_limits(UPLOAD_TIMEOUT)
     try:
         new_id = upload(args.run_dir, to)
     except ConfigError as e:

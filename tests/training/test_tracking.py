@@ -355,6 +355,61 @@ def test_a_tracking_server_that_never_answers_falls_back_to_a_local_store_within
     assert err.startswith("error: MLflow at bogus://x: ") and err.count("\n") == 1
 
 
+def test_a_run_that_fell_back_resumes_in_its_own_store_after_its_directory_moved(tmp_path, tiny_train):
+    """The fallback store is the run directory's: a resume where the directory is now goes on there, whatever
+    the server does, and the upload command the end names holds every update."""
+    server, url = silent_server()
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    args = ["trainer.max_steps=8", "trainer.ckpt_every=4", "logger=mlflow", f"logger.tracking_uri={url}"]
+    with server:
+        with pytest.raises(Stopped):
+            tiny_train(first, [*args, "logger.init_timeout=1", "trainer.stop_at=4"])
+        first.rename(moved)
+        tiny_train(moved, [*args, "logger.init_timeout=0.001"])  # too short for any store to start within it
+    assert not first.exists()
+    client, runs = mlflow_run(f"sqlite:///{moved / 'mlflow' / 'fallback.db'}")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert_every_step_once(client, runs[0].info.run_id, moved)
+
+
+def test_a_start_given_up_on_undoes_what_it_made_when_it_answers_late():
+    """A server that answers after the fallback: the run it made would stay RUNNING there for ever."""
+    import threading
+
+    from training.mlflow_logger import within
+
+    undone, answered = [], threading.Event()
+    with pytest.raises(TimeoutError, match="no answer within 0.1 s"):
+        within(0.1, lambda: (answered.wait(5), "run-1")[1], undone.append)
+    answered.set()
+    for _ in range(100):
+        if undone:
+            break
+        time.sleep(0.05)
+    assert undone == ["run-1"]
+    assert within(5, lambda: "run-2", undone.append) == "run-2" and undone == ["run-1"]  # in time: kept
+
+
+def test_mlflow_http_limits_follow_each_run_and_never_the_users_own(monkeypatch):
+    from training.mlflow_logger import http_limits
+
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+    http_limits(5)
+    http_limits(60)  # a sweep's next job, with another logger.init_timeout
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "60" and os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "7"
+
+
+def test_an_upload_to_a_uri_saved_without_its_password_asks_for_it(tmp_path, capsys):
+    from training.mlflow_logger import main
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("logger:\n  tracking_uri: http://me:<redacted>@host:5000\n")
+    assert main(["upload", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "keeps logger.tracking_uri without its password" in err and "--to" in err
+
+
 @pytest.mark.parametrize(
     "uri, why",
     [
