@@ -430,6 +430,7 @@ def load_sharded(folder: Path, state: dict[str, Any]) -> None:
     """Fill ``state`` ({"model": …[, "optimizer": …]}, tensors of any strategy and world size) in place from the
     torch.distributed.checkpoint folder ``folder``: training resumes and sample.py loads weights through this."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
     if not (folder / ".metadata").is_file():
         raise ConfigError(f"checkpoint {folder}: its sharded state is incomplete (no .metadata)")
@@ -437,8 +438,11 @@ def load_sharded(folder: Path, state: dict[str, Any]) -> None:
         with warnings.catch_warnings():  # one process reading shards written by several: intended
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
             dcp.load(state, checkpoint_id=str(folder))
-    except Exception as e:
-        raise ConfigError(f"checkpoint {folder}: its sharded state cannot be read ({first_line(e)})") from None
+    except (Exception, CheckpointException) as e:  # a BaseException: a shard missing or cut, each rank's error in it
+        failures = getattr(e, "failures", None) or {0: (e, None)}
+        cause = next(iter(failures.values()))[0]
+        why = f"{type(cause).__name__}: {first_line(cause)}"
+        raise ConfigError(f"checkpoint {folder}: its sharded state cannot be read ({why})") from None
 
 
 def load_weights(folder: Path, state: dict[str, Any], model: torch.nn.Module) -> None:

@@ -455,6 +455,27 @@ def test_a_garbled_latest_pointer_falls_back_to_the_highest_step(tmp_path):
     assert checkpoint.latest(tmp_path) == newest == checkpoint.newest_intact(tmp_path)
 
 
+@pytest.mark.parametrize("damage", ["deleted", "cut"])
+def test_a_sharded_state_with_a_shard_missing_or_cut_is_one_line_naming_the_file(tmp_path, damage):
+    """Unchecked (written before checksums, or its record deleted): torch raises a BaseException for it."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    folder = tmp_path / "dcp"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one process, no process group: what a test may do
+        dcp.save({"model": {"w": torch.arange(64.0)}}, checkpoint_id=str(folder))
+    (shard,) = folder.glob("*.distcp")
+    if damage == "deleted":
+        shard.unlink()
+    else:
+        shard.write_bytes(shard.read_bytes()[:16])
+    with pytest.raises(ConfigError, match=rf"^checkpoint {folder}: its sharded state cannot be read \(\w+Error") as e:
+        checkpoint.load_sharded(folder, {"model": {"w": torch.zeros(64)}})
+    assert "\n" not in str(e.value)
+
+
 def test_a_checkpoint_whose_checksums_were_deleted_is_passed_over_where_an_earlier_one_has_them(tmp_path, caplog):
     model = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1, n_embd=8))
     earlier = saved_checkpoint(tmp_path, 2, model)
