@@ -14,6 +14,7 @@ docs/huggingface.md. Bad input ends with one ``error:`` line and exit code 2, wi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -59,6 +60,13 @@ def check_out(out: Path, overwrite: bool, checkpoint: Path) -> None:
     for what, inside in (("the checkpoint it exports", checkpoint), ("the current directory", Path.cwd())):
         if inside.resolve().is_relative_to(out.resolve()):
             raise ConfigError(f"out: {str(out)!r} holds {what}; give a folder of its own for the model")
+    # a run's checkpoints folder is training's: it replaces and prunes what is in it, an export with them
+    owned = checkpoint.parent if checkpoint.parent.name == "checkpoints" else checkpoint
+    if out.resolve().is_relative_to(owned.resolve()):
+        raise ConfigError(
+            f"out: {str(out)!r} is inside the checkpoints at {owned} (training replaces and prunes them); "
+            "give a folder of its own"
+        )
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ConfigError(
             f"out: {str(out)!r} already holds files; choose a new folder, or overwrite=true to replace it"
@@ -120,24 +128,30 @@ def export(cfg: DictConfig) -> Path:
     model, state = load_model(folder, torch.device("cpu"))
     tokenizer = load_checkpoint_tokenizer(folder, model)
     special, separator = run_separator(state, tokenizer, folder)
-    vocab = tokenizer.get_vocab_size()
+    # the rows in the run's softmax: the tokenizer's when the rest is padding, every one of a transformers folder's
+    vocab = model.config.padded_from or model.config.vocab_size
     hf_model = to_transformers(
         model, vocab, eos_token_id=separator, bos_token_id=separator, dtype=DTYPES[values["dtype"]]
     )
     hf_tokenizer = as_transformers_tokenizer(tokenizer, special, model.config.block_size)
+    parent = out.resolve().parent
+    made = [p for p in (parent, *parent.parents) if not p.exists()]  # innermost first: removed if it fails
     try:
         with atomic.space_for(out, hint="free some, or give out= another disk"):
-            tmp = atomic.begin(out.resolve().parent, out.name)
+            tmp = atomic.begin(parent, out.name)
             try:
                 save(hf_model, hf_tokenizer, tmp)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
             atomic.commit(tmp, out.resolve())
-    except atomic.DiskFull:
+    except BaseException as e:
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if isinstance(e, OSError) and not isinstance(e, atomic.DiskFull):  # one it may not write, or replace
+            raise ConfigError(f"out: {str(out)!r} cannot be written ({e.strerror or e})") from None
         raise
-    except OSError as e:  # a folder it may not write, or cannot replace (a mount point)
-        raise ConfigError(f"out: {str(out)!r} cannot be written ({e.strerror or e})") from None
     print(
         f"checkpoint {folder} (update {state['step']}) → {out}: {CLASSES[model.config.arch]}, "
         f"{hf_model.num_parameters() / 1e6:.2f}M parameters, vocab {vocab}, {values['dtype']}",

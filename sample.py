@@ -33,6 +33,7 @@ from training import checkpoint, distributed
 from training.config import USER_ERRORS, ConfigError, check_keys, check_overrides_or_exit, resolved
 
 SEPARATOR = "-" * 40
+SAMPLE_PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # trainer.precision's but fp8, a way to train
 
 
 def check_sample_config(cfg: Mapping[str, Any]) -> None:
@@ -123,7 +124,9 @@ def sample(cfg: DictConfig) -> list[str]:
     values = resolved(cfg)
     check_sample_config(values)
     device = distributed.resolve_device(values["device"], key="device")
-    precision = distributed.resolve_precision(values["precision"], device, key="precision")
+    precision = distributed.resolve_precision(
+        values["precision"], device, "precision", ("auto", "fp32", "bf16", "fp16")
+    )
     folder = find_checkpoint(str(values["checkpoint"]))
     model, state = load_model(folder, device)
     tokenizer = load_checkpoint_tokenizer(folder, model)

@@ -224,8 +224,8 @@ def from_transformers_state_dict(state: dict[str, torch.Tensor], config: GPTConf
 def to_transformers(
     model: GPT, vocab_size: int, *, eos_token_id: int, bos_token_id: int, dtype: torch.dtype = torch.float32
 ) -> Any:
-    """``model`` as a transformers model (``GPT2LMHeadModel`` or ``LlamaForCausalLM``) in ``dtype`` with the
-    tokenizer's ``vocab_size`` rows, its generation config greedy-ready (end-of-text as eos and pad)."""
+    """``model`` as a transformers model (``GPT2LMHeadModel`` or ``LlamaForCausalLM``) in ``dtype`` with its first
+    ``vocab_size`` rows (those of its softmax), its generation config greedy-ready (end-of-text as eos and pad)."""
     t = require_transformers("exporting to transformers")
     config = transformers_config(model.config, vocab_size, eos_token_id=eos_token_id, bos_token_id=bos_token_id)
     weights = to_transformers_state_dict(model.state_dict(), model.config, vocab_size)

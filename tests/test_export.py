@@ -147,9 +147,10 @@ def test_a_full_disk_or_an_out_folder_that_cannot_be_replaced_is_one_line_and_le
         raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     monkeypatch.setattr(export_module, "save", full)
-    with pytest.raises(DiskFull, match=f"^no space left .*{out}.*another disk") as info:
-        export(compose([f"checkpoint={run}", f"out={out}"], config_name="export"))
-    assert "\n" not in str(info.value) and list(tmp_path.iterdir()) == []
+    for where in (out, tmp_path / "new" / "folders" / "out"):  # the folders it made for it go too
+        with pytest.raises(DiskFull, match=f"^no space left .*{where}.*another disk") as info:
+            export(compose([f"checkpoint={run}", f"out={where}"], config_name="export"))
+        assert "\n" not in str(info.value) and list(tmp_path.iterdir()) == []
     monkeypatch.undo()
 
     out.mkdir()  # an empty mount point: it cannot be renamed aside
@@ -183,6 +184,12 @@ def test_overwrite_never_replaces_a_folder_that_holds_the_checkpoint_or_the_curr
         with pytest.raises(ConfigError, match=f"^out: '{out}' holds {what}; ") as info:
             export(compose([f"checkpoint={run}", f"out={out}", "overwrite=true"], config_name="export"))
         assert "\n" not in str(info.value)
+    step = find_checkpoint(str(run))
+    for out in (step / "hf", step.parent / "exported"):  # where the next run's pruning would delete it
+        with pytest.raises(
+            ConfigError, match=f"^out: '{out}' is inside the checkpoints at {step.parent} \\(training replaces"
+        ):
+            export(compose([f"checkpoint={step}", f"out={out}"], config_name="export"))
     assert sorted(p for p in run.rglob("*")) == kept and (work / "here").is_dir()
 
 

@@ -88,11 +88,13 @@ def resolve_device(choice: str, local_rank: int = 0, key: str = "trainer.device"
     return torch.device(choice)
 
 
-def resolve_precision(choice: str, device: torch.device, key: str = "trainer.precision") -> str:
-    """``trainer.precision`` (or ``key``): auto is bf16 on CUDA GPUs that support it, fp16 on older ones, else
-    fp32; fp8 only where :func:`check_fp8` allows it."""
-    if choice not in PRECISIONS:
-        raise ConfigError(key, f"one of {', '.join(PRECISIONS)}", choice)
+def resolve_precision(
+    choice: str, device: torch.device, key: str = "trainer.precision", allowed: tuple[str, ...] = PRECISIONS
+) -> str:
+    """``trainer.precision`` (or ``key``, one of ``allowed``): auto is bf16 on CUDA GPUs that support it, fp16 on
+    older ones, else fp32; fp8 only where :func:`check_fp8` allows it."""
+    if choice not in allowed:
+        raise ConfigError(key, f"one of {', '.join(allowed)}", choice)
     cuda = device.type == "cuda"
     if choice == "auto":
         if cuda:
@@ -106,32 +108,32 @@ def resolve_precision(choice: str, device: torch.device, key: str = "trainer.pre
     if choice == "fp16" and device.type == "cpu":
         raise ConfigError(key, "fp32 or bf16 on the CPU (fp16 needs a GPU)", "fp16")
     if choice == "fp8":
-        check_fp8(device)
+        check_fp8(device, key)
     return choice
 
 
 FP8_CAPABILITY = (8, 9)  # Ada and Hopper onwards: the first GPUs with fp8 tensor cores
 
 
-def check_fp8(device: torch.device) -> None:
+def check_fp8(device: torch.device, key: str = "trainer.precision") -> None:
     """``trainer.precision=fp8`` needs a CUDA GPU with fp8 tensor cores and torchao; refused in one line elsewhere."""
     if device.type != "cuda":
         where = device.type.upper()
         raise ConfigError(
-            "trainer.precision",
+            key,
             f"fp32 or bf16 on the {where} (fp8 needs a CUDA GPU of compute capability 8.9 or newer)",
             "fp8",
         )
     if torch.cuda.get_device_capability(device) < FP8_CAPABILITY:
         name = torch.cuda.get_device_name(device)
         raise ConfigError(
-            "trainer.precision",
+            key,
             f"bf16, fp16 or fp32 on {name} (fp8 needs compute capability 8.9 or newer: Ada, Hopper, Blackwell)",
             "fp8",
         )
     if importlib.util.find_spec("torchao") is None:
         raise ConfigError(
-            "trainer.precision=fp8 needs torchao's float8 training: pip install torchao (or the project's gpu extra)"
+            f"{key}=fp8 needs torchao's float8 training: pip install torchao (or the project's gpu extra)"
         )
 
 

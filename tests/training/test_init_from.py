@@ -125,6 +125,13 @@ def test_the_first_evaluation_of_an_imported_model_is_transformers_own_loss(save
 
     out = export(compose([f"checkpoint={run}", f"out={tmp_path / 'exported'}"], config_name="export"))
     assert set(cfg.data.special_tokens) <= set(AutoTokenizer.from_pretrained(out).all_special_tokens)
+    # with every row of the folder's vocabulary (Llama's 320 over its tokenizer's 300), each in the run's softmax
+    exported = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert exported.config.vocab_size == theirs.config.vocab_size
+    with torch.no_grad():
+        losses = [exported(input_ids=x, labels=y, shift_labels=y.contiguous()).loss for x, y in batches]
+    last = [r for r in read_metrics(run) if "val/loss" in r][-1]
+    assert last["step"] == 1 and abs(last["val/loss"] - torch.stack(losses).mean().item()) < 1e-5
 
 
 def test_the_folders_end_of_text_separates_documents_unless_data_special_tokens_is_given(saved):
