@@ -226,7 +226,9 @@ class Schedule:
         if unknown:
             allowed = ", ".join(_key(p, keys) for p in accepted)
             raise ScheduleError(f"{_key(unknown[0], keys)} is not a parameter of schedule {name!r}; it takes {allowed}")
-        needed = [p for p in accepted if signature[p].default is inspect.Parameter.empty and p not in params]
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)  # not *args, **keys
+        needed = [p for p, v in signature.items() if p != "t" and v.kind in named and v.default is v.empty]
+        needed = [p for p in needed if p not in params]
         if needed and name not in SCHEDULES:  # the template's own say what they need in validate's words
             raise ScheduleError(f"{_key(needed[0], keys)}: schedule {name} needs it, and it is not set")
         validate(name, params, keys)

@@ -511,6 +511,8 @@ def test_a_forks_schedule_that_cannot_run_is_one_line_naming_the_key(tmp_path, m
         "    return heights[t // 50]\n"  # one height: an IndexError from update 50 on
         "def floorless(t, *, total_steps, warmup_steps=0):\n"
         "    return 1.0\n"
+        "def open_ended(t, *, total_steps, warmup_steps=0, min_lr_ratio=0.0, **others):\n"
+        "    return 1.0\n"
     )
     (tmp_path / "fork_broken.py").write_text("def step(t:\n")
     (tmp_path / "fork_raising.py").write_text("raise RuntimeError('no GPU here')\n")
@@ -532,3 +534,4 @@ def test_a_forks_schedule_that_cannot_run_is_one_line_naming_the_key(tmp_path, m
         with pytest.raises(ScheduleError, match=message):
             Schedule(name, **resolved, **own)
     assert Schedule("fork_lambdas.levels", **resolved, heights=[1.0, 0.5])(99) == 0.5
+    assert Schedule("fork_lambdas.open_ended", **resolved)(99) == 1.0  # **others needs nothing
