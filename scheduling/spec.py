@@ -216,7 +216,8 @@ class Schedule:
     def __init__(self, name: str, keys: Mapping[str, str] = CONFIG_KEYS, **params: Any):
         signature = inspect.signature(schedule_function(name, _key("name", keys))).parameters
         accepted = [p for p in signature if p != "t"]
-        unknown = sorted(set(params) - set(accepted))
+        any_key = any(v.kind is v.VAR_KEYWORD for v in signature.values())
+        unknown = [] if any_key else sorted(set(params) - set(accepted))
         resolved = [p for p in unknown if p in _RESOLVED]
         if resolved and name not in SCHEDULES:  # a fork's λ that lacks what the template passes every schedule
             raise ScheduleError(

@@ -535,3 +535,4 @@ def test_a_forks_schedule_that_cannot_run_is_one_line_naming_the_key(tmp_path, m
             Schedule(name, **resolved, **own)
     assert Schedule("fork_lambdas.levels", **resolved, heights=[1.0, 0.5])(99) == 0.5
     assert Schedule("fork_lambdas.open_ended", **resolved)(99) == 1.0  # **others needs nothing
+    assert Schedule("fork_lambdas.open_ended", **resolved, shape="any")(99) == 1.0  # and takes any key
