@@ -43,6 +43,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "== missing: ${missing[*]} (pip install -e . where there is network, else carry wheels: WHEELS=<folder>)"
     exit 2
 fi
+if [ "$DEVICE" != cuda ] && [ "$ONLY" != all ]; then
+    for name in cuda-tests fp8-medium; do wanted "$name" && echo "== $name: runs with DEVICE=cuda only"; done
+fi
+# the CUDA steps where there is no GPU would skip their tests and refuse their device: a pass that measured nothing
+if [ "$DEVICE" = cuda ] && ! python -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+    echo "== no CUDA GPU here (torch.cuda.is_available() is False): run it on one, or try it with DEVICE=cpu"
+    exit 2
+fi
 
 bench=(python bench/throughput.py --device "$DEVICE")
 head=(--vocab-size 50304)  # GPT-2's padded vocabulary, without training a tokenizer that large

@@ -58,11 +58,15 @@ from data import TrainBatches, prepare  # noqa: E402
 from model import GPT, GPTConfig, padded_vocab  # noqa: E402
 from model.flops import cpu_name, cpu_peak_flops, measure_matmul_flops, model_flops_per_token, peak_flops  # noqa: E402
 from scheduling import build_scheduler, schedule_from_config  # noqa: E402
-from scheduling.spec import CommandLine, at_least  # noqa: E402
 from training import distributed  # noqa: E402
 from training.config import USER_ERRORS, ConfigError, check_config, check_overrides, compose, grad_accum_steps  # noqa: E402
 from training.engine import train_update  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
+
+try:
+    from scheduling.spec import CommandLine, at_least
+except ImportError:  # an older tree's modules: a --compare-ref side, whose arguments this tree checked already
+    CommandLine, at_least = argparse.ArgumentParser, lambda low: int
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -424,6 +428,9 @@ def serve(args: argparse.Namespace, cfg) -> None:
 
 def check_ref(ref: str) -> None:
     if Path(ref).is_dir():
+        missing = [f for f in ("model/gpt.py", "training/engine.py", "train.py") if not (Path(ref) / f).is_file()]
+        if missing:  # an installed template would stand in for what the folder lacks: this tree against itself
+            raise ConfigError(f"--compare-ref: {ref!r} holds no tree of the template (no {missing[0]})")
         return
     found = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], capture_output=True

@@ -98,9 +98,9 @@ def resolve_precision(
     cuda = device.type == "cuda"
     if choice == "auto":
         if cuda:
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            return "bf16" if cuda_has_bf16() else "fp16"
         return "fp32"
-    if choice == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+    if choice == "bf16" and cuda and not cuda_has_bf16():
         name = torch.cuda.get_device_name(device)
         raise ConfigError(key, f"fp16 or fp32 on {name} (it has no bf16 support)", "bf16")
     if choice == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
@@ -164,12 +164,20 @@ def cpu_flags() -> str:
 
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively: it has bf16 instructions (AVX512-BF16 or AMX) and oneDNN, which
-    runs torch's CPU bf16 matmuls, is not capped below them (``ONEDNN_MAX_CPU_ISA``). Without them bf16 math is
-    emulated, several times slower than fp32. Where the flags can't be read, assume it has."""
-    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ONEDNN_WITHOUT_BF16:
-        return False
+    runs torch's CPU bf16 matmuls, is not capped below them (``ONEDNN_MAX_CPU_ISA``, or its older name
+    ``DNNL_MAX_CPU_ISA``). Without them bf16 math is emulated, several times slower than fp32. Where the flags
+    can't be read (macOS, Windows), assume it has not: fp32 is never the slow choice."""
+    for cap in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        if os.environ.get(cap, "").upper() in ONEDNN_WITHOUT_BF16:
+            return False
     flags = cpu_flags()
-    return not flags or any(flag in flags for flag in (" avx512_bf16", " amx_bf16"))
+    return any(flag in flags for flag in (" avx512_bf16", " amx_bf16"))
+
+
+def cuda_has_bf16() -> bool:
+    """Whether this CUDA GPU computes in bf16 natively (Ampere on); torch's own answer counts an older GPU that only
+    emulates it (V100, T4), slower than its fp16."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def resolve_compile(choice, device: torch.device) -> bool:

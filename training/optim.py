@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from training.config import ConfigError
-from training.distributed import cpu_has_fast_bf16
+from training.distributed import cpu_has_fast_bf16, cuda_has_bf16
 
 log = logging.getLogger("train")
 NS_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -98,13 +98,7 @@ def resolve_ns_dtype(choice: str, device: torch.device) -> tuple[str, str]:
     """``optim.muon.ns_dtype`` and why: auto is bfloat16 where the device multiplies bf16 natively (CUDA GPUs with
     bf16, CPUs with AVX512-BF16 or AMX), else float32 — emulated bf16 costs about ten times float32 there. An
     explicit bfloat16 on such a device is warned about once."""
-    native = (
-        torch.cuda.is_bf16_supported()
-        if device.type == "cuda"
-        else cpu_has_fast_bf16()
-        if device.type == "cpu"
-        else False
-    )
+    native = cuda_has_bf16() if device.type == "cuda" else cpu_has_fast_bf16() if device.type == "cpu" else False
     where = {"cuda": "this GPU", "cpu": "this CPU"}.get(device.type, f"the {device.type} device")
     if choice == "auto":
         if native:

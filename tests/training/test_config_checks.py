@@ -157,10 +157,11 @@ def test_cuda_on_a_machine_without_cuda_is_refused():
 
 def test_bf16_on_a_gpu_without_bf16_is_refused(monkeypatch):
     """The message for an older GPU (V100, T4); the GPU itself is absent here, so torch.cuda answers as one would."""
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100-SXM2-16GB")
     with pytest.raises(ConfigError, match=r"trainer.precision must be fp16 or fp32 on Tesla V100.*got 'bf16'"):
         resolve_precision("bf16", torch.device("cuda", 0))
+    assert resolve_precision("auto", torch.device("cuda", 0)) == "fp16"  # its bf16 is emulated: slower than fp16
 
 
 def test_fp8_on_the_cpu_is_refused():

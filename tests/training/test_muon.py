@@ -78,7 +78,10 @@ def test_auto_picks_bf16_only_where_the_cpu_multiplies_it_natively(monkeypatch, 
 
 def test_auto_on_a_gpu_follows_its_bf16_support(monkeypatch):
     for supported, expected in ((True, "bfloat16"), (False, "float32")):
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, s=supported, **k: s)
+        # torch's answer by default counts emulation: a V100 says yes unless asked for native bf16
+        monkeypatch.setattr(
+            torch.cuda, "is_bf16_supported", lambda including_emulation=True, s=supported: s or including_emulation
+        )
         assert resolve_ns_dtype("auto", torch.device("cuda", 0))[0] == expected
 
 
@@ -103,7 +106,12 @@ def test_a_cpu_capped_by_onednn_below_bf16_counts_as_without_it(monkeypatch, isa
     assert distributed.cpu_has_fast_bf16() is fast
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
     assert distributed.cpu_has_fast_bf16()
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", isa)  # its older name, which oneDNN still reads
+    assert distributed.cpu_has_fast_bf16() is fast
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA")
     monkeypatch.setattr(distributed, "cpu_flags", lambda: "fpu avx2 fma")
+    assert not distributed.cpu_has_fast_bf16()
+    monkeypatch.setattr(distributed, "cpu_flags", lambda: "")  # no /proc/cpuinfo (macOS, Windows): fp32, never slow
     assert not distributed.cpu_has_fast_bf16()
 
 
