@@ -14,6 +14,7 @@ the figure is the checksum's cost, not the disk's.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -41,19 +42,29 @@ def best_seconds(work, reps: int) -> float:
     return min(times)
 
 
+def gigabytes(text: str) -> float:
+    """--gb: a size the file is written in, 128 MiB at a time, up to 1 TiB."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.125 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"must be a number of GB in [0.125, 1024], got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     p = CommandLine(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--gb", type=float, default=1.0, help="size of the synthetic token file, in GB (2^30 bytes)")
+    p.add_argument("--gb", type=gigabytes, default=1.0, help="size of the synthetic token file, in GB (2^30 bytes)")
     p.add_argument("--reps", type=at_least(1), default=3, help="timed repetitions; the best is reported")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py (e.g. data=tinystories)")
     args = p.parse_args(argv)
     try:
         cfg = compose_checked(["logger=none", *args.overrides])
+        cache = prepare(cfg.data)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-
-    cache = prepare(cfg.data)
     size = sum((cache.path / f"{split}.bin").stat().st_size for split in ("train", "val"))
     seconds = best_seconds(lambda: inspect(cache.path), args.reps)
     print(f"{cache.path.name}: token files {size / 1e6:.1f} MB, reuse check {seconds * 1e3:.1f} ms")

@@ -20,7 +20,6 @@ machines.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import os
@@ -30,6 +29,10 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the template's root
+
+from scheduling.spec import CommandLine, at_least  # noqa: E402
 
 SECTIONS = ("1", "5", "7", "8")
 
@@ -88,13 +91,13 @@ def package_readmes() -> Iterator[tuple[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = CommandLine(description=__doc__.split("\n\n")[0])
     p.add_argument("--source", choices=("man", "readmes", "info"), default="man", help="where the text comes from")
     p.add_argument("--out", required=True, help="folder for the .txt files (made if absent)")
     p.add_argument(
-        "--max-bytes", type=int, default=None, help="stop after this many bytes (default: 1 MB; all readmes)"
+        "--max-bytes", type=at_least(1), default=None, help="stop after this many bytes (default: 1 MB; all readmes)"
     )
-    p.add_argument("--min-chars", type=int, default=2000, help="leave out shorter documents (default 2000)")
+    p.add_argument("--min-chars", type=at_least(0), default=2000, help="leave out shorter documents (default 2000)")
     p.add_argument("--man-dir", type=Path, default=Path("/usr/share/man"), help="where the manual pages are")
     p.add_argument("--info-dir", type=Path, default=Path("/usr/share/info"), help="where the GNU manuals are")
     args = p.parse_args(argv)

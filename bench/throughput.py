@@ -522,6 +522,17 @@ def report(
         )
 
 
+def against_configs(args: argparse.Namespace) -> list:
+    """The config of each ``--against``: the command line's with its overrides added, checked."""
+    configs = []
+    for extra in args.against:
+        try:
+            configs.append(compose_config(args, shlex.split(extra)))
+        except ValueError as e:  # an unbalanced quote, or an override the config refuses
+            raise ConfigError(f"--against {extra!r}: {e}") from None
+    return configs
+
+
 def against(
     args: argparse.Namespace,
     d: distributed.Dist,
@@ -534,11 +545,7 @@ def against(
     one a loop of this process (its own model, batches, optimizer, precision and compile), taking turns."""
     steps = {"as given": template}
     tokens, flops = {"as given": batches.tokens_per_update}, {"as given": model_flops_per_token(raw_model)}
-    for i, extra in enumerate(args.against, 1):
-        try:
-            cfg = compose_config(args, shlex.split(extra))
-        except ValueError as e:  # an unbalanced quote, or an override the config refuses
-            raise ConfigError(f"--against {extra!r}: {e}") from None
+    for i, (extra, cfg) in enumerate(zip(args.against, against_configs(args), strict=True), 1):
         step, model, its_batches, _, precision, use_compile = template_for(cfg, d, args)
         name = f"+{i}"
         steps[name], tokens[name], flops[name] = step, its_batches.tokens_per_update, model_flops_per_token(model)
@@ -568,10 +575,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.against:
             raise ConfigError("--compare-ref and --against: give one of them")
         check_ref(args.compare_ref)
+    against_configs(args)  # a bad --against is one line before any work
     d = distributed.init(cfg.trainer.device)  # one process: no process group, just the device
     device = d.device
     template, raw_model, batches, vocab, precision, use_compile = template_for(cfg, d, args)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    # fp8 runs its blocks' matmuls in fp8 and the rest in bf16: the bf16 rate (fp8's own is higher)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}.get(precision, torch.float32)
     if device.type == "cpu" and args.refresh_peak:
         cpu_peak_flops(refresh=True)
         if dtype == torch.bfloat16:
@@ -596,7 +605,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.warmup} warm-up + {args.steps} timed updates × {args.repeats} repetitions per loop"
     )
     peak = f"{peaks['peak'] / 1e12:.3g} TFLOP/s" if peaks["peak"] else "unknown for this device"
-    print(f"MFU against: peak {peak}; matmul {peaks['matmul'] / 1e12:.3g} TFLOP/s ({precision}, measured now)")
+    rate = f"{str(dtype).removeprefix('torch.')} matmuls, measured now"
+    print(f"MFU against: peak {peak}; matmul {peaks['matmul'] / 1e12:.3g} TFLOP/s ({rate})")
 
     if args.compare_ref:
         del template, raw_model  # each side builds its own

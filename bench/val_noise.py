@@ -27,6 +27,7 @@ from data import ValBatches, prepare  # noqa: E402
 from sample import load_model  # noqa: E402
 from scheduling.spec import CommandLine  # noqa: E402
 from training import checkpoint  # noqa: E402
+from training.config import USER_ERRORS  # noqa: E402
 
 
 def window_losses(run_dir: Path) -> torch.Tensor:
@@ -59,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = CommandLine(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories with a final checkpoint")
     args = parser.parse_args(argv)
-    per_run = {run: window_losses(run) for run in args.runs}
+    try:
+        per_run = {run: window_losses(run) for run in args.runs}
+    except USER_ERRORS as e:  # a damaged checkpoint, a token cache gone
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"{'run':<40} {'windows':>7} {'val/loss':>9} {'spread':>7} {'std error':>10}")
     for run, w in per_run.items():
         se = w.std().item() / math.sqrt(len(w))
