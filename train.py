@@ -58,7 +58,8 @@ def train(
     cfg = with_init_from(cfg, overrides)  # model.init_from: the shape and tokenizer of a transformers folder
     check_config(cfg)
     with space_for(run_dir):  # a full disk wherever the run writes: DiskFull, one line naming the file
-        run = build_run(cfg, run_dir, sweep=sweep, started=started)
+        with peers_answering(lambda: "as the run started", None):  # a rank lost while the data is prepared
+            run = build_run(cfg, run_dir, sweep=sweep, started=started)
         status = "failed"
         try:
             final_val = fit(run)
@@ -68,7 +69,9 @@ def train(
             status = "preempted"
             raise
         finally:
-            with StopSignals() as late:  # a signal now would cut the trackers' last records: the ending goes first
+            # a signal now would cut the trackers' last records: the ending goes first; a rank lost now (rank 0
+            # alone samples and reports) ends the others' wait at the last barrier
+            with StopSignals() as late, peers_answering(lambda: "as the run ended", None):
                 run.finish(status)
                 if status == "preempted" and run.dist.distributed:
                     # saved and ended on every rank: torchrun's SIGTERM, sent once the first rank has exited 75,
@@ -180,6 +183,7 @@ def main(cfg: DictConfig) -> float:
         if launch.before is not None and distributed.env_world()[0] == 0 and not isinstance(e, run_lock.RunInUse):
             launch.before.undo(run_dir)  # refused before it wrote: the directory as this launch found it
         print(f"error: {e}", file=sys.stderr)
+        distributed.shutdown()  # refused after the ranks joined: a live gloo group can abort the interpreter's exit
         sys.exit(2)
     if sweep is not None:
         launch.end_sweep_if_signalled(hc, again)

@@ -33,7 +33,7 @@ from scheduling import build_scheduler, schedule_from_config
 from scheduling.spec import first_line
 from training import budget, checkpoint, distributed, run_lock, summary
 from training.components import build, build_refusing, find
-from training.config import LIST_GROUPS, ConfigError, check_stop_at, grad_accum_steps
+from training.config import LIST_GROUPS, USER_ERRORS, ConfigError, check_stop_at, grad_accum_steps
 from training.engine import Model, TrainStep, Update, build_model
 from training.evaluation import EvalContext, Evaluations
 from training.init_from import initial_weights, model_vocab
@@ -291,20 +291,28 @@ def build_run(
         prompt = max(1, len(tokenizer.encode(trainer.sample_prompt, add_special_tokens=False).ids))  # "": one token
         sample_now = lambda n: sample(model.raw, tokenizer, cfg, n, model.how.autocast)  # noqa: E731
         sinks = [find(node, f"logger.sinks.{name}") for name, node in (cfg.logger.sinks or {}).items()]
-        plan = budget.measure_plan(
-            trainer,
-            started,
-            step=TrainStep(model, None, None),
-            optimizer=lambda: build_optimizer(model.raw, optim, dist.device),
-            micro_batches=train_batches.micro_batches,
-            evaluate=lambda: evaluations(model.module),
-            sample=sample_now if samples_here(trainer, dist, model.strategy) else None,
-            window=lambda: full_context_forward(model.raw, model.how.autocast),
-            cached=cfg.model.block_size - prompt,
-            n_params=model.raw.num_params(),
-            sinks=sinks,
-        )
-        return distributed.broadcast_object(plan)
+        try:
+            plan = budget.measure_plan(
+                trainer,
+                started,
+                step=TrainStep(model, None, None),
+                optimizer=lambda: build_optimizer(model.raw, optim, dist.device),
+                micro_batches=train_batches.micro_batches,
+                evaluate=lambda: evaluations(model.module),
+                sample=sample_now if samples_here(trainer, dist, model.strategy) else None,
+                window=lambda: full_context_forward(model.raw, model.how.autocast),
+                cached=cfg.model.block_size - prompt,
+                n_params=model.raw.num_params(),
+                sinks=sinks,
+            )
+        except USER_ERRORS as e:  # a budget too short: rank 0's verdict, as its plan, is every rank's
+            if not dist.distributed:
+                raise
+            plan = ConfigError(str(e))
+        plan = distributed.broadcast_object(plan)
+        if isinstance(plan, ConfigError):
+            raise plan
+        return plan
 
     # T, fixed before update 0; then the optimizer and the schedule that ends at T
     T, budget_record = budget.total_steps(trainer, train_batches.tokens_per_update, state, measure)

@@ -31,31 +31,31 @@ LOG_WAIT_S = 5.0  # how long a fault's report waits for stderr and the log file 
 
 
 class PeerLost(Exception):
-    """Another rank stopped answering (or left) while this one waited for it in a collective; or, with no
-    ``update``, not every rank joined the process group."""
+    """Another rank stopped answering (or left) while this one waited for it in a collective, at ``where`` (an
+    update, or a phrase: "as the run started"); or, with no ``where``, not every rank joined the process group.
+    ``timeout``: trainer.collective_timeout when it bounded the wait."""
 
-    def __init__(self, update: int | None, timeout: float, reason: str):
-        if update is None:
+    def __init__(self, where: int | str | None, timeout: float | None, reason: str):
+        if where is None:
             what, hint = "the ranks did not all join", "once every rank can start (see each one's output)"
         else:
-            what, hint = f"update {update}: another rank stopped answering", "to resume from the latest checkpoint"
-        super().__init__(
-            f"{what} (trainer.collective_timeout={timeout:g} s; {reason}); exiting with {EXIT_HUNG}: run the same "
-            f"command again {hint}"
-        )
+            at = f"update {where}" if isinstance(where, int) else where
+            what, hint = f"{at}: another rank stopped answering", "to resume from the latest checkpoint"
+        limit = f"trainer.collective_timeout={timeout:g} s; " if timeout is not None else ""
+        super().__init__(f"{what} ({limit}{reason}); exiting with {EXIT_HUNG}: run the same command again {hint}")
 
 
 @contextlib.contextmanager
-def peers_answering(update: Callable[[], int], timeout: float) -> Iterator[None]:
+def peers_answering(where: Callable[[], int | str], timeout: float | None) -> Iterator[None]:
     """Turn a collective's failure because another rank stopped answering or left into ``PeerLost`` naming
-    ``update()``, the update in progress."""
+    ``where()``, the update in progress (or the phase of the run)."""
     try:
         yield
     except RuntimeError as e:
         reason = peer_failure(e)
         if reason is None:
             raise
-        raise PeerLost(update(), timeout, reason) from None
+        raise PeerLost(where(), timeout, reason) from None
 
 
 def log_files() -> list[logging.FileHandler]:

@@ -311,6 +311,36 @@ def test_a_port_in_use_is_not_taken_for_a_rank_that_never_joined(tmp_path, data_
     assert proc.returncode not in (0, EXIT_HUNG) and "address already in use" in said, proc.stderr[-2000:]
 
 
+def test_a_rank_lost_as_the_run_ends_ends_the_others_wait_in_one_line(tmp_path, data_cache):
+    """Rank 0 alone samples and reports at the end, while the others wait for it at the last barrier: each rank its
+    own process, rank 0 dies in its sink's finish."""
+    env = {
+        **os.environ,
+        "GPT_DATA_CACHE": str(data_cache),
+        "OMP_NUM_THREADS": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "WORLD_SIZE": "2",
+    }
+    args = [*FAULT_ARGS, "trainer.max_steps=4", "+logger.sinks.dies._target_=tests.training.fork_parts.DiesAtFinish"]
+    cmd = [sys.executable, str(ROOT / "train.py"), *TINY, *args, f"hydra.run.dir={tmp_path / 'run'}"]
+    ranks = [
+        subprocess.Popen(
+            cmd, cwd=ROOT, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stderr=subprocess.PIPE, text=True
+        )
+        for r in (0, 1)
+    ]
+    try:
+        outs = [proc.communicate(timeout=300)[1] for proc in ranks]
+    finally:
+        for proc in ranks:
+            proc.kill()
+    assert ranks[0].returncode == 1 and ranks[1].returncode == EXIT_HUNG, outs[1][-3000:]
+    errors = [line for line in outs[1].splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in outs[1], outs[1][-3000:]
+    assert errors[0].startswith("error: as the run ended: another rank stopped answering (")
+
+
 def test_under_torchrun_max_restarts_a_hung_rank_restarts_the_group_from_latest_bit_for_bit(
     tmp_path, data_cache, two_ranks_uninterrupted
 ):
