@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from training.distributed import peer_failure
+from training.distributed import is_initialized, peer_failure
 
 log = logging.getLogger("train")
 
@@ -53,7 +53,7 @@ def peers_answering(where: Callable[[], int | str], timeout: float | None) -> It
         yield
     except RuntimeError as e:
         reason = peer_failure(e)
-        if reason is None:
+        if reason is None or not is_initialized():  # no group yet: the start's own error (a port in use), as it is
             raise
         raise PeerLost(where(), timeout, reason) from None
 
