@@ -51,8 +51,8 @@ def tracking_uri(settings: Mapping[str, Any]) -> str:
 
 
 def is_local(uri: str) -> bool:
-    """A store on this machine (a database file, a folder), not a server's."""
-    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+    """A store on this machine (a database file, a folder), not a server's (Databricks' is named without ://)."""
+    return uri.startswith(("sqlite:", "file:")) or ("://" not in uri and not uri.startswith("databricks"))
 
 
 def unusable(uri: str) -> str | None:
@@ -212,9 +212,11 @@ class MlflowSink(Sink):
                 client.log_batch(run_id, params=[Param(k, v) for k, v in items[i : i + BATCH["params"]]])
             return client, run_id, {}
 
+        resumed = saved.get("run_id")  # before the fallback forgets it
+
         def undo(started) -> None:  # a server that answered after the fallback: its run would stay RUNNING
             client, run_id, _ = started
-            if run_id == saved.get("run_id"):
+            if run_id == resumed:
                 client.set_terminated(run_id, status="KILLED")  # as the resume found it
             else:
                 client.delete_run(run_id)
@@ -415,12 +417,14 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("run_dir", type=Path)
     up.add_argument("--to", help="the tracking URI (default: MLFLOW_TRACKING_URI, else the run's logger.tracking_uri)")
     args = parser.parse_args(argv)
-    to = args.to or os.environ.get("MLFLOW_TRACKING_URI") or configured_uri(args.run_dir)
-    if REDACTED in to:  # the run's files keep no password: the user gives it again
-        where = args.run_dir / ".hydra" / "config.yaml"
-        said = f"error: {where} keeps logger.tracking_uri without its password ({to}): give it with --to"
-        print(said, file=sys.stderr)
-        return 2
+    to = args.to or os.environ.get("MLFLOW_TRACKING_URI")
+    if not to:
+        to = configured_uri(args.run_dir)
+        if REDACTED in to:  # the run's files keep no password: the user gives it again
+            where = args.run_dir / ".hydra" / "config.yaml"
+            said = f"error: {where} keeps logger.tracking_uri without its password ({to}): give it with --to"
+            print(said, file=sys.stderr)
+            return 2
     http_limits(UPLOAD_TIMEOUT)
     try:
         new_id = upload(args.run_dir, to)

@@ -390,6 +390,47 @@ def test_a_start_given_up_on_undoes_what_it_made_when_it_answers_late():
     assert within(5, lambda: "run-2", undone.append) == "run-2" and undone == ["run-1"]  # in time: kept
 
 
+def test_a_resume_whose_server_answers_after_the_fallback_leaves_its_run_killed_not_deleted(tmp_path, monkeypatch):
+    """The server's run is the user's history: a late answer to the resume's start sets it back as it was found."""
+    import threading
+
+    import mlflow
+
+    from training.loggers import RunInfo
+    from training.mlflow_logger import MlflowSink
+
+    calls, done, real = [], threading.Event(), mlflow.MlflowClient
+
+    class SlowServer:
+        def __init__(self, tracking_uri):
+            self.real = None if tracking_uri.startswith("http") else real(tracking_uri=tracking_uri)
+
+        def __getattr__(self, name):
+            if self.real is not None:
+                return getattr(self.real, name)
+
+            def call(*args, **kwargs):
+                calls.append((name, args, kwargs))
+                if name == "get_run":
+                    time.sleep(1.0)  # past init_timeout
+                    return type(
+                        "Run", (), {"data": type("Data", (), {"to_proto": lambda: type("P", (), {"metrics": []})})}
+                    )
+                if name in ("set_terminated", "delete_run"):
+                    done.set()
+
+            return call
+
+    monkeypatch.setattr(mlflow, "MlflowClient", SlowServer)
+    state = {"run_id": "SERVER-RUN", "tracking_uri": "http://127.0.0.1:9", "fallback": False}
+    settings = {"project": "p", "init_timeout": 0.3, "tracking_uri": "http://127.0.0.1:9"}
+    sink = MlflowSink(RunInfo(tmp_path, {}, settings, total_steps=10, start=4, state=state))
+    assert sink.fell_back and done.wait(10)
+    assert [c[0] for c in calls] == ["get_run", "update_run", "set_terminated"]
+    assert calls[-1][1:] == (("SERVER-RUN",), {"status": "KILLED"})
+    sink.finish("ok", {})
+
+
 def test_mlflow_http_limits_follow_each_run_and_never_the_users_own(monkeypatch):
     from training.mlflow_logger import http_limits
 
