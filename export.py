@@ -25,10 +25,11 @@ from typing import Any
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from data import atomic
 from data.tokenizer import as_transformers_tokenizer
+from model import GPTConfig
 from model.hf import CLASSES, quiet, require_transformers, to_transformers
 from sample import find_checkpoint, load_checkpoint_tokenizer, load_model, run_separator
 from training.config import USER_ERRORS, ConfigError, check_keys, check_overrides_or_exit, resolved
@@ -77,6 +78,16 @@ def check_out(out: Path, overwrite: bool, checkpoint: Path) -> None:
             f"out: {str(out)!r} holds more than a model folder ({', '.join(others[:3])}"
             f"{', …' if len(others) > 3 else ''}); overwrite=true replaces only an earlier export: choose a new folder"
         )
+
+
+def softmax_rows(config: GPTConfig, state: Mapping[str, Any], tokenizer_size: int) -> int:
+    """The rows the export keeps: the tokenizer's where the rest is padding (out of the softmax since
+    ``padded_from``, dropped as padding before it), every row of a ``model.init_from`` folder's own vocabulary,
+    each of which was in the run's softmax."""
+    if config.padded_from is not None:
+        return config.padded_from
+    init_from = OmegaConf.select(OmegaConf.create(state.get("config") or {}), "model.init_from")
+    return config.vocab_size if init_from else tokenizer_size
 
 
 def is_model_file(path: Path) -> bool:
@@ -128,8 +139,7 @@ def export(cfg: DictConfig) -> Path:
     model, state = load_model(folder, torch.device("cpu"))
     tokenizer = load_checkpoint_tokenizer(folder, model)
     special, separator = run_separator(state, tokenizer, folder)
-    # the rows in the run's softmax: the tokenizer's when the rest is padding, every one of a transformers folder's
-    vocab = model.config.padded_from or model.config.vocab_size
+    vocab = softmax_rows(model.config, state, tokenizer.get_vocab_size())
     hf_model = to_transformers(
         model, vocab, eos_token_id=separator, bos_token_id=separator, dtype=DTYPES[values["dtype"]]
     )

@@ -219,3 +219,17 @@ def test_bad_export_settings_name_the_key():
     for key, value in [("checkpoint", "???"), ("out", None), ("dtype", "fp16"), ("overwrite", "yes"), ("outt", "x")]:
         with pytest.raises(ConfigError, match=f"^{key}"):
             check_export_config({**good, key: value})
+
+
+def test_the_rows_exported_are_those_of_the_runs_softmax():
+    """A padded run's padding is dropped, masked (padded_from) or, in a checkpoint from before the mask, taken as
+    padding; a run from a transformers folder keeps each row of the folder's vocabulary, all in its softmax."""
+    from export import softmax_rows
+    from model import GPTConfig
+
+    padded = GPTConfig(vocab_size=448, padded_from=400)
+    old = GPTConfig(vocab_size=448)
+    assert softmax_rows(padded, {"config": "model:\n  init_from: null\n"}, 400) == 400
+    assert softmax_rows(old, {"config": "model:\n  init_from: null\n"}, 400) == 400
+    assert softmax_rows(old, {}, 400) == 400
+    assert softmax_rows(GPTConfig(vocab_size=320), {"config": "model:\n  init_from: /models/llama\n"}, 300) == 320
