@@ -214,8 +214,9 @@ class Schedule:
     """
 
     def __init__(self, name: str, keys: Mapping[str, str] = CONFIG_KEYS, **params: Any):
-        signature = inspect.signature(schedule_function(name, _key("name", keys))).parameters
-        accepted = [p for p in signature if p != "t"]
+        signature = dict(inspect.signature(schedule_function(name, _key("name", keys))).parameters)
+        signature.pop(next(iter(signature), None), None)  # the update index, whatever its name (t, step)
+        accepted = list(signature)
         any_key = any(v.kind is v.VAR_KEYWORD for v in signature.values())
         unknown = [] if any_key else sorted(set(params) - set(accepted))
         resolved = [p for p in unknown if p in _RESOLVED]
@@ -228,9 +229,13 @@ class Schedule:
             allowed = ", ".join(_key(p, keys) for p in accepted)
             raise ScheduleError(f"{_key(unknown[0], keys)} is not a parameter of schedule {name!r}; it takes {allowed}")
         named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)  # not *args, **keys
-        needed = [p for p, v in signature.items() if p != "t" and v.kind in named and v.default is v.empty]
-        needed = [p for p in needed if p not in params]
+        needed = [p for p, v in signature.items() if v.kind in named and v.default is v.empty and p not in params]
         if needed and name not in SCHEDULES:  # the template's own say what they need in validate's words
+            if needed[0] in _CONFIG_ONLY:  # min_lr: the template passes the floor as min_lr_ratio instead
+                raise ScheduleError(
+                    f"{_key('name', keys)}: {name} takes {needed[0]}, which the template resolves and does not pass "
+                    f"(it passes {', '.join(_RESOLVED)})"
+                )
             raise ScheduleError(f"{_key(needed[0], keys)}: schedule {name} needs it, and it is not set")
         validate(name, params, keys)
         self.name = name

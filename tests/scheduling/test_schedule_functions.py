@@ -513,6 +513,10 @@ def test_a_forks_schedule_that_cannot_run_is_one_line_naming_the_key(tmp_path, m
         "    return 1.0\n"
         "def open_ended(t, *, total_steps, warmup_steps=0, min_lr_ratio=0.0, **others):\n"
         "    return 1.0\n"
+        "def by_step(step, *, total_steps, warmup_steps=0, min_lr_ratio=0.0):\n"
+        "    return 1.0 - step / total_steps\n"
+        "def absolute_floor(t, *, total_steps, warmup_steps=0, min_lr_ratio=0.0, min_lr):\n"
+        "    return 1.0\n"
     )
     (tmp_path / "fork_broken.py").write_text("def step(t:\n")
     (tmp_path / "fork_raising.py").write_text("raise RuntimeError('no GPU here')\n")
@@ -528,6 +532,7 @@ def test_a_forks_schedule_that_cannot_run_is_one_line_naming_the_key(tmp_path, m
         ("fork_lambdas.levls", {}, r"has no levls; did you mean fork_lambdas.levels\?\)$"),
         ("fork_lambdas.levels", {}, r"^schedule.heights: schedule fork_lambdas.levels needs it, and it is not set$"),
         ("fork_lambdas.floorless", {}, r"^schedule.name: fork_lambdas.floorless must take min_lr_ratio, which the"),
+        ("fork_lambdas.absolute_floor", {}, r"^schedule.name: fork_lambdas.absolute_floor takes min_lr, which the tem"),
         ("fork_lambdas.levels", {"heights": [1.0]}, r"fails at update 99 \(IndexError: list index out of range"),
     ]
     for name, own, message in cases:
@@ -536,3 +541,4 @@ def test_a_forks_schedule_that_cannot_run_is_one_line_naming_the_key(tmp_path, m
     assert Schedule("fork_lambdas.levels", **resolved, heights=[1.0, 0.5])(99) == 0.5
     assert Schedule("fork_lambdas.open_ended", **resolved)(99) == 1.0  # **others needs nothing
     assert Schedule("fork_lambdas.open_ended", **resolved, shape="any")(99) == 1.0  # and takes any key
+    assert Schedule("fork_lambdas.by_step", **resolved)(50) == 0.5  # the update index by any name
