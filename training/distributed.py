@@ -102,7 +102,9 @@ def resolve_precision(
         return "fp32"
     if choice == "bf16" and cuda and not cuda_has_bf16():
         name = torch.cuda.get_device_name(device)
-        raise ConfigError(key, f"fp16 or fp32 on {name} (it has no bf16 support)", "bf16")
+        if not torch.cuda.is_bf16_supported(including_emulation=True):
+            raise ConfigError(key, f"fp16 or fp32 on {name} (it has no bf16 support)", "bf16")
+        log.warning(f"{key}=bf16: emulated on {name} (no bf16 arithmetic): slow, slower than its fp16")
     if choice == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
         log.warning(f"{key}=bf16: emulated on this CPU (no bf16 instructions): slow, slower than fp32 here")
     if choice == "fp16" and device.type == "cpu":
@@ -167,9 +169,9 @@ def cpu_has_fast_bf16() -> bool:
     runs torch's CPU bf16 matmuls, is not capped below them (``ONEDNN_MAX_CPU_ISA``, or its older name
     ``DNNL_MAX_CPU_ISA``). Without them bf16 math is emulated, several times slower than fp32. Where the flags
     can't be read (macOS, Windows), assume it has not: fp32 is never the slow choice."""
-    for cap in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
-        if os.environ.get(cap, "").upper() in ONEDNN_WITHOUT_BF16:
-            return False
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA", "")  # the newer name wins
+    if cap.upper() in ONEDNN_WITHOUT_BF16:
+        return False
     flags = cpu_flags()
     return any(flag in flags for flag in (" avx512_bf16", " amx_bf16"))
 

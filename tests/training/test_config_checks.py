@@ -157,11 +157,22 @@ def test_cuda_on_a_machine_without_cuda_is_refused():
 
 def test_bf16_on_a_gpu_without_bf16_is_refused(monkeypatch):
     """The message for an older GPU (V100, T4); the GPU itself is absent here, so torch.cuda answers as one would."""
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100-SXM2-16GB")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
     with pytest.raises(ConfigError, match=r"trainer.precision must be fp16 or fp32 on Tesla V100.*got 'bf16'"):
         resolve_precision("bf16", torch.device("cuda", 0))
-    assert resolve_precision("auto", torch.device("cuda", 0)) == "fp16"  # its bf16 is emulated: slower than fp16
+
+
+def test_bf16_on_a_gpu_that_only_emulates_it_is_named_with_its_cost_and_auto_takes_fp16(monkeypatch, caplog):
+    """torch counts emulation as support unless asked: a V100 or T4 says yes to is_bf16_supported()."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert resolve_precision("auto", torch.device("cuda", 0)) == "fp16"
+    with caplog.at_level("WARNING", logger="train"):
+        assert resolve_precision("bf16", torch.device("cuda", 0)) == "bf16"
+    assert [r.message for r in caplog.records] == [
+        "trainer.precision=bf16: emulated on Tesla T4 (no bf16 arithmetic): slow, slower than its fp16"
+    ]
 
 
 def test_fp8_on_the_cpu_is_refused():

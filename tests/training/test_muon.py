@@ -108,6 +108,9 @@ def test_a_cpu_capped_by_onednn_below_bf16_counts_as_without_it(monkeypatch, isa
     assert distributed.cpu_has_fast_bf16()
     monkeypatch.setenv("DNNL_MAX_CPU_ISA", isa)  # its older name, which oneDNN still reads
     assert distributed.cpu_has_fast_bf16() is fast
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")  # the newer name wins where both are set
+    assert distributed.cpu_has_fast_bf16()
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
     monkeypatch.delenv("DNNL_MAX_CPU_ISA")
     monkeypatch.setattr(distributed, "cpu_flags", lambda: "fpu avx2 fma")
     assert not distributed.cpu_has_fast_bf16()
