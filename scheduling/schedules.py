@@ -84,7 +84,9 @@ def after_warmup(decay: Callable[..., float]) -> Callable[..., float]:
     says so, since ``Schedule`` and ``get_scheduler`` read a schedule's parameters from its signature.
     """
     own = inspect.signature(decay)
-    signature = own.replace(parameters=[*own.parameters.values(), *_WARMUP_PARAMS])
+    params = list(own.parameters.values())
+    rest = [p for p in params if p.kind is p.VAR_KEYWORD]  # a **keys of the decay stays last
+    signature = own.replace(parameters=[*(p for p in params if p not in rest), *_WARMUP_PARAMS, *rest])
 
     @functools.wraps(decay)
     def schedule(t: float, *, warmup_start_ratio: float = 0.0, warmup_shape: str = "linear", **params) -> float:

@@ -441,6 +441,8 @@ def load_sharded(folder: Path, state: dict[str, Any]) -> None:
     except (Exception, CheckpointException) as e:  # a BaseException: a shard missing or cut, each rank's error in it
         failures = getattr(e, "failures", None) or {0: (e, None)}
         cause = next(iter(failures.values()))[0]
+        if not isinstance(cause, Exception):  # Ctrl-C while it read, wrapped as the shard's failure: not damage
+            raise cause from None
         why = f"{type(cause).__name__}: {first_line(cause)}"
         raise ConfigError(f"checkpoint {folder}: its sharded state cannot be read ({why})") from None
 

@@ -63,7 +63,8 @@ class WandbSink(Sink):
             raise ConfigError("logger.mode", f"one of {', '.join(MODES)}", settings.get("mode"))
         for key in ("entity", "job_type"):
             value = settings.get(key)
-            if value is not None and (not isinstance(value, str) or not value.strip()):
+            name = str(value) if isinstance(value, int) and not isinstance(value, bool) else value  # 12345: a name
+            if value is not None and (not isinstance(name, str) or not name.strip()):
                 raise ConfigError(f"logger.{key}", "null or a name", value)
         check_tracking(settings)
 
@@ -87,11 +88,11 @@ class WandbSink(Sink):
         def start(mode: str):
             return wandb.init(
                 project=cfg.get("project"),
-                entity=cfg.get("entity"),
+                entity=None if cfg.get("entity") is None else str(cfg["entity"]),
                 group=cfg.get("group") or group,
                 name=cfg.get("run_name") or name,
                 tags=list(cfg.get("tags") or []) or None,
-                job_type=cfg.get("job_type"),
+                job_type=None if cfg.get("job_type") is None else str(cfg["job_type"]),
                 notes=cfg.get("notes"),
                 config=config,
                 dir=str(run_dir),

@@ -511,6 +511,8 @@ def test_a_forks_schedule_that_cannot_run_is_one_line_naming_the_key(tmp_path, m
         "    return heights[t // 50]\n"  # one height: an IndexError from update 50 on
         "def floorless(t, *, total_steps, warmup_steps=0):\n"
         "    return 1.0\n"
+        "from scheduling.schedules import after_warmup\n"
+        "@after_warmup\n"
         "def open_ended(t, *, total_steps, warmup_steps=0, min_lr_ratio=0.0, **others):\n"
         "    return 1.0\n"
         "def by_step(step, *, total_steps, warmup_steps=0, min_lr_ratio=0.0):\n"
@@ -541,4 +543,5 @@ def test_a_forks_schedule_that_cannot_run_is_one_line_naming_the_key(tmp_path, m
     assert Schedule("fork_lambdas.levels", **resolved, heights=[1.0, 0.5])(99) == 0.5
     assert Schedule("fork_lambdas.open_ended", **resolved)(99) == 1.0  # **others needs nothing
     assert Schedule("fork_lambdas.open_ended", **resolved, shape="any")(99) == 1.0  # and takes any key
+    assert Schedule("fork_lambdas.open_ended", **{**resolved, "warmup_steps": 10}, shape="any")(5) == 0.5
     assert Schedule("fork_lambdas.by_step", **resolved)(50) == 0.5  # the update index by any name

@@ -163,6 +163,10 @@ def test_bf16_on_a_gpu_without_bf16_is_refused(monkeypatch):
         resolve_precision("bf16", torch.device("cuda", 0))
 
 
+def test_a_wandb_entity_of_digits_is_a_name():
+    check_config(compose_config(["logger.entity=12345", "logger.job_type=2024"]))  # Hydra reads them as ints
+
+
 def test_bf16_on_a_gpu_that_only_emulates_it_is_named_with_its_cost_and_auto_takes_fp16(monkeypatch, caplog):
     """torch counts emulation as support unless asked: a V100 or T4 says yes to is_bf16_supported()."""
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla T4")

@@ -476,6 +476,26 @@ def test_a_sharded_state_with_a_shard_missing_or_cut_is_one_line_naming_the_file
     assert "\n" not in str(e.value)
 
 
+def test_ctrl_c_while_a_sharded_state_loads_is_no_damage(tmp_path, monkeypatch):
+    """torch wraps whatever stops a shard's read, Ctrl-C too, as that shard's failure."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemReader
+
+    folder = tmp_path / "dcp"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"model": {"w": torch.arange(64.0)}}, checkpoint_id=str(folder))
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FileSystemReader, "read_data", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.load_sharded(folder, {"model": {"w": torch.zeros(64)}})
+
+
 def test_a_checkpoint_whose_checksums_were_deleted_is_passed_over_where_an_earlier_one_has_them(tmp_path, caplog):
     model = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1, n_embd=8))
     earlier = saved_checkpoint(tmp_path, 2, model)
