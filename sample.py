@@ -124,9 +124,7 @@ def sample(cfg: DictConfig) -> list[str]:
     values = resolved(cfg)
     check_sample_config(values)
     device = distributed.resolve_device(values["device"], key="device")
-    precision = distributed.resolve_precision(
-        values["precision"], device, "precision", ("auto", "fp32", "bf16", "fp16")
-    )
+    precision = distributed.resolve_precision(values["precision"], device, "precision", SAMPLE_PRECISIONS)
     folder = find_checkpoint(str(values["checkpoint"]))
     model, state = load_model(folder, device)
     tokenizer = load_checkpoint_tokenizer(folder, model)
