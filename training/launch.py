@@ -107,7 +107,8 @@ def sweep_job_failed(hc, sweep: Sweep, error: Exception) -> bool:
         summary = Path(hc.runtime.output_dir) / "summary.json"
         if summary.is_file() and summary.stat().st_mtime < job_wall_start:  # an earlier run's: not this job's
             summary.unlink()
-        write_summary(summary.parent, {"status": "failed", "error": error_line})  # the report shows it
+        # the report shows it, and from "started" which files this launch of the job wrote
+        write_summary(summary.parent, {"status": "failed", "error": error_line, "started": job_wall_start})
     if crashed and in_process(hc):
         gc.collect()  # the crashed job's model and optimizer, before the next job builds its own
     return in_process(hc)

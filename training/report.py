@@ -111,11 +111,15 @@ def read_job(run_dir: Path, swept: list[str]) -> Job:
     """What the report says of a job; its damaged files (a summary.json or metrics.jsonl that cannot be read, or a
     summary.json value of another type) named in its error. A logged value that is not a finite number reads as
     missing (``read_metrics``)."""
+    summary, damaged = read_summary(run_dir / "summary.json")
+    metrics = run_dir / "metrics.jsonl"
+    started = summary.get("started") if summary.get("status") == "failed" else None
+    # a job that failed before it logged: the metrics there are an earlier run's in a folder used again
+    stale = isinstance(started, (int, float)) and metrics.is_file() and metrics.stat().st_mtime < started
     try:
-        rows, unreadable = (read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []), None
+        rows, unreadable = (read_metrics(run_dir) if metrics.is_file() and not stale else []), None
     except AuditError as e:
         rows, unreadable = [], first_line(e)
-    summary, damaged = read_summary(run_dir / "summary.json")
     evaluated = [r["val/bpb"] for r in rows if "val/bpb" in r]  # null where it was not finite
     vals = [v for v in evaluated if isinstance(v, (int, float))]
     trained = [r for r in rows if r.get("tokens") is not None]
@@ -328,6 +332,9 @@ def write_report(
 
         files[sweep_dir / "forecast.png"] = plot(forecasts, fit, "Each job's forecast and its real curve")
     write_files(files)
+    for name in ("report.png", "frontier.png", "forecast.png"):  # an earlier report's that this one has not
+        if sweep_dir / name not in files:
+            (sweep_dir / name).unlink(missing_ok=True)
     return jobs, list(files)
 
 

@@ -244,14 +244,21 @@ def test_a_sweep_job_refused_before_it_starts_replaces_an_earlier_summary_of_its
     sweep = tmp_path / "sweep"
     (sweep / "0").mkdir(parents=True)
     (sweep / "0" / "summary.json").write_text(json.dumps({"status": "ok", "best/val_loss": 1.5, "total_steps": 9}))
-    os.utime(sweep / "0" / "summary.json", (1e9, 1e9))  # written long before this sweep
+    (sweep / "0" / "metrics.jsonl").write_text('{"step": 9, "tokens": 900, "val/loss": 1.5, "val/bpb": 2.25}\n')
+    for name in ("summary.json", "metrics.jsonl"):
+        os.utime(sweep / "0" / name, (1e9, 1e9))  # written long before this sweep
+    (sweep / "frontier.png").write_bytes(b"an earlier grid's")
     env = {**os.environ, "GPT_DATA_CACHE": str(data_cache)}
     cmd = [sys.executable, "train.py", "-m", *TINY, "optim.lr=-1,-2", "trainer.max_steps=2", f"hydra.sweep.dir={sweep}"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     for job in ("0", "1"):
         summary = json.loads((sweep / job / "summary.json").read_text())
+        assert summary.pop("started") > 1e9
         assert summary == {"status": "failed", "error": "optim.lr must be a number > 0, got " + summary["error"][-2:]}
+    report = (sweep / "report.csv").read_text()
+    assert "2.25" not in report and "900" not in report  # the earlier run's results, not this failed job's
+    assert not (sweep / "frontier.png").exists()  # nor its figure
 
 
 @pytest.mark.slow
