@@ -51,6 +51,12 @@ BAD_INPUTS = [
         ["hydra.mode=MULTIRUN", "hydra.sweep.dir={corrupt}/state.pt"],
         "error: hydra.sweep.dir: '{corrupt}/state.pt' is a file",
     ),
+    (
+        "train.py",
+        ["hydra.mode=MULTIRUN", "hydra.sweep.dir={corrupt}/state.pt/sweep"],
+        "error: hydra.sweep.dir: '{corrupt}/state.pt' is a file",
+    ),
+    ("train.py", ["-m", "optim.lr=1e-3,2e-3", "--cfg", "job"], "error: -m and --cfg: give one of them"),
     ("sample.py", ["checkpoint={corrupt}"], "error: checkpoint {corrupt}/state.pt: cannot be read"),
     ("sample.py", ["checkpoint=/no/such/run"], "error: checkpoint: '/no/such/run' does not exist"),
     (

@@ -336,6 +336,9 @@ FLAGS_WITH_VALUES = (
 MAX_SWEEP_VALUES_CHECKED = 64  # of each swept key, before Hydra runs (each costs one composition)
 
 
+MODE_FLAGS = {"-m": "-m", "--multirun": "-m", "-c": "--cfg", "--cfg": "--cfg", "-i": "--info", "--info": "--info"}
+
+
 def check_overrides(overrides: list[str], config_name: str = "config") -> None:
     """Compose ``overrides`` as Hydra will (a sweep's first value for each swept key, then each other value in
     turn), and turn what Hydra refuses — a mistyped key, an unknown option, ``hydra.*``'s included — into one line
@@ -346,6 +349,9 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
 
     if config_name != "config" and {"-m", "--multirun"} & set(overrides):  # Hydra would write multirun/ here
         raise ConfigError(f"-m: a sweep is train.py's; {config_name}.py runs once (give each value its own command)")
+    modes = list(dict.fromkeys(MODE_FLAGS[a] for a in overrides if a in MODE_FLAGS))
+    if len(modes) > 1:  # Hydra's traceback: "Only one of --run, --multirun, --cfg, --info ..."
+        raise ConfigError(f"{' and '.join(modes)}: give one of them (--cfg job prints a single run's config)")
     given, args = [], iter(overrides)
     for arg in args:
         if arg in FLAGS_WITH_VALUES:

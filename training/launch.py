@@ -174,8 +174,8 @@ class LockRunDir(Callback):
             why = "a sweep (-m) cannot run under torchrun; run each job as its own torchrun command"
         elif not sweep_dir.strip():  # Path("") is the current directory: the jobs' folders would land in it
             why = "hydra.sweep.dir must be a folder for the sweep's jobs, got ''"
-        elif Path(sweep_dir).exists() and not Path(sweep_dir).is_dir():
-            why = f"hydra.sweep.dir: {sweep_dir!r} is a file, not a folder"
+        elif file := next((p for p in (Path(sweep_dir), *Path(sweep_dir).parents) if p.is_file()), None):
+            why = f"hydra.sweep.dir: {str(file)!r} is a file, not a folder"
         elif busy := [job for job in sorted(Path(sweep_dir).glob("*/")) if run_lock.in_use(job)]:
             # Hydra would write each job's .hydra/ and train.log before the job's own lock refuses it
             why = (
