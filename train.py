@@ -171,11 +171,10 @@ def main(cfg: DictConfig) -> float:
         report(str(e))
         os._exit(EXIT_HUNG)  # at once: a process group that lost a peer can abort the interpreter's exit
     except Exception as e:
-        if sweep is not None:
-            if launch.sweep_job_failed(hc, sweep, e):
-                launch.end_sweep_if_signalled(hc, again)
-                return math.nan  # the sweep goes on (a crash too: the next job may fit); its summary reports the job
-            raise  # another launcher records the job as failed and runs its siblings
+        if sweep is not None:  # marked failed; the sweep goes on (a crash too: the next job may fit) to its report
+            launch.sweep_job_failed(hc, sweep, e)
+            launch.end_sweep_if_signalled(hc, again)
+            return math.nan
         if not isinstance(e, USER_ERRORS):
             raise  # a crash: Python's traceback, exit code 1
         if os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -33,6 +33,7 @@ jobs: list[tuple[int, str | None]] = []  # (job number, its error) of every swee
 stopped: list[tuple[int, Stopped]] = []  # (job number, its stop) of those trainer.stop_at stopped
 ran: set[Path] = set()  # the run directories of the sweep jobs run in this process (their report's rows)
 report_error: str | None = None  # why the sweep's report could not be written, for the last line and exit code
+failed_elsewhere: tuple[str, int] | None = None  # the line and exit code of jobs another launcher's processes failed
 signalled_at_end: str | None = None  # a signal that came while the latest job ended (train.py's train sets it)
 job_wall_start = 0.0  # time.time() at the start of this process's latest job
 
@@ -89,10 +90,10 @@ def in_process(hc) -> bool:
     return hc.launcher.get("_target_") == IN_PROCESS_LAUNCHER
 
 
-def sweep_job_failed(hc, sweep: Sweep, error: Exception) -> bool:
-    """Report a sweep job's bad input in one line, or its crash with the traceback (in its train.log too); True
-    when its siblings run in this process, so the sweep goes on and ``sweep_summary`` closes it (another launcher
-    records the job's error itself)."""
+def sweep_job_failed(hc, sweep: Sweep, error: Exception) -> None:
+    """Report a sweep job's bad input in one line, or its crash with the traceback (in its train.log too), and
+    mark it failed in its summary.json, for the report and ``sweep_summary``; the job then returns, so that the
+    sweep goes on (another launcher's results would raise before the report)."""
     crashed = not isinstance(error, USER_ERRORS)
     if crashed:
         log.exception("job %s (%s) crashed", hc.job.num, sweep.name)
@@ -111,7 +112,6 @@ def sweep_job_failed(hc, sweep: Sweep, error: Exception) -> bool:
         write_summary(summary.parent, {"status": "failed", "error": error_line, "started": job_wall_start})
     if crashed and in_process(hc):
         gc.collect()  # the crashed job's model and optimizer, before the next job builds its own
-    return in_process(hc)
 
 
 def sweep_job_stopped(hc, sweep: Sweep, stop: Stopped) -> bool:
@@ -132,6 +132,8 @@ def sweep_summary() -> tuple[str, int] | None:
         crashed = any(error.startswith("crashed: ") for _, error in jobs if error is not None)
         line = f"error: {len(failed)} of {len(jobs)} sweep jobs failed (job {', '.join(map(str, failed))}), each above"
         return line, 1 if crashed else 2
+    if failed_elsewhere is not None:
+        return failed_elsewhere
     if report_error is not None:
         return f"error: {report_error}", 2
     if stopped:
@@ -231,6 +233,14 @@ def write_sweep_report(hydra_cfg, forecast: Path | None, every_job: bool = False
         report_error = f"the sweep report: {e}"
         return
     log.info("sweep report, best first (%s):\n%s", ", ".join(f.name for f in files), markdown(jobs).rstrip())
+    if not ran:  # the jobs ran in processes of their own (submitit): their failures are read back from the report
+        global failed_elsewhere
+        failed = [j for j in jobs if j.status == "failed"]
+        if failed:
+            names = ", ".join(j.run_dir.name for j in failed)
+            crashed = any((j.error or "").startswith("crashed: ") for j in failed)
+            line = f"error: {len(failed)} of {len(jobs)} sweep jobs failed ({names}), each in its train.log"
+            failed_elsewhere = (line, 1 if crashed else 2)
 
 
 def sweep_stopped(hc) -> None:

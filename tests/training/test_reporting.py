@@ -520,6 +520,17 @@ def test_the_submitit_launcher_runs_each_sweep_job_in_its_own_process(tmp_path, 
     rows = (sweep / "report.csv").read_text().splitlines()
     assert len(rows) == 3 and all(r.endswith(",ok,") for r in rows[1:]), rows
 
+    # A job that fails: the others run, the report names it, and the sweep ends in one line with its exit code
+    # (the launcher's results raised a traceback before the report)
+    cmd[cmd.index("trainer.max_steps=4,6")] = "optim.lr=1e-3,abc"
+    cmd[-2] = f"hydra.sweep.dir={tmp_path / 'failing'}"
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == "error: 1 of 2 sweep jobs failed (1), each in its train.log"
+    with open(tmp_path / "failing" / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["optim.lr"], r["status"]) for r in rows] == [("0.001", "ok"), ("abc", "failed")], rows
+
 
 def test_a_branch_resumed_from_its_own_checkpoint_still_names_the_run_it_branched_from(tmp_path):
     from training.report import Job, branched_from
