@@ -87,6 +87,16 @@ def test_bad_input_is_one_error_line_exit_code_2_and_nothing_written(script, arg
     assert list(work.iterdir()) == [] and (corrupt / "state.pt").read_bytes() == b"not a checkpoint" * 64
 
 
+def test_a_sweep_without_jobs_is_one_line_and_no_report(tmp_path):
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", *TINY, "optim.lr=range(0)", f"hydra.sweep.dir={tmp_path}/s"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert (
+        proc.stderr.strip().splitlines()[-1] == "error: the sweep has no jobs: each swept key needs one value at least"
+    )
+    assert not (tmp_path / "s" / "report.csv").exists()
+
+
 def test_a_sweep_under_torchrun_is_refused_in_one_line(tmp_path):
     env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}  # as torchrun sets them
     cmd = [sys.executable, str(ROOT / "train.py"), "-m", *TINY, "optim.lr=1e-3,2e-3", f"hydra.sweep.dir={tmp_path}/s"]

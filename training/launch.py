@@ -222,11 +222,14 @@ def write_sweep_report(hydra_cfg, forecast: Path | None, every_job: bool = False
     from training.report import markdown, write_report
 
     sweep_dir = Path(hydra_cfg.sweep.dir)
+    global report_error
+    if in_process(hydra_cfg) and not ran and not every_job:  # optim.lr=range(0), a glob that matched nothing
+        report_error = "the sweep has no jobs: each swept key needs one value at least"
+        return
     if not sweep_dir.is_dir():
         return
     register_overrides(task_overrides(hydra_cfg.overrides.task))  # its jobs scrub it too, unless none did
     scrub_hydra_files(sweep_dir)
-    global report_error
     try:
         jobs, files = write_report(sweep_dir, forecast, None if every_job else ran or None)  # another launcher's: all
     except (WriteError, DiskFull) as e:  # the jobs' own folders hold their results: one line, exit code 2
