@@ -424,7 +424,10 @@ def test_a_mistyped_key_or_option_is_one_line_before_hydra_runs():
         check_overrides(["-m", "schedule=cosine,wds"])  # each of them, not only the first
     with pytest.raises(ConfigError, match=r"^schedule.decay_fraction is a key of schedule=wsd only; choose it or drop"):
         check_overrides(["-m", "schedule=wsd,cosine", "schedule.decay_fraction=0.3"])  # a key of one option only
-    check_overrides(["--cfg", "job", "-m", "schedule=cosine,wsd", "optim.lr=1e-3,3e-3", "hydra.run.dir=x"])
+    check_overrides(["-m", "schedule=cosine,wsd", "optim.lr=1e-3,3e-3", "hydra.run.dir=x"])
+    check_overrides(["--cfg", "job", "schedule=wsd", "hydra.run.dir=x"])
+    with pytest.raises(ConfigError, match=r"^--cfg and -m: give one of them"):  # Hydra's traceback otherwise
+        check_overrides(["--cfg", "job", "-m", "schedule=cosine,wsd"])
 
 
 @pytest.mark.parametrize(
