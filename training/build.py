@@ -37,7 +37,7 @@ from training.config import LIST_GROUPS, USER_ERRORS, ConfigError, check_stop_at
 from training.engine import Model, TrainStep, Update, build_model
 from training.evaluation import EvalContext, Evaluations
 from training.init_from import initial_weights, model_vocab
-from training.loggers import JsonlSink, Metrics, ProgressSink, RunInfo, human, start_summary
+from training.loggers import JsonlSink, Metrics, ProgressSink, RunInfo, flat_config, human, start_summary
 from training.optim import build_optimizer, describe_optimizer
 from training.secrets import redact
 from training.spikes import MAX_ROLLBACKS_TO_ONE_CHECKPOINT, Skips
@@ -345,6 +345,7 @@ def build_run(
             )
         start, tokens_seen = state["step"], state["tokens"]
         warn_of_another_batch(state, train_batches.tokens_per_update, trainer.eval_batches * trainer.batch_size)
+        warn_of_other_data(state, cfg)
         # the sinks continue their runs (W&B's) when this run directory continues; a branch starts new ones
         continued = state if Path(resume_from).resolve().is_relative_to(run_dir) else {}
     else:
@@ -429,6 +430,31 @@ def warn_of_another_batch(state: dict, tokens_per_update: int, val_windows: int)
             val_windows,
             scored,
             start,
+        )
+
+
+def warn_of_other_data(state: dict, cfg: DictConfig) -> None:
+    """A resume whose data settings or seed differ from the checkpoint's goes on (a cooldown on other data is a
+    recipe), naming what changed: its batches are no longer the checkpoint run's."""
+    try:
+        saved = OmegaConf.create(state["config"])
+        before = flat_config({"data": OmegaConf.to_container(saved.data), "trainer": {"seed": saved.trainer.seed}})
+    except Exception:  # no config recorded, or not one this reads
+        return
+    now = redact(OmegaConf.to_container(cfg, resolve=True))
+    after = flat_config({"data": now["data"], "trainer": {"seed": now["trainer"]["seed"]}})
+    changed = [
+        f"{key} {before[key]!r} → {after[key]!r}"
+        for key in sorted(before.keys() & after.keys())  # a key newer than the checkpoint keeps the old behaviour
+        if key != "data.cache_dir" and before[key] != after[key]
+    ]
+    if changed:
+        log.warning(
+            "the checkpoint's run drew its batches with other data settings (%s%s): from update %d on they are "
+            "this config's",
+            ", ".join(changed[:4]),
+            f" and {len(changed) - 4} more" if len(changed) > 4 else "",
+            state["step"],
         )
 
 

@@ -128,6 +128,23 @@ def test_the_summarys_best_validation_counts_every_start(tmp_path, tiny_train):
     assert best < 3 and (summary["best/step"], summary["best/val_loss"]) == (best, vals[best])
 
 
+def test_a_resume_with_other_data_settings_or_seed_names_them(tmp_path, tiny_train, caplog):
+    """A resume on other data (a cooldown's recipe) or another seed goes on, naming each changed key; the same
+    config resumes without a word of it."""
+    with pytest.raises(Stopped):
+        tiny_train(tmp_path / "run", ARGS + ["trainer.stop_at=3"])
+    with caplog.at_level("WARNING", logger="train"), pytest.raises(Stopped):
+        tiny_train(tmp_path / "run", ARGS + ["trainer.stop_at=6"])
+    assert "other data settings" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="train"):
+        tiny_train(tmp_path / "run", ARGS + ["trainer.seed=7", "data.on_decode_error=replace"])
+    assert (
+        "the checkpoint's run drew its batches with other data settings (data.on_decode_error 'skip' → 'replace', "
+        "trainer.seed 1337 → 7): from update 6 on they are this config's" in caplog.text
+    )
+
+
 def test_a_resume_with_another_batch_says_so(tmp_path, tiny_train, caplog):
     """Another world size, batch size or accumulation: the run goes on with the new batch, and says so."""
     with pytest.raises(Stopped):
