@@ -23,7 +23,7 @@ from training.budget import seconds_since_process_start
 from training.build import Sweep
 from training.config import FLAGS_WITH_VALUES, USER_ERRORS
 from training.distributed import env_world
-from training.secrets import redact_text, register_overrides, scrub_hydra_files
+from training.secrets import redact, redact_text, register_overrides, scrub_hydra_files
 from training.signals import EXIT_RESUMABLE, Stopped
 from training.summary import write_summary
 
@@ -146,7 +146,8 @@ def sweep_summary() -> tuple[str, int] | None:
 class LockRunDir(Callback):
     """Hydra callback (conf/config.yaml): a single run locks its directory before Hydra writes ``.hydra/`` and
     ``train.log`` into it, so a second launch on it changes nothing there; it stops with one line, exit code 2.
-    (A multirun job locks its own directory before its first write, in ``build_run``.)"""
+    (A multirun job locks its own directory before its first write, in ``build_run``.) A crashed job's overrides,
+    which Hydra prints, are redacted."""
 
     def on_run_start(self, config, **kwargs) -> None:
         if env_world()[0] != 0:
@@ -165,6 +166,10 @@ class LockRunDir(Callback):
         except OSError as e:  # a file where the folder, or one above it, should be
             print(f"error: hydra.run.dir: {run_dir!r} cannot be a folder ({e.strerror or e})", file=sys.stderr)
             sys.exit(2)
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        # Hydra prints a crashed job's overrides above its traceback: the console and a SLURM log keep no secret
+        job_return.overrides = redact(list(job_return.overrides or []))
 
     def on_run_end(self, config, **kwargs) -> None:
         if env_world()[0] == 0:

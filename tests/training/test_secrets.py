@@ -238,7 +238,7 @@ def test_no_credential_shaped_value_reaches_a_sweeps_files_or_its_console(tmp_pa
             assert secret.encode() not in path.read_bytes(), f"the key leaked into {path}"
 
 
-def test_a_run_that_crashes_before_its_first_update_keeps_no_secret_in_hydras_files(tmp_path, data_cache):
+def test_a_run_that_crashes_before_its_first_update_keeps_no_secret_in_hydras_files_or_its_console(tmp_path, data_cache):
     (tmp_path / "boom.py").write_text("def build(model, device, **_):\n    raise RuntimeError('planted')\n")
     run = tmp_path / "run"
     env = {**os.environ, "GPT_DATA_CACHE": str(data_cache), "PYTHONPATH": str(tmp_path)}
@@ -247,6 +247,8 @@ def test_a_run_that_crashes_before_its_first_update_keeps_no_secret_in_hydras_fi
         [sys.executable, "train.py", *args, f"hydra.run.dir={run}"], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert proc.returncode == 1 and "RuntimeError: planted" in proc.stderr, proc.stderr[-2000:]
+    # Hydra's line before a crash's traceback lists the overrides
+    assert f"trainer.sample_prompt={REDACTED}" in proc.stderr and SHAPED["hugging face"] not in proc.stderr
     files = list((run / ".hydra").glob("*.yaml"))
     assert len(files) == 3
     for path in files:
