@@ -31,7 +31,7 @@ from training.config import USER_ERRORS, check_config, check_overrides_or_exit
 from training.engine import NONFINITE
 from training.init_from import with_init_from
 from training.secrets import register_overrides, scrub_hydra_files
-from training.signals import EXIT_RESUMABLE, Stopped, StopSignals
+from training.signals import EXIT_RESUMABLE, StopAtOnce, Stopped, StopSignals
 from training.watchdog import EXIT_HUNG, PeerLost, Watchdog, peers_answering, report
 
 log = logging.getLogger("train")
@@ -58,7 +58,8 @@ def train(
     cfg = with_init_from(cfg, overrides)  # model.init_from: the shape and tokenizer of a transformers folder
     check_config(cfg)
     with space_for(run_dir):  # a full disk wherever the run writes: DiskFull, one line naming the file
-        with peers_answering(lambda: "as the run started", None):  # a rank lost while the data is prepared
+        # a rank lost while the data is prepared ends the others; a signal then stops the run at once
+        with peers_answering(lambda: "as the run started", None), StopAtOnce():
             run = build_run(cfg, run_dir, sweep=sweep, started=started)
         status = "failed"
         try:

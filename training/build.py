@@ -40,6 +40,7 @@ from training.init_from import initial_weights, model_vocab
 from training.loggers import JsonlSink, Metrics, ProgressSink, RunInfo, flat_config, human, start_summary
 from training.optim import build_optimizer, describe_optimizer
 from training.secrets import redact
+from training.signals import Interrupted
 from training.spikes import MAX_ROLLBACKS_TO_ONE_CHECKPOINT, Skips
 
 log = logging.getLogger("train")
@@ -368,7 +369,8 @@ def build_run(
     metrics = Metrics([])
     if dist.is_main:  # from here on the run directory is written
         metrics = open_metrics(cfg, run_dir, resolved, T, start if state is not None else None, continued, sweep)
-        try:
+    try:
+        if dist.is_main:
             metrics.summary.update(continued.get("summary") or {})  # the best validation and counts before the resume
             metrics.summary["params"] = model.raw.num_params()
             # this start's ending is written at its end: an earlier start's status and error would be read as this one's
@@ -376,37 +378,38 @@ def build_run(
             replace_file(run_dir / "schedule.json", json.dumps({"segments": history}, indent=1) + "\n")
             if "max_time" in budget_record and state is None:
                 write_plan(run_dir, budget_record, metrics, T)
-        except BaseException:  # a full disk, a signal: the trackers' runs end failed, not left running
+            if trainer.max_steps is None:  # a budget's T, which the resolved config leaves null (the lr audit reads it)
+                metrics.summary["budget/total_steps"] = T
+        run = Run(
+            cfg=cfg,
+            run_dir=run_dir,
+            dist=dist,
+            model=model,
+            step=step,
+            train_batches=train_batches,
+            evaluations=evaluations,
+            checkpointer=checkpointer,
+            metrics=metrics,
+            total_steps=T,
+            budget=budget_record,
+            start=start,
+            tokens_seen=tokens_seen,
+            started=started,
+            earlier_seconds=float((state or {}).get("seconds", 0.0)),
+            extra_state=extra_state,
+            files=files,
+            tokenizer=tokenizer,
+            skips=Skips(trainer.spike_window, (state or {}).get("skips")),
+        )
+        log.info("\n%s", start_summary(**describe(run, cache.meta, schedule)))
+        if state is not None:
+            log.info("resuming from %s at update %d", resume_from, start)
+    except BaseException as e:  # a full disk, a signal: the trackers' runs end, not left running
+        if dist.is_main:
             with contextlib.suppress(Exception):
-                metrics.close("failed")
+                metrics.close("preempted" if isinstance(e, Interrupted) else "failed")
             run_lock.release(run_dir)
-            raise
-        if trainer.max_steps is None:  # a budget's T, which the resolved config leaves null (the lr audit reads it)
-            metrics.summary["budget/total_steps"] = T
-    run = Run(
-        cfg=cfg,
-        run_dir=run_dir,
-        dist=dist,
-        model=model,
-        step=step,
-        train_batches=train_batches,
-        evaluations=evaluations,
-        checkpointer=checkpointer,
-        metrics=metrics,
-        total_steps=T,
-        budget=budget_record,
-        start=start,
-        tokens_seen=tokens_seen,
-        started=started,
-        earlier_seconds=float((state or {}).get("seconds", 0.0)),
-        extra_state=extra_state,
-        files=files,
-        tokenizer=tokenizer,
-        skips=Skips(trainer.spike_window, (state or {}).get("skips")),
-    )
-    log.info("\n%s", start_summary(**describe(run, cache.meta, schedule)))
-    if state is not None:
-        log.info("resuming from %s at update %d", resume_from, start)
+        raise
     return run
 
 
@@ -581,9 +584,9 @@ def open_metrics(
         )
         try:
             sinks[name] = build(node, f"logger.{section}.{name}", info)
-        except ConfigError:  # its settings: the user's to fix, before any work; the runs begun end failed
+        except (ConfigError, Interrupted) as e:  # its settings, the user's to fix, or a stop: the runs begun end
             with contextlib.suppress(Exception):
-                Metrics(core, sinks).close("failed")
+                Metrics(core, sinks).close("preempted" if isinstance(e, Interrupted) else "failed")
             raise
         except Exception as e:  # its service or its code: as a sink failing later, it never stops training
             log.warning(

@@ -1,5 +1,6 @@
 """Graceful stops: SIGTERM (SLURM preemption, ``kill``) and SIGINT (Ctrl-C) finish the current update, then
-train.py writes a checkpoint and exits with ``EXIT_RESUMABLE``. A second SIGINT interrupts at once."""
+train.py writes a checkpoint and exits with ``EXIT_RESUMABLE``. A second SIGINT interrupts at once; while the run
+starts, either stops it at once, with the same exit code."""
 
 from __future__ import annotations
 
@@ -41,14 +42,36 @@ class StopSignals:
         self._previous.clear()
 
 
-class Stopped(Exception):
-    """Raised by the loop once a stop was requested and the checkpoint written; train.py exits EXIT_RESUMABLE."""
+class Interrupted(BaseException):
+    """A signal while the run starts: a BaseException, as KeyboardInterrupt is, so that no ``except Exception`` on
+    its way (a logger that failed to start, a fallback) takes it for a failure."""
 
-    def __init__(self, updates: int, why: str):
+
+class StopAtOnce(StopSignals):
+    """While active (the run's start: data preparation, model, trackers), SIGTERM and SIGINT stop the run at once,
+    leaving the block as ``Stopped``: before the first update there is nothing to checkpoint, and preparing the
+    data can take hours."""
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    def __exit__(self, kind, error, tb) -> None:
+        super().__exit__()
+        if isinstance(error, Interrupted):
+            raise Stopped(None, error.args[0]) from None
+
+
+class Stopped(Exception):
+    """Raised by the loop once a stop was requested and the checkpoint written (``updates``: those taken), or as
+    the run starts (``updates`` None); train.py exits EXIT_RESUMABLE."""
+
+    def __init__(self, updates: int | None, why: str):
         super().__init__(updates, why)
         self.updates, self.why = updates, why
         self.again = "the same command"  # how to resume: train.py names the run directory when Hydra chose it
 
     def __str__(self) -> str:
+        if self.updates is None:
+            return f"stopped as the run started ({self.why}), before its first update; re-run {self.again} to go on"
         taken = "update 0" if self.updates == 1 else f"updates 0–{self.updates - 1}"
         return f"stopped after {taken} ({self.why}); re-run {self.again} to resume at update {self.updates}"

@@ -141,6 +141,31 @@ class Evaluation:
         return value if self.metric == "list" else {"val/fork": value}
 
 
+class SignalAtStart(Sink):
+    """Sends this process SIGTERM as it starts: a scheduler's stop while the run starts, the sinks before it begun."""
+
+    def __init__(self, info: RunInfo):
+        import os
+        import signal
+        import time
+
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the signal is handled before this ends
+
+
+class EndStatus(Sink):
+    """Writes the status its run ended with to ``<run dir>/<label>.status``."""
+
+    def __init__(self, info: RunInfo, label: str = "sink"):
+        self.path = info.run_dir / f"{label}.status"
+
+    def log(self, step: int, metrics) -> None:
+        pass
+
+    def finish(self, status: str, summary) -> None:
+        self.path.write_text(status)
+
+
 class SignalAtFinish(Sink):
     """Sends this process SIGTERM while the run ends (a scheduler's stop that comes late), then finishes its file."""
 

@@ -275,6 +275,39 @@ def test_a_signal_while_the_run_ends_lets_the_trackers_finish(tmp_path, data_cac
     assert "SIGTERM came while the run was ending; it ended first" in proc.stdout + proc.stderr
 
 
+def test_a_signal_while_the_run_starts_stops_it_at_once_resumable_with_its_trackers_ended(tmp_path, data_cache):
+    """SIGTERM while the run starts (its trackers begun, before the first update): exit 75 at once, in one line, the
+    trackers' runs ended as preempted, no checkpoint; the same command without the stop then trains."""
+    run = tmp_path / "run"
+    sinks = ["logger=none", "+logger.sinks.first._target_=tests.training.fork_parts.EndStatus"]
+    stop = "+logger.sinks.stop._target_=tests.training.fork_parts.SignalAtStart"
+    args = [*TINY, *sinks, "trainer.max_steps=3", "trainer.eval_every=0"]
+    proc = run_train([*args, stop], run, data_cache, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == EXIT_RESUMABLE, out[-2000:]
+    assert "stopped as the run started (SIGTERM), before its first update; re-run the same command to go on" in out
+    assert "Traceback" not in out and "failed to start" not in out
+    assert (run / "sink.status").read_text() == "preempted"
+    assert not (run / "checkpoints").exists()
+    proc = run_train(args, run, data_cache, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(train_records(run)) == [0, 1, 2] and (run / "sink.status").read_text() == "ok"
+
+
+def test_ctrl_c_while_the_data_is_prepared_stops_the_run_resumable(tmp_path, tiny_train, monkeypatch):
+    """Preparing a corpus can take hours: Ctrl-C (or SIGTERM) then stops at once, as a Stopped, not a traceback."""
+    from training import build
+
+    def interrupted(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        raise AssertionError("the signal did not stop the run")
+
+    monkeypatch.setattr(build, "prepare", interrupted)
+    with pytest.raises(Stopped, match=r"^stopped as the run started \(SIGINT\), before its first update"):
+        tiny_train(tmp_path / "run", ["trainer.max_steps=3"])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are Python's again
+
+
 def test_sigint_is_a_graceful_stop_too(tmp_path, tiny_train, monkeypatch):
     """The signal arrives in this process, during an update; the run stops after it, as after SIGTERM."""
     from training import engine

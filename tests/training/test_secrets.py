@@ -238,7 +238,7 @@ def test_no_credential_shaped_value_reaches_a_sweeps_files_or_its_console(tmp_pa
             assert secret.encode() not in path.read_bytes(), f"the key leaked into {path}"
 
 
-def test_a_run_that_crashes_before_its_first_update_keeps_no_secret_in_hydras_files_or_its_console(tmp_path, data_cache):
+def test_a_run_crashing_before_its_first_update_keeps_no_secret_in_hydras_files_or_console(tmp_path, data_cache):
     (tmp_path / "boom.py").write_text("def build(model, device, **_):\n    raise RuntimeError('planted')\n")
     run = tmp_path / "run"
     env = {**os.environ, "GPT_DATA_CACHE": str(data_cache), "PYTHONPATH": str(tmp_path)}
