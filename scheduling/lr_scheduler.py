@@ -19,7 +19,17 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from scheduling.schedules import SCHEDULES
-from scheduling.spec import CONFIG_KEYS, Schedule, ScheduleError, _key, check_floor_ratio, is_number
+from scheduling.spec import (
+    CONFIG_KEYS,
+    Schedule,
+    ScheduleError,
+    _key,
+    check_floor_ratio,
+    is_int,
+    is_number,
+    plain,
+    with_defaults,
+)
 
 # Messages from get_scheduler name the arguments the caller passed, not config keys: transformers' names for T
 # and W, and warmup_stable_decay's for its own; every other parameter under its own name.
@@ -79,7 +89,7 @@ def _floor_ratio(optimizer: Optimizer, kwargs: dict[str, Any], default: float | 
         raise ValueError(f"Only one of min_lr, min_lr_ratio or min_lr_rate should be set, got {sorted(given)}")
     if not given:
         return default
-    (key, value), peak = given.popitem(), optimizer.defaults["lr"]
+    (key, value), peak = given.popitem(), plain(optimizer.defaults["lr"])
     if key == "min_lr":
         if not (is_number(value) and 0 <= value <= peak):
             raise ScheduleError("min_lr", f"a floor in [0, the optimizer's lr {peak:g}]", value)
@@ -123,13 +133,16 @@ def get_scheduler(
     Differences: past T every decay holds its floor (transformers' ``cosine`` and ``cosine_with_min_lr`` climb
     back up); every decay takes a floor (``min_lr`` absolute, or ``min_lr_ratio``/``min_lr_rate`` of the peak);
     ``inverse_sqrt`` also takes ``num_training_steps`` and ``cooldown_steps`` (a linear cooldown to the floor);
-    ``cosine_with_restarts`` also takes ``cycle_decay``; a warmup longer than T ends the decay at W. The
+    ``cosine_with_restarts`` also takes ``cycle_decay`` and restarts on its update exactly; a warmup longer than
+    T ends the decay at W; a layer-wise optimizer's schedulers step (docs/schedules.md has the whole table). The
     template's own names ``wsd`` and ``cosine_restarts`` take the Schedule parameters.
     ``cosine_warmup_with_min_lr`` and ``greedy`` are not provided. ``last_epoch`` is passed on to LambdaLR
     (``reduce_lr_on_plateau`` starts its count there too).
     """
     name = getattr(name, "value", name)  # a transformers SchedulerType works too
-    kw = {**(scheduler_specific_kwargs or {}), **kwargs}
+    if type(optimizer).__name__ == "LayerWiseDummyOptimizer" and hasattr(optimizer, "optimizer_dict"):
+        return _layer_wise(name, optimizer, num_warmup_steps, num_training_steps, scheduler_specific_kwargs, kwargs)
+    kw = {k: plain(v) for k, v in {**(scheduler_specific_kwargs or {}), **kwargs}.items()}  # np.int64(3) is 3
     known = TRANSFORMERS_NAMES + OWN_NAMES
     if name not in known:
         raise ValueError(f"{name!r} is not a known schedule; known: {', '.join(known)}")
@@ -139,6 +152,8 @@ def get_scheduler(
         plateau.last_epoch = last_epoch + 1  # where a LambdaLR built with this last_epoch starts counting
         return plateau
     W, T = _steps(num_warmup_steps), _steps(num_training_steps)
+    if T is not None and not (is_int(T) and T >= 0):  # before a warmup longer than T replaces it
+        raise ScheduleError("num_training_steps", "an integer number of updates ≥ 0", num_training_steps)
     if name == "constant":  # transformers ignores the warmup and every other argument here
         return build_scheduler(optimizer, Schedule("constant", keys=HF_KEYS), last_epoch)
     if W is None:
@@ -165,13 +180,19 @@ def get_scheduler(
                 "Both num_training_steps and num_stable_steps are specified. num_stable_steps will be used.",
                 stacklevel=2,
             )
+        warmup = kw.pop("warmup_type", "linear")
+        if warmup == "exponential" and not floor:
+            raise ValueError(
+                "warmup_type='exponential' needs a floor > 0 (min_lr_ratio or min_lr): its warmup grows geometrically "
+                "from the floor (transformers', from 0, stays at 0 until num_warmup_steps)"
+            )
         params = dict(
             total_steps=W + stable + decay if stable is not None else T,
             warmup_steps=W,
             decay_steps=decay,
             min_lr_ratio=floor,
             warmup_start_ratio=floor,  # transformers' WSD warmup starts at the floor, not at 0
-            warmup_shape=kw.pop("warmup_type", "linear"),
+            warmup_shape=warmup,
             decay_shape=kw.pop("decay_type", "cosine"),
         )
         return build_scheduler(optimizer, _schedule("wsd", kw, name, WSD_KEYS, **params), last_epoch)
@@ -179,7 +200,7 @@ def get_scheduler(
     if T is None:
         raise ValueError(f"{name} requires `num_training_steps`, please provide that argument.")
     if name == "polynomial":
-        lr_init = optimizer.defaults["lr"]
+        lr_init = plain(optimizer.defaults["lr"])
         lr_end = kw.pop("lr_end", None)
         floor = _floor_ratio(optimizer, kw, default=None)
         if lr_end is not None and floor is not None:
@@ -198,6 +219,25 @@ def get_scheduler(
     own = {"cosine_with_restarts": "cosine_restarts", "cosine_with_min_lr": "cosine"}.get(name, name)
     schedule = _schedule(own, kw, name, total_steps=T, warmup_steps=W, min_lr_ratio=floor)
     return build_scheduler(optimizer, schedule, last_epoch)
+
+
+def _layer_wise(name, optimizer, W, T, specific, kwargs) -> LambdaLR:
+    """transformers' layer-wise optimizers (GaLore's ``*_layerwise``) step each parameter's optimizer in a hook
+    after its gradient is accumulated: each gets its own scheduler here, stepped in the same hook, as transformers'
+    ``get_scheduler`` arranges. The loop's scheduler moves nothing (its ``schedulers`` are the ones that count)."""
+    schedulers = {
+        param: get_scheduler(name, inner, W, T, specific, **kwargs) for param, inner in optimizer.optimizer_dict.items()
+    }
+
+    def step(param) -> None:  # after the optimizer's hook, registered first, stepped and cleared the gradient
+        schedulers[param].step()
+
+    for param in schedulers:
+        if param.requires_grad:
+            param.register_post_accumulate_grad_hook(step)
+    loop = LambdaLR(optimizer, lambda t: 1.0)
+    loop.schedulers = schedulers
+    return loop
 
 
 def restore_scheduler(
@@ -224,9 +264,10 @@ def restore_scheduler(
         old_name, old = saved.get("name", schedule.name), saved.get("params", schedule.params)
         if old_name != schedule.name:
             what = f"schedule.name {old_name!r} → {schedule.name!r}"
-        else:
-            diff = sorted(k for k in set(old) | set(schedule.params) if old.get(k) != schedule.params.get(k))
-            what = ", ".join(f"{_key(k, keys)} {_short(old.get(k))} → {_short(schedule.params.get(k))}" for k in diff)
+        else:  # a parameter left at its default is the same as one spelt out
+            old, new = with_defaults(old_name, old), with_defaults(schedule.name, schedule.params)
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            what = ", ".join(f"{_key(k, keys)} {_short(old.get(k))} → {_short(new.get(k))}" for k in diff)
         old_peaks = [float(x) for x in saved_state.get("base_lrs", [])]
         what = ", ".join(filter(None, [what, *peak_changes(old_peaks, scheduler, config)]))
         if what:

@@ -247,7 +247,8 @@ def cosine_restarts(
     p = _progress(t, warmup_steps, total_steps)
     if p >= 1.0:
         return min_lr_ratio
-    cycles = float(num_cycles) * p
+    # one rounding: a restart falls on its update exactly (n·p rounds 15/22 of 22 cycles to 14.999…)
+    cycles = max(0.0, num_cycles * (t - warmup_steps) / (total_steps - warmup_steps))
     c = 0.5 * (1.0 + math.cos(math.pi * (cycles % 1.0)))
     if cycle_decay != 1.0:
         c *= cycle_decay ** math.floor(cycles)

@@ -13,6 +13,7 @@ import functools
 import importlib
 import inspect
 import math
+import numbers
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -128,6 +129,27 @@ def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def plain(value: Any) -> Any:
+    """A numpy or torch scalar as the Python number it holds, as the checks and a saved state take it; anything
+    else as it is."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # np.int64(3), np.float32(2), tensor(1e-3)
+        value = value.item()
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def with_defaults(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` with each parameter of schedule ``name`` they leave out at its default: two schedules that
+    differ only in what they spell out are the same λ."""
+    signature = inspect.signature(schedule_function(name)).parameters
+    return {**{p: v.default for p, v in signature.items() if v.default is not v.empty}, **params}
+
+
 def is_number(value: Any) -> bool:
     """A finite int or float, not a bool (nor an int past float's range, which arithmetic with floats overflows)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -214,6 +236,7 @@ class Schedule:
     """
 
     def __init__(self, name: str, keys: Mapping[str, str] = CONFIG_KEYS, **params: Any):
+        params = {k: plain(v) for k, v in params.items()}  # T from numpy, a floor from a tensor lr
         signature = dict(inspect.signature(schedule_function(name, _key("name", keys))).parameters)
         signature.pop(next(iter(signature), None), None)  # the update index, whatever its name (t, step)
         accepted = list(signature)

@@ -319,3 +319,85 @@ def test_resume_with_another_schedule_when_allowed_follows_it_from_the_saved_upd
     for t, lrs in enumerate(history, start=7):
         assert lrs == pytest.approx([2 * PEAK * new(t)] * 2, rel=1e-12), t
     assert scheduler.state_dict()["lr_lambdas"][0] == {"name": "wsd", "params": new.params}
+
+
+def test_numpy_and_tensor_values_are_taken_as_the_numbers_they_hold():
+    """A count from numpy (np.int64), a power or floor in float32, a tensor lr (as some fused optimizers keep it):
+    transformers takes each; so does get_scheduler, with transformers' lr."""
+    import numpy as np
+
+    calls = [
+        ("cosine_with_restarts", PEAK, {"num_cycles": np.int64(3)}),
+        ("polynomial", PEAK, {"power": np.float32(2), "lr_end": np.float32(1e-5)}),
+        ("polynomial", torch.tensor(PEAK), {}),
+        ("cosine_with_min_lr", torch.tensor(PEAK), {"min_lr": np.float32(1e-5)}),
+        ("cosine_with_min_lr", PEAK, {"min_lr_rate": np.float64(0.1)}),
+    ]
+    for name, lr, kwargs in calls:
+        histories = []
+        for factory in (transformers.get_scheduler, get_scheduler):
+            optimizer = two_group_optimizer(lr)
+            histories.append(
+                lr_history(factory(name, optimizer, 2, 20, scheduler_specific_kwargs=kwargs), optimizer, 20)
+            )
+        ours, theirs = ([float(x) for row in history for x in row] for history in histories[::-1])
+        assert ours == pytest.approx(theirs, rel=1e-6), name
+
+
+def test_a_resume_between_schedules_that_differ_only_in_a_default_spelt_out_is_taken():
+    """Schedule("cosine") leaves the floor at its default 0; get_scheduler("cosine") passes min_lr_ratio=0.0: the
+    same λ, so the one's state loads into the other; a floor that differs is still refused."""
+    saved = build_scheduler(two_group_optimizer(), Schedule("cosine", total_steps=100, warmup_steps=10))
+    for _ in range(5):
+        saved.optimizer.step()
+        saved.step()
+    resumed = get_scheduler("cosine", two_group_optimizer(), 10, 100)
+    resumed.load_state_dict(saved.state_dict())
+    assert resumed.last_epoch == 5 and resumed.get_last_lr() == saved.get_last_lr()
+    with pytest.raises(ScheduleError, match=r"another schedule \(min_lr_ratio 0.0 → 0.1\)"):
+        get_scheduler("cosine", two_group_optimizer(), 10, 100, min_lr_ratio=0.1).load_state_dict(saved.state_dict())
+
+
+@pytest.mark.parametrize("W, T", [(0, -3), (5, -3), (2, 4.5)])
+def test_a_negative_or_fractional_T_is_refused_naming_the_value_passed(W, T):
+    with pytest.raises(ScheduleError, match=rf"^num_training_steps must be an integer number of updates ≥ 0, got {T}$"):
+        get_scheduler("linear", two_group_optimizer(), W, T)
+
+
+def test_an_exponential_wsd_warmup_without_a_floor_names_the_floor_it_needs():
+    with pytest.raises(ValueError, match=r"^warmup_type='exponential' needs a floor > 0 \(min_lr_ratio or min_lr\)"):
+        get_scheduler(
+            "warmup_stable_decay", two_group_optimizer(), 10, 100, num_decay_steps=20, warmup_type="exponential"
+        )
+    scheduler = get_scheduler(
+        "warmup_stable_decay",
+        two_group_optimizer(),
+        10,
+        100,
+        num_decay_steps=20,
+        warmup_type="exponential",
+        min_lr_ratio=0.01,
+    )
+    assert scheduler.lr_lambdas[0](0) == pytest.approx(0.01) and scheduler.lr_lambdas[0](10) == 1.0
+
+
+def test_a_layer_wise_optimizer_gets_a_scheduler_per_parameter_stepped_in_its_gradient_hook():
+    """transformers' layer-wise optimizers (GaLore's *_layerwise) step each parameter's own optimizer in a hook;
+    their schedulers must follow, as transformers' get_scheduler arranges, or the lr never decays."""
+    from transformers.trainer_pt_utils import LayerWiseDummyOptimizer
+
+    model = torch.nn.Linear(3, 3)
+    inner = {p: torch.optim.SGD([p], lr=PEAK) for p in model.parameters()}
+
+    def step(p):
+        inner[p].step()
+        inner[p].zero_grad()
+
+    for p in model.parameters():
+        p.register_post_accumulate_grad_hook(step)
+    scheduler = get_scheduler("linear", LayerWiseDummyOptimizer(optimizer_dict=inner, lr=PEAK), 0, 10)
+    for _ in range(3):
+        model(torch.ones(1, 3)).sum().backward()  # the hooks step the optimizers and their schedulers
+        scheduler.step()  # the loop's own: moves nothing
+    expected = PEAK * Schedule("linear", total_steps=10)(3)
+    assert [g["lr"] for o in inner.values() for g in o.param_groups] == [pytest.approx(expected)] * 2

@@ -545,3 +545,14 @@ def test_a_forks_schedule_that_cannot_run_is_one_line_naming_the_key(tmp_path, m
     assert Schedule("fork_lambdas.open_ended", **resolved, shape="any")(99) == 1.0  # and takes any key
     assert Schedule("fork_lambdas.open_ended", **{**resolved, "warmup_steps": 10}, shape="any")(5) == 0.5
     assert Schedule("fork_lambdas.by_step", **resolved)(50) == 0.5  # the update index by any name
+
+
+def test_cosine_restarts_restarts_at_its_update_exactly_for_any_number_of_cycles():
+    """n·p mod 1 in floats rounds 22 · (15000/22000) to 14.999…: the restart would come an update late (as in
+    transformers); one division of exact integers puts every restart at the peak on its update."""
+    for n in (3, 22, 23, 39, 46):
+        W, span = 100, n * 1000
+        s = Schedule("cosine_restarts", total_steps=W + span, warmup_steps=W, num_cycles=n, min_lr_ratio=0.1)
+        for k in range(n):
+            assert s(W + k * 1000) == 1.0, (n, k)
+            assert s(W + k * 1000 + 1) < 1.0 and (k == 0 or s(W + k * 1000 - 1) < 0.1 + 1e-4)
