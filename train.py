@@ -31,7 +31,7 @@ from training.config import USER_ERRORS, check_config, check_overrides_or_exit
 from training.engine import NONFINITE
 from training.init_from import with_init_from
 from training.secrets import register_overrides, scrub_hydra_files
-from training.signals import EXIT_RESUMABLE, StopAtOnce, Stopped, StopSignals
+from training.signals import EXIT_RESUMABLE, StopAtOnce, Stopped, StopSignals, stop_received
 from training.watchdog import EXIT_HUNG, PeerLost, Watchdog, peers_answering, report
 
 log = logging.getLogger("train")
@@ -167,8 +167,15 @@ def main(cfg: DictConfig) -> float:
         if sweep is not None:
             launch.sweep_stopped(hc)  # a signal ends the sweep: the report of the jobs so far
         log.info("%s", e)
+        distributed.shutdown()  # stopped as the ranks joined: a live gloo group can abort the interpreter's exit
         sys.exit(EXIT_RESUMABLE)
     except PeerLost as e:
+        if (why := stop_received()) is not None and e.at is not None:  # the same stop ended another rank first
+            report(
+                f"{e.at}: stopped ({why}) as another rank left; exiting with {EXIT_RESUMABLE}: run "
+                f"{again} to resume from the latest checkpoint"
+            )
+            os._exit(EXIT_RESUMABLE)
         report(str(e))
         os._exit(EXIT_HUNG)  # at once: a process group that lost a peer can abort the interpreter's exit
     except Exception as e:

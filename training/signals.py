@@ -13,6 +13,16 @@ from types import FrameType
 EXIT_RESUMABLE = 75
 
 
+# The signal that last asked this process to stop: where a peer's loss ends the run before the stop could (the
+# same SIGTERM stopped another rank first), the run ended as stopped all the same.
+received: str | None = None
+
+
+def stop_received() -> str | None:
+    """The signal that last asked this process to stop (SIGTERM, SIGINT), if any."""
+    return received
+
+
 class StopSignals:
     """While active, SIGTERM and SIGINT set ``requested`` instead of killing the process."""
 
@@ -21,9 +31,10 @@ class StopSignals:
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        global received
         if signum == signal.SIGINT and self.requested is not None:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
-        self.requested = signal.Signals(signum).name
+        self.requested = received = signal.Signals(signum).name
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there
@@ -53,7 +64,9 @@ class StopAtOnce(StopSignals):
     data can take hours."""
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        raise Interrupted(signal.Signals(signum).name)
+        global received
+        received = signal.Signals(signum).name
+        raise Interrupted(received)
 
     def __exit__(self, kind, error, tb) -> None:
         super().__exit__()

@@ -36,11 +36,11 @@ class PeerLost(Exception):
     ``timeout``: trainer.collective_timeout when it bounded the wait."""
 
     def __init__(self, where: int | str | None, timeout: float | None, reason: str):
-        if where is None:
+        self.at = None if where is None else f"update {where}" if isinstance(where, int) else where
+        if self.at is None:
             what, hint = "the ranks did not all join", "once every rank can start (see each one's output)"
         else:
-            at = f"update {where}" if isinstance(where, int) else where
-            what, hint = f"{at}: another rank stopped answering", "to resume from the latest checkpoint"
+            what, hint = f"{self.at}: another rank stopped answering", "to resume from the latest checkpoint"
         limit = f"trainer.collective_timeout={timeout:g} s; " if timeout is not None else ""
         super().__init__(f"{what} ({limit}{reason}); exiting with {EXIT_HUNG}: run the same command again {hint}")
 

@@ -153,6 +153,18 @@ class SignalAtStart(Sink):
         time.sleep(5)  # the signal is handled before this ends
 
 
+class SignalLauncher(Sink):
+    """Sends this process's parent (torchrun's agent, which passes it to every rank) SIGTERM as the run starts."""
+
+    def __init__(self, info: RunInfo):
+        import os
+        import signal
+        import time
+
+        os.kill(os.getppid(), signal.SIGTERM)
+        time.sleep(5)  # the signal the agent passes on is handled before this ends
+
+
 class EndStatus(Sink):
     """Writes the status its run ended with to ``<run dir>/<label>.status``."""
 

@@ -341,6 +341,29 @@ def test_a_rank_lost_as_the_run_ends_ends_the_others_wait_in_one_line(tmp_path, 
     assert errors[0].startswith("error: as the run ended: another rank stopped answering (")
 
 
+def test_a_sigterm_to_torchrun_as_the_run_starts_stops_every_rank_as_resumable_in_one_line(tmp_path, data_cache):
+    """torchrun passes SIGTERM to every rank; rank 0, still starting its trackers, stops at once, and a rank already
+    waiting in update 0 sees it leave: that rank's line says it stopped too (75), not that a peer hung (124). The
+    same command then trains."""
+    run = tmp_path / "run"
+    args = [*FAULT_ARGS, "trainer.max_steps=4"]
+    stop = "+logger.sinks.stop._target_=tests.training.fork_parts.SignalLauncher"
+    proc = torchrun([*args, stop], ROOT, data_cache, run, check=False)
+    out = proc.stdout + proc.stderr
+    assert "stopped as the run started (SIGTERM), before its first update" in out, out[-3000:]
+    assert "another rank stopped answering" not in out and "exiting with 124" not in out, out[-3000:]
+    errors = [line for line in out.splitlines() if line.startswith("error: ")]
+    assert errors in (
+        [],
+        [
+            "error: update 0: stopped (SIGTERM) as another rank left; exiting with 75: run the same "
+            "command to resume from the latest checkpoint"
+        ],
+    ), errors
+    torchrun(args, ROOT, data_cache, run)
+    assert sorted(train_records(run)) == [0, 1, 2, 3]
+
+
 def test_under_torchrun_max_restarts_a_hung_rank_restarts_the_group_from_latest_bit_for_bit(
     tmp_path, data_cache, two_ranks_uninterrupted
 ):
