@@ -381,9 +381,9 @@ class GPT(nn.Module):
         self.apply(self._init_weights)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
-        """The output logits of hidden states ``x``. With logit_softcap c: c·tanh(logits/c), smooth and bounded, so
-        no logit can run away however high the lr; in fp32, as the loss takes them, whatever autocast made the
-        head's output. The padding ids (``padded_from`` on) at −inf: no probability goes to them."""
+        """The output logits of hidden states ``x``. With logit_softcap c: c·tanh(logits/c) in fp32, smooth and
+        bounded, so no logit can run away however high the lr. The padding ids (``padded_from`` on) at −inf: no
+        probability goes to them."""
         logits = self.lm_head(x)
         c = self.config.logit_softcap
         if c is not None:
@@ -490,5 +490,6 @@ class GPT(nn.Module):
             )
             return None, loss
         logits = self.head(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
+        # in fp32 whatever the logits' dtype: autocast would cast them, but FSDP's bf16 parameters run without it
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
         return logits, loss

@@ -325,3 +325,17 @@ def test_a_rope_theta_the_arch_does_not_use_is_warned_of_when_the_model_is_built
         build_model(trainer, Dist(), tiny_config(arch), keep_freed_memory=False)  # the default: nothing to say
     said = [r.getMessage() for r in caplog.records]
     assert said == (["model.rope_theta=500: gpt2 style has no rotary positions; it has no effect"] if warned else [])
+
+
+def test_the_loss_is_fp32_where_the_parameters_are_bf16_without_autocast():
+    """FSDP's mixed precision on a GPU casts the parameters to bf16 and runs without autocast: the logits are bf16,
+    yet the loss, its gradient and the per-token validation losses must be fp32 cross-entropies, as under autocast."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=384, block_size=16, n_layer=1, n_head=2, n_embd=32)).to(torch.bfloat16).eval()
+    x = torch.randint(0, 384, (2, 16))
+    logits, loss = model(x, x)
+    _, per_token = model(x, x, reduction="none")
+    assert logits.dtype == torch.bfloat16 and loss.dtype == per_token.dtype == torch.float32
+    fp32_logits = logits.float().view(-1, 384)
+    assert torch.equal(loss, torch.nn.functional.cross_entropy(fp32_logits, x.view(-1)))
+    assert torch.equal(per_token, torch.nn.functional.cross_entropy(fp32_logits, x.view(-1), reduction="none"))
