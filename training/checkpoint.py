@@ -412,6 +412,13 @@ def check_fits(state: dict[str, Any], model_config: dict[str, Any], tokenizer_ha
         )
     if state.get("tokenizer_hash") not in (None, tokenizer_hash):
         raise ConfigError(f"checkpoint {path}: it was trained with another tokenizer than data builds now")
+    changed = [
+        f"model.{k} {saved[k]!r} → {model_config[k]!r}"
+        for k in TRAINING_ONLY
+        if saved.get(k, model_config[k]) != model_config[k]
+    ]
+    if changed:  # allowed, as the optimizer's settings are: named as they are
+        log.info("from update %d, the model's %s", state["step"], ", ".join(changed))
 
 
 def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:

@@ -81,13 +81,17 @@ def test_a_resume_may_turn_activation_checkpointing_on_and_continues_bit_for_bit
     assert [[r.get(k) for k in keys] for r in resumed] == [[r.get(k) for k in keys] for r in uninterrupted]
 
 
-def test_a_resume_may_change_the_dropout_but_not_the_shape(tmp_path, tiny_train, uninterrupted):
+def test_a_resume_may_change_the_dropout_but_not_the_shape_and_names_the_change(
+    tmp_path, tiny_train, uninterrupted, caplog
+):
     with pytest.raises(Stopped):
         tiny_train(tmp_path / "run", ARGS + ["trainer.stop_at=5"])
     with pytest.raises(ConfigError, match=r"another shape or vocab .*n_embd"):
         tiny_train(tmp_path / "run", ARGS + ["model.n_embd=48"])
     without_dropout = [a for a in ARGS if not a.startswith("model.dropout")] + ["model.dropout=0.0"]
-    resumed = read_metrics(tiny_train(tmp_path / "run", without_dropout))
+    with caplog.at_level("INFO", logger="train"):
+        resumed = read_metrics(tiny_train(tmp_path / "run", without_dropout))
+    assert "from update 5, the model's model.dropout 0.1 → 0.0" in caplog.text
     losses = {r["step"]: r["train/loss"] for r in resumed if "train/loss" in r}
     before = {r["step"]: r["train/loss"] for r in uninterrupted if "train/loss" in r}
     assert [losses[t] for t in range(5)] == [before[t] for t in range(5)]  # the updates before the stop, as logged
