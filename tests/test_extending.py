@@ -196,3 +196,14 @@ def test_a_bad_value_for_a_forks_part_is_one_line_before_the_run_writes(in_fork,
     with pytest.raises(USER_ERRORS, match=says) as info:
         tiny_train(run, [*args, "trainer.max_steps=4"])
     assert "\n" not in str(info.value) and not (run / "metrics.jsonl").exists()
+
+
+def test_a_mistyped_key_of_the_forks_option_is_told_the_key_of_that_option(in_fork):
+    """As the page says: optim=sgd has a momentum, and so has optim=muon (optim.muon.momentum), which would be
+    refused beside sgd; the suggestion is the chosen option's own key."""
+    from training.config import ConfigError, check_overrides
+
+    with pytest.raises(ConfigError) as info:
+        check_overrides(["optim=sgd", "optim.momentun=0.5"])
+    assert str(info.value) == "optim.momentun is not a key of optim; did you mean optim.momentum?"
+    assert "`optim.momentun is not a key of optim; did you mean optim.momentum?`" in " ".join(PAGE.read_text().split())

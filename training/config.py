@@ -152,8 +152,24 @@ def top_keys(config_name: str) -> list[str]:
     return [k for k in OmegaConf.load(CONF / f"{config_name}.yaml") if k not in ("defaults", "hydra")]
 
 
-def unknown_key(key: str, config_name: str = "config") -> ConfigError:
-    """The one-line error for a key the config does not define, with the closest known keys."""
+def chosen_options(lines: list[str]) -> dict[str, str]:
+    """The option of each group that override ``lines`` (``optim=sgd``) or else conf/config.yaml choose."""
+    from omegaconf import OmegaConf
+
+    chosen = {}
+    for entry in OmegaConf.load(CONF / "config.yaml").get("defaults", []):
+        if isinstance(entry, Mapping):
+            chosen.update({str(k): str(v) for k, v in entry.items() if not str(k).startswith("override ")})
+    for line in lines:
+        key, sep, value = line.lstrip("+").partition("=")
+        if sep and "." not in key and (CONF / key).is_dir():
+            chosen[key] = value
+    return chosen
+
+
+def unknown_key(key: str, config_name: str = "config", chosen: Mapping[str, str] | None = None) -> ConfigError:
+    """The one-line error for a key the config does not define, with the closest known keys (of the option
+    ``chosen`` for its group first, as a key of another option would be refused too)."""
     group, _, leaf = key.partition(".")
     section = next((s for s in NAMED_SECTIONS if key.startswith(f"{s}.")), None)
     if config_name == "config" and section and key.count(".") == section.count(".") + 2:
@@ -193,6 +209,12 @@ def unknown_key(key: str, config_name: str = "config") -> ConfigError:
             )
         known = sorted({f"{group}.{k}" for o in options for k in known_keys(group, o)})
         where = group
+        option = (chosen or {}).get(group)
+        if option in options:
+            own = [f"{group}.{k}" for k in known_keys(group, option)]
+            close = difflib.get_close_matches(key, own, n=1, cutoff=0.75)
+            if close:
+                return ConfigError(f"{key} is not a key of {group}; did you mean {close[0]}?")
     else:  # a key outside the groups: compare it with every key, and with every key's last part
         known = (
             top_keys(config_name)
@@ -390,7 +412,7 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
     try:
         compose(plain, config_name)
     except (HydraException, OmegaConfBaseException) as e:
-        raise composition_error(e, config_name) from None
+        raise composition_error(e, config_name, plain) from None
     sweeps = [o for o, mine in zip(parsed, ours, strict=True) if mine and o.is_sweep_override()]
     if sweeps and not {"-m", "--multirun"} & set(overrides) and not multirun_config(first, config_name):
         raise ConfigError(  # Hydra's answer is five lines
@@ -405,7 +427,7 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
             try:
                 compose(lines, config_name)
             except (HydraException, OmegaConfBaseException) as e:
-                raise composition_error(e, config_name) from None
+                raise composition_error(e, config_name, lines) from None
     if len(plain) == len(first):
         return
     try:  # Hydra's own keys, checked apart: only a mistyped key or option is reported, the rest is Hydra's to judge
@@ -435,7 +457,7 @@ def check_deletion(key: str, line: str) -> None:
     raise ConfigError(f"{line}: a setting cannot be deleted (its code's default need not be conf/'s); set it: {key}=…")
 
 
-def composition_error(e: Exception, config_name: str) -> ConfigError:
+def composition_error(e: Exception, config_name: str, lines: list[str] = ()) -> ConfigError:
     """What Hydra's composition refused, in one line: an unknown key or option with the closest known names."""
     message = " ".join(str(e).split())
     present = re.search(r"An item is already at '([^']+)'", message)
@@ -446,7 +468,9 @@ def composition_error(e: Exception, config_name: str) -> ConfigError:
         return (
             unknown_hydra_key(key.group(1), config_name)
             if key.group(1).startswith("hydra.")
-            else unknown_key(key.group(1), config_name)
+            else unknown_key(
+                key.group(1), config_name, chosen_options(list(lines)) if config_name == "config" else None
+            )
         )
     option = re.search(r"Could not find '([\w/]+)/([^'/]+)'", message)
     if option:
