@@ -135,11 +135,19 @@ def within(seconds: float, call: Callable[[], Any], late: Callable[[Any], None])
 
 
 def http_limits(timeout: float) -> None:
-    """A server that stops answering: a few quick retries of ``timeout`` seconds each, not MLflow's minutes of them.
-    Set for this process unless the user set them (a sweep's next job sets its own)."""
+    """A server that stops answering: a few quick retries of ``timeout`` seconds each, not MLflow's minutes of them,
+    and not a warning from urllib3 for each (the sink's own line says what failed). Set for this process unless the
+    user set them (a sweep's next job sets its own)."""
     for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout))):
         if os.environ.get(key) in (None, _SET_HERE.get(key)):
             os.environ[key] = _SET_HERE[key] = value
+    pool = logging.getLogger("urllib3.connectionpool")
+    if _no_retry_lines not in pool.filters:
+        pool.addFilter(_no_retry_lines)
+
+
+def _no_retry_lines(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Retrying (")
 
 
 _SET_HERE: dict[str, str] = {}  # the values http_limits set, told apart from the user's own

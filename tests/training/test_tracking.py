@@ -355,6 +355,19 @@ def test_a_tracking_server_that_never_answers_falls_back_to_a_local_store_within
     assert err.startswith("error: MLflow at bogus://x: ") and err.count("\n") == 1
 
 
+def test_a_refused_tracking_server_is_one_warning_not_a_retry_line_each(tmp_path, tiny_train, caplog):
+    """A port nobody listens on: urllib3 would warn at each of MLflow's retries before the sink's own line."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"  # closed again: connections to it are refused
+    with caplog.at_level("WARNING"):
+        tiny_train(tmp_path / "run", ["trainer.max_steps=2", "logger=mlflow", f"logger.tracking_uri={url}"])
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert [w for w in warnings if "MLflow at" in w or "Retrying" in w] == [
+        next(w for w in warnings if w.startswith(f"MLflow at {url} failed to start"))
+    ]
+
+
 def test_a_run_that_fell_back_resumes_in_its_own_store_after_its_directory_moved(tmp_path, tiny_train):
     """The fallback store is the run directory's: a resume where the directory is now goes on there, whatever
     the server does, and the upload command the end names holds every update."""
