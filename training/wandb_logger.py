@@ -15,6 +15,7 @@ import netrc
 import os
 import sys
 from collections.abc import Mapping
+from math import inf
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,11 @@ class WandbSink(Sink):
             if value is not None and (not isinstance(name, str) or not name.strip()):
                 raise ConfigError(f"logger.{key}", "null or a name", value)
         check_tracking(settings)
+        limit = settings.get("finish_timeout")
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit < inf
+        ):
+            raise ConfigError("logger.finish_timeout", "null or a finite number of seconds > 0", limit)
 
     def __init__(self, info: RunInfo):
         import wandb
@@ -82,6 +88,10 @@ class WandbSink(Sink):
         self.mode = resolve_mode(cfg.get("mode", "auto"))
         self.failed = False
         timeout = float(cfg["init_timeout"])
+        self.finish_timeout = cfg.get("finish_timeout")
+        limits = {"init_timeout": timeout}
+        if self.finish_timeout is not None and "finish_timeout" in wandb.Settings.model_fields:  # an older wandb waits
+            limits.update(finish_timeout=float(self.finish_timeout), finish_timeout_raises=True)
         # W&B's own banner and end-of-run history repeat the run's summary: off unless WANDB_SILENT=false
         silent = os.environ.get("WANDB_SILENT", "true").lower() not in ("false", "0")
 
@@ -100,7 +110,7 @@ class WandbSink(Sink):
                 id=run_id,
                 resume="allow" if run_id else None,
                 reinit="finish_previous",
-                settings=wandb.Settings(silent=silent, init_timeout=timeout),
+                settings=wandb.Settings(silent=silent, **limits),
             )
 
         if self.mode == "offline":
@@ -188,7 +198,16 @@ class WandbSink(Sink):
                     self.run.summary[k] = v
                 if status == "preempted":
                     self.run.mark_preempting()
+            local = Path(self.run.dir).parent  # wandb/run-<time>-<id>: what wandb sync uploads
             self.run.finish(exit_code=0 if status == "ok" and not self.failed else 1)
+        except TimeoutError:  # logger.finish_timeout passed: the run ends; what is left waits on disk
+            log.warning(
+                "W&B did not upload the rest of the run within logger.finish_timeout=%g s; it is kept in %s: upload "
+                "it with wandb sync %s",
+                self.finish_timeout,
+                local,
+                local,
+            )
         except Exception as e:
             if not self.failed:
                 self.failure("closing the run", e)

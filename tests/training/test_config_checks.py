@@ -78,6 +78,8 @@ BAD_CONFIGS = [
     (["logger.init_timeout=0"], "logger.init_timeout", "a finite number of seconds > 0"),
     (["logger.init_timeout=inf"], "logger.init_timeout", "a finite number of seconds > 0"),  # W&B refused it late
     (["logger=mlflow", "logger.init_timeout=nan"], "logger.init_timeout", "a finite number of seconds > 0"),
+    (["logger.finish_timeout=0"], "logger.finish_timeout", "null or a finite number of seconds > 0"),
+    (["logger.finish_timeout=inf"], "logger.finish_timeout", "null or a finite number of seconds > 0"),
     (["logger.entity=[a]"], "logger.entity", "null or a name"),
     (["logger.job_type=''"], "logger.job_type", "null or a name"),
     (["schedule.warmup_steps=-1"], "schedule.warmup_steps", "≥ 0"),

@@ -82,3 +82,29 @@ def test_a_wandb_failure_mid_run_is_logged_once_and_the_local_metrics_stay_compl
     assert warnings_of(caplog) == [f"{failed}; training goes on without it, metrics.jsonl stays complete"]
     assert calls == [0, 1]  # after the failure the sink stays quiet
     assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1, 2, 3]
+
+
+def test_a_run_whose_end_waits_past_logger_finish_timeout_ends_naming_what_uploads_the_rest(
+    tmp_path, monkeypatch, caplog
+):
+    """A network that drops as the run ends: W&B gives up after logger.finish_timeout (told so by its settings) and
+    the sink says where the rest is and how to upload it, instead of waiting for the job's time limit."""
+    from wandb.sdk.wandb_run import Run
+
+    sink = wandb_sink(tmp_path, {**LOGGER, "mode": "offline", "finish_timeout": 12.5})
+    assert (sink.run.settings.finish_timeout, sink.run.settings.finish_timeout_raises) == (12.5, True)
+    local = tmp_path.joinpath("wandb").glob("offline-run-*")
+    real_finish = Run.finish
+
+    def timing_out(self, *args, **kwargs):  # what wandb raises after finish_timeout with finish_timeout_raises
+        real_finish(self, *args, **kwargs)
+        raise TimeoutError("Timed out finishing run.")
+
+    monkeypatch.setattr(Run, "finish", timing_out)
+    caplog.set_level("INFO")
+    sink.finish("ok", {})
+    folder = next(local)
+    assert warnings_of(caplog) == [
+        f"W&B did not upload the rest of the run within logger.finish_timeout=12.5 s; it is kept in {folder}: "
+        f"upload it with wandb sync {folder}"
+    ]
