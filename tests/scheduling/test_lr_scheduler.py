@@ -395,9 +395,11 @@ def test_a_layer_wise_optimizer_gets_a_scheduler_per_parameter_stepped_in_its_gr
 
     for p in model.parameters():
         p.register_post_accumulate_grad_hook(step)
-    scheduler = get_scheduler("linear", LayerWiseDummyOptimizer(optimizer_dict=inner, lr=PEAK), 0, 10)
+    dummy = LayerWiseDummyOptimizer(optimizer_dict=inner, lr=PEAK)
+    scheduler = get_scheduler("linear", dummy, 0, 10)
     for _ in range(3):
         model(torch.ones(1, 3)).sum().backward()  # the hooks step the optimizers and their schedulers
-        scheduler.step()  # the loop's own: moves nothing
+        dummy.step()  # the loop's own, as a Trainer calls them: they move nothing
+        scheduler.step()
     expected = PEAK * Schedule("linear", total_steps=10)(3)
     assert [g["lr"] for o in inner.values() for g in o.param_groups] == [pytest.approx(expected)] * 2
