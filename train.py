@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from data.atomic import space_for
 from scheduling.spec import register_resolvers
 from training import distributed, launch, run_lock
-from training.build import Run, Sweep, build_run
+from training.build import Run, Sweep, build_run, memory_for_the_run
 from training.config import USER_ERRORS, check_config, check_overrides_or_exit
 from training.engine import NONFINITE
 from training.init_from import with_init_from
@@ -59,7 +59,7 @@ def train(
     check_config(cfg)
     with space_for(run_dir):  # a full disk wherever the run writes: DiskFull, one line naming the file
         # a rank lost while the data is prepared ends the others; a signal then stops the run at once
-        with peers_answering(lambda: "as the run started", None), StopAtOnce():
+        with peers_answering(lambda: "as the run started", None), StopAtOnce(), memory_for_the_run():
             run = build_run(cfg, run_dir, sweep=sweep, started=started)
         status = "failed"
         try:

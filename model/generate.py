@@ -76,7 +76,9 @@ def sample_next(
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = sorted_logits.softmax(dim=-1)
         mass_before = probs.cumsum(dim=-1) - probs  # mass of the more likely ids
-        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
+        cut = mass_before >= top_p
+        cut[..., 0] = False  # the most likely id stays, whatever float32 makes of a tiny top_p
+        sorted_logits = sorted_logits.masked_fill(cut, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     # a greedy row draws from its one-hot: multinomial refuses the inf or NaN its logits may hold (fp16 overflow)
     probs = torch.where(too_cold, torch.zeros_like(logits).scatter_(-1, greedy, 1.0), logits.softmax(dim=-1))

@@ -248,6 +248,23 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kilobytes on Linux
 
 
+@contextlib.contextmanager
+def memory_for_the_run():
+    """Memory the config's sizes cannot get while the run is built (a batch of 10**11 windows, a model of 10**12
+    dims) is bad input, in one line, not a traceback from numpy or torch's allocator."""
+    try:
+        yield
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        raise ConfigError(f"not enough memory for the run as configured ({first_line(e)}); {SIZES}") from None
+    except RuntimeError as e:
+        if "can't allocate memory" not in str(e):
+            raise
+        raise ConfigError(f"not enough memory for the run as configured ({first_line(e)}); {SIZES}") from None
+
+
+SIZES = "lower what sizes it: trainer.batch_size, grad_accum_steps, eval_batches, model.n_embd, n_layer, mlp_hidden"
+
+
 def samples_here(trainer, dist: distributed.Dist, strategy: str) -> bool:
     """The end-of-run sample runs on rank 0, and under FSDP on every rank (each holds a shard of the weights)."""
     return bool(trainer.sample_tokens) and (dist.is_main or strategy == "fsdp")

@@ -504,6 +504,9 @@ def positive_int(section: Mapping[str, Any], key: str, prefix: str, minimum: int
     return v
 
 
+MAX_SPIKE_WINDOW = 10**6  # the recent losses a spike is judged against: a window, not the run
+
+
 def one_of(section: Mapping[str, Any], key: str, prefix: str, allowed: tuple) -> Any:
     v = section.get(key)
     if v not in allowed or isinstance(v, bool) != any(isinstance(a, bool) and a == v for a in allowed):
@@ -538,7 +541,7 @@ def check_optim(o: Mapping[str, Any]) -> None:
         raise ConfigError("optim.lr", "a number > 0", lr)
     betas = o.get("betas", [0.9, 0.98])
     if not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(is_number(b) and 0 <= b < 1 for b in betas):
-        raise ConfigError("optim.betas", "two numbers in [0, 1), e.g. [0.9, 0.98]", list(betas or []))
+        raise ConfigError("optim.betas", "two numbers in [0, 1), e.g. [0.9, 0.98]", betas)
     if "eps" in o and (not is_number(o["eps"]) or o["eps"] <= 0):
         raise ConfigError("optim.eps", "a number > 0", o["eps"])
     if "weight_decay" in o and (not is_number(o["weight_decay"]) or o["weight_decay"] < 0):
@@ -634,7 +637,8 @@ def check_trainer(t: Mapping[str, Any]) -> None:
         raise ConfigError("trainer.on_spike", "null or rollback", t.get("on_spike"))
     if not is_number(t.get("spike_factor")) or t["spike_factor"] <= 1:
         raise ConfigError("trainer.spike_factor", "a number > 1", t.get("spike_factor"))
-    positive_int(t, "spike_window", "trainer")
+    if positive_int(t, "spike_window", "trainer") > MAX_SPIKE_WINDOW:
+        raise ConfigError("trainer.spike_window", f"an integer in [1, {MAX_SPIKE_WINDOW:,}]", t["spike_window"])
     if t.get("on_spike") == "rollback" and not t.get("ckpt_every"):
         raise ConfigError(
             "trainer.ckpt_every",

@@ -128,6 +128,7 @@ def test_top_k_1_and_a_tiny_top_p_are_greedy():
     assert torch.equal(sample_next(logits, temperature=0.0), greedy)
     assert torch.equal(sample_next(logits, temperature=1.5, top_k=1), greedy)
     assert torch.equal(sample_next(logits, temperature=1.5, top_p=1e-6), greedy)
+    assert torch.equal(sample_next(logits, temperature=1.5, top_p=1e-300), greedy)  # 0 in float32: all cut
 
 
 @pytest.mark.parametrize("temperature", [1e-40, 1e-300])

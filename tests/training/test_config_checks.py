@@ -44,12 +44,14 @@ BAD_CONFIGS = [
     (["trainer.on_spike=skip"], "trainer.on_spike", "null or rollback"),
     (["trainer.spike_factor=1"], "trainer.spike_factor", "a number > 1"),
     (["trainer.spike_window=0"], "trainer.spike_window", "> 0"),
+    (["trainer.spike_window=1180591620717411303424"], "trainer.spike_window", "[1, 1,000,000]"),  # OverflowError
     (["trainer.on_spike=rollback"], "trainer.ckpt_every", "an integer > 0 with trainer.on_spike=rollback"),
     (["trainer.allow_schedule_change=maybe"], "trainer.allow_schedule_change", "true, false or branch"),
     (["trainer.stop_at=0"], "trainer.stop_at", "[1, trainer.max_steps"),
     (["trainer.global_batch_tokens=100"], "trainer.global_batch_tokens", "a multiple of batch_size × block_size"),
     (["optim.lr=0"], "optim.lr", "> 0"),
     (["optim.betas=[0.9,1.0]"], "optim.betas", "[0, 1)"),
+    (["optim.betas=0.9"], "optim.betas", "two numbers in [0, 1)"),  # a TypeError in the message's making
     (["optim.eps=0"], "optim.eps", "> 0"),
     (["optim.weight_decay=-0.1"], "optim.weight_decay", "≥ 0"),
     (["data.vocab_size=100"], "data.vocab_size", "≥ 257"),
