@@ -504,6 +504,23 @@ def positive_int(section: Mapping[str, Any], key: str, prefix: str, minimum: int
     return v
 
 
+def check_schedule_option(schedule: Mapping[str, Any]) -> None:
+    """``schedule.name=polynomial`` beside another option's file keeps that file's keys and leaves polynomial's own
+    (its ``power``) at the code's default, not conf/'s: a schedule of conf/ is chosen by its option."""
+    from omegaconf import OmegaConf
+
+    name = schedule.get("name")
+    path = CONF / "schedule" / f"{name}.yaml"
+    if not isinstance(name, str) or "/" in name or not path.is_file():
+        return  # a fork's dotted path, or a name the schedule check refuses
+    missing = [str(k) for k in OmegaConf.load(path) if k != "defaults" and k not in schedule]
+    if missing:
+        raise ConfigError(
+            f"schedule.name={name}: choose it with schedule={name}, whose file sets "
+            f"{', '.join(f'schedule.{k}' for k in missing)}; schedule.name alone leaves them at the code's defaults"
+        )
+
+
 MAX_SPIKE_WINDOW = 10**6  # the recent losses a spike is judged against: a window, not the run
 
 
@@ -755,6 +772,7 @@ def check_config(cfg: Mapping[str, Any]) -> None:
             "auto, single or ddp with optim=muon (Muon orthogonalises whole matrices, which FSDP shards across ranks)",
             "fsdp",
         )
+    check_schedule_option(cfg["schedule"])
     # With a token or time budget T is known only later: check here what does not depend on it. A tabulated
     # schedule ends at its last knot, which a token budget must reach (checked once T is known) and time cannot.
     T = cfg["trainer"]["max_steps"] or PROVISIONAL_STEPS

@@ -526,3 +526,16 @@ def test_a_group_a_named_entry_and_hydras_own_keys_may_still_be_deleted():
 
     check_overrides(["~experiment", "logger=[csv,wandb]", "~logger.sinks.csv", "~eval.evals.next_line"])
     check_overrides(["data=mixture", "~data.sources.docs", "~hydra.job.chdir"])
+
+
+def test_a_schedule_of_conf_chosen_by_its_name_alone_is_refused_naming_the_option():
+    """schedule.name=polynomial keeps cosine's file and leaves polynomial's power at the code's 1.0, not conf's 2.0:
+    the run would decay linearly, and say it ran polynomial."""
+    with pytest.raises(USER_ERRORS) as err:
+        check_config(compose_config(["schedule.name=polynomial"]))
+    assert str(err.value) == (
+        "schedule.name=polynomial: choose it with schedule=polynomial, whose file sets schedule.power; "
+        "schedule.name alone leaves them at the code's defaults"
+    )
+    check_config(compose_config(["schedule=polynomial"]))
+    check_config(compose_config(["schedule=polynomial", "schedule.name=polynomial"]))
