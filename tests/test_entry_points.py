@@ -57,6 +57,11 @@ BAD_INPUTS = [
         "error: hydra.sweep.dir: '{corrupt}/state.pt' is a file",
     ),
     ("train.py", ["-m", "optim.lr=1e-3,2e-3", "--cfg", "job"], "error: -m and --cfg: give one of them"),
+    (
+        "train.py",
+        ["eval.evals.perplexity._target_=builtins.print"],  # built None: a TypeError at the first evaluation
+        "error: eval.evals.perplexity: builtins.print built NoneType, not an evaluation",
+    ),
     # sizes no machine holds: numpy's and torch's allocators refuse them as the run is built
     ("train.py", ["trainer.batch_size=100000000000"], "error: not enough memory for the run as configured (Unable"),
     ("train.py", ["model.mlp_hidden=1099511627776"], "error: not enough memory for the run as configured ("),

@@ -248,6 +248,18 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kilobytes on Linux
 
 
+def evaluation(node, where: str, ctx: EvalContext):
+    """The evaluation ``node`` names, built with ``ctx``: it must be a callable of the model, refused in one line
+    before any update otherwise (``_target_: builtins.print`` built None, called at the first evaluation)."""
+    built = build_refusing(node, where, ctx)
+    if not callable(built):
+        raise ConfigError(
+            f"{where}: {node['_target_']} built {type(built).__name__}, not an evaluation (a callable taking the "
+            "model and returning its metrics; docs/extending.md)"
+        )
+    return built
+
+
 @contextlib.contextmanager
 def memory_for_the_run():
     """Memory the config's sizes cannot get while the run is built (a batch of 10**11 windows, a model of 10**12
@@ -299,7 +311,7 @@ def build_run(
     ctx = EvalContext(cfg, dist, model.how.autocast, val_batches, token_bytes, tokenizer)
     evaluations = Evaluations(
         {
-            name: build_refusing(node, f"eval.evals.{name}", replace(ctx, name=name))
+            name: evaluation(node, f"eval.evals.{name}", replace(ctx, name=name))
             for name, node in (cfg.eval.evals or {}).items()
         }
     )
