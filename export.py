@@ -46,6 +46,8 @@ def check_export_config(cfg: Mapping[str, Any]) -> None:
         )
     if cfg.get("out") in (None, "", "???"):
         raise ConfigError("out", "the folder to write (python export.py checkpoint=<run dir> out=<folder>)")
+    if not isinstance(cfg["out"], str):  # out=[a] would write a folder named "['a']"
+        raise ConfigError("out", "a folder path (a number quoted: out='\"123\"')", cfg["out"])
     if cfg.get("dtype") not in DTYPES:
         raise ConfigError("dtype", f"one of {', '.join(DTYPES)}", cfg.get("dtype"))
     if not isinstance(cfg.get("overwrite"), bool):

@@ -207,14 +207,22 @@ def special_tokens(cfg: Any) -> list[str]:
     return [str(s) for s in (cfg.get("special_tokens") or [EOT])]
 
 
+def given_tokenizer(given: Any) -> Path:
+    """``data.tokenizer``: an existing tokenizer.json, else a one-line DataError."""
+    path = Path(str(given))
+    if path.is_dir():
+        raise DataError(f"data.tokenizer: {str(path)!r} is a folder; give the tokenizer.json file (or null)")
+    if not path.is_file():
+        raise DataError(f"data.tokenizer: {str(path)!r} does not exist (give a tokenizer.json, or null)")
+    return path
+
+
 def tokenizer_settings(cfg: Any) -> dict[str, Any]:
     """What determines the tokenizer: a given file's digest, or the training settings."""
     special = special_tokens(cfg)
     given = cfg.get("tokenizer")
     if given:
-        if not Path(str(given)).is_file():
-            raise DataError(f"data.tokenizer: {str(given)!r} does not exist (give a tokenizer.json, or null)")
-        return {"file": file_digest(str(given)), "special_tokens": special}
+        return {"file": file_digest(str(given_tokenizer(given))), "special_tokens": special}
     return {
         "vocab_size": cfg.get("vocab_size"),
         "special_tokens": special,

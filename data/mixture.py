@@ -36,6 +36,7 @@ from data.cache import (
     build_lock,
     cache_root,
     check_not_empty,
+    given_tokenizer,
     prepare,
     special_tokens,
     writable_cache_dir,
@@ -120,10 +121,7 @@ def shared_tokenizer(
     cached under ``<cache_dir>/tokenizer-<key>/`` (key: the sources' fingerprints and weights, the settings) with
     its hash in ``meta.json``; one damaged since it was trained is trained again, with a warning."""
     if cfg.get("tokenizer"):
-        path = Path(str(cfg.get("tokenizer")))
-        if not path.is_file():
-            raise DataError(f"data.tokenizer: {str(path)!r} does not exist (give a tokenizer.json, or null)")
-        return path
+        return given_tokenizer(cfg.get("tokenizer"))
     special = special_tokens(cfg)
     check_vocab_size(cfg.get("vocab_size"), special)
     settings = [cfg.get("vocab_size"), special, cfg.get("tokenizer_train_bytes")]

@@ -41,6 +41,16 @@ BAD_INPUTS = [
     ("train.py", ["trainer.resume=/no/such/run"], "error: trainer.resume: '/no/such/run' does not exist"),
     (
         "train.py",
+        ["data.tokenizer=/no/such/tokenizer.json"],
+        "error: data.tokenizer: '/no/such/tokenizer.json' does not",
+    ),
+    (
+        "train.py",
+        ["data.tokenizer={corrupt}"],
+        "error: data.tokenizer: '{corrupt}' is a folder; give the tokenizer.json",
+    ),
+    (
+        "train.py",
         ["optim.lr=${{oc.env:GPT_TEMPLATE_NO_SUCH_VARIABLE}}"],  # format() reads {{ as {
         'error: optim.lr: KeyError raised while resolving interpolation: "Environment variable',
     ),
@@ -73,6 +83,7 @@ BAD_INPUTS = [
         "error: temprature is not a key of this config; did you mean temperature?",
     ),
     ("export.py", ["checkpoint={corrupt}", "out=exported"], "error: checkpoint {corrupt}/state.pt: cannot be read"),
+    ("export.py", ["checkpoint={corrupt}", "out=[a]"], "error: out must be a folder path (a number quoted"),
     ("sample.py", ["-m", "checkpoint={corrupt}", "temperature=0,1"], "error: -m: a sweep is train.py's; sample.py"),
     ("export.py", ["-m", "checkpoint={corrupt}", "out=a,b"], "error: -m: a sweep is train.py's; export.py runs once"),
 ]
