@@ -23,6 +23,7 @@ BAD_INPUTS = [
     ("train.py", ["optim.lr=1e-3,3e-3"], "error: optim.lr=1e-3,3e-3: several values are a sweep; run it with -m"),
     ("train.py", ["hydra.run.dirr=x"], "error: hydra.run.dirr is not a key of hydra.run; did you mean hydra.run.dir?"),
     ("train.py", ["model=null"], "error: model=null is not an option of model; it has base, gpt2,"),
+    ("train.py", ["experiment=null"], "error: experiment=null: leave experiment out to choose none"),
     (
         "train.py",
         ["model.n_embd=130", "model.n_head=4"],

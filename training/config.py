@@ -152,14 +152,17 @@ def top_keys(config_name: str) -> list[str]:
     return [k for k in OmegaConf.load(CONF / f"{config_name}.yaml") if k not in ("defaults", "hydra")]
 
 
-def chosen_options(lines: list[str]) -> dict[str, str]:
-    """The option of each group that override ``lines`` (``optim=sgd``) or else conf/config.yaml choose."""
+def chosen_options(lines: list[str]) -> dict[str, str | None]:
+    """The option of each group that override ``lines`` (``optim=sgd``) or else conf/config.yaml choose (None:
+    none, the experiment's default)."""
     from omegaconf import OmegaConf
 
     chosen = {}
     for entry in OmegaConf.load(CONF / "config.yaml").get("defaults", []):
         if isinstance(entry, Mapping):
-            chosen.update({str(k): str(v) for k, v in entry.items() if not str(k).startswith("override ")})
+            chosen.update(
+                {str(k): v if v is None else str(v) for k, v in entry.items() if not str(k).startswith("override ")}
+            )
     for line in lines:
         key, sep, value = line.lstrip("+").partition("=")
         if sep and "." not in key and (CONF / key).is_dir():
@@ -167,7 +170,7 @@ def chosen_options(lines: list[str]) -> dict[str, str]:
     return chosen
 
 
-def unknown_key(key: str, config_name: str = "config", chosen: Mapping[str, str] | None = None) -> ConfigError:
+def unknown_key(key: str, config_name: str = "config", chosen: Mapping[str, str | None] | None = None) -> ConfigError:
     """The one-line error for a key the config does not define, with the closest known keys (of the option
     ``chosen`` for its group first, as a key of another option would be refused too)."""
     group, _, leaf = key.partition(".")
@@ -403,6 +406,9 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
             o.is_delete() or o.is_sweep_override() or isinstance(o.value(), (str, list))
         ):
             options = ", ".join(group_options(group))
+            defaults = chosen_options([])
+            if o.value() is None and group in defaults and defaults[group] is None:  # experiment: none by default
+                raise ConfigError(f"{o.input_line}: leave {group} out to choose none (or drop one with ~{group})")
             raise ConfigError(f"{o.input_line} is not an option of {group}; it has {options}")
     for o in parsed:
         if o.is_delete():
