@@ -422,6 +422,8 @@ def read_knots(path: Any) -> tuple[tuple[int, float], ...]:
             raise ScheduleError(f"{key}: {path}, row {n}: expected an update and a λ, got {','.join(row)!r}") from None
         if not t.is_integer():
             raise ScheduleError(f"{key}: {path}, row {n}: the update must be a whole number, got {row[0]!r}")
+        if abs(t) > MAX_UPDATES:  # a float holds no later update exactly, nor any T to end there
+            raise ScheduleError(f"{key}: {path}, row {n}: the update must be ≤ 2**53, got {row[0]!r}")
         knots.append((int(t), y))
     if not knots:
         raise ScheduleError(f"{key}: {path} holds no knot")

@@ -54,6 +54,7 @@ def test_a_knots_file_gives_the_schedule_train_py_runs(tmp_path, compose_config)
         ),
         ("update,lambda\n5,1.5\n12,0.1\n", "λ = 1.5; λ is a fraction of the peak, in [0, 1]"),
         ("update,lambda\n5.5,0.5\n12,0.1\n", "row 2: the update must be a whole number"),
+        ("update,lambda\n5,0.5\n1e30,0.1\n", "row 3: the update must be ≤ 2**53, got '1e30'"),  # no T ends there
         ("update,lambda\n5,half\n12,0.1\n", "row 2: expected an update and a λ, got '5,half'"),
         ("t,lr\n5,0.5\n12,0.1\n", "must start with the header line update,lambda"),
         ("update,lambda\n", "holds no knot"),
