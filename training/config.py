@@ -527,7 +527,8 @@ def check_schedule_option(schedule: Mapping[str, Any]) -> None:
         )
 
 
-MAX_SPIKE_WINDOW = 10**6  # the recent losses a spike is judged against: a window, not the run
+MAX_SPIKE_WINDOW = 10**6
+MAX_SAMPLE_TOKENS = 100_000  # the recent losses a spike is judged against: a window, not the run
 
 
 def one_of(section: Mapping[str, Any], key: str, prefix: str, allowed: tuple) -> Any:
@@ -629,6 +630,8 @@ def check_trainer(t: Mapping[str, Any]) -> None:
         positive_int(t, key, "trainer")
     for key in ("eval_every", "ckpt_every", "sample_tokens"):
         positive_int(t, key, "trainer", minimum=0)
+    if t["sample_tokens"] > MAX_SAMPLE_TOKENS:  # the run's ending, which a signal waits for: a glance, not a book
+        raise ConfigError("trainer.sample_tokens", f"an integer in [0, {MAX_SAMPLE_TOKENS:,}]", t["sample_tokens"])
     positive_int(t, "keep_checkpoints", "trainer", minimum=2 if t.get("ckpt_every") else 1)
     # numpy's SeedSequence takes no negative entropy; torch's generators nothing past 64 bits (seed + rank)
     if not is_int(t.get("seed")) or not 0 <= t["seed"] < 2**63:
@@ -720,6 +723,8 @@ def check_data(d: Mapping[str, Any], prefix: str = "data") -> None:
         value = d.get(key)
         if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) and v for v in value)):
             raise ConfigError(f"{prefix}.{key}", f"a list of {what} ('{prefix}.{key}=[a,b]')", value)
+        if value is not None and len(set(value)) < len(value):
+            raise ConfigError(f"{prefix}.{key}", f"a list of distinct {what}", value)
     one_of(d, "on_decode_error", prefix, DECODE_POLICIES)
     one_of(d, "document_mask", prefix, (True, False))
     if "streaming" in d:

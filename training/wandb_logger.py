@@ -15,11 +15,10 @@ import netrc
 import os
 import sys
 from collections.abc import Mapping
-from math import inf
 from pathlib import Path
 from typing import Any
 
-from training.config import ConfigError
+from training.config import MAX_HANG_TIMEOUT_S, ConfigError
 from training.loggers import RunInfo, Sink, check_tracking, first_line
 
 log = logging.getLogger("train")
@@ -70,9 +69,11 @@ class WandbSink(Sink):
         check_tracking(settings)
         limit = settings.get("finish_timeout")
         if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit < inf
+            isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit <= MAX_HANG_TIMEOUT_S
         ):
-            raise ConfigError("logger.finish_timeout", "null or a finite number of seconds > 0", limit)
+            raise ConfigError(
+                "logger.finish_timeout", f"null or a number of seconds in (0, {MAX_HANG_TIMEOUT_S}]", limit
+            )
 
     def __init__(self, info: RunInfo):
         import wandb

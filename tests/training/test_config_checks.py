@@ -77,11 +77,14 @@ BAD_CONFIGS = [
     (["data=mixture", "data.sources.docs.source=web"], "data.sources.docs.source", "builtin, text_files, hub"),
     (["data=mixture", "+data.sources.docs.val_fraction=1.5"], "data.sources.docs.val_fraction", "(0, 1)"),
     (["logger.mode=sometimes"], "logger.mode", "auto, online, offline, disabled"),
-    (["logger.init_timeout=0"], "logger.init_timeout", "a finite number of seconds > 0"),
-    (["logger.init_timeout=inf"], "logger.init_timeout", "a finite number of seconds > 0"),  # W&B refused it late
-    (["logger=mlflow", "logger.init_timeout=nan"], "logger.init_timeout", "a finite number of seconds > 0"),
-    (["logger.finish_timeout=0"], "logger.finish_timeout", "null or a finite number of seconds > 0"),
-    (["logger.finish_timeout=inf"], "logger.finish_timeout", "null or a finite number of seconds > 0"),
+    (["logger.init_timeout=0"], "logger.init_timeout", "a number of seconds in (0, 2592000]"),
+    (["logger.init_timeout=inf"], "logger.init_timeout", "a number of seconds in (0, 2592000]"),  # W&B refused it late
+    (["logger=mlflow", "logger.init_timeout=nan"], "logger.init_timeout", "a number of seconds in (0, 2592000]"),
+    (["logger=mlflow", "logger.init_timeout=1e30"], "logger.init_timeout", "(0, 2592000]"),  # MLflow's end overflowed
+    (["trainer.sample_tokens=100000000"], "trainer.sample_tokens", "an integer in [0, 100,000]"),
+    (["data.special_tokens=[a,a]"], "data.special_tokens", "a list of distinct tokens"),
+    (["logger.finish_timeout=0"], "logger.finish_timeout", "null or a number of seconds in (0, 2592000]"),
+    (["logger.finish_timeout=inf"], "logger.finish_timeout", "null or a number of seconds in (0, 2592000]"),
     (["logger.entity=[a]"], "logger.entity", "null or a name"),
     (["logger.job_type=''"], "logger.job_type", "null or a name"),
     (["schedule.warmup_steps=-1"], "schedule.warmup_steps", "≥ 0"),
