@@ -7,11 +7,14 @@ embedding may be padded past ``vocab_size`` (to a multiple of 64); padding ids n
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
 import json
 import re
+import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -129,8 +132,23 @@ def train_tokenizer(
     if max_pre_token is not None:
         texts = (piece for text in texts for piece in training_pieces(text, max_pre_token))
     # Lists of texts rather than single texts: the trainer then counts words of a whole list in parallel.
-    tok.train_from_iterator(batched(texts, TRAIN_BATCH_CHARS), trainer)
+    with killable():
+        tok.train_from_iterator(batched(texts, TRAIN_BATCH_CHARS), trainer)
     return tok
+
+
+@contextlib.contextmanager
+def killable() -> Iterator[None]:
+    """SIGTERM ends the process at once, as by default, during a long call into native code (the BPE's merges,
+    minutes for a large vocabulary): a Python handler would run only after it returned, past a scheduler's grace."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def capped(texts: Iterable[str], max_bytes: int | None) -> Iterator[str]:

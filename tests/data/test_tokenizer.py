@@ -178,3 +178,35 @@ def test_training_pieces_cut_only_the_pre_tokens_longer_than_the_cap(runs, cap):
     assert all(n <= cap for piece in pieces for n in pre_token_lengths(piece))
     if max(pre_token_lengths(text), default=0) <= cap:
         assert pieces == [text]
+
+
+TRAINS_LONG = """
+import random, signal, sys
+from data.tokenizer import train_tokenizer
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(3))  # as the run's start handles it: after the call returns
+rng = random.Random(0)
+words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 12))) for _ in range(300_000)]
+print("training", flush=True)
+train_tokenizer([" ".join(words[i : i + 1000]) for i in range(0, len(words), 1000)], 32768, ["<|endoftext|>"])
+print("trained", flush=True)
+"""
+
+
+def test_a_sigterm_while_the_bpe_trains_ends_the_process_at_once(tmp_path):
+    """The merges run in native code for minutes at a large vocabulary: a Python handler would run only after them,
+    past a scheduler's grace before SIGKILL. The training takes seconds here; the signal comes after 0.3 s."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", TRAINS_LONG], env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "training\n"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGTERM and "trained" not in out
