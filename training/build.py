@@ -480,6 +480,9 @@ def warn_of_other_data(state: dict, cfg: DictConfig) -> None:
         for key in sorted(before.keys() & after.keys())  # a key newer than the checkpoint keeps the old behaviour
         if key != "data.cache_dir" and before[key] != after[key]
     ]
+    sources = [{k.split(".")[2] for k in keys if k.startswith("data.sources.")} for keys in (before, after)]
+    changed += [f"data.sources.{name} added" for name in sorted(sources[1] - sources[0])]
+    changed += [f"data.sources.{name} removed" for name in sorted(sources[0] - sources[1])]
     if changed:
         log.warning(
             "the checkpoint's run drew its batches with other data settings (%s%s): from update %d on they are "

@@ -149,6 +149,33 @@ def test_a_resume_with_other_data_settings_or_seed_names_them(tmp_path, tiny_tra
     )
 
 
+def test_a_resume_on_a_mixture_with_a_source_added_or_removed_names_it(caplog):
+    """A cooldown that adds a high-quality source (its tokenizer fixed, so the resume is allowed) is the recipe the
+    warning exists for: a source added or removed is named as a weight changed is."""
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose_config
+    from training.build import warn_of_other_data
+
+    mixture = ["data=mixture", "data.tokenizer=/fixed/tokenizer.json"]
+    saved = {"config": OmegaConf.to_yaml(compose_config(mixture)), "step": 5}
+    weight = compose_config(mixture).data.sources.docs.weight
+    web = "+data.sources.web={source: hub, name: owner/web, weight: 1}"
+    for change, said in [
+        ([web], "data.sources.web added"),
+        (["~data.sources.docs"], "data.sources.docs removed"),
+        (["data.sources.docs.weight=0.25"], f"data.sources.docs.weight {weight!r} → 0.25"),
+    ]:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="train"):
+            warn_of_other_data(saved, compose_config([*mixture, *change]))
+        assert f"other data settings ({said})" in caplog.text, (change, caplog.text)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="train"):
+        warn_of_other_data(saved, compose_config(mixture))
+    assert "other data settings" not in caplog.text
+
+
 def test_a_resume_with_another_batch_says_so(tmp_path, tiny_train, caplog):
     """Another world size, batch size or accumulation: the run goes on with the new batch, and says so."""
     with pytest.raises(Stopped):
