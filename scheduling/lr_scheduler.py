@@ -134,7 +134,8 @@ def get_scheduler(
     back up); every decay takes a floor (``min_lr`` absolute, or ``min_lr_ratio``/``min_lr_rate`` of the peak);
     ``inverse_sqrt`` also takes ``num_training_steps`` and ``cooldown_steps`` (a linear cooldown to the floor);
     ``cosine_with_restarts`` also takes ``cycle_decay`` and restarts on its update exactly; a warmup longer than
-    T ends the decay at W; a layer-wise optimizer's schedulers step (docs/schedules.md has the whole table). The
+    T ends the decay at W; a layer-wise optimizer's loop scheduler is a plain one (transformers' fails to build
+    under torch 2.13; docs/schedules.md has the whole table). The
     template's own names ``wsd`` and ``cosine_restarts`` take the Schedule parameters.
     ``cosine_warmup_with_min_lr`` and ``greedy`` are not provided. ``last_epoch`` is passed on to LambdaLR
     (``reduce_lr_on_plateau`` starts its count there too).
@@ -151,7 +152,7 @@ def get_scheduler(
         plateau = ReduceLROnPlateau(optimizer, **kw)
         plateau.last_epoch = last_epoch + 1  # where a LambdaLR built with this last_epoch starts counting
         return plateau
-    W, T = _steps(num_warmup_steps), _steps(num_training_steps)
+    W, T = _steps(plain(num_warmup_steps)), _steps(plain(num_training_steps))  # torch.tensor(100) is 100
     if T is not None and not (is_int(T) and T >= 0):  # before a warmup longer than T replaces it
         raise ScheduleError("num_training_steps", "an integer number of updates ≥ 0", num_training_steps)
     if name == "constant":  # transformers ignores the warmup and every other argument here

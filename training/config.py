@@ -527,8 +527,8 @@ def check_schedule_option(schedule: Mapping[str, Any]) -> None:
         )
 
 
-MAX_SPIKE_WINDOW = 10**6
-MAX_SAMPLE_TOKENS = 100_000  # the recent losses a spike is judged against: a window, not the run
+MAX_SPIKE_WINDOW = 10**6  # the recent losses a spike is judged against: a window, not the run
+MAX_SAMPLE_TOKENS = 100_000  # the end-of-run sample: a glance at the model, not a book
 
 
 def one_of(section: Mapping[str, Any], key: str, prefix: str, allowed: tuple) -> Any:
@@ -630,7 +630,7 @@ def check_trainer(t: Mapping[str, Any]) -> None:
         positive_int(t, key, "trainer")
     for key in ("eval_every", "ckpt_every", "sample_tokens"):
         positive_int(t, key, "trainer", minimum=0)
-    if t["sample_tokens"] > MAX_SAMPLE_TOKENS:  # the run's ending, which a signal waits for: a glance, not a book
+    if t["sample_tokens"] > MAX_SAMPLE_TOKENS:  # the run's ending, which a signal waits for
         raise ConfigError("trainer.sample_tokens", f"an integer in [0, {MAX_SAMPLE_TOKENS:,}]", t["sample_tokens"])
     positive_int(t, "keep_checkpoints", "trainer", minimum=2 if t.get("ckpt_every") else 1)
     # numpy's SeedSequence takes no negative entropy; torch's generators nothing past 64 bits (seed + rank)

@@ -226,6 +226,8 @@ def test_an_integral_number_of_updates_of_any_type_is_taken_as_transformers_take
     import numpy as np
 
     assert get_scheduler("cosine", two_group_optimizer(), np.float32(2.0), 10).lr_lambdas[0].warmup_steps == 2
+    from_tensors = get_scheduler("cosine", two_group_optimizer(), torch.tensor(2), torch.tensor(10))
+    assert from_tensors.lr_lambdas[0].params["total_steps"] == 10 and from_tensors.lr_lambdas[0].warmup_steps == 2
     ours = get_scheduler("cosine", two_group_optimizer(), np.int64(2), 10.0)
     hf = transformers.get_scheduler("cosine", two_group_optimizer(), np.int64(2), 10.0)
     assert ours.lr_lambdas[0].params["total_steps"] == 10 and type(ours.lr_lambdas[0].params["total_steps"]) is int
