@@ -225,7 +225,7 @@ def get_scheduler(
 def _layer_wise(name, optimizer, W, T, specific, kwargs) -> LambdaLR:
     """transformers' layer-wise optimizers (GaLore's ``*_layerwise``) step each parameter's optimizer in a hook
     after its gradient is accumulated: each gets its own scheduler here, stepped in the same hook, as transformers'
-    ``get_scheduler`` arranges. The loop's scheduler moves nothing (its ``schedulers`` are the ones that count)."""
+    ``get_scheduler`` arranges. The loop's scheduler moves nothing."""
     schedulers = {
         param: get_scheduler(name, inner, W, T, specific, **kwargs) for param, inner in optimizer.optimizer_dict.items()
     }
@@ -236,9 +236,7 @@ def _layer_wise(name, optimizer, W, T, specific, kwargs) -> LambdaLR:
     for param in schedulers:
         if param.requires_grad:
             param.register_post_accumulate_grad_hook(step)
-    loop = LambdaLR(optimizer, lambda t: 1.0)
-    loop.schedulers = schedulers
-    return loop
+    return LambdaLR(optimizer, lambda t: 1.0)  # its state dict stays the loop's alone: the hooks hold the rest
 
 
 def restore_scheduler(

@@ -266,15 +266,13 @@ def memory_for_the_run():
     dims) is bad input, in one line, not a traceback from numpy or torch's allocator."""
     try:
         yield
-    except (MemoryError, torch.OutOfMemoryError) as e:
-        raise ConfigError(f"not enough memory for the run as configured ({first_line(e)}); {SIZES}") from None
-    except RuntimeError as e:
-        if "can't allocate memory" not in str(e):
+    except (MemoryError, RuntimeError) as e:  # torch's: OutOfMemoryError on a GPU, a RuntimeError on the CPU
+        if not isinstance(e, (MemoryError, torch.OutOfMemoryError)) and "can't allocate memory" not in str(e):
             raise
-        raise ConfigError(f"not enough memory for the run as configured ({first_line(e)}); {SIZES}") from None
-
-
-SIZES = "lower what sizes it: trainer.batch_size, grad_accum_steps, eval_batches, model.n_embd, n_layer, mlp_hidden"
+        raise ConfigError(
+            f"not enough memory for the run as configured ({first_line(e)}); lower what sizes it: "
+            "trainer.batch_size, grad_accum_steps, eval_batches, model.n_embd, n_layer, mlp_hidden"
+        ) from None
 
 
 def samples_here(trainer, dist: distributed.Dist, strategy: str) -> bool:
