@@ -777,7 +777,8 @@ def check_config(cfg: Mapping[str, Any]) -> None:
             True,
         )
     check_components(cfg)
-    if cfg["optim"]["name"] == "muon" and cfg["trainer"]["strategy"] == "fsdp":
+    muon = cfg["optim"]["name"] == "muon" or cfg["optim"].get("_target_") == "training.optim.muon"  # name: a label
+    if muon and cfg["trainer"]["strategy"] == "fsdp":
         raise ConfigError(
             "trainer.strategy",
             "auto, single or ddp with optim=muon (Muon orthogonalises whole matrices, which FSDP shards across ranks)",

@@ -51,6 +51,8 @@ BAD_CONFIGS = [
     (["trainer.global_batch_tokens=100"], "trainer.global_batch_tokens", "a multiple of batch_size × block_size"),
     (["optim.lr=0"], "optim.lr", "> 0"),
     (["optim.betas=[0.9,1.0]"], "optim.betas", "[0, 1)"),
+    (["optim=muon", "trainer.strategy=fsdp"], "trainer.strategy", "auto, single or ddp with optim=muon"),
+    (["optim=muon", "optim.name=mine", "trainer.strategy=fsdp"], "trainer.strategy", "ddp with optim=muon"),  # a label
     (["optim.betas=0.9"], "optim.betas", "two numbers in [0, 1)"),  # a TypeError in the message's making
     (["optim.eps=0"], "optim.eps", "> 0"),
     (["optim.weight_decay=-0.1"], "optim.weight_decay", "≥ 0"),
