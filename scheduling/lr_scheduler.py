@@ -99,7 +99,9 @@ def _floor_ratio(optimizer: Optimizer, kwargs: dict[str, Any], default: float | 
 
 
 def _steps(value: Any) -> Any:
-    """A count of updates as transformers takes it: any integral number (``np.int64(2)``, ``2.0``) is that int."""
+    """A count of updates as transformers takes it: any integral number (``np.int64(2)``, ``2.0``,
+    ``torch.tensor(2)``) is that int."""
+    value = plain(value)
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return int(value)
     if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
@@ -152,7 +154,7 @@ def get_scheduler(
         plateau = ReduceLROnPlateau(optimizer, **kw)
         plateau.last_epoch = last_epoch + 1  # where a LambdaLR built with this last_epoch starts counting
         return plateau
-    W, T = _steps(plain(num_warmup_steps)), _steps(plain(num_training_steps))  # torch.tensor(100) is 100
+    W, T = _steps(num_warmup_steps), _steps(num_training_steps)
     if T is not None and not (is_int(T) and T >= 0):  # before a warmup longer than T replaces it
         raise ScheduleError("num_training_steps", "an integer number of updates ≥ 0", num_training_steps)
     if name == "constant":  # transformers ignores the warmup and every other argument here

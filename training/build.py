@@ -471,8 +471,9 @@ def warn_of_other_data(state: dict, cfg: DictConfig) -> None:
         before = flat_config({"data": OmegaConf.to_container(saved.data), "trainer": {"seed": saved.trainer.seed}})
     except Exception:  # no config recorded, or not one this reads
         return
-    now = redact(OmegaConf.to_container(cfg, resolve=True))
-    after = flat_config({"data": now["data"], "trainer": {"seed": now["trainer"]["seed"]}})
+    after = flat_config(
+        redact({"data": OmegaConf.to_container(cfg.data, resolve=True), "trainer": {"seed": cfg.trainer.seed}})
+    )
     changed = [
         f"{key} {before[key]!r} → {after[key]!r}"
         for key in sorted(before.keys() & after.keys())  # a key newer than the checkpoint keeps the old behaviour

@@ -531,6 +531,15 @@ MAX_SPIKE_WINDOW = 10**6  # the recent losses a spike is judged against: a windo
 MAX_SAMPLE_TOKENS = 100_000  # the end-of-run sample: a glance at the model, not a book
 
 
+def check_seconds(value: Any, key: str, nullable: bool = False) -> None:
+    """A wait or deadline in seconds: a number in (0, 30 days] (null too, where ``nullable``: no limit)."""
+    if nullable and value is None:
+        return
+    if not is_number(value) or not 0 < value <= MAX_HANG_TIMEOUT_S:
+        allowed = f"a number of seconds in (0, {MAX_HANG_TIMEOUT_S}]"
+        raise ConfigError(key, f"null or {allowed}" if nullable else allowed, value)
+
+
 def one_of(section: Mapping[str, Any], key: str, prefix: str, allowed: tuple) -> Any:
     v = section.get(key)
     if v not in allowed or isinstance(v, bool) != any(isinstance(a, bool) and a == v for a in allowed):
@@ -653,12 +662,8 @@ def check_trainer(t: Mapping[str, Any]) -> None:
     if t.get("global_batch_tokens") is not None:
         positive_int(t, "global_batch_tokens", "trainer")
     one_of(t, "nonfinite", "trainer", NONFINITE)
-    hang = t.get("hang_timeout")
-    if hang is not None and (not is_number(hang) or not 0 < hang <= MAX_HANG_TIMEOUT_S):
-        raise ConfigError("trainer.hang_timeout", f"null or a number of seconds in (0, {MAX_HANG_TIMEOUT_S}]", hang)
-    wait = t.get("collective_timeout")
-    if not is_number(wait) or not 0 < wait <= MAX_HANG_TIMEOUT_S:
-        raise ConfigError("trainer.collective_timeout", f"a number of seconds in (0, {MAX_HANG_TIMEOUT_S}]", wait)
+    check_seconds(t.get("hang_timeout"), "trainer.hang_timeout", nullable=True)
+    check_seconds(t.get("collective_timeout"), "trainer.collective_timeout")
     if t.get("on_spike") not in (None, "rollback"):
         raise ConfigError("trainer.on_spike", "null or rollback", t.get("on_spike"))
     if not is_number(t.get("spike_factor")) or t["spike_factor"] <= 1:

@@ -27,7 +27,7 @@ from typing import Any
 
 from data.atomic import DiskFull, replace_file, space_for
 from scheduling.spec import first_line
-from training.config import MAX_HANG_TIMEOUT_S, ConfigError
+from training.config import ConfigError, check_seconds
 
 log = logging.getLogger("train")
 
@@ -444,9 +444,7 @@ def check_tracking(settings: Mapping[str, Any]) -> None:
     tags = settings.get("tags")
     if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
         raise ConfigError("logger.tags", "a list of names ('logger.tags=[baseline,lr-sweep]')", tags)
-    timeout = settings.get("init_timeout")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_HANG_TIMEOUT_S:
-        raise ConfigError("logger.init_timeout", f"a number of seconds in (0, {MAX_HANG_TIMEOUT_S}]", timeout)
+    check_seconds(settings.get("init_timeout"), "logger.init_timeout")
 
 
 def require(package: str, extra: str, chosen: str) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from training.config import MAX_HANG_TIMEOUT_S, ConfigError
+from training.config import ConfigError, check_seconds
 from training.loggers import RunInfo, Sink, check_tracking, first_line
 
 log = logging.getLogger("train")
@@ -67,13 +67,7 @@ class WandbSink(Sink):
             if value is not None and (not isinstance(name, str) or not name.strip()):
                 raise ConfigError(f"logger.{key}", "null or a name", value)
         check_tracking(settings)
-        limit = settings.get("finish_timeout")
-        if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit <= MAX_HANG_TIMEOUT_S
-        ):
-            raise ConfigError(
-                "logger.finish_timeout", f"null or a number of seconds in (0, {MAX_HANG_TIMEOUT_S}]", limit
-            )
+        check_seconds(settings.get("finish_timeout"), "logger.finish_timeout", nullable=True)
 
     def __init__(self, info: RunInfo):
         import wandb
