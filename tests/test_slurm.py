@@ -1,7 +1,8 @@
 """The SLURM scripts' own logic, run by bash with stand-ins for srun, torchrun and scontrol on the PATH.
 
-The stand-in torchrun records its arguments and environment, then trains until SIGTERM and exits with the code the
-test chose: 1 is what torchrun reports for workers that checkpointed and exited 75, 0 a run that finished.
+The stand-in torchrun (its SIGTERM trap set before it logs its start, which the tests wait for) records its arguments
+and environment, then trains until SIGTERM and exits with the code the test chose: 1 is what torchrun reports for
+workers that checkpointed and exited 75, 0 a run that finished.
 """
 
 import os
@@ -26,8 +27,8 @@ while [[ "$1" == --* ]]; do shift; done
 exec "$@"
 """,
     "torchrun": """#!/bin/bash
-echo "torchrun $* cpus=${SRUN_CPUS_PER_TASK-unset}" >> "$LOG"
 trap 'echo "torchrun got TERM" >> "$LOG"; exit $EXIT_ON_TERM' TERM
+echo "torchrun $* cpus=${SRUN_CPUS_PER_TASK-unset}" >> "$LOG"
 if [ -n "$FINISH" ]; then exit 0; fi
 while :; do sleep 0.05; done
 """,
