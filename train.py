@@ -105,14 +105,14 @@ def fit(run: Run) -> float:
             run.metrics.count("fp16_overflows", overflows)
             loss = update.loss if update.status != NONFINITE else math.nan  # a non-finite gradient norm too
             median = run.skips.spike(t, loss, trainer.spike_factor) if trainer.on_spike else None
-            if median is not None and (back := run.roll_back(t, update, median)) is not None:
+            back = run.roll_back(t, update, median) if median is not None else None
+            if back is not None:
                 t = back  # trainer.on_spike=rollback: the newest periodic checkpoint again, past the batches since
-                watchdog.progress(t)
-                continue
-            if update.status == NONFINITE:
-                run.skip_nonfinite(t, update)  # raises under trainer.nonfinite=stop
-            run.log_update(t, update, lrs, time.perf_counter() - t0, data_wait)
-            t += 1
+            else:
+                if update.status == NONFINITE:
+                    run.skip_nonfinite(t, update)  # raises under trainer.nonfinite=stop
+                run.log_update(t, update, lrs, time.perf_counter() - t0, data_wait)
+                t += 1
             watchdog.progress(t)
             # stop_at stops when the run reaches it, once: the same command resumed there goes on to T (and
             # reaching it again after a rollback is no new stop)
@@ -121,7 +121,7 @@ def fit(run: Run) -> float:
             if distributed.any_rank(stop is not None):  # every rank stops at the same update
                 run.save(t)
                 raise Stopped(t, signals.requested or stop or "another rank")  # a signal during the save too
-            if trainer.ckpt_every and t % trainer.ckpt_every == 0 and t < T:
+            if trainer.ckpt_every and t % trainer.ckpt_every == 0 and t < T and back is None:
                 run.save(t)
                 watchdog.progress(t)
         distributed.set_collective_timeout(distributed.SETUP_TIMEOUT_S)  # rank 0 alone samples and reports

@@ -5,7 +5,9 @@ is exact."""
 from __future__ import annotations
 
 import math
+import os
 import re
+import signal
 
 import numpy as np
 import pytest
@@ -105,6 +107,30 @@ def test_a_run_stopped_after_a_rollback_resumes_bit_for_bit(tmp_path, tiny_train
         tiny_train(run, ARGS + ROLLBACK + ["trainer.stop_at=33"])  # after the rollback; its checkpoint holds the skip
     tiny_train(run, ARGS)  # resumed with the option off: the skips stay
     keys = ("step", "train/loss", "train/lr", "train/grad_norm")
+    assert [[r.get(k) for k in keys] for r in read_metrics(run)] == [[r.get(k) for k in keys] for r in uninterrupted]
+
+
+def test_a_signal_during_the_spike_stops_at_the_rollbacks_update_and_the_resume_is_exact(
+    tmp_path, tiny_train, monkeypatch
+):
+    plant(monkeypatch, "rare")
+    uninterrupted = read_metrics(tiny_train(tmp_path / "uninterrupted", ARGS + ROLLBACK))
+    poisoned = TrainBatches.micro_batches
+
+    def and_signal(self, batch: int):
+        if batch == POISONED:
+            os.kill(os.getpid(), signal.SIGTERM)  # a preemption while the spike's update runs
+        return poisoned(self, batch)
+
+    monkeypatch.setattr(TrainBatches, "micro_batches", and_signal)
+    run = tmp_path / "run"
+    with pytest.raises(Stopped) as stopped:
+        tiny_train(run, ARGS + ROLLBACK)
+    assert stopped.value.updates == 28  # stopped where the rollback went, not one update later
+    assert checkpoint.load(checkpoint.latest(run / "checkpoints"))["skips"]["skipped"] == [[28, POISONED]]
+    monkeypatch.setattr(TrainBatches, "micro_batches", poisoned)
+    tiny_train(run, ARGS + ROLLBACK)
+    keys = ("step", "train/loss", "train/lr", "train/grad_norm", "train/rollbacks")
     assert [[r.get(k) for k in keys] for r in read_metrics(run)] == [[r.get(k) for k in keys] for r in uninterrupted]
 
 
