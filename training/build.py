@@ -596,7 +596,6 @@ def open_metrics(
     to the resumed update — and each sink the logger group names."""
     # one writer per run directory: a second launch stops here with RunInUse
     run_lock.acquire(run_dir, "hydra.sweep.dir" if sweep else "hydra.run.dir")
-    core = [JsonlSink(run_dir / "metrics.jsonl", resume_step), ProgressSink(T, resume_step or 0, cfg.trainer.log_every)]
     settings = OmegaConf.to_container(cfg.logger, resolve=True)
     saved = continued.get("sinks") or {}
     section = LIST_GROUPS["logger"]
@@ -617,7 +616,7 @@ def open_metrics(
             sinks[name] = build(node, f"logger.{section}.{name}", info)
         except (ConfigError, Interrupted) as e:  # its settings, the user's to fix, or a stop: the runs begun end
             with contextlib.suppress(Exception):
-                Metrics(core, sinks).close("preempted" if isinstance(e, Interrupted) else "failed")
+                Metrics([], sinks).close("preempted" if isinstance(e, Interrupted) else "failed")
             raise
         except Exception as e:  # its service or its code: as a sink failing later, it never stops training
             log.warning(
@@ -626,6 +625,16 @@ def open_metrics(
                 type(e).__name__,
                 first_line(e),
             )
+    # metrics.jsonl last: a sink that refused its settings leaves a new run directory unwritten (train.py removes it)
+    try:
+        core = [
+            JsonlSink(run_dir / "metrics.jsonl", resume_step),
+            ProgressSink(T, resume_step or 0, cfg.trainer.log_every),
+        ]
+    except BaseException:
+        with contextlib.suppress(Exception):
+            Metrics([], sinks).close("failed")
+        raise
     return Metrics(core, sinks)
 
 

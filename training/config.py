@@ -478,11 +478,12 @@ def composition_error(e: Exception, config_name: str, lines: list[str] = ()) -> 
                 key.group(1), config_name, chosen_options(list(lines)) if config_name == "config" else None
             )
         )
-    option = re.search(r"Could not find '([\w/]+)/([^'/]+)'", message)
-    if option:
+    # "find" for group=option, "load" for an option in a list (logger=[csv,wandd])
+    option = re.search(r"Could not (?:find|load) '([\w/]+)/([^'/]+)'", message)
+    listed = re.search(r"Available options in '[^']+': (.*?) Config search path", message)
+    if option and (listed or not option.group(1).startswith("hydra/")):  # Hydra's groups: Hydra knows the options
         group, name = option.groups()
-        listed = re.search(r"Available options in '[^']+': (.*?) Config search path", message)
-        options = listed.group(1).split() if group.startswith("hydra/") and listed else group_options(group)
+        options = listed.group(1).split() if group.startswith("hydra/") else group_options(group)
         close = difflib.get_close_matches(name, options, n=1)
         hint = f"did you mean {group}={close[0]}? " if close else ""
         return ConfigError(f"{group}={name} is not an option of {group}; {hint}it has {', '.join(options)}")

@@ -431,6 +431,10 @@ def test_a_mistyped_key_or_option_is_one_line_before_hydra_runs():
         check_overrides(["eval=[perplexity]", "eval.evals.next_line.limit=5"])  # an entry not chosen
     with pytest.raises(ConfigError, match=r"^schedule=wds is not an option of schedule; did you mean schedule=wsd"):
         check_overrides(["-m", "schedule=cosine,wds"])  # each of them, not only the first
+    with pytest.raises(ConfigError, match=r"^eval=nxt_line is not an option of eval; did you mean eval=next_line"):
+        check_overrides(["eval=[perplexity,nxt_line]"])  # an option in a list
+    with pytest.raises(ConfigError, match=r"^logger=wandd is not an option of logger; did you mean logger=wandb"):
+        check_overrides(["logger=[csv,wandd]"])
     with pytest.raises(ConfigError, match=r"^schedule.decay_fraction is a key of schedule=wsd only; choose it or drop"):
         check_overrides(["-m", "schedule=wsd,cosine", "schedule.decay_fraction=0.3"])  # a key of one option only
     check_overrides(["-m", "schedule=cosine,wsd", "optim.lr=1e-3,3e-3", "hydra.run.dir=x"])

@@ -161,6 +161,7 @@ def test_a_sink_refusing_its_settings_at_its_start_ends_the_runs_begun_before_it
     with pytest.raises(ConfigError, match="^logger.sinks.refusing: no such store$"):
         tiny_train(tmp_path / "run", args)
     assert SEEN["before"][-1]["status"] == "failed"
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing of the run's own: train.py removes the folder
 
 
 def test_wandb_is_sent_no_step_below_its_latest_after_a_rollback(tmp_path, monkeypatch):
