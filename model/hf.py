@@ -129,6 +129,12 @@ def transformers_config(
 
 
 def gpt2_config(t: Any, config: GPTConfig, vocab: int, tokens: dict[str, Any]) -> Any:
+    if config.activation not in GPT2_ACTIVATIONS:  # a fork's own: GPT2LMHeadModel would compute another model
+        raise ModelConfigError(
+            "model.activation",
+            f"one of {', '.join(GPT2_ACTIVATIONS)} to export (model/hf.py's GPT2_ACTIVATIONS)",
+            config.activation,
+        )
     if config.kv_heads != config.n_head:
         raise ModelConfigError(
             "model.n_kv_head",

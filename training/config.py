@@ -566,13 +566,19 @@ def budget_key(t: Mapping[str, Any]) -> str:
     return key
 
 
+TEMPLATE_OPTIMIZERS = ("training.optim.adamw", "training.optim.muon")
+
+
 def check_optim(o: Mapping[str, Any]) -> None:
-    """The optim group: a ``name`` and a peak ``lr`` (every optimizer's), and any of the template's keys it has."""
+    """The optim group: a ``name`` and a peak ``lr`` (every optimizer's), and the keys of the template's optimizers
+    (a fork's own builder judges its keys: its eps or betas may mean something else, Adafactor's a pair)."""
     if not isinstance(o.get("name"), str) or not o["name"]:
         raise ConfigError("optim.name", "the optimizer's name (a checkpoint records it)", o.get("name"))
     lr = o.get("lr")
     if not is_number(lr) or lr <= 0:
         raise ConfigError("optim.lr", "a number > 0", lr)
+    if o.get("_target_") not in TEMPLATE_OPTIMIZERS:
+        return
     betas = o.get("betas", [0.9, 0.98])
     if not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(is_number(b) and 0 <= b < 1 for b in betas):
         raise ConfigError("optim.betas", "two numbers in [0, 1), e.g. [0.9, 0.98]", betas)

@@ -142,6 +142,15 @@ def test_a_forks_model_key_that_export_does_not_know_is_refused_unless_at_its_de
         transformers_config(dataclasses.replace(config, attn_temperature=0.5))
 
 
+def test_a_forks_activation_that_gpt2_does_not_name_is_refused_naming_the_setting(tiny_config):
+    import dataclasses
+
+    with pytest.raises(
+        ModelConfigError, match=r"^model\.activation must be one of gelu, gelu_tanh to export .*relu2'$"
+    ):
+        transformers_config(dataclasses.replace(tiny_config("gpt2"), activation="relu2"))
+
+
 def test_a_model_with_capped_logits_is_refused_naming_the_setting(tiny_config):
     with pytest.raises(ModelConfigError, match=r"^model\.logit_softcap must be null to export .*, got 30\.0$"):
         transformers_config(tiny_config("llama", logit_softcap=30.0))

@@ -118,6 +118,13 @@ def without_name(model, device, *, lr: float, momentum: float):
     """A builder that does not take the name every optim group has."""
 
 
+def adafactor(model, device, *, lr: float, eps: list, betas: list, name: str = "adafactor"):
+    """torch's Adafactor, whose eps is a pair (None: its default), and betas of its own (three, as AdEMAMix's)."""
+    import torch
+
+    return torch.optim.Adafactor(model.parameters(), lr=lr, eps=tuple(eps), beta2_decay=-betas[2])
+
+
 class Evaluation:
     """An evaluation that refuses a file it cannot read, a check that raises ValueError (or fails: KeyError), or
     metrics that are tensors (a forgotten ``.item()``)."""

@@ -155,6 +155,15 @@ def test_a_forks_optimizer_builder_that_does_not_fit_the_plug_point_is_one_line(
     assert str(info.value).startswith(message), str(info.value)
 
 
+def test_a_forks_optimizer_keys_named_as_adamws_are_its_builders_to_judge(tmp_path, tiny_train):
+    fork = ["optim._target_=tests.training.fork_parts.adafactor", "optim.name=adafactor", "~optim.weight_decay"]
+    fork += ["~optim.fused", "optim.eps=[null,1e-3]", "optim.betas=[0.9,0.99,0.8]"]
+    run = tiny_train(tmp_path / "run", [*fork, "trainer.max_steps=2"])
+    assert sorted(train_records(run)) == [0, 1]
+    with pytest.raises(ConfigError, match=r"^optim.eps must be a number > 0, got \[None, 0.001\]"):
+        check_config(compose_config(["optim.eps=[null,1e-3]"]))  # the template's AdamW: its own checks
+
+
 def test_a_grad_scaler_steps_both_optimizers_or_neither():
     """What fp16 does on a GPU, with the CPU's GradScaler: an overflow skips Muon's step and AdamW's alike."""
     from training.engine import OK, OVERFLOW, train_update
