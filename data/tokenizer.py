@@ -134,7 +134,23 @@ def train_tokenizer(
     # Lists of texts rather than single texts: the trainer then counts words of a whole list in parallel.
     with killable():
         tok.train_from_iterator(batched(texts, TRAIN_BATCH_CHARS), trainer)
+    check_special_tokens_apart(tok, special_tokens)
     return tok
+
+
+def check_special_tokens_apart(tok: Tokenizer, special_tokens: list[str]) -> None:
+    """A special token that is also a token of plain text (a byte symbol, ``a``; a learnt merge, ``the``) shares
+    its id: every occurrence in the documents would become it (the separator: a document cut at each)."""
+    tok.encode_special_tokens = True  # encoded as plain text, as the documents are
+    try:
+        for s in special_tokens:
+            if tok.encode(s, add_special_tokens=False).ids == [tok.token_to_id(s)]:
+                raise DataError(
+                    f"data.special_tokens: {s!r} is also a token of plain text (a byte symbol or a learnt merge), so "
+                    f"the documents' every {s!r} would become it; choose a marked form, such as '<|{s}|>'"
+                )
+    finally:
+        tok.encode_special_tokens = False
 
 
 @contextlib.contextmanager

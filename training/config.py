@@ -737,6 +737,12 @@ def check_data(d: Mapping[str, Any], prefix: str = "data") -> None:
             raise ConfigError(f"{prefix}.{key}", f"a list of {what} ('{prefix}.{key}=[a,b]')", value)
         if value is not None and len(set(value)) < len(value):
             raise ConfigError(f"{prefix}.{key}", f"a list of distinct {what}", value)
+    if not d.get("tokenizer"):  # one character of the trained tokenizer's byte symbols: each in the text becomes it
+        from data.tokenizer import BYTE_LEVEL_CHARS
+
+        if single := [t for t in d.get("special_tokens") or () if isinstance(t, str) and t in BYTE_LEVEL_CHARS]:
+            why = f"{single[0]!r} is a byte's symbol, a token of plain text: mark it, e.g. '<|{single[0]}|>'"
+            raise ConfigError(f"{prefix}.special_tokens", f"tokens apart from plain text ({why})", d["special_tokens"])
     one_of(d, "on_decode_error", prefix, DECODE_POLICIES)
     one_of(d, "document_mask", prefix, (True, False))
     if "streaming" in d:

@@ -6,11 +6,12 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from data import prepare, token_byte_lengths
+from data import DataError, prepare, token_byte_lengths
 from data import tokenizer as tokenizer_module
 from data.cache import token_dtype
 from data.tokenizer import batched, train_tokenizer
@@ -27,6 +28,15 @@ def test_trained_tokenizer_has_the_configured_vocab_and_special_tokens_first(tmp
     assert lengths.shape == (384,) and lengths[0] == lengths[1] == 0 and not lengths[cache.vocab_size :].any()
     for doc in DOCS[:5]:  # a text's token byte lengths add up to its UTF-8 length
         assert lengths[tok.encode(doc).ids].sum() == len(doc.encode())
+
+
+def test_a_special_token_the_tokenizer_learns_from_plain_text_is_refused_naming_it():
+    """'def', a merge the BPE learns from the documents' code, would share its id with the special token: every
+    'def' of the documents would become it."""
+    with pytest.raises(DataError, match=r"^data.special_tokens: 'def' is also a token of plain text"):
+        train_tokenizer(DOCS * 3, 300, [EOT, "def"])
+    tok = train_tokenizer(DOCS * 3, 300, [EOT, "<|def|>"])
+    assert len(tok.encode("def", add_special_tokens=False).ids) == 1  # the merge, now a token of its own
 
 
 def test_token_byte_lengths_of_a_split_add_up_to_its_utf8_bytes(tmp_path):

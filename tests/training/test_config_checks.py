@@ -85,6 +85,7 @@ BAD_CONFIGS = [
     (["logger=mlflow", "logger.init_timeout=1e30"], "logger.init_timeout", "(0, 2592000]"),  # MLflow's end overflowed
     (["trainer.sample_tokens=100000000"], "trainer.sample_tokens", "an integer in [0, 100,000]"),
     (["data.special_tokens=[a,a]"], "data.special_tokens", "a list of distinct tokens"),
+    (["data.special_tokens=['<|endoftext|>',a]"], "data.special_tokens", "'a' is a byte's symbol, a token of plain"),
     (["logger.finish_timeout=0"], "logger.finish_timeout", "null or a number of seconds in (0, 2592000]"),
     (["logger.finish_timeout=inf"], "logger.finish_timeout", "null or a number of seconds in (0, 2592000]"),
     (["logger.entity=[a]"], "logger.entity", "null or a name"),
