@@ -100,7 +100,8 @@ def weighted_sample(corpora: Mapping[str, Corpus], weights: Mapping[str, float],
     """The sources' training documents interleaved so that each one's share of the bytes follows its weight: the
     next document always comes from the source furthest below its share. Ends after about ``max_bytes`` bytes,
     or when a source runs out (taking more of the others would break the proportions)."""
-    streams: dict[str, Iterator[str]] = {name: iter(c.documents("train")) for name, c in corpora.items()}
+    # by name: the sources' order in the config (a tie's winner) leaves the sample, as it leaves the cache's key
+    streams: dict[str, Iterator[str]] = {name: iter(corpora[name].documents("train")) for name in sorted(corpora)}
     taken = dict.fromkeys(corpora, 0)
     total = 0
     while max_bytes is None or total < max_bytes:

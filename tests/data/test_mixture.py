@@ -85,6 +85,16 @@ def test_the_tokenizer_learns_from_each_source_in_proportion_to_its_weight(tmp_p
     assert taken["code"] / sum(taken.values()) == pytest.approx(0.75, abs=0.06)
 
 
+def test_the_tokenizers_sample_does_not_depend_on_the_order_the_sources_are_declared_in(tmp_path):
+    """The tokenizer's cache key sorts the sources: the sample it is trained on must not follow their order."""
+    cfg = mixture_cfg(tmp_path)
+    corpora = {name: build_corpus(settings) for name, (_, settings) in source_configs(cfg).items()}
+    weights = {"code": 0.5, "prose": 0.5}  # the first pick a tie
+    reversed_corpora = dict(reversed(corpora.items()))
+    sample = list(weighted_sample(corpora, weights, max_bytes=3_000))
+    assert sample == list(weighted_sample(reversed_corpora, weights, max_bytes=3_000))
+
+
 def test_per_source_bpb_equals_evaluating_that_source_alone(tmp_path):
     mixture = prepare_mixture(mixture_cfg(tmp_path))
     tokenizer = mixture.tokenizer()

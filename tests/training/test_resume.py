@@ -161,10 +161,14 @@ def test_a_resume_on_a_mixture_with_a_source_added_or_removed_names_it(caplog):
     saved = {"config": OmegaConf.to_yaml(compose_config(mixture)), "step": 5}
     weight = compose_config(mixture).data.sources.docs.weight
     web = "+data.sources.web={source: hub, name: owner/web, weight: 1}"
+    kept = compose_config(mixture).data.sources.stdlib
+    stdlib = f"+data.sources.stdlib={{source: builtin, weight: {kept.weight}, exclude: [{','.join(kept.exclude)}]}}"
     for change, said in [
         ([web], "data.sources.web added"),
         (["~data.sources.docs"], "data.sources.docs removed"),
         (["data.sources.docs.weight=0.25"], f"data.sources.docs.weight {weight!r} → 0.25"),
+        # the same sources and settings, declared in another order: each batch's source is drawn by its index
+        (["~data.sources.stdlib", stdlib], "data.sources in the order stdlib, docs → docs, stdlib"),
     ]:
         caplog.clear()
         with caplog.at_level("WARNING", logger="train"):
