@@ -204,6 +204,7 @@ class Mixture:
             "corpus": f"mixture ({shares})",
             "tokens": {s: sum(c.meta["tokens"][s] for c in self.caches.values()) for s in SPLITS},
             "tokenizer_hash": tokenizer_hash(self.tokenizer_path.read_text()),
+            "source_fingerprint": {name: c.meta["source_fingerprint"] for name, c in self.caches.items()},
         }
 
 

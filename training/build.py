@@ -373,7 +373,7 @@ def build_run(
             )
         start, tokens_seen = state["step"], state["tokens"]
         warn_of_another_batch(state, train_batches.tokens_per_update, trainer.eval_batches * trainer.batch_size)
-        warn_of_other_data(state, cfg)
+        warn_of_other_data(state, cfg, cache.meta.get("source_fingerprint"))
         # the sinks continue their runs (W&B's) when this run directory continues; a branch starts new ones
         continued = state if Path(resume_from).resolve().is_relative_to(run_dir) else {}
     else:
@@ -389,6 +389,7 @@ def build_run(
         "optimizer_name": cfg.optim.name,
         "model_config": model_config.to_dict(),
         "tokenizer_hash": cache.meta["tokenizer_hash"],
+        "source_fingerprint": cache.meta.get("source_fingerprint"),  # the documents: their files' digests
         "config": files["config.yaml"],
         "sinks": dict(continued.get("sinks") or {}),
         "schedule_history": history,
@@ -463,9 +464,10 @@ def warn_of_another_batch(state: dict, tokens_per_update: int, val_windows: int)
         )
 
 
-def warn_of_other_data(state: dict, cfg: DictConfig) -> None:
-    """A resume whose data settings or seed differ from the checkpoint's goes on (a cooldown on other data is a
-    recipe), naming what changed: its batches are no longer the checkpoint run's."""
+def warn_of_other_data(state: dict, cfg: DictConfig, fingerprint: str | dict[str, str] | None = None) -> None:
+    """A resume whose data settings, documents (``fingerprint``: the token cache's, of each source for a mixture)
+    or seed differ from the checkpoint's goes on (a cooldown on other data is a recipe), naming what changed: its
+    batches are no longer the checkpoint run's."""
     try:
         saved = OmegaConf.create(state["config"])
         before = flat_config({"data": OmegaConf.to_container(saved.data), "trainer": {"seed": saved.trainer.seed}})
@@ -487,6 +489,19 @@ def warn_of_other_data(state: dict, cfg: DictConfig) -> None:
     ]
     if set(order[0]) == set(order[1]) and order[0] != order[1]:  # each batch's source is drawn by its index
         changed.append(f"data.sources in the order {', '.join(order[0])} → {', '.join(order[1])}")
+    documents = state.get("source_fingerprint")
+    if (
+        None not in (documents, fingerprint)
+        and documents != fingerprint
+        and not any(c.startswith("data.") for c in changed)
+    ):
+        # the same settings, other files (edited, added, removed; the built-in corpus of another Python)
+        if isinstance(documents, dict) and isinstance(fingerprint, dict):
+            changed += [
+                f"data.sources.{n}'s files changed" for n in sorted(documents) if documents[n] != fingerprint[n]
+            ]
+        else:
+            changed.append("the corpus's files changed")
     if changed:
         log.warning(
             "the checkpoint's run drew its batches with other data settings (%s%s): from update %d on they are "

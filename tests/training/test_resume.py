@@ -149,6 +149,25 @@ def test_a_resume_with_other_data_settings_or_seed_names_them(tmp_path, tiny_tra
     )
 
 
+def test_a_resume_on_changed_files_under_the_same_settings_names_them(tmp_path, tiny_train, caplog):
+    """A corpus whose files changed between the stop and the resume, the tokenizer fixed (so the resume is
+    allowed): the settings are the same, the batches are not."""
+    from tests.data.corpora import DOCS, write_texts
+
+    files = write_texts(tmp_path / "corpus", DOCS * 4)
+    tokenizer = tmp_path / "tokenizer.json"
+    tokenizer.write_text(
+        (checkpoint.latest(tiny_train(tmp_path / "builtin", ARGS) / "checkpoints") / "tokenizer.json").read_text()
+    )
+    data = ["data=text_files", f"data.path={files[0].parent}", f"data.tokenizer={tokenizer}", "data.max_bytes=null"]
+    with pytest.raises(Stopped):
+        tiny_train(tmp_path / "run", ARGS + data + ["trainer.stop_at=3"])
+    files[-1].unlink()
+    with caplog.at_level("WARNING", logger="train"):
+        tiny_train(tmp_path / "run", ARGS + data)
+    assert "other data settings (the corpus's files changed): from update 3 on" in caplog.text
+
+
 def test_a_resume_on_a_mixture_with_a_source_added_or_removed_names_it(caplog):
     """A cooldown that adds a high-quality source (its tokenizer fixed, so the resume is allowed) is the recipe the
     warning exists for: a source added or removed is named as a weight changed is."""
@@ -174,6 +193,16 @@ def test_a_resume_on_a_mixture_with_a_source_added_or_removed_names_it(caplog):
         with caplog.at_level("WARNING", logger="train"):
             warn_of_other_data(saved, compose_config([*mixture, *change]))
         assert f"other data settings ({said})" in caplog.text, (change, caplog.text)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="train"):
+        warn_of_other_data({**saved, "source_fingerprint": {"stdlib": "a", "docs": "b"}}, compose_config(mixture))
+        assert "other data settings" not in caplog.text  # a checkpoint's record, no cache's to hold it to
+        warn_of_other_data(
+            {**saved, "source_fingerprint": {"stdlib": "a", "docs": "b"}},
+            compose_config(mixture),
+            {"stdlib": "a", "docs": "c"},
+        )
+    assert "other data settings (data.sources.docs's files changed)" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="train"):
         warn_of_other_data(saved, compose_config(mixture))
