@@ -68,7 +68,7 @@ ENCODE_BATCH_CHARS = 4 << 20  # text per encode_batch call: enough documents to 
 DEFAULT_CACHE_DIR = ".cache/data"
 BUILDING = ".building"  # the lock file a builder holds inside its temporary directory
 DISK_FULL_HINT = "free space there, or point data.cache_dir (or $GPT_DATA_CACHE) at a filesystem with room"
-STALE_UNLOCKED_SECONDS = 600  # a temporary directory without a lock file this old is abandoned (no fcntl)
+STALE_UNLOCKED_SECONDS = 600  # another cache's temporary directory younger than this may be a live build
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -260,19 +260,21 @@ def _lock(fh, blocking: bool = True) -> bool:
         return blocking
 
 
-def remove_abandoned(root: Path) -> None:
-    """Delete ``.tmp-*`` directories of builds that died: nobody holds their lock any more."""
-    for tmp in root.glob(".tmp-*"):
-        lock_file = tmp / BUILDING
-        try:
-            if lock_file.exists() and fcntl is not None:
-                with open(lock_file, "rb") as fh:
-                    if not _lock(fh, blocking=False):
-                        continue  # a live build
-            elif time.time() - tmp.stat().st_mtime < STALE_UNLOCKED_SECONDS:
-                continue  # just created, or no locks to tell: leave young ones alone
-        except OSError:
-            continue
+def remove_abandoned(final: Path) -> None:
+    """Delete the ``.tmp-*`` directories of builds that died: ``final``'s own at once (its build lock is held: none
+    of them is live), another cache's once nobody holds its lock and it is older than a build takes to lock it."""
+    for tmp in final.parent.glob(".tmp-*"):
+        if not tmp.name.startswith(f".tmp-{final.name}-"):
+            lock_file = tmp / BUILDING
+            try:
+                if time.time() - tmp.stat().st_mtime < STALE_UNLOCKED_SECONDS:
+                    continue  # just created: its builder may not hold its lock yet
+                if lock_file.exists() and fcntl is not None:
+                    with open(lock_file, "rb") as fh:
+                        if not _lock(fh, blocking=False):
+                            continue  # a live build
+            except OSError:
+                continue
         log.info("data: removing the abandoned partial cache %s", tmp)
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -483,7 +485,7 @@ def prepare(cfg: Any, build_if_missing: bool = True) -> TokenCache | Mixture:
         cache = TokenCache.open(path, fingerprint, settings)
         if cache is not None:  # built by the process we waited for
             return cache
-        remove_abandoned(path.parent)
+        remove_abandoned(path)
         if path.exists():  # only ever renamed into place complete, so something damaged it: rebuild
             log.warning(
                 "data: the token cache %s is damaged (%s); rebuilding it",

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ import pytest
 import data.cache
 from data import DataError, TokenCache, atomic, prepare
 from data.atomic import DiskFull
-from data.cache import BUILDING, building, cache_path, remove_abandoned
+from data.cache import BUILDING, STALE_UNLOCKED_SECONDS, building, cache_path, remove_abandoned
 from data.corpus import build_corpus
 from tests.conftest import compose_config
 from tests.data.corpora import DOCS, EOT, data_cfg, decoded_documents, write_texts
@@ -153,13 +154,22 @@ def test_a_killed_preparation_is_never_trusted_and_the_next_one_cleans_up_and_re
 
 
 def test_a_live_build_is_not_taken_for_abandoned(tmp_path):
+    """Another cache's build: locked, or younger than a build takes to lock it, it is live; this cache's own
+    (its build lock is held) and old unlocked ones are dead."""
     live = atomic.begin(tmp_path, "files-x-0123")
     dead = atomic.begin(tmp_path, "files-y-4567")
     (dead / BUILDING).touch()
+    locking = atomic.begin(tmp_path, "files-z-89ab")  # its builder between creating the lock file and locking it
+    (locking / BUILDING).touch()
+    own = atomic.begin(tmp_path, "files-w-cdef")
+    (own / BUILDING).touch()
+    long_ago = time.time() - 2 * STALE_UNLOCKED_SECONDS
     with building(live):  # a lock held on another open file conflicts, as another process's would
-        remove_abandoned(tmp_path)
+        for old in (live, dead):
+            os.utime(old, (long_ago, long_ago))
+        remove_abandoned(tmp_path / "files-w-cdef")
         assert live.is_dir() and (live / BUILDING).exists()
-    assert not dead.exists()
+    assert not dead.exists() and not own.exists() and locking.is_dir()
     assert live.is_dir() and not (live / BUILDING).exists()  # a finished build drops its lock file
 
 
