@@ -481,6 +481,9 @@ def prepare(cfg: Any, build_if_missing: bool = True) -> TokenCache | Mixture:
         why = inspect(path, fingerprint, settings)[1] if path.exists() else "it does not exist"
         raise DataError(f"data: the token cache {path} is missing, incomplete or damaged ({why})")
     check_not_empty(corpus)
+    if not corpus.splits_off_val and next(iter(corpus.documents("val")), None) is None:
+        # a dataset's own validation split (data.val_split), read before hours of tokenizing the training one
+        raise DataError(f"data: the corpus {corpus.name!r} gives no validation text (data.val_split)")
     with writable_cache_dir(path.parent), build_lock(path):
         cache = TokenCache.open(path, fingerprint, settings)
         if cache is not None:  # built by the process we waited for

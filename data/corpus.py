@@ -376,6 +376,7 @@ class TableCorpus(Corpus):
         self.text_column = cfg.get("text_column") or "text"
         self.streaming = bool(cfg.get("streaming", False))
         self.root = common_parent(files) if files else None
+        self.said_empty: set[str] = set()  # the tables whose rows without text were named
 
     def load(self, split: str, data_files: Any = None) -> Any:
         """The dataset split (a ``Dataset``, or an ``IterableDataset`` when streaming); errors as DataError."""
@@ -400,6 +401,8 @@ class TableCorpus(Corpus):
             hint = hint if from_hub else ""
             raise DataError(f"data: cannot load {where!r} split {split!r}{hint}: {self.why(where, e)}") from None
         columns = ds.column_names
+        if columns == []:  # no row to hold one: a JSON Lines file of blank lines
+            return []
         if columns is not None and self.text_column not in columns:
             raise self.missing_column(where, columns)
         return ds
@@ -415,12 +418,24 @@ class TableCorpus(Corpus):
 
     def rows(self, ds: Any, where: str) -> Iterator[str]:
         """The text of each row; a missing column or a file that fails to parse mid-stream is a DataError."""
+        nulls, first = 0, 0  # rows without text: a null, or (JSON Lines) the key missing from the row
         with quiet_datasets():  # for the whole pass: toggling log levels per row would be slow
             it = iter(ds)
             for number in itertools.count(1):
                 try:
                     row = next(it)
                 except StopIteration:
+                    if nulls and where not in self.said_empty:  # once per file: each pass reads it again
+                        self.said_empty.add(where)
+                        log.warning(
+                            "data: %s: %d of %d row(s) have no %r (null, or the key missing; the first: row %d): "
+                            "read as empty documents",
+                            where,
+                            nulls,
+                            number - 1,
+                            self.text_column,
+                            first,
+                        )
                     return
                 except Exception as e:
                     raise DataError(f"data: cannot read {where!r}: {self.why(where, e)}") from None
@@ -432,6 +447,8 @@ class TableCorpus(Corpus):
                         f"data: {where!r} row {number}: data.text_column {self.text_column!r} must hold text, got "
                         f"{type(text).__name__}"
                     )
+                if text is None:
+                    nulls, first = nulls + 1, first or number
                 yield text or ""
 
     def keyed_documents(self) -> Iterator[tuple[str, str]]:
@@ -469,6 +486,20 @@ class TableCorpus(Corpus):
     @property
     def splits_off_val(self) -> bool:
         return not self.cfg.get("val_split")
+
+    def check_local_data_files(self) -> None:
+        """Each of ``data.data_files`` that names local files (those of a builder, json, csv, parquet, or of a
+        dataset folder; a hub dataset's are its repository's) matches one: datasets would fail with StopIteration."""
+        from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+        folder = self.dataset_folder()
+        if not self.cfg.get("data_files") or (folder is None and self.builder not in _PACKAGED_DATASETS_MODULES):
+            return
+        for item in data_file_items(self.cfg.get("data_files")):
+            if "://" not in str(item) and not local_data_files([item], folder or Path()):
+                under = f" under {folder}" if folder else " in the working directory"
+                under = "" if os.path.isabs(os.path.expanduser(str(item))) else under
+                raise DataError(f"data.data_files: {str(item)!r} matches no file{under}")
 
     def dataset_folder(self) -> Path | None:
         """The local dataset folder ``builder`` names, else None: a hub name, or a packaged builder (``json``,
@@ -511,16 +542,18 @@ def plain(value: Any) -> Any:
     return value
 
 
-def local_data_files(data_files: Any, base: Path) -> list[Path]:
-    """The local files that ``data_files`` (a path, glob, list, or dict of split → those; relative ones under
-    ``base``) names, sorted."""
+def data_file_items(data_files: Any) -> list[str]:
+    """Each path or glob ``data_files`` names (a path, glob, list, or dict of split → those)."""
     data_files = plain(data_files)
     if isinstance(data_files, dict):
-        items = [v for value in data_files.values() for v in ([value] if isinstance(value, str) else value)]
-    else:
-        items = [data_files] if isinstance(data_files, str) else list(data_files)
+        return [v for value in data_files.values() for v in ([value] if isinstance(value, str) else value)]
+    return [data_files] if isinstance(data_files, str) else list(data_files)
+
+
+def local_data_files(data_files: Any, base: Path) -> list[Path]:
+    """The local files that ``data_files`` (relative ones under ``base``) names, sorted."""
     found = set()
-    for item in items:
+    for item in data_file_items(data_files):
         # root_dir, not a joined pattern: glob characters in the folder's own name stay literal
         matches = glob.glob(os.path.expanduser(str(item)), root_dir=base, recursive=True)
         found.update(base / m for m in matches if (base / m).is_file())
@@ -560,5 +593,7 @@ def build_corpus(cfg: Any) -> Corpus:
             raise DataError(
                 f"data.name must be a Hugging Face dataset name such as roneneldan/TinyStories, got {name!r}"
             )
-        return TableCorpus(cfg, str(name), name=str(name))
+        corpus = TableCorpus(cfg, str(name), name=str(name))
+        corpus.check_local_data_files()
+        return corpus
     raise DataError(f"data.source must be one of builtin, text_files, hub, got {source!r}")

@@ -106,8 +106,38 @@ def test_an_empty_table_file_is_read_as_no_rows_as_an_empty_text_file_is(tmp_pat
         pq.write_table(pa.table({"text": pa.array([], pa.string())}), tmp_path / "t" / "empty.parquet")
     else:
         (tmp_path / "t" / "empty.jsonl").write_bytes(b"")
+        (tmp_path / "t" / "blank.jsonl").write_bytes(b"\n  \n\n")  # lines, but no row
     cache = prepare(data_cfg("text_files", path=str(tmp_path / "t")))
     assert sum(cache.meta["documents"].values()) == len(DOCS)
+
+
+def test_rows_without_text_are_read_as_empty_documents_and_counted_once(tmp_path, caplog):
+    """A key misspelt in some rows ("body"): datasets fills the column with null there."""
+    rows = [{"text": d} if i % 2 == 0 else {"body": d} for i, d in enumerate(DOCS)]
+    write_tables(tmp_path / "t", rows, "jsonl", n_files=1)
+    with caplog.at_level("WARNING", logger="data"):
+        prepare(data_cfg("text_files", path=str(tmp_path / "t")))
+    said = [r.getMessage() for r in caplog.records if "row(s) have no" in r.getMessage()]
+    assert said == [
+        f"data: {tmp_path / 't' / 'part0.jsonl'}: 20 of 40 row(s) have no 'text' (null, or the key "
+        "missing; the first: row 2): read as empty documents"
+    ]
+
+
+def test_data_files_matching_no_file_is_refused_naming_the_key(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_tables(tmp_path / "t", [{"text": d} for d in DOCS], "jsonl", n_files=1)
+    files = {"train": str(tmp_path / "t" / "part0.jsonl"), "validation": "val/*.jsonl"}
+    cfg = data_cfg("hub", name="json", data_files=files, val_split="validation")
+    assert_refused(cfg, r"^data\.data_files: 'val/\*\.jsonl' matches no file in the working directory$")
+
+
+def test_a_datasets_validation_split_that_does_not_exist_is_refused_before_tokenizing(tmp_path, caplog):
+    write_tables(tmp_path / "t", [{"text": d} for d in DOCS], "jsonl", n_files=1)
+    cfg = data_cfg("hub", name="json", data_files=str(tmp_path / "t" / "part0.jsonl"), val_split="validation")
+    with caplog.at_level("INFO", logger="data"):
+        assert_refused(cfg, r"""^data: cannot load 'json' split 'validation': Unknown split "validation"\.""")
+    assert "tokenizing" not in caplog.text
 
 
 def test_a_given_tokenizer_that_cannot_encode_the_corpus_is_refused(tmp_path):
