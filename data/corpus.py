@@ -91,7 +91,7 @@ class DecodeStats:
 def decode(raw: bytes, name: str, policy: str, stats: DecodeStats) -> str | None:
     """UTF-8 text of a file, or None when it is skipped. ``policy`` (data.on_decode_error): skip | replace | error."""
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")  # a byte order mark (an editor's, on Windows) is no text
     except UnicodeDecodeError as e:
         name = printable(name)
         if policy == "error":
@@ -103,7 +103,7 @@ def decode(raw: bytes, name: str, policy: str, stats: DecodeStats) -> str | None
             stats.examples.append(name)
         if policy == "replace":
             stats.replaced += 1
-            return raw.decode("utf-8", errors="replace")
+            return raw.decode("utf-8-sig", errors="replace")
         stats.skipped += 1
         return None
 
@@ -262,14 +262,7 @@ def expand_paths(path: Any) -> list[Path]:
                 raise DataError(f"data.path: no file matches the glob {p!r}")
             found += matches
         elif Path(p).is_dir():
-            root = Path(p)
-            matches = sorted(
-                f
-                for f in root.rglob("*")
-                if f.suffix.lower() in known
-                and not any(part.startswith(".") for part in f.relative_to(root).parts)
-                and f.is_file()
-            )
+            matches = sorted(f for f in files_under(Path(p)) if f.suffix.lower() in known and f.is_file())
             if not matches:
                 raise DataError(f"data.path: the directory {p!r} holds no file ending in {', '.join(known)}")
             found += matches
@@ -280,6 +273,18 @@ def expand_paths(path: Any) -> list[Path]:
     if len({f.is_absolute() for f in found}) > 1:  # a common parent needs them all absolute or all relative
         found = [f.absolute() for f in found]
     return list(dict.fromkeys(found))  # a file named twice is read once
+
+
+def files_under(root: Path) -> Iterator[Path]:
+    """The files under ``root`` but hidden ones (a name starting with "."), not following links to folders; a
+    folder that cannot be read is a DataError (skipped, its files would be missing unsaid)."""
+
+    def refuse(e: OSError) -> None:
+        raise DataError(f"{printable(str(e.filename))}: cannot be read ({e.strerror or e})")
+
+    for folder, dirs, names in os.walk(root, onerror=refuse):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        yield from (Path(folder) / name for name in names if not name.startswith("."))
 
 
 def common_parent(files: list[Path]) -> Path:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+from pathlib import Path
 
 import pytest
 
-from data import build_corpus, prepare
+from data import DataError, build_corpus, prepare
 from data.corpus import in_val
 from tests.data.corpora import (
     DOCS,
@@ -49,6 +52,29 @@ def test_text_files_folder_reads_every_text_file_and_skips_hidden_ones(tmp_path,
     assert all(in_val(key_of[d], 0.2) for d in val) and not any(in_val(key_of[d], 0.2) for d in train)
     assert cache.meta["bytes"]["train"] + cache.meta["bytes"]["val"] == sum(len(d.encode()) for d in DOCS)
     assert LINE_SPLIT_NOTE not in caplog.text  # whole documents in each split: nothing to say
+
+
+def test_a_folder_that_cannot_be_read_is_refused_not_skipped(tmp_path, monkeypatch):
+    root = tmp_path / "corpus"
+    write_texts(root, DOCS[:4])
+    write_texts(root / "locked", DOCS[4:8])
+    scandir = os.scandir
+
+    def denied(path="."):  # what chmod 000 does to a user without root's override
+        if Path(path) == root / "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+    with pytest.raises(DataError, match=rf"^{re.escape(str(root / 'locked'))}: cannot be read \(Permission denied\)$"):
+        build_corpus(data_cfg("text_files", path=str(root)))
+
+
+def test_a_byte_order_mark_is_not_read_as_text(tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "bom.txt").write_bytes("\ufeffhello world\n".encode())
+    corpus = build_corpus(data_cfg("text_files", path=str(tmp_path / "c")))
+    assert [text for _, text in corpus.keyed_documents()] == ["hello world\n"]
 
 
 def test_adding_documents_moves_no_existing_document_to_the_other_split(tmp_path):
