@@ -217,6 +217,24 @@ def in_source(name: str, error: DataError) -> DataError:
     return DataError(message if message.startswith(f"data.sources.{name}") else f"data.sources.{name}: {message}")
 
 
+def warn_of_shared_files(corpora: Mapping[str, Corpus]) -> None:
+    """Sources that read the same file (a subset given more weight as a source of its own) each split it their
+    own way: one's validation text may be another's training text. Said, since it may be meant."""
+    seen: dict[Path, str] = {}
+    for name, corpus in corpora.items():
+        for f in getattr(corpus, "files", None) or ():
+            other = seen.setdefault(f.resolve(), name)
+            if other != name:
+                log.warning(
+                    "data: data.sources.%s and data.sources.%s both read %s: each splits it its own way, so one's "
+                    "validation text may be the other's training text",
+                    other,
+                    name,
+                    f,
+                )
+                return
+
+
 def prepare_mixture(cfg: Any, build_if_missing: bool = True) -> Mixture:
     """The shared tokenizer, then each source's token cache built with it (or reused); a source without
     training or validation text, or any other bad source, is a one-line DataError that names it."""
@@ -249,6 +267,7 @@ def prepare_mixture(cfg: Any, build_if_missing: bool = True) -> Mixture:
                 f"data.sources.{name}: the corpus {corpora[name].name!r} gives no validation text; raise "
                 f"data.sources.{name}.val_fraction (now {corpora[name].val_fraction}) or add documents (or lines)"
             )
+    warn_of_shared_files(corpora)
     tokenizer_path = shared_tokenizer(cfg, corpora, weights, build_if_missing)
     caches = {}
     for name, (_, settings) in configs.items():

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from data import DataError, MixtureValBatches, TrainBatches, ValBatches, atomic, prepare, token_byte_lengths
 from data.atomic import DiskFull
@@ -93,6 +93,19 @@ def test_the_tokenizers_sample_does_not_depend_on_the_order_the_sources_are_decl
     reversed_corpora = dict(reversed(corpora.items()))
     sample = list(weighted_sample(corpora, weights, max_bytes=3_000))
     assert sample == list(weighted_sample(reversed_corpora, weights, max_bytes=3_000))
+
+
+def test_sources_that_read_the_same_file_are_named_in_a_warning(tmp_path, caplog):
+    cfg = mixture_cfg(tmp_path)
+    with caplog.at_level("WARNING", logger="data"):
+        prepare_mixture(cfg)
+        assert "both read" not in caplog.text
+        best = {"source": "text_files", "path": str(tmp_path / "code" / "doc00*.txt"), "weight": 1}
+        with open_dict(cfg):
+            cfg.sources.best = best
+        prepare_mixture(cfg)
+    said = f"data.sources.code and data.sources.best both read {tmp_path / 'code' / 'doc000.txt'}: each splits it"
+    assert said in caplog.text
 
 
 def test_per_source_bpb_equals_evaluating_that_source_alone(tmp_path):
