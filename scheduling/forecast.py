@@ -52,7 +52,16 @@ import numpy as np
 import torch
 
 from scheduling import audit
-from scheduling.spec import CommandLine, Schedule, SettingError, at_least, check_knots, is_int, is_number
+from scheduling.spec import (
+    CommandLine,
+    Schedule,
+    SettingError,
+    at_least,
+    check_knots,
+    file_path,
+    is_int,
+    is_number,
+)
 
 LAWS = {"multi_power": ("L0", "A", "alpha", "B", "C", "beta", "gamma"), "annealing": ("L0", "A", "alpha", "C")}
 LAW_NAMES = {"multi_power": "multi-power", "annealing": "annealing"}
@@ -68,6 +77,7 @@ CURVE_POINTS = 1000  # points of a predicted curve, plus its last
 # is what the laws are for (2T here: −1.5 %) and no factor marks where that stops; a forecast that is no loss is
 # refused (``forecast``).
 EXTRAPOLATION = 1.1
+FIT_FORMAT = 1  # fit.json's layout; a file without the key is of format 1, the first
 
 
 class ForecastError(SettingError):
@@ -302,6 +312,7 @@ class Fit:
 
     def to_json(self) -> dict:
         return {
+            "format": FIT_FORMAT,
             "loss": self.loss,
             "lr_scale": self.lr_scale,
             "annealing_decay": self.decay,
@@ -425,12 +436,17 @@ def load_fit(path: Path) -> Fit:
         given = {f"{name}.{k}": data[name][k] for name, keys in LAWS.items() for k in keys}
         given["lr_scale"] = data["lr_scale"]
         decay = data.get("annealing_decay", ANNEALING_DECAY)
+        layout = data.get("format", 1)
     except FileNotFoundError:
         raise ForecastError(f"{path} does not exist (write one with: python -m scheduling.forecast fit RUN…)") from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise not_a_fit from None
     if loss not in ("val", "train") or not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
         raise not_a_fit
+    if layout != FIT_FORMAT:
+        raise ForecastError(
+            f"{path}: format {short(layout)} is not one this version reads ({FIT_FORMAT}); fit the runs again"
+        )
     # is_number before float(): an int past float's range (lr_scale 10**400) would overflow it
     for key, value in given.items():
         if not (is_number(value) and value > 0):
@@ -448,6 +464,11 @@ def load_fit(path: Path) -> Fit:
             raise ForecastError(
                 f"{path}: runs[{i}].updates must be the run's length, an integer > 0, got {short(updates)}"
             )
+    # the lrs are divided by it before either law sees them: another scale is another fit's parameters
+    if runs and not math.isclose(given["lr_scale"], highest := max(r["peak_lr"] for r in runs), rel_tol=1e-9):
+        raise ForecastError(
+            f"{path}: lr_scale must be the runs' highest peak_lr, {highest!r}, got {short(given['lr_scale'])}"
+        )
     params = {name: {k: float(given[f"{name}.{k}"]) for k in keys} for name, keys in LAWS.items()}
     return Fit(params=params, lr_scale=float(given["lr_scale"]), loss=loss, decay=float(decay), runs=runs)
 
@@ -588,13 +609,35 @@ def planned(logged: audit.Logged) -> tuple[np.ndarray, int, float] | None:
 
 
 def forecast_run(fit: Fit, path: Path, label: str | None = None) -> Forecast:
-    """The forecast of a run's own schedule (its recorded one to its T, else the lrs it logged) beside its real
-    curve, in the fit's loss."""
+    """The forecast of a run's own lrs (those it logged; past its last logged update, its recorded schedule to its
+    T) beside its real curve, in the fit's loss; warned of where it extrapolates beyond the fit's runs."""
     logged = read_run(path)
     seen = observe(path, fit.loss, logged)
     plan = planned(logged)
     lrs, warmup, peak = plan if plan is not None else (seen.lrs, seen.warmup, None)
-    return forecast(fit, label or path.name, lrs, warmup, peak, actual=(seen.steps, seen.losses))
+    if plan is not None:  # what the run did, where that was not its plan (a scheduler stepped twice an update)
+        lrs = lrs.copy()
+        for t, lr in logged.lrs.items():
+            if t < len(lrs):
+                lrs[t] = lr
+    label = label or path.name
+    warn_extrapolation(fit, label, float(lrs.max()), len(lrs))
+    return forecast(fit, label, lrs, warmup, peak, actual=(seen.steps, seen.losses))
+
+
+def in_the_fit(fit: Fit, run: Path) -> bool:
+    """Whether ``run`` is one of the runs ``fit`` was fitted on (its errors then measure the fit, not a forecast)."""
+    return any(Path(r.get("run", "")).resolve() == run.resolve() for r in fit.runs if isinstance(r.get("run"), str))
+
+
+def differs_from(seen: Observed, lrs: np.ndarray) -> str | None:
+    """Where a run's logged lrs are not a schedule's (the first update and both values), None if they agree."""
+    n = min(len(seen.lrs), len(lrs))
+    off = np.flatnonzero(~np.isclose(seen.lrs[:n], lrs[:n], rtol=1e-6, atol=0.0))
+    if not len(off):
+        return None
+    t = int(off[0])
+    return f"update {t} ran at lr {seen.lrs[t]:.6g}, the schedule's is {lrs[t]:.6g}"
 
 
 # --- optimizing the schedule ------------------------------------------------------------------------------------
@@ -813,12 +856,16 @@ def run_predict(args: argparse.Namespace) -> int:
             n = max(c.total_steps, int(seen.steps[-1]) if seen is not None else 0)
             actual = (seen.steps, seen.losses) if seen is not None else None
             lrs = schedule_lrs(c.schedule, c.peak_lr, n)
+            if seen is not None and (where := differs_from(seen, lrs)) is not None:
+                print(
+                    f"warning: {against[0]} did not run {c.label} ({where}): its error measures another schedule's "
+                    "forecast",
+                    file=sys.stderr,
+                )
             run = against[0] if against else None
             pairs.append((forecast(fit, c.label, lrs, c.schedule.warmup_steps, c.peak_lr, actual), run))
     else:  # each run on its own schedule
         pairs = [(forecast_run(fit, run), run) for run in against]
-        for f, _ in pairs:
-            warn_extrapolation(fit, f.label, float(f.lrs.max()), len(f.lrs))
     forecasts = [f for f, _ in pairs]
     csv_path, png_path = args.out.with_suffix(".csv"), args.out.with_suffix(".png")
     write_outputs(
@@ -831,7 +878,10 @@ def run_predict(args: argparse.Namespace) -> int:
             said = ", ".join(
                 f"{LAW_NAMES[n]} {percent(e[0])} (RMS over the curve {100 * e[1]:.2f} %)" for n, e in f.errors().items()
             )
-            print(f"  against {run}: {f.actual[-1]:.4f} after {int(f.actual_steps[-1]):,} updates; error {said}")
+            fitted = " (one of the fit's runs: the fit's own error, not a held-out one)" if in_the_fit(fit, run) else ""
+            print(
+                f"  against {run}{fitted}: {f.actual[-1]:.4f} after {int(f.actual_steps[-1]):,} updates; error {said}"
+            )
     print(f"wrote {csv_path}, {png_path}")
     return 0
 
@@ -909,7 +959,7 @@ def parser() -> CommandLine:
     sub = cli.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="fit both laws to runs already made")
     fit.add_argument("runs", nargs="+", type=Path, help="run directories, W&B offline runs or trainer_state.json")
-    fit.add_argument("--out", type=Path, default=Path("fit.json"), help="the fit (default: %(default)s)")
+    fit.add_argument("--out", type=file_path, default=Path("fit.json"), help="the fit (default: %(default)s)")
     fit.add_argument(
         "--loss",
         choices=("auto", "val", "train"),
@@ -926,7 +976,7 @@ def parser() -> CommandLine:
         metavar="RUN",
         help="a run to draw beside the forecast; without overrides, repeatable: each on its own schedule",
     )
-    predict.add_argument("--out", type=Path, default=Path("forecast"), help="writes OUT.csv, OUT.png")
+    predict.add_argument("--out", type=file_path, default=Path("forecast"), help="writes OUT.csv, OUT.png")
     opt = sub.add_parser("optimize", help="the schedule with the lowest forecast final loss, as tabulated knots")
     opt.add_argument("fit", type=Path, help="a fit.json")
     opt.add_argument("overrides", nargs="*", default=[], help="T, peak, warmup and floor as train.py overrides")
@@ -937,7 +987,7 @@ def parser() -> CommandLine:
         help="knots between W and T (default: %(default)s; more than T − W is clamped to T − W, one per update)",
     )
     opt.add_argument("--law", choices=tuple(LAWS), default="multi_power", help="the law to minimise")
-    opt.add_argument("--out", type=Path, default=Path("knots.csv"), help="the knots CSV (default: %(default)s)")
+    opt.add_argument("--out", type=file_path, default=Path("knots.csv"), help="the knots CSV (default: %(default)s)")
     return cli
 
 

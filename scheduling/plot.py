@@ -21,7 +21,16 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from scheduling.spec import CONF, CommandLine, Schedule, ScheduleError, compose, first_line, schedule_from_config
+from scheduling.spec import (
+    CONF,
+    CommandLine,
+    Schedule,
+    ScheduleError,
+    compose,
+    file_path,
+    first_line,
+    schedule_from_config,
+)
 
 PAST_T = 0.1  # the plot and the table go this fraction of T past T
 POINTS = 2000  # samples per curve, plus its key steps
@@ -244,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", default=[], help="Hydra overrides, as for train.py (sweeps overlay)")
     parser.add_argument("-m", "--multirun", action="store_true", help="accepted for symmetry with train.py -m")
     parser.add_argument(
-        "--out", type=Path, default=Path("lr_schedule.png"), metavar="PATH", help="the PNG (default: %(default)s)"
+        "--out", type=file_path, default=Path("lr_schedule.png"), metavar="PATH", help="the PNG (default: %(default)s)"
     )
     args = parser.parse_args(argv)
     from hydra.errors import HydraException

@@ -14,6 +14,7 @@ import importlib
 import inspect
 import math
 import numbers
+import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -80,6 +81,14 @@ def at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return integer
+
+
+def file_path(text: str) -> Path:
+    """An argparse type: the path of a file to write, which has a name ('', '.' and 'folder/' have none: Path would
+    drop the slash and write folder.png beside the folder)."""
+    if not text or text.endswith(("/", os.sep)) or Path(text).name in ("", ".", ".."):
+        raise argparse.ArgumentTypeError(f"must be the path of a file, got {text!r}")
+    return Path(text)
 
 
 class ScheduleError(SettingError):

@@ -288,8 +288,8 @@ def plot_frontier(jobs: list[Job], out: Path) -> bytes | None:
 
 
 def add_forecasts(jobs: list[Job], fit: Any) -> None:
-    """Each job's forecast (``scheduling.forecast.forecast_run``): of its recorded schedule to its T, beside what it
-    logged; none for a job too short to compare."""
+    """Each job's forecast (``scheduling.forecast.forecast_run``): of the lrs it logged and its recorded schedule to
+    its T, beside what it logged (one beyond the fit's runs warned of); none for a job too short to compare."""
     from scheduling.forecast import ForecastError, forecast_run
 
     for job in jobs:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -204,6 +205,31 @@ def test_a_run_resumed_under_another_warmup_is_forecast_from_where_its_own_warmu
     assert f.warmup == 10 and f.steps[0] > 10
 
 
+def test_a_run_is_forecast_on_the_lrs_it_ran_at_where_they_were_not_its_plan(monkeypatch):
+    """A scheduler stepped twice an update: the audit finds it, and the forecast takes the lrs the run had."""
+    from scheduling import audit
+
+    planned = Schedule("cosine", total_steps=100, warmup_steps=10)
+    segments = [audit.Segment(0, planned, 1e-3)]
+    ran = {t: 1e-3 * planned(min(2 * t, 100)) for t in range(60)}  # logged to update 59 of 100
+    logged = audit.Logged("run", ran, segments, losses={"val": {s: 4.0 - 0.01 * s for s in range(0, 61, 5)}})
+    monkeypatch.setattr(forecast, "read_run", lambda path: logged)
+    fit = forecast.Fit(params={"multi_power": MULTI_POWER, "annealing": ANNEALING}, lr_scale=1e-3, loss="val")
+    f = forecast.forecast_run(fit, Path("run"))
+    assert f.lrs.tolist() == [ran[t] for t in range(60)] + [1e-3 * planned(t) for t in range(60, 100)]
+
+
+def test_a_run_against_a_schedule_it_did_not_run_is_warned_of(tiny_run, tmp_path, capsys):
+    fit = a_fit(tmp_path)
+    argv = ["predict", fit, "schedule=constant", "--against", str(tiny_run), "--out", str(tmp_path / "f")]
+    assert forecast.main(argv) == 0
+    err = capsys.readouterr().err
+    assert re.search(rf"warning: {re.escape(str(tiny_run))} did not run constant \(update \d+ ran at lr ", err), err
+    own = [f"trainer.max_steps={RUN_T}", f"schedule.warmup_steps={RUN_W}", "optim.lr=3e-3"]  # its schedule
+    assert forecast.main(["predict", fit, *own, "--against", str(tiny_run), "--out", str(tmp_path / "f")]) == 0
+    assert "did not run" not in capsys.readouterr().err
+
+
 def test_a_forecast_of_a_run_s_own_schedule_fits_that_run(tiny_run, tmp_path, capsys):
     assert forecast.main(["fit", str(tiny_run), "--out", str(tmp_path / "fit.json")]) == 0
     said = capsys.readouterr().out
@@ -216,7 +242,8 @@ def test_a_forecast_of_a_run_s_own_schedule_fits_that_run(tiny_run, tmp_path, ca
     )
     said = capsys.readouterr().out
     final = [r["val/loss"] for r in read_metrics(tiny_run) if "val/loss" in r][-1]
-    assert f"against {tiny_run}: {final:.4f} after 40 updates; error multi-power" in said
+    fitted = "(one of the fit's runs: the fit's own error, not a held-out one)"
+    assert f"against {tiny_run} {fitted}: {final:.4f} after 40 updates; error multi-power" in said
     rows = (tmp_path / "own.csv").read_text().splitlines()
     assert rows[0] == "schedule,updates,multi_power,annealing,actual"
     compared = [row.split(",") for row in rows[1:] if not row.endswith(",")]
@@ -349,10 +376,14 @@ def run_dir(path, rows: list[dict]):
         ("out a folder", "--out " + "{tmp}/out/x.png: cannot be written (Is a directory)"),
         ("fit out a folder", "--out " + "{tmp}/out/x: cannot be written (Is a directory)"),
         ("knots as png", "--out must be the knots' CSV path (the plot is written beside it, as .png)"),
+        ("out ending in a slash", "argument --out: must be the path of a file, got '{tmp}/out/'"),
+        ("out empty", "argument --out: must be the path of a file, got ''"),
         ("huge lr_scale", "fit.json: lr_scale must be a positive finite number (a fit's parameters are), got 1000"),
         ("huge decay", "fit.json: annealing_decay must be in (0, 1), got 1000"),
         ("run without peak", "fit.json: runs[1].peak_lr must be the run's peak lr, a number > 0, got None"),
         ("run of 0 updates", "fit.json: runs[0].updates must be the run's length, an integer > 0, got 0"),
+        ("another format", "fit.json: format 2 is not one this version reads (1); fit the runs again"),
+        ("lr_scale not the peak", "fit.json: lr_scale must be the runs' highest peak_lr, 0.006, got 1e+308"),
         ("no loss", "(peak 0.06, T = 2,000): the multi-power law forecasts val/loss -"),
         ("nan", "(peak 1e+306, T = 2,000): the multi-power law forecasts val/loss nan after 101 updates"),
         ("overflow", "(peak 1e+300, T = 2,000): the multi-power law forecasts val/loss -"),
@@ -404,9 +435,13 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case, says, tmp_
         (tmp_path / "out" / "x.png").mkdir(parents=True)
         (tmp_path / "out" / "x.csv").write_text("old")
         argv = ["predict", a_fit(tmp_path), "trainer.max_steps=60"]
+    elif case == "out ending in a slash":  # it wrote out.csv and out.png beside the folder
+        argv, out = ["predict", a_fit(tmp_path), "trainer.max_steps=60"], ["--out", f"{tmp_path}/out/"]
+    elif case == "out empty":
+        argv, out = ["fit", str(tmp_path / "run")], ["--out", ""]
     elif case == "knots as png":
         argv, out = ["optimize", a_fit(tmp_path), "trainer.max_steps=60", "--knots", "3"], ["--out", "k.png"]
-    elif case.startswith("huge") or case.startswith("run "):  # JSON's ints have no bound; float's range has
+    elif case.startswith(("huge", "run ", "another format", "lr_scale")):  # JSON's ints have no bound; floats do
         fit = json.loads(Path(a_fit(tmp_path, FITTED_ON)).read_text())
         huge = 10**400
         if case == "huge lr_scale":
@@ -415,6 +450,10 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case, says, tmp_
             fit["annealing_decay"] = huge
         elif case == "run without peak":
             del fit["runs"][1]["peak_lr"]
+        elif case == "another format":
+            fit["format"] = 2
+        elif case == "lr_scale not the peak":  # its forecasts were 1e14 "losses"
+            fit["lr_scale"] = 1e308
         else:
             fit["runs"][0]["updates"] = 0
         (tmp_path / "fit.json").write_text(json.dumps(fit))
@@ -429,7 +468,11 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case, says, tmp_
         rows += [{"step": s, "val/loss": 3.0 - 0.01 * s} for s in range(20)]
         argv = ["fit", str(run_dir(tmp_path / "run", rows)), "--loss", "val"]
     before = {p.relative_to(tmp_path): p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")}
-    assert forecast.main(argv + out) == 2
+    try:
+        code = forecast.main(argv + out)
+    except SystemExit as e:  # the command line's parser refused it
+        code = e.code
+    assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and says.format(tmp=tmp_path) in err[0], err
     assert "Traceback" not in err[0]

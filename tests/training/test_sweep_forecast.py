@@ -61,6 +61,17 @@ def test_each_job_s_forecast_stands_beside_its_result(sweep):
     assert abs(float(table["0"]["forecast error"])) < 0.005  # the run the fit was made on
 
 
+def test_a_job_beyond_the_fits_runs_is_warned_of_as_predict_does(sweep, tmp_path, capsys):
+    import json
+
+    fit = json.loads((sweep / "fit.json").read_text())
+    fit["runs"][0]["updates"] = 10  # as if fitted on a run a quarter as long as the jobs
+    (tmp_path / "fit.json").write_text(json.dumps(fit))
+    write_report(sweep, tmp_path / "fit.json")
+    err = capsys.readouterr().err
+    assert "warning: job 0: T = 40 is 4× the longest of the fit's runs (10 updates): the forecast extrapolates" in err
+
+
 def test_without_a_fit_the_report_has_no_forecast_columns(sweep):
     write_report(sweep)
     assert "forecast" not in (sweep / "report.md").read_text()
