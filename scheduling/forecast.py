@@ -152,6 +152,8 @@ def observe(path: Path, loss: str, logged: audit.Logged | None = None) -> Observ
     lrs = every_lr(logged, n)
     if not lrs.max() > 0:
         raise ForecastError(f"{path}: every logged learning rate is 0 (a forecast needs the lr of every update)")
+    if (negative := min(logged.lrs, key=logged.lrs.get)) is not None and logged.lrs[negative] < 0:
+        raise ForecastError(f"{path}: update {negative} logged the learning rate {logged.lrs[negative]:g}, below 0")
     points = after_warmup(smoothed(losses, n) if loss == "train" else losses, lrs)
     if len(points) < MIN_POINTS:
         name = "validation" if loss == "val" else "training"
@@ -814,7 +816,8 @@ def run_fit(args: argparse.Namespace) -> int:
     observed = [observe(path, loss, run) for path, run in logged]
     fit = fit_runs(observed, loss)
     write_outputs({args.out: (json.dumps(fit.to_json(), indent=1) + "\n").encode()})
-    how = "validation loss" if loss == "val" else f"training loss, averaged over {TRAIN_WINDOWS} windows per run"
+    # a run of TRAIN_WINDOWS updates or fewer has windows of one update: its training losses as logged
+    how = "validation loss" if loss == "val" else f"training loss, averaged over ≤ {TRAIN_WINDOWS} windows per run"
     points = sum(len(o.steps) for o in observed)
     seconds = time.perf_counter() - started
     print(f"fitted {len(observed)} runs on the {how} ({points} points after warmup) in {seconds:.1f} s")

@@ -372,6 +372,7 @@ def run_dir(path, rows: list[dict]):
         ("two against", "--against: one run beside the overrides' schedules (several only without overrides"),
         ("damaged fit", "fit.json: multi_power.A must be a positive finite number (a fit's parameters are), got -3.0"),
         ("lr 0", "every logged learning rate is 0 (a forecast needs the lr of every update)"),
+        ("lr below 0", "{tmp}/run: update 3 logged the learning rate -0.001, below 0"),
         ("negative step", "metrics.jsonl: step -1 is not an update index (0, 1, …)"),
         ("out a folder", "--out " + "{tmp}/out/x.png: cannot be written (Is a directory)"),
         ("fit out a folder", "--out " + "{tmp}/out/x: cannot be written (Is a directory)"),
@@ -429,6 +430,12 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case, says, tmp_
     elif case == "lr 0":
         rows += [{"step": s, "val/loss": 3.0} for s in range(10)]
         argv = ["fit", str(run_dir(tmp_path / "run", [{**r, "train/lr": 0.0} if "train/lr" in r else r for r in rows]))]
+    elif case == "lr below 0":  # a sign flipped: forecast as a loss, once
+        rows += [{"step": s, "val/loss": 3.0} for s in range(10)]
+        argv = [
+            "fit",
+            str(run_dir(tmp_path / "run", [{**r, "train/lr": -1e-3} if r["step"] == 3 else r for r in rows])),
+        ]
     elif case == "negative step":
         argv = ["fit", str(run_dir(tmp_path / "run", [{"step": -1, "train/lr": 0.5}, *rows]))]
     elif case == "out a folder":  # the CSV beside it is not replaced either
@@ -606,7 +613,7 @@ def test_the_fit_says_which_loss_it_used_and_falls_back_to_the_training_loss(tmp
     run = run_dir(tmp_path / "run", rows)
     assert forecast.main(["fit", str(run), "--out", str(tmp_path / "fit.json")]) == 0
     said = capsys.readouterr()
-    assert "on the training loss, averaged over 200 windows per run" in said.out and "warning" not in said.err
+    assert "on the training loss, averaged over ≤ 200 windows per run" in said.out and "warning" not in said.err
     written = json.loads((tmp_path / "fit.json").read_text())
     assert written["loss"] == "train" and written["runs"][0]["points"] > 150
     assert math.isfinite(written["multi_power"]["L0"])
