@@ -7,7 +7,7 @@
 The run is built as train.py builds it (``training.build.build_run`` in a temporary folder, ``logger=none``, the
 same Hydra config and overrides), then its update and each of its evaluations take turns, ``--repeats`` times
 after one untimed round (the median is printed). A multiple-choice evaluation also gives items per second. The
-cost is the share of a run's time its evaluations take at these settings: ``T / trainer.eval_every + 1`` rounds
+cost is the share of a run's time its evaluations take at these settings: ⌈T / trainer.eval_every⌉ + 1 rounds
 (once at T with ``eval_every=0``) against ``T`` updates; the sample, checkpoints and startup are left out.
 """
 
@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from bench.throughput import sync  # noqa: E402
 from model.flops import cpu_name  # noqa: E402
 from scheduling.spec import CommandLine, at_least  # noqa: E402
+from training.budget import evaluation_count  # noqa: E402
 from training.build import build_run  # noqa: E402
 from training.config import USER_ERRORS, compose_checked  # noqa: E402
 from training.multiple_choice import ChoiceTask  # noqa: E402
@@ -66,7 +67,7 @@ def report(cfg, run, repeats: int) -> None:
             timed(name, lambda evaluation=evaluation: evaluation(model))
     median = {name: statistics.median(ts[1:]) for name, ts in times.items()}
     T, every = run.total_steps, cfg.trainer.eval_every
-    rounds = T // every + 1 if every else 1
+    rounds = evaluation_count(T, every)
     where = cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device)
     print(
         f"{where}, torch {torch.__version__}, {torch.get_num_threads()} threads; model={cfg.model.name}, T={T}, "

@@ -58,7 +58,7 @@ class TimePlan:
     def planned_end(self, eval_every: int, ckpt_every: int) -> float:
         """Seconds from the job's start to the end of the run that this plan expects."""
         T = self.total_steps
-        evaluations = (math.ceil(T / eval_every) if eval_every else 0) + 1  # at 0, every eval_every, and at T
+        evaluations = evaluation_count(T, eval_every)
         checkpoints = ((T - 1) // ckpt_every if ckpt_every else 0) + 1  # every ckpt_every before T, and at T
         return (
             self.elapsed_at_plan
@@ -68,6 +68,11 @@ class TimePlan:
             + self.sample_seconds
             + self.teardown_seconds
         )
+
+
+def evaluation_count(T: int, eval_every: int) -> int:
+    """The evaluations of a run of T updates: at 0 and every eval_every before T (train.py's fit), and at T."""
+    return (math.ceil(T / eval_every) if eval_every else 0) + 1
 
 
 def plan_time(

@@ -587,16 +587,23 @@ def build_data(cfg: DictConfig, dist: distributed.Dist) -> tuple[Any, TrainBatch
         weights,
         vocab_size=cache.vocab_size,
     )
-    val = lambda tokens, name="": ValBatches(
-        tokens,
-        block,
-        trainer.batch_size,
-        trainer.eval_batches,  # noqa: E731
-        dist.world_size,
-        dist.rank,
-        name,
-        cache.vocab_size,
-    )
+
+    def val(tokens, name: str = "") -> ValBatches:
+        windows = trainer.eval_batches * trainer.batch_size
+        if dist.is_main and windows * block > len(tokens) - 1:  # the same tokens in several windows: weighted more
+            log.warning(
+                "%s: the %d windows of %d tokens (trainer.eval_batches × trainer.batch_size) overlap in its %d "
+                "tokens, each scored %.1f× on average: lower trainer.eval_batches, or hold out more text",
+                f"data.sources.{name}'s validation split" if name else "the validation split",
+                windows,
+                block,
+                len(tokens),
+                windows * block / max(1, len(tokens) - 1),
+            )
+        return ValBatches(
+            tokens, block, trainer.batch_size, trainer.eval_batches, dist.world_size, dist.rank, name, cache.vocab_size
+        )
+
     if weights is None:
         return cache, train_batches, val(cache.tokens("val"))
     sources = {name: val(tokens, name) for name, tokens in cache.tokens("val").items()}

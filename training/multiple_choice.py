@@ -201,9 +201,7 @@ class MultipleChoice(ChoiceTask):
         self.check(
             {"path": path, "limit": limit, "batch_size": batch_size, "target_delimiter": target_delimiter}, where
         )
-        items = read_jsonl(Path(path))[:limit]
-        if not items:
-            raise DataError(f"{path}: no items")
+        items = read_items(path)[:limit]
         super().__init__(ctx, items, batch_size=batch_size, delimiter=target_delimiter, where=where)
 
     @classmethod
@@ -213,12 +211,21 @@ class MultipleChoice(ChoiceTask):
             raise ConfigError(f"{where}.path", "a JSONL file of {context, choices, label} items", path)
         if not Path(str(path)).is_file():
             raise ConfigError(f"{where}.path: {path} is not a file")
+        read_items(path)  # every line, before any work (the items file is small; preparing the data may take hours)
         if not isinstance(keys.get("target_delimiter"), str):
             raise ConfigError(
                 f"{where}.target_delimiter", "a string put between context and choice", keys.get("target_delimiter")
             )
         check_limit(keys, where)
         positive_int(keys, "batch_size", where)
+
+
+def read_items(path: str | Path) -> list[Item]:
+    """The items file's items; none is an error naming it."""
+    items = read_jsonl(Path(path))
+    if not items:
+        raise DataError(f"{path}: no items")
+    return items
 
 
 def read_jsonl(path: Path) -> list[Item]:

@@ -382,3 +382,12 @@ def test_a_time_budget_counts_the_process_start_for_the_first_job_a_process_runs
     assert before - 12.5 <= launch.job_started() <= time.perf_counter() - 12.5
     monkeypatch.setattr(launch, "jobs", [(0, None)])  # a later sweep job in the same process: its own start
     assert before <= launch.job_started() <= time.perf_counter()
+
+
+@pytest.mark.parametrize("T,every", [(15, 10), (20, 10), (7, 0)])
+def test_the_evaluation_count_a_plan_and_the_bench_use_is_the_runs(T, every, tmp_path, tiny_train):
+    from tests.conftest import read_metrics
+
+    run = tiny_train(tmp_path / "run", [f"trainer.max_steps={T}", f"trainer.eval_every={every}"])
+    evaluated = [r["step"] for r in read_metrics(run) if "val/loss" in r]
+    assert len(evaluated) == budget.evaluation_count(T, every), evaluated

@@ -73,3 +73,14 @@ def test_the_ranks_sums_are_one_processs_whatever_the_number_of_ranks(world):
     summed = sum(validation_sums(model, batches, token_bytes, **on) for batches in ranks)
     assert summed[1] == alone[1] and summed[3] == alone[3]  # the same targets and bytes, exactly
     assert loss_and_bpb(summed) == pytest.approx(loss_and_bpb(alone), rel=1e-12)
+
+
+def test_validation_windows_that_overlap_in_a_short_split_are_warned_of(tmp_path, tiny_train, caplog):
+    """The tests' tiny corpus holds out 65 tokens, fewer than 2 × 4 windows of 32: each is scored several times."""
+    overlap = "the validation split: the 8 windows of 32 tokens (trainer.eval_batches × trainer.batch_size) overlap"
+    with caplog.at_level("WARNING", logger="train"):
+        tiny_train(tmp_path / "short", ["trainer.max_steps=1"])
+        assert overlap in caplog.text
+        caplog.clear()
+        tiny_train(tmp_path / "held_out", ["trainer.max_steps=1", "data.val_fraction=0.5"])
+    assert "overlap" not in caplog.text

@@ -450,6 +450,22 @@ def test_a_blank_context_is_scored_after_the_end_of_text_token_as_an_empty_one(t
     assert all(np.isfinite(lls).all() for lls in every_item(task, trained["model"]))
 
 
+def test_a_bad_items_file_is_refused_by_the_config_checks_before_any_work(tmp_path):
+    """Not after the data is prepared (hours, on a large corpus): the checks read the file."""
+    from tests.conftest import compose_config
+    from training.config import USER_ERRORS, check_config
+
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"context": "a", "choices": ["b", "c"], "label": 2}\n')
+    cfg = compose_config(["eval=[multiple_choice]", f"eval.evals.multiple_choice.path={items}"])
+    said = rf"^eval.evals.multiple_choice: {items}:1: label must be an index into choices, 0 to 1, got 2$"
+    with pytest.raises(USER_ERRORS, match=said):
+        check_config(cfg)
+    items.write_text("\n")
+    with pytest.raises(USER_ERRORS, match=rf"^eval.evals.multiple_choice: {items}: no items$"):
+        check_config(cfg)
+
+
 def test_bad_eval_settings_stop_train_py_with_one_line_naming_the_key_and_write_nothing(tmp_path, data_cache):
     items = tmp_path / "items.jsonl"
     items.write_text('{"context": "a", "choices": ["b", "c"], "label": 0}\n')
