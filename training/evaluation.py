@@ -99,6 +99,11 @@ def loss_and_bpb(sums: torch.Tensor) -> tuple[float, float]:
     return total_loss / count, text_loss / (math.log(2) * max(nbytes, 1.0))
 
 
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """What sums over many tokens are taken in: float64, but on Apple's MPS, which has none, float32."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 @torch.no_grad()
 def validation_sums(
     model: torch.nn.Module, batches, token_bytes: torch.Tensor, *, device: torch.device, autocast
@@ -106,16 +111,17 @@ def validation_sums(
     """Σ loss, Σ targets, Σ loss of the targets that encode text, Σ bytes they encode (float64, over ranks)."""
     was_training = model.training
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, tokens, loss over text, bytes
+    dtype = sum_dtype(device)
+    sums = torch.zeros(4, dtype=dtype, device=device)  # loss, tokens, loss over text, bytes
     for x, y in batches:
         x, y = to_device(x, device), to_device(y, device)
         with autocast:
             _, loss = model(x, y, reduction="none")
-        loss, y = loss.double(), y.reshape(-1)
+        loss, y = loss.to(dtype), y.reshape(-1)
         scored = y != IGNORE_INDEX  # a rank's padding window is scored nowhere
         nbytes = token_bytes[y.clamp(min=0)] * scored
         text = nbytes > 0
-        sums += torch.stack([loss.sum(), scored.sum().double(), loss[text].sum(), nbytes.sum().double()])
+        sums += torch.stack([loss.sum(), scored.sum().to(dtype), loss[text].sum(), nbytes.sum().to(dtype)])
     if is_initialized():
         dist.all_reduce(sums, op=dist.ReduceOp.SUM)
     model.train(was_training)

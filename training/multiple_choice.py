@@ -43,7 +43,7 @@ from scheduling.spec import first_line
 from training.config import ConfigError, is_int, positive_int
 from training.distributed import is_initialized
 from training.engine import to_device
-from training.evaluation import EvalContext
+from training.evaluation import EvalContext, sum_dtype
 
 log = logging.getLogger("train")
 
@@ -90,7 +90,7 @@ def choice_scores(
     x, y = to_device(x, device), to_device(y, device)
     with autocast:
         _, loss = model(x, y, reduction="none")
-    return -loss.double().view(len(rows), width).sum(dim=1)  # ignored targets add 0
+    return -loss.to(sum_dtype(loss.device)).view(len(rows), width).sum(dim=1)  # ignored targets add 0
 
 
 class ChoiceTask:
@@ -142,7 +142,7 @@ class ChoiceTask:
             return {}
         c, n_batches = self.ctx, math.ceil(len(self.items) / self.batch_size)
         world, rank = c.dist.world_size, c.dist.rank
-        counts = torch.zeros(3, dtype=torch.float64)  # right by acc, right by acc_norm, items
+        counts = torch.zeros(3, dtype=sum_dtype(c.device))  # right by acc, right by acc_norm, items
         was_training = model.training
         model.eval()
         # every rank makes as many forward passes (FSDP gathers the weights in each): a rank short of a batch
