@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import queue
+import re
 import subprocess
 import sys
 import threading
@@ -42,12 +43,27 @@ FALLBACK = "mlflow/fallback.db"  # in the run directory, when the tracking serve
 STATUS = {"ok": "FINISHED", "failed": "FAILED", "preempted": "KILLED"}
 PARAM_LENGTH = 6000  # MLflow's limit on a param's value
 BATCH = {"params": 100, "metrics": 1000}  # MLflow's limits on one log_batch call
+CLOSING = "closing its run"  # the one call a sink that failed still makes
 UPLOAD_TIMEOUT = 30  # seconds an upload's request waits for the server (a batch of 1,000 points is one request)
 
 
 def tracking_uri(settings: Mapping[str, Any]) -> str:
     """Where runs go: ``MLFLOW_TRACKING_URI`` wins over ``logger.tracking_uri``; the default is a SQLite file."""
     return os.environ.get("MLFLOW_TRACKING_URI") or settings.get("tracking_uri") or DEFAULT_URI
+
+
+def metric_name(name: str) -> str:
+    """``name`` as MLflow takes a metric's: a character it refuses (``@``, ``,``) as ``_``, no empty or relative
+    part of a path, at most its 250 characters. Any other name stays as it is (an evaluation of a fork names its
+    own: one MLflow refused ended the sink for the rest of the run)."""
+    try:
+        from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, path_not_unique, validate_param_and_metric_name
+    except ImportError:  # MLflow moved them: names as they are, as before
+        return name
+    if validate_param_and_metric_name(name) and not path_not_unique(name) and len(name) <= MAX_ENTITY_KEY_LENGTH:
+        return name
+    parts = re.sub(r"[^/\w.\- ]", "_", name).split("/")
+    return ("/".join(p for p in parts if p not in ("", ".", "..")) or "_")[:MAX_ENTITY_KEY_LENGTH]
 
 
 def is_local(uri: str) -> bool:
@@ -72,6 +88,15 @@ def unusable(uri: str) -> str | None:
         return f"{type(e).__name__}: {first_line(e)}"
     if getattr(builder, "__name__", "") == "_get_file_store" and not file_store_allowed():
         return "MLflow 3 takes no new run in a folder store: give sqlite:///<file>.db, or set MLFLOW_ALLOW_FILE_STORE"
+    if uri.startswith("sqlite:"):
+        path = uri.removeprefix("sqlite:").removeprefix("///").partition("?")[0]
+        if path in ("", "//", ":memory:"):
+            return "an in-memory database keeps no run: give sqlite:///<file>.db"
+        folder = Path(path).expanduser().parent.absolute()
+        while not folder.exists() and folder != folder.parent:  # the store makes the folders it lacks
+            folder = folder.parent
+        if not folder.is_dir():
+            return f"{folder} is a file, not a folder"
     return None
 
 
@@ -237,8 +262,10 @@ class MlflowSink(Sink):
         except Exception as e:
             from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException as UnknownScheme
 
-            # the user's to fix, as a bad path is: no server to wait for
-            if self.fell_back or is_local(self.uri) or isinstance(e, UnknownScheme):
+            # the user's to fix, as a bad path is: no server to wait for (a database another process holds locked,
+            # a sweep's jobs starting at once, falls back as an unanswering server does)
+            busy = "database is locked" in str(e)
+            if self.fell_back or (is_local(self.uri) and not busy) or isinstance(e, UnknownScheme):
                 raise ConfigError(
                     f"logger.tracking_uri: MLflow cannot use {redact(self.uri)} ({type(e).__name__}: {first_line(e)})"
                 ) from None
@@ -259,6 +286,8 @@ class MlflowSink(Sink):
         if self.fell_back:
             self.files = (str(Path(FALLBACK).parent) + "/",)
         self.failed = False
+        self.names: dict[str, str] = {}  # each metric's MLflow name
+        self.series: set[str] = set()  # the names logged before the end: the summary adds them no point
         self.calls: queue.Queue = queue.Queue()
         self.worker = threading.Thread(target=self.work, name="mlflow-sink", daemon=True)
         self.worker.start()
@@ -309,11 +338,13 @@ class MlflowSink(Sink):
                     else:
                         held.append(after)
                 call = functools.partial(self.client.log_batch, self.run_id, metrics=metrics)
-            if self.failed:
+            if self.failed and what != CLOSING:  # the run's end is tried still: else it stays RUNNING
                 continue
             try:
                 call()
             except Exception as e:
+                if self.failed:
+                    continue
                 self.failed = True
                 log.warning(
                     "MLflow failed %s (%s: %s); training goes on without it, metrics.jsonl stays complete",
@@ -330,27 +361,40 @@ class MlflowSink(Sink):
         # MLflow appends and cannot take a point back: a step it holds of a key (logged before a resume or a
         # rollback) keeps its first value
         now = int(time.time() * 1000)
-        batch = [
-            Metric(k, float(v), now, step)
-            for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and step > self.logged.get(k, -1)
-        ]
+        numbers = {
+            self.name(k): v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        self.series.update(numbers)
+        batch = [Metric(k, float(v), now, step) for k, v in numbers.items() if step > self.logged.get(k, -1)]
         if not batch:
             return
         self.logged.update((m.key, step) for m in batch)
         self.calls.put((f"at update {step}", batch))  # the worker sends it, with the records queued behind it
+
+    def name(self, key: str) -> str:
+        """The metric's MLflow name (``metric_name``); one it changes is said once."""
+        if key not in self.names:
+            self.names[key] = metric_name(key)
+            if self.names[key] != key:
+                log.warning("MLflow: the metric %r is logged as %r (MLflow refuses its name)", key, self.names[key])
+        return self.names[key]
 
     def log_sample(self, step: int, prompt: str, text: str) -> None:
         self.calls.put(("logging the sample", lambda: self.client.set_tag(self.run_id, "sample", text[:5000])))
 
     def finish(self, status: str, summary: Mapping[str, Any]) -> None:
         """End the run with its status; wait for the queued calls at most ``logger.init_timeout`` seconds."""
-        # at the last update logged, through log(): a counter the run logs as a series too (train/rollbacks) gets
-        # no second point, and a resumed run's best/* is a later point than the earlier start's
-        final = {k: v for k, v in summary.items() if not isinstance(v, float) or math.isfinite(v)}
+        # at the last step logged (T's evaluation), through log(): a counter the run logs as a series too
+        # (train/rollbacks) gets no point of the summary's, and a resumed run's best/* is a later point than the
+        # earlier start's
+        final = {
+            k: v
+            for k, v in summary.items()
+            if self.name(k) not in self.series and (not isinstance(v, float) or math.isfinite(v))
+        }
         self.log(max(self.logged.values(), default=0), final)
         end = STATUS.get(status, "FAILED")
-        self.calls.put(("closing its run", lambda: self.client.set_terminated(self.run_id, status=end)))
+        self.calls.put((CLOSING, lambda: self.client.set_terminated(self.run_id, status=end)))
         self.calls.put(None)
         self.worker.join(max(self.timeout, 10.0))
         behind = self.worker.is_alive()

@@ -231,15 +231,77 @@ def test_mlflow_logs_the_summary_at_the_last_update_adding_no_point_to_a_series(
     rollbacks = [0, 0, 1, 1, 1]
     for t, n in enumerate(rollbacks):
         sink.log(t, {"train/loss": 1.0, "train/rollbacks": n})
+    sink.log(5, {"val/loss": 2.0})  # an evaluation after the last update: the highest step logged
     state = sink.state()
     sink.finish("preempted", {"train/rollbacks": 1, "best/val_loss": 2.0})
     resumed = MlflowSink(RunInfo(tmp_path, {}, info.settings, total_steps=T, start=5, state=state))
     resumed.log(5, {"train/loss": 1.0, "train/rollbacks": 1})
+    resumed.log(6, {"val/loss": 1.5})
     resumed.finish("ok", {"train/rollbacks": 1, "best/val_loss": 1.5})
     client = MlflowClient(tracking_uri=uri)
     history = sorted((m.step, m.value) for m in client.get_metric_history(state["run_id"], "train/rollbacks"))
     assert history == [(t, float(n)) for t, n in enumerate([*rollbacks, 1])]
     assert client.get_run(state["run_id"]).data.metrics["best/val_loss"] == 1.5
+
+
+def test_a_metric_name_mlflow_refuses_is_logged_under_one_it_takes_and_the_sink_goes_on(tmp_path, caplog):
+    """A fork's evaluation names its own metrics: one with an @ made MLflow refuse the call and the sink stop."""
+    from training.loggers import RunInfo
+    from training.mlflow_logger import MlflowSink
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sink = MlflowSink(RunInfo(tmp_path, {}, {"project": "p", "tracking_uri": uri, "init_timeout": 10}, total_steps=T))
+    with caplog.at_level("WARNING", logger="train"):
+        for t in range(3):
+            sink.log(t, {"train/loss": 1.0 + t, "eval/code/pass@1": 0.5})
+        sink.finish("ok", {})
+    client = MlflowClient(tracking_uri=uri)
+    assert [m.step for m in client.get_metric_history(sink.run_id, "train/loss")] == [0, 1, 2]
+    assert [m.step for m in client.get_metric_history(sink.run_id, "eval/code/pass_1")] == [0, 1, 2]
+    assert client.get_run(sink.run_id).info.status == "FINISHED"
+    assert [r.getMessage() for r in caplog.records if r.name == "train"] == [
+        "MLflow: the metric 'eval/code/pass@1' is logged as 'eval/code/pass_1' (MLflow refuses its name)"
+    ]
+
+
+def test_a_sink_that_failed_mid_run_still_ends_its_run_with_the_runs_status(tmp_path):
+    from training.loggers import RunInfo
+    from training.mlflow_logger import MlflowSink
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sink = MlflowSink(RunInfo(tmp_path, {}, {"project": "p", "tracking_uri": uri, "init_timeout": 10}, total_steps=T))
+    send, failures = sink.client.log_batch, []
+
+    def once_refused(*args, **kwargs):  # the server went away for a call, and came back
+        if not failures:
+            failures.append(1)
+            raise ConnectionError("the server went away")
+        return send(*args, **kwargs)
+
+    sink.client.log_batch = once_refused
+    sink.log(0, {"train/loss": 1.0})
+    sink.finish("preempted", {})
+    assert MlflowClient(tracking_uri=uri).get_run(sink.run_id).info.status == "KILLED"  # not left RUNNING
+
+
+def test_a_local_store_another_process_holds_locked_falls_back_as_a_silent_server_does(tmp_path, tiny_train, caplog):
+    """A sweep's jobs starting at once on one SQLite file: one finding it locked goes on in its own store."""
+    import sqlite3
+
+    db = tmp_path / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()  # the store made
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with caplog.at_level("WARNING", logger="train"):
+            run = tiny_train(
+                tmp_path / "run", ["trainer.max_steps=2", "logger=mlflow", f"logger.tracking_uri=sqlite:///{db}"]
+            )
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert "database is locked" in caplog.text and "logging to" in caplog.text
+    assert (run / "mlflow" / "fallback.db").is_file()
 
 
 def test_mlflow_resumed_against_a_store_without_its_run_starts_a_new_one_there_and_says_so(tmp_path, caplog):
@@ -469,10 +531,13 @@ def test_an_upload_to_a_uri_saved_without_its_password_asks_for_it(tmp_path, cap
     [
         ("bogus://x", "no tracking store has the scheme 'bogus'"),  # no server to wait for, no store to fall back on
         ("{tmp}/mlruns", "MLflow 3 takes no new run in a folder store"),  # a local store: the user's to fix
+        ("sqlite:///", "an in-memory database keeps no run"),  # its first call failed: no table
+        ("sqlite:///{tmp}/file/x.db", "{tmp}/file is a file, not a folder"),  # after the others' files were written
     ],
 )
 def test_a_tracking_uri_mlflow_cannot_use_is_one_line_not_a_dropped_tracker(tmp_path, tiny_train, uri, why):
-    uri = uri.format(tmp=tmp_path)
+    uri, why = uri.format(tmp=tmp_path), why.format(tmp=tmp_path)
+    (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match=f"^logger.tracking_uri: MLflow cannot use {uri} \\({why}") as info:
         tiny_train(tmp_path / "run", ["trainer.max_steps=2", "logger=[wandb,mlflow]", f"logger.tracking_uri={uri}"])
     assert "\n" not in str(info.value) and not (tmp_path / "run").exists()  # before any work: W&B never started
