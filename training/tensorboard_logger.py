@@ -18,6 +18,12 @@ from typing import Any
 from training.config import ConfigError
 from training.loggers import VAL_METRICS, RunInfo, Sink, config_yaml, flat_config, require
 
+# What a run writes in its directory besides TensorBoard's folder: its subdir may be none of them.
+RUN_OWN = frozenset(
+    (".hydra", ".lock", "budget.json", "checkpoints", "config.yaml", "metrics.csv", "metrics.jsonl", "mlflow")
+    + ("schedule.json", "summary.json", "train.log", "wandb", "plots")
+)
+
 
 class TensorBoardSink(Sink):
     """One TensorBoard run per training run, in ``<run dir>/<subdir>``."""
@@ -38,6 +44,10 @@ class TensorBoardSink(Sink):
             if not parts or not subdir.strip() or Path(subdir).is_absolute() or ".." in parts:
                 raise ConfigError(
                     f"logger.sinks.{name}.subdir", "a folder name inside the run directory (relative, no ..)", subdir
+                )
+            if parts[0] in RUN_OWN:  # the folder would stand where the run writes a file, or mix into its folder
+                raise ConfigError(
+                    f"logger.sinks.{name}.subdir", f"a folder of its own, not one of the run's ({parts[0]})", subdir
                 )
 
     def __init__(self, info: RunInfo, subdir: str = "tensorboard"):

@@ -273,6 +273,14 @@ def test_a_forks_evaluation_that_fails_its_contract_is_one_line(tmp_path, tiny_t
         ),
         (["logger=tensorboard", "logger.sinks.tensorboard.subdir=/tmp/tb"], r"subdir must be a folder name .*/tmp/tb"),
         (["logger=tensorboard", "logger.sinks.tensorboard.subdir=null"], r"subdir must be a folder name .*, got None$"),
+        (  # a folder where the run writes its metrics: a traceback after the start
+            ["logger=tensorboard", "logger.sinks.tensorboard.subdir=metrics.jsonl"],
+            r"subdir must be a folder of its own, not one of the run's \(metrics.jsonl\), got 'metrics.jsonl'$",
+        ),
+        (
+            ["logger=tensorboard", "logger.sinks.tensorboard.subdir=checkpoints/tb"],
+            r"not one of the run's \(checkpoints\)",
+        ),
     ],
 )
 def test_what_a_plug_point_names_is_checked_in_one_line_before_any_work(overrides, message, caplog):
