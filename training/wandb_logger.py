@@ -26,14 +26,22 @@ MODES = ("auto", "online", "offline", "disabled")
 
 
 def credentials_present() -> bool:
-    """Whether W&B could log in: an API key in the environment or in ~/.netrc (what ``wandb login`` writes)."""
+    """Whether W&B could log in: an API key in the environment or in ~/.netrc (what ``wandb login`` writes), for
+    W&B's host: its default moved (0.31: api.forge.coreweave.com, which also takes api.wandb.ai's key)."""
     if os.environ.get("WANDB_API_KEY"):
         return True
+    base = os.environ.get("WANDB_BASE_URL")
     try:
-        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
-        return netrc.netrc().authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
+        import wandb
+        from wandb.sdk.lib.wbauth.wbnetrc import read_netrc_auth  # W&B's own reading of ~/.netrc
+
+        return read_netrc_auth(host=base or wandb.Settings().base_url) is not None
+    except Exception:  # a W&B without it (it moves between versions): the file read here, for either host
+        hosts = {(base or "https://api.wandb.ai").split("://")[-1].split("/")[0], "api.wandb.ai"}
+        try:
+            return any(netrc.netrc().authenticators(host) is not None for host in hosts)
+        except (OSError, netrc.NetrcParseError):
+            return False
 
 
 def resolve_mode(mode: str) -> str:

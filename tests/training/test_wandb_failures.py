@@ -108,3 +108,21 @@ def test_a_run_whose_end_waits_past_logger_finish_timeout_ends_naming_what_uploa
         f"W&B did not upload the rest of the run within logger.finish_timeout=12.5 s; it is kept in {folder}: "
         f"upload it with wandb sync {folder}"
     ]
+
+
+@pytest.mark.parametrize(
+    "netrc_host, online",
+    [("api.forge.coreweave.com", True), ("api.wandb.ai", True), ("example.com", False), (None, False)],
+)
+def test_logger_mode_auto_goes_online_with_the_key_wandb_login_wrote(netrc_host, online, tmp_path, monkeypatch):
+    """wandb login writes ~/.netrc for W&B's host, api.forge.coreweave.com since 0.31 (a key for api.wandb.ai, from
+    an older login, is taken there too): auto found neither and stayed offline."""
+    from training.wandb_logger import resolve_mode
+
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "NETRC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    if netrc_host:
+        (tmp_path / ".netrc").write_text(f"machine {netrc_host}\n  login user\n  password {'0' * 40}\n")
+        (tmp_path / ".netrc").chmod(0o600)
+    assert resolve_mode("auto") == ("online" if online else "offline")
