@@ -197,6 +197,8 @@ def unknown_key(key: str, config_name: str = "config", chosen: Mapping[str, str 
             return ConfigError(
                 f"{key} is not a key of {'.'.join(entry[:3])}; did you mean {close[0]}? it has {', '.join(own)}"
             )
+        if option is not None:  # the entry's own keys, not the group's names that look like the key
+            return ConfigError(f"{key} is not a key of {'.'.join(entry[:3])}; it has {', '.join(own)}")
     if config_name == "config" and group == "model" and leaf in known_keys("model", None):
         # a fork's new GPTConfig field that conf/model/base.yaml does not set yet: no preset has it
         return ConfigError(

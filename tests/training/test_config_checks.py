@@ -428,6 +428,8 @@ def test_a_mistyped_key_or_option_is_one_line_before_hydra_runs():
         ConfigError, match=r"^eval.evals.next_line.choice is not a key of eval.evals.next_line; did you"
     ):
         check_overrides(["eval.evals.next_line.choice=3"])  # the entry's own keys: "... mean choices?"
+    with pytest.raises(ConfigError, match=r"^logger.sinks.csv.foo is not a key of logger.sinks.csv; it has _target_$"):
+        check_overrides(["logger=csv", "logger.sinks.csv.foo=1"])  # not "did you mean logger.sinks.csv?"
     with pytest.raises(ConfigError, match=r"^eval.evals.next_line.limit is a key of eval=next_line only; choose it"):
         check_overrides(["eval=[perplexity]", "eval.evals.next_line.limit=5"])  # an entry not chosen
     with pytest.raises(ConfigError, match=r"^schedule=wds is not an option of schedule; did you mean schedule=wsd"):
