@@ -220,6 +220,18 @@ def unknown_key(key: str, config_name: str = "config", chosen: Mapping[str, str 
             close = difflib.get_close_matches(key, own, n=1, cutoff=0.75)
             if close:
                 return ConfigError(f"{key} is not a key of {group}; did you mean {close[0]}?")
+            # another option's key would be refused beside this one: named with its option, never offered as is
+            others = {f"{group}.{k}": o for o in options if o != option for k in known_keys(group, o)}
+            others = {k: o for k, o in others.items() if k not in own}
+            leaves = {k.split(".")[-1]: k for k in others}
+            near = difflib.get_close_matches(key, others, n=1, cutoff=0.75)
+            near += [leaves[k] for k in difflib.get_close_matches(leaf.split(".")[-1], leaves, n=1, cutoff=0.75)]
+            if near:
+                return ConfigError(
+                    f"{key} is not a key of {group}={option}; {group}={others[near[0]]} has {near[0]} (choose it, "
+                    "or drop the key)"
+                )
+            return ConfigError(f"{key} is not a key of {group}; it has {', '.join(sorted(own))}")
     else:  # a key outside the groups: compare it with every key, and with every key's last part
         known = (
             top_keys(config_name)

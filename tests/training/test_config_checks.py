@@ -428,6 +428,15 @@ def test_a_mistyped_key_or_option_is_one_line_before_hydra_runs():
         ConfigError, match=r"^eval.evals.next_line.choice is not a key of eval.evals.next_line; did you"
     ):
         check_overrides(["eval.evals.next_line.choice=3"])  # the entry's own keys: "... mean choices?"
+    with pytest.raises(  # another option's key is named with its option, not offered as a key of this one
+        ConfigError, match=r"^optim.momentun is not a key of optim=adamw; optim=muon has optim.muon.momentum \(choose"
+    ):
+        check_overrides(["optim.momentun=0.5"])
+    with pytest.raises(
+        ConfigError, match=r"^optim.zzz is not a key of optim; it has optim._target_, .*weight_decay$"
+    ) as e:
+        check_overrides(["optim.zzz=1"])
+    assert "muon" not in str(e.value)  # the chosen option's keys alone
     with pytest.raises(ConfigError, match=r"^logger.sinks.csv.foo is not a key of logger.sinks.csv; it has _target_$"):
         check_overrides(["logger=csv", "logger.sinks.csv.foo=1"])  # not "did you mean logger.sinks.csv?"
     with pytest.raises(ConfigError, match=r"^eval.evals.next_line.limit is a key of eval=next_line only; choose it"):
