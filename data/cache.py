@@ -261,20 +261,23 @@ def _lock(fh, blocking: bool = True) -> bool:
 
 
 def remove_abandoned(final: Path) -> None:
-    """Delete the ``.tmp-*`` directories of builds that died: ``final``'s own at once (its build lock is held: none
-    of them is live), another cache's once nobody holds its lock and it is older than a build takes to lock it."""
+    """Delete the ``.tmp-*`` directories of builds that died: nobody holds their lock. ``final``'s own at once (its
+    build lock is held: none of them is live), another cache's only once older than a build takes to lock its
+    folder; where the filesystem has no locks, none with a lock file (it may be live)."""
     for tmp in final.parent.glob(".tmp-*"):
-        if not tmp.name.startswith(f".tmp-{final.name}-"):
-            lock_file = tmp / BUILDING
-            try:
-                if time.time() - tmp.stat().st_mtime < STALE_UNLOCKED_SECONDS:
-                    continue  # just created: its builder may not hold its lock yet
-                if lock_file.exists() and fcntl is not None:
-                    with open(lock_file, "rb") as fh:
-                        if not _lock(fh, blocking=False):
-                            continue  # a live build
-            except OSError:
-                continue
+        lock_file = tmp / BUILDING
+        try:
+            young = time.time() - tmp.stat().st_mtime < STALE_UNLOCKED_SECONDS
+            if lock_file.exists() and fcntl is not None:
+                with open(lock_file, "rb") as fh:
+                    if not _lock(fh, blocking=False):
+                        continue  # a live build
+                if young and not tmp.name.startswith(f".tmp-{final.name}-"):
+                    continue  # its builder may be between making its lock file and locking it
+            elif young:
+                continue  # just created, or no locks to tell: leave young ones alone
+        except OSError:
+            continue
         log.info("data: removing the abandoned partial cache %s", tmp)
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -348,6 +351,7 @@ def build(cfg: Any, corpus: Corpus, final: Path) -> TokenCache:
             # text: the separator follows each document once, and only there.
             tok.encode_special_tokens = True
             counts = encode_corpus(tok, corpus.split_documents(), eot, dtype, tmp, cfg.get("tokenizer"))
+            corpus.say_rows_without_text()  # a table's rows without text, read as empty documents
             check_splits(corpus, counts)
             checksums = {f"{s}.bin": atomic.file_checksums(tmp / f"{s}.bin") for s in SPLITS}
             meta = {

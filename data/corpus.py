@@ -128,6 +128,9 @@ class Corpus:
     def identity(self) -> Iterable[str]:
         raise NotImplementedError
 
+    def say_rows_without_text(self) -> None:
+        """Warn of the rows read as empty documents for want of text (a table's; files have none)."""
+
     @cached_property
     def fingerprint(self) -> str:
         """sha256 over the source's identity (names, content digests), the caps and the split settings; once."""
@@ -381,7 +384,7 @@ class TableCorpus(Corpus):
         self.text_column = cfg.get("text_column") or "text"
         self.streaming = bool(cfg.get("streaming", False))
         self.root = common_parent(files) if files else None
-        self.said_empty: set[str] = set()  # the tables whose rows without text were named
+        self.without_text: dict[str, tuple[int, int, int]] = {}  # table → rows without text, rows read, first
 
     def load(self, split: str, data_files: Any = None) -> Any:
         """The dataset split (a ``Dataset``, or an ``IterableDataset`` when streaming); errors as DataError."""
@@ -406,7 +409,9 @@ class TableCorpus(Corpus):
             hint = hint if from_hub else ""
             raise DataError(f"data: cannot load {where!r} split {split!r}{hint}: {self.why(where, e)}") from None
         columns = ds.column_names
-        if columns == []:  # no row to hold one: a JSON Lines file of blank lines
+        if columns == [] and next(iter(ds), None) is None:  # no row, or (JSON Lines) rows of no key: {}
+            if self.files and any(line.strip() for line in open(where, "rb")):
+                raise self.missing_column(where, columns)
             return []
         if columns is not None and self.text_column not in columns:
             raise self.missing_column(where, columns)
@@ -422,39 +427,49 @@ class TableCorpus(Corpus):
         )
 
     def rows(self, ds: Any, where: str) -> Iterator[str]:
-        """The text of each row; a missing column or a file that fails to parse mid-stream is a DataError."""
-        nulls, first = 0, 0  # rows without text: a null, or (JSON Lines) the key missing from the row
-        with quiet_datasets():  # for the whole pass: toggling log levels per row would be slow
-            it = iter(ds)
-            for number in itertools.count(1):
-                try:
-                    row = next(it)
-                except StopIteration:
-                    if nulls and where not in self.said_empty:  # once per file: each pass reads it again
-                        self.said_empty.add(where)
-                        log.warning(
-                            "data: %s: %d of %d row(s) have no %r (null, or the key missing; the first: row %d): "
-                            "read as empty documents",
-                            where,
-                            nulls,
-                            number - 1,
-                            self.text_column,
-                            first,
+        """The text of each row; a missing column or a file that fails to parse mid-stream is a DataError. Rows
+        without text (a null, or a JSON Lines row without the key) are counted for ``say_rows_without_text``."""
+        nulls = read = first = 0
+        try:
+            with quiet_datasets():  # for the whole pass: toggling log levels per row would be slow
+                it = iter(ds)
+                for number in itertools.count(1):
+                    try:
+                        row = next(it)
+                    except StopIteration:
+                        return
+                    except Exception as e:
+                        raise DataError(f"data: cannot read {where!r}: {self.why(where, e)}") from None
+                    read = number
+                    if self.text_column not in row:
+                        raise self.missing_column(where, row)
+                    text = row[self.text_column]
+                    if text is not None and not isinstance(text, str):  # null: a row without text, an empty one
+                        raise DataError(
+                            f"data: {where!r} row {number}: data.text_column {self.text_column!r} must hold text, "
+                            f"got {type(text).__name__}"
                         )
-                    return
-                except Exception as e:
-                    raise DataError(f"data: cannot read {where!r}: {self.why(where, e)}") from None
-                if self.text_column not in row:
-                    raise self.missing_column(where, row)
-                text = row[self.text_column]
-                if text is not None and not isinstance(text, str):  # null: a row without text, as an empty one
-                    raise DataError(
-                        f"data: {where!r} row {number}: data.text_column {self.text_column!r} must hold text, got "
-                        f"{type(text).__name__}"
-                    )
-                if text is None:
-                    nulls, first = nulls + 1, first or number
-                yield text or ""
+                    if text is None:
+                        nulls, first = nulls + 1, first or number
+                    yield text or ""
+        finally:  # the pass read to its end, or stopped at a cap: what it read
+            if nulls:
+                self.without_text[where] = (nulls, read, first)
+            else:
+                self.without_text.pop(where, None)
+
+    def say_rows_without_text(self) -> None:
+        """One warning per table whose rows lacked text in the last pass over it (the tokenizing one)."""
+        for where, (nulls, read, first) in self.without_text.items():
+            log.warning(
+                "data: %s: %d of the %d row(s) read have no %r (null, or the key missing; the first: row %d): read "
+                "as empty documents",
+                where,
+                nulls,
+                read,
+                self.text_column,
+                first,
+            )
 
     def keyed_documents(self) -> Iterator[tuple[str, str]]:
         if self.files:

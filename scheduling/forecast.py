@@ -150,10 +150,10 @@ def observe(path: Path, loss: str, logged: audit.Logged | None = None) -> Observ
     losses = logged.losses.get(loss, {})
     n = max([t + 1 for t in logged.lrs] + list(losses))
     lrs = every_lr(logged, n)
+    if logged.lrs[negative := min(logged.lrs, key=logged.lrs.get)] < 0:
+        raise ForecastError(f"{path}: update {negative} logged the learning rate {logged.lrs[negative]:g}, below 0")
     if not lrs.max() > 0:
         raise ForecastError(f"{path}: every logged learning rate is 0 (a forecast needs the lr of every update)")
-    if (negative := min(logged.lrs, key=logged.lrs.get)) is not None and logged.lrs[negative] < 0:
-        raise ForecastError(f"{path}: update {negative} logged the learning rate {logged.lrs[negative]:g}, below 0")
     points = after_warmup(smoothed(losses, n) if loss == "train" else losses, lrs)
     if len(points) < MIN_POINTS:
         name = "validation" if loss == "val" else "training"

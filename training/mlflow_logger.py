@@ -396,7 +396,8 @@ class MlflowSink(Sink):
         end = STATUS.get(status, "FAILED")
         self.calls.put((CLOSING, lambda: self.client.set_terminated(self.run_id, status=end)))
         self.calls.put(None)
-        self.worker.join(max(self.timeout, 10.0))
+        # a sink that failed only tries to end its run: a server gone does not hold the run's end for long
+        self.worker.join(min(self.timeout, 10.0) if self.failed else max(self.timeout, 10.0))
         behind = self.worker.is_alive()
         if behind and not self.failed:
             log.warning(

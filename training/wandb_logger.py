@@ -37,7 +37,8 @@ def credentials_present() -> bool:
 
         return read_netrc_auth(host=base or wandb.Settings().base_url) is not None
     except Exception:  # a W&B without it (it moves between versions): the file read here, for either host
-        hosts = {(base or "https://api.wandb.ai").split("://")[-1].split("/")[0], "api.wandb.ai"}
+        # W&B's own hosts (the old default, and its key taken at the new one); a server of one's own alone
+        hosts = {base.split("://")[-1].split("/")[0]} if base else {"api.wandb.ai", "api.forge.coreweave.com"}
         try:
             return any(netrc.netrc().authenticators(host) is not None for host in hosts)
         except (OSError, netrc.NetrcParseError):

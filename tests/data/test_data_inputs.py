@@ -4,6 +4,7 @@ lock file); undecodable files are skipped, replaced or refused as configured."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -117,11 +118,19 @@ def test_rows_without_text_are_read_as_empty_documents_and_counted_once(tmp_path
     write_tables(tmp_path / "t", rows, "jsonl", n_files=1)
     with caplog.at_level("WARNING", logger="data"):
         prepare(data_cfg("text_files", path=str(tmp_path / "t")))
-    said = [r.getMessage() for r in caplog.records if "row(s) have no" in r.getMessage()]
+    said = [r.getMessage() for r in caplog.records if "row(s) read have no" in r.getMessage()]
     assert said == [
-        f"data: {tmp_path / 't' / 'part0.jsonl'}: 20 of 40 row(s) have no 'text' (null, or the key "
+        f"data: {tmp_path / 't' / 'part0.jsonl'}: 20 of the 40 row(s) read have no 'text' (null, or the key "
         "missing; the first: row 2): read as empty documents"
     ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="data"):  # a pass cut at a cap (10 documents) says what it read
+        prepare(data_cfg("text_files", path=str(tmp_path / "t"), max_documents=10))
+    [said] = [r.getMessage() for r in caplog.records if "row(s) read have no" in r.getMessage()]
+    nulls, read = map(int, re.search(r": (\d+) of the (\d+) row\(s\) read", said).groups())
+    assert read < 40 and nulls in (read // 2, (read + 1) // 2)
+    (tmp_path / "t" / "part0.jsonl").write_text("{}\n" * 5)  # rows, none with the column: refused, not empty
+    assert_refused(data_cfg("text_files", path=str(tmp_path / "t")), r"^data\.text_column must be a column of")
 
 
 def test_data_files_matching_no_file_is_refused_naming_the_key(tmp_path, monkeypatch):

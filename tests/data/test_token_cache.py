@@ -173,6 +173,21 @@ def test_a_live_build_is_not_taken_for_abandoned(tmp_path):
     assert live.is_dir() and not (live / BUILDING).exists()  # a finished build drops its lock file
 
 
+def test_where_the_filesystem_has_no_locks_no_build_with_a_lock_file_is_taken_for_abandoned(tmp_path, monkeypatch):
+    """NFS without lockd: the build lock is no lock, so this cache's own folder may be another process's live build."""
+    import fcntl
+
+    own = atomic.begin(tmp_path, "files-w-cdef")
+    (own / BUILDING).touch()
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    remove_abandoned(tmp_path / "files-w-cdef")
+    assert own.is_dir()
+
+
 def test_concurrent_preparations_of_one_cache_build_it_once(corpus_cfg, local_caches, monkeypatch, caplog):
     """Two threads prepare the same cache; whichever builds first waits inside the build until the other is
     blocked on the lock, so the other must find the cache complete when it gets the lock."""
