@@ -658,9 +658,9 @@ def open_metrics(
             JsonlSink(run_dir / "metrics.jsonl", resume_step),
             ProgressSink(T, resume_step or 0, cfg.trainer.log_every),
         ]
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(Exception):
-            Metrics([], sinks).close("failed")
+            Metrics([], sinks).close("preempted" if isinstance(e, Interrupted) else "failed")
         raise
     return Metrics(core, sinks)
 
