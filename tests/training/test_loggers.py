@@ -154,6 +154,19 @@ def test_the_sinks_are_closed_failed_when_the_run_fails_before_its_first_update(
     assert SEEN["early"][-1]["status"] == "failed"
 
 
+def test_a_signal_while_metrics_jsonl_opens_ends_the_runs_begun_as_preempted(tmp_path, tiny_train, monkeypatch):
+    from training import build
+    from training.signals import Interrupted, Stopped
+
+    def interrupted(*args, **kwargs):  # SIGTERM, as the run starts (StopAtOnce raises it in the handler)
+        raise Interrupted("SIGTERM")
+
+    monkeypatch.setattr(build, "JsonlSink", interrupted)
+    with pytest.raises(Stopped):
+        tiny_train(tmp_path / "run", [*ARGS, *sinks(early="Counting"), "+logger.sinks.early.label=signalled"])
+    assert SEEN["signalled"][-1]["status"] == "preempted"
+
+
 def test_a_sink_refusing_its_settings_at_its_start_ends_the_runs_begun_before_it(tmp_path, tiny_train):
     from training.config import ConfigError
 
