@@ -139,7 +139,7 @@ def export(cfg: DictConfig) -> Path:
     folder = find_checkpoint(str(values["checkpoint"]))
     check_out(out, values["overwrite"], folder)
     model, state = load_model(folder, torch.device("cpu"))
-    tokenizer = load_checkpoint_tokenizer(folder, model)
+    tokenizer = load_checkpoint_tokenizer(folder, model, state)
     special, separator = run_separator(state, tokenizer, folder)
     vocab = softmax_rows(model.config, state, tokenizer.get_vocab_size())
     hf_model = to_transformers(

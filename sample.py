@@ -26,8 +26,8 @@ from omegaconf.errors import OmegaConfBaseException
 from tokenizers import Tokenizer
 
 from data.cache import special_tokens
-from data.tokenizer import load_tokenizer, special_tokens_of
-from model import GPT, GPTConfig, ModelConfigError, sample_text
+from data.tokenizer import load_tokenizer, special_tokens_of, tokenizer_hash
+from model import GPT, TOKENIZER_KEYS, GPTConfig, ModelConfigError, check_model_config, sample_text
 from scheduling.spec import first_line, is_int, is_number
 from training import checkpoint, distributed
 from training.config import USER_ERRORS, ConfigError, check_keys, check_overrides_or_exit, resolved
@@ -74,6 +74,9 @@ def load_model(folder: Path, device: torch.device) -> tuple[GPT, dict[str, Any]]
     if not isinstance(saved, dict):
         raise ConfigError(f"checkpoint {folder / checkpoint.STATE_FILE}: it has no model_config to rebuild the model")
     try:
+        # every setting as a run's is checked (a key of a newer version, a value of another type), the tokenizer's
+        # three by from_dict
+        check_model_config({k: v for k, v in saved.items() if k not in TOKENIZER_KEYS})
         with torch.device("meta"):  # no time spent on a random init that the weights replace anyway
             model = GPT(GPTConfig.from_dict(saved))
     except ModelConfigError as e:  # the checkpoint's, not a key of sample.py
@@ -86,9 +89,14 @@ def load_model(folder: Path, device: torch.device) -> tuple[GPT, dict[str, Any]]
     return model.eval(), state
 
 
-def load_checkpoint_tokenizer(folder: Path, model: GPT) -> Tokenizer:
-    """The tokenizer.json beside checkpoint ``folder``, refused if it has more tokens than ``model``'s vocabulary."""
+def load_checkpoint_tokenizer(folder: Path, model: GPT, state: dict[str, Any]) -> Tokenizer:
+    """The tokenizer.json beside checkpoint ``folder``, refused if it is not the one the run recorded (its
+    ``tokenizer_hash``: a checkpoint from before checksums holds no other guard) or has more tokens than
+    ``model``'s vocabulary."""
     tokenizer = load_tokenizer(folder / "tokenizer.json", key=f"checkpoint {folder}")
+    recorded = state.get("tokenizer_hash")
+    if recorded is not None and tokenizer_hash(tokenizer) != recorded:
+        raise ConfigError(f"checkpoint {folder}: its tokenizer.json is not the tokenizer the run was trained with")
     if tokenizer.get_vocab_size() > model.config.vocab_size:
         raise ConfigError(f"checkpoint {folder}: its tokenizer.json has more tokens than its model's vocabulary")
     return tokenizer
@@ -127,7 +135,7 @@ def sample(cfg: DictConfig) -> list[str]:
     precision = distributed.resolve_precision(values["precision"], device, "precision", SAMPLE_PRECISIONS)
     folder = find_checkpoint(str(values["checkpoint"]))
     model, state = load_model(folder, device)
-    tokenizer = load_checkpoint_tokenizer(folder, model)
+    tokenizer = load_checkpoint_tokenizer(folder, model, state)
     _, separator = run_separator(state, tokenizer, folder)
     print(
         f"checkpoint {folder} (update {state['step']}): {model.config.arch}, "

@@ -168,6 +168,17 @@ def _decoding():
 
 
 @torch.no_grad()
+def encode_as_text(tokenizer, text: str) -> list[int]:
+    """The ids of ``text`` as training encodes a document: no token added, and a special token's text in it
+    (``<|endoftext|>`` written out) read as text, not as that token."""
+    was = tokenizer.encode_special_tokens
+    tokenizer.encode_special_tokens = True
+    try:
+        return tokenizer.encode(text, add_special_tokens=False).ids
+    finally:
+        tokenizer.encode_special_tokens = was
+
+
 def sample_text(
     model: GPT,
     tokenizer,
@@ -190,7 +201,7 @@ def sample_text(
     document does. ``autocast`` is the mixed-precision context to generate under.
     """
     device = next(model.parameters()).device
-    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False).ids if prompt else []  # as training encodes
+    prompt_ids = encode_as_text(tokenizer, prompt) if prompt else []
     start = prompt_ids or [separator]
     idx = torch.tensor([start] * num_samples, dtype=torch.long, device=device)
     with autocast if autocast is not None else contextlib.nullcontext():

@@ -58,8 +58,8 @@ def exported(tmp_path_factory, data_cache) -> dict[str, tuple[Path, Path]]:
 
 def ours(run: Path):
     folder = find_checkpoint(str(run))
-    model, _ = load_model(folder, torch.device("cpu"))
-    return model, load_checkpoint_tokenizer(folder, model)
+    model, state = load_model(folder, torch.device("cpu"))
+    return model, load_checkpoint_tokenizer(folder, model, state)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -145,6 +145,13 @@ def test_a_truncated_checkpoint_is_a_one_line_error_naming_its_file(tiny_run, tm
         ("config", "data: {special_tokens: 5}", ": its config cannot be read"),
         ("model_config", {"arch": "nope"}, "/state.pt: its model_config: model.arch must be one of "),
         ("model_config", {"vocab_size": "384"}, "/state.pt: its model_config: model.vocab_size must be an integer"),
+        ("model_config", {"n_head": "2"}, "/state.pt: its model_config: model.n_head must be an integer"),
+        (  # a newer version's setting: sampled without it, the model would be another
+            "model_config",
+            {"sliding_window": 64},
+            "/state.pt: its model_config: model.sliding_window must be absent",
+        ),
+        ("tokenizer_hash", "0" * 64, ": its tokenizer.json is not the tokenizer the run was trained with$"),
         (  # its first special token separates documents: sample.py ends a sample there
             "config",
             "data: {special_tokens: ['<|nope|>']}",
@@ -220,6 +227,11 @@ def test_a_prompt_is_encoded_as_training_encodes_text_without_the_tokenizer_s_ad
     gpt, _ = load_model(folder, torch.device("cpu"))
     sample_text(gpt, tokenizer, "def ", 2, separator=eot, temperature=0.0)
     assert fed == [plain]
+    fed.clear()  # a special token's text in the prompt is text, as in a training document
+    sample_text(gpt, tokenizer, "x = '<|endoftext|>'", 2, separator=eot, temperature=0.0)
+    as_training = load_tokenizer(folder / "tokenizer.json")
+    as_training.encode_special_tokens = True  # what data/cache.py encodes documents with
+    assert fed == [as_training.encode("x = '<|endoftext|>'", add_special_tokens=False).ids] and eot not in fed[0]
 
 
 def test_bad_sample_settings_name_the_key():

@@ -53,8 +53,8 @@ def trained(tmp_path_factory, data_cache) -> dict:
         mp.setenv("GPT_DATA_CACHE", str(data_cache))
         train(compose_config(RUN), root / "run")
     folder = find_checkpoint(str(root / "run"))
-    model, _ = load_model(folder, torch.device("cpu"))
-    tokenizer = load_checkpoint_tokenizer(folder, model)
+    model, state = load_model(folder, torch.device("cpu"))
+    tokenizer = load_checkpoint_tokenizer(folder, model, state)
     cfg = OmegaConf.load(folder / "config.yaml")
     hf = export(compose([f"checkpoint={root / 'run'}", f"out={root / 'hf'}"], config_name="export"))
     from data import prepare
@@ -156,8 +156,11 @@ def rank_main(rank: int, trained_paths: dict, out: str) -> None:
 
     dist.init_process_group("gloo", init_method=f"file://{trained_paths['store']}", rank=rank, world_size=2)
     folder = find_checkpoint(trained_paths["run"])
-    model, _ = load_model(folder, torch.device("cpu"))
-    trained = {"cfg": OmegaConf.load(folder / "config.yaml"), "tokenizer": load_checkpoint_tokenizer(folder, model)}
+    model, state = load_model(folder, torch.device("cpu"))
+    trained = {
+        "cfg": OmegaConf.load(folder / "config.yaml"),
+        "tokenizer": load_checkpoint_tokenizer(folder, model, state),
+    }
     task = MultipleChoice(context(trained, dist=Dist(rank=rank, world_size=2)), trained_paths["items"], None, 3, " ")
     metrics = task(model)
     if rank == 0:
