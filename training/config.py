@@ -400,7 +400,12 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
     try:
         parsed = OverridesParser.create().parse_overrides(given)
     except HydraException as e:
-        raise ConfigError(" ".join(str(e).split())) from None
+        message = " ".join(str(e).split()).split(" See https://hydra.cc")[0]
+        override = getattr(e, "override", None)
+        if override:  # which of them, and the usual cause: a value with spaces, brackets or quotes left bare
+            key = override.split("=")[0]
+            message = f"{key}: cannot parse {override!r} ({message}); quote such a value: \"{key}='…'\""
+        raise ConfigError(message) from None
 
     def values(o) -> list[str] | None:  # a sweep's values; None for one the sweeper expands (glob, interval)
         try:

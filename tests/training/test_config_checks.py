@@ -422,6 +422,10 @@ def test_a_mistyped_key_or_option_is_one_line_before_hydra_runs():
 
     with pytest.raises(ConfigError, match=r"^trainer.max_step is not a key of trainer; did you mean trainer.max_steps"):
         check_overrides(["trainer.max_step=100"])
+    with pytest.raises(
+        ConfigError, match=r"""^trainer.sample_prompt: cannot parse 'trainer.sample_prompt=def f\(x\):' \("""
+    ):
+        check_overrides(["trainer.sample_prompt=def f(x):"])  # which override, and how to quote it
     with pytest.raises(ConfigError, match=r"^schedule=cosin is not an option of schedule; did you mean schedule=cos"):
         check_overrides(["-m", "schedule=cosin,wsd"])  # a sweep's values are options too
     with pytest.raises(
