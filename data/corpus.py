@@ -410,8 +410,10 @@ class TableCorpus(Corpus):
             raise DataError(f"data: cannot load {where!r} split {split!r}{hint}: {self.why(where, e)}") from None
         columns = ds.column_names
         if columns == [] and next(iter(ds), None) is None:  # no row, or (JSON Lines) rows of no key: {}
-            if self.files and any(line.strip() for line in open(where, "rb")):
-                raise self.missing_column(where, columns)
+            if self.files:
+                with open(where, "rb") as fh:
+                    if any(line.strip() for line in fh):
+                        raise self.missing_column(where, columns)
             return []
         if columns is not None and self.text_column not in columns:
             raise self.missing_column(where, columns)
