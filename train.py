@@ -124,6 +124,8 @@ def fit(run: Run) -> float:
             if trainer.ckpt_every and t % trainer.ckpt_every == 0 and t < T and back is None:
                 run.save(t)
                 watchdog.progress(t)
+                if distributed.any_rank(signals.requested is not None):  # came during the save: it is the stop's
+                    raise Stopped(t, signals.requested or "another rank")
         distributed.set_collective_timeout(distributed.SETUP_TIMEOUT_S)  # rank 0 alone samples and reports
         final_val = run.evaluate(T)
         watchdog.progress(T)

@@ -749,3 +749,22 @@ def test_a_kill_between_the_two_renames_of_a_checkpoints_replacement_loses_nothi
     assert "the run has taken all 4 updates: only its final evaluation runs again (raise T to go on)" in said
     assert [r for r in read_metrics(run) if "train/loss" in r] == [r for r in before if "train/loss" in r]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-00000004"]
+
+
+def test_a_signal_during_a_periodic_save_stops_there_without_another_update(tmp_path, tiny_train, monkeypatch):
+    """The checkpoint just written is the stop's: an update more (and an evaluation) would eat the grace period."""
+    from training.build import Run
+
+    save, sent = Run.save, []
+
+    def save_and_signal(self, t):
+        if t == 6 and not sent:
+            sent.append(t)
+            os.kill(os.getpid(), signal.SIGTERM)  # a preemption while the checkpoint is written
+        return save(self, t)
+
+    monkeypatch.setattr(Run, "save", save_and_signal)
+    run = tmp_path / "run"
+    with pytest.raises(Stopped) as stopped:
+        tiny_train(run, [*ARGS, "trainer.ckpt_every=3"])
+    assert stopped.value.updates == 6 and checkpoint.saved_steps(run / "checkpoints")[-1] == 6
