@@ -141,7 +141,7 @@ def train_tokenizer(
 def check_special_tokens_apart(tok: Tokenizer, special_tokens: list[str]) -> None:
     """A special token that is also a token of plain text (a byte symbol, ``a``; a learnt merge, ``the``) shares
     its id: every occurrence in the documents would become it (the separator: a document cut at each)."""
-    tok.encode_special_tokens = True  # encoded as plain text, as the documents are
+    was, tok.encode_special_tokens = tok.encode_special_tokens, True  # encoded as plain text, as the documents are
     try:
         for s in special_tokens:
             if tok.encode(s, add_special_tokens=False).ids == [tok.token_to_id(s)]:
@@ -150,7 +150,7 @@ def check_special_tokens_apart(tok: Tokenizer, special_tokens: list[str]) -> Non
                     f"the documents' every {s!r} would become it; choose a marked form, such as '<|{s}|>'"
                 )
     finally:
-        tok.encode_special_tokens = False
+        tok.encode_special_tokens = was
 
 
 @contextlib.contextmanager

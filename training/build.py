@@ -481,13 +481,13 @@ def warn_of_other_data(state: dict, cfg: DictConfig, fingerprint: str | dict[str
         for key in sorted(before.keys() & after.keys())  # a key newer than the checkpoint keeps the old behaviour
         if key != "data.cache_dir" and before[key] != after[key]
     ]
-    sources = [{k.split(".")[2] for k in keys if k.startswith("data.sources.")} for keys in (before, after)]
-    changed += [f"data.sources.{name} added" for name in sorted(sources[1] - sources[0])]
-    changed += [f"data.sources.{name} removed" for name in sorted(sources[0] - sources[1])]
     order = [
         list(dict.fromkeys(k.split(".")[2] for k in keys if k.startswith("data.sources."))) for keys in (before, after)
     ]
-    if set(order[0]) == set(order[1]) and order[0] != order[1]:  # each batch's source is drawn by its index
+    sources = [set(names) for names in order]
+    changed += [f"data.sources.{name} added" for name in sorted(sources[1] - sources[0])]
+    changed += [f"data.sources.{name} removed" for name in sorted(sources[0] - sources[1])]
+    if sources[0] == sources[1] and order[0] != order[1]:  # each batch's source is drawn by its index
         changed.append(f"data.sources in the order {', '.join(order[0])} → {', '.join(order[1])}")
     documents = state.get("source_fingerprint")
     if (

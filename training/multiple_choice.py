@@ -198,7 +198,7 @@ class MultipleChoice(ChoiceTask):
         target_delimiter: str,
     ):
         where = f"eval.evals.{ctx.name}"
-        self.check(
+        self.check_settings(
             {"path": path, "limit": limit, "batch_size": batch_size, "target_delimiter": target_delimiter}, where
         )
         items = read_items(path)[:limit]
@@ -206,12 +206,16 @@ class MultipleChoice(ChoiceTask):
 
     @classmethod
     def check(cls, keys: dict[str, Any], where: str) -> None:
+        cls.check_settings(keys, where)
+        read_items(keys["path"])  # every line, before any work (the file is small; preparing the data may take hours)
+
+    @classmethod
+    def check_settings(cls, keys: dict[str, Any], where: str) -> None:
         path = keys.get("path")
         if not path:
             raise ConfigError(f"{where}.path", "a JSONL file of {context, choices, label} items", path)
         if not Path(str(path)).is_file():
             raise ConfigError(f"{where}.path: {path} is not a file")
-        read_items(path)  # every line, before any work (the items file is small; preparing the data may take hours)
         if not isinstance(keys.get("target_delimiter"), str):
             raise ConfigError(
                 f"{where}.target_delimiter", "a string put between context and choice", keys.get("target_delimiter")
