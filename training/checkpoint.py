@@ -495,7 +495,8 @@ class Checkpointer:
 
     def save(self, step: int, tokens: int, extra: dict[str, Any], files: dict[str, str | bytes]) -> Path | None:
         rngs = distributed.gather_object(rng_state())
-        tmp = distributed.broadcast_object(begin(self.root, step_dir_name(step)) if self.dist.is_main else None)
+        # rank 0 writes the folder; its failure (a full disk) is every rank's one line, not a wait for a peer
+        tmp = distributed.from_rank_zero(lambda: begin(self.root, step_dir_name(step)), self.dist)
         state: dict[str, Any] = {"step": step, "tokens": tokens, "rng": rngs, **extra}
         if self.strategy == "fsdp":
             import torch.distributed.checkpoint as dcp
@@ -509,9 +510,10 @@ class Checkpointer:
         state["scheduler"] = self.scheduler.state_dict()
         state["scaler"] = self.scaler.state_dict() if self.scaler is not None else None
         distributed.barrier()  # every shard is on disk before the folder is committed
-        path = save(self.root, step, state, files, self.keep, tmp, self.keep_every) if self.dist.is_main else None
-        distributed.barrier()
-        return path
+        path = distributed.from_rank_zero(
+            lambda: save(self.root, step, state, files, self.keep, tmp, self.keep_every), self.dist
+        )
+        return path if self.dist.is_main else None
 
     def restore(
         self,

@@ -16,9 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import ROOT, TINY, compose_config, read_metrics, train_records
 from training import checkpoint
+from training.config import USER_ERRORS
 from training.signals import EXIT_RESUMABLE
 from training.watchdog import EXIT_HUNG
 
@@ -440,3 +442,50 @@ def test_the_other_ranks_wait_for_rank_zeros_preparation_past_the_collective_tim
 
     torch.multiprocessing.spawn(prepare_in_turn, args=(str(tmp_path / "store"), str(tmp_path / "out")), nprocs=2)
     assert [(tmp_path / f"out.{r}").read_text() for r in range(2)] == ["built", "found"]
+
+
+def save_on_a_full_disk(rank: int, store: str, out: str) -> None:
+    """One of two gloo ranks saving a checkpoint whose folder rank 0 cannot write (its disk is full)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from data.atomic import DiskFull
+    from training import distributed
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60)
+    )
+    model = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 1.0)
+    run_dir = Path(out).parent
+
+    def no_room(root, step, *args, **kwargs):
+        raise DiskFull(root / checkpoint.step_dir_name(step), 10**9, hint="free space")
+
+    if rank == 0:
+        checkpoint.save = no_room
+    saver = checkpoint.Checkpointer(
+        run_dir, model, optimizer, scheduler, None, distributed.Dist(rank=rank, local_rank=rank, world_size=2), "ddp", 2
+    )
+    started = time.monotonic()
+    try:
+        saver.save(3, 0, {}, {})
+        outcome = "saved"
+    except USER_ERRORS as e:
+        outcome = f"{type(e).__name__}: {e}"
+    except Exception as e:  # the peer's departure, as gloo reports it
+        outcome = f"crash {type(e).__name__}: {e}"
+    Path(f"{out}.{rank}").write_text(f"{time.monotonic() - started:.1f}\n{outcome}")
+
+
+def test_a_full_disk_on_rank_zero_during_a_save_stops_every_rank_with_its_one_line(tmp_path):
+    import torch.multiprocessing
+
+    torch.multiprocessing.spawn(save_on_a_full_disk, args=(str(tmp_path / "store"), str(tmp_path / "out")), nprocs=2)
+    (seconds0, said0), (seconds1, said1) = [(tmp_path / f"out.{r}").read_text().split("\n", 1) for r in range(2)]
+    assert said0.startswith("DiskFull: no space left to write") and "\n" not in said0
+    assert said1 == said0.replace("DiskFull", "ConfigError", 1), said1  # the same line, not a peer's departure
+    assert float(seconds1) < 30, seconds1  # at once, not at the collective timeout
+    assert not (tmp_path / "checkpoints" / checkpoint.step_dir_name(3)).exists()
