@@ -93,6 +93,7 @@ def fit(run: Run) -> float:
     with StopSignals() as signals, watchdog, peers_answering(lambda: t, trainer.collective_timeout):
         while t < T:
             if trainer.eval_every and t % trainer.eval_every == 0:
+                watchdog.progress(t, f"the evaluation at update {t}")
                 run.evaluate(t)
                 watchdog.progress(t)  # an evaluation is progress too: hang_timeout bounds each stretch, not their sum
             t0 = time.perf_counter()
@@ -119,17 +120,21 @@ def fit(run: Run) -> float:
             at_stop = t == trainer.stop_at and run.start < trainer.stop_at
             stop = signals.requested or ("trainer.stop_at" if at_stop else None)
             if distributed.any_rank(stop is not None):  # every rank stops at the same update
+                watchdog.progress(t, f"the checkpoint at update {t}")
                 run.save(t)
                 raise Stopped(t, signals.requested or stop or "another rank")  # a signal during the save too
             if trainer.ckpt_every and t % trainer.ckpt_every == 0 and t < T and back is None:
+                watchdog.progress(t, f"the checkpoint at update {t}")
                 run.save(t)
                 watchdog.progress(t)
                 if distributed.any_rank(signals.requested is not None):  # came during the save: it is the stop's
                     raise Stopped(t, signals.requested or "another rank")
         distributed.set_collective_timeout(distributed.SETUP_TIMEOUT_S)  # rank 0 alone samples and reports
+        watchdog.progress(T, "the final evaluation")
         final_val = run.evaluate(T)
-        watchdog.progress(T)
+        watchdog.progress(T, "the final checkpoint")
         run.save(T)
+        watchdog.progress(T, "the end-of-run sample")
         run.end_sample()
         if signals.requested:  # during the final evaluation, save or sample: the run is whole, a sweep stops here
             log.info("%s came while the run was ending; it ended first", signals.requested)

@@ -112,14 +112,15 @@ class Watchdog:
     synchronisation)."""
 
     def __init__(self, timeout: float | None, update: int = 0):
-        self.timeout, self.update = timeout, update
+        self.timeout, self.update, self.doing = timeout, update, None
         self.deadline = float("inf")
         self.done = threading.Event()
         self.thread: threading.Thread | None = None
 
-    def progress(self, update: int) -> None:
-        """Update ``update`` is the next to finish; the clock starts again."""
-        self.update = update
+    def progress(self, update: int, doing: str | None = None) -> None:
+        """Update ``update`` is the next to finish (or ``doing``, an evaluation or a save, is next); the clock
+        starts again."""
+        self.update, self.doing = update, doing
         if self.timeout is not None:
             self.deadline = time.monotonic() + self.timeout
 
@@ -138,10 +139,11 @@ class Watchdog:
     def watch(self) -> None:
         while not self.done.wait(max(0.0, self.deadline - time.monotonic())):
             if time.monotonic() >= self.deadline:
+                doing = self.doing or f"update {self.update}"
                 report(
-                    f"update {self.update} did not finish within trainer.hang_timeout={self.timeout:g} s; the stack "
-                    f"of every thread follows; exiting with {EXIT_HUNG}: run the same command again to resume from "
-                    "the latest checkpoint",
+                    f"{doing} did not finish within trainer.hang_timeout={self.timeout:g} s; the stack of every "
+                    f"thread follows; exiting with {EXIT_HUNG}: run the same command again to resume from the latest "
+                    "checkpoint",
                     stacks=True,
                 )
                 os._exit(EXIT_HUNG)

@@ -83,21 +83,31 @@ class CallAt(Sink):
 
 class StallAt(Sink):
     """Stalls the run when update ``step`` is logged, as a read that never returns would: it opens a named pipe
-    that no process writes (``<run dir>/stall.fifo``)."""
+    that no process writes (``<run dir>/stall.fifo``). ``in_save``: in the first checkpoint after it instead."""
 
-    def __init__(self, info: RunInfo, step: int, in_log_file: bool = False):
-        self.step, self.fifo, self.in_log_file = step, info.run_dir / "stall.fifo", in_log_file
+    def __init__(self, info: RunInfo, step: int, in_log_file: bool = False, in_save: bool = False):
+        self.step, self.fifo, self.in_log_file, self.in_save = step, info.run_dir / "stall.fifo", in_log_file, in_save
+        self.logged = -1
 
     def log(self, step: int, metrics) -> None:
-        if step == self.step and "train/loss" in metrics:
-            import logging
-            import os
+        self.logged = max(self.logged, step)
+        if step == self.step and "train/loss" in metrics and not self.in_save:
+            self.stall()
 
-            if self.in_log_file:  # a write to train.log that never returns: its handler's lock stays held
-                next(h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)).acquire()
-            os.mkfifo(self.fifo)
-            with open(self.fifo) as never_written:
-                never_written.read()
+    def state(self) -> dict:
+        if self.in_save and self.logged >= self.step:
+            self.stall()
+        return {}
+
+    def stall(self) -> None:
+        import logging
+        import os
+
+        if self.in_log_file:  # a write to train.log that never returns: its handler's lock stays held
+            next(h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)).acquire()
+        os.mkfifo(self.fifo)
+        with open(self.fifo) as never_written:
+            never_written.read()
 
 
 def half_lr_first(model, device, *, lr: float, name: str = "half", **_: Any):

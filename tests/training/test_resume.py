@@ -428,6 +428,16 @@ def test_a_stall_in_the_log_file_itself_still_ends_the_process(tmp_path, data_ca
     assert "(most recent call first):" in proc.stderr
 
 
+def test_a_stall_in_a_checkpoint_save_is_named_as_the_save(tmp_path, data_cache):
+    """A save that never returns (its sink's state, on a hung filesystem) is named as the save, not as an update."""
+    stall = ["+logger.sinks.stall._target_=tests.training.fork_parts.StallAt", "+logger.sinks.stall.step=3"]
+    args = [*TINY, "trainer.max_steps=8", "trainer.ckpt_every=4", "trainer.eval_every=0", "trainer.hang_timeout=2"]
+    proc = run_train([*args, *stall, "+logger.sinks.stall.in_save=true"], tmp_path / "run", data_cache, check=False)
+    assert proc.returncode == EXIT_HUNG, proc.stderr[-3000:]
+    assert "error: the checkpoint at update 4 did not finish within trainer.hang_timeout=2 s" in proc.stderr
+    assert checkpoint.latest(tmp_path / "run" / "checkpoints") is None
+
+
 def test_a_watchdog_that_cannot_write_the_stacks_still_ends_the_process():
     """No scratch file for the stacks (too many open files): the report says so, and the process exits 124."""
     code = (
