@@ -61,19 +61,19 @@ def train(
         # a rank lost while the data is prepared ends the others; a signal then stops the run at once
         with peers_answering(lambda: "as the run started", None), StopAtOnce(), memory_for_the_run():
             run = build_run(cfg, run_dir, sweep=sweep, started=started)
-        status = "failed"
+        status, stopped_by = "failed", None
         try:
             final_val = fit(run)
             status = "ok"
             return final_val
-        except Stopped:
-            status = "preempted"
+        except Stopped as e:
+            status, stopped_by = "preempted", e.why
             raise
         finally:
             # a signal now would cut the trackers' last records: the ending goes first; a rank lost now (rank 0
             # alone samples and reports) ends the others' wait at the last barrier
             with StopSignals() as late, peers_answering(lambda: "as the run ended", None):
-                run.finish(status)
+                run.finish(status, stopped_by)
                 if status == "preempted" and run.dist.distributed:
                     # saved and ended on every rank: torchrun's SIGTERM, sent once the first rank has exited 75,
                     # must not turn the others' exit code into -15

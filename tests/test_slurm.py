@@ -1,17 +1,24 @@
-"""The SLURM scripts' own logic, run by bash with stand-ins for srun, torchrun and scontrol on the PATH.
+"""The SLURM scripts, run by bash with stand-ins for srun and scontrol on the PATH (and for torchrun, except in the
+last test, which runs the real torchrun and train.py).
 
-The stand-in torchrun (its SIGTERM trap set before it logs its start, which the tests wait for) records its arguments
-and environment, then trains until SIGTERM and exits with the code the test chose: 1 is what torchrun reports for
-workers that checkpointed and exited 75, 0 a run that finished.
+SLURM's time-limit signal goes to the job step's tasks (each node's torchrun), not to the script or srun (which
+would turn it into SIGKILL): the tests send SIGTERM to torchrun as slurmstepd does. The stand-in torchrun (its
+trap set before it logs its start, which the tests wait for) records its arguments and environment, then trains
+until SIGTERM and ends as the test chose, writing the run's summary.json as train.py would; it exits 1 when
+signalled, as torchrun does whatever its workers' codes.
 """
 
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import TINY, train_records
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["slurm/train.sbatch", "slurm/single_node.sbatch"]
@@ -21,93 +28,172 @@ STAND_INS = {
 if [ "$1" = show ]; then echo node1; echo node2; exit 0; fi
 echo "scontrol $*" >> "$LOG"
 """,
-    # srun's own options come first; the task it starts replaces it, as the signals srun forwards reach it.
+    # srun's own options come first; the task it starts replaces it (its pid is the task's, for the tests' signal).
     "srun": """#!/bin/bash
 while [[ "$1" == --* ]]; do shift; done
+echo $$ > "$LOG.task"
 exec "$@"
 """,
     "torchrun": """#!/bin/bash
-trap 'echo "torchrun got TERM" >> "$LOG"; exit $EXIT_ON_TERM' TERM
-echo "torchrun $* cpus=${SRUN_CPUS_PER_TASK-unset}" >> "$LOG"
-if [ -n "$FINISH" ]; then exit 0; fi
+for a in "$@"; do case $a in hydra.run.dir=*) run_dir=${a#hydra.run.dir=};; esac; done
+end() {  # the summary.json train.py writes as it ends ($ENDING: none when it was killed or crashed)
+    mkdir -p "$run_dir"
+    case $ENDING in
+        none) ;;
+        *) echo "{\\"status\\": \\"${ENDING%%:*}\\", \\"stopped_by\\": \\"${ENDING#*:}\\"}" > "$run_dir/summary.json";;
+    esac
+}
+trap 'echo "torchrun got TERM" >> "$LOG"; end; exit 1' TERM
+echo "torchrun $* cpus=${SRUN_CPUS_PER_TASK-unset} shutdown=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT-unset}" >> "$LOG"
+if [ -n "$FINISH" ]; then end; exit $FINISH; fi
 while :; do sleep 0.05; done
 """,
 }
 
 
-def start(tmp_path, script, **env):
+def stand_ins(tmp_path, names=tuple(STAND_INS)) -> Path:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    for name, text in STAND_INS.items():
-        (bin_dir / name).write_text(text)
+    for name in names:
+        (bin_dir / name).write_text(STAND_INS[name])
         (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
+def start(tmp_path, script, args=("model=gpt2",), stand_in=tuple(STAND_INS), **env):
     log = tmp_path / "log"
     log.touch()
     full_env = {
         **os.environ,
-        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "PATH": f"{stand_ins(tmp_path, stand_in)}:{Path(sys.executable).parent}:{os.environ['PATH']}",
         "LOG": str(log),
         "SLURM_JOB_NAME": "gpt",
         "SLURM_JOB_ID": "4242",
         "SLURM_JOB_NODELIST": "node[1-2]",
         "SLURM_NNODES": "2",
         "SLURM_CPUS_PER_TASK": "64",
-        "EXIT_ON_TERM": "1",
+        "ENDING": "preempted:SIGTERM",
         **env,
     }
     if "RUN_DIR" not in env:
         full_env.pop("RUN_DIR", None)
     process = subprocess.Popen(
-        ["bash", str(ROOT / script), "model=gpt2"], cwd=tmp_path, env=full_env, stdout=subprocess.PIPE, text=True
+        ["bash", str(ROOT / script), *args],
+        cwd=env.get("CWD", tmp_path),
+        env=full_env,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     return process, log
 
 
-def wait_for(log, text):
-    deadline = time.monotonic() + 20
+def wait_for(log, text, timeout=20):
+    deadline = time.monotonic() + timeout
     while text not in log.read_text():
         assert time.monotonic() < deadline, f"{text!r} never reached the log: {log.read_text()!r}"
         time.sleep(0.02)
 
 
+def time_limit_signal(log) -> None:
+    """What SLURM does at --signal=TERM@…: SIGTERM to the step's task (torchrun), not to the script or srun."""
+    os.kill(int(Path(f"{log}.task").read_text()), signal.SIGTERM)
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_run_directory_is_the_jobs_own_and_overrides_pass_through(tmp_path, script):
-    process, log = start(tmp_path, script, FINISH="1")
+    process, log = start(tmp_path, script, FINISH="0", ENDING="ok:")
     assert process.wait(timeout=20) == 0
     line = log.read_text()
     # A requeued job keeps its id, so it finds its checkpoint; another submission of the same name does not.
     assert "hydra.run.dir=outputs/slurm/gpt-4242 model=gpt2" in line
     assert "scontrol requeue" not in line
 
-    process, log = start(tmp_path, script, FINISH="1", RUN_DIR="outputs/slurm/gpt-17")
+    process, log = start(tmp_path, script, FINISH="0", ENDING="ok:", RUN_DIR="outputs/slurm/gpt-17")
     assert process.wait(timeout=20) == 0
     assert "hydra.run.dir=outputs/slurm/gpt-17 model=gpt2" in log.read_text()
 
 
-def test_srun_gets_the_cpus_per_task(tmp_path):
-    # Since Slurm 22.05 srun does not inherit --cpus-per-task; the multi-node script passes it on.
-    process, log = start(tmp_path, "slurm/train.sbatch", FINISH="1")
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_srun_gets_the_cpus_per_task_and_torchrun_waits_for_a_checkpoint(tmp_path, script):
+    # Since Slurm 22.05 srun does not inherit --cpus-per-task. torchrun's own wait for its workers after a signal
+    # (30 s) is raised, unless the user set it.
+    process, log = start(tmp_path, script, FINISH="0", ENDING="ok:")
     assert process.wait(timeout=20) == 0
     assert "cpus=64" in log.read_text()
+    waits = int(log.read_text().split("shutdown=")[1].split()[0])
+    assert waits > 30
+
+    process, log = start(tmp_path, script, FINISH="0", ENDING="ok:", TORCH_ELASTIC_SHUTDOWN_TIMEOUT="900")
+    assert process.wait(timeout=20) == 0
+    assert "shutdown=900" in log.read_text()
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_time_limit_signal_checkpoints_then_requeues(tmp_path, script):
     process, log = start(tmp_path, script)
     wait_for(log, "torchrun")
-    process.send_signal(signal.SIGUSR1)
+    time_limit_signal(log)
     assert process.wait(timeout=20) == 0
     text = log.read_text()
-    assert "torchrun got TERM" in text
     assert text.index("torchrun got TERM") < text.index("scontrol requeue 4242")
+    assert "requeueing job 4242" in process.stdout.read()
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_run_that_finishes_at_the_signal_is_not_requeued(tmp_path, script):
-    process, log = start(tmp_path, script, EXIT_ON_TERM="0")
-    wait_for(log, "torchrun")
-    process.send_signal(signal.SIGUSR1)
-    assert process.wait(timeout=20) == 0
-    assert "torchrun got TERM" in log.read_text()
+@pytest.mark.parametrize(
+    "ending, code",
+    [("ok:", 0), ("preempted:trainer.stop_at", 1), ("failed:", 1), ("none", 1)],
+    ids=["finished", "stop_at", "failed", "crashed"],
+)
+def test_a_run_that_finished_failed_or_stopped_at_stop_at_is_not_requeued(tmp_path, script, ending, code):
+    process, log = start(tmp_path, script, FINISH=str(code), ENDING=ending)
+    assert process.wait(timeout=20) == code
     assert "scontrol requeue" not in log.read_text()
-    assert "not requeueing" in process.stdout.read()
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_summary_left_by_an_earlier_job_does_not_requeue_one_that_crashed(tmp_path, script):
+    """The earlier job was stopped by the time limit; this one crashed before its run wrote a summary."""
+    run_dir = tmp_path / "outputs" / "slurm" / "gpt-4242"
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps({"status": "preempted", "stopped_by": "SIGTERM"}))
+    process, log = start(tmp_path, script, FINISH="1", ENDING="none")
+    assert process.wait(timeout=20) == 1
+    assert "scontrol requeue" not in log.read_text()
+
+
+@pytest.mark.slow
+def test_the_real_torchrun_signalled_as_slurm_does_checkpoints_requeues_and_the_requeued_job_finishes(
+    tmp_path, data_cache
+):
+    """single_node.sbatch with the real torchrun and train.py (two gloo ranks): SIGTERM to torchrun, as SLURM sends
+    it to the step, reaches the workers, which checkpoint; the script requeues; the requeued job (same id, same
+    command) resumes there and finishes, and is not requeued."""
+    run_dir = tmp_path / "run"
+    args = [*TINY, "trainer.max_steps=60", "trainer.global_batch_tokens=256", "trainer.eval_every=0"]
+    env = {
+        "SLURM_GPUS_ON_NODE": "2",
+        "RUN_DIR": str(run_dir),
+        "CWD": str(ROOT),
+        "GPT_DATA_CACHE": str(data_cache),
+        "OMP_NUM_THREADS": "1",
+        "WANDB_MODE": "offline",
+    }
+    process, log = start(tmp_path, "slurm/single_node.sbatch", args, stand_in=("srun", "scontrol"), **env)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "metrics.jsonl").is_file() or len(train_records(run_dir)) < 3:
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+        time.sleep(0.1)
+    time_limit_signal(log)
+    assert process.wait(timeout=300) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["stopped_by"]) == ("preempted", "SIGTERM")
+    stopped_at = len(train_records(run_dir))
+    assert stopped_at < 60 and (run_dir / "checkpoints" / f"step-{stopped_at:08d}").is_dir()
+    assert "scontrol requeue 4242" in log.read_text()
+
+    process, log = start(tmp_path, "slurm/single_node.sbatch", args, stand_in=("srun", "scontrol"), **env)
+    assert process.wait(timeout=300) == 0
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "ok"
+    assert sorted(train_records(run_dir)) == list(range(60))
+    assert log.read_text().count("scontrol requeue") == 1

@@ -202,15 +202,15 @@ class Run:
         log.info("sample:\n%s", text)
         self.metrics.log_sample(self.total_steps, self.cfg.trainer.sample_prompt, text)
 
-    def finish(self, status: str) -> None:
-        """Close the run: ``status`` ok, failed, or preempted. The sinks are closed, and the run directory's lock
-        released, even when the reports fail (a full disk). After a run that ended well on every rank, the ranks
-        leave together."""
+    def finish(self, status: str, stopped_by: str | None = None) -> None:
+        """Close the run: ``status`` ok, failed, or preempted (``stopped_by``: the signal, trainer.stop_at or
+        another rank). The sinks are closed, and the run directory's lock released, even when the reports fail (a
+        full disk). After a run that ended well on every rank, the ranks leave together."""
         # the same on every rank: each finished the same loop, or stopped at the same update after the same save
         ended_well = status in ("ok", "preempted")
         try:
             if self.dist.is_main:
-                summary.report(self, status)
+                summary.report(self, status, stopped_by)
         except BaseException:
             status = "failed"
             raise

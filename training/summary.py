@@ -47,10 +47,11 @@ def best_validation(summary: dict, validated: bool = True) -> str:
     return best + (f"; {rollbacks} rollback(s) past a loss spike (trainer.on_spike=rollback)" if rollbacks else "")
 
 
-def report(run, status: str) -> None:
-    """The end-of-run outputs of ``run`` (a ``training.build.Run``, rank 0): summary.json records the status,
-    T, tokens, seconds and the summary's values (what a sweep report reads); with ``status`` ok also the plots,
-    budget.json's outcome and the end-of-run lines."""
+def report(run, status: str, stopped_by: str | None = None) -> None:
+    """The end-of-run outputs of ``run`` (a ``training.build.Run``, rank 0): summary.json records the status
+    (and what stopped a preempted run: what a job script reads to requeue it or not), T, tokens, seconds and the
+    summary's values (what a sweep report reads); with ``status`` ok also the plots, budget.json's outcome and the
+    end-of-run lines."""
     plots = write_run_plots(run.run_dir) if status == "ok" else []  # before the clock is read: part of the run's time
     took = time.perf_counter() - run.started
     summary = run.metrics.summary
@@ -67,6 +68,7 @@ def report(run, status: str) -> None:
         run.run_dir,
         {
             "status": status,
+            **({"stopped_by": stopped_by} if stopped_by else {}),
             "total_steps": run.total_steps,
             "tokens": run.tokens_seen,
             "seconds": round(run.earlier_seconds + took, 2),  # every start's, as tokens counts every start's

@@ -43,6 +43,8 @@ def test_a_stopped_and_resumed_run_equals_the_uninterrupted_run_bit_for_bit(k, t
     with pytest.raises(Stopped, match=rf"^stopped after {taken} \(trainer.stop_at\); .* resume at update {k}$"):
         tiny_train(run, ARGS + [f"trainer.stop_at={k}"])
     assert checkpoint.latest(run / "checkpoints").name == f"step-{k:08d}"
+    ended = json.loads((run / "summary.json").read_text())  # what a job script reads: not to be requeued
+    assert (ended["status"], ended["stopped_by"]) == ("preempted", "trainer.stop_at")
     tiny_train(run, ARGS + [f"trainer.stop_at={k}"])  # the same command again: resumes from update k, on to T
     resumed = read_metrics(run)
     assert [r for r in resumed if "train/loss" in r] and len(resumed) == len(uninterrupted)
