@@ -44,6 +44,7 @@ DECODE_POLICIES = ("skip", "replace", "error")
 BUDGET_KEYS = ("max_steps", "max_tokens", "max_time")
 PROVISIONAL_STEPS = 10**9  # stands for T in checks made before a budget fixes it
 MAX_HANG_TIMEOUT_S = 30 * 24 * 3600  # 30 days: a deadline (the watchdog's, a collective's) must stay a valid time
+MAX_TIME_S = 10**9  # trainer.max_time: 31 years (far past it the planned T overflows); the message names it
 
 
 class ConfigError(SettingError):
@@ -574,8 +575,8 @@ def budget_key(t: Mapping[str, Any]) -> str:
         got = ", ".join(f"trainer.{k}={t.get(k)}" for k in given) or "none"
         raise ConfigError(f"trainer.max_steps, trainer.max_tokens, trainer.max_time: set exactly one, got {got}")
     key, value = given[0], t[given[0]]
-    if key == "max_time" and (not is_number(value) or value <= 0):
-        raise ConfigError("trainer.max_time", "a number of seconds > 0", value)
+    if key == "max_time" and (not is_number(value) or not 0 < value <= MAX_TIME_S):
+        raise ConfigError("trainer.max_time", "a number of seconds > 0, at most 10**9 (31 years)", value)
     if key != "max_time" and (not is_int(value) or value <= 0):
         raise ConfigError(f"trainer.{key}", integer_expected("an integer > 0", value), value)
     if key == "max_steps":

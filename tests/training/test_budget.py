@@ -102,8 +102,8 @@ def test_max_time_fixes_t_once_saves_it_and_a_resume_keeps_it_without_measuring(
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["trainer.max_time=0"], "trainer.max_time must be a number of seconds > 0, got 0"),
-        (["trainer.max_time=-5"], "trainer.max_time must be a number of seconds > 0, got -5"),
+        (["trainer.max_time=0"], "trainer.max_time must be a number of seconds > 0, at most 10**9 (31 years), got 0"),
+        (["trainer.max_time=-5"], "trainer.max_time must be a number of seconds > 0, at most 10**9 (31 years), got -5"),
         (["trainer.max_tokens=0"], "trainer.max_tokens must be an integer > 0, got 0"),
         (["trainer.max_tokens=1000", "trainer.max_time=60"], "set exactly one, got trainer.max_tokens=1000, "),
         (["trainer.max_steps=100", "trainer.max_time=60"], "set exactly one, got trainer.max_steps=100, "),

@@ -26,6 +26,7 @@ BAD_CONFIGS = [
     # past float's range: arithmetic with floats overflowed (a traceback) where not refused
     ([f"trainer.max_steps={2**53 + 1}"], "trainer.max_steps", "≤ 2**53"),
     (["trainer.max_steps=null", f"trainer.max_tokens={10**30}"], "trainer.max_tokens", "< 2**63"),
+    (["trainer.max_steps=null", "trainer.max_time=1e308"], "trainer.max_time", "at most 10**9"),
     ([f"schedule.min_lr={10**400}"], "schedule.min_lr", "a floor ≥ 0"),
     ([f"optim.lr={10**400}"], "optim.lr", "> 0"),
     (["trainer.batch_size=0"], "trainer.batch_size", "> 0"),
