@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY, compose_config
-from training.config import USER_ERRORS, ConfigError, check_config, group_options
+from training.config import USER_ERRORS, ConfigError, budget_key, check_config, group_options
 from training.distributed import resolve_device, resolve_precision
 
 GROUPS = ("model", "optim", "schedule", "data", "trainer", "logger", "experiment")
@@ -274,6 +274,15 @@ def test_what_the_command_line_chooses_wins_over_an_experiment(experiment):
         if group == "logger":
             assert list(cfg.logger.sinks) == ([] if other == "none" else [other]), (experiment, other)
         assert cfg.trainer.seed == 7  # a key given on the command line wins too
+
+
+@pytest.mark.parametrize("experiment", group_options("experiment"))
+def test_every_experiment_takes_a_token_budget_in_place_of_its_updates(experiment):
+    cfg = compose_config([f"experiment={experiment}", "trainer.max_tokens=1000000"])
+    if cfg.trainer.max_time is not None:  # a recipe of its own budget: one more key to give way
+        cfg = compose_config([f"experiment={experiment}", "trainer.max_tokens=1000000", "trainer.max_time=null"])
+    check_config(cfg)
+    assert budget_key(cfg.trainer) == "max_tokens" and cfg.trainer.max_steps is None
 
 
 @pytest.mark.parametrize("experiment", group_options("experiment"))
