@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import math
+import os
 import resource
 import time
 from dataclasses import dataclass, replace
@@ -546,7 +547,7 @@ def schedule_history(state: dict | None, start: int, T: int, cfg: DictConfig, re
         "total_steps": T,
         "peak_lr": float(cfg.optim.lr),
         "schedule": OmegaConf.to_container(cfg.schedule, resolve=True),
-        "resumed_from": str(resumed_from) if resumed_from else None,
+        "resumed_from": os.path.abspath(resumed_from) if resumed_from else None,  # readable from any folder
     }
     return [s for s in history if s["from_update"] < start] + [segment]
 

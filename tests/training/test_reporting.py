@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -545,6 +546,21 @@ def test_a_branch_resumed_from_its_own_checkpoint_still_names_the_run_it_branche
     for kept in (segments, [*segments, own]):
         (branch / "schedule.json").write_text(json.dumps({"segments": kept}))
         assert branched_from(job) == stable
+
+
+def test_a_branch_given_a_relative_path_names_its_source_to_a_report_run_from_another_folder(tmp_path, monkeypatch):
+    from training.build import schedule_history
+    from training.report import Job, branched_from
+
+    stable, branch = tmp_path / "runs" / "stable", tmp_path / "runs" / "branch"
+    for run in (stable, branch):
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text("")
+    monkeypatch.chdir(tmp_path / "runs")  # the branch: trainer.resume=stable/checkpoints/step-00000060
+    segments = schedule_history(None, 60, 100, compose_config(), Path("stable/checkpoints/step-00000060"))
+    (branch / "schedule.json").write_text(json.dumps({"segments": segments}))
+    monkeypatch.chdir(tmp_path)  # python -m training.report runs/…
+    assert branched_from(Job(branch, {}, "ok", None, None, None, None, None)) == stable
 
 
 def test_the_sweep_report_reads_past_damaged_files_and_a_final_evaluation_that_was_not_finite(tmp_path, capsys):
