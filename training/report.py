@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from data.atomic import DiskFull
 from scheduling.audit import AuditError, number, saved_overrides
 from scheduling.spec import CommandLine, first_line, is_int
@@ -72,16 +74,25 @@ def overrides(run_dir: Path) -> dict[str, str]:
     return {k.lstrip("+~"): v for k, v in (p for p in pairs if len(p) == 2)}
 
 
-def tokens_per_update(rows: list[dict]) -> float | None:
-    first = next((r for r in rows if r.get("tokens") is not None), None)
-    return first["tokens"] / (first["step"] + 1) if first else None
-
-
 def val_against_tokens(rows: list[dict], key: str = "val/bpb") -> tuple[list[float], list[float]]:
-    """An evaluation at step s comes before update s: it has seen s updates' tokens."""
-    per = tokens_per_update(rows)
-    points = [(r["step"] * per, r[key]) for r in rows if r.get(key) is not None and per]
-    return [p[0] for p in points], [p[1] for p in points]
+    """An evaluation at step s comes before update s: it has seen the tokens the training row of update s − 1
+    counts (each update's own, so a batch changed on resume counts as it was), between logged rows in
+    proportion."""
+    seen = {r["step"] + 1: r["tokens"] for r in rows if r.get("tokens") is not None}
+    if not seen:
+        return [], []
+    after = sorted(seen)
+    points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+    # past the last logged update (a run's final evaluation at T): at the rate of the last logged ones
+    before = after[-2] if len(after) > 1 else 0
+    rate = (seen[after[-1]] - seen.get(before, 0)) / (after[-1] - before)
+    tokens = [
+        float(np.interp(s, [0, *after], [0, *(seen[u] for u in after)]))
+        if s <= after[-1]
+        else seen[after[-1]] + (s - after[-1]) * rate
+        for s, _ in points
+    ]
+    return tokens, [v for _, v in points]
 
 
 def read_summary(path: Path) -> tuple[dict, str | None]:

@@ -548,6 +548,18 @@ def test_a_branch_resumed_from_its_own_checkpoint_still_names_the_run_it_branche
         assert branched_from(job) == stable
 
 
+def test_evaluations_are_placed_at_the_tokens_seen_also_after_a_batch_change_on_resume():
+    from training.report import val_against_tokens
+
+    # 128 tokens per update up to update 49, then 256 (a max_tokens run resumed with a larger batch); training
+    # rows logged every 5 updates; evaluations before updates 0, 50 and 75, and at T = 80.
+    tokens = {t: 128 * (t + 1) if t < 50 else 128 * 50 + 256 * (t - 49) for t in range(80)}
+    rows = [{"step": t, "tokens": tokens[t], "train/loss": 1.0} for t in range(4, 80, 5)]
+    rows += [{"step": s, "val/bpb": 2.0 - s / 100} for s in (0, 50, 75, 80)]
+    xs, ys = val_against_tokens(sorted(rows, key=lambda r: r["step"]))
+    assert xs == [0, tokens[49], tokens[74], tokens[79]] and ys == [2.0, 1.5, 1.25, 1.2]
+
+
 def test_a_branch_given_a_relative_path_names_its_source_to_a_report_run_from_another_folder(tmp_path, monkeypatch):
     from training.build import schedule_history
     from training.report import Job, branched_from
