@@ -172,6 +172,14 @@ def test_a_token_budget_resumed_with_another_batch_still_stops_at_its_tokens(tmp
     assert (summary["total_steps"], summary["tokens"]) == (5, 7 * TOKENS_PER_UPDATE)
 
 
+def test_the_plan_read_back_from_its_record_ends_within_the_budget():
+    """The end-of-run line recomputes the planned seconds from budget.json's record: they must be the plan's."""
+    kwargs = dict(elapsed=1.3, eval_seconds=0.01234, checkpoint_seconds=0.00231, sample_seconds=0.1)
+    plan = budget.plan_time(20, step_seconds=0.0027734928, teardown_seconds=0.5, eval_every=20, ckpt_every=10, **kwargs)
+    again = budget.TimePlan(**json.loads(json.dumps(plan.as_dict())))
+    assert again.planned_end(20, 10) == plan.planned_end(20, 10) <= 20
+
+
 def test_a_time_budget_given_to_more_decimals_than_the_plan_rounds_to_resumes():
     plan = budget.plan_time(
         100.12345,
