@@ -4,7 +4,7 @@ T is fixed once, before update 0, and saved with the run (``budget.json`` and ev
 stays an exact function of the update index and a resumed run keeps the same T. For a wall-clock budget T comes
 from a short measurement of the real update (the code the loop runs, on the real model and batches, with a
 throwaway optimizer at lr 0 so that no weight and no generator changes), of an evaluation and of sampling, and
-from the checkpoint's size:
+from the checkpoint's size and the time an empty one takes to write:
 
     T = ⌊(max_time − elapsed − 2·eval − checkpoint − sample − teardown)
           / (1.05·update + log + eval/eval_every + checkpoint/ckpt_every)⌋
@@ -14,8 +14,10 @@ where ``elapsed`` counts from the job's start (imports, data, model, the measure
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import shutil
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -25,6 +27,7 @@ from typing import Any
 
 import torch
 
+from data.atomic import begin
 from training import distributed
 from training.config import ConfigError, budget_key
 
@@ -238,9 +241,33 @@ def sample_seconds(
     return seconds
 
 
-def checkpoint_seconds(n_params: int) -> float:
-    """Seconds to write a checkpoint: the weights and AdamW's two moments in fp32."""
-    return n_params * 4 * 3 / CHECKPOINT_BYTES_PER_SECOND
+def checkpoint_seconds(n_params: int, overhead: float = 0.0) -> float:
+    """Seconds to write a checkpoint: the weights and AdamW's two moments in fp32, and ``overhead``."""
+    return overhead + n_params * 4 * 3 / CHECKPOINT_BYTES_PER_SECOND
+
+
+def checkpoint_overhead(run_dir: Path | None, repeats: int = 3) -> float:
+    """Seconds a checkpoint costs besides its bytes (each file's fsync, the folder's commit, ``latest``, the
+    pruning: tens of ms on a local disk, more on a network filesystem), timed by saving ``repeats`` empty
+    checkpoints under ``run_dir``'s checkpoints folder, then removed; the median counts. None: 0 (not measured)."""
+    if run_dir is None:
+        return 0.0
+    from training import checkpoint  # it imports torch.distributed's checkpoint tools: only for a time budget
+
+    made = [p for p in (run_dir, run_dir / "checkpoints") if not p.exists()]  # a refused plan leaves neither
+    probe = begin(run_dir / "checkpoints", "budget-probe")
+    try:
+        times = []
+        for step in range(repeats):
+            t0 = clock()
+            checkpoint.save(probe, step, {"step": step}, {"config.yaml": ""}, keep=1)
+            times.append(clock() - t0)
+        return statistics.median(times)
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def measure_time_plan(
@@ -255,9 +282,11 @@ def measure_time_plan(
     ckpt_every: int,
     sinks: list[type],
     cuda: bool,
+    checkpoint_overhead: float = 0.0,
 ) -> TimePlan:
     """Measure the parts of a run (each callable returns seconds) and fit T into ``max_time``; ``sinks``: the
-    classes of the plugged metric sinks, whose costs are set aside too."""
+    classes of the plugged metric sinks, whose costs are set aside too; ``checkpoint_overhead``: a checkpoint's
+    seconds besides its bytes."""
     step, evaluation_s, sample_s = update(), evaluation(), sample()
     if sample_s > 0:
         sample_s += sum(getattr(s, "SAMPLE_SECONDS", 0.0) for s in sinks)
@@ -269,7 +298,7 @@ def measure_time_plan(
         elapsed(),
         step,
         evaluation_s,
-        checkpoint_seconds(n_params),
+        checkpoint_seconds(n_params, checkpoint_overhead),
         sample_s,
         teardown,
         eval_every,
@@ -302,11 +331,13 @@ def measure_plan(
     cached: int,
     n_params: int,
     sinks: list[type],
+    run_dir: Path | None = None,
 ) -> TimePlan:
     """A time budget's plan for ``trainer`` (``cfg.trainer``) from the run's own parts, measured now: its update
     (``step``, a ``training.engine.TrainStep``, with a throwaway ``optimizer()``), its evaluations, its sample
     (None: this rank samples nothing; ``cached`` tokens fit the KV cache, past them ``window`` runs a full-context
-    forward) and its sinks' costs; ``started``: ``time.perf_counter()`` at the job's start."""
+    forward), its checkpoints' fixed cost (``run_dir``: where they go; None on a rank that writes none) and its
+    sinks' costs; ``started``: ``time.perf_counter()`` at the job's start."""
     device = step.model.how.device
     return measure_time_plan(
         trainer.max_time,
@@ -323,4 +354,5 @@ def measure_plan(
         ckpt_every=trainer.ckpt_every,
         sinks=sinks,
         cuda=device.type == "cuda",
+        checkpoint_overhead=checkpoint_overhead(run_dir),
     )

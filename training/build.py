@@ -333,6 +333,7 @@ def build_run(
                 cached=cfg.model.block_size - prompt,
                 n_params=model.raw.num_params(),
                 sinks=sinks,
+                run_dir=run_dir if dist.is_main else None,
             )
         except USER_ERRORS as e:  # a budget too short: rank 0's verdict, as its plan, is every rank's
             if not dist.distributed:

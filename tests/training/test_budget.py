@@ -271,6 +271,35 @@ def test_the_plan_sets_aside_what_each_sink_and_cuda_cost_beyond_the_measurement
     assert plan.total_steps == math.floor((100 - fixed) / (0.5 * budget.STEP_MARGIN + plan.log_seconds))
 
 
+def test_a_checkpoints_fixed_cost_is_timed_on_the_run_directorys_disk_and_leaves_nothing(tmp_path, clock, monkeypatch):
+    from training import checkpoint
+
+    real_save, costs = checkpoint.save, iter([0.03, 0.05, 0.04])
+
+    def save(*args, **kwargs):  # a disk whose fsyncs take 30–50 ms
+        clock.advance(next(costs))
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save", save)
+    assert budget.checkpoint_overhead(tmp_path) == pytest.approx(0.04)  # the median
+    assert list(tmp_path.rglob("*")) == []  # no checkpoint, no probe, no folder left
+    assert budget.checkpoint_overhead(None) == 0.0  # a rank that writes no checkpoint
+    plan = budget.measure_time_plan(
+        100,
+        lambda: 10.0,
+        update=lambda: 0.5,
+        evaluation=lambda: 2.0,
+        sample=lambda: 0.0,
+        n_params=1000,
+        eval_every=0,
+        ckpt_every=10,
+        sinks=[],
+        cuda=False,
+        checkpoint_overhead=0.04,
+    )
+    assert plan.checkpoint_seconds == pytest.approx(budget.checkpoint_seconds(1000) + 0.04)
+
+
 def test_the_sample_is_timed_after_a_first_call_and_counts_a_full_context_forward_past_the_cache(clock):
     calls: list[int] = []
 
