@@ -32,7 +32,7 @@ from training.engine import NONFINITE
 from training.init_from import with_init_from
 from training.secrets import register_overrides, scrub_hydra_files
 from training.signals import EXIT_RESUMABLE, StopAtOnce, Stopped, StopSignals, stop_received
-from training.watchdog import EXIT_HUNG, PeerLost, Watchdog, peers_answering, report
+from training.watchdog import EXIT_HUNG, PeerLost, Watchdog, failing_together, peers_answering, report
 
 log = logging.getLogger("train")
 
@@ -58,12 +58,15 @@ def train(
     cfg = with_init_from(cfg, overrides)  # model.init_from: the shape and tokenizer of a transformers folder
     check_config(cfg)
     with space_for(run_dir):  # a full disk wherever the run writes: DiskFull, one line naming the file
-        # a rank lost while the data is prepared ends the others; a signal then stops the run at once
-        with peers_answering(lambda: "as the run started", None), StopAtOnce(), memory_for_the_run():
+        # a rank lost while the data is prepared ends the others; a signal then stops the run at once; an error on
+        # one rank is every rank's (failing_together): the others stop with its line, not as for a hang
+        starting = peers_answering(lambda: "as the run started", None)
+        with failing_together(), space_for(run_dir), starting, StopAtOnce(), memory_for_the_run():
             run = build_run(cfg, run_dir, sweep=sweep, started=started)
         status, stopped_by = "failed", None
         try:
-            final_val = fit(run)
+            with failing_together(), space_for(run_dir):  # told as the one line DiskFull makes of it
+                final_val = fit(run)
             status = "ok"
             return final_val
         except Stopped as e:
@@ -177,6 +180,9 @@ def main(cfg: DictConfig) -> float:
         distributed.shutdown()  # stopped as the ranks joined: a live gloo group can abort the interpreter's exit
         sys.exit(EXIT_RESUMABLE)
     except PeerLost as e:
+        if e.failed is not None:  # the rank that left said why: its line and exit code are every rank's
+            report(e.failed[0])
+            os._exit(e.failed[1])
         if (why := stop_received()) is not None and e.at is not None:  # the same stop ended another rank first
             report(
                 f"{e.at}: stopped ({why}) as another rank left; exiting with {EXIT_RESUMABLE}: run "

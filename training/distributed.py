@@ -309,6 +309,40 @@ def peer_failure(error: BaseException) -> str | None:
     return first.split(". ")[0].rstrip(".")[:200]
 
 
+FAILED_KEY = "failed/rank-"  # + the rank: in the process group's store, what that rank failed with
+
+
+def announce_failure(message: str, code: int) -> None:
+    """This rank fails with the one line ``message`` (exit ``code``): leave it in the process group's store, then
+    leave the group at once, so that the others stop with this line (``announced_failure``) as soon as their
+    collective sees this rank gone, not after its ending (its trackers closing) as for a peer that stopped
+    answering. torchrun's store is its launcher's, which outlives the ranks; where the store is gone the others
+    report a peer that stopped answering."""
+    if not is_initialized():
+        return
+    with contextlib.suppress(Exception):
+        dist.distributed_c10d._get_default_store().set(f"{FAILED_KEY}{dist.get_rank()}", f"{code} {message}")
+    with contextlib.suppress(Exception):
+        dist.destroy_process_group()
+
+
+def announced_failure() -> tuple[str, int] | None:
+    """The line and exit code another rank left in the store as it failed (the lowest such rank's), if any."""
+    if not is_initialized():
+        return None
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        store.set_timeout(datetime.timedelta(seconds=5))  # a store that is gone: an error, not a wait
+        for rank in range(dist.get_world_size()):
+            key = f"{FAILED_KEY}{rank}"
+            if rank != dist.get_rank() and store.check([key]):
+                code, _, message = store.get(key).decode().partition(" ")
+                return message, int(code)
+    except Exception:  # the store went with the rank that held it (not under torchrun): nothing to read
+        return None
+    return None
+
+
 def barrier() -> None:
     if is_initialized():
         dist.barrier()

@@ -20,7 +20,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from training.distributed import is_initialized, peer_failure
+from torch.distributed import get_rank
+
+from scheduling.spec import first_line
+from training.distributed import announce_failure, announced_failure, is_initialized, peer_failure
 
 log = logging.getLogger("train")
 
@@ -35,7 +38,10 @@ class PeerLost(Exception):
     update, or a phrase: "as the run started"); or, with no ``where``, not every rank joined the process group.
     ``timeout``: trainer.collective_timeout when it bounded the wait."""
 
-    def __init__(self, where: int | str | None, timeout: float | None, reason: str):
+    def __init__(
+        self, where: int | str | None, timeout: float | None, reason: str, failed: tuple[str, int] | None = None
+    ):
+        self.failed = failed  # what the rank that left failed with, when it said (its line, its exit code)
         self.at = None if where is None else f"update {where}" if isinstance(where, int) else where
         if self.at is None:
             what, hint = "the ranks did not all join", "once every rank can start (see each one's output)"
@@ -55,7 +61,25 @@ def peers_answering(where: Callable[[], int | str], timeout: float | None) -> It
         reason = peer_failure(e)
         if reason is None or not is_initialized():  # no group yet: the start's own error (a port in use), as it is
             raise
-        raise PeerLost(where(), timeout, reason) from None
+        raise PeerLost(where(), timeout, reason, announced_failure()) from None
+
+
+@contextlib.contextmanager
+def failing_together() -> Iterator[None]:
+    """An error on this rank (bad input, a full disk, a crash: not another rank's departure, not a requested stop)
+    is left for the other ranks as it propagates (``announce_failure``): they stop with its line and exit code."""
+    from training.config import USER_ERRORS
+    from training.signals import Stopped
+
+    try:
+        yield
+    except (PeerLost, Stopped):
+        raise
+    except Exception as e:
+        if is_initialized():
+            said = str(e) if isinstance(e, USER_ERRORS) else f"rank {get_rank()}: {type(e).__name__}: {first_line(e)}"
+            announce_failure(said, 2 if isinstance(e, USER_ERRORS) else 1)
+        raise
 
 
 def log_files() -> list[logging.FileHandler]:

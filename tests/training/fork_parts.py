@@ -158,6 +158,24 @@ class Evaluation:
         return value if self.metric == "list" else {"val/fork": value}
 
 
+class RefusesOnRank:
+    """An evaluation that fails on one rank only, at its ``call``-th call: bad input there (a file one node lacks),
+    or a crash with ``crash``."""
+
+    def __init__(self, ctx, rank: int, call: int, crash: bool = False):
+        self.rank, self.call, self.crash, self.calls = rank, call, crash, 0
+
+    def __call__(self, model):
+        import torch.distributed as dist
+
+        from training.config import ConfigError
+
+        self.calls += 1
+        if self.calls == self.call and dist.get_rank() == self.rank:
+            raise (RuntimeError if self.crash else ConfigError)(f"eval.evals.fork: planted failure on rank {self.rank}")
+        return {"val/fork": 0.5}
+
+
 class SignalAtStart(Sink):
     """Sends this process SIGTERM as it starts: a scheduler's stop while the run starts, the sinks before it begun."""
 

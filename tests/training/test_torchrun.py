@@ -444,6 +444,23 @@ def test_the_other_ranks_wait_for_rank_zeros_preparation_past_the_collective_tim
     assert [(tmp_path / f"out.{r}").read_text() for r in range(2)] == ["built", "found"]
 
 
+@pytest.mark.parametrize("crash", [False, True], ids=["bad-input", "crash"])
+def test_a_failure_on_one_rank_mid_run_stops_every_rank_with_its_line(tmp_path, data_cache, crash):
+    """Rank 1 alone fails in the evaluation at update 4 (rank 0 then waits for it in a collective): rank 0 stops
+    with rank 1's line and exit code, not as for a peer that stopped answering."""
+    fork = ["+eval.evals.fork._target_=tests.training.fork_parts.RefusesOnRank", "+eval.evals.fork.rank=1"]
+    fork += ["+eval.evals.fork.call=2", f"+eval.evals.fork.crash={str(crash).lower()}"]
+    args = [*ARGS, "trainer.max_steps=8", "trainer.eval_every=4", "trainer.collective_timeout=120", *fork]
+    started = time.monotonic()
+    proc = torchrun(args, tmp_path, data_cache, run_dir=tmp_path / "run", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and time.monotonic() - started < 100, out[-3000:]
+    line = f"{'rank 1: RuntimeError: ' if crash else ''}eval.evals.fork: planted failure on rank 1"
+    assert out.count(f"error: {line}") == (1 if crash else 2), out[-3000:]  # a crash: rank 1's own traceback
+    assert "stopped answering" not in out and "as another rank left" not in out, out[-3000:]
+    assert f"exitcode  : {1 if crash else 2}" in out, out[-3000:]
+
+
 def save_on_a_full_disk(rank: int, store: str, out: str) -> None:
     """One of two gloo ranks saving a checkpoint whose folder rank 0 cannot write (its disk is full)."""
     import datetime
