@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from training.config import DEVICES, PRECISIONS, STRATEGIES, USER_ERRORS, ConfigError
+from training.signals import stop_even_while_blocked
 
 log = logging.getLogger("train")
 
@@ -280,7 +281,8 @@ def init(device_choice: str, join_timeout: float = SETUP_TIMEOUT_S) -> Dist:
         if backend == "nccl":  # a collective past its timeout is aborted and the process torn down, not left waiting
             os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         try:
-            dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=join_timeout), **kwargs)
+            with stop_even_while_blocked("the ranks joined"):
+                dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=join_timeout), **kwargs)
         except dist.DistError as e:
             if "timed out" not in str(e).lower():  # a port in use, an address that does not resolve: torch's own
                 raise

@@ -4,8 +4,12 @@ starts, either stops it at once, with the same exit code."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import sys
 import threading
+from collections.abc import Iterator
 from types import FrameType
 
 # sysexits.h EX_TEMPFAIL: "temporary failure, the user is invited to retry" — the run stopped early with a
@@ -88,3 +92,40 @@ class Stopped(Exception):
             return f"stopped as the run started ({self.why}), before its first update; re-run {self.again} to go on"
         taken = "update 0" if self.updates == 1 else f"updates 0–{self.updates - 1}"
         return f"stopped after {taken} ({self.why}); re-run {self.again} to resume at update {self.updates}"
+
+
+@contextlib.contextmanager
+def stop_even_while_blocked(what: str) -> Iterator[None]:
+    """While active, SIGTERM or SIGINT ends the process at once with ``EXIT_RESUMABLE``, saying it stopped while
+    ``what``, even while the main thread waits in native code (joining the process group, up to
+    trainer.collective_timeout) where Python's handler runs only once that returns: a thread reads the signal
+    from the wakeup file descriptor. torchrun's SIGTERM to a rank whose rank 0 refused to start would otherwise
+    wait for that, then for torchrun's SIGKILL. Active only under a Python handler (``StopAtOnce``)."""
+    handled = signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+    if threading.current_thread() is not threading.main_thread() or not handled:
+        yield
+        return
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+
+    def watch() -> None:
+        while data := os.read(read_end, 64):
+            if stop := next((n for n in data if n in (signal.SIGTERM, signal.SIGINT)), None):
+                name = signal.Signals(stop).name
+                print(
+                    f"stopped while {what} ({name}), before the first update; re-run the same command to go on",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                os._exit(EXIT_RESUMABLE)
+
+    watcher = threading.Thread(target=watch, name="stop-watcher", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(write_end)  # the watcher reads the end of the pipe and returns
+        watcher.join()
+        os.close(read_end)

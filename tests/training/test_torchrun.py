@@ -295,6 +295,25 @@ def test_a_rank_whose_peers_never_join_leaves_within_the_collective_timeout_in_o
     assert waited < 60, waited
 
 
+def test_a_refusal_of_rank_zero_before_it_joins_stops_the_rank_waiting_to_join_at_torchruns_signal(
+    tmp_path, data_cache
+):
+    """Rank 0 refuses a run directory in use before it joins the process group; rank 1 waits in the join (native
+    code, where Python's signal handler cannot run): torchrun's SIGTERM stops it at once, not its SIGKILL later."""
+    from training import run_lock
+
+    run_dir = tmp_path / "run"
+    run_lock.acquire(run_dir)  # another run holds it: this process
+    try:
+        proc = torchrun([*FAULT_ARGS], tmp_path, data_cache, run_dir=run_dir, check=False)
+    finally:
+        run_lock.release(run_dir)
+    out = proc.stdout + proc.stderr
+    assert "is in use by another run" in out and proc.returncode != 0, out[-3000:]
+    assert "stopped while the ranks joined (SIGTERM), before the first update" in out, out[-3000:]
+    assert "SIGKILL" not in out, out[-3000:]
+
+
 def test_a_port_in_use_is_not_taken_for_a_rank_that_never_joined(tmp_path, data_cache):
     """Exit 124 asks for the same command again, which cannot help here: torch's own error, naming the port."""
     with socket.socket() as held:
