@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from data.atomic import replace_file
+from data.atomic import DiskFull, disk_full_cause, replace_file
 from training import budget, checkpoint
+from training.config import ConfigError
 from training.loggers import duration, start_summary
-from training.plots import write_run_plots
+from training.plots import WriteError, write_run_plots
 
 log = logging.getLogger("train")
 
@@ -27,7 +28,12 @@ def write_summary(run_dir: Path, record: dict[str, Any]) -> None:
         old = {}
     old = old if isinstance(old, dict) else {}
     merged = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in {**old, **record}.items()}
-    replace_file(path, json.dumps(merged, indent=1, allow_nan=False) + "\n")
+    try:
+        replace_file(path, json.dumps(merged, indent=1, allow_nan=False) + "\n")
+    except OSError as e:
+        if disk_full_cause(e) is not None:
+            raise  # DiskFull's line, from the run's space_for
+        raise ConfigError(f"{path}: cannot be written ({e.strerror or type(e).__name__})") from e
 
 
 def best_validation(summary: dict, validated: bool = True) -> str:
@@ -52,7 +58,12 @@ def report(run, status: str, stopped_by: str | None = None) -> None:
     (and what stopped a preempted run: what a job script reads to requeue it or not), T, tokens, seconds and the
     summary's values (what a sweep report reads); with ``status`` ok also the plots, budget.json's outcome and the
     end-of-run lines."""
-    plots = write_run_plots(run.run_dir) if status == "ok" else []  # before the clock is read: part of the run's time
+    plots = []
+    if status == "ok":  # before the clock is read: part of the run's time
+        try:
+            plots = write_run_plots(run.run_dir)
+        except (WriteError, DiskFull) as e:  # the run is complete: its plots are a view of metrics.jsonl
+            log.warning("the run's plots were not written (%s); python -m training.plots %s draws them", e, run.run_dir)
     took = time.perf_counter() - run.started
     summary = run.metrics.summary
     plan = budget.TimePlan(**run.budget) if status == "ok" and "max_time" in run.budget else None

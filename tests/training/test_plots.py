@@ -117,3 +117,30 @@ def test_an_out_path_that_cannot_take_the_image_is_one_error_line_and_nothing_is
     assert said.out == "" and said.err.startswith(f"error: --out {says.format(out=out, tmp=tmp_path)}"), said.err
     assert said.err.count("\n") == 1
     assert sorted(tmp_path.rglob("*")) == before and not Path(out).is_file()  # nor run.png beside a folder
+
+
+def test_a_runs_plots_that_cannot_be_written_are_a_warning_and_the_run_ends_well(tmp_path, tiny_train, caplog):
+    """The run is complete when its plots are drawn: a file where plots/ goes (or a full disk there) is one warning."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "plots").write_text("not a folder")
+    tiny_train(run, ["trainer.max_steps=3"])
+    assert json.loads((run / "summary.json").read_text())["status"] == "ok"
+    warned = [r.getMessage() for r in caplog.records if "plots were not written" in r.getMessage()]
+    assert len(warned) == 1 and "plots" in warned[0] and "\n" not in warned[0], warned
+
+
+def test_a_summary_that_cannot_be_written_is_one_line_naming_it(tmp_path, tiny_train, monkeypatch):
+    from training import summary
+    from training.config import ConfigError
+
+    real = summary.replace_file
+
+    def refused(path, data):
+        if path.name == "summary.json":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, data)
+
+    monkeypatch.setattr(summary, "replace_file", refused)
+    with pytest.raises(ConfigError, match=r"summary.json: cannot be written \(Permission denied\)$"):
+        tiny_train(tmp_path / "run", ["trainer.max_steps=2"])
