@@ -74,8 +74,11 @@ def train(
             raise
         finally:
             # a signal now would cut the trackers' last records: the ending goes first; a rank lost now (rank 0
-            # alone samples and reports) ends the others' wait at the last barrier
-            with StopSignals() as late, peers_answering(lambda: "as the run ended", None):
+            # alone samples and reports) ends the others' wait at the last barrier; a stall in it (a hung
+            # filesystem under the reports) ends the process as one in the loop does
+            ending = Watchdog(run.cfg.trainer.hang_timeout, run.total_steps)
+            with StopSignals() as late, peers_answering(lambda: "as the run ended", None), ending:
+                ending.progress(run.total_steps, "the run's ending (its reports, the trackers' last records)")
                 run.finish(status, stopped_by)
                 if status == "preempted" and run.dist.distributed:
                     # saved and ended on every rank: torchrun's SIGTERM, sent once the first rank has exited 75,

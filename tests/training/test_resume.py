@@ -440,6 +440,16 @@ def test_a_stall_in_a_checkpoint_save_is_named_as_the_save(tmp_path, data_cache)
     assert checkpoint.latest(tmp_path / "run" / "checkpoints") is None
 
 
+def test_a_stall_as_the_run_ends_ends_the_process_too(tmp_path, data_cache):
+    """The trackers' last records (or the reports) never written, a hung filesystem: past hang_timeout, exit 124."""
+    stall = ["+logger.sinks.stall._target_=tests.training.fork_parts.StallAt", "+logger.sinks.stall.step=0"]
+    args = [*TINY, "trainer.max_steps=3", "trainer.eval_every=0", "trainer.hang_timeout=2"]
+    proc = run_train([*args, *stall, "+logger.sinks.stall.in_finish=true"], tmp_path / "run", data_cache, check=False)
+    assert proc.returncode == EXIT_HUNG, proc.stderr[-3000:]
+    assert "error: the run's ending (its reports, the trackers' last records) did not finish within" in proc.stderr
+    assert checkpoint.latest(tmp_path / "run" / "checkpoints").name == "step-00000003"  # the run itself is whole
+
+
 def test_a_watchdog_that_cannot_write_the_stacks_still_ends_the_process():
     """No scratch file for the stacks (too many open files): the report says so, and the process exits 124."""
     code = (
