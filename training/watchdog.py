@@ -23,7 +23,9 @@ from collections.abc import Callable, Iterator
 from torch.distributed import get_rank
 
 from scheduling.spec import first_line
+from training.config import USER_ERRORS
 from training.distributed import announce_failure, announced_failure, is_initialized, peer_failure
+from training.signals import Stopped
 
 log = logging.getLogger("train")
 
@@ -68,9 +70,6 @@ def peers_answering(where: Callable[[], int | str], timeout: float | None) -> It
 def failing_together() -> Iterator[None]:
     """An error on this rank (bad input, a full disk, a crash: not another rank's departure, not a requested stop)
     is left for the other ranks as it propagates (``announce_failure``): they stop with its line and exit code."""
-    from training.config import USER_ERRORS
-    from training.signals import Stopped
-
     try:
         yield
     except (PeerLost, Stopped):
