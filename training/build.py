@@ -117,9 +117,13 @@ class Run:
         if self.cfg.trainer.nonfinite == "stop":
             raise ConfigError(
                 f"update {t}: the loss ({update.loss}) or gradient norm ({update.grad_norm}) is not finite; no "
-                "optimizer step was taken with it and the last good checkpoint is kept (lower optim.lr, set "
-                "trainer.nonfinite=skip to skip such batches, or trainer.on_spike=rollback to go back to the newest "
-                "periodic checkpoint past them)"
+                "optimizer step was taken with it and the last good checkpoint, if any, is kept (lower optim.lr, "
+                "set trainer.nonfinite=skip to skip such batches"
+                + (
+                    ")"
+                    if self.cfg.trainer.on_spike
+                    else ", or trainer.on_spike=rollback to go back to the newest periodic checkpoint past them)"
+                )
             )
         self.scheduler.step()  # the update index and the schedule move on without an optimizer step
         self.metrics.count("skipped_nonfinite")
@@ -133,7 +137,8 @@ class Run:
         (``checkpoint.newest_periodic``), the batches since skipped, the metrics cut back to it; returns the update to
         take next (None: there is no checkpoint yet to go back to, and the run goes on)."""
         trainer = self.cfg.trainer
-        if math.isfinite(update.loss) and math.isfinite(update.grad_norm):
+        finite = math.isfinite(update.loss) and math.isfinite(update.grad_norm)
+        if finite:
             times, n = update.loss / median, len(self.skips.recent)
             spiked = (
                 f"the training loss {update.loss:.4g} is {times:.1f}× the median {median:.4g} of the {n} updates before"
@@ -144,7 +149,8 @@ class Run:
         root, every = self.checkpointer.root, trainer.ckpt_every
         folder = distributed.from_rank_zero(lambda: checkpoint.newest_periodic(root, every, t), self.dist)
         if folder is None:
-            log.warning("%s; there is no checkpoint yet to go back to: going on", what)
+            then = "going on" if finite else f"trainer.nonfinite={trainer.nonfinite} applies"
+            log.warning("%s; there is no periodic checkpoint yet to go back to: %s", what, then)
             return None
         state = checkpoint.load(folder, verify_files=False)  # rank 0 verified it
         back = state["step"]
@@ -154,6 +160,8 @@ class Run:
                 "from the run, not its data; lower optim.lr, or raise trainer.spike_factor"
             )
         self.checkpointer.restore(state, folder, trainer.allow_schedule_change, self.cfg.optim.name)
+        if self.dist.is_main:
+            checkpoint.abandon_after(root, back)
         self.tokens_seen = state["tokens"]
         first, last = self.skips.roll_back(back, t, (state.get("skips") or {}).get("recent"))
         self.metrics.rewind(back, state.get("summary"))

@@ -253,6 +253,15 @@ def prune(root: Path, keep: int, current: int | None = None, keep_every: int = 0
                 shutil.rmtree(entry, ignore_errors=True)
 
 
+def abandon_after(root: Path, step: int) -> None:
+    """After a rollback to checkpoint ``step``: remove the checkpoints after it (a stop's, on the line the run went
+    back from: resuming there would take the batches the rollback skipped, and pruning would keep it over the
+    periodic one a later spike goes back to), and point ``latest`` at it."""
+    for later in [s for s in saved_steps(root) if s > step]:
+        shutil.rmtree(root / step_dir_name(later), ignore_errors=True)
+    replace_file(root / LATEST, step_dir_name(step) + "\n")
+
+
 def latest(root: Path) -> Path | None:
     """The latest complete checkpoint under ``root``: the one ``latest`` names, else the highest step."""
     pointer = root / LATEST

@@ -169,6 +169,20 @@ def test_a_run_stopped_between_checkpoints_rolls_back_where_the_uninterrupted_ru
     assert [[r.get(k) for k in keys] for r in read_metrics(run)] == [[r.get(k) for k in keys] for r in uninterrupted]
 
 
+def test_a_rollback_removes_the_checkpoints_of_the_line_it_left(tmp_path, tiny_train, monkeypatch):
+    """A stop's checkpoint at 29 (before the poisoned batch) is on the line the rollback from update 29 leaves: it
+    goes, so that pruning keeps the periodic 28 a later spike goes back to, and no resume takes batch 29 again."""
+    plant(monkeypatch, "rare")
+    run = tmp_path / "run"
+    with pytest.raises(Stopped):
+        tiny_train(run, ARGS + ROLLBACK + [f"trainer.stop_at={POISONED}"])
+    assert checkpoint.saved_steps(run / "checkpoints") == [28, 29]
+    with pytest.raises(Stopped):
+        tiny_train(run, ARGS + ROLLBACK + [f"trainer.stop_at={POISONED + 1}"])  # back to 28, then 28, 29: stop at 30
+    assert checkpoint.saved_steps(run / "checkpoints") == [28, 30]
+    assert checkpoint.latest(run / "checkpoints").name == checkpoint.step_dir_name(30)
+
+
 def test_after_a_rollback_spikes_are_measured_against_the_checkpoints_window():
     skips = Skips(window=3, state={"recent": [[7, 2.0], [8, 2.1], [9, 2.2]]})
     skips.roll_back(8, 9, recent=[[5, 3.0], [6, 3.1], [7, 3.2]])  # what the checkpoint at update 8 saved
