@@ -74,11 +74,8 @@ def train(
             raise
         finally:
             # a signal now would cut the trackers' last records: the ending goes first; a rank lost now (rank 0
-            # alone samples and reports) ends the others' wait at the last barrier; a stall in it (a hung
-            # filesystem under the reports) ends the process as one in the loop does
-            ending = Watchdog(run.cfg.trainer.hang_timeout, run.total_steps)
-            with StopSignals() as late, peers_answering(lambda: "as the run ended", None), ending:
-                ending.progress(run.total_steps, "the run's ending (its reports, the trackers' last records)")
+            # alone samples and reports) ends the others' wait at the last barrier
+            with StopSignals() as late, peers_answering(lambda: "as the run ended", None):
                 run.finish(status, stopped_by)
                 if status == "preempted" and run.dist.distributed:
                     # saved and ended on every rank: torchrun's SIGTERM, sent once the first rank has exited 75,
@@ -173,6 +170,9 @@ def main(cfg: DictConfig) -> float:
             started=started,
         )
     except Stopped as e:
+        if (failed := distributed.announced_failure()) is not None:  # torchrun's SIGTERM after another rank failed
+            report(failed[0])
+            os._exit(failed[1])
         e.again = again
         if sweep is not None and e.why == "trainer.stop_at" and launch.sweep_job_stopped(hc, sweep, e):
             launch.end_sweep_if_signalled(hc, again)

@@ -43,6 +43,7 @@ from training.optim import build_optimizer, describe_optimizer
 from training.secrets import redact
 from training.signals import Interrupted
 from training.spikes import MAX_ROLLBACKS_TO_ONE_CHECKPOINT, Skips
+from training.watchdog import Watchdog
 
 log = logging.getLogger("train")
 
@@ -218,8 +219,10 @@ class Run:
         # the same on every rank: each finished the same loop, or stopped at the same update after the same save
         ended_well = status in ("ok", "preempted")
         try:
-            if self.dist.is_main:
-                summary.report(self, status, stopped_by)
+            if self.dist.is_main:  # a stall in the reports (a hung filesystem) ends the process as one in the loop
+                with Watchdog(self.cfg.trainer.hang_timeout) as reports:
+                    reports.progress(self.total_steps, "the end-of-run reports (summary.json, the plots)")
+                    summary.report(self, status, stopped_by)
         except BaseException:
             status = "failed"
             raise

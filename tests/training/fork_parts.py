@@ -83,22 +83,15 @@ class CallAt(Sink):
 
 class StallAt(Sink):
     """Stalls the run when update ``step`` is logged, as a read that never returns would: it opens a named pipe
-    that no process writes (``<run dir>/stall.fifo``). ``in_save``: in the first checkpoint after it instead;
-    ``in_finish``: as the run ends."""
+    that no process writes (``<run dir>/stall.fifo``). ``in_save``: in the first checkpoint after it instead."""
 
-    def __init__(
-        self, info: RunInfo, step: int, in_log_file: bool = False, in_save: bool = False, in_finish: bool = False
-    ):
+    def __init__(self, info: RunInfo, step: int, in_log_file: bool = False, in_save: bool = False):
         self.step, self.fifo, self.in_log_file, self.in_save = step, info.run_dir / "stall.fifo", in_log_file, in_save
-        self.in_finish, self.logged = in_finish, -1
-
-    def finish(self, status: str, summary) -> None:
-        if self.in_finish:
-            self.stall()
+        self.logged = -1
 
     def log(self, step: int, metrics) -> None:
         self.logged = max(self.logged, step)
-        if step == self.step and "train/loss" in metrics and not (self.in_save or self.in_finish):
+        if step == self.step and "train/loss" in metrics and not self.in_save:
             self.stall()
 
     def state(self) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 
 import pytest
@@ -274,7 +275,7 @@ def test_the_plan_sets_aside_what_each_sink_and_cuda_cost_beyond_the_measurement
 def test_a_checkpoints_fixed_cost_is_timed_on_the_run_directorys_disk_and_leaves_nothing(tmp_path, clock, monkeypatch):
     from training import checkpoint
 
-    real_save, costs = checkpoint.save, iter([0.03, 0.05, 0.04])
+    real_save, costs = checkpoint.save, iter([0.03, 0.05, 0.04, 0.01])
 
     def save(*args, **kwargs):  # a disk whose fsyncs take 30–50 ms
         clock.advance(next(costs))
@@ -284,6 +285,10 @@ def test_a_checkpoints_fixed_cost_is_timed_on_the_run_directorys_disk_and_leaves
     assert budget.checkpoint_overhead(tmp_path) == pytest.approx(0.04)  # the median
     assert list(tmp_path.rglob("*")) == []  # no checkpoint, no probe, no folder left
     assert budget.checkpoint_overhead(None) == 0.0  # a rank that writes no checkpoint
+    (tmp_path / "checkpoints").mkdir()  # a run directory that has one: as it was, to its time
+    os.utime(tmp_path / "checkpoints", ns=(1, 10**9))
+    budget.checkpoint_overhead(tmp_path, repeats=1)
+    assert (tmp_path / "checkpoints").stat().st_mtime_ns == 10**9 and not any((tmp_path / "checkpoints").iterdir())
     plan = budget.measure_time_plan(
         100,
         lambda: 10.0,

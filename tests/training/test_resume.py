@@ -440,14 +440,22 @@ def test_a_stall_in_a_checkpoint_save_is_named_as_the_save(tmp_path, data_cache)
     assert checkpoint.latest(tmp_path / "run" / "checkpoints") is None
 
 
-def test_a_stall_as_the_run_ends_ends_the_process_too(tmp_path, data_cache):
-    """The trackers' last records (or the reports) never written, a hung filesystem: past hang_timeout, exit 124."""
-    stall = ["+logger.sinks.stall._target_=tests.training.fork_parts.StallAt", "+logger.sinks.stall.step=0"]
-    args = [*TINY, "trainer.max_steps=3", "trainer.eval_every=0", "trainer.hang_timeout=2"]
-    proc = run_train([*args, *stall, "+logger.sinks.stall.in_finish=true"], tmp_path / "run", data_cache, check=False)
+def test_a_stall_in_the_end_of_run_reports_ends_the_process_too(tmp_path, data_cache):
+    """summary.json never written (a hung filesystem under the run directory): past hang_timeout, exit 124."""
+    run = tmp_path / "run"
+    args = [*TINY, "trainer.max_steps=3", "trainer.eval_every=0", "trainer.hang_timeout=2", f"hydra.run.dir={run}"]
+    code = (
+        "import runpy, sys, time\n"
+        "from training import summary\n"
+        "summary.report = lambda *a, **k: time.sleep(120)\n"
+        f"sys.argv = ['train.py', *{args!r}]\n"
+        "runpy.run_path('train.py', run_name='__main__')\n"
+    )
+    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache), "WANDB_MODE": "offline"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=100)
     assert proc.returncode == EXIT_HUNG, proc.stderr[-3000:]
-    assert "error: the run's ending (its reports, the trackers' last records) did not finish within" in proc.stderr
-    assert checkpoint.latest(tmp_path / "run" / "checkpoints").name == "step-00000003"  # the run itself is whole
+    assert "error: the end-of-run reports (summary.json, the plots) did not finish within" in proc.stderr
+    assert checkpoint.latest(run / "checkpoints").name == "step-00000003"  # the run itself is whole
 
 
 def test_a_watchdog_that_cannot_write_the_stacks_still_ends_the_process():
