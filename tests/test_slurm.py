@@ -1,11 +1,11 @@
 """The SLURM scripts, run by bash with stand-ins for srun and scontrol on the PATH (and for torchrun, except in the
 last test, which runs the real torchrun and train.py).
 
-SLURM's time-limit signal goes to the job step's tasks (each node's torchrun), not to the script or srun (which
-would turn it into SIGKILL): the tests send SIGTERM to torchrun as slurmstepd does. The stand-in torchrun (its
-trap set before it logs its start, which the tests wait for) records its arguments and environment, then trains
-until SIGTERM and ends as the test chose, writing the run's summary.json as train.py would; it exits 1 when
-signalled, as torchrun does whatever its workers' codes.
+Near the time limit SLURM sends USR1 to the script (``--signal=B:USR1@…``), which must send SIGTERM to the training
+processes alone: torchrun's children, not torchrun (which kills its workers 30 s after a signal of its own), nor
+srun (which turns SIGTERM into SIGKILL for its tasks). The stand-in torchrun records its arguments and environment
+and runs one stand-in worker, which trains until SIGTERM, then writes the run's summary.json as train.py would and
+exits 75; torchrun exits 1 for a worker's non-zero code, as the real one does.
 """
 
 import json
@@ -22,30 +22,38 @@ from tests.conftest import TINY, train_records
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["slurm/train.sbatch", "slurm/single_node.sbatch"]
+JOB = str(os.getpid())  # names the pid file train.sbatch keeps in /tmp: one per test process
 
 STAND_INS = {
     "scontrol": """#!/bin/bash
 if [ "$1" = show ]; then echo node1; echo node2; exit 0; fi
 echo "scontrol $*" >> "$LOG"
 """,
-    # srun's own options come first; the task it starts replaces it (its pid is the task's, for the tests' signal).
+    # srun's own options come first; the task it starts replaces it, here on the one node there is
     "srun": """#!/bin/bash
 while [[ "$1" == --* ]]; do shift; done
-echo $$ > "$LOG.task"
 exec "$@"
 """,
     "torchrun": """#!/bin/bash
+trap 'echo "torchrun got TERM" >> "$LOG"' TERM
 for a in "$@"; do case $a in hydra.run.dir=*) run_dir=${a#hydra.run.dir=};; esac; done
-end() {  # the summary.json train.py writes as it ends ($ENDING: none when it was killed or crashed)
-    mkdir -p "$run_dir"
-    case $ENDING in
-        none) ;;
-        *) echo "{\\"status\\": \\"${ENDING%%:*}\\", \\"stopped_by\\": \\"${ENDING#*:}\\"}" > "$run_dir/summary.json";;
-    esac
+echo "torchrun $* cpus=${SRUN_CPUS_PER_TASK-unset}" >> "$LOG"
+worker "$run_dir" &
+w=$!
+wait $w; code=$?
+while [ $code -gt 128 ] && kill -0 $w 2>/dev/null; do wait $w; code=$?; done
+[ $code -eq 0 ]
+""",
+    # the summary.json train.py writes as it ends ($ENDING: none when it was killed or crashed)
+    "worker": """#!/bin/bash
+end() {
+    mkdir -p "$1"
+    [ "$ENDING" = none ] && return
+    printf '{"status": "%s", "stopped_by": "%s"}' "${ENDING%%:*}" "${ENDING#*:}" > "$1/summary.json"
 }
-trap 'echo "torchrun got TERM" >> "$LOG"; end; exit 1' TERM
-echo "torchrun $* cpus=${SRUN_CPUS_PER_TASK-unset} shutdown=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT-unset}" >> "$LOG"
-if [ -n "$FINISH" ]; then end; exit $FINISH; fi
+trap 'echo "worker got TERM" >> "$LOG"; end "$1"; exit 75' TERM
+echo "worker started" >> "$LOG"
+if [ -n "$FINISH" ]; then end "$1"; exit $FINISH; fi
 while :; do sleep 0.05; done
 """,
 }
@@ -60,7 +68,7 @@ def stand_ins(tmp_path, names=tuple(STAND_INS)) -> Path:
     return bin_dir
 
 
-def start(tmp_path, script, args=("model=gpt2",), stand_in=tuple(STAND_INS), **env):
+def start(tmp_path, script, args=("model=gpt2",), stand_in=tuple(STAND_INS), cwd=None, **env):
     log = tmp_path / "log"
     log.touch()
     full_env = {
@@ -68,7 +76,7 @@ def start(tmp_path, script, args=("model=gpt2",), stand_in=tuple(STAND_INS), **e
         "PATH": f"{stand_ins(tmp_path, stand_in)}:{Path(sys.executable).parent}:{os.environ['PATH']}",
         "LOG": str(log),
         "SLURM_JOB_NAME": "gpt",
-        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_ID": JOB,
         "SLURM_JOB_NODELIST": "node[1-2]",
         "SLURM_NNODES": "2",
         "SLURM_CPUS_PER_TASK": "64",
@@ -78,11 +86,7 @@ def start(tmp_path, script, args=("model=gpt2",), stand_in=tuple(STAND_INS), **e
     if "RUN_DIR" not in env:
         full_env.pop("RUN_DIR", None)
     process = subprocess.Popen(
-        ["bash", str(ROOT / script), *args],
-        cwd=env.get("CWD", tmp_path),
-        env=full_env,
-        stdout=subprocess.PIPE,
-        text=True,
+        ["bash", str(ROOT / script), *args], cwd=cwd or tmp_path, env=full_env, stdout=subprocess.PIPE, text=True
     )
     return process, log
 
@@ -94,9 +98,9 @@ def wait_for(log, text, timeout=20):
         time.sleep(0.02)
 
 
-def time_limit_signal(log) -> None:
-    """What SLURM does at --signal=TERM@…: SIGTERM to the step's task (torchrun), not to the script or srun."""
-    os.kill(int(Path(f"{log}.task").read_text()), signal.SIGTERM)
+def time_limit_signal(process) -> None:
+    """What SLURM does at --signal=B:USR1@…: USR1 to the batch script."""
+    process.send_signal(signal.SIGUSR1)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -105,7 +109,7 @@ def test_run_directory_is_the_jobs_own_and_overrides_pass_through(tmp_path, scri
     assert process.wait(timeout=20) == 0
     line = log.read_text()
     # A requeued job keeps its id, so it finds its checkpoint; another submission of the same name does not.
-    assert "hydra.run.dir=outputs/slurm/gpt-4242 model=gpt2" in line
+    assert f"hydra.run.dir=outputs/slurm/gpt-{JOB} model=gpt2" in line
     assert "scontrol requeue" not in line
 
     process, log = start(tmp_path, script, FINISH="0", ENDING="ok:", RUN_DIR="outputs/slurm/gpt-17")
@@ -113,30 +117,23 @@ def test_run_directory_is_the_jobs_own_and_overrides_pass_through(tmp_path, scri
     assert "hydra.run.dir=outputs/slurm/gpt-17 model=gpt2" in log.read_text()
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_srun_gets_the_cpus_per_task_and_torchrun_waits_for_a_checkpoint(tmp_path, script):
-    # Since Slurm 22.05 srun does not inherit --cpus-per-task. torchrun's own wait for its workers after a signal
-    # (30 s) is raised, unless the user set it.
-    process, log = start(tmp_path, script, FINISH="0", ENDING="ok:")
+def test_srun_gets_the_cpus_per_task(tmp_path):
+    # Since Slurm 22.05 srun does not inherit --cpus-per-task; the multi-node script passes it on.
+    process, log = start(tmp_path, "slurm/train.sbatch", FINISH="0", ENDING="ok:")
     assert process.wait(timeout=20) == 0
     assert "cpus=64" in log.read_text()
-    waits = int(log.read_text().split("shutdown=")[1].split()[0])
-    assert waits > 30
-
-    process, log = start(tmp_path, script, FINISH="0", ENDING="ok:", TORCH_ELASTIC_SHUTDOWN_TIMEOUT="900")
-    assert process.wait(timeout=20) == 0
-    assert "shutdown=900" in log.read_text()
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_time_limit_signal_checkpoints_then_requeues(tmp_path, script):
+def test_time_limit_signal_stops_the_workers_alone_then_requeues(tmp_path, script):
     process, log = start(tmp_path, script)
-    wait_for(log, "torchrun")
-    time_limit_signal(log)
+    wait_for(log, "worker started")
+    time_limit_signal(process)
     assert process.wait(timeout=20) == 0
     text = log.read_text()
-    assert text.index("torchrun got TERM") < text.index("scontrol requeue 4242")
-    assert "requeueing job 4242" in process.stdout.read()
+    assert text.index("worker got TERM") < text.index(f"scontrol requeue {JOB}")
+    assert "torchrun got TERM" not in text  # it would kill its workers 30 s later
+    assert f"requeueing job {JOB}" in process.stdout.read()
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -154,7 +151,7 @@ def test_a_run_that_finished_failed_or_stopped_at_stop_at_is_not_requeued(tmp_pa
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_a_summary_left_by_an_earlier_job_does_not_requeue_one_that_crashed(tmp_path, script):
     """The earlier job was stopped by the time limit; this one crashed before its run wrote a summary."""
-    run_dir = tmp_path / "outputs" / "slurm" / "gpt-4242"
+    run_dir = tmp_path / "outputs" / "slurm" / f"gpt-{JOB}"
     run_dir.mkdir(parents=True)
     (run_dir / "summary.json").write_text(json.dumps({"status": "preempted", "stopped_by": "SIGTERM"}))
     process, log = start(tmp_path, script, FINISH="1", ENDING="none")
@@ -166,33 +163,32 @@ def test_a_summary_left_by_an_earlier_job_does_not_requeue_one_that_crashed(tmp_
 def test_the_real_torchrun_signalled_as_slurm_does_checkpoints_requeues_and_the_requeued_job_finishes(
     tmp_path, data_cache
 ):
-    """single_node.sbatch with the real torchrun and train.py (two gloo ranks): SIGTERM to torchrun, as SLURM sends
-    it to the step, reaches the workers, which checkpoint; the script requeues; the requeued job (same id, same
-    command) resumes there and finishes, and is not requeued."""
+    """single_node.sbatch with the real torchrun and train.py (two gloo ranks): USR1 to the script, as SLURM sends
+    it, reaches the workers, which checkpoint; the script requeues; the requeued job (same id, same command)
+    resumes there and finishes, and is not requeued."""
     run_dir = tmp_path / "run"
     args = [*TINY, "trainer.max_steps=60", "trainer.global_batch_tokens=256", "trainer.eval_every=0"]
     env = {
         "SLURM_GPUS_ON_NODE": "2",
         "RUN_DIR": str(run_dir),
-        "CWD": str(ROOT),
         "GPT_DATA_CACHE": str(data_cache),
         "OMP_NUM_THREADS": "1",
         "WANDB_MODE": "offline",
     }
-    process, log = start(tmp_path, "slurm/single_node.sbatch", args, stand_in=("srun", "scontrol"), **env)
+    process, log = start(tmp_path, "slurm/single_node.sbatch", args, ("srun", "scontrol"), cwd=ROOT, **env)
     deadline = time.monotonic() + 300
     while not (run_dir / "metrics.jsonl").is_file() or len(train_records(run_dir)) < 3:
         assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
         time.sleep(0.1)
-    time_limit_signal(log)
+    time_limit_signal(process)
     assert process.wait(timeout=300) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["status"], summary["stopped_by"]) == ("preempted", "SIGTERM")
     stopped_at = len(train_records(run_dir))
     assert stopped_at < 60 and (run_dir / "checkpoints" / f"step-{stopped_at:08d}").is_dir()
-    assert "scontrol requeue 4242" in log.read_text()
+    assert f"scontrol requeue {JOB}" in log.read_text()
 
-    process, log = start(tmp_path, "slurm/single_node.sbatch", args, stand_in=("srun", "scontrol"), **env)
+    process, log = start(tmp_path, "slurm/single_node.sbatch", args, ("srun", "scontrol"), cwd=ROOT, **env)
     assert process.wait(timeout=300) == 0
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "ok"
     assert sorted(train_records(run_dir)) == list(range(60))
