@@ -11,6 +11,7 @@ and runs ``fit``, the loop: one optimizer update per iteration, ``scheduler.step
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -23,7 +24,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from data.atomic import space_for
+from data.atomic import replace_file, space_for
 from scheduling.spec import register_resolvers
 from training import distributed, launch, run_lock
 from training.build import Run, Sweep, build_run, memory_for_the_run
@@ -61,8 +62,13 @@ def train(
         # a rank lost while the data is prepared ends the others; a signal then stops the run at once; an error on
         # one rank is every rank's (failing_together): the others stop with its line, not as for a hang
         starting = peers_answering(lambda: "as the run started", None)
-        with failing_together(), space_for(run_dir), starting, StopAtOnce(), memory_for_the_run():
-            run = build_run(cfg, run_dir, sweep=sweep, started=started)
+        try:
+            with failing_together(), space_for(run_dir), starting, StopAtOnce(), memory_for_the_run():
+                run = build_run(cfg, run_dir, sweep=sweep, started=started)
+        except Stopped as e:  # what a job script reads to requeue it (slurm/), as after a stop in the loop
+            if distributed.env_world()[0] == 0 and run_dir.is_dir():
+                replace_file(run_dir / "summary.json", json.dumps({"status": "preempted", "stopped_by": e.why}) + "\n")
+            raise
         status, stopped_by = "failed", None
         try:
             with failing_together(), space_for(run_dir):  # told as the one line DiskFull makes of it

@@ -38,6 +38,7 @@ exec "$@"
 trap 'echo "torchrun got TERM" >> "$LOG"' TERM
 for a in "$@"; do case $a in hydra.run.dir=*) run_dir=${a#hydra.run.dir=};; esac; done
 echo "torchrun $* cpus=${SRUN_CPUS_PER_TASK-unset}" >> "$LOG"
+while (( SECONDS < ${WORKER_DELAY:-0} )); do :; done  # the rendezvous before the workers start (no child yet)
 worker "$run_dir" &
 w=$!
 wait $w; code=$?
@@ -134,6 +135,15 @@ def test_time_limit_signal_stops_the_workers_alone_then_requeues(tmp_path, scrip
     assert text.index("worker got TERM") < text.index(f"scontrol requeue {JOB}")
     assert "torchrun got TERM" not in text  # it would kill its workers 30 s later
     assert f"requeueing job {JOB}" in process.stdout.read()
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_time_limit_signal_before_the_workers_start_reaches_them_once_they_do(tmp_path, script):
+    process, log = start(tmp_path, script, WORKER_DELAY="2")
+    wait_for(log, "torchrun ")
+    time_limit_signal(process)  # SLURM sends it once
+    assert process.wait(timeout=30) == 0
+    assert "worker got TERM" in log.read_text() and f"scontrol requeue {JOB}" in log.read_text()
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -355,6 +355,8 @@ def test_a_signal_while_the_run_starts_stops_it_at_once_resumable_with_its_track
     assert "Traceback" not in out and "failed to start" not in out
     assert (run / "sink.status").read_text() == "preempted"
     assert not (run / "checkpoints").exists()
+    ended = json.loads((run / "summary.json").read_text())  # what a job script reads: to be requeued
+    assert (ended["status"], ended["stopped_by"]) == ("preempted", "SIGTERM")
     proc = run_train(args, run, data_cache, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(train_records(run)) == [0, 1, 2] and (run / "sink.status").read_text() == "ok"
