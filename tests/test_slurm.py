@@ -60,6 +60,14 @@ while :; do sleep 0.05; done
 }
 
 
+@pytest.fixture(autouse=True)
+def no_pid_file_left():
+    """train.sbatch keeps each node's torchrun pid in /tmp: a test stopped early leaves it there."""
+    yield
+    for left in Path("/tmp").glob(f"torchrun-{JOB}-*.pid"):
+        left.unlink(missing_ok=True)
+
+
 def stand_ins(tmp_path, names=tuple(STAND_INS)) -> Path:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
