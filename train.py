@@ -151,6 +151,13 @@ def fit(run: Run) -> float:
     return final_val
 
 
+def end_as_failed(failed: tuple[str, int] | None) -> None:
+    """Where another rank failed and said so (its line and exit code): end this one with the same."""
+    if failed is not None:
+        report(failed[0])
+        os._exit(failed[1])
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Hydra's edge: run ``train`` on the job's plain values; bad input ends with one line and exit code 2, a
@@ -176,9 +183,7 @@ def main(cfg: DictConfig) -> float:
             started=started,
         )
     except Stopped as e:
-        if (failed := distributed.announced_failure()) is not None:  # torchrun's SIGTERM after another rank failed
-            report(failed[0])
-            os._exit(failed[1])
+        end_as_failed(distributed.announced_failure())  # torchrun's SIGTERM after another rank failed
         e.again = again
         if sweep is not None and e.why == "trainer.stop_at" and launch.sweep_job_stopped(hc, sweep, e):
             launch.end_sweep_if_signalled(hc, again)
@@ -189,9 +194,7 @@ def main(cfg: DictConfig) -> float:
         distributed.shutdown()  # stopped as the ranks joined: a live gloo group can abort the interpreter's exit
         sys.exit(EXIT_RESUMABLE)
     except PeerLost as e:
-        if e.failed is not None:  # the rank that left said why: its line and exit code are every rank's
-            report(e.failed[0])
-            os._exit(e.failed[1])
+        end_as_failed(e.failed)  # the rank that left said why
         if (why := stop_received()) is not None and e.at is not None:  # the same stop ended another rank first
             report(
                 f"{e.at}: stopped ({why}) as another rank left; exiting with {EXIT_RESUMABLE}: run "

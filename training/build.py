@@ -116,15 +116,11 @@ class Run:
     def skip_nonfinite(self, t: int, update: Update) -> None:
         """``trainer.nonfinite``: stop (the last good checkpoint stays the latest) or skip the batch."""
         if self.cfg.trainer.nonfinite == "stop":
+            rollback = "" if self.cfg.trainer.on_spike else ", or trainer.on_spike=rollback to go back past them"
             raise ConfigError(
                 f"update {t}: the loss ({update.loss}) or gradient norm ({update.grad_norm}) is not finite; no "
                 "optimizer step was taken with it and the last good checkpoint, if any, is kept (lower optim.lr, "
-                "set trainer.nonfinite=skip to skip such batches"
-                + (
-                    ")"
-                    if self.cfg.trainer.on_spike
-                    else ", or trainer.on_spike=rollback to go back to the newest periodic checkpoint past them)"
-                )
+                f"set trainer.nonfinite=skip to skip such batches{rollback})"
             )
         self.scheduler.step()  # the update index and the schedule move on without an optimizer step
         self.metrics.count("skipped_nonfinite")
