@@ -11,7 +11,6 @@ and runs ``fit``, the loop: one optimizer update per iteration, ``scheduler.step
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -24,7 +23,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from data.atomic import replace_file, space_for
+from data.atomic import space_for
 from scheduling.spec import register_resolvers
 from training import distributed, launch, run_lock
 from training.build import Run, Sweep, build_run, memory_for_the_run
@@ -33,6 +32,7 @@ from training.engine import NONFINITE
 from training.init_from import with_init_from
 from training.secrets import register_overrides, scrub_hydra_files
 from training.signals import EXIT_RESUMABLE, StopAtOnce, Stopped, StopSignals, stop_received
+from training.summary import write_summary
 from training.watchdog import EXIT_HUNG, PeerLost, Watchdog, failing_together, peers_answering, report
 
 log = logging.getLogger("train")
@@ -67,7 +67,7 @@ def train(
                 run = build_run(cfg, run_dir, sweep=sweep, started=started)
         except Stopped as e:  # what a job script reads to requeue it (slurm/), as after a stop in the loop
             if distributed.env_world()[0] == 0 and run_dir.is_dir():
-                replace_file(run_dir / "summary.json", json.dumps({"status": "preempted", "stopped_by": e.why}) + "\n")
+                write_summary(run_dir, {"status": "preempted", "stopped_by": e.why})
             raise
         status, stopped_by = "failed", None
         try:

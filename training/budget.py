@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from data.atomic import begin
-from training import distributed
+from training import checkpoint, distributed
 from training.config import ConfigError, budget_key
 
 STEP_MARGIN = 1.05  # the measured update × this: other processes competing for the machine
@@ -56,7 +56,7 @@ class TimePlan:
 
     def as_dict(self) -> dict[str, Any]:
         """Its values for budget.json and the checkpoints, unrounded: the end's planned seconds, computed again
-        from them, are the plan's own (rounded, 3,817 updates' step time had added 0.1 s)."""
+        from them, must be the plan's own."""
         return asdict(self)
 
     def planned_end(self, eval_every: int, ckpt_every: int) -> float:
@@ -248,12 +248,10 @@ def checkpoint_seconds(n_params: int, overhead: float = 0.0) -> float:
 
 def checkpoint_overhead(run_dir: Path | None, repeats: int = 3) -> float:
     """Seconds a checkpoint costs besides its bytes (each file's fsync, the folder's commit, ``latest``, the
-    pruning: tens of ms on a local disk, more on a network filesystem), timed by saving ``repeats`` empty
-    checkpoints under ``run_dir``'s checkpoints folder, then removed; the median counts. None: 0 (not measured)."""
+    pruning), timed by saving ``repeats`` empty checkpoints under ``run_dir``'s checkpoints folder, on its
+    filesystem, then removed; the median counts. None: 0 (not measured)."""
     if run_dir is None:
         return 0.0
-    from training import checkpoint  # it imports torch.distributed's checkpoint tools: only for a time budget
-
     made = [p for p in (run_dir, run_dir / "checkpoints") if not p.exists()]  # a refused plan leaves neither
     kept = None if made else (run_dir / "checkpoints").stat()  # nor a changed time: it reads as written to
     probe = begin(run_dir / "checkpoints", "budget-probe")
