@@ -461,6 +461,18 @@ def resolve_steps(value: Any, total_steps: int, key: str) -> int:
     raise ScheduleError(key, "an integer number of updates ≥ 0 or a fraction in (0, 1)", value)
 
 
+def check_fit(
+    cfg: Mapping[str, Any], warm: int, what: str, key: str, given: Any, steps: int, total: int, total_key: str
+):
+    """The warmup and a phase after it (WSD's decay, a cooldown) within T; the error names both keys, since either
+    may be the one to change, and T by the key that set it."""
+    if warm + steps > total:
+        raise ScheduleError(
+            f"schedule.warmup_steps ({cfg.get('warmup_steps')!r}) and {key} ({given!r}) do not fit together: "
+            f"warmup + {what} = {warm} + {steps} > {total_key} ({total})"
+        )
+
+
 def fitted(share: float, warmup: Any, warm: int, total_steps: int) -> int:
     """A share of T that follows the warmup (WSD's decay, inverse_sqrt's cooldown), rounded to an update; shares
     that fit T together fit it once each is rounded too (0.5 and 0.5 of T = 11 round to 6 and 6)."""
@@ -534,17 +546,15 @@ def schedule_from_config(
         else:
             key, given = "schedule.decay_fraction", fraction
             decay = fitted(given, cfg.get("warmup_steps", 0), warm, total_steps)
-        if warm + decay > total_steps:  # name both: either may be the one to change
-            raise ScheduleError(
-                f"schedule.warmup_steps ({cfg.get('warmup_steps')!r}) and {key} ({given!r}) do not fit together: "
-                f"warmup + decay = {warm} + {decay} > {total_key} ({total_steps})"
-            )
+        check_fit(cfg, warm, "decay", key, given, decay, total_steps, total_key)
         params["decay_steps"] = decay
     if name == "inverse_sqrt":
         cooldown = cfg.get("cooldown_steps", 0)
-        params["cooldown_steps"] = resolve_steps(cooldown, total_steps, "schedule.cooldown_steps")
+        cool = resolve_steps(cooldown, total_steps, "schedule.cooldown_steps")
         if isinstance(cooldown, float) and 0.0 < cooldown < 1.0:
-            params["cooldown_steps"] = fitted(cooldown, cfg.get("warmup_steps", 0), warm, total_steps)
+            cool = fitted(cooldown, cfg.get("warmup_steps", 0), warm, total_steps)
+        check_fit(cfg, warm, "cooldown", "schedule.cooldown_steps", cooldown, cool, total_steps, total_key)
+        params["cooldown_steps"] = cool
     if name == "tabulated":
         params["knots"] = read_knots(cfg.get("knots"))
         check_knots(params["knots"], warm, total_steps, f"schedule.knots ({cfg['knots']})", total_key)  # names the file

@@ -306,7 +306,7 @@ BAD = [
     ("polynomial", {"power": 0}, "schedule.power"),
     ("polynomial", {"power": -2.0}, "schedule.power"),
     ("inverse_sqrt", {"timescale": 0}, "schedule.timescale"),
-    ("inverse_sqrt", {"cooldown_steps": 480}, "schedule.cooldown_steps"),
+    ("inverse_sqrt", {"cooldown_steps": 480}, "schedule.warmup_steps"),  # names both: with the warmup, too long
     ("cosine_restarts", {"num_cycles": 0}, "schedule.num_cycles"),
     ("cosine_restarts", {"num_cycles": 1.5}, "schedule.num_cycles"),
     ("cosine_restarts", {"cycle_decay": 0.0}, "schedule.cycle_decay"),

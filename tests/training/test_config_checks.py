@@ -301,6 +301,11 @@ def test_every_experiment_passes_the_checks_under_every_logger(experiment):
             "schedule.warmup_steps (0.9) and schedule.decay_fraction (0.2) do not fit together: warmup + decay = 450 + "
             "100 > trainer.max_steps (500)",
         ),
+        (
+            ["schedule=inverse_sqrt", "schedule.cooldown_steps=480"],
+            "schedule.warmup_steps (0.1) and schedule.cooldown_steps (480) do not fit together: warmup + cooldown = "
+            "50 + 480 > trainer.max_steps (500)",
+        ),
     ],
 )
 def test_a_message_says_what_is_wrong_with_the_value_given(overrides, message):
