@@ -33,7 +33,16 @@ from training.init_from import with_init_from
 from training.secrets import register_overrides, scrub_hydra_files
 from training.signals import EXIT_RESUMABLE, StopAtOnce, Stopped, StopSignals, stop_received
 from training.summary import write_summary
-from training.watchdog import EXIT_HUNG, PeerLost, Watchdog, failing_together, peers_answering, report
+from training.watchdog import (
+    EXIT_HUNG,
+    PeerLost,
+    Watchdog,
+    failing_together,
+    failure_line,
+    peers_answering,
+    report,
+    to_log_files,
+)
 
 log = logging.getLogger("train")
 
@@ -69,7 +78,7 @@ def train(
             if distributed.env_world()[0] == 0 and run_dir.is_dir():
                 write_summary(run_dir, {"status": "preempted", "stopped_by": e.why})
             raise
-        status, stopped_by = "failed", None
+        status, stopped_by, error = "failed", None, None
         try:
             with failing_together(), space_for(run_dir):  # told as the one line DiskFull makes of it
                 final_val = fit(run)
@@ -78,11 +87,14 @@ def train(
         except Stopped as e:
             status, stopped_by = "preempted", e.why
             raise
+        except Exception as e:
+            error = failure_line(e)
+            raise
         finally:
             # a signal now would cut the trackers' last records: the ending goes first; a rank lost now (rank 0
             # alone samples and reports) ends the others' wait at the last barrier
             with StopSignals() as late, peers_answering(lambda: "as the run ended", None):
-                run.finish(status, stopped_by)
+                run.finish(status, stopped_by, error)
                 if status == "preempted" and run.dist.distributed:
                     # saved and ended on every rank: torchrun's SIGTERM, sent once the first rank has exited 75,
                     # must not turn the others' exit code into -15
@@ -208,13 +220,16 @@ def main(cfg: DictConfig) -> float:
             launch.sweep_job_failed(hc, sweep, e)
             launch.end_sweep_if_signalled(hc, again)
             return math.nan
-        if not isinstance(e, USER_ERRORS):
+        if not isinstance(e, USER_ERRORS) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            to_log_files("the run ended with this error:", e)  # the traceback Hydra prints, in train.log too
             raise  # a crash: Python's traceback, exit code 1
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        if launch.before is not None and distributed.env_world()[0] == 0 and not isinstance(e, run_lock.RunInUse):
-            launch.before.undo(run_dir)  # refused before it wrote: the directory as this launch found it
-        print(f"error: {e}", file=sys.stderr)
+        not_its_log = isinstance(e, run_lock.RunInUse)  # another process's directory and train.log
+        if launch.before is not None and distributed.env_world()[0] == 0 and not not_its_log:
+            not_its_log = launch.before.undo(run_dir)  # refused before it wrote: the directory as it was found
+        if not_its_log:
+            print(f"error: {e}", file=sys.stderr)
+        else:
+            report(str(e))  # a run stopped midway: the line in its train.log too
         distributed.shutdown()  # refused after the ranks joined: a live gloo group can abort the interpreter's exit
         sys.exit(2)
     if sweep is not None:

@@ -208,17 +208,17 @@ class Run:
         log.info("sample:\n%s", text)
         self.metrics.log_sample(self.total_steps, self.cfg.trainer.sample_prompt, text)
 
-    def finish(self, status: str, stopped_by: str | None = None) -> None:
-        """Close the run: ``status`` ok, failed, or preempted (``stopped_by``: the signal, trainer.stop_at or
-        another rank). The sinks are closed, and the run directory's lock released, even when the reports fail (a
-        full disk). After a run that ended well on every rank, the ranks leave together."""
+    def finish(self, status: str, stopped_by: str | None = None, error: str | None = None) -> None:
+        """Close the run: ``status`` ok, failed (``error``: its line), or preempted (``stopped_by``: the signal,
+        trainer.stop_at or another rank). The sinks are closed, and the run directory's lock released, even when
+        the reports fail (a full disk). After a run that ended well on every rank, the ranks leave together."""
         # the same on every rank: each finished the same loop, or stopped at the same update after the same save
         ended_well = status in ("ok", "preempted")
         try:
             if self.dist.is_main:  # a stall in the reports (a hung filesystem) ends the process as one in the loop
                 with Watchdog(self.cfg.trainer.hang_timeout) as reports:
                     reports.progress(self.total_steps, "the end-of-run reports (summary.json, the plots)")
-                    summary.report(self, status, stopped_by)
+                    summary.report(self, status, stopped_by, error)
         except BaseException:
             status = "failed"
             raise

@@ -17,7 +17,6 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from data.atomic import DiskFull, replace_file
-from scheduling.spec import first_line
 from training import run_lock
 from training.budget import seconds_since_process_start
 from training.build import Sweep
@@ -26,6 +25,7 @@ from training.distributed import env_world
 from training.secrets import redact, redact_text, register_overrides, scrub_hydra_files
 from training.signals import EXIT_RESUMABLE, Stopped
 from training.summary import write_summary
+from training.watchdog import failure_line
 
 log = logging.getLogger("train")
 IN_PROCESS_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
@@ -97,11 +97,9 @@ def sweep_job_failed(hc, sweep: Sweep, error: Exception) -> None:
     crashed = not isinstance(error, USER_ERRORS)
     if crashed:
         log.exception("job %s (%s) crashed", hc.job.num, sweep.name)
-        error_line = f"crashed: {type(error).__name__}: {first_line(error)}"
     else:
         log.error("error: job %s (%s): %s", hc.job.num, sweep.name, error)
-        error_line = str(error)
-    error_line = redact_text(error_line)  # summary.json and the sweep's report show it
+    error_line = redact_text(failure_line(error))  # summary.json and the sweep's report show it
     jobs[-1] = (hc.job.num, error_line)
     if not isinstance(error, run_lock.RunInUse):  # else the directory and its summary are another process's
         scrub_hydra_files(Path(hc.runtime.output_dir))  # a job that never ran keeps no secret in .hydra/ either
@@ -307,13 +305,14 @@ class Before:
             lock.read_bytes() if (lock := run_dir / run_lock.LOCK_FILE).is_file() else None,
         )
 
-    def undo(self, run_dir: Path) -> None:
-        """Leave ``run_dir`` as it was, unless the run wrote into it (then what it wrote stays, with its record)."""
+    def undo(self, run_dir: Path) -> bool:
+        """Leave ``run_dir`` as it was (True), unless the run wrote into it (then what it wrote stays, with its
+        record and log)."""
         if own_entries(run_dir) != self.entries:
-            return
+            return False
         if not self.existed:
             remove_unstarted(run_dir)
-            return
+            return True
         hydra = run_dir / ".hydra"
         if self.record is None:
             shutil.rmtree(hydra, ignore_errors=True)
@@ -334,6 +333,7 @@ class Before:
             lock.unlink(missing_ok=True)
         else:
             lock.write_bytes(self.lock)
+        return True
 
 
 before: Before | None = None  # set by LockRunDir for a single run

@@ -15,6 +15,7 @@ from training import budget, checkpoint
 from training.config import ConfigError
 from training.loggers import duration, start_summary
 from training.plots import WriteError, write_run_plots
+from training.secrets import redact_text
 
 log = logging.getLogger("train")
 
@@ -53,11 +54,11 @@ def best_validation(summary: dict, validated: bool = True) -> str:
     return best + (f"; {rollbacks} rollback(s) past a loss spike (trainer.on_spike=rollback)" if rollbacks else "")
 
 
-def report(run, status: str, stopped_by: str | None = None) -> None:
+def report(run, status: str, stopped_by: str | None = None, error: str | None = None) -> None:
     """The end-of-run outputs of ``run`` (a ``training.build.Run``, rank 0): summary.json records the status
-    (and what stopped a preempted run: what a job script reads to requeue it or not), T, tokens, seconds and the
-    summary's values (what a sweep report reads); with ``status`` ok also the plots, budget.json's outcome and the
-    end-of-run lines."""
+    (and what stopped a preempted run: what a job script reads to requeue it or not; a failed run's ``error``
+    line), T, tokens, seconds and the summary's values (what a sweep report reads); with ``status`` ok also the
+    plots, budget.json's outcome and the end-of-run lines."""
     plots = []
     if status == "ok":  # before the clock is read: part of the run's time
         try:
@@ -80,6 +81,7 @@ def report(run, status: str, stopped_by: str | None = None) -> None:
         {
             "status": status,
             **({"stopped_by": stopped_by} if stopped_by else {}),
+            **({"error": redact_text(error)} if error else {}),
             "total_steps": run.total_steps,
             "tokens": run.tokens_seen,
             "seconds": round(run.earlier_seconds + took, 2),  # every start's, as tokens counts every start's

@@ -76,14 +76,32 @@ def failing_together() -> Iterator[None]:
         raise
     except Exception as e:
         if is_initialized():
-            said = str(e) if isinstance(e, USER_ERRORS) else f"rank {get_rank()}: {type(e).__name__}: {first_line(e)}"
+            said = failure_line(e) if isinstance(e, USER_ERRORS) else f"rank {get_rank()} {failure_line(e)}"
             announce_failure(said, 2 if isinstance(e, USER_ERRORS) else 1)
         raise
+
+
+def failure_line(error: Exception) -> str:
+    """The one line a failed run is known by (summary.json, a sweep's report, the other ranks): bad input's or a
+    lost peer's own line, else the crash's type and first line."""
+    if isinstance(error, PeerLost) and error.failed is not None:
+        return error.failed[0]
+    if isinstance(error, (*USER_ERRORS, PeerLost)):
+        return str(error)
+    return f"crashed: {type(error).__name__}: {first_line(error)}"
 
 
 def log_files() -> list[logging.FileHandler]:
     """The handlers that write the run's log file (train.log under Hydra)."""
     return [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+
+
+def to_log_files(message: str, error: BaseException | None = None) -> None:
+    """``message`` (with ``error``'s traceback) in the log file alone: what stderr shows already, kept with the run."""
+    info = (type(error), error, error.__traceback__) if error is not None else None
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, info)
+    for handler in log_files():
+        handler.handle(record)
 
 
 def report(message: str, stacks: bool = False) -> None:
@@ -102,14 +120,13 @@ def report(message: str, stacks: bool = False) -> None:
         sys.stderr.write(f"error: {message}\n{where}")
         sys.stderr.flush()
 
-    def to_log_files() -> None:
-        record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    def to_log() -> None:
+        to_log_files(message)
         for handler in log_files():
-            handler.handle(record)
             handler.stream.write(where)
             handler.flush()
 
-    writers = [threading.Thread(target=f, name=f"report-{f.__name__}", daemon=True) for f in (to_stderr, to_log_files)]
+    writers = [threading.Thread(target=f, name=f"report-{f.__name__}", daemon=True) for f in (to_stderr, to_log)]
     deadline = time.monotonic() + LOG_WAIT_S
     for writer in writers:
         writer.start()

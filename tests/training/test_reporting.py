@@ -351,6 +351,23 @@ def test_a_sweep_job_that_crashes_is_reported_with_its_traceback_and_the_sweep_g
     assert "- job 0: crashed: RuntimeError: planted crash in the optimizer step" in report
 
 
+def test_a_single_run_that_crashes_keeps_its_traceback_in_train_log_and_its_line_in_summary_json(tmp_path, data_cache):
+    (tmp_path / "crashy.py").write_text(CRASHING_OPTIMIZER)
+    run = tmp_path / "run"
+    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache), "PYTHONPATH": str(tmp_path)}
+    args = ["trainer.max_steps=3", "trainer.eval_every=0", "trainer.sample_tokens=0", "optim._target_=crashy.sgd"]
+    cmd = [sys.executable, "train.py", *TINY, *args, "optim.lr=0.1", f"hydra.run.dir={run}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1 and "RuntimeError: planted crash" in proc.stderr, proc.stderr[-3000:]
+    log_text = (run / "train.log").read_text()
+    assert 'crashy.py", line' in log_text and "RuntimeError: planted crash in the optimizer step" in log_text
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["status"], summary["error"]) == (
+        "failed",
+        "crashed: RuntimeError: planted crash in the optimizer step",
+    )
+
+
 def report_statuses(sweep) -> dict[str, str]:
     with open(sweep / "report.csv", newline="") as f:
         return {row["job"]: row["status"] for row in csv.DictReader(f)}

@@ -46,6 +46,7 @@ def test_a_stopped_and_resumed_run_equals_the_uninterrupted_run_bit_for_bit(k, t
     ended = json.loads((run / "summary.json").read_text())  # what a job script reads: not to be requeued
     assert (ended["status"], ended["stopped_by"]) == ("preempted", "trainer.stop_at")
     tiny_train(run, ARGS + [f"trainer.stop_at={k}"])  # the same command again: resumes from update k, on to T
+    assert "stopped_by" not in json.loads((run / "summary.json").read_text())  # the first start's alone
     resumed = read_metrics(run)
     assert [r for r in resumed if "train/loss" in r] and len(resumed) == len(uninterrupted)
     for a, b in zip(uninterrupted, resumed, strict=True):
@@ -719,6 +720,26 @@ def test_a_nonfinite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint
     last = checkpoint.latest(run / "checkpoints")
     assert checkpoint.load(last)["step"] == bad_update  # the state before the bad update, nothing after it
     assert max(train_records(run)) == bad_update - 1
+
+
+def test_a_run_that_fails_midway_keeps_its_line_in_train_log_and_summary_json_until_a_resume_ends_well(
+    tmp_path, data_cache
+):
+    """The console's one line stays with the run: in train.log and as summary.json's "error" (what a sweep's
+    report shows), gone from summary.json once a later start of the run ends well."""
+    run, args = tmp_path / "run", TINY + BLOW_UP + ["trainer.max_steps=30", "trainer.sample_tokens=0"]
+    proc = run_train(args, run, data_cache, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    [line] = proc.stderr.splitlines()
+    assert re.match(r"^error: update \d+: the loss .* is not finite", line), line
+    assert re.search(
+        r"\[ERROR\].* " + re.escape(line.removeprefix("error: ")) + "$", (run / "train.log").read_text(), re.M
+    )
+    failed = json.loads((run / "summary.json").read_text())
+    assert (failed["status"], "error: " + failed["error"]) == ("failed", line)
+    run_train(args + ["trainer.nonfinite=skip"], run, data_cache)  # the same run, resumed, skipping the bad batches
+    ended = json.loads((run / "summary.json").read_text())
+    assert ended["status"] == "ok" and "error" not in ended, ended
 
 
 def test_a_run_that_skips_nonfinite_batches_writes_strict_json_and_plots_what_is_finite(tmp_path, tiny_train, caplog):

@@ -474,7 +474,7 @@ def test_a_failure_on_one_rank_mid_run_stops_every_rank_with_its_line(tmp_path, 
     proc = torchrun(args, tmp_path, data_cache, run_dir=tmp_path / "run", check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and time.monotonic() - started < 100, out[-3000:]
-    line = f"{'rank 1: RuntimeError: ' if crash else ''}eval.evals.fork: planted failure on rank 1"
+    line = f"{'rank 1 crashed: RuntimeError: ' if crash else ''}eval.evals.fork: planted failure on rank 1"
     assert out.count(f"error: {line}") == (1 if crash else 2), out[-3000:]  # a crash: rank 1's own traceback
     assert "stopped answering" not in out and "as another rank left" not in out, out[-3000:]
     assert f"exitcode  : {1 if crash else 2}" in out, out[-3000:]
