@@ -43,7 +43,7 @@ from training.optim import build_optimizer, describe_optimizer
 from training.secrets import redact
 from training.signals import Interrupted
 from training.spikes import MAX_ROLLBACKS_TO_ONE_CHECKPOINT, Skips
-from training.watchdog import Watchdog
+from training.watchdog import Watchdog, failing_together
 
 log = logging.getLogger("train")
 
@@ -215,20 +215,22 @@ class Run:
         # the same on every rank: each finished the same loop, or stopped at the same update after the same save
         ended_well = status in ("ok", "preempted")
         try:
-            if self.dist.is_main:  # a stall in the reports (a hung filesystem) ends the process as one in the loop
-                with Watchdog(self.cfg.trainer.hang_timeout) as reports:
-                    reports.progress(self.total_steps, "the end-of-run reports (summary.json, the plots)")
-                    summary.report(self, status, stopped_by, error)
-        except BaseException:
-            status = "failed"
-            raise
+            # rank 0's failure here is every rank's: the others, waiting at the last barrier, end with its line
+            with failing_together():
+                try:
+                    if self.dist.is_main:  # a stall in the reports (a hung filesystem) ends the process as in the loop
+                        with Watchdog(self.cfg.trainer.hang_timeout) as reports:
+                            reports.progress(self.total_steps, "the end-of-run reports (summary.json, the plots)")
+                            summary.report(self, status, stopped_by, error)
+                except BaseException:
+                    status = "failed"
+                    raise
+                finally:
+                    self.metrics.close(status)
         finally:
-            try:
-                self.metrics.close(status)
-            finally:
-                distributed.shutdown(wait=ended_well)
-                if self.dist.is_main:
-                    run_lock.release(self.run_dir)  # taken by open_metrics
+            distributed.shutdown(wait=ended_well)
+            if self.dist.is_main:
+                run_lock.release(self.run_dir)  # taken by open_metrics
 
 
 def sample(raw_model: GPT, tokenizer, cfg: DictConfig, n_tokens: int, autocast) -> str:

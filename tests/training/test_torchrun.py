@@ -482,6 +482,18 @@ def test_a_failure_on_one_rank_mid_run_stops_every_rank_with_its_line(tmp_path, 
     assert f"exitcode  : {1 if crash else 2}" in out, out[-3000:]
 
 
+def test_a_failure_of_rank_zeros_end_of_run_report_ends_every_rank_with_its_line(tmp_path, data_cache):
+    """Rank 0 alone reports at the end while the others wait for it at the last barrier: when its report fails
+    (summary.json cannot be written), they end with its line and exit code, not as a run that finished."""
+    args = [*ARGS, "trainer.max_steps=4", "+logger.sinks.blocks._target_=tests.training.fork_parts.BlocksTheSummary"]
+    proc = torchrun(args, tmp_path, data_cache, run_dir=tmp_path / "run", check=False)
+    out = proc.stdout + proc.stderr
+    line = f"error: {tmp_path / 'run' / 'summary.json'}: cannot be written"
+    assert out.count(line) == 2, out[-3000:]  # rank 0's line, and rank 1's copy of it
+    assert "stopped answering" not in out and "exitcode  : 2" in out, out[-3000:]
+    assert "exitcode  : 0" not in out, out[-3000:]
+
+
 def save_on_a_full_disk(rank: int, store: str, out: str) -> None:
     """One of two gloo ranks saving a checkpoint whose folder rank 0 cannot write (its disk is full)."""
     import datetime
