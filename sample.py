@@ -30,7 +30,7 @@ from data.tokenizer import load_tokenizer, special_tokens_of, tokenizer_hash
 from model import GPT, TOKENIZER_KEYS, GPTConfig, ModelConfigError, check_model_config, sample_text
 from scheduling.spec import first_line, is_int, is_number
 from training import checkpoint, distributed
-from training.config import USER_ERRORS, ConfigError, check_keys, check_overrides_or_exit, resolved
+from training.config import USER_ERRORS, ConfigError, check_keys, check_overrides_or_exit, enough_memory, resolved
 
 SEPARATOR = "-" * 40
 SAMPLE_PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # trainer.precision's but fp8, a way to train
@@ -145,19 +145,20 @@ def sample(cfg: DictConfig) -> list[str]:
     torch.manual_seed(values["seed"])
     generator = torch.Generator(device=device).manual_seed(values["seed"])
     top_p = values["top_p"]
-    return sample_text(
-        model,
-        tokenizer,
-        values["prompt"],
-        values["max_new_tokens"],
-        separator=separator,
-        temperature=float(values["temperature"]),
-        top_k=values["top_k"],
-        top_p=None if top_p is None or math.isclose(top_p, 1.0) else float(top_p),
-        num_samples=values["num_samples"],
-        generator=generator,
-        autocast=distributed.autocast(device, precision),
-    )
+    with enough_memory(f"{values['num_samples']} samples at once", "num_samples, max_new_tokens"):
+        return sample_text(
+            model,
+            tokenizer,
+            values["prompt"],
+            values["max_new_tokens"],
+            separator=separator,
+            temperature=float(values["temperature"]),
+            top_k=values["top_k"],
+            top_p=None if top_p is None or math.isclose(top_p, 1.0) else float(top_p),
+            num_samples=values["num_samples"],
+            generator=generator,
+            autocast=distributed.autocast(device, precision),
+        )
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")

@@ -26,8 +26,8 @@ from omegaconf import DictConfig
 from data.atomic import space_for
 from scheduling.spec import register_resolvers
 from training import distributed, launch, run_lock
-from training.build import Run, Sweep, build_run, memory_for_the_run
-from training.config import USER_ERRORS, check_config, check_overrides_or_exit
+from training.build import Run, Sweep, build_run
+from training.config import USER_ERRORS, check_config, check_overrides_or_exit, enough_memory
 from training.engine import NONFINITE
 from training.init_from import with_init_from
 from training.secrets import register_overrides, scrub_hydra_files
@@ -45,6 +45,7 @@ from training.watchdog import (
 )
 
 log = logging.getLogger("train")
+RUN_SIZES = "trainer.batch_size, grad_accum_steps, eval_batches, model.n_embd, n_layer, mlp_hidden"
 
 
 def train(
@@ -72,7 +73,13 @@ def train(
         # one rank is every rank's (failing_together): the others stop with its line, not as for a hang
         starting = peers_answering(lambda: "as the run started", None)
         try:
-            with failing_together(), space_for(run_dir), starting, StopAtOnce(), memory_for_the_run():
+            with (
+                failing_together(),
+                space_for(run_dir),
+                starting,
+                StopAtOnce(),
+                enough_memory("the run as configured", RUN_SIZES),
+            ):
                 run = build_run(cfg, run_dir, sweep=sweep, started=started)
         except Stopped as e:  # what a job script reads to requeue it (slurm/), as after a stop in the loop
             if distributed.env_world()[0] == 0 and run_dir.is_dir():

@@ -205,6 +205,8 @@ def test_settings_that_fail_when_resolved_or_applied_name_sample_py_s_own_keys(t
         sample(sample_config([f"checkpoint={tiny_run}", "device=cpu", "precision=fp16"]))
     with pytest.raises(ConfigError, match=r"^precision must be one of auto, fp32, bf16, fp16, got 'fp8'$"):
         sample(sample_config([f"checkpoint={tiny_run}", "device=cpu", "precision=fp8"]))
+    with pytest.raises(ConfigError, match=r"^not enough memory for 1000000000000 samples at once \(.*num_samples"):
+        sample(sample_config([f"checkpoint={tiny_run}", "num_samples=1000000000000"]))
 
 
 def test_a_prompt_is_encoded_as_training_encodes_text_without_the_tokenizer_s_added_tokens(tiny_run, monkeypatch):

@@ -270,21 +270,6 @@ def evaluation(node, where: str, ctx: EvalContext):
     return built
 
 
-@contextlib.contextmanager
-def memory_for_the_run():
-    """Memory the config's sizes cannot get while the run is built (a batch of 10**11 windows, a model of 10**12
-    dims) is bad input, in one line, not a traceback from numpy or torch's allocator."""
-    try:
-        yield
-    except (MemoryError, RuntimeError) as e:  # torch's: OutOfMemoryError on a GPU, a RuntimeError on the CPU
-        if not isinstance(e, (MemoryError, torch.OutOfMemoryError)) and "can't allocate memory" not in str(e):
-            raise
-        raise ConfigError(
-            f"not enough memory for the run as configured ({first_line(e)}); lower what sizes it: "
-            "trainer.batch_size, grad_accum_steps, eval_batches, model.n_embd, n_layer, mlp_hidden"
-        ) from None
-
-
 def samples_here(trainer, dist: distributed.Dist, strategy: str) -> bool:
     """The end-of-run sample runs on rank 0, and under FSDP on every rank (each holds a shard of the weights)."""
     return bool(trainer.sample_tokens) and (dist.is_main or strategy == "fsdp")

@@ -8,14 +8,17 @@ exit with code 2. Hydra's own composition errors (an unknown group option, a mis
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import itertools
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import fields
 from typing import Any
+
+import torch
 
 from data import DataError
 from data.atomic import DiskFull
@@ -54,6 +57,18 @@ class ConfigError(SettingError):
 # Each is one line for the user, printed as ``error: …`` with exit code 2; all but DiskFull (an OSError: a write
 # ran out of space) are ValueErrors.
 USER_ERRORS = (ConfigError, DataError, ModelConfigError, ScheduleError, DiskFull)
+
+
+@contextlib.contextmanager
+def enough_memory(what: str, sizes: str) -> Iterator[None]:
+    """Memory that the config's sizes cannot get (a batch of 10**11 windows, a model of 10**12 dims, 10**8
+    samples at once) is bad input, in one line naming the keys that size ``what``, not an allocator's traceback."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:  # torch's: OutOfMemoryError on a GPU, a RuntimeError on the CPU
+        if not isinstance(e, (MemoryError, torch.OutOfMemoryError)) and "can't allocate memory" not in str(e):
+            raise
+        raise ConfigError(f"not enough memory for {what} ({first_line(e)}); lower what sizes it: {sizes}") from None
 
 
 def compose_checked(overrides: list[str]):
