@@ -81,14 +81,17 @@ def require_transformers(feature: str) -> Any:
 
 @contextmanager
 def quiet() -> Iterator[None]:
-    """transformers without its progress bars (loading and saving weights), restored afterwards."""
+    """transformers without its progress bars and warnings (a loading report of the missing tensors, which the
+    caller turns into its own one line), restored afterwards."""
     from transformers.utils import logging as hf_logging
 
-    bars = hf_logging.is_progress_bar_enabled()
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     try:
         yield
     finally:
+        hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
 
