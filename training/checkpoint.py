@@ -269,10 +269,21 @@ def latest(root: Path) -> Path | None:
         target = root / pointer.read_text(errors="replace").strip()  # a garbled one names no folder
         if (target / STATE_FILE).is_file():
             return target
-        if STEP_DIR.match(target.name) and target.is_dir():  # saves are atomic: its state file was deleted since
-            log.warning("checkpoint %s: its %s is missing; passing over it", target, STATE_FILE)
     steps = saved_steps(root)
-    return root / step_dir_name(steps[-1]) if steps else None
+    if not steps:
+        return None
+    if (lost := lost_latest(root)) is not None:  # said where another is taken; with none, the caller's line says it
+        log.warning("checkpoint %s: its %s is missing; passing over it", lost, STATE_FILE)
+    return root / step_dir_name(steps[-1])
+
+
+def lost_latest(root: Path) -> Path | None:
+    """The checkpoint folder ``latest`` names when its state file was deleted since (saves are atomic)."""
+    pointer = root / LATEST
+    if not pointer.is_file():
+        return None
+    target = root / pointer.read_text(errors="replace").strip()
+    return target if STEP_DIR.match(target.name) and target.is_dir() and not (target / STATE_FILE).is_file() else None
 
 
 def resolve(path: str | os.PathLike, key: str = "trainer.resume") -> Path:
@@ -362,7 +373,10 @@ def find_resume(resume: Any, run_dir: Path) -> Path | None:
     for folder in restore_set_aside(run_dir / "checkpoints"):  # a kill while a checkpoint was replaced
         log.warning("%s was being replaced when its run stopped: the copy set aside is back in its place", folder)
     if resume == "auto":
-        return newest_intact(run_dir / "checkpoints")
+        found = newest_intact(run_dir / "checkpoints")
+        if found is None and (lost := lost_latest(run_dir / "checkpoints")) is not None:
+            log.warning("checkpoint %s: its %s is missing, and no other is kept: starting afresh", lost, STATE_FILE)
+        return found
     if resume is False:
         if latest(run_dir / "checkpoints") is not None:
             raise ConfigError(

@@ -670,6 +670,21 @@ def test_the_latest_checkpoint_without_its_state_file_is_named_as_it_is_passed_o
     assert f"checkpoint {newest}: its state.pt is missing; passing over it" in caplog.text
 
 
+def test_the_only_checkpoint_without_its_state_file_is_said_once(tmp_path, caplog):
+    """sample.py and export.py: the one line that no checkpoint is there; a resume: a fresh start, said so."""
+    model = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    only = saved_checkpoint(tmp_path / "checkpoints", 5, model)
+    (tmp_path / "checkpoints" / checkpoint.LATEST).write_text(only.name)
+    (only / checkpoint.STATE_FILE).unlink()
+    with caplog.at_level("WARNING"):
+        with pytest.raises(ConfigError, match=r"^checkpoint: .* holds no checkpoint"):
+            checkpoint.resolve(tmp_path, key="checkpoint")
+    assert caplog.text == ""
+    with caplog.at_level("WARNING"):
+        assert checkpoint.find_resume("auto", tmp_path) is None
+    assert f"checkpoint {only}: its state.pt is missing, and no other is kept: starting afresh" in caplog.text
+
+
 def test_weights_that_do_not_fit_the_model_are_refused_with_torchs_reason(tmp_path):
     folder = saved_checkpoint(tmp_path, 1, GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1, n_embd=16)))
     other = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1, n_embd=32))
