@@ -305,7 +305,7 @@ def short_error(e: BaseException) -> str:
 
 def no_parquet_rows(path: Path) -> bool:
     """A parquet file whose footer says it holds no rows (an unreadable one is for datasets to report)."""
-    if path.suffix != ".parquet":
+    if path.suffix.lower() != ".parquet":
         return False
     import pyarrow.parquet as pq
 
@@ -325,7 +325,7 @@ def first_bad_line(path: Path) -> str | None:
     line = 1
     try:
         with path.open(encoding="utf-8", newline="") as f:
-            if path.suffix == ".csv":
+            if path.suffix.lower() == ".csv":
                 reader, width = csv.reader(f, strict=True), None
                 while True:
                     line = reader.line_num + 1
@@ -335,7 +335,7 @@ def first_bad_line(path: Path) -> str | None:
                     width = len(row) if width is None else width
                     if row and len(row) != width:
                         return f"line {line}: {len(row)} fields where the header has {width}"
-            if path.suffix == ".jsonl":
+            if path.suffix.lower() == ".jsonl":
                 for text in f:
                     if text.strip():
                         json.loads(text)
@@ -399,6 +399,9 @@ class TableCorpus(Corpus):
                 kwargs[arg] = self.cfg.get(key)
         where = str(data_files[0]) if self.files else self.builder
         from_hub = not self.files and not Path(self.builder).exists() and not data_files
+        if self.local() and not self.streaming:  # datasets knows local files again by their mtime, not content:
+            # read them afresh, unchecked against the sizes recorded for the old content
+            kwargs.update(download_mode="force_redownload", verification_mode="no_checks")
         if from_hub:  # it may retry for a while before it answers or fails
             log.info("data: loading %r split %r from the Hugging Face hub", self.builder, split)
         try:
@@ -515,6 +518,12 @@ class TableCorpus(Corpus):
         from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
 
         folder = self.dataset_folder()
+        if not self.files and not self.cfg.get("data_files") and self.builder in _PACKAGED_DATASETS_MODULES:
+            # datasets would read whatever the working directory holds, which the cache's key cannot see
+            raise DataError(
+                f"data.data_files: the {self.builder!r} builder reads local files: name them (data.data_files=…), "
+                "or read them with data=text_files data.path=…"
+            )
         if not self.cfg.get("data_files") or (folder is None and self.builder not in _PACKAGED_DATASETS_MODULES):
             return
         for item in data_file_items(self.cfg.get("data_files")):
@@ -522,6 +531,12 @@ class TableCorpus(Corpus):
                 under = f" under {folder}" if folder else " in the working directory"
                 under = "" if os.path.isabs(os.path.expanduser(str(item))) else under
                 raise DataError(f"data.data_files: {str(item)!r} matches no file{under}")
+
+    def local(self) -> bool:
+        """Whether the rows come from local files (tables, a dataset folder, a builder's data_files), not the hub."""
+        from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+        return bool(self.files) or self.dataset_folder() is not None or self.builder in _PACKAGED_DATASETS_MODULES
 
     def dataset_folder(self) -> Path | None:
         """The local dataset folder ``builder`` names, else None: a hub name, or a packaged builder (``json``,

@@ -3,6 +3,7 @@ lock file); undecodable files are skipped, replaced or refused as configured."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -103,8 +104,9 @@ def test_an_empty_table_file_is_read_as_no_rows_as_an_empty_text_file_is(tmp_pat
     import pyarrow.parquet as pq
 
     write_tables(tmp_path / "t", [{"text": d} for d in DOCS], fmt, n_files=1)
-    if fmt == "parquet":  # a table with its column and no row
+    if fmt == "parquet":  # a table with its column and no row, its suffix in either case
         pq.write_table(pa.table({"text": pa.array([], pa.string())}), tmp_path / "t" / "empty.parquet")
+        pq.write_table(pa.table({"text": pa.array([], pa.string())}), tmp_path / "t" / "EMPTY2.PARQUET")
     else:
         (tmp_path / "t" / "empty.jsonl").write_bytes(b"")
         (tmp_path / "t" / "blank.jsonl").write_bytes(b"\n  \n\n")  # lines, but no row
@@ -141,6 +143,28 @@ def test_data_files_matching_no_file_is_refused_naming_the_key(tmp_path, monkeyp
     assert_refused(cfg, r"^data\.data_files: 'val/\*\.jsonl' matches no file in the working directory$")
 
 
+def test_a_builder_without_data_files_is_refused_rather_than_reading_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # datasets would read the .jsonl files here, unseen by the cache's key
+    write_tables(tmp_path, [{"text": d} for d in DOCS], "jsonl", n_files=1)
+    for builder in ("json", "csv", "parquet"):
+        assert_refused(data_cfg("hub", name=builder), rf"^data\.data_files: the '{builder}' builder reads local files")
+
+
+def test_a_table_rewritten_with_its_old_modification_time_is_read_again(tmp_path):
+    """datasets knows a local file again by its path and mtime: a copy that keeps the mtime (cp -p, rsync -a,
+    tar) would give the old rows to the new cache."""
+    path, fresh = tmp_path / "t" / "part0.jsonl", tmp_path / "fresh" / "part0.jsonl"
+    write_tables(tmp_path / "t", [{"text": d} for d in DOCS], "jsonl", n_files=1)
+    stamp = path.stat().st_mtime_ns
+    before = prepare(data_cfg("text_files", path=str(path), streaming=False)).meta["tokens"]
+    fresh.parent.mkdir()
+    fresh.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS[: len(DOCS) // 2]))
+    path.write_bytes(fresh.read_bytes())
+    os.utime(path, ns=(stamp, stamp))
+    again = prepare(data_cfg("text_files", path=str(path), streaming=False)).meta["tokens"]
+    assert again == prepare(data_cfg("text_files", path=str(fresh), streaming=False)).meta["tokens"] != before
+
+
 def test_a_datasets_validation_split_that_does_not_exist_is_refused_before_tokenizing(tmp_path, caplog):
     write_tables(tmp_path / "t", [{"text": d} for d in DOCS], "jsonl", n_files=1)
     cfg = data_cfg("hub", name="json", data_files=str(tmp_path / "t" / "part0.jsonl"), val_split="validation")
@@ -170,6 +194,7 @@ def test_a_given_tokenizer_that_cannot_encode_the_corpus_is_refused(tmp_path):
         ),
         ("rows.csv", 'text,n\n"fine",1\n"a, b",2\n"open,3\nx,4\n', "line 4: unexpected end of data"),
         ("rows.csv", "text,n\nfine,1\nx,2,3\n", "line 3: 3 fields where the header has 2"),
+        ("ROWS.CSV", "text,n\nfine,1\nx,2,3\n", "line 3: 3 fields where the header has 2"),  # any case
     ],
 )
 def test_a_table_that_does_not_parse_is_refused_naming_the_line(tmp_path, streaming, name, text, where):

@@ -676,9 +676,8 @@ def test_the_only_checkpoint_without_its_state_file_is_said_once(tmp_path, caplo
     only = saved_checkpoint(tmp_path / "checkpoints", 5, model)
     (tmp_path / "checkpoints" / checkpoint.LATEST).write_text(only.name)
     (only / checkpoint.STATE_FILE).unlink()
-    with caplog.at_level("WARNING"):
-        with pytest.raises(ConfigError, match=r"^checkpoint: .* holds no checkpoint"):
-            checkpoint.resolve(tmp_path, key="checkpoint")
+    with caplog.at_level("WARNING"), pytest.raises(ConfigError, match=r"^checkpoint: .* holds no checkpoint"):
+        checkpoint.resolve(tmp_path, key="checkpoint")
     assert caplog.text == ""
     with caplog.at_level("WARNING"):
         assert checkpoint.find_resume("auto", tmp_path) is None
