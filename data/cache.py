@@ -409,16 +409,24 @@ def build(cfg: Any, corpus: Corpus, final: Path) -> TokenCache:
 
 
 def check_splits(corpus: Corpus, counts: dict[str, dict[str, int]]) -> None:
-    if counts["documents"]["train"] == 0:
-        raise DataError(
+    for split in SPLITS:
+        if counts["documents"][split] == 0:
+            raise no_text(corpus, split)
+
+
+def no_text(corpus: Corpus, split: str) -> DataError:
+    """The corpus gives ``split`` no text: what to change, the likeliest first."""
+    if split == "train":
+        return DataError(
             f"data: the corpus {corpus.name!r} gives no training text; lower data.val_fraction "
             f"(now {corpus.val_fraction}) or add documents"
         )
-    if counts["documents"]["val"] == 0:
-        raise DataError(
-            f"data: the corpus {corpus.name!r} gives no validation text; raise data.val_fraction "
-            f"(now {corpus.val_fraction}) or add documents (or lines)"
-        )
+    caps = [f"data.{key}={getattr(corpus, key)}" for key in ("max_documents", "max_bytes") if getattr(corpus, key)]
+    more = f"read more of it (now {', '.join(caps)}) or " if caps else ""
+    return DataError(
+        f"data: the corpus {corpus.name!r} gives no validation text; {more}add documents or lines (a document "
+        f"of one line is trained on whole), or raise data.val_fraction (now {corpus.val_fraction})"
+    )
 
 
 def check_not_empty(corpus: Corpus) -> None:

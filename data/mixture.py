@@ -37,6 +37,7 @@ from data.cache import (
     cache_root,
     check_not_empty,
     given_tokenizer,
+    no_text,
     prepare,
     special_tokens,
     writable_cache_dir,
@@ -257,16 +258,9 @@ def prepare_mixture(cfg: Any, build_if_missing: bool = True) -> Mixture:
         except DataError as e:
             raise in_source(name, e) from None
         # Both splits before anything is written: the shared tokenizer is written before any source's tokens.
-        if next(iter(corpora[name].documents("train")), None) is None:
-            raise DataError(
-                f"data.sources.{name}: the corpus {corpora[name].name!r} gives no training text; lower "
-                f"data.sources.{name}.val_fraction (now {corpora[name].val_fraction}) or add documents"
-            )
-        if next(iter(corpora[name].documents("val")), None) is None:
-            raise DataError(
-                f"data.sources.{name}: the corpus {corpora[name].name!r} gives no validation text; raise "
-                f"data.sources.{name}.val_fraction (now {corpora[name].val_fraction}) or add documents (or lines)"
-            )
+        for split in SPLITS:
+            if next(iter(corpora[name].documents(split)), None) is None:
+                raise in_source(name, no_text(corpora[name], split))
     warn_of_shared_files(corpora)
     tokenizer_path = shared_tokenizer(cfg, corpora, weights, build_if_missing)
     caches = {}

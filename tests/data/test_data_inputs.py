@@ -288,9 +288,13 @@ def test_a_corpus_with_no_validation_text_fails_mid_build_and_leaves_the_cache_d
     write_texts(tmp_path / "c", ["one single line without a newline"])
     cfg = data_cfg("text_files", path=str(tmp_path / "c"))
     assert_refused(
-        cfg, r"^data: the corpus 'files-doc000' gives no validation text; raise data\.val_fraction \(now 0\.05\)"
+        cfg,
+        r"^data: the corpus 'files-doc000' gives no validation text; add documents or lines .* raise "
+        r"data\.val_fraction \(now 0\.05\)",
     )
     assert os.listdir(other.path.parent) == [other.path.name]  # no temporary directory or lock file left
+    capped = data_cfg("text_files", path=str(tmp_path / "good"), max_bytes=10)  # enough text, but read 10 bytes of it
+    assert_refused(capped, r"^data: .* no validation text; read more of it \(now data\.max_bytes=10\) or add")
 
     empty_cache_dir = tmp_path / "fresh"
     assert_refused(

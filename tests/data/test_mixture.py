@@ -192,7 +192,7 @@ def test_a_source_with_no_validation_text_is_refused_before_anything_is_written(
     cfg = mixture_cfg(tmp_path, prose={"path": str(one_line)})
     with pytest.raises(
         DataError,
-        match=r"^data\.sources\.prose: the corpus .* gives no validation text; raise "
+        match=r"^data\.sources\.prose: the corpus .* gives no validation text; add documents or lines .* raise "
         r"data\.sources\.prose\.val_fraction",
     ):
         prepare(cfg)
