@@ -97,23 +97,38 @@ def source_configs(cfg: Any) -> dict[str, tuple[float, dict[str, Any]]]:
     return out
 
 
+PIECE_CHARS = 1024  # the least of a document taken at a time: a long one is taken in pieces, as its share allows
+
+
 def weighted_sample(corpora: Mapping[str, Corpus], weights: Mapping[str, float], max_bytes: int | None):
     """The sources' training documents interleaved so that each one's share of the bytes follows its weight: the
-    next document always comes from the source furthest below its share. Ends after about ``max_bytes`` bytes,
-    or when a source runs out (taking more of the others would break the proportions)."""
+    next piece always comes from the source furthest below its share, as much of its document as takes it to the
+    next source's level (``PIECE_CHARS`` at least, cut after a line where one ends), so that a long document
+    cannot take its source far past its share. Ends after about ``max_bytes`` bytes, or when a source runs out
+    (taking more of the others would break the proportions)."""
     # by name: the sources' order in the config (a tie's winner) leaves the sample, as it leaves the cache's key
     streams: dict[str, Iterator[str]] = {name: iter(corpora[name].documents("train")) for name in sorted(corpora)}
-    taken = dict.fromkeys(corpora, 0)
+    current = dict.fromkeys(streams, ("", 0))  # each source's document, and where the next piece starts in it
+    taken = dict.fromkeys(streams, 0)
     total = 0
     while max_bytes is None or total < max_bytes:
-        name = min(streams, key=lambda n: taken[n] / weights[n])
-        text = next(streams[name], None)
-        if text is None:
-            return
-        size = utf8_len(text)
+        level = {n: taken[n] / weights[n] for n in streams}
+        name = min(streams, key=level.__getitem__)
+        text, start = current[name]
+        if start == len(text):
+            text, start = next(streams[name], None), 0
+            if text is None:
+                return
+        room = min((level[n] - level[name] for n in streams if n != name), default=math.inf) * weights[name]
+        end = start + max(PIECE_CHARS, int(min(room, len(text) - start)))
+        if end < len(text):
+            end = text.rfind("\n", (start + end) // 2, end) + 1 or end
+        piece = text[start:end]
+        current[name] = (text, min(end, len(text)))
+        size = utf8_len(piece)
         taken[name] += size
         total += size
-        yield text
+        yield piece
 
 
 def shared_tokenizer(

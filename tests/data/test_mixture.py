@@ -85,6 +85,21 @@ def test_the_tokenizer_learns_from_each_source_in_proportion_to_its_weight(tmp_p
     assert taken["code"] / sum(taken.values()) == pytest.approx(0.75, abs=0.06)
 
 
+def test_a_long_document_does_not_take_its_sources_share_past_its_weight(tmp_path):
+    """Documents are taken in pieces: one long file (a source's 60 %) would else overshoot its source's share,
+    and the sample end, when the other source runs out, before the shares even out."""
+    long = "\n".join(f"line {i}: " + "x" * 40 for i in range(2_000)) + "\n"  # ~100 kB
+    write_texts(tmp_path / "long", [long, *DOCS])
+    cfg = mixture_cfg(tmp_path, code={"path": str(tmp_path / "long")})
+    corpora = {name: build_corpus(settings) for name, (_, settings) in source_configs(cfg).items()}
+    prose = "".join(corpora["prose"].documents("train"))
+    taken = {"code": 0, "prose": 0}
+    for text in weighted_sample(corpora, {"code": 0.5, "prose": 0.5}, max_bytes=None):
+        taken["prose" if text in prose else "code"] += len(text.encode())
+    assert taken["prose"] == len(prose.encode())  # the smaller source read whole: the sample ends with it
+    assert taken["code"] / sum(taken.values()) == pytest.approx(0.5, abs=0.03), taken
+
+
 def test_the_tokenizers_sample_does_not_depend_on_the_order_the_sources_are_declared_in(tmp_path):
     """The tokenizer's cache key sorts the sources: the sample it is trained on must not follow their order."""
     cfg = mixture_cfg(tmp_path)
