@@ -322,10 +322,10 @@ def first_bad_line(path: Path) -> str | None:
     import csv
     import json
 
-    line = 1
+    line, suffix = 1, path.suffix.lower()
     try:
-        with path.open(encoding="utf-8", newline="") as f:
-            if path.suffix.lower() == ".csv":
+        if suffix == ".csv":
+            with path.open(encoding="utf-8", newline="") as f:
                 reader, width = csv.reader(f, strict=True), None
                 while True:
                     line = reader.line_num + 1
@@ -335,16 +335,19 @@ def first_bad_line(path: Path) -> str | None:
                     width = len(row) if width is None else width
                     if row and len(row) != width:
                         return f"line {line}: {len(row)} fields where the header has {width}"
-            if path.suffix.lower() == ".jsonl":
-                for text in f:
-                    if text.strip():
-                        json.loads(text)
+        if suffix == ".jsonl":
+            with path.open("rb") as f:  # line by line, so that a line whose bytes are not UTF-8 is named too
+                for raw in f:
+                    if raw.strip():
+                        json.loads(raw.decode("utf-8"))
                     line += 1
     except csv.Error as e:
         return f"line {line}: {e}"
     except json.JSONDecodeError as e:
         return f"line {line}: not JSON ({e.msg}, column {e.colno})"
-    except (OSError, UnicodeDecodeError):
+    except UnicodeDecodeError as e:  # a CSV's is met a block at a time: its line is not known
+        return f"line {line}: not valid UTF-8 (byte {e.start} of the line)" if suffix == ".jsonl" else None
+    except OSError:
         return None
     return None
 
