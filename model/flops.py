@@ -160,10 +160,10 @@ def cpu_peak_flops(
     return float(stored)
 
 
-def peak_flops(device: torch.device, precision: str) -> float | None:
+def peak_flops(device: torch.device, precision: str, refresh: bool = False) -> float | None:
     """Peak FLOP/s of ``device`` at ``precision``: the GPU table on CUDA, a cached measurement on CPU (for a bf16
-    run, the better of the bf16 and fp32 matmul rates). fp8 runs count against the bf16 peak (only the blocks'
-    linear layers run in fp8), so their MFU compares with bf16's."""
+    run, the better of the bf16 and fp32 matmul rates; ``refresh``: measured again, the higher kept). fp8 runs
+    count against the bf16 peak (only the blocks' linear layers run in fp8), so their MFU compares with bf16's."""
     if device.type == "cuda":
         precision = "bf16" if precision == "fp8" else precision
         # ROCm builds run fp32 matmuls at the fp32 rate whatever allow_tf32 says.
@@ -171,6 +171,6 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
         return gpu_peak_flops(torch.cuda.get_device_name(device), precision, tf32)
     if device.type == "cpu":
         # bf16 against the better rate: bf16's where the CPU has its instructions, fp32's where they are emulated
-        fp32 = cpu_peak_flops()
-        return max(fp32, cpu_peak_flops(dtype=torch.bfloat16)) if precision == "bf16" else fp32
+        fp32 = cpu_peak_flops(refresh=refresh)
+        return max(fp32, cpu_peak_flops(refresh=refresh, dtype=torch.bfloat16)) if precision == "bf16" else fp32
     return None

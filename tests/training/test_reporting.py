@@ -315,6 +315,23 @@ def test_a_two_by_two_multirun_gives_four_runs_in_one_wandb_group_and_survives_a
     assert re.search(r"^\[\d\d:\d\d:\d\d\] Launching 4 jobs locally$", proc.stdout, flags=re.M), proc.stdout[:500]
 
 
+def test_a_cpu_peak_on_record_that_the_run_outpaces_is_measured_again_once(tmp_path, tiny_train, monkeypatch, caplog):
+    """A peak measured while other work slowed the machine is cached: MFU over 100 % shows it is low."""
+    from model import flops
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    rates = iter([1e3])  # a busy machine's first measurement, then an idle one's
+    monkeypatch.setattr(flops, "measure_matmul_flops", lambda *a, **k: next(rates, 1e15))
+    args = ["trainer.max_steps=5", "trainer.eval_every=0", "trainer.sample_tokens=0", "trainer.precision=fp32"]
+    with caplog.at_level("WARNING"):
+        run = tiny_train(tmp_path / "run", args)
+    assert caplog.text.count("peak FLOP/s on record is too low; measuring it again") == 1
+    mfus = [r["train/mfu"] for r in train_records(run).values()]
+    assert len(mfus) == 5 and all(0 < m < 1e-3 for m in mfus), mfus
+    stored = json.loads((tmp_path / "xdg" / "hydra-gpt-template" / "cpu_peak_flops.json").read_text())
+    assert set(stored.values()) == {1e15}
+
+
 CRASHING_OPTIMIZER = """
 import torch
 
