@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from scheduling.spec import first_line, missing_name
-from training.config import ConfigError
+from training.config import USER_ERRORS, ConfigError
 
 TARGET = "_target_"
 
@@ -72,7 +72,7 @@ def build_refusing(node: Mapping[str, Any], where: str, /, *args: Any, **kwargs:
     ``OSError``) is a one-line error naming ``where`` and the target."""
     try:
         return build(node, where, *args, **kwargs)
-    except ConfigError:
+    except USER_ERRORS:  # bad input the target named itself (a DataError naming its file and line)
         raise
     except (ValueError, TypeError, OSError) as e:
         raise ConfigError(

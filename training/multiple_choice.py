@@ -23,11 +23,12 @@ batches are dealt to the ranks and the counts summed, so the result is a single 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,7 +235,11 @@ def read_items(path: str | Path) -> list[Item]:
 
 def read_jsonl(path: Path) -> list[Item]:
     """The items of a JSONL file; a line that is not one is a one-line error naming the file and the line."""
-    items = []
+    return [item_of(row, where) for where, row in jsonl_rows(path)]
+
+
+def jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    """Each JSON value of a JSONL file, with ``file:line``; a line that is not one is an error naming it."""
     with open(path, "rb") as fh:
         for number, raw in enumerate(fh, 1):
             where = f"{path}:{number}"
@@ -245,15 +250,13 @@ def read_jsonl(path: Path) -> list[Item]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield where, json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{where}: not a JSON object ({e.msg})") from None
             except RecursionError:
                 raise DataError(f"{where}: not a JSON object (nested too deeply)") from None
             except ValueError as e:  # an integer past Python's limit on digits
                 raise DataError(f"{where}: not a JSON object ({first_line(e)})") from None
-            items.append(item_of(row, where))
-    return items
 
 
 def is_text(value: Any) -> bool:
@@ -267,16 +270,17 @@ def is_text(value: Any) -> bool:
     return True
 
 
-def item_of(row: Any, where: str) -> Item:
+def item_of(row: Any, where: str, choices_key: str = "choices") -> Item:
+    """An item from ``row``; ``choices_key``: what the file calls the choices (HellaSwag: endings), for the message."""
     if not isinstance(row, dict) or not {"context", "choices", "label"} <= row.keys():
         raise DataError(f"{where}: an item needs the keys context, choices and label")
     context, choices, label = row["context"], row["choices"], row["label"]
     if not is_text(context):
         raise DataError(f"{where}: context must be a string")
     if not isinstance(choices, list) or len(choices) < 2 or not all(is_text(c) and c for c in choices):
-        raise DataError(f"{where}: choices must be a list of two or more non-empty strings")
+        raise DataError(f"{where}: {choices_key} must be a list of two or more non-empty strings")
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
-        raise DataError(f"{where}: label must be an index into choices, 0 to {len(choices) - 1}, got {label!r}")
+        raise DataError(f"{where}: label must be an index into {choices_key}, 0 to {len(choices) - 1}, got {label!r}")
     return Item(context, tuple(choices), label, where)
 
 
@@ -387,9 +391,7 @@ class HellaSwag(ChoiceTask):
     def __init__(self, ctx: EvalContext, path: str | None, limit: int | None, batch_size: int):
         where = f"eval.evals.{ctx.name}"
         self.check({"path": path, "limit": limit, "batch_size": batch_size}, where)
-        source = str(path) if path else HELLASWAG
-        rows = hellaswag_rows(path, limit, where)
-        items = [hellaswag_item(row, f"{source}: row {n}") for n, row in enumerate(rows, 1)]
+        items = [hellaswag_item(row, at) for at, row in hellaswag_rows(path, limit, where)]
         super().__init__(ctx, items, batch_size=batch_size, delimiter=" ", where=where)
 
     @classmethod
@@ -404,6 +406,9 @@ class HellaSwag(ChoiceTask):
             )
         check_limit(keys, where)
         positive_int(keys, "batch_size", where)
+        if path:  # every row of a local copy, before any work (preparing the data may take hours)
+            for at, row in hellaswag_rows(path, keys.get("limit"), where):
+                hellaswag_item(row, at)
 
 
 def hub_offline() -> bool:
@@ -412,13 +417,19 @@ def hub_offline() -> bool:
     return bool(huggingface_hub.constants.HF_HUB_OFFLINE)
 
 
-def hellaswag_rows(path: str | None, limit: int | None, where: str) -> list[dict[str, Any]]:
-    """The first ``limit`` rows of the validation split, from the hub or the local copy at ``path``."""
+def hellaswag_rows(path: str | None, limit: int | None, where: str) -> list[tuple[str, dict[str, Any]]]:
+    """The first ``limit`` rows of the validation split, from the hub or the local copy at ``path``, each with
+    where it is (a JSONL file's ``file:line``, else its row number)."""
     import datasets
 
     from data.corpus import quiet_datasets, short_error
 
     source = str(path) if path else HELLASWAG
+    if path and Path(path).suffix == ".jsonl":  # read here: an error names its line
+        rows = list(itertools.islice(jsonl_rows(Path(path)), limit))
+        if not rows:
+            raise DataError(f"{where}.path: {path} holds no row")
+        return rows
     try:
         with quiet_datasets():
             if not path:
@@ -426,9 +437,13 @@ def hellaswag_rows(path: str | None, limit: int | None, where: str) -> list[dict
             elif Path(path).is_dir():
                 ds = datasets.load_from_disk(str(path))
                 if isinstance(ds, datasets.DatasetDict):
+                    if "validation" not in ds:
+                        raise ConfigError(
+                            f"{where}.path: {path} holds the splits {', '.join(ds)}, not HellaSwag's validation"
+                        )
                     ds = ds["validation"]
             else:
-                builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(Path(path).suffix)
+                builder = {".json": "json", ".parquet": "parquet"}.get(Path(path).suffix)
                 if builder is None:
                     raise ConfigError(f"{where}.path: {path} is not a .jsonl, .json or .parquet file or a folder")
                 ds = datasets.load_dataset(builder, data_files=str(path), split="train")
@@ -437,9 +452,11 @@ def hellaswag_rows(path: str | None, limit: int | None, where: str) -> list[dict
     except Exception as e:  # the network, the hub or the file: one line naming it
         hint = "" if path else f" (the hub; or set {where}.path to a local copy)"
         raise DataError(f"{where}: cannot load {source}{hint}: {short_error(e)}") from None
+    if path and len(ds) == 0:
+        raise DataError(f"{where}.path: {path} holds no row")
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
-    return list(ds)
+    return [(f"{source}: row {n}", row) for n, row in enumerate(ds, 1)]
 
 
 def hellaswag_item(row: dict[str, Any], where: str) -> Item:
@@ -458,7 +475,9 @@ def hellaswag_item(row: dict[str, Any], where: str) -> Item:
     if isinstance(label, bool) or not isinstance(label, int):
         raise DataError(f"{where}: label must be an index into endings, got {row['label']!r}")
     context = clean(row["activity_label"] + ": " + row["ctx_a"] + " " + row["ctx_b"].capitalize())
-    return item_of({"context": context, "choices": [clean(e) for e in row["endings"]], "label": label}, where)
+    return item_of(
+        {"context": context, "choices": [clean(e) for e in row["endings"]], "label": label}, where, "endings"
+    )
 
 
 def clean(text: str) -> str:

