@@ -317,6 +317,10 @@ class NextLine(ChoiceTask):
                 context_lines,
                 ctx.cfg.model.block_size,
             )
+        elif limit is not None and len(self.items) < limit:  # its accuracy is then the noisier
+            log.warning(
+                "%s: %d items, of the %d asked (limit): the validation split has no more", where, len(self.items), limit
+            )
 
     @classmethod
     def check(cls, keys: dict[str, Any], where: str) -> None:

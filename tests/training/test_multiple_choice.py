@@ -188,6 +188,19 @@ def test_next_line_asks_the_same_items_whatever_the_runs_trainer_seed_and_others
     assert len(same) == 20 and items(2) == same and items(1, seed=7) != same
 
 
+def test_next_line_with_fewer_items_than_its_limit_says_so(trained, caplog):
+    ctx = EvalContext(
+        trained["cfg"], Dist(), contextlib.nullcontext(), trained["val"], None, trained["tokenizer"], "nl"
+    )
+    with caplog.at_level("WARNING"):
+        found = len(NextLine(ctx, limit=10**6, choices=4, context_lines=3, batch_size=8).items)
+    assert 0 < found < 10**6 and f"eval.evals.nl: {found} items, of the 1000000 asked (limit)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        NextLine(ctx, limit=found, choices=4, context_lines=3, batch_size=8)
+    assert caplog.text == ""
+
+
 def test_a_run_whose_evaluations_log_no_validation_loss_ends_saying_so(tmp_path, tiny_train, caplog):
     """Not that no validation loss "was finite": none was computed."""
     with caplog.at_level("INFO"):
