@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from scheduling.spec import first_line, missing_name
-from training.config import USER_ERRORS, ConfigError
+from training.config import LIST_GROUPS, USER_ERRORS, ConfigError, entry_keys
 
 TARGET = "_target_"
 
@@ -33,6 +33,10 @@ def find(node: Mapping[str, Any], where: str) -> Callable:
     from hydra.utils import get_object
 
     path = node.get(TARGET) if isinstance(node, Mapping) else None
+    group, entries, name = (where.split(".") + ["", ""])[:3]
+    if path is None and LIST_GROUPS.get(group) == entries and (option := entry_keys(group, name)[0]) is not None:
+        # keys added with + to an entry whose option file is not chosen: the entry is that file's
+        raise ConfigError(f"{where} is an entry of {group}={option}, which is not chosen; choose it or drop its keys")
     if not isinstance(path, str) or not path:
         raise ConfigError(f"{where}.{TARGET}", "the dotted path of a class or function to build", path)
     hydra_log = logging.getLogger("hydra.utils")  # it logs the failure in three lines: ours is the one line

@@ -302,6 +302,10 @@ def test_every_experiment_passes_the_checks_under_every_logger(experiment):
             "100 > trainer.max_steps (500)",
         ),
         (
+            ["+eval.evals.multiple_choice.path=items.jsonl"],  # with +: the entry is made, without what to build
+            "eval.evals.multiple_choice is an entry of eval=multiple_choice, which is not chosen; choose it or drop",
+        ),
+        (
             ["schedule=inverse_sqrt", "schedule.cooldown_steps=480"],
             "schedule.warmup_steps (0.1) and schedule.cooldown_steps (480) do not fit together: warmup + cooldown = "
             "50 + 480 > trainer.max_steps (500)",
