@@ -463,7 +463,7 @@ def resolve_steps(value: Any, total_steps: int, key: str) -> int:
 
 def check_fit(
     cfg: Mapping[str, Any], warm: int, what: str, key: str, given: Any, steps: int, total: int, total_key: str
-):
+) -> None:
     """The warmup and a phase after it (WSD's decay, a cooldown) within T; the error names both keys, since either
     may be the one to change, and T by the key that set it."""
     if warm + steps > total:
