@@ -346,7 +346,7 @@ def first_bad_line(path: Path) -> str | None:
     except json.JSONDecodeError as e:
         return f"line {line}: not JSON ({e.msg}, column {e.colno})"
     except UnicodeDecodeError as e:  # a CSV's is met a block at a time: its line is not known
-        return f"line {line}: not valid UTF-8 (byte {e.start} of the line)" if suffix == ".jsonl" else None
+        return f"line {line}: not valid UTF-8 (its byte {e.start + 1})" if suffix == ".jsonl" else None
     except OSError:
         return None
     return None
@@ -388,6 +388,7 @@ class TableCorpus(Corpus):
         self.streaming = bool(cfg.get("streaming", False))
         self.root = common_parent(files) if files else None
         self.without_text: dict[str, tuple[int, int, int]] = {}  # table → rows without text, rows read, first
+        self.read_afresh: set[tuple[str, str]] = set()  # the (split, files) loaded afresh by this corpus
 
     def load(self, split: str, data_files: Any = None) -> Any:
         """The dataset split (a ``Dataset``, or an ``IterableDataset`` when streaming); errors as DataError."""
@@ -402,9 +403,12 @@ class TableCorpus(Corpus):
                 kwargs[arg] = self.cfg.get(key)
         where = str(data_files[0]) if self.files else self.builder
         from_hub = not self.files and not Path(self.builder).exists() and not data_files
-        if self.local() and not self.streaming:  # datasets knows local files again by their mtime, not content:
-            # read them afresh, unchecked against the sizes recorded for the old content
+        read = (split, str(plain(data_files)))
+        if self.local() and not self.streaming and read not in self.read_afresh:
+            # datasets knows local files again by their mtime, not content: read them afresh (once here), unchecked
+            # against the sizes recorded for the old content
             kwargs.update(download_mode="force_redownload", verification_mode="no_checks")
+            self.read_afresh.add(read)
         if from_hub:  # it may retry for a while before it answers or fails
             log.info("data: loading %r split %r from the Hugging Face hub", self.builder, split)
         try:

@@ -172,7 +172,7 @@ def newest_intact(root: Path) -> Path | None:
     """The checkpoint under ``root`` to continue from: the latest, or when it is damaged the newest earlier one
     that is intact (said in a warning); None when there is none at all. Every kept checkpoint damaged is a
     one-line error naming the latest one's damaged file."""
-    newest = latest(root)
+    newest = passed_over(root, latest(root))
     if newest is None:
         return None
     why = damage(newest)
@@ -270,11 +270,15 @@ def latest(root: Path) -> Path | None:
         if (target / STATE_FILE).is_file():
             return target
     steps = saved_steps(root)
-    if not steps:
-        return None
-    if (lost := lost_latest(root)) is not None:  # said where another is taken; with none, the caller's line says it
+    return root / step_dir_name(steps[-1]) if steps else None
+
+
+def passed_over(root: Path, taken: Path | None) -> Path | None:
+    """``taken``, from ``latest``, said in a warning where it passed over the folder ``latest`` names (its state
+    file deleted since): said where a checkpoint is chosen, once; with none taken, the caller's line says it."""
+    if taken is not None and (lost := lost_latest(root)) is not None:
         log.warning("checkpoint %s: its %s is missing; passing over it", lost, STATE_FILE)
-    return root / step_dir_name(steps[-1])
+    return taken
 
 
 def lost_latest(root: Path) -> Path | None:
@@ -302,7 +306,7 @@ def resolve(path: str | os.PathLike, key: str = "trainer.resume") -> Path:
     if (p / STATE_FILE).is_file():
         return p
     for root in (p / "checkpoints", p):
-        found = latest(root)
+        found = passed_over(root, latest(root))
         if found is not None:
             return found
     raise ConfigError(f"{key}: {str(path)!r} holds no checkpoint (no {STATE_FILE} under it)")

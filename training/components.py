@@ -34,7 +34,8 @@ def find(node: Mapping[str, Any], where: str) -> Callable:
 
     path = node.get(TARGET) if isinstance(node, Mapping) else None
     group, entries, name = (where.split(".") + ["", ""])[:3]
-    if path is None and LIST_GROUPS.get(group) == entries and (option := entry_keys(group, name)[0]) is not None:
+    unbuilt = isinstance(node, Mapping) and TARGET not in node  # null where chosen; absent where only + made it
+    if unbuilt and LIST_GROUPS.get(group) == entries and (option := entry_keys(group, name)[0]) is not None:
         # keys added with + to an entry whose option file is not chosen: the entry is that file's
         raise ConfigError(f"{where} is an entry of {group}={option}, which is not chosen; choose it or drop its keys")
     if not isinstance(path, str) or not path:

@@ -318,9 +318,7 @@ class NextLine(ChoiceTask):
                 ctx.cfg.model.block_size,
             )
         elif limit is not None and len(self.items) < limit:  # its accuracy is then the noisier
-            log.warning(
-                "%s: %d items, of the %d asked (limit): the validation split has no more", where, len(self.items), limit
-            )
+            log.warning("%s: %d items, of the %d asked (limit)", where, len(self.items), limit)
 
     @classmethod
     def check(cls, keys: dict[str, Any], where: str) -> None:
@@ -429,7 +427,7 @@ def hellaswag_rows(path: str | None, limit: int | None, where: str) -> list[tupl
     from data.corpus import quiet_datasets, short_error
 
     source = str(path) if path else HELLASWAG
-    if path and Path(path).suffix == ".jsonl":  # read here: an error names its line
+    if path and Path(path).is_file() and Path(path).suffix.lower() == ".jsonl":  # read here: an error names its line
         rows = list(itertools.islice(jsonl_rows(Path(path)), limit))
         if not rows:
             raise DataError(f"{where}.path: {path} holds no row")
@@ -447,7 +445,7 @@ def hellaswag_rows(path: str | None, limit: int | None, where: str) -> list[tupl
                         )
                     ds = ds["validation"]
             else:
-                builder = {".json": "json", ".parquet": "parquet"}.get(Path(path).suffix)
+                builder = {".json": "json", ".parquet": "parquet"}.get(Path(path).suffix.lower())
                 if builder is None:
                     raise ConfigError(f"{where}.path: {path} is not a .jsonl, .json or .parquet file or a folder")
                 ds = datasets.load_dataset(builder, data_files=str(path), split="train")

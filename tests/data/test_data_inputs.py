@@ -195,7 +195,7 @@ def test_a_given_tokenizer_that_cannot_encode_the_corpus_is_refused(tmp_path):
         ("rows.csv", 'text,n\n"fine",1\n"a, b",2\n"open,3\nx,4\n', "line 4: unexpected end of data"),
         ("rows.csv", "text,n\nfine,1\nx,2,3\n", "line 3: 3 fields where the header has 2"),
         ("ROWS.CSV", "text,n\nfine,1\nx,2,3\n", "line 3: 3 fields where the header has 2"),  # any case
-        ("rows.jsonl", '{"text": "a"}\n{"text": "\udcff"}\n', r"line 2: not valid UTF-8 \(byte 10 of the line\)"),
+        ("rows.jsonl", '{"text": "a"}\n{"text": "\udcff"}\n', r"line 2: not valid UTF-8 \(its byte 11\)"),
     ],
 )
 def test_a_table_that_does_not_parse_is_refused_naming_the_line(tmp_path, streaming, name, text, where):

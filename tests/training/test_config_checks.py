@@ -305,6 +305,7 @@ def test_every_experiment_passes_the_checks_under_every_logger(experiment):
             ["+eval.evals.multiple_choice.path=items.jsonl"],  # with +: the entry is made, without what to build
             "eval.evals.multiple_choice is an entry of eval=multiple_choice, which is not chosen; choose it or drop",
         ),
+        (["eval.evals.next_line._target_=null"], "eval.evals.next_line._target_ must be the dotted path of a class"),
         (
             ["schedule=inverse_sqrt", "schedule.cooldown_steps=480"],
             "schedule.warmup_steps (0.1) and schedule.cooldown_steps (480) do not fit together: warmup + cooldown = "

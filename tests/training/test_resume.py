@@ -668,6 +668,10 @@ def test_the_latest_checkpoint_without_its_state_file_is_named_as_it_is_passed_o
     with caplog.at_level("WARNING"):
         assert checkpoint.newest_intact(tmp_path) == earlier
     assert f"checkpoint {newest}: its state.pt is missing; passing over it" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert checkpoint.latest(tmp_path) == earlier  # as the next save asks: said once, at the resume
+    assert caplog.text == ""
 
 
 def test_the_only_checkpoint_without_its_state_file_is_said_once(tmp_path, caplog):
