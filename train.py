@@ -230,10 +230,11 @@ def main(cfg: DictConfig) -> float:
         if not isinstance(e, USER_ERRORS) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             to_log_files("the run ended with this error:", e)  # the traceback Hydra prints, in train.log too
             raise  # a crash: Python's traceback, exit code 1
-        not_its_log = isinstance(e, run_lock.RunInUse)  # another process's directory and train.log
-        if launch.before is not None and distributed.env_world()[0] == 0 and not not_its_log:
-            not_its_log = launch.before.undo(run_dir)  # refused before it wrote: the directory as it was found
-        if not_its_log:
+        in_use = isinstance(e, run_lock.RunInUse)  # another process's directory, and its train.log
+        restored = False
+        if launch.before is not None and distributed.env_world()[0] == 0 and not in_use:
+            restored = launch.before.undo(run_dir)  # refused before it wrote: the directory as it was found
+        if in_use or restored:
             print(f"error: {e}", file=sys.stderr)
         else:
             report(str(e))  # a run stopped midway: the line in its train.log too
