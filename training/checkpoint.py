@@ -262,13 +262,17 @@ def abandon_after(root: Path, step: int) -> None:
     replace_file(root / LATEST, step_dir_name(step) + "\n")
 
 
+def named_latest(root: Path) -> Path | None:
+    """The folder the ``latest`` pointer names, if there is a pointer (a garbled one names no folder)."""
+    pointer = root / LATEST
+    return root / pointer.read_text(errors="replace").strip() if pointer.is_file() else None
+
+
 def latest(root: Path) -> Path | None:
     """The latest complete checkpoint under ``root``: the one ``latest`` names, else the highest step."""
-    pointer = root / LATEST
-    if pointer.is_file():
-        target = root / pointer.read_text(errors="replace").strip()  # a garbled one names no folder
-        if (target / STATE_FILE).is_file():
-            return target
+    target = named_latest(root)
+    if target is not None and (target / STATE_FILE).is_file():
+        return target
     steps = saved_steps(root)
     return root / step_dir_name(steps[-1]) if steps else None
 
@@ -283,11 +287,10 @@ def passed_over(root: Path, taken: Path | None) -> Path | None:
 
 def lost_latest(root: Path) -> Path | None:
     """The checkpoint folder ``latest`` names when its state file was deleted since (saves are atomic)."""
-    pointer = root / LATEST
-    if not pointer.is_file():
+    target = named_latest(root)
+    if target is None or not STEP_DIR.match(target.name) or not target.is_dir():
         return None
-    target = root / pointer.read_text(errors="replace").strip()
-    return target if STEP_DIR.match(target.name) and target.is_dir() and not (target / STATE_FILE).is_file() else None
+    return None if (target / STATE_FILE).is_file() else target
 
 
 def resolve(path: str | os.PathLike, key: str = "trainer.resume") -> Path:
