@@ -171,7 +171,7 @@ class CsvRecord(FileSink):
         rows, names = [], ["step", *METRIC_NAMES, *EXTRA_METRICS]
         if resume_step is not None and path.exists():
             rows, given = read_csv(path)
-            rows = [r for r in rows if int(r["step"]) < resume_step]
+            rows = [r for r in rows if r["step"].isdecimal() and int(r["step"]) < resume_step]  # not torn
             names += [n for n in given if n not in names]
         super().__init__(path, None)
         self.start(names, rows)
@@ -201,9 +201,11 @@ class CsvRecord(FileSink):
 
 
 def read_csv(path: Path) -> tuple[list[dict], list[str]]:
+    """metrics.csv's rows and header; a last row without its line end (a write cut short) is left out."""
     with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        return list(reader), list(reader.fieldnames or [])
+        text = fh.read()
+    reader = csv.DictReader(io.StringIO(text[: text.rfind("\n") + 1], newline=""))
+    return list(reader), list(reader.fieldnames or [])
 
 
 class CsvSink(Sink):
@@ -434,13 +436,19 @@ def config_yaml(config: Mapping[str, Any]) -> str:
 
 def check_tracking(settings: Mapping[str, Any]) -> None:
     """The keys the experiment trackers share (conf/logger/tracking.yaml), each in one line when bad."""
+
+    def quoted(key: str, value: Any) -> str:  # Hydra reads logger.group=2024 as a number
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return f"; a number quoted: 'logger.{key}=\"{value}\"'" if number else ""
+
     project = settings.get("project")
     if not isinstance(project, str) or not project.strip():
-        raise ConfigError("logger.project", "a name (W&B's project, MLflow's experiment)", project)
+        what = f"a name (W&B's project, MLflow's experiment{quoted('project', project)})"
+        raise ConfigError("logger.project", what, project)
     for key in ("group", "run_name", "notes"):
         value = settings.get(key)
         if value is not None and not isinstance(value, str):
-            raise ConfigError(f"logger.{key}", f"null or a string (a number quoted: 'logger.{key}=\"{value}\"')", value)
+            raise ConfigError(f"logger.{key}", f"null or a string{quoted(key, value)}", value)
     tags = settings.get("tags")
     if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
         raise ConfigError("logger.tags", "a list of names ('logger.tags=[baseline,lr-sweep]')", tags)

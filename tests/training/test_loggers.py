@@ -225,6 +225,25 @@ def test_metrics_csv_keeps_its_rows_when_a_new_column_is_written_and_that_fails(
     assert [r["step"] for r in rows] == ["0", "1", "2", "3"] and names[-1] == "eval/fork/acc"
 
 
+@pytest.mark.parametrize("torn", ["1", "1,", "2,2.5", ",", "x,1.0\r\n"])
+def test_metrics_csv_drops_a_row_cut_short_on_resume(tmp_path, torn):
+    """A kill mid-write leaves a last row without its line end (or a step that is no number): on resume it goes,
+    as metrics.jsonl's torn line does, so each update appears once."""
+    from training.loggers import CsvRecord, read_csv
+
+    record = CsvRecord(tmp_path / "metrics.csv")
+    for t in range(3):
+        record.log(t, {"train/loss": float(t)})
+    record.close()
+    with open(tmp_path / "metrics.csv", "a", newline="") as fh:
+        fh.write(torn)
+    record = CsvRecord(tmp_path / "metrics.csv", resume_step=3)
+    record.log(3, {"train/loss": 3.0})
+    record.close()
+    rows, _ = read_csv(tmp_path / "metrics.csv")
+    assert [(r["step"], r["train/loss"]) for r in rows] == [(str(t), str(float(t))) for t in range(4)]
+
+
 FORK_EVAL = ["+eval.evals.fork._target_=tests.training.fork_parts.Evaluation"]
 
 
@@ -280,7 +299,12 @@ def test_a_forks_evaluation_that_fails_its_contract_is_one_line(tmp_path, tiny_t
         (["logger.mode=sometimes"], r"^logger.mode must be one of auto, online, offline, disabled, got 'sometimes'$"),
         (["logger=mlflow", "logger.tags=baseline"], r"^logger.tags must be a list of names .*, got 'baseline'$"),
         (["logger=wandb", "logger.project=null"], r"^logger.project must be a name .*, got None$"),
-        (["logger=mlflow", "logger.run_name=123"], r"^logger.run_name must be null or a string .*, got 123$"),
+        (["logger=mlflow", "logger.run_name=123"], r"^logger.run_name must be null or a string; .*=\"123\"', got 123$"),
+        (["logger=mlflow", "logger.group=[a]"], r"^logger.group must be null or a string, got \['a'\]$"),
+        (
+            ["logger=wandb", "logger.project=2024"],
+            r"^logger.project must be a name \(.*'logger.project=\"2024\"'\), got",
+        ),
         (
             ["logger=tensorboard", "logger.sinks.tensorboard.subdir=../elsewhere"],
             r"^logger.sinks.tensorboard.subdir must be a folder name inside the run directory .*'../elsewhere'$",
