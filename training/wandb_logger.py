@@ -90,6 +90,8 @@ class WandbSink(Sink):
         # the id of the run this one continues: the sink's state, or what checkpoints before sinks kept
         run_id = info.state.get("run_id") or info.checkpoint.get("wandb_run_id")
         self.mode = resolve_mode(cfg.get("mode", "auto"))
+        if self.mode == "disabled":
+            self.files = ()  # W&B writes nothing: the end-of-run summary names no wandb/ folder
         self.failed = False
         timeout = float(cfg["init_timeout"])
         self.finish_timeout = cfg.get("finish_timeout")

@@ -155,6 +155,14 @@ def test_logger_none_writes_no_wandb_files(tmp_path, tiny_train):
     assert (run / "metrics.jsonl").is_file()
 
 
+def test_wandb_disabled_writes_no_wandb_folder_and_the_summary_names_none(tmp_path, tiny_train):
+    with captured_logs() as lines:
+        run = tiny_train(tmp_path / "run", ["logger=wandb", "logger.mode=disabled", "trainer.max_steps=3"])
+    assert not (run / "wandb").exists()
+    listed = [line for line in "\n".join(lines).splitlines() if line.strip().startswith("metrics")]
+    assert listed and all("metrics.jsonl" in line and "wandb" not in line for line in listed)
+
+
 def test_a_mixture_reports_each_sources_bpb_in_metrics_jsonl_wandb_and_the_console(tmp_path, tiny_train):
     mixture = ["data=mixture", f"data.sources.docs.path={ROOT / 'docs'}", "trainer.max_steps=4", "trainer.eval_every=2"]
     with captured_logs() as lines:
