@@ -178,6 +178,12 @@ def _no_retry_lines(record: logging.LogRecord) -> bool:
 _SET_HERE: dict[str, str] = {}  # the values http_limits set, told apart from the user's own
 
 
+def quiet() -> None:
+    """MLflow announces each new SQLite store with its own handler, outside the run's log: the sink and the upload
+    say where the run went in their own line instead."""
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+
+
 class MlflowSink(Sink):
     """This training run's MLflow run. Calls go through a queue to one thread, in order."""
 
@@ -204,6 +210,7 @@ class MlflowSink(Sink):
         settings = redact(dict(info.settings))  # notes, run name, group and tags reach MLflow as given: redact them
         self.run_dir, self.timeout = info.run_dir, float(settings["init_timeout"])
         http_limits(max(1, math.ceil(self.timeout)))
+        quiet()
         saved = info.state
         # the run directory's own store (where it is now: the directory may have moved since it fell back)
         fallback = f"sqlite:///{info.run_dir / FALLBACK}"
@@ -425,6 +432,7 @@ def upload(run_dir: Path, to: str) -> str:
     source_db = run_dir / FALLBACK
     if not source_db.is_file():
         raise ConfigError(f"{run_dir}: no MLflow fallback store ({FALLBACK}) to upload")
+    quiet()
     source = MlflowClient(tracking_uri=f"sqlite:///{source_db}")
     target = MlflowClient(tracking_uri=to)
     runs = [r for e in source.search_experiments() for r in source.search_runs([e.experiment_id])]

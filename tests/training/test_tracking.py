@@ -137,6 +137,14 @@ def test_mlflow_continues_its_run_across_a_crash_and_a_resume_with_params_tags_a
     assert len(tags.get("mlflow.source.git.commit", "0" * 40)) == 40
 
 
+def test_a_new_mlflow_store_is_made_without_mlflows_own_lines(tmp_path, tiny_train, capfd):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tiny_train(tmp_path / "run", ["trainer.max_steps=2", "logger=mlflow", f"logger.tracking_uri={uri}"])
+    assert mlflow_run(uri)[1]  # the store was made and holds the run
+    out, err = capfd.readouterr()
+    assert "mlflow.store" not in out + err and "database tables" not in out + err
+
+
 def test_mlflow_keeps_each_steps_first_value_across_a_rollback_and_a_resume(tmp_path):
     from training.loggers import RunInfo
     from training.mlflow_logger import MlflowSink
