@@ -347,7 +347,7 @@ def check_keys(cfg: Mapping[str, Any], config_name: str = "config") -> None:
                 f"{group}.{extra[0]} is a key of {' or '.join(f'{group}={o}' for o in owners)}, not of "
                 f"{group}={option} (which has {', '.join(known)})"
             )
-        raise unknown_key(f"{group}.{extra[0]}")
+        raise unknown_key(f"{group}.{extra[0]}", chosen={group: option})
 
 
 def fits_option(node: Mapping[str, Any], group: str, option: str) -> bool:

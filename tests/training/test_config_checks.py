@@ -327,7 +327,7 @@ def test_a_message_says_what_is_wrong_with_the_value_given(overrides, message):
             ["+model.foo=1"],
             "model.foo is not a key of model; it has model.activation, model.activation_checkpointing, model.arch",
         ),
-        (["+data.pth=x"], "data.pth is not a key of data; did you mean data.path"),
+        (["+data.pth=x"], "data.pth is not a key of data=builtin; data=text_files has data.path (choose it"),
         (["+seed=3"], "seed is not a key of this config; did you mean trainer.seed"),
     ],
 )
@@ -461,6 +461,9 @@ def test_a_mistyped_key_or_option_is_one_line_before_hydra_runs():
     ) as e:
         check_overrides(["optim.zzz=1"])
     assert "muon" not in str(e.value)  # the chosen option's keys alone
+    with pytest.raises(ConfigError, match=r"^optim.zzz is not a key of optim; it has optim._target_, ") as e:
+        check_config(compose_config(["+optim.zzz=1"]))  # appended with +: found in the composed config
+    assert "muon" not in str(e.value)
     with pytest.raises(ConfigError, match=r"^logger.sinks.csv.foo is not a key of logger.sinks.csv; it has _target_$"):
         check_overrides(["logger=csv", "logger.sinks.csv.foo=1"])  # not "did you mean logger.sinks.csv?"
     with pytest.raises(ConfigError, match=r"^eval.evals.next_line.limit is a key of eval=next_line only; choose it"):
