@@ -312,11 +312,11 @@ def finite(values: dict[int, float | None]) -> dict[int, float]:
 
 
 def logged_values(rows: list[dict], key: str, source: Path) -> dict[int, float]:
-    """``{step: value}`` of the rows that hold a finite ``key``; a step that is not an update index (0, 1, …) is
-    a file of another kind, named in one line."""
+    """``{step: value}`` of the rows that hold a finite ``key``; a step that is not an update index (0, 1, …: a
+    negative one, a string) is a file of another kind, named in one line."""
     for r in rows:
-        if r.get(key) is not None and is_int(r.get("step")) and r["step"] < 0:
-            raise AuditError(f"{source}: step {r['step']} is not an update index (0, 1, …)")
+        if r.get(key) is not None and "step" in r and not (is_int(r["step"]) and r["step"] >= 0):
+            raise AuditError(f"{source}: step {r['step']!r} is not an update index (0, 1, …)")
     return finite(
         {
             r["step"]: number(r[key], f"{source}: step {r['step']}: {key}")

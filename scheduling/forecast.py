@@ -156,10 +156,18 @@ def observe(path: Path, loss: str, logged: audit.Logged | None = None) -> Observ
         raise ForecastError(f"{path}: every logged learning rate is 0 (a forecast needs the lr of every update)")
     points = after_warmup(smoothed(losses, n) if loss == "train" else losses, lrs)
     if len(points) < MIN_POINTS:
-        name = "validation" if loss == "val" else "training"
+        have = f"{len(points)} validation losses"
+        fixes = ["evaluate more often: trainer.eval_every"]
+        if loss == "val" and logged.losses.get("train"):
+            fixes.append("fit the training loss: --loss train")
+        if loss == "train":  # asked for, or what auto took for want of validation losses: both counts
+            val = len(after_warmup(logged.losses.get("val", {}), lrs))
+            have = f"{len(points)} training losses and {val} validation losses"
+            if val >= MIN_POINTS:
+                fixes.append("fit the validation loss: --loss val")
         raise ForecastError(
-            f"{path}: {len(points)} {name} losses after the warmup (W = {warmup_of(lrs)}); a fit needs at least "
-            f"{MIN_POINTS} per run (evaluate more often: trainer.eval_every, or fit the training loss: --loss train)"
+            f"{path}: {have} after the warmup (W = {warmup_of(lrs)}); a fit needs at least {MIN_POINTS} of one "
+            f"kind per run ({', or '.join(fixes)})"
         )
     steps = np.array(sorted(points))
     if len(steps) > MAX_POINTS:

@@ -362,7 +362,22 @@ def run_dir(path, rows: list[dict]):
     "case, says",
     [
         ("no lr", "no learning rate was logged (a forecast needs the lr of every update)"),
-        ("few points", "3 validation losses after the warmup (W = 0); a fit needs at least 5 per run"),
+        (
+            "few points",
+            "3 validation losses after the warmup (W = 0); a fit needs at least 5 of one kind per run (evaluate more "
+            "often: trainer.eval_every, or fit the training loss: --loss train)",
+        ),
+        (  # auto took the training loss for want of validation losses, and the run logged none
+            "few points auto",
+            "0 training losses and 2 validation losses after the warmup (W = 0); a fit needs at least 5 of one kind "
+            "per run (evaluate more often: trainer.eval_every)",
+        ),
+        (
+            "few train points",
+            "2 training losses and 6 validation losses after the warmup (W = 0); a fit needs at least 5 of one kind "
+            "per run (evaluate more often: trainer.eval_every, or fit the validation loss: --loss val)",
+        ),
+        ("step a string", "metrics.jsonl: step '4' is not an update index (0, 1, …)"),
         ("not a run", "not a run directory (metrics.jsonl), a W&B offline run (run-*.wandb) or a trainer_state.json"),
         ("unknown key", "Could not override 'schedule.decay_fractoin'"),
         ("rising knots", "knot 2 (update 1500) has λ = 0.8, above the 0.5 before it"),
@@ -399,6 +414,18 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case, says, tmp_
     elif case == "few points":
         rows += [{"step": s, "val/loss": 3.0} for s in (5, 10, 15)]
         argv = ["fit", str(run_dir(tmp_path / "run", rows)), "--loss", "val"]
+    elif case == "few points auto":
+        rows = [{"step": t, "train/lr": 1e-3} for t in range(100)] + [{"step": 49, "val/loss": 3.0}]
+        argv = ["fit", str(run_dir(tmp_path / "run", [*rows, {"step": 99, "val/loss": 2.9}]))]
+    elif case == "few train points":
+        rows = [{"step": t, "train/lr": 1e-3, **({"train/loss": 3.0} if t < 3 else {})} for t in range(20)]
+        rows += [{"step": s, "val/loss": 3.0} for s in (2, 5, 8, 11, 14, 17)]
+        argv = ["fit", str(run_dir(tmp_path / "run", rows)), "--loss", "train"]
+    elif case == "step a string":
+        argv = [
+            "fit",
+            str(run_dir(tmp_path / "run", [{**r, "step": str(r["step"])} if r["step"] == 4 else r for r in rows])),
+        ]
     elif case == "not a run":
         (tmp_path / "empty").mkdir()
         argv = ["fit", str(tmp_path / "empty")]
