@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import itertools
 import os
 import re
@@ -110,7 +111,7 @@ def known_keys(group: str, option: str | None) -> list[str]:
     path = CONF / group / f"{option or 'default'}.yaml"
     if not path.is_file():
         return []
-    node = OmegaConf.load(path)
+    node = option_yaml(group, option or "default")
     inherited = [k for base in node.get("defaults", []) if base != "_self_" for k in known_keys(group, base)]
     own = [k for k in node if k != "defaults"]
     own += [f"{k}.{sub}" for k in own if OmegaConf.is_dict(node[k]) for sub in node[k]]
@@ -119,24 +120,21 @@ def known_keys(group: str, option: str | None) -> list[str]:
 
 def yaml_keys(group: str, option: str) -> list[str]:
     """The keys ``option``'s file in conf/ sets itself."""
-    from omegaconf import OmegaConf
 
-    return [str(k) for k in OmegaConf.load(CONF / group / f"{option}.yaml") if k != "defaults"]
+    return [str(k) for k in option_yaml(group, option) if k != "defaults"]
 
 
 def entries_of(group: str, option: str) -> list[str]:
     """The entries a list group's option file adds (``logger=csv``: its sink ``csv``)."""
-    from omegaconf import OmegaConf
 
-    return list(OmegaConf.load(CONF / group / f"{option}.yaml").get(LIST_GROUPS[group]) or {})
+    return list(option_yaml(group, option).get(LIST_GROUPS[group]) or {})
 
 
 def entry_keys(group: str, name: str) -> tuple[str | None, list[str]]:
     """The option file of a list group that adds entry ``name``, and that entry's keys (none: a fork's)."""
-    from omegaconf import OmegaConf
 
     for option in group_options(group):
-        node = OmegaConf.load(CONF / group / f"{option}.yaml").get(LIST_GROUPS[group]) or {}
+        node = option_yaml(group, option).get(LIST_GROUPS[group]) or {}
         if name in node:
             return option, [str(k) for k in node[name] or {}]
     return None, []
@@ -146,19 +144,57 @@ def option_files(group: str, value: Any) -> list[str]:
     """The options (files) of ``group`` that ``value`` of its naming key (``OPTION_KEY``) may mean: the file of
     that name, then those whose naming key has it (a fork's copy of adamw.yaml that kept ``name: adamw``, a fork's
     schedule named by its function's dotted path)."""
-    from omegaconf import OmegaConf
 
     named = [str(value)] if (CONF / group / f"{value}.yaml").is_file() else []
     return named + [
         option
         for option in group_options(group)
-        if option not in named and OmegaConf.load(CONF / group / f"{option}.yaml").get(OPTION_KEY[group]) == value
+        if option not in named and option_yaml(group, option).get(OPTION_KEY[group]) == value
     ]
 
 
 def group_options(group: str) -> list[str]:
-    """The options of a config group: its files in conf/, by name."""
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    """The options of a config group: its files in conf/ that read as YAML mappings, by name (a fork's broken file
+    that a run does not choose is not its concern; chosen, the composition names it: ``yaml_refusal``)."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if _mapping_at(p, *_stamp(p)) is not None)
+
+
+def option_yaml(group: str, option: str) -> Any:
+    """The mapping ``conf/<group>/<option>.yaml`` holds, read once while the file stays as it is."""
+    path = CONF / group / f"{option}.yaml"
+    node = _mapping_at(path, *_stamp(path))
+    if node is None:
+        raise ConfigError(f"{path}: not a YAML mapping of keys Hydra can read")
+    return node
+
+
+def _stamp(path) -> tuple[int, int]:
+    try:
+        stat = path.stat()
+    except OSError:
+        return (-1, -1)
+    return (stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _mapping_at(path, mtime_ns: int, size: int) -> Any:
+    """The file's YAML mapping, or None when it is not one (unreadable, not YAML, a list)."""
+    import yaml
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        node = OmegaConf.load(path)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException):
+        return None
+    return node if isinstance(node, DictConfig) else None
+
+
+def yaml_refusal(e: Exception) -> ConfigError:
+    """A config file that is not YAML, as the composition met it, in one line naming the file and line."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"{mark.name}, line {mark.line + 1}" if mark is not None else "a config file"
+    return ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or first_line(e)})")
 
 
 def top_keys(config_name: str) -> list[str]:
@@ -353,9 +389,8 @@ def check_keys(cfg: Mapping[str, Any], config_name: str = "config") -> None:
 def fits_option(node: Mapping[str, Any], group: str, option: str) -> bool:
     """Whether ``node`` may have come from ``option``'s file: it builds what the file names and has no key the
     file does not define."""
-    from omegaconf import OmegaConf
 
-    target = OmegaConf.load(CONF / group / f"{option}.yaml").get("_target_")
+    target = option_yaml(group, option).get("_target_")
     return target in (None, node.get("_target_")) and not unknown(node, known_keys(group, option), group)
 
 
@@ -398,6 +433,7 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
     """Compose ``overrides`` as Hydra will (a sweep's first value for each swept key, then each other value in
     turn), and turn what Hydra refuses — a mistyped key, an unknown option, ``hydra.*``'s included — into one line
     with the closest known names; entry points call this before handing the command line to Hydra."""
+    import yaml
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -454,6 +490,8 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
         compose(plain, config_name)
     except (HydraException, OmegaConfBaseException) as e:
         raise composition_error(e, config_name, plain) from None
+    except yaml.YAMLError as e:  # a file the composition reads, a fork's broken one
+        raise yaml_refusal(e) from None
     sweeps = [o for o, mine in zip(parsed, ours, strict=True) if mine and o.is_sweep_override()]
     if sweeps and not {"-m", "--multirun"} & set(overrides) and not multirun_config(first, config_name):
         raise ConfigError(  # Hydra's answer is five lines
@@ -469,6 +507,8 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
                 compose(lines, config_name)
             except (HydraException, OmegaConfBaseException) as e:
                 raise composition_error(e, config_name, lines) from None
+            except yaml.YAMLError as e:
+                raise yaml_refusal(e) from None
     if len(plain) == len(first):
         return
     try:  # Hydra's own keys, checked apart: only a mistyped key or option is reported, the rest is Hydra's to judge
@@ -549,13 +589,12 @@ def positive_int(section: Mapping[str, Any], key: str, prefix: str, minimum: int
 def check_schedule_option(schedule: Mapping[str, Any]) -> None:
     """``schedule.name=polynomial`` beside another option's file keeps that file's keys and leaves polynomial's own
     (its ``power``) at the code's default, not conf/'s: a schedule of conf/ is chosen by its option."""
-    from omegaconf import OmegaConf
 
     name = schedule.get("name")
     path = CONF / "schedule" / f"{name}.yaml"
     if not isinstance(name, str) or "/" in name or not path.is_file():
         return  # a fork's dotted path, or a name the schedule check refuses
-    missing = [str(k) for k in OmegaConf.load(path) if k != "defaults" and k not in schedule]
+    missing = [str(k) for k in option_yaml("schedule", name) if k != "defaults" and k not in schedule]
     if missing:
         raise ConfigError(
             f"schedule.name={name}: choose it with schedule={name}, whose file sets "

@@ -388,6 +388,30 @@ def test_a_key_a_forks_yaml_file_adds_is_checked_like_the_templates(tmp_path, mo
         check_config(compose_config(["+optim.embed_lr_scale=0.5"]))
 
 
+def test_a_forks_broken_yaml_file_is_named_when_chosen_and_no_concern_of_a_run_that_does_not_choose_it(
+    tmp_path, monkeypatch
+):
+    import shutil
+
+    import scheduling.spec
+    import training.config
+
+    conf = tmp_path / "conf"
+    shutil.copytree(training.config.CONF, conf)
+    (conf / "optim" / "sgd.yaml").write_text("_target_: fork.sgd\nlr: [0.1\n")  # an unclosed list
+    (conf / "logger" / "listed.yaml").write_text("- a\n- b\n")  # YAML, but not a mapping of keys
+    monkeypatch.setattr(training.config, "CONF", conf)
+    monkeypatch.setattr(scheduling.spec, "CONF", conf)
+    check_config(compose_config([]))  # the default optim=adamw: every group's files were read
+    with pytest.raises(ConfigError, match=r"^optim.zzz is not a key of optim; it has optim._target_"):
+        check_config(compose_config(["+optim.zzz=1"]))  # the other options' keys are looked through too
+    with pytest.raises(ConfigError, match=r"^optim.bettas is not a key of optim; did you mean optim.betas"):
+        training.config.check_overrides(["optim.bettas=[0.9,0.9]"])
+    for argv in (["optim=sgd"], ["-m", "optim=adamw,sgd"]):
+        with pytest.raises(ConfigError, match=r"^\S+/conf/optim/sgd.yaml, line 3: not valid YAML \(expected ',' or"):
+            training.config.check_overrides(argv)
+
+
 def test_a_model_key_written_in_conf_model_alone_names_gptconfig(tmp_path, monkeypatch):
     """A fork's new model key in base.yaml, without its field in GPTConfig (which the model's code reads)."""
     import shutil
