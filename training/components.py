@@ -35,11 +35,13 @@ def find(node: Mapping[str, Any], where: str) -> Callable:
     path = node.get(TARGET) if isinstance(node, Mapping) else None
     group, entries, name = (where.split(".") + ["", ""])[:3]
     unbuilt = isinstance(node, Mapping) and TARGET not in node  # null where chosen; absent where only + made it
-    if unbuilt and LIST_GROUPS.get(group) == entries and (option := entry_keys(group, name)[0]) is not None:
+    option, keys = entry_keys(group, name) if unbuilt and LIST_GROUPS.get(group) == entries else (None, [])
+    if option is not None and TARGET in keys:
         # keys added with + to an entry whose option file is not chosen: the entry is that file's
         raise ConfigError(f"{where} is an entry of {group}={option}, which is not chosen; choose it or drop its keys")
     if not isinstance(path, str) or not path:
-        raise ConfigError(f"{where}.{TARGET}", "the dotted path of a class or function to build", path)
+        where_set = f" (conf/{group}/{option}.yaml's entry sets none)" if option is not None else ""
+        raise ConfigError(f"{where}.{TARGET}", f"the dotted path of a class or function to build{where_set}", path)
     hydra_log = logging.getLogger("hydra.utils")  # it logs the failure in three lines: ours is the one line
     disabled, hydra_log.disabled = hydra_log.disabled, True
     try:

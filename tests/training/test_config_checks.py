@@ -412,6 +412,21 @@ def test_a_forks_broken_yaml_file_is_named_when_chosen_and_no_concern_of_a_run_t
             training.config.check_overrides(argv)
 
 
+def test_a_forks_entry_without_its_target_is_named_as_such_not_as_an_option_not_chosen(tmp_path, monkeypatch):
+    import shutil
+
+    import scheduling.spec
+    import training.config
+
+    conf = tmp_path / "conf"
+    shutil.copytree(training.config.CONF, conf)
+    (conf / "logger" / "steps.yaml").write_text("sinks:\n  steps:\n    target: my_sinks.Steps\n")  # not _target_
+    monkeypatch.setattr(training.config, "CONF", conf)
+    monkeypatch.setattr(scheduling.spec, "CONF", conf)
+    with pytest.raises(ConfigError, match=r"^logger.sinks.steps._target_ must be the dotted path .* \(conf/logger/"):
+        check_config(compose_config(["logger=[csv,steps]"]))
+
+
 def test_a_model_key_written_in_conf_model_alone_names_gptconfig(tmp_path, monkeypatch):
     """A fork's new model key in base.yaml, without its field in GPTConfig (which the model's code reads)."""
     import shutil
