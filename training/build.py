@@ -38,7 +38,16 @@ from training.config import LIST_GROUPS, USER_ERRORS, ConfigError, check_stop_at
 from training.engine import Model, TrainStep, Update, build_model
 from training.evaluation import EvalContext, Evaluations
 from training.init_from import initial_weights, model_vocab
-from training.loggers import JsonlSink, Metrics, ProgressSink, RunInfo, flat_config, human, start_summary
+from training.loggers import (
+    JsonlSink,
+    Metrics,
+    ProgressSink,
+    RunInfo,
+    check_sink,
+    flat_config,
+    human,
+    start_summary,
+)
 from training.optim import build_optimizer, describe_optimizer
 from training.secrets import redact
 from training.signals import Interrupted
@@ -644,6 +653,7 @@ def open_metrics(
         )
         try:
             sinks[name] = build(node, f"logger.{section}.{name}", info)
+            check_sink(sinks[name], f"logger.{section}.{name}")
         except (ConfigError, Interrupted) as e:  # its settings, the user's to fix, or a stop: the runs begun end
             with contextlib.suppress(Exception):
                 Metrics([], sinks).close("preempted" if isinstance(e, Interrupted) else "failed")

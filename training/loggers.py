@@ -103,6 +103,39 @@ class Sink:
         pass
 
 
+# each method of Sink's protocol, and the arguments the run passes it
+PROTOCOL = {
+    "log": "step, metrics",
+    "log_sample": "step, prompt, text",
+    "state": "",
+    "finish": "status, summary",
+    "rewind": "step",
+}
+
+
+def check_sink(sink: Any, where: str) -> None:
+    """A plugged sink keeps ``Sink``'s protocol: ``log`` at least, each of its methods taking the arguments the run
+    passes. A sink that would receive nothing (a method named otherwise) or fail at the end of the run (a
+    ``log_sample`` without ``prompt``) is a one-line error naming ``where`` as it starts, not a silent sink."""
+    import inspect
+
+    kind = f"{type(sink).__module__}.{type(sink).__qualname__}"
+    if not callable(getattr(sink, "log", None)):
+        raise ConfigError(f"{where}: {kind} has no log(step, metrics) method (training.loggers.Sink's protocol)")
+    if isinstance(sink, Sink) and all(getattr(type(sink), m, None) is getattr(Sink, m, None) for m in PROTOCOL):
+        raise ConfigError(f"{where}: {kind} overrides none of Sink's methods ({', '.join(PROTOCOL)}): it gets nothing")
+    for name, arguments in PROTOCOL.items():
+        method = getattr(sink, name, None)
+        if method is None:
+            continue
+        try:
+            inspect.signature(method).bind(*arguments.split(", ") if arguments else ())
+        except TypeError:
+            raise ConfigError(f"{where}: {kind}.{name} must take ({arguments}), as Sink.{name} does") from None
+        except ValueError:  # no signature to read (a builtin): the call itself will say
+            pass
+
+
 class FileSink:
     """A sink that appends to one file. A write that runs out of space raises ``DiskFull`` once; closing after it
     drops the unwritten rest without a second report."""
@@ -328,6 +361,7 @@ class Metrics:
 
     def __init__(self, core: list[Any], sinks: Mapping[str, Sink] | None = None):
         self.core, self.sinks = core, dict(sinks or {})
+        self.dropped: dict[str, Sink] = {}  # failed mid-run: still finished at the end, their runs closed
         self.summary: dict[str, Any] = {}
         self.validated = False  # a val/loss was logged, finite or not
 
@@ -360,17 +394,19 @@ class Metrics:
                 self.summary.pop(key, None)
 
     def each(self, method: str, what: str, *args: Any, check: Callable[[Any], Any] | None = None) -> dict[str, Any]:
-        """``sink.method(*args)`` for every plugged sink, by name (what ``check`` makes of each result); one that
-        fails, or whose result ``check`` refuses, is named once and dropped."""
+        """``sink.method(*args)`` for every plugged sink, by name (what ``check`` makes of each result), each with
+        its own copy of a dict argument (one that edits its metrics leaves the others' and the summary as they
+        were); one that fails, or whose result ``check`` refuses, is named once and dropped."""
         results = {}
         for name, sink in list(self.sinks.items()):
             call = getattr(sink, method, None)
             if call is None:
                 continue
             try:
-                results[name] = call(*args) if check is None else check(call(*args))
+                own = [dict(a) if isinstance(a, dict) else a for a in args]
+                results[name] = call(*own) if check is None else check(call(*own))
             except Exception as e:
-                del self.sinks[name]
+                self.dropped[name] = self.sinks.pop(name)
                 log.warning(
                     "logger %s failed %s (%s: %s); training goes on without it, metrics.jsonl stays complete",
                     name,
@@ -394,8 +430,13 @@ class Metrics:
 
     def close(self, status: str = "ok") -> None:
         """``status``: ok | failed | preempted (stopped early with a checkpoint to resume from). Every sink is
-        finished even when one fails; a core sink's failure (a full disk) is raised after."""
+        finished even when one fails — one dropped mid-run too, quietly: its failure was said — and a core sink's
+        failure (a full disk) is raised after."""
         self.each("finish", "closing its run", status, self.summary)
+        for sink in self.dropped.values():
+            with contextlib.suppress(Exception):
+                sink.finish(status, dict(self.summary))
+        self.dropped.clear()
         errors = []
         for sink in self.core:
             try:

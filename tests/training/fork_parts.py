@@ -42,6 +42,53 @@ class Failing(Sink):
         if self.calls == 3:
             raise ConnectionError("the server went away")
 
+    def finish(self, status: str, summary) -> None:
+        SEEN["failing finished"] = status
+
+
+class Renaming(Sink):
+    """Edits the metrics it gets in place (W&B-style names with dots)."""
+
+    def __init__(self, info: RunInfo):
+        pass
+
+    def log(self, step: int, metrics) -> None:
+        for key in list(metrics):
+            metrics[key.replace("/", ".")] = metrics.pop(key)
+
+
+class Misnamed(Sink):
+    """A subclass whose method has another name than the protocol's: it would get nothing."""
+
+    def __init__(self, info: RunInfo):
+        pass
+
+    def log_metrics(self, step: int, metrics) -> None:
+        pass
+
+
+class NoLog:
+    """Not a Sink, and without log()."""
+
+    def __init__(self, info: RunInfo):
+        pass
+
+    def log_metrics(self, step: int, metrics) -> None:
+        pass
+
+
+class ShortSample(Sink):
+    """log_sample without the prompt: it would fail at the end of the run, its finish never called."""
+
+    def __init__(self, info: RunInfo):
+        pass
+
+    def log(self, step: int, metrics) -> None:
+        pass
+
+    def log_sample(self, text: str) -> None:
+        pass
+
 
 class BadState(Sink):
     """Its state() raises, or with ``unplain`` is a value a checkpoint cannot load back (a Path)."""

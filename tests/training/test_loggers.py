@@ -69,8 +69,30 @@ def test_a_failing_sink_is_named_once_and_dropped_and_training_goes_on(tmp_path,
         "on without it, metrics.jsonl stays complete"
     ]
     assert SEEN["failing"] == 3  # never called again
+    assert SEEN["failing finished"] == "ok"  # but finished at the end: a tracker's run is closed
     assert sorted(r["step"] for r in read_metrics(run) if "train/loss" in r) == list(range(6))
     assert json.loads((run / "summary.json").read_text())["status"] == "ok"
+
+
+def test_a_sink_that_edits_its_metrics_leaves_the_other_sinks_and_the_summary_as_they_were(tmp_path, tiny_train):
+    run = tiny_train(tmp_path / "run", [*ARGS, "logger=csv", *sinks(renaming="Renaming")])
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "train/loss" in header and "train.loss" not in header
+    assert "best/val_loss" in json.loads((run / "summary.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "part, says",
+    [
+        ("Misnamed", r"Misnamed overrides none of Sink's methods \(log, log_sample, state, finish, rewind\): it gets"),
+        ("NoLog", r"NoLog has no log\(step, metrics\) method \(training.loggers.Sink's protocol\)$"),
+        ("ShortSample", r"ShortSample.log_sample must take \(step, prompt, text\), as Sink.log_sample does$"),
+    ],
+)
+def test_a_sink_off_the_protocol_is_one_line_as_the_run_starts(tmp_path, tiny_train, part, says):
+    with pytest.raises(ConfigError, match="^logger.sinks.mine: tests.training.fork_parts." + says):
+        tiny_train(tmp_path / "run", [*ARGS, *sinks(mine=part)])
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_a_sink_that_fails_to_start_is_named_and_dropped_and_training_goes_on(tmp_path, tiny_train, caplog):
