@@ -4,7 +4,8 @@ updates and at T — on every rank, its metrics logged to every sink at step t.
 An evaluation is built once per run from its YAML node (``training.components``) as
 ``Target(ctx: EvalContext, **its own keys)`` (``ctx.name``: its name under ``eval.evals``) and called as
 ``evaluation(model)`` with the model at update t (in train mode: it sets eval mode itself, and must leave the
-weights and the generators as they were); it returns ``{metric name: value}``. Under DDP or FSDP every rank calls
+weights and the generators as they were; the mode is given back after it); it returns ``{metric name: value}``,
+names no other evaluation logs. Under DDP or FSDP every rank calls
 it, so an evaluation that splits its work over the ranks sums over them itself (``torch.distributed``), as
 :class:`Perplexity` does. A class may also have ``check(keys, where)``, called with its own keys before anything
 is written, to refuse a bad value (a missing file, a task that needs the network offline) in one line.
@@ -61,15 +62,22 @@ class Perplexity:
 
 
 class Evaluations:
-    """Every evaluation the ``eval`` group names, as one: their metrics merged (a later one's name wins)."""
+    """Every evaluation the ``eval`` group names, as one: their metrics merged, each name logged by one of them.
+    Each gets the model in the mode the run has it, and the run gets it back so (an evaluation that calls
+    ``model.eval()`` alone would turn dropout off for the rest of training)."""
 
     def __init__(self, evaluations: Mapping[str, Any]):
         self.evaluations = dict(evaluations)
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
         metrics: dict[str, float] = {}
+        owner: dict[str, str] = {}
+        training = model.training
         for name, evaluation in self.evaluations.items():
-            found = evaluation(model)
+            try:
+                found = evaluation(model)
+            finally:
+                model.train(training)
             if not isinstance(found, Mapping):
                 raise ConfigError(f"eval.evals.{name} returned a {type(found).__name__}, not a dict of metrics")
             for key, value in found.items():  # every sink takes numbers: a tensor or a text would fail in each
@@ -78,6 +86,12 @@ class Evaluations:
                     raise ConfigError(
                         f"eval.evals.{name}: its metric {key} is a {type(value).__name__}, not a number{hint}"
                     )
+                if key in owner:  # one would hide the other in every sink and the summary
+                    raise ConfigError(
+                        f"eval.evals.{name}: its metric {key} is eval.evals.{owner[key]}'s too; name it apart "
+                        f"(eval/{name}/…)"
+                    )
+                owner[key] = name
             metrics.update(found)
         return metrics
 

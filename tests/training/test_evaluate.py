@@ -84,3 +84,30 @@ def test_validation_windows_that_overlap_in_a_short_split_are_warned_of(tmp_path
         caplog.clear()
         tiny_train(tmp_path / "held_out", ["trainer.max_steps=1", "data.val_fraction=0.5"])
     assert "overlap" not in caplog.text
+
+
+def test_an_evaluation_that_leaves_the_model_in_eval_mode_does_not_turn_dropout_off_for_training():
+    from training.evaluation import Evaluations
+
+    seen = []
+
+    def leaves_eval(model):
+        model.eval()  # and never model.train(): dropout would stay off for the rest of the run
+        return {"eval/a": 1.0}
+
+    def records(model):
+        seen.append(model.training)
+        return {"eval/b": 2.0}
+
+    model = torch.nn.Dropout(0.5)
+    assert Evaluations({"a": leaves_eval, "b": records})(model) == {"eval/a": 1.0, "eval/b": 2.0}
+    assert seen == [True] and model.training  # each evaluation gets the model as the run had it, and gives it back
+
+
+def test_two_evaluations_that_log_the_same_metric_name_are_refused_in_one_line():
+    from training.config import ConfigError
+    from training.evaluation import Evaluations
+
+    both = Evaluations({"perplexity": lambda m: {"val/loss": 3.0}, "mine": lambda m: {"val/loss": 0.001}})
+    with pytest.raises(ConfigError, match=r"^eval.evals.mine: its metric val/loss is eval.evals.perplexity's too; "):
+        both(torch.nn.Linear(1, 1))
