@@ -219,6 +219,19 @@ def build_optimizer(model: torch.nn.Module, cfg: Mapping[str, Any], device: torc
             f"optim: {cfg[TARGET]} gives its first param group lr {first:g}, not optim.lr={cfg['lr']:g} (train/lr logs "
             "group 0's lr as optim.lr × λ(t)): put a group at optim.lr first"
         )
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    left = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in held]
+    if left:  # a fork's builder that forgot some: they would keep their initial values, silently
+        shown = ", ".join(left[:8]) + (", …" if len(left) > 8 else "")
+        trainable = sum(p.requires_grad for p in model.parameters())
+        log.warning(
+            "optim: %s leaves %d of %d trainable parameter tensors out of its param groups (%s): they will not "
+            "train (freeze one with requires_grad=False)",
+            cfg[TARGET],
+            len(left),
+            trainable,
+            shown,
+        )
     return optimizer
 
 

@@ -166,6 +166,14 @@ def half_lr_first(model, device, *, lr: float, name: str = "half", **_: Any):
     return torch.optim.SGD([{"params": embeddings, "lr": lr / 2}, {"params": rest}], lr=lr)
 
 
+def blocks_only(model, device, *, lr: float, name: str = "blocks", **_: Any):
+    """An optimizer that leaves the embeddings and the final norm out (a fork's mistake, or a freeze done by
+    omission rather than with requires_grad=False)."""
+    import torch
+
+    return torch.optim.SGD([p for n, p in model.named_parameters() if n.startswith("blocks.")], lr=lr)
+
+
 def returns_groups(model, device, *, lr: float, name: str = "groups", **_: Any):
     """A builder that returns the param groups, not the optimizer."""
     return [{"params": list(model.parameters()), "lr": lr}]

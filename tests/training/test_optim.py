@@ -155,6 +155,26 @@ def test_a_forks_optimizer_builder_that_does_not_fit_the_plug_point_is_one_line(
     assert str(info.value).startswith(message), str(info.value)
 
 
+def test_an_optimizer_that_leaves_trainable_parameters_out_is_warned_of_by_name(caplog):
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=8, vocab_size=16))
+    with caplog.at_level("WARNING", logger="train"):
+        build_optimizer(model, {"_target_": "tests.training.fork_parts.blocks_only", **SGD}, torch.device("cpu"))
+    left = [n for n, p in model.named_parameters() if not n.startswith("blocks.")]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"optim: tests.training.fork_parts.blocks_only leaves {len(left)} of {len(list(model.parameters()))} "
+        f"trainable parameter tensors out of its param groups ({', '.join(left)}): they will not train (freeze "
+        "one with requires_grad=False)"
+    ]
+    caplog.clear()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.blocks.parameters():
+        p.requires_grad_(True)
+    with caplog.at_level("WARNING", logger="train"):  # frozen as torch freezes: nothing to say
+        build_optimizer(model, {"_target_": "tests.training.fork_parts.blocks_only", **SGD}, torch.device("cpu"))
+    assert not caplog.records
+
+
 def test_a_forks_optimizer_keys_named_as_adamws_are_its_builders_to_judge(tmp_path, tiny_train):
     fork = ["optim._target_=tests.training.fork_parts.adafactor", "optim.name=adafactor", "~optim.weight_decay"]
     fork += ["~optim.fused", "optim.eps=[null,1e-3]", "optim.betas=[0.9,0.99,0.8]"]
