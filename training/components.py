@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import logging
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from scheduling.spec import first_line, missing_name
@@ -82,9 +83,23 @@ def build_refusing(node: Mapping[str, Any], where: str, /, *args: Any, **kwargs:
     except USER_ERRORS:  # bad input the target named itself (a DataError naming its file and line)
         raise
     except (ValueError, TypeError, OSError) as e:
+        at = raised_in(e, find(node, where))  # a bug of the fork's own code looks the same: where it was raised
         raise ConfigError(
-            f"{where}: {node[TARGET]} refused its settings ({type(e).__name__}: {first_line(e)})"
+            f"{where}: {node[TARGET]} refused its settings ({type(e).__name__}: {first_line(e)}{at})"
         ) from None
+
+
+def raised_in(error: BaseException, target: Callable) -> str:
+    """``; raised at file.py:line``: the last line of ``target``'s own module that the error passed through."""
+    import inspect
+    import traceback
+
+    try:
+        source = inspect.getsourcefile(inspect.getmodule(target))
+    except TypeError:  # a builtin
+        return ""
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == source]
+    return f"; raised at {Path(source).name}:{frames[-1].lineno}" if frames else ""
 
 
 def check_call(target: Callable, where: str, path: str, /, *args: Any, **kwargs: Any) -> None:

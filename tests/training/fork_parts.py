@@ -194,7 +194,9 @@ class Evaluation:
     """An evaluation that refuses a file it cannot read, a check that raises ValueError (or fails: KeyError), or
     metrics that are tensors (a forgotten ``.item()``)."""
 
-    def __init__(self, ctx, file: str | None = None, metric: str = "number"):
+    def __init__(self, ctx, file: str | None = None, metric: str = "number", buggy: bool = False):
+        if buggy:  # a bug of its own, not a refusal of its settings
+            ctx.name + 1
         if file is not None and file.endswith(".bad"):  # bad input it names itself, as the built-in ones do
             from data import DataError
 

@@ -280,6 +280,10 @@ FORK_EVAL = ["+eval.evals.fork._target_=tests.training.fork_parts.Evaluation"]
             r"/nonexistent/items.jsonl",
         ),
         (["+eval.evals.fork.file=/data/items.bad"], r"^/data/items.bad:3: not an item$"),  # its own line, as is
+        (  # a bug reads as a refusal: the line it was raised at tells them apart
+            ["+eval.evals.fork.buggy=true"],
+            r"^eval.evals.fork: .*Evaluation refused its settings \(TypeError: .*; raised at fork_parts.py:\d+\)$",
+        ),
         (
             ["+eval.evals.fork.metric=tensor"],
             r"^eval.evals.fork: its metric val/fork is a Tensor, not a number \(its .item\(\)\)$",
