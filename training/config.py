@@ -372,7 +372,13 @@ def check_keys(cfg: Mapping[str, Any], config_name: str = "config") -> None:
             extra = [k for k in extra if not k.startswith(f"{LIST_GROUPS[group]}.")]
         if not known or not extra:
             continue  # no file for this option: the check of its name or source says so
-        if group == "model" and any(extra[0] in yaml_keys("model", o) for o in group_options("model")):
+        files = [o for o in group_options("model") if extra[0] in yaml_keys("model", o)] if group == "model" else []
+        if files:
+            close = difflib.get_close_matches(extra[0], known, n=1, cutoff=0.75)
+            if close:  # a preset's typo (n_layers), not a new key
+                raise ConfigError(
+                    f"model.{extra[0]} (conf/model/{files[0]}.yaml) is not a key of model; did you mean {close[0]}?"
+                )
             raise ConfigError(  # a fork's new key written in conf/model/ only: its code reads GPTConfig's fields
                 f"model.{extra[0]} is in conf/model/ but not a field of GPTConfig (model/gpt.py): a model key is "
                 "both (docs/extending.md)"

@@ -436,12 +436,17 @@ def test_a_model_key_written_in_conf_model_alone_names_gptconfig(tmp_path, monke
 
     conf = tmp_path / "conf"
     shutil.copytree(training.config.CONF, conf)
+    base = (conf / "model" / "base.yaml").read_text()
     with open(conf / "model" / "base.yaml", "a") as f:
         f.write("z_loss: 0.0           # weight of the squared log-partition term\n")
     monkeypatch.setattr(training.config, "CONF", conf)
     monkeypatch.setattr(scheduling.spec, "CONF", conf)
     with pytest.raises(ConfigError, match=r"^model.z_loss is in conf/model/ but not a field of GPTConfig \(model/gpt"):
         check_config(compose_config([]))
+    (conf / "model" / "base.yaml").write_text(base)
+    (conf / "model" / "pico.yaml").write_text("defaults: [base, _self_]\nname: pico\nn_layers: 2\n")  # a typo
+    with pytest.raises(ConfigError, match=r"^model.n_layers \(conf/model/pico.yaml\) is not a key of model; did you "):
+        check_config(compose_config(["model=pico"]))
 
 
 def test_a_gptconfig_field_without_its_line_in_conf_model_says_where_it_goes(tmp_path, monkeypatch):
