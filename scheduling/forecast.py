@@ -69,6 +69,7 @@ ANNEALING_DECAY = 0.999  # λ of the annealing law's momentum, as its authors fi
 MAX_GROUPS = 500  # the drops of a smooth decay are pooled into ~this many groups by lr and by time (each)
 MIN_POINTS = 5  # losses after the warmup a run must have to be fitted
 MIN_VAL_POINTS = 10  # validation losses after the warmup every run must have for the fit to use them
+DECAYED = 0.9  # a fit needs a run whose lr falls below this fraction of its peak to fit the laws' decay terms
 MAX_POINTS = 400  # losses per run that a fit uses (evenly spaced, the last one kept)
 TRAIN_WINDOWS = 200  # a training loss is averaged over this many windows of a run
 HUBER_DELTA = 1e-3  # on log L, as the multi-power law's authors fit it
@@ -837,6 +838,13 @@ def run_fit(args: argparse.Namespace) -> int:
                 "pin them down: its forecasts are unreliable (fit more runs, or evaluate more often)",
                 file=sys.stderr,
             )
+    if not any(o.lrs[o.warmup : int(o.steps.max())].min(initial=o.peak) < DECAYED * o.peak for o in observed):
+        print(  # the decay terms keep their starting values: a forecast of a decay would read them as fitted
+            f"warning: no run's learning rate falls below {DECAYED:.0%} of its peak before its last loss: the laws' "
+            "terms for a decay (multi-power B, C, beta, gamma; annealing C) are not fitted, and forecasts of a "
+            "schedule that decays are guesses (fit a run that decays beside it: schedule=wsd or cosine)",
+            file=sys.stderr,
+        )
     for row in fit.runs:
         final = row["final"]
         errors = ", ".join(

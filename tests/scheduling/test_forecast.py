@@ -230,9 +230,17 @@ def test_a_run_against_a_schedule_it_did_not_run_is_warned_of(tiny_run, tmp_path
     assert "did not run" not in capsys.readouterr().err
 
 
+def test_a_fit_on_runs_whose_lr_never_falls_says_its_decay_terms_are_not_fitted(tmp_path, capsys):
+    rows = [{"step": t, "train/lr": 1e-3} for t in range(400)]
+    rows += [{"step": s, "val/loss": 2.5 + 6 * s**-0.35} for s in range(20, 401, 20)]  # a power law, constant lr
+    assert forecast.main(["fit", str(run_dir(tmp_path / "run", rows)), "--out", str(tmp_path / "fit.json")]) == 0
+    assert "warning: no run's learning rate falls below 90% of its peak before its last loss" in capsys.readouterr().err
+
+
 def test_a_forecast_of_a_run_s_own_schedule_fits_that_run(tiny_run, tmp_path, capsys):
     assert forecast.main(["fit", str(tiny_run), "--out", str(tmp_path / "fit.json")]) == 0
-    said = capsys.readouterr().out
+    said, err = capsys.readouterr()
+    assert "learning rate falls" not in err  # a cosine decay: its terms are fitted
     assert "fitted 1 runs on the validation loss (13 points after warmup)" in said
     assert (
         forecast.main(
