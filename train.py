@@ -207,8 +207,10 @@ def main(cfg: DictConfig) -> float:
         if sweep is not None and e.why == "trainer.stop_at" and launch.sweep_job_stopped(hc, sweep, e):
             launch.end_sweep_if_signalled(hc, again)
             return math.nan  # each job stops there; the sweep goes on to the next
-        if sweep is not None:
-            launch.sweep_stopped(hc)  # a signal ends the sweep: the report of the jobs so far
+        if sweep is not None and launch.in_process(hc):  # a signal ends the sweep: the report of the jobs so far
+            launch.sweep_stopped(hc)
+            log.info("%s", e)
+            launch.exit_stopped_sweep()
         log.info("%s", e)
         distributed.shutdown()  # stopped as the ranks joined: a live gloo group can abort the interpreter's exit
         sys.exit(EXIT_RESUMABLE)

@@ -271,6 +271,12 @@ def end_sweep_if_signalled(hc, again: str) -> None:
         return  # a job in a process of its own ends as a single run does
     sweep_stopped(hc)
     log.info("%s came while job %s ended: the sweep stops after it; re-run %s to go on", why, hc.job.num, again)
+    exit_stopped_sweep()
+
+
+def exit_stopped_sweep() -> None:
+    """A sweep run in this process that a signal stopped ends with 75 (resumable) — unless a job failed: then with
+    the failed jobs' line and code, which a requeue would not cure."""
     failed = sweep_summary()
     if failed is not None and failed[1] != EXIT_RESUMABLE:
         print(failed[0], file=sys.stderr)

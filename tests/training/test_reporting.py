@@ -445,6 +445,20 @@ def test_a_signal_during_a_sweep_jobs_final_evaluation_ends_the_sweep_after_that
     assert "SIGTERM came while job 0 ended: the sweep stops after it" in proc.stdout + proc.stderr
 
 
+def test_a_signal_midway_through_a_sweep_job_after_a_refused_one_ends_with_the_refusals_code(tmp_path, data_cache):
+    """Job 0 refused (bad input), job 1 stopped by SIGTERM as it starts: the sweep's code is the refusal's, 2 (a
+    scheduler must not requeue it as merely preempted), with its line."""
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache)}
+    stop = "+logger.sinks.stop._target_=tests.training.fork_parts.SignalAtStart"
+    args = [*TINY, "trainer.eval_every=0", "trainer.sample_tokens=0", "trainer.max_steps=2", stop]
+    cmd = [sys.executable, "train.py", "-m", *args, "optim.lr=-1,1e-3", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == "error: 1 of 2 sweep jobs failed (job 0), each above"
+    assert report_statuses(sweep) == {"0": "failed", "1": "preempted"}
+
+
 def test_a_signal_while_a_failed_sweep_job_ends_ends_the_sweep_with_the_failures_code(tmp_path, data_cache):
     (tmp_path / "crashy.py").write_text(CRASHING_OPTIMIZER)
     sweep = tmp_path / "sweep"
