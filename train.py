@@ -188,10 +188,7 @@ def main(cfg: DictConfig) -> float:
     if sweep is not None:
         launch.jobs.append((hc.job.num, None))
         launch.ran.add(run_dir.resolve())
-    key, where = ("hydra.sweep.dir", hc.sweep.dir) if sweep is not None else ("hydra.run.dir", run_dir)
-    again = "the same command"
-    if not any(arg.startswith(f"{key}=") for arg in sys.argv[1:]):  # Hydra's default: a new one each time
-        again = f"the same command with {key}={where}"
+    again = launch.same_command(hc, sweep is not None)
     launch.signalled_at_end = None
     try:
         result = train(
@@ -212,6 +209,8 @@ def main(cfg: DictConfig) -> float:
             log.info("%s", e)
             launch.exit_stopped_sweep()
         log.info("%s", e)
+        if sweep is not None:  # a job in a process of its own (submitit): preempted in its summary.json, which the
+            return math.nan  # launching process's report reads (an exit code would make the launcher raise)
         distributed.shutdown()  # stopped as the ranks joined: a live gloo group can abort the interpreter's exit
         sys.exit(EXIT_RESUMABLE)
     except PeerLost as e:

@@ -34,6 +34,7 @@ stopped: list[tuple[int, Stopped]] = []  # (job number, its stop) of those train
 ran: set[Path] = set()  # the run directories of the sweep jobs run in this process (their report's rows)
 report_error: str | None = None  # why the sweep's report could not be written, for the last line and exit code
 failed_elsewhere: tuple[str, int] | None = None  # the line and exit code of jobs another launcher's processes failed
+stopped_elsewhere: tuple[str, int] | None = None  # and of those they stopped (75)
 signalled_at_end: str | None = None  # a signal that came while the latest job ended (train.py's train sets it)
 job_wall_start = 0.0  # time.time() at the start of this process's latest job
 
@@ -122,6 +123,14 @@ def sweep_job_stopped(hc, sweep: Sweep, stop: Stopped) -> bool:
     return True
 
 
+def same_command(hc, is_sweep: bool) -> str:
+    """How to run the job's directory again: the same command, with the directory Hydra chose when it chose one."""
+    key, where = ("hydra.sweep.dir", hc.sweep.dir) if is_sweep else ("hydra.run.dir", hc.runtime.output_dir)
+    if any(arg.startswith(f"{key}=") for arg in sys.argv[1:]):
+        return "the same command"
+    return f"the same command with {key}={where}"  # Hydra's default: a new one each time
+
+
 def sweep_summary() -> tuple[str, int] | None:
     """One line on a sweep run in this process whose jobs did not all finish, and its exit code: 1 when one
     crashed, 2 when one had bad input, else 75 when ``trainer.stop_at`` stopped some; None when every job ran."""
@@ -134,6 +143,8 @@ def sweep_summary() -> tuple[str, int] | None:
         return failed_elsewhere
     if report_error is not None:
         return f"error: {report_error}", 2
+    if stopped_elsewhere is not None:
+        return stopped_elsewhere
     if stopped:
         nums = ", ".join(str(num) for num, _ in stopped)
         line = f"{len(stopped)} of {len(jobs)} sweep jobs stopped at trainer.stop_at (job {nums})"
@@ -239,14 +250,17 @@ def write_sweep_report(hydra_cfg, forecast: Path | None, every_job: bool = False
         report_error = f"the sweep report: {e}"
         return
     log.info("sweep report, best first (%s):\n%s", ", ".join(f.name for f in files), markdown(jobs).rstrip())
-    if not ran:  # the jobs ran in processes of their own (submitit): their failures are read back from the report
-        global failed_elsewhere
+    if not ran:  # the jobs ran in processes of their own (submitit): their ends are read back from the report
+        global failed_elsewhere, stopped_elsewhere
         failed = [j for j in jobs if j.status == "failed"]
         if failed:
             names = ", ".join(j.run_dir.name for j in failed)
             crashed = any((j.error or "").startswith("crashed: ") for j in failed)
             line = f"error: {len(failed)} of {len(jobs)} sweep jobs failed ({names}), each in its train.log"
             failed_elsewhere = (line, 1 if crashed else 2)
+        if stopped := [j.run_dir.name for j in jobs if j.status == "preempted"]:
+            line = f"{len(stopped)} of {len(jobs)} sweep jobs stopped ({', '.join(stopped)})"
+            stopped_elsewhere = (f"{line}; re-run {same_command(hydra_cfg, True)} to resume them", EXIT_RESUMABLE)
 
 
 def sweep_stopped(hc) -> None:

@@ -588,6 +588,16 @@ def test_the_submitit_launcher_runs_each_sweep_job_in_its_own_process(tmp_path, 
         rows = list(csv.DictReader(f))
     assert [(r["optim.lr"], r["status"]) for r in rows] == [("0.001", "ok"), ("abc", "failed")], rows
 
+    # Jobs that stop (trainer.stop_at, as a preemption's signal does): the report marks them, the sweep exits 75
+    # with the line that resumes them (the launcher's results raised a traceback, no report)
+    cmd[cmd.index("optim.lr=1e-3,abc")] = "optim.lr=1e-3,2e-3"
+    cmd[-2] = f"hydra.sweep.dir={tmp_path / 'stopping'}"
+    cmd += ["trainer.max_steps=4", "trainer.stop_at=2"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 75 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("2 of 2 sweep jobs stopped (0, 1); re-run the same command")
+    assert report_statuses(tmp_path / "stopping") == {"0": "preempted", "1": "preempted"}
+
 
 def test_a_branch_resumed_from_its_own_checkpoint_still_names_the_run_it_branched_from(tmp_path):
     from training.report import Job, branched_from
