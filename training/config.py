@@ -370,6 +370,10 @@ def check_keys(cfg: Mapping[str, Any], config_name: str = "config") -> None:
         extra = unknown(cfg[group], known, group)
         if group in LIST_GROUPS:  # a fork's entry, from a file named otherwise, has no file to hold it against
             extra = [k for k in extra if not k.startswith(f"{LIST_GROUPS[group]}.")]
+        if group == "model" and (CONF / "model" / "base.yaml").is_file():  # +model.<field> past base.yaml's line
+            lacking = [k for k in cfg[group] if k not in yaml_keys("model", "base") and k not in extra]
+            if lacking:
+                raise unknown_key(f"model.{lacking[0]}")
         if not known or not extra:
             continue  # no file for this option: the check of its name or source says so
         files = [o for o in group_options("model") if extra[0] in yaml_keys("model", o)] if group == "model" else []

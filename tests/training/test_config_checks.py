@@ -464,6 +464,8 @@ def test_a_gptconfig_field_without_its_line_in_conf_model_says_where_it_goes(tmp
     monkeypatch.setattr(scheduling.spec, "CONF", conf)
     with pytest.raises(ConfigError, match=r"^model.dropout is a field of GPTConfig that conf/model/base.yaml lacks; "):
         training.config.check_overrides(["model=micro", "model.dropout=0.1"])
+    with pytest.raises(ConfigError, match=r"^model.dropout is a field of GPTConfig that conf/model/base.yaml lacks; "):
+        check_config(compose_config(["model=micro", "+model.dropout=0.1"]))  # added with +: composed, then checked
 
 
 def test_a_global_batch_that_the_ranks_do_not_divide_is_refused_before_any_work(monkeypatch):
