@@ -187,14 +187,30 @@ def _mapping_at(path, mtime_ns: int, size: int) -> Any:
         node = OmegaConf.load(path)
     except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException):
         return None
-    return node if isinstance(node, DictConfig) else None
+    if not isinstance(node, DictConfig):
+        return None
+    OmegaConf.set_readonly(node, True)  # shared by every reader: none may change it for the others
+    return node
 
 
 def yaml_refusal(e: Exception) -> ConfigError:
-    """A config file that is not YAML, as the composition met it, in one line naming the file and line."""
+    """A config file that is not YAML (or not UTF-8 text), as the composition met it, in one line naming it."""
+    if isinstance(e, UnicodeDecodeError):  # which file: the first of conf/ that does not decode
+        for path in sorted(CONF.rglob("*.yaml")):
+            try:
+                path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as bad:
+                return ConfigError(f"{path}: not UTF-8 text (byte {bad.object[bad.start]:#x} at {bad.start})")
+        return ConfigError(f"a config file is not UTF-8 text ({first_line(e)})")
     mark = getattr(e, "problem_mark", None)
     where = f"{mark.name}, line {mark.line + 1}" if mark is not None else "a config file"
     return ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or first_line(e)})")
+
+
+def not_mappings(group: str) -> str:
+    """``; conf/<group>/<file> is not a mapping of keys`` for the group's files that are not (hidden as options)."""
+    bad = [p for p in sorted((CONF / group).glob("*.yaml")) if _mapping_at(p, *_stamp(p)) is None]
+    return "".join(f"; {p} is not a YAML mapping of keys" for p in bad)
 
 
 def top_keys(config_name: str) -> list[str]:
@@ -349,7 +365,9 @@ def check_keys(cfg: Mapping[str, Any], config_name: str = "config") -> None:
             if cfg.get(group) is None and group in LIST_GROUPS:  # logger=[], eval=[]
                 none = " (logger=none: metrics.jsonl and the console alone)" if group == "logger" else ""
                 raise ConfigError(group, f"one or more of {options}{none}", [])
-            raise ConfigError(f"{group} must be chosen from conf/{group}/ ({options}), got {cfg.get(group)!r}")
+            raise ConfigError(
+                f"{group} must be chosen from conf/{group}/ ({options}), got {cfg.get(group)!r}{not_mappings(group)}"
+            )
         if group in LIST_GROUPS:
             entries = cfg[group].get(LIST_GROUPS[group])
             if entries is not None and not isinstance(entries, Mapping):
@@ -500,7 +518,7 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
         compose(plain, config_name)
     except (HydraException, OmegaConfBaseException) as e:
         raise composition_error(e, config_name, plain) from None
-    except yaml.YAMLError as e:  # a file the composition reads, a fork's broken one
+    except (yaml.YAMLError, UnicodeDecodeError) as e:  # a file the composition reads, a fork's broken one
         raise yaml_refusal(e) from None
     sweeps = [o for o, mine in zip(parsed, ours, strict=True) if mine and o.is_sweep_override()]
     if sweeps and not {"-m", "--multirun"} & set(overrides) and not multirun_config(first, config_name):
@@ -517,7 +535,7 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
                 compose(lines, config_name)
             except (HydraException, OmegaConfBaseException) as e:
                 raise composition_error(e, config_name, lines) from None
-            except yaml.YAMLError as e:
+            except (yaml.YAMLError, UnicodeDecodeError) as e:
                 raise yaml_refusal(e) from None
     if len(plain) == len(first):
         return

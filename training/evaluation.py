@@ -5,7 +5,7 @@ An evaluation is built once per run from its YAML node (``training.components``)
 ``Target(ctx: EvalContext, **its own keys)`` (``ctx.name``: its name under ``eval.evals``) and called as
 ``evaluation(model)`` with the model at update t (in train mode: it sets eval mode itself, and must leave the
 weights and the generators as they were; the mode is given back after it); it returns ``{metric name: value}``,
-names no other evaluation logs. Under DDP or FSDP every rank calls
+names no other evaluation logs (a clash goes under ``eval/<name>/``). Under DDP or FSDP every rank calls
 it, so an evaluation that splits its work over the ranks sums over them itself (``torch.distributed``), as
 :class:`Perplexity` does. A class may also have ``check(keys, where)``, called with its own keys before anything
 is written, to refuse a bad value (a missing file, a task that needs the network offline) in one line.
@@ -17,6 +17,7 @@ evaluations are in ``training.multiple_choice``.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from data.batches import IGNORE_INDEX
 from training.config import ConfigError
 from training.distributed import Dist, is_initialized
 from training.engine import to_device
+
+log = logging.getLogger("train")
 
 
 @dataclass(frozen=True)
@@ -62,12 +65,13 @@ class Perplexity:
 
 
 class Evaluations:
-    """Every evaluation the ``eval`` group names, as one: their metrics merged, each name logged by one of them.
-    Each gets the model in the mode the run has it, and the run gets it back so (an evaluation that calls
-    ``model.eval()`` alone would turn dropout off for the rest of training)."""
+    """Every evaluation the ``eval`` group names, as one: their metrics merged, a name another logged first going
+    under ``eval/<name>/`` (said once). Each gets the model in the mode the run has it, and the run gets it back
+    so (an evaluation that calls ``model.eval()`` alone would turn dropout off for the rest of training)."""
 
     def __init__(self, evaluations: Mapping[str, Any]):
         self.evaluations = dict(evaluations)
+        self.warned: set[tuple[str, str]] = set()
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
         metrics: dict[str, float] = {}
@@ -86,13 +90,21 @@ class Evaluations:
                     raise ConfigError(
                         f"eval.evals.{name}: its metric {key} is a {type(value).__name__}, not a number{hint}"
                     )
-                if key in owner:  # one would hide the other in every sink and the summary
-                    raise ConfigError(
-                        f"eval.evals.{name}: its metric {key} is eval.evals.{owner[key]}'s too; name it apart "
-                        f"(eval/{name}/…)"
-                    )
+            for key, value in found.items():
+                if key in owner:  # one would hide the other in every sink and the summary: logged apart
+                    if (name, key) not in self.warned:
+                        self.warned.add((name, key))
+                        log.warning(
+                            "eval.evals.%s: its metric %s is eval.evals.%s's too; logged as eval/%s/%s (name it apart)",
+                            name,
+                            key,
+                            owner[key],
+                            name,
+                            key,
+                        )
+                    key = f"eval/{name}/{key}"
                 owner[key] = name
-            metrics.update(found)
+                metrics[key] = value
         return metrics
 
 

@@ -115,7 +115,8 @@ def sweep_job_failed(hc, sweep: Sweep, error: Exception) -> None:
 
 def sweep_job_stopped(hc, sweep: Sweep, stop: Stopped) -> bool:
     """``trainer.stop_at`` stops each job of a sweep run in this process there, and the sweep goes on to the
-    next (True); ``sweep_summary`` closes it with exit code 75. Another launcher's job process exits 75 itself."""
+    next (True); ``sweep_summary`` closes it with exit code 75. Another launcher's job returns, marked preempted in
+    its summary.json, which the launching process's report reads."""
     if not in_process(hc):
         return False
     log.info("job %s (%s): %s", hc.job.num, sweep.name, stop)

@@ -122,7 +122,8 @@ def check_sink(sink: Any, where: str) -> None:
     kind = f"{type(sink).__module__}.{type(sink).__qualname__}"
     if not callable(getattr(sink, "log", None)):
         raise ConfigError(f"{where}: {kind} has no log(step, metrics) method (training.loggers.Sink's protocol)")
-    if isinstance(sink, Sink) and all(getattr(type(sink), m, None) is getattr(Sink, m, None) for m in PROTOCOL):
+    own = [m for m in PROTOCOL if getattr(getattr(sink, m, None), "__func__", None) is not getattr(Sink, m, None)]
+    if isinstance(sink, Sink) and not own:  # each method is Sink's own, which does nothing
         raise ConfigError(f"{where}: {kind} overrides none of Sink's methods ({', '.join(PROTOCOL)}): it gets nothing")
     for name, arguments in PROTOCOL.items():
         method = getattr(sink, name, None)
@@ -432,11 +433,11 @@ class Metrics:
         """``status``: ok | failed | preempted (stopped early with a checkpoint to resume from). Every sink is
         finished even when one fails — one dropped mid-run too, quietly: its failure was said — and a core sink's
         failure (a full disk) is raised after."""
+        dropped, self.dropped = list(self.dropped.values()), {}  # before: one whose finish fails is not called twice
         self.each("finish", "closing its run", status, self.summary)
-        for sink in self.dropped.values():
+        for sink in dropped:
             with contextlib.suppress(Exception):
                 sink.finish(status, dict(self.summary))
-        self.dropped.clear()
         errors = []
         for sink in self.core:
             try:

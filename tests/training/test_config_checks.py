@@ -410,6 +410,11 @@ def test_a_forks_broken_yaml_file_is_named_when_chosen_and_no_concern_of_a_run_t
     for argv in (["optim=sgd"], ["-m", "optim=adamw,sgd"]):
         with pytest.raises(ConfigError, match=r"^\S+/conf/optim/sgd.yaml, line 3: not valid YAML \(expected ',' or"):
             training.config.check_overrides(argv)
+    with pytest.raises(ConfigError, match=r" got \['a', 'b'\]; \S+/conf/logger/listed.yaml is not a YAML mapping of"):
+        check_config(compose_config(["logger=listed"]))  # chosen: named, though it is no option
+    (conf / "optim" / "latin1.yaml").write_bytes(b"lr: 3e-4  # caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"^\S+/conf/optim/latin1.yaml: not UTF-8 text \(byte 0xe9 at 15\)$"):
+        training.config.check_overrides(["optim=latin1"])
 
 
 def test_a_forks_entry_without_its_target_is_named_as_such_not_as_an_option_not_chosen(tmp_path, monkeypatch):

@@ -413,3 +413,23 @@ def test_a_fork_module_that_fails_its_own_import_is_named_by_that_failure(tmp_pa
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ConfigError, match=r"cannot be imported \(No module named 'no_such_dependency_here'\)$"):
         find({"_target_": "forkpkg.broken.Sink"}, "logger.sinks.mine")  # not "forkpkg has no broken"
+
+
+def test_a_sink_whose_finish_fails_is_finished_once_and_one_with_methods_of_its_own_is_a_sink():
+    from training.loggers import Metrics, Sink, check_sink
+
+    class FailsAtFinish(Sink):
+        calls = 0
+
+        def finish(self, status, summary):
+            FailsAtFinish.calls += 1
+            raise ConnectionError("the server went away")
+
+    Metrics([], {"bad": FailsAtFinish()}).close("ok")
+    assert FailsAtFinish.calls == 1
+
+    class SetInInit(Sink):  # its log set as the instance is made: it gets every record
+        def __init__(self):
+            self.log = lambda step, metrics: None
+
+    check_sink(SetInInit(), "logger.sinks.mine")
