@@ -203,8 +203,11 @@ def table(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
 
 def markdown(jobs: list[Job]) -> str:
     header, rows = table(jobs)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+
+    def line(cells: list[str]) -> str:  # a swept value's | or line break would split its cell
+        return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+    lines = [line(header), "|" + "---|" * len(header), *(line(r) for r in rows)]
     errors = [f"- job {j.run_dir.name}: {j.error}" for j in jobs if j.error]  # a finished job has one: a damaged file
     return "\n".join(lines + ([""] + errors if errors else [])) + "\n"
 

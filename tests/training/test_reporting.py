@@ -787,3 +787,13 @@ def test_a_run_started_again_writes_its_own_ending_in_summary_json(tmp_path, tin
     tiny_train(run, ["trainer.max_steps=3"])
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "ok" and "error" not in summary
+
+
+def test_a_swept_value_with_a_bar_or_a_line_break_stays_in_its_cell_of_report_md():
+    from training.report import Job, markdown
+
+    values = {"logger.notes": "p|q\nr", "optim.lr": "0.001"}
+    job = Job(Path("0"), values, "ok", 1.5, 1.4, 10, 1000, 2.0)
+    header, _, row = markdown([job]).splitlines()[:3]
+    cells = lambda text: re.split(r"(?<!\\)\|", text)[1:-1]  # noqa: E731
+    assert len(cells(row)) == len(cells(header)) and cells(row)[1].strip() == "p\\|q r"
