@@ -17,6 +17,7 @@ import re
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -120,19 +121,16 @@ def known_keys(group: str, option: str | None) -> list[str]:
 
 def yaml_keys(group: str, option: str) -> list[str]:
     """The keys ``option``'s file in conf/ sets itself."""
-
     return [str(k) for k in option_yaml(group, option) if k != "defaults"]
 
 
 def entries_of(group: str, option: str) -> list[str]:
     """The entries a list group's option file adds (``logger=csv``: its sink ``csv``)."""
-
     return list(option_yaml(group, option).get(LIST_GROUPS[group]) or {})
 
 
 def entry_keys(group: str, name: str) -> tuple[str | None, list[str]]:
     """The option file of a list group that adds entry ``name``, and that entry's keys (none: a fork's)."""
-
     for option in group_options(group):
         node = option_yaml(group, option).get(LIST_GROUPS[group]) or {}
         if name in node:
@@ -144,7 +142,6 @@ def option_files(group: str, value: Any) -> list[str]:
     """The options (files) of ``group`` that ``value`` of its naming key (``OPTION_KEY``) may mean: the file of
     that name, then those whose naming key has it (a fork's copy of adamw.yaml that kept ``name: adamw``, a fork's
     schedule named by its function's dotted path)."""
-
     named = [str(value)] if (CONF / group / f"{value}.yaml").is_file() else []
     return named + [
         option
@@ -168,7 +165,8 @@ def option_yaml(group: str, option: str) -> Any:
     return node
 
 
-def _stamp(path) -> tuple[int, int]:
+def _stamp(path: Path) -> tuple[int, int]:
+    """What tells a file's versions apart for the cache: its mtime and size ((-1, -1): none there)."""
     try:
         stat = path.stat()
     except OSError:
@@ -177,7 +175,7 @@ def _stamp(path) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=256)
-def _mapping_at(path, mtime_ns: int, size: int) -> Any:
+def _mapping_at(path: Path, mtime_ns: int, size: int) -> Any:
     """The file's YAML mapping, or None when it is not one (unreadable, not YAML, a list)."""
     import yaml
     from omegaconf import DictConfig, OmegaConf
@@ -389,7 +387,8 @@ def check_keys(cfg: Mapping[str, Any], config_name: str = "config") -> None:
         if group in LIST_GROUPS:  # a fork's entry, from a file named otherwise, has no file to hold it against
             extra = [k for k in extra if not k.startswith(f"{LIST_GROUPS[group]}.")]
         if group == "model" and (CONF / "model" / "base.yaml").is_file():  # +model.<field> past base.yaml's line
-            lacking = [k for k in cfg[group] if k not in yaml_keys("model", "base") and k not in extra]
+            base = yaml_keys("model", "base")
+            lacking = [k for k in cfg[group] if k not in base and k not in extra]
             if lacking:
                 raise unknown_key(f"model.{lacking[0]}")
         if not known or not extra:
@@ -417,7 +416,6 @@ def check_keys(cfg: Mapping[str, Any], config_name: str = "config") -> None:
 def fits_option(node: Mapping[str, Any], group: str, option: str) -> bool:
     """Whether ``node`` may have come from ``option``'s file: it builds what the file names and has no key the
     file does not define."""
-
     target = option_yaml(group, option).get("_target_")
     return target in (None, node.get("_target_")) and not unknown(node, known_keys(group, option), group)
 
