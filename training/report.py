@@ -131,6 +131,8 @@ def read_job(run_dir: Path, swept: list[str]) -> Job:
         rows, unreadable = (read_metrics(run_dir) if metrics.is_file() and not stale else []), None
     except AuditError as e:
         rows, unreadable = [], first_line(e)
+    if summary.get("status") in ("ok", "preempted") and not metrics.is_file():  # its curve and val/bpb: gone
+        unreadable = f"{metrics.name} is missing"
     evaluated = [r["val/bpb"] for r in rows if "val/bpb" in r]  # null where it was not finite
     vals = [v for v in evaluated if isinstance(v, (int, float))]
     trained = [r for r in rows if r.get("tokens") is not None]

@@ -663,13 +663,15 @@ def test_the_sweep_report_reads_past_damaged_files_and_a_final_evaluation_that_w
     (damaged / "schedule.json").write_text('{"segments": [')
     with open(damaged / "metrics.jsonl", "ab") as fh:
         fh.write(b"\xff\n")
+    (job("5", [3.0]) / "metrics.jsonl").unlink()  # finished, its metrics since removed
     assert main([str(tmp_path)]) == 0
     with open(tmp_path / "report.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert [r["optim.lr"] for r in rows] == ["4e-3", "2e-3", "1e-3", "3e-3"]  # finished by final val/bpb, then failed
+    assert [r["optim.lr"] for r in rows] == ["4e-3", "2e-3", "1e-3", "5e-3", "3e-3"]  # by final val/bpb, then failed
     by_lr = {r["optim.lr"]: r for r in rows}
     assert by_lr["1e-3"]["final val/bpb"] == "" and float(by_lr["1e-3"]["best val/bpb"]) == 2.5
     assert by_lr["3e-3"]["status"] == "failed" and f"{tmp_path / '3' / 'summary.json'}: cannot be read" in str(rows)
+    assert by_lr["5e-3"]["status"] == "ok" and by_lr["5e-3"]["error"] == "metrics.jsonl is missing"
 
 
 def sweep_job(sweep, name: str, summary: dict | None = None, *records: dict):
