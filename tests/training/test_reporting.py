@@ -416,14 +416,20 @@ def test_stop_at_stops_each_sweep_job_there_and_the_same_command_resumes_them_al
     assert report_statuses(sweep) == {"0": "ok", "1": "ok"}
 
 
+def run_sweep(sweep: Path, data_cache: Path, extra: list[str], swept: str) -> subprocess.CompletedProcess:
+    """``python train.py -m`` over ``swept`` on TINY settings of 2 updates, without evaluations or samples, plus
+    ``extra``, into ``sweep``."""
+    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache)}
+    args = [*TINY, "trainer.eval_every=0", "trainer.sample_tokens=0", "trainer.max_steps=2", *extra]
+    cmd = [sys.executable, "train.py", "-m", *args, swept, f"hydra.sweep.dir={sweep}"]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
 def test_a_signal_while_a_sweep_job_ends_ends_the_sweep_after_that_job(tmp_path, data_cache):
     """The job's ending finishes (its trackers' last records), then no next job starts: exit 75, the report."""
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache)}
     late = "+logger.sinks.late._target_=tests.training.fork_parts.SignalAtFinish"
-    args = [*TINY, "trainer.eval_every=0", "trainer.sample_tokens=0", "trainer.max_steps=2", late]
-    cmd = [sys.executable, "train.py", "-m", *args, "optim.lr=1e-3,2e-3,3e-3", f"hydra.sweep.dir={sweep}"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_sweep(sweep, data_cache, [late], "optim.lr=1e-3,2e-3,3e-3")
     assert proc.returncode == 75, proc.stderr[-3000:]
     assert (sweep / "0" / "finished.txt").read_text() == "ok" and not (sweep / "1").exists()
     assert report_statuses(sweep) == {"0": "ok"}
@@ -434,11 +440,8 @@ def test_a_signal_while_a_sweep_job_ends_ends_the_sweep_after_that_job(tmp_path,
 def test_a_signal_during_a_sweep_jobs_final_evaluation_ends_the_sweep_after_that_job(tmp_path, data_cache):
     """The job saves its last checkpoint and ends ok; no next job starts (the signal was lost: the sweep ran on)."""
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache)}
     late = ["+logger.sinks.late._target_=tests.training.fork_parts.SignalAtEvaluation", "+logger.sinks.late.step=2"]
-    args = [*TINY, "trainer.eval_every=0", "trainer.sample_tokens=0", "trainer.max_steps=2", *late]
-    cmd = [sys.executable, "train.py", "-m", *args, "optim.lr=1e-3,2e-3", f"hydra.sweep.dir={sweep}"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_sweep(sweep, data_cache, late, "optim.lr=1e-3,2e-3")
     assert proc.returncode == 75, proc.stderr[-3000:]
     assert (sweep / "0" / "checkpoints" / "step-00000002").is_dir() and not (sweep / "1").exists()
     assert report_statuses(sweep) == {"0": "ok"}
@@ -449,11 +452,8 @@ def test_a_signal_midway_through_a_sweep_job_after_a_refused_one_ends_with_the_r
     """Job 0 refused (bad input), job 1 stopped by SIGTERM as it starts: the sweep's code is the refusal's, 2 (a
     scheduler must not requeue it as merely preempted), with its line."""
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache)}
     stop = "+logger.sinks.stop._target_=tests.training.fork_parts.SignalAtStart"
-    args = [*TINY, "trainer.eval_every=0", "trainer.sample_tokens=0", "trainer.max_steps=2", stop]
-    cmd = [sys.executable, "train.py", "-m", *args, "optim.lr=-1,1e-3", f"hydra.sweep.dir={sweep}"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_sweep(sweep, data_cache, [stop], "optim.lr=-1,1e-3")
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == "error: 1 of 2 sweep jobs failed (job 0), each above"
     assert report_statuses(sweep) == {"0": "failed", "1": "preempted"}
