@@ -204,11 +204,11 @@ def main(cfg: DictConfig) -> float:
         if sweep is not None and e.why == "trainer.stop_at" and launch.sweep_job_stopped(hc, sweep, e):
             launch.end_sweep_if_signalled(hc, again)
             return math.nan  # each job stops there; the sweep goes on to the next
-        if sweep is not None and launch.in_process(hc):  # a signal ends the sweep: the report of the jobs so far
-            launch.sweep_stopped(hc)
-            log.info("%s", e)
-            launch.exit_stopped_sweep()
+        if sweep is not None:
+            launch.sweep_stopped(hc)  # a signal ends the sweep: the report of the jobs so far, if they ran here
         log.info("%s", e)
+        if sweep is not None and launch.in_process(hc):
+            launch.exit_stopped_sweep()  # 75, or the code of a job that failed before
         if sweep is not None:  # a job in a process of its own (submitit): preempted in its summary.json, which the
             return math.nan  # launching process's report reads (an exit code would make the launcher raise)
         distributed.shutdown()  # stopped as the ranks joined: a live gloo group can abort the interpreter's exit

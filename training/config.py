@@ -153,25 +153,25 @@ def option_files(group: str, value: Any) -> list[str]:
 def group_options(group: str) -> list[str]:
     """The options of a config group: its files in conf/ that read as YAML mappings, by name (a fork's broken file
     that a run does not choose is not its concern; chosen, the composition names it: ``yaml_refusal``)."""
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if _mapping_at(p, *_stamp(p)) is not None)
+    return [p.stem for p in sorted((CONF / group).glob("*.yaml")) if _mapping(p) is not None]
 
 
 def option_yaml(group: str, option: str) -> Any:
     """The mapping ``conf/<group>/<option>.yaml`` holds, read once while the file stays as it is."""
     path = CONF / group / f"{option}.yaml"
-    node = _mapping_at(path, *_stamp(path))
+    node = _mapping(path)
     if node is None:
         raise ConfigError(f"{path}: not a YAML mapping of keys Hydra can read")
     return node
 
 
-def _stamp(path: Path) -> tuple[int, int]:
-    """What tells a file's versions apart for the cache: its mtime and size ((-1, -1): none there)."""
+def _mapping(path: Path) -> Any:
+    """``_mapping_at`` of the file as it is now: its mtime and size tell its versions apart ((-1, -1): none there)."""
     try:
         stat = path.stat()
     except OSError:
-        return (-1, -1)
-    return (stat.st_mtime_ns, stat.st_size)
+        return _mapping_at(path, -1, -1)
+    return _mapping_at(path, stat.st_mtime_ns, stat.st_size)
 
 
 @functools.lru_cache(maxsize=256)
@@ -207,7 +207,7 @@ def yaml_refusal(e: Exception) -> ConfigError:
 
 def not_mappings(group: str) -> str:
     """``; conf/<group>/<file> is not a mapping of keys`` for the group's files that are not (hidden as options)."""
-    bad = [p for p in sorted((CONF / group).glob("*.yaml")) if _mapping_at(p, *_stamp(p)) is None]
+    bad = [p for p in sorted((CONF / group).glob("*.yaml")) if _mapping(p) is None]
     return "".join(f"; {p} is not a YAML mapping of keys" for p in bad)
 
 

@@ -90,7 +90,6 @@ class Evaluations:
                     raise ConfigError(
                         f"eval.evals.{name}: its metric {key} is a {type(value).__name__}, not a number{hint}"
                     )
-            for key, value in found.items():
                 if key in owner:  # one would hide the other in every sink and the summary: logged apart
                     if (name, key) not in self.warned:
                         self.warned.add((name, key))

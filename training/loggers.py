@@ -122,8 +122,8 @@ def check_sink(sink: Any, where: str) -> None:
     kind = f"{type(sink).__module__}.{type(sink).__qualname__}"
     if not callable(getattr(sink, "log", None)):
         raise ConfigError(f"{where}: {kind} has no log(step, metrics) method (training.loggers.Sink's protocol)")
-    own = [m for m in PROTOCOL if getattr(getattr(sink, m, None), "__func__", None) is not getattr(Sink, m, None)]
-    if isinstance(sink, Sink) and not own:  # each method is Sink's own, which does nothing
+    inherited = all(getattr(getattr(sink, m, None), "__func__", None) is getattr(Sink, m, None) for m in PROTOCOL)
+    if isinstance(sink, Sink) and inherited:  # each method is Sink's own, which does nothing
         raise ConfigError(f"{where}: {kind} overrides none of Sink's methods ({', '.join(PROTOCOL)}): it gets nothing")
     for name, arguments in PROTOCOL.items():
         method = getattr(sink, name, None)
