@@ -153,7 +153,7 @@ def option_files(group: str, value: Any) -> list[str]:
 def group_options(group: str) -> list[str]:
     """The options of a config group: its files in conf/ that read as YAML mappings, by name (a fork's broken file
     that a run does not choose is not its concern; chosen, the composition names it: ``yaml_refusal``)."""
-    return [p.stem for p in sorted((CONF / group).glob("*.yaml")) if _mapping(p) is not None]
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if _mapping(p) is not None)
 
 
 def option_yaml(group: str, option: str) -> Any:
