@@ -36,7 +36,7 @@ from training import budget, checkpoint, distributed, run_lock, summary
 from training.components import build, build_refusing, find
 from training.config import LIST_GROUPS, USER_ERRORS, ConfigError, check_stop_at, grad_accum_steps
 from training.engine import Model, TrainStep, Update, build_model
-from training.evaluation import EvalContext, Evaluations
+from training.evaluation import Clock, EvalContext, Evaluations
 from training.init_from import initial_weights, model_vocab
 from training.loggers import (
     JsonlSink,
@@ -107,7 +107,7 @@ class Run:
         the schedule."""
         lr = self.optimizer.param_groups[0]["lr"]
         distributed.check_same_everywhere(step=step, lr=lr, index=self.scheduler.last_epoch)
-        metrics = self.evaluations(self.model.module)
+        metrics = self.evaluations(self.model.module, step)
         self.metrics.log(step, metrics)
         return metrics.get("val/loss", float("nan"))
 
@@ -317,12 +317,14 @@ def build_run(
     weights = initial_weights(cfg.model, model_config) if state is None else None  # model.init_from's
     model = build_model(trainer, dist, model_config, weights)
     token_bytes = torch.from_numpy(token_byte_lengths(tokenizer, vocab)).to(dist.device)
-    ctx = EvalContext(cfg, dist, model.how.autocast, val_batches, token_bytes, tokenizer)
+    clock = Clock(state["step"] if state is not None else 0)  # ctx.step: the update each evaluation runs at
+    ctx = EvalContext(cfg, dist, model.how.autocast, val_batches, token_bytes, tokenizer, run_dir=run_dir, clock=clock)
     evaluations = Evaluations(
         {
             name: evaluation(node, f"eval.evals.{name}", replace(ctx, name=name))
             for name, node in (cfg.eval.evals or {}).items()
-        }
+        },
+        clock,
     )
     optim = OmegaConf.to_container(cfg.optim, resolve=True)
 

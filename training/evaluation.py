@@ -2,7 +2,8 @@
 updates and at T — on every rank, its metrics logged to every sink at step t.
 
 An evaluation is built once per run from its YAML node (``training.components``) as
-``Target(ctx: EvalContext, **its own keys)`` (``ctx.name``: its name under ``eval.evals``) and called as
+``Target(ctx: EvalContext, **its own keys)`` (``ctx.name``: its name under ``eval.evals``; ``ctx.run_dir`` and
+``ctx.step``, the update index t, for one that writes files of its own) and called as
 ``evaluation(model)`` with the model at update t (in train mode: it sets eval mode itself, and must leave the
 weights and the generators as they were; the mode is given back after it); it returns ``{metric name: value}``,
 names no other evaluation logs (a clash goes under ``eval/<name>/``). Under DDP or FSDP every rank calls
@@ -20,7 +21,8 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,6 +37,13 @@ from training.engine import to_device
 log = logging.getLogger("train")
 
 
+@dataclass
+class Clock:
+    """The update index the evaluations run at: set by :class:`Evaluations` before each round."""
+
+    step: int = 0
+
+
 @dataclass(frozen=True)
 class EvalContext:
     """What an evaluation is built with."""
@@ -46,10 +55,18 @@ class EvalContext:
     token_bytes: torch.Tensor  # bytes each token id encodes (0 for special tokens), on the device
     tokenizer: Any  # the run's tokenizers.Tokenizer
     name: str = ""  # the evaluation's name in eval.evals: its metrics are logged as eval/<name>/...
+    run_dir: Path | None = None  # the run's folder (files an evaluation writes: rank 0's alone, by dist.is_main)
+    clock: Clock = field(default_factory=Clock)  # shared with the Evaluations that call this one
 
     @property
     def device(self) -> torch.device:
         return self.dist.device
+
+    @property
+    def step(self) -> int:
+        """The update index t of the evaluation running now (0 before any; a time budget's measurement calls
+        each evaluation at the first update's index before the run starts)."""
+        return self.clock.step
 
 
 class Perplexity:
@@ -69,11 +86,14 @@ class Evaluations:
     under ``eval/<name>/`` (said once). Each gets the model in the mode the run has it, and the run gets it back
     so (an evaluation that calls ``model.eval()`` alone would turn dropout off for the rest of training)."""
 
-    def __init__(self, evaluations: Mapping[str, Any]):
+    def __init__(self, evaluations: Mapping[str, Any], clock: Clock | None = None):
         self.evaluations = dict(evaluations)
+        self.clock = clock or Clock()  # the one their EvalContext reads ctx.step from
         self.warned: set[tuple[str, str]] = set()
 
-    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+    def __call__(self, model: torch.nn.Module, step: int | None = None) -> dict[str, float]:
+        if step is not None:
+            self.clock.step = step
         metrics: dict[str, float] = {}
         owner: dict[str, str] = {}
         training = model.training

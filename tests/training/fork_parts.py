@@ -219,6 +219,20 @@ class Evaluation:
         return value if self.metric == "list" else {"val/fork": value}
 
 
+class WritesEachStep:
+    """An evaluation that writes a file per evaluation into the run's folder, named by the update index."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def __call__(self, model):
+        if self.ctx.dist.is_main:
+            folder = self.ctx.run_dir / "fork"
+            folder.mkdir(exist_ok=True)
+            (folder / f"{self.ctx.step}.txt").write_text(f"{self.ctx.name}\n")
+        return {"val/fork_step": float(self.ctx.step)}
+
+
 class RefusesOnRank:
     """An evaluation that fails on one rank only, at its ``call``-th call: bad input there (a file one node lacks),
     or a crash with ``crash``."""

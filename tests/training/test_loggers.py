@@ -266,6 +266,19 @@ def test_metrics_csv_drops_a_row_cut_short_on_resume(tmp_path, torn):
     assert [(r["step"], r["train/loss"]) for r in rows] == [(str(t), str(float(t))) for t in range(4)]
 
 
+def test_an_evaluation_knows_the_run_folder_and_the_update_it_runs_at_across_a_resume(tmp_path, tiny_train):
+    run = tmp_path / "run"
+    writes = ["+eval.evals.fork._target_=tests.training.fork_parts.WritesEachStep"]
+    with pytest.raises(Stopped):
+        tiny_train(run, [*ARGS, *writes, "trainer.stop_at=4"])
+    assert sorted(p.name for p in (run / "fork").iterdir()) == ["0.txt", "3.txt"]
+    tiny_train(run, [*ARGS, *writes])
+    assert sorted(p.name for p in (run / "fork").iterdir()) == ["0.txt", "3.txt", "6.txt"]
+    assert (run / "fork" / "6.txt").read_text() == "fork\n"
+    logged = {r["step"]: r["val/fork_step"] for r in read_metrics(run) if "val/fork_step" in r}
+    assert logged == {0: 0.0, 3: 3.0, 6: 6.0}
+
+
 FORK_EVAL = ["+eval.evals.fork._target_=tests.training.fork_parts.Evaluation"]
 
 
