@@ -388,6 +388,12 @@ def check_keys(cfg: Mapping[str, Any], config_name: str = "config") -> None:
             extra = [k for k in extra if not k.startswith(f"{LIST_GROUPS[group]}.")]
         if group == "model" and (CONF / "model" / "base.yaml").is_file():  # +model.<field> past base.yaml's line
             base = yaml_keys("model", "base")
+            missing = [k for k in base if k not in cfg[group]]
+            if missing:  # a preset that does not extend base.yaml: every later check would name a symptom
+                raise ConfigError(
+                    f"model lacks {', '.join(f'model.{k}' for k in missing[:3])}{' …' if len(missing) > 3 else ''}"
+                    f" of conf/model/base.yaml{preset_hint()}: a preset starts with `defaults: [base, _self_]`"
+                )
             lacking = [k for k in cfg[group] if k not in base and k not in extra]
             if lacking:
                 raise unknown_key(f"model.{lacking[0]}")
@@ -411,6 +417,14 @@ def check_keys(cfg: Mapping[str, Any], config_name: str = "config") -> None:
                 f"{group}={option} (which has {', '.join(known)})"
             )
         raise unknown_key(f"{group}.{extra[0]}", chosen={group: option})
+
+
+def preset_hint() -> str:
+    """The presets in conf/model/ that do not extend base.yaml, named for the error that they lack its keys."""
+    alone = [
+        o for o in group_options("model") if o != "base" and "base" not in str(option_yaml("model", o).get("defaults"))
+    ]
+    return f" ({', '.join(f'conf/model/{o}.yaml' for o in alone)} does not extend it)" if alone else ""
 
 
 def fits_option(node: Mapping[str, Any], group: str, option: str) -> bool:

@@ -417,6 +417,26 @@ def test_a_forks_broken_yaml_file_is_named_when_chosen_and_no_concern_of_a_run_t
         training.config.check_overrides(["optim=latin1"])
 
 
+def test_a_preset_that_does_not_extend_base_is_named_not_refused_for_a_symptom(tmp_path, monkeypatch):
+    import shutil
+
+    import scheduling.spec
+    import training.config
+
+    conf = tmp_path / "conf"
+    shutil.copytree(training.config.CONF, conf)
+    (conf / "model" / "mine.yaml").write_text("n_layer: 2\nn_head: 2\nn_embd: 32\n")  # no defaults: [base, _self_]
+    monkeypatch.setattr(training.config, "CONF", conf)
+    monkeypatch.setattr(scheduling.spec, "CONF", conf)
+    check_config(compose_config(["model=nano"]))
+    with pytest.raises(ConfigError) as e:
+        check_config(compose_config(["model=mine"]))
+    assert str(e.value) == (
+        "model lacks model.name, model.arch, model.block_size … of conf/model/base.yaml (conf/model/mine.yaml does not "
+        "extend it): a preset starts with `defaults: [base, _self_]`"
+    )
+
+
 def test_a_forks_entry_without_its_target_is_named_as_such_not_as_an_option_not_chosen(tmp_path, monkeypatch):
     import shutil
 
