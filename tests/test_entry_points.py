@@ -68,6 +68,11 @@ BAD_INPUTS = [
         "error: hydra.sweep.dir: '{corrupt}/state.pt' is a file",
     ),
     ("train.py", ["-m", "optim.lr=1e-3,2e-3", "--cfg", "job"], "error: -m and --cfg: give one of them"),
+    (  # every job refused: refused as a single run, before Hydra writes the sweep's folders
+        "train.py",
+        ["-m", "model.n_head=3,5", "hydra.sweep.dir=sweep"],
+        "error: model.n_embd must be divisible by model.n_head (3), got 32",
+    ),
     (
         "train.py",
         ["eval.evals.perplexity._target_=builtins.print"],  # built None: a TypeError at the first evaluation

@@ -464,6 +464,7 @@ FLAGS_WITH_VALUES = (
 
 
 MAX_SWEEP_VALUES_CHECKED = 64  # of each swept key, before Hydra runs (each costs one composition)
+MAX_SWEEP_JOBS_CHECKED = 64  # a larger sweep is not checked whole before it starts: each job checks its own
 
 
 MODE_FLAGS = {"-m": "-m", "--multirun": "-m", "-c": "--cfg", "--cfg": "--cfg", "-i": "--info", "--info": "--info"}
@@ -549,6 +550,8 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
                 raise composition_error(e, config_name, lines) from None
             except (yaml.YAMLError, UnicodeDecodeError) as e:
                 raise yaml_refusal(e) from None
+    if sweeps and config_name == "config":
+        check_some_job(parsed, ours, swept, first)
     if len(plain) == len(first):
         return
     try:  # Hydra's own keys, checked apart: only a mistyped key or option is reported, the rest is Hydra's to judge
@@ -557,6 +560,30 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
         error = composition_error(e, config_name)
         if error.args[0].lstrip("+").startswith("hydra"):
             raise error from None
+
+
+def check_some_job(parsed: list, ours: list[bool], swept: dict, first: list[str]) -> None:
+    """A sweep whose every job the config checks would refuse is refused as a single run is, before Hydra writes
+    its folders; one job that passes lets the sweep run, each refused job then reported in its turn."""
+    hydra = compose(first, "config", return_hydra_config=True).hydra
+    if hydra.sweeper.get("params") or not str(hydra.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+        return  # jobs the sweeper expands from its own settings: not these
+    axes = [
+        [f"{o.get_key_element()}={v}" for v in swept[id(o)]] if o.is_sweep_override() else [o.input_line]
+        for o, mine in zip(parsed, ours, strict=True)
+        if mine
+    ]
+    jobs = list(itertools.islice(itertools.product(*axes), MAX_SWEEP_JOBS_CHECKED + 1))
+    if len(jobs) > MAX_SWEEP_JOBS_CHECKED:
+        return
+    refusal = None
+    for job in jobs:
+        try:
+            check_config(compose(list(job), "config"))
+            return
+        except USER_ERRORS as e:
+            refusal = refusal or e
+    raise refusal
 
 
 def multirun_config(overrides: list[str], config_name: str) -> bool:

@@ -417,6 +417,16 @@ def test_a_forks_broken_yaml_file_is_named_when_chosen_and_no_concern_of_a_run_t
         training.config.check_overrides(["optim=latin1"])
 
 
+def test_a_sweep_is_refused_before_it_starts_only_when_every_job_would_be():
+    from model import ModelConfigError
+    from training.config import check_overrides
+
+    with pytest.raises(ModelConfigError, match=r"^model.n_embd must be divisible by model.n_head \(3\), got 128$"):
+        check_overrides(["-m", "model=nano", "model.n_head=3,5", "trainer.seed=1,2"])
+    check_overrides(["-m", "model=nano", "model.n_head=3,4"])  # job 1 runs; job 0 is refused in its turn
+    check_overrides(["model=nano", "hydra.mode=MULTIRUN", "model.n_head=3,4"])
+
+
 def test_a_preset_that_does_not_extend_base_is_named_not_refused_for_a_symptom(tmp_path, monkeypatch):
     import shutil
 
