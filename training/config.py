@@ -502,11 +502,13 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
 
     def values(o) -> list[str] | None:  # a sweep's values; None for one the sweeper expands (glob, interval)
         try:
-            return list(itertools.islice(o.sweep_string_iterator(), MAX_SWEEP_VALUES_CHECKED)) or None
+            return list(itertools.islice(o.sweep_string_iterator(), MAX_SWEEP_VALUES_CHECKED))
         except Exception:
             return None
 
     swept = {id(o): values(o) for o in parsed if o.is_sweep_override()}
+    if empty := [o for o in parsed if swept.get(id(o)) == []]:  # Hydra would write multirun.yaml, then run nothing
+        raise ConfigError(f"{empty[0].input_line}: the sweep has no jobs: each swept key needs one value at least")
     expanded = [o for o in parsed if swept.get(id(o), []) is None]  # Hydra's to judge
     if any((CONF / o.get_key_element().lstrip("+~")).is_dir() for o in expanded):
         return  # which option of a group each job takes is the sweeper's to say: its keys cannot be held to one
