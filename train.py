@@ -67,7 +67,11 @@ def train(
     if distributed.env_world()[0] == 0:  # Hydra writes rank 0's files alone; the others run in "."
         scrub_hydra_files(run_dir, *([Path(sweep.group)] if sweep else []))  # first: a run stopped anywhere keeps none
     cfg = with_init_from(cfg, overrides)  # model.init_from: the shape and tokenizer of a transformers folder
-    check_config(cfg)
+    try:
+        check_config(cfg)
+    except USER_ERRORS as e:
+        e.alike_on_every_rank = True  # the config's alone: under torchrun rank 0 says it, once
+        raise
     with space_for(run_dir):  # a full disk wherever the run writes: DiskFull, one line naming the file
         # a rank lost while the data is prepared ends the others; a signal then stops the run at once; an error on
         # one rank is every rank's (failing_together): the others stop with its line, not as for a hang
@@ -231,6 +235,8 @@ def main(cfg: DictConfig) -> float:
         if not isinstance(e, USER_ERRORS) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             to_log_files("the run ended with this error:", e)  # the traceback Hydra prints, in train.log too
             raise  # a crash: Python's traceback, exit code 1
+        if getattr(e, "alike_on_every_rank", False) and distributed.env_world()[0] != 0:
+            sys.exit(2)  # rank 0 prints the same line
         in_use = isinstance(e, run_lock.RunInUse)  # another process's directory, and its train.log
         restored = False
         if launch.before is not None and distributed.env_world()[0] == 0 and not in_use:

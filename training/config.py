@@ -643,7 +643,8 @@ def check_overrides_or_exit(argv: list[str], config_name: str = "config") -> Non
     try:
         check_overrides(argv, config_name)
     except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+        if int(os.environ.get("RANK", 0)) == 0:  # under torchrun every rank refuses alike: rank 0 says it
+            print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
 

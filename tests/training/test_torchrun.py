@@ -150,6 +150,21 @@ def test_a_refusal_only_rank_zero_can_make_is_one_line_on_every_rank(tmp_path, d
     assert "Connection closed" not in out and "RuntimeError" not in out, out[-3000:]
 
 
+@pytest.mark.parametrize(
+    "bad, line",
+    [
+        ("model.n_layer=0", "error: model.n_layer must be an integer > 0, got 0"),  # the config checks
+        ("trainer.max_stepss=3", "error: trainer.max_stepss is not a key of trainer; did you mean"),  # composition
+    ],
+)
+def test_a_config_refusal_every_rank_makes_alike_is_said_once(bad, line, tmp_path, data_cache):
+    proc = torchrun([bad], tmp_path, data_cache, tmp_path / "run", check=False)
+    out = proc.stdout + proc.stderr
+    errors = [e for e in out.splitlines() if e.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(line), out[-3000:]
+    assert "exitcode  : 2" in out and not (tmp_path / "run").exists()
+
+
 def test_a_data_error_on_rank_zero_stops_every_rank_with_one_line(tmp_path, data_cache):
     proc = torchrun(
         ["data=text_files", f"data.path={tmp_path}/missing/*.txt"], tmp_path, data_cache, tmp_path / "run", check=False
