@@ -9,7 +9,7 @@ previous checkpoint and pointer intact; leftover ``.tmp-*`` folders are ignored 
 ``checksums.json`` records each file's size and crc32 (per 64 MiB), written before the folder is renamed into
 place. Every load checks them first: a file changed in place or truncated since is refused in one line naming
 it, and a resume falls back to the newest earlier checkpoint that is intact. A folder from before checksums
-(no checksums.json) loads unchecked.
+(no checksums.json) loads unchecked, with a warning.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import random
 import re
 import shutil
 import warnings
+import zipfile
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,7 @@ def read_checksums(record_file: Path) -> tuple[dict[str, dict], int]:
 
 def damage(folder: Path) -> str | None:
     """What changed in checkpoint ``folder`` since it was saved, as one line naming the file; None when every
-    file is as its checksums.json records (or it predates checksums)."""
+    file is as its checksums.json records (or it predates checksums: then said in a warning)."""
     record_file = folder / CHECKSUMS
     if not record_file.is_file():
         m = STEP_DIR.match(folder.name)
@@ -137,6 +138,11 @@ def damage(folder: Path) -> str | None:
                 f"checkpoint {record_file}: missing (the run's earlier checkpoints have theirs), so its files "
                 "cannot be checked"
             )
+        log.warning(
+            "checkpoint %s: no %s (saved before checksums were kept, or lost since): loaded unchecked",
+            folder,
+            CHECKSUMS,
+        )
         return None
     try:
         files, chunk_bytes = read_checksums(record_file)
@@ -331,11 +337,22 @@ def load(path: Path, verify_files: bool = True, mmap: bool = False) -> dict[str,
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             state = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
-        reason = first_line(e)
-        raise ConfigError(f"checkpoint {file}: cannot be read, it is truncated or corrupt ({reason})") from None
+        raise ConfigError(f"checkpoint {file}: {unreadable(file, e)}") from None
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise ConfigError(f"checkpoint {file}: not a checkpoint of this template (no model state and step)")
     return state
+
+
+def unreadable(file: Path, error: Exception) -> str:
+    """Why torch.load refused ``file``, in words: torch's own first line is a paragraph on ``weights_only``."""
+    if unsafe := re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error)):
+        return (
+            f"not a checkpoint of this template (it pickles {unsafe.group(1)}, an object a weights-only load does "
+            "not build)"
+        )
+    if not zipfile.is_zipfile(file):
+        return "cannot be read, it is truncated or corrupt (not the zip archive torch.save writes)"
+    return f"cannot be read, it is truncated or corrupt ({first_line(error)})"
 
 
 def rng_state() -> dict[str, Any]:

@@ -655,8 +655,33 @@ def test_a_checkpoint_whose_checksums_were_deleted_is_passed_over_where_an_earli
         f"checkpoint {newest / checkpoint.CHECKSUMS}: missing (the run's earlier checkpoints have theirs)"
         in caplog.text
     )
-    (earlier / checkpoint.CHECKSUMS).unlink()  # a run from before checksums: read as it was
-    assert checkpoint.newest_intact(tmp_path) == newest
+    (earlier / checkpoint.CHECKSUMS).unlink()  # a run from before checksums: read as it was, and said so
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert checkpoint.newest_intact(tmp_path) == newest
+    assert f"checkpoint {newest}: no checksums.json (saved before checksums were kept, or lost since): loaded" in (
+        caplog.text
+    )
+
+
+class Foreign:  # a pickle of an object: a weights-only load does not build it
+    pass
+
+
+def test_a_file_torch_load_refuses_is_named_in_words_not_torchs_paragraph(tmp_path):
+    folder = tmp_path / "step-00000001"
+    folder.mkdir()
+    torch.save({"model": Foreign(), "step": 1}, folder / checkpoint.STATE_FILE)
+    with pytest.raises(ConfigError) as e:
+        checkpoint.load(folder, verify_files=False)
+    assert str(e.value) == (
+        f"checkpoint {folder / checkpoint.STATE_FILE}: not a checkpoint of this template (it pickles "
+        f"{__name__}.Foreign, an object a weights-only load does not build)"
+    )
+    (folder / checkpoint.STATE_FILE).write_text("step: 1\nmodel: weights\n")  # a text file
+    with pytest.raises(ConfigError) as e:
+        checkpoint.load(folder, verify_files=False)
+    assert str(e.value).endswith("cannot be read, it is truncated or corrupt (not the zip archive torch.save writes)")
 
 
 def test_the_latest_checkpoint_without_its_state_file_is_named_as_it_is_passed_over(tmp_path, caplog):
