@@ -382,16 +382,19 @@ def remove_unstarted(run_dir: Path) -> None:
 
 
 def rank_argv(argv: list[str]) -> list[str]:
-    """Under torchrun every rank runs Hydra; only rank 0 may create the run directory (the others receive its
-    path), or each rank would make its own timestamped directory."""
-    rank, _, world = env_world()
-    if world == 1 or rank == 0:
-        return argv
-    ours = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    """The command line Hydra parses: its flags first (argparse takes the overrides as one run after them, so
+    ``train.py experiment=quick -m seed=1,2`` would print its usage). Under torchrun every rank runs Hydra; only
+    rank 0 may create the run directory (the others receive its path), or each rank would make its own
+    timestamped directory."""
     flags, overrides, args = [], [], iter(argv[1:])
     for arg in args:
         if arg.startswith("-"):
-            flags += [arg, next(args)] if arg in FLAGS_WITH_VALUES else [arg]
-        elif not arg.lstrip("+").startswith(tuple(o.split("=")[0] + "=" for o in ours)):
+            flags += [arg, *((value,) if arg in FLAGS_WITH_VALUES and (value := next(args, None)) else ())]
+        else:
             overrides.append(arg)
-    return [argv[0], *flags, *ours, *overrides]  # argparse takes the overrides as one run, after the flags
+    rank, _, world = env_world()
+    if world == 1 or rank == 0:
+        return [argv[0], *flags, *overrides]
+    ours = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    overrides = [o for o in overrides if not o.lstrip("+").startswith(tuple(x.split("=")[0] + "=" for x in ours))]
+    return [argv[0], *flags, *ours, *overrides]

@@ -455,6 +455,11 @@ def test_the_other_ranks_command_line_takes_its_overrides_after_the_flags_in_one
         args = get_args_parser().parse_args(rank_argv(["train.py", *given])[1:])
         assert args.config_name == "config" and args.overrides == [*ours, "model=nano"], given
 
+    monkeypatch.delenv("RANK")  # one process: a flag among the overrides (-m after one) parses as the user meant
+    monkeypatch.delenv("WORLD_SIZE")
+    args = get_args_parser().parse_args(rank_argv(["train.py", "model=nano", "-m", "trainer.seed=1,2"])[1:])
+    assert args.multirun and args.overrides == ["model=nano", "trainer.seed=1,2"]
+
 
 def prepare_in_turn(rank: int, store: str, out: str) -> None:
     """One of two gloo ranks whose collectives time out after 2 s: rank 0 prepares for 5 s, as it builds a cache."""
