@@ -68,6 +68,7 @@ BAD_INPUTS = [
         "error: hydra.sweep.dir: '{corrupt}/state.pt' is a file",
     ),
     ("train.py", ["-m", "optim.lr=1e-3,2e-3", "--cfg", "job"], "error: -m and --cfg: give one of them"),
+    ("train.py", ["-m", "trainer.seed=choice()"], "error: trainer.seed=choice(): empty choice is not legal\n"),
     (  # every job refused: refused as a single run, before Hydra writes the sweep's folders
         "train.py",
         ["-m", "model.n_head=3,5", "hydra.sweep.dir=sweep"],

@@ -495,7 +495,10 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
     except HydraException as e:
         message = " ".join(str(e).split()).split(" See https://hydra.cc")[0]
         override = getattr(e, "override", None)
-        if override:  # which of them, and the usual cause: a value with spaces, brackets or quotes left bare
+        evaluating = re.search(r"while evaluating '.*': (.*)$", message)
+        if override and evaluating:  # a sweep function given arguments it does not take: choice(), range()
+            message = f"{override}: {evaluating.group(1)}"
+        elif override:  # which of them, and the usual cause: a value with spaces, brackets or quotes left bare
             key = override.split("=")[0]
             message = f"{key}: cannot parse {override!r} ({message}); quote such a value: \"{key}='…'\""
         raise ConfigError(message) from None
