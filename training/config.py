@@ -283,14 +283,17 @@ def unknown_key(key: str, config_name: str = "config", chosen: Mapping[str, str 
         option = (chosen or {}).get(group)
         if option in options:
             own = [f"{group}.{k}" for k in known_keys(group, option)]
-            close = difflib.get_close_matches(key, own, n=1, cutoff=0.75)
+            # held against the keys past the group's name, which every one shares (logger.nosuch is no logger.notes)
+            close = difflib.get_close_matches(leaf, [k.partition(".")[2] for k in own], n=1, cutoff=0.75)
             if close:
-                return ConfigError(f"{key} is not a key of {group}; did you mean {close[0]}?")
+                return ConfigError(f"{key} is not a key of {group}; did you mean {group}.{close[0]}?")
             # another option's key would be refused beside this one: named with its option, never offered as is
             others = {f"{group}.{k}": o for o in options if o != option for k in known_keys(group, o)}
             others = {k: o for k, o in others.items() if k not in own}
             leaves = {k.split(".")[-1]: k for k in others}
-            near = difflib.get_close_matches(key, others, n=1, cutoff=0.75)
+            near = [
+                f"{group}.{k}" for k in difflib.get_close_matches(leaf, [k.partition(".")[2] for k in others], 1, 0.75)
+            ]
             near += [leaves[k] for k in difflib.get_close_matches(leaf.split(".")[-1], leaves, n=1, cutoff=0.75)]
             if near:
                 return ConfigError(

@@ -417,6 +417,13 @@ def test_a_forks_broken_yaml_file_is_named_when_chosen_and_no_concern_of_a_run_t
         training.config.check_overrides(["optim=latin1"])
 
 
+def test_a_near_key_is_judged_past_the_groups_name_which_every_key_shares():
+    with pytest.raises(ConfigError, match=r"^logger.nosuch is not a key of logger; it has logger.sinks"):
+        check_config(compose_config(["logger=csv", "+logger.nosuch=1"]))  # "logger.notes" is no nearer than "notes"
+    with pytest.raises(ConfigError, match=r"^logger.projct is not a key of logger=csv; logger=wandb has logger.pro"):
+        check_config(compose_config(["logger=csv", "+logger.projct=1"]))
+
+
 def test_a_sweep_is_refused_before_it_starts_only_when_every_job_would_be():
     from model import ModelConfigError
     from training.config import check_overrides
