@@ -127,7 +127,7 @@ def read_checksums(record_file: Path) -> tuple[dict[str, dict], int]:
 
 def damage(folder: Path) -> str | None:
     """What changed in checkpoint ``folder`` since it was saved, as one line naming the file; None when every
-    file is as its checksums.json records (or it predates checksums: then said in a warning)."""
+    file is as its checksums.json records (or it predates checksums: ``load`` says so)."""
     record_file = folder / CHECKSUMS
     if not record_file.is_file():
         m = STEP_DIR.match(folder.name)
@@ -138,11 +138,6 @@ def damage(folder: Path) -> str | None:
                 f"checkpoint {record_file}: missing (the run's earlier checkpoints have theirs), so its files "
                 "cannot be checked"
             )
-        log.warning(
-            "checkpoint %s: no %s (saved before checksums were kept, or lost since): loaded unchecked",
-            folder,
-            CHECKSUMS,
-        )
         return None
     try:
         files, chunk_bytes = read_checksums(record_file)
@@ -340,6 +335,10 @@ def load(path: Path, verify_files: bool = True, mmap: bool = False) -> dict[str,
         raise ConfigError(f"checkpoint {file}: {unreadable(file, e)}") from None
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise ConfigError(f"checkpoint {file}: not a checkpoint of this template (no model state and step)")
+    if not (path / CHECKSUMS).is_file() and distributed.env_world()[0] == 0:
+        log.warning(
+            "checkpoint %s: no %s (saved before checksums were kept, or lost since): loaded unchecked", path, CHECKSUMS
+        )
     return state
 
 
