@@ -308,6 +308,9 @@ def build_run(
     state = checkpoint.load(resume_from, verify_files=False) if resume_from else None  # rank 0 verified it
     if not dist.is_main:
         logging.getLogger().setLevel(logging.WARNING)
+    if state is not None:
+        model_keys, data_keys = (OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data"))
+        checkpoint.check_fits_before_data(state, model_keys, data_keys, resume_from)
     cache, train_batches, val_batches = build_data(cfg, dist)
     tokenizer = cache.tokenizer()
     model_config = gpt_config(cfg, cache)

@@ -39,7 +39,7 @@ from data.atomic import (
     size_text,
     space_for,
 )
-from model import TRAINING_ONLY, GPTConfig
+from model import TOKENIZER_KEYS, TRAINING_ONLY, GPTConfig
 from scheduling.spec import CONFIG_KEYS, first_line
 from training import distributed
 from training.config import ConfigError, is_int
@@ -442,7 +442,24 @@ def resumed_with(folder: Path) -> Path | None:
 HOW_NOT_WHAT = (*TRAINING_ONLY, "padded_from")
 
 
-def check_fits(state: dict[str, Any], model_config: dict[str, Any], tokenizer_hash: str, path: Path) -> None:
+def check_fits_before_data(state: dict[str, Any], model: dict[str, Any], data: dict[str, Any], path: Path) -> None:
+    """What :func:`check_fits` can tell from the config alone, before the data is prepared (which may train a
+    tokenizer and write a token cache only to be refused): the model's shape, and the size of a trained tokenizer."""
+    from omegaconf import OmegaConf
+
+    shape = {f.name for f in fields(GPTConfig)} - {*TOKENIZER_KEYS, *HOW_NOT_WHAT}
+    check_fits(state, {k: v for k, v in model.items() if k in shape}, None, path)
+    before = OmegaConf.create(state["config"]).get("data") if state.get("config") else None
+    if before is None or before.get("tokenizer") or data.get("tokenizer"):
+        return
+    if before.get("vocab_size") != data.get("vocab_size"):
+        raise ConfigError(
+            f"checkpoint {path}: it was trained with another tokenizer than data builds now (data.vocab_size "
+            f"{before.get('vocab_size')} → {data.get('vocab_size')}); resume with the same data settings"
+        )
+
+
+def check_fits(state: dict[str, Any], model_config: dict[str, Any], tokenizer_hash: str | None, path: Path) -> None:
     """Refuse a checkpoint whose model shape, vocabulary or tokenizer differ from what the config builds. A
     setting the checkpoint predates counts as its default (what that checkpoint's model did)."""
     saved = state.get("model_config", {})
@@ -456,12 +473,12 @@ def check_fits(state: dict[str, Any], model_config: dict[str, Any], tokenizer_ha
             f"checkpoint {path}: it holds a model of another shape or vocab than the config asks for "
             f"({', '.join(diff[:4])}); resume with the same model and data settings"
         )
-    if state.get("tokenizer_hash") not in (None, tokenizer_hash):
+    if tokenizer_hash is not None and state.get("tokenizer_hash") not in (None, tokenizer_hash):
         raise ConfigError(f"checkpoint {path}: it was trained with another tokenizer than data builds now")
     changed = [
         f"model.{k} {saved[k]!r} → {model_config[k]!r}"
         for k in TRAINING_ONLY
-        if saved.get(k, model_config[k]) != model_config[k]
+        if k in model_config and saved.get(k, model_config[k]) != model_config[k]
     ]
     if changed:  # allowed, as the optimizer's settings are: named as they are
         log.info("from update %d, the model's %s", state["step"], ", ".join(changed))

@@ -279,6 +279,16 @@ def test_a_run_sent_back_to_its_own_older_checkpoint_continues_from_its_latest_w
     assert [[r.get(k) for k in keys] for r in read_metrics(run)] == [[r.get(k) for k in keys] for r in uninterrupted]
 
 
+def test_a_resume_with_another_tokenizer_size_is_refused_before_the_data_is_prepared(tmp_path, tiny_train, data_cache):
+    """A tokenizer of another size would be trained and its token cache written, only to be refused."""
+    with pytest.raises(Stopped):
+        tiny_train(tmp_path / "run", ARGS + ["trainer.stop_at=2"])
+    caches = sorted(data_cache.iterdir())
+    with pytest.raises(ConfigError, match=r"another tokenizer than data builds now \(data.vocab_size 384 → 320\)"):
+        tiny_train(tmp_path / "run", ARGS + ["data.vocab_size=320"])
+    assert sorted(data_cache.iterdir()) == caches
+
+
 def test_a_checkpoint_from_before_a_model_setting_existed_fits_a_config_with_its_default(tmp_path):
     config = GPTConfig(vocab_size=64, n_layer=1, n_head=2, n_embd=8, block_size=8).to_dict()
     older = {k: v for k, v in config.items() if k not in ("reset_positions", "document_separator")}
