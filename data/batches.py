@@ -39,12 +39,16 @@ def check_length(tokens: np.ndarray, block_size: int, split: str, source: str = 
     """A split must hold one window: block_size + 1 tokens (inputs plus the shifted targets). ``source``: a
     mixture's source, whose own keys the advice names."""
     if len(tokens) < block_size + 1:
-        keys = f"data.sources.{source}." if source else "data."
-        raise DataError(
-            f"data: the {f'{source} ' if source else ''}{split} split has {len(tokens)} tokens, fewer than one window "
-            f"of model.block_size + 1 = {block_size + 1}; use more text ({keys}max_bytes, {keys}val_fraction) or a "
-            "smaller model.block_size"
-        )
+        raise too_short(len(tokens), block_size + 1, split, source)
+
+
+def too_short(count: int, window: int, split: str, source: str = "") -> DataError:
+    keys = f"data.sources.{source}." if source else "data."
+    return DataError(
+        f"data: the {f'{source} ' if source else ''}{split} split has {count} tokens, fewer than one window "
+        f"of model.block_size + 1 = {window}; use more text ({keys}max_bytes, {keys}val_fraction) or a "
+        "smaller model.block_size"
+    )
 
 
 def check_layout(batch_size: int, world_size: int, rank: int, *counts: int) -> None:

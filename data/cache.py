@@ -39,6 +39,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from data import atomic
+from data.batches import too_short
 from data.corpus import SPLITS, Corpus, build_corpus, file_digest, utf8_len
 from data.errors import DataError
 from data.tokenizer import (
@@ -330,8 +331,9 @@ def building(tmp: Path) -> Iterator[None]:
         (tmp / BUILDING).unlink()
 
 
-def build(cfg: Any, corpus: Corpus, final: Path) -> TokenCache:
-    """Train or load the tokenizer, tokenize ``corpus`` into a temporary directory, commit it as ``final``."""
+def build(cfg: Any, corpus: Corpus, final: Path, window: int = 1) -> TokenCache:
+    """Train or load the tokenizer, tokenize ``corpus`` into a temporary directory, commit it as ``final`` — unless
+    a split holds fewer tokens than one ``window`` (then nothing is left)."""
     started = time.perf_counter()
     special = special_tokens(cfg)
     tmp = atomic.begin(final.parent, final.name)
@@ -353,6 +355,9 @@ def build(cfg: Any, corpus: Corpus, final: Path) -> TokenCache:
             counts = encode_corpus(tok, corpus.split_documents(), eot, dtype, tmp, cfg.get("tokenizer"))
             corpus.say_rows_without_text()  # a table's rows without text, read as empty documents
             check_splits(corpus, counts)
+            for split in SPLITS:  # a cache no run of this block size can use: refused before it is kept
+                if counts["tokens"][split] < window:
+                    raise too_short(counts["tokens"][split], window, split)
             checksums = {f"{s}.bin": atomic.file_checksums(tmp / f"{s}.bin") for s in SPLITS}
             meta = {
                 "format": FORMAT_VERSION,
@@ -469,16 +474,17 @@ def build_lock(final: Path) -> Iterator[None]:
         fh.close()
 
 
-def prepare(cfg: Any, build_if_missing: bool = True) -> TokenCache | Mixture:
+def prepare(cfg: Any, build_if_missing: bool = True, window: int = 1) -> TokenCache | Mixture:
     """The token cache for the ``data`` config: reused when its fingerprint matches, else built atomically (a
-    mixture's: one per source, data.mixture).
+    mixture's: one per source, data.mixture); a new one whose split holds fewer tokens than one ``window``
+    (model.block_size + 1) is refused before it is kept.
 
     Any DataError (bad path, empty corpus, missing column, …) leaves no cache or temporary directory behind.
     """
     if cfg.get("source") == "mixture":
         from data.mixture import prepare_mixture  # it builds on this module
 
-        return prepare_mixture(cfg, build_if_missing)
+        return prepare_mixture(cfg, build_if_missing, window)
     if not cfg.get("tokenizer"):
         check_vocab_size(cfg.get("vocab_size"), special_tokens(cfg))
     corpus = build_corpus(cfg)
@@ -509,4 +515,4 @@ def prepare(cfg: Any, build_if_missing: bool = True) -> TokenCache | Mixture:
             )
             shutil.rmtree(path)
         log.info("data: tokenizing %s into %s", corpus.name, path)
-        return build(cfg, corpus, path)
+        return build(cfg, corpus, path, window)

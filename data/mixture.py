@@ -251,7 +251,7 @@ def warn_of_shared_files(corpora: Mapping[str, Corpus]) -> None:
                 return
 
 
-def prepare_mixture(cfg: Any, build_if_missing: bool = True) -> Mixture:
+def prepare_mixture(cfg: Any, build_if_missing: bool = True, window: int = 1) -> Mixture:
     """The shared tokenizer, then each source's token cache built with it (or reused); a source without
     training or validation text, or any other bad source, is a one-line DataError that names it."""
     configs = source_configs(cfg)
@@ -281,7 +281,7 @@ def prepare_mixture(cfg: Any, build_if_missing: bool = True) -> Mixture:
     caches = {}
     for name, (_, settings) in configs.items():
         try:
-            caches[name] = prepare({**settings, "tokenizer": str(tokenizer_path)}, build_if_missing)
+            caches[name] = prepare({**settings, "tokenizer": str(tokenizer_path)}, build_if_missing, window)
         except DataError as e:
             raise in_source(name, e) from None
     return Mixture(caches, weights, tokenizer_path)

@@ -590,7 +590,7 @@ def build_data(cfg: DictConfig, dist: distributed.Dist) -> tuple[Any, TrainBatch
     """corpus → tokenizer → token cache (rank 0 prepares, the others reuse) → this rank's batches; a mixture's
     train batches draw from its sources by weight, and each source keeps its own validation windows."""
     trainer, block = cfg.trainer, cfg.model.block_size
-    cache = distributed.in_turn(lambda: prepare(cfg.data), dist)
+    cache = distributed.in_turn(lambda: prepare(cfg.data, window=block + 1), dist)
     accum = grad_accum_steps(trainer, block, dist.world_size)
     weights = getattr(cache, "weights", None)  # a mixture's
     train_batches = TrainBatches(

@@ -75,6 +75,13 @@ def test_the_cache_directory_holds_only_the_complete_cache_after_preparing(corpu
     assert sorted(os.listdir(cache.path)) == ["meta.json", "tokenizer.json", "train.bin", "val.bin"]
 
 
+def test_a_cache_no_window_of_the_run_fits_in_is_refused_before_it_is_kept(corpus_cfg, local_caches):
+    with pytest.raises(DataError, match=r"^data: the train split has \d+ tokens, fewer than one window of model.bl"):
+        prepare(corpus_cfg, window=10**6)
+    assert not local_caches.exists() or os.listdir(local_caches) == []  # the run is refused: nothing left
+    assert prepare(corpus_cfg, window=8).path.is_dir()  # one it fits in is kept
+
+
 def test_cache_is_rebuilt_when_a_source_file_changes(tmp_path):
     paths = write_texts(tmp_path / "c", DOCS)
     cfg = data_cfg("text_files", path=str(tmp_path / "c"))
