@@ -5,6 +5,7 @@ jobs."""
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import shutil
@@ -37,6 +38,7 @@ failed_elsewhere: tuple[str, int] | None = None  # the line and exit code of job
 stopped_elsewhere: tuple[str, int] | None = None  # and of those they stopped (75)
 signalled_at_end: str | None = None  # a signal that came while the latest job ended (train.py's train sets it)
 job_wall_start = 0.0  # time.time() at the start of this process's latest job
+sweep_wall_start = 0.0  # time.time() as the launching process started the sweep
 
 
 def job_started() -> float:
@@ -200,6 +202,12 @@ class LockRunDir(Callback):
                 "wait for it to end or stop it, or give this sweep another hydra.sweep.dir"
             )
         else:
+            global sweep_wall_start
+            sweep_wall_start = time.time()
+            earlier_jobs.clear()  # what an earlier launch left in the job folders, for a job refused there
+            earlier_jobs.update(
+                {job: Before.of(job) for job in Path(sweep_dir).glob("*/") if (job / ".hydra").is_dir()}
+            )
             return
         print(f"error: {why}", file=sys.stderr)
         sys.exit(2)
@@ -228,6 +236,7 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         write_sweep_report(config.hydra, self.forecast)
+        put_back_refused_jobs()
 
 
 def write_sweep_report(hydra_cfg, forecast: Path | None, every_job: bool = False) -> None:
@@ -275,6 +284,7 @@ def sweep_stopped(hc) -> None:
         return
     forecast = callback.get("forecast")
     write_sweep_report(hc, Path(forecast) if forecast else None, every_job=True)
+    put_back_refused_jobs()
 
 
 def end_sweep_if_signalled(hc, again: str) -> None:
@@ -312,6 +322,7 @@ class Before:
     record: dict[str, bytes] | None  # .hydra/'s files, None when there was no .hydra/
     log_size: int | None
     lock: bytes | None  # the lock file's record of its last holder
+    summary: bytes | None = None  # summary.json, which a refused sweep job writes over
 
     @classmethod
     def of(cls, run_dir: Path) -> Before:
@@ -324,12 +335,22 @@ class Before:
             record,
             log.stat().st_size if log.is_file() else None,
             lock.read_bytes() if (lock := run_dir / run_lock.LOCK_FILE).is_file() else None,
+            summary.read_bytes() if (summary := run_dir / "summary.json").is_file() else None,
         )
 
-    def undo(self, run_dir: Path) -> bool:
+    def undo(self, run_dir: Path, refused_job: bool = False) -> bool:
         """Leave ``run_dir`` as it was (True), unless the run wrote into it (then what it wrote stays, with its
-        record and log)."""
-        if own_entries(run_dir) != self.entries:
+        record and log). ``refused_job``: a sweep job's refusal, whose summary.json is put back too."""
+        entries = own_entries(run_dir)
+        if refused_job:
+            entries = {k: v for k, v in entries.items() if k != "summary.json"}
+            if {k: v for k, v in self.entries.items() if k != "summary.json"} != entries or not self.existed:
+                return False
+            if self.summary is None:
+                (run_dir / "summary.json").unlink(missing_ok=True)
+            else:
+                replace_file(run_dir / "summary.json", self.summary)
+        elif entries != self.entries:
             return False
         if not self.existed:
             remove_unstarted(run_dir)
@@ -358,6 +379,22 @@ class Before:
 
 
 before: Before | None = None  # set by LockRunDir for a single run
+earlier_jobs: dict[Path, Before] = {}  # set by LockRunDir for a sweep: its job folders an earlier launch wrote
+
+
+def put_back_refused_jobs() -> None:
+    """A sweep job refused before it wrote anything of its own, in a folder where an earlier launch's run is (a
+    sweep run again with a bad value): once the report has its line, that run's .hydra/, train.log and
+    summary.json as they were — Hydra had rewritten them before the job could refuse."""
+    for job, found in earlier_jobs.items():
+        try:
+            summary = json.loads((job / "summary.json").read_text())
+        except (OSError, ValueError):
+            continue
+        refused = isinstance(summary, dict) and summary.get("status") == "failed"
+        if refused and (summary.get("started") or 0) >= sweep_wall_start and found.undo(job, refused_job=True):
+            log.info("job %s was refused; the run an earlier launch left in %s is as it was", job.name, job)
+    earlier_jobs.clear()
 
 
 def own_entries(run_dir: Path) -> dict[str, tuple[int, int]]:

@@ -258,13 +258,13 @@ def test_a_sweep_job_refused_before_it_starts_replaces_an_earlier_summary_of_its
         os.utime(sweep / "0" / name, (1e9, 1e9))  # written long before this sweep
     (sweep / "frontier.png").write_bytes(b"an earlier grid's")
     env = {**os.environ, "GPT_DATA_CACHE": str(data_cache)}
-    cmd = [sys.executable, "train.py", "-m", *TINY, "optim.lr=-1,-2", "trainer.max_steps=2", f"hydra.sweep.dir={sweep}"]
+    args = [*TINY, "optim.lr=-1,1e-3", "trainer.max_steps=2", "trainer.eval_every=0", "trainer.sample_tokens=0"]
+    cmd = [sys.executable, "train.py", "-m", *args, f"hydra.sweep.dir={sweep}"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    for job in ("0", "1"):
-        summary = json.loads((sweep / job / "summary.json").read_text())
-        assert summary.pop("started") > 1e9
-        assert summary == {"status": "failed", "error": "optim.lr must be a number > 0, got " + summary["error"][-2:]}
+    summary = json.loads((sweep / "0" / "summary.json").read_text())
+    assert summary.pop("started") > 1e9
+    assert summary == {"status": "failed", "error": "optim.lr must be a number > 0, got -1"}
     report = (sweep / "report.csv").read_text()
     assert "2.25" not in report and "900" not in report  # the earlier run's results, not this failed job's
     assert not (sweep / "frontier.png").exists()  # nor its figure
@@ -396,6 +396,21 @@ def test_a_single_run_that_crashes_keeps_its_traceback_in_train_log_and_its_line
 def report_statuses(sweep) -> dict[str, str]:
     with open(sweep / "report.csv", newline="") as f:
         return {row["job"]: row["status"] for row in csv.DictReader(f)}
+
+
+def test_a_sweep_run_again_with_a_bad_value_leaves_the_earlier_run_of_the_refused_job_as_it_was(tmp_path, data_cache):
+    """Hydra rewrites a job's .hydra/ before the job can refuse its config: once the report has the refusal, the
+    finished run in that folder gets its record, log and summary back (not a summary saying it failed)."""
+    sweep = tmp_path / "sweep"
+    assert run_sweep(sweep, data_cache, [], "optim.lr=1e-3,2e-3").returncode == 0
+    files = lambda: {p: p.read_bytes() for p in (sweep / "1").rglob("*") if p.is_file()}  # noqa: E731
+    before = files()
+    proc = run_sweep(sweep, data_cache, [], "optim.lr=1e-3,-1")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: 1 of 2 sweep jobs failed")
+    assert report_statuses(sweep) == {"0": "ok", "1": "failed"}  # the report of this launch
+    assert files() == before
+    again = run_sweep(sweep, data_cache, [], "optim.lr=1e-3,2e-3")  # the earlier command: both runs whole
+    assert again.returncode == 0 and report_statuses(sweep) == {"0": "ok", "1": "ok"}, again.stderr[-2000:]
 
 
 def test_stop_at_stops_each_sweep_job_there_and_the_same_command_resumes_them_all(tmp_path, data_cache):
