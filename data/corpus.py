@@ -1,12 +1,14 @@
 """Corpora: where the text documents come from, split into train and val deterministically.
 
-Three sources, one interface (``Corpus.split_documents()`` yields ``(split, text)`` in a fixed order):
+Three sources and a fork's, one interface (``Corpus.split_documents()`` yields ``(split, text)`` in a fixed order):
 - ``builtin``: the running interpreter's own standard library ``.py`` sources (on every machine, offline);
 - ``text_files``: local files — plain text (``.txt``, ``.md``, ``.py``, …: one document per file) or tables
   (``.jsonl``/``.json``, ``.parquet``, ``.csv``: one document per row's ``text_column``), the tables read
   with ``datasets.load_dataset`` on local data files, file by file;
 - ``hub``: a Hugging Face dataset by name (or a local dataset folder, or a builder such as ``json`` with
   ``data_files``), split and text column, optionally streamed.
+- a fork's: ``data._target_`` names a Corpus subclass (or a function returning one), called as
+  ``Target(data settings, **its own keys)``; it yields keyed documents and its identity (docs/extending.md).
 
 Caps: ``max_documents`` and ``max_bytes`` (UTF-8) bound the stream of non-empty documents before the split
 (with ``val_split``, each of the dataset's two splits); the document that crosses ``max_bytes`` is cut at the cap.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import importlib
 import itertools
 import logging
 import os
@@ -34,8 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from data.errors import DataError
-from scheduling.spec import first_line
+from scheduling.spec import first_line, missing_name
 
+SOURCES = ("builtin", "text_files", "hub")  # the template's; a fork's is named by data._target_
+# The keys every source has, besides its own: the tokenizer's and the cache's, which a mixture's sources share,
+# and the caps and the split, which each source of a mixture may set (the mixture's value is their default).
+SHARED_KEYS = ("vocab_size", "tokenizer", "special_tokens", "tokenizer_train_bytes", "cache_dir", "document_mask")
+COMMON_KEYS = ("val_fraction", "max_documents", "max_bytes", "on_decode_error")
+TARGET = "_target_"
 TEXT_SUFFIXES = (".txt", ".md", ".py", ".rst", ".text")
 TABLE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 SPLITS = ("train", "val")
@@ -121,11 +130,15 @@ class Corpus:
         self.decode_stats = DecodeStats()
         self._line_split: bool | None = None
 
-    # Subclasses provide keyed documents in a fixed order, and what identifies them.
+    # Subclasses (the template's sources, a fork's: docs/extending.md) provide keyed documents in a fixed order, and
+    # what identifies them; a document's bytes go through ``decoded``.
     def keyed_documents(self) -> Iterator[tuple[str, str]]:
+        """Every document once, as (key, text), in the same order on every pass; the key (unique, stable) decides
+        its split."""
         raise NotImplementedError
 
     def identity(self) -> Iterable[str]:
+        """What tells these documents apart from any others (names and content digests): the token cache's key."""
         raise NotImplementedError
 
     def say_rows_without_text(self) -> None:
@@ -147,8 +160,14 @@ class Corpus:
         """Whether validation is held out of the documents by ``val_fraction`` (not a split of the source's own)."""
         return True
 
+    def decoded(self, raw: bytes, name: str) -> str | None:
+        """A document's UTF-8 text, or None when ``data.on_decode_error`` skips it (counted, for the warning)."""
+        return decode(raw, name, self.cfg.get("on_decode_error", "skip"), self.decode_stats)
+
     def capped(self, documents: Iterable[tuple[str, str]]) -> Iterator[tuple[str, str]]:
-        """Non-empty documents until ``max_documents`` or ``max_bytes`` (the last one cut at the cap)."""
+        """Non-empty documents until ``max_documents`` or ``max_bytes`` (the last one cut at the cap); each pass
+        counts the documents it could not decode afresh."""
+        self.decode_stats = DecodeStats()
         n_docs = n_bytes = 0
         for key, text in documents:
             if not text:
@@ -218,15 +237,13 @@ class FileCorpus(Corpus):
         return [f.relative_to(self.root).as_posix() if f.is_relative_to(self.root) else str(f) for f in self.files]
 
     def keyed_documents(self) -> Iterator[tuple[str, str]]:
-        stats = DecodeStats()  # counted afresh on every pass over the files
-        self.decode_stats = stats
         for f, key in zip(self.files, self.keys, strict=True):
             try:
                 with open(f, "rb") as fh:
                     raw = fh.read()
             except OSError as e:
                 raise DataError(f"{f}: cannot be read ({e.strerror or e})") from None
-            text = decode(raw, str(f), self.policy, stats)
+            text = self.decoded(raw, str(f))
             if text is not None:
                 yield key, text
 
@@ -604,8 +621,34 @@ def local_data_files(data_files: Any, base: Path) -> list[Path]:
     return sorted(found)
 
 
+def source_keys(cfg: Any) -> dict[str, Any]:
+    """A fork's source's own keys: those of its settings that no source shares, as plain values."""
+    return {k: plain(v) for k, v in cfg.items() if k not in (TARGET, "source", "weight", *SHARED_KEYS, *COMMON_KEYS)}
+
+
+def plugged_corpus(cfg: Any) -> Corpus:
+    """The corpus of a fork's source: ``data._target_`` (a Corpus subclass, or a function returning one) called
+    as ``Target(cfg, **its own keys)``; each failure is one DataError line."""
+    path = cfg.get(TARGET)
+    module, _, name = str(path).rpartition(".")
+    try:
+        target = getattr(importlib.import_module(module), name)
+    except Exception as e:  # ImportError, AttributeError, an error of the module's own code
+        raise DataError(f"data._target_: {path!r} cannot be imported ({missing_name(path) or first_line(e)})") from None
+    try:
+        corpus = target(cfg, **source_keys(cfg))
+    except (ValueError, TypeError, OSError) as e:  # its refusal of its settings
+        raise DataError(f"data: {path} refused its settings ({type(e).__name__}: {first_line(e)})") from None
+    if not isinstance(corpus, Corpus):
+        raise DataError(f"data: {path} built {type(corpus).__name__}, not a data.corpus.Corpus (docs/extending.md)")
+    return corpus
+
+
 def build_corpus(cfg: Any) -> Corpus:
-    """The corpus that the ``data`` config group describes (``data.source``: builtin | text_files | hub)."""
+    """The corpus that the ``data`` config group describes (``data.source``: builtin | text_files | hub, or a
+    fork's, which ``data._target_`` names)."""
+    if cfg.get(TARGET) is not None:
+        return plugged_corpus(cfg)
     source = cfg.get("source")
     if not isinstance(cfg.get("streaming", False), bool):
         raise DataError(f"data.streaming must be true or false, got {cfg.get('streaming')!r}")

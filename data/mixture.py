@@ -42,22 +42,29 @@ from data.cache import (
     special_tokens,
     writable_cache_dir,
 )
-from data.corpus import SPLITS, Corpus, build_corpus, plain, utf8_len
+from data.corpus import (
+    COMMON_KEYS,
+    SHARED_KEYS,
+    SOURCES,
+    SPLITS,
+    TARGET,
+    Corpus,
+    build_corpus,
+    plain,
+    utf8_len,
+)
 from data.errors import DataError
 from data.tokenizer import check_vocab_size, tokenizer_hash, train_tokenizer
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("builtin", "text_files", "hub")
-# The keys a source of a mixture may set besides ``source`` and ``weight``: these for every source (the mixture's
-# own value is each source's default), and by source.
-COMMON_KEYS = ("val_fraction", "max_documents", "max_bytes", "on_decode_error")
+# The keys a source of a mixture may set besides ``source`` and ``weight``: COMMON_KEYS for every source (the
+# mixture's own value is each source's default), and by source; a fork's source (``_target_``), its own.
 SOURCE_KEYS = {
     "builtin": ("exclude",),
     "text_files": ("path", "text_column", "streaming"),
     "hub": ("name", "config_name", "split", "val_split", "data_files", "revision", "text_column", "streaming"),
 }
-SHARED_KEYS = ("vocab_size", "tokenizer", "special_tokens", "tokenizer_train_bytes", "cache_dir", "document_mask")
 NAME = re.compile(r"[A-Za-z0-9_-]+")  # a source's name is part of its metric names: val/<name>/bpb
 
 
@@ -82,16 +89,20 @@ def source_configs(cfg: Any) -> dict[str, tuple[float, dict[str, Any]]]:
         if not isinstance(entry, Mapping):
             raise DataError(f"{key} must be a mapping of that source's settings, got {entry!r}")
         source = entry.get("source")
-        if source not in SOURCES:
-            raise DataError(f"{key}.source must be one of {', '.join(SOURCES)}, got {source!r}")
+        plugged = entry.get(TARGET) is not None  # a fork's source: its own keys are its code's to take
+        if source not in SOURCES and not plugged:
+            raise DataError(
+                f"{key}.source must be one of {', '.join(SOURCES)} (or a fork's, named by {key}._target_), got "
+                f"{source!r}"
+            )
         weight = entry.get("weight")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < math.inf:
             raise DataError(f"{key}.weight must be a finite number > 0, got {weight!r}")
-        allowed = ("source", "weight", *COMMON_KEYS, *SOURCE_KEYS[source])
+        allowed = ("source", "weight", *COMMON_KEYS, *SOURCE_KEYS.get(source, ()))
         for k in entry:
             if k in SHARED_KEYS:
                 raise DataError(f"{key}.{k}: the sources of a mixture share it; set data.{k} instead")
-            if k not in allowed:
+            if k not in allowed and not plugged:
                 raise DataError(f"{key}.{k} is not a key of a {source} source; it has {', '.join(allowed)}")
         out[name] = (float(weight), {**shared, **{k: v for k, v in entry.items() if k != "weight"}})
     return out
@@ -227,7 +238,7 @@ class Mixture:
 def in_source(name: str, error: DataError) -> DataError:
     """A source's error, its own keys named as the mixture's (``data.path`` → ``data.sources.<name>.path``); the
     keys the sources share stay ``data.<key>``, and a path that holds ``data.`` is left as it is."""
-    own = "|".join(("source", *COMMON_KEYS, *{k for keys in SOURCE_KEYS.values() for k in keys}))
+    own = "|".join(("source", TARGET, *COMMON_KEYS, *{k for keys in SOURCE_KEYS.values() for k in keys}))
     pattern = rf"(?<![\w./-])data\.(?=(?:{own})\b)"
     message = re.sub(pattern, f"data.sources.{name}.", str(error).removeprefix("data: "))
     return DataError(message if message.startswith(f"data.sources.{name}") else f"data.sources.{name}: {message}")

@@ -1,4 +1,4 @@
-"""docs/extending.md's four examples, as written: their files are added to a copy of the template — no file of it
+"""docs/extending.md's five examples, as written: their files are added to a copy of the template — no file of it
 edited — and the copy trains with each (in this process, on the copy's conf/ and modules)."""
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def files(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def fork(tmp_path_factory) -> Path:
-    """A copy of the template with the four examples' files added."""
+    """A copy of the template with the five examples' files added."""
     tree = tmp_path_factory.mktemp("fork") / "tree"
     shutil.copytree(ROOT, tree, ignore=COPIED)
     for path, text in EXAMPLES.items():
@@ -72,11 +72,11 @@ def in_fork(fork, monkeypatch):
     monkeypatch.syspath_prepend(str(fork))
     monkeypatch.chdir(fork)
     yield fork
-    for name in ("steps_file", "sgd_momentum", "step_decay", "token_accuracy"):
+    for name in ("steps_file", "sgd_momentum", "step_decay", "token_accuracy", "gz_files"):
         sys.modules.pop(name, None)
 
 
-def test_the_page_has_four_examples_of_a_python_and_a_yaml_file_each():
+def test_the_page_has_five_examples_of_a_python_and_a_yaml_file_each():
     assert sorted(EXAMPLES) == sorted(
         [
             "steps_file.py",
@@ -87,6 +87,8 @@ def test_the_page_has_four_examples_of_a_python_and_a_yaml_file_each():
             "conf/schedule/step_decay.yaml",
             "token_accuracy.py",
             "conf/eval/token_accuracy.yaml",
+            "gz_files.py",
+            "conf/data/gz_files.yaml",
         ]
     )
 
@@ -106,7 +108,7 @@ def test_every_command_the_page_shows_composes_and_passes_the_checks_in_the_fork
         for line in block.splitlines()
     ]
     runs = [words[2:] for words in shown if words[:2] == ["python", "train.py"]]
-    assert len(runs) == 4
+    assert len(runs) == 5
     for args in runs:
         check_overrides(args)
         check_config(compose(args))
@@ -181,9 +183,60 @@ def test_the_evaluation_leaves_out_a_ranks_padding_targets(in_fork):
     assert TokenAccuracy(ctx, batches=1)(model) == {"val/accuracy": 1.0}
 
 
+def gz_corpus(folder: Path) -> Path:
+    """Sixty small gzipped documents, and one that is not UTF-8 (skipped, as data.on_decode_error says)."""
+    import gzip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(60):
+        text = "".join(f"log {i}: line {j} of the gzipped corpus, naïve café\n" for j in range(30))
+        (folder / f"part{i:02d}.gz").write_bytes(gzip.compress(text.encode()))
+    (folder / "latin1.gz").write_bytes(gzip.compress("caf\xe9\n".encode("latin-1")))
+    return folder
+
+
+def test_the_data_source_trains_caches_and_mixes_like_the_templates(in_fork, tiny_train, data_cache, caplog):
+    from data.corpus import build_corpus
+    from training.config import compose
+
+    logs = gz_corpus(in_fork / "logs")
+    args = ["data=gz_files", f"data.path={logs}", "trainer.max_steps=4"]
+    run = tiny_train(in_fork / "runs" / "gz", args)
+    assert json.loads((run / "summary.json").read_text())["status"] == "ok"
+    corpus = build_corpus(compose(args).data)
+    assert [k for k, _ in corpus.capped(corpus.keyed_documents())] == [f"part{i:02d}.gz" for i in range(60)]
+    assert corpus.decode_stats.skipped == 1 and corpus.fingerprint
+    caches = sorted(p.name for p in data_cache.iterdir() if p.name.startswith("gz-logs-"))
+    assert len(caches) == 1
+    with caplog.at_level("INFO", logger="data"):
+        tiny_train(in_fork / "runs" / "gz-again", args)
+    assert "reusing token cache" in caplog.text  # the same files: the same cache
+    (logs / "part00.gz").write_bytes((logs / "part01.gz").read_bytes())
+    assert build_corpus(compose(args).data).fingerprint != corpus.fingerprint  # a file changed: a new cache
+    mixed = [
+        "data=mixture",
+        "~data.sources",
+        f"+data.sources={{gz: {{_target_: gz_files.GzipFiles, path: '{logs}', weight: 1}}, stdlib: {{source: builtin, "
+        "weight: 1, max_bytes: 100000}}",
+        "trainer.max_steps=4",
+    ]
+    metrics = read_metrics(tiny_train(in_fork / "runs" / "gz-mixed", mixed))
+    assert any("val/gz/loss" in r for r in metrics)
+
+
 @pytest.mark.parametrize(
     "args, says",
     [
+        (["data=gz_files", "data.path=no/such/folder"], r"^data: gz_files.GzipFiles refused its settings \(ValueEr"),
+        (["data=gz_files", "+data.paths=logs"], r"^data.paths is not a key of data; did you mean data.path\?"),
+        (
+            [
+                "data=mixture",
+                "~data.sources",
+                "+data.sources={gz: {_target_: gz_files.GzipFiles, paths: l, weight: 1}}",
+            ],
+            r"^data.sources.gz: gz_files.GzipFiles does not take these settings \(.*paths",
+        ),
         (["optim=sgd", "optim.momentum=-1"], r"^optim: sgd_momentum.sgd refused its settings \(ValueError: .*momentum"),
         (["schedule=step_decay", "schedule.factor=abc"], r"^schedule.name: step_decay.step_decay fails at update 0 \("),
         (["eval=[perplexity,token_accuracy]", "eval.evals.token_accuracy.batches=abc"], r"^eval.evals.token_accuracy"),

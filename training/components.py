@@ -2,7 +2,8 @@
 
 Three groups name the code they build, each option with a ``_target_`` (a dotted path to a class or function):
 ``optim`` (one per run: ``optim._target_``), ``logger`` and ``eval`` (several per run: each option adds an entry
-under ``logger.sinks`` or ``eval.evals``, keyed by the option's name). A fork adds one with a Python file and a
+under ``logger.sinks`` or ``eval.evals``, keyed by the option's name); a fourth, ``data``, builds a fork's source
+in the data layer (``data.corpus.plugged_corpus``), its keys checked here. A fork adds one with a Python file and a
 YAML file, and edits nothing of the template:
 
     # conf/logger/steps_file.yaml                 # python train.py logger=[wandb,steps_file]

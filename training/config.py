@@ -242,7 +242,8 @@ def unknown_key(key: str, config_name: str = "config", chosen: Mapping[str, str 
     group, _, leaf = key.partition(".")
     section = next((s for s in NAMED_SECTIONS if key.startswith(f"{s}.")), None)
     if config_name == "config" and section and key.count(".") == section.count(".") + 2:
-        from data.mixture import COMMON_KEYS, SHARED_KEYS, SOURCE_KEYS
+        from data.corpus import COMMON_KEYS, SHARED_KEYS
+        from data.mixture import SOURCE_KEYS
 
         entry, entry_key = key.rsplit(".", 1)  # data.sources.<name>.<key>
         if entry_key in SHARED_KEYS:
@@ -859,13 +860,20 @@ def grad_accum_steps(t: Mapping[str, Any], block_size: int, world_size: int) -> 
 
 
 def check_data(d: Mapping[str, Any], prefix: str = "data") -> None:
-    """The data group's values; a mixture's sources each in turn, as ``data.sources.<name>``."""
-    one_of(d, "source", prefix, SOURCES)
+    """The data group's values; a mixture's sources each in turn, as ``data.sources.<name>``; a fork's source
+    (``data._target_``) imports and takes its own keys."""
+    if d.get("_target_") is None:
+        one_of(d, "source", prefix, SOURCES)
+    else:
+        from data.corpus import source_keys
+        from training.components import check_call, find
+
+        check_call(find(d, prefix), prefix, d["_target_"], None, **source_keys(d))
     # Before the sources (which inherit it); anything but a path would name a folder after its Python repr.
     # "" is null: GPT_DATA_CACHE exported empty (the presets' cache_dir reads it) means the default folder
     if d.get("cache_dir") not in (None, "") and not is_text(d["cache_dir"]):
         raise ConfigError(f"{prefix}.cache_dir", "null or a folder path", d["cache_dir"])
-    if d["source"] == "mixture":
+    if d.get("source") == "mixture":
         from data.mixture import source_configs
 
         for name, (_, settings) in source_configs(d).items():

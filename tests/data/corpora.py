@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from data import build_corpus
 from data.cache import TokenCache
+from data.corpus import Corpus
 from tests.conftest import compose_config
 
 EOT = "<|endoftext|>"
@@ -84,3 +85,23 @@ def read_texts(cfg) -> list[str]:
     """The documents a config reads, in order, after the caps and before the train/val split."""
     corpus = build_corpus(cfg)
     return [text for _, text in corpus.capped(corpus.keyed_documents())]
+
+
+class Listed(Corpus):
+    """A fork's source: the documents its ``texts`` key lists, keyed by their index."""
+
+    def __init__(self, cfg, texts: list[str], name: str = "listed"):
+        super().__init__(cfg)
+        if not texts:
+            raise ValueError("texts: give one document at least")
+        self.texts, self.name = list(texts), name
+
+    def keyed_documents(self):
+        return ((str(i), text) for i, text in enumerate(self.texts))
+
+    def identity(self):
+        return iter(self.texts)
+
+
+def not_a_corpus(cfg, texts: list[str]):
+    return list(texts)

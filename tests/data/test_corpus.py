@@ -169,3 +169,37 @@ def test_an_existing_path_with_glob_characters_in_its_name_is_that_path(tmp_path
     assert [text for _, text in build_corpus(data_cfg("text_files", path=str(named))).keyed_documents()] == [
         "one file\n"
     ]
+
+
+def source_settings(cfg) -> dict:
+    """A data option's settings as a fork's source file has them: builtin's without its own key."""
+    from omegaconf import OmegaConf
+
+    return {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "exclude"}
+
+
+def test_a_forks_source_named_by_target_is_built_split_and_cached_like_the_templates(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPT_DATA_CACHE", str(tmp_path / "cache"))
+    texts = [f"document {i}: " + "some text of a fork's source. " * 20 for i in range(40)]
+    cfg = source_settings(data_cfg("builtin", _target_="tests.data.corpora.Listed", texts=texts))
+    corpus = build_corpus(cfg)
+    assert corpus.name == "listed" and next(corpus.documents("val"), None) is not None
+    assert sorted([*corpus.documents("train"), *corpus.documents("val")]) == sorted(texts)
+    cache = prepare(cfg)
+    assert cache.path.name.startswith("listed-") and prepare(cfg).path == cache.path
+    cfg["texts"] = texts[1:]
+    assert prepare(cfg).path != cache.path  # other documents: another cache
+
+
+@pytest.mark.parametrize(
+    "target, texts, says",
+    [
+        ("tests.data.corpora.Lsted", ["a"], r"^data._target_: 'tests.data.corpora.Lsted' cannot be imported \("),
+        ("tests.data.corpora.Listed", [], r"^data: tests.data.corpora.Listed refused its settings \(ValueError: texts"),
+        ("tests.data.corpora.not_a_corpus", ["a"], r"^data: tests.data.corpora.not_a_corpus built list, not a data"),
+    ],
+)
+def test_a_forks_source_that_cannot_be_built_is_one_line(target, texts, says):
+    cfg = source_settings(data_cfg("builtin", _target_=target, texts=texts))
+    with pytest.raises(DataError, match=says):
+        build_corpus(cfg)

@@ -152,7 +152,11 @@ def test_per_source_bpb_equals_evaluating_that_source_alone(tmp_path):
             {"prose": {"weight": 1e-300}, "code": {"weight": 1e300}},
             r"^data\.sources\.prose\.weight: 1e-300 is 0 of the weights' sum in floating point; give weights within ",
         ),
-        ({"prose": {"source": "web"}}, r"^data\.sources\.prose\.source must be one of builtin, text_files, hub, got "),
+        (
+            {"prose": {"source": "web"}},
+            r"^data\.sources\.prose\.source must be one of builtin, text_files, hub \(or a fork.s, named by "
+            r"data\.sources\.prose\._target_\), got ",
+        ),
         ({"prose": {"vocab_size": 512}}, r"^data\.sources\.prose\.vocab_size: the sources of a mixture share it; "),
         ({"prose": {"nmae": "x"}}, r"^data\.sources\.prose\.nmae is not a key of a text_files source; it has "),
         ({"prose": {"path": "/no/such/dir"}}, r"^data\.sources\.prose\.path: '/no/such/dir' does not exist"),
