@@ -31,7 +31,7 @@ from training.config import USER_ERRORS, check_config, check_overrides_or_exit, 
 from training.engine import NONFINITE
 from training.init_from import with_init_from
 from training.secrets import register_overrides, scrub_hydra_files
-from training.signals import EXIT_RESUMABLE, StopAtOnce, Stopped, StopSignals, stop_received
+from training.signals import EXIT_RESUMABLE, StopAtOnce, Stopped, StopSignals, stop_received, take_held
 from training.summary import write_summary
 from training.watchdog import (
     EXIT_HUNG,
@@ -84,6 +84,7 @@ def train(
                 StopAtOnce(),
                 enough_memory("the run as configured", RUN_SIZES),
             ):
+                take_held()  # a stop that came between this sweep job and the one before
                 run = build_run(cfg, run_dir, sweep=sweep, started=started)
         except Stopped as e:  # what a job script reads to requeue it (slurm/), as after a stop in the loop
             if distributed.env_world()[0] == 0 and run_dir.is_dir():

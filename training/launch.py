@@ -24,7 +24,7 @@ from training.build import Sweep
 from training.config import FLAGS_WITH_VALUES, USER_ERRORS
 from training.distributed import env_world
 from training.secrets import redact, redact_text, register_overrides, scrub_hydra_files
-from training.signals import EXIT_RESUMABLE, Stopped
+from training.signals import EXIT_RESUMABLE, Stopped, hold_between_jobs
 from training.summary import write_summary
 from training.watchdog import failure_line
 
@@ -202,6 +202,8 @@ class LockRunDir(Callback):
                 "wait for it to end or stop it, or give this sweep another hydra.sweep.dir"
             )
         else:
+            if in_process(config.hydra):
+                hold_between_jobs()  # a signal between two jobs stops the sweep as one during a job does
             global sweep_wall_start
             sweep_wall_start = time.time()
             earlier_jobs.clear()  # what an earlier launch left in the job folders, for a job refused there

@@ -27,6 +27,33 @@ def stop_received() -> str | None:
     return received
 
 
+held: str | None = None  # a stop asked for between two jobs of a sweep run in this process, for the next job
+
+
+def hold_between_jobs() -> None:
+    """A sweep whose jobs run in this process: SIGTERM or SIGINT between two jobs, where no job's handler is set,
+    is held for the next job, which stops as it starts (``take_held``) — the sweep then ends as after a stop
+    during a job, with its report and exit code 75, not killed by the signal. A second SIGINT interrupts at once."""
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        global held, received
+        if signum == signal.SIGINT and held is not None:
+            raise KeyboardInterrupt
+        held = received = signal.Signals(signum).name
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, hold)
+
+
+def take_held() -> None:
+    """A stop held between jobs, raised where the next job starts (inside ``StopAtOnce``: it stops there)."""
+    global held
+    if held is not None:
+        why, held = held, None
+        raise Interrupted(why)
+
+
 class StopSignals:
     """While active, SIGTERM and SIGINT set ``requested`` instead of killing the process."""
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
+
 from training.loggers import RunInfo, Sink
 
 SEEN: dict[str, Any] = {}  # what the parts below saw, by label
@@ -354,3 +356,17 @@ class RefusingAtStart(Sink):
         from training.config import ConfigError
 
         raise ConfigError("logger.sinks.refusing: no such store")
+
+
+class SignalBetweenJobs(Callback):
+    """A Hydra callback that sends this process SIGTERM as the first sweep job has ended, before the next starts:
+    where no job's signal handler is set."""
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        import os
+        import signal
+        import time
+
+        if config.hydra.job.num == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)  # the signal is handled by now

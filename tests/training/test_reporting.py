@@ -452,6 +452,17 @@ def test_a_signal_while_a_sweep_job_ends_ends_the_sweep_after_that_job(tmp_path,
     assert said in proc.stdout + proc.stderr
 
 
+def test_a_signal_between_two_sweep_jobs_stops_the_next_as_it_starts_with_the_report(tmp_path, data_cache):
+    """Between two jobs no job's handler is set: the signal is held, and the next job stops as it starts (not a
+    death by SIGTERM, exit 143 and no report)."""
+    sweep = tmp_path / "sweep"
+    between = "+hydra.callbacks.between._target_=tests.training.fork_parts.SignalBetweenJobs"
+    proc = run_sweep(sweep, data_cache, [between], "optim.lr=1e-3,2e-3,3e-3")
+    assert proc.returncode == 75, proc.stderr[-3000:]
+    assert report_statuses(sweep) == {"0": "ok", "1": "preempted"} and not (sweep / "2").exists()
+    assert "stopped as the run started (SIGTERM), before its first update" in proc.stdout + proc.stderr
+
+
 def test_a_signal_during_a_sweep_jobs_final_evaluation_ends_the_sweep_after_that_job(tmp_path, data_cache):
     """The job saves its last checkpoint and ends ok; no next job starts (the signal was lost: the sweep ran on)."""
     sweep = tmp_path / "sweep"
