@@ -24,7 +24,7 @@ from training.build import Sweep
 from training.config import FLAGS_WITH_VALUES, USER_ERRORS
 from training.distributed import env_world
 from training.secrets import redact, redact_text, register_overrides, scrub_hydra_files
-from training.signals import EXIT_RESUMABLE, Stopped, hold_between_jobs
+from training.signals import EXIT_RESUMABLE, Stopped, hold_between_jobs, release_between_jobs
 from training.summary import write_summary
 from training.watchdog import failure_line
 
@@ -186,6 +186,9 @@ class LockRunDir(Callback):
     def on_run_end(self, config, **kwargs) -> None:
         if env_world()[0] == 0:
             run_lock.release(Path(config.hydra.run.dir))
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        release_between_jobs()
 
     def on_multirun_start(self, config, **kwargs) -> None:
         sweep_dir = str(config.hydra.sweep.dir)

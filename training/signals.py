@@ -43,7 +43,19 @@ def hold_between_jobs() -> None:
 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, hold)
+            before_sweep.setdefault(sig, signal.signal(sig, hold))
+
+
+before_sweep: dict[int, object] = {}  # the handlers hold_between_jobs replaced
+
+
+def release_between_jobs() -> None:
+    """The sweep has ended: the handlers it found back in place, and no stop held."""
+    global held
+    for sig, handler in before_sweep.items():
+        signal.signal(sig, handler)
+    before_sweep.clear()
+    held = None
 
 
 def take_held() -> None:

@@ -463,6 +463,21 @@ def test_a_signal_between_two_sweep_jobs_stops_the_next_as_it_starts_with_the_re
     assert "stopped as the run started (SIGTERM), before its first update" in proc.stdout + proc.stderr
 
 
+def test_the_sweeps_hold_on_signals_ends_with_it():
+    """A signal held after the last job is dropped, and the handlers the sweep found are back (a process that goes
+    on after a sweep, as a test's, keeps its own)."""
+    import signal
+
+    from training import signals
+
+    found = signal.getsignal(signal.SIGTERM)
+    signals.hold_between_jobs()
+    signal.raise_signal(signal.SIGTERM)
+    assert signals.held == "SIGTERM"
+    signals.release_between_jobs()
+    assert signals.held is None and signal.getsignal(signal.SIGTERM) is found
+
+
 def test_a_signal_during_a_sweep_jobs_final_evaluation_ends_the_sweep_after_that_job(tmp_path, data_cache):
     """The job saves its last checkpoint and ends ok; no next job starts (the signal was lost: the sweep ran on)."""
     sweep = tmp_path / "sweep"
