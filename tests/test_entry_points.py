@@ -68,6 +68,11 @@ BAD_INPUTS = [
         "error: hydra.sweep.dir: '{corrupt}/state.pt' is a file",
     ),
     ("train.py", ["-m", "optim.lr=1e-3,2e-3", "--cfg", "job"], "error: -m and --cfg: give one of them"),
+    (
+        "train.py",
+        ["-m", "trainer.seed=1,2", "hydra.sweep.dirr=x"],
+        "error: hydra.sweep.dirr is not a key of hydra.sweep; did you mean hydra.sweep.dir",
+    ),
     ("train.py", ["-m", "trainer.seed=choice()"], "error: trainer.seed=choice(): empty choice is not legal\n"),
     (  # every job refused: refused as a single run, before Hydra writes the sweep's folders
         "train.py",

@@ -559,22 +559,27 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
                 raise composition_error(e, config_name, lines) from None
             except (yaml.YAMLError, UnicodeDecodeError) as e:
                 raise yaml_refusal(e) from None
+    if len(plain) != len(first):
+        try:  # Hydra's own keys, checked apart: only a mistyped key or option is reported, the rest Hydra's to judge
+            compose(first, config_name, return_hydra_config=True)
+        except Exception as e:
+            error = composition_error(e, config_name)
+            if error.args[0].lstrip("+").startswith("hydra"):
+                raise error from None
     if sweeps and config_name == "config":
         check_some_job(parsed, ours, swept, first)
-    if len(plain) == len(first):
-        return
-    try:  # Hydra's own keys, checked apart: only a mistyped key or option is reported, the rest is Hydra's to judge
-        compose(first, config_name, return_hydra_config=True)
-    except Exception as e:
-        error = composition_error(e, config_name)
-        if error.args[0].lstrip("+").startswith("hydra"):
-            raise error from None
 
 
 def check_some_job(parsed: list, ours: list[bool], swept: dict, first: list[str]) -> None:
     """A sweep whose every job the config checks would refuse is refused as a single run is, before Hydra writes
     its folders; one job that passes lets the sweep run, each refused job then reported in its turn."""
-    hydra = compose(first, "config", return_hydra_config=True).hydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        hydra = compose(first, "config", return_hydra_config=True).hydra
+    except Exception:  # Hydra's own settings, Hydra's to judge
+        return
     if hydra.sweeper.get("params") or not str(hydra.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
         return  # jobs the sweeper expands from its own settings: not these
     axes = [
@@ -592,6 +597,8 @@ def check_some_job(parsed: list, ours: list[bool], swept: dict, first: list[str]
             return
         except USER_ERRORS as e:
             refusal = refusal or e
+        except (HydraException, OmegaConfBaseException) as e:  # a combination of values that does not compose
+            refusal = refusal or composition_error(e, "config", list(job))
     raise refusal
 
 
