@@ -467,6 +467,30 @@ FLAGS_WITH_VALUES = (
 )
 
 
+INFO_TOPICS = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")  # --info's optional value
+
+
+def split_flags(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """(Hydra's flags with the values they take, the overrides, ``--info`` given without one), as its argparse
+    reads ``argv``: the last must follow the overrides, or argparse would take the first for its value."""
+    flags, overrides, bare, args = [], [], [], iter(argv)
+    for arg in args:
+        if not arg.startswith("-"):
+            overrides.append(arg)
+        elif arg in ("--info", "-i"):  # its value is optional: an override after it is none
+            value = next(args, None)
+            if value in INFO_TOPICS:
+                flags += [arg, value]
+            else:
+                bare.append(arg)
+                overrides += [] if value is None else [value]
+        else:
+            flags.append(arg)
+            if arg in FLAGS_WITH_VALUES and (value := next(args, None)) is not None:
+                flags.append(value)
+    return flags, overrides, bare
+
+
 MAX_SWEEP_VALUES_CHECKED = 64  # of each swept key, before Hydra runs (each costs one composition)
 MAX_SWEEP_JOBS_CHECKED = 64  # a larger sweep is not checked whole before it starts: each job checks its own
 
@@ -488,12 +512,7 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
     modes = list(dict.fromkeys(MODE_FLAGS[a] for a in overrides if a in MODE_FLAGS))
     if len(modes) > 1:  # Hydra's traceback: "Only one of --run, --multirun, --cfg, --info ..."
         raise ConfigError(f"{' and '.join(modes)}: give one of them (--cfg job prints a single run's config)")
-    given, args = [], iter(overrides)
-    for arg in args:
-        if arg in FLAGS_WITH_VALUES:
-            next(args, None)
-        elif not arg.startswith("-"):
-            given.append(arg)
+    given = split_flags(overrides)[1]
     try:
         parsed = OverridesParser.create().parse_overrides(given)
     except HydraException as e:

@@ -21,7 +21,7 @@ from data.atomic import DiskFull, replace_file
 from training import run_lock
 from training.budget import seconds_since_process_start
 from training.build import Sweep
-from training.config import FLAGS_WITH_VALUES, USER_ERRORS
+from training.config import USER_ERRORS, split_flags
 from training.distributed import env_world
 from training.secrets import redact, redact_text, register_overrides, scrub_hydra_files
 from training.signals import EXIT_RESUMABLE, Stopped, hold_between_jobs, release_between_jobs
@@ -396,7 +396,9 @@ def put_back_refused_jobs() -> None:
             summary = json.loads((job / "summary.json").read_text())
         except (OSError, ValueError):
             continue
+        # bad input, not a crash: a crash's traceback in train.log is what the job leaves to read
         refused = isinstance(summary, dict) and summary.get("status") == "failed"
+        refused = refused and not str(summary.get("error") or "").startswith("crashed: ")
         if refused and (summary.get("started") or 0) >= sweep_wall_start and found.undo(job, refused_job=True):
             log.info("job %s was refused; the run an earlier launch left in %s is as it was", job.name, job)
     earlier_jobs.clear()
@@ -428,15 +430,10 @@ def rank_argv(argv: list[str]) -> list[str]:
     ``train.py experiment=quick -m seed=1,2`` would print its usage). Under torchrun every rank runs Hydra; only
     rank 0 may create the run directory (the others receive its path), or each rank would make its own
     timestamped directory."""
-    flags, overrides, args = [], [], iter(argv[1:])
-    for arg in args:
-        if arg.startswith("-"):
-            flags += [arg, *((value,) if arg in FLAGS_WITH_VALUES and (value := next(args, None)) else ())]
-        else:
-            overrides.append(arg)
+    flags, overrides, bare = split_flags(argv[1:])
     rank, _, world = env_world()
     if world == 1 or rank == 0:
-        return [argv[0], *flags, *overrides]
+        return [argv[0], *flags, *overrides, *bare]
     ours = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled"]
     overrides = [o for o in overrides if not o.lstrip("+").startswith(tuple(x.split("=")[0] + "=" for x in ours))]
-    return [argv[0], *flags, *ours, *overrides]
+    return [argv[0], *flags, *ours, *overrides, *bare]

@@ -413,6 +413,23 @@ def test_a_sweep_run_again_with_a_bad_value_leaves_the_earlier_run_of_the_refuse
     assert again.returncode == 0 and report_statuses(sweep) == {"0": "ok", "1": "ok"}, again.stderr[-2000:]
 
 
+def test_a_job_that_crashes_in_a_sweep_run_again_keeps_its_crash_not_the_earlier_run(tmp_path, data_cache):
+    """Only bad input puts the earlier run back: a crash's traceback, in the job's train.log, is what to read."""
+    (tmp_path / "crashy_build.py").write_text(
+        "def sgd(model, device, *, lr, **_):\n    raise RuntimeError('planted crash as the optimizer is built')\n"
+    )
+    sweep = tmp_path / "sweep"
+    assert run_sweep(sweep, data_cache, [], "optim.lr=1e-3,2e-3").returncode == 0
+    env = {**os.environ, "GPT_DATA_CACHE": str(data_cache), "PYTHONPATH": str(tmp_path)}
+    args = [*TINY, "trainer.eval_every=0", "trainer.sample_tokens=0", "trainer.max_steps=2"]
+    cmd = [sys.executable, "train.py", "-m", *args, "optim._target_=crashy_build.sgd", "optim.lr=1e-3"]
+    proc = subprocess.run([*cmd, f"hydra.sweep.dir={sweep}"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    summary = json.loads((sweep / "0" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"].startswith("crashed: RuntimeError: planted crash")
+    assert "RuntimeError: planted crash as the optimizer is built" in (sweep / "0" / "train.log").read_text()
+
+
 def test_stop_at_stops_each_sweep_job_there_and_the_same_command_resumes_them_all(tmp_path, data_cache):
     sweep = tmp_path / "sweep"
     env = {**os.environ, "GPT_DATA_CACHE": str(data_cache)}

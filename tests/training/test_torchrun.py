@@ -459,6 +459,13 @@ def test_the_other_ranks_command_line_takes_its_overrides_after_the_flags_in_one
     monkeypatch.delenv("WORLD_SIZE")
     args = get_args_parser().parse_args(rank_argv(["train.py", "model=nano", "-m", "trainer.seed=1,2"])[1:])
     assert args.multirun and args.overrides == ["model=nano", "trainer.seed=1,2"]
+    for given, info in (
+        (["model=nano", "--info"], "all"),
+        (["--info", "model=nano"], "all"),
+        (["-i", "plugins"], "plugins"),
+    ):
+        args = get_args_parser().parse_args(rank_argv(["train.py", *given])[1:])  # --info's value is optional
+        assert args.info == info and args.overrides == [g for g in given if "=" in g], given
 
 
 def prepare_in_turn(rank: int, store: str, out: str) -> None:
