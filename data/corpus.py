@@ -27,6 +27,7 @@ import glob
 import hashlib
 import importlib
 import itertools
+import json
 import logging
 import os
 import sysconfig
@@ -121,6 +122,7 @@ class Corpus:
     """Documents of one source. ``fingerprint`` changes whenever the documents or the split would."""
 
     name: str = "corpus"
+    settings: str = ""  # a fork's source: its code's path and its own keys, which its identity() need not name
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
@@ -146,9 +148,10 @@ class Corpus:
 
     @cached_property
     def fingerprint(self) -> str:
-        """sha256 over the source's identity (names, content digests), the caps and the split settings; once."""
+        """sha256 over the source's identity (names, content digests), a fork's settings, the caps and the split
+        settings; once."""
         h = hashlib.sha256()
-        for part in self.identity():
+        for part in (*self.identity(), *([self.settings] if self.settings else [])):
             h.update(part.encode("utf-8", "surrogateescape"))
             h.update(b"\0")
         val = self.val_fraction if self.splits_off_val else "its own split"  # else val_fraction does nothing
@@ -641,6 +644,9 @@ def plugged_corpus(cfg: Any) -> Corpus:
         raise DataError(f"data: {path} refused its settings ({type(e).__name__}: {first_line(e)})") from None
     if not isinstance(corpus, Corpus):
         raise DataError(f"data: {path} built {type(corpus).__name__}, not a data.corpus.Corpus (docs/extending.md)")
+    # the token cache's key: another class, another of its keys or another decode policy is another cache
+    own = {TARGET: path, "on_decode_error": cfg.get("on_decode_error"), **source_keys(cfg)}
+    corpus.settings = json.dumps(own, sort_keys=True, default=str)
     return corpus
 
 

@@ -103,5 +103,9 @@ class Listed(Corpus):
         return iter(self.texts)
 
 
+class ListedAgain(Listed):
+    """Another fork's source reading the same documents (its own code may do anything with them)."""
+
+
 def not_a_corpus(cfg, texts: list[str]):
     return list(texts)

@@ -187,8 +187,12 @@ def test_a_forks_source_named_by_target_is_built_split_and_cached_like_the_templ
     assert sorted([*corpus.documents("train"), *corpus.documents("val")]) == sorted(texts)
     cache = prepare(cfg)
     assert cache.path.name.startswith("listed-") and prepare(cfg).path == cache.path
-    cfg["texts"] = texts[1:]
-    assert prepare(cfg).path != cache.path  # other documents: another cache
+    for key, value in (
+        ("texts", texts[1:]),
+        ("on_decode_error", "replace"),
+        ("_target_", "tests.data.corpora.ListedAgain"),
+    ):
+        assert prepare({**cfg, key: value}).path != cache.path, key  # other documents, or settings, or code
 
 
 @pytest.mark.parametrize(
