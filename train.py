@@ -237,6 +237,7 @@ def main(cfg: DictConfig) -> float:
             to_log_files("the run ended with this error:", e)  # the traceback Hydra prints, in train.log too
             raise  # a crash: Python's traceback, exit code 1
         if getattr(e, "alike_on_every_rank", False) and distributed.env_world()[0] != 0:
+            distributed.shutdown()
             sys.exit(2)  # rank 0 prints the same line
         in_use = isinstance(e, run_lock.RunInUse)  # another process's directory, and its train.log
         restored = False

@@ -310,7 +310,11 @@ def build_run(
         logging.getLogger().setLevel(logging.WARNING)
     if state is not None:
         model_keys, data_keys = (OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data"))
-        checkpoint.check_fits_before_data(state, model_keys, data_keys, resume_from)
+        try:
+            checkpoint.check_fits_before_data(state, model_keys, data_keys, resume_from)
+        except ConfigError as e:
+            e.alike_on_every_rank = True  # the same checkpoint and config on every rank: rank 0 says it, once
+            raise
     cache, train_batches, val_batches = build_data(cfg, dist)
     tokenizer = cache.tokenizer()
     model_config = gpt_config(cfg, cache)

@@ -165,6 +165,15 @@ def test_a_config_refusal_every_rank_makes_alike_is_said_once(bad, line, tmp_pat
     assert "exitcode  : 2" in out and not (tmp_path / "run").exists()
 
 
+def test_a_checkpoint_of_another_shape_is_refused_once_before_the_data(tmp_path, data_cache):
+    run = tmp_path / "run"
+    torchrun(["trainer.max_steps=2", "trainer.eval_every=0", "trainer.sample_tokens=0"], tmp_path, data_cache, run)
+    proc = torchrun(["trainer.max_steps=2", "model.n_layer=1"], tmp_path, data_cache, run, check=False)
+    out = proc.stdout + proc.stderr
+    errors = [e for e in out.splitlines() if e.startswith("error: ")]
+    assert len(errors) == 1 and "another shape or vocab than the config asks for (n_layer 2 → 1)" in errors[0], out
+
+
 def test_a_data_error_on_rank_zero_stops_every_rank_with_one_line(tmp_path, data_cache):
     proc = torchrun(
         ["data=text_files", f"data.path={tmp_path}/missing/*.txt"], tmp_path, data_cache, tmp_path / "run", check=False
