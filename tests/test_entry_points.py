@@ -73,6 +73,7 @@ BAD_INPUTS = [
         ["-m", "trainer.seed=1,2", "hydra.sweep.dirr=x"],
         "error: hydra.sweep.dirr is not a key of hydra.sweep; did you mean hydra.sweep.dir",
     ),
+    ("train.py", ["-m", "optim.lr=interval(0,1)"], "error: optim.lr=interval(0,1): interval() is a range a sampling"),
     ("train.py", ["-m", "trainer.seed=choice()"], "error: trainer.seed=choice(): empty choice is not legal\n"),
     (  # every job refused: refused as a single run, before Hydra writes the sweep's folders
         "train.py",

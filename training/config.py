@@ -533,6 +533,17 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
             return None
 
     swept = {id(o): values(o) for o in parsed if o.is_sweep_override()}
+    if intervals := [o for o in parsed if o.is_interval_sweep()]:  # Hydra's basic sweeper ends in a traceback
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        try:
+            sweeper = str(compose(fixed, config_name, return_hydra_config=True).hydra.sweeper._target_)
+        except Exception:  # a config Hydra refuses is judged below
+            sweeper = ""
+        if sweeper.endswith(".BasicSweeper"):
+            raise ConfigError(
+                f"{intervals[0].input_line}: interval() is a range a sampling sweeper draws from (Optuna, "
+                "Nevergrad: hydra/sweeper=…); Hydra's basic sweeper takes a list, range() or choice()"
+            )
     if empty := [o for o in parsed if swept.get(id(o)) == []]:  # Hydra would write multirun.yaml, then run nothing
         raise ConfigError(f"{empty[0].input_line}: the sweep has no jobs: each swept key needs one value at least")
     expanded = [o for o in parsed if swept.get(id(o), []) is None]  # Hydra's to judge
