@@ -346,7 +346,7 @@ def build_run(
                 step=TrainStep(model, None, None),
                 optimizer=lambda: build_optimizer(model.raw, optim, dist.device),
                 micro_batches=train_batches.micro_batches,
-                evaluate=lambda: evaluations(model.module),
+                evaluate=lambda: evaluations.measured(model.module),
                 sample=sample_now if samples_here(trainer, dist, model.strategy) else None,
                 window=lambda: full_context_forward(model.raw, model.how.autocast),
                 cached=cfg.model.block_size - prompt,

@@ -39,9 +39,11 @@ log = logging.getLogger("train")
 
 @dataclass
 class Clock:
-    """The update index the evaluations run at: set by :class:`Evaluations` before each round."""
+    """The update index the evaluations run at: set by :class:`Evaluations` before each round; ``measuring`` while
+    a time budget times them before the run starts."""
 
     step: int = 0
+    measuring: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,12 @@ class EvalContext:
         each evaluation at the first update's index before the run starts)."""
         return self.clock.step
 
+    @property
+    def measuring(self) -> bool:
+        """Whether this call is a time budget's measurement, not an evaluation of the run (a file need not be
+        written for it)."""
+        return self.clock.measuring
+
 
 class Perplexity:
     """``val/loss`` (nats per token) and ``val/bpb`` (bits per byte) over the validation windows, summed over
@@ -90,6 +98,14 @@ class Evaluations:
         self.evaluations = dict(evaluations)
         self.clock = clock or Clock()  # the one their EvalContext reads ctx.step from
         self.warned: set[tuple[str, str]] = set()
+
+    def measured(self, model: torch.nn.Module) -> dict[str, float]:
+        """Every evaluation, as a time budget times them (``ctx.measuring`` true meanwhile)."""
+        self.clock.measuring = True
+        try:
+            return self(model)
+        finally:
+            self.clock.measuring = False
 
     def __call__(self, model: torch.nn.Module, step: int | None = None) -> dict[str, float]:
         if step is not None:

@@ -228,7 +228,8 @@ class WritesEachStep:
         self.ctx = ctx
 
     def __call__(self, model):
-        if self.ctx.dist.is_main:
+        SEEN.setdefault("writes", []).append((self.ctx.step, self.ctx.measuring))
+        if self.ctx.dist.is_main and not self.ctx.measuring:
             folder = self.ctx.run_dir / "fork"
             folder.mkdir(exist_ok=True)
             (folder / f"{self.ctx.step}.txt").write_text(f"{self.ctx.name}\n")

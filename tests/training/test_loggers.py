@@ -277,6 +277,11 @@ def test_an_evaluation_knows_the_run_folder_and_the_update_it_runs_at_across_a_r
     assert (run / "fork" / "6.txt").read_text() == "fork\n"
     logged = {r["step"]: r["val/fork_step"] for r in read_metrics(run) if "val/fork_step" in r}
     assert logged == {0: 0.0, 3: 3.0, 6: 6.0}
+    SEEN.clear()
+    with pytest.raises(Stopped):  # a time budget times the evaluations first: said to them
+        tiny_train(tmp_path / "timed", ["trainer.max_time=30", "trainer.stop_at=1", *writes])
+    assert SEEN["writes"] == [(0, True), (0, True), (0, False)]
+    assert sorted(p.name for p in (tmp_path / "timed" / "fork").iterdir()) == ["0.txt"]
 
 
 FORK_EVAL = ["+eval.evals.fork._target_=tests.training.fork_parts.Evaluation"]
