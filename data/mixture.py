@@ -90,6 +90,8 @@ def source_configs(cfg: Any) -> dict[str, tuple[float, dict[str, Any]]]:
             raise DataError(f"{key} must be a mapping of that source's settings, got {entry!r}")
         source = entry.get("source")
         plugged = entry.get(TARGET) is not None  # a fork's source: its own keys are its code's to take
+        if plugged and source in SOURCES:
+            raise DataError(f"{key}: source={source} is the template's and _target_ a fork's; give one of them")
         if source not in SOURCES and not plugged:
             raise DataError(
                 f"{key}.source must be one of {', '.join(SOURCES)} (or a fork's, named by {key}._target_), got "

@@ -228,6 +228,7 @@ def test_the_data_source_trains_caches_and_mixes_like_the_templates(in_fork, tin
     "args, says",
     [
         (["data=gz_files", "data.path=no/such/folder"], r"^data: gz_files.GzipFiles refused its settings \(ValueEr"),
+        (["data=builtin", "+data._target_=gz_files.GzipFiles"], r"^data._target_ is a key of data=gz_files, not of"),
         (["data=gz_files", "+data.paths=logs"], r"^data.paths is not a key of data; did you mean data.path\?"),
         (
             [

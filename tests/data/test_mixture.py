@@ -157,6 +157,10 @@ def test_per_source_bpb_equals_evaluating_that_source_alone(tmp_path):
             r"^data\.sources\.prose\.source must be one of builtin, text_files, hub \(or a fork.s, named by "
             r"data\.sources\.prose\._target_\), got ",
         ),
+        (
+            {"prose": {"source": "builtin", "_target_": "tests.data.corpora.Listed"}},
+            r"^data\.sources\.prose: source=builtin is the template's and _target_ a fork's; give one of them$",
+        ),
         ({"prose": {"vocab_size": 512}}, r"^data\.sources\.prose\.vocab_size: the sources of a mixture share it; "),
         ({"prose": {"nmae": "x"}}, r"^data\.sources\.prose\.nmae is not a key of a text_files source; it has "),
         ({"prose": {"path": "/no/such/dir"}}, r"^data\.sources\.prose\.path: '/no/such/dir' does not exist"),
