@@ -131,7 +131,9 @@ def read_job(run_dir: Path, swept: list[str]) -> Job:
         rows, unreadable = (read_metrics(run_dir) if metrics.is_file() and not stale else []), None
     except AuditError as e:
         rows, unreadable = [], first_line(e)
-    if summary.get("status") in ("ok", "preempted") and not metrics.is_file():  # its curve and val/bpb: gone
+    # its curve and val/bpb gone (a job stopped as it started, before any record, has none to lose: no T either)
+    logged = summary.get("status") == "ok" or summary.get("status") == "preempted" and "total_steps" in summary
+    if logged and not metrics.is_file():
         unreadable = f"{metrics.name} is missing"
     evaluated = [r["val/bpb"] for r in rows if "val/bpb" in r]  # null where it was not finite
     vals = [v for v in evaluated if isinstance(v, (int, float))]

@@ -651,7 +651,9 @@ def test_several_values_without_a_multirun_are_one_line_saying_how_to_sweep_or_g
 def test_a_sweep_the_sweeper_expands_itself_is_left_to_it():
     from training.config import check_overrides
 
-    check_overrides(["-m", "schedule=glob(cos*)", "optim.lr=interval(0.001,0.01)", "trainer.seed=range(1,3)"])
+    check_overrides(["-m", "schedule=glob(cos*)", "trainer.seed=range(1,3)"])
+    with pytest.raises(ConfigError, match=r"^optim.lr=interval\(0.001,0.01\): interval\(\) is a range a sampling swe"):
+        check_overrides(["-m", "optim.lr=interval(0.001,0.01)"])  # Hydra's basic sweeper: a traceback
     check_overrides(["-m", "schedule=glob(wsd)", "schedule.decay_fraction=0.5"])  # a key of the options it picks
     with pytest.raises(ConfigError, match=r"^trainer.sed is not a key of trainer"):  # the rest is still checked
         check_overrides(["-m", "optim.lr=interval(0.001,0.01)", "trainer.sed=1"])

@@ -478,6 +478,7 @@ def test_a_signal_between_two_sweep_jobs_stops_the_next_as_it_starts_with_the_re
     assert proc.returncode == 75, proc.stderr[-3000:]
     assert report_statuses(sweep) == {"0": "ok", "1": "preempted"} and not (sweep / "2").exists()
     assert "stopped as the run started (SIGTERM), before its first update" in proc.stdout + proc.stderr
+    assert "metrics.jsonl is missing" not in (sweep / "report.md").read_text()  # it had none to lose
 
 
 def test_the_sweeps_hold_on_signals_ends_with_it():
