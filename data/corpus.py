@@ -689,4 +689,4 @@ def build_corpus(cfg: Any) -> Corpus:
         corpus = TableCorpus(cfg, str(name), name=str(name))
         corpus.check_local_data_files()
         return corpus
-    raise DataError(f"data.source must be one of builtin, text_files, hub, got {source!r}")
+    raise DataError(f"data.source must be one of {', '.join(SOURCES)}, got {source!r}")

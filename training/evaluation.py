@@ -2,8 +2,8 @@
 updates and at T — on every rank, its metrics logged to every sink at step t.
 
 An evaluation is built once per run from its YAML node (``training.components``) as
-``Target(ctx: EvalContext, **its own keys)`` (``ctx.name``: its name under ``eval.evals``; ``ctx.run_dir`` and
-``ctx.step``, the update index t, for one that writes files of its own) and called as
+``Target(ctx: EvalContext, **its own keys)`` (``ctx.name``: its name under ``eval.evals``; ``ctx.run_dir``,
+``ctx.step`` (the update index t) and ``ctx.measuring`` for one that writes files of its own) and called as
 ``evaluation(model)`` with the model at update t (in train mode: it sets eval mode itself, and must leave the
 weights and the generators as they were; the mode is given back after it); it returns ``{metric name: value}``,
 names no other evaluation logs (a clash goes under ``eval/<name>/``). Under DDP or FSDP every rank calls

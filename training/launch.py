@@ -347,9 +347,9 @@ class Before:
         """Leave ``run_dir`` as it was (True), unless the run wrote into it (then what it wrote stays, with its
         record and log). ``refused_job``: a sweep job's refusal, whose summary.json is put back too."""
         entries = own_entries(run_dir)
-        if refused_job:
+        if refused_job:  # a folder an earlier launch wrote: all but its summary.json as this launch found it
             entries = {k: v for k, v in entries.items() if k != "summary.json"}
-            if {k: v for k, v in self.entries.items() if k != "summary.json"} != entries or not self.existed:
+            if {k: v for k, v in self.entries.items() if k != "summary.json"} != entries:
                 return False
             if self.summary is None:
                 (run_dir / "summary.json").unlink(missing_ok=True)

@@ -28,6 +28,7 @@ def stop_received() -> str | None:
 
 
 held: str | None = None  # a stop asked for between two jobs of a sweep run in this process, for the next job
+before_sweep: dict[int, object] = {}  # the handlers hold_between_jobs replaced
 
 
 def hold_between_jobs() -> None:
@@ -44,9 +45,6 @@ def hold_between_jobs() -> None:
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             before_sweep.setdefault(sig, signal.signal(sig, hold))
-
-
-before_sweep: dict[int, object] = {}  # the handlers hold_between_jobs replaced
 
 
 def release_between_jobs() -> None:
