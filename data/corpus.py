@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
-import importlib
 import itertools
 import json
 import logging
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from data.errors import DataError
-from scheduling.spec import first_line, missing_name
+from scheduling.spec import dotted, first_line
 
 SOURCES = ("builtin", "text_files", "hub")  # the template's; a fork's is named by data._target_
 # The keys every source has, besides its own: the tokenizer's and the cache's, which a mixture's sources share,
@@ -632,21 +631,20 @@ def source_keys(cfg: Any) -> dict[str, Any]:
 def plugged_corpus(cfg: Any) -> Corpus:
     """The corpus of a fork's source: ``data._target_`` (a Corpus subclass, or a function returning one) called
     as ``Target(cfg, **its own keys)``; each failure is one DataError line."""
-    path = cfg.get(TARGET)
-    module, _, name = str(path).rpartition(".")
+    path, own = cfg.get(TARGET), source_keys(cfg)
     try:
-        target = getattr(importlib.import_module(module), name)
-    except Exception as e:  # ImportError, AttributeError, an error of the module's own code
-        raise DataError(f"data._target_: {path!r} cannot be imported ({missing_name(path) or first_line(e)})") from None
+        target = dotted(str(path))
+    except ImportError as e:
+        raise DataError(f"data._target_: {path!r} cannot be imported ({e})") from None
     try:
-        corpus = target(cfg, **source_keys(cfg))
+        corpus = target(cfg, **own)
     except (ValueError, TypeError, OSError) as e:  # its refusal of its settings
         raise DataError(f"data: {path} refused its settings ({type(e).__name__}: {first_line(e)})") from None
     if not isinstance(corpus, Corpus):
         raise DataError(f"data: {path} built {type(corpus).__name__}, not a data.corpus.Corpus (docs/extending.md)")
     # the token cache's key: another class, another of its keys or another decode policy is another cache
-    own = {TARGET: path, "on_decode_error": cfg.get("on_decode_error"), **source_keys(cfg)}
-    corpus.settings = json.dumps(own, sort_keys=True, default=str)
+    settings = {TARGET: path, "on_decode_error": cfg.get("on_decode_error"), **own}
+    corpus.settings = json.dumps(settings, sort_keys=True, default=str)
     return corpus
 
 

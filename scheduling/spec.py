@@ -220,13 +220,22 @@ def schedule_function(name: Any, key: str = "schedule.name") -> Callable[..., fl
     return _imported(name, key)
 
 
+def dotted(path: str) -> Any:
+    """The object a dotted path names (``my_module.MyClass``); an ImportError whose message is the one-line reason
+    when it cannot be had: a missing file or name (with the closest one), or a module that fails as it imports."""
+    module, _, attr = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except Exception as e:
+        raise ImportError(missing_name(path) or first_line(e)) from None
+
+
 @functools.cache
 def _imported(name: str, key: str) -> Callable[..., float]:
-    module, _, attr = name.rpartition(".")
     try:
-        found = getattr(importlib.import_module(module), attr)
-    except Exception as e:  # a missing file or name, or a module that fails as it imports (a SyntaxError)
-        raise ScheduleError(f"{key}: {name!r} cannot be imported ({missing_name(name) or first_line(e)})") from None
+        found = dotted(name)
+    except ImportError as e:
+        raise ScheduleError(f"{key}: {name!r} cannot be imported ({e})") from None
     if not callable(found):
         raise ScheduleError(key, "the dotted path of a λ(t) function", name)
     return found

@@ -24,6 +24,7 @@ import torch
 
 from data import DataError
 from data.atomic import DiskFull
+from data.corpus import SOURCES as CORPUS_SOURCES
 from model import TOKENIZER_KEYS, GPTConfig, ModelConfigError, check_model_config
 from scheduling import ScheduleError, schedule_from_config
 from scheduling.spec import (
@@ -44,7 +45,7 @@ COMPILE = ("auto", True, False)
 NONFINITE = ("stop", "skip")
 NS_DTYPE_CHOICES = ("auto", "bfloat16", "float32")  # optim.muon.ns_dtype
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
-SOURCES = ("builtin", "text_files", "hub", "mixture")
+SOURCES = (*CORPUS_SOURCES, "mixture")
 DECODE_POLICIES = ("skip", "replace", "error")
 BUDGET_KEYS = ("max_steps", "max_tokens", "max_time")
 PROVISIONAL_STEPS = 10**9  # stands for T in checks made before a budget fixes it
