@@ -75,6 +75,8 @@ BAD_INPUTS = [
     ),
     ("train.py", ["-m", "optim.lr=interval(0,1)"], "error: optim.lr=interval(0,1): interval() is a range a sampling"),
     ("train.py", ["-m", "trainer.seed=choice()"], "error: trainer.seed=choice(): empty choice is not legal\n"),
+    ("train.py", ["-m", "optim.lr=glob(*)"], "error: optim.lr=glob(*): glob() matches a config group's options;"),
+    ("train.py", ["-m", "model=glob(zz*)"], "error: model=glob(zz*): the sweep has no jobs: the glob matches none of"),
     (  # every job refused: refused as a single run, before Hydra writes the sweep's folders
         "train.py",
         ["-m", "model.n_head=3,5", "hydra.sweep.dir=sweep"],

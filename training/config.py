@@ -505,6 +505,7 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
     with the closest known names; entry points call this before handing the command line to Hydra."""
     import yaml
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Glob
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -548,6 +549,14 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
     if empty := [o for o in parsed if swept.get(id(o)) == []]:  # Hydra would write multirun.yaml, then run nothing
         raise ConfigError(f"{empty[0].input_line}: the sweep has no jobs: each swept key needs one value at least")
     expanded = [o for o in parsed if swept.get(id(o), []) is None]  # Hydra's to judge
+    for o in expanded:  # a glob names no options but a group's: Hydra would write multirun.yaml, then run nothing
+        group = o.get_key_element().lstrip("+~")
+        if isinstance(o.value(), Glob) and group.partition(".")[0] != "hydra":
+            if not (CONF / group).is_dir():
+                raise ConfigError(f"{o.input_line}: glob() matches a config group's options; {group} is a setting")
+            if not o.value().filter(group_options(group)):
+                options = ", ".join(group_options(group))
+                raise ConfigError(f"{o.input_line}: the sweep has no jobs: the glob matches none of {options}")
     if any((CONF / o.get_key_element().lstrip("+~")).is_dir() for o in expanded):
         return  # which option of a group each job takes is the sweeper's to say: its keys cannot be held to one
     parsed = [o for o in parsed if o not in expanded]
