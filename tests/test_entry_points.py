@@ -76,6 +76,12 @@ BAD_INPUTS = [
     ("train.py", ["-m", "optim.lr=interval(0,1)"], "error: optim.lr=interval(0,1): interval() is a range a sampling"),
     ("train.py", ["-m", "trainer.seed=choice()"], "error: trainer.seed=choice(): empty choice is not legal\n"),
     ("train.py", ["-m", "optim.lr=glob(*)"], "error: optim.lr=glob(*): glob() matches a config group's options;"),
+    ("train.py", ["hydra.run.dir=" + "y" * 300], "error: hydra.run.dir: a folder name of 300 bytes (yyyyy"),
+    (  # Hydra makes a job's folder before the job starts: its traceback
+        "train.py",
+        ["-m", "trainer.seed=1,2", "hydra.sweep.subdir=${{hydra.job.override_dirname}}", "data.cache_dir=" + "c" * 300],
+        "error: hydra.sweep.subdir: a folder name of ",  # every override in it
+    ),
     ("train.py", ["-m", "model=glob(zz*)"], "error: model=glob(zz*): the sweep has no jobs: the glob matches none of"),
     (  # every job refused: refused as a single run, before Hydra writes the sweep's folders
         "train.py",

@@ -606,8 +606,34 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
             error = composition_error(e, config_name)
             if error.args[0].lstrip("+").startswith("hydra"):
                 raise error from None
+    check_folder_names(first, config_name, bool({"-m", "--multirun"} & set(overrides)))
     if sweeps and config_name == "config":
         check_some_job(parsed, ours, swept, first)
+
+
+def check_folder_names(first: list[str], config_name: str, multirun: bool) -> None:
+    """A run's folder (a sweep job's, its first) whose name is longer than the file system takes is refused here:
+    Hydra makes it before any code of ours runs, and answers with a traceback (a long ``override_dirname``)."""
+    from hydra.types import RunMode
+
+    try:
+        hydra = compose(first, config_name, return_hydra_config=True).hydra
+        sweep = multirun or hydra.mode == RunMode.MULTIRUN
+        folder = Path(hydra.sweep.dir, hydra.sweep.subdir) if sweep else Path(hydra.run.dir)
+    except Exception:  # Hydra's own settings, Hydra's to judge
+        return
+    try:
+        limit = os.pathconf(next(p for p in folder.parents if p.is_dir()), "PC_NAME_MAX")
+    except (OSError, ValueError, StopIteration):  # a name too long to look at, or no limit to read
+        limit = 255
+    for part in folder.parts:
+        if len(os.fsencode(part)) > limit:
+            key = "hydra.sweep.subdir" if sweep and part in Path(hydra.sweep.subdir).parts else "hydra.sweep.dir"
+            key = key if sweep else "hydra.run.dir"
+            raise ConfigError(
+                f"{key}: a folder name of {len(os.fsencode(part))} bytes ({part[:40]}…); the file system takes "
+                f"{limit} at most: give a shorter one"
+            )
 
 
 def check_some_job(parsed: list, ours: list[bool], swept: dict, first: list[str]) -> None:
