@@ -611,7 +611,8 @@ def build_data(cfg: DictConfig, dist: distributed.Dist) -> tuple[Any, TrainBatch
 
     def val(tokens, name: str = "") -> ValBatches:
         windows = trainer.eval_batches * trainer.batch_size
-        if dist.is_main and windows * block > len(tokens) - 1:  # the same tokens in several windows: weighted more
+        short = block < len(tokens) <= windows * block  # fewer than one window is refused below, without this
+        if dist.is_main and short:  # the same tokens in several windows: weighted more
             log.warning(
                 "%s: the %d windows of %d tokens (trainer.eval_batches × trainer.batch_size) overlap in its %d "
                 "tokens, each scored %.1f× on average: lower trainer.eval_batches, or hold out more text",

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data import prepare, token_byte_lengths
+from data import DataError, prepare, token_byte_lengths
 from training.evaluation import evaluate
 
 DOCS = [
@@ -84,6 +84,14 @@ def test_validation_windows_that_overlap_in_a_short_split_are_warned_of(tmp_path
         caplog.clear()
         tiny_train(tmp_path / "held_out", ["trainer.max_steps=1", "data.val_fraction=0.5"])
     assert "overlap" not in caplog.text
+
+
+def test_a_reused_split_too_short_for_one_window_is_refused_without_the_overlap_warning(tmp_path, tiny_train, caplog):
+    tiny_train(tmp_path / "first", ["trainer.max_steps=1"])  # the cache, made for windows of 33 tokens
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="train"), pytest.raises(DataError, match="fewer than one window of model"):
+        tiny_train(tmp_path / "longer", ["trainer.max_steps=1", "model.block_size=128"])  # 65 held out
+    assert "overlap" not in caplog.text  # the refusal is the whole story
 
 
 def test_an_evaluation_that_leaves_the_model_in_eval_mode_does_not_turn_dropout_off_for_training():
