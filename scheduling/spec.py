@@ -290,15 +290,21 @@ class Schedule:
         total = self.total_steps or self.warmup_steps + 1
         for t in sorted({0, self.warmup_steps, max(total - 1, 0)}):
             try:
-                value = float(self(t))  # a numpy or torch scalar too, as LambdaLR takes it
+                value = float(schedule_function(self.name)(t, **self.params))  # a numpy or torch scalar too
             except Exception as e:  # a fork's code: whatever it raises is one line
                 cause = f"{type(e).__name__}: {first_line(e)}"
                 raise ScheduleError(f"{key}: {self.name} fails at update {t} ({cause})") from None
-            if not math.isfinite(value) or value < 0:
-                raise ScheduleError(f"{key}: {self.name} gives {value!r} at update {t}, not a finite multiplier ≥ 0")
+            self.check(value, t, key)
+
+    def check(self, value: float, t: int, key: str = "schedule.name") -> None:
+        if not math.isfinite(value) or value < 0:
+            raise ScheduleError(f"{key}: {self.name} gives {value!r} at update {t}, not a finite multiplier ≥ 0")
 
     def __call__(self, t: int) -> float:
-        return schedule_function(self.name)(t, **self.params)
+        value = schedule_function(self.name)(t, **self.params)
+        if self.name not in SCHEDULES:  # a fork's λ at every update, not only those probed: before an update uses it
+            self.check(float(value), t)
+        return value
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Schedule) and (self.name, self.params) == (other.name, other.params)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
@@ -499,6 +500,25 @@ def test_a_forks_schedule_is_tried_before_any_work_and_may_return_a_numpy_scalar
     assert Schedule(f"{here}.numpy_decay", total_steps=100)(50) == pytest.approx(0.5)
     with pytest.raises(ScheduleError, match=rf"^schedule.name: {here}.negative_decay gives -0.01 at update 1, not a"):
         Schedule(f"{here}.negative_decay", total_steps=100, warmup_steps=1)
+
+
+def nan_at_five(t, *, total_steps, warmup_steps=0, min_lr_ratio=0.0):
+    return math.nan if t == 5 else 1.0  # fine at the updates the probe tries (0, W, T - 1)
+
+
+def test_a_forks_schedule_is_held_to_a_finite_multiplier_at_every_update_before_an_update_uses_it():
+    from scheduling import build_scheduler
+
+    schedule = Schedule("tests.scheduling.test_schedule_functions.nan_at_five", total_steps=10)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    scheduler = build_scheduler(optimizer, schedule)
+    for _ in range(4):
+        optimizer.step()
+        scheduler.step()
+    optimizer.step()
+    with pytest.raises(ScheduleError, match=r"^schedule.name: .*nan_at_five gives nan at update 5, not a finite"):
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == 0.1  # update 5 never ran with it
 
 
 def test_a_forks_schedule_that_cannot_run_is_one_line_naming_the_key(tmp_path, monkeypatch):
