@@ -18,6 +18,7 @@ base lr), one ``step()`` steps every group. The AdamW groups come first, so para
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Mapping
@@ -213,6 +214,12 @@ def build_optimizer(model: torch.nn.Module, cfg: Mapping[str, Any], device: torc
     optimizer = build_refusing(cfg, "optim", model, device)
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise ConfigError(f"optim: {cfg[TARGET]} returned a {type(optimizer).__name__}, not one torch.optim.Optimizer")
+    closure = inspect.signature(optimizer.step).parameters.get("closure")
+    if closure is not None and closure.default is inspect.Parameter.empty:  # LBFGS: train_update has none to give
+        raise ConfigError(
+            f"optim: {cfg[TARGET]} returned a {type(optimizer).__name__}, whose step() needs a closure (the loss "
+            "again, computed by the optimizer); the update calls step() without one"
+        )
     first = float(optimizer.param_groups[0]["lr"])
     if not math.isclose(first, cfg["lr"], rel_tol=1e-6):  # else train/lr and the audit would read another peak
         raise ConfigError(

@@ -176,6 +176,13 @@ def blocks_only(model, device, *, lr: float, name: str = "blocks", **_: Any):
     return torch.optim.SGD([p for n, p in model.named_parameters() if n.startswith("blocks.")], lr=lr)
 
 
+def lbfgs(model, device, *, lr: float, name: str = "lbfgs", **_: Any):
+    """An optimizer whose step evaluates the loss itself, through a closure it must be given."""
+    import torch
+
+    return torch.optim.LBFGS(model.parameters(), lr=lr)
+
+
 def returns_groups(model, device, *, lr: float, name: str = "groups", **_: Any):
     """A builder that returns the param groups, not the optimizer."""
     return [{"params": list(model.parameters()), "lr": lr}]
@@ -211,13 +218,14 @@ class Evaluation:
     def check(cls, keys, where) -> None:
         if keys.get("metric") == "unchecked":  # a bug in the check itself
             raise KeyError("number")
-        if keys.get("metric", "number") not in ("number", "tensor", "list"):
+        if keys.get("metric", "number") not in ("number", "tensor", "list", "numpy"):
             raise ValueError(f"metric must be number, tensor or list, got {keys['metric']!r}")
 
     def __call__(self, model):
+        import numpy as np
         import torch
 
-        value = {"number": 0.5, "tensor": torch.tensor(0.5), "list": [0.5]}[self.metric]
+        value = {"number": 0.5, "tensor": torch.tensor(0.5), "list": [0.5], "numpy": np.float32(0.5)}[self.metric]
         return value if self.metric == "list" else {"val/fork": value}
 
 

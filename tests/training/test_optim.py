@@ -126,6 +126,11 @@ SGD = {"name": "sgd", "lr": 0.1}  # in the order of every file of conf/optim/
             {"_target_": "tests.training.fork_parts.returns_groups", **SGD},
             "optim: tests.training.fork_parts.returns_groups returned a list, not one torch.optim.Optimizer",
         ),
+        (  # the update calls step() once, after the backward passes (a closure would compute the loss again)
+            {"_target_": "tests.training.fork_parts.lbfgs", **SGD},
+            "optim: tests.training.fork_parts.lbfgs returned a LBFGS, whose step() needs a closure (the loss again, "
+            "computed by the optimizer); the update calls step() without one",
+        ),
         (  # Hydra's usual idiom: but the builder is called with the model and the device first
             {"_target_": "torch.optim.SGD", **SGD},
             "optim: torch.optim.SGD does not take these settings (its parameter lr is filled already: it is called "
