@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,11 +122,12 @@ class Evaluations:
             if not isinstance(found, Mapping):
                 raise ConfigError(f"eval.evals.{name} returned a {type(found).__name__}, not a dict of metrics")
             for key, value in found.items():  # every sink takes numbers: a tensor or a text would fail in each
-                if not isinstance(value, (int, float)) or isinstance(value, bool):
+                if not isinstance(value, numbers.Real) or isinstance(value, bool):
                     hint = " (its .item())" if isinstance(value, torch.Tensor) else ""
                     raise ConfigError(
                         f"eval.evals.{name}: its metric {key} is a {type(value).__name__}, not a number{hint}"
                     )
+                value = int(value) if isinstance(value, numbers.Integral) else float(value)  # numpy's, as Python's
                 if key in owner:  # one would hide the other in every sink and the summary: logged apart
                     if (name, key) not in self.warned:
                         self.warned.add((name, key))

@@ -319,6 +319,11 @@ def test_a_forks_evaluation_that_fails_its_contract_is_one_line(tmp_path, tiny_t
     assert [r["val/fork"] for r in read_metrics(tmp_path / "ok") if "val/fork" in r] == [0.5, 0.5]
 
 
+def test_a_forks_evaluation_may_return_numpy_scalars_logged_as_numbers(tmp_path, tiny_train):
+    tiny_train(tmp_path / "run", [*FORK_EVAL, "+eval.evals.fork.metric=numpy", "trainer.max_steps=2"])
+    assert [r["val/fork"] for r in read_metrics(tmp_path / "run") if "val/fork" in r] == [0.5, 0.5]
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [
