@@ -239,7 +239,11 @@ def test_the_data_source_trains_caches_and_mixes_like_the_templates(in_fork, tin
             r"^data.sources.gz: gz_files.GzipFiles does not take these settings \(.*paths",
         ),
         (["optim=sgd", "optim.momentum=-1"], r"^optim: sgd_momentum.sgd refused its settings \(ValueError: .*momentum"),
-        (["schedule=step_decay", "schedule.factor=abc"], r"^schedule.name: step_decay.step_decay fails at update 0 \("),
+        (
+            ["schedule=step_decay", "schedule.factor=abc"],
+            r"^schedule.factor must be a number \(schedule step_decay.step_decay's default is 0.5\), got 'abc'$",
+        ),
+        (["schedule=step_decay", "schedule.drops=-1"], r"^schedule.name: step_decay.step_decay fails at update \d+ \("),
         (["eval=[perplexity,token_accuracy]", "eval.evals.token_accuracy.batches=abc"], r"^eval.evals.token_accuracy"),
     ],
 )
