@@ -41,6 +41,8 @@ def find(node: Mapping[str, Any], where: str) -> Callable:
     if option is not None and TARGET in keys:
         # keys added with + to an entry whose option file is not chosen: the entry is that file's
         raise ConfigError(f"{where} is an entry of {group}={option}, which is not chosen; choose it or drop its keys")
+    if path is None and isinstance(node, Mapping) and (typo := near_target(node)):
+        raise ConfigError(f"{where}.{typo}: did you mean {where}.{TARGET}, the dotted path of what to build?")
     if not isinstance(path, str) or not path:
         where_set = f" (conf/{group}/{option}.yaml's entry sets none)" if option is not None else ""
         raise ConfigError(f"{where}.{TARGET}", f"the dotted path of a class or function to build{where_set}", path)
@@ -57,6 +59,12 @@ def find(node: Mapping[str, Any], where: str) -> Callable:
     if not callable(found):
         raise ConfigError(f"{where}.{TARGET}", "a class or function", path)
     return found
+
+
+def near_target(node: Mapping[str, Any]) -> str | None:
+    """A key of ``node`` that reads as ``_target_`` mistyped (``_targt_``, ``target``, ``__target__``)."""
+    keys = [k for k in node if isinstance(k, str) and k != TARGET]
+    return next(iter(difflib.get_close_matches(TARGET, keys, n=1, cutoff=0.75)), None)
 
 
 def own_keys(node: Mapping[str, Any]) -> dict[str, Any]:

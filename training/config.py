@@ -936,6 +936,10 @@ def check_data(d: Mapping[str, Any], prefix: str = "data") -> None:
     """The data group's values; a mixture's sources each in turn, as ``data.sources.<name>``; a fork's source
     (``data._target_``) imports and takes its own keys."""
     if d.get("_target_") is None:
+        from training.components import near_target
+
+        if typo := near_target(d):  # else data.source is blamed: a fork's source file names none
+            raise ConfigError(f"{prefix}.{typo}: did you mean {prefix}._target_, the dotted path of the source?")
         one_of(d, "source", prefix, SOURCES)
     else:
         from data.corpus import source_keys

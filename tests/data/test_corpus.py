@@ -207,3 +207,12 @@ def test_a_forks_source_that_cannot_be_built_is_one_line(target, texts, says):
     cfg = source_settings(data_cfg("builtin", _target_=target, texts=texts))
     with pytest.raises(DataError, match=says):
         build_corpus(cfg)
+
+
+def test_a_forks_source_file_with_target_mistyped_is_told_that_key_not_data_source():
+    from training.config import ConfigError, check_data
+
+    for typo in ("_targt_", "target", "__target__"):
+        cfg = {"_target_": None, "source": "gz", typo: "tests.data.corpora.Listed", "texts": ["a"]}
+        with pytest.raises(ConfigError, match=rf"^data.{typo}: did you mean data._target_, the dotted path of the"):
+            check_data(cfg)

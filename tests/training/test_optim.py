@@ -126,6 +126,10 @@ SGD = {"name": "sgd", "lr": 0.1}  # in the order of every file of conf/optim/
             {"_target_": "tests.training.fork_parts.returns_groups", **SGD},
             "optim: tests.training.fork_parts.returns_groups returned a list, not one torch.optim.Optimizer",
         ),
+        (  # a fork's optim file with _target_ mistyped
+            {"_targt_": "tests.training.fork_parts.lbfgs", **SGD},
+            "optim._targt_: did you mean optim._target_, the dotted path of what to build?",
+        ),
         (  # the update calls step() once, after the backward passes (a closure would compute the loss again)
             {"_target_": "tests.training.fork_parts.lbfgs", **SGD},
             "optim: tests.training.fork_parts.lbfgs returned a LBFGS, whose step() needs a closure (the loss again, "
