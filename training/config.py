@@ -638,7 +638,8 @@ def check_folder_names(first: list[str], config_name: str, multirun: bool) -> No
 
 def check_some_job(parsed: list, ours: list[bool], swept: dict, first: list[str]) -> None:
     """A sweep whose every job the config checks would refuse is refused as a single run is, before Hydra writes
-    its folders; one job that passes lets the sweep run, each refused job then reported in its turn."""
+    its folders; one job that passes lets the sweep run, each refused job named on stderr before the first starts
+    (a typo in job 7 need not wait for jobs 0 to 6), then reported in its turn."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -656,16 +657,22 @@ def check_some_job(parsed: list, ours: list[bool], swept: dict, first: list[str]
     jobs = list(itertools.islice(itertools.product(*axes), MAX_SWEEP_JOBS_CHECKED + 1))
     if len(jobs) > MAX_SWEEP_JOBS_CHECKED:
         return
-    refusal = None
-    for job in jobs:
+    refusals: dict[int, Exception] = {}
+    for num, job in enumerate(jobs):  # numbered as Hydra's basic sweeper numbers them: the product, in order
         try:
             check_config(compose(list(job), "config"))
-            return
         except USER_ERRORS as e:
-            refusal = refusal or e
+            refusals[num] = e
         except (HydraException, OmegaConfBaseException) as e:  # a combination of values that does not compose
-            refusal = refusal or composition_error(e, "config", list(job))
-    raise refusal
+            refusals[num] = composition_error(e, "config", list(job))
+    if len(refusals) == len(jobs):
+        raise refusals[0]
+    from training.secrets import redact_text
+
+    sweeps = [i for i, axis in enumerate(axes) if len(axis) > 1]
+    for num, e in refusals.items():
+        name = ",".join(jobs[num][i] for i in sweeps)
+        print(redact_text(f"warning: job {num} ({name}) will be refused: {e}"), file=sys.stderr)
 
 
 def multirun_config(overrides: list[str], config_name: str) -> bool:

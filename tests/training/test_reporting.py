@@ -407,6 +407,9 @@ def test_a_sweep_run_again_with_a_bad_value_leaves_the_earlier_run_of_the_refuse
     before = files()
     proc = run_sweep(sweep, data_cache, [], "optim.lr=1e-3,-1")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: 1 of 2 sweep jobs failed")
+    # named before job 0 starts, not only once job 0 has trained
+    warning = "warning: job 1 (optim.lr=-1) will be refused: optim.lr must be a number > 0, got -1\n"
+    assert proc.stderr.startswith(warning)
     assert report_statuses(sweep) == {"0": "ok", "1": "failed"}  # the report of this launch
     assert files() == before
     again = run_sweep(sweep, data_cache, [], "optim.lr=1e-3,2e-3")  # the earlier command: both runs whole
