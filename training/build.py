@@ -562,6 +562,8 @@ def schedule_history(state: dict | None, start: int, T: int, cfg: DictConfig, re
                     "resumed_from": None,
                 }
             ]
+    if history and start == T:  # a finished run's command again: no update runs under a new segment
+        return [s for s in history if s["from_update"] < start]
     segment = {
         "from_update": start,
         "total_steps": T,
@@ -712,7 +714,9 @@ def describe(run: Run, meta: dict, schedule) -> dict[str, str]:
     b = run.train_batches
     return {
         "model": f"{run.cfg.model.get('name', 'model')} ({c.arch} style), {human(m.raw.num_params())} parameters "
-        f"(n_layer {c.n_layer}, n_head {c.n_head}, "
+        f"(n_layer {c.n_layer}, n_head {c.n_head}"
+        + (f", n_kv_head {c.n_kv_head}" if c.n_kv_head not in (None, c.n_head) else "")
+        + ", "
         f"n_embd {c.n_embd}, block {c.block_size}, vocab {c.vocab_size})",
         "data": f"{meta['corpus']}: {human(meta['tokens']['train'])} train / {human(meta['tokens']['val'])} val tokens"
         + (", attention within documents" if c.document_separator is not None else ""),

@@ -340,6 +340,15 @@ def test_a_cpu_peak_on_record_that_the_run_outpaces_is_measured_again_once(tmp_p
     assert set(stored.values()) == {1e15}
 
 
+def test_the_start_summary_names_grouped_query_attentions_key_value_heads(tmp_path, tiny_train, caplog):
+    args = ["trainer.max_steps=1", "trainer.eval_every=0", "trainer.sample_tokens=0"]
+    with caplog.at_level("INFO", logger="train"):
+        tiny_train(tmp_path / "mha", args)
+        tiny_train(tmp_path / "gqa", [*args, "model.n_kv_head=1"])
+    lines = [r.getMessage() for r in caplog.records if "(n_layer 2, n_head 2" in r.getMessage()]
+    assert len(lines) == 2 and "n_head 2, n_embd 32" in lines[0] and "n_head 2, n_kv_head 1, n_embd 32" in lines[1]
+
+
 CRASHING_OPTIMIZER = """
 import torch
 

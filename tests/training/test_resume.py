@@ -839,6 +839,8 @@ def test_a_finished_runs_command_again_trains_nothing_and_says_so(tmp_path, tiny
     said = "the run has taken all 4 updates: only its final evaluation runs again (raise T to go on)"
     assert said in [r.getMessage() for r in caplog.records]
     assert [r for r in read_metrics(run) if "train/loss" in r] == [r for r in before if "train/loss" in r]
+    segments = json.loads((run / "schedule.json").read_text())["segments"]
+    assert [s["from_update"] for s in segments] == [0]  # a start that took no update is no schedule segment
 
 
 def test_a_kill_between_the_two_renames_of_a_checkpoints_replacement_loses_nothing(tmp_path, tiny_train, caplog):
