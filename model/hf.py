@@ -76,7 +76,30 @@ def require_transformers(feature: str) -> Any:
         raise ModelConfigError(
             f"{feature} needs transformers, which is not installed; install the hf extra: pip install -e '.[hf]'"
         ) from None
+    with quiet_imports():  # its models import torchao where it is installed
+        import transformers.modeling_utils  # noqa: F401
     return transformers
+
+
+# What importing torchao logs where it is installed: its kernels built for another Python or torch, and torch's
+# deprecation of how it registers its types; a screen of warnings about kernels the template does not use.
+NOISY_ON_IMPORT = ("torchao", "torch.utils._pytree")
+
+
+@contextmanager
+def quiet_imports() -> Iterator[None]:
+    """The loggers of ``NOISY_ON_IMPORT`` at ERROR only while an import runs, then as they were."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in NOISY_ON_IMPORT]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 @contextmanager

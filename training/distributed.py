@@ -145,7 +145,10 @@ def float8_linears(model: torch.nn.Module) -> torch.nn.Module:
     matmuls run in fp8 with dynamic per-tensor scales (forward e4m3, gradients e5m2), everything else in bf16
     autocast. The output head stays bf16 (it feeds the loss). Weights stay fp32 parameters under their own names,
     so state dicts and checkpoints are those of a bf16 run, and a run can resume in either precision."""
-    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+    from model.hf import quiet_imports
+
+    with quiet_imports():
+        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
 
     def in_blocks(module: torch.nn.Module, fqn: str) -> bool:  # fp8 matmuls take dimensions divisible by 16
         return fqn.startswith("blocks.") and module.in_features % 16 == 0 and module.out_features % 16 == 0

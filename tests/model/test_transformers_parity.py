@@ -173,3 +173,21 @@ def test_a_transformers_model_ours_cannot_compute_is_refused_in_one_line(make, s
     with pytest.raises(ModelConfigError, match=r"^model\.init_from: folder ") as e:
         architecture(make(transformers), "folder")
     assert setting in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_transformers_bridge_imports_without_a_screen_of_torchao_warnings():
+    """Where torchao is installed, transformers' models import it: its kernels for another Python or torch, and
+    torch's deprecations, log a warning each; the bridge keeps them off the console, then restores the loggers."""
+    import logging
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import logging; from model.hf import require_transformers; t = require_transformers('x'); "
+        "t.LlamaForCausalLM, t.GPT2LMHeadModel; print(logging.getLogger('torchao').level)"
+    )
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+    assert proc.stdout == f"{logging.NOTSET}\n"  # as it was
