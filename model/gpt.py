@@ -42,7 +42,18 @@ STYLES = {
     "llama": Style(rotary=True, rms_norm=True, swiglu=True, biases=False),
 }
 ARCHS = tuple(STYLES)
-ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}  # model.activation → F.gelu's approximate
+
+
+def relu_squared(x: torch.Tensor) -> torch.Tensor:
+    return F.relu(x).square()
+
+
+# model.activation → the gpt2 MLP's function: a new one is an entry here (model/hf.py's GPT2_ACTIVATIONS to export)
+ACTIVATIONS = {
+    "gelu": functools.partial(F.gelu, approximate="none"),
+    "gelu_tanh": functools.partial(F.gelu, approximate="tanh"),
+    "relu2": relu_squared,  # ReLU², the Primer MLP's
+}
 VOCAB_MULTIPLE = 64  # the model's vocabulary is padded to a multiple of this: faster embedding and head matmuls
 
 
@@ -72,7 +83,7 @@ class GPTConfig:
     n_kv_head: int | None = None  # key/value heads (grouped-query attention); None = n_head
     mlp_hidden: int | None = None  # None: 4C (gpt2), or SwiGLU's 8C/3 rounded up to 64 (llama)
     tie_embeddings: bool = True
-    activation: str = "gelu_tanh"  # gpt2 only: GPT-2's tanh-approximated GELU, or "gelu" (exact, erf)
+    activation: str = "gelu_tanh"  # gpt2 only: GPT-2's tanh-approximated GELU, "gelu" (exact, erf) or "relu2"
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     qk_norm: bool = False  # RMSNorm on each head's queries and keys before attention (bounded logits)
@@ -325,12 +336,12 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """GELU MLP (gpt2) or SwiGLU (llama): down(silu(gate(x)) · up(x))."""
+    """down(activation(up(x))) (gpt2: ``model.activation``) or SwiGLU (llama): down(silu(gate(x)) · up(x))."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.swiglu = config.style.swiglu
-        self.approximate = ACTIVATIONS[config.activation]
+        self.activation = ACTIVATIONS[config.activation]
         bias = config.bias and config.style.biases
         self.c_fc = nn.Linear(config.n_embd, (2 if self.swiglu else 1) * config.hidden, bias=bias)  # fused gate+up
         self.c_proj = nn.Linear(config.hidden, config.n_embd, bias=bias)
@@ -343,7 +354,7 @@ class MLP(nn.Module):
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
         else:
-            h = F.gelu(h, approximate=self.approximate)
+            h = self.activation(h)
         return self.dropout(self.c_proj(h))
 
 

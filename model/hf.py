@@ -49,8 +49,8 @@ ARCH_KEYS = (
 # GPTConfig that ARCH_KEYS lacks (a fork's) is exported only at its default: its code is not in transformers' class.
 NOT_EXPORTED = (*TRAINING_ONLY, *TOKENIZER_KEYS, "reset_positions")
 # GPT-2's activation_function for each model.activation, and the names transformers also gives them
-GPT2_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
-GPT2_ACTIVATION_OF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+GPT2_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu2": "relu2"}
+GPT2_ACTIVATION_OF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu2": "relu2"}
 
 # Per block: (our name, their names stacked along dim 0 in ours, stored transposed by them)
 GPT2_BLOCK = [

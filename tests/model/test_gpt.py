@@ -72,7 +72,7 @@ def test_every_preset_passes_the_check_and_builds(name, preset_values, on_meta):
         ({"tie_embeddings": 1}, "model.tie_embeddings must be true or false, got 1"),
         ({"norm_eps": 0}, "model.norm_eps must be a number > 0, got 0"),
         ({"rope_theta": -1.0}, "model.rope_theta must be a number > 0, got -1.0"),
-        ({"activation": "relu"}, "model.activation must be one of gelu, gelu_tanh, got 'relu'"),
+        ({"activation": "relu"}, "model.activation must be one of gelu, gelu_tanh, relu2, got 'relu'"),
         ({"qk_norm": "yes"}, "model.qk_norm must be true or false, got 'yes'"),
         ({"logit_softcap": 0}, "model.logit_softcap must be null or a number > 0, got 0"),
         ({"logit_softcap": "high"}, "model.logit_softcap must be null or a number > 0, got 'high'"),
@@ -245,15 +245,21 @@ def test_cuda_compiled_model_matches_eager(tiny_config):
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("activation,approximate", [("gelu", "none"), ("gelu_tanh", "tanh")])
-def test_the_gpt2_mlp_applies_the_gelu_model_activation_names(tiny_config, activation, approximate):
+FUNCTIONS = {
+    "gelu": lambda h: torch.nn.functional.gelu(h),
+    "gelu_tanh": lambda h: torch.nn.functional.gelu(h, approximate="tanh"),
+    "relu2": lambda h: torch.relu(h) ** 2,
+}
+
+
+@pytest.mark.parametrize("activation", sorted(FUNCTIONS))
+def test_the_gpt2_mlp_applies_the_function_model_activation_names(tiny_config, activation):
     torch.manual_seed(0)
     mlp = GPT(tiny_config("gpt2", activation=activation)).blocks[0].mlp
     x = torch.randn(2, 5, 32)
-    expected = mlp.c_proj(torch.nn.functional.gelu(mlp.c_fc(x), approximate=approximate))
-    torch.testing.assert_close(mlp(x), expected, rtol=0, atol=0)
-    other = "tanh" if approximate == "none" else "none"
-    assert not torch.allclose(mlp(x), mlp.c_proj(torch.nn.functional.gelu(mlp.c_fc(x), approximate=other)), atol=1e-7)
+    torch.testing.assert_close(mlp(x), mlp.c_proj(FUNCTIONS[activation](mlp.c_fc(x))), rtol=0, atol=0)
+    for other in set(FUNCTIONS) - {activation}:
+        assert not torch.allclose(mlp(x), mlp.c_proj(FUNCTIONS[other](mlp.c_fc(x))), atol=1e-7), other
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

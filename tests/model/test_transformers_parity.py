@@ -80,6 +80,7 @@ def test_llama_arch_computes_what_transformers_llama_computes(tiny_config):
     "arch, overrides",
     [
         ("gpt2", {"bias": False, "tie_embeddings": False, "activation": "gelu"}),
+        ("gpt2", {"activation": "relu2"}),
         ("llama", {"tie_embeddings": True, "rope_theta": 500.0}),
     ],
 )
@@ -99,7 +100,9 @@ def test_our_weights_in_transformers_give_our_logits_over_the_tokenizers_vocabul
     torch.testing.assert_close(logits[..., :50], reference(idx).logits, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("arch, activation", [("gpt2", "gelu"), ("gpt2", "gelu_tanh"), ("llama", "gelu_tanh")])
+@pytest.mark.parametrize(
+    "arch, activation", [("gpt2", "gelu"), ("gpt2", "gelu_tanh"), ("gpt2", "relu2"), ("llama", "gelu_tanh")]
+)
 def test_the_mapping_both_ways_gives_back_the_same_weights_and_shape(tiny_config, arch, activation):
     """Ours → theirs → ours is the identity, and the transformers config reads back as the same model keys."""
     from model.hf import architecture
@@ -146,9 +149,9 @@ def test_a_forks_activation_that_gpt2_does_not_name_is_refused_naming_the_settin
     import dataclasses
 
     with pytest.raises(
-        ModelConfigError, match=r"^model\.activation must be one of gelu, gelu_tanh to export .*relu2'$"
+        ModelConfigError, match=r"^model\.activation must be one of gelu, gelu_tanh, relu2 to export .*mish'$"
     ):
-        transformers_config(dataclasses.replace(tiny_config("gpt2"), activation="relu2"))
+        transformers_config(dataclasses.replace(tiny_config("gpt2"), activation="mish"))
 
 
 def test_a_model_with_capped_logits_is_refused_naming_the_setting(tiny_config):
