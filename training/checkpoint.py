@@ -64,9 +64,11 @@ def save(
     keep: int = 0,
     tmp: Path | None = None,
     keep_every: int = 0,
+    stale: frozenset[int] = frozenset(),
 ) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically (into ``tmp`` if the sharded state is already there),
-    point ``latest`` at it, then ``prune`` to the newest ``keep`` (and the newest at a multiple of ``keep_every``).
+    point ``latest`` at it, then ``prune`` to the newest ``keep`` (and the newest at a multiple of ``keep_every``),
+    ``stale`` ones left out of the count.
     Out of space, nothing of it is left and ``latest`` still names the previous checkpoint: ``DiskFull`` says how
     much it needed."""
     needed = state_bytes(state) + sum(len(data) for data in files.values())
@@ -90,7 +92,7 @@ def save(
         final = commit(tmp, root / step_dir_name(step))  # fsyncs every file, then renames into place
         replace_file(root / LATEST, final.name + "\n")
     if keep > 0:
-        prune(root, keep, step, keep_every)
+        prune(root, keep, step, keep_every, stale)
     return final
 
 
@@ -237,13 +239,17 @@ def saved_steps(root: Path) -> list[int]:
     return sorted(steps)
 
 
-def prune(root: Path, keep: int, current: int | None = None, keep_every: int = 0) -> None:
+def prune(
+    root: Path, keep: int, current: int | None = None, keep_every: int = 0, stale: frozenset[int] = frozenset()
+) -> None:
     """Delete all but the newest ``keep`` checkpoints up to ``current`` (the one just written) and, with
     ``keep_every``, the newest at a multiple of it; and temporary folders left by killed saves. Checkpoints past
     ``current`` are a line the run went back from (a resume from an earlier checkpoint of its own directory): left
-    alone, each replaced when the run saves at its update."""
+    alone, each replaced when the run saves at its update. ``stale`` ones, such a line's that the run has passed
+    (or a damaged one its resume passed over), count for none of the ``keep`` and are deleted."""
     steps = [s for s in saved_steps(root) if current is None or s <= current]
-    spared = set(steps[-keep:]) | set([s for s in steps if keep_every and s % keep_every == 0][-1:])
+    kept = [s for s in steps if s not in stale]
+    spared = set(kept[-keep:]) | set([s for s in kept if keep_every and s % keep_every == 0][-1:])
     for step in steps:
         if step not in spared:
             shutil.rmtree(root / step_dir_name(step), ignore_errors=True)
@@ -555,6 +561,15 @@ class Checkpointer:
         self.optimizer = getattr(optimizer, "optimizers", optimizer)  # torch's state dicts take each optimizer
         self.optimizers = self.optimizer if isinstance(self.optimizer, (list, tuple)) else [self.optimizer]
         self.dist, self.strategy, self.keep, self.keep_every = dist, strategy, keep, keep_every
+        # The update this run's line of checkpoints starts from (its resume or rollback), and the steps it saved
+        # since: any other checkpoint between the two is another line's (or one the resume found damaged).
+        self.since: int | None = None
+        self.written: set[int] = set()
+
+    def stale(self, step: int) -> frozenset[int]:
+        if self.since is None:
+            return frozenset()
+        return frozenset(s for s in saved_steps(self.root) if self.since < s < step and s not in self.written)
 
     def save(self, step: int, tokens: int, extra: dict[str, Any], files: dict[str, str | bytes]) -> Path | None:
         rngs = distributed.gather_object(rng_state())
@@ -574,8 +589,9 @@ class Checkpointer:
         state["scaler"] = self.scaler.state_dict() if self.scaler is not None else None
         distributed.barrier()  # every shard is on disk before the folder is committed
         path = distributed.from_rank_zero(
-            lambda: save(self.root, step, state, files, self.keep, tmp, self.keep_every), self.dist
+            lambda: save(self.root, step, state, files, self.keep, tmp, self.keep_every, self.stale(step)), self.dist
         )
+        self.written.add(step)
         return path if self.dist.is_main else None
 
     def restore(
@@ -635,6 +651,7 @@ class Checkpointer:
             )
         keys = {**CONFIG_KEYS, "total_steps": total_key}
         restore_scheduler(self.scheduler, state["scheduler"], allow_schedule_change, keys)
+        self.since, self.written = state["step"], set()
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         rngs = state["rng"]

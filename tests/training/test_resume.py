@@ -570,6 +570,28 @@ def test_a_damaged_latest_checkpoint_is_refused_and_the_run_resumes_bit_for_bit_
     checkpoint.verify(ckpts / "step-00000008")  # written again by the resumed run
 
 
+def test_a_damaged_checkpoint_the_resume_passed_over_is_not_kept_over_the_intact_one_before_it(tmp_path, tiny_train):
+    run, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    keep = ["trainer.ckpt_every=4", "trainer.keep_checkpoints=2"]
+    with pytest.raises(Stopped):
+        tiny_train(run, ARGS + keep + ["trainer.stop_at=6"])  # keeps step 4 and step 6
+    damage_in_place(ckpts / "step-00000006" / checkpoint.STATE_FILE)
+    with pytest.raises(Stopped):
+        tiny_train(run, ARGS + keep + ["trainer.stop_at=7"])  # from step 4; 6 damaged would count as one of two
+    assert checkpoint.saved_steps(ckpts) == [4, 7]
+
+
+def test_a_checkpoint_of_the_line_a_run_went_back_from_counts_for_none_of_those_kept(tmp_path, tiny_train):
+    run, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    keep = ["trainer.ckpt_every=2", "trainer.keep_checkpoints=3"]
+    with pytest.raises(Stopped):
+        tiny_train(run, ARGS + keep + ["trainer.stop_at=7"])  # 2, 4, 6 and the stop's 7: keeps 4, 6, 7
+    back = [f"trainer.resume={ckpts / 'step-00000006'}", "trainer.seed=7"]  # another line from 6, in the same folder
+    with pytest.raises(Stopped):
+        tiny_train(run, ARGS + keep + back + ["trainer.stop_at=9"])
+    assert checkpoint.saved_steps(ckpts) == [6, 8, 9]  # not the other line's 7 over this line's 6
+
+
 def saved_checkpoint(root: Path, step: int, model: torch.nn.Module) -> Path:
     """A checkpoint folder as a run writes one: state.pt, then its checksums.json."""
     folder = root / checkpoint.step_dir_name(step)
