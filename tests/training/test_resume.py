@@ -570,6 +570,18 @@ def test_a_damaged_latest_checkpoint_is_refused_and_the_run_resumes_bit_for_bit_
     checkpoint.verify(ckpts / "step-00000008")  # written again by the resumed run
 
 
+def test_a_file_the_checksums_record_leaves_out_is_refused_not_read_unchecked(tmp_path):
+    folder = saved_checkpoint(tmp_path, 3, GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1, n_embd=8)))
+    (folder / "config.yaml").write_text("trainer: {seed: 1}\n")
+    checkpoint.write_checksums(folder)
+    checkpoint.verify(folder)
+    record = json.loads((folder / checkpoint.CHECKSUMS).read_text())
+    del record["files"]["config.yaml"]  # its entry dropped, then the file edited: nothing would compare it
+    (folder / checkpoint.CHECKSUMS).write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=rf"^checkpoint {folder}/config.yaml: not in its checksums.json \(added"):
+        checkpoint.verify(folder)
+
+
 def test_a_damaged_checkpoint_the_resume_passed_over_is_not_kept_over_the_intact_one_before_it(tmp_path, tiny_train):
     run, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
     keep = ["trainer.ckpt_every=4", "trainer.keep_checkpoints=2"]
