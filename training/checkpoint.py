@@ -289,9 +289,15 @@ def latest(root: Path) -> Path | None:
 
 def passed_over(root: Path, taken: Path | None) -> Path | None:
     """``taken``, from ``latest``, said in a warning where it passed over the folder ``latest`` names (its state
-    file deleted since): said where a checkpoint is chosen, once; with none taken, the caller's line says it."""
+    file deleted since) or ``latest`` names none: said where a checkpoint is chosen, once; with none taken, the
+    caller's line says it."""
     if taken is not None and (lost := lost_latest(root)) is not None:
         log.warning("checkpoint %s: its %s is missing; passing over it", lost, STATE_FILE)
+    elif taken is not None and (named := named_latest(root)) is not None and named != taken:
+        said = (root / LATEST).read_text(errors="replace").strip()[:80]
+        log.warning(  # garbled, or a folder deleted since: the highest step may be of another line
+            "%s names no checkpoint (%r); taking the highest step, %s", root / LATEST, said, taken.name
+        )
     return taken
 
 

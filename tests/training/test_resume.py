@@ -570,6 +570,16 @@ def test_a_damaged_latest_checkpoint_is_refused_and_the_run_resumes_bit_for_bit_
     checkpoint.verify(ckpts / "step-00000008")  # written again by the resumed run
 
 
+def test_a_latest_pointer_that_names_no_checkpoint_is_said_as_the_highest_step_is_taken(tmp_path, tiny_train, caplog):
+    run, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    with pytest.raises(Stopped):
+        tiny_train(run, ARGS + ["trainer.ckpt_every=4", "trainer.stop_at=6"])
+    (ckpts / checkpoint.LATEST).write_text("garbage\n")
+    with caplog.at_level("WARNING"), pytest.raises(Stopped):
+        tiny_train(run, ARGS + ["trainer.ckpt_every=4", "trainer.stop_at=7"])
+    assert f"{ckpts / 'latest'} names no checkpoint ('garbage'); taking the highest step, step-00000006" in caplog.text
+
+
 def test_a_file_the_checksums_record_leaves_out_is_refused_not_read_unchecked(tmp_path):
     folder = saved_checkpoint(tmp_path, 3, GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1, n_embd=8)))
     (folder / "config.yaml").write_text("trainer: {seed: 1}\n")
