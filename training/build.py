@@ -167,6 +167,12 @@ class Run:
                 "from the run, not its data; lower optim.lr, or raise trainer.spike_factor"
             )
         self.checkpointer.restore(state, folder, trainer.allow_schedule_change, self.cfg.optim.name)
+        history = self.extra_state["schedule_history"]
+        if back < history[-1]["from_update"]:  # back past this start: its schedule runs from the checkpoint's update
+            history = [s for s in history[:-1] if s["from_update"] < back] + [{**history[-1], "from_update": back}]
+            self.extra_state["schedule_history"] = history
+            if self.dist.is_main:
+                write_schedule_record(self.run_dir, history)
         if self.dist.is_main:
             checkpoint.abandon_after(root, back)
         self.tokens_seen = state["tokens"]
@@ -424,7 +430,7 @@ def build_run(
             metrics.summary["params"] = model.raw.num_params()
             # this start's ending is written at its end: an earlier start's status and error would be read as this one's
             (run_dir / "summary.json").unlink(missing_ok=True)
-            replace_file(run_dir / "schedule.json", json.dumps({"segments": history}, indent=1) + "\n")
+            write_schedule_record(run_dir, history)
             if "max_time" in budget_record and state is None:
                 write_plan(run_dir, budget_record, metrics, T)
             if trainer.max_steps is None:  # a budget's T, which the resolved config leaves null (the lr audit reads it)
@@ -541,6 +547,10 @@ def saved_val_windows(state: dict) -> int | None:
         return int(t.eval_batches) * int(t.batch_size) * len(state["rng"])
     except Exception:  # no config recorded, or not one this reads
         return None
+
+
+def write_schedule_record(run_dir: Path, history: list[dict]) -> None:
+    replace_file(run_dir / "schedule.json", json.dumps({"segments": history}, indent=1) + "\n")
 
 
 def schedule_history(state: dict | None, start: int, T: int, cfg: DictConfig, resumed_from: Path | None) -> list[dict]:

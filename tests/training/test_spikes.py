@@ -4,6 +4,7 @@ is exact."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -151,6 +152,23 @@ def test_a_rollback_to_a_checkpoint_of_another_optimizer_starts_the_new_ones_sta
     tiny_train(run, ARGS + ROLLBACK + ["optim=muon", "trainer.allow_schedule_change=true"])
     # the resume, then the rollback from update 29, each to AdamW's checkpoint: Muon keeps nothing of updates 28–29
     assert kept == [0, 0]
+
+
+def test_a_rollback_past_a_resume_with_another_peak_records_the_new_schedule_from_the_checkpoint(
+    tmp_path, tiny_train, monkeypatch, capsys
+):
+    """Resumed at the poisoned update with another peak lr, the run goes back to 28: the new peak runs from there,
+    and schedule.json says so, as the lr audit reads it."""
+    from scheduling.audit import main as audit
+
+    run = tmp_path / "run"
+    with pytest.raises(Stopped):
+        tiny_train(run, ARGS + ROLLBACK + [f"trainer.stop_at={POISONED}"])
+    plant(monkeypatch, "rare")
+    tiny_train(run, ARGS + ROLLBACK + ["optim.lr=0.005", "trainer.allow_schedule_change=true"])
+    segments = json.loads((run / "schedule.json").read_text())["segments"]
+    assert [(s["from_update"], s["peak_lr"]) for s in segments] == [(0, 0.01), (POISONED - 1, 0.005)]
+    assert audit([str(run)]) == 0, capsys.readouterr().out
 
 
 def test_a_run_stopped_between_checkpoints_rolls_back_where_the_uninterrupted_run_does(
