@@ -452,9 +452,10 @@ def resumed_with(folder: Path) -> Path | None:
     return Path(os.path.expanduser(resume)).resolve() if isinstance(resume, str) and resume != "auto" else None
 
 
-# Model settings a resume may change, as it may change the optimizer's: those of how training computes, and the
-# padding out of the softmax, which a checkpoint from before it did not record.
-HOW_NOT_WHAT = (*TRAINING_ONLY, "padded_from")
+# Model settings a resume may change, as it may change the optimizer's: those of how training computes, the
+# padding out of the softmax, which a checkpoint from before it did not record, and the document separator, which
+# data.document_mask sets (a data setting: named with the others a resume changes).
+HOW_NOT_WHAT = (*TRAINING_ONLY, "padded_from", "document_separator")
 
 
 def check_fits_before_data(state: dict[str, Any], model: dict[str, Any], data: dict[str, Any], path: Path) -> None:

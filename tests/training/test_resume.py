@@ -293,9 +293,18 @@ def test_a_checkpoint_from_before_a_model_setting_existed_fits_a_config_with_its
     config = GPTConfig(vocab_size=64, n_layer=1, n_head=2, n_embd=8, block_size=8).to_dict()
     older = {k: v for k, v in config.items() if k not in ("reset_positions", "document_separator")}
     checkpoint.check_fits({"model_config": older}, config, "hash", tmp_path)
-    masked = {**config, "document_separator": 0}
-    with pytest.raises(ConfigError, match=r"another shape or vocab .*document_separator None → 0"):
-        checkpoint.check_fits({"model_config": older}, masked, "hash", tmp_path)
+    reset = {**config, "reset_positions": True}
+    with pytest.raises(ConfigError, match=r"another shape or vocab .*reset_positions False → True"):
+        checkpoint.check_fits({"model_config": older}, reset, "hash", tmp_path)
+
+
+def test_a_resume_may_turn_document_masking_on_as_it_may_change_other_data_settings(tmp_path, tiny_train, caplog):
+    with pytest.raises(Stopped):
+        tiny_train(tmp_path / "run", ARGS + ["trainer.stop_at=4"])
+    with caplog.at_level("WARNING"):
+        tiny_train(tmp_path / "run", ARGS + ["data.document_mask=true"])
+    assert "data.document_mask" in caplog.text  # the data settings' warning names it
+    assert [r["step"] for r in read_metrics(tmp_path / "run") if "train/loss" in r] == list(range(T))
 
 
 def _start(args: list[str], run, cache) -> subprocess.Popen:
