@@ -326,7 +326,13 @@ def build_run(
     model_config = gpt_config(cfg, cache)
     vocab = model_config.vocab_size
     if state is not None:
-        checkpoint.check_fits(state, model_config.to_dict(), cache.meta["tokenizer_hash"], resume_from)
+        checkpoint.check_fits(
+            state,
+            model_config.to_dict(),
+            cache.meta["tokenizer_hash"],
+            resume_from,
+            lambda: first_changes(data_changes(state, cfg, cache.meta.get("source_fingerprint"))),
+        )
     weights = initial_weights(cfg.model, model_config) if state is None else None  # model.init_from's
     model = build_model(trainer, dist, model_config, weights)
     token_bytes = torch.from_numpy(token_byte_lengths(tokenizer, vocab)).to(dist.device)
@@ -495,11 +501,27 @@ def warn_of_other_data(state: dict, cfg: DictConfig, fingerprint: str | dict[str
     """A resume whose data settings, documents (``fingerprint``: the token cache's, of each source for a mixture)
     or seed differ from the checkpoint's goes on (a cooldown on other data is a recipe), naming what changed: its
     batches are no longer the checkpoint run's."""
+    changed = data_changes(state, cfg, fingerprint)
+    if changed:
+        log.warning(
+            "the checkpoint's run drew its batches with other data settings (%s): from update %d on they are "
+            "this config's",
+            first_changes(changed),
+            state["step"],
+        )
+
+
+def first_changes(changed: list[str]) -> str:
+    return ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+
+
+def data_changes(state: dict, cfg: DictConfig, fingerprint: str | dict[str, str] | None = None) -> list[str]:
+    """What differs in the data settings, documents or seed from the checkpoint's, a phrase each."""
     try:
         saved = OmegaConf.create(state["config"])
         before = flat_config({"data": OmegaConf.to_container(saved.data), "trainer": {"seed": saved.trainer.seed}})
     except Exception:  # no config recorded, or not one this reads
-        return
+        return []
     after = flat_config(
         redact({"data": OmegaConf.to_container(cfg.data, resolve=True), "trainer": {"seed": cfg.trainer.seed}})
     )
@@ -529,14 +551,7 @@ def warn_of_other_data(state: dict, cfg: DictConfig, fingerprint: str | dict[str
             ]
         else:
             changed.append("the corpus's files changed")
-    if changed:
-        log.warning(
-            "the checkpoint's run drew its batches with other data settings (%s%s): from update %d on they are "
-            "this config's",
-            ", ".join(changed[:4]),
-            f" and {len(changed) - 4} more" if len(changed) > 4 else "",
-            state["step"],
-        )
+    return changed
 
 
 def saved_val_windows(state: dict) -> int | None:

@@ -22,6 +22,7 @@ import re
 import shutil
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -475,9 +476,16 @@ def check_fits_before_data(state: dict[str, Any], model: dict[str, Any], data: d
         )
 
 
-def check_fits(state: dict[str, Any], model_config: dict[str, Any], tokenizer_hash: str | None, path: Path) -> None:
+def check_fits(
+    state: dict[str, Any],
+    model_config: dict[str, Any],
+    tokenizer_hash: str | None,
+    path: Path,
+    data_changes: Callable[[], str] | None = None,
+) -> None:
     """Refuse a checkpoint whose model shape, vocabulary or tokenizer differ from what the config builds. A
-    setting the checkpoint predates counts as its default (what that checkpoint's model did)."""
+    setting the checkpoint predates counts as its default (what that checkpoint's model did); ``data_changes``
+    says which data settings differ, for a tokenizer refused."""
     saved = state.get("model_config", {})
     if saved:
         saved = {**{f.name: f.default for f in fields(GPTConfig)}, **saved}
@@ -490,7 +498,11 @@ def check_fits(state: dict[str, Any], model_config: dict[str, Any], tokenizer_ha
             f"({', '.join(diff[:4])}); resume with the same model and data settings"
         )
     if tokenizer_hash is not None and state.get("tokenizer_hash") not in (None, tokenizer_hash):
-        raise ConfigError(f"checkpoint {path}: it was trained with another tokenizer than data builds now")
+        changes = data_changes() if data_changes is not None else ""
+        raise ConfigError(
+            f"checkpoint {path}: it was trained with another tokenizer than data builds now"
+            + (f" ({changes}); resume with the same data settings" if changes else "")
+        )
     changed = [
         f"model.{k} {saved[k]!r} → {model_config[k]!r}"
         for k in TRAINING_ONLY

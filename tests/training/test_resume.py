@@ -289,6 +289,13 @@ def test_a_resume_with_another_tokenizer_size_is_refused_before_the_data_is_prep
     assert sorted(data_cache.iterdir()) == caches
 
 
+def test_a_resume_whose_data_trains_another_tokenizer_is_refused_naming_the_settings_that_changed(tmp_path, tiny_train):
+    with pytest.raises(Stopped):
+        tiny_train(tmp_path / "run", ARGS + ["trainer.stop_at=2"])
+    with pytest.raises(ConfigError, match=r"another tokenizer than data builds now \(data.max_bytes 200000 → 150000\)"):
+        tiny_train(tmp_path / "run", ARGS + ["data.max_bytes=150000"])
+
+
 def test_a_checkpoint_from_before_a_model_setting_existed_fits_a_config_with_its_default(tmp_path):
     config = GPTConfig(vocab_size=64, n_layer=1, n_head=2, n_embd=8, block_size=8).to_dict()
     older = {k: v for k, v in config.items() if k not in ("reset_positions", "document_separator")}
