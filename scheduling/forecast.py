@@ -50,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from scheduling import audit
 from scheduling.spec import (
@@ -254,8 +255,11 @@ def profile(
 def multi_power(p: dict[str, torch.Tensor], prof: Profile) -> torch.Tensor:
     """L(s) = L0 + A·S(s)^(−α) − B·Σ_k d_k·G(η_k^(−γ)·(S(s) − S(k))), G(x) = 1 − (C·x + 1)^(−β)."""
     since = (prof.area[:, None] - prof.drop_area[None, :]).clamp_min(0)
-    x = prof.drop_eta.clamp_min(1e-12)[None, :] ** -p["gamma"] * since
-    g = 1 - (p["C"] * x + 1) ** -p["beta"]
+    # log(C·x) with x = η_k^(−γ)·since, and log(1 + C·x) as softplus of it: a drop at an lr near 0 under a large γ
+    # made x = ∞·0 = NaN where nothing has been trained since (and every loss NaN with it), or (C·∞ + 1)^−β
+    untrained = since == 0  # there G(0) = 0, and no log of 0 (its gradient is NaN); an overflow's NaN stays NaN
+    log_x = -p["gamma"] * prof.drop_eta.clamp_min(1e-12).log()[None, :] + torch.where(untrained, 1.0, since).log()
+    g = torch.where(untrained, 0.0, 1 - torch.exp(-p["beta"] * F.softplus(torch.log(p["C"]) + log_x)))
     before = prof.drop_at[None, :] < prof.steps[:, None]  # a drop at update k acts on losses after k + 1 updates
     return p["L0"] + p["A"] * prof.area ** -p["alpha"] - p["B"] * (prof.drop * g * before).sum(1)
 

@@ -85,6 +85,20 @@ def test_both_laws_equal_their_formulas_written_out(name):
         assert mine[1][i] == pytest.approx(annealing_by_recursion(ANNEALING, lrs, s, PEAK), rel=1e-12)
 
 
+def test_a_decay_to_zero_under_a_steep_fit_is_forecast_at_every_update_from_the_updates_before_it():
+    """γ = 115, as a fit to a few short runs found: a drop at an lr near 0 has η^(−γ) = ∞, and where nothing had been
+    trained since it (at every update before it) ∞·0 made the loss NaN; L(s) depends on the lrs before s alone."""
+    steep = {"L0": 1e-40, "A": 10.0, "alpha": 0.4, "B": 0.6, "C": 2.7e-34, "beta": 3.3e4, "gamma": 115.0}
+    lrs = forecast.schedule_lrs(Schedule("cosine", total_steps=300, warmup_steps=W // 5), PEAK, 300)
+    fit = forecast.Fit(params={"multi_power": steep}, lr_scale=PEAK, loss="val")
+    steps = list(range(W // 5 + 1, 301))
+    whole = fit.predict(fit.profile(lrs, steps, W // 5, max_groups=None))
+    assert np.isfinite(whole).all()
+    for s in (30, 150, 299):
+        alone = fit.predict(fit.profile(lrs[:s], [s], W // 5, max_groups=None))[0]
+        assert whole[steps.index(s)] == pytest.approx(alone, rel=1e-12), s
+
+
 def test_pooling_a_smooth_decay_s_drops_changes_the_forecast_by_less_than_1e_4():
     total = 100_000
     for name in ("cosine", "wsd", "two_step"):
