@@ -641,8 +641,17 @@ def forecast_run(fit: Fit, path: Path, label: str | None = None) -> Forecast:
 
 
 def in_the_fit(fit: Fit, run: Path) -> bool:
-    """Whether ``run`` is one of the runs ``fit`` was fitted on (its errors then measure the fit, not a forecast)."""
-    return any(Path(r.get("run", "")).resolve() == run.resolve() for r in fit.runs if isinstance(r.get("run"), str))
+    """Whether ``run`` is one of the runs ``fit`` was fitted on (its errors then measure the fit, not a forecast);
+    a run recorded by a relative path is the one whose path ends with it, from whichever folder the fit was made."""
+    here = run.resolve()
+    for r in fit.runs:
+        recorded = Path(r["run"]) if isinstance(r.get("run"), str) else None
+        if recorded is not None and (
+            recorded.resolve() == here
+            or (not recorded.is_absolute() and here.parts[-len(recorded.parts) :] == recorded.parts)
+        ):
+            return True
+    return False
 
 
 def differs_from(seen: Observed, lrs: np.ndarray) -> str | None:

@@ -244,6 +244,14 @@ def test_a_run_against_a_schedule_it_did_not_run_is_warned_of(tiny_run, tmp_path
     assert "did not run" not in capsys.readouterr().err
 
 
+def test_a_run_the_fit_recorded_by_a_relative_path_is_known_as_one_of_its_runs_from_any_folder(tmp_path):
+    fit = forecast.Fit(params={}, lr_scale=PEAK, loss="val", runs=[{"run": "outputs/forecast/cosine"}])
+    assert forecast.in_the_fit(fit, tmp_path / "outputs" / "forecast" / "cosine")  # fitted in tmp_path, read here
+    assert not forecast.in_the_fit(fit, tmp_path / "outputs" / "other" / "cosine")
+    absolute = forecast.Fit(params={}, lr_scale=PEAK, loss="val", runs=[{"run": str(tmp_path / "wsd")}])
+    assert forecast.in_the_fit(absolute, tmp_path / "wsd") and not forecast.in_the_fit(absolute, tmp_path / "x" / "wsd")
+
+
 def test_a_fit_on_runs_whose_lr_never_falls_says_its_decay_terms_are_not_fitted(tmp_path, capsys):
     rows = [{"step": t, "train/lr": 1e-3} for t in range(400)]
     rows += [{"step": s, "val/loss": 2.5 + 6 * s**-0.35} for s in range(20, 401, 20)]  # a power law, constant lr
