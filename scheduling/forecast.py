@@ -287,6 +287,7 @@ class Fit:
     loss: str  # "val" or "train"
     decay: float = ANNEALING_DECAY
     runs: list[dict] = field(default_factory=list)
+    decay_fitted: bool = True  # False: no run's lr fell below DECAYED of its peak, and the decay terms are guesses
 
     @property
     def loss_name(self) -> str:
@@ -331,6 +332,7 @@ class Fit:
             "loss": self.loss,
             "lr_scale": self.lr_scale,
             "annealing_decay": self.decay,
+            "decay_fitted": self.decay_fitted,
             **self.params,
             "runs": self.runs,
         }
@@ -421,6 +423,7 @@ def fit_runs(observed: list[Observed], loss: str) -> Fit:
     """Both laws fitted to the runs; each run's fit error recorded."""
     scale = max(o.peak for o in observed)
     fit = Fit(params={}, lr_scale=scale, loss=loss)
+    fit.decay_fitted = any(decays(o.lrs[o.warmup : int(o.steps.max())], o.peak) for o in observed)
     runs = [(fit.profile(o.lrs, o.steps, o.warmup), torch.as_tensor(o.losses)) for o in observed]
     with one_thread():
         for name in LAWS:
@@ -451,10 +454,16 @@ def load_fit(path: Path) -> Fit:
         given = {f"{name}.{k}": data[name][k] for name, keys in LAWS.items() for k in keys}
         given["lr_scale"] = data["lr_scale"]
         decay = data.get("annealing_decay", ANNEALING_DECAY)
+        decay_fitted = data.get("decay_fitted", True)  # a fit from before it was recorded: as it was read then
         layout = data.get("format", 1)
     except FileNotFoundError:
         raise ForecastError(f"{path} does not exist (write one with: python -m scheduling.forecast fit RUN…)") from None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except KeyError:  # which key, where the rest reads as a fit
+        missing = next(
+            (k for k in ("loss", "lr_scale", *LAWS) if not isinstance(data, dict) or k not in data), None
+        ) or next((f"{n}.{k}" for n, keys in LAWS.items() for k in keys if k not in data[n]), None)
+        raise ForecastError(f"{not_a_fit} (it lacks {missing})") from None
+    except (OSError, ValueError, TypeError, AttributeError):
         raise not_a_fit from None
     if loss not in ("val", "train") or not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
         raise not_a_fit
@@ -470,6 +479,8 @@ def load_fit(path: Path) -> Fit:
             )
     if not (is_number(decay) and 0 < decay < 1):
         raise ForecastError(f"{path}: annealing_decay must be in (0, 1), got {short(decay)}")
+    if not isinstance(decay_fitted, bool):
+        raise ForecastError(f"{path}: decay_fitted must be true or false, got {short(decay_fitted)}")
     # each run's peak and length, which tell a forecast within the runs from an extrapolation (every fit records them)
     for i, run in enumerate(runs):
         peak, updates = run.get("peak_lr"), run.get("updates")
@@ -485,7 +496,14 @@ def load_fit(path: Path) -> Fit:
             f"{path}: lr_scale must be the runs' highest peak_lr, {highest!r}, got {short(given['lr_scale'])}"
         )
     params = {name: {k: float(given[f"{name}.{k}"]) for k in keys} for name, keys in LAWS.items()}
-    return Fit(params=params, lr_scale=float(given["lr_scale"]), loss=loss, decay=float(decay), runs=runs)
+    return Fit(
+        params=params,
+        lr_scale=float(given["lr_scale"]),
+        loss=loss,
+        decay=float(decay),
+        runs=runs,
+        decay_fitted=decay_fitted,
+    )
 
 
 def short(value: object, limit: int = 40) -> str:
@@ -599,10 +617,23 @@ def extrapolates(fit: Fit, label: str, peak: float, total: int) -> str | None:
     )
 
 
-def warn_extrapolation(fit: Fit, label: str, peak: float, total: int) -> None:
+def warn_extrapolation(fit: Fit, label: str, peak: float, total: int, decaying: bool = False) -> None:
+    """The extrapolation's warning, and where the schedule decays (``decaying``) and the fit's runs never did,
+    that its decay terms are guesses."""
     line = extrapolates(fit, label, peak, total)
     if line:
         print(line, file=sys.stderr)
+    if decaying and not fit.decay_fitted:
+        print(
+            f"warning: {label}: the fit's runs never decayed (their lr stayed above {DECAYED:.0%} of its peak), so "
+            "its decay terms are guesses and so is this forecast of a decay (fit a run that decays beside them)",
+            file=sys.stderr,
+        )
+
+
+def decays(lrs: np.ndarray, peak: float) -> bool:
+    """Whether an lr after the warmup (``lrs``) falls below DECAYED of the peak: what fits the laws' decay terms."""
+    return bool(lrs.min(initial=peak) < DECAYED * peak)
 
 
 def schedule_lrs(schedule: Schedule, peak: float, n: int) -> np.ndarray:
@@ -636,7 +667,7 @@ def forecast_run(fit: Fit, path: Path, label: str | None = None) -> Forecast:
             if t < len(lrs):
                 lrs[t] = lr
     label = label or path.name
-    warn_extrapolation(fit, label, float(lrs.max()), len(lrs))
+    warn_extrapolation(fit, label, float(lrs.max()), len(lrs), decays(lrs[warmup:], float(lrs.max())))
     return forecast(fit, label, lrs, warmup, peak, actual=(seen.steps, seen.losses))
 
 
@@ -851,7 +882,7 @@ def run_fit(args: argparse.Namespace) -> int:
                 "pin them down: its forecasts are unreliable (fit more runs, or evaluate more often)",
                 file=sys.stderr,
             )
-    if not any(o.lrs[o.warmup : int(o.steps.max())].min(initial=o.peak) < DECAYED * o.peak for o in observed):
+    if not fit.decay_fitted:
         print(  # the decay terms keep their starting values: a forecast of a decay would read them as fitted
             f"warning: no run's learning rate falls below {DECAYED:.0%} of its peak before its last loss: the laws' "
             "terms for a decay (multi-power B, C, beta, gamma; annealing C) are not fitted, and forecasts of a "
@@ -884,10 +915,11 @@ def run_predict(args: argparse.Namespace) -> int:
             )
         seen = observe(against[0], fit.loss) if against else None
         for c in build_curves(args.overrides):
-            warn_extrapolation(fit, c.label, c.peak_lr, c.total_steps)
             n = max(c.total_steps, int(seen.steps[-1]) if seen is not None else 0)
             actual = (seen.steps, seen.losses) if seen is not None else None
             lrs = schedule_lrs(c.schedule, c.peak_lr, n)
+            after_warmup = lrs[c.schedule.warmup_steps : c.total_steps]
+            warn_extrapolation(fit, c.label, c.peak_lr, c.total_steps, decays(after_warmup, c.peak_lr))
             if seen is not None and (where := differs_from(seen, lrs)) is not None:
                 print(
                     f"warning: {against[0]} did not run {c.label} ({where}): its error measures another schedule's "
@@ -932,7 +964,7 @@ def run_optimize(args: argparse.Namespace) -> int:
     if png == args.out:
         raise ForecastError("--out", "the knots' CSV path (the plot is written beside it, as .png)", str(args.out))
     check_decay(W, T)
-    warn_extrapolation(fit, f"T = {T:,}, peak {peak:g}", peak, T)
+    warn_extrapolation(fit, f"T = {T:,}, peak {peak:g}", peak, T, decaying=True)
     if args.knots > T - W:
         print(f"note: --knots {args.knots} clamped to {T - W:,}, one per update after the warmup", file=sys.stderr)
     shape = {k: c.schedule.params[k] for k in ("warmup_shape", "warmup_start_ratio") if k in c.schedule.params}

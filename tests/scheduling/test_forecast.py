@@ -257,6 +257,16 @@ def test_a_fit_on_runs_whose_lr_never_falls_says_its_decay_terms_are_not_fitted(
     rows += [{"step": s, "val/loss": 2.5 + 6 * s**-0.35} for s in range(20, 401, 20)]  # a power law, constant lr
     assert forecast.main(["fit", str(run_dir(tmp_path / "run", rows)), "--out", str(tmp_path / "fit.json")]) == 0
     assert "warning: no run's learning rate falls below 90% of its peak before its last loss" in capsys.readouterr().err
+    assert json.loads((tmp_path / "fit.json").read_text())["decay_fitted"] is False  # and later forecasts say so
+    guess = "the fit's runs never decayed (their lr stayed above 90% of its peak), so its decay terms are guesses"
+    for schedule, warned in (("cosine", True), ("constant", False)):
+        settings = [f"schedule={schedule}", "trainer.max_steps=400", "schedule.warmup_steps=0", "optim.lr=1e-3"]
+        out = ["--out", str(tmp_path / schedule)]
+        assert forecast.main(["predict", str(tmp_path / "fit.json"), *settings, *out]) == 0
+        assert (guess in capsys.readouterr().err) == warned, schedule
+    knots = ["--out", str(tmp_path / "knots.csv"), "--knots", "2"]
+    assert forecast.main(["optimize", str(tmp_path / "fit.json"), *settings, *knots]) == 0
+    assert guess in capsys.readouterr().err
 
 
 def test_a_forecast_of_a_run_s_own_schedule_fits_that_run(tiny_run, tmp_path, capsys):
@@ -411,7 +421,8 @@ def run_dir(path, rows: list[dict]):
         ("not a run", "not a run directory (metrics.jsonl), a W&B offline run (run-*.wandb) or a trainer_state.json"),
         ("unknown key", "Could not override 'schedule.decay_fractoin'"),
         ("rising knots", "knot 2 (update 1500) has λ = 0.8, above the 0.5 before it"),
-        ("not a fit", "not a fit written by python -m scheduling.forecast fit"),
+        ("not a fit", "not a fit written by python -m scheduling.forecast fit (it lacks lr_scale)"),
+        ("a parameter missing", "fit.json: not a fit written by python -m scheduling.forecast fit (it lacks multi_"),
         ("no fit", "does not exist (write one with: python -m scheduling.forecast fit RUN…)"),
         ("two T", "optimize takes one T, peak and warmup; the overrides give 2 schedules"),
         ("two against", "--against: one run beside the overrides' schedules (several only without overrides"),
@@ -472,6 +483,11 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case, says, tmp_
         ]
     elif case == "not a fit":
         (tmp_path / "fit.json").write_text('{"loss": "val"}')
+        argv = ["predict", str(tmp_path / "fit.json")]
+    elif case == "a parameter missing":
+        fitted = json.loads(Path(a_fit(tmp_path)).read_text())
+        del fitted["multi_power"]["gamma"]
+        (tmp_path / "fit.json").write_text(json.dumps(fitted))
         argv = ["predict", str(tmp_path / "fit.json")]
     elif case == "no fit":
         argv = ["optimize", str(tmp_path / "missing.json")]
