@@ -314,8 +314,9 @@ def add_forecasts(jobs: list[Job], fit: Any) -> None:
         if job.rows:
             try:
                 job.forecast = forecast_run(fit, job.run_dir, label=f"job {job.run_dir.name}")
-            except (ForecastError, AuditError):  # too short to forecast, or its records damaged: none
+            except (ForecastError, AuditError) as e:  # too short to forecast, or its records damaged: none, said
                 job.forecast = None
+                print(f"warning: job {job.run_dir.name}: no forecast: {e}", file=sys.stderr)
 
 
 def write_report(

@@ -72,6 +72,17 @@ def test_a_job_beyond_the_fits_runs_is_warned_of_as_predict_does(sweep, tmp_path
     assert "warning: job 0: T = 40 is 4× the longest of the fit's runs (10 updates): the forecast extrapolates" in err
 
 
+def test_a_job_too_short_to_forecast_is_said_not_left_out_in_silence(sweep, tmp_path, capsys):
+    import json
+    import shutil
+
+    shutil.copytree(sweep / "0", tmp_path / "0")
+    rows = [r for r in read_metrics(sweep / "0") if r["step"] < 10]  # two validation losses after the warmup
+    (tmp_path / "0" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_report(tmp_path, sweep / "fit.json")
+    assert "warning: job 0: no forecast: " in capsys.readouterr().err
+
+
 def test_without_a_fit_the_report_has_no_forecast_columns(sweep):
     write_report(sweep)
     assert "forecast" not in (sweep / "report.md").read_text()
