@@ -422,6 +422,7 @@ def run_dir(path, rows: list[dict]):
         ("unknown key", "Could not override 'schedule.decay_fractoin'"),
         ("rising knots", "knot 2 (update 1500) has λ = 0.8, above the 0.5 before it"),
         ("not a fit", "not a fit written by python -m scheduling.forecast fit (it lacks lr_scale)"),
+        ("diverged", "{tmp}/run: its last validation loss, at update 19, is not finite: the run diverged, and a"),
         ("a parameter missing", "fit.json: not a fit written by python -m scheduling.forecast fit (it lacks multi_"),
         ("no fit", "does not exist (write one with: python -m scheduling.forecast fit RUN…)"),
         ("two T", "optimize takes one T, peak and warmup; the overrides give 2 schedules"),
@@ -538,6 +539,10 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case, says, tmp_
             fit["runs"][0]["updates"] = 0
         (tmp_path / "fit.json").write_text(json.dumps(fit))
         argv = ["predict", str(tmp_path / "fit.json"), "trainer.max_steps=60"]
+    elif case == "diverged":  # its val/loss NaN at the end, written null: read as not logged, it was fitted
+        (tmp_path / "out" / "x").mkdir(parents=True)
+        rows += [{"step": s, "val/loss": 3.0 - 0.01 * s if s < 19 else None} for s in range(20)]
+        argv = ["fit", str(run_dir(tmp_path / "run", rows)), "--loss", "val"]
     elif case in ("no loss", "nan", "overflow", "no loss optimized"):  # a fit that records no runs: no warning first
         # 1e306: the area under the lr overflows; 1e300: each drop times its weight did (a forecast of L0 was shown)
         peak = {"nan": "1e306", "overflow": "1e300"}.get(case, 10 * PEAK)
