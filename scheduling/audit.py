@@ -58,6 +58,10 @@ class AuditError(SettingError):
     """A path or override the audit cannot read: one line naming it."""
 
 
+class DamagedRecord(AuditError):
+    """A run's schedule.json that cannot be read: where the schedule is not required, said in a warning."""
+
+
 @dataclass
 class Segment:
     """The schedule in force from update ``start`` on (a run's start or resume)."""
@@ -281,14 +285,20 @@ def read_jsonl(path: Path) -> list[dict]:
         text = path.read_bytes().decode("utf-8", errors="replace")  # a damaged line is skipped below
     except OSError as e:
         raise AuditError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from None
-    rows = []
-    for line in text.splitlines():
+    rows, damaged = [], []
+    lines = text.splitlines()
+    for number, line in enumerate(lines, 1):
         try:
             row = json.loads(line)
         except ValueError:
-            continue  # a line cut short by a killed process
+            if number < len(lines):  # the last: a line cut short by a killed process; another is damage
+                damaged.append(number)
+            continue
         if isinstance(row, dict):
             rows.append(row)
+    if damaged:
+        shown = ", ".join(map(str, damaged[:5])) + (", …" if len(damaged) > 5 else "")
+        print(f"warning: {path}: line {shown} cannot be read as JSON; left out", file=sys.stderr)
     return rows
 
 
@@ -373,7 +383,10 @@ def read_run_dir(run_dir: Path, overrides: list[str], schedule_required: bool = 
     def segments() -> list[Segment]:
         record = run_dir / "schedule.json"
         if record.is_file() and not overrides:
-            return recorded_segments(record)
+            try:
+                return recorded_segments(record)
+            except AuditError as e:
+                raise DamagedRecord(str(e)) from None
         saved = run_dir / ".hydra" / "overrides.yaml"
         if not saved.is_file() and not overrides:  # conf/'s defaults would stand in for a schedule never recorded
             raise AuditError(
@@ -406,6 +419,9 @@ def known_schedule(segments: Callable[[], list[Segment]], required: bool) -> lis
 
     try:
         return segments()
+    except DamagedRecord as e:  # not the run's unrecorded schedule, which is no news: a record spoilt
+        print(f"warning: {e}: going by the learning rates the run logged alone", file=sys.stderr)
+        return []
     except (SettingError, HydraException, OmegaConfBaseException):
         return []
 

@@ -244,6 +244,32 @@ def test_a_run_against_a_schedule_it_did_not_run_is_warned_of(tiny_run, tmp_path
     assert "did not run" not in capsys.readouterr().err
 
 
+def test_a_damaged_line_amid_a_runs_metrics_is_said_as_it_is_left_out(tiny_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lines[3] = lines[3][:10]  # a damaged record amid the others
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n" + '{"step": 9')  # and one a kill cut short
+    assert forecast.main(["fit", str(run), "--out", str(tmp_path / "fit.json")]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {run / 'metrics.jsonl'}: line 4 cannot be read as JSON; left out\n" in err
+    assert f"line {len(lines) + 1}" not in err
+
+
+def test_a_run_whose_schedule_record_is_damaged_is_fitted_from_its_logged_lrs_saying_so(tiny_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "schedule.json").write_text('{"segments": [{"from_')  # cut short
+    assert forecast.main(["fit", str(run), "--out", str(tmp_path / "fit.json")]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {run / 'schedule.json'}: cannot be read as JSON" in err
+    assert "going by the learning rates the run logged alone" in err
+
+
 def test_a_run_the_fit_recorded_by_a_relative_path_is_known_as_one_of_its_runs_from_any_folder(tmp_path):
     fit = forecast.Fit(params={}, lr_scale=PEAK, loss="val", runs=[{"run": "outputs/forecast/cosine"}])
     assert forecast.in_the_fit(fit, tmp_path / "outputs" / "forecast" / "cosine")  # fitted in tmp_path, read here
