@@ -88,7 +88,7 @@ class Logged:
     segments: list[Segment]
     every_update: bool = True  # a run of this template logs every update; others log every logging_steps
     losses: dict[str, dict[int, float]] = field(default_factory=dict)
-    diverged: dict[str, int] = field(default_factory=dict)  # a loss whose last record is not finite: its step
+    diverged: dict[str, int] = field(default_factory=dict)  # "val" when its last record is not finite: its step
 
 
 @dataclass
@@ -400,11 +400,10 @@ def read_run_dir(run_dir: Path, overrides: list[str], schedule_required: bool = 
         return from_overrides(base + overrides, T)
 
     lrs = logged_values(rows, "train/lr", metrics)
-    diverged = {}
-    for name, key in (("val", "val/loss"), ("train", "train/loss")):
-        last = next((r for r in reversed(rows) if key in r and is_int(r.get("step"))), None)
-        if last is not None and not is_number(last[key]):  # written null: NaN or infinite
-            diverged[name] = last["step"]
+    diverged = {}  # the validation loss alone: a training loss is null where trainer.nonfinite=skip skipped a batch
+    last = next((r for r in reversed(rows) if "val/loss" in r and is_int(r.get("step"))), None)
+    if last is not None and not is_number(last["val/loss"]):  # written null: NaN or infinite
+        diverged["val"] = last["step"]
     schedule = known_schedule(segments, schedule_required)
     return Logged(f"{run_dir}", lrs, schedule, losses=losses, diverged=diverged)
 

@@ -149,10 +149,9 @@ def after_warmup(losses: dict[int, float], lrs: np.ndarray) -> dict[int, float]:
 def observe(path: Path, loss: str, logged: audit.Logged | None = None) -> Observed:
     """The run's lrs and its ``loss`` ("val", or "train" averaged over windows) after the warmup."""
     logged = logged or read_run(path)
-    if loss in logged.diverged:  # read as not logged, the losses before would stand for a run that ended well
-        name = "validation" if loss == "val" else "training"
+    if "val" in logged.diverged:  # read as not logged, the losses before would stand for a run that ended well
         raise ForecastError(
-            f"{path}: its last {name} loss, at update {logged.diverged[loss]}, is not finite: the run diverged, "
+            f"{path}: its last validation loss, at update {logged.diverged['val']}, is not finite: the run diverged, "
             "and a law of a falling loss cannot fit it (leave it out)"
         )
     losses = logged.losses.get(loss, {})

@@ -306,8 +306,9 @@ class Schedule:
 
     def __call__(self, t: int) -> float:
         value = schedule_function(self.name)(t, **self.params)
-        if self.name not in SCHEDULES:  # a fork's λ at every update, not only those probed: before an update uses it
-            self.check(float(value), t)
+        T = self.total_steps
+        if self.name not in SCHEDULES and (T is None or t < T):  # a fork's λ at every update a run takes, before it
+            self.check(float(value), t)  # does (LambdaLR also computes λ(T), which no update uses)
         return value
 
     def __eq__(self, other: object) -> bool:

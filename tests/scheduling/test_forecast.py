@@ -244,6 +244,14 @@ def test_a_run_against_a_schedule_it_did_not_run_is_warned_of(tiny_run, tmp_path
     assert "did not run" not in capsys.readouterr().err
 
 
+def test_a_last_training_loss_a_skipped_batch_left_null_is_no_divergence(tmp_path):
+    rows = [{"step": t, "train/loss": 3.0 if t < 19 else None, "train/lr": 1e-3} for t in range(20)]  # nonfinite=skip
+    rows += [{"step": s, "val/loss": 3.0 - 0.01 * s} for s in range(20)]
+    assert forecast.read_run(run_dir(tmp_path / "run", rows)).diverged == {}
+    rows[-1]["val/loss"] = None  # the last evaluation's loss NaN: that is one
+    assert forecast.read_run(run_dir(tmp_path / "gone", rows)).diverged == {"val": 19}
+
+
 def test_a_damaged_line_amid_a_runs_metrics_is_said_as_it_is_left_out(tiny_run, tmp_path, capsys):
     import shutil
 

@@ -521,6 +521,23 @@ def test_a_forks_schedule_is_held_to_a_finite_multiplier_at_every_update_before_
     assert optimizer.param_groups[0]["lr"] == 0.1  # update 5 never ran with it
 
 
+def to_zero_at_the_last_update(t, *, total_steps, warmup_steps=0, min_lr_ratio=0.0):
+    return 1 - t / (total_steps - 1)  # 0 at T − 1, below 0 at T, which no update uses
+
+
+def test_a_forks_schedule_past_its_last_update_is_not_held_to_it():
+    from scheduling import build_scheduler
+
+    here = "tests.scheduling.test_schedule_functions"
+    schedule = Schedule(f"{here}.to_zero_at_the_last_update", total_steps=6)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    scheduler = build_scheduler(optimizer, schedule)
+    for _ in range(6):  # every update of the run, and LambdaLR's λ(T) after the last
+        optimizer.step()
+        scheduler.step()
+    assert schedule(7) < 0  # a plot past T draws it as it is
+
+
 def test_a_forks_schedule_that_cannot_run_is_one_line_naming_the_key(tmp_path, monkeypatch):
     """A λ of a dotted path: a module that fails as it imports, a mistyped name, a key it needs and is not given,
     what the template passes that it does not take, and any error it raises at the probed updates."""

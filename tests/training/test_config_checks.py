@@ -465,6 +465,9 @@ def test_a_forks_entry_without_its_target_is_named_as_such_not_as_an_option_not_
     (conf / "logger" / "steps.yaml").write_text("sinks:\n  steps:\n    target: my_sinks.Steps\n")  # not _target_
     monkeypatch.setattr(training.config, "CONF", conf)
     monkeypatch.setattr(scheduling.spec, "CONF", conf)
+    with pytest.raises(ConfigError, match=r"^logger.sinks.steps.target: did you mean logger.sinks.steps._target_, th"):
+        check_config(compose_config(["logger=[csv,steps]"]))
+    (conf / "logger" / "steps.yaml").write_text("sinks:\n  steps:\n    path: steps.txt\n")  # none at all
     with pytest.raises(ConfigError, match=r"^logger.sinks.steps._target_ must be the dotted path .* \(conf/logger/"):
         check_config(compose_config(["logger=[csv,steps]"]))
 
