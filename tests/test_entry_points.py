@@ -77,6 +77,12 @@ BAD_INPUTS = [
     ("train.py", ["-m", "trainer.seed=choice()"], "error: trainer.seed=choice(): empty choice is not legal\n"),
     ("train.py", ["-m", "optim.lr=glob(*)"], "error: optim.lr=glob(*): glob() matches a config group's options;"),
     ("train.py", ["hydra.run.dir=" + "y" * 300], "error: hydra.run.dir: a folder name of 300 bytes (yyyyy"),
+    ("train.py", ["-m", "trainer.seed=1,2", "hydra.sweep.dir=" + "s" * 300], "error: hydra.sweep.dir: a folder name"),
+    (  # the default subdir, ${hydra.job.num}, the launcher's to fill
+        "train.py",
+        ["-m", "trainer.seed=1,2", "hydra.sweep.subdir=${{hydra.job.num}}_" + "n" * 300],
+        "error: hydra.sweep.subdir: a folder name of 302 bytes (0_nnn",
+    ),
     (  # Hydra makes a job's folder before the job starts: its traceback
         "train.py",
         ["-m", "trainer.seed=1,2", "hydra.sweep.subdir=${{hydra.job.override_dirname}}", "data.cache_dir=" + "c" * 300],
@@ -125,6 +131,13 @@ def test_bad_input_is_one_error_line_exit_code_2_and_nothing_written(script, arg
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(line), proc.stderr
     assert "Traceback" not in proc.stdout
     assert list(work.iterdir()) == [] and (corrupt / "state.pt").read_bytes() == b"not a checkpoint" * 64
+
+
+def test_a_glob_over_hydras_own_groups_or_a_group_placed_elsewhere_is_left_to_hydra():
+    from training.config import check_overrides
+
+    for overrides in (["hydra/job_logging=glob(std*)"], ["+model@foo=glob(*)"], ["model=glob(n*)"]):
+        check_overrides(["-m", *overrides])  # Hydra's groups are Hydra's to know; model@foo is the group model
 
 
 def test_a_sweep_without_jobs_is_one_line_and_no_report(tmp_path):

@@ -550,8 +550,8 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
         raise ConfigError(f"{empty[0].input_line}: the sweep has no jobs: each swept key needs one value at least")
     expanded = [o for o in parsed if swept.get(id(o), []) is None]  # Hydra's to judge
     for o in expanded:  # a glob names no options but a group's: Hydra would write multirun.yaml, then run nothing
-        group = o.get_key_element().lstrip("+~")
-        if isinstance(o.value(), Glob) and group.partition(".")[0] != "hydra":
+        group = o.get_key_element().lstrip("+~").partition("@")[0]  # model@foo: the group model, elsewhere
+        if isinstance(o.value(), Glob) and not group.startswith("hydra"):  # Hydra's own groups are Hydra's to judge
             if not (CONF / group).is_dir():
                 raise ConfigError(f"{o.input_line}: glob() matches a config group's options; {group} is a setting")
             if not o.value().filter(group_options(group)):
@@ -606,22 +606,28 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
             error = composition_error(e, config_name)
             if error.args[0].lstrip("+").startswith("hydra"):
                 raise error from None
-    check_folder_names(first, config_name, bool({"-m", "--multirun"} & set(overrides)))
     if sweeps and config_name == "config":
         check_some_job(parsed, ours, swept, first)
+    check_folder_names(first, config_name, bool({"-m", "--multirun"} & set(overrides)))
 
 
 def check_folder_names(first: list[str], config_name: str, multirun: bool) -> None:
     """A run's folder (a sweep job's, its first) whose name is longer than the file system takes is refused here:
     Hydra makes it before any code of ours runs, and answers with a traceback (a long ``override_dirname``)."""
     from hydra.types import RunMode
+    from omegaconf import OmegaConf
 
     try:
         hydra = compose(first, config_name, return_hydra_config=True).hydra
         sweep = multirun or hydra.mode == RunMode.MULTIRUN
-        folder = Path(hydra.sweep.dir, hydra.sweep.subdir) if sweep else Path(hydra.run.dir)
+        folder = Path(hydra.sweep.dir if sweep else hydra.run.dir)
     except Exception:  # Hydra's own settings, Hydra's to judge
         return
+    if sweep:
+        with contextlib.suppress(Exception):  # a subdir Hydra's launcher fills in another way: not judged here
+            if OmegaConf.is_missing(hydra.job, "num"):
+                hydra.job.num = 0  # the first job's, as the launcher sets it (the default subdir is the number)
+            folder = folder / str(hydra.sweep.subdir)
     try:
         limit = os.pathconf(next(p for p in folder.parents if p.is_dir()), "PC_NAME_MAX")
     except (OSError, ValueError, StopIteration):  # a name too long to look at, or no limit to read
