@@ -340,7 +340,10 @@ def logged_values(rows: list[dict], key: str, source: Path) -> dict[int, float]:
 def recorded_segments(record: Path) -> list[Segment]:
     """The segments of a run directory's schedule.json; anything else in it is one line naming the file."""
     try:
-        segments = read_json(record)["segments"]
+        try:
+            segments = read_json(record)["segments"]
+        except AuditError as e:
+            raise DamagedRecord(str(e)) from None
         if not isinstance(segments, list) or not segments:
             raise ValueError("no segment")
         found: list[Segment] = []
@@ -356,7 +359,7 @@ def recorded_segments(record: Path) -> list[Segment]:
     except (KeyError, TypeError, ValueError) as e:
         if isinstance(e, AuditError):
             raise
-        raise AuditError(f"{record}: not a schedule record train.py writes ({type(e).__name__}: {e})") from None
+        raise DamagedRecord(f"{record}: not a schedule record train.py writes ({type(e).__name__}: {e})") from None
     return found
 
 
@@ -383,10 +386,7 @@ def read_run_dir(run_dir: Path, overrides: list[str], schedule_required: bool = 
     def segments() -> list[Segment]:
         record = run_dir / "schedule.json"
         if record.is_file() and not overrides:
-            try:
-                return recorded_segments(record)
-            except AuditError as e:
-                raise DamagedRecord(str(e)) from None
+            return recorded_segments(record)
         saved = run_dir / ".hydra" / "overrides.yaml"
         if not saved.is_file() and not overrides:  # conf/'s defaults would stand in for a schedule never recorded
             raise AuditError(
@@ -418,7 +418,7 @@ def known_schedule(segments: Callable[[], list[Segment]], required: bool) -> lis
 
     try:
         return segments()
-    except DamagedRecord as e:  # not the run's unrecorded schedule, which is no news: a record spoilt
+    except DamagedRecord as e:  # not an unrecorded schedule or a knots file since moved, which are no news
         print(f"warning: {e}: going by the learning rates the run logged alone", file=sys.stderr)
         return []
     except (SettingError, HydraException, OmegaConfBaseException):

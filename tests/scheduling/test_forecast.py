@@ -276,6 +276,11 @@ def test_a_run_whose_schedule_record_is_damaged_is_fitted_from_its_logged_lrs_sa
     err = capsys.readouterr().err
     assert f"warning: {run / 'schedule.json'}: cannot be read as JSON" in err
     assert "going by the learning rates the run logged alone" in err
+    record = json.loads((tiny_run / "schedule.json").read_text())
+    record["segments"][0]["schedule"]["name"] = "a_fork_not_here.decay"  # whole, its schedule not importable here
+    (run / "schedule.json").write_text(json.dumps(record))
+    assert forecast.main(["fit", str(run), "--out", str(tmp_path / "fit.json")]) == 0
+    assert "schedule.json" not in capsys.readouterr().err  # no news: as with a knots file since moved
 
 
 def test_a_run_the_fit_recorded_by_a_relative_path_is_known_as_one_of_its_runs_from_any_folder(tmp_path):
