@@ -676,16 +676,20 @@ def forecast_run(fit: Fit, path: Path, label: str | None = None) -> Forecast:
     return forecast(fit, label, lrs, warmup, peak, actual=(seen.steps, seen.losses))
 
 
-def in_the_fit(fit: Fit, run: Path) -> bool:
-    """Whether ``run`` is one of the runs ``fit`` was fitted on (its errors then measure the fit, not a forecast);
-    a run recorded by a relative path is the one whose path ends with it, from whichever folder the fit was made."""
+def in_the_fit(fit: Fit, run: Path, final: tuple[int, float] | None = None) -> bool:
+    """Whether ``run`` is one of the runs ``fit`` was fitted on (its errors then measure the fit, not a forecast).
+    A run recorded by a relative path, from whichever folder the fit was made, is one whose path ends with it and
+    whose last loss (``final``: updates, loss) is the one the fit recorded (another sweep's job ``0`` is not)."""
     here = run.resolve()
     for r in fit.runs:
         recorded = Path(r["run"]) if isinstance(r.get("run"), str) else None
-        if recorded is not None and (
-            recorded.resolve() == here
-            or (not recorded.is_absolute() and here.parts[-len(recorded.parts) :] == recorded.parts)
-        ):
+        if recorded is None:
+            continue
+        if recorded.resolve() == here:
+            return True
+        ends_so = not recorded.is_absolute() and here.parts[-len(recorded.parts) :] == recorded.parts
+        last = r.get("final") if isinstance(r.get("final"), dict) else {}
+        if ends_so and final is not None and (last.get("updates"), last.get("loss")) == final:
             return True
     return False
 
@@ -947,7 +951,8 @@ def run_predict(args: argparse.Namespace) -> int:
             said = ", ".join(
                 f"{LAW_NAMES[n]} {percent(e[0])} (RMS over the curve {100 * e[1]:.2f} %)" for n, e in f.errors().items()
             )
-            fitted = " (one of the fit's runs: the fit's own error, not a held-out one)" if in_the_fit(fit, run) else ""
+            own = in_the_fit(fit, run, (int(f.actual_steps[-1]), float(f.actual[-1])))
+            fitted = " (one of the fit's runs: the fit's own error, not a held-out one)" if own else ""
             print(
                 f"  against {run}{fitted}: {f.actual[-1]:.4f} after {int(f.actual_steps[-1]):,} updates; error {said}"
             )

@@ -284,9 +284,12 @@ def test_a_run_whose_schedule_record_is_damaged_is_fitted_from_its_logged_lrs_sa
 
 
 def test_a_run_the_fit_recorded_by_a_relative_path_is_known_as_one_of_its_runs_from_any_folder(tmp_path):
-    fit = forecast.Fit(params={}, lr_scale=PEAK, loss="val", runs=[{"run": "outputs/forecast/cosine"}])
-    assert forecast.in_the_fit(fit, tmp_path / "outputs" / "forecast" / "cosine")  # fitted in tmp_path, read here
-    assert not forecast.in_the_fit(fit, tmp_path / "outputs" / "other" / "cosine")
+    final = {"updates": 2000, "loss": 3.25}
+    fit = forecast.Fit(params={}, lr_scale=PEAK, loss="val", runs=[{"run": "outputs/forecast/cosine", "final": final}])
+    cosine = tmp_path / "outputs" / "forecast" / "cosine"  # fitted in tmp_path, read from here
+    assert forecast.in_the_fit(fit, cosine, (2000, 3.25))
+    assert not forecast.in_the_fit(fit, cosine, (2000, 3.5))  # the same name, another run (another sweep's job 0)
+    assert not forecast.in_the_fit(fit, tmp_path / "outputs" / "other" / "cosine", (2000, 3.25))
     absolute = forecast.Fit(params={}, lr_scale=PEAK, loss="val", runs=[{"run": str(tmp_path / "wsd")}])
     assert forecast.in_the_fit(absolute, tmp_path / "wsd") and not forecast.in_the_fit(absolute, tmp_path / "x" / "wsd")
 
