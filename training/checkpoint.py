@@ -163,7 +163,8 @@ def damage(folder: Path) -> str | None:
             end = min(start + chunk_bytes, size)
             return f"checkpoint {path}: damaged since it was saved (bytes {start:,}–{end:,} differ, crc32)"
     for path in sorted(folder.rglob("*")):  # a file the record leaves out would be read unchecked
-        if path.is_file() and path.name != CHECKSUMS and path.relative_to(folder).as_posix() not in files:
+        name = path.relative_to(folder).as_posix()  # a hidden file is none of its (an NFS .nfs…, an editor's)
+        if path.is_file() and path.name != CHECKSUMS and not path.name.startswith(".") and name not in files:
             return f"checkpoint {path}: not in its {CHECKSUMS} (added, or its entry removed, since it was saved)"
     return None
 

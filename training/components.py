@@ -64,7 +64,7 @@ def find(node: Mapping[str, Any], where: str) -> Callable:
 def near_target(node: Mapping[str, Any]) -> str | None:
     """A key of ``node`` that reads as ``_target_`` mistyped (``_targt_``, ``target``, ``__target__``)."""
     keys = [k for k in node if isinstance(k, str) and k != TARGET]
-    return next(iter(difflib.get_close_matches(TARGET, keys, n=1, cutoff=0.75)), None)
+    return next(iter(difflib.get_close_matches(TARGET, keys, n=1, cutoff=0.85)), None)  # not targets, target_lr
 
 
 def own_keys(node: Mapping[str, Any]) -> dict[str, Any]:

@@ -216,3 +216,6 @@ def test_a_forks_source_file_with_target_mistyped_is_told_that_key_not_data_sour
         cfg = {"_target_": None, "source": "gz", typo: "tests.data.corpora.Listed", "texts": ["a"]}
         with pytest.raises(ConfigError, match=rf"^data.{typo}: did you mean data._target_, the dotted path of the"):
             check_data(cfg)
+    for argument in ("targets", "target_lr", "target_len"):  # a source's own keys that are no typo
+        with pytest.raises(ConfigError, match=r"^data.source must be one of"):
+            check_data({"_target_": None, "source": "gz", argument: 1})

@@ -606,6 +606,9 @@ def test_a_file_the_checksums_record_leaves_out_is_refused_not_read_unchecked(tm
     (folder / checkpoint.CHECKSUMS).write_text(json.dumps(record))
     with pytest.raises(ConfigError, match=rf"^checkpoint {folder}/config.yaml: not in its checksums.json \(added"):
         checkpoint.verify(folder)
+    checkpoint.write_checksums(folder)
+    (folder / ".nfs000001").write_bytes(b"x")  # a hidden file a file system leaves: none of the checkpoint's
+    checkpoint.verify(folder)
 
 
 def test_a_damaged_checkpoint_the_resume_passed_over_is_not_kept_over_the_intact_one_before_it(tmp_path, tiny_train):
