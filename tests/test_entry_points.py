@@ -78,6 +78,11 @@ BAD_INPUTS = [
     ("train.py", ["-m", "optim.lr=glob(*)"], "error: optim.lr=glob(*): glob() matches a config group's options;"),
     ("train.py", ["hydra.run.dir=" + "y" * 300], "error: hydra.run.dir: a folder name of 300 bytes (yyyyy"),
     ("train.py", ["-m", "trainer.seed=1,2", "hydra.sweep.dir=" + "s" * 300], "error: hydra.sweep.dir: a folder name"),
+    (  # a subdir only the launcher fills: the dir is judged alone
+        "train.py",
+        ["-m", "trainer.seed=1,2", "hydra.sweep.dir=" + "s" * 300, "hydra.sweep.subdir=${{hydra.job.id}}"],
+        "error: hydra.sweep.dir: a folder name of 300 bytes",
+    ),
     (  # the default subdir, ${hydra.job.num}, the launcher's to fill
         "train.py",
         ["-m", "trainer.seed=1,2", "hydra.sweep.subdir=${{hydra.job.num}}_" + "n" * 300],

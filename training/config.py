@@ -623,19 +623,20 @@ def check_folder_names(first: list[str], config_name: str, multirun: bool) -> No
         folder = Path(hydra.sweep.dir if sweep else hydra.run.dir)
     except Exception:  # Hydra's own settings, Hydra's to judge
         return
+    subdir: tuple[str, ...] = ()
     if sweep:
         with contextlib.suppress(Exception):  # a subdir Hydra's launcher fills in another way: not judged here
             if OmegaConf.is_missing(hydra.job, "num"):
                 hydra.job.num = 0  # the first job's, as the launcher sets it (the default subdir is the number)
-            folder = folder / str(hydra.sweep.subdir)
+            subdir = Path(str(hydra.sweep.subdir)).parts
+    folder = folder.joinpath(*subdir)
     try:
         limit = os.pathconf(next(p for p in folder.parents if p.is_dir()), "PC_NAME_MAX")
     except (OSError, ValueError, StopIteration):  # a name too long to look at, or no limit to read
         limit = 255
     for part in folder.parts:
         if len(os.fsencode(part)) > limit:
-            key = "hydra.sweep.subdir" if sweep and part in Path(hydra.sweep.subdir).parts else "hydra.sweep.dir"
-            key = key if sweep else "hydra.run.dir"
+            key = "hydra.sweep.subdir" if part in subdir else "hydra.sweep.dir" if sweep else "hydra.run.dir"
             raise ConfigError(
                 f"{key}: a folder name of {len(os.fsencode(part))} bytes ({part[:40]}…); the file system takes "
                 f"{limit} at most: give a shorter one"
