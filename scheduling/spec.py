@@ -278,10 +278,11 @@ class Schedule:
                     f"(it passes {', '.join(_RESOLVED)})"
                 )
             raise ScheduleError(f"{_key(needed[0], keys)}: schedule {name} needs it, and it is not set")
-        for p, v in params.items() if name not in SCHEDULES else ():  # a fork's: its defaults say what a key takes
-            default = signature[p].default if p in signature else None
-            if is_number(default) and v is not None and not is_number(v):
-                raise ScheduleError(_key(p, keys), f"a number (schedule {name}'s default is {default!r})", v)
+        if name not in SCHEDULES:  # a fork's: where a key's default is a number, it takes a number
+            for p, v in params.items():
+                default = signature[p].default if p in signature else None
+                if is_number(default) and v is not None and not is_number(v):
+                    raise ScheduleError(_key(p, keys), f"a number (schedule {name}'s default is {default!r})", v)
         validate(name, params, keys)
         self.name = name
         self.params = dict(params)
