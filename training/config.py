@@ -15,7 +15,7 @@ import itertools
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -582,8 +582,10 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
         raise composition_error(e, config_name, plain) from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:  # a file the composition reads, a fork's broken one
         raise yaml_refusal(e) from None
+    # the first job's config with Hydra's own settings, which several checks below read: composed once
+    with_hydra = functools.cache(lambda: compose(first, config_name, return_hydra_config=True))
     sweeps = [o for o, mine in zip(parsed, ours, strict=True) if mine and o.is_sweep_override()]
-    if sweeps and not {"-m", "--multirun"} & set(overrides) and not multirun_config(first, config_name):
+    if sweeps and not {"-m", "--multirun"} & set(overrides) and not multirun_config(with_hydra):
         raise ConfigError(  # Hydra's answer is five lines
             f"{sweeps[0].input_line}: several values are a sweep; run it with -m (a list is written [a,b], a text "
             "holding commas 'a,b')"
@@ -601,24 +603,24 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
                 raise yaml_refusal(e) from None
     if len(plain) != len(first):
         try:  # Hydra's own keys, checked apart: only a mistyped key or option is reported, the rest Hydra's to judge
-            compose(first, config_name, return_hydra_config=True)
+            with_hydra()
         except Exception as e:
             error = composition_error(e, config_name)
             if error.args[0].lstrip("+").startswith("hydra"):
                 raise error from None
     if sweeps and config_name == "config":
-        check_some_job(parsed, ours, swept, first)
-    check_folder_names(first, config_name, bool({"-m", "--multirun"} & set(overrides)))
+        check_some_job(parsed, ours, swept, with_hydra)
+    check_folder_names(with_hydra, bool({"-m", "--multirun"} & set(overrides)))
 
 
-def check_folder_names(first: list[str], config_name: str, multirun: bool) -> None:
+def check_folder_names(with_hydra: Callable[[], Any], multirun: bool) -> None:
     """A run's folder (a sweep job's, its first) whose name is longer than the file system takes is refused here:
     Hydra makes it before any code of ours runs, and answers with a traceback (a long ``override_dirname``)."""
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
     try:
-        hydra = compose(first, config_name, return_hydra_config=True).hydra
+        hydra = with_hydra().hydra
         sweep = multirun or hydra.mode == RunMode.MULTIRUN
         folder = Path(hydra.sweep.dir if sweep else hydra.run.dir)
     except Exception:  # Hydra's own settings, Hydra's to judge
@@ -643,7 +645,7 @@ def check_folder_names(first: list[str], config_name: str, multirun: bool) -> No
             )
 
 
-def check_some_job(parsed: list, ours: list[bool], swept: dict, first: list[str]) -> None:
+def check_some_job(parsed: list, ours: list[bool], swept: dict, with_hydra: Callable[[], Any]) -> None:
     """A sweep whose every job the config checks would refuse is refused as a single run is, before Hydra writes
     its folders; one job that passes lets the sweep run, each refused job named on stderr before the first starts
     (a typo in job 7 need not wait for jobs 0 to 6), then reported in its turn."""
@@ -651,7 +653,7 @@ def check_some_job(parsed: list, ours: list[bool], swept: dict, first: list[str]
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        hydra = compose(first, "config", return_hydra_config=True).hydra
+        hydra = with_hydra().hydra
     except Exception:  # Hydra's own settings, Hydra's to judge
         return
     if hydra.sweeper.get("params") or not str(hydra.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
@@ -682,12 +684,12 @@ def check_some_job(parsed: list, ours: list[bool], swept: dict, first: list[str]
         print(redact_text(f"warning: job {num} ({name}) will be refused: {e}"), file=sys.stderr)
 
 
-def multirun_config(overrides: list[str], config_name: str) -> bool:
-    """Whether the config with ``overrides`` runs as a sweep without -m (an experiment's ``hydra.mode``)."""
+def multirun_config(with_hydra: Callable[[], Any]) -> bool:
+    """Whether the config ``with_hydra`` composes runs as a sweep without -m (an experiment's ``hydra.mode``)."""
     from hydra.types import RunMode
 
     try:
-        return compose(overrides, config_name, return_hydra_config=True).hydra.mode == RunMode.MULTIRUN
+        return with_hydra().hydra.mode == RunMode.MULTIRUN
     except Exception:  # Hydra's own keys, judged apart below
         return True
 
